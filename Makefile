@@ -1,0 +1,67 @@
+# vmsubst: one entry point. `make demo` and `make test` do every setup step
+# themselves (packages, npm, guest kernel, builds) and are quick the second time.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+KVER = $(shell cat .cache/kver 2>/dev/null)
+KDIR = /usr/src/linux-headers-$(KVER)
+UVU = node_modules/.bin/uvu
+TS_SOURCES := $(shell find agent/src host-signal/src test -name '*.ts' 2>/dev/null)
+
+.PHONY: setup build kmod addon ts guest test test-unit test-integration test-qemu demo bench clean help
+
+help:
+	@echo "make demo    set up, boot a guest and perform a live substitution, narrated"
+	@echo "make test    set up and run every suite (unit, integration, QEMU guest)"
+	@echo "make bench   set up and run the benchmarks"
+	@echo "make build   build the module, the addon and the TypeScript"
+
+setup:
+	@scripts/setup.sh
+
+# Everything below needs setup first; the public targets run it, then recurse
+# so that KVER is read after setup has resolved it.
+build: setup
+	@$(MAKE) --no-print-directory kmod addon ts
+
+kmod:
+	@$(MAKE) --no-print-directory -C kmod KDIR=$(KDIR)
+	@$(MAKE) --no-print-directory -C kmod tests
+
+addon: agent/build/Release/vmsubst_native.node
+agent/build/Release/vmsubst_native.node: agent/binding.gyp $(wildcard agent/native/*) kmod/include/uapi/linux/vmsubst.h
+	cd agent && npm_config_nodedir=/usr ../node_modules/.bin/node-gyp rebuild --loglevel=warn >/dev/null
+
+ts: build/.tsc-stamp
+build/.tsc-stamp: $(TS_SOURCES) tsconfig.json package-lock.json
+	node_modules/.bin/tsc -p tsconfig.json
+	@touch $@
+
+guest: build/guest/initramfs.cpio build/disks/base.img
+build/guest/initramfs.cpio: build/.tsc-stamp agent/build/Release/vmsubst_native.node kmod/vmsubst.ko kmod/tests/abi_test test/guest/init test/guest/build-initramfs.sh .cache/kver
+	@mkdir -p build/guest
+	test/guest/build-initramfs.sh $(KVER) $@
+build/disks/base.img: test/fixtures/build-disks.sh test/fixtures/vprog.c
+	test/fixtures/build-disks.sh build/disks
+
+test: setup
+	@$(MAKE) --no-print-directory kmod addon ts guest
+	@$(MAKE) --no-print-directory test-unit test-integration test-qemu
+
+test-unit:
+	$(UVU) build/test/unit
+test-integration:
+	$(UVU) build/test/integration
+test-qemu:
+	$(UVU) build/test/qemu
+
+demo: setup
+	@$(MAKE) --no-print-directory kmod addon ts guest
+	@node build/test/demo/demo.js
+
+bench: setup
+	@$(MAKE) --no-print-directory kmod addon ts guest
+	@node build/test/bench/bench.js
+
+clean:
+	rm -rf build agent/build
+	-$(MAKE) -C kmod clean

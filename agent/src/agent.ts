@@ -1,0 +1,92 @@
+/**
+ * The agent's lifecycle: start the configured transports, give every accepted
+ * stream a Session, route commands to their handlers, stop cleanly.
+ */
+import type { Duplex } from 'node:stream';
+import type { Config } from './config.js';
+import type { Logger } from './log.js';
+import { PROTOCOL_VERSION, type CommandName, type GreetingBody } from './protocol/schema.js';
+import { Session } from './session.js';
+import { substitute, type SubstituteDeps } from './commands/substitute.js';
+import type { Transport } from './transport/transport.js';
+import { UnixTransport } from './transport/unix.js';
+import { SerialTransport, type AdoptStream } from './transport/serial.js';
+import { VsockTransport, type VsockListen } from './transport/vsock.js';
+import type { ArgsOf } from './protocol/schema.js';
+
+export const AGENT_VERSION = '0.1.0';
+
+/** The system as the agent sees it: the real implementations live in native/ and are wired in main.ts. */
+export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange'> {
+  invalidateRange(fd: number, offset: bigint, length: bigint, flags: number, device: string): ReturnType<SubstituteDeps['invalidateRange']>;
+  vsockListen?: VsockListen;
+  adoptStream?: AdoptStream;
+}
+
+export class Agent {
+  readonly #transports: Transport[] = [];
+  readonly #streams = new Set<Duplex>();
+  #busy: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly config: Config,
+    private readonly deps: AgentDeps,
+    private readonly log: Logger,
+  ) {}
+
+  get greeting(): GreetingBody {
+    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute'] };
+  }
+
+  async start(): Promise<void> {
+    const { config, deps, log } = this;
+    if (config.unix) this.#transports.push(new UnixTransport(config.unix));
+    if (config.vsock) {
+      if (!deps.vsockListen) throw new Error('vsock requested but no vsock support is available');
+      this.#transports.push(new VsockTransport(config.vsock.port, config.vsock.allowCids, deps.vsockListen, log));
+    }
+    if (config.serial) {
+      if (!deps.adoptStream) throw new Error('virtio-serial requested but stream adoption is unavailable');
+      this.#transports.push(new SerialTransport(config.serial, deps.adoptStream, log));
+    }
+    for (const t of this.#transports) {
+      await t.start((stream, peer) => {
+        this.#streams.add(stream);
+        stream.once('close', () => this.#streams.delete(stream));
+        if (peer.transport !== 'serial') log.info('connection', { peer: peer.description });
+        new Session(stream, peer, this.greeting, (name, args) => this.#dispatch(name as CommandName, args), log);
+      });
+      log.info('listening', { on: t.name });
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const t of this.#transports.splice(0)) await t.stop();
+    for (const s of this.#streams) s.destroy();
+    await this.#busy.catch(() => undefined);
+  }
+
+  async #dispatch(name: CommandName, args: unknown): Promise<unknown> {
+    switch (name) {
+      case 'hello':
+        return this.greeting;
+      case 'ping':
+        return {};
+      case 'substitute': {
+        // One substitution at a time across all channels.
+        const run = this.#busy.catch(() => undefined).then(() => this.#substitute(args as ArgsOf<'substitute'>));
+        this.#busy = run;
+        return run;
+      }
+    }
+  }
+
+  #substitute(args: ArgsOf<'substitute'>): ReturnType<typeof substitute> {
+    const { deps, config } = this;
+    this.log.info('substitute', { id: args.id, ranges: args.ranges.length, dryRun: args['dry-run'] ?? false });
+    return substitute(args, {
+      ...deps,
+      invalidateRange: (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
+    });
+  }
+}

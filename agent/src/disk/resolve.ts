@@ -1,0 +1,66 @@
+/**
+ * Finds the guest disk a substitution targets: by virtio serial, by path, or —
+ * when the host names neither — the one disk whose blocks hash to the first
+ * announced range.
+ */
+import { readFile, readdir, realpath, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { CommandError } from '../errors.js';
+import type { DiskRef, HashedRange } from '../protocol/schema.js';
+import type { DiskReader } from './verify.js';
+import { hashRange } from './verify.js';
+
+export interface ResolvedDisk {
+  name: string; // vda
+  path: string; // /dev/vda
+  sizeBytes: number;
+}
+
+const SKIP = /^(loop|ram|zram|sr|dm-|md|nbd)/;
+
+async function diskInfo(name: string, sysRoot: string, devRoot: string): Promise<ResolvedDisk> {
+  const sectors = Number((await readFile(`${sysRoot}/block/${name}/size`, 'utf8')).trim());
+  return { name, path: `${devRoot}/${name}`, sizeBytes: sectors * 512 };
+}
+
+export async function resolveDisk(
+  ref: DiskRef,
+  ranges: HashedRange[],
+  reader: DiskReader,
+  sysRoot = '/sys',
+  devRoot = '/dev',
+): Promise<ResolvedDisk> {
+  const names = (await readdir(`${sysRoot}/block`)).filter((n) => !SKIP.test(n)).sort();
+  let disk: ResolvedDisk | undefined;
+  if (ref.serial !== undefined) {
+    for (const n of names) {
+      const serial = (await readFile(`${sysRoot}/block/${n}/serial`, 'utf8').catch(() => '')).trim();
+      if (serial === ref.serial) disk = await diskInfo(n, sysRoot, devRoot);
+    }
+    if (!disk) throw new CommandError('DeviceNotFound', `no disk with serial '${ref.serial}' (looked at ${names.join(', ') || 'nothing'})`);
+  } else if (ref.path !== undefined) {
+    const real = await realpath(ref.path).catch(() => undefined);
+    const st = real ? await stat(real).catch(() => undefined) : undefined;
+    if (!real || !st?.isBlockDevice()) throw new CommandError('DeviceNotFound', `${ref.path} is not a block device`);
+    const n = basename(real);
+    if (!names.includes(n)) throw new CommandError('DeviceNotFound', `${ref.path} is not a whole disk (a partition?); name the disk`);
+    disk = await diskInfo(n, sysRoot, devRoot);
+  } else {
+    const first = ranges[0]!;
+    for (const n of names) {
+      const candidate = await diskInfo(n, sysRoot, devRoot);
+      if (candidate.sizeBytes < first.offset + first.length) continue;
+      const digest = await hashRange(reader, candidate.path, first).catch(() => undefined);
+      if (digest === first.sha256) {
+        disk = candidate;
+        break;
+      }
+    }
+    if (!disk) throw new CommandError('DeviceNotFound', 'no disk holds the announced blocks; name the disk by serial or path');
+  }
+  const end = Math.max(...ranges.map((r) => r.offset + r.length));
+  if (end > disk.sizeBytes) {
+    throw new CommandError('InvalidArguments', `ranges end at byte ${end}, beyond ${disk.path} (${disk.sizeBytes} bytes)`);
+  }
+  return disk;
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env node
+/** vmsubst-agent: argv → config → Agent; SIGTERM/SIGINT stop it cleanly. */
+import { Agent, type AgentDeps } from './agent.js';
+import { ConfigError, USAGE, parseCli } from './config.js';
+import { createLogger } from './log.js';
+
+async function main(): Promise<number> {
+  let cli;
+  try {
+    cli = parseCli(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`vmsubst-agent: ${(e as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (cli.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (cli.printConfig) {
+    process.stdout.write(JSON.stringify(cli.config, null, 2) + '\n');
+    return 0;
+  }
+  const log = createLogger(cli.config.logLevel);
+  const native = await import('./native/index.js');
+  const deps: AgentDeps = {
+    readDirect: native.readDirect,
+    fiemap: native.fiemap,
+    invalidateRange: native.invalidateRange,
+    forceFlag: native.INVALIDATE_F_FORCE,
+    vsockListen: (port) => native.vsockListen(port),
+    adoptStream: native.adoptStream,
+    procRoot: '/proc',
+    sysRoot: '/sys',
+    devRoot: '/dev',
+    now: () => performance.now(),
+  };
+  const agent = new Agent(cli.config, deps, log);
+  await agent.start();
+  log.info('ready', { version: agent.greeting.version });
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string): void => {
+      log.info('stopping', { signal: sig });
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  await agent.stop();
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    if (e instanceof ConfigError) process.stderr.write(`vmsubst-agent: ${e.message}\n`);
+    else process.stderr.write(`vmsubst-agent: ${(e as Error).stack ?? String(e)}\n`);
+    process.exit(1);
+  },
+);

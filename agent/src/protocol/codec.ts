@@ -1,0 +1,124 @@
+/**
+ * Framing and validation of protocol messages. Pure: no I/O.
+ *
+ * Framing is one JSON document per line. A line longer than MAX_MESSAGE_BYTES
+ * is discarded up to its newline and reported once, so a misbehaving peer can
+ * neither exhaust memory nor desynchronise the stream.
+ */
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import type { Static, TSchema } from '@sinclair/typebox';
+import { Commands, Greeting, MAX_MESSAGE_BYTES, Reply, Request, type CommandName } from './schema.js';
+
+const ajv = new Ajv({ allErrors: true, strict: true, strictTypes: false });
+
+/** A compiled validator that returns "path: message" lines instead of ajv's objects. */
+export class Validator<S extends TSchema> {
+  readonly #fn: ValidateFunction;
+  constructor(schema: S) {
+    this.#fn = ajv.compile(schema);
+  }
+  /** Problems as "path: message" strings; empty when the value is valid. */
+  problems(value: unknown): string[] {
+    if (this.#fn(value)) return [];
+    return formatErrors(this.#fn.errors ?? []);
+  }
+  is(value: unknown): value is Static<S> {
+    return this.#fn(value) === true;
+  }
+}
+
+export function formatErrors(errors: ErrorObject[]): string[] {
+  return errors.map((e) => {
+    const path = e.instancePath === '' ? '/' : e.instancePath;
+    if (e.keyword === 'additionalProperties') {
+      return `${path}: unknown field '${String(e.params['additionalProperty'])}'`;
+    }
+    return `${path}: ${e.message ?? e.keyword}`;
+  });
+}
+
+export const validateRequest = new Validator(Request);
+export const validateReply = new Validator(Reply);
+export const validateGreeting = new Validator(Greeting);
+
+const argValidators = new Map<CommandName, Validator<TSchema>>();
+const returnValidators = new Map<CommandName, Validator<TSchema>>();
+for (const [name, spec] of Object.entries(Commands) as [CommandName, { args: TSchema; returns: TSchema }][]) {
+  argValidators.set(name, new Validator(spec.args));
+  returnValidators.set(name, new Validator(spec.returns));
+}
+
+export function isCommandName(name: string): name is CommandName {
+  return Object.hasOwn(Commands, name);
+}
+export function argsValidator(name: CommandName): Validator<TSchema> {
+  return argValidators.get(name)!;
+}
+export function returnValidator(name: CommandName): Validator<TSchema> {
+  return returnValidators.get(name)!;
+}
+
+/** One JSON value per line, newline-terminated. */
+export function encode(message: unknown): Buffer {
+  const line = Buffer.from(JSON.stringify(message) + '\n', 'utf8');
+  if (line.length > MAX_MESSAGE_BYTES) {
+    throw new RangeError(`message of ${line.length} bytes exceeds the ${MAX_MESSAGE_BYTES}-byte cap`);
+  }
+  return line;
+}
+
+export type Frame =
+  | { kind: 'message'; value: unknown }
+  | { kind: 'invalid'; reason: string };
+
+/**
+ * Splits a byte stream into lines and parses each as JSON. Feed it chunks;
+ * it returns the frames completed by each chunk.
+ */
+export class LineDecoder {
+  #parts: Buffer[] = [];
+  #size = 0;
+  #discarding = false;
+  constructor(private readonly maxBytes = MAX_MESSAGE_BYTES) {}
+
+  push(chunk: Buffer): Frame[] {
+    const frames: Frame[] = [];
+    let start = 0;
+    for (;;) {
+      const nl = chunk.indexOf(0x0a, start);
+      const end = nl === -1 ? chunk.length : nl;
+      const piece = chunk.subarray(start, end);
+      if (!this.#discarding) {
+        if (this.#size + piece.length + 1 > this.maxBytes) {
+          this.#discarding = true;
+          this.#parts = [];
+          this.#size = 0;
+          frames.push({ kind: 'invalid', reason: `message exceeds the ${this.maxBytes}-byte cap` });
+        } else if (piece.length > 0) {
+          this.#parts.push(piece);
+          this.#size += piece.length;
+        }
+      }
+      if (nl === -1) break;
+      if (!this.#discarding) {
+        const frame = this.#finish();
+        if (frame) frames.push(frame);
+      }
+      this.#discarding = false;
+      this.#parts = [];
+      this.#size = 0;
+      start = nl + 1;
+    }
+    return frames;
+  }
+
+  #finish(): Frame | undefined {
+    const text = Buffer.concat(this.#parts, this.#size).toString('utf8').replace(/^[\s\uFFFD]+|\s+$/g, '');
+    if (text === '') return undefined;
+    try {
+      return { kind: 'message', value: JSON.parse(text) as unknown };
+    } catch (e) {
+      return { kind: 'invalid', reason: `not JSON: ${(e as Error).message}` };
+    }
+  }
+}

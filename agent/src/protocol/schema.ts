@@ -1,0 +1,170 @@
+/**
+ * The one definition of the vmsubst wire protocol, spoken between the host
+ * (`vmsubst notify`) and the guest agent over vsock, virtio-serial or a unix
+ * socket. QMP-style newline-delimited JSON: the agent greets on connect,
+ * requests are `{"execute", "arguments", "id"}`, replies are `{"return", "id"}`
+ * or `{"error": {"class", "desc"}, "id"}`. Unknown fields are errors.
+ *
+ * Types are derived from these schemas; ajv validates every message against
+ * them (see codec.ts).
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+
+export const PROTOCOL_VERSION = 1;
+/** No line (message) may exceed this many bytes, newline included. */
+export const MAX_MESSAGE_BYTES = 1 << 20;
+/** Upper bound on ranges in one substitution; keeps a message's work bounded. */
+export const MAX_RANGES = 16384;
+/** Largest single range; a bundle splits bigger runs of changed blocks. */
+export const MAX_RANGE_BYTES = 64 << 20;
+
+const strict = { additionalProperties: false } as const;
+
+const Id = Type.Union([Type.String({ maxLength: 128 }), Type.Integer()], {
+  description: 'Echoed unchanged in the reply so a client can match it',
+});
+const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
+const Offset = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
+const Length = Type.Integer({ minimum: 1, maximum: MAX_RANGE_BYTES });
+
+/** Sent by the agent as the first line on every stream connection. Since 1. */
+export const Greeting = Type.Object(
+  {
+    vmsubst: Type.Object(
+      {
+        version: Type.String(),
+        protocol: Type.Integer({ minimum: 1 }),
+        capabilities: Type.Array(Type.String()),
+      },
+      strict,
+    ),
+  },
+  strict,
+);
+export type Greeting = Static<typeof Greeting>;
+export type GreetingBody = Greeting['vmsubst'];
+
+/** Which guest disk the substituted blocks belong to. */
+export const DiskRef = Type.Object(
+  {
+    serial: Type.Optional(Type.String({ minLength: 1, maxLength: 20, description: 'virtio-blk serial (/sys/block/*/serial)' })),
+    path: Type.Optional(Type.String({ pattern: '^/dev/[A-Za-z0-9._/-]+$', maxLength: 255 })),
+  },
+  strict,
+);
+export type DiskRef = Static<typeof DiskRef>;
+
+/** A byte range in a report (no cap: a file's changed span can be large). */
+export const ByteRange = Type.Object({ offset: Offset, length: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }) }, strict);
+export type ByteRange = Static<typeof ByteRange>;
+
+export const HashedRange = Type.Object({ offset: Offset, length: Length, sha256: Sha256 }, strict);
+export type HashedRange = Static<typeof HashedRange>;
+
+/** `substitute`: the host has written new blocks; verify them and invalidate. Since 1. */
+export const SubstituteArgs = Type.Object(
+  {
+    id: Type.String({ pattern: '^[0-9a-f]{16,64}$', description: 'substitution id (hash of the bundle manifest)' }),
+    disk: DiskRef,
+    ranges: Type.Array(HashedRange, { minItems: 1, maxItems: MAX_RANGES, description: 'disk-relative byte ranges and the sha256 of their new content' }),
+    'dry-run': Type.Optional(Type.Boolean({ description: 'verify and map, but invalidate nothing' })),
+  },
+  strict,
+);
+export type SubstituteArgs = Static<typeof SubstituteArgs>;
+
+export const Mapper = Type.Object({ pid: Type.Integer(), comm: Type.String() }, strict);
+export type Mapper = Static<typeof Mapper>;
+
+export const FileReport = Type.Object(
+  {
+    path: Type.String(),
+    ino: Type.Integer(),
+    /** Byte ranges of the file (file offsets) whose blocks changed. */
+    ranges: Type.Array(ByteRange),
+    'pages-cached': Type.Integer(),
+    'pages-mapped': Type.Integer(),
+    'pages-dropped': Type.Integer(),
+    'pages-kept': Type.Integer(),
+    mappers: Type.Array(Mapper),
+  },
+  strict,
+);
+export type FileReport = Static<typeof FileReport>;
+
+export const SubstituteReport = Type.Object(
+  {
+    id: Type.String(),
+    device: Type.String(),
+    'dry-run': Type.Boolean(),
+    'verified-bytes': Type.Integer(),
+    files: Type.Array(FileReport),
+    /** Changed disk ranges that belong to no file's data (metadata, free space). */
+    unmapped: Type.Array(ByteRange),
+    'timings-ms': Type.Object(
+      { verify: Type.Number(), map: Type.Number(), invalidate: Type.Number(), total: Type.Number() },
+      strict,
+    ),
+  },
+  strict,
+);
+export type SubstituteReport = Static<typeof SubstituteReport>;
+
+const NoArgs = Type.Object({}, strict);
+
+/**
+ * Every command: its arguments and what it returns. Handlers are typed from
+ * this table, so adding a command here is what makes it exist.
+ */
+export const Commands = {
+  /** Returns the greeting body; for channels with no connect event (virtio-serial). Since 1. */
+  hello: { args: NoArgs, returns: Greeting.properties.vmsubst },
+  /** Liveness. Since 1. */
+  ping: { args: NoArgs, returns: NoArgs },
+  substitute: { args: SubstituteArgs, returns: SubstituteReport },
+} as const satisfies Record<string, { args: TSchema; returns: TSchema }>;
+
+export type CommandName = keyof typeof Commands;
+export type ArgsOf<C extends CommandName> = Static<(typeof Commands)[C]['args']>;
+export type ReturnOf<C extends CommandName> = Static<(typeof Commands)[C]['returns']>;
+
+export const Request = Type.Object(
+  {
+    execute: Type.String({ minLength: 1, maxLength: 64 }),
+    arguments: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    id: Type.Optional(Id),
+  },
+  strict,
+);
+export type Request = Static<typeof Request>;
+
+/** Error classes, QMP-style; `desc` is for humans, `class` for programs. */
+export const ErrorClass = Type.Union([
+  Type.Literal('GenericError'),
+  Type.Literal('CommandNotFound'),
+  Type.Literal('InvalidMessage'),
+  Type.Literal('InvalidArguments'),
+  Type.Literal('DeviceNotFound'),
+  Type.Literal('VerifyMismatch'),
+  Type.Literal('KmodUnavailable'),
+  Type.Literal('InvalidateFailed'),
+]);
+export type ErrorClass = Static<typeof ErrorClass>;
+
+export const ErrorReply = Type.Object(
+  {
+    error: Type.Object(
+      { class: ErrorClass, desc: Type.String(), data: Type.Optional(Type.Unknown()) },
+      strict,
+    ),
+    id: Type.Optional(Id),
+  },
+  strict,
+);
+export type ErrorReply = Static<typeof ErrorReply>;
+
+export const ReturnReply = Type.Object({ return: Type.Unknown(), id: Type.Optional(Id) }, strict);
+export type ReturnReply = Static<typeof ReturnReply>;
+
+export const Reply = Type.Union([ReturnReply, ErrorReply]);
+export type Reply = Static<typeof Reply>;

@@ -1,0 +1,95 @@
+/**
+ * One conversation with the host over one stream: frames lines, validates
+ * every request against the protocol schema, runs commands one at a time and
+ * writes exactly one reply per request.
+ */
+import type { Duplex } from 'node:stream';
+import { argsValidator, encode, isCommandName, LineDecoder, validateRequest } from './protocol/codec.js';
+import type { ErrorClass, GreetingBody, Request } from './protocol/schema.js';
+import { CommandError } from './errors.js';
+import type { Logger } from './log.js';
+import type { Peer } from './transport/transport.js';
+
+export type Dispatch = (name: string, args: unknown) => Promise<unknown>;
+
+export class Session {
+  readonly #decoder = new LineDecoder();
+  #queue: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly stream: Duplex,
+    private readonly peer: Peer,
+    greeting: GreetingBody,
+    private readonly dispatch: Dispatch,
+    private readonly log: Logger,
+  ) {
+    stream.on('data', (chunk: Buffer) => this.#onData(chunk));
+    stream.on('error', (err: Error) => log.debug('stream error', { peer: peer.description, error: err.message }));
+    if (peer.greets) this.#send({ vmsubst: greeting });
+  }
+
+  #onData(chunk: Buffer): void {
+    for (const frame of this.#decoder.push(chunk)) {
+      if (frame.kind === 'invalid') {
+        this.#sendError('InvalidMessage', frame.reason);
+        continue;
+      }
+      const problems = validateRequest.problems(frame.value);
+      if (problems.length > 0) {
+        const id = idOf(frame.value);
+        this.#sendError('InvalidMessage', `not a valid request: ${problems.join('; ')}`, id);
+        continue;
+      }
+      const req = frame.value as Request;
+      this.#queue = this.#queue.then(() => this.#run(req));
+    }
+  }
+
+  async #run(req: Request): Promise<void> {
+    const { execute: name, id } = req;
+    if (!isCommandName(name)) {
+      this.#sendError('CommandNotFound', `the command '${name}' does not exist`, id);
+      return;
+    }
+    const args = req.arguments ?? {};
+    const problems = argsValidator(name).problems(args);
+    if (problems.length > 0) {
+      this.#sendError('InvalidArguments', `${name}: ${problems.join('; ')}`, id);
+      return;
+    }
+    try {
+      const started = Date.now();
+      const ret = await this.dispatch(name, args);
+      if (name !== 'hello' && name !== 'ping') {
+        this.log.info(`${name} done`, { peer: this.peer.description, ms: Date.now() - started });
+      }
+      this.#send(id === undefined ? { return: ret } : { return: ret, id });
+    } catch (e) {
+      if (e instanceof CommandError) {
+        this.log.warn(`${name} failed`, { class: e.errorClass, desc: e.message });
+        this.#sendError(e.errorClass, e.message, id, e.data);
+      } else {
+        this.log.error(`${name} failed unexpectedly`, { error: (e as Error).stack ?? String(e) });
+        this.#sendError('GenericError', (e as Error).message ?? String(e), id);
+      }
+    }
+  }
+
+  #sendError(cls: ErrorClass, desc: string, id?: string | number, data?: unknown): void {
+    const error = data === undefined ? { class: cls, desc } : { class: cls, desc, data };
+    this.#send(id === undefined ? { error } : { error, id });
+  }
+
+  #send(msg: unknown): void {
+    if (this.stream.destroyed || !this.stream.writable) return;
+    this.stream.write(encode(msg));
+  }
+}
+
+function idOf(value: unknown): string | number | undefined {
+  if (value && typeof value === 'object' && 'id' in value) {
+    const id = (value as { id: unknown }).id;
+    if ((typeof id === 'string' && id.length <= 128) || Number.isInteger(id)) return id as string | number;
+  }
+  return undefined;
+}

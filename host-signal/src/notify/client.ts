@@ -1,0 +1,96 @@
+/**
+ * The host's side of the agent protocol: a client over any byte stream
+ * (virtio-serial chardev socket, AF_VSOCK, unix socket).
+ *
+ * A virtio-serial port has no connect event, so a greeting may be stale or
+ * missing; the client therefore starts with `hello` and matches replies by id,
+ * skipping any line that is not the answer it waits for.
+ */
+import type { Duplex } from 'node:stream';
+import { randomBytes } from 'node:crypto';
+import { LineDecoder, encode, returnValidator, validateReply } from '../../../agent/src/protocol/codec.js';
+import type { ArgsOf, CommandName, GreetingBody, ReturnOf } from '../../../agent/src/protocol/schema.js';
+import { AgentError, ProtocolError, TimeoutError } from '../errors.js';
+
+interface Pending {
+  command: CommandName;
+  resolve(value: unknown): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+export class AgentClient {
+  readonly #stream: Duplex;
+  readonly #decoder = new LineDecoder();
+  readonly #pending = new Map<string, Pending>();
+  readonly #prefix = randomBytes(4).toString('hex');
+  #seq = 0;
+  #closed: Error | undefined;
+
+  constructor(stream: Duplex, private readonly defaultTimeoutMs = 60_000) {
+    this.#stream = stream;
+    stream.on('data', (chunk: Buffer) => this.#onData(chunk));
+    stream.on('error', (err: Error) => this.#fail(err));
+    stream.on('close', () => this.#fail(new ProtocolError('the agent closed the connection')));
+  }
+
+  /** Handshake; returns the agent's version and capabilities. */
+  async hello(timeoutMs = 30_000): Promise<GreetingBody> {
+    return this.execute('hello', {}, timeoutMs);
+  }
+
+  execute<C extends CommandName>(command: C, args: ArgsOf<C>, timeoutMs = this.defaultTimeoutMs): Promise<ReturnOf<C>> {
+    if (this.#closed) return Promise.reject(this.#closed);
+    const id = `${this.#prefix}-${++this.#seq}`;
+    return new Promise<ReturnOf<C>>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id);
+        reject(new TimeoutError(`no reply to '${command}' within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
+      this.#stream.write(encode({ execute: command, arguments: args, id }));
+    });
+  }
+
+  close(): void {
+    this.#fail(new ProtocolError('client closed'));
+    this.#stream.destroy();
+  }
+
+  #onData(chunk: Buffer): void {
+    for (const frame of this.#decoder.push(chunk)) {
+      if (frame.kind !== 'message') continue;
+      const msg = frame.value;
+      if (!validateReply.is(msg)) continue; // greeting or noise
+      if (msg.id === undefined) {
+        // An error without an id concerns the connection itself (refused peer, garbage received).
+        if ('error' in msg) this.#fail(new AgentError(msg.error.class, msg.error.desc, msg.error.data));
+        continue;
+      }
+      const pending = this.#pending.get(String(msg.id));
+      if (!pending) continue;
+      this.#pending.delete(String(msg.id));
+      clearTimeout(pending.timer);
+      if ('error' in msg) {
+        pending.reject(new AgentError(msg.error.class, msg.error.desc, msg.error.data));
+        continue;
+      }
+      const problems = returnValidator(pending.command).problems(msg.return);
+      if (problems.length > 0) {
+        pending.reject(new ProtocolError(`malformed reply to '${pending.command}': ${problems.join('; ')}`));
+      } else {
+        pending.resolve(msg.return);
+      }
+    }
+  }
+
+  #fail(err: Error): void {
+    if (this.#closed) return;
+    this.#closed = err;
+    for (const p of this.#pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.#pending.clear();
+  }
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh Debian 12 machine (run as root): host packages,
+# npm dependencies, and the guest kernel (image extracted from Debian's package,
+# headers installed), version resolved from the cloud metapackages at run time.
+# The second run only checks stamps and returns in well under a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CACHE=$ROOT/.cache
+mkdir -p "$CACHE/stamps"
+say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+have_pkgs() {
+  local st; st=$(dpkg-query -W -f='${Status}\n' "$@" 2>/dev/null) || return 1
+  ! grep -qv '^install ok installed$' <<<"$st"
+}
+
+PKGS=(qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio kmod socat gcc make libc6-dev python3 g++ xz-utils)
+if ! have_pkgs "${PKGS[@]}"; then
+  [ "$(id -u)" = 0 ] || { echo "setup: installing packages needs root (apt-get)" >&2; exit 1; }
+  say "installing host packages: ${PKGS[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null
+fi
+
+# Guest kernel: resolve linux-image-cloud-amd64 -> linux-image-6.1.0-NN-cloud-amd64.
+if [ ! -s "$CACHE/kver" ] || [ ! -e "$CACHE/kernel/$(cat "$CACHE/kver")/vmlinuz" ] \
+   || ! have_pkgs "linux-headers-$(cat "$CACHE/kver")"; then
+  resolve() { apt-cache depends "$1" 2>/dev/null | sed -n "s/^ *Depends: $2-\(.*-cloud-amd64\)$/\1/p" | head -n1; }
+  KVER=$(resolve linux-image-cloud-amd64 linux-image)
+  if [ -z "$KVER" ]; then apt-get update -qq; KVER=$(resolve linux-image-cloud-amd64 linux-image); fi
+  [ -n "$KVER" ] || { echo "setup: cannot resolve the version of linux-image-cloud-amd64 (apt-cache depends)" >&2; exit 1; }
+  say "guest kernel $KVER"
+  if ! have_pkgs "linux-headers-$KVER"; then
+    say "installing linux-headers-$KVER"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "linux-headers-$KVER" >/dev/null
+  fi
+  K=$CACHE/kernel/$KVER
+  if [ ! -e "$K/vmlinuz" ]; then
+    say "downloading and extracting linux-image-$KVER (not installed on this host)"
+    rm -rf "$K" && mkdir -p "$K/deb"
+    (cd "$K/deb" && apt-get download -qq "linux-image-$KVER" >/dev/null 2>&1)
+    dpkg-deb -x "$K"/deb/*.deb "$K/root"
+    depmod -b "$K/root" "$KVER"
+    cp "$K/root/boot/vmlinuz-$KVER" "$K/vmlinuz.tmp" && mv "$K/vmlinuz.tmp" "$K/vmlinuz"
+    rm -rf "$K/deb"
+  fi
+  echo "$KVER" > "$CACHE/kver"
+fi
+
+# npm dependencies, reinstalled only when the lockfile changes.
+LOCK_SUM=$(sha256sum package-lock.json | cut -c1-16)
+if [ ! -d node_modules ] || [ "$(cat "$CACHE/stamps/npm" 2>/dev/null)" != "$LOCK_SUM" ]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$LOCK_SUM" > "$CACHE/stamps/npm"
+fi

@@ -1,0 +1,160 @@
+/**
+ * A real test guest: the Debian cloud kernel booted under QEMU (TCG by
+ * default; VMSUBST_ACCEL=kvm where KVM works) with the project's initramfs,
+ * one raw data disk as virtio-blk (share-rw=on, serial vmsubst-data), a
+ * virtio-serial port for the agent, a QMP socket, and optionally a
+ * vhost-vsock device. The serial console runs a shell the tests drive.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { guestArtifacts } from './paths.js';
+import { waitFor } from './timeout.js';
+
+export interface VmOptions {
+  /** Raw image attached as the data disk (used in place: copy it first if it must stay intact). */
+  disk: string;
+  /** Extra agent arguments (passed on the kernel command line). */
+  agentArgs?: string[];
+  /** Do not start the agent at boot. */
+  noAgent?: boolean;
+  /** Attach vhost-vsock-pci with this guest CID (needs /dev/vhost-vsock on the host). */
+  vsockCid?: number;
+  memoryMiB?: number;
+  /** Called with every console line (for narration or debugging). */
+  onConsole?: (line: string) => void;
+}
+
+export interface RunResult {
+  out: string;
+  code: number;
+}
+
+export class GuestVm {
+  readonly dir: string;
+  readonly qmpSocket: string;
+  readonly agentSocket: string;
+  bootMs = 0;
+  #proc: ChildProcess | undefined;
+  #console = '';
+  #seq = 0;
+  #exited: string | undefined;
+
+  private constructor(private readonly opts: VmOptions) {
+    this.dir = mkdtempSync(join(tmpdir(), 'vmsubst-vm-'));
+    this.qmpSocket = join(this.dir, 'qmp.sock');
+    this.agentSocket = join(this.dir, 'agent.sock');
+  }
+
+  static async boot(opts: VmOptions): Promise<GuestVm> {
+    const vm = new GuestVm(opts);
+    try {
+      await vm.#start();
+    } catch (e) {
+      vm.kill();
+      throw e;
+    }
+    return vm;
+  }
+
+  get console(): string {
+    return this.#console;
+  }
+
+  #start(): Promise<void> {
+    const art = guestArtifacts();
+    if (typeof art === 'string') throw new Error(art);
+    const kvm = process.env['VMSUBST_ACCEL'] === 'kvm';
+    const append = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1'];
+    if (this.opts.noAgent) append.push('vmsubst.noagent');
+    if (this.opts.agentArgs?.length) append.push(`vmsubst.agent=${this.opts.agentArgs.join(',')}`);
+    const args = [
+      ...(kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
+      '-m', String(this.opts.memoryMiB ?? 1024), '-smp', '2',
+      '-nodefaults', '-display', 'none', '-no-reboot',
+      '-kernel', art.kernel, '-initrd', art.initramfs, '-append', append.join(' '),
+      '-chardev', 'stdio,id=con,signal=off', '-serial', 'chardev:con',
+      '-qmp', `unix:${this.qmpSocket},server=on,wait=off`,
+      '-blockdev', `driver=file,filename=${this.opts.disk},node-name=file0,cache.direct=off`,
+      '-blockdev', 'driver=raw,file=file0,node-name=disk0',
+      '-device', 'virtio-blk-pci,drive=disk0,id=vblk0,serial=vmsubst-data,share-rw=on',
+      '-device', 'virtio-serial-pci,id=vser0',
+      '-chardev', `socket,id=agent0,path=${this.agentSocket},server=on,wait=off`,
+      '-device', 'virtserialport,chardev=agent0,name=org.vmsubst.0',
+    ];
+    if (this.opts.vsockCid !== undefined) args.push('-device', `vhost-vsock-pci,guest-cid=${this.opts.vsockCid}`);
+    const t0 = Date.now();
+    const proc = spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.#proc = proc;
+    let partial = '';
+    const onText = (chunk: Buffer): void => {
+      const text = chunk.toString('utf8').replace(/\r/g, '');
+      this.#console += text;
+      if (this.opts.onConsole) {
+        const lines = (partial + text).split('\n');
+        partial = lines.pop() ?? '';
+        for (const l of lines) this.opts.onConsole(l);
+      }
+    };
+    proc.stdout!.on('data', onText);
+    proc.stderr!.on('data', onText);
+    proc.on('exit', (code, sig) => {
+      this.#exited = `qemu exited (code ${code}, signal ${sig})`;
+    });
+    return waitFor(120_000, 'guest boot', () => {
+      if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
+      return this.#console.includes('VMSUBST-GUEST-READY') ? true : undefined;
+    }, 50).then(() => {
+      this.bootMs = Date.now() - t0;
+    });
+  }
+
+  /** Runs a shell command on the guest console; resolves with its output and exit status. */
+  async run(cmd: string, timeoutMs = 60_000): Promise<RunResult> {
+    if (!this.#proc || this.#exited) throw new Error(this.#exited ?? 'guest not running');
+    const n = ++this.#seq;
+    const start = `__VMS_BEGIN_${n}__`;
+    const endRe = new RegExp(`__VMS_END_${n}_(\\d+)__`);
+    const from = this.#console.length;
+    this.#proc.stdin!.write(`echo ${start}; ${cmd}\necho __VMS_END_${n}_$?__\n`);
+    const m = await waitFor(timeoutMs, `guest command '${cmd.slice(0, 80)}'`, () => {
+      if (this.#exited) throw new Error(this.#exited);
+      return endRe.exec(this.#console.slice(from)) ?? undefined;
+    }, 25);
+    const text = this.#console.slice(from);
+    const begin = text.indexOf(start + '\n');
+    const out = text.slice(begin === -1 ? 0 : begin + start.length + 1, text.indexOf(m[0]));
+    return { out, code: Number(m[1]) };
+  }
+
+  /** Like run(), but throws unless the command exits 0. */
+  async sh(cmd: string, timeoutMs = 60_000): Promise<string> {
+    const r = await this.run(cmd, timeoutMs);
+    if (r.code !== 0) throw new Error(`guest command failed (${r.code}): ${cmd}\n${r.out}`);
+    return r.out;
+  }
+
+  /** Copies a host file into the guest through the console (base64, short lines). */
+  async putFile(hostPath: string, guestPath: string): Promise<void> {
+    const b64 = readFileSync(hostPath).toString('base64');
+    await this.sh(`rm -f ${guestPath}.b64`);
+    const CHUNK = 768;
+    for (let i = 0; i < b64.length; i += CHUNK * 32) {
+      const lines: string[] = [];
+      for (let j = i; j < Math.min(b64.length, i + CHUNK * 32); j += CHUNK) lines.push(b64.slice(j, j + CHUNK));
+      await this.sh(`cat >> ${guestPath}.b64 <<'__B64__'\n${lines.join('\n')}\n__B64__`);
+    }
+    await this.sh(`base64 -d ${guestPath}.b64 > ${guestPath} && rm ${guestPath}.b64`);
+  }
+
+  kill(): void {
+    if (this.#proc && !this.#exited) this.#proc.kill('SIGKILL');
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Why a vhost-vsock guest cannot run here, or undefined when it can. */
+export function vhostVsockUnavailable(): string | undefined {
+  return existsSync('/dev/vhost-vsock') ? undefined : 'no /dev/vhost-vsock on this host (the vhost_vsock module is not available), so QEMU cannot give the guest a host-reachable vsock';
+}

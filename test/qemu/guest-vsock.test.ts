@@ -1,0 +1,121 @@
+/**
+ * In one guest: the agent over AF_VSOCK (vsock_loopback, CID 1, the only vsock
+ * peer this host can offer), its CID allow-list refusing a peer, apply
+ * refusing a bundle whose old blocks are not on the VM's disk, and the kernel
+ * module's ABI test. Where the host has /dev/vhost-vsock, the host→guest vsock
+ * path runs too; elsewhere it is skipped with the reason.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GuestVm, vhostVsockUnavailable } from '../helpers/vm.js';
+import { guestArtifacts } from '../helpers/paths.js';
+import { vmsubst, vmsubstJson } from '../helpers/cli.js';
+import { withTimeout } from '../helpers/timeout.js';
+
+const art = guestArtifacts();
+const Guest = suite('agent over vsock in the guest, refusals, module ABI');
+const C = { tmp: '', disk: '', bundle: '', reverse: '', vm: undefined as GuestVm | undefined };
+const GUEST_CLI = 'node /opt/vmsubst/build/host-signal/src/cli.js';
+const sha = (p: string): string => createHash('sha256').update(readFileSync(p)).digest('hex');
+
+if (typeof art === 'string') {
+  console.log(`  skipped: ${art}`);
+  Guest.skip('guest artefacts are missing', () => undefined);
+} else {
+  Guest.before(async () => {
+    C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-vsock-'));
+    C.disk = join(C.tmp, 'disk.img');
+    copyFileSync(join(art.disks, 'base.img'), C.disk);
+    C.bundle = join(C.tmp, 'fwd.bundle');
+    C.reverse = join(C.tmp, 'rev.bundle');
+    await vmsubstJson(['diff', join(art.disks, 'base.img'), join(art.disks, 'patched.img'), '-o', C.bundle]);
+    // Old hashes of this one are the patched blocks: the VM's disk does not hold them.
+    await vmsubstJson(['diff', join(art.disks, 'patched.img'), join(art.disks, 'base.img'), '-o', C.reverse]);
+    // The agent accepts CID 1 (loopback) on its default port; a second agent with
+    // the default allow-list (host only) is started by a test below.
+    C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk: C.disk, agentArgs: ['--allow-cid', '1', '--no-serial'] }));
+  });
+  Guest.after(() => {
+    C.vm?.kill();
+    rmSync(C.tmp, { recursive: true, force: true });
+  });
+
+  Guest('apply refuses a bundle whose old blocks are not on the disk, and writes nothing', () =>
+    withTimeout(120_000, 'refusal', async () => {
+      const before = sha(C.disk);
+      const r = await vmsubst(['apply', C.reverse, '--qmp', C.vm!.qmpSocket, '--device', 'vblk0', '--json']);
+      assert.is.not(r.code, 0, 'apply must fail');
+      assert.match(r.stderr + r.stdout, /not based on|do not match|mismatch/i);
+      assert.is(sha(C.disk), before, 'disk byte-for-byte unchanged');
+      assert.is((await C.vm!.run('true')).code, 0, 'the VM still runs');
+    }),
+  );
+
+  Guest('the agent answers substitute over AF_VSOCK (CID 1) inside the guest', () =>
+    withTimeout(180_000, 'vsock substitute', async () => {
+      const vm = C.vm!;
+      await vm.sh('/mnt/data/bin/vprog 200 > /tmp/vprog.out 2>&1 & echo $! > /tmp/vprog.pid');
+      await vmsubstJson(['apply', C.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
+      await vm.putFile(C.bundle, '/tmp/fwd.bundle');
+      const out = await vm.sh(`${GUEST_CLI} notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --json`, 120_000);
+      const report = JSON.parse(out.slice(out.indexOf('{'))) as { files: { path: string; mappers: { pid: number }[] }[] };
+      const pid = Number((await vm.sh('cat /tmp/vprog.pid')).trim());
+      const file = report.files.find((f) => f.path === '/mnt/data/bin/vprog');
+      assert.ok(file, JSON.stringify(report));
+      assert.ok(file.mappers.some((m) => m.pid === pid));
+      assert.match(await vm.sh('/mnt/data/bin/vprog'), /version v2/);
+    }),
+  );
+
+  Guest('a vsock peer outside the allow-list is refused', () =>
+    withTimeout(120_000, 'allow-list', async () => {
+      const vm = C.vm!;
+      await vm.sh('node /opt/vmsubst/build/agent/src/main.js --vsock-port 5353 --no-serial > /tmp/agent2.log 2>&1 &');
+      const r = await vm.run(`sleep 3; ${GUEST_CLI} notify /tmp/fwd.bundle --to vsock:1:5353 --json`, 120_000);
+      assert.is.not(r.code, 0, r.out);
+      assert.match(r.out, /CID 1 is not allowed/);
+      assert.match(await vm.sh('cat /tmp/agent2.log'), /refused connection/);
+    }),
+  );
+
+  Guest('the kernel module ABI test passes in the guest (TAP)', () =>
+    withTimeout(120_000, 'abi test', async () => {
+      const r = await C.vm!.run('/opt/vmsubst/abi_test /mnt/data/etc/motd /tmp/abi-scratch');
+      const lines = r.out.split('\n');
+      const plan = lines.find((l) => /^1\.\.\d+$/.test(l));
+      assert.ok(plan, r.out);
+      const failed = lines.filter((l) => l.startsWith('not ok'));
+      assert.equal(failed, [], r.out);
+      assert.is(r.code, 0, r.out);
+      assert.is(lines.filter((l) => /^ok \d+/.test(l)).length, Number(plan.slice(3)), r.out);
+    }),
+  );
+}
+
+const why = vhostVsockUnavailable();
+if (why || typeof art === 'string') {
+  console.log(`  skipped: host-to-guest vsock: ${why ?? art}`);
+  Guest.skip('host → guest substitute over vhost-vsock-pci', () => undefined);
+} else {
+  Guest('host → guest substitute over vhost-vsock-pci', () =>
+    withTimeout(240_000, 'vhost-vsock', async () => {
+      const disk = join(C.tmp, 'vhost.img');
+      copyFileSync(join(art.disks, 'base.img'), disk);
+      const vm = await GuestVm.boot({ disk, vsockCid: 42 });
+      try {
+        await vmsubstJson(['apply', C.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
+        const report = await vmsubstJson<{ files: { path: string }[] }>(['notify', C.bundle, '--to', 'vsock:42:5252']);
+        assert.ok(report.files.some((f) => f.path === '/mnt/data/bin/vprog'));
+        assert.match(await vm.sh('/mnt/data/bin/vprog'), /version v2/);
+      } finally {
+        vm.kill();
+      }
+    }),
+  );
+}
+
+Guest.run();

@@ -23,16 +23,20 @@
  * Every command takes a pointer to a struct whose first member is
  * ``__u32 size`` (the caller's sizeof) followed by ``__u32 flags``.
  * The kernel reads the struct with copy_struct_from_user(), so older and
- * newer callers keep working as structs grow at the tail.
+ * newer callers keep working as structs grow at the tail. ``size``, not the
+ * size encoded in the command number, decides: the module matches commands
+ * by type, number and direction only, so a caller built against a grown
+ * struct still reaches an older module.
  *
  * ===============  ==========================================================
  * ENOTTY           unknown command
  * EPERM            caller lacks CAP_SYS_ADMIN (checked before anything else)
  * EFAULT           the argument pointer (or a pointer inside it) is invalid
  * EINVAL           ``size`` is smaller than the first published version of
- *                  the struct, a reserved field is non-zero, or ``length`` is 0
+ *                  the struct (``*_SIZE_VER0``), a reserved field is
+ *                  non-zero, or ``length`` is 0
  * E2BIG            ``size`` is larger than the kernel knows and the unknown
- *                  tail is not all zero
+ *                  tail is not all zero, or ``size`` exceeds the page size
  * EOPNOTSUPP       ``flags`` has a bit the kernel does not know
  * EBADF            ``fd`` is not an open file descriptor (O_PATH included)
  * EISDIR/EINVAL    ``fd`` is a directory / not a regular file
@@ -66,6 +70,8 @@ struct vmsubst_version {
 	char module_version[32];
 };
 
+#define VMSUBST_VERSION_SIZE_VER0 56 /* sizeof first published struct */
+
 #define VMSUBST_FEATURE_INVALIDATE_RANGE (1ULL << 0)
 
 /* Allow invalidation on a read-write mount (the caller takes the risk). */
@@ -83,7 +89,9 @@ struct vmsubst_version {
  * @pages_cached:  out: pages of the range in the page cache before the call
  * @pages_mapped:  out: of those, pages mapped into some process before the call
  * @pages_dropped: out: pages removed from the page cache
- * @pages_kept:    out: pages that could not be removed (dirty, busy, pinned)
+ * @pages_kept:    out: pages that could not be removed (dirty, or buffers
+ *                in use); GUP-pinned pages are removed and counted as
+ *                dropped, though their pinner keeps the old copy
  *
  * Under filemap_invalidate_lock the module zaps the range's page-table
  * entries with even_cows = 0 (private copy-on-write copies survive, so
@@ -102,6 +110,8 @@ struct vmsubst_invalidate_range {
 	__u64 pages_dropped;
 	__u64 pages_kept;
 };
+
+#define VMSUBST_INVALIDATE_RANGE_SIZE_VER0 64 /* sizeof first published struct */
 
 #define VMSUBST_IOC_VERSION \
 	_IOWR(VMSUBST_IOC_MAGIC, 0x00, struct vmsubst_version)

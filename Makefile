@@ -48,11 +48,11 @@ test: setup
 	@$(MAKE) --no-print-directory test-unit test-integration test-qemu
 
 test-unit:
-	$(UVU) build/test/unit
+	$(UVU) build/test/unit '\.test\.js$$'
 test-integration:
-	$(UVU) build/test/integration
+	$(UVU) build/test/integration '\.test\.js$$'
 test-qemu:
-	$(UVU) build/test/qemu
+	$(UVU) build/test/qemu '\.test\.js$$'
 
 demo: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest

@@ -104,3 +104,10 @@ export class TransportError extends VmsubstError {
     super('E_VMSUBST_TRANSPORT', message, hint, options);
   }
 }
+
+/** The operation was cancelled (SIGINT/SIGTERM) before anything was written. */
+export class CancelledError extends VmsubstError {
+  constructor(message = 'cancelled', hint = 'nothing was written') {
+    super('E_VMSUBST_CANCELLED', message, hint);
+  }
+}

@@ -32,7 +32,7 @@ for m in $MODS; do
     mkdir -p "$STAGE/lib/modules/$KVER/$(dirname "$f")"; cp "$MD/$f" "$STAGE/lib/modules/$KVER/$f"
   done
 done
-cp "$MD"/modules.{dep,alias,symbols,builtin,order} "$STAGE/lib/modules/$KVER/" 2>/dev/null || true
+cp "$MD"/modules.{dep,alias,symbols,builtin,builtin.modinfo,order} "$STAGE/lib/modules/$KVER/" 2>/dev/null || true
 depmod -b "$STAGE" "$KVER"
 
 # The project: same relative layout as the repository, so paths resolve alike.

@@ -1,0 +1,995 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//
+// The N-API glue of vmsubst-agent: the only C++ in the addon.
+//
+// It validates arguments, calls the syscall layer (native.h), turns -errno
+// into an Error shaped like node's fs errors ({code, syscall, errno, path?},
+// message "ECODE: description, syscall detail"), runs blocking I/O on the
+// libuv thread pool (AsyncWorker), and adopts sockets into node's own event
+// loop:
+//
+//   StreamHandle  uv_pipe_t over any connected stream fd (vsock, virtio-serial
+//                 character device, socketpair). libuv queues writes and
+//                 handles EAGAIN; the TypeScript facade wraps it in a Duplex.
+//   Listener      uv_poll_t on a listening vsock fd; accepts with accept4() so
+//                 the peer's CID and port are known (uv_accept() drops them).
+//   Connector     uv_poll_t waiting for a non-blocking connect to finish.
+//
+// Lifetime rule for the three wraps: the uv handle lives in a separate heap
+// block whose `owner` points back at the wrap. The wrap holds a strong
+// reference to its own JS object (Ref()) from a successful constructor until
+// the uv close callback, so the object cannot be collected while libuv may
+// still call into it; the close callback frees the block and drops that
+// reference. If the wrap is destroyed with its handle still open (only at
+// environment teardown) it detaches `owner` and closes the handle without
+// calling JavaScript.
+#include <napi.h>
+#include <uv.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <string>
+#include <vector>
+
+#include <linux/fiemap.h>
+#include <linux/vm_sockets.h>
+#include <linux/vmsubst.h>
+
+#include "native.h"
+
+namespace {
+
+constexpr size_t kReadBufferSize = 64 * 1024;
+constexpr unsigned kMaxAcceptsPerWakeup = 64;
+
+// ---- errors ------------------------------------------------------------------
+
+std::string ErrnoName(int err) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  if (const char* name = strerrorname_np(err)) return name;
+#endif
+  char buf[64];
+  uv_err_name_r(-err, buf, sizeof(buf));
+  return buf;
+}
+
+std::string ErrnoDescription(int err) {
+  char buf[256];
+  std::string text = strerror_r(err, buf, sizeof(buf));
+  // Node's messages are lower case ("no such file or directory"); keep
+  // acronyms ("I/O error") intact.
+  if (text.size() > 1 && text[0] >= 'A' && text[0] <= 'Z' && text[1] >= 'a' &&
+      text[1] <= 'z') {
+    text[0] = static_cast<char>(text[0] - 'A' + 'a');
+  }
+  return text;
+}
+
+// neg_errno is a negative errno (libuv status codes are the same on Linux).
+Napi::Error MakeError(Napi::Env env, int neg_errno, const char* syscall,
+                      const std::string& detail, const char* path = nullptr) {
+  const int err = neg_errno < 0 ? -neg_errno : neg_errno;
+  const std::string code = ErrnoName(err);
+  std::string message = code + ": " + ErrnoDescription(err) + ", " + syscall;
+  if (!detail.empty()) message += " " + detail;
+  Napi::Error error = Napi::Error::New(env, message);
+  Napi::Object obj = error.Value();
+  obj.Set("errno", Napi::Number::New(env, -err));
+  obj.Set("code", Napi::String::New(env, code));
+  obj.Set("syscall", Napi::String::New(env, syscall));
+  if (path != nullptr) obj.Set("path", Napi::String::New(env, path));
+  return error;
+}
+
+std::string Quoted(const std::string& path) { return "'" + path + "'"; }
+
+std::string VsockAddress(uint32_t cid, uint32_t port) {
+  return "vsock " + std::to_string(cid) + ":" + std::to_string(port);
+}
+
+// An exception thrown by a JavaScript callback that libuv invoked has no JS
+// caller to return to: report it like node reports one from a net.Socket
+// callback, as an uncaught exception.
+template <typename Fn>
+void CallIntoJs(Napi::Env env, Fn&& fn) {
+  try {
+    fn();
+  } catch (const Napi::Error& e) {
+    napi_fatal_exception(env, e.Value());
+  }
+}
+
+// ---- argument checks ------------------------------------------------------------
+
+double ArgInteger(const Napi::CallbackInfo& info, size_t i, const char* name,
+                  double min, double max) {
+  if (info.Length() <= i || !info[i].IsNumber()) {
+    throw Napi::TypeError::New(info.Env(),
+                               std::string(name) + " must be a number");
+  }
+  const double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= min && v <= max) || v != static_cast<double>(static_cast<int64_t>(v))) {
+    throw Napi::RangeError::New(info.Env(),
+                                std::string(name) + " must be an integer in [" +
+                                    std::to_string(static_cast<int64_t>(min)) + ", " +
+                                    std::to_string(static_cast<int64_t>(max)) + "]");
+  }
+  return v;
+}
+
+uint32_t ArgU32(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return static_cast<uint32_t>(ArgInteger(info, i, name, 0, 4294967295.0));
+}
+
+int ArgFd(const Napi::CallbackInfo& info, size_t i) {
+  return static_cast<int>(ArgInteger(info, i, "fd", 0, 2147483647.0));
+}
+
+uint64_t ArgU64(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsBigInt()) {
+    throw Napi::TypeError::New(info.Env(),
+                               std::string(name) + " must be a bigint");
+  }
+  bool lossless = false;
+  const uint64_t v = info[i].As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) {
+    throw Napi::RangeError::New(info.Env(),
+                                std::string(name) + " must be in [0, 2^64)");
+  }
+  return v;
+}
+
+std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsString()) {
+    throw Napi::TypeError::New(info.Env(),
+                               std::string(name) + " must be a string");
+  }
+  std::string s = info[i].As<Napi::String>().Utf8Value();
+  if (s.find('\0') != std::string::npos) {
+    throw Napi::TypeError::New(info.Env(),
+                               std::string(name) + " must not contain NUL");
+  }
+  return s;
+}
+
+Napi::Function ArgFunction(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsFunction()) {
+    throw Napi::TypeError::New(info.Env(),
+                               std::string(name) + " must be a function");
+  }
+  return info[i].As<Napi::Function>();
+}
+
+uv_loop_t* Loop(Napi::Env env) {
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    throw Napi::Error::New(env, "vmsubst_native: no libuv event loop");
+  }
+  return loop;
+}
+
+// ---- FIEMAP -----------------------------------------------------------------------
+
+int CollectExtent(void* ctx, const struct vs_extent* extent) {
+  try {
+    static_cast<std::vector<vs_extent>*>(ctx)->push_back(*extent);
+    return 0;
+  } catch (...) {
+    return -ENOMEM;
+  }
+}
+
+Napi::Value Fiemap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = ArgFd(info, 0);
+  std::vector<vs_extent> extents;
+  const int err = vs_fiemap(fd, CollectExtent, &extents);
+  if (err < 0) {
+    throw MakeError(env, err, "ioctl", "FS_IOC_FIEMAP (fd " + std::to_string(fd) + ")");
+  }
+  Napi::Array result = Napi::Array::New(env, extents.size());
+  for (size_t i = 0; i < extents.size(); i++) {
+    const vs_extent& e = extents[i];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("logical", Napi::BigInt::New(env, e.logical));
+    o.Set("physical", Napi::BigInt::New(env, e.physical));
+    o.Set("length", Napi::BigInt::New(env, e.length));
+    o.Set("flags", Napi::Number::New(env, e.flags));
+    result.Set(static_cast<uint32_t>(i), o);
+  }
+  return result;
+}
+
+// ---- O_DIRECT read ------------------------------------------------------------------
+
+class ReadDirectWorker : public Napi::AsyncWorker {
+ public:
+  ReadDirectWorker(Napi::Env env, std::string path, uint64_t offset, size_t length)
+      : Napi::AsyncWorker(env, "vmsubst:readDirect"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        path_(std::move(path)),
+        offset_(offset),
+        length_(length) {}
+
+  ~ReadDirectWorker() override { free(out_.base); }
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    err_ = vs_read_direct(path_.c_str(), offset_, length_, &out_, &syscall_);
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_ < 0) {
+      deferred_.Reject(MakeError(env, err_, syscall_, Quoted(path_), path_.c_str()).Value());
+      return;
+    }
+    if (out_.got < length_) {
+      Napi::Error error = MakeError(env, -EIO, "read", Quoted(path_), path_.c_str());
+      error.Value().Set(
+          "message",
+          "EIO: short read, got " + std::to_string(out_.got) + " of " +
+              std::to_string(length_) + " bytes at offset " + std::to_string(offset_) +
+              " (the file or device ends there), read " + Quoted(path_));
+      deferred_.Reject(error.Value());
+      return;
+    }
+    if (length_ == 0) {
+      deferred_.Resolve(Napi::Buffer<uint8_t>::New(env, 0));
+      return;
+    }
+    void* base = out_.base;
+    uint8_t* data = static_cast<uint8_t*>(base) + out_.skip;
+    // Zero-copy: the Buffer frees the aligned block when collected.
+    Napi::Buffer<uint8_t> buffer = Napi::Buffer<uint8_t>::NewOrCopy(
+        env, data, length_, [](Napi::Env, uint8_t*, void* hint) { free(hint); }, base);
+    out_.base = nullptr;
+    deferred_.Resolve(buffer);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::string path_;
+  uint64_t offset_;
+  size_t length_;
+  int err_ = 0;
+  const char* syscall_ = "read";
+  vs_direct_read out_{};
+};
+
+Napi::Value ReadDirect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = ArgString(info, 0, "path");
+  const double offset = ArgInteger(info, 1, "offset", 0, 9007199254740991.0);
+  const double length = ArgInteger(info, 2, "length", 0, 9007199254740991.0);
+  auto* worker = new ReadDirectWorker(env, std::move(path), static_cast<uint64_t>(offset),
+                                      static_cast<size_t>(length));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// ---- /dev/vmsubst ----------------------------------------------------------------------
+
+Napi::Value KmodVersion(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string dev = ArgString(info, 0, "devPath");
+  vs_kmod_version_info v{};
+  const char* syscall = "ioctl";
+  const int err = vs_kmod_version(dev.c_str(), &v, &syscall);
+  if (err < 0) {
+    const std::string detail =
+        strcmp(syscall, "ioctl") == 0 ? "VMSUBST_IOC_VERSION " + Quoted(dev) : Quoted(dev);
+    throw MakeError(env, err, syscall, detail, dev.c_str());
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("abiVersion", Napi::Number::New(env, v.abi_version));
+  o.Set("features", Napi::BigInt::New(env, v.features));
+  o.Set("moduleVersion", Napi::String::New(env, v.module_version));
+  return o;
+}
+
+class InvalidateWorker : public Napi::AsyncWorker {
+ public:
+  InvalidateWorker(Napi::Env env, std::string dev, int fd, uint64_t offset, uint64_t length,
+                   uint32_t flags)
+      : Napi::AsyncWorker(env, "vmsubst:invalidateRange"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        dev_(std::move(dev)),
+        fd_(fd),
+        offset_(offset),
+        length_(length),
+        flags_(flags) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    err_ = vs_invalidate_range(dev_.c_str(), fd_, offset_, length_, flags_, &out_, &syscall_);
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_ < 0) {
+      const std::string detail = strcmp(syscall_, "ioctl") == 0
+                                     ? "VMSUBST_IOC_INVALIDATE_RANGE " + Quoted(dev_) +
+                                           " (fd " + std::to_string(fd_) + ")"
+                                     : Quoted(dev_);
+      deferred_.Reject(MakeError(env, err_, syscall_, detail, dev_.c_str()).Value());
+      return;
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("pagesCached", Napi::BigInt::New(env, out_.pages_cached));
+    o.Set("pagesMapped", Napi::BigInt::New(env, out_.pages_mapped));
+    o.Set("pagesDropped", Napi::BigInt::New(env, out_.pages_dropped));
+    o.Set("pagesKept", Napi::BigInt::New(env, out_.pages_kept));
+    deferred_.Resolve(o);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::string dev_;
+  int fd_;
+  uint64_t offset_;
+  uint64_t length_;
+  uint32_t flags_;
+  int err_ = 0;
+  const char* syscall_ = "ioctl";
+  vs_invalidate_result out_{};
+};
+
+Napi::Value InvalidateRange(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dev = ArgString(info, 0, "devPath");
+  const int fd = ArgFd(info, 1);
+  const uint64_t offset = ArgU64(info, 2, "offset");
+  const uint64_t length = ArgU64(info, 3, "length");
+  const uint32_t flags = ArgU32(info, 4, "flags");
+  auto* worker = new InvalidateWorker(env, std::move(dev), fd, offset, length, flags);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// ---- vsock syscalls ----------------------------------------------------------------------
+
+Napi::Value VsockListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t cid = ArgU32(info, 0, "cid");
+  const uint32_t port = ArgU32(info, 1, "port");
+  const int backlog = static_cast<int>(ArgInteger(info, 2, "backlog", 0, 65535));
+  vs_vsock_addr bound{};
+  const char* syscall = "socket";
+  const int fd = vs_vsock_listen(cid, port, backlog, &bound, &syscall);
+  if (fd < 0) throw MakeError(env, fd, syscall, VsockAddress(cid, port));
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("fd", Napi::Number::New(env, fd));
+  o.Set("cid", Napi::Number::New(env, bound.cid));
+  o.Set("port", Napi::Number::New(env, bound.port));
+  return o;
+}
+
+Napi::Value VsockConnectStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t cid = ArgU32(info, 0, "cid");
+  const uint32_t port = ArgU32(info, 1, "port");
+  const uint32_t timeout_ms = ArgU32(info, 2, "timeoutMs");
+  const char* syscall = "socket";
+  const int fd = vs_vsock_connect(cid, port, timeout_ms, &syscall);
+  if (fd < 0) throw MakeError(env, fd, syscall, VsockAddress(cid, port));
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value VsockAddresses(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = ArgFd(info, 0);
+  vs_vsock_addr local{}, peer{};
+  int err = vs_vsock_local_addr(fd, &local);
+  if (err < 0) throw MakeError(env, err, "getsockname", "(fd " + std::to_string(fd) + ")");
+  err = vs_vsock_peer_addr(fd, &peer);
+  if (err < 0) throw MakeError(env, err, "getpeername", "(fd " + std::to_string(fd) + ")");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("localCid", Napi::Number::New(env, local.cid));
+  o.Set("localPort", Napi::Number::New(env, local.port));
+  o.Set("remoteCid", Napi::Number::New(env, peer.cid));
+  o.Set("remotePort", Napi::Number::New(env, peer.port));
+  return o;
+}
+
+Napi::Value LocalCid(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string dev = ArgString(info, 0, "devPath");
+  uint32_t cid = 0;
+  const char* syscall = "ioctl";
+  const int err = vs_vsock_local_cid(dev.c_str(), &cid, &syscall);
+  if (err < 0) {
+    const std::string detail = strcmp(syscall, "ioctl") == 0
+                                   ? "IOCTL_VM_SOCKETS_GET_LOCAL_CID " + Quoted(dev)
+                                   : Quoted(dev);
+    throw MakeError(env, err, syscall, detail, dev.c_str());
+  }
+  return Napi::Number::New(env, cid);
+}
+
+Napi::Value CloseFd(const Napi::CallbackInfo& info) {
+  const int fd = ArgFd(info, 0);
+  const int err = vs_close(fd);
+  if (err < 0) throw MakeError(info.Env(), err, "close", "(fd " + std::to_string(fd) + ")");
+  return info.Env().Undefined();
+}
+
+// ---- StreamHandle ------------------------------------------------------------------------
+
+class StreamHandle : public Napi::ObjectWrap<StreamHandle> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "StreamHandle",
+                       {
+                           InstanceMethod<&StreamHandle::ReadStart>("readStart"),
+                           InstanceMethod<&StreamHandle::ReadStop>("readStop"),
+                           InstanceMethod<&StreamHandle::Write>("write"),
+                           InstanceMethod<&StreamHandle::Shutdown>("shutdown"),
+                           InstanceMethod<&StreamHandle::Close>("close"),
+                           InstanceMethod<&StreamHandle::RefHandle>("ref"),
+                           InstanceMethod<&StreamHandle::UnrefHandle>("unref"),
+                       });
+  }
+
+  // new StreamHandle(fd, onread(err, chunk)): adopts fd on success (closing
+  // the handle closes it); on failure the caller still owns fd.
+  explicit StreamHandle(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<StreamHandle>(info), async_(info.Env(), "vmsubst:StreamHandle") {
+    Napi::Env env = info.Env();
+    const int fd = ArgFd(info, 0);
+    onread_ = Napi::Persistent(ArgFunction(info, 1, "onread"));
+    uv_loop_t* loop = Loop(env);
+
+    auto* pipe = new Pipe{};
+    int err = uv_pipe_init(loop, &pipe->handle, 0);
+    if (err < 0) {
+      delete pipe;
+      throw MakeError(env, err, "uv_pipe_init", "(fd " + std::to_string(fd) + ")");
+    }
+    pipe->handle.data = pipe;
+    err = uv_pipe_open(&pipe->handle, fd);
+    if (err < 0) {
+      // Initialised handles must be closed; fd was not taken.
+      uv_close(reinterpret_cast<uv_handle_t*>(&pipe->handle), OnClose);
+      throw MakeError(env, err, "uv_pipe_open", "(fd " + std::to_string(fd) + ")");
+    }
+    pipe->owner = this;
+    pipe_ = pipe;
+    Ref();
+  }
+
+  ~StreamHandle() override {
+    if (pipe_ != nullptr) {
+      pipe_->owner = nullptr;
+      uv_close(Handle(), OnClose);
+      pipe_ = nullptr;
+    }
+  }
+
+ private:
+  struct Pipe {
+    uv_pipe_t handle;
+    StreamHandle* owner = nullptr;
+    char* read_buffer = nullptr;
+  };
+
+  struct WriteReq {
+    uv_write_t req;
+    Pipe* pipe;
+    Napi::Reference<Napi::Value> chunks;  // keeps the Buffers' memory alive
+    Napi::FunctionReference cb;
+  };
+
+  struct ShutdownReq {
+    uv_shutdown_t req;
+    Pipe* pipe;
+    Napi::FunctionReference cb;
+  };
+
+  uv_handle_t* Handle() const { return reinterpret_cast<uv_handle_t*>(&pipe_->handle); }
+  uv_stream_t* Stream() const { return reinterpret_cast<uv_stream_t*>(&pipe_->handle); }
+
+  bool Open() const { return pipe_ != nullptr && !closing_; }
+
+  void RequireOpen(Napi::Env env, const char* syscall) const {
+    if (!Open()) throw MakeError(env, -EBADF, syscall, "(handle is closed)");
+  }
+
+  Napi::Value ReadStart(const Napi::CallbackInfo& info) {
+    RequireOpen(info.Env(), "read");
+    const int err = uv_read_start(Stream(), OnAlloc, OnRead);
+    if (err < 0 && err != UV_EALREADY) throw MakeError(info.Env(), err, "read", "");
+    return info.Env().Undefined();
+  }
+
+  Napi::Value ReadStop(const Napi::CallbackInfo& info) {
+    if (Open()) uv_read_stop(Stream());
+    return info.Env().Undefined();
+  }
+
+  // write(chunks: Buffer[], cb(err)): cb runs once libuv has written every
+  // byte or failed; Buffers stay referenced until then.
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsArray()) {
+      throw Napi::TypeError::New(env, "chunks must be an array of Buffers");
+    }
+    Napi::Array chunks = info[0].As<Napi::Array>();
+    Napi::Function cb = ArgFunction(info, 1, "cb");
+    RequireOpen(env, "write");
+
+    std::vector<uv_buf_t> bufs;
+    bufs.reserve(chunks.Length());
+    for (uint32_t i = 0; i < chunks.Length(); i++) {
+      Napi::Value chunk = chunks.Get(i);
+      if (!chunk.IsBuffer()) throw Napi::TypeError::New(env, "chunks must be an array of Buffers");
+      Napi::Buffer<char> b = chunk.As<Napi::Buffer<char>>();
+      bufs.push_back(uv_buf_init(b.Data(), static_cast<unsigned int>(b.Length())));
+    }
+    if (bufs.empty()) bufs.push_back(uv_buf_init(nullptr, 0));
+
+    auto* req = new WriteReq{};
+    req->req.data = req;
+    req->pipe = pipe_;
+    req->chunks = Napi::Reference<Napi::Value>::New(chunks, 1);
+    req->cb = Napi::Persistent(cb);
+    const int err = uv_write(&req->req, Stream(), bufs.data(),
+                             static_cast<unsigned int>(bufs.size()), OnWrite);
+    if (err < 0) {
+      delete req;
+      throw MakeError(env, err, "write", "");
+    }
+    return env.Undefined();
+  }
+
+  // shutdown(cb(err)): half-close (SHUT_WR) after queued writes drain.
+  Napi::Value Shutdown(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Function cb = ArgFunction(info, 0, "cb");
+    RequireOpen(env, "shutdown");
+    auto* req = new ShutdownReq{};
+    req->req.data = req;
+    req->pipe = pipe_;
+    req->cb = Napi::Persistent(cb);
+    const int err = uv_shutdown(&req->req, Stream(), OnShutdown);
+    if (err < 0) {
+      delete req;
+      throw MakeError(env, err, "shutdown", "");
+    }
+    return env.Undefined();
+  }
+
+  // close(cb?): pending writes and shutdowns complete with ECANCELED first;
+  // cb runs once the fd is closed. Idempotent.
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() > 0 && info[0].IsFunction()) {
+      if (Open()) {
+        onclose_ = Napi::Persistent(info[0].As<Napi::Function>());
+      }
+    }
+    if (Open()) {
+      closing_ = true;
+      uv_close(Handle(), OnClose);
+    }
+    return env.Undefined();
+  }
+
+  Napi::Value RefHandle(const Napi::CallbackInfo& info) {
+    if (Open()) uv_ref(Handle());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value UnrefHandle(const Napi::CallbackInfo& info) {
+    if (Open()) uv_unref(Handle());
+    return info.Env().Undefined();
+  }
+
+  static void OnAlloc(uv_handle_t* handle, size_t, uv_buf_t* buf) {
+    auto* pipe = static_cast<Pipe*>(handle->data);
+    if (pipe->read_buffer == nullptr) {
+      pipe->read_buffer = static_cast<char*>(malloc(kReadBufferSize));
+    }
+    // A NULL base makes libuv report UV_ENOBUFS to OnRead.
+    *buf = uv_buf_init(pipe->read_buffer, pipe->read_buffer ? kReadBufferSize : 0);
+  }
+
+  static void OnRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
+    auto* pipe = static_cast<Pipe*>(stream->data);
+    StreamHandle* self = pipe->owner;
+    if (nread == 0 || self == nullptr || self->closing_) return;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    CallIntoJs(env, [&] {
+      napi_value err = env.Null();
+      napi_value chunk = env.Null();
+      if (nread > 0) {
+        // A right-sized copy: the 64 KiB read buffer is reused.
+        chunk = Napi::Buffer<char>::Copy(env, pipe->read_buffer, static_cast<size_t>(nread));
+      } else if (nread != UV_EOF) {
+        err = MakeError(env, static_cast<int>(nread), "read", "").Value();
+      }
+      self->onread_.MakeCallback(self->Value(), {err, chunk}, self->async_);
+    });
+  }
+
+  static void OnWrite(uv_write_t* uvreq, int status) {
+    auto* req = static_cast<WriteReq*>(uvreq->data);
+    StreamHandle* self = req->pipe->owner;
+    if (self == nullptr) return;  // environment teardown: leave the JS refs alone
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    CallIntoJs(env, [&] {
+      napi_value err = status < 0 ? MakeError(env, status, "write", "").Value() : env.Null();
+      Napi::FunctionReference cb = std::move(req->cb);
+      delete req;
+      cb.MakeCallback(self->Value(), {err}, self->async_);
+    });
+  }
+
+  static void OnShutdown(uv_shutdown_t* uvreq, int status) {
+    auto* req = static_cast<ShutdownReq*>(uvreq->data);
+    StreamHandle* self = req->pipe->owner;
+    if (self == nullptr) return;
+    // Character devices and pipes cannot half-close; for them "end" only
+    // means every queued byte was written.
+    if (status == UV_ENOTSOCK) status = 0;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    CallIntoJs(env, [&] {
+      napi_value err = status < 0 ? MakeError(env, status, "shutdown", "").Value() : env.Null();
+      Napi::FunctionReference cb = std::move(req->cb);
+      delete req;
+      cb.MakeCallback(self->Value(), {err}, self->async_);
+    });
+  }
+
+  static void OnClose(uv_handle_t* handle) {
+    auto* pipe = static_cast<Pipe*>(handle->data);
+    StreamHandle* self = pipe->owner;
+    free(pipe->read_buffer);
+    delete pipe;
+    if (self == nullptr) return;
+    self->pipe_ = nullptr;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    self->onread_.Reset();
+    if (!self->onclose_.IsEmpty()) {
+      Napi::FunctionReference cb = std::move(self->onclose_);
+      CallIntoJs(env, [&] { cb.MakeCallback(self->Value(), {}, self->async_); });
+    }
+    self->Unref();
+  }
+
+  Pipe* pipe_ = nullptr;
+  bool closing_ = false;
+  Napi::FunctionReference onread_;
+  Napi::FunctionReference onclose_;
+  Napi::AsyncContext async_;
+};
+
+// ---- Listener ------------------------------------------------------------------------------
+
+class Listener : public Napi::ObjectWrap<Listener> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Listener",
+                       {
+                           InstanceMethod<&Listener::Start>("start"),
+                           InstanceMethod<&Listener::Stop>("stop"),
+                           InstanceMethod<&Listener::Close>("close"),
+                           InstanceMethod<&Listener::RefHandle>("ref"),
+                           InstanceMethod<&Listener::UnrefHandle>("unref"),
+                       });
+  }
+
+  // new Listener(fd, onconnection(err, fd, cid, port)): takes fd (a
+  // listening vsock socket) on success and starts accepting.
+  explicit Listener(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<Listener>(info), async_(info.Env(), "vmsubst:Listener") {
+    Napi::Env env = info.Env();
+    const int fd = ArgFd(info, 0);
+    onconnection_ = Napi::Persistent(ArgFunction(info, 1, "onconnection"));
+    uv_loop_t* loop = Loop(env);
+
+    auto* poll = new Poll{};
+    poll->fd = fd;
+    int err = uv_poll_init(loop, &poll->handle, fd);
+    if (err < 0) {
+      delete poll;  // libuv registers the handle only on success
+      throw MakeError(env, err, "uv_poll_init", "(fd " + std::to_string(fd) + ")");
+    }
+    poll->handle.data = poll;
+    err = uv_poll_start(&poll->handle, UV_READABLE, OnPoll);
+    if (err < 0) {
+      poll->fd = -1;  // not ours yet
+      uv_close(reinterpret_cast<uv_handle_t*>(&poll->handle), OnClose);
+      throw MakeError(env, err, "uv_poll_start", "(fd " + std::to_string(fd) + ")");
+    }
+    poll->owner = this;
+    poll_ = poll;
+    Ref();
+  }
+
+  ~Listener() override {
+    if (poll_ != nullptr) {
+      poll_->owner = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(&poll_->handle), OnClose);
+      poll_ = nullptr;
+    }
+  }
+
+ private:
+  struct Poll {
+    uv_poll_t handle;
+    Listener* owner = nullptr;
+    int fd = -1;
+  };
+
+  bool Open() const { return poll_ != nullptr && !closing_; }
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    if (Open()) {
+      const int err = uv_poll_start(&poll_->handle, UV_READABLE, OnPoll);
+      if (err < 0) throw MakeError(info.Env(), err, "uv_poll_start", "");
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    if (Open()) uv_poll_stop(&poll_->handle);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (info.Length() > 0 && info[0].IsFunction() && Open()) {
+      onclose_ = Napi::Persistent(info[0].As<Napi::Function>());
+    }
+    if (Open()) {
+      closing_ = true;
+      uv_close(reinterpret_cast<uv_handle_t*>(&poll_->handle), OnClose);
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value RefHandle(const Napi::CallbackInfo& info) {
+    if (Open()) uv_ref(reinterpret_cast<uv_handle_t*>(&poll_->handle));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value UnrefHandle(const Napi::CallbackInfo& info) {
+    if (Open()) uv_unref(reinterpret_cast<uv_handle_t*>(&poll_->handle));
+    return info.Env().Undefined();
+  }
+
+  static void OnPoll(uv_poll_t* handle, int status, int) {
+    auto* poll = static_cast<Poll*>(handle->data);
+    Listener* self = poll->owner;
+    if (self == nullptr || self->closing_) return;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+
+    if (status < 0) {
+      CallIntoJs(env, [&] {
+        napi_value err = MakeError(env, status, "accept", "").Value();
+        self->onconnection_.MakeCallback(self->Value(), {err}, self->async_);
+      });
+      return;
+    }
+    for (unsigned i = 0; i < kMaxAcceptsPerWakeup && !self->closing_; i++) {
+      vs_vsock_addr peer{};
+      const int fd = vs_vsock_accept(poll->fd, &peer);
+      if (fd == -EAGAIN || fd == -EWOULDBLOCK) break;
+      if (fd == -EINTR || fd == -ECONNABORTED) continue;
+      CallIntoJs(env, [&] {
+        if (fd < 0) {
+          napi_value err = MakeError(env, fd, "accept", "").Value();
+          self->onconnection_.MakeCallback(self->Value(), {err}, self->async_);
+        } else {
+          self->onconnection_.MakeCallback(
+              self->Value(),
+              {env.Null(), Napi::Number::New(env, fd), Napi::Number::New(env, peer.cid),
+               Napi::Number::New(env, peer.port)},
+              self->async_);
+        }
+      });
+      if (fd < 0) break;
+    }
+  }
+
+  static void OnClose(uv_handle_t* handle) {
+    auto* poll = static_cast<Poll*>(handle->data);
+    Listener* self = poll->owner;
+    if (poll->fd >= 0) vs_close(poll->fd);
+    delete poll;
+    if (self == nullptr) return;
+    self->poll_ = nullptr;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    self->onconnection_.Reset();
+    if (!self->onclose_.IsEmpty()) {
+      Napi::FunctionReference cb = std::move(self->onclose_);
+      CallIntoJs(env, [&] { cb.MakeCallback(self->Value(), {}, self->async_); });
+    }
+    self->Unref();
+  }
+
+  Poll* poll_ = nullptr;
+  bool closing_ = false;
+  Napi::FunctionReference onconnection_;
+  Napi::FunctionReference onclose_;
+  Napi::AsyncContext async_;
+};
+
+// ---- Connector --------------------------------------------------------------------------------
+
+class Connector : public Napi::ObjectWrap<Connector> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Connector", {InstanceMethod<&Connector::Cancel>("cancel")});
+  }
+
+  // new Connector(fd, cid, port, oncomplete(err, fd)): takes fd, a socket
+  // with a connect in progress. On success oncomplete receives fd back (the
+  // caller owns it again); on failure or cancel() the connector closes it.
+  explicit Connector(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<Connector>(info), async_(info.Env(), "vmsubst:Connector") {
+    Napi::Env env = info.Env();
+    const int fd = ArgFd(info, 0);
+    cid_ = ArgU32(info, 1, "cid");
+    port_ = ArgU32(info, 2, "port");
+    oncomplete_ = Napi::Persistent(ArgFunction(info, 3, "oncomplete"));
+    uv_loop_t* loop = Loop(env);
+
+    auto* poll = new Poll{};
+    poll->fd = fd;
+    int err = uv_poll_init(loop, &poll->handle, fd);
+    if (err < 0) {
+      delete poll;  // libuv registers the handle only on success
+      throw MakeError(env, err, "uv_poll_init", "(fd " + std::to_string(fd) + ")");
+    }
+    poll->handle.data = poll;
+    err = uv_poll_start(&poll->handle, UV_WRITABLE, OnPoll);
+    if (err < 0) {
+      poll->fd = -1;
+      uv_close(reinterpret_cast<uv_handle_t*>(&poll->handle), OnClose);
+      throw MakeError(env, err, "uv_poll_start", "(fd " + std::to_string(fd) + ")");
+    }
+    poll->owner = this;
+    poll_ = poll;
+    Ref();
+  }
+
+  ~Connector() override {
+    if (poll_ != nullptr) {
+      poll_->owner = nullptr;
+      poll_->result = -ECANCELED;
+      uv_close(reinterpret_cast<uv_handle_t*>(&poll_->handle), OnClose);
+      poll_ = nullptr;
+    }
+  }
+
+ private:
+  struct Poll {
+    uv_poll_t handle;
+    Connector* owner = nullptr;
+    int fd = -1;
+    int result = 0;
+  };
+
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    if (poll_ != nullptr) {
+      cancelled_ = true;
+      if (!closing_) {
+        closing_ = true;
+        uv_close(reinterpret_cast<uv_handle_t*>(&poll_->handle), OnClose);
+      }
+    }
+    return info.Env().Undefined();
+  }
+
+  static void OnPoll(uv_poll_t* handle, int status, int) {
+    auto* poll = static_cast<Poll*>(handle->data);
+    Connector* self = poll->owner;
+    if (self == nullptr || self->closing_) return;
+    // On POLLERR libuv reports UV_EBADF; the socket's own error is better.
+    int result = vs_sock_connect_result(poll->fd);
+    if (result == 0 && status < 0) result = status;
+    poll->result = result;
+    self->closing_ = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(handle), OnClose);
+  }
+
+  static void OnClose(uv_handle_t* handle) {
+    auto* poll = static_cast<Poll*>(handle->data);
+    Connector* self = poll->owner;
+    const int fd = poll->fd;
+    const int result = poll->result;
+    const bool deliver = self != nullptr && !self->cancelled_ && fd >= 0;
+    if (fd >= 0 && (!deliver || result < 0)) vs_close(fd);
+    delete poll;
+    if (self == nullptr) return;
+    self->poll_ = nullptr;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    Napi::FunctionReference cb = std::move(self->oncomplete_);
+    if (deliver) {
+      CallIntoJs(env, [&] {
+        if (result < 0) {
+          napi_value err =
+              MakeError(env, result, "connect", VsockAddress(self->cid_, self->port_)).Value();
+          cb.MakeCallback(self->Value(), {err}, self->async_);
+        } else {
+          cb.MakeCallback(self->Value(), {env.Null(), Napi::Number::New(env, fd)},
+                          self->async_);
+        }
+      });
+    }
+    self->Unref();
+  }
+
+  Poll* poll_ = nullptr;
+  bool closing_ = false;
+  bool cancelled_ = false;
+  uint32_t cid_ = 0;
+  uint32_t port_ = 0;
+  Napi::FunctionReference oncomplete_;
+  Napi::AsyncContext async_;
+};
+
+// ---- module ------------------------------------------------------------------------------------
+
+Napi::Object Constants(Napi::Env env) {
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("VMSUBST_ABI_VERSION", Napi::Number::New(env, VMSUBST_ABI_VERSION));
+  c.Set("VMSUBST_FEATURE_INVALIDATE_RANGE",
+        Napi::BigInt::New(env, static_cast<uint64_t>(VMSUBST_FEATURE_INVALIDATE_RANGE)));
+  c.Set("VMSUBST_INVALIDATE_F_FORCE", Napi::Number::New(env, VMSUBST_INVALIDATE_F_FORCE));
+  c.Set("VMSUBST_INVALIDATE_F_ALL", Napi::Number::New(env, VMSUBST_INVALIDATE_F_ALL));
+  c.Set("VMADDR_CID_ANY", Napi::Number::New(env, VMADDR_CID_ANY));
+  c.Set("VMADDR_CID_HYPERVISOR", Napi::Number::New(env, VMADDR_CID_HYPERVISOR));
+  c.Set("VMADDR_CID_LOCAL", Napi::Number::New(env, VMADDR_CID_LOCAL));
+  c.Set("VMADDR_CID_HOST", Napi::Number::New(env, VMADDR_CID_HOST));
+  c.Set("VMADDR_PORT_ANY", Napi::Number::New(env, VMADDR_PORT_ANY));
+  c.Set("FIEMAP_EXTENT_LAST", Napi::Number::New(env, FIEMAP_EXTENT_LAST));
+  c.Set("FIEMAP_EXTENT_UNKNOWN", Napi::Number::New(env, FIEMAP_EXTENT_UNKNOWN));
+  c.Set("FIEMAP_EXTENT_DELALLOC", Napi::Number::New(env, FIEMAP_EXTENT_DELALLOC));
+  c.Set("FIEMAP_EXTENT_ENCODED", Napi::Number::New(env, FIEMAP_EXTENT_ENCODED));
+  c.Set("FIEMAP_EXTENT_DATA_ENCRYPTED", Napi::Number::New(env, FIEMAP_EXTENT_DATA_ENCRYPTED));
+  c.Set("FIEMAP_EXTENT_NOT_ALIGNED", Napi::Number::New(env, FIEMAP_EXTENT_NOT_ALIGNED));
+  c.Set("FIEMAP_EXTENT_DATA_INLINE", Napi::Number::New(env, FIEMAP_EXTENT_DATA_INLINE));
+  c.Set("FIEMAP_EXTENT_DATA_TAIL", Napi::Number::New(env, FIEMAP_EXTENT_DATA_TAIL));
+  c.Set("FIEMAP_EXTENT_UNWRITTEN", Napi::Number::New(env, FIEMAP_EXTENT_UNWRITTEN));
+  c.Set("FIEMAP_EXTENT_MERGED", Napi::Number::New(env, FIEMAP_EXTENT_MERGED));
+  c.Set("FIEMAP_EXTENT_SHARED", Napi::Number::New(env, FIEMAP_EXTENT_SHARED));
+  c.Set("DIRECT_IO_ALIGN", Napi::Number::New(env, VS_DIRECT_ALIGN));
+  return c;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("fiemap", Napi::Function::New<Fiemap>(env, "fiemap"));
+  exports.Set("readDirect", Napi::Function::New<ReadDirect>(env, "readDirect"));
+  exports.Set("kmodVersion", Napi::Function::New<KmodVersion>(env, "kmodVersion"));
+  exports.Set("invalidateRange", Napi::Function::New<InvalidateRange>(env, "invalidateRange"));
+  exports.Set("vsockListen", Napi::Function::New<VsockListen>(env, "vsockListen"));
+  exports.Set("vsockConnectStart",
+              Napi::Function::New<VsockConnectStart>(env, "vsockConnectStart"));
+  exports.Set("vsockAddresses", Napi::Function::New<VsockAddresses>(env, "vsockAddresses"));
+  exports.Set("localCid", Napi::Function::New<LocalCid>(env, "localCid"));
+  exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
+  exports.Set("StreamHandle", StreamHandle::Define(env));
+  exports.Set("Listener", Listener::Define(env));
+  exports.Set("Connector", Connector::Define(env));
+  exports.Set("constants", Constants(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(vmsubst_native, Init)

@@ -1,0 +1,154 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The syscall layer of the vmsubst-agent addon.
+ *
+ * Every function here is plain C, does syscalls only, never allocates a
+ * JavaScript value and reports failure as a negative errno. binding.cc is the
+ * only caller; it turns -errno into a JavaScript Error with code, syscall and
+ * errno, the way node's fs does.
+ *
+ * Functions documented as "thread-safe" may run on the libuv thread pool.
+ * None of them keep state between calls.
+ */
+#ifndef VMSUBST_AGENT_NATIVE_H
+#define VMSUBST_AGENT_NATIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- vsock.c: AF_VSOCK stream sockets ------------------------------------ */
+
+struct vs_vsock_addr {
+	uint32_t cid;
+	uint32_t port;
+};
+
+/*
+ * A non-blocking, close-on-exec AF_VSOCK stream socket bound to cid:port and
+ * listening. Returns the fd, or -errno; *failed_syscall names the call that
+ * failed ("socket", "bind", "listen", "getsockname") and *bound receives the
+ * address actually bound (the port differs when port is VMADDR_PORT_ANY).
+ */
+int vs_vsock_listen(uint32_t cid, uint32_t port, int backlog,
+		    struct vs_vsock_addr *bound, const char **failed_syscall);
+
+/*
+ * Start a non-blocking connect to cid:port. Returns the fd (the connect is
+ * complete or in progress: wait for writability, then call
+ * vs_sock_connect_result()), or -errno with *failed_syscall set.
+ * timeout_ms > 0 sets the kernel's connect timeout (SO_VM_SOCKETS_CONNECT_TIMEOUT,
+ * default 2 s) so that long timeouts are honoured by the transport too.
+ */
+int vs_vsock_connect(uint32_t cid, uint32_t port, uint32_t timeout_ms,
+		     const char **failed_syscall);
+
+/*
+ * After a non-blocking connect signalled writability or an error: 0 when the
+ * socket is connected, else -errno (the pending SO_ERROR, or ENOTCONN).
+ */
+int vs_sock_connect_result(int fd);
+
+/*
+ * accept4() one connection from a listening AF_VSOCK socket, non-blocking and
+ * close-on-exec. Returns the new fd and the peer's address, or -errno
+ * (-EAGAIN when the accept queue is empty).
+ */
+int vs_vsock_accept(int listen_fd, struct vs_vsock_addr *peer);
+
+/* getsockname()/getpeername() of a vsock socket. 0 or -errno. */
+int vs_vsock_local_addr(int fd, struct vs_vsock_addr *addr);
+int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr);
+
+/*
+ * IOCTL_VM_SOCKETS_GET_LOCAL_CID on dev_path (normally /dev/vsock).
+ * 0 or -errno with *failed_syscall set ("open" or "ioctl").
+ */
+int vs_vsock_local_cid(const char *dev_path, uint32_t *cid,
+		       const char **failed_syscall);
+
+/* close() that retries nothing (Linux closes the fd even on EINTR). */
+int vs_close(int fd);
+
+/* ---- fiemap.c: FS_IOC_FIEMAP ---------------------------------------------- */
+
+struct vs_extent {
+	uint64_t logical;
+	uint64_t physical;
+	uint64_t length;
+	uint32_t flags;
+};
+
+/* Called once per extent, in logical order; a non-zero return stops the walk
+ * and becomes vs_fiemap()'s return value. */
+typedef int (*vs_extent_cb)(void *ctx, const struct vs_extent *extent);
+
+/*
+ * Every extent of the open file fd, fetched in bounded batches with
+ * FIEMAP_FLAG_SYNC until an extent carries FIEMAP_EXTENT_LAST or the kernel
+ * maps no more. 0, -errno of the ioctl, or the callback's non-zero value.
+ * Thread-safe.
+ */
+int vs_fiemap(int fd, vs_extent_cb cb, void *ctx);
+
+/* ---- direct_io.c: O_DIRECT reads ------------------------------------------ */
+
+/* Alignment of O_DIRECT reads: offset, length and memory. 4096 covers both
+ * 512-byte and 4096-byte logical block sizes. */
+#define VS_DIRECT_ALIGN 4096u
+
+struct vs_direct_read {
+	void *base;	/* posix_memalign()ed; free() it; NULL if nothing read */
+	size_t skip;	/* offset of the first requested byte in base */
+	size_t got;	/* requested bytes that were read (< length: short read) */
+};
+
+/*
+ * Read [offset, offset + length) of path with O_DIRECT by reading the
+ * enclosing VS_DIRECT_ALIGN-aligned span into an aligned buffer. Returns 0
+ * (check out->got against length: the file or device may end early), or
+ * -errno with *failed_syscall set ("open", "read", "posix_memalign").
+ * On error out->base is NULL. Thread-safe.
+ */
+int vs_read_direct(const char *path, uint64_t offset, size_t length,
+		   struct vs_direct_read *out, const char **failed_syscall);
+
+/* ---- devctl.c: /dev/vmsubst ioctls ---------------------------------------- */
+
+struct vs_kmod_version_info {
+	uint32_t abi_version;
+	uint64_t features;
+	char module_version[33];	/* always NUL-terminated */
+};
+
+struct vs_invalidate_result {
+	uint64_t pages_cached;
+	uint64_t pages_mapped;
+	uint64_t pages_dropped;
+	uint64_t pages_kept;
+};
+
+/*
+ * VMSUBST_IOC_VERSION on dev_path. 0 or -errno with *failed_syscall set.
+ * Thread-safe.
+ */
+int vs_kmod_version(const char *dev_path, struct vs_kmod_version_info *out,
+		    const char **failed_syscall);
+
+/*
+ * VMSUBST_IOC_INVALIDATE_RANGE on dev_path for the open file file_fd.
+ * 0 or -errno with *failed_syscall set. Thread-safe.
+ */
+int vs_invalidate_range(const char *dev_path, int file_fd, uint64_t offset,
+			uint64_t length, uint32_t flags,
+			struct vs_invalidate_result *out,
+			const char **failed_syscall);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VMSUBST_AGENT_NATIVE_H */

@@ -1,0 +1,677 @@
+/**
+ * The typed facade of the agent's native addon (agent/native, built by
+ * node-gyp into agent/build/Release/vmsubst_native.node).
+ *
+ * This is the only module that loads the .node file. Everything else in the
+ * agent imports these functions and classes, so tests of higher layers can
+ * replace this module and the addon's raw, untyped surface stays in one place.
+ *
+ * Errors from the system come back as NativeError, shaped like node's fs
+ * errors: `code` ('ENOENT'), `errno` (negative, -2), `syscall` ('open') and a
+ * message such as "ENOENT: no such file or directory, open '/dev/vmsubst'".
+ *
+ * Sockets are adopted into node's own libuv loop (uv_pipe_open): no thread per
+ * socket, and reads, writes and backpressure work like a net.Socket's.
+ */
+import { EventEmitter } from 'node:events';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
+import { resolve as resolvePath } from 'node:path';
+import { Duplex } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+
+// ---- public types -------------------------------------------------------------
+
+export interface NativeError extends Error {
+  /** errno name, e.g. 'EACCES'. */
+  code: string;
+  /** The system call that failed, e.g. 'connect', 'ioctl', 'open'. */
+  syscall: string;
+  /** Negative errno, as in node's fs errors (-13 for EACCES). */
+  errno: number;
+  /** The file or device involved, when there is one. */
+  path?: string;
+}
+
+/** One FIEMAP extent, in bytes. `flags` are the kernel's fe_flags (see `constants.FIEMAP_EXTENT_*`). */
+export interface Extent {
+  logical: bigint;
+  physical: bigint;
+  length: bigint;
+  flags: number;
+}
+
+export interface VersionInfo {
+  abiVersion: number;
+  features: bigint;
+  moduleVersion: string;
+}
+
+export interface InvalidateResult {
+  pagesCached: bigint;
+  pagesMapped: bigint;
+  pagesDropped: bigint;
+  pagesKept: bigint;
+}
+
+/** Constants taken from the kernel headers by the compiler, never restated here. */
+export interface NativeConstants {
+  readonly VMSUBST_ABI_VERSION: number;
+  readonly VMSUBST_FEATURE_INVALIDATE_RANGE: bigint;
+  readonly VMSUBST_INVALIDATE_F_FORCE: number;
+  readonly VMSUBST_INVALIDATE_F_ALL: number;
+  readonly VMADDR_CID_ANY: number;
+  readonly VMADDR_CID_HYPERVISOR: number;
+  readonly VMADDR_CID_LOCAL: number;
+  readonly VMADDR_CID_HOST: number;
+  readonly VMADDR_PORT_ANY: number;
+  readonly FIEMAP_EXTENT_LAST: number;
+  readonly FIEMAP_EXTENT_UNKNOWN: number;
+  readonly FIEMAP_EXTENT_DELALLOC: number;
+  readonly FIEMAP_EXTENT_ENCODED: number;
+  readonly FIEMAP_EXTENT_DATA_ENCRYPTED: number;
+  readonly FIEMAP_EXTENT_NOT_ALIGNED: number;
+  readonly FIEMAP_EXTENT_DATA_INLINE: number;
+  readonly FIEMAP_EXTENT_DATA_TAIL: number;
+  readonly FIEMAP_EXTENT_UNWRITTEN: number;
+  readonly FIEMAP_EXTENT_MERGED: number;
+  readonly FIEMAP_EXTENT_SHARED: number;
+  /** Alignment readDirect uses for offset, length and memory. */
+  readonly DIRECT_IO_ALIGN: number;
+}
+
+// ---- the raw addon --------------------------------------------------------------
+
+type ErrorCallback = (err: NativeError | null) => void;
+
+interface RawStreamHandle {
+  readStart(): void;
+  readStop(): void;
+  write(chunks: Buffer[], cb: ErrorCallback): void;
+  shutdown(cb: ErrorCallback): void;
+  close(cb?: () => void): void;
+  ref(): void;
+  unref(): void;
+}
+
+interface RawListener {
+  start(): void;
+  stop(): void;
+  close(cb?: () => void): void;
+  ref(): void;
+  unref(): void;
+}
+
+interface RawConnector {
+  cancel(): void;
+}
+
+interface VsockName {
+  cid: number;
+  port: number;
+}
+
+interface NativeBinding {
+  fiemap(fd: number): Extent[];
+  readDirect(path: string, offset: number, length: number): Promise<Buffer>;
+  kmodVersion(devPath: string): VersionInfo;
+  invalidateRange(
+    devPath: string,
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    flags: number,
+  ): Promise<InvalidateResult>;
+  vsockListen(cid: number, port: number, backlog: number): VsockName & { fd: number };
+  vsockConnectStart(cid: number, port: number, timeoutMs: number): number;
+  vsockAddresses(fd: number): {
+    localCid: number;
+    localPort: number;
+    remoteCid: number;
+    remotePort: number;
+  };
+  localCid(devPath: string): number;
+  closeFd(fd: number): void;
+  StreamHandle: new (
+    fd: number,
+    onread: (err: NativeError | null, chunk: Buffer | null) => void,
+  ) => RawStreamHandle;
+  Listener: new (
+    fd: number,
+    onconnection: (err: NativeError | null, fd?: number, cid?: number, port?: number) => void,
+  ) => RawListener;
+  Connector: new (
+    fd: number,
+    cid: number,
+    port: number,
+    oncomplete: (err: NativeError | null, fd?: number) => void,
+  ) => RawConnector;
+  constants: NativeConstants;
+}
+
+const BINDING_FUNCTIONS = [
+  'fiemap',
+  'readDirect',
+  'kmodVersion',
+  'invalidateRange',
+  'vsockListen',
+  'vsockConnectStart',
+  'vsockAddresses',
+  'localCid',
+  'closeFd',
+  'StreamHandle',
+  'Listener',
+  'Connector',
+] as const;
+
+function isBinding(value: unknown): value is NativeBinding {
+  if (typeof value !== 'object' || value === null) return false;
+  const record = value as Record<string, unknown>;
+  return (
+    BINDING_FUNCTIONS.every((name) => typeof record[name] === 'function') &&
+    typeof record['constants'] === 'object' &&
+    record['constants'] !== null
+  );
+}
+
+/**
+ * Where the addon is looked for: $VMSUBST_NATIVE_PATH alone when set;
+ * otherwise agent/build/Release relative to the compiled file
+ * (build/agent/src/native/index.js → the repository or image root), then
+ * relative to the source file (agent/src/native/index.ts) for runners that
+ * execute TypeScript directly.
+ */
+export function nativeAddonCandidates(env: NodeJS.ProcessEnv = process.env): string[] {
+  const override = env['VMSUBST_NATIVE_PATH'];
+  if (override !== undefined && override !== '') return [resolvePath(override)];
+  return [
+    fileURLToPath(new URL('../../../../agent/build/Release/vmsubst_native.node', import.meta.url)),
+    fileURLToPath(new URL('../../build/Release/vmsubst_native.node', import.meta.url)),
+  ];
+}
+
+function loadBinding(): { binding: NativeBinding; path: string } {
+  const candidates = nativeAddonCandidates();
+  const path = candidates.find((p) => existsSync(p)) ?? candidates[0] ?? '';
+  const require = createRequire(import.meta.url);
+  let loaded: unknown;
+  try {
+    loaded = require(path);
+  } catch (cause) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    throw new Error(
+      `vmsubst: cannot load the native addon (tried ${candidates.join(', ')}): ${reason}. ` +
+        'Build it with `cd agent && npm_config_nodedir=/usr node-gyp rebuild`, ' +
+        'or point VMSUBST_NATIVE_PATH at vmsubst_native.node.',
+      { cause },
+    );
+  }
+  if (!isBinding(loaded)) {
+    throw new Error(
+      `vmsubst: ${path} is not the expected addon (missing exports); rebuild agent/native`,
+    );
+  }
+  return { binding: loaded, path };
+}
+
+const loaded = loadBinding();
+const binding: NativeBinding = loaded.binding;
+
+/** The .node file this process loaded. */
+export const nativeAddonPath: string = loaded.path;
+
+export const constants: NativeConstants = Object.freeze({ ...binding.constants });
+
+/** VMSUBST_INVALIDATE_F_FORCE from the kmod's uapi header. */
+export const INVALIDATE_F_FORCE: number = constants.VMSUBST_INVALIDATE_F_FORCE;
+
+/** VMSUBST_ABI_VERSION this agent was compiled against. */
+export const KMOD_ABI_VERSION: number = constants.VMSUBST_ABI_VERSION;
+
+export const DEFAULT_KMOD_DEVICE = '/dev/vmsubst';
+export const DEFAULT_VSOCK_DEVICE = '/dev/vsock';
+
+// ---- errors and argument checks ----------------------------------------------------------
+
+export function isNativeError(value: unknown): value is NativeError {
+  if (!(value instanceof Error)) return false;
+  const e = value as Partial<NativeError>;
+  return typeof e.code === 'string' && typeof e.syscall === 'string' && typeof e.errno === 'number';
+}
+
+function nativeError(code: keyof typeof osConstants.errno, syscall: string, detail: string): NativeError {
+  const errno = osConstants.errno[code];
+  const error = new Error(`${code}: ${detail}`) as NativeError;
+  error.code = code;
+  error.errno = -errno;
+  error.syscall = syscall;
+  return error;
+}
+
+const U32_MAX = 0xffff_ffff;
+const U64_LIMIT = 1n << 64n;
+
+function checkInteger(name: string, value: number, min: number, max: number): void {
+  if (typeof value !== 'number' || !Number.isInteger(value)) {
+    throw new TypeError(`${name} must be an integer, got ${String(value)}`);
+  }
+  if (value < min || value > max) {
+    throw new RangeError(`${name} must be in [${min}, ${max}], got ${value}`);
+  }
+}
+
+function checkFd(fd: number): void {
+  checkInteger('fd', fd, 0, 0x7fff_ffff);
+}
+
+function checkU64(name: string, value: bigint): void {
+  if (typeof value !== 'bigint') throw new TypeError(`${name} must be a bigint`);
+  if (value < 0n || value >= U64_LIMIT) throw new RangeError(`${name} must be in [0, 2^64)`);
+}
+
+// ---- FIEMAP, O_DIRECT, /dev/vmsubst ----------------------------------------------------------
+
+/**
+ * Every extent of the open file `fd`, in logical order (FS_IOC_FIEMAP with
+ * FIEMAP_FLAG_SYNC, in bounded batches up to FIEMAP_EXTENT_LAST). Holes are
+ * gaps between extents; an empty or fully sparse file has none. Synchronous.
+ */
+export function fiemap(fd: number): Extent[] {
+  checkFd(fd);
+  return binding.fiemap(fd);
+}
+
+/**
+ * Read [offset, offset + length) of a file or block device with O_DIRECT, on
+ * the libuv thread pool. Unaligned ranges are served from the enclosing
+ * DIRECT_IO_ALIGN-aligned span. A range that runs past the end of the file or
+ * device rejects with an EIO NativeError whose message says "short read".
+ */
+export async function readDirect(path: string, offset: number, length: number): Promise<Buffer> {
+  if (typeof path !== 'string' || path === '') throw new TypeError('path must be a non-empty string');
+  checkInteger('offset', offset, 0, Number.MAX_SAFE_INTEGER);
+  checkInteger('length', length, 0, Number.MAX_SAFE_INTEGER);
+  return binding.readDirect(path, offset, length);
+}
+
+/** VMSUBST_IOC_VERSION: which kmod is loaded, and what it implements. */
+export function kmodVersion(devPath: string = DEFAULT_KMOD_DEVICE): VersionInfo {
+  return binding.kmodVersion(devPath);
+}
+
+/**
+ * VMSUBST_IOC_INVALIDATE_RANGE on the open file `fileFd`, on the thread pool.
+ * Keep `fileFd` open until the promise settles. The errno contract (EACCES on
+ * a read-write mount without INVALIDATE_F_FORCE, ...) is documented in
+ * kmod/include/uapi/linux/vmsubst.h.
+ */
+export async function invalidateRange(
+  fileFd: number,
+  offset: bigint,
+  length: bigint,
+  flags: number = 0,
+  devPath: string = DEFAULT_KMOD_DEVICE,
+): Promise<InvalidateResult> {
+  checkFd(fileFd);
+  checkU64('offset', offset);
+  checkU64('length', length);
+  checkInteger('flags', flags, 0, U32_MAX);
+  return binding.invalidateRange(devPath, fileFd, offset, length, flags);
+}
+
+// ---- streams ----------------------------------------------------------------------------------
+
+export interface AdoptOptions {
+  /**
+   * Keep the writable side open after the peer's EOF (default false, like
+   * net.Socket: the stream ends its side too, then closes).
+   */
+  allowHalfOpen?: boolean;
+}
+
+/**
+ * A connected fd adopted into libuv as a stream.Duplex. Reading starts when
+ * the stream is read and stops while its buffer is full; end() half-closes
+ * (shutdown(SHUT_WR); on a character device or pipe it only flushes);
+ * destroy() closes the fd.
+ */
+class NativeStream extends Duplex {
+  #handle: RawStreamHandle | null;
+  #reading = false;
+
+  constructor(fd: number, options: AdoptOptions = {}) {
+    super({ allowHalfOpen: options.allowHalfOpen ?? false });
+    this.#handle = new binding.StreamHandle(fd, (err, chunk) => {
+      this.#onRead(err, chunk);
+    });
+  }
+
+  #onRead(err: NativeError | null, chunk: Buffer | null): void {
+    if (err !== null) {
+      this.#reading = false;
+      this.destroy(err);
+      return;
+    }
+    if (chunk === null) {
+      this.#reading = false; // libuv stops reading at EOF by itself
+      this.push(null);
+      return;
+    }
+    if (!this.push(chunk)) this.#stopReading();
+  }
+
+  #stopReading(): void {
+    if (this.#reading && this.#handle !== null) {
+      this.#handle.readStop();
+      this.#reading = false;
+    }
+  }
+
+  override _read(): void {
+    if (this.#reading || this.#handle === null) return;
+    try {
+      this.#handle.readStart();
+      this.#reading = true;
+    } catch (err) {
+      this.destroy(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.#writeChunks([chunk], callback);
+  }
+
+  override _writev(
+    chunks: Array<{ chunk: Buffer; encoding: BufferEncoding }>,
+    callback: (error?: Error | null) => void,
+  ): void {
+    this.#writeChunks(
+      chunks.map((c) => c.chunk),
+      callback,
+    );
+  }
+
+  #writeChunks(chunks: Buffer[], callback: (error?: Error | null) => void): void {
+    if (this.#handle === null) {
+      callback(nativeError('EBADF', 'write', 'bad file descriptor, write (stream is closed)'));
+      return;
+    }
+    try {
+      this.#handle.write(chunks, callback);
+    } catch (err) {
+      callback(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    if (this.#handle === null) {
+      callback();
+      return;
+    }
+    // Like net.Socket: a peer that already went away makes shutdown fail
+    // with ENOTCONN, which is not an error for ending our side.
+    const done = (err: NativeError | null): void => {
+      callback(err !== null && err.code !== 'ENOTCONN' ? err : null);
+    };
+    try {
+      this.#handle.shutdown(done);
+    } catch (err) {
+      done(isNativeError(err) ? err : nativeError('EIO', 'shutdown', String(err)));
+    }
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    const handle = this.#handle;
+    this.#handle = null;
+    this.#reading = false;
+    if (handle === null) {
+      callback(error);
+      return;
+    }
+    handle.close(() => callback(error));
+  }
+
+  /** Let the process exit while this stream is open (like net.Socket#unref). */
+  unref(): this {
+    this.#handle?.unref();
+    return this;
+  }
+
+  ref(): this {
+    this.#handle?.ref();
+    return this;
+  }
+}
+
+/**
+ * Adopt an already-open, pollable, connected fd (a socket, or a character
+ * device such as /dev/virtio-ports/org.vmsubst.0) into the event loop. The
+ * stream owns the fd from then on and closes it on destroy; libuv puts it in
+ * non-blocking mode. If adoption throws, the caller still owns the fd.
+ */
+export function adoptStream(fd: number, options?: AdoptOptions): Duplex {
+  checkFd(fd);
+  return new NativeStream(fd, options);
+}
+
+// ---- vsock ----------------------------------------------------------------------------------
+
+export interface VsockAddresses {
+  localCid: number;
+  localPort: number;
+  remoteCid: number;
+  remotePort: number;
+}
+
+/** A connected AF_VSOCK stream. Created by vsockConnect() and VsockServer. */
+export class VsockSocket extends NativeStream {
+  readonly remoteCid: number;
+  readonly remotePort: number;
+  readonly localCid: number;
+  readonly localPort: number;
+
+  /** Takes ownership of fd on success. Not meant to be called directly. */
+  constructor(fd: number, addresses: VsockAddresses, options?: AdoptOptions) {
+    super(fd, options);
+    this.remoteCid = addresses.remoteCid;
+    this.remotePort = addresses.remotePort;
+    this.localCid = addresses.localCid;
+    this.localPort = addresses.localPort;
+  }
+}
+
+/** Listens for vsock connections; emits 'connection' (VsockSocket), 'error' and 'close'. */
+export interface VsockServer extends EventEmitter {
+  readonly port: number;
+  readonly cid: number;
+  close(): void;
+  ref(): this;
+  unref(): this;
+}
+
+// Accept errors that mean "out of resources now": retrying at once would spin.
+const ACCEPT_BACKOFF_CODES = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
+const ACCEPT_BACKOFF_MS = 100;
+
+class VsockServerImpl extends EventEmitter implements VsockServer {
+  readonly port: number;
+  readonly cid: number;
+  #listener: RawListener | null;
+  #backoff: NodeJS.Timeout | null = null;
+  #refed = true;
+
+  constructor(fd: number, cid: number, port: number) {
+    super();
+    this.cid = cid;
+    this.port = port;
+    this.#listener = new binding.Listener(fd, (err, connFd, peerCid, peerPort) => {
+      this.#onConnection(err, connFd, peerCid, peerPort);
+    });
+  }
+
+  #onConnection(err: NativeError | null, fd?: number, peerCid?: number, peerPort?: number): void {
+    if (err !== null || fd === undefined || peerCid === undefined || peerPort === undefined) {
+      const error = err ?? nativeError('EPROTO', 'accept', 'protocol error, accept (no fd)');
+      if (ACCEPT_BACKOFF_CODES.has(error.code)) this.#pause();
+      this.emit('error', error);
+      return;
+    }
+    let socket: VsockSocket;
+    try {
+      const local = binding.vsockAddresses(fd);
+      socket = new VsockSocket(fd, {
+        localCid: local.localCid,
+        localPort: local.localPort,
+        remoteCid: peerCid,
+        remotePort: peerPort,
+      });
+    } catch (e) {
+      binding.closeFd(fd);
+      // A peer that vanished between accept and getpeername is not the server's failure.
+      if (isNativeError(e) && e.code === 'ENOTCONN') return;
+      this.emit('error', e);
+      return;
+    }
+    this.emit('connection', socket);
+  }
+
+  #pause(): void {
+    const listener = this.#listener;
+    if (listener === null || this.#backoff !== null) return;
+    listener.stop();
+    this.#backoff = setTimeout(() => {
+      this.#backoff = null;
+      this.#listener?.start();
+    }, ACCEPT_BACKOFF_MS);
+    if (!this.#refed) this.#backoff.unref();
+  }
+
+  close(): void {
+    const listener = this.#listener;
+    if (listener === null) return;
+    this.#listener = null;
+    if (this.#backoff !== null) {
+      clearTimeout(this.#backoff);
+      this.#backoff = null;
+    }
+    listener.close(() => this.emit('close'));
+  }
+
+  ref(): this {
+    this.#refed = true;
+    this.#listener?.ref();
+    this.#backoff?.ref();
+    return this;
+  }
+
+  unref(): this {
+    this.#refed = false;
+    this.#listener?.unref();
+    this.#backoff?.unref();
+    return this;
+  }
+}
+
+export interface VsockListenOptions {
+  /** Local CID to bind (default VMADDR_CID_ANY). */
+  cid?: number;
+  /** listen() backlog (default 128; the kernel caps it at somaxconn). */
+  backlog?: number;
+}
+
+/**
+ * Listen on vsock `port` (constants.VMADDR_PORT_ANY picks a free one; read it
+ * back from server.port). Throws a NativeError synchronously when AF_VSOCK is
+ * unavailable or the port is taken.
+ */
+export function vsockListen(port: number, opts: VsockListenOptions = {}): VsockServer {
+  const cid = opts.cid ?? constants.VMADDR_CID_ANY;
+  const backlog = opts.backlog ?? 128;
+  checkInteger('port', port, 0, U32_MAX);
+  checkInteger('cid', cid, 0, U32_MAX);
+  checkInteger('backlog', backlog, 0, 65535);
+  const bound = binding.vsockListen(cid, port, backlog);
+  try {
+    return new VsockServerImpl(bound.fd, bound.cid, bound.port);
+  } catch (err) {
+    binding.closeFd(bound.fd);
+    throw err;
+  }
+}
+
+export interface VsockConnectOptions {
+  /**
+   * Give up after this many milliseconds (rejects with ETIMEDOUT). Without
+   * it the transport's own connect timeout applies (2 s on Linux).
+   */
+  timeoutMs?: number;
+}
+
+// The kernel's connect timeout is set a little past ours, so that our timer,
+// not the transport, decides when a long timeout ends.
+const KERNEL_TIMEOUT_SLACK_MS = 1000;
+
+/** Connect to cid:port without blocking the event loop. */
+export function vsockConnect(
+  cid: number,
+  port: number,
+  opts: VsockConnectOptions = {},
+): Promise<VsockSocket> {
+  return new Promise<VsockSocket>((resolve, reject) => {
+    const { timeoutMs } = opts;
+    let fd: number;
+    try {
+      checkInteger('cid', cid, 0, U32_MAX);
+      checkInteger('port', port, 0, U32_MAX);
+      if (timeoutMs !== undefined) checkInteger('timeoutMs', timeoutMs, 1, U32_MAX - KERNEL_TIMEOUT_SLACK_MS);
+      fd = binding.vsockConnectStart(
+        cid,
+        port,
+        timeoutMs === undefined ? 0 : timeoutMs + KERNEL_TIMEOUT_SLACK_MS,
+      );
+    } catch (err) {
+      reject(err);
+      return;
+    }
+
+    let timer: NodeJS.Timeout | undefined;
+    let connector: RawConnector;
+    try {
+      connector = new binding.Connector(fd, cid, port, (err, connectedFd) => {
+        if (timer !== undefined) clearTimeout(timer);
+        if (err !== null || connectedFd === undefined) {
+          reject(err ?? nativeError('EPROTO', 'connect', `protocol error, connect vsock ${cid}:${port}`));
+          return;
+        }
+        try {
+          resolve(new VsockSocket(connectedFd, binding.vsockAddresses(connectedFd)));
+        } catch (e) {
+          binding.closeFd(connectedFd);
+          reject(e);
+        }
+      });
+    } catch (err) {
+      binding.closeFd(fd);
+      reject(err);
+      return;
+    }
+    if (timeoutMs !== undefined) {
+      timer = setTimeout(() => {
+        connector.cancel(); // closes the socket; no completion callback follows
+        reject(
+          nativeError(
+            'ETIMEDOUT',
+            'connect',
+            `connection timed out, connect vsock ${cid}:${port} (after ${timeoutMs} ms)`,
+          ),
+        );
+      }, timeoutMs);
+    }
+  });
+}
+
+/** This machine's CID (IOCTL_VM_SOCKETS_GET_LOCAL_CID on /dev/vsock). */
+export function localCid(devPath: string = DEFAULT_VSOCK_DEVICE): number {
+  return binding.localCid(devPath);
+}

@@ -1,0 +1,28 @@
+/**
+ * Writing a bundle's blocks into a disk: a running QEMU's drive (applyToQemu)
+ * or a raw image file (applyToImage). Both verify every range first and write
+ * nothing unless the disk holds the bundle's base.
+ */
+export { applyToQemu, resolveDrive, deviceId, type DriveSelector, type QemuApplyOptions, type QemuApplyResult, type ResolvedDrive } from './qemu.js';
+export { applyToImage, type ImageApplyOptions, type ImageApplyResult } from './image.js';
+export {
+  IO_CHUNK,
+  checkTargetSize,
+  inspectTarget,
+  refuseMismatch,
+  substitute,
+  writeRanges,
+  type ApplyPhase,
+  type ApplyProgress,
+  type BlockTarget,
+  type BundleData,
+  type Inspection,
+  type RangeState,
+  type Substitution,
+  type SubstitutionStatus,
+} from './core.js';
+export { fileLocks, locksOn, type FileLock } from './locks.js';
+
+import type { ImageApplyResult } from './image.js';
+import type { QemuApplyResult } from './qemu.js';
+export type ApplyResult = QemuApplyResult | ImageApplyResult;

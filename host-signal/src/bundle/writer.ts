@@ -1,0 +1,106 @@
+/**
+ * Writing a bundle. The manifest goes first, so the ranges and their hashes
+ * must be known before the data is copied: the data is then streamed from the
+ * patched image range by range and hashed again on the way, which catches an
+ * image that changed since it was compared. The file appears under its name
+ * only when complete (written to a temporary name, fsynced, renamed).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import type { DiffRange } from '../diff/index.js';
+import type { BlockSource } from '../diff/source.js';
+import { DiffError } from '../errors.js';
+import { TOOL_VERSION } from '../version.js';
+import { BUNDLE_FORMAT, type Manifest } from './schema.js';
+import { HEADER_BYTES, encodeHeader, layOut } from './format.js';
+
+/** Bytes copied per read from the patched image. */
+const COPY_CHUNK = 4 << 20;
+
+export interface BundleInput {
+  base: { size: number; label?: string };
+  blockSize: number;
+  ranges: readonly DiffRange[];
+  created?: Date;
+  toolVersion?: string;
+}
+
+export interface WriteBundleOptions {
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** The manifest `input` will produce, with data offsets and id; pure. */
+export function planBundle(input: BundleInput): ReturnType<typeof layOut> {
+  const base: Manifest['base'] = { size: input.base.size };
+  if (input.base.label !== undefined) base.label = input.base.label;
+  return layOut({
+    format: BUNDLE_FORMAT,
+    'block-size': input.blockSize,
+    base,
+    created: (input.created ?? new Date()).toISOString(),
+    'tool-version': input.toolVersion ?? TOOL_VERSION,
+    ranges: input.ranges.map((r) => ({
+      offset: r.offset,
+      length: r.length,
+      'old-sha256': r.oldSha256,
+      'new-sha256': r.newSha256,
+    })),
+  });
+}
+
+/**
+ * Writes the bundle for `input` to `path`, copying each range's new bytes
+ * from `patched`. Returns the manifest written.
+ */
+export async function writeBundle(path: string, input: BundleInput, patched: BlockSource, options: WriteBundleOptions = {}): Promise<Manifest> {
+  if (patched.size !== input.base.size) {
+    throw new DiffError(`the patched image is ${patched.size} bytes, the base ${input.base.size}`);
+  }
+  const layout = planBundle(input);
+  const { manifest } = layout;
+  const total = manifest.ranges.reduce((n, r) => n + r.length, 0);
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
+  const out = await open(tmp, 'wx', 0o644);
+  let ok = false;
+  try {
+    await writeFull(out, encodeHeader(layout.manifestBytes.length), 0);
+    await writeFull(out, layout.manifestBytes, HEADER_BYTES);
+    const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, Math.max(total, 1)));
+    let done = 0;
+    for (const r of manifest.ranges) {
+      const hash = createHash('sha256');
+      for (let pos = 0; pos < r.length; pos += buf.length) {
+        const chunk = buf.subarray(0, Math.min(buf.length, r.length - pos));
+        const n = await patched.readInto(chunk, r.offset + pos);
+        if (n !== chunk.length) throw new DiffError(`short read from the patched image at offset ${r.offset + pos}`);
+        hash.update(chunk);
+        await writeFull(out, chunk, r['data-offset'] + pos);
+        done += chunk.length;
+        options.onProgress?.(done, total);
+      }
+      if (hash.digest('hex') !== r['new-sha256']) {
+        throw new DiffError(
+          `the patched image changed while the bundle was written (range at offset ${r.offset})`,
+          'do not modify the patched image while `vmsubst diff` runs',
+        );
+      }
+    }
+    await out.truncate(layout.fileSize);
+    await out.sync();
+    ok = true;
+  } finally {
+    await out.close();
+    if (!ok) await rm(tmp, { force: true });
+  }
+  await rename(tmp, path);
+  return manifest;
+}
+
+async function writeFull(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
+    done += bytesWritten;
+  }
+}

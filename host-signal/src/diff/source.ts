@@ -1,0 +1,73 @@
+/**
+ * Positional byte sources: what the differ, the bundle writer and the image
+ * target read from. Files in production, buffers in tests.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+
+export interface BlockSource {
+  /** Size in bytes. */
+  readonly size: number;
+  /**
+   * Fills `target` from `position`; returns the number of bytes read, which is
+   * less than `target.length` only at the end of the source.
+   */
+  readInto(target: Buffer, position: number): Promise<number>;
+}
+
+/** Reads exactly `length` bytes at `position`, or throws if the source is shorter. */
+export async function readExactly(source: BlockSource, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  const n = await source.readInto(buf, position);
+  if (n !== length) {
+    throw new RangeError(`short read: ${n} of ${length} bytes at offset ${position}`);
+  }
+  return buf;
+}
+
+/** A source over an in-memory buffer. */
+export function bufferSource(data: Buffer): BlockSource {
+  return {
+    size: data.length,
+    async readInto(target, position) {
+      if (position >= data.length) return 0;
+      return data.copy(target, 0, position, Math.min(data.length, position + target.length));
+    },
+  };
+}
+
+/** A source over a regular file; its size is taken once, when it is opened. */
+export class FileSource implements BlockSource {
+  private constructor(
+    readonly path: string,
+    private readonly handle: FileHandle,
+    readonly size: number,
+  ) {}
+
+  static async open(path: string): Promise<FileSource> {
+    const handle = await open(path, 'r');
+    try {
+      const st = await handle.stat();
+      if (!st.isFile()) {
+        throw Object.assign(new Error(`${path}: not a regular file`), { code: 'EINVAL' });
+      }
+      return new FileSource(path, handle, st.size);
+    } catch (e) {
+      await handle.close();
+      throw e;
+    }
+  }
+
+  async readInto(target: Buffer, position: number): Promise<number> {
+    let done = 0;
+    while (done < target.length) {
+      const { bytesRead } = await this.handle.read(target, done, target.length - done, position + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  }
+
+  close(): Promise<void> {
+    return this.handle.close();
+  }
+}

@@ -1,0 +1,1 @@
+export { NbdClient, type ExportInfo, type NbdOptions } from './client.js';

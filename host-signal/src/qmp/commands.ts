@@ -1,0 +1,106 @@
+/**
+ * Typed wrappers for the QMP commands vmsubst uses. Replies are checked
+ * against minimal schemas (QEMU adds fields between versions, so extra fields
+ * are allowed here, unlike in vmsubst's own formats).
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Validator } from '../../../agent/src/protocol/codec.js';
+import { QmpError } from '../errors.js';
+import type { QmpClient } from './client.js';
+
+export const StatusInfo = Type.Object({ running: Type.Boolean(), status: Type.String() });
+export type StatusInfo = Static<typeof StatusInfo>;
+
+const ImageInfo = Type.Object({ 'virtual-size': Type.Integer({ minimum: 0 }), filename: Type.String() });
+
+/** A node as query-block (`inserted`) and query-named-block-nodes describe it. */
+export const BlockDeviceInfo = Type.Object({
+  'node-name': Type.Optional(Type.String()),
+  file: Type.String(),
+  ro: Type.Boolean(),
+  drv: Type.String(),
+  image: ImageInfo,
+});
+export type BlockDeviceInfo = Static<typeof BlockDeviceInfo>;
+
+export const BlockInfo = Type.Object({
+  /** Legacy drive id; empty for -blockdev drives. */
+  device: Type.String(),
+  /** The attached device's QOM path, e.g. /machine/peripheral/vblk0/virtio-backend. */
+  qdev: Type.Optional(Type.String()),
+  inserted: Type.Optional(BlockDeviceInfo),
+});
+export type BlockInfo = Static<typeof BlockInfo>;
+
+export const BlockExportInfo = Type.Object({
+  id: Type.String(),
+  type: Type.String(),
+  'node-name': Type.String(),
+  'shutting-down': Type.Boolean(),
+});
+export type BlockExportInfo = Static<typeof BlockExportInfo>;
+
+const validators = new Map<TSchema, Validator<TSchema>>();
+function check<S extends TSchema>(schema: S, command: string, value: unknown): Static<S> {
+  let v = validators.get(schema);
+  if (!v) validators.set(schema, (v = new Validator(schema)));
+  const problems = v.problems(value);
+  if (problems.length > 0) throw new QmpError('ProtocolError', `unexpected reply: ${problems.slice(0, 3).join('; ')}`, command);
+  return value as Static<S>;
+}
+
+/** The VM states in which a disk must not be written (the VM lives, or is about to live, elsewhere). */
+export const MIGRATION_STATES: ReadonlySet<string> = new Set(['inmigrate', 'postmigrate', 'finish-migrate', 'save-vm', 'restore-vm', 'colo']);
+
+export class Qemu {
+  constructor(readonly qmp: QmpClient) {}
+
+  async queryStatus(): Promise<StatusInfo> {
+    return check(StatusInfo, 'query-status', await this.qmp.execute('query-status'));
+  }
+
+  async queryBlock(): Promise<BlockInfo[]> {
+    return check(Type.Array(BlockInfo), 'query-block', await this.qmp.execute('query-block'));
+  }
+
+  async queryNamedBlockNodes(): Promise<BlockDeviceInfo[]> {
+    return check(Type.Array(BlockDeviceInfo), 'query-named-block-nodes', await this.qmp.execute('query-named-block-nodes', { flat: true }));
+  }
+
+  async queryBlockExports(): Promise<BlockExportInfo[]> {
+    return check(Type.Array(BlockExportInfo), 'query-block-exports', await this.qmp.execute('query-block-exports'));
+  }
+
+  /** Pauses guest execution; in-flight guest I/O is drained before it returns. */
+  async stop(): Promise<void> {
+    await this.qmp.execute('stop');
+  }
+
+  async cont(): Promise<void> {
+    await this.qmp.execute('cont');
+  }
+
+  /** Starts QEMU's (single) built-in NBD server on a unix socket. */
+  async nbdServerStartUnix(path: string): Promise<void> {
+    await this.qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path } } });
+  }
+
+  async nbdServerStop(): Promise<void> {
+    await this.qmp.execute('nbd-server-stop');
+  }
+
+  async blockExportAdd(args: { id: string; nodeName: string; name: string; writable: boolean; writethrough?: boolean }): Promise<void> {
+    const a: Record<string, unknown> = { type: 'nbd', id: args.id, 'node-name': args.nodeName, name: args.name, writable: args.writable };
+    if (args.writethrough !== undefined) a['writethrough'] = args.writethrough;
+    await this.qmp.execute('block-export-add', a);
+  }
+
+  /** 'hard' disconnects remaining clients instead of failing while they are connected. */
+  async blockExportDel(id: string, mode: 'safe' | 'hard' = 'safe'): Promise<void> {
+    await this.qmp.execute('block-export-del', { id, mode });
+  }
+
+  async quit(): Promise<void> {
+    await this.qmp.execute('quit');
+  }
+}

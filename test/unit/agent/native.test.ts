@@ -1,0 +1,698 @@
+/**
+ * Unit tests of the native addon through its facade (agent/src/native).
+ *
+ * They run against the real kernel: FIEMAP and O_DIRECT on a file in the
+ * temp directory, the kmod ioctls against devices that lack them, stream
+ * adoption over a real socketpair (in a child process) and FIFOs. Whatever
+ * this machine cannot do (no FIEMAP on the temp filesystem, no AF_VSOCK)
+ * prints why and is skipped; the vsock data path itself is exercised in a
+ * guest by the QEMU suites (vsock_loopback, CID 1).
+ */
+import { spawn, execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { Socket } from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Duplex } from 'node:stream';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+
+import {
+  adoptStream,
+  constants,
+  fiemap,
+  INVALIDATE_F_FORCE,
+  invalidateRange,
+  isNativeError,
+  kmodVersion,
+  localCid,
+  readDirect,
+  vsockConnect,
+  vsockListen,
+  type NativeError,
+} from '../../../agent/src/native/index.js';
+
+const FACADE_URL = new URL('../../../agent/src/native/index.js', import.meta.url).href;
+
+// ---- helpers -----------------------------------------------------------------------
+
+function skip(test: string, reason: string): void {
+  console.log(`  skipped: ${test}: ${reason}`);
+}
+
+function assertNativeError(err: unknown, code: string | string[], syscall?: string | string[]): NativeError {
+  assert.ok(isNativeError(err), `expected a NativeError, got ${String(err)}`);
+  const e = err as NativeError;
+  const codes = Array.isArray(code) ? code : [code];
+  assert.ok(codes.includes(e.code), `code ${e.code} not in ${codes.join(',')}`);
+  assert.is(e.errno, -(os.constants.errno as Record<string, number>)[e.code]!);
+  assert.ok(e.errno < 0);
+  if (syscall !== undefined) {
+    const syscalls = Array.isArray(syscall) ? syscall : [syscall];
+    assert.ok(syscalls.includes(e.syscall), `syscall ${e.syscall} not in ${syscalls.join(',')}`);
+  }
+  assert.ok(e.message.startsWith(`${e.code}: `), `message: ${e.message}`);
+  return e;
+}
+
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected the promise to reject');
+}
+
+function thrown(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected the call to throw');
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function once(emitter: NodeJS.EventEmitter, event: string): Promise<unknown[]> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    emitter.once(event, (...args: unknown[]) => {
+      emitter.off('error', onError);
+      resolve(args);
+    });
+    if (event !== 'error') emitter.once('error', onError);
+  });
+}
+
+/** Everything a readable stream yields until 'end'. */
+async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
+  return Buffer.concat(chunks);
+}
+
+function pattern(size: number, seed = 1): Buffer {
+  const buf = Buffer.alloc(size);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < size; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    buf[i] = x >>> 24;
+  }
+  return buf;
+}
+
+function writeFileSynced(file: string, parts: Array<{ offset: number; data: Buffer }>, size?: number): void {
+  const fd = fs.openSync(file, 'w');
+  try {
+    for (const { offset, data } of parts) fs.writeSync(fd, data, 0, data.length, offset);
+    if (size !== undefined) fs.ftruncateSync(fd, size);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function withFd<T>(file: string, fn: (fd: number) => T): T {
+  const fd = fs.openSync(file, 'r');
+  try {
+    return fn(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+let tmp = '';
+function makeTmp(): void {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmsubst-native-'));
+}
+function removeTmp(): void {
+  if (tmp !== '') fs.rmSync(tmp, { recursive: true, force: true });
+  tmp = '';
+}
+
+/** Can FIEMAP and O_DIRECT be used in the temp directory? null if yes, else why not. */
+function fileSupport(): { fiemap: string | null; direct: string | null } {
+  const probe = path.join(tmp, 'probe');
+  writeFileSynced(probe, [{ offset: 0, data: Buffer.alloc(4096, 1) }]);
+  let fiemapReason: string | null = null;
+  try {
+    withFd(probe, (fd) => fiemap(fd));
+  } catch (err) {
+    fiemapReason = `FIEMAP unsupported on ${os.tmpdir()} (${isNativeError(err) ? err.code : String(err)})`;
+  }
+  let directReason: string | null = null;
+  try {
+    fs.closeSync(fs.openSync(probe, fs.constants.O_RDONLY | fs.constants.O_DIRECT));
+  } catch (err) {
+    directReason = `O_DIRECT unsupported on ${os.tmpdir()} (${(err as NodeJS.ErrnoException).code})`;
+  }
+  return { fiemap: fiemapReason, direct: directReason };
+}
+
+// ---- constants -------------------------------------------------------------------------
+
+const Constants = suite('native: constants');
+
+Constants('INVALIDATE_F_FORCE is a single flag bit taken from the uapi header', () => {
+  assert.type(INVALIDATE_F_FORCE, 'number');
+  assert.ok(INVALIDATE_F_FORCE > 0 && (INVALIDATE_F_FORCE & (INVALIDATE_F_FORCE - 1)) === 0);
+  assert.is(INVALIDATE_F_FORCE, constants.VMSUBST_INVALIDATE_F_FORCE);
+  assert.is(constants.VMSUBST_INVALIDATE_F_ALL & INVALIDATE_F_FORCE, INVALIDATE_F_FORCE);
+});
+
+Constants('vsock constants come from <linux/vm_sockets.h>', () => {
+  assert.is(constants.VMADDR_CID_ANY, 0xffff_ffff);
+  assert.is(constants.VMADDR_PORT_ANY, 0xffff_ffff);
+  assert.is(constants.VMADDR_CID_LOCAL, 1);
+  assert.is(constants.VMADDR_CID_HOST, 2);
+});
+
+Constants.run();
+
+// ---- fiemap ----------------------------------------------------------------------------
+
+const Fiemap = suite('native: fiemap');
+let fiemapSkip: string | null = null;
+
+Fiemap.before(() => {
+  makeTmp();
+  fiemapSkip = fileSupport().fiemap;
+});
+Fiemap.after(removeTmp);
+
+Fiemap('maps a written file from offset 0 to its size', () => {
+  if (fiemapSkip !== null) return skip('fiemap written file', fiemapSkip);
+  const file = path.join(tmp, 'dense');
+  const size = 1 << 20;
+  writeFileSynced(file, [{ offset: 0, data: pattern(size) }]);
+  const extents = withFd(file, (fd) => fiemap(fd));
+  assert.ok(extents.length >= 1);
+  assert.is(extents[0]!.logical, 0n);
+  let covered = 0n;
+  for (const e of extents) {
+    assert.is(typeof e.logical, 'bigint');
+    assert.is(typeof e.physical, 'bigint');
+    assert.is(typeof e.length, 'bigint');
+    assert.type(e.flags, 'number');
+    covered += e.length;
+  }
+  assert.is(covered, BigInt(size));
+  assert.ok((extents.at(-1)!.flags & constants.FIEMAP_EXTENT_LAST) !== 0, 'last extent carries FIEMAP_EXTENT_LAST');
+});
+
+Fiemap('reports the hole of a sparse file as a gap between extents', () => {
+  if (fiemapSkip !== null) return skip('fiemap sparse file', fiemapSkip);
+  const file = path.join(tmp, 'sparse');
+  const far = 64 << 20;
+  writeFileSynced(file, [
+    { offset: 0, data: pattern(4096, 2) },
+    { offset: far, data: pattern(4096, 3) },
+  ]);
+  const extents = withFd(file, (fd) => fiemap(fd));
+  assert.is(extents.length, 2);
+  assert.is(extents[0]!.logical, 0n);
+  assert.is(extents[1]!.logical, BigInt(far));
+  assert.ok(extents[0]!.logical + extents[0]!.length < extents[1]!.logical);
+});
+
+Fiemap('returns no extents for an empty file', () => {
+  if (fiemapSkip !== null) return skip('fiemap empty file', fiemapSkip);
+  const file = path.join(tmp, 'empty');
+  writeFileSynced(file, []);
+  assert.equal(
+    withFd(file, (fd) => fiemap(fd)),
+    [],
+  );
+});
+
+Fiemap('walks a file with more extents than one batch', () => {
+  if (fiemapSkip !== null) return skip('fiemap many extents', fiemapSkip);
+  const file = path.join(tmp, 'fragmented');
+  const count = 600; // > 2 batches of 256: every other 4 KiB block written
+  const parts = Array.from({ length: count }, (_, i) => ({ offset: i * 8192, data: pattern(4096, i + 10) }));
+  writeFileSynced(file, parts);
+  const extents = withFd(file, (fd) => fiemap(fd));
+  assert.is(extents.length, count);
+  extents.forEach((e, i) => {
+    assert.is(e.logical, BigInt(i * 8192));
+    assert.is(e.length, 4096n);
+  });
+  assert.ok((extents.at(-1)!.flags & constants.FIEMAP_EXTENT_LAST) !== 0);
+});
+
+Fiemap('physical offsets locate the file data on its block device', async () => {
+  if (fiemapSkip !== null) return skip('fiemap physical offsets', fiemapSkip);
+  const file = path.join(tmp, 'located');
+  const data = pattern(64 * 1024, 99);
+  writeFileSynced(file, [{ offset: 0, data }]);
+  const dev = fs.statSync(file).dev;
+  const major = Math.floor(dev / 256) & 0xfff;
+  const minor = (dev & 0xff) | ((Math.floor(dev / 4096) & 0xfff00) >>> 0);
+  let devName = '';
+  try {
+    const uevent = fs.readFileSync(`/sys/dev/block/${major}:${minor}/uevent`, 'utf8');
+    devName = /^DEVNAME=(.+)$/m.exec(uevent)?.[1] ?? '';
+  } catch {
+    // not backed by a block device (overlayfs, tmpfs, ...)
+  }
+  const device = `/dev/${devName}`;
+  if (devName === '' || !fs.existsSync(device)) {
+    return skip('fiemap physical offsets', `${os.tmpdir()} is not on a block device node here`);
+  }
+  const extents = withFd(file, (fd) => fiemap(fd));
+  assert.ok(extents.length > 0);
+  for (const e of extents) {
+    const end = Number(e.logical + e.length) > data.length ? data.length : Number(e.logical + e.length);
+    const want = data.subarray(Number(e.logical), end);
+    let got: Buffer;
+    try {
+      got = await readDirect(device, Number(e.physical), want.length);
+    } catch (err) {
+      if (isNativeError(err) && err.syscall === 'open' && ['EACCES', 'EPERM'].includes(err.code)) {
+        return skip('fiemap physical offsets', `${device} cannot be opened here (${err.code})`);
+      }
+      throw err;
+    }
+    assert.ok(got.equals(want), `extent at logical ${e.logical} matches ${device} at ${e.physical}`);
+  }
+});
+
+Fiemap('throws an EBADF NativeError for a closed fd', () => {
+  const fd = fs.openSync(os.tmpdir(), 'r');
+  fs.closeSync(fd);
+  assertNativeError(
+    thrown(() => fiemap(fd)),
+    'EBADF',
+    'ioctl',
+  );
+});
+
+Fiemap('rejects a negative fd with RangeError', () => {
+  assert.throws(() => fiemap(-1), RangeError);
+});
+
+Fiemap.run();
+
+// ---- readDirect --------------------------------------------------------------------------
+
+const ReadDirect = suite('native: readDirect');
+let directSkip: string | null = null;
+let content: Buffer = Buffer.alloc(0);
+let contentFile = '';
+
+ReadDirect.before(() => {
+  makeTmp();
+  directSkip = fileSupport().direct;
+  content = pattern(3 * 4096 + 100, 7);
+  contentFile = path.join(tmp, 'content');
+  writeFileSynced(contentFile, [{ offset: 0, data: content }]);
+});
+ReadDirect.after(removeTmp);
+
+ReadDirect('returns the bytes of an aligned range', async () => {
+  if (directSkip !== null) return skip('readDirect aligned', directSkip);
+  const got = await readDirect(contentFile, 4096, 8192);
+  assert.ok(got.equals(content.subarray(4096, 4096 + 8192)));
+});
+
+ReadDirect('returns the bytes of an unaligned offset and length', async () => {
+  if (directSkip !== null) return skip('readDirect unaligned', directSkip);
+  const got = await readDirect(contentFile, 1000, 5000);
+  assert.is(got.length, 5000);
+  assert.ok(got.equals(content.subarray(1000, 6000)));
+});
+
+ReadDirect('reads up to the exact end of a file whose size is not aligned', async () => {
+  if (directSkip !== null) return skip('readDirect to end of file', directSkip);
+  const got = await readDirect(contentFile, 4000, content.length - 4000);
+  assert.ok(got.equals(content.subarray(4000)));
+});
+
+ReadDirect('rejects a range past the end with a short-read EIO', async () => {
+  if (directSkip !== null) return skip('readDirect short read', directSkip);
+  const err = assertNativeError(await rejection(readDirect(contentFile, content.length - 10, 20)), 'EIO', 'read');
+  assert.match(err.message, /short read, got 10 of 20 bytes/);
+  assert.is(err.path, contentFile);
+});
+
+ReadDirect('resolves an empty Buffer for length 0', async () => {
+  if (directSkip !== null) return skip('readDirect length 0', directSkip);
+  const got = await readDirect(contentFile, 123, 0);
+  assert.is(got.length, 0);
+});
+
+ReadDirect('rejects a missing path with an ENOENT NativeError', async () => {
+  const missing = path.join(tmp, 'does-not-exist');
+  const err = assertNativeError(await rejection(readDirect(missing, 0, 10)), 'ENOENT', 'open');
+  assert.is(err.message, `ENOENT: no such file or directory, open '${missing}'`);
+  assert.is(err.path, missing);
+});
+
+ReadDirect('rejects a negative offset with RangeError', async () => {
+  const err = await rejection(readDirect(contentFile, -1, 10));
+  assert.instance(err, RangeError);
+});
+
+ReadDirect.run();
+
+// ---- /dev/vmsubst ----------------------------------------------------------------------------
+
+const Kmod = suite('native: kmod ioctls');
+
+Kmod.before(makeTmp);
+Kmod.after(removeTmp);
+
+Kmod('kmodVersion throws an ENOENT NativeError when the device is missing', () => {
+  const dev = path.join(tmp, 'no-vmsubst');
+  const err = assertNativeError(
+    thrown(() => kmodVersion(dev)),
+    'ENOENT',
+    'open',
+  );
+  assert.is(err.path, dev);
+});
+
+Kmod('kmodVersion throws ENOTTY from the ioctl on a device without it', () => {
+  const err = assertNativeError(
+    thrown(() => kmodVersion('/dev/null')),
+    'ENOTTY',
+    'ioctl',
+  );
+  assert.match(err.message, /VMSUBST_IOC_VERSION/);
+});
+
+Kmod('invalidateRange rejects with ENOTTY from the ioctl on a device without it', async () => {
+  const file = path.join(tmp, 'target');
+  fs.writeFileSync(file, 'x');
+  const fd = fs.openSync(file, 'r');
+  try {
+    const err = assertNativeError(
+      await rejection(invalidateRange(fd, 0n, 4096n, INVALIDATE_F_FORCE, '/dev/null')),
+      'ENOTTY',
+      'ioctl',
+    );
+    assert.match(err.message, /VMSUBST_IOC_INVALIDATE_RANGE/);
+  } finally {
+    fs.closeSync(fd);
+  }
+});
+
+Kmod('invalidateRange rejects an ENOENT NativeError when the device is missing', async () => {
+  assertNativeError(await rejection(invalidateRange(0, 0n, 1n, 0, path.join(tmp, 'none'))), 'ENOENT', 'open');
+});
+
+Kmod('invalidateRange rejects a negative or 2^64 offset with RangeError', async () => {
+  assert.instance(await rejection(invalidateRange(0, -1n, 1n)), RangeError);
+  assert.instance(await rejection(invalidateRange(0, 1n << 64n, 1n)), RangeError);
+});
+
+Kmod.run();
+
+// ---- adoptStream ---------------------------------------------------------------------------------
+
+/**
+ * A child node process adopts fd 3 (its end of a socketpair that node's
+ * spawn() creates) with adoptStream; the parent talks to it through node's
+ * own socket on the other end. The child prints one JSON line on exit.
+ */
+const CHILD = `
+import * as fs from 'node:fs';
+const { adoptStream } = await import(process.env.FACADE_URL);
+const mode = process.env.CHILD_MODE;
+const report = {};
+const s = adoptStream(3, { allowHalfOpen: true });
+s.on('error', (e) => { report.error = e.code ?? String(e); });
+s.on('close', () => {
+  try { fs.fstatSync(3); report.fdOpen = true; } catch (e) { report.fdOpen = e.code; }
+  process.stdout.write(JSON.stringify(report) + '\\n');
+});
+if (mode === 'echo') {
+  s.on('data', (d) => s.write(d));
+  s.on('end', () => { report.sawEof = true; s.end('EOF-SEEN\\n'); });
+} else if (mode === 'end-first') {
+  s.end('hello from child\\n');
+  s.resume();
+} else if (mode === 'destroy') {
+  s.once('data', () => s.destroy());
+}
+`;
+
+interface ChildReport {
+  sawEof?: boolean;
+  fdOpen?: true | string;
+  error?: string;
+}
+
+function startChild(mode: string): { peer: Socket; report: Promise<ChildReport> } {
+  const child = spawn(process.execPath, ['--input-type=module', '-e', CHILD], {
+    stdio: ['ignore', 'pipe', 'inherit', 'pipe'],
+    env: { ...process.env, FACADE_URL, CHILD_MODE: mode },
+  });
+  const peer = child.stdio[3];
+  const stdout = child.stdout;
+  if (!(peer instanceof Socket) || stdout === null) throw new Error('child stdio is not piped');
+  const report = (async (): Promise<ChildReport> => {
+    const out = await readAll(stdout);
+    const [code] = await (child.exitCode === null ? once(child, 'exit') : Promise.resolve([child.exitCode]));
+    assert.is(code, 0, 'child exit code');
+    return JSON.parse(out.toString('utf8').trim()) as ChildReport;
+  })();
+  return { peer, report };
+}
+
+const Adopt = suite('native: adoptStream');
+
+Adopt.before(makeTmp);
+Adopt.after(removeTmp);
+
+Adopt('carries data both ways over a socketpair', async () => {
+  const { peer, report } = startChild('echo');
+  const received = readAll(peer);
+  peer.write('ping 1\n');
+  peer.write(Buffer.from('ping 2\n'));
+  peer.end();
+  const text = (await withTimeout(received, 10_000, 'echo')).toString();
+  assert.is(text, 'ping 1\nping 2\nEOF-SEEN\n');
+  const r = await withTimeout(report, 10_000, 'child report');
+  assert.is(r.error, undefined);
+});
+
+Adopt('delivers EOF to the peer on end() and keeps reading (half-close)', async () => {
+  const { peer, report } = startChild('end-first');
+  let ended = false;
+  const received = readAll(peer).then((b) => {
+    ended = true;
+    return b;
+  });
+  const text = (await withTimeout(received, 10_000, 'child end()')).toString();
+  assert.is(text, 'hello from child\n');
+  assert.ok(ended);
+  // The child's readable side is still open after its end(): it exits only
+  // once our EOF reaches it.
+  peer.end();
+  const r = await withTimeout(report, 10_000, 'child report');
+  assert.is(r.error, undefined);
+  assert.is(r.fdOpen, 'EBADF');
+});
+
+Adopt('sees the peer EOF and can still write after it', async () => {
+  const { peer, report } = startChild('echo');
+  const received = readAll(peer);
+  peer.end();
+  assert.is((await withTimeout(received, 10_000, 'after EOF')).toString(), 'EOF-SEEN\n');
+  const r = await withTimeout(report, 10_000, 'child report');
+  assert.is(r.sawEof, true);
+});
+
+Adopt('destroy() closes the adopted fd', async () => {
+  const { peer, report } = startChild('destroy');
+  peer.write('go');
+  const r = await withTimeout(report, 10_000, 'child report');
+  assert.is(r.fdOpen, 'EBADF');
+  await withTimeout(readAll(peer), 10_000, 'peer EOF after destroy');
+});
+
+Adopt('reads a FIFO until its writer closes', async () => {
+  const fifo = path.join(tmp, 'fifo-read');
+  execFileSync('mkfifo', [fifo]);
+  const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  const stream = adoptStream(fd);
+  const received = readAll(stream);
+  const payload = pattern(200_000, 5);
+  await fs.promises.writeFile(fifo, payload);
+  const got = await withTimeout(received, 10_000, 'fifo read');
+  assert.ok(got.equals(payload));
+  await withTimeout(
+    stream.destroyed ? Promise.resolve([]) : once(stream, 'close'),
+    10_000,
+    'close after EOF',
+  );
+});
+
+Adopt('end() on a non-socket fd flushes the data and finishes', async () => {
+  const fifo = path.join(tmp, 'fifo-write');
+  execFileSync('mkfifo', [fifo]);
+  const reader = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  try {
+    const writer = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+    const stream: Duplex = adoptStream(writer);
+    stream.end('line one\nline two\n');
+    await withTimeout(once(stream, 'finish'), 10_000, 'finish');
+    stream.destroy();
+    await withTimeout(once(stream, 'close'), 10_000, 'close');
+    const buf = Buffer.alloc(100);
+    const n = fs.readSync(reader, buf, 0, buf.length, null);
+    assert.is(buf.subarray(0, n).toString(), 'line one\nline two\n');
+    // The writer's fd is closed: the reader now sees end of file.
+    assert.is(fs.readSync(reader, buf, 0, buf.length, null), 0);
+  } finally {
+    fs.closeSync(reader);
+  }
+});
+
+Adopt('stops reading while the consumer is paused (backpressure)', async () => {
+  const fifo = path.join(tmp, 'fifo-pressure');
+  execFileSync('mkfifo', [fifo]);
+  const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  const stream = adoptStream(fd);
+  const total = 8 << 20;
+  const writing = fs.promises.writeFile(fifo, Buffer.alloc(total, 0x5a));
+
+  let received = 0;
+  const firstChunk = new Promise<void>((resolve) => {
+    stream.once('data', (chunk: Buffer) => {
+      received += chunk.length;
+      stream.pause();
+      resolve();
+    });
+  });
+  await withTimeout(firstChunk, 10_000, 'first chunk');
+  await new Promise((r) => setTimeout(r, 300));
+  // Without readStop libuv would keep pulling the writer's megabytes into
+  // the stream's buffer; with it, one read buffer past the high-water mark.
+  assert.ok(
+    stream.readableLength <= stream.readableHighWaterMark + 64 * 1024,
+    `buffered ${stream.readableLength} bytes while paused`,
+  );
+  stream.on('data', (chunk: Buffer) => {
+    received += chunk.length;
+  });
+  stream.resume();
+  await withTimeout(once(stream, 'end'), 20_000, 'end');
+  await writing;
+  assert.is(received, total);
+});
+
+Adopt('throws an EBADF NativeError for an fd that is not open', () => {
+  assertNativeError(
+    thrown(() => adoptStream(999_999)),
+    'EBADF',
+  );
+});
+
+Adopt.run();
+
+// ---- vsock ---------------------------------------------------------------------------------------
+
+const Vsock = suite('native: vsock');
+
+/** null when AF_VSOCK sockets can be created here, else the NativeError. */
+function vsockUnavailable(): NativeError | null {
+  try {
+    vsockListen(constants.VMADDR_PORT_ANY).close();
+    return null;
+  } catch (err) {
+    if (isNativeError(err) && err.syscall === 'socket') return err;
+    throw err;
+  }
+}
+
+Vsock('vsockListen listens on a free port, or throws a NativeError without AF_VSOCK', async () => {
+  let server;
+  try {
+    server = vsockListen(constants.VMADDR_PORT_ANY);
+  } catch (err) {
+    assertNativeError(err, ['EAFNOSUPPORT', 'ENODEV', 'EPROTONOSUPPORT', 'ESOCKTNOSUPPORT', 'EPERM', 'EACCES'], 'socket');
+    return;
+  }
+  assert.type(server.port, 'number');
+  assert.is.not(server.port, constants.VMADDR_PORT_ANY);
+  assert.is(server.cid, constants.VMADDR_CID_ANY);
+  const closed = once(server, 'close');
+  server.close();
+  await withTimeout(closed, 5_000, 'server close');
+});
+
+Vsock('vsockListen throws EADDRINUSE from bind for a port in use', () => {
+  const unavailable = vsockUnavailable();
+  if (unavailable !== null) return skip('vsockListen EADDRINUSE', `no AF_VSOCK here (${unavailable.code})`);
+  const server = vsockListen(constants.VMADDR_PORT_ANY);
+  try {
+    const err = assertNativeError(
+      thrown(() => vsockListen(server.port)),
+      'EADDRINUSE',
+      'bind',
+    );
+    assert.match(err.message, new RegExp(`bind vsock \\d+:${server.port}$`));
+  } finally {
+    server.close();
+  }
+});
+
+Vsock('vsockConnect rejects with a NativeError when the peer cannot be reached', async () => {
+  const unavailable = vsockUnavailable();
+  if (unavailable !== null) {
+    assertNativeError(await rejection(vsockConnect(constants.VMADDR_CID_HOST, 9)), unavailable.code, 'socket');
+    return;
+  }
+  // Our own CID through the guest-to-host transport fails inside this
+  // kernel (ENODEV) without sending anything to the hypervisor.
+  let cid: number;
+  try {
+    cid = localCid();
+  } catch (err) {
+    return skip('vsockConnect unreachable', `no local CID (${isNativeError(err) ? err.code : String(err)})`);
+  }
+  if (cid <= constants.VMADDR_CID_HOST || cid === constants.VMADDR_CID_ANY) {
+    return skip('vsockConnect unreachable', `local CID ${cid} has no guest-to-host transport to fail on`);
+  }
+  const err = assertNativeError(await rejection(vsockConnect(cid, 9, { timeoutMs: 5_000 })), [
+    'ENODEV',
+    'ECONNRESET',
+    'ECONNREFUSED',
+    'ENETUNREACH',
+    'EHOSTUNREACH',
+  ], 'connect');
+  assert.match(err.message, new RegExp(`connect vsock ${cid}:9$`));
+});
+
+Vsock('vsockConnect rejects an out-of-range port with RangeError', async () => {
+  assert.instance(await rejection(vsockConnect(2, 2 ** 32)), RangeError);
+});
+
+Vsock('localCid returns a CID or throws a NativeError', () => {
+  try {
+    const cid = localCid();
+    assert.ok(Number.isInteger(cid) && cid >= 0 && cid <= 0xffff_ffff);
+  } catch (err) {
+    assertNativeError(err, ['ENOENT', 'ENODEV', 'ENXIO', 'EACCES', 'ENOTTY'], ['open', 'ioctl']);
+  }
+});
+
+Vsock('localCid throws an ENOENT NativeError for a missing device', () => {
+  assertNativeError(
+    thrown(() => localCid('/nonexistent/vsock')),
+    'ENOENT',
+    'open',
+  );
+});
+
+Vsock.run();

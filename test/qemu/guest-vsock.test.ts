@@ -7,7 +7,7 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,8 +33,14 @@ if (typeof art === 'string') {
     C.bundle = join(C.tmp, 'fwd.bundle');
     C.reverse = join(C.tmp, 'rev.bundle');
     await vmsubstJson(['diff', join(art.disks, 'base.img'), join(art.disks, 'patched.img'), '-o', C.bundle]);
-    // Old hashes of this one are the patched blocks: the VM's disk does not hold them.
-    await vmsubstJson(['diff', join(art.disks, 'patched.img'), join(art.disks, 'base.img'), '-o', C.reverse]);
+    // A bundle made against another base: its old blocks are on neither image the VM could hold.
+    const other = join(C.tmp, 'other.img');
+    copyFileSync(join(art.disks, 'base.img'), other);
+    const changed = (await vmsubstJson<{ manifest: { ranges: { offset: number }[] } }>(['inspect', C.bundle])).manifest.ranges[0]!.offset;
+    const fd = openSync(other, 'r+');
+    writeSync(fd, Buffer.alloc(4096, 0xab), 0, 4096, changed);
+    closeSync(fd);
+    await vmsubstJson(['diff', other, join(art.disks, 'patched.img'), '-o', C.reverse]);
     // The agent accepts CID 1 (loopback) on its default port; a second agent with
     // the default allow-list (host only) is started by a test below.
     C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk: C.disk, agentArgs: ['--allow-cid', '1', '--no-serial'] }));
@@ -84,7 +90,7 @@ if (typeof art === 'string') {
 
   Guest('the kernel module ABI test passes in the guest (TAP)', () =>
     withTimeout(120_000, 'abi test', async () => {
-      const r = await C.vm!.run('/opt/vmsubst/abi_test /mnt/data/etc/motd /tmp/abi-scratch');
+      const r = await C.vm!.run('echo scratch > /tmp/abi-scratch; /opt/vmsubst/abi_test /mnt/data/share/filler /tmp/abi-scratch');
       const lines = r.out.split('\n');
       const plan = lines.find((l) => /^1\.\.\d+$/.test(l));
       assert.ok(plan, r.out);

@@ -500,11 +500,13 @@ class VsockServerImpl extends EventEmitter implements VsockServer {
   #listener: RawListener | null;
   #backoff: NodeJS.Timeout | null = null;
   #refed = true;
+  readonly #socketOptions: AdoptOptions;
 
-  constructor(fd: number, cid: number, port: number) {
+  constructor(fd: number, cid: number, port: number, socketOptions: AdoptOptions) {
     super();
     this.cid = cid;
     this.port = port;
+    this.#socketOptions = socketOptions;
     this.#listener = new binding.Listener(fd, (err, connFd, peerCid, peerPort) => {
       this.#onConnection(err, connFd, peerCid, peerPort);
     });
@@ -520,12 +522,16 @@ class VsockServerImpl extends EventEmitter implements VsockServer {
     let socket: VsockSocket;
     try {
       const local = binding.vsockAddresses(fd);
-      socket = new VsockSocket(fd, {
-        localCid: local.localCid,
-        localPort: local.localPort,
-        remoteCid: peerCid,
-        remotePort: peerPort,
-      });
+      socket = new VsockSocket(
+        fd,
+        {
+          localCid: local.localCid,
+          localPort: local.localPort,
+          remoteCid: peerCid,
+          remotePort: peerPort,
+        },
+        this.#socketOptions,
+      );
     } catch (e) {
       binding.closeFd(fd);
       // A peer that vanished between accept and getpeername is not the server's failure.
@@ -573,7 +579,7 @@ class VsockServerImpl extends EventEmitter implements VsockServer {
   }
 }
 
-export interface VsockListenOptions {
+export interface VsockListenOptions extends AdoptOptions {
   /** Local CID to bind (default VMADDR_CID_ANY). */
   cid?: number;
   /** listen() backlog (default 128; the kernel caps it at somaxconn). */
@@ -593,14 +599,16 @@ export function vsockListen(port: number, opts: VsockListenOptions = {}): VsockS
   checkInteger('backlog', backlog, 0, 65535);
   const bound = binding.vsockListen(cid, port, backlog);
   try {
-    return new VsockServerImpl(bound.fd, bound.cid, bound.port);
+    return new VsockServerImpl(bound.fd, bound.cid, bound.port, {
+      allowHalfOpen: opts.allowHalfOpen ?? false,
+    });
   } catch (err) {
     binding.closeFd(bound.fd);
     throw err;
   }
 }
 
-export interface VsockConnectOptions {
+export interface VsockConnectOptions extends AdoptOptions {
   /**
    * Give up after this many milliseconds (rejects with ETIMEDOUT). Without
    * it the transport's own connect timeout applies (2 s on Linux).
@@ -645,7 +653,11 @@ export function vsockConnect(
           return;
         }
         try {
-          resolve(new VsockSocket(connectedFd, binding.vsockAddresses(connectedFd)));
+          resolve(
+            new VsockSocket(connectedFd, binding.vsockAddresses(connectedFd), {
+              allowHalfOpen: opts.allowHalfOpen ?? false,
+            }),
+          );
         } catch (e) {
           binding.closeFd(connectedFd);
           reject(e);

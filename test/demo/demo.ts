@@ -33,7 +33,7 @@ async function main(): Promise<void> {
 
     say('booting the guest (Debian cloud kernel, QEMU ' + (process.env['VMSUBST_ACCEL'] === 'kvm' ? 'KVM' : 'TCG') + ') ...');
     vm = await GuestVm.boot({ disk });
-    say(`guest up in ${(vm.bootMs / 1000).toFixed(1)} s: agent started, vmsubst.ko loaded, disk mounted read-only at /mnt/data`);
+    say(`guest up in ${(vm.bootMs / 1000).toFixed(1)} s (vmsubst.ko loaded, disk mounted read-only at /mnt/data), agent ready at ${(vm.agentReadyMs / 1000).toFixed(1)} s`);
 
     await vm.sh(`${PROG} 500 > /tmp/vprog.out 2>&1 & echo $! > /tmp/vprog.pid`);
     const pid = Number((await vm.sh('cat /tmp/vprog.pid')).trim());

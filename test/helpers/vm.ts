@@ -36,6 +36,9 @@ export class GuestVm {
   readonly qmpSocket: string;
   readonly agentSocket: string;
   bootMs = 0;
+  /** From QEMU start until the agent logged that it is ready. */
+  agentReadyMs = 0;
+  #t0 = 0;
   #proc: ChildProcess | undefined;
   #console = '';
   #seq = 0;
@@ -51,6 +54,11 @@ export class GuestVm {
     const vm = new GuestVm(opts);
     try {
       await vm.#start();
+      if (!opts.noAgent) {
+        // The console is up before node has started the agent (seconds under TCG).
+        await waitFor(90_000, 'agent ready', async () => ((await vm.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
+        vm.agentReadyMs = Date.now() - vm.#t0;
+      }
     } catch (e) {
       vm.kill();
       throw e;
@@ -85,6 +93,7 @@ export class GuestVm {
     ];
     if (this.opts.vsockCid !== undefined) args.push('-device', `vhost-vsock-pci,guest-cid=${this.opts.vsockCid}`);
     const t0 = Date.now();
+    this.#t0 = t0;
     const proc = spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] });
     this.#proc = proc;
     let partial = '';

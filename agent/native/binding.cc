@@ -27,6 +27,7 @@
 #include <uv.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -530,6 +531,7 @@ class StreamHandle : public Napi::ObjectWrap<StreamHandle> {
       Napi::Value chunk = chunks.Get(i);
       if (!chunk.IsBuffer()) throw Napi::TypeError::New(env, "chunks must be an array of Buffers");
       Napi::Buffer<char> b = chunk.As<Napi::Buffer<char>>();
+      if (b.Length() > UINT_MAX) throw Napi::RangeError::New(env, "a chunk must be < 4 GiB");
       bufs.push_back(uv_buf_init(b.Data(), static_cast<unsigned int>(b.Length())));
     }
     if (bufs.empty()) bufs.push_back(uv_buf_init(nullptr, 0));

@@ -449,6 +449,11 @@ class NativeStream extends Duplex {
  * device such as /dev/virtio-ports/org.vmsubst.0) into the event loop. The
  * stream owns the fd from then on and closes it on destroy; libuv puts it in
  * non-blocking mode. If adoption throws, the caller still owns the fd.
+ *
+ * A virtio-serial port reads as end-of-file while no host program has it
+ * open (the kernel returns 0 and polls EPOLLHUP), so such a stream ends when
+ * the host disconnects, or at once if it never connected; reopen the device
+ * to wait for the next host connection.
  */
 export function adoptStream(fd: number, options?: AdoptOptions): Duplex {
   checkFd(fd);
@@ -464,7 +469,13 @@ export interface VsockAddresses {
   remotePort: number;
 }
 
-/** A connected AF_VSOCK stream. Created by vsockConnect() and VsockServer. */
+/**
+ * A connected AF_VSOCK stream. Created by vsockConnect() and VsockServer.
+ * The addresses are the kernel's: remoteCid/remotePort from accept4() or
+ * getpeername(), localCid/localPort from getsockname() — which reports
+ * VMADDR_CID_ANY as the localCid of an auto-bound client socket (localCid()
+ * gives this machine's CID).
+ */
 export class VsockSocket extends NativeStream {
   readonly remoteCid: number;
   readonly remotePort: number;

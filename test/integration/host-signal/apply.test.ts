@@ -14,7 +14,7 @@ import { applyToImage, applyToQemu, type QemuApplyResult } from '../../../host-s
 import { Bundle, writeBundle } from '../../../host-signal/src/bundle/index.js';
 import { bufferSource, diffSources } from '../../../host-signal/src/diff/index.js';
 import { BaseMismatchError, TargetError } from '../../../host-signal/src/errors.js';
-import { FirmwareVm, whyNoQemu } from './firmware-vm.js';
+import { FirmwareVm, whyNoQemu } from '../../helpers/firmware-vm.js';
 
 const MiB = 1 << 20;
 const B = 4096;

@@ -7,8 +7,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { waitFor } from '../../helpers/timeout.js';
-import { Qemu, QmpClient, type StatusInfo } from '../../../host-signal/src/qmp/index.js';
+import { waitFor } from './timeout.js';
+import { Qemu, QmpClient, type StatusInfo } from '../../host-signal/src/qmp/index.js';
 
 export const QEMU_BIN = 'qemu-system-x86_64';
 

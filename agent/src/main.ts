@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** vmsubst-agent: argv → config → Agent; SIGTERM/SIGINT stop it cleanly. */
-import { Agent, type AgentDeps } from './agent.js';
+import { Agent } from './agent.js';
+import { systemDeps } from './system.js';
 import { ConfigError, USAGE, parseCli } from './config.js';
 import { createLogger } from './log.js';
 
@@ -21,19 +22,7 @@ async function main(): Promise<number> {
     return 0;
   }
   const log = createLogger(cli.config.logLevel);
-  const native = await import('./native/index.js');
-  const deps: AgentDeps = {
-    readDirect: native.readDirect,
-    fiemap: native.fiemap,
-    invalidateRange: native.invalidateRange,
-    forceFlag: native.INVALIDATE_F_FORCE,
-    vsockListen: (port) => native.vsockListen(port),
-    adoptStream: native.adoptStream,
-    procRoot: '/proc',
-    sysRoot: '/sys',
-    devRoot: '/dev',
-    now: () => performance.now(),
-  };
+  const deps = await systemDeps();
   const agent = new Agent(cli.config, deps, log);
   await agent.start();
   log.info('ready', { version: agent.greeting.version });

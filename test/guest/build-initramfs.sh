@@ -37,13 +37,14 @@ depmod -b "$STAGE" "$KVER"
 
 # The project: same relative layout as the repository, so paths resolve alike.
 O=$STAGE/opt/vmsubst
+KMOD_DIR=${KMOD_DIR:-$ROOT/kmod}
 cp "$ROOT/package.json" "$O/"
 mkdir -p "$O/build" "$O/agent/build/Release"
 cp -r "$ROOT/build/agent" "$ROOT/build/host-signal" "$O/build/"
 find "$O/build" -name '*.map' -delete
 cp "$ROOT/agent/build/Release/vmsubst_native.node" "$O/agent/build/Release/"
-cp "$ROOT/kmod/vmsubst.ko" "$O/vmsubst.ko"
-cp "$ROOT/kmod/tests/abi_test" "$O/abi_test"
+cp "$KMOD_DIR/vmsubst.ko" "$O/vmsubst.ko"
+cp "$KMOD_DIR/tests/abi_test" "$O/abi_test"
 (cd "$ROOT" && npm ls --omit=dev --parseable --all 2>/dev/null | tail -n +2) | while read -r dir; do
   rel=${dir#"$ROOT"/}; mkdir -p "$O/$(dirname "$rel")"; cp -r "$dir" "$O/$rel"
 done

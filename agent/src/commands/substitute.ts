@@ -12,6 +12,7 @@ import { readDiskLayout, readMounts } from '../pedigree/mounts.js';
 import { findMappers, keyOf } from '../proc/mappers.js';
 import { resolveDisk } from '../disk/resolve.js';
 import { verifyRanges, type DiskReader } from '../disk/verify.js';
+import { applyMetadata, planMetadata, plannedOnly, type AppliedMetadata, type MetadataOps } from './metadata.js';
 
 export interface InvalidateCounts {
   pagesCached: bigint;
@@ -23,6 +24,7 @@ export interface InvalidateCounts {
 /** What the substitution needs from the system; the real parts are the defaults in agent.ts. */
 export interface SubstituteDeps {
   readDirect: DiskReader;
+  metadata: MetadataOps;
   fiemap: Fiemap;
   invalidateRange(fd: number, offset: bigint, length: bigint, flags: number): Promise<InvalidateCounts>;
   forceFlag: number;
@@ -46,19 +48,34 @@ export async function substitute(args: ArgsOf<'substitute'>, deps: SubstituteDep
   const { files, unmapped } = index.lookup(args.ranges.map(({ offset, length }) => ({ offset, length })));
   const t2 = deps.now();
 
-  const readWrite = files.filter((f) => !f.file.mount.readOnly);
-  if (readWrite.length > 0 && unmapped.length > 0) {
+  const dirHits = files.filter((f) => f.file.kind === 'dir');
+  const fileHits = files.filter((f) => f.file.kind === 'file');
+  const plan = await planMetadata(disk, layout, mounts, unmapped, dirHits, deps.readDirect, deps.devRoot);
+  const force = args.force ?? false;
+  const rwMeta = plan.filesystems.find((fs) => !fs.readOnly);
+  if (rwMeta && !force) {
     throw new CommandError(
-      'InvalidArguments',
-      `${readWrite[0]!.file.mount.mountPoint} is mounted read-write and the substitution also changes ` +
-        `${unmapped.length} range(s) outside file data (metadata?); refusing: remount read-only or restart the guest`,
+      'RestartRequired',
+      `${rwMeta.mountPoint} is mounted read-write and the substitution changes its metadata ` +
+        `(${rwMeta.ranges.flatMap((r) => r.kinds).filter((k, i, a) => a.indexOf(k) === i).join(', ')}); ` +
+        'the guest must be restarted (or remounted read-only), or the host must force it',
+      { mount: rwMeta.mountPoint },
     );
   }
 
-  const reports: FileReport[] = [];
-  for (const hit of files) {
-    const counts = { cached: 0n, mapped: 0n, dropped: 0n, kept: 0n };
-    if (!dryRun) {
+  const reports: FileReport[] = fileHits.map((hit) => ({
+    path: hit.file.path,
+    ino: hit.file.ino,
+    ranges: hit.ranges,
+    'pages-cached': 0,
+    'pages-mapped': 0,
+    'pages-dropped': 0,
+    'pages-kept': 0,
+    mappers: [],
+  }));
+  const dropFilePages = async (): Promise<void> => {
+    for (const [i, hit] of fileHits.entries()) {
+      const report = reports[i]!;
       const fh = await open(hit.file.path, 'r').catch((e: unknown) => {
         throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${errnoCode(e) ?? String(e)}`);
       });
@@ -72,33 +89,40 @@ export async function substitute(args: ArgsOf<'substitute'>, deps: SubstituteDep
             }
             throw new CommandError('InvalidateFailed', `invalidating ${hit.file.path} at ${r.offset}+${r.length}: ${(e as Error).message}`);
           });
-          counts.cached += c.pagesCached;
-          counts.mapped += c.pagesMapped;
-          counts.dropped += c.pagesDropped;
-          counts.kept += c.pagesKept;
+          report['pages-cached'] += Number(c.pagesCached);
+          report['pages-mapped'] += Number(c.pagesMapped);
+          report['pages-dropped'] += Number(c.pagesDropped);
+          report['pages-kept'] += Number(c.pagesKept);
         }
       } finally {
         await fh.close();
       }
     }
-    reports.push({
-      path: hit.file.path,
-      ino: hit.file.ino,
-      ranges: hit.ranges,
-      'pages-cached': Number(counts.cached),
-      'pages-mapped': Number(counts.mapped),
-      'pages-dropped': Number(counts.dropped),
-      'pages-kept': Number(counts.kept),
-      mappers: [],
-    });
+  };
+
+  let metadata: AppliedMetadata | undefined = plan.ranges.length > 0 && dryRun ? plannedOnly(plan) : undefined;
+  if (!dryRun) {
+    if (plan.filesystems.length > 0) {
+      metadata = (await applyMetadata(plan, deps.metadata, deps.readDirect, disk.path, force, dropFilePages)).report;
+    } else {
+      await dropFilePages();
+    }
   }
   const t3 = deps.now();
 
-  const mappers = await findMappers(files.map((f) => f.file), deps.procRoot);
-  files.forEach((f, i) => {
+  const inUse = metadata?.inodes['in-use'] ?? [];
+  const keys = [...fileHits.map((f) => f.file), ...inUse.map((u) => ({ dev: u.dev, ino: u.ino }))];
+  const mappers = await findMappers(keys, deps.procRoot);
+  fileHits.forEach((f, i) => {
     reports[i]!.mappers = mappers.get(keyOf(f.file)) ?? [];
   });
-
+  const metadataReport = metadata && {
+    ...metadata,
+    inodes: {
+      ...metadata.inodes,
+      'in-use': inUse.map(({ dev, ...u }) => ({ ...u, mappers: mappers.get(keyOf({ dev, ino: u.ino })) ?? [] })),
+    },
+  };
   return {
     id: args.id,
     device: disk.path,
@@ -106,6 +130,7 @@ export async function substitute(args: ArgsOf<'substitute'>, deps: SubstituteDep
     'verified-bytes': verifiedBytes,
     files: reports,
     unmapped,
+    ...(metadataReport ? { metadata: metadataReport } : {}),
     'timings-ms': { verify: t1 - t0, map: t2 - t1, invalidate: t3 - t2, total: deps.now() - t0 },
   };
 }

@@ -30,6 +30,11 @@ export interface IndexedFile {
   dev: number;
   ino: number;
   mount: Mount;
+  kind: 'file' | 'dir';
+  /** For directories: each entry's name and inode number, as the guest saw them when indexed. */
+  entries?: Map<string, number>;
+  /** Where the file's extents lie on the disk (byte offsets), for reading them back raw. */
+  extents: { diskStart: number; fileOffset: number; length: number }[];
 }
 
 interface Piece {
@@ -113,32 +118,52 @@ async function indexMount(mount: Mount, partStart: number, fiemap: Fiemap, out: 
   const rootStat = await lstat(mount.mountPoint);
   const stack = [mount.mountPoint];
   let files = 0;
+  const addExtents = (file: IndexedFile, fd: number): void => {
+    for (const e of fiemap(fd)) {
+      if (e.flags & NOT_ON_DISK) continue;
+      const diskStart = partStart + Number(e.physical);
+      const piece = { diskStart, diskEnd: diskStart + Number(e.length), fileOffset: Number(e.logical), file };
+      out.push(piece);
+      file.extents.push({ diskStart, fileOffset: piece.fileOffset, length: Number(e.length) });
+    }
+  };
   while (stack.length > 0) {
     const dir = stack.pop()!;
     const handle = await opendir(dir).catch(() => undefined);
     if (!handle) continue;
+    const dirStat = await lstat(dir).catch(() => undefined);
+    const dirFile: IndexedFile | undefined = dirStat && {
+      path: dir, dev: dirStat.dev, ino: dirStat.ino, mount, kind: 'dir', entries: new Map(), extents: [],
+    };
     for await (const entry of handle) {
+      if (++files > MAX_FILES) throw new Error(`more than ${MAX_FILES} entries under ${mount.mountPoint}`);
       const path = join(dir, entry.name);
-      if (entry.isDirectory()) {
+      if (!entry.isFile()) {
         const st = await lstat(path).catch(() => undefined);
-        if (st && st.dev === rootStat.dev) stack.push(path); // never cross into another mount
+        if (!st) continue;
+        dirFile?.entries!.set(entry.name, st.ino);
+        if (st.isDirectory() && st.dev === rootStat.dev) stack.push(path); // never cross into another mount
         continue;
       }
-      if (!entry.isFile()) continue;
-      if (++files > MAX_FILES) throw new Error(`more than ${MAX_FILES} files under ${mount.mountPoint}`);
       const fh = await open(path, 'r').catch(() => undefined);
       if (!fh) continue;
       try {
         const st = await fh.stat();
+        dirFile?.entries!.set(entry.name, st.ino);
         if (st.dev !== rootStat.dev) continue;
-        const file: IndexedFile = { path, dev: st.dev, ino: st.ino, mount };
-        for (const e of fiemap(fh.fd)) {
-          if (e.flags & NOT_ON_DISK) continue;
-          const diskStart = partStart + Number(e.physical);
-          out.push({ diskStart, diskEnd: diskStart + Number(e.length), fileOffset: Number(e.logical), file });
-        }
+        addExtents({ path, dev: st.dev, ino: st.ino, mount, kind: 'file', extents: [] }, fh.fd);
       } finally {
         await fh.close();
+      }
+    }
+    if (dirFile && dirFile.dev === rootStat.dev) {
+      const fh = await open(dir, 'r').catch(() => undefined);
+      if (fh) {
+        try {
+          addExtents(dirFile, fh.fd);
+        } finally {
+          await fh.close();
+        }
       }
     }
   }

@@ -68,6 +68,7 @@ export const SubstituteArgs = Type.Object(
     disk: DiskRef,
     ranges: Type.Array(HashedRange, { minItems: 1, maxItems: MAX_RANGES, description: 'disk-relative byte ranges and the sha256 of their new content' }),
     'dry-run': Type.Optional(Type.Boolean({ description: 'verify and map, but invalidate nothing' })),
+    force: Type.Optional(Type.Boolean({ description: 'accept metadata changes under a read-write mount' })),
   },
   strict,
 );
@@ -92,6 +93,53 @@ export const FileReport = Type.Object(
 );
 export type FileReport = Static<typeof FileReport>;
 
+export const MetadataKind = Type.Union([
+  Type.Literal('superblock-or-descriptors'),
+  Type.Literal('block-bitmap'),
+  Type.Literal('inode-bitmap'),
+  Type.Literal('inode-table'),
+  Type.Literal('directory'),
+  Type.Literal('other'),
+]);
+
+export const ClassifiedRange = Type.Object(
+  { offset: Offset, length: ByteRange.properties.length, kinds: Type.Array(MetadataKind) },
+  strict,
+);
+export type ClassifiedRange = Static<typeof ClassifiedRange>;
+
+/** What the metadata steps did: block-device buffers, dentries, inodes. */
+export const MetadataReport = Type.Object(
+  {
+    /** Changed disk ranges outside file data, with what they hold. */
+    ranges: Type.Array(ClassifiedRange),
+    'bdev-pages-dropped': Type.Integer(),
+    /** Ranges whose buffers the kernel keeps pinned (ext4 superblock, group descriptors): not refreshed. */
+    pinned: Type.Array(ClassifiedRange),
+    dentries: Type.Array(
+      Type.Object(
+        { dir: Type.String(), names: Type.Array(Type.String()), dropped: Type.Integer(), busy: Type.Integer(), mountpoints: Type.Integer() },
+        strict,
+      ),
+    ),
+    inodes: Type.Object(
+      {
+        evicted: Type.Integer(),
+        'not-cached': Type.Integer(),
+        'in-use': Type.Array(
+          Type.Object(
+            { ino: Type.Integer(), path: Type.Optional(Type.String()), reasons: Type.Array(Type.String()), mappers: Type.Array(Mapper) },
+            strict,
+          ),
+        ),
+      },
+      strict,
+    ),
+  },
+  strict,
+);
+export type MetadataReport = Static<typeof MetadataReport>;
+
 export const SubstituteReport = Type.Object(
   {
     id: Type.String(),
@@ -101,6 +149,8 @@ export const SubstituteReport = Type.Object(
     files: Type.Array(FileReport),
     /** Changed disk ranges that belong to no file's data (metadata, free space). */
     unmapped: Type.Array(ByteRange),
+    /** Present when the substitution changed filesystem metadata. */
+    metadata: Type.Optional(MetadataReport),
     'timings-ms': Type.Object(
       { verify: Type.Number(), map: Type.Number(), invalidate: Type.Number(), total: Type.Number() },
       strict,
@@ -148,6 +198,7 @@ export const ErrorClass = Type.Union([
   Type.Literal('VerifyMismatch'),
   Type.Literal('KmodUnavailable'),
   Type.Literal('InvalidateFailed'),
+  Type.Literal('RestartRequired'),
 ]);
 export type ErrorClass = Static<typeof ErrorClass>;
 

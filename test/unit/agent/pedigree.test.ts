@@ -5,7 +5,7 @@ import { parseMountinfo, type Mount } from '../../../agent/src/pedigree/mounts.j
 import { devToMapsField } from '../../../agent/src/proc/mappers.js';
 
 const mount: Mount = { mountPoint: '/mnt', devNum: '254:0', root: '/', fsType: 'ext4', readOnly: true };
-const file = (path: string): IndexedFile => ({ path, dev: 1, ino: 2, mount });
+const file = (path: string): IndexedFile => ({ path, dev: 1, ino: 2, mount, kind: 'file', extents: [] });
 
 const Lookup = suite('PedigreeIndex.lookup');
 const a = file('/mnt/a');

@@ -1,0 +1,272 @@
+/**
+ * The kernel module under stress, in a real guest: four workers read a file
+ * with read(), read it through mmap (two of them) and exec a binary from the
+ * volume in a loop, while an invalidation loop calls
+ * VMSUBST_IOC_INVALIDATE_RANGE continuously and the host keeps flipping the
+ * same files between two versions (apply A→B, notify, apply B→A, notify, …).
+ * No reader may ever see a page that mixes the versions, every worker must
+ * end cleanly, and the kernel must log no oops or warning.
+ *
+ * The guest-side workers are test/fixtures/stress.c, on the stress volume
+ * built by test/fixtures/build-stress-disks.sh. STRESS_SECONDS sets the
+ * duration (default 130); STRESS_PAUSE_MS overrides the workers' pacing.
+ * The workers run niced, so the agent and the console stay responsive.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GuestVm } from '../helpers/vm.js';
+import { guestArtifacts } from '../helpers/paths.js';
+import { vmsubstJson } from '../helpers/cli.js';
+import { withTimeout } from '../helpers/timeout.js';
+
+const SECONDS = Number(process.env['STRESS_SECONDS'] ?? 130);
+const PAUSE = process.env['STRESS_PAUSE_MS'];
+const NICE = 10;
+const STRESS = '/mnt/data/bin/stress';
+const PAGES = '/mnt/data/share/pages';
+const VPROG = '/mnt/data/bin/vprog';
+/** Worker name → its stress arguments; its output and exit status go to /tmp/stress-NAME.{out,rc} in the guest. */
+const WORKERS: Record<string, string> = {
+  read: `read ${PAGES} ${SECONDS}`,
+  mmap: `mmap ${PAGES} ${SECONDS}`,
+  mmap2: `mmap ${PAGES} ${SECONDS}`,
+  exec: `exec ${VPROG} ${SECONDS}`,
+  inval: `inval ${SECONDS} ${PAGES} ${VPROG}`,
+};
+const KERNEL_TROUBLE = /Oops|WARNING:|BUG:|general protection|Call Trace|blocked for more than/;
+
+interface Summary {
+  mode: string;
+  ok: boolean;
+  counts: Record<string, number>;
+}
+interface WorkerResult {
+  rc: number;
+  out: string;
+  summary?: Summary;
+}
+interface ApplyJson {
+  status: string;
+  'pause-ms': number | null;
+}
+interface NotifyJson {
+  files: { path: string; 'pages-dropped': number }[];
+  'timings-ms': { total: number };
+}
+interface Flip {
+  to: 'A' | 'B';
+  ms: number;
+  pauseMs: number;
+  agentMs: number;
+  dropped: number;
+}
+interface Ctx {
+  vm?: GuestVm;
+  tmp: string;
+  bundles: { AtoB: string; BtoA: string };
+  flips: Flip[];
+  flipError?: string;
+  workers: Record<string, WorkerResult>;
+}
+
+const C: Ctx = { tmp: '', bundles: { AtoB: '', BtoA: '' }, flips: [], workers: {} };
+const Stress = suite(`kmod stress: 4 workers and invalidations while the host flips blocks (${SECONDS} s)`);
+
+/** Parses `stress MODE ok|failed key=N ...`. */
+function parseSummary(out: string): Summary | undefined {
+  const m = /^stress (\w+) (ok|failed) ((?:\w+=\d+ ?)+)$/m.exec(out);
+  if (!m) return undefined;
+  const counts: Record<string, number> = {};
+  for (const kv of m[3]!.trim().split(' ')) {
+    const [k, v] = kv.split('=') as [string, string];
+    counts[k] = Number(v);
+  }
+  return { mode: m[1]!, ok: m[2] === 'ok', counts };
+}
+
+function worker(name: string): WorkerResult {
+  const w = C.workers[name];
+  assert.ok(w, `worker ${name} has a result (the stress run did not complete)`);
+  return w;
+}
+
+/** One flip: write the other version's blocks under the running guest, then tell the agent. */
+async function flip(vm: GuestVm, to: 'A' | 'B'): Promise<Flip> {
+  const t0 = Date.now();
+  const bundle = to === 'B' ? C.bundles.AtoB : C.bundles.BtoA;
+  const a = await vmsubstJson<ApplyJson>(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
+  if (a.status !== 'applied') throw new Error(`apply to ${to}: status ${a.status}, expected applied`);
+  const n = await vmsubstJson<NotifyJson>(['notify', bundle, '--to', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data']);
+  for (const path of [PAGES, VPROG]) {
+    if (!n.files.some((f) => f.path === path)) throw new Error(`notify to ${to}: the report does not name ${path}: ${JSON.stringify(n.files)}`);
+  }
+  return {
+    to,
+    ms: Date.now() - t0,
+    pauseMs: a['pause-ms'] ?? 0,
+    agentMs: n['timings-ms'].total,
+    dropped: n.files.reduce((s, f) => s + f['pages-dropped'], 0),
+  };
+}
+
+/** Runs fn; if the guest died meanwhile (a panic reboots it), the error carries the console's tail. */
+async function withConsole<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (C.vm && /qemu exited|guest not running/.test((e as Error).message)) {
+      (e as Error).message += `\n--- guest console (tail) ---\n${C.vm.console.slice(-8000)}`;
+    }
+    throw e;
+  }
+}
+
+/** Starts the workers in the guest, flips the disk until the end of the run, collects the workers' results. */
+async function runStress(): Promise<void> {
+  const vm = C.vm!;
+  assert.match(await vm.sh(`${VPROG}`), /vprog version v1/, 'the guest starts on version A');
+  const env = PAUSE !== undefined ? `STRESS_PAUSE_MS=${Number(PAUSE)} ` : '';
+  // Niced (STRESS_NICE), so that the agent (node under TCG) and the console get the vCPUs when
+  // they need them; the workers still take every cycle left over.
+  const start = Object.entries(WORKERS)
+    .map(([name, args]) => `( ${env}STRESS_NICE=${NICE} ${STRESS} ${args} > /tmp/stress-${name}.out 2>&1; echo $? > /tmp/stress-${name}.rc ) &`)
+    .join(' ');
+  // One foreground command starts the workers and waits for them: the console shell is the
+  // guest's PID 1 and must not be left reading the console while its children exit.
+  await vm.sh('rm -f /tmp/stress-*.out /tmp/stress-*.rc');
+  let running = true;
+  const workers = vm.run(`${start} wait`, (SECONDS + 300) * 1000).finally(() => {
+    running = false;
+  });
+  workers.catch(() => undefined); // awaited below; keeps a guest death from being an unhandled rejection meanwhile
+  const t0 = Date.now();
+  const flipUntil = t0 + (SECONDS - 3) * 1000;
+
+  let at: 'A' | 'B' = 'A';
+  while (running && Date.now() < flipUntil) {
+    const to: 'A' | 'B' = at === 'A' ? 'B' : 'A';
+    try {
+      C.flips.push(await flip(vm, to));
+    } catch (e) {
+      C.flipError = `flip ${C.flips.length + 1} (to ${to}): ${(e as Error).message}`;
+      break;
+    }
+    at = to;
+  }
+  await workers;
+
+  const names = Object.keys(WORKERS);
+  for (const name of names) {
+    const out = await vm.sh(`cat /tmp/stress-${name}.out`);
+    const rc = Number((await vm.sh(`cat /tmp/stress-${name}.rc`)).trim());
+    const r: WorkerResult = { rc, out };
+    const s = parseSummary(out);
+    if (s) r.summary = s;
+    C.workers[name] = r;
+  }
+
+  const byWorker = names
+    .map((n) => {
+      const c = C.workers[n]?.summary?.counts ?? {};
+      return n === 'inval'
+        ? `inval ${c['iterations']} rounds/${c['calls']} calls/${c['dropped']} pages dropped`
+        : `${n} ${c['iterations']} iterations (v1 ${c['v1']}, v2 ${c['v2']}${c['remapped'] !== undefined ? `, remapped mid-copy ${c['remapped']}` : ''})`;
+    })
+    .join('; ');
+  const avg = (f: (x: Flip) => number): number =>
+    C.flips.length ? Math.round(C.flips.reduce((s, x) => s + f(x), 0) / C.flips.length) : 0;
+  console.log(
+    `\n  stress: ${Math.round((Date.now() - t0) / 1000)} s, ${C.flips.length} flips ` +
+      `(avg ${avg((x) => x.ms)} ms: pause ${avg((x) => x.pauseMs)} ms, agent ${avg((x) => x.agentMs)} ms, ` +
+      `${avg((x) => x.dropped)} pages dropped by notify); ${byWorker}`,
+  );
+
+  assert.is(C.flipError, undefined, C.flipError);
+  // A flip (apply + notify: two CLI runs against a loaded TCG guest) takes 2.5-5 s here; the floor
+  // leaves room for a host busy with other guests.
+  const atLeast = Math.max(4, Math.floor(SECONDS / 13));
+  assert.ok(C.flips.length >= atLeast, `only ${C.flips.length} flips in ${SECONDS} s, expected at least ${atLeast}`);
+}
+
+const art = guestArtifacts();
+const missing =
+  typeof art === 'string'
+    ? art
+    : ['stress-a.img', 'stress-b.img']
+        .map((f) => join(art.disks, f))
+        .filter((p) => !existsSync(p))
+        .map((p) => `${p} is missing (run test/fixtures/build-stress-disks.sh build/disks, or make guest)`)[0];
+
+if (typeof art === 'string' || missing !== undefined) {
+  console.log(`  skipped: ${missing ?? String(art)}`);
+  Stress.skip('guest artefacts are missing', () => undefined);
+} else {
+  const imgA = join(art.disks, 'stress-a.img');
+  const imgB = join(art.disks, 'stress-b.img');
+
+  Stress.before(async () => {
+    C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-stress-'));
+    const disk = join(C.tmp, 'disk.img');
+    copyFileSync(imgA, disk);
+    C.bundles = { AtoB: join(C.tmp, 'a-to-b.bundle'), BtoA: join(C.tmp, 'b-to-a.bundle') };
+    await vmsubstJson(['diff', imgA, imgB, '-o', C.bundles.AtoB]);
+    await vmsubstJson(['diff', imgB, imgA, '-o', C.bundles.BtoA]);
+    C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk }));
+  });
+  Stress.after(() => {
+    C.vm?.kill();
+    if (C.tmp) rmSync(C.tmp, { recursive: true, force: true });
+  });
+
+  Stress('the host flips the files between A and B for the whole run while the workers run', () =>
+    withTimeout((SECONDS + 300) * 1000, 'stress run', () => withConsole(runStress)),
+  );
+  Stress('every worker exits 0 with its ok line', () => {
+    for (const name of Object.keys(WORKERS)) {
+      const w = worker(name);
+      assert.ok(w.summary?.ok, `${name} printed no ok line:\n${w.out}`);
+      assert.is(w.rc, 0, `${name} exited ${w.rc}:\n${w.out}`);
+      assert.is(w.summary!.counts['errors'], 0, `${name}: ${w.out}`);
+      assert.ok((w.summary!.counts['iterations'] ?? 0) > 0, `${name} made no iterations: ${w.out}`);
+    }
+  });
+
+  Stress('read() and mmap readers never see a page mixing the two versions, and see both', () => {
+    for (const name of ['read', 'mmap', 'mmap2']) {
+      const w = worker(name);
+      const c = w.summary?.counts ?? {};
+      assert.is(c['mixed'], 0, `${name}: ${w.out}`);
+      assert.ok((c['v1'] ?? 0) > 0 && (c['v2'] ?? 0) > 0, `${name} saw v1 ${c['v1']} and v2 ${c['v2']} pages: ${w.out}`);
+      assert.is((c['v1'] ?? 0) + (c['v2'] ?? 0), c['pages'], `${name}: every page checked is v1 or v2`);
+    }
+  });
+
+  Stress('every exec of vprog prints exactly one version, and both versions ran', () => {
+    const w = worker('exec');
+    const c = w.summary?.counts ?? {};
+    assert.is(c['mixed'], 0, w.out);
+    assert.is((c['v1'] ?? 0) + (c['v2'] ?? 0), c['iterations'], `every run printed a version: ${w.out}`);
+    assert.ok((c['v1'] ?? 0) > 0 && (c['v2'] ?? 0) > 0, `exec saw v1 ${c['v1']} and v2 ${c['v2']} runs`);
+  });
+
+  Stress('the invalidation loop runs throughout without an error', () => {
+    const w = worker('inval');
+    const c = w.summary?.counts ?? {};
+    assert.ok((c['calls'] ?? 0) > 0 && (c['dropped'] ?? 0) > 0, w.out);
+    assert.is(c['errors'], 0, w.out);
+  });
+
+  Stress('the kernel logs no oops, BUG, WARNING or call trace', () =>
+    withTimeout(60_000, 'dmesg', async () => {
+      const dmesg = await C.vm!.sh('dmesg');
+      const bad = dmesg.split('\n').filter((l) => KERNEL_TROUBLE.test(l));
+      assert.is(bad.length, 0, `dmesg:\n${bad.slice(0, 20).join('\n')}\n--- full log tail ---\n${dmesg.slice(-4000)}`);
+      assert.ok(C.vm!.console.search(KERNEL_TROUBLE) === -1, 'nothing on the console either');
+    }),
+  );
+}
+
+Stress.run();

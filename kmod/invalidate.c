@@ -3,7 +3,10 @@
  * VMSUBST_IOC_INVALIDATE_RANGE: after the hypervisor has replaced a file's
  * blocks, drop the guest's cached copies of them so that running processes
  * fault in, and new readers and execs read, the new contents.
+ *
+ * Also the range and file checks every file-range command shares.
  */
+#include <linux/fadvise.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/limits.h>
@@ -12,109 +15,111 @@
 #include <linux/mm.h>
 #include <linux/overflow.h>
 #include <linux/pagemap.h>
-#include <linux/pagevec.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 
 #include "vmsubst.h"
 
-struct vmsubst_counts {
-	u64 cached;
-	u64 mapped;
-	u64 dropped;
-	u64 kept;
-};
-
-/*
- * The part of @folio inside [@first, @last], so that a large folio
- * straddling the range is counted for the pages the caller asked about.
- */
-static void vmsubst_folio_clamp(struct folio *folio, pgoff_t first,
-				pgoff_t last, pgoff_t *lo, pgoff_t *hi)
+int vmsubst_check_range(u64 offset, u64 length, u64 *end)
 {
-	*lo = max(folio->index, first);
-	*hi = min(folio_next_index(folio) - 1, last);
+	if (!length)
+		return -EINVAL;
+	if (check_add_overflow(offset, length, end) || *end > LLONG_MAX)
+		return -EOVERFLOW;
+	return 0;
 }
 
-static int vmsubst_count_cached(struct address_space *mapping, pgoff_t first,
-				pgoff_t last, struct vmsubst_counts *c)
+/*
+ * The pages of [@start, @end) that lie within @size bytes, widened to whole
+ * pages. False when none do.
+ */
+bool vmsubst_clamp_range(loff_t size, u64 start, u64 end, pgoff_t *first,
+			 pgoff_t *last)
 {
-	struct folio_batch fbatch;
-	pgoff_t index = first;
-	pgoff_t lo, hi;
-	unsigned int i;
+	if (start >= size)
+		return false;
+	end = min_t(u64, end, size);
+	*first = start >> PAGE_SHIFT;
+	*last = (end - 1) >> PAGE_SHIFT;
+	return true;
+}
 
-	/* Without both, write(2) or a fault could add pages behind the count. */
+/* A regular file whose blocks can be replaced and whose pages are cached. */
+int vmsubst_check_file(struct file *file)
+{
+	struct inode *inode = file_inode(file);
+
+	if (S_ISDIR(inode->i_mode))
+		return -EISDIR;
+	if (!S_ISREG(inode->i_mode))
+		return -EINVAL;
+	/* Only a block device can have its blocks replaced under us. */
+	if (!inode->i_sb->s_bdev)
+		return -ENOTBLK;
+	if (IS_DAX(inode))
+		return -EMEDIUMTYPE;
+	return 0;
+}
+
+struct vmsubst_invalidate {
+	u32 flags;
+	pgoff_t first;
+	pgoff_t last;
+	struct vmsubst_page_counts counts;
+	struct vmsubst_out *outcomes;
+	struct vmsubst_out *mappers;
+};
+
+/* The caller holds i_rwsem and invalidate_lock; see vmsubst_invalidate_file(). */
+static int vmsubst_invalidate_locked(struct file *file,
+				     struct vmsubst_invalidate *inv)
+{
+	struct address_space *mapping = file->f_mapping;
+	bool zap = inv->flags & VMSUBST_INVALIDATE_F_ZAP;
+	bool drop = inv->flags & VMSUBST_INVALIDATE_F_DROP;
+	int ret;
+
 	lockdep_assert_held_write(&mapping->host->i_rwsem);
 	lockdep_assert_held_write(&mapping->invalidate_lock);
 
-	folio_batch_init(&fbatch);
-	while (index <= last &&
-	       filemap_get_folios(mapping, &index, last, &fbatch)) {
-		for (i = 0; i < folio_batch_count(&fbatch); i++) {
-			struct folio *folio = fbatch.folios[i];
+	/* Before the unmap, while folio_mapped() still tells who maps what. */
+	ret = vmsubst_pages_count(mapping, inv->first, inv->last, &inv->counts);
+	if (ret)
+		return ret;
+	if (inv->flags & VMSUBST_INVALIDATE_F_REPORT_MAPPERS)
+		vmsubst_rmap_report(mapping, inv->first, inv->last,
+				    inv->mappers);
 
-			vmsubst_folio_clamp(folio, first, last, &lo, &hi);
-			c->cached += hi - lo + 1;
-			if (folio_mapped(folio))
-				c->mapped += hi - lo + 1;
-		}
-		folio_batch_release(&fbatch);
-		if (fatal_signal_pending(current))
-			return -EINTR;
-		cond_resched();
-	}
-	return 0;
-}
-
-static int vmsubst_drop_cached(struct address_space *mapping, pgoff_t first,
-			       pgoff_t last, struct vmsubst_counts *c)
-{
-	struct folio_batch fbatch;
-	pgoff_t index = first;
-	pgoff_t lo, hi;
-	unsigned int i;
-
-	/* Keeps faults and readahead from refilling what was just dropped. */
-	lockdep_assert_held_write(&mapping->invalidate_lock);
-
-	folio_batch_init(&fbatch);
-	while (index <= last &&
-	       filemap_get_folios(mapping, &index, last, &fbatch)) {
-		for (i = 0; i < folio_batch_count(&fbatch); i++) {
-			vmsubst_folio_clamp(fbatch.folios[i], first, last,
-					    &lo, &hi);
-			/*
-			 * One call per folio, because a ranged call's -EBUSY
-			 * does not say which folios stayed. Our batch
-			 * reference does not make the folio busy: only a
-			 * dirty folio or busy buffers do. Any failure leaves
-			 * the folio cached, so it is reported as kept.
-			 */
-			if (invalidate_inode_pages2_range(mapping, lo, hi))
-				c->kept += hi - lo + 1;
-			else
-				c->dropped += hi - lo + 1;
-		}
-		folio_batch_release(&fbatch);
-		if (fatal_signal_pending(current))
-			return -EINTR;
-		cond_resched();
-	}
-	return 0;
+	/*
+	 * One walk of i_mmap for the whole range instead of one per folio
+	 * inside invalidate_inode_pages2_range(). even_cows = 0: a process's
+	 * private copy-on-write copies are its own data (written .data, or
+	 * pages pinned by VMSUBST_IOC_PIN_MAPPERS), not a cache of the file;
+	 * zapping them would corrupt it.
+	 */
+	if (zap)
+		unmap_mapping_range(mapping, (loff_t)inv->first << PAGE_SHIFT,
+				    (loff_t)(inv->last - inv->first + 1)
+					    << PAGE_SHIFT, 0);
+	if (!drop)
+		return 0;
+	if (!zap)
+		return vmsubst_pages_drop_unused(file, inv->first, inv->last,
+						 &inv->counts, inv->outcomes);
+	return vmsubst_pages_drop(mapping, inv->first, inv->last, &inv->counts,
+				  inv->outcomes);
 }
 
 /*
  * Drops the page cache of [@start, @end) of @file, clamped to its size.
- * The range is widened to whole pages.
+ * The range is widened to whole pages. False in *@any when nothing of the
+ * file lies in it.
  */
-static int vmsubst_invalidate_file(struct file *file, loff_t start, loff_t end,
-				   struct vmsubst_counts *c)
+static int vmsubst_invalidate_file(struct file *file, u64 start, u64 end,
+				   struct vmsubst_invalidate *inv, bool *any)
 {
 	struct inode *inode = file_inode(file);
 	struct address_space *mapping = file->f_mapping;
-	pgoff_t first, last;
-	loff_t isize;
 	int ret = 0;
 
 	/*
@@ -128,86 +133,107 @@ static int vmsubst_invalidate_file(struct file *file, loff_t start, loff_t end,
 	 */
 	inode_lock(inode);
 	filemap_invalidate_lock(mapping);
-
-	isize = i_size_read(inode);
-	if (start >= isize)
-		goto out;
-	end = min(end, isize);
-	first = start >> PAGE_SHIFT;
-	last = (end - 1) >> PAGE_SHIFT;
-
-	/* Before the unmap, while folio_mapped() still tells who maps what. */
-	ret = vmsubst_count_cached(mapping, first, last, c);
-	if (ret)
-		goto out;
-
-	/*
-	 * One walk of i_mmap for the whole range instead of one per folio
-	 * inside invalidate_inode_pages2_range(). even_cows = 0: a process's
-	 * private copy-on-write copies are its own data (written .data, for
-	 * one), not a cache of the file; zapping them would corrupt it.
-	 */
-	unmap_mapping_range(mapping, (loff_t)first << PAGE_SHIFT,
-			    (loff_t)(last - first + 1) << PAGE_SHIFT, 0);
-
-	ret = vmsubst_drop_cached(mapping, first, last, c);
-out:
+	*any = vmsubst_clamp_range(i_size_read(inode), start, end,
+				   &inv->first, &inv->last);
+	if (*any)
+		ret = vmsubst_invalidate_locked(file, inv);
 	filemap_invalidate_unlock(mapping);
 	inode_unlock(inode);
 	return ret;
 }
 
-static int vmsubst_check_file(struct file *file, bool force)
+/*
+ * Reads the range back in, after the locks are gone: readahead fills the
+ * cache with the new blocks in large requests, and with @sync every page is
+ * waited for. Returns the pages refaulted or -errno.
+ */
+static long vmsubst_refault(struct file *file, pgoff_t first, pgoff_t last,
+			    bool sync)
 {
-	struct inode *inode = file_inode(file);
-	struct super_block *sb = inode->i_sb;
+	struct address_space *mapping = file->f_mapping;
+	pgoff_t index = first;
+	long done = 0;
+	int ret;
 
-	if (S_ISDIR(inode->i_mode))
-		return -EISDIR;
-	if (!S_ISREG(inode->i_mode))
-		return -EINVAL;
-	/* Only a block device can have its blocks replaced under us. */
-	if (!sb->s_bdev)
-		return -ENOTBLK;
-	if (IS_DAX(inode))
-		return -EMEDIUMTYPE;
-	/*
-	 * A writable filesystem can write its own cached state back over the
-	 * substituted blocks; only the caller can know that it will not.
-	 */
-	if (!sb_rdonly(sb) && !force)
-		return -EACCES;
-	return 0;
+	ret = vfs_fadvise(file, (loff_t)first << PAGE_SHIFT,
+			  (loff_t)(last - first + 1) << PAGE_SHIFT,
+			  POSIX_FADV_WILLNEED);
+	if (ret)
+		return ret;
+	if (!sync)
+		return last - first + 1;
+
+	while (index <= last) {
+		struct folio *folio = read_mapping_folio(mapping, index, file);
+
+		if (IS_ERR(folio))
+			return PTR_ERR(folio);
+		done += min(folio_next_index(folio) - 1, last) - index + 1;
+		index = folio_next_index(folio);
+		folio_put(folio);
+		if (fatal_signal_pending(current))
+			return -EINTR;
+		cond_resched();
+	}
+	return done;
 }
 
-int vmsubst_cmd_invalidate_range(union vmsubst_cmd *cmd)
+int vmsubst_cmd_invalidate_range(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 {
 	struct vmsubst_invalidate_range *req = &cmd->invalidate_range;
-	struct vmsubst_counts c = {};
+	struct vmsubst_invalidate inv = {
+		.flags = req->flags,
+		.outcomes = &io->out[0],
+		.mappers = &io->out[1],
+	};
 	struct file *file;
+	long refaulted = 0;
+	bool any = false;
 	u64 end;
 	int ret;
 
-	if (req->reserved0 || !req->length)
+	if (req->reserved0)
 		return -EINVAL;
-	if (check_add_overflow(req->offset, req->length, &end) ||
-	    end > LLONG_MAX)
-		return -EOVERFLOW;
+	if ((inv.flags & VMSUBST_INVALIDATE_F_REFAULT_ASYNC) &&
+	    (inv.flags & VMSUBST_INVALIDATE_F_REFAULT_SYNC))
+		return -EINVAL;
+	ret = vmsubst_check_range(req->offset, req->length, &end);
+	if (ret)
+		return ret;
+	/* Neither step named: both, as for callers that predate the flags. */
+	if (!(inv.flags & (VMSUBST_INVALIDATE_F_ZAP | VMSUBST_INVALIDATE_F_DROP)))
+		inv.flags |= VMSUBST_INVALIDATE_F_ZAP | VMSUBST_INVALIDATE_F_DROP;
 
 	/* fget() refuses O_PATH files: they grant no access to contents. */
 	file = fget(req->fd);
 	if (!file)
 		return -EBADF;
-	ret = vmsubst_check_file(file, req->flags & VMSUBST_INVALIDATE_F_FORCE);
+	ret = vmsubst_check_file(file);
+	/*
+	 * A writable filesystem can write its own cached state back over the
+	 * substituted blocks; only the caller can know that it will not.
+	 */
+	if (!ret && !sb_rdonly(file_inode(file)->i_sb) &&
+	    !(inv.flags & VMSUBST_INVALIDATE_F_FORCE))
+		ret = -EACCES;
 	if (!ret)
-		ret = vmsubst_invalidate_file(file, req->offset, end, &c);
+		ret = vmsubst_invalidate_file(file, req->offset, end, &inv, &any);
+	if (!ret && any &&
+	    (inv.flags & (VMSUBST_INVALIDATE_F_REFAULT_ASYNC |
+			  VMSUBST_INVALIDATE_F_REFAULT_SYNC))) {
+		refaulted = vmsubst_refault(file, inv.first, inv.last,
+					    inv.flags & VMSUBST_INVALIDATE_F_REFAULT_SYNC);
+		if (refaulted < 0)
+			ret = refaulted;
+	}
 	fput(file);
 	if (ret)
 		return ret;
 
-	req->pages_cached = c.cached;
-	req->pages_mapped = c.mapped;
-	req->pages_dropped = c.dropped;
-	req->pages_kept = c.kept;
+	req->pages_cached = inv.counts.cached;
+	req->pages_mapped = inv.counts.mapped;
+	req->pages_dropped = inv.counts.dropped;
+	req->pages_kept = inv.counts.kept;
+	req->pages_refaulted = refaulted;
 	return 0;
 }

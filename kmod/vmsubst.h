@@ -5,10 +5,14 @@
 #ifndef VMSUBST_H
 #define VMSUBST_H
 
+#include <linux/sched.h>
 #include <linux/types.h>
 #include <uapi/linux/vmsubst.h>
 
-#define VMSUBST_MODULE_VERSION "0.1.0"
+#define VMSUBST_MODULE_VERSION "0.2.0"
+
+struct address_space;
+struct file;
 
 /* The leading members every command struct shares. */
 struct vmsubst_cmd_hdr {
@@ -24,8 +28,118 @@ union vmsubst_cmd {
 	struct vmsubst_cmd_hdr hdr;
 	struct vmsubst_version version;
 	struct vmsubst_invalidate_range invalidate_range;
+	struct vmsubst_invalidate_bdev invalidate_bdev;
+	struct vmsubst_revalidate_inodes revalidate_inodes;
+	struct vmsubst_revalidate_dentries revalidate_dentries;
+	struct vmsubst_query_mappers query_mappers;
+	struct vmsubst_pin_mappers pin_mappers;
 };
 
-int vmsubst_cmd_invalidate_range(union vmsubst_cmd *cmd);
+/**
+ * struct vmsubst_out - kernel side of a struct vmsubst_array
+ * @items:     zeroed kernel buffer of @cap entries; NULL when @cap is 0
+ * @elem_size: bytes per entry
+ * @cap:       entries @items holds (the caller's capacity)
+ * @count:     entries filled
+ * @total:     entries reported, @count included
+ *
+ * The dispatcher allocates it before the command and copies @count entries
+ * to the caller after it, so a command fills it under any lock it holds.
+ */
+struct vmsubst_out {
+	void *items;
+	size_t elem_size;
+	u32 cap;
+	u32 count;
+	u64 total;
+};
+
+#define VMSUBST_MAX_OUT 2
+
+/**
+ * struct vmsubst_io - lists a command receives and reports
+ * @in:       the command's input list, copied from the caller; NULL if none
+ * @in_bytes: size of @in
+ * @out:      the command's output arrays, in the order of its table entry
+ */
+struct vmsubst_io {
+	const void *in;
+	size_t in_bytes;
+	struct vmsubst_out out[VMSUBST_MAX_OUT];
+};
+
+/*
+ * The next free entry of @out, or NULL when it is full. Counts the entry in
+ * @out->total either way, so callers report everything and store what fits.
+ */
+static inline void *vmsubst_out_next(struct vmsubst_out *out)
+{
+	out->total++;
+	if (out->count >= out->cap)
+		return NULL;
+	return (u8 *)out->items + (size_t)out->count++ * out->elem_size;
+}
+
+/* ---- pagecache.c: counting and dropping the pages of a mapping ---------- */
+
+struct vmsubst_page_counts {
+	u64 cached;
+	u64 mapped;
+	u64 dropped;
+	u64 kept;
+};
+
+int vmsubst_pages_count(struct address_space *mapping, pgoff_t first,
+			pgoff_t last, struct vmsubst_page_counts *c);
+int vmsubst_pages_drop(struct address_space *mapping, pgoff_t first,
+		       pgoff_t last, struct vmsubst_page_counts *c,
+		       struct vmsubst_out *outcomes);
+int vmsubst_pages_drop_unused(struct file *file, pgoff_t first, pgoff_t last,
+			      struct vmsubst_page_counts *c,
+			      struct vmsubst_out *outcomes);
+
+/* ---- rmap.c: who maps a file -------------------------------------------- */
+
+struct vmsubst_mapper;
+
+/**
+ * struct vmsubst_vma_ref - a private mapping to pin, found by the rmap walk
+ * @mm:    its address space, with an mmgrab() reference
+ * @start: first address of the part that maps the range
+ * @end:   address after it
+ */
+struct vmsubst_vma_ref {
+	struct mm_struct *mm;
+	unsigned long start;
+	unsigned long end;
+};
+
+void vmsubst_rmap_report(struct address_space *mapping, pgoff_t first,
+			 pgoff_t last, struct vmsubst_out *mappers);
+size_t vmsubst_rmap_count_private(struct address_space *mapping,
+				  pgoff_t first, pgoff_t last);
+size_t vmsubst_rmap_collect_private(struct address_space *mapping,
+				    pgoff_t first, pgoff_t last,
+				    struct vmsubst_vma_ref *refs, size_t max,
+				    struct vmsubst_out *shared);
+void vmsubst_mm_owner(struct mm_struct *mm, __s32 *pid,
+		      char (*comm)[TASK_COMM_LEN]);
+
+/* ---- range and file checks shared by the commands (invalidate.c) -------- */
+
+int vmsubst_check_range(u64 offset, u64 length, u64 *end);
+bool vmsubst_clamp_range(loff_t size, u64 start, u64 end, pgoff_t *first,
+			 pgoff_t *last);
+int vmsubst_check_file(struct file *file);
+
+/* ---- the commands --------------------------------------------------------- */
+
+int vmsubst_cmd_invalidate_range(union vmsubst_cmd *cmd, struct vmsubst_io *io);
+int vmsubst_cmd_invalidate_bdev(union vmsubst_cmd *cmd, struct vmsubst_io *io);
+int vmsubst_cmd_revalidate_inodes(union vmsubst_cmd *cmd, struct vmsubst_io *io);
+int vmsubst_cmd_revalidate_dentries(union vmsubst_cmd *cmd,
+				    struct vmsubst_io *io);
+int vmsubst_cmd_query_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io);
+int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io);
 
 #endif /* VMSUBST_H */

@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * VMSUBST_IOC_PIN_MAPPERS: before the hypervisor replaces a file's blocks,
+ * give every process that maps the file privately its own copy of each
+ * mapped page, so that after the invalidation it keeps running on the old
+ * image (invalidation never zaps private copies) while new execs read the
+ * new one: the semantics of replacing a program by rename.
+ *
+ * The copy is made by the kernel's own write-fault path, as a ptrace write
+ * (access_process_vm()) makes it: get_user_pages_remote() with FOLL_WRITE |
+ * FOLL_FORCE breaks copy-on-write on a private mapping, read-only text
+ * included, and copies the page; nothing is written to it. The references
+ * GUP returns are put at once: the copy is the point, not the reference.
+ */
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/minmax.h>
+#include <linux/mm.h>
+#include <linux/mmap_lock.h>
+#include <linux/pagemap.h>
+#include <linux/sched.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/sort.h>
+
+#include "compat.h"
+#include "vmsubst.h"
+
+/* Pages per get_user_pages_remote() call, and per hold of mmap_lock. */
+#define VMSUBST_PIN_CHUNK 32
+
+struct vmsubst_pin {
+	struct address_space *mapping;
+	u64 budget;		/* pages that may still be copied */
+	u32 status;		/* VMSUBST_PIN_S_* */
+};
+
+/* Pages, summed into a struct vmsubst_pin_result in bytes. */
+struct vmsubst_pin_stats {
+	u64 copied;
+	u64 private;
+	u64 failed;
+};
+
+/*
+ * Is the VMA at @addr still a private mapping of the file? The rmap walk
+ * that found it let go of i_mmap_rwsem; the process may have unmapped or
+ * replaced it since.
+ */
+static struct vm_area_struct *vmsubst_pin_vma(struct mm_struct *mm,
+					      unsigned long addr,
+					      struct address_space *mapping)
+{
+	struct vm_area_struct *vma;
+
+	mmap_assert_locked(mm);
+	vma = find_vma(mm, addr);
+	if (!vma || vma->vm_start > addr || !vma->vm_file ||
+	    vma->vm_file->f_mapping != mapping || (vma->vm_flags & VM_MAYSHARE))
+		return NULL;
+	return vma;
+}
+
+/*
+ * Pins up to VMSUBST_PIN_CHUNK pages from @addr, no further than @end.
+ * Returns the pages dealt with (> 0), or 0 when the budget ran out first.
+ */
+static unsigned long vmsubst_pin_chunk(struct mm_struct *mm,
+				       unsigned long addr, unsigned long end,
+				       struct vmsubst_pin *pin,
+				       struct vmsubst_pin_stats *st)
+{
+	struct page *pages[VMSUBST_PIN_CHUNK];
+	bool anon[VMSUBST_PIN_CHUNK];
+	unsigned long nr, i, j, run, ok;
+	long got, k;
+
+	mmap_assert_locked(mm);
+	nr = min_t(unsigned long, (end - addr) >> PAGE_SHIFT,
+		   VMSUBST_PIN_CHUNK);
+
+	/*
+	 * Which pages are the file's and which already private (written to,
+	 * or pinned before)? A read fault maps the file's page where none is
+	 * mapped yet; the copy below needs it anyway.
+	 */
+	got = vmsubst_gup_remote(mm, addr, nr, FOLL_FORCE, pages);
+	if (got <= 0) {
+		/* Beyond the end of the file, or no memory: skip the page. */
+		st->failed++;
+		return 1;
+	}
+	for (k = 0; k < got; k++) {
+		anon[k] = PageAnon(pages[k]);
+		put_page(pages[k]);
+	}
+
+	for (i = 0; i < got; i = j) {
+		if (anon[i]) {
+			st->private++;
+			j = i + 1;
+			continue;
+		}
+		for (j = i; j < got && !anon[j]; j++)
+			;
+		if (!pin->budget) {
+			pin->status |= VMSUBST_PIN_S_BUDGET;
+			return i;
+		}
+		run = min_t(u64, j - i, pin->budget);
+		k = vmsubst_gup_remote(mm, addr + (i << PAGE_SHIFT), run,
+				       FOLL_WRITE | FOLL_FORCE, pages);
+		for (ok = 0; k > 0 && ok < k; ok++)
+			put_page(pages[ok]);
+		ok = max(k, 0L);
+		st->copied += ok;
+		st->failed += run - ok;
+		pin->budget -= run;
+		j = i + run;
+	}
+	return got;
+}
+
+/* Pins [@ref->start, @ref->end) of @mm; @mm has an mmget() reference. */
+static int vmsubst_pin_ref(struct mm_struct *mm,
+			   const struct vmsubst_vma_ref *ref,
+			   struct vmsubst_pin *pin,
+			   struct vmsubst_pin_stats *st)
+{
+	unsigned long addr = ref->start, end, done;
+	struct vm_area_struct *vma;
+
+	while (addr < ref->end) {
+		if (fatal_signal_pending(current))
+			return -EINTR;
+		/* One chunk per hold: a writer of this mm waits for one chunk at most. */
+		if (mmap_read_lock_killable(mm))
+			return -EINTR;
+		vma = vmsubst_pin_vma(mm, addr, pin->mapping);
+		if (!vma) {
+			mmap_read_unlock(mm);
+			st->failed += (ref->end - addr) >> PAGE_SHIFT;
+			return 0;
+		}
+		end = min(ref->end, vma->vm_end);
+		done = vmsubst_pin_chunk(mm, addr, end, pin, st);
+		mmap_read_unlock(mm);
+		if (!done)
+			return 0;
+		addr += done << PAGE_SHIFT;
+		cond_resched();
+	}
+	return 0;
+}
+
+static int vmsubst_ref_cmp(const void *a, const void *b)
+{
+	const struct vmsubst_vma_ref *x = a, *y = b;
+
+	if (x->mm != y->mm)
+		return x->mm < y->mm ? -1 : 1;
+	if (x->start != y->start)
+		return x->start < y->start ? -1 : 1;
+	return 0;
+}
+
+/*
+ * Pins the mappings @refs[0..@n) of one address space. Stops early on a
+ * fatal signal (-EINTR) or when the budget is spent.
+ */
+static int vmsubst_pin_mm(const struct vmsubst_vma_ref *refs, size_t n,
+			  struct vmsubst_pin *pin,
+			  struct vmsubst_pin_result *res)
+{
+	struct mm_struct *mm = refs[0].mm;
+	struct vmsubst_pin_stats st = {};
+	int ret = 0;
+	size_t i;
+
+	vmsubst_mm_owner(mm, &res->pid, &res->comm);
+	/* Our mmgrab() keeps the struct; this keeps the address space. */
+	if (!mmget_not_zero(mm)) {
+		res->flags |= VMSUBST_PIN_R_EXITED;
+		return 0;
+	}
+	for (i = 0; i < n && !ret && !(pin->status & VMSUBST_PIN_S_BUDGET); i++)
+		ret = vmsubst_pin_ref(mm, &refs[i], pin, &st);
+	mmput(mm);
+
+	res->bytes_copied = st.copied << PAGE_SHIFT;
+	res->bytes_private = st.private << PAGE_SHIFT;
+	res->bytes_failed = st.failed << PAGE_SHIFT;
+	if (st.failed || (pin->status & VMSUBST_PIN_S_BUDGET))
+		res->flags |= VMSUBST_PIN_R_PARTIAL;
+	return ret;
+}
+
+static int vmsubst_pin_file(struct file *file, pgoff_t first, pgoff_t last,
+			    struct vmsubst_pin_mappers *req,
+			    struct vmsubst_io *io)
+{
+	struct vmsubst_pin pin = {
+		.mapping = file->f_mapping,
+		.budget = req->max_pages,
+	};
+	struct vmsubst_vma_ref *refs = NULL;
+	struct vmsubst_pin_result res, *slot;
+	size_t n, found, i, j;
+	int ret = 0;
+
+	/*
+	 * Sized by a first walk, filled by a second. Mappings made in between
+	 * beyond the size are left for the next call, like those beyond
+	 * VMSUBST_PIN_VMAS_MAX.
+	 */
+	n = min_t(size_t, vmsubst_rmap_count_private(pin.mapping, first, last),
+		  VMSUBST_PIN_VMAS_MAX);
+	if (n) {
+		refs = kvcalloc(n, sizeof(*refs), GFP_KERNEL);
+		if (!refs)
+			return -ENOMEM;
+	}
+	found = vmsubst_rmap_collect_private(pin.mapping, first, last, refs, n,
+					     &io->out[1]);
+	if (found > n)
+		pin.status |= VMSUBST_PIN_S_TRUNCATED;
+	n = min(n, found);
+
+	/* One lock cycle and one result per address space. */
+	sort(refs, n, sizeof(*refs), vmsubst_ref_cmp, NULL);
+	for (i = 0; i < n; i = j) {
+		for (j = i + 1; j < n && refs[j].mm == refs[i].mm; j++)
+			;
+		if (ret || (pin.status & VMSUBST_PIN_S_BUDGET))
+			continue;
+		memset(&res, 0, sizeof(res));
+		ret = vmsubst_pin_mm(&refs[i], j - i, &pin, &res);
+		req->mappings += j - i;
+		req->bytes_copied += res.bytes_copied;
+		req->bytes_private += res.bytes_private;
+		req->bytes_failed += res.bytes_failed;
+		slot = vmsubst_out_next(&io->out[0]);
+		if (slot)
+			*slot = res;
+	}
+
+	for (i = 0; i < n; i++)
+		mmdrop(refs[i].mm);
+	kvfree(refs);
+	req->status = pin.status;
+	return ret;
+}
+
+int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io)
+{
+	struct vmsubst_pin_mappers *req = &cmd->pin_mappers;
+	pgoff_t first, last;
+	struct file *file;
+	u64 end;
+	int ret;
+
+	if (!req->max_pages || req->max_pages > VMSUBST_PIN_PAGES_MAX)
+		return -EINVAL;
+	ret = vmsubst_check_range(req->offset, req->length, &end);
+	if (ret)
+		return ret;
+
+	file = fget(req->fd);
+	if (!file)
+		return -EBADF;
+	ret = vmsubst_check_file(file);
+	if (ret)
+		goto out;
+
+	req->bytes_copied = 0;
+	req->bytes_private = 0;
+	req->bytes_failed = 0;
+	req->status = 0;
+	req->mappings = 0;
+	if (vmsubst_clamp_range(i_size_read(file_inode(file)), req->offset, end,
+				&first, &last))
+		ret = vmsubst_pin_file(file, first, last, req, io);
+out:
+	fput(file);
+	return ret;
+}

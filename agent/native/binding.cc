@@ -31,6 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -293,54 +296,133 @@ Napi::Value KmodVersion(const Napi::CallbackInfo& info) {
   return o;
 }
 
-class InvalidateWorker : public Napi::AsyncWorker {
- public:
-  InvalidateWorker(Napi::Env env, std::string dev, int fd, uint64_t offset, uint64_t length,
-                   uint32_t flags)
-      : Napi::AsyncWorker(env, "vmsubst:invalidateRange"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        dev_(std::move(dev)),
-        fd_(fd),
-        offset_(offset),
-        length_(length),
-        flags_(flags) {}
+// The most entries one report may ask for; the kernel's own caps are lower
+// (VMSUBST_*_MAX) and answer E2BIG, this only bounds what the glue allocates.
+constexpr double kMaxReportCap = 1 << 20;
 
-  Napi::Promise Promise() const { return deferred_.Promise(); }
-
-  void Execute() override {
-    err_ = vs_invalidate_range(dev_.c_str(), fd_, offset_, length_, flags_, &out_, &syscall_);
+// A report buffer of the uapi record type T and its vs_report view.
+template <typename T>
+struct Report {
+  explicit Report(uint32_t cap) : items(cap) {
+    r.items = items.empty() ? nullptr : items.data();
+    r.cap = cap;
   }
+  std::vector<T> items;
+  vs_report r{};
+};
+
+uint32_t ArgCap(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return static_cast<uint32_t>(ArgInteger(info, i, name, 0, kMaxReportCap));
+}
+
+std::string CommString(const char (&comm)[16]) { return std::string(comm, strnlen(comm, sizeof(comm))); }
+
+Napi::Object PageRangeObject(Napi::Env env, const vmsubst_page_range& p) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("offset", Napi::BigInt::New(env, static_cast<uint64_t>(p.offset)));
+  o.Set("length", Napi::BigInt::New(env, static_cast<uint64_t>(p.length)));
+  o.Set("state", Napi::Number::New(env, p.state));
+  return o;
+}
+
+Napi::Object MapperObject(Napi::Env env, const vmsubst_mapper& m) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("pid", Napi::Number::New(env, m.pid));
+  o.Set("comm", Napi::String::New(env, CommString(m.comm)));
+  o.Set("start", Napi::BigInt::New(env, static_cast<uint64_t>(m.start)));
+  o.Set("end", Napi::BigInt::New(env, static_cast<uint64_t>(m.end)));
+  o.Set("offset", Napi::BigInt::New(env, static_cast<uint64_t>(m.offset)));
+  o.Set("flags", Napi::Number::New(env, m.flags));
+  return o;
+}
+
+Napi::Object InodeStatusObject(Napi::Env env, const vmsubst_inode_status& st) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("ino", Napi::BigInt::New(env, static_cast<uint64_t>(st.ino)));
+  o.Set("reasons", Napi::Number::New(env, st.reasons));
+  o.Set("refs", Napi::Number::New(env, st.refs));
+  return o;
+}
+
+Napi::Object PinResultObject(Napi::Env env, const vmsubst_pin_result& p) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("pid", Napi::Number::New(env, p.pid));
+  o.Set("comm", Napi::String::New(env, CommString(p.comm)));
+  o.Set("flags", Napi::Number::New(env, p.flags));
+  o.Set("bytesCopied", Napi::BigInt::New(env, static_cast<uint64_t>(p.bytes_copied)));
+  o.Set("bytesPrivate", Napi::BigInt::New(env, static_cast<uint64_t>(p.bytes_private)));
+  o.Set("bytesFailed", Napi::BigInt::New(env, static_cast<uint64_t>(p.bytes_failed)));
+  return o;
+}
+
+// Sets o[name] to the entries the kernel wrote and o[name + "Total"] to how
+// many it had.
+template <typename T, typename Make>
+void SetReport(Napi::Env env, Napi::Object o, const char* name, const Report<T>& rep, Make make) {
+  const uint32_t n = std::min<uint32_t>(rep.r.count, static_cast<uint32_t>(rep.items.size()));
+  Napi::Array a = Napi::Array::New(env, n);
+  for (uint32_t i = 0; i < n; i++) a.Set(i, make(env, rep.items[i]));
+  o.Set(name, a);
+  o.Set(std::string(name) + "Total", Napi::BigInt::New(env, rep.r.total));
+}
+
+// One /dev/vmsubst ioctl on the libuv thread pool. `run` makes the call
+// through native.h and `build` turns what it filled into the resolved value;
+// both share that state through the lambdas' captures, which the worker owns.
+class KmodWorker : public Napi::AsyncWorker {
+ public:
+  using Run = std::function<int(const char** syscall)>;
+  using Build = std::function<Napi::Value(Napi::Env)>;
+
+  static Napi::Promise Start(Napi::Env env, const char* ioctl_name, std::string dev, int fd,
+                             Run run, Build build) {
+    auto* worker = new KmodWorker(env, ioctl_name, std::move(dev), fd, std::move(run),
+                                  std::move(build));
+    Napi::Promise promise = worker->deferred_.Promise();
+    worker->Queue();
+    return promise;
+  }
+
+  void Execute() override { err_ = run_(&syscall_); }
 
   void OnOK() override {
     Napi::Env env = Env();
     if (err_ < 0) {
       const std::string detail = strcmp(syscall_, "ioctl") == 0
-                                     ? "VMSUBST_IOC_INVALIDATE_RANGE " + Quoted(dev_) +
-                                           " (fd " + std::to_string(fd_) + ")"
+                                     ? std::string(ioctl_) + " " + Quoted(dev_) + " (fd " +
+                                           std::to_string(fd_) + ")"
                                      : Quoted(dev_);
       deferred_.Reject(MakeError(env, err_, syscall_, detail, dev_.c_str()).Value());
       return;
     }
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("pagesCached", Napi::BigInt::New(env, out_.pages_cached));
-    o.Set("pagesMapped", Napi::BigInt::New(env, out_.pages_mapped));
-    o.Set("pagesDropped", Napi::BigInt::New(env, out_.pages_dropped));
-    o.Set("pagesKept", Napi::BigInt::New(env, out_.pages_kept));
-    deferred_.Resolve(o);
+    try {
+      deferred_.Resolve(build_(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
   }
 
  private:
+  KmodWorker(Napi::Env env, const char* ioctl_name, std::string dev, int fd, Run run, Build build)
+      : Napi::AsyncWorker(env, "vmsubst:kmod"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        ioctl_(ioctl_name),
+        dev_(std::move(dev)),
+        fd_(fd),
+        run_(std::move(run)),
+        build_(std::move(build)) {}
+
   Napi::Promise::Deferred deferred_;
+  const char* ioctl_;
   std::string dev_;
   int fd_;
-  uint64_t offset_;
-  uint64_t length_;
-  uint32_t flags_;
+  Run run_;
+  Build build_;
   int err_ = 0;
   const char* syscall_ = "ioctl";
-  vs_invalidate_result out_{};
 };
 
+// invalidateRange(devPath, fd, offset, length, flags, outcomesCap, mappersCap)
 Napi::Value InvalidateRange(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string dev = ArgString(info, 0, "devPath");
@@ -348,10 +430,189 @@ Napi::Value InvalidateRange(const Napi::CallbackInfo& info) {
   const uint64_t offset = ArgU64(info, 2, "offset");
   const uint64_t length = ArgU64(info, 3, "length");
   const uint32_t flags = ArgU32(info, 4, "flags");
-  auto* worker = new InvalidateWorker(env, std::move(dev), fd, offset, length, flags);
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  auto outcomes = std::make_shared<Report<vmsubst_page_range>>(ArgCap(info, 5, "outcomesCap"));
+  auto mappers = std::make_shared<Report<vmsubst_mapper>>(ArgCap(info, 6, "mappersCap"));
+  auto out = std::make_shared<vs_invalidate_result>();
+  const std::string path = dev;
+  return KmodWorker::Start(
+      env, "VMSUBST_IOC_INVALIDATE_RANGE", std::move(dev), fd,
+      [=](const char** syscall) {
+        return vs_invalidate_range(path.c_str(), fd, offset, length, flags, &outcomes->r,
+                                   &mappers->r, out.get(), syscall);
+      },
+      [=](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("pagesCached", Napi::BigInt::New(e, out->pages_cached));
+        o.Set("pagesMapped", Napi::BigInt::New(e, out->pages_mapped));
+        o.Set("pagesDropped", Napi::BigInt::New(e, out->pages_dropped));
+        o.Set("pagesKept", Napi::BigInt::New(e, out->pages_kept));
+        o.Set("pagesRefaulted", Napi::BigInt::New(e, out->pages_refaulted));
+        SetReport(e, o, "outcomes", *outcomes, PageRangeObject);
+        SetReport(e, o, "mappers", *mappers, MapperObject);
+        return o;
+      });
+}
+
+// invalidateBdev(devPath, fd, offset, length, flags, keptCap)
+Napi::Value InvalidateBdev(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dev = ArgString(info, 0, "devPath");
+  const int fd = ArgFd(info, 1);
+  const uint64_t offset = ArgU64(info, 2, "offset");
+  const uint64_t length = ArgU64(info, 3, "length");
+  const uint32_t flags = ArgU32(info, 4, "flags");
+  auto kept = std::make_shared<Report<vmsubst_page_range>>(ArgCap(info, 5, "keptCap"));
+  auto out = std::make_shared<vs_bdev_result>();
+  const std::string path = dev;
+  return KmodWorker::Start(
+      env, "VMSUBST_IOC_INVALIDATE_BDEV", std::move(dev), fd,
+      [=](const char** syscall) {
+        return vs_invalidate_bdev(path.c_str(), fd, offset, length, flags, &kept->r, out.get(),
+                                  syscall);
+      },
+      [=](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("pagesCached", Napi::BigInt::New(e, out->pages_cached));
+        o.Set("pagesDropped", Napi::BigInt::New(e, out->pages_dropped));
+        o.Set("pagesKept", Napi::BigInt::New(e, out->pages_kept));
+        SetReport(e, o, "kept", *kept, PageRangeObject);
+        return o;
+      });
+}
+
+// revalidateInodes(devPath, fd, inodes: bigint[], flags): in_use has room
+// for every number given.
+Napi::Value RevalidateInodes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dev = ArgString(info, 0, "devPath");
+  const int fd = ArgFd(info, 1);
+  if (info.Length() <= 2 || !info[2].IsArray()) {
+    throw Napi::TypeError::New(env, "inodes must be an array of bigint");
+  }
+  Napi::Array list = info[2].As<Napi::Array>();
+  if (list.Length() > kMaxReportCap) throw Napi::RangeError::New(env, "too many inodes");
+  auto inodes = std::make_shared<std::vector<uint64_t>>(list.Length());
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value v = list.Get(i);
+    bool lossless = false;
+    if (!v.IsBigInt()) throw Napi::TypeError::New(env, "inodes must be an array of bigint");
+    (*inodes)[i] = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw Napi::RangeError::New(env, "inode numbers must be in [0, 2^64)");
+  }
+  const uint32_t flags = ArgU32(info, 3, "flags");
+  const uint32_t n = static_cast<uint32_t>(inodes->size());
+  auto in_use = std::make_shared<Report<vmsubst_inode_status>>(n);
+  auto out = std::make_shared<vs_inodes_result>();
+  const std::string path = dev;
+  return KmodWorker::Start(
+      env, "VMSUBST_IOC_REVALIDATE_INODES", std::move(dev), fd,
+      [=](const char** syscall) {
+        return vs_revalidate_inodes(path.c_str(), fd, inodes->empty() ? nullptr : inodes->data(),
+                                    n, flags, &in_use->r, out.get(), syscall);
+      },
+      [=](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("evicted", Napi::Number::New(e, out->evicted));
+        o.Set("notCached", Napi::Number::New(e, out->not_cached));
+        SetReport(e, o, "inUse", *in_use, InodeStatusObject);
+        return o;
+      });
+}
+
+// revalidateDentries(devPath, fd, names: string[], flags): the names are
+// packed NUL-terminated, in UTF-8, as the kernel takes them.
+Napi::Value RevalidateDentries(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dev = ArgString(info, 0, "devPath");
+  const int fd = ArgFd(info, 1);
+  if (info.Length() <= 2 || !info[2].IsArray()) {
+    throw Napi::TypeError::New(env, "names must be an array of strings");
+  }
+  Napi::Array list = info[2].As<Napi::Array>();
+  if (list.Length() > kMaxReportCap) throw Napi::RangeError::New(env, "too many names");
+  auto packed = std::make_shared<std::string>();
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value v = list.Get(i);
+    if (!v.IsString()) throw Napi::TypeError::New(env, "names must be an array of strings");
+    const std::string name = v.As<Napi::String>().Utf8Value();
+    if (name.find('\0') != std::string::npos) {
+      throw Napi::TypeError::New(env, "names must not contain NUL");
+    }
+    packed->append(name);
+    packed->push_back('\0');
+  }
+  if (packed->size() > 0xffffffffu) throw Napi::RangeError::New(env, "names too long");
+  const uint32_t flags = ArgU32(info, 3, "flags");
+  const uint32_t nr = list.Length();
+  auto out = std::make_shared<vs_dentries_result>();
+  const std::string path = dev;
+  return KmodWorker::Start(
+      env, "VMSUBST_IOC_REVALIDATE_DENTRIES", std::move(dev), fd,
+      [=](const char** syscall) {
+        return vs_revalidate_dentries(path.c_str(), fd, nr ? packed->data() : nullptr, nr,
+                                      static_cast<uint32_t>(packed->size()), flags, out.get(),
+                                      syscall);
+      },
+      [=](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("dropped", Napi::Number::New(e, out->dropped));
+        o.Set("notCached", Napi::Number::New(e, out->not_cached));
+        o.Set("busy", Napi::Number::New(e, out->busy));
+        o.Set("mountpoints", Napi::Number::New(e, out->mountpoints));
+        return o;
+      });
+}
+
+// queryMappers(devPath, fd, offset, length, mappersCap)
+Napi::Value QueryMappers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dev = ArgString(info, 0, "devPath");
+  const int fd = ArgFd(info, 1);
+  const uint64_t offset = ArgU64(info, 2, "offset");
+  const uint64_t length = ArgU64(info, 3, "length");
+  auto mappers = std::make_shared<Report<vmsubst_mapper>>(ArgCap(info, 4, "mappersCap"));
+  const std::string path = dev;
+  return KmodWorker::Start(
+      env, "VMSUBST_IOC_QUERY_MAPPERS", std::move(dev), fd,
+      [=](const char** syscall) {
+        return vs_query_mappers(path.c_str(), fd, offset, length, &mappers->r, syscall);
+      },
+      [=](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        SetReport(e, o, "mappers", *mappers, MapperObject);
+        return o;
+      });
+}
+
+// pinMappers(devPath, fd, offset, length, maxPages, pinnedCap, unpinnedCap)
+Napi::Value PinMappers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dev = ArgString(info, 0, "devPath");
+  const int fd = ArgFd(info, 1);
+  const uint64_t offset = ArgU64(info, 2, "offset");
+  const uint64_t length = ArgU64(info, 3, "length");
+  const uint32_t max_pages = ArgU32(info, 4, "maxPages");
+  auto pinned = std::make_shared<Report<vmsubst_pin_result>>(ArgCap(info, 5, "pinnedCap"));
+  auto unpinned = std::make_shared<Report<vmsubst_mapper>>(ArgCap(info, 6, "unpinnedCap"));
+  auto out = std::make_shared<vs_pin_totals>();
+  const std::string path = dev;
+  return KmodWorker::Start(
+      env, "VMSUBST_IOC_PIN_MAPPERS", std::move(dev), fd,
+      [=](const char** syscall) {
+        return vs_pin_mappers(path.c_str(), fd, offset, length, max_pages, &pinned->r,
+                              &unpinned->r, out.get(), syscall);
+      },
+      [=](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("bytesCopied", Napi::BigInt::New(e, out->bytes_copied));
+        o.Set("bytesPrivate", Napi::BigInt::New(e, out->bytes_private));
+        o.Set("bytesFailed", Napi::BigInt::New(e, out->bytes_failed));
+        o.Set("status", Napi::Number::New(e, out->status));
+        o.Set("mappings", Napi::Number::New(e, out->mappings));
+        SetReport(e, o, "pinned", *pinned, PinResultObject);
+        SetReport(e, o, "unpinned", *unpinned, MapperObject);
+        return o;
+      });
 }
 
 // ---- vsock syscalls ----------------------------------------------------------------------
@@ -950,10 +1211,59 @@ class Connector : public Napi::ObjectWrap<Connector> {
 Napi::Object Constants(Napi::Env env) {
   Napi::Object c = Napi::Object::New(env);
   c.Set("VMSUBST_ABI_VERSION", Napi::Number::New(env, VMSUBST_ABI_VERSION));
-  c.Set("VMSUBST_FEATURE_INVALIDATE_RANGE",
-        Napi::BigInt::New(env, static_cast<uint64_t>(VMSUBST_FEATURE_INVALIDATE_RANGE)));
-  c.Set("VMSUBST_INVALIDATE_F_FORCE", Napi::Number::New(env, VMSUBST_INVALIDATE_F_FORCE));
-  c.Set("VMSUBST_INVALIDATE_F_ALL", Napi::Number::New(env, VMSUBST_INVALIDATE_F_ALL));
+#define VS_FEATURE(name) c.Set(#name, Napi::BigInt::New(env, static_cast<uint64_t>(name)))
+  VS_FEATURE(VMSUBST_FEATURE_INVALIDATE_RANGE);
+  VS_FEATURE(VMSUBST_FEATURE_INVALIDATE_RANGE_V1);
+  VS_FEATURE(VMSUBST_FEATURE_INVALIDATE_BDEV);
+  VS_FEATURE(VMSUBST_FEATURE_REVALIDATE_INODES);
+  VS_FEATURE(VMSUBST_FEATURE_REVALIDATE_DENTRIES);
+  VS_FEATURE(VMSUBST_FEATURE_QUERY_MAPPERS);
+  VS_FEATURE(VMSUBST_FEATURE_PIN_MAPPERS);
+#undef VS_FEATURE
+#define VS_CONST(name) c.Set(#name, Napi::Number::New(env, name))
+  VS_CONST(VMSUBST_INVALIDATE_F_FORCE);
+  VS_CONST(VMSUBST_INVALIDATE_F_ZAP);
+  VS_CONST(VMSUBST_INVALIDATE_F_DROP);
+  VS_CONST(VMSUBST_INVALIDATE_F_REFAULT_ASYNC);
+  VS_CONST(VMSUBST_INVALIDATE_F_REFAULT_SYNC);
+  VS_CONST(VMSUBST_INVALIDATE_F_REPORT_MAPPERS);
+  VS_CONST(VMSUBST_INVALIDATE_F_ALL);
+  VS_CONST(VMSUBST_BDEV_F_FORCE);
+  VS_CONST(VMSUBST_INODES_F_FORCE);
+  VS_CONST(VMSUBST_DENTRIES_F_FORCE);
+  VS_CONST(VMSUBST_DENTRIES_F_UNHASH_BUSY);
+  VS_CONST(VMSUBST_PAGE_DROPPED);
+  VS_CONST(VMSUBST_PAGE_DIRTY);
+  VS_CONST(VMSUBST_PAGE_WRITEBACK);
+  VS_CONST(VMSUBST_PAGE_LOCKED);
+  VS_CONST(VMSUBST_PAGE_PINNED);
+  VS_CONST(VMSUBST_PAGE_MAPPED);
+  VS_CONST(VMSUBST_PAGE_BUSY);
+  VS_CONST(VMSUBST_MAP_EXEC);
+  VS_CONST(VMSUBST_MAP_SHARED);
+  VS_CONST(VMSUBST_MAP_LOCKED);
+  VS_CONST(VMSUBST_MAP_WRITE);
+  VS_CONST(VMSUBST_INODE_OPEN);
+  VS_CONST(VMSUBST_INODE_MAPPED);
+  VS_CONST(VMSUBST_INODE_WRITERS);
+  VS_CONST(VMSUBST_INODE_DIRTY);
+  VS_CONST(VMSUBST_INODE_CHILDREN);
+  VS_CONST(VMSUBST_INODE_ROOT);
+  VS_CONST(VMSUBST_INODE_CALLER);
+  VS_CONST(VMSUBST_INODE_REFERENCED);
+  VS_CONST(VMSUBST_PIN_R_EXITED);
+  VS_CONST(VMSUBST_PIN_R_PARTIAL);
+  VS_CONST(VMSUBST_PIN_S_BUDGET);
+  VS_CONST(VMSUBST_PIN_S_TRUNCATED);
+  VS_CONST(VMSUBST_RANGES_MAX);
+  VS_CONST(VMSUBST_MAPPERS_MAX);
+  VS_CONST(VMSUBST_INODES_MAX);
+  VS_CONST(VMSUBST_NAMES_MAX);
+  VS_CONST(VMSUBST_NAMES_SIZE_MAX);
+  VS_CONST(VMSUBST_PIN_PAGES_MAX);
+  VS_CONST(VMSUBST_PIN_RESULTS_MAX);
+  VS_CONST(VMSUBST_PIN_VMAS_MAX);
+#undef VS_CONST
   c.Set("VMADDR_CID_ANY", Napi::Number::New(env, VMADDR_CID_ANY));
   c.Set("VMADDR_CID_HYPERVISOR", Napi::Number::New(env, VMADDR_CID_HYPERVISOR));
   c.Set("VMADDR_CID_LOCAL", Napi::Number::New(env, VMADDR_CID_LOCAL));
@@ -979,6 +1289,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readDirect", Napi::Function::New<ReadDirect>(env, "readDirect"));
   exports.Set("kmodVersion", Napi::Function::New<KmodVersion>(env, "kmodVersion"));
   exports.Set("invalidateRange", Napi::Function::New<InvalidateRange>(env, "invalidateRange"));
+  exports.Set("invalidateBdev", Napi::Function::New<InvalidateBdev>(env, "invalidateBdev"));
+  exports.Set("revalidateInodes", Napi::Function::New<RevalidateInodes>(env, "revalidateInodes"));
+  exports.Set("revalidateDentries",
+              Napi::Function::New<RevalidateDentries>(env, "revalidateDentries"));
+  exports.Set("queryMappers", Napi::Function::New<QueryMappers>(env, "queryMappers"));
+  exports.Set("pinMappers", Napi::Function::New<PinMappers>(env, "pinMappers"));
   exports.Set("vsockListen", Napi::Function::New<VsockListen>(env, "vsockListen"));
   exports.Set("vsockConnectStart",
               Napi::Function::New<VsockConnectStart>(env, "vsockConnectStart"));

@@ -118,10 +118,30 @@ int vs_read_direct(const char *path, uint64_t offset, size_t length,
 
 /* ---- devctl.c: /dev/vmsubst ioctls ---------------------------------------- */
 
+/*
+ * Every function opens dev_path (normally /dev/vmsubst), issues one ioctl and
+ * closes it again. 0 or -errno with *failed_syscall set ("open" or "ioctl").
+ * All are thread-safe. The errno contract is the kmod's uapi header
+ * (kmod/include/uapi/linux/vmsubst.h), which is also where every record type
+ * named below is defined.
+ */
+
 struct vs_kmod_version_info {
 	uint32_t abi_version;
 	uint64_t features;
 	char module_version[33];	/* always NUL-terminated */
+};
+
+/*
+ * A report the kernel fills: cap entries of the command's record type at
+ * items (the caller's memory); count entries written, total that exist
+ * (total > count: the kernel had more than cap to say).
+ */
+struct vs_report {
+	void *items;
+	uint32_t cap;
+	uint32_t count;
+	uint64_t total;
 };
 
 struct vs_invalidate_result {
@@ -129,23 +149,88 @@ struct vs_invalidate_result {
 	uint64_t pages_mapped;
 	uint64_t pages_dropped;
 	uint64_t pages_kept;
+	uint64_t pages_refaulted;
 };
 
-/*
- * VMSUBST_IOC_VERSION on dev_path. 0 or -errno with *failed_syscall set.
- * Thread-safe.
- */
+struct vs_bdev_result {
+	uint64_t pages_cached;
+	uint64_t pages_dropped;
+	uint64_t pages_kept;
+};
+
+struct vs_inodes_result {
+	uint32_t evicted;
+	uint32_t not_cached;
+};
+
+struct vs_dentries_result {
+	uint32_t dropped;
+	uint32_t not_cached;
+	uint32_t busy;
+	uint32_t mountpoints;
+};
+
+struct vs_pin_totals {
+	uint64_t bytes_copied;
+	uint64_t bytes_private;
+	uint64_t bytes_failed;
+	uint32_t status;	/* VMSUBST_PIN_S_* */
+	uint32_t mappings;
+};
+
+/* VMSUBST_IOC_VERSION. */
 int vs_kmod_version(const char *dev_path, struct vs_kmod_version_info *out,
 		    const char **failed_syscall);
 
 /*
- * VMSUBST_IOC_INVALIDATE_RANGE on dev_path for the open file file_fd.
- * 0 or -errno with *failed_syscall set. Thread-safe.
+ * VMSUBST_IOC_INVALIDATE_RANGE for the open file file_fd. outcomes (struct
+ * vmsubst_page_range) and mappers (struct vmsubst_mapper, filled with
+ * VMSUBST_INVALIDATE_F_REPORT_MAPPERS) may be NULL.
  */
 int vs_invalidate_range(const char *dev_path, int file_fd, uint64_t offset,
 			uint64_t length, uint32_t flags,
+			struct vs_report *outcomes, struct vs_report *mappers,
 			struct vs_invalidate_result *out,
 			const char **failed_syscall);
+
+/* VMSUBST_IOC_INVALIDATE_BDEV; kept (struct vmsubst_page_range) may be NULL. */
+int vs_invalidate_bdev(const char *dev_path, int bdev_fd, uint64_t offset,
+		       uint64_t length, uint32_t flags, struct vs_report *kept,
+		       struct vs_bdev_result *out, const char **failed_syscall);
+
+/*
+ * VMSUBST_IOC_REVALIDATE_INODES of nr_inodes numbers through fd (any file on
+ * the filesystem); in_use (struct vmsubst_inode_status) may be NULL.
+ */
+int vs_revalidate_inodes(const char *dev_path, int fd, const uint64_t *inodes,
+			 uint32_t nr_inodes, uint32_t flags,
+			 struct vs_report *in_use, struct vs_inodes_result *out,
+			 const char **failed_syscall);
+
+/*
+ * VMSUBST_IOC_REVALIDATE_DENTRIES in the directory dir_fd: nr_names
+ * NUL-terminated names packed into names_size bytes, or none (names NULL,
+ * both counts 0) for every unused child.
+ */
+int vs_revalidate_dentries(const char *dev_path, int dir_fd, const char *names,
+			   uint32_t nr_names, uint32_t names_size,
+			   uint32_t flags, struct vs_dentries_result *out,
+			   const char **failed_syscall);
+
+/* VMSUBST_IOC_QUERY_MAPPERS; mappers holds struct vmsubst_mapper. */
+int vs_query_mappers(const char *dev_path, int fd, uint64_t offset,
+		     uint64_t length, struct vs_report *mappers,
+		     const char **failed_syscall);
+
+/*
+ * VMSUBST_IOC_PIN_MAPPERS; pinned holds struct vmsubst_pin_result, unpinned
+ * struct vmsubst_mapper; either may be NULL. Can take long (it copies up to
+ * max_pages pages): run it off the event loop.
+ */
+int vs_pin_mappers(const char *dev_path, int fd, uint64_t offset,
+		   uint64_t length, uint32_t max_pages,
+		   struct vs_report *pinned, struct vs_report *unpinned,
+		   struct vs_pin_totals *out, const char **failed_syscall);
 
 #ifdef __cplusplus
 }

@@ -48,19 +48,247 @@ export interface VersionInfo {
   moduleVersion: string;
 }
 
+/** Names of the VMSUBST_FEATURE_* bits, as kmodFeatures() reports them. */
+export type KmodFeature =
+  | 'invalidateRange'
+  | 'invalidateRangeV1'
+  | 'invalidateBdev'
+  | 'revalidateInodes'
+  | 'revalidateDentries'
+  | 'queryMappers'
+  | 'pinMappers';
+
+/** VMSUBST_PAGE_* bits by name: why a page range was not simply dropped. */
+export type PageState = 'dropped' | 'dirty' | 'writeback' | 'locked' | 'pinned' | 'mapped' | 'busy';
+
+/**
+ * Pages of a file or block device that stayed in the page cache, or left it
+ * while pinned for DMA ('dropped' and 'pinned'); struct vmsubst_page_range.
+ * Adjacent pages in the same state come as one range.
+ */
+export interface PageRange {
+  /** Byte offset of the first page. */
+  offset: bigint;
+  /** Bytes, a whole number of pages. */
+  length: bigint;
+  /** VMSUBST_PAGE_* bits (constants.VMSUBST_PAGE_*). */
+  state: number;
+  /** The same bits by name. */
+  states: PageState[];
+}
+
+/** One mapping (VMA) of a file range; struct vmsubst_mapper. */
+export interface Mapper {
+  /** Thread-group id of the address space's owner; 0 if it exited or is not visible to us. */
+  pid: number;
+  /** The owner's command name; '' when pid is 0. */
+  comm: string;
+  start: bigint;
+  end: bigint;
+  /** File offset mapped at `start`. */
+  offset: bigint;
+  /** VMSUBST_MAP_* bits. */
+  flags: number;
+  exec: boolean;
+  /** MAP_SHARED: shows the page cache itself, cannot be pinned. */
+  shared: boolean;
+  /** mlock()ed. */
+  locked: boolean;
+  write: boolean;
+}
+
 export interface InvalidateResult {
   pagesCached: bigint;
   pagesMapped: bigint;
   pagesDropped: bigint;
   pagesKept: bigint;
+  /** With INVALIDATE_F_REFAULT_SYNC pages read back, with _ASYNC pages read ahead; else 0. */
+  pagesRefaulted: bigint;
+  /** Every page that was kept, or dropped while pinned, with its reason. */
+  outcomes: PageRange[];
+  /** Ranges that exist; more than `outcomes.length` when the capacity was too small. */
+  outcomesTotal: bigint;
+  /** With INVALIDATE_F_REPORT_MAPPERS, the mappings of the range before the zap. */
+  mappers: Mapper[];
+  mappersTotal: bigint;
+}
+
+export interface InvalidateRangeOptions {
+  /** Room for `outcomes` entries; default and most constants.VMSUBST_RANGES_MAX. */
+  outcomesCapacity?: number;
+  /** Room for `mappers` entries; default and most constants.VMSUBST_MAPPERS_MAX. */
+  mappersCapacity?: number;
+}
+
+/** Options every kmod call takes. */
+export interface KmodCallOptions {
+  /** The command's VMSUBST_*_F_* flags (constants), default 0. */
+  flags?: number;
+  /** The kmod's device, default /dev/vmsubst. */
+  devPath?: string;
+}
+
+export interface InvalidateBdevOptions extends KmodCallOptions {
+  /** Room for `kept` entries; default and most constants.VMSUBST_RANGES_MAX. */
+  keptCapacity?: number;
+}
+
+export interface InvalidateBdevResult {
+  pagesCached: bigint;
+  pagesDropped: bigint;
+  pagesKept: bigint;
+  /** The ranges that stayed: buffers the mounted filesystem holds (superblock, group descriptors). */
+  kept: PageRange[];
+  keptTotal: bigint;
+}
+
+/** VMSUBST_INODE_* bits by name: why an inode is still in use. */
+export type InodeReason =
+  | 'open'
+  | 'mapped'
+  | 'writers'
+  | 'dirty'
+  | 'children'
+  | 'root'
+  | 'caller'
+  | 'referenced';
+
+/** An inode that stays cached because it is in use; struct vmsubst_inode_status. */
+export interface InodeInUse {
+  ino: bigint;
+  /** VMSUBST_INODE_* bits. */
+  reasons: number;
+  reasonNames: InodeReason[];
+  /** References held apart from the kmod's own. */
+  refs: number;
+}
+
+export interface RevalidateInodesResult {
+  /** Evicted: the next access reads them from the disk. */
+  evicted: number;
+  /** Not in the inode cache: nothing to do. */
+  notCached: number;
+  /** In use: evicted only when their last user lets go. */
+  inUse: InodeInUse[];
+  inUseTotal: bigint;
+}
+
+export interface RevalidateDentriesResult {
+  /** Names unhashed (negative dentries included): the next lookup reads the directory. */
+  dropped: number;
+  notCached: number;
+  /** In use, left in place (see DENTRIES_F_UNHASH_BUSY). */
+  busy: number;
+  /** Mount points or directories with mounts below: never touched. */
+  mountpoints: number;
+}
+
+export interface QueryMappersOptions {
+  devPath?: string;
+  /** Room for `mappers`; default and most constants.VMSUBST_MAPPERS_MAX. */
+  capacity?: number;
+}
+
+export interface QueryMappersResult {
+  mappers: Mapper[];
+  mappersTotal: bigint;
+}
+
+/** What pinning did to one process; struct vmsubst_pin_result. */
+export interface PinnedProcess {
+  pid: number;
+  comm: string;
+  /** VMSUBST_PIN_R_* bits. */
+  flags: number;
+  /** The address space went away before it could be pinned. */
+  exited: boolean;
+  /** Some pages were not pinned: see bytesFailed, or the budget ran out. */
+  partial: boolean;
+  bytesCopied: bigint;
+  bytesPrivate: bigint;
+  bytesFailed: bigint;
+}
+
+export interface PinMappersOptions {
+  devPath?: string;
+  /** Room for `pinned`; default and most constants.VMSUBST_PIN_RESULTS_MAX. */
+  pinnedCapacity?: number;
+  /** Room for `unpinned`; default and most constants.VMSUBST_MAPPERS_MAX. */
+  unpinnedCapacity?: number;
+}
+
+export interface PinMappersResult {
+  /** One entry per process with a private mapping of the range. */
+  pinned: PinnedProcess[];
+  pinnedTotal: bigint;
+  /** Shared mappings, which cannot get private copies. */
+  unpinned: Mapper[];
+  unpinnedTotal: bigint;
+  bytesCopied: bigint;
+  bytesPrivate: bigint;
+  bytesFailed: bigint;
+  /** VMSUBST_PIN_S_* bits. */
+  status: number;
+  /** maxPages copies were made and work remains: call again. */
+  budgetExhausted: boolean;
+  /** Private mappings were left unvisited (too many, or new): call again. */
+  truncated: boolean;
+  /** Private mappings visited. */
+  mappings: number;
 }
 
 /** Constants taken from the kernel headers by the compiler, never restated here. */
 export interface NativeConstants {
   readonly VMSUBST_ABI_VERSION: number;
   readonly VMSUBST_FEATURE_INVALIDATE_RANGE: bigint;
+  readonly VMSUBST_FEATURE_INVALIDATE_RANGE_V1: bigint;
+  readonly VMSUBST_FEATURE_INVALIDATE_BDEV: bigint;
+  readonly VMSUBST_FEATURE_REVALIDATE_INODES: bigint;
+  readonly VMSUBST_FEATURE_REVALIDATE_DENTRIES: bigint;
+  readonly VMSUBST_FEATURE_QUERY_MAPPERS: bigint;
+  readonly VMSUBST_FEATURE_PIN_MAPPERS: bigint;
   readonly VMSUBST_INVALIDATE_F_FORCE: number;
+  readonly VMSUBST_INVALIDATE_F_ZAP: number;
+  readonly VMSUBST_INVALIDATE_F_DROP: number;
+  readonly VMSUBST_INVALIDATE_F_REFAULT_ASYNC: number;
+  readonly VMSUBST_INVALIDATE_F_REFAULT_SYNC: number;
+  readonly VMSUBST_INVALIDATE_F_REPORT_MAPPERS: number;
   readonly VMSUBST_INVALIDATE_F_ALL: number;
+  readonly VMSUBST_BDEV_F_FORCE: number;
+  readonly VMSUBST_INODES_F_FORCE: number;
+  readonly VMSUBST_DENTRIES_F_FORCE: number;
+  readonly VMSUBST_DENTRIES_F_UNHASH_BUSY: number;
+  readonly VMSUBST_PAGE_DROPPED: number;
+  readonly VMSUBST_PAGE_DIRTY: number;
+  readonly VMSUBST_PAGE_WRITEBACK: number;
+  readonly VMSUBST_PAGE_LOCKED: number;
+  readonly VMSUBST_PAGE_PINNED: number;
+  readonly VMSUBST_PAGE_MAPPED: number;
+  readonly VMSUBST_PAGE_BUSY: number;
+  readonly VMSUBST_MAP_EXEC: number;
+  readonly VMSUBST_MAP_SHARED: number;
+  readonly VMSUBST_MAP_LOCKED: number;
+  readonly VMSUBST_MAP_WRITE: number;
+  readonly VMSUBST_INODE_OPEN: number;
+  readonly VMSUBST_INODE_MAPPED: number;
+  readonly VMSUBST_INODE_WRITERS: number;
+  readonly VMSUBST_INODE_DIRTY: number;
+  readonly VMSUBST_INODE_CHILDREN: number;
+  readonly VMSUBST_INODE_ROOT: number;
+  readonly VMSUBST_INODE_CALLER: number;
+  readonly VMSUBST_INODE_REFERENCED: number;
+  readonly VMSUBST_PIN_R_EXITED: number;
+  readonly VMSUBST_PIN_R_PARTIAL: number;
+  readonly VMSUBST_PIN_S_BUDGET: number;
+  readonly VMSUBST_PIN_S_TRUNCATED: number;
+  readonly VMSUBST_RANGES_MAX: number;
+  readonly VMSUBST_MAPPERS_MAX: number;
+  readonly VMSUBST_INODES_MAX: number;
+  readonly VMSUBST_NAMES_MAX: number;
+  readonly VMSUBST_NAMES_SIZE_MAX: number;
+  readonly VMSUBST_PIN_PAGES_MAX: number;
+  readonly VMSUBST_PIN_RESULTS_MAX: number;
+  readonly VMSUBST_PIN_VMAS_MAX: number;
   readonly VMADDR_CID_ANY: number;
   readonly VMADDR_CID_HYPERVISOR: number;
   readonly VMADDR_CID_LOCAL: number;
@@ -112,6 +340,61 @@ interface VsockName {
   port: number;
 }
 
+/** A record as the glue returns it; the facade adds the decoded fields. */
+interface RawPageRange {
+  offset: bigint;
+  length: bigint;
+  state: number;
+}
+
+interface RawMapper {
+  pid: number;
+  comm: string;
+  start: bigint;
+  end: bigint;
+  offset: bigint;
+  flags: number;
+}
+
+interface RawInodeStatus {
+  ino: bigint;
+  reasons: number;
+  refs: number;
+}
+
+interface RawPinResult {
+  pid: number;
+  comm: string;
+  flags: number;
+  bytesCopied: bigint;
+  bytesPrivate: bigint;
+  bytesFailed: bigint;
+}
+
+interface RawInvalidateResult {
+  pagesCached: bigint;
+  pagesMapped: bigint;
+  pagesDropped: bigint;
+  pagesKept: bigint;
+  pagesRefaulted: bigint;
+  outcomes: RawPageRange[];
+  outcomesTotal: bigint;
+  mappers: RawMapper[];
+  mappersTotal: bigint;
+}
+
+interface RawPinMappersResult {
+  bytesCopied: bigint;
+  bytesPrivate: bigint;
+  bytesFailed: bigint;
+  status: number;
+  mappings: number;
+  pinned: RawPinResult[];
+  pinnedTotal: bigint;
+  unpinned: RawMapper[];
+  unpinnedTotal: bigint;
+}
+
 interface NativeBinding {
   fiemap(fd: number): Extent[];
   readDirect(path: string, offset: number, length: number): Promise<Buffer>;
@@ -122,7 +405,45 @@ interface NativeBinding {
     offset: bigint,
     length: bigint,
     flags: number,
-  ): Promise<InvalidateResult>;
+    outcomesCap: number,
+    mappersCap: number,
+  ): Promise<RawInvalidateResult>;
+  invalidateBdev(
+    devPath: string,
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    flags: number,
+    keptCap: number,
+  ): Promise<{ pagesCached: bigint; pagesDropped: bigint; pagesKept: bigint; kept: RawPageRange[]; keptTotal: bigint }>;
+  revalidateInodes(
+    devPath: string,
+    fd: number,
+    inodes: readonly bigint[],
+    flags: number,
+  ): Promise<{ evicted: number; notCached: number; inUse: RawInodeStatus[]; inUseTotal: bigint }>;
+  revalidateDentries(
+    devPath: string,
+    fd: number,
+    names: readonly string[],
+    flags: number,
+  ): Promise<RevalidateDentriesResult>;
+  queryMappers(
+    devPath: string,
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    mappersCap: number,
+  ): Promise<{ mappers: RawMapper[]; mappersTotal: bigint }>;
+  pinMappers(
+    devPath: string,
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    maxPages: number,
+    pinnedCap: number,
+    unpinnedCap: number,
+  ): Promise<RawPinMappersResult>;
   vsockListen(cid: number, port: number, backlog: number): VsockName & { fd: number };
   vsockConnectStart(cid: number, port: number, timeoutMs: number): number;
   vsockAddresses(fd: number): {
@@ -155,6 +476,11 @@ const BINDING_FUNCTIONS = [
   'readDirect',
   'kmodVersion',
   'invalidateRange',
+  'invalidateBdev',
+  'revalidateInodes',
+  'revalidateDentries',
+  'queryMappers',
+  'pinMappers',
   'vsockListen',
   'vsockConnectStart',
   'vsockAddresses',
@@ -300,11 +626,77 @@ export function kmodVersion(devPath: string = DEFAULT_KMOD_DEVICE): VersionInfo 
   return binding.kmodVersion(devPath);
 }
 
+/** The VMSUBST_FEATURE_* bits of `features` (VersionInfo.features) by name. */
+export function kmodFeatures(features: bigint): KmodFeature[] {
+  const names: Array<[KmodFeature, bigint]> = [
+    ['invalidateRange', constants.VMSUBST_FEATURE_INVALIDATE_RANGE],
+    ['invalidateRangeV1', constants.VMSUBST_FEATURE_INVALIDATE_RANGE_V1],
+    ['invalidateBdev', constants.VMSUBST_FEATURE_INVALIDATE_BDEV],
+    ['revalidateInodes', constants.VMSUBST_FEATURE_REVALIDATE_INODES],
+    ['revalidateDentries', constants.VMSUBST_FEATURE_REVALIDATE_DENTRIES],
+    ['queryMappers', constants.VMSUBST_FEATURE_QUERY_MAPPERS],
+    ['pinMappers', constants.VMSUBST_FEATURE_PIN_MAPPERS],
+  ];
+  return names.filter(([, bit]) => (features & bit) === bit).map(([name]) => name);
+}
+
+function bitNames<T extends string>(bits: number, table: ReadonlyArray<readonly [T, number]>): T[] {
+  return table.filter(([, bit]) => (bits & bit) !== 0).map(([name]) => name);
+}
+
+const PAGE_STATES: ReadonlyArray<readonly [PageState, number]> = [
+  ['dropped', constants.VMSUBST_PAGE_DROPPED],
+  ['dirty', constants.VMSUBST_PAGE_DIRTY],
+  ['writeback', constants.VMSUBST_PAGE_WRITEBACK],
+  ['locked', constants.VMSUBST_PAGE_LOCKED],
+  ['pinned', constants.VMSUBST_PAGE_PINNED],
+  ['mapped', constants.VMSUBST_PAGE_MAPPED],
+  ['busy', constants.VMSUBST_PAGE_BUSY],
+];
+
+const INODE_REASONS: ReadonlyArray<readonly [InodeReason, number]> = [
+  ['open', constants.VMSUBST_INODE_OPEN],
+  ['mapped', constants.VMSUBST_INODE_MAPPED],
+  ['writers', constants.VMSUBST_INODE_WRITERS],
+  ['dirty', constants.VMSUBST_INODE_DIRTY],
+  ['children', constants.VMSUBST_INODE_CHILDREN],
+  ['root', constants.VMSUBST_INODE_ROOT],
+  ['caller', constants.VMSUBST_INODE_CALLER],
+  ['referenced', constants.VMSUBST_INODE_REFERENCED],
+];
+
+function pageRange(r: RawPageRange): PageRange {
+  return { ...r, states: bitNames(r.state, PAGE_STATES) };
+}
+
+function mapper(m: RawMapper): Mapper {
+  return {
+    ...m,
+    exec: (m.flags & constants.VMSUBST_MAP_EXEC) !== 0,
+    shared: (m.flags & constants.VMSUBST_MAP_SHARED) !== 0,
+    locked: (m.flags & constants.VMSUBST_MAP_LOCKED) !== 0,
+    write: (m.flags & constants.VMSUBST_MAP_WRITE) !== 0,
+  };
+}
+
+function capacity(name: string, value: number | undefined, max: number): number {
+  if (value === undefined) return max;
+  checkInteger(name, value, 0, max);
+  return value;
+}
+
+function flagsOf(options: KmodCallOptions): number {
+  const flags = options.flags ?? 0;
+  checkInteger('flags', flags, 0, U32_MAX);
+  return flags;
+}
+
 /**
  * VMSUBST_IOC_INVALIDATE_RANGE on the open file `fileFd`, on the thread pool.
- * Keep `fileFd` open until the promise settles. The errno contract (EACCES on
- * a read-write mount without INVALIDATE_F_FORCE, ...) is documented in
- * kmod/include/uapi/linux/vmsubst.h.
+ * Keep `fileFd` open until the promise settles. `flags` are
+ * constants.VMSUBST_INVALIDATE_F_* (0: zap and drop, the default); the errno
+ * contract (EACCES on a read-write mount without INVALIDATE_F_FORCE, ...) is
+ * documented in kmod/include/uapi/linux/vmsubst.h.
  */
 export async function invalidateRange(
   fileFd: number,
@@ -312,12 +704,155 @@ export async function invalidateRange(
   length: bigint,
   flags: number = 0,
   devPath: string = DEFAULT_KMOD_DEVICE,
+  options: InvalidateRangeOptions = {},
 ): Promise<InvalidateResult> {
   checkFd(fileFd);
   checkU64('offset', offset);
   checkU64('length', length);
   checkInteger('flags', flags, 0, U32_MAX);
-  return binding.invalidateRange(devPath, fileFd, offset, length, flags);
+  const outcomesCap = capacity('outcomesCapacity', options.outcomesCapacity, constants.VMSUBST_RANGES_MAX);
+  const mappersCap = capacity('mappersCapacity', options.mappersCapacity, constants.VMSUBST_MAPPERS_MAX);
+  const r = await binding.invalidateRange(devPath, fileFd, offset, length, flags, outcomesCap, mappersCap);
+  return { ...r, outcomes: r.outcomes.map(pageRange), mappers: r.mappers.map(mapper) };
+}
+
+/**
+ * VMSUBST_IOC_INVALIDATE_BDEV: drop [offset, offset + length) of the block
+ * device `bdevFd` (opened by the caller, the partition the filesystem is on)
+ * from its buffer cache, where filesystems keep metadata; report what stayed.
+ * On a device a read-write filesystem holds it needs constants.VMSUBST_BDEV_F_FORCE.
+ */
+export async function invalidateBdev(
+  bdevFd: number,
+  offset: bigint,
+  length: bigint,
+  options: InvalidateBdevOptions = {},
+): Promise<InvalidateBdevResult> {
+  checkFd(bdevFd);
+  checkU64('offset', offset);
+  checkU64('length', length);
+  const flags = flagsOf(options);
+  const keptCap = capacity('keptCapacity', options.keptCapacity, constants.VMSUBST_RANGES_MAX);
+  const r = await binding.invalidateBdev(options.devPath ?? DEFAULT_KMOD_DEVICE, bdevFd, offset, length, flags, keptCap);
+  return { ...r, kept: r.kept.map(pageRange) };
+}
+
+/**
+ * VMSUBST_IOC_REVALIDATE_INODES: evict the cached inodes with these numbers
+ * from the filesystem of `fd` (any open file on it; ext2/3/4 only), so they
+ * are read from the disk again; the ones in use are reported with why.
+ * 1..constants.VMSUBST_INODES_MAX numbers.
+ */
+export async function revalidateInodes(
+  fd: number,
+  inodes: readonly bigint[],
+  options: KmodCallOptions = {},
+): Promise<RevalidateInodesResult> {
+  checkFd(fd);
+  if (!Array.isArray(inodes)) throw new TypeError('inodes must be an array of bigint');
+  checkInteger('inodes.length', inodes.length, 1, constants.VMSUBST_INODES_MAX);
+  inodes.forEach((ino, i) => checkU64(`inodes[${i}]`, ino));
+  const flags = flagsOf(options);
+  const r = await binding.revalidateInodes(options.devPath ?? DEFAULT_KMOD_DEVICE, fd, inodes, flags);
+  return {
+    ...r,
+    inUse: r.inUse.map((st) => ({ ...st, reasonNames: bitNames(st.reasons, INODE_REASONS) })),
+  };
+}
+
+const utf8 = new TextEncoder();
+
+/** A directory entry name the kernel takes: 1..255 bytes, no '/', no NUL, not . or .. */
+function checkName(name: string, i: number): number {
+  if (typeof name !== 'string') throw new TypeError(`names[${i}] must be a string`);
+  const bytes = utf8.encode(name).length;
+  if (bytes < 1 || bytes > 255) throw new RangeError(`names[${i}] must be 1..255 bytes, got ${bytes}`);
+  if (name.includes('/') || name.includes('\0') || name === '.' || name === '..') {
+    throw new RangeError(`names[${i}] is not a single directory entry name: ${JSON.stringify(name)}`);
+  }
+  return bytes + 1;
+}
+
+/**
+ * VMSUBST_IOC_REVALIDATE_DENTRIES in the directory `dirFd`: drop the cached
+ * entries of these names (negative ones included) so the next lookup reads
+ * the directory from the disk; with no names, every unused entry. Entries in
+ * use stay unless constants.VMSUBST_DENTRIES_F_UNHASH_BUSY; mount points never go.
+ */
+export async function revalidateDentries(
+  dirFd: number,
+  names: readonly string[] = [],
+  options: KmodCallOptions = {},
+): Promise<RevalidateDentriesResult> {
+  checkFd(dirFd);
+  if (!Array.isArray(names)) throw new TypeError('names must be an array of strings');
+  checkInteger('names.length', names.length, 0, constants.VMSUBST_NAMES_MAX);
+  const size = names.reduce((sum, name, i) => sum + checkName(name, i), 0);
+  if (size > constants.VMSUBST_NAMES_SIZE_MAX) {
+    throw new RangeError(`names take ${size} bytes, more than ${constants.VMSUBST_NAMES_SIZE_MAX}`);
+  }
+  const flags = flagsOf(options);
+  return binding.revalidateDentries(options.devPath ?? DEFAULT_KMOD_DEVICE, dirFd, names, flags);
+}
+
+/**
+ * VMSUBST_IOC_QUERY_MAPPERS: every mapping of [offset, offset + length) of
+ * the open file `fileFd`, with the owning process; a snapshot.
+ */
+export async function queryMappers(
+  fileFd: number,
+  offset: bigint,
+  length: bigint,
+  options: QueryMappersOptions = {},
+): Promise<QueryMappersResult> {
+  checkFd(fileFd);
+  checkU64('offset', offset);
+  checkU64('length', length);
+  const cap = capacity('capacity', options.capacity, constants.VMSUBST_MAPPERS_MAX);
+  const r = await binding.queryMappers(options.devPath ?? DEFAULT_KMOD_DEVICE, fileFd, offset, length, cap);
+  return { mappers: r.mappers.map(mapper), mappersTotal: r.mappersTotal };
+}
+
+/**
+ * VMSUBST_IOC_PIN_MAPPERS: give every process that maps [offset, offset +
+ * length) of `fileFd` privately its own copy of those pages, at most
+ * `maxPages` copies (1..constants.VMSUBST_PIN_PAGES_MAX) per call, so that
+ * it keeps the old image after the blocks change. Call while the disk still
+ * holds the old blocks; call again while `budgetExhausted` or `truncated`.
+ */
+export async function pinMappers(
+  fileFd: number,
+  offset: bigint,
+  length: bigint,
+  maxPages: number,
+  options: PinMappersOptions = {},
+): Promise<PinMappersResult> {
+  checkFd(fileFd);
+  checkU64('offset', offset);
+  checkU64('length', length);
+  checkInteger('maxPages', maxPages, 1, constants.VMSUBST_PIN_PAGES_MAX);
+  const pinnedCap = capacity('pinnedCapacity', options.pinnedCapacity, constants.VMSUBST_PIN_RESULTS_MAX);
+  const unpinnedCap = capacity('unpinnedCapacity', options.unpinnedCapacity, constants.VMSUBST_MAPPERS_MAX);
+  const r = await binding.pinMappers(
+    options.devPath ?? DEFAULT_KMOD_DEVICE,
+    fileFd,
+    offset,
+    length,
+    maxPages,
+    pinnedCap,
+    unpinnedCap,
+  );
+  return {
+    ...r,
+    pinned: r.pinned.map((p) => ({
+      ...p,
+      exited: (p.flags & constants.VMSUBST_PIN_R_EXITED) !== 0,
+      partial: (p.flags & constants.VMSUBST_PIN_R_PARTIAL) !== 0,
+    })),
+    unpinned: r.unpinned.map(mapper),
+    budgetExhausted: (r.status & constants.VMSUBST_PIN_S_BUDGET) !== 0,
+    truncated: (r.status & constants.VMSUBST_PIN_S_TRUNCATED) !== 0,
+  };
 }
 
 // ---- streams ----------------------------------------------------------------------------------

@@ -22,11 +22,17 @@ import {
   constants,
   fiemap,
   INVALIDATE_F_FORCE,
+  invalidateBdev,
   invalidateRange,
   isNativeError,
+  kmodFeatures,
   kmodVersion,
   localCid,
+  pinMappers,
+  queryMappers,
   readDirect,
+  revalidateDentries,
+  revalidateInodes,
   vsockConnect,
   vsockListen,
   type NativeError,
@@ -419,6 +425,139 @@ Kmod('invalidateRange rejects an ENOENT NativeError when the device is missing',
 Kmod('invalidateRange rejects a negative or 2^64 offset with RangeError', async () => {
   assert.instance(await rejection(invalidateRange(0, -1n, 1n)), RangeError);
   assert.instance(await rejection(invalidateRange(0, 1n << 64n, 1n)), RangeError);
+});
+
+Kmod('invalidateRange rejects report capacities above the kernel maximum with RangeError', async () => {
+  const over = constants.VMSUBST_RANGES_MAX + 1;
+  assert.instance(await rejection(invalidateRange(0, 0n, 1n, 0, '/dev/null', { outcomesCapacity: over })), RangeError);
+  assert.instance(
+    await rejection(invalidateRange(0, 0n, 1n, 0, '/dev/null', { mappersCapacity: constants.VMSUBST_MAPPERS_MAX + 1 })),
+    RangeError,
+  );
+});
+
+Kmod('constants carry every flag, limit and feature of the uapi header', () => {
+  const bits = [
+    constants.VMSUBST_INVALIDATE_F_FORCE,
+    constants.VMSUBST_INVALIDATE_F_ZAP,
+    constants.VMSUBST_INVALIDATE_F_DROP,
+    constants.VMSUBST_INVALIDATE_F_REFAULT_ASYNC,
+    constants.VMSUBST_INVALIDATE_F_REFAULT_SYNC,
+    constants.VMSUBST_INVALIDATE_F_REPORT_MAPPERS,
+  ];
+  assert.is(bits.reduce((a, b) => a | b, 0), constants.VMSUBST_INVALIDATE_F_ALL);
+  assert.is(new Set(bits).size, bits.length);
+  assert.is(INVALIDATE_F_FORCE, constants.VMSUBST_INVALIDATE_F_FORCE);
+  for (const name of ['VMSUBST_RANGES_MAX', 'VMSUBST_MAPPERS_MAX', 'VMSUBST_INODES_MAX', 'VMSUBST_NAMES_MAX',
+    'VMSUBST_NAMES_SIZE_MAX', 'VMSUBST_PIN_PAGES_MAX', 'VMSUBST_PIN_RESULTS_MAX', 'VMSUBST_PIN_VMAS_MAX'] as const) {
+    assert.ok(Number.isInteger(constants[name]) && constants[name] > 0, name);
+  }
+  assert.is(constants.VMSUBST_DENTRIES_F_UNHASH_BUSY & constants.VMSUBST_DENTRIES_F_FORCE, 0);
+});
+
+Kmod('kmodFeatures names the feature bits', () => {
+  assert.equal(kmodFeatures(0n), []);
+  assert.equal(kmodFeatures(constants.VMSUBST_FEATURE_INVALIDATE_RANGE | constants.VMSUBST_FEATURE_PIN_MAPPERS), [
+    'invalidateRange',
+    'pinMappers',
+  ]);
+  const all = [
+    constants.VMSUBST_FEATURE_INVALIDATE_RANGE,
+    constants.VMSUBST_FEATURE_INVALIDATE_RANGE_V1,
+    constants.VMSUBST_FEATURE_INVALIDATE_BDEV,
+    constants.VMSUBST_FEATURE_REVALIDATE_INODES,
+    constants.VMSUBST_FEATURE_REVALIDATE_DENTRIES,
+    constants.VMSUBST_FEATURE_QUERY_MAPPERS,
+    constants.VMSUBST_FEATURE_PIN_MAPPERS,
+  ].reduce((a, b) => a | b, 0n);
+  assert.is(kmodFeatures(all).length, 7);
+});
+
+/** A file of the temp directory, opened read-only for the duration of `fn`. */
+async function withFile<T>(fn: (fd: number) => Promise<T>, dir = false): Promise<T> {
+  const file = dir ? tmp : path.join(tmp, 'target');
+  if (!dir) fs.writeFileSync(file, 'x');
+  const fd = fs.openSync(file, 'r');
+  try {
+    return await fn(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+const KMOD_CALLS: Array<[string, (fd: number, devPath: string) => Promise<unknown>]> = [
+  ['VMSUBST_IOC_INVALIDATE_BDEV', (fd, devPath) => invalidateBdev(fd, 0n, 4096n, { devPath })],
+  ['VMSUBST_IOC_REVALIDATE_INODES', (fd, devPath) => revalidateInodes(fd, [2n], { devPath })],
+  ['VMSUBST_IOC_REVALIDATE_DENTRIES', (fd, devPath) => revalidateDentries(fd, ['a', 'b'], { devPath })],
+  ['VMSUBST_IOC_QUERY_MAPPERS', (fd, devPath) => queryMappers(fd, 0n, 4096n, { devPath })],
+  ['VMSUBST_IOC_PIN_MAPPERS', (fd, devPath) => pinMappers(fd, 0n, 4096n, 16, { devPath })],
+];
+
+for (const [ioctl, call] of KMOD_CALLS) {
+  Kmod(`${ioctl}: rejects with ENOTTY from the ioctl on a device without it`, async () => {
+    await withFile(async (fd) => {
+      const err = assertNativeError(await rejection(call(fd, '/dev/null')), 'ENOTTY', 'ioctl');
+      assert.match(err.message, new RegExp(`${ioctl} '/dev/null' \\(fd ${fd}\\)$`));
+      assert.is(err.path, '/dev/null');
+    });
+  });
+
+  Kmod(`${ioctl}: rejects an ENOENT NativeError when the device is missing`, async () => {
+    const dev = path.join(tmp, 'none');
+    const err = assertNativeError(await rejection(call(0, dev)), 'ENOENT', 'open');
+    assert.is(err.path, dev);
+  });
+
+  Kmod(`${ioctl}: rejects a negative fd with RangeError`, async () => {
+    assert.instance(await rejection(call(-1, '/dev/null')), RangeError);
+  });
+}
+
+Kmod('invalidateBdev rejects a kept capacity above the maximum, and bad flags', async () => {
+  const keptCapacity = constants.VMSUBST_RANGES_MAX + 1;
+  assert.instance(await rejection(invalidateBdev(0, 0n, 1n, { keptCapacity })), RangeError);
+  assert.instance(await rejection(invalidateBdev(0, 0n, 1n, { flags: -1 })), RangeError);
+  assert.instance(await rejection(invalidateBdev(0, 0n, -1n)), RangeError);
+});
+
+Kmod('revalidateInodes wants 1..VMSUBST_INODES_MAX bigint inode numbers', async () => {
+  assert.instance(await rejection(revalidateInodes(0, [])), RangeError);
+  const many = Array.from({ length: constants.VMSUBST_INODES_MAX + 1 }, () => 12n);
+  assert.instance(await rejection(revalidateInodes(0, many)), RangeError);
+  assert.instance(await rejection(revalidateInodes(0, [1n << 64n])), RangeError);
+  assert.instance(await rejection(revalidateInodes(0, [12 as unknown as bigint])), TypeError);
+});
+
+Kmod('revalidateDentries takes single directory entry names only', async () => {
+  for (const bad of ['', '.', '..', 'a/b', 'nul\0byte', 'x'.repeat(256), 'é'.repeat(128)]) {
+    assert.instance(await rejection(revalidateDentries(0, [bad])), RangeError, JSON.stringify(bad));
+  }
+  assert.instance(await rejection(revalidateDentries(0, [42 as unknown as string])), TypeError);
+  const many = Array.from({ length: constants.VMSUBST_NAMES_MAX + 1 }, (_, i) => `n${i}`);
+  assert.instance(await rejection(revalidateDentries(0, many)), RangeError);
+});
+
+Kmod('revalidateDentries reaches the ioctl with no names and with a 255-byte name', async () => {
+  await withFile(async (fd) => {
+    assertNativeError(await rejection(revalidateDentries(fd, [], { devPath: '/dev/null' })), 'ENOTTY', 'ioctl');
+    assertNativeError(
+      await rejection(revalidateDentries(fd, ['x'.repeat(255), 'é'.repeat(127)], { devPath: '/dev/null' })),
+      'ENOTTY',
+      'ioctl',
+    );
+  }, true);
+});
+
+Kmod('queryMappers rejects a capacity above the maximum with RangeError', async () => {
+  assert.instance(await rejection(queryMappers(0, 0n, 1n, { capacity: constants.VMSUBST_MAPPERS_MAX + 1 })), RangeError);
+});
+
+Kmod('pinMappers wants 1..VMSUBST_PIN_PAGES_MAX pages and capacities within the maximum', async () => {
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, 0)), RangeError);
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, constants.VMSUBST_PIN_PAGES_MAX + 1)), RangeError);
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, 1.5)), TypeError);
+  const pinnedCapacity = constants.VMSUBST_PIN_RESULTS_MAX + 1;
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, 1, { pinnedCapacity })), RangeError);
 });
 
 Kmod.run();

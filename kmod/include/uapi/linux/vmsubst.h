@@ -509,7 +509,10 @@ struct vmsubst_pin_result {
 /* VMSUBST_PIN_S_*: struct vmsubst_pin_mappers status. */
 /* @max_pages copies were made and work remains: call again. */
 #define VMSUBST_PIN_S_BUDGET	(1U << 0)
-/* More than VMSUBST_PIN_VMAS_MAX private mappings: the rest were not visited. */
+/*
+ * Some private mappings were not visited: more than VMSUBST_PIN_VMAS_MAX, or
+ * mapped while the call ran. Call again.
+ */
 #define VMSUBST_PIN_S_TRUNCATED	(1U << 1)
 
 /**

@@ -15,7 +15,9 @@
  *     file is made next to FILE; FILE itself is not written);
  *   - on a filesystem without a block device (tmpfs): ENOTBLK;
  *   - on a block-device filesystem other than ext2/3/4 (vfat): EMEDIUMTYPE
- *     from inode revalidation.
+ *     from inode revalidation;
+ *   - a DAX file (statx STATX_ATTR_DAX, e.g. ext4 -o dax on pmem):
+ *     EMEDIUMTYPE from the file-range commands.
  * DEVICE is the block device of the read-only filesystem; without --bdev it
  * is found from the file (st_dev, /sys/dev/block/MAJ:MIN/uevent, /dev/NAME).
  * The block device of the read-write file is found the same way. Nothing
@@ -65,7 +67,7 @@
 #define CHILD_CAPSET	252
 
 enum need {
-	NEED_NONE, NEED_RO, NEED_RW, NEED_NOBDEV, NEED_OTHERFS,
+	NEED_NONE, NEED_RO, NEED_RW, NEED_NOBDEV, NEED_OTHERFS, NEED_DAX,
 	NEED_BDEV, NEED_RWBDEV, NEED_RO_SUBDIR,
 };
 
@@ -76,7 +78,7 @@ struct ctx {
 	long page;
 	int base_fd;			/* a regular file, for argument checks */
 	int dir_fd;			/* a directory, for argument checks */
-	const char *path[8];		/* indexed by enum need */
+	const char *path[9];		/* indexed by enum need */
 	char bdev_path[2][PATH_MAX];	/* found for NEED_BDEV, NEED_RWBDEV */
 	int ro_fd;
 	off_t ro_size;
@@ -1486,6 +1488,11 @@ static void fd_case(struct ctx *c, const char *desc, enum need kind, bool dir,
 	a.ir.flags = flags;
 	expect_errno(c, desc, &a, want);
 	close(fd);
+}
+
+static void g_dax(struct ctx *c, const char *desc)
+{
+	fd_case(c, desc, NEED_DAX, false, 0, EMEDIUMTYPE);
 }
 
 static void g_nobdev(struct ctx *c, const char *desc)
@@ -2921,7 +2928,8 @@ struct test {
 #define REGULAR_FILE(_name, _cmd)					\
 	{ _name ": directory fd returns EISDIR", NEED_NONE, g_fd_dir, _cmd }, \
 	{ _name ": character device fd returns EINVAL", NEED_NONE, g_fd_chardev, _cmd }, \
-	{ _name ": no block device returns ENOTBLK", NEED_NOBDEV, g_nobdev, _cmd }
+	{ _name ": no block device returns ENOTBLK", NEED_NOBDEV, g_nobdev, _cmd }, \
+	{ _name ": DAX file returns EMEDIUMTYPE", NEED_DAX, g_dax, _cmd }
 
 static const struct test tests[] = {
 	{ "unknown command number returns ENOTTY", NEED_NONE, t_unknown_nr, NULL },
@@ -2949,6 +2957,9 @@ static const struct test tests[] = {
 	{ "invalidate: directory fd returns EISDIR", NEED_NONE, t_inv_dir, NULL },
 	{ "invalidate: character device fd returns EINVAL", NEED_NONE, t_inv_chardev, NULL },
 	{ "invalidate: command number unchanged by VER1", NEED_NONE, t_inv_number, NULL },
+	{ "invalidate: size above a page returns E2BIG", NEED_NONE, g_huge, &CMD_INV },
+	{ "invalidate: larger size, non-zero tail returns E2BIG", NEED_NONE, g_big_dirty, &CMD_INV },
+	{ "invalidate: DAX file returns EMEDIUMTYPE", NEED_DAX, g_dax, &CMD_INV },
 	{ "invalidate: REFAULT_ASYNC with REFAULT_SYNC returns EINVAL", NEED_NONE, t_inv_refault_both, NULL },
 	{ "invalidate: outcomes cap above the maximum returns E2BIG", NEED_NONE, a_outcomes_big, &CMD_INV },
 	{ "invalidate: outcomes without an address returns EFAULT", NEED_NONE, a_outcomes_null, &CMD_INV },
@@ -3066,17 +3077,24 @@ static const char *const need_name[] = {
 	[NEED_RW] = "a file on a read-write block-device filesystem",
 	[NEED_NOBDEV] = "a file on a filesystem without a block device",
 	[NEED_OTHERFS] = "a file on a block-device filesystem other than ext2/3/4",
+	[NEED_DAX] = "a DAX file",
 	[NEED_BDEV] = "the block device of the read-only filesystem",
 	[NEED_RWBDEV] = "the block device of the read-write filesystem",
 	[NEED_RO_SUBDIR] = "a read-only file below the root of its filesystem",
 };
 
+#ifndef STATX_ATTR_DAX
+#define STATX_ATTR_DAX 0x00200000
+#endif
+
 static enum need classify(const char *path, struct stat *st)
 {
 	struct statvfs vfs;
 	struct statfs fs;
+	struct statx stx;
 
-	if (stat(path, st) || statvfs(path, &vfs) || statfs(path, &fs)) {
+	if (stat(path, st) || statvfs(path, &vfs) || statfs(path, &fs) ||
+	    statx(AT_FDCWD, path, 0, STATX_BASIC_STATS, &stx)) {
 		printf("Bail out! %s: %s\n", path, strerror(errno));
 		exit(1);
 	}
@@ -3087,6 +3105,9 @@ static enum need classify(const char *path, struct stat *st)
 	/* Filesystems without a block device get an anonymous dev_t. */
 	if (major(st->st_dev) == 0)
 		return NEED_NOBDEV;
+	if ((stx.stx_attributes_mask & STATX_ATTR_DAX) &&
+	    (stx.stx_attributes & STATX_ATTR_DAX))
+		return NEED_DAX;
 	if (fs.f_type != EXT4_MAGIC)
 		return NEED_OTHERFS;
 	return vfs.f_flag & ST_RDONLY ? NEED_RO : NEED_RW;

@@ -109,12 +109,16 @@ static unsigned long vmsubst_pin_chunk(struct mm_struct *mm,
 			return i;
 		}
 		run = min_t(u64, j - i, pin->budget);
+		/* The write fault copies each page; it is the process's now. */
 		k = vmsubst_gup_remote(mm, addr + (i << PAGE_SHIFT), run,
 				       FOLL_WRITE | FOLL_FORCE, pages);
-		for (ok = 0; k > 0 && ok < k; ok++)
+		for (ok = 0; k > 0 && ok < k; ok++) {
+			if (PageAnon(pages[ok]))
+				st->copied++;
+			else
+				st->failed++;
 			put_page(pages[ok]);
-		ok = max(k, 0L);
-		st->copied += ok;
+		}
 		st->failed += run - ok;
 		pin->budget -= run;
 		j = i + run;

@@ -12,7 +12,9 @@ import type { Transport } from './transport/transport.js';
 import { UnixTransport } from './transport/unix.js';
 import { SerialTransport, type AdoptStream } from './transport/serial.js';
 import { VsockTransport, type VsockListen } from './transport/vsock.js';
-import type { ArgsOf } from './protocol/schema.js';
+import type { ArgsOf, ReturnOf } from './protocol/schema.js';
+import { Journal } from './journal/journal.js';
+import { CommandError } from './errors.js';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -27,6 +29,7 @@ export class Agent {
   readonly #transports: Transport[] = [];
   readonly #streams = new Set<Duplex>();
   #busy: Promise<unknown> = Promise.resolve();
+  #journal: Journal | undefined;
 
   constructor(
     private readonly config: Config,
@@ -40,6 +43,10 @@ export class Agent {
 
   async start(): Promise<void> {
     const { config, deps, log } = this;
+    this.#journal = Journal.open(config.stateDir);
+    for (const id of this.#journal.interrupted) {
+      log.warn('a substitution was interrupted; the host\'s retry will complete it', { id });
+    }
     if (config.unix) this.#transports.push(new UnixTransport(config.unix));
     if (config.vsock) {
       if (!deps.vsockListen) throw new Error('vsock requested but no vsock support is available');
@@ -54,7 +61,7 @@ export class Agent {
         this.#streams.add(stream);
         stream.once('close', () => this.#streams.delete(stream));
         if (peer.transport !== 'serial') log.info('connection', { peer: peer.description });
-        new Session(stream, peer, this.greeting, (name, args) => this.#dispatch(name as CommandName, args), log);
+        new Session(stream, peer, this.greeting, (name, args) => this.#dispatch(name as CommandName, args, peer.description), log);
       });
       log.info('listening', { on: t.name });
     }
@@ -64,9 +71,10 @@ export class Agent {
     for (const t of this.#transports.splice(0)) await t.stop();
     for (const s of this.#streams) s.destroy();
     await this.#busy.catch(() => undefined);
+    this.#journal?.close();
   }
 
-  async #dispatch(name: CommandName, args: unknown): Promise<unknown> {
+  async #dispatch(name: CommandName, args: unknown, peer: string): Promise<unknown> {
     switch (name) {
       case 'hello':
         return this.greeting;
@@ -74,10 +82,35 @@ export class Agent {
         return {};
       case 'substitute': {
         // One substitution at a time across all channels.
-        const run = this.#busy.catch(() => undefined).then(() => this.#substitute(args as ArgsOf<'substitute'>));
+        const run = this.#busy.catch(() => undefined).then(() => this.#journaled(args as ArgsOf<'substitute'>, peer));
         this.#busy = run;
         return run;
       }
+    }
+  }
+
+  /** Answers a known id from the journal; otherwise runs it between begin and done/failed records. */
+  async #journaled(args: ArgsOf<'substitute'>, peer: string): Promise<ReturnOf<'substitute'>> {
+    const journal = this.#journal!;
+    const dryRun = args['dry-run'] ?? false;
+    const entry = journal.get(args.id);
+    // Only a retry of the latest substitution is answered from the journal. The same bundle
+    // applied again after others (A→B, B→A, A→B) changed the disk again and must run again.
+    if (!dryRun && entry?.state === 'done' && entry.last.phase === 'done' && journal.latest() === entry) {
+      this.log.info('substitute answered from the journal', { id: args.id });
+      return { ...(entry.last.report as ReturnOf<'substitute'>), replayed: true };
+    }
+    if (dryRun) return this.#substitute(args);
+    journal.begin(args.id, peer);
+    if (process.env['VMSUBST_FAULT'] === 'crash-after-begin') process.kill(process.pid, 'SIGKILL'); // fault injection for the recovery test
+    try {
+      const report = await this.#substitute(args);
+      const final = entry?.state === 'interrupted' ? { ...report, recovered: true } : report;
+      journal.done(args.id, final);
+      return final;
+    } catch (e) {
+      journal.failed(args.id, e instanceof CommandError ? { class: e.errorClass, desc: e.message } : { class: 'GenericError', desc: String((e as Error).message) });
+      throw e;
     }
   }
 

@@ -9,6 +9,7 @@ import { Validator } from './protocol/codec.js';
 export const DEFAULT_VSOCK_PORT = 5252;
 export const DEFAULT_SERIAL_PATH = '/dev/virtio-ports/org.vmsubst.0';
 export const HOST_CID = 2;
+export const DEFAULT_STATE_DIR = '/var/lib/vmsubst';
 
 export const Config = Type.Object(
   {
@@ -25,6 +26,8 @@ export const Config = Type.Object(
     serial: Type.Union([Type.String({ minLength: 1 }), Type.Null()]),
     unix: Type.Union([Type.String({ minLength: 1 }), Type.Null()]),
     kmodDevice: Type.String({ minLength: 1 }),
+    /** Where the journal lives; keep it off the filesystems that are substituted. */
+    stateDir: Type.String({ minLength: 1 }),
     logLevel: Type.Union([Type.Literal('debug'), Type.Literal('info'), Type.Literal('warn'), Type.Literal('error')]),
   },
   { additionalProperties: false },
@@ -41,6 +44,7 @@ export class ConfigError extends Error {
 }
 
 export const USAGE = `Usage: vmsubst-agent [options]
+       vmsubst-agent status [--json]     versions and the last substitutions (see status --help)
 
 The vmsubst guest agent: told by the host that disk blocks were replaced under
 this VM, it verifies them, maps them to files and makes the kernel drop what it
@@ -54,6 +58,7 @@ Options:
   --no-serial          do not serve a virtio-serial port
   --unix PATH          also listen on a unix socket (mode 0600)
   --kmod-device PATH   the kernel module's device (default /dev/vmsubst)
+  --state-dir DIR      journal directory (default ${DEFAULT_STATE_DIR})
   --log-level LEVEL    debug, info, warn or error (default info)
   --print-config       print the effective configuration as JSON and exit
   -h, --help           show this help
@@ -77,6 +82,7 @@ export function parseCli(argv: string[]): CliResult {
       'no-serial': { type: 'boolean' },
       unix: { type: 'string' },
       'kmod-device': { type: 'string' },
+      'state-dir': { type: 'string' },
       'log-level': { type: 'string' },
       'print-config': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
@@ -93,6 +99,7 @@ export function parseCli(argv: string[]): CliResult {
     serial: values['no-serial'] ? null : (values.serial ?? DEFAULT_SERIAL_PATH),
     unix: values.unix ?? null,
     kmodDevice: values['kmod-device'] ?? '/dev/vmsubst',
+    stateDir: values['state-dir'] ?? DEFAULT_STATE_DIR,
     logLevel: values['log-level'] ?? 'info',
   };
   const problems = validateConfig.problems(candidate);

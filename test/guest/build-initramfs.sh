@@ -42,7 +42,7 @@ cp "$ROOT/package.json" "$O/"
 mkdir -p "$O/build" "$O/agent/build/Release"
 cp -r "$ROOT/build/agent" "$ROOT/build/host-signal" "$O/build/"
 find "$O/build" -name '*.map' -delete
-cp "$ROOT/agent/build/Release/vmsubst_native.node" "$O/agent/build/Release/"
+cp "${ADDON:-$ROOT/agent/build/Release/vmsubst_native.node}" "$O/agent/build/Release/"
 cp "$KMOD_DIR/vmsubst.ko" "$O/vmsubst.ko"
 cp "$KMOD_DIR/tests/abi_test" "$O/abi_test"
 (cd "$ROOT" && npm ls --omit=dev --parseable --all 2>/dev/null | tail -n +2) | while read -r dir; do

@@ -14,10 +14,12 @@ import { join } from 'node:path';
 import { GuestVm, vhostVsockUnavailable } from '../helpers/vm.js';
 import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
+import { guard } from '../helpers/guard.js';
 import { withTimeout } from '../helpers/timeout.js';
 
 const art = guestArtifacts();
 const Guest = suite('agent over vsock in the guest, refusals, module ABI');
+const G = guard(Guest);
 const C = { tmp: '', disk: '', bundle: '', reverse: '', vm: undefined as GuestVm | undefined };
 const GUEST_CLI = 'node /opt/vmsubst/build/host-signal/src/cli.js';
 const sha = (p: string): string => createHash('sha256').update(readFileSync(p)).digest('hex');
@@ -26,7 +28,7 @@ if (typeof art === 'string') {
   console.log(`  skipped: ${art}`);
   Guest.skip('guest artefacts are missing', () => undefined);
 } else {
-  Guest.before(async () => {
+  Guest.before(G.setup(async () => {
     C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-vsock-'));
     C.disk = join(C.tmp, 'disk.img');
     copyFileSync(join(art.disks, 'base.img'), C.disk);
@@ -44,13 +46,13 @@ if (typeof art === 'string') {
     // The agent accepts CID 1 (loopback) on its default port; a second agent with
     // the default allow-list (host only) is started by a test below.
     C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk: C.disk, agentArgs: ['--allow-cid', '1', '--no-serial'] }));
-  });
+  }));
   Guest.after(() => {
     C.vm?.kill();
     rmSync(C.tmp, { recursive: true, force: true });
   });
 
-  Guest('apply refuses a bundle whose old blocks are not on the disk, and writes nothing', () =>
+  G.test('apply refuses a bundle whose old blocks are not on the disk, and writes nothing', () =>
     withTimeout(120_000, 'refusal', async () => {
       const before = sha(C.disk);
       const r = await vmsubst(['apply', C.reverse, '--qmp', C.vm!.qmpSocket, '--device', 'vblk0', '--json']);
@@ -61,7 +63,7 @@ if (typeof art === 'string') {
     }),
   );
 
-  Guest('the agent answers substitute over AF_VSOCK (CID 1) inside the guest', () =>
+  G.test('the agent answers substitute over AF_VSOCK (CID 1) inside the guest', () =>
     withTimeout(180_000, 'vsock substitute', async () => {
       const vm = C.vm!;
       await vm.sh('/mnt/data/bin/vprog 200 > /tmp/vprog.out 2>&1 & echo $! > /tmp/vprog.pid');
@@ -77,7 +79,7 @@ if (typeof art === 'string') {
     }),
   );
 
-  Guest('a vsock peer outside the allow-list is refused', () =>
+  G.test('a vsock peer outside the allow-list is refused', () =>
     withTimeout(120_000, 'allow-list', async () => {
       const vm = C.vm!;
       await vm.sh('node /opt/vmsubst/build/agent/src/main.js --vsock-port 5353 --no-serial > /tmp/agent2.log 2>&1 &');
@@ -88,7 +90,7 @@ if (typeof art === 'string') {
     }),
   );
 
-  Guest('the kernel module ABI test passes in the guest (TAP)', () =>
+  G.test('the kernel module ABI test passes in the guest (TAP)', () =>
     withTimeout(120_000, 'abi test', async () => {
       const r = await C.vm!.run('echo scratch > /tmp/abi-scratch; /opt/vmsubst/abi_test /mnt/data/share/filler /tmp/abi-scratch');
       const lines = r.out.split('\n');
@@ -107,7 +109,7 @@ if (why || typeof art === 'string') {
   console.log(`  skipped: host-to-guest vsock: ${why ?? art}`);
   Guest.skip('host → guest substitute over vhost-vsock-pci', () => undefined);
 } else {
-  Guest('host → guest substitute over vhost-vsock-pci', () =>
+  G.test('host → guest substitute over vhost-vsock-pci', () =>
     withTimeout(240_000, 'vhost-vsock', async () => {
       const disk = join(C.tmp, 'vhost.img');
       copyFileSync(join(art.disks, 'base.img'), disk);

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { GuestVm } from '../helpers/vm.js';
 import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
+import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 
 interface Ctx {
@@ -27,6 +28,7 @@ interface Report {
 
 const art = guestArtifacts();
 const Live = suite('live substitution in a QEMU guest');
+const G = guard(Live);
 const C: Ctx = { tmp: '', bundle: '', pid: 0 };
 const PROG = '/mnt/data/bin/vprog';
 
@@ -39,7 +41,7 @@ if (typeof art === 'string') {
   console.log(`  skipped: ${art}`);
   Live.skip('guest artefacts are missing', () => undefined);
 } else {
-  Live.before(async () => {
+  Live.before(G.setup(async () => {
     const ctx = C;
     ctx.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-live-'));
     const disk = join(ctx.tmp, 'disk.img');
@@ -50,14 +52,14 @@ if (typeof art === 'string') {
     await ctx.vm.sh(`${PROG} 200 > /tmp/vprog.out 2>&1 & echo $! > /tmp/vprog.pid`);
     ctx.pid = Number((await ctx.vm.sh('cat /tmp/vprog.pid')).trim());
     await waitFor(30_000, 'v1 output', async () => ((await lastLine(ctx.vm!)).includes('version v1') ? true : undefined));
-  });
+  }));
   Live.after(() => {
     const ctx = C;
     ctx.vm?.kill();
     rmSync(ctx.tmp, { recursive: true, force: true });
   });
 
-  Live('apply writes the changed blocks into the running VM through QMP', () =>
+  G.test('apply writes the changed blocks into the running VM through QMP', () =>
     withTimeout(120_000, 'apply', async () => {
       const r = await vmsubstJson<{ written: number; 'already-applied'?: boolean }>(
         ['apply', C.bundle, '--qmp', C.vm!.qmpSocket, '--device', 'vblk0'],
@@ -66,7 +68,7 @@ if (typeof art === 'string') {
     }),
   );
 
-  Live('control: without notify a new exec still runs v1 (stale page cache)', () =>
+  G.test('control: without notify a new exec still runs v1 (stale page cache)', () =>
     withTimeout(60_000, 'control', async () => {
       const { vm } = C;
       const out = await vm!.sh(PROG);
@@ -75,7 +77,7 @@ if (typeof art === 'string') {
     }),
   );
 
-  Live('notify over virtio-serial makes the agent verify and invalidate', () =>
+  G.test('notify over virtio-serial makes the agent verify and invalidate', () =>
     withTimeout(120_000, 'notify', async () => {
       const { vm, bundle } = C;
       C.report = await vmsubstJson<Report>([
@@ -87,7 +89,7 @@ if (typeof art === 'string') {
     }),
   );
 
-  Live('the running process keeps its pid and prints v2 from its next page fault', () =>
+  G.test('the running process keeps its pid and prints v2 from its next page fault', () =>
     withTimeout(60_000, 'running process', async () => {
       const { vm, pid } = C;
       const line = await waitFor(20_000, 'v2 from the running process', async () => {
@@ -104,13 +106,13 @@ if (typeof art === 'string') {
     }),
   );
 
-  Live('a new exec after the substitution runs v2', () =>
+  G.test('a new exec after the substitution runs v2', () =>
     withTimeout(60_000, 'new exec', async () => {
       assert.match(await C.vm!.sh(PROG), /version v2/);
     }),
   );
 
-  Live('the report names the running pid as a mapper of the program', () => {
+  G.test('the report names the running pid as a mapper of the program', () => {
     const file = C.report!.files.find((f) => f.path === PROG)!;
     assert.ok(
       file.mappers.some((m) => m.pid === C.pid && m.comm === 'vprog'),
@@ -119,7 +121,7 @@ if (typeof art === 'string') {
     assert.ok(file['pages-dropped'] > 0, 'pages were dropped');
   });
 
-  Live('a second notify is answered again without error (blocks still verify)', () =>
+  G.test('a second notify is answered again without error (blocks still verify)', () =>
     withTimeout(60_000, 'second notify', async () => {
       const { vm, bundle } = C;
       const r = await vmsubst(['notify', bundle, '--to', `serial:${vm!.agentSocket}`, '--json']);

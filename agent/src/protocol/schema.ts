@@ -145,6 +145,10 @@ export const SubstituteReport = Type.Object(
     id: Type.String(),
     device: Type.String(),
     'dry-run': Type.Boolean(),
+    /** Answered from the journal: this id was already substituted; nothing was done again. */
+    replayed: Type.Optional(Type.Boolean()),
+    /** This id had been interrupted (agent crash or stop) and was run again to completion. */
+    recovered: Type.Optional(Type.Boolean()),
     'verified-bytes': Type.Integer(),
     files: Type.Array(FileReport),
     /** Changed disk ranges that belong to no file's data (metadata, free space). */

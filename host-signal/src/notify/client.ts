@@ -35,8 +35,20 @@ export class AgentClient {
   }
 
   /** Handshake; returns the agent's version and capabilities. */
-  async hello(timeoutMs = 30_000): Promise<GreetingBody> {
-    return this.execute('hello', {}, timeoutMs);
+  async hello(timeoutMs = 30_000, resendMs = 1000): Promise<GreetingBody> {
+    // A virtio-serial port discards what arrives while the guest side is reopening it,
+    // so an unanswered hello is sent again; hello has no effect, repeating it is safe.
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const left = deadline - Date.now();
+      try {
+        return await this.execute('hello', {}, Math.max(1, Math.min(resendMs, left)));
+      } catch (e) {
+        if (!(e instanceof TimeoutError) || Date.now() >= deadline) {
+          throw e instanceof TimeoutError ? new TimeoutError(`no reply to 'hello' within ${timeoutMs} ms`) : e;
+        }
+      }
+    }
   }
 
   execute<C extends CommandName>(command: C, args: ArgsOf<C>, timeoutMs = this.defaultTimeoutMs): Promise<ReturnOf<C>> {

@@ -40,7 +40,7 @@ class Raw {
 Agent.before(async () => {
   C.dir = mkdtempSync(join(tmpdir(), 'vmsubst-agent-'));
   C.sock = join(C.dir, 'agent.sock');
-  C.proc = spawn(process.execPath, [join(ROOT, 'build/agent/src/main.js'), '--no-vsock', '--no-serial', '--unix', C.sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+  C.proc = spawn(process.execPath, [join(ROOT, 'build/agent/src/main.js'), '--no-vsock', '--no-serial', '--unix', C.sock, '--state-dir', join(C.dir, 'state')], { stdio: ['ignore', 'pipe', 'pipe'] });
   C.proc.stderr!.on('data', (b: Buffer) => (C.log += b.toString()));
   await waitFor(10_000, 'agent listening', () => (existsSync(C.sock) ? true : undefined));
 });

@@ -45,8 +45,9 @@
  * EINVAL           ``size`` is smaller than the first published version of
  *                  the struct (``*_SIZE_VER0``), a reserved field is
  *                  non-zero, ``length`` is 0, flags contradict each other,
- *                  a list is malformed (see each struct), or a file-range
- *                  command's ``fd`` is not a regular file
+ *                  a list is malformed or a count is outside its range (see
+ *                  each struct: ``nr_inodes`` 0, ``max_pages``), or a
+ *                  file-range command's ``fd`` is not a regular file
  * E2BIG            ``size`` is larger than the kernel knows and the unknown
  *                  tail is not all zero, or ``size`` exceeds the page size;
  *                  or an input list's count or an output array's ``cap``
@@ -68,6 +69,7 @@
  *                  file offset (LLONG_MAX)
  * ENXIO            VMSUBST_IOC_INVALIDATE_BDEV: the range runs past the end
  *                  of the device
+ * ENOMEM           no memory for the copies of the lists and reports
  * EINTR            a fatal signal arrived; partial counts are not returned
  * EIO (or other)   VMSUBST_INVALIDATE_F_REFAULT_SYNC: reading the range back
  *                  failed; the invalidation itself was done

@@ -10,11 +10,15 @@ import { CommandError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Peer } from './transport/transport.js';
 
+/** Requests read ahead of the one running; beyond this the stream is paused. */
+const MAX_QUEUED = 64;
+
 export type Dispatch = (name: string, args: unknown) => Promise<unknown>;
 
 export class Session {
   readonly #decoder = new LineDecoder();
   #queue: Promise<void> = Promise.resolve();
+  #pending = 0;
 
   constructor(
     private readonly stream: Duplex,
@@ -30,19 +34,29 @@ export class Session {
 
   #onData(chunk: Buffer): void {
     for (const frame of this.#decoder.push(chunk)) {
+      // Every reply, errors included, goes through the queue: replies keep the order of requests.
       if (frame.kind === 'invalid') {
-        this.#sendError('InvalidMessage', frame.reason);
+        const reason = frame.reason;
+        this.#enqueue(async () => this.#sendError('InvalidMessage', reason));
         continue;
       }
       const problems = validateRequest.problems(frame.value);
       if (problems.length > 0) {
         const id = idOf(frame.value);
-        this.#sendError('InvalidMessage', `not a valid request: ${problems.join('; ')}`, id);
+        this.#enqueue(async () => this.#sendError('InvalidMessage', `not a valid request: ${problems.join('; ')}`, id));
         continue;
       }
       const req = frame.value as Request;
-      this.#queue = this.#queue.then(() => this.#run(req));
+      this.#enqueue(() => this.#run(req));
     }
+  }
+
+  /** Queues work; a peer that sends faster than we answer is paused (bounded memory). */
+  #enqueue(work: () => Promise<void>): void {
+    if (++this.#pending >= MAX_QUEUED) this.stream.pause();
+    this.#queue = this.#queue.then(work).finally(() => {
+      if (--this.#pending === MAX_QUEUED / 2) this.stream.resume();
+    });
   }
 
   async #run(req: Request): Promise<void> {

@@ -3,7 +3,6 @@
  * Tests inject their own deps; main.ts uses this.
  */
 import type { AgentDeps } from './agent.js';
-import { CommandError } from './errors.js';
 import type { MetadataOps } from './commands/metadata.js';
 
 type Native = typeof import('./native/index.js');
@@ -25,10 +24,49 @@ export async function systemDeps(): Promise<AgentDeps> {
   };
 }
 
-/** The module's metadata ioctls, through the addon. */
-export function metadataOps(_native: Native): MetadataOps {
-  const missing = (): never => {
-    throw new CommandError('KmodUnavailable', 'this build of the agent has no metadata operations (block-device, inode and dentry revalidation)');
+/** The module's metadata ioctls, through the addon; lists longer than the module takes are split. */
+export function metadataOps(native: Native): MetadataOps {
+  const c = native.constants;
+  return {
+    async invalidateBdev(fd, ranges, force) {
+      let pagesDropped = 0;
+      const kept: { offset: number; length: number }[] = [];
+      for (const r of ranges) {
+        const res = await native.invalidateBdev(fd, BigInt(r.offset), BigInt(r.length), { flags: force ? c.VMSUBST_BDEV_F_FORCE : 0 });
+        pagesDropped += Number(res.pagesDropped);
+        for (const k of res.kept) kept.push({ offset: Number(k.offset), length: Number(k.length) });
+      }
+      return { pagesDropped, kept };
+    },
+    async revalidateDentries(fd, names, force) {
+      // Named entries are unhashed even when in use: a running program keeps its old file, the
+      // next lookup of the name reads the directory's new block.
+      const flags = (force ? c.VMSUBST_DENTRIES_F_FORCE : 0) | (names.length > 0 ? c.VMSUBST_DENTRIES_F_UNHASH_BUSY : 0);
+      const total = { dropped: 0, busy: 0, mountpoints: 0 };
+      const batches = names.length === 0 ? [[]] : chunk(names, c.VMSUBST_NAMES_MAX);
+      for (const batch of batches) {
+        const r = await native.revalidateDentries(fd, batch, { flags });
+        total.dropped += r.dropped;
+        total.busy += r.busy;
+        total.mountpoints += r.mountpoints;
+      }
+      return total;
+    },
+    async revalidateInodes(fd, inos, force) {
+      const total = { evicted: 0, notCached: 0, inUse: [] as { ino: number; reasons: string[] }[] };
+      for (const batch of chunk(inos, c.VMSUBST_INODES_MAX)) {
+        const r = await native.revalidateInodes(fd, batch.map(BigInt), { flags: force ? c.VMSUBST_INODES_F_FORCE : 0 });
+        total.evicted += r.evicted;
+        total.notCached += r.notCached;
+        for (const u of r.inUse) total.inUse.push({ ino: Number(u.ino), reasons: u.reasonNames });
+      }
+      return total;
+    },
   };
-  return { invalidateBdev: missing, revalidateDentries: missing, revalidateInodes: missing };
+}
+
+function chunk<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
 }

@@ -39,6 +39,14 @@ export interface MetadataOps {
   revalidateInodes(fsFd: number, inos: number[], force: boolean): Promise<InodeResult>;
 }
 
+interface InUseInode {
+  ino: number;
+  path?: string;
+  reasons: string[];
+  'number-reused-by'?: string;
+  dev: number;
+}
+
 /** One filesystem (partition) touched by the substitution. */
 export interface TouchedFs {
   part: DiskLayout['parts'][number];
@@ -108,13 +116,13 @@ export async function applyMetadata(
   diskPath: string,
   force: boolean,
   dropFilePages: () => Promise<void>,
-): Promise<{ report: Omit<MetadataReport, 'inodes'> & { inodes: Omit<MetadataReport['inodes'], 'in-use'> & { 'in-use': { ino: number; path?: string; reasons: string[]; dev: number }[] } } }> {
+): Promise<{ report: Omit<MetadataReport, 'inodes'> & { inodes: Omit<MetadataReport['inodes'], 'in-use'> & { 'in-use': InUseInode[] } } }> {
   const report = {
     ranges: plan.ranges,
     'bdev-pages-dropped': 0,
     pinned: [] as ClassifiedRange[],
     dentries: [] as MetadataReport['dentries'],
-    inodes: { evicted: 0, 'not-cached': 0, 'in-use': [] as { ino: number; path?: string; reasons: string[]; dev: number }[] },
+    inodes: { evicted: 0, 'not-cached': 0, 'in-use': [] as InUseInode[] },
   };
   const bdevFds = new Map<TouchedFs, Awaited<ReturnType<typeof open>>>();
   try {
@@ -143,11 +151,13 @@ export async function applyMetadata(
 
     // 2. Dentries of changed directories, by name, from the directory's new blocks on disk.
     const staleInodes = new Map<string, { fs: TouchedFs; ino: number; path?: string }>();
+    const newOwners = new Map<string, string>(); // inode number → the path that names it now
     for (const fs of plan.filesystems) {
       for (const hit of fs.dirs) {
         const dir = hit.file;
         const names = await changedNames(dir, read, diskPath);
         for (const n of names.replaced) staleInodes.set(`${fs.part.devNum}:${n.ino}`, { fs, ino: n.ino, path: `${dir.path}/${n.name}` });
+        for (const n of names.added) newOwners.set(`${fs.part.devNum}:${n.ino}`, `${dir.path}/${n.name}`);
         staleInodes.set(`${fs.part.devNum}:${dir.ino}`, { fs, ino: dir.ino, path: dir.path });
         const fh = await open(dir.path, 'r').catch(() => undefined);
         if (!fh) continue; // the directory itself went away: its parent's entry covers it
@@ -181,7 +191,9 @@ export async function applyMetadata(
         const st = await root.stat();
         for (const u of r.inUse) {
           const path = mine.find((s) => s.ino === u.ino)?.path;
-          report.inodes['in-use'].push({ ino: u.ino, ...(path ? { path } : {}), reasons: u.reasons, dev: st.dev });
+          const reusedBy = newOwners.get(`${fs.part.devNum}:${u.ino}`);
+          const reused = reusedBy !== undefined && reusedBy !== path ? { 'number-reused-by': reusedBy } : {};
+          report.inodes['in-use'].push({ ino: u.ino, ...(path ? { path } : {}), reasons: u.reasons, ...reused, dev: st.dev });
         }
       } finally {
         await root.close();
@@ -207,13 +219,13 @@ async function changedNames(
   dir: IndexedFile,
   read: DiskReader,
   diskPath: string,
-): Promise<{ all: string[]; replaced: { name: string; ino: number }[] }> {
+): Promise<{ all: string[]; replaced: { name: string; ino: number }[]; added: { name: string; ino: number }[] }> {
   const before = dir.entries ?? new Map<string, number>();
   const after = new Map<string, number>();
   let bytes = 0;
   for (const e of dir.extents) {
     bytes += e.length;
-    if (bytes > MAX_DIR_BYTES) return { all: [], replaced: [] }; // fall back: drop every unused child
+    if (bytes > MAX_DIR_BYTES) return { all: [], replaced: [], added: [] }; // fall back: drop every unused child
     parseDirBlock(await read(diskPath, e.diskStart, e.length), after);
   }
   const all = new Set<string>();
@@ -224,8 +236,13 @@ async function changedNames(
       replaced.push({ name, ino });
     }
   }
-  for (const name of after.keys()) if (!before.has(name)) all.add(name);
-  return { all: [...all].sort(), replaced };
+  const added: { name: string; ino: number }[] = [];
+  for (const [name, ino] of after) {
+    if (before.get(name) === ino) continue;
+    all.add(name);
+    added.push({ name, ino });
+  }
+  return { all: [...all].sort(), replaced, added };
 }
 
 export type AppliedMetadata = Awaited<ReturnType<typeof applyMetadata>>['report'];

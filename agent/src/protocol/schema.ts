@@ -128,7 +128,14 @@ export const MetadataReport = Type.Object(
         'not-cached': Type.Integer(),
         'in-use': Type.Array(
           Type.Object(
-            { ino: Type.Integer(), path: Type.Optional(Type.String()), reasons: Type.Array(Type.String()), mappers: Type.Array(Mapper) },
+            {
+              ino: Type.Integer(),
+              path: Type.Optional(Type.String()),
+              reasons: Type.Array(Type.String()),
+              mappers: Type.Array(Mapper),
+              /** The new tree gives this in-use inode's number to another file: it cannot be seen until the users exit. */
+              'number-reused-by': Type.Optional(Type.String()),
+            },
             strict,
           ),
         ),

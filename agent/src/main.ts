@@ -3,11 +3,13 @@
 import { Agent } from './agent.js';
 import { systemDeps } from './system.js';
 import { status } from './status.js';
+import { pinCommand } from './pin.js';
 import { ConfigError, USAGE, parseCli } from './config.js';
 import { createLogger } from './log.js';
 
 async function main(): Promise<number> {
   if (process.argv[2] === 'status') return status(process.argv.slice(3), (s) => process.stdout.write(s));
+  if (process.argv[2] === 'pin') return pinCommand(process.argv.slice(3), (s) => process.stdout.write(s));
   let cli;
   try {
     cli = parseCli(process.argv.slice(2));

@@ -14,6 +14,7 @@
  */
 #include <linux/file.h>
 #include <linux/fs.h>
+#include <linux/lockdep.h>
 #include <linux/minmax.h>
 #include <linux/mm.h>
 #include <linux/mmap_lock.h>
@@ -54,7 +55,8 @@ static struct vm_area_struct *vmsubst_pin_vma(struct mm_struct *mm,
 {
 	struct vm_area_struct *vma;
 
-	mmap_assert_locked(mm);
+	/* Not mmap_assert_locked(): under DEBUG_VM it needs the unexported dump_mm(). */
+	lockdep_assert_held(&mm->mmap_lock);
 	vma = find_vma(mm, addr);
 	if (!vma || vma->vm_start > addr || !vma->vm_file ||
 	    vma->vm_file->f_mapping != mapping || (vma->vm_flags & VM_MAYSHARE))
@@ -76,7 +78,7 @@ static unsigned long vmsubst_pin_chunk(struct mm_struct *mm,
 	unsigned long nr, i, j, run, ok;
 	long got, k;
 
-	mmap_assert_locked(mm);
+	lockdep_assert_held(&mm->mmap_lock);
 	nr = min_t(unsigned long, (end - addr) >> PAGE_SHIFT,
 		   VMSUBST_PIN_CHUNK);
 

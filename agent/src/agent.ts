@@ -15,6 +15,20 @@ import { VsockTransport, type VsockListen } from './transport/vsock.js';
 import type { ArgsOf, ReturnOf } from './protocol/schema.js';
 import { Journal } from './journal/journal.js';
 import { CommandError } from './errors.js';
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { checkSignature, keyId } from './protocol/signature.js';
+
+/** Reads the trusted public keys; a key that is not Ed25519 stops the agent at start. */
+export function loadTrustedKeys(paths: readonly string[]): Map<string, KeyObject> {
+  const keys = new Map<string, KeyObject>();
+  for (const p of paths) {
+    const key = createPublicKey(readFileSync(p));
+    if (key.asymmetricKeyType !== 'ed25519') throw new Error(`${p}: an ${key.asymmetricKeyType} key; trusted keys must be Ed25519`);
+    keys.set(keyId(key), key);
+  }
+  return keys;
+}
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -30,6 +44,7 @@ export class Agent {
   readonly #streams = new Set<Duplex>();
   #busy: Promise<unknown> = Promise.resolve();
   #journal: Journal | undefined;
+  #trusted = new Map<string, KeyObject>();
 
   constructor(
     private readonly config: Config,
@@ -43,6 +58,8 @@ export class Agent {
 
   async start(): Promise<void> {
     const { config, deps, log } = this;
+    this.#trusted = loadTrustedKeys(config.trustedKeys);
+    if (this.#trusted.size > 0) log.info('signed notifications required', { keys: [...this.#trusted.keys()] });
     this.#journal = Journal.open(config.stateDir);
     for (const id of this.#journal.interrupted) {
       log.warn('a substitution was interrupted; the host\'s retry will complete it', { id });
@@ -91,6 +108,11 @@ export class Agent {
 
   /** Answers a known id from the journal; otherwise runs it between begin and done/failed records. */
   async #journaled(args: ArgsOf<'substitute'>, peer: string): Promise<ReturnOf<'substitute'>> {
+    const verdict = checkSignature(args, this.#trusted);
+    if (!verdict.ok) {
+      this.log.warn('refused an unauthorized substitution', { peer, id: args.id, reason: verdict.reason });
+      throw new CommandError('Unauthorized', verdict.reason);
+    }
     const journal = this.#journal!;
     const dryRun = args['dry-run'] ?? false;
     const entry = journal.get(args.id);

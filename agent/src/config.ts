@@ -28,6 +28,8 @@ export const Config = Type.Object(
     kmodDevice: Type.String({ minLength: 1 }),
     /** Where the journal lives; keep it off the filesystems that are substituted. */
     stateDir: Type.String({ minLength: 1 }),
+    /** PEM files of Ed25519 public keys; when any is given, only notifications signed by one are accepted. */
+    trustedKeys: Type.Array(Type.String({ minLength: 1 })),
     logLevel: Type.Union([Type.Literal('debug'), Type.Literal('info'), Type.Literal('warn'), Type.Literal('error')]),
   },
   { additionalProperties: false },
@@ -60,6 +62,8 @@ Options:
   --unix PATH          also listen on a unix socket (mode 0600)
   --kmod-device PATH   the kernel module's device (default /dev/vmsubst)
   --state-dir DIR      journal directory (default ${DEFAULT_STATE_DIR})
+  --trusted-key PEM    accept only substitutions signed by this Ed25519 public key
+                       (repeatable; from 'vmsubst keygen')
   --log-level LEVEL    debug, info, warn or error (default info)
   --print-config       print the effective configuration as JSON and exit
   -h, --help           show this help
@@ -84,6 +88,7 @@ export function parseCli(argv: string[]): CliResult {
       unix: { type: 'string' },
       'kmod-device': { type: 'string' },
       'state-dir': { type: 'string' },
+      'trusted-key': { type: 'string', multiple: true },
       'log-level': { type: 'string' },
       'print-config': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
@@ -101,6 +106,7 @@ export function parseCli(argv: string[]): CliResult {
     unix: values.unix ?? null,
     kmodDevice: values['kmod-device'] ?? '/dev/vmsubst',
     stateDir: values['state-dir'] ?? DEFAULT_STATE_DIR,
+    trustedKeys: values['trusted-key'] ?? [],
     logLevel: values['log-level'] ?? 'info',
   };
   const problems = validateConfig.problems(candidate);

@@ -18,6 +18,9 @@ import { notify, parseAgentTarget, type NotifyResult } from './notify/index.js';
 import { formatBytes, formatPercent, plural, table } from './cli/format.js';
 import { ProgressBar } from './cli/progress.js';
 import { TOOL_VERSION } from './version.js';
+import { createPrivateKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { keyId } from '../../agent/src/protocol/signature.js';
 
 const HELP = `Usage: vmsubst <command> [options]
 
@@ -30,6 +33,7 @@ Commands:
   apply BUNDLE --image PATH       ... or into a raw image file no VM is using
   notify BUNDLE --to ADDR         tell the guest agent to verify and drop stale caches
   inspect BUNDLE                  verify a bundle and show what it changes
+  keygen --out PREFIX             make an Ed25519 key pair for signing notifications
 
 Options (every command):
   --json       print one JSON document on stdout
@@ -67,7 +71,13 @@ if every range already holds the new content, nothing is written either.
                  is not running); refused while another process locks it
   --json         print the result as JSON
 `,
-  notify: `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--dry-run] [--json]
+  keygen: `Usage: vmsubst keygen --out PREFIX [--json]
+
+Writes an Ed25519 key pair: PREFIX.key (private, PKCS#8 PEM, mode 0600) for
+'vmsubst notify --sign', and PREFIX.pub (public, SPKI PEM) to install in the
+guests ('vmsubst-agent --trusted-key'). Refuses to overwrite existing files.
+`,
+  notify: `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--dry-run] [--json]
 
 Asks vmsubst-agent in the guest to verify that the bundle's new blocks are
 visible, invalidate the caches that hold the old ones, and report.
@@ -79,6 +89,7 @@ visible, invalidate the caches that hold the old ones, and report.
   --disk-path P       the guest disk by its device path (/dev/vdb)
                       (neither: the agent looks for the disk holding the blocks)
   --dry-run           verify and map blocks to files, invalidate nothing
+  --sign KEY          sign with this Ed25519 private key (from vmsubst keygen)
   --timeout SEC       how long to wait for the agent's report (default 120)
   --json              print the agent's report (SubstituteReport) as JSON
 `,
@@ -255,9 +266,11 @@ async function cmdNotify(args: string[]): Promise<void> {
     'disk-serial': { type: 'string' },
     'disk-path': { type: 'string' },
     'dry-run': { type: 'boolean' },
+    sign: { type: 'string' },
     timeout: { type: 'string' },
   });
   if (helpRequested('notify', values)) return;
+  const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
   const [bundlePath] = positionals('notify', pos, ['BUNDLE']) as [string];
   if (values.to === undefined) throw new UsageError('notify: --to ADDR is required', "see 'vmsubst notify --help'");
   const target = parseAgentTarget(values.to);
@@ -277,7 +290,11 @@ async function cmdNotify(args: string[]): Promise<void> {
   const bundle = await Bundle.open(bundlePath, { verifyData: false });
   let result: NotifyResult;
   try {
-    result = await notify(bundle, target, disk, { dryRun: values['dry-run'] === true, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
+    result = await notify(bundle, target, disk, {
+      dryRun: values['dry-run'] === true,
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      ...(signWith ? { signWith } : {}),
+    });
   } finally {
     await bundle.close();
   }
@@ -331,7 +348,33 @@ async function cmdInspect(args: string[]): Promise<void> {
   }
 }
 
+async function loadPrivateKey(path: string): Promise<KeyObject> {
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(await readFile(path));
+  } catch (e) {
+    throw new UsageError(`--sign ${path}: not a readable private key (${(e as Error).message})`, "make one with 'vmsubst keygen --out PREFIX'");
+  }
+  if (key.asymmetricKeyType !== 'ed25519') throw new UsageError(`--sign ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
+  return key;
+}
+
+async function cmdKeygen(args: string[]): Promise<void> {
+  const { values, positionals: pos } = parse('keygen', args, { out: { type: 'string' } });
+  if (helpRequested('keygen', values)) return;
+  positionals('keygen', pos, []);
+  if (values.out === undefined) throw new UsageError('keygen: --out PREFIX is required');
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const priv = `${values.out}.key`;
+  const pub = `${values.out}.pub`;
+  await writeFile(priv, privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600, flag: 'wx' });
+  await writeFile(pub, publicKey.export({ format: 'pem', type: 'spki' }), { mode: 0o644, flag: 'wx' });
+  const id = keyId(publicKey);
+  new Output(values.json === true).result({ 'private-key': priv, 'public-key': pub, 'key-id': id }, () => `wrote ${priv} (keep it secret) and ${pub} (install in guests); key id ${id}`);
+}
+
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  keygen: cmdKeygen,
   diff: cmdDiff,
   apply: cmdApply,
   notify: cmdNotify,

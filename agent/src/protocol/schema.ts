@@ -69,6 +69,15 @@ export const SubstituteArgs = Type.Object(
     ranges: Type.Array(HashedRange, { minItems: 1, maxItems: MAX_RANGES, description: 'disk-relative byte ranges and the sha256 of their new content' }),
     'dry-run': Type.Optional(Type.Boolean({ description: 'verify and map, but invalidate nothing' })),
     force: Type.Optional(Type.Boolean({ description: 'accept metadata changes under a read-write mount' })),
+    signature: Type.Optional(
+      Type.Object(
+        {
+          'key-id': Type.String({ pattern: '^[0-9a-f]{16}$' }),
+          ed25519: Type.String({ pattern: '^[A-Za-z0-9+/]{86}==$', description: 'base64 Ed25519 signature (protocol/signature.ts)' }),
+        },
+        strict,
+      ),
+    ),
   },
   strict,
 );
@@ -210,6 +219,7 @@ export const ErrorClass = Type.Union([
   Type.Literal('KmodUnavailable'),
   Type.Literal('InvalidateFailed'),
   Type.Literal('RestartRequired'),
+  Type.Literal('Unauthorized'),
 ]);
 export type ErrorClass = Static<typeof ErrorClass>;
 

@@ -25,16 +25,8 @@ export function alignUp(n: number, to = DATA_ALIGN): number {
   return Math.ceil(n / to) * to;
 }
 
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) => {
-    if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
-      const sorted: Record<string, unknown> = {};
-      for (const k of Object.keys(v).sort()) sorted[k] = (v as Record<string, unknown>)[k];
-      return sorted;
-    }
-    return v;
-  });
-}
+export { canonicalJson } from '../../../agent/src/protocol/canonical.js';
+import { canonicalJson } from '../../../agent/src/protocol/canonical.js';
 
 export function manifestId(manifest: ManifestBody | Manifest): string {
   const { id: _id, ...body } = manifest as Manifest;

@@ -7,6 +7,8 @@ import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
 import type { DiskRef, GreetingBody, SubstituteReport } from '../../../agent/src/protocol/schema.js';
 import { substituteArgs } from '../bundle/index.js';
+import type { KeyObject } from 'node:crypto';
+import { signArgs } from '../../../agent/src/protocol/signature.js';
 import type { Manifest } from '../bundle/schema.js';
 import { AgentError, ProtocolError } from '../errors.js';
 import { LineDecoder, validateReply } from '../../../agent/src/protocol/codec.js';
@@ -18,6 +20,8 @@ export { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget,
 
 export interface NotifyOptions {
   dryRun?: boolean;
+  /** Sign the notification with this Ed25519 private key (agents with trusted keys require it). */
+  signWith?: KeyObject;
   /** Connect timeout; default 10 s. */
   connectTimeoutMs?: number;
   /** For the hello exchange; default 10 s. */
@@ -43,7 +47,8 @@ export async function notify(
 ): Promise<NotifyResult> {
   const started = performance.now();
   const manifest = 'manifest' in source ? source.manifest : source;
-  const args = substituteArgs(manifest, disk, options.dryRun ? { dryRun: true } : {});
+  const unsigned = substituteArgs(manifest, disk, options.dryRun ? { dryRun: true } : {});
+  const args = options.signWith ? signArgs(unsigned, options.signWith) : unsigned;
   const where = typeof target === 'string' ? parseAgentTarget(target) : target;
   const connect = options.connect ?? ((t: AgentTarget) => openAgentStream(t, options.connectTimeoutMs !== undefined ? { timeoutMs: options.connectTimeoutMs } : {}));
   const stream = await connect(where);

@@ -78,7 +78,7 @@ export class Agent {
         this.#streams.add(stream);
         stream.once('close', () => this.#streams.delete(stream));
         if (peer.transport !== 'serial') log.info('connection', { peer: peer.description });
-        new Session(stream, peer, this.greeting, (name, args) => this.#dispatch(name as CommandName, args, peer.description), log);
+        new Session(stream, peer, this.greeting, (name, args) => this.#dispatch(name as CommandName, args, peer.description), log, config.idleTimeoutSec * 1000);
       });
       log.info('listening', { on: t.name });
     }

@@ -3,6 +3,7 @@
  * fills it. `--print-config` shows the effective result.
  */
 import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
 import { Type, type Static } from '@sinclair/typebox';
 import { Validator } from './protocol/codec.js';
 
@@ -31,12 +32,30 @@ export const Config = Type.Object(
     /** PEM files of Ed25519 public keys; when any is given, only notifications signed by one are accepted. */
     trustedKeys: Type.Array(Type.String({ minLength: 1 })),
     logLevel: Type.Union([Type.Literal('debug'), Type.Literal('info'), Type.Literal('warn'), Type.Literal('error')]),
+    /** A stream connection silent this long is closed (0: never). virtio-serial is exempt. */
+    idleTimeoutSec: Type.Integer({ minimum: 0, maximum: 86400 }),
   },
   { additionalProperties: false },
 );
 export type Config = Static<typeof Config>;
 
+/** The config file holds any subset of the settings, by the same names. */
+export const ConfigFile = Type.Partial(Config, { additionalProperties: false });
+export const DEFAULT_CONFIG_FILE = '/etc/vmsubst/agent.json';
+
+export const DEFAULTS: Config = {
+  vsock: { port: DEFAULT_VSOCK_PORT, allowCids: [HOST_CID] },
+  serial: DEFAULT_SERIAL_PATH,
+  unix: null,
+  kmodDevice: '/dev/vmsubst',
+  stateDir: DEFAULT_STATE_DIR,
+  trustedKeys: [],
+  logLevel: 'info',
+  idleTimeoutSec: 300,
+};
+
 const validateConfig = new Validator(Config);
+const validateConfigFile = new Validator(ConfigFile);
 
 export class ConfigError extends Error {
   readonly code = 'E_VMSUBST_CONFIG';
@@ -65,6 +84,9 @@ Options:
   --trusted-key PEM    accept only substitutions signed by this Ed25519 public key
                        (repeatable; from 'vmsubst keygen')
   --log-level LEVEL    debug, info, warn or error (default info)
+  --idle-timeout SEC   close stream connections silent this long (default 300; 0 never)
+  --config PATH        settings file (JSON, the names --print-config shows; default
+                       ${DEFAULT_CONFIG_FILE} when it exists); options override it
   --print-config       print the effective configuration as JSON and exit
   -h, --help           show this help
 `;
@@ -75,7 +97,7 @@ export interface CliResult {
   help: boolean;
 }
 
-export function parseCli(argv: string[]): CliResult {
+export function parseCli(argv: string[], readText: (path: string) => string | undefined = readIfExists): CliResult {
   const { values } = parseArgs({
     args: argv,
     strict: true,
@@ -90,26 +112,64 @@ export function parseCli(argv: string[]): CliResult {
       'state-dir': { type: 'string' },
       'trusted-key': { type: 'string', multiple: true },
       'log-level': { type: 'string' },
+      'idle-timeout': { type: 'string' },
+      config: { type: 'string' },
       'print-config': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
-  const int = (v: string | undefined, fallback: number): number => (v === undefined ? fallback : /^\d+$/.test(v) ? Number(v) : NaN);
-  const candidate = {
-    vsock: values['no-vsock']
-      ? null
-      : {
-          port: int(values['vsock-port'], DEFAULT_VSOCK_PORT),
-          allowCids: (values['allow-cid'] ?? [String(HOST_CID)]).map((c) => int(c, NaN)),
-        },
-    serial: values['no-serial'] ? null : (values.serial ?? DEFAULT_SERIAL_PATH),
-    unix: values.unix ?? null,
-    kmodDevice: values['kmod-device'] ?? '/dev/vmsubst',
-    stateDir: values['state-dir'] ?? DEFAULT_STATE_DIR,
-    trustedKeys: values['trusted-key'] ?? [],
-    logLevel: values['log-level'] ?? 'info',
+  const int = (v: string, what: string): number => {
+    if (!/^\d+$/.test(v)) throw new ConfigError([`${what}: '${v}' is not a non-negative integer`]);
+    return Number(v);
   };
-  const problems = validateConfig.problems(candidate);
+
+  // defaults < config file < command line
+  const file = loadConfigFile(values.config, readText);
+  const c: Config = { ...DEFAULTS, ...file };
+  if (values['no-vsock']) c.vsock = null;
+  else if (values['vsock-port'] !== undefined || values['allow-cid'] !== undefined) {
+    const base = c.vsock ?? DEFAULTS.vsock!;
+    c.vsock = {
+      port: values['vsock-port'] !== undefined ? int(values['vsock-port'], '--vsock-port') : base.port,
+      allowCids: values['allow-cid'] !== undefined ? values['allow-cid'].map((v) => int(v, '--allow-cid')) : base.allowCids,
+    };
+  }
+  if (values['no-serial']) c.serial = null;
+  else if (values.serial !== undefined) c.serial = values.serial;
+  if (values.unix !== undefined) c.unix = values.unix;
+  if (values['kmod-device'] !== undefined) c.kmodDevice = values['kmod-device'];
+  if (values['state-dir'] !== undefined) c.stateDir = values['state-dir'];
+  if (values['trusted-key'] !== undefined) c.trustedKeys = values['trusted-key'];
+  if (values['log-level'] !== undefined) c.logLevel = values['log-level'] as Config['logLevel'];
+  if (values['idle-timeout'] !== undefined) c.idleTimeoutSec = int(values['idle-timeout'], '--idle-timeout');
+  const problems = validateConfig.problems(c);
   if (problems.length > 0) throw new ConfigError(problems);
-  return { config: candidate as Config, printConfig: values['print-config'] ?? false, help: values.help ?? false };
+  return { config: c, printConfig: values['print-config'] ?? false, help: values.help ?? false };
+}
+
+function readIfExists(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ConfigError([`${path}: ${(e as Error).message}`]);
+  }
+}
+
+function loadConfigFile(explicit: string | undefined, readText: (path: string) => string | undefined): Partial<Config> {
+  const path = explicit ?? DEFAULT_CONFIG_FILE;
+  const text = readText(path);
+  if (text === undefined) {
+    if (explicit !== undefined) throw new ConfigError([`${path}: no such file`]);
+    return {};
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError([`${path}: not JSON: ${(e as Error).message}`]);
+  }
+  const problems = validateConfigFile.problems(value);
+  if (problems.length > 0) throw new ConfigError(problems.map((p) => `${path}${p.startsWith('/') ? '' : ' '}${p}`));
+  return value as Partial<Config>;
 }

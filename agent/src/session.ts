@@ -26,8 +26,10 @@ export class Session {
     greeting: GreetingBody,
     private readonly dispatch: Dispatch,
     private readonly log: Logger,
+    idleMs = 0,
   ) {
     stream.on('data', (chunk: Buffer) => this.#onData(chunk));
+    if (idleMs > 0 && peer.greets) this.#watchIdle(idleMs);
     stream.on('error', (err: Error) => log.debug('stream error', { peer: peer.description, error: err.message }));
     if (peer.greets) this.#send({ vmsubst: greeting });
   }
@@ -49,6 +51,21 @@ export class Session {
       const req = frame.value as Request;
       this.#enqueue(() => this.#run(req));
     }
+  }
+
+  /** Closes a stream connection that neither sends nor waits for a reply for idleMs. */
+  #watchIdle(idleMs: number): void {
+    let last = Date.now();
+    this.stream.on('data', () => (last = Date.now()));
+    const timer = setInterval(() => {
+      if (this.#pending > 0) last = Date.now(); // a long substitution is not idleness
+      else if (Date.now() - last >= idleMs) {
+        this.log.info('closing an idle connection', { peer: this.peer.description, idleSec: idleMs / 1000 });
+        this.stream.destroy();
+      }
+    }, Math.min(idleMs, 1000));
+    timer.unref();
+    this.stream.once('close', () => clearInterval(timer));
   }
 
   /** Queues work; a peer that sends faster than we answer is paused (bounded memory). */

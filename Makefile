@@ -7,7 +7,7 @@ KDIR = /usr/src/linux-headers-$(KVER)
 UVU = node_modules/.bin/uvu
 TS_SOURCES := $(shell find agent/src host-signal/src test -name '*.ts' 2>/dev/null)
 
-.PHONY: setup build kmod addon ts guest test test-unit test-integration test-qemu demo bench clean help
+.PHONY: setup build kmod addon ts guest test test-flavours test-unit test-integration test-qemu demo bench clean help
 
 help:
 	@echo "make demo    set up, boot a guest and perform a live substitution, narrated"
@@ -47,7 +47,10 @@ build/disks/stress-a.img: test/fixtures/build-stress-disks.sh test/fixtures/stre
 
 test: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest
-	@$(MAKE) --no-print-directory test-unit test-integration test-qemu
+	@$(MAKE) --no-print-directory test-flavours test-unit test-integration test-qemu
+
+test-flavours:
+	@$(MAKE) --no-print-directory -C kmod check-flavours
 
 test-unit:
 	$(UVU) build/test/unit '\.test\.js$$'

@@ -48,6 +48,14 @@ if [ ! -s "$CACHE/kver" ] || [ ! -e "$CACHE/kernel/$(cat "$CACHE/kver")/vmlinuz"
   echo "$KVER" > "$CACHE/kver"
 fi
 
+# Headers of the other Debian 6.1 flavours, so `make test` proves the module builds
+# -Werror clean against each (kmod: make check-flavours).
+FLAVOUR_PKGS=(linux-headers-amd64 linux-headers-rt-amd64)
+if ! have_pkgs "${FLAVOUR_PKGS[@]}"; then
+  say "installing ${FLAVOUR_PKGS[*]} (flavour build checks)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${FLAVOUR_PKGS[@]}" >/dev/null
+fi
+
 # npm dependencies, reinstalled only when the lockfile changes.
 LOCK_SUM=$(sha256sum package-lock.json | cut -c1-16)
 if [ ! -d node_modules ] || [ "$(cat "$CACHE/stamps/npm" 2>/dev/null)" != "$LOCK_SUM" ]; then

@@ -7,6 +7,7 @@
         "native/devctl.c",
         "native/direct_io.c",
         "native/fiemap.c",
+        "native/notify.c",
         "native/vsock.c"
       ],
       "dependencies": [

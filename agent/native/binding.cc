@@ -675,6 +675,15 @@ Napi::Value LocalCid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, cid);
 }
 
+Napi::Value SdNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string path = ArgString(info, 0, "socketPath");
+  const std::string message = ArgString(info, 1, "message");
+  const int err = vs_sd_notify(path.c_str(), message.data(), message.size());
+  if (err < 0) throw MakeError(env, err, "sendto", Quoted(path), path.c_str());
+  return env.Undefined();
+}
+
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   const int fd = ArgFd(info, 0);
   const int err = vs_close(fd);
@@ -1301,6 +1310,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("vsockAddresses", Napi::Function::New<VsockAddresses>(env, "vsockAddresses"));
   exports.Set("localCid", Napi::Function::New<LocalCid>(env, "localCid"));
   exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
+  exports.Set("sdNotify", Napi::Function::New<SdNotify>(env, "sdNotify"));
   exports.Set("StreamHandle", StreamHandle::Define(env));
   exports.Set("Listener", Listener::Define(env));
   exports.Set("Connector", Connector::Define(env));

@@ -70,6 +70,9 @@ int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr);
 int vs_vsock_local_cid(const char *dev_path, uint32_t *cid,
 		       const char **failed_syscall);
 
+/* One sd_notify(3) datagram to socket_path ("/path" or "@abstract"). 0 or -errno. */
+int vs_sd_notify(const char *socket_path, const char *message, size_t len);
+
 /* close() that retries nothing (Linux closes the fd even on EINTR). */
 int vs_close(int fd);
 

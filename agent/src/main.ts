@@ -3,13 +3,16 @@
 import { Agent } from './agent.js';
 import { systemDeps } from './system.js';
 import { status } from './status.js';
+import { SystemdNotifier } from './systemd.js';
 import { pinCommand } from './pin.js';
+import { mapCommand } from './pedigree/map-command.js';
 import { ConfigError, USAGE, parseCli } from './config.js';
 import { createLogger } from './log.js';
 
 async function main(): Promise<number> {
   if (process.argv[2] === 'status') return status(process.argv.slice(3), (s) => process.stdout.write(s));
   if (process.argv[2] === 'pin') return pinCommand(process.argv.slice(3), (s) => process.stdout.write(s));
+  if (process.argv[2] === 'map') return mapCommand(process.argv.slice(3), (s) => process.stdout.write(s));
   let cli;
   try {
     cli = parseCli(process.argv.slice(2));
@@ -29,7 +32,10 @@ async function main(): Promise<number> {
   const deps = await systemDeps();
   const agent = new Agent(cli.config, deps, log);
   await agent.start();
-  log.info('ready', { version: agent.greeting.version });
+  const { sdNotify } = await import('./native/index.js');
+  const systemd = new SystemdNotifier(process.env, sdNotify, (e) => log.warn('sd_notify failed', { error: e.message }));
+  systemd.ready(`serving ${cli.config.vsock ? `vsock:${cli.config.vsock.port} ` : ''}${cli.config.serial ?? ''}`.trim());
+  log.info('ready', { version: agent.greeting.version, systemd: systemd.active });
   await new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
       log.info('stopping', { signal: sig });
@@ -38,6 +44,7 @@ async function main(): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  systemd.stopping();
   await agent.stop();
   return 0;
 }

@@ -453,6 +453,7 @@ interface NativeBinding {
     remotePort: number;
   };
   localCid(devPath: string): number;
+  sdNotify(socketPath: string, message: string): void;
   closeFd(fd: number): void;
   StreamHandle: new (
     fd: number,
@@ -485,6 +486,7 @@ const BINDING_FUNCTIONS = [
   'vsockConnectStart',
   'vsockAddresses',
   'localCid',
+  'sdNotify',
   'closeFd',
   'StreamHandle',
   'Listener',
@@ -1232,4 +1234,9 @@ export function vsockConnect(
 /** This machine's CID (IOCTL_VM_SOCKETS_GET_LOCAL_CID on /dev/vsock). */
 export function localCid(devPath: string = DEFAULT_VSOCK_DEVICE): number {
   return binding.localCid(devPath);
+}
+
+/** sd_notify(3): sends `message` ("READY=1", "WATCHDOG=1", ...) to the AF_UNIX socket `socketPath`. */
+export function sdNotify(socketPath: string, message: string): void {
+  binding.sdNotify(socketPath, message);
 }

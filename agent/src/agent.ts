@@ -14,6 +14,7 @@ import { SerialTransport, type AdoptStream } from './transport/serial.js';
 import { VsockTransport, type VsockListen } from './transport/vsock.js';
 import type { ArgsOf, ReturnOf } from './protocol/schema.js';
 import { Journal } from './journal/journal.js';
+import { PedigreeService } from './pedigree/live.js';
 import { CommandError } from './errors.js';
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -45,6 +46,8 @@ export class Agent {
   #busy: Promise<unknown> = Promise.resolve();
   #journal: Journal | undefined;
   #trusted = new Map<string, KeyObject>();
+  /** Live block → file indexes, built on a filesystem's first substitution and kept current. */
+  #pedigree: PedigreeService | undefined;
 
   constructor(
     private readonly config: Config,
@@ -61,6 +64,7 @@ export class Agent {
     this.#trusted = loadTrustedKeys(config.trustedKeys);
     if (this.#trusted.size > 0) log.info('signed notifications required', { keys: [...this.#trusted.keys()] });
     this.#journal = Journal.open(config.stateDir);
+    this.#pedigree = new PedigreeService(deps.fiemap);
     for (const id of this.#journal.interrupted) {
       log.warn('a substitution was interrupted; the host\'s retry will complete it', { id });
     }
@@ -88,6 +92,7 @@ export class Agent {
     for (const t of this.#transports.splice(0)) await t.stop();
     for (const s of this.#streams) s.destroy();
     await this.#busy.catch(() => undefined);
+    await this.#pedigree?.close();
     this.#journal?.close();
   }
 
@@ -141,6 +146,7 @@ export class Agent {
     this.log.info('substitute', { id: args.id, ranges: args.ranges.length, dryRun: args['dry-run'] ?? false });
     return substitute(args, {
       ...deps,
+      ...(this.#pedigree ? { pedigree: this.#pedigree } : {}),
       invalidateRange: (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
     });
   }

@@ -7,7 +7,8 @@
 import { open } from 'node:fs/promises';
 import { CommandError, errnoCode } from '../errors.js';
 import type { ArgsOf, FileReport, ReturnOf } from '../protocol/schema.js';
-import { PedigreeIndex, type Fiemap } from '../pedigree/index.js';
+import { PedigreeIndex, mountsOfDisk, type Fiemap } from '../pedigree/index.js';
+import type { PedigreeService } from '../pedigree/live.js';
 import { readDiskLayout, readMounts } from '../pedigree/mounts.js';
 import { findMappers, keyOf } from '../proc/mappers.js';
 import { resolveDisk } from '../disk/resolve.js';
@@ -26,6 +27,8 @@ export interface SubstituteDeps {
   readDirect: DiskReader;
   metadata: MetadataOps;
   fiemap: Fiemap;
+  /** The agent's live index; without it the disk's filesystems are walked for this substitution. */
+  pedigree?: PedigreeService;
   invalidateRange(fd: number, offset: bigint, length: bigint, flags: number): Promise<InvalidateCounts>;
   forceFlag: number;
   procRoot: string;
@@ -44,8 +47,10 @@ export async function substitute(args: ArgsOf<'substitute'>, deps: SubstituteDep
 
   const layout = await readDiskLayout(disk.name, deps.sysRoot);
   const mounts = await readMounts(deps.procRoot);
-  const index = await PedigreeIndex.build(layout, mounts, deps.fiemap);
-  const { files, unmapped } = index.lookup(args.ranges.map(({ offset, length }) => ({ offset, length })));
+  const changed = args.ranges.map(({ offset, length }) => ({ offset, length }));
+  const { files, unmapped } = deps.pedigree
+    ? await deps.pedigree.lookup(layout, mounts, changed)
+    : (await PedigreeIndex.build(layout, mounts, deps.fiemap)).lookup(changed);
   const t2 = deps.now();
 
   const dirHits = files.filter((f) => f.file.kind === 'dir');
@@ -103,7 +108,12 @@ export async function substitute(args: ArgsOf<'substitute'>, deps: SubstituteDep
   let metadata: AppliedMetadata | undefined = plan.ranges.length > 0 && dryRun ? plannedOnly(plan) : undefined;
   if (!dryRun) {
     if (plan.filesystems.length > 0) {
-      metadata = (await applyMetadata(plan, deps.metadata, deps.readDirect, disk.path, force, dropFilePages)).report;
+      try {
+        metadata = (await applyMetadata(plan, deps.metadata, deps.readDirect, disk.path, force, dropFilePages)).report;
+      } finally {
+        // Inodes and directories were rewritten under the index: rebuild it on next use.
+        for (const p of mountsOfDisk(layout, mounts)) await deps.pedigree?.forget(p.mount.devNum);
+      }
     } else {
       await dropFilePages();
     }

@@ -3,41 +3,13 @@
  * every filesystem mounted from the disk (or one of its partitions) and asking
  * FIEMAP for each regular file's extents, translated to disk offsets.
  */
-import { lstat, opendir, open } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { ByteRange } from '../protocol/schema.js';
 import type { DiskLayout, Mount } from './mounts.js';
+import { walkMount, type Fiemap, type IndexedFile } from './walk.js';
 
-export interface ExtentInfo {
-  logical: bigint;
-  physical: bigint;
-  length: bigint;
-  flags: number;
-}
-export type Fiemap = (fd: number) => ExtentInfo[];
+export { MAX_FILES, type ExtentInfo, type Fiemap, type IndexedFile } from './walk.js';
 
-/** FIEMAP flags whose extents have no stable place on the disk. */
-const FIEMAP_EXTENT_UNKNOWN = 0x2;
-const FIEMAP_EXTENT_DELALLOC = 0x4;
-const FIEMAP_EXTENT_DATA_INLINE = 0x200;
-const NOT_ON_DISK = FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_DATA_INLINE;
-
-/** Upper bound on files walked per filesystem, so a huge tree cannot stall the agent. */
-export const MAX_FILES = 2_000_000;
-
-export interface IndexedFile {
-  path: string;
-  dev: number;
-  ino: number;
-  mount: Mount;
-  kind: 'file' | 'dir';
-  /** For directories: each entry's name and inode number, as the guest saw them when indexed. */
-  entries?: Map<string, number>;
-  /** Where the file's extents lie on the disk (byte offsets), for reading them back raw. */
-  extents: { diskStart: number; fileOffset: number; length: number }[];
-}
-
-interface Piece {
+export interface Piece {
   diskStart: number;
   diskEnd: number;
   fileOffset: number;
@@ -51,9 +23,49 @@ export interface FileHit {
 }
 
 export class PedigreeIndex {
-  readonly #pieces: Piece[];
+  #pieces: Piece[];
   constructor(pieces: Piece[]) {
     this.#pieces = pieces.sort((a, b) => a.diskStart - b.diskStart);
+  }
+
+  /** The index's pieces for `files` (one per extent). */
+  static piecesOf(files: Iterable<IndexedFile>): Piece[] {
+    const out: Piece[] = [];
+    for (const file of files) for (const e of file.extents) out.push({ diskStart: e.diskStart, diskEnd: e.diskStart + e.length, fileOffset: e.fileOffset, file });
+    return out;
+  }
+
+  /** Drops `old`'s pieces and inserts `next`'s: one file re-mapped, in O(extents · log n + n). */
+  replace(old: IndexedFile | undefined, next: IndexedFile | undefined): void {
+    if (old) {
+      for (const e of old.extents) {
+        const i = this.#firstEndingAfter(e.diskStart);
+        for (let j = i; j < this.#pieces.length && this.#pieces[j]!.diskStart <= e.diskStart; j++) {
+          if (this.#pieces[j]!.file === old) {
+            this.#pieces.splice(j, 1);
+            break;
+          }
+        }
+      }
+    }
+    if (next) {
+      for (const p of PedigreeIndex.piecesOf([next])) {
+        // A stale owner of the same blocks (freed, then reused) is dropped: blocks have one owner.
+        let i = this.#firstEndingAfter(p.diskStart);
+        while (i < this.#pieces.length && this.#pieces[i]!.diskStart < p.diskEnd) this.#pieces.splice(i, 1);
+        this.#pieces.splice(i, 0, p);
+      }
+    }
+  }
+
+  /** Replaces every piece (a fresh build). */
+  replaceAll(pieces: Piece[]): void {
+    this.#pieces = pieces.sort((a, b) => a.diskStart - b.diskStart);
+  }
+
+  /** Every piece, in disk order (for statistics and tests). */
+  pieces(): readonly Piece[] {
+    return this.#pieces;
   }
 
   get size(): number {
@@ -100,73 +112,24 @@ export class PedigreeIndex {
 
   /** Indexes every filesystem mounted from `disk` (whole or partition). */
   static async build(disk: DiskLayout, mounts: Mount[], fiemap: Fiemap): Promise<PedigreeIndex> {
-    const pieces: Piece[] = [];
-    const done = new Set<string>();
-    // Prefer a mount of the filesystem's root, so every file is reachable.
-    const ordered = [...mounts].sort((a, b) => Number(b.root === '/') - Number(a.root === '/'));
-    for (const part of disk.parts) {
-      const mount = ordered.find((m) => m.devNum === part.devNum);
-      if (!mount || done.has(part.devNum)) continue;
-      done.add(part.devNum);
-      await indexMount(mount, part.startBytes, fiemap, pieces);
-    }
-    return new PedigreeIndex(pieces);
+    const files: IndexedFile[] = [];
+    for (const { mount, startBytes } of mountsOfDisk(disk, mounts)) await walkMount(mount, startBytes, fiemap, (f) => files.push(f));
+    return new PedigreeIndex(PedigreeIndex.piecesOf(files));
   }
 }
 
-async function indexMount(mount: Mount, partStart: number, fiemap: Fiemap, out: Piece[]): Promise<void> {
-  const rootStat = await lstat(mount.mountPoint);
-  const stack = [mount.mountPoint];
-  let files = 0;
-  const addExtents = (file: IndexedFile, fd: number): void => {
-    for (const e of fiemap(fd)) {
-      if (e.flags & NOT_ON_DISK) continue;
-      const diskStart = partStart + Number(e.physical);
-      const piece = { diskStart, diskEnd: diskStart + Number(e.length), fileOffset: Number(e.logical), file };
-      out.push(piece);
-      file.extents.push({ diskStart, fileOffset: piece.fileOffset, length: Number(e.length) });
-    }
-  };
-  while (stack.length > 0) {
-    const dir = stack.pop()!;
-    const handle = await opendir(dir).catch(() => undefined);
-    if (!handle) continue;
-    const dirStat = await lstat(dir).catch(() => undefined);
-    const dirFile: IndexedFile | undefined = dirStat && {
-      path: dir, dev: dirStat.dev, ino: dirStat.ino, mount, kind: 'dir', entries: new Map(), extents: [],
-    };
-    for await (const entry of handle) {
-      if (++files > MAX_FILES) throw new Error(`more than ${MAX_FILES} entries under ${mount.mountPoint}`);
-      const path = join(dir, entry.name);
-      if (!entry.isFile()) {
-        const st = await lstat(path).catch(() => undefined);
-        if (!st) continue;
-        dirFile?.entries!.set(entry.name, st.ino);
-        if (st.isDirectory() && st.dev === rootStat.dev) stack.push(path); // never cross into another mount
-        continue;
-      }
-      const fh = await open(path, 'r').catch(() => undefined);
-      if (!fh) continue;
-      try {
-        const st = await fh.stat();
-        dirFile?.entries!.set(entry.name, st.ino);
-        if (st.dev !== rootStat.dev) continue;
-        addExtents({ path, dev: st.dev, ino: st.ino, mount, kind: 'file', extents: [] }, fh.fd);
-      } finally {
-        await fh.close();
-      }
-    }
-    if (dirFile && dirFile.dev === rootStat.dev) {
-      const fh = await open(dir, 'r').catch(() => undefined);
-      if (fh) {
-        try {
-          addExtents(dirFile, fh.fd);
-        } finally {
-          await fh.close();
-        }
-      }
-    }
+/** One mount per filesystem of `disk`, preferring a mount of the filesystem's root (every file reachable). */
+export function mountsOfDisk(disk: DiskLayout, mounts: Mount[]): { mount: Mount; startBytes: number; sizeBytes: number }[] {
+  const ordered = [...mounts].sort((a, b) => Number(b.root === '/') - Number(a.root === '/'));
+  const out: { mount: Mount; startBytes: number; sizeBytes: number }[] = [];
+  const done = new Set<string>();
+  for (const part of disk.parts) {
+    const mount = ordered.find((m) => m.devNum === part.devNum);
+    if (!mount || done.has(part.devNum)) continue;
+    done.add(part.devNum);
+    out.push({ mount, startBytes: part.startBytes, sizeBytes: part.sizeBytes });
   }
+  return out;
 }
 
 /** Sorts and coalesces overlapping or touching ranges. */

@@ -1,0 +1,215 @@
+/**
+ * The persistent pedigree index: each mounted filesystem is walked once (on
+ * first use) and then kept current by chokidar — a written, added, renamed or
+ * removed file is re-mapped alone, with its directory's entry map.
+ *
+ * Correctness over freshness: before a lookup, `fresh()` re-validates every
+ * indexed path against the inode, ctime and size it was indexed with (one
+ * lstat each, in sync batches) and re-maps what changed, so a watcher event
+ * still in flight cannot leave a substitution acting on a stale view. A
+ * filesystem whose mount changed (unmounted, remounted elsewhere, another
+ * device) is rebuilt from scratch, and `forget()` drops a filesystem after a
+ * substitution rewrote its metadata.
+ */
+import { lstatSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import { watch, type FSWatcher } from 'chokidar';
+import type { ByteRange } from '../protocol/schema.js';
+import { PedigreeIndex, mergeRanges, mountsOfDisk, type FileHit } from './index.js';
+import type { DiskLayout, Mount } from './mounts.js';
+import { mapPath, walkMount, WALK_BATCH, type Fiemap, type IndexedFile } from './walk.js';
+
+const yieldNow = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/** One filesystem's live index. */
+export class FsIndex {
+  readonly index = new PedigreeIndex([]);
+  readonly byPath = new Map<string, IndexedFile>();
+  #watcher: FSWatcher | undefined;
+  #dev = 0;
+  /** Updates applied from watcher events (for tests and statistics). */
+  updates = 0;
+
+  private constructor(
+    readonly mount: Mount,
+    readonly partStart: number,
+    private readonly fiemap: Fiemap,
+  ) {}
+
+  static async build(mount: Mount, partStart: number, fiemap: Fiemap, opts: { watch?: boolean } = {}): Promise<FsIndex> {
+    const fs = new FsIndex(mount, partStart, fiemap);
+    fs.#dev = lstatSync(mount.mountPoint).dev;
+    const files: IndexedFile[] = [];
+    await walkMount(mount, partStart, fiemap, (f) => {
+      files.push(f);
+      fs.byPath.set(f.path, f);
+    });
+    fs.index.replaceAll(PedigreeIndex.piecesOf(files));
+    if (opts.watch ?? true) await fs.#watch();
+    return fs;
+  }
+
+  async #watch(): Promise<void> {
+    const w = watch(this.mount.mountPoint, { ignoreInitial: true, followSymlinks: false, persistent: false, alwaysStat: false });
+    this.#watcher = w;
+    const remap = (path: string): void => {
+      this.remap(path);
+    };
+    w.on('add', remap).on('change', remap).on('addDir', remap).on('unlink', remap).on('unlinkDir', remap);
+    w.on('error', () => undefined); // fresh() re-validates before every lookup
+    await new Promise<void>((resolve) => w.once('ready', () => resolve()));
+  }
+
+  /** Re-maps one path (gone → removed) and its directory's entry for it. */
+  remap(path: string): void {
+    this.updates++;
+    const old = this.byPath.get(path);
+    const next = mapPath(path, this.mount, this.#dev, this.partStart, this.fiemap);
+    if (old && next && old.kind === 'dir' && next.kind === 'dir' && old.ino === next.ino) {
+      // A directory's children are re-mapped by their own events; keep the object metadata.ts holds.
+      old.entries = next.entries;
+      old.ctimeNs = next.ctimeNs;
+      old.size = next.size;
+      this.index.replace(old, undefined);
+      old.extents = next.extents;
+      this.index.replace(undefined, old);
+    } else {
+      this.index.replace(old, next);
+      if (next) this.byPath.set(path, next);
+      else this.byPath.delete(path);
+      if (old?.kind === 'dir' && !next) {
+        // A removed or renamed-away directory: everything under it goes (adds come as their own events).
+        const prefix = path + '/';
+        for (const [p, f] of this.byPath) {
+          if (p.startsWith(prefix)) {
+            this.index.replace(f, undefined);
+            this.byPath.delete(p);
+          }
+        }
+      }
+    }
+    const parent = path === this.mount.mountPoint ? undefined : this.byPath.get(dirname(path));
+    if (parent?.kind === 'dir') {
+      if (next) parent.entries?.set(basename(path), next.ino);
+      else parent.entries?.delete(basename(path));
+      const p = mapPath(parent.path, this.mount, this.#dev, this.partStart, this.fiemap, false);
+      if (p) {
+        this.index.replace(parent, undefined);
+        // ctime and size stay as they were: only this entry was patched, so fresh() re-reads the whole directory.
+        parent.extents = p.extents;
+        this.index.replace(undefined, parent);
+      }
+    }
+  }
+
+  /**
+   * Re-validates every indexed path (inode, ctime, size) and every directory's
+   * entries; re-maps what changed. Returns how many paths were re-mapped.
+   */
+  async fresh(): Promise<number> {
+    let changed = 0;
+    let n = 0;
+    const dirs: IndexedFile[] = [];
+    for (const f of [...this.byPath.values()]) {
+      const st = lstatSync(f.path, { bigint: true, throwIfNoEntry: false });
+      if (!st || Number(st.ino) !== f.ino || st.ctimeNs !== f.ctimeNs || Number(st.size) !== f.size) {
+        this.remap(f.path);
+        changed++;
+      }
+      if (f.kind === 'dir' && this.byPath.get(f.path) === f) dirs.push(f);
+      if (++n % WALK_BATCH === 0) await yieldNow();
+    }
+    // Names added since indexing (a changed directory has a new ctime and was re-read above).
+    for (const d of dirs) {
+      for (const [name] of d.entries ?? []) {
+        const p = d.path === '/' ? `/${name}` : `${d.path}/${name}`;
+        if (this.byPath.has(p)) continue;
+        const st = lstatSync(p, { throwIfNoEntry: false });
+        if (!st || st.dev !== this.#dev || !(st.isFile() || st.isDirectory())) continue;
+        if (st.isDirectory()) {
+          await walkMount({ ...this.mount, mountPoint: p }, this.partStart, this.fiemap, (f) => {
+            this.index.replace(this.byPath.get(f.path), f);
+            this.byPath.set(f.path, f);
+          });
+        } else {
+          this.remap(p);
+        }
+        changed++;
+      }
+    }
+    return changed;
+  }
+
+  async close(): Promise<void> {
+    await this.#watcher?.close();
+    this.#watcher = undefined;
+  }
+}
+
+/** The agent's live indexes, one per mounted block-backed filesystem, built on first use. */
+export class PedigreeService {
+  readonly #fs = new Map<string, { key: string; fs: Promise<FsIndex> }>();
+
+  constructor(
+    private readonly fiemap: Fiemap,
+    private readonly opts: { watch?: boolean } = {},
+  ) {}
+
+  /** The live index of `mount` (partition starting at `partStart` of its disk). */
+  async get(mount: Mount, partStart: number): Promise<FsIndex> {
+    const key = `${mount.mountPoint}\0${mount.root}\0${partStart}`;
+    const have = this.#fs.get(mount.devNum);
+    if (have && have.key === key) {
+      const fs = await have.fs;
+      await fs.fresh();
+      return fs;
+    }
+    if (have) await (await have.fs.catch(() => undefined))?.close();
+    const fs = FsIndex.build(mount, partStart, this.fiemap, this.opts);
+    this.#fs.set(mount.devNum, { key, fs });
+    fs.catch(() => this.#fs.delete(mount.devNum));
+    return fs;
+  }
+
+  /** Drops a filesystem's index (its metadata was substituted): the next use rebuilds it. */
+  async forget(devNum: string): Promise<void> {
+    const have = this.#fs.get(devNum);
+    this.#fs.delete(devNum);
+    await (await have?.fs.catch(() => undefined))?.close();
+  }
+
+  /** Maps changed disk ranges to files through the live indexes of `disk`'s filesystems. */
+  async lookup(disk: DiskLayout, mounts: Mount[], changed: ByteRange[]): Promise<{ files: FileHit[]; unmapped: ByteRange[] }> {
+    const parts = mountsOfDisk(disk, mounts);
+    const files: FileHit[] = [];
+    let rest = changed.map((r) => ({ ...r }));
+    for (const p of parts) {
+      const fs = await this.get(p.mount, p.startBytes);
+      const inside: ByteRange[] = [];
+      const outside: ByteRange[] = [];
+      const pEnd = p.startBytes + p.sizeBytes;
+      for (const r of rest) {
+        const s = Math.max(r.offset, p.startBytes);
+        const e = Math.min(r.offset + r.length, pEnd);
+        if (s >= e) {
+          outside.push(r);
+          continue;
+        }
+        inside.push({ offset: s, length: e - s });
+        if (r.offset < s) outside.push({ offset: r.offset, length: s - r.offset });
+        if (e < r.offset + r.length) outside.push({ offset: e, length: r.offset + r.length - e });
+      }
+      const res = fs.index.lookup(inside);
+      files.push(...res.files);
+      rest = [...outside, ...res.unmapped];
+    }
+    files.sort((a, b) => a.file.path.localeCompare(b.file.path));
+    return { files, unmapped: mergeRanges(rest) };
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.#fs.values()];
+    this.#fs.clear();
+    for (const { fs } of all) await (await fs.catch(() => undefined))?.close();
+  }
+}

@@ -8,6 +8,7 @@ import type { Logger } from './log.js';
 import { PROTOCOL_VERSION, type CommandName, type GreetingBody } from './protocol/schema.js';
 import { Session } from './session.js';
 import { substitute, type SubstituteDeps } from './commands/substitute.js';
+import { customize } from './commands/customize.js';
 import type { Transport } from './transport/transport.js';
 import { UnixTransport } from './transport/unix.js';
 import { SerialTransport, type AdoptStream } from './transport/serial.js';
@@ -131,7 +132,11 @@ export class Agent {
     journal.begin(args.id, peer);
     if (process.env['VMSUBST_FAULT'] === 'crash-after-begin') process.kill(process.pid, 'SIGKILL'); // fault injection for the recovery test
     try {
-      const report = await this.#substitute(args);
+      const substituted = await this.#substitute(args);
+      // Customization comes after the blocks, so a file it writes is not overwritten by them.
+      const report = args.customization
+        ? { ...substituted, customization: await customize(args.customization, { ...this.config.customization, root: '/', procSys: '/proc/sys' }) }
+        : substituted;
       const final = entry?.state === 'interrupted' ? { ...report, recovered: true } : report;
       journal.done(args.id, final);
       return final;

@@ -34,6 +34,14 @@ export const Config = Type.Object(
     logLevel: Type.Union([Type.Literal('debug'), Type.Literal('info'), Type.Literal('warn'), Type.Literal('error')]),
     /** A stream connection silent this long is closed (0: never). virtio-serial is exempt. */
     idleTimeoutSec: Type.Integer({ minimum: 0, maximum: 86400 }),
+    /** Which customization a substitution may carry, and where files may be written. */
+    customization: Type.Object(
+      {
+        allow: Type.Array(Type.Union([Type.Literal('hostname'), Type.Literal('file'), Type.Literal('sysctl')]), { uniqueItems: true }),
+        fileRoots: Type.Array(Type.String({ pattern: '^/' })),
+      },
+      { additionalProperties: false },
+    ),
   },
   { additionalProperties: false },
 );
@@ -52,6 +60,7 @@ export const DEFAULTS: Config = {
   trustedKeys: [],
   logLevel: 'info',
   idleTimeoutSec: 300,
+  customization: { allow: ['hostname', 'file', 'sysctl'], fileRoots: ['/etc'] },
 };
 
 const validateConfig = new Validator(Config);

@@ -21,6 +21,8 @@ import { TOOL_VERSION } from './version.js';
 import { createPrivateKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { keyId } from '../../agent/src/protocol/signature.js';
+import { Customization } from '../../agent/src/protocol/schema.js';
+import { Validator } from '../../agent/src/protocol/codec.js';
 
 const HELP = `Usage: vmsubst <command> [options]
 
@@ -77,7 +79,7 @@ Writes an Ed25519 key pair: PREFIX.key (private, PKCS#8 PEM, mode 0600) for
 'vmsubst notify --sign', and PREFIX.pub (public, SPKI PEM) to install in the
 guests ('vmsubst-agent --trusted-key'). Refuses to overwrite existing files.
 `,
-  notify: `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--dry-run] [--json]
+  notify: `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--dry-run] [--json]
 
 Asks vmsubst-agent in the guest to verify that the bundle's new blocks are
 visible, invalidate the caches that hold the old ones, and report.
@@ -90,6 +92,9 @@ visible, invalidate the caches that hold the old ones, and report.
                       (neither: the agent looks for the disk holding the blocks)
   --dry-run           verify and map blocks to files, invalidate nothing
   --sign KEY          sign with this Ed25519 private key (from vmsubst keygen)
+  --customize FILE    JSON customization to apply after the blocks:
+                      {"hostname": "...", "files": [{"path", "content", "mode"?,
+                      "uid"?, "gid"?}], "sysctl": {"vm.swappiness": 10}}
   --timeout SEC       how long to wait for the agent's report (default 120)
   --json              print the agent's report (SubstituteReport) as JSON
 `,
@@ -267,10 +272,12 @@ async function cmdNotify(args: string[]): Promise<void> {
     'disk-path': { type: 'string' },
     'dry-run': { type: 'boolean' },
     sign: { type: 'string' },
+    customize: { type: 'string' },
     timeout: { type: 'string' },
   });
   if (helpRequested('notify', values)) return;
   const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
+  const customization = values.customize === undefined ? undefined : await loadCustomization(values.customize);
   const [bundlePath] = positionals('notify', pos, ['BUNDLE']) as [string];
   if (values.to === undefined) throw new UsageError('notify: --to ADDR is required', "see 'vmsubst notify --help'");
   const target = parseAgentTarget(values.to);
@@ -294,6 +301,7 @@ async function cmdNotify(args: string[]): Promise<void> {
       dryRun: values['dry-run'] === true,
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       ...(signWith ? { signWith } : {}),
+      ...(customization ? { customization } : {}),
     });
   } finally {
     await bundle.close();
@@ -357,6 +365,20 @@ async function loadPrivateKey(path: string): Promise<KeyObject> {
   }
   if (key.asymmetricKeyType !== 'ed25519') throw new UsageError(`--sign ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
   return key;
+}
+
+const validateCustomization = new Validator(Customization);
+
+async function loadCustomization(path: string): Promise<Customization> {
+  let value: unknown;
+  try {
+    value = JSON.parse(await readFile(path, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`--customize ${path}: ${(e as Error).message}`);
+  }
+  const problems = validateCustomization.problems(value);
+  if (problems.length > 0) throw new UsageError(`--customize ${path}: ${problems.join('; ')}`, "see 'vmsubst notify --help'");
+  return value as Customization;
 }
 
 async function cmdKeygen(args: string[]): Promise<void> {

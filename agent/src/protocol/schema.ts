@@ -61,6 +61,44 @@ export type ByteRange = Static<typeof ByteRange>;
 export const HashedRange = Type.Object({ offset: Offset, length: Length, sha256: Sha256 }, strict);
 export type HashedRange = Static<typeof HashedRange>;
 
+/** Customization a substitution may carry, applied after the blocks. Only kinds the agent allows. */
+export const Customization = Type.Object(
+  {
+    hostname: Type.Optional(Type.String({ pattern: '^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$' })),
+    files: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            path: Type.String({ pattern: '^/[^\\0]*$', maxLength: 4096 }),
+            content: Type.String({ maxLength: 256 * 1024, description: "the file's content, UTF-8" }),
+            mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+            uid: Type.Optional(Type.Integer({ minimum: 0, maximum: 0xfffffffe })),
+            gid: Type.Optional(Type.Integer({ minimum: 0, maximum: 0xfffffffe })),
+          },
+          strict,
+        ),
+        { maxItems: 64 },
+      ),
+    ),
+    sysctl: Type.Optional(
+      Type.Record(Type.String({ pattern: '^[a-z0-9_]+(\\.[a-z0-9_-]+)+$', maxLength: 128 }), Type.Union([Type.String({ maxLength: 256, pattern: '^[^\\n]*$' }), Type.Integer()]), { maxProperties: 64 }),
+    ),
+  },
+  strict,
+);
+export type Customization = Static<typeof Customization>;
+
+export const CustomizationOutcome = Type.Object(
+  {
+    kind: Type.Union([Type.Literal('hostname'), Type.Literal('file'), Type.Literal('sysctl')]),
+    target: Type.String(),
+    status: Type.Union([Type.Literal('applied'), Type.Literal('unchanged'), Type.Literal('refused'), Type.Literal('failed')]),
+    detail: Type.Optional(Type.String()),
+  },
+  strict,
+);
+export type CustomizationOutcome = Static<typeof CustomizationOutcome>;
+
 /** `substitute`: the host has written new blocks; verify them and invalidate. Since 1. */
 export const SubstituteArgs = Type.Object(
   {
@@ -69,6 +107,7 @@ export const SubstituteArgs = Type.Object(
     ranges: Type.Array(HashedRange, { minItems: 1, maxItems: MAX_RANGES, description: 'disk-relative byte ranges and the sha256 of their new content' }),
     'dry-run': Type.Optional(Type.Boolean({ description: 'verify and map, but invalidate nothing' })),
     force: Type.Optional(Type.Boolean({ description: 'accept metadata changes under a read-write mount' })),
+    customization: Type.Optional(Customization),
     signature: Type.Optional(
       Type.Object(
         {
@@ -171,6 +210,8 @@ export const SubstituteReport = Type.Object(
     unmapped: Type.Array(ByteRange),
     /** Present when the substitution changed filesystem metadata. */
     metadata: Type.Optional(MetadataReport),
+    /** One outcome per customization item, when the notification carried any. */
+    customization: Type.Optional(Type.Array(CustomizationOutcome)),
     'timings-ms': Type.Object(
       { verify: Type.Number(), map: Type.Number(), invalidate: Type.Number(), total: Type.Number() },
       strict,

@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import type { DiskRef, GreetingBody, SubstituteReport } from '../../../agent/src/protocol/schema.js';
 import { substituteArgs } from '../bundle/index.js';
 import type { KeyObject } from 'node:crypto';
+import type { Customization } from '../../../agent/src/protocol/schema.js';
 import { signArgs } from '../../../agent/src/protocol/signature.js';
 import type { Manifest } from '../bundle/schema.js';
 import { AgentError, ProtocolError } from '../errors.js';
@@ -20,6 +21,8 @@ export { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget,
 
 export interface NotifyOptions {
   dryRun?: boolean;
+  /** Customization for the guest to apply after the blocks (hostname, files, sysctl). */
+  customization?: Customization;
   /** Sign the notification with this Ed25519 private key (agents with trusted keys require it). */
   signWith?: KeyObject;
   /** Connect timeout; default 10 s. */
@@ -47,7 +50,10 @@ export async function notify(
 ): Promise<NotifyResult> {
   const started = performance.now();
   const manifest = 'manifest' in source ? source.manifest : source;
-  const unsigned = substituteArgs(manifest, disk, options.dryRun ? { dryRun: true } : {});
+  const unsigned = substituteArgs(manifest, disk, {
+    ...(options.dryRun ? { dryRun: true } : {}),
+    ...(options.customization ? { customization: options.customization } : {}),
+  });
   const args = options.signWith ? signArgs(unsigned, options.signWith) : unsigned;
   const where = typeof target === 'string' ? parseAgentTarget(target) : target;
   const connect = options.connect ?? ((t: AgentTarget) => openAgentStream(t, options.connectTimeoutMs !== undefined ? { timeoutMs: options.connectTimeoutMs } : {}));

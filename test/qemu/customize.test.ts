@@ -1,0 +1,77 @@
+/**
+ * Customization in a real guest: a substitution that carries a hostname, a
+ * file and a sysctl value applies them after the blocks, persists them where
+ * the OS keeps them, reports each item, and refuses a file outside /etc.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GuestVm } from '../helpers/vm.js';
+import { guestArtifacts } from '../helpers/paths.js';
+import { vmsubstJson } from '../helpers/cli.js';
+import { guard } from '../helpers/guard.js';
+import { withTimeout } from '../helpers/timeout.js';
+import type { SubstituteReport } from '../../agent/src/protocol/schema.js';
+
+const art = guestArtifacts();
+const Cz = suite('customization carried by a substitution, in the guest');
+const G = guard(Cz);
+const C = { tmp: '', bundle: '', spec: '', vm: undefined as GuestVm | undefined, report: undefined as SubstituteReport | undefined };
+
+if (typeof art === 'string') {
+  console.log(`  skipped: ${art}`);
+  Cz.skip('guest artefacts are missing', () => undefined);
+} else {
+  Cz.before(G.setup(async () => {
+    C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-cz-'));
+    const disk = join(C.tmp, 'disk.img');
+    copyFileSync(join(art.disks, 'base.img'), disk);
+    C.bundle = join(C.tmp, 'vprog.bundle');
+    await vmsubstJson(['diff', join(art.disks, 'base.img'), join(art.disks, 'patched.img'), '-o', C.bundle]);
+    C.spec = join(C.tmp, 'customize.json');
+    writeFileSync(C.spec, JSON.stringify({
+      hostname: 'clone-0042',
+      files: [
+        { path: '/etc/app/role.conf', content: 'role=web\n', mode: 0o640 },
+        { path: '/root/.profile', content: 'nope\n' },
+      ],
+      sysctl: { 'vm.swappiness': 13 },
+    }));
+    C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk }));
+    await vmsubstJson(['apply', C.bundle, '--qmp', C.vm.qmpSocket, '--device', 'vblk0']);
+  }));
+  Cz.after(() => {
+    C.vm?.kill();
+    rmSync(C.tmp, { recursive: true, force: true });
+  });
+
+  G.test('the report has one outcome per item', () =>
+    withTimeout(120_000, 'notify', async () => {
+      C.report = await vmsubstJson<SubstituteReport>(['notify', C.bundle, '--to', `serial:${C.vm!.agentSocket}`, '--customize', C.spec]);
+      assert.equal(C.report.customization?.map((o) => [o.kind, o.target, o.status]), [
+        ['hostname', 'clone-0042', 'applied'],
+        ['file', '/etc/app/role.conf', 'applied'],
+        ['file', '/root/.profile', 'refused'],
+        ['sysctl', 'vm.swappiness', 'applied'],
+      ]);
+      assert.ok(C.report.files.some((f) => f.path === '/mnt/data/bin/vprog'), 'the blocks were substituted too');
+    }),
+  );
+
+  G.test('the settings are live and persisted', () =>
+    withTimeout(60_000, 'persisted', async () => {
+      const vm = C.vm!;
+      assert.is((await vm.sh('hostname')).trim(), 'clone-0042');
+      assert.is((await vm.sh('cat /etc/hostname')).trim(), 'clone-0042');
+      assert.is((await vm.sh('cat /etc/app/role.conf')).trim(), 'role=web');
+      assert.is((await vm.sh('stat -c %a /etc/app/role.conf')).trim(), '640');
+      assert.is((await vm.sh('cat /proc/sys/vm/swappiness')).trim(), '13');
+      assert.match(await vm.sh('cat /etc/sysctl.d/90-vmsubst.conf'), /vm\.swappiness = 13/);
+      assert.is.not((await vm.run('test -e /root/.profile')).code, 0, 'the refused file was not written');
+    }),
+  );
+}
+
+Cz.run();

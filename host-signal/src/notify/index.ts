@@ -73,8 +73,8 @@ export async function notify(
       if (why && !(e instanceof AgentError)) throw new AgentError(why.class, why.desc);
       throw e;
     }
-    if (report.id !== manifest.id) {
-      throw new ProtocolError(`the agent reported on substitution ${report.id}, not ${manifest.id}`);
+    if (report.id !== args.id) {
+      throw new ProtocolError(`the agent reported on substitution ${report.id}, not ${args.id}`);
     }
     return { target: formatAgentTarget(where), agent, report, elapsedMs: Math.round(performance.now() - started) };
   } finally {

@@ -5,17 +5,16 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from '../../helpers/paths.js';
+import { startAgent, type AgentProcess } from '../../helpers/agent-process.js';
 import { waitFor, withTimeout } from '../../helpers/timeout.js';
 import { LineDecoder } from '../../../agent/src/protocol/codec.js';
 
 const M = suite('malformed input: 10k+ bad messages to the real agent');
-const C = { dir: '', sock: '', proc: undefined as ChildProcess | undefined };
+const C = { dir: '', agent: undefined as AgentProcess | undefined };
 
 function rssKiB(pid: number): number {
   return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
@@ -44,19 +43,17 @@ function* badMessages(n: number): Generator<{ line: string; expect: string[] }> 
 
 M.before(async () => {
   C.dir = mkdtempSync(join(tmpdir(), 'vmsubst-malformed-'));
-  C.sock = join(C.dir, 'agent.sock');
-  C.proc = spawn(process.execPath, [join(ROOT, 'build/agent/src/main.js'), '--no-vsock', '--no-serial', '--unix', C.sock, '--state-dir', join(C.dir, 'state'), '--log-level', 'error'], { stdio: 'ignore' });
-  await waitFor(10_000, 'agent listening', () => (existsSync(C.sock) ? true : undefined));
+  C.agent = await startAgent(C.dir, ['--log-level', 'error']);
 });
 M.after(() => {
-  C.proc?.kill('SIGKILL');
+  C.agent?.kill();
   rmSync(C.dir, { recursive: true, force: true });
 });
 
 M('answers every one of 12,000 malformed messages with an error class, RSS bounded', () =>
   withTimeout(240_000, 'malformed', async () => {
     const N = 12_000;
-    const sock: Socket = connect(C.sock);
+    const sock: Socket = connect(C.agent!.sock);
     await new Promise((r, j) => sock.once('connect', r).once('error', j));
     const replies: Record<string, unknown>[] = [];
     const dec = new LineDecoder(2 << 20);
@@ -65,7 +62,7 @@ M('answers every one of 12,000 malformed messages with an error class, RSS bound
     });
     await waitFor(5000, 'greeting', () => (replies.length > 0 ? true : undefined));
     replies.length = 0;
-    const rssStart = rssKiB(C.proc!.pid!);
+    const rssStart = rssKiB(C.agent!.proc.pid!);
     let rssMax = rssStart;
     const expected: string[][] = [];
     let sent = 0;
@@ -74,7 +71,7 @@ M('answers every one of 12,000 malformed messages with an error class, RSS bound
       if (!sock.write(m.line + '\n')) await new Promise((r) => sock.once('drain', r));
       if (++sent % 1000 === 0) {
         await waitFor(60_000, `replies to ${sent}`, () => (replies.length >= sent ? true : undefined), 20);
-        rssMax = Math.max(rssMax, rssKiB(C.proc!.pid!));
+        rssMax = Math.max(rssMax, rssKiB(C.agent!.proc.pid!));
       }
     }
     await waitFor(60_000, 'all replies', () => (replies.length >= N ? true : undefined), 20);
@@ -88,7 +85,7 @@ M('answers every one of 12,000 malformed messages with an error class, RSS bound
     const growthMiB = (rssMax - rssStart) / 1024;
     console.log(`  malformed: ${N} messages, RSS ${(rssStart / 1024).toFixed(0)} MiB → max ${(rssMax / 1024).toFixed(0)} MiB`);
     assert.ok(growthMiB < 64, `RSS grew by ${growthMiB.toFixed(1)} MiB`);
-    assert.is(C.proc!.exitCode, null, 'the agent is still running');
+    assert.is(C.agent!.proc.exitCode, null, 'the agent is still running');
     sock.destroy();
   }),
 );

@@ -7,20 +7,19 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createPrivateKey } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from '../../helpers/paths.js';
+import { startAgent, type AgentProcess } from '../../helpers/agent-process.js';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
-import { waitFor, withTimeout } from '../../helpers/timeout.js';
+import { withTimeout } from '../../helpers/timeout.js';
 import { AgentClient } from '../../../host-signal/src/notify/client.js';
 import { signArgs } from '../../../agent/src/protocol/signature.js';
 
 const S = suite('signed notifications: trusted keys');
-const C = { dir: '', sock: '', bundle: '', proc: undefined as ChildProcess | undefined, log: '' };
+const C = { dir: '', sock: '', bundle: '', agent: undefined as AgentProcess | undefined };
 
 S.before(async () => {
   C.dir = mkdtempSync(join(tmpdir(), 'vmsubst-signed-'));
@@ -33,14 +32,11 @@ S.before(async () => {
   await vmsubstJson(['diff', join(C.dir, 'a.img'), join(C.dir, 'b.img'), '-o', C.bundle]);
   await vmsubstJson(['keygen', '--out', join(C.dir, 'trusted')]);
   await vmsubstJson(['keygen', '--out', join(C.dir, 'other')]);
-  C.sock = join(C.dir, 'agent.sock');
-  C.proc = spawn(process.execPath, [join(ROOT, 'build/agent/src/main.js'), '--no-vsock', '--no-serial', '--unix', C.sock,
-    '--state-dir', join(C.dir, 'state'), '--trusted-key', join(C.dir, 'trusted.pub')], { stdio: ['ignore', 'ignore', 'pipe'] });
-  C.proc.stderr!.on('data', (d: Buffer) => (C.log += d.toString()));
-  await waitFor(10_000, 'agent listening', () => (existsSync(C.sock) ? true : undefined));
+  C.agent = await startAgent(C.dir, ['--trusted-key', join(C.dir, 'trusted.pub')]);
+  C.sock = C.agent.sock;
 });
 S.after(() => {
-  C.proc?.kill('SIGKILL');
+  C.agent?.kill();
   rmSync(C.dir, { recursive: true, force: true });
 });
 
@@ -54,7 +50,7 @@ S('an unsigned notification is refused and the refusal logged', () =>
     const r = await vmsubst(['notify', C.bundle, '--to', `unix:${C.sock}`, '--json']);
     assert.is(r.code, 1);
     assert.match(r.stderr + r.stdout, /Unauthorized.*not signed/);
-    assert.match(C.log, /refused an unauthorized substitution/);
+    assert.match(C.agent!.log(), /refused an unauthorized substitution/);
   }),
 );
 

@@ -9,7 +9,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from '../../helpers/paths.js';
+import { startAgent } from '../../helpers/agent-process.js';
 import { waitFor, withTimeout } from '../../helpers/timeout.js';
 
 const Sd = suite('agent: systemd notify protocol');
@@ -44,13 +44,10 @@ if (noPython) {
 
   Sd('READY, WATCHDOG and STOPPING reach the notify socket', () =>
     withTimeout(30_000, 'sd_notify', async () => {
-      const sock = join(C.dir, 'agent.sock');
-      C.agent = spawn(process.execPath, [join(ROOT, 'build/agent/src/main.js'), '--no-vsock', '--no-serial', '--unix', sock, '--state-dir', join(C.dir, 'state')], {
-        stdio: 'ignore',
-        env: { ...process.env, NOTIFY_SOCKET: C.notify, WATCHDOG_USEC: '400000' },
-      });
+      const agent = await startAgent(C.dir, [], { ...process.env, NOTIFY_SOCKET: C.notify, WATCHDOG_USEC: '400000' });
+      C.agent = agent.proc;
       await waitFor(10_000, 'READY=1', () => (C.got.includes('READY=1') ? true : undefined));
-      assert.ok(existsSync(sock), 'READY only after the channel listens');
+      assert.ok(existsSync(agent.sock), 'READY only after the channel listens');
       assert.match(C.got, new RegExp(`MAINPID=${C.agent.pid}`));
       await waitFor(5_000, 'two watchdog pings', () => ((C.got.match(/WATCHDOG=1/g) ?? []).length >= 2 ? true : undefined));
       const exited = new Promise<number | null>((r) => C.agent!.once('exit', (code) => r(code)));

@@ -5,18 +5,17 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync, statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from '../../helpers/paths.js';
+import { startAgent, type AgentProcess } from '../../helpers/agent-process.js';
 import { waitFor, withTimeout } from '../../helpers/timeout.js';
 import { LineDecoder } from '../../../agent/src/protocol/codec.js';
 import { AgentClient } from '../../../host-signal/src/notify/client.js';
 
 const Agent = suite('vmsubst-agent over a unix socket');
-const C = { dir: '', sock: '', proc: undefined as ChildProcess | undefined, log: '' };
+const C = { dir: '', sock: '', agent: undefined as AgentProcess | undefined };
 
 /** A raw line-level connection, for sending what a well-behaved client never would. */
 class Raw {
@@ -39,13 +38,11 @@ class Raw {
 
 Agent.before(async () => {
   C.dir = mkdtempSync(join(tmpdir(), 'vmsubst-agent-'));
-  C.sock = join(C.dir, 'agent.sock');
-  C.proc = spawn(process.execPath, [join(ROOT, 'build/agent/src/main.js'), '--no-vsock', '--no-serial', '--unix', C.sock, '--state-dir', join(C.dir, 'state')], { stdio: ['ignore', 'pipe', 'pipe'] });
-  C.proc.stderr!.on('data', (b: Buffer) => (C.log += b.toString()));
-  await waitFor(10_000, 'agent listening', () => (existsSync(C.sock) ? true : undefined));
+  C.agent = await startAgent(C.dir);
+  C.sock = C.agent.sock;
 });
 Agent.after(() => {
-  C.proc?.kill('SIGKILL');
+  C.agent?.kill();
   rmSync(C.dir, { recursive: true, force: true });
 });
 
@@ -137,7 +134,7 @@ Agent('a substitute naming a disk that does not exist fails with DeviceNotFound'
 
 Agent('stops cleanly on SIGTERM and removes its socket', () =>
   withTimeout(10_000, 'stop', async () => {
-    const proc = C.proc!;
+    const proc = C.agent!.proc;
     const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
     proc.kill('SIGTERM');
     assert.is(await exited, 0);

@@ -5,10 +5,10 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { GuestVm } from '../helpers/vm.js';
+import { guestScenario, type Scenario } from '../helpers/scenario.js';
 import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
@@ -18,18 +18,18 @@ import type { SubstituteReport } from '../../agent/src/protocol/schema.js';
 const art = guestArtifacts();
 const Cz = suite('customization carried by a substitution, in the guest');
 const G = guard(Cz);
-const C = { tmp: '', bundle: '', spec: '', vm: undefined as GuestVm | undefined, report: undefined as SubstituteReport | undefined };
+const C = { scenario: undefined as Scenario | undefined, tmp: '', bundle: '', spec: '', vm: undefined as GuestVm | undefined, report: undefined as SubstituteReport | undefined };
 
 if (typeof art === 'string') {
   console.log(`  skipped: ${art}`);
   Cz.skip('guest artefacts are missing', () => undefined);
 } else {
   Cz.before(G.setup(async () => {
-    C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-cz-'));
-    const disk = join(C.tmp, 'disk.img');
-    copyFileSync(join(art.disks, 'base.img'), disk);
-    C.bundle = join(C.tmp, 'vprog.bundle');
-    await vmsubstJson(['diff', join(art.disks, 'base.img'), join(art.disks, 'patched.img'), '-o', C.bundle]);
+    const s = await guestScenario(art, 'customize');
+    C.scenario = s;
+    C.tmp = s.tmp;
+    C.bundle = s.bundle;
+    C.vm = s.vm;
     C.spec = join(C.tmp, 'customize.json');
     writeFileSync(C.spec, JSON.stringify({
       hostname: 'clone-0042',
@@ -39,12 +39,10 @@ if (typeof art === 'string') {
       ],
       sysctl: { 'vm.swappiness': 13 },
     }));
-    C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk }));
     await vmsubstJson(['apply', C.bundle, '--qmp', C.vm.qmpSocket, '--device', 'vblk0']);
   }));
   Cz.after(() => {
-    C.vm?.kill();
-    rmSync(C.tmp, { recursive: true, force: true });
+    C.scenario?.close();
   });
 
   G.test('the report has one outcome per item', () =>

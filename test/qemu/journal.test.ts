@@ -6,10 +6,8 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { GuestVm } from '../helpers/vm.js';
+import { guestScenario, type Scenario } from '../helpers/scenario.js';
 import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
@@ -19,7 +17,7 @@ import type { SubstituteReport } from '../../agent/src/protocol/schema.js';
 const art = guestArtifacts();
 const Jr = suite('journal: crash recovery and idempotent answers in the guest');
 const G = guard(Jr);
-const C = { tmp: '', bundle: '', vm: undefined as GuestVm | undefined };
+const C = { scenario: undefined as Scenario | undefined, bundle: '', vm: undefined as GuestVm | undefined };
 const AGENT = 'node /opt/vmsubst/build/agent/src/main.js --no-vsock';
 
 async function startAgent(vm: GuestVm, env: string, log: string): Promise<void> {
@@ -32,17 +30,14 @@ if (typeof art === 'string') {
   Jr.skip('guest artefacts are missing', () => undefined);
 } else {
   Jr.before(G.setup(async () => {
-    C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-journal-'));
-    const disk = join(C.tmp, 'disk.img');
-    copyFileSync(join(art.disks, 'base.img'), disk);
-    C.bundle = join(C.tmp, 'vprog.bundle');
-    await vmsubstJson(['diff', join(art.disks, 'base.img'), join(art.disks, 'patched.img'), '-o', C.bundle]);
-    C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk, noAgent: true }));
+    const s = await guestScenario(art, 'journal', { boot: { noAgent: true } });
+    C.scenario = s;
+    C.bundle = s.bundle;
+    C.vm = s.vm;
     await vmsubstJson(['apply', C.bundle, '--qmp', C.vm.qmpSocket, '--device', 'vblk0']);
   }));
   Jr.after(() => {
-    C.vm?.kill();
-    rmSync(C.tmp, { recursive: true, force: true });
+    C.scenario?.close();
   });
 
   G.test('an agent killed mid-substitution leaves it journaled as interrupted', () =>

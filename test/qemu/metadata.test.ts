@@ -9,10 +9,8 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { GuestVm } from '../helpers/vm.js';
+import { guestScenario, type Scenario } from '../helpers/scenario.js';
 import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
@@ -22,19 +20,17 @@ import type { SubstituteReport } from '../../agent/src/protocol/schema.js';
 const art = guestArtifacts();
 const Meta = suite('metadata substitution: new inode, added file, pinned buffers');
 const G = guard(Meta);
-const C = { tmp: '', bundle: '', vm: undefined as GuestVm | undefined, pid: 0, oldIno: 0, report: undefined as SubstituteReport | undefined };
+const C = { scenario: undefined as Scenario | undefined, bundle: '', vm: undefined as GuestVm | undefined, pid: 0, oldIno: 0, report: undefined as SubstituteReport | undefined };
 
 if (typeof art === 'string') {
   console.log(`  skipped: ${art}`);
   Meta.skip('guest artefacts are missing', () => undefined);
 } else {
   Meta.before(G.setup(async () => {
-    C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-meta-'));
-    const disk = join(C.tmp, 'disk.img');
-    copyFileSync(join(art.disks, 'base.img'), disk);
-    C.bundle = join(C.tmp, 'renamed.bundle');
-    await vmsubstJson(['diff', join(art.disks, 'base.img'), join(art.disks, 'renamed.img'), '-o', C.bundle]);
-    C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk }));
+    const s = await guestScenario(art, 'meta', { patched: 'renamed.img' });
+    C.scenario = s;
+    C.bundle = s.bundle;
+    C.vm = s.vm;
     const vm = C.vm;
     await vm.sh('/mnt/data/bin/tool 200 > /tmp/tool.out 2>&1 & echo $! > /tmp/tool.pid');
     C.pid = Number((await vm.sh('cat /tmp/tool.pid')).trim());
@@ -44,8 +40,7 @@ if (typeof art === 'string') {
     await vmsubstJson(['apply', C.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
   }));
   Meta.after(() => {
-    C.vm?.kill();
-    rmSync(C.tmp, { recursive: true, force: true });
+    C.scenario?.close();
   });
 
   G.test('control: after apply alone the guest still sees the old tree', () =>

@@ -7,10 +7,8 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { GuestVm } from '../helpers/vm.js';
+import { guestScenario, type Scenario } from '../helpers/scenario.js';
 import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
@@ -20,7 +18,7 @@ import type { PinReport } from '../../agent/src/pin.js';
 const art = guestArtifacts();
 const Pin = suite('pin: a pinned process keeps v1 while others move to v2');
 const G = guard(Pin);
-const C = { tmp: '', bundle: '', vm: undefined as GuestVm | undefined, pinned: 0, other: 0, pin: undefined as PinReport | undefined };
+const C = { scenario: undefined as Scenario | undefined, bundle: '', vm: undefined as GuestVm | undefined, pinned: 0, other: 0, pin: undefined as PinReport | undefined };
 const PROG = '/mnt/data/bin/vprog';
 const pidOf = async (vm: GuestVm, f: string): Promise<number> => Number((await vm.sh(`cat ${f}`)).trim());
 const versions = async (vm: GuestVm, f: string): Promise<string[]> =>
@@ -31,16 +29,13 @@ if (typeof art === 'string') {
   Pin.skip('guest artefacts are missing', () => undefined);
 } else {
   Pin.before(G.setup(async () => {
-    C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-pin-'));
-    const disk = join(C.tmp, 'disk.img');
-    copyFileSync(join(art.disks, 'base.img'), disk);
-    C.bundle = join(C.tmp, 'vprog.bundle');
-    await vmsubstJson(['diff', join(art.disks, 'base.img'), join(art.disks, 'patched.img'), '-o', C.bundle]);
-    C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk }));
+    const s = await guestScenario(art, 'pin');
+    C.scenario = s;
+    C.bundle = s.bundle;
+    C.vm = s.vm;
   }));
   Pin.after(() => {
-    C.vm?.kill();
-    rmSync(C.tmp, { recursive: true, force: true });
+    C.scenario?.close();
   });
 
   G.test('pinning the running process copies its private mappings and reports the cost', () =>

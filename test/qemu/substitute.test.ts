@@ -6,18 +6,16 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { GuestVm } from '../helpers/vm.js';
+import { guestScenario, type Scenario } from '../helpers/scenario.js';
 import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 
 interface Ctx {
+  scenario?: Scenario;
   vm?: GuestVm;
-  tmp: string;
   bundle: string;
   pid: number;
   report?: Report;
@@ -29,7 +27,7 @@ interface Report {
 const art = guestArtifacts();
 const Live = suite('live substitution in a QEMU guest');
 const G = guard(Live);
-const C: Ctx = { tmp: '', bundle: '', pid: 0 };
+const C: Ctx = { bundle: '', pid: 0 };
 const PROG = '/mnt/data/bin/vprog';
 
 /** The last line the running program printed, from its output file in the guest. */
@@ -43,20 +41,16 @@ if (typeof art === 'string') {
 } else {
   Live.before(G.setup(async () => {
     const ctx = C;
-    ctx.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-live-'));
-    const disk = join(ctx.tmp, 'disk.img');
-    copyFileSync(join(art.disks, 'base.img'), disk);
-    ctx.bundle = join(ctx.tmp, 'vprog.bundle');
-    await vmsubstJson(['diff', join(art.disks, 'base.img'), join(art.disks, 'patched.img'), '-o', ctx.bundle]);
-    ctx.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk }));
+    const s = await guestScenario(art, 'live');
+    ctx.scenario = s;
+    ctx.bundle = s.bundle;
+    ctx.vm = s.vm;
     await ctx.vm.sh(`${PROG} 200 > /tmp/vprog.out 2>&1 & echo $! > /tmp/vprog.pid`);
     ctx.pid = Number((await ctx.vm.sh('cat /tmp/vprog.pid')).trim());
     await waitFor(30_000, 'v1 output', async () => ((await lastLine(ctx.vm!)).includes('version v1') ? true : undefined));
   }));
   Live.after(() => {
-    const ctx = C;
-    ctx.vm?.kill();
-    rmSync(ctx.tmp, { recursive: true, force: true });
+    C.scenario?.close();
   });
 
   G.test('apply writes the changed blocks into the running VM through QMP', () =>

@@ -15,6 +15,8 @@ import { waitFor } from './timeout.js';
 export interface VmOptions {
   /** Raw image attached as the data disk (used in place: copy it first if it must stay intact). */
   disk: string;
+  /** A second raw image, attached read-only as virtio-blk serial vmsubst-extra; init mounts it at /mnt/extra (ro). */
+  extraDisk?: string;
   /** Extra agent arguments (passed on the kernel command line). */
   agentArgs?: string[];
   /** Do not start the agent at boot. */
@@ -91,6 +93,13 @@ export class GuestVm {
       '-chardev', `socket,id=agent0,path=${this.agentSocket},server=on,wait=off`,
       '-device', 'virtserialport,chardev=agent0,name=org.vmsubst.0',
     ];
+    if (this.opts.extraDisk) {
+      args.push(
+        '-blockdev', `driver=file,filename=${this.opts.extraDisk},node-name=file1,read-only=on`,
+        '-blockdev', 'driver=raw,file=file1,node-name=disk1,read-only=on',
+        '-device', 'virtio-blk-pci,drive=disk1,id=vblk1,serial=vmsubst-extra',
+      );
+    }
     if (this.opts.vsockCid !== undefined) args.push('-device', `vhost-vsock-pci,guest-cid=${this.opts.vsockCid}`);
     const t0 = Date.now();
     this.#t0 = t0;

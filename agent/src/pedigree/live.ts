@@ -27,6 +27,8 @@ export class FsIndex {
   readonly byPath = new Map<string, IndexedFile>();
   #watcher: FSWatcher | undefined;
   #dev = 0;
+  /** Resolves when chokidar has finished its initial scan and reports every change. */
+  watching: Promise<void> = Promise.resolve();
   /** Updates applied from watcher events (for tests and statistics). */
   updates = 0;
 
@@ -45,7 +47,12 @@ export class FsIndex {
       fs.byPath.set(f.path, f);
     });
     fs.index.replaceAll(PedigreeIndex.piecesOf(files));
-    if (opts.watch ?? true) await fs.#watch();
+    // Watches (inotify) hold references on the inodes they watch, which would keep a
+    // substitution from evicting them. A read-only filesystem cannot change under the guest
+    // (only a substitution changes it, and fresh() re-validates before every lookup), so it is
+    // not watched.
+    // The watcher's own scan runs in the background: nothing waits for it, fresh() covers the gap.
+    if (opts.watch ?? !mount.readOnly) fs.watching = fs.#watch().catch(() => undefined);
     return fs;
   }
 
@@ -141,6 +148,7 @@ export class FsIndex {
   }
 
   async close(): Promise<void> {
+    await this.watching;
     await this.#watcher?.close();
     this.#watcher = undefined;
   }

@@ -130,6 +130,7 @@ async function pedigreeBench(tmp: string): Promise<void> {
   for (let i = 0; i < 1000; i++) writeFileSync(join(wdir, `f${i}`), 'x');
   const { fiemap } = await import('../../agent/src/native/index.js');
   const live = await FsIndex.build({ mountPoint: wdir, devNum: '0:0', root: '/', fsType: 'ext4', readOnly: false }, 0, fiemap);
+  await live.watching;
   const lat: number[] = [];
   for (let i = 0; i < 50; i++) {
     const p = join(wdir, `f${i}`);

@@ -40,6 +40,7 @@ Live.before(async () => {
   C.fiemap = (await import('../../../agent/src/native/index.js')).fiemap;
   const mount: Mount = { mountPoint: C.dir, devNum: '0:0', root: '/', fsType: 'ext4', readOnly: false };
   C.fs = await FsIndex.build(mount, 0, C.fiemap);
+  await C.fs.watching;
 });
 Live.after(async () => {
   await C.fs?.close();

@@ -1,0 +1,15 @@
+/** Every subcommand of `vmsubst`, in the order `vmsubst --help` lists them. */
+import type { Command } from '../common.js';
+import { diffCommand } from './diff.js';
+import { applyCommand } from './apply.js';
+import { notifyCommand } from './notify.js';
+import { inspectCommand } from './inspect.js';
+import { keygenCommand } from './keygen.js';
+
+export const COMMANDS: readonly Command[] = [
+  diffCommand,
+  applyCommand,
+  notifyCommand,
+  inspectCommand,
+  keygenCommand,
+];

@@ -1,0 +1,89 @@
+/** `vmsubst notify`. */
+import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
+import { Bundle } from '../../bundle/index.js';
+import { UsageError } from '../../errors.js';
+import { notify, parseAgentTarget, type NotifyResult } from '../../notify/index.js';
+import { formatBytes, plural } from '../format.js';
+import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+
+const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--dry-run] [--json]
+
+Asks vmsubst-agent in the guest to verify that the bundle's new blocks are
+visible, invalidate the caches that hold the old ones, and report.
+
+  --to ADDR           serial:PATH     QEMU chardev socket of the virtserialport
+                      vsock:CID:PORT  AF_VSOCK (needs the native addon)
+                      unix:PATH       an agent on a unix socket
+  --disk-serial S     the guest disk by its virtio serial
+  --disk-path P       the guest disk by its device path (/dev/vdb)
+                      (neither: the agent looks for the disk holding the blocks)
+  --dry-run           verify and map blocks to files, invalidate nothing
+  --sign KEY          sign with this Ed25519 private key (from vmsubst keygen)
+  --customize FILE    JSON customization to apply after the blocks:
+                      {"hostname": "...", "files": [{"path", "content", "mode"?,
+                      "uid"?, "gid"?}], "sysctl": {"vm.swappiness": 10}}
+  --timeout SEC       how long to wait for the agent's report (default 120)
+  --json              print the agent's report (SubstituteReport) as JSON
+`;
+
+async function run(args: string[]): Promise<void> {
+  const { values, positionals: pos } = parse('notify', args, {
+    to: { type: 'string' },
+    'disk-serial': { type: 'string' },
+    'disk-path': { type: 'string' },
+    'dry-run': { type: 'boolean' },
+    sign: { type: 'string' },
+    customize: { type: 'string' },
+    timeout: { type: 'string' },
+  });
+  if (helpRequested(HELP, values)) return;
+  const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
+  const customization = values.customize === undefined ? undefined : await loadCustomization(values.customize);
+  const [bundlePath] = positionals('notify', pos, ['BUNDLE']) as [string];
+  if (values.to === undefined) throw new UsageError('notify: --to ADDR is required', "see 'vmsubst notify --help'");
+  const target = parseAgentTarget(values.to);
+  if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined) {
+    throw new UsageError('notify: give --disk-serial or --disk-path, not both');
+  }
+  const disk: DiskRef = {};
+  if (values['disk-serial'] !== undefined) disk.serial = values['disk-serial'];
+  if (values['disk-path'] !== undefined) disk.path = values['disk-path'];
+  let timeoutMs: number | undefined;
+  if (values.timeout !== undefined) {
+    const sec = Number(values.timeout);
+    if (!(sec > 0)) throw new UsageError(`notify: --timeout ${values.timeout}: expected a positive number of seconds`);
+    timeoutMs = sec * 1000;
+  }
+  const o = new Output(values.json === true);
+  const bundle = await Bundle.open(bundlePath, { verifyData: false });
+  let result: NotifyResult;
+  try {
+    result = await notify(bundle, target, disk, {
+      dryRun: values['dry-run'] === true,
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      ...(signWith ? { signWith } : {}),
+      ...(customization ? { customization } : {}),
+    });
+  } finally {
+    await bundle.close();
+  }
+  // The JSON document is the agent's report itself (the protocol's SubstituteReport).
+  o.result(result.report, () => notifyHuman(result));
+}
+
+function notifyHuman({ target, agent, report }: NotifyResult): string {
+  const t = report['timings-ms'];
+  const lines = [
+    `agent ${agent.version} (protocol ${agent.protocol}) at ${target}`,
+    `${report['dry-run'] ? 'dry run: ' : ''}verified ${formatBytes(report['verified-bytes'])} on ${report.device}; ${plural(report.files.length, 'file')} affected`,
+  ];
+  for (const f of report.files) {
+    const mappers = f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
+    lines.push(`  ${f.path}: ${f['pages-dropped']} pages dropped, ${f['pages-kept']} kept${mappers}`);
+  }
+  if (report.unmapped.length > 0) lines.push(`${plural(report.unmapped.length, 'range')} outside any file's data (metadata or free space)`);
+  lines.push(`took ${t.total} ms (verify ${t.verify}, map ${t.map}, invalidate ${t.invalidate})`);
+  return lines.join('\n');
+}
+
+export const notifyCommand: Command = { name: 'notify', synopsis: 'notify BUNDLE --to ADDR', summary: 'tell the guest agent to verify and drop stale caches', help: HELP, run };

@@ -109,6 +109,10 @@ export class Agent {
         this.#busy = run;
         return run;
       }
+      case 'prepare':
+      case 'commit':
+      case 'abort':
+        throw new CommandError('CommandNotFound', `'${name}' is not available in this agent`);
     }
   }
 

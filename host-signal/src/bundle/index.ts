@@ -3,7 +3,7 @@
  * new sha256) and the new blocks. See format.ts for the layout.
  */
 import { argsValidator } from '../../../agent/src/protocol/codec.js';
-import { MAX_RANGES, type Customization, type DiskRef, type SubstituteArgs } from '../../../agent/src/protocol/schema.js';
+import { MAX_RANGES, type Customization, type DiskRef, type Policies, type SubstituteArgs } from '../../../agent/src/protocol/schema.js';
 import { canonicalJson } from '../../../agent/src/protocol/canonical.js';
 import { createHash } from 'node:crypto';
 import { BundleError } from '../errors.js';
@@ -18,7 +18,7 @@ export { BUNDLE_FORMAT, Manifest, BundleRange, type ManifestBody } from './schem
 export function substituteArgs(
   manifest: Manifest,
   disk: DiskRef,
-  options: { dryRun?: boolean; customization?: Customization } = {},
+  options: { dryRun?: boolean; customization?: Customization; policies?: Policies } = {},
 ): SubstituteArgs {
   if (manifest.ranges.length === 0) {
     throw new BundleError('the bundle changes no blocks; there is nothing to notify', [], 'nothing to do');
@@ -32,6 +32,7 @@ export function substituteArgs(
     ranges: manifest.ranges.map((r) => ({ offset: r.offset, length: r.length, sha256: r['new-sha256'] })),
   };
   if (options.dryRun) args['dry-run'] = true;
+  if (options.policies) args.policies = options.policies;
   if (options.customization) {
     // The customization is part of what the guest journals under the id.
     args.customization = options.customization;

@@ -168,7 +168,7 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
     options.onProgress?.(position + length, size);
   }
   close();
-  options.onProgress?.(size, size);
+  if (previousEnd < size || size === 0) options.onProgress?.(size, size);
   return { size, blockSize, ranges, changedBytes, readBytes };
 }
 

@@ -80,7 +80,14 @@ export class Qcow2Source implements BlockSource {
         if (Date.now() > deadline) throw new DiffError(`${path}: qemu-nbd did not start within ${START_TIMEOUT_MS} ms`);
         await new Promise((r) => setTimeout(r, 20));
       }
-      const nbd = await NbdClient.connect(sock, { requestTimeoutMs: 120_000 });
+      let nbd: NbdClient;
+      try {
+        nbd = await NbdClient.connect(sock, { requestTimeoutMs: 120_000 });
+      } catch (e) {
+        // qemu-nbd listens before it has opened the image: its own message says why it closed.
+        await new Promise((r) => setTimeout(r, 200));
+        throw new DiffError(`${path}: ${exited ?? `cannot read it through qemu-nbd: ${(e as Error).message}`}`, 'is it a readable qcow2 image? (`qemu-img check` tells)');
+      }
       return new Qcow2Source(path, nbd, child, dir);
     } catch (e) {
       child.kill('SIGTERM');

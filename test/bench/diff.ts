@@ -120,6 +120,7 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
   ctx.log(`diff: making a ${sizeMiB} MiB pair with ${dataMiB} MiB of data`);
   const { base, patched } = makePair(ctx.tmp, sizeMiB, dataMiB);
   const allocated = (p: string): number => (statSync(p).blocks * 512) / MiB;
+  const [allocBase, allocPatched] = [allocated(base), allocated(patched)];
   const bundle = join(ctx.tmp, 'bench.vsb');
   const delta = join(ctx.tmp, 'bench-delta.qcow2');
   const tools: { name: string; command: string; run(): number }[] = [
@@ -169,7 +170,7 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
   rmSync(delta, { force: true });
   return {
     title: 'Diff: vmsubst diff against a qemu-img delta, cmp and cat',
-    about: `A ${sizeMiB} MiB sparse raw pair with ${Math.round(allocated(base))} / ${Math.round(allocated(patched))} MiB allocated (8 MiB data segments; the patched image has scattered 4 KiB changes, one segment the base lacks and lacks one the base has). Median of ${ctx.runs} runs (min – max); the tools run interleaved. Cold: \`echo 3 > /proc/sys/vm/drop_caches\` before each command.`,
+    about: `A ${sizeMiB} MiB sparse raw pair with ${Math.round(allocBase)} / ${Math.round(allocPatched)} MiB allocated (8 MiB data segments; the patched image has scattered 4 KiB changes, one segment the base lacks and lacks one the base has). Median of ${ctx.runs} runs (min – max); the tools run interleaved. Cold: \`echo 3 > /proc/sys/vm/drop_caches\` before each command.`,
     tables: [{ title: `Time to compute the change (${ctx.runs} runs)`, command: 'test/bench/diff.ts', columns: ['tool', 'warm', 'cold', 'command'], rows }],
     reading,
   };

@@ -5,6 +5,7 @@
  * bundle is refused, a format 1 bundle still opens, and bad input fails with
  * a clear message and leaves nothing behind.
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -127,6 +128,19 @@ Cli('--no-hints leaves the hints out but keeps the base identity', async () => {
   const j = await vmsubstJson<InspectJson>(['inspect', out]);
   assert.is(j.manifest.files, undefined);
   assert.is(j.manifest.base.filesystems![0]!.uuid, UUID);
+});
+
+Cli('a qcow2 patched image gives the same ranges; hints are skipped with a note', async () => {
+  const q = tmp.file('patched.qcow2');
+  execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', C.pair.patched, q]);
+  const out = tmp.file('from-qcow2.vsb');
+  const r = await vmsubstJson<Record<string, unknown>>(['diff', C.pair.base, q, '-o', out]);
+  assert.is(r['hints'], 'unavailable');
+  assert.match((r['notes'] as string[]).join('\n'), /need raw images/);
+  const raw = await vmsubstJson<InspectJson>(['inspect', C.bundle]);
+  const fromQ = await vmsubstJson<InspectJson>(['inspect', out]);
+  const strip = (m: Manifest) => m.ranges.map((x) => [x.offset, x.length, x['old-sha256'], x['new-sha256']]);
+  assert.equal(strip(fromQ.manifest), strip(raw.manifest));
 });
 
 Cli('bad input: clear errors, nothing written', async () => {

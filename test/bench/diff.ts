@@ -106,11 +106,13 @@ function dropCaches(): boolean {
   }
 }
 
-function timeCmd(cmd: string, args: string[], okCodes = [0]): number {
+/** Wall time of one command; `onStdout` gets its output. */
+function timeCmd(cmd: string, args: string[], onStdout?: (text: string) => void): number {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 20 });
+  const r = spawnSync(cmd, args, { stdio: ['ignore', onStdout ? 'pipe' : 'ignore', 'pipe'], maxBuffer: 16 << 20 });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (!okCodes.includes(r.status ?? -1)) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr?.toString() ?? ''}`);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr?.toString() ?? ''}`);
+  onStdout?.(r.stdout.toString());
   return ms;
 }
 
@@ -123,8 +125,16 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
   const [allocBase, allocPatched] = [allocated(base), allocated(patched)];
   const bundle = join(ctx.tmp, 'bench.vsb');
   const delta = join(ctx.tmp, 'bench-delta.qcow2');
+  let lastCompareMs = NaN;
+  const compare: { cold: number[]; warm: number[] } = { cold: [], warm: [] };
   const tools: { name: string; command: string; run(): number }[] = [
-    { name: 'vmsubst diff', command: `vmsubst diff BASE PATCHED -o BUNDLE --no-hints --json`, run: () => timeCmd(process.execPath, [CLI, 'diff', base, patched, '-o', bundle, '--no-hints', '--json']) },
+    {
+      name: 'vmsubst diff',
+      command: `vmsubst diff BASE PATCHED -o BUNDLE --no-hints --json`,
+      run: () => timeCmd(process.execPath, [CLI, 'diff', base, patched, '-o', bundle, '--no-hints', '--json'], (out) => (lastCompareMs = (JSON.parse(out) as { 'compare-ms': number })['compare-ms'])),
+    },
+    // What node itself costs to start (every vmsubst time includes it and the module loading).
+    { name: 'node -e 0', command: 'node -e 0', run: () => timeCmd(process.execPath, ['-e', '0']) },
     {
       name: 'qemu-img delta',
       command: 'qemu-img create -f qcow2 -b PATCHED -F raw d.qcow2 && qemu-img rebase -b BASE -F raw d.qcow2',
@@ -145,9 +155,11 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
       if (canDrop) {
         dropCaches();
         times.get(t.name)!.cold.push(t.run());
+        if (t.name === 'vmsubst diff') compare.cold.push(lastCompareMs);
       }
       t.run(); // warms the cache for the next
       times.get(t.name)!.warm.push(t.run());
+      if (t.name === 'vmsubst diff') compare.warm.push(lastCompareMs);
       ctx.log(`diff: run ${run + 1}/${ctx.runs} ${t.name}: warm ${fmtS(times.get(t.name)!.warm.at(-1)!)}${canDrop ? `, cold ${fmtS(times.get(t.name)!.cold.at(-1)!)}` : ''}`);
     }
   }
@@ -159,10 +171,18 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
     canDrop ? fmtStats(times.get(t.name)!.cold) : 'skipped: cannot drop caches (not root)',
     `\`${t.command}\``,
   ]);
+  rows.splice(1, 0, [
+    'vmsubst diff: open + compare only',
+    fmtStats(compare.warm),
+    canDrop ? fmtStats(compare.cold) : '–',
+    '`compare-ms` of the same runs (`--json`): without node start-up, module loading and the bundle write',
+  ]);
   const ratio = (a: string, b: string, w: 'cold' | 'warm'): string => (med(a, w) / med(b, w)).toFixed(2);
+  const cmpRatio = (b: string, w: 'cold' | 'warm'): string => (stats(compare[w]).median / med(b, w)).toFixed(2);
   const reading = [
     `warm: vmsubst diff / qemu-img delta = ${ratio('vmsubst diff', 'qemu-img delta', 'warm')} (target ≤ 1), vmsubst diff / cat both = ${ratio('vmsubst diff', 'cat both', 'warm')} (target ≤ 1.3)`,
     ...(canDrop ? [`cold: vmsubst diff / qemu-img delta = ${ratio('vmsubst diff', 'qemu-img delta', 'cold')}, vmsubst diff / cat both = ${ratio('vmsubst diff', 'cat both', 'cold')}`] : []),
+    `the comparison alone (compare-ms): / qemu-img delta = ${cmpRatio('qemu-img delta', 'warm')} warm${canDrop ? `, ${cmpRatio('qemu-img delta', 'cold')} cold` : ''}; / cat both = ${cmpRatio('cat both', 'warm')} warm${canDrop ? `, ${cmpRatio('cat both', 'cold')} cold` : ''}`,
     `vmsubst diff read ${(summary['read-bytes']! / MiB).toFixed(0)} MiB of each image (the union of their data), compared in ${summary['compare-ms']} ms of its ${summary['elapsed-ms']} ms (the rest: writing the ${(summary['changed-bytes']! / MiB).toFixed(1)} MiB bundle); node's start-up is in every vmsubst time`,
   ];
   rmSync(base, { force: true });

@@ -5,6 +5,7 @@ import { applyCommand } from './apply.js';
 import { notifyCommand } from './notify.js';
 import { inspectCommand } from './inspect.js';
 import { keygenCommand } from './keygen.js';
+import { signCommand } from './sign.js';
 
 export const COMMANDS: readonly Command[] = [
   diffCommand,
@@ -12,4 +13,5 @@ export const COMMANDS: readonly Command[] = [
   notifyCommand,
   inspectCommand,
   keygenCommand,
+  signCommand,
 ];

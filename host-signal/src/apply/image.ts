@@ -59,7 +59,8 @@ export async function applyToImage(bundle: BundleData, path: string, options: Im
   }
 }
 
-function fileTarget(handle: FileHandle, size: number): BlockTarget {
+/** A raw file as a BlockTarget: positional reads and writes through the page cache, fdatasync to flush. */
+export function fileTarget(handle: FileHandle, size: number): BlockTarget {
   return {
     size,
     async read(offset, length) {
@@ -79,6 +80,6 @@ function fileTarget(handle: FileHandle, size: number): BlockTarget {
         done += bytesWritten;
       }
     },
-    flush: () => handle.sync(),
+    flush: () => handle.datasync(),
   };
 }

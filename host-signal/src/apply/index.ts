@@ -21,7 +21,7 @@ export {
   type Substitution,
   type SubstitutionStatus,
 } from './core.js';
-export { fileLocks, locksOn, type FileLock } from './locks.js';
+export { fileLocks, fileOpeners, isQemuLock, locksOn, type FileLock, type FileOpener } from './locks.js';
 
 import type { ImageApplyResult } from './image.js';
 import type { QemuApplyResult } from './qemu.js';

@@ -15,6 +15,9 @@ import { BaseMismatchError, BundleError, CancelledError, TargetError } from '../
 export const IO_CHUNK = 4 << 20;
 /** Requests kept in flight, so the target's latency overlaps with hashing and with itself. */
 export const IO_DEPTH = 4;
+/** Writes kept in flight: many small ones (a bundle of small ranges) or IO_DEPTH full chunks. */
+const WRITE_DEPTH = 32;
+const WRITE_BYTES_IN_FLIGHT = IO_DEPTH * IO_CHUNK;
 
 /** Where the blocks go. */
 export interface BlockTarget {
@@ -161,11 +164,13 @@ export async function writeRanges(
   const todo = bundle.manifest.ranges.filter((_r, i) => states[i] === 'old');
   const total = todo.reduce((n, r) => n + r.length, 0);
   let bytesWritten = 0;
+  let bytesInFlight = 0;
   const inflight = new Set<Promise<void>>();
   let failure: unknown;
   const submit = async (offset: number, chunk: Buffer): Promise<void> => {
-    while (inflight.size >= IO_DEPTH) await Promise.race(inflight);
+    while (inflight.size >= WRITE_DEPTH || (inflight.size > 0 && bytesInFlight + chunk.length > WRITE_BYTES_IN_FLIGHT)) await Promise.race(inflight);
     if (failure !== undefined) return;
+    bytesInFlight += chunk.length;
     const p: Promise<void> = target.write(offset, chunk).then(
       () => {
         bytesWritten += chunk.length;
@@ -174,7 +179,10 @@ export async function writeRanges(
       (e: unknown) => {
         failure ??= e;
       },
-    ).finally(() => inflight.delete(p));
+    ).finally(() => {
+      bytesInFlight -= chunk.length;
+      inflight.delete(p);
+    });
     inflight.add(p);
   };
   for (const r of todo) {

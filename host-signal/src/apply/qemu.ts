@@ -308,11 +308,11 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
     let failure: unknown;
     let t1 = 0;
     try {
-      if (status.running) {
-        pausedAt = performance.now();
-        await qemu.stop();
-      }
-      if ((await qemu.dirtyBytes(drive.nodeName, tag)) === 0) {
+      // QMP runs one monitor's commands in order, so the bitmap is read after `stop` has
+      // drained the guest's I/O; sending both at once saves a round trip inside the pause.
+      if (status.running) pausedAt = performance.now();
+      const [, dirty] = await Promise.all([status.running ? qemu.stop() : Promise.resolve(), qemu.dirtyBytes(drive.nodeName, tag)]);
+      if (dirty === 0) {
         recheck = 'clean';
       } else {
         // The guest wrote to the disk since the verification: verify again, now that it cannot.

@@ -290,8 +290,8 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
     if (mode === 'overlay') {
       const clusterSize = alignedClusterSize(manifest);
       const backing = { name: drive.filename, format: drive.format };
+      await buildOverlay(bundle, overlayPath!, { clusterSize, backing }); // removes what it wrote if it fails
       undo.push({ what: 'removing the overlay file', fn: () => unlink(overlayPath!), onlyOnFailure: true });
-      await buildOverlay(bundle, overlayPath!, { clusterSize, backing });
       overlay = { path: overlayPath!, node: `${tag}-overlay`, clusterSize, backing, committed: false };
       await qemu.blockdevAddQcow2(overlay.node, overlay.path);
       undo.push({ what: 'blockdev-del of the overlay', fn: () => qemu.blockdevDel(overlay!.node), onlyOnFailure: true });
@@ -380,20 +380,40 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
   }
   if (result.overlay && options.commit) {
     try {
-      const t = performance.now();
-      await commitOverlay(qemu, result.overlay, result.target.node, options.commitTimeoutMs ?? 600_000);
-      result.overlay.committed = true;
-      result.overlay.commitMs = ms(performance.now() - t);
-    } catch (e) {
-      warnings.push(
-        `commit: ${(e as Error).message}; the overlay stays in use (the guest sees the new blocks either way): commit it later with block-commit, see docs/apply-modes.md`,
-      );
+      await commitApplied(qemu, result, options.commitTimeoutMs);
     } finally {
       qmp.close();
     }
   }
   result.elapsedMs = Math.round(performance.now() - started);
   return result;
+}
+
+/**
+ * Commits the overlay an overlay-mode apply left in use (see commitOverlay),
+ * over `qemu` or a new connection to the result's QMP socket. A failure is
+ * added to the result's warnings: the overlay stays in use, which is consistent.
+ */
+export async function commitApplied(qemu: Qemu | undefined, result: QemuApplyResult, timeoutMs = 600_000): Promise<void> {
+  const overlay = result.overlay;
+  if (!overlay || overlay.committed) return;
+  let own: QmpClient | undefined;
+  try {
+    if (!qemu) {
+      own = await QmpClient.connect(result.target.qmp);
+      qemu = new Qemu(own);
+    }
+    const t = performance.now();
+    await commitOverlay(qemu, overlay, result.target.node, timeoutMs);
+    overlay.committed = true;
+    overlay.commitMs = ms(performance.now() - t);
+  } catch (e) {
+    result.warnings.push(
+      `commit: ${(e as Error).message}; the overlay stays in use (the guest sees the new blocks either way): commit it later with block-commit, see docs/apply-modes.md`,
+    );
+  } finally {
+    own?.close();
+  }
 }
 
 /**

@@ -1,7 +1,6 @@
 /** `vmsubst apply`. */
 import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
-import { applyToImage, applyToQemu, type ApplyPhase, type ApplyResult } from '../../apply/index.js';
-import { applyWithAgent, type TwoPhaseOutcome } from '../../apply/two-phase.js';
+import { applyToImage, applyToQemu, applyWithAgent, commitApplied, type ApplyPhase, type ApplyResult, type TwoPhaseOutcome } from '../../apply/index.js';
 import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { AgentConnection, notificationArgs, parseAgentTarget } from '../../notify/index.js';
@@ -129,7 +128,8 @@ async function run(args: string[]): Promise<void> {
           ...(values.device !== undefined ? { device: values.device } : {}),
           ...(values.node !== undefined ? { node: values.node } : {}),
           ...(values.overlay !== undefined ? { overlayPath: values.overlay } : {}),
-          ...(values.commit ? { commit: true } : {}),
+          // With --notify the guest is told first and the overlay committed after (below).
+          ...(values.commit && agentTarget === undefined ? { commit: true } : {}),
         })
       : applyToImage(bundle, values.image!, common);
   };
@@ -153,6 +153,7 @@ async function run(args: string[]): Promise<void> {
         conn.close();
       }
     }
+    if (values.commit && agentTarget !== undefined && result.target.kind === 'qemu') await commitApplied(undefined, result as Extract<ApplyResult, { vmStatus: string }>);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

@@ -5,7 +5,9 @@
  *
  *   BENCH_IMAGE_MIB   size of the synthetic image pair for diff/apply (default 1024)
  *   BENCH_FILES       files on the pedigree-index volume (default 100000)
- *   BENCH_ONLY        'pedigree' runs the pedigree-index rows alone; 'apply-modes' the apply-mode rows
+ *   BENCH_ONLY        'pedigree' runs the pedigree-index rows alone; 'apply-modes' the apply-mode rows;
+ *                     'diff' the diff comparison (test/bench/diff.ts)
+ *   BENCH_RUNS        runs behind each median of the diff comparison (default 5)
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { appendFileSync, closeSync, copyFileSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
@@ -18,6 +20,7 @@ import { CLI, ROOT, guestArtifacts } from '../helpers/paths.js';
 import { FirmwareVm, whyNoQemu } from '../helpers/firmware-vm.js';
 import { GuestVm } from '../helpers/vm.js';
 import { vmsubstJson } from '../helpers/cli.js';
+import { runDiffBench } from './diff.js';
 
 interface Row {
   what: string;
@@ -216,7 +219,24 @@ async function applyModesBench(tmp: string): Promise<void> {
   add('apply --mode raw-file (4 MiB): write window', fmtMs(median(windows)), 'vmsubst apply b.bundle --image IMG --mode raw-file --json (median of 3; not paused)');
 }
 
+/** The diff comparison module's tables as rows of this table. */
+async function diffComparison(tmp: string): Promise<void> {
+  const s = await runDiffBench({ tmp, runs: Number(process.env['BENCH_RUNS'] ?? 5), log: (m) => console.error(`  ${m}`) });
+  for (const t of s.tables) for (const r of t.rows) add(`diff comparison: ${r[0]} (warm; cold)`, `${r[1]}; ${r[2]}`, r[3]!.replaceAll('`', ''));
+  for (const line of s.reading ?? []) add('diff comparison', line, '');
+}
+
 async function main(): Promise<void> {
+  if (process.env['BENCH_ONLY'] === 'diff') {
+    const tmp = mkdtempSync(join(tmpdir(), 'vmsubst-bench-'));
+    try {
+      await diffComparison(tmp);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+    printTable('');
+    return;
+  }
   if (process.env['BENCH_ONLY'] === 'apply-modes') {
     const tmp = mkdtempSync(join(tmpdir(), 'vmsubst-bench-'));
     try {
@@ -310,6 +330,7 @@ async function main(): Promise<void> {
     }
 
     await applyModesBench(tmp);
+    await diffComparison(tmp);
     await pedigreeBench(tmp);
     printTable(tmp);
   } finally {

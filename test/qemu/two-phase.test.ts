@@ -67,7 +67,9 @@ if (typeof art === 'string') {
     C.scenario = await guestScenario(art, 'two-phase');
     C.vm = C.scenario.vm;
     C.manifest = await loadManifest(C.scenario.bundle);
-    C.args = notificationArgs(C.manifest, DISK);
+    // Without the bundle's hints: an ELF file of unknown layout gets the default `pin`.
+    const { hints: _hints, ...unhinted } = notificationArgs(C.manifest, DISK);
+    C.args = unhinted;
     C.conn = await AgentConnection.open(`serial:${C.vm.agentSocket}`);
   }));
   T.after(() => {
@@ -84,7 +86,7 @@ if (typeof art === 'string') {
       const vm = C.vm!;
       C.pinned = await startProg(vm, 'pinned');
       const before = sha(C.scenario!.disk);
-      const r = await C.conn!.substitute(notificationArgs(C.manifest!, DISK, { dryRun: true }));
+      const r = await C.conn!.substitute({ ...C.args!, 'dry-run': true });
       assert.is(r['dry-run'], true);
       const plan = r.plan!;
       assert.ok(plan, 'the report carries the plan');
@@ -166,6 +168,16 @@ if (typeof art === 'string') {
       assert.not.ok(r.pinned, 'nothing pinned under remap');
       await waitFor(30_000, 'later switches back to v1', async () => ((await versions(vm, '/tmp/later.out')).at(-1) === 'vprog version v1' ? true : undefined));
       assert.match(await vm.sh(PROG), /version v1/);
+    }),
+  );
+
+  G.test("the bundle's own hint (computed by diff from the images) says vprog's layout is unchanged: remap", () =>
+    withTimeout(120_000, 'hinted plan', async () => {
+      const args = notificationArgs(C.manifest!, DISK, { dryRun: true });
+      assert.ok(args.hints?.some((h) => h.path === '/bin/vprog' && h.elf === 'same-layout'), JSON.stringify(args.hints));
+      const f = (await C.conn!.substitute(args)).plan!.files.find((x) => x.path === PROG)!;
+      assert.is(f.class, 'elf-same-layout');
+      assert.is(f.policy, 'remap');
     }),
   );
 

@@ -1,11 +1,11 @@
 /** `vmsubst apply`. */
 import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
 import { applyToImage, applyToQemu, applyWithAgent, commitApplied, type ApplyPhase, type ApplyResult, type TwoPhaseOutcome } from '../../apply/index.js';
-import { Bundle } from '../../bundle/index.js';
+import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { AgentConnection, notificationArgs, parseAgentTarget } from '../../notify/index.js';
 import { formatBytes, plural } from '../format.js';
-import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+import { Output, helpRequested, loadCustomization, loadPrivateKey, loadPublicKeys, parse, positionals, type Command } from '../common.js';
 
 const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--mode nbd|overlay] [--device ID | --node NAME]
                      [--overlay PATH] [--commit] [--notify ADDR ...] [--json]
@@ -30,7 +30,8 @@ Modes (a running QEMU, --qmp SOCK: its QMP unix socket):
     --overlay PATH the overlay file to create (default: beside the drive's
                    image, IMAGE.vmsubst-ID.qcow2)
     --commit       then merge it into the drive's image (block-commit, the
-                   guest running) and remove it
+                   guest running; with --notify after the agent's commit)
+                   and remove it
   --device ID      qdev id of the disk's device (-device ...,id=ID)
   --node NAME      block node name (-blockdev ...,node-name=NAME)
                    (neither: the VM's only disk)
@@ -56,6 +57,8 @@ Telling the guest (two-phase when its agent supports it):
   --customize FILE    customization to apply after the blocks (see notify)
   --timeout SEC       how long to wait for each agent reply (default 120)
 
+  --trusted-key PUB   refuse the bundle unless its manifest is signed by this
+                      Ed25519 public key (repeatable; see 'vmsubst sign')
   --json              print the result as JSON
 `;
 
@@ -77,8 +80,10 @@ async function run(args: string[]): Promise<void> {
     sign: { type: 'string' },
     customize: { type: 'string' },
     timeout: { type: 'string' },
+    'trusted-key': { type: 'string', multiple: true },
   });
   if (helpRequested(HELP, values)) return;
+  const trusted = await loadPublicKeys(values['trusted-key'] ?? []);
   const [bundlePath] = positionals('apply', pos, ['BUNDLE']) as [string];
   const usage = (msg: string): UsageError => new UsageError(`apply: ${msg}`, "see 'vmsubst apply --help'");
   if ((values.qmp === undefined) === (values.image === undefined)) throw usage('give exactly one of --qmp SOCK or --image PATH');
@@ -110,6 +115,12 @@ async function run(args: string[]): Promise<void> {
 
   const o = new Output(values.json === true);
   const bundle = await Bundle.open(bundlePath, { onProgress: (d, t) => o.progress.update('check', d, t) });
+  try {
+    requireTrustedSignature(bundle.manifest, trusted, bundlePath);
+  } catch (e) {
+    await bundle.close();
+    throw e;
+  }
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => {
     if (!controller.signal.aborted) process.stderr.write(`\nvmsubst: ${sig}: cancelling; a running write completes and the VM is resumed\n`);

@@ -6,6 +6,7 @@ import { exportCommand } from './export.js';
 import { notifyCommand } from './notify.js';
 import { inspectCommand } from './inspect.js';
 import { keygenCommand } from './keygen.js';
+import { signCommand } from './sign.js';
 
 export const COMMANDS: readonly Command[] = [
   diffCommand,
@@ -14,4 +15,5 @@ export const COMMANDS: readonly Command[] = [
   notifyCommand,
   inspectCommand,
   keygenCommand,
+  signCommand,
 ];

@@ -199,7 +199,9 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
     const what = `drive ${drive.device ?? drive.nodeName}`;
     const target0 = drive.device !== undefined ? { kind: 'qemu' as const, qmp: qmpPath, node: drive.nodeName, device: drive.device } : { kind: 'qemu' as const, qmp: qmpPath, node: drive.nodeName };
     if (drive.size !== undefined) checkTargetSize(manifest, drive.size, what);
-    if (drive.readOnly) throw new TargetError(`${what} is read-only in QEMU`, 'attach the disk read-write (the guest may still mount it read-only)');
+    if (drive.readOnly && mode === 'nbd') {
+      throw new TargetError(`${what} is read-only in QEMU`, 'attach the disk read-write (the guest may still mount it read-only), or use --mode overlay, which does not write into it');
+    }
     const base = {
       id: manifest.id,
       mode,

@@ -83,7 +83,6 @@ async function run(args: string[]): Promise<void> {
     'trusted-key': { type: 'string', multiple: true },
   });
   if (helpRequested(HELP, values)) return;
-  const trusted = await loadPublicKeys(values['trusted-key'] ?? []);
   const [bundlePath] = positionals('apply', pos, ['BUNDLE']) as [string];
   const usage = (msg: string): UsageError => new UsageError(`apply: ${msg}`, "see 'vmsubst apply --help'");
   if ((values.qmp === undefined) === (values.image === undefined)) throw usage('give exactly one of --qmp SOCK or --image PATH');
@@ -114,6 +113,7 @@ async function run(args: string[]): Promise<void> {
   if (values['disk-path'] !== undefined) disk.path = values['disk-path'];
 
   const o = new Output(values.json === true);
+  const trusted = await loadPublicKeys(values['trusted-key'] ?? []);
   const bundle = await Bundle.open(bundlePath, { onProgress: (d, t) => o.progress.update('check', d, t) });
   try {
     requireTrustedSignature(bundle.manifest, trusted, bundlePath);

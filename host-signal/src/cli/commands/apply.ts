@@ -217,7 +217,7 @@ function applyHuman(r: ApplyResult): string {
     case 'applied': {
       const partial = r.rangesAlreadyNew > 0 ? ` (${r.rangesAlreadyNew} already held the new content)` : '';
       const into = 'overlay' in r && r.overlay ? ` into overlay ${r.overlay.path}` : '';
-      lines.push(`${where}: wrote ${plural(r.rangesWritten, 'range')}, ${formatBytes(r.bytesWritten)}${into}${partial} (mode ${r.mode})`);
+      lines.push(`${where}: ${r.mode}: wrote ${plural(r.rangesWritten, 'range')}, ${formatBytes(r.bytesWritten)}${into}${partial}`);
     }
   }
   const phases = `verify ${r.timingsMs.verify} ms, write ${r.timingsMs.write} ms`;

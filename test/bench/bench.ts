@@ -199,7 +199,7 @@ async function applyModesBench(tmp: string): Promise<void> {
     const windows: number[] = [];
     for (let run = 0; run < 3; run++) {
       copyFileSync(base, img);
-      const vm = await FirmwareVm.start({ image: img, dir });
+      const vm = await FirmwareVm.start({ image: img, dir: mkdtempSync(join(dir, 'vm-')) }); // fresh socket paths
       try {
         const r = JSON.parse(timed(['apply', bundle, '--qmp', vm.qmpSocket, '--mode', mode, '--json']).stdout) as { 'pause-ms': number; 'window-ms': number; overlay?: { path: string } };
         pauses.push(r['pause-ms']);

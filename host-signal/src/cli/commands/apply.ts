@@ -30,7 +30,8 @@ Modes (a running QEMU, --qmp SOCK: its QMP unix socket):
     --overlay PATH the overlay file to create (default: beside the drive's
                    image, IMAGE.vmsubst-ID.qcow2)
     --commit       then merge it into the drive's image (block-commit, the
-                   guest running) and remove it
+                   guest running; with --notify after the agent's commit)
+                   and remove it
   --device ID      qdev id of the disk's device (-device ...,id=ID)
   --node NAME      block node name (-blockdev ...,node-name=NAME)
                    (neither: the VM's only disk)

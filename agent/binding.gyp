@@ -8,7 +8,8 @@
         "native/direct_io.c",
         "native/fiemap.c",
         "native/notify.c",
-        "native/vsock.c"
+        "native/vsock.c",
+        "native/walk.c"
       ],
       "dependencies": [
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"

@@ -72,7 +72,7 @@ async function pedigreeBench(tmp: string): Promise<void> {
   }
   if (loop) {
     try {
-      const { fiemap } = await import('../../agent/src/native/index.js');
+      const { fiemap, WALK_THREADS_MAX } = await import('../../agent/src/native/index.js');
       const mount: Mount = { mountPoint: mnt, devNum: '0:0', root: '/', fsType: 'ext4', readOnly: true };
       const list = join(tmp, 'files.list');
       execFileSync('sh', ['-c', `find ${mnt} -type f -print0 > ${list}`]);
@@ -88,6 +88,13 @@ async function pedigreeBench(tmp: string): Promise<void> {
         fs = await FsIndex.build(mount, 0, fiemap, { watch: false });
         builds.push(Number(process.hrtime.bigint() - t) / 1e6);
       }
+      // The JavaScript walk the index falls back to when the addon has no walk (FIEMAP alone).
+      const jsBuilds: number[] = [];
+      for (let i = 0; i < 2; i++) {
+        const t = process.hrtime.bigint();
+        await FsIndex.build(mount, 0, (fd: number) => fiemap(fd), { watch: false });
+        jsBuilds.push(Number(process.hrtime.bigint() - t) / 1e6);
+      }
       // Heap of an index, in a fresh process with a real gc: used heap with the index minus without.
       const memScript =
         `const { FsIndex } = await import('${join(ROOT, 'build/agent/src/pedigree/live.js')}'); const { fiemap } = await import('${join(ROOT, 'build/agent/src/native/index.js')}');` +
@@ -100,6 +107,8 @@ async function pedigreeBench(tmp: string): Promise<void> {
       add('pedigree host: index build (warm, best of 3)', `${fmtMs(build)}, ${Math.round(nIndexed / (build / 1000))} files/s`, `FsIndex.build on a loop-mounted ro image (${nIndexed} files, ${idx.byPath.size - nIndexed} dirs)`);
       add('pedigree host: batched filefrag (warm, best of 3)', `${fmtMs(ff)}, ${Math.round(nIndexed / (ff / 1000))} files/s`, 'find MNT -type f -print0 > list; xargs -0 -a list filefrag -e');
       add('pedigree host: index build vs batched filefrag', `${(ff / build).toFixed(2)}× (target ≥ 2×)`, '');
+      const jsBuild = Math.min(...jsBuilds);
+      add('pedigree host: index build, JavaScript walk (fallback, warm, best of 2)', `${fmtMs(jsBuild)}, ${Math.round(nIndexed / (jsBuild / 1000))} files/s`, `FsIndex.build with FIEMAP alone (no native walk; ${WALK_THREADS_MAX} threads at most for the native one, ${cpus().length} CPUs here)`);
       const count = Number(/Block count:\s+(\d+)/.exec(execFileSync('debugfs', ['-R', 'stats', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }))![1]);
       const blocks = Array.from({ length: 1000 }, (_, i) => Math.floor(((i + 0.5) / 1000) * count));
       const ic = wall(() => execFileSync('debugfs', ['-R', `icheck ${blocks.join(' ')}`, img], { stdio: ['ignore', 'pipe', 'ignore'] }));

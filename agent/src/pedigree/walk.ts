@@ -221,6 +221,15 @@ async function walkNative(walkTree: WalkTree, mount: Mount, dev: number, partSta
   }
 }
 
+/**
+ * A number read from a Float64Array is a double, which V8 boxes (a heap
+ * number per field); the same value as a small integer is stored inline, as
+ * it is when it comes from node's fs. Most inode numbers, sizes and offsets
+ * are small: this keeps the index's memory per extent what the JavaScript
+ * walk's is.
+ */
+const small = (v: number): number => (v <= 0x3fff_ffff ? v | 0 : v);
+
 function addStep(s: TreeWalkStep, dirs: WalkedDir[], mount: Mount, dev: number, partStart: number, rootPrefix: string, emit: (f: IndexedFile) => void): void {
   const { records, ctimeNs, extents } = s;
   const names = s.names.split('\0');
@@ -230,7 +239,7 @@ function addStep(s: TreeWalkStep, dirs: WalkedDir[], mount: Mount, dev: number, 
     const r = i * 5;
     const kind = records[r]!;
     const parentNum = records[r + 1]!;
-    const ino = records[r + 2]!;
+    const ino = small(records[r + 2]!);
     const name = names[i]!;
     const parent = parentNum >= 0 ? dirs[parentNum] : undefined;
     if (kind === TREE_WALK_ENTRY) {
@@ -240,9 +249,9 @@ function addStep(s: TreeWalkStep, dirs: WalkedDir[], mount: Mount, dev: number, 
     const path = parent ? parent.prefix + name : mount.mountPoint;
     const fileExtents: IndexedFile['extents'] = [];
     for (let e = records[r + 4]!; e > 0; e--, x += 3) {
-      fileExtents.push({ diskStart: partStart + extents[x]!, fileOffset: extents[x + 1]!, length: extents[x + 2]! });
+      fileExtents.push({ diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) });
     }
-    const size = records[r + 3]!;
+    const size = small(records[r + 3]!);
     let file: IndexedFile;
     if (kind === TREE_WALK_DIR) {
       file = { path, dev, ino, mount, kind: 'dir', entries: new Map(), extents: fileExtents, ctimeNs: ctimeNs[i]!, size };

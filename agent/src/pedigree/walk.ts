@@ -247,9 +247,17 @@ function addStep(s: TreeWalkStep, dirs: WalkedDir[], mount: Mount, dev: number, 
       continue;
     }
     const path = parent ? parent.prefix + name : mount.mountPoint;
-    const fileExtents: IndexedFile['extents'] = [];
-    for (let e = records[r + 4]!; e > 0; e--, x += 3) {
-      fileExtents.push({ diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) });
+    // Most files have one extent: an array literal is allocated at its size, a push would reserve room for 17.
+    const count = records[r + 4]!;
+    let fileExtents: IndexedFile['extents'];
+    if (count === 1) {
+      fileExtents = [{ diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) }];
+      x += 3;
+    } else {
+      fileExtents = [];
+      for (let e = 0; e < count; e++, x += 3) {
+        fileExtents.push({ diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) });
+      }
     }
     const size = small(records[r + 3]!);
     let file: IndexedFile;

@@ -436,6 +436,7 @@ interface RawPinMappersResult {
 
 interface NativeBinding {
   fiemap(fd: number): Extent[];
+  dataSegments(fd: number, size: number): [number, number][];
   /** Absent from addons built before the native walk: the index then walks in JavaScript. */
   TreeWalk?: new (root: string, dev: number, maxEntries: number, threads: number) => TreeWalk;
   readDirect(path: string, offset: number, length: number): Promise<Buffer>;
@@ -515,6 +516,7 @@ interface NativeBinding {
 
 const BINDING_FUNCTIONS = [
   'fiemap',
+  'dataSegments',
   'readDirect',
   'kmodVersion',
   'invalidateRange',
@@ -675,6 +677,18 @@ export const walkTree: WalkTree | undefined = binding.TreeWalk
   : undefined;
 // The pedigree index is handed `fiemap`; the walk travels with it (pedigree/walk.ts).
 fiemap.walkTree = walkTree;
+
+/**
+ * The data segments `[offset, length]` of the open file `fd` within
+ * [0, size), in order (lseek SEEK_DATA / SEEK_HOLE). Gaps are holes, which
+ * read as zeros. A filesystem without SEEK_DATA gives one segment covering
+ * everything. Synchronous; moves the file offset.
+ */
+export function dataSegments(fd: number, size: number): [number, number][] {
+  checkFd(fd);
+  checkInteger('size', size, 0, Number.MAX_SAFE_INTEGER);
+  return binding.dataSegments(fd, size);
+}
 
 /**
  * Read [offset, offset + length) of a file or block device with O_DIRECT, on

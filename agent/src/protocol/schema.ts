@@ -99,13 +99,57 @@ export const CustomizationOutcome = Type.Object(
 );
 export type CustomizationOutcome = Static<typeof CustomizationOutcome>;
 
+/**
+ * What happens to processes that map a changed file:
+ * remap   — their mapped pages are dropped; they fault the new content in;
+ * pin     — before the blocks change (prepare) each gets private copies of its mapped pages and runs a
+ *           consistent old image until it exits; new execs get the new file; costs the mapped size;
+ * report  — nothing is done to them: cached pages nobody maps are dropped, mapped pages stay (they may
+ *           mix old and new content when reclaimed), and they are reported;
+ * restart — like remap, then the systemd units owning them are restarted.
+ */
+export const Policy = Type.Union([Type.Literal('remap'), Type.Literal('pin'), Type.Literal('report'), Type.Literal('restart')]);
+export type Policy = Static<typeof Policy>;
+
+/**
+ * How a changed file is classed for the default policy: an ELF executable or library whose layout the
+ * host found unchanged (program and section headers, symbol addresses and sizes) or changed (or not
+ * known), or any other file.
+ */
+export const FileClass = Type.Union([Type.Literal('data'), Type.Literal('elf-same-layout'), Type.Literal('elf-new-layout')]);
+export type FileClass = Static<typeof FileClass>;
+
+/** Policy per file class and per path; the notification's override the agent's configuration. */
+export const Policies = Type.Object(
+  {
+    data: Type.Optional(Policy),
+    'elf-same-layout': Type.Optional(Policy),
+    'elf-new-layout': Type.Optional(Policy),
+    files: Type.Optional(Type.Record(Type.String({ pattern: '^/[^\\0]*$', maxLength: 4096 }), Policy, { maxProperties: 4096 })),
+  },
+  strict,
+);
+export type Policies = Static<typeof Policies>;
+
+/** What the host knows of a changed file from the patched image (debugfs, ELF headers). */
+export const FileHint = Type.Object(
+  {
+    path: Type.String({ pattern: '^/[^\\0]*$', maxLength: 4096, description: 'path inside its filesystem' }),
+    elf: Type.Optional(Type.Union([Type.Literal('same-layout'), Type.Literal('new-layout')], { description: 'absent: not an ELF file' })),
+  },
+  strict,
+);
+export type FileHint = Static<typeof FileHint>;
+
 /** `substitute`: the host has written new blocks; verify them and invalidate. Since 1. */
 export const SubstituteArgs = Type.Object(
   {
     id: Type.String({ pattern: '^[0-9a-f]{16,64}$', description: 'substitution id (hash of the bundle manifest)' }),
     disk: DiskRef,
     ranges: Type.Array(HashedRange, { minItems: 1, maxItems: MAX_RANGES, description: 'disk-relative byte ranges and the sha256 of their new content' }),
-    'dry-run': Type.Optional(Type.Boolean({ description: 'verify and map, but invalidate nothing' })),
+    'dry-run': Type.Optional(Type.Boolean({ description: 'return the plan (files, block classes, processes, policies); verify nothing, change nothing' })),
+    policies: Type.Optional(Policies),
+    hints: Type.Optional(Type.Array(FileHint, { maxItems: 16384 })),
     force: Type.Optional(Type.Boolean({ description: 'accept metadata changes under a read-write mount' })),
     customization: Type.Optional(Customization),
     signature: Type.Optional(
@@ -195,6 +239,82 @@ export const MetadataReport = Type.Object(
 );
 export type MetadataReport = Static<typeof MetadataReport>;
 
+export const BlockClassName = Type.Union([
+  Type.Literal('file-data'),
+  Type.Literal('superblock'),
+  Type.Literal('group-descriptors'),
+  Type.Literal('block-bitmap'),
+  Type.Literal('inode-bitmap'),
+  Type.Literal('inode-table'),
+  Type.Literal('journal'),
+  Type.Literal('extent-tree'),
+  Type.Literal('directory'),
+  Type.Literal('free'),
+  Type.Literal('unknown'),
+  Type.Literal('outside-filesystems'),
+]);
+
+export const PlannedMapper = Type.Object(
+  {
+    pid: Type.Integer(),
+    comm: Type.String(),
+    /** The systemd unit owning the process, from /proc/PID/cgroup, when there is one. */
+    unit: Type.Optional(Type.String()),
+    /** Bytes of the file it maps; what a pin copies. */
+    'mapped-bytes': Type.Integer({ minimum: 0 }),
+  },
+  strict,
+);
+export type PlannedMapper = Static<typeof PlannedMapper>;
+
+export const PlannedFile = Type.Object(
+  {
+    path: Type.String(),
+    ino: Type.Integer(),
+    mount: Type.String(),
+    class: FileClass,
+    policy: Policy,
+    /** Where the policy came from. */
+    'policy-from': Type.Union([Type.Literal('default'), Type.Literal('config'), Type.Literal('notification')]),
+    /** What the policy does here, in words. */
+    action: Type.String(),
+    ranges: Type.Array(ByteRange),
+    mappers: Type.Array(PlannedMapper),
+  },
+  strict,
+);
+export type PlannedFile = Static<typeof PlannedFile>;
+
+/** What a substitution will do; returned by a dry run and by `prepare`, and kept in every report. */
+export const Plan = Type.Object(
+  {
+    files: Type.Array(PlannedFile),
+    /** Every changed range, split by what its blocks hold. */
+    blocks: Type.Array(Type.Object({ offset: Offset, length: ByteRange.properties.length, class: BlockClassName, mount: Type.Optional(Type.String()) }, strict)),
+    'restart-required': Type.Boolean(),
+    /** Why a restart is required (read-write metadata change, ...). */
+    reasons: Type.Array(Type.String()),
+    /** systemd units the `restart` policy would restart. */
+    units: Type.Array(Type.String()),
+    /** Memory the `pin` policy copies, in bytes, over all pinned processes. */
+    'pin-bytes': Type.Integer({ minimum: 0 }),
+  },
+  strict,
+);
+export type Plan = Static<typeof Plan>;
+
+export const PinOutcome = Type.Object(
+  { pid: Type.Integer(), comm: Type.String(), path: Type.String(), 'bytes-copied': Type.Integer(), status: Type.Union([Type.Literal('pinned'), Type.Literal('exited'), Type.Literal('failed')]), detail: Type.Optional(Type.String()) },
+  strict,
+);
+export type PinOutcome = Static<typeof PinOutcome>;
+
+export const RestartOutcome = Type.Object(
+  { unit: Type.String(), status: Type.Union([Type.Literal('restarted'), Type.Literal('failed'), Type.Literal('no-systemd')]), detail: Type.Optional(Type.String()) },
+  strict,
+);
+export type RestartOutcome = Static<typeof RestartOutcome>;
+
 export const SubstituteReport = Type.Object(
   {
     id: Type.String(),
@@ -212,14 +332,67 @@ export const SubstituteReport = Type.Object(
     metadata: Type.Optional(MetadataReport),
     /** One outcome per customization item, when the notification carried any. */
     customization: Type.Optional(Type.Array(CustomizationOutcome)),
+    /** What was decided per file; with dry-run, all that is returned of substance. */
+    plan: Type.Optional(Plan),
+    /** Processes pinned (by prepare, or by substitute before invalidating). */
+    pinned: Type.Optional(Type.Array(PinOutcome)),
+    /** Units restarted by the `restart` policy. */
+    restarted: Type.Optional(Type.Array(RestartOutcome)),
+    /** Per stage: verify (O_DIRECT + sha256), map (index lookup), classify (plan, block classes, mappers), module (ioctls), report. */
     'timings-ms': Type.Object(
-      { verify: Type.Number(), map: Type.Number(), invalidate: Type.Number(), total: Type.Number() },
+      {
+        verify: Type.Number(),
+        map: Type.Number(),
+        classify: Type.Optional(Type.Number()),
+        module: Type.Optional(Type.Number()),
+        invalidate: Type.Number({ description: 'classify + module, kept for older hosts' }),
+        report: Type.Optional(Type.Number()),
+        total: Type.Number(),
+      },
       strict,
     ),
   },
   strict,
 );
 export type SubstituteReport = Static<typeof SubstituteReport>;
+
+/** `prepare`: the first phase. Plan, and pin the processes whose policy is `pin`, while the disk still holds the old blocks. Since 1. */
+export const PrepareArgs = Type.Object(
+  { ...Type.Omit(SubstituteArgs, ['dry-run']).properties },
+  strict,
+);
+export type PrepareArgs = Static<typeof PrepareArgs>;
+
+export const PrepareReport = Type.Object(
+  {
+    id: Type.String(),
+    device: Type.String(),
+    /** This id was prepared already (a retry): the same answer, nothing done again. */
+    replayed: Type.Optional(Type.Boolean()),
+    plan: Plan,
+    pinned: Type.Array(PinOutcome),
+    'timings-ms': Type.Object({ map: Type.Number(), classify: Type.Number(), pin: Type.Number(), total: Type.Number() }, strict),
+  },
+  strict,
+);
+export type PrepareReport = Static<typeof PrepareReport>;
+
+/** `commit` and `abort` name a prepared substitution. */
+export const PhaseArgs = Type.Object({ id: SubstituteArgs.properties.id }, strict);
+export type PhaseArgs = Static<typeof PhaseArgs>;
+
+export const AbortReport = Type.Object(
+  {
+    id: Type.String(),
+    /** aborted: prepare's state is dropped; not-prepared: nothing was prepared under this id; committed: too late. */
+    status: Type.Union([Type.Literal('aborted'), Type.Literal('not-prepared'), Type.Literal('committed')]),
+    /** Pinned processes keep their private copies (harmless, freed when they exit). */
+    'pins-kept': Type.Array(PinOutcome),
+    detail: Type.String(),
+  },
+  strict,
+);
+export type AbortReport = Static<typeof AbortReport>;
 
 const NoArgs = Type.Object({}, strict);
 
@@ -233,6 +406,10 @@ export const Commands = {
   /** Liveness. Since 1. */
   ping: { args: NoArgs, returns: NoArgs },
   substitute: { args: SubstituteArgs, returns: SubstituteReport },
+  /** Two-phase substitution: prepare → (host writes) → commit, or abort. Since 1 (capability "two-phase"). */
+  prepare: { args: PrepareArgs, returns: PrepareReport },
+  commit: { args: PhaseArgs, returns: SubstituteReport },
+  abort: { args: PhaseArgs, returns: AbortReport },
 } as const satisfies Record<string, { args: TSchema; returns: TSchema }>;
 
 export type CommandName = keyof typeof Commands;
@@ -261,6 +438,8 @@ export const ErrorClass = Type.Union([
   Type.Literal('InvalidateFailed'),
   Type.Literal('RestartRequired'),
   Type.Literal('Unauthorized'),
+  Type.Literal('NotPrepared'),
+  Type.Literal('Busy'),
 ]);
 export type ErrorClass = Static<typeof ErrorClass>;
 

@@ -1,11 +1,12 @@
 /**
  * Telling the guest agent that blocks were substituted: connect, `hello`,
- * then `substitute` with the bundle's ranges and new hashes. The agent
- * verifies the blocks are visible, invalidates its caches and reports.
+ * then `substitute` with the bundle's ranges and new hashes (or the two
+ * phases, `prepare` before the write and `commit` after). The agent verifies
+ * the blocks are visible, invalidates its caches and reports.
  */
 import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
-import type { DiskRef, GreetingBody, SubstituteReport } from '../../../agent/src/protocol/schema.js';
+import type { AbortReport, ArgsOf, CommandName, DiskRef, GreetingBody, Policies, PrepareArgs, PrepareReport, ReturnOf, SubstituteArgs, SubstituteReport } from '../../../agent/src/protocol/schema.js';
 import { substituteArgs } from '../bundle/index.js';
 import type { KeyObject } from 'node:crypto';
 import type { Customization } from '../../../agent/src/protocol/schema.js';
@@ -19,20 +20,26 @@ import { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget 
 export { AgentClient } from './client.js';
 export { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget, type TransportOptions } from './transport.js';
 
-export interface NotifyOptions {
-  dryRun?: boolean;
-  /** Customization for the guest to apply after the blocks (hostname, files, sysctl). */
-  customization?: Customization;
-  /** Sign the notification with this Ed25519 private key (agents with trusted keys require it). */
-  signWith?: KeyObject;
+export interface ConnectOptions {
   /** Connect timeout; default 10 s. */
   connectTimeoutMs?: number;
   /** For the hello exchange; default 10 s. */
   helloTimeoutMs?: number;
-  /** For the substitute command (verification reads the blocks); default 120 s. */
+  /** For each command (verification reads the blocks); default 120 s. */
   timeoutMs?: number;
   /** Opens the stream; default openAgentStream. */
   connect?: (target: AgentTarget) => Promise<Duplex>;
+}
+
+export interface NotifyOptions extends ConnectOptions {
+  /** Ask for the plan only: the agent verifies nothing and changes nothing. */
+  dryRun?: boolean;
+  /** Customization for the guest to apply after the blocks (hostname, files, sysctl). */
+  customization?: Customization;
+  /** Policies for processes mapping changed files, overriding the agent's configuration. */
+  policies?: Policies;
+  /** Sign the notification with this Ed25519 private key (agents with trusted keys require it). */
+  signWith?: KeyObject;
 }
 
 export interface NotifyResult {
@@ -42,6 +49,94 @@ export interface NotifyResult {
   elapsedMs: number;
 }
 
+/** The agent's arguments for this bundle (signed when a key is given); for substitute and prepare alike. */
+export function notificationArgs(manifest: Manifest, disk: DiskRef, options: Omit<NotifyOptions, keyof ConnectOptions> = {}): SubstituteArgs {
+  const unsigned = substituteArgs(manifest, disk, {
+    ...(options.dryRun ? { dryRun: true } : {}),
+    ...(options.customization ? { customization: options.customization } : {}),
+    ...(options.policies ? { policies: options.policies } : {}),
+  });
+  return options.signWith ? signArgs(unsigned, options.signWith) : unsigned;
+}
+
+/**
+ * One open conversation with a guest agent: connected and greeted. The
+ * two-phase substitution runs over one connection: prepare (the agent plans
+ * and pins while the disk holds the old blocks), the host writes, then
+ * commit, or abort if the write failed.
+ */
+export class AgentConnection {
+  private constructor(
+    readonly target: string,
+    readonly agent: GreetingBody,
+    readonly client: AgentClient,
+    readonly refusal: () => { class: string; desc: string } | undefined,
+  ) {}
+
+  static async open(target: string | AgentTarget, options: ConnectOptions = {}): Promise<AgentConnection> {
+    const where = typeof target === 'string' ? parseAgentTarget(target) : target;
+    const connect = options.connect ?? ((t: AgentTarget) => openAgentStream(t, options.connectTimeoutMs !== undefined ? { timeoutMs: options.connectTimeoutMs } : {}));
+    const stream = await connect(where);
+    const client = new AgentClient(stream, options.timeoutMs ?? 120_000);
+    const refusal = watchRefusal(stream);
+    try {
+      const agent = await AgentConnection.#explain(refusal, () => client.hello(options.helloTimeoutMs ?? 10_000));
+      return new AgentConnection(formatAgentTarget(where), agent, client, refusal);
+    } catch (e) {
+      client.close();
+      throw e;
+    }
+  }
+
+  /** Whether the agent announced this capability (e.g. "two-phase"). */
+  supports(capability: string): boolean {
+    return this.agent.capabilities.includes(capability);
+  }
+
+  async substitute(args: SubstituteArgs): Promise<SubstituteReport> {
+    const report = await this.#run('substitute', args);
+    if (report.id !== args.id) throw new ProtocolError(`the agent reported on substitution ${report.id}, not ${args.id}`);
+    return report;
+  }
+
+  async prepare(args: PrepareArgs): Promise<PrepareReport> {
+    if (!this.supports('two-phase')) {
+      throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) has no two-phase substitution`);
+    }
+    const report = await this.#run('prepare', args);
+    if (report.id !== args.id) throw new ProtocolError(`the agent prepared substitution ${report.id}, not ${args.id}`);
+    return report;
+  }
+
+  commit(id: string): Promise<SubstituteReport> {
+    return this.#run('commit', { id });
+  }
+
+  abort(id: string): Promise<AbortReport> {
+    return this.#run('abort', { id });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+
+  #run<C extends CommandName>(command: C, args: ArgsOf<C>): Promise<ReturnOf<C>> {
+    return AgentConnection.#explain(this.refusal, () => this.client.execute(command, args));
+  }
+
+  /** An agent that refuses a connection says why in an error line without an id, then closes: report that rather than "connection closed". */
+  static async #explain<T>(refusal: () => { class: string; desc: string } | undefined, f: () => Promise<T>): Promise<T> {
+    try {
+      return await f();
+    } catch (e) {
+      const why = refusal();
+      if (why && !(e instanceof AgentError)) throw new AgentError(why.class, why.desc);
+      throw e;
+    }
+  }
+}
+
+/** One-shot notification: connect, hello, `substitute` (the host has written the blocks already). */
 export async function notify(
   source: Manifest | { readonly manifest: Manifest },
   target: string | AgentTarget,
@@ -50,35 +145,13 @@ export async function notify(
 ): Promise<NotifyResult> {
   const started = performance.now();
   const manifest = 'manifest' in source ? source.manifest : source;
-  const unsigned = substituteArgs(manifest, disk, {
-    ...(options.dryRun ? { dryRun: true } : {}),
-    ...(options.customization ? { customization: options.customization } : {}),
-  });
-  const args = options.signWith ? signArgs(unsigned, options.signWith) : unsigned;
-  const where = typeof target === 'string' ? parseAgentTarget(target) : target;
-  const connect = options.connect ?? ((t: AgentTarget) => openAgentStream(t, options.connectTimeoutMs !== undefined ? { timeoutMs: options.connectTimeoutMs } : {}));
-  const stream = await connect(where);
-  const client = new AgentClient(stream, options.timeoutMs ?? 120_000);
-  const refusal = watchRefusal(stream);
+  const args = notificationArgs(manifest, disk, options);
+  const conn = await AgentConnection.open(target, options);
   try {
-    let agent: GreetingBody;
-    let report: SubstituteReport;
-    try {
-      agent = await client.hello(options.helloTimeoutMs ?? 10_000);
-      report = await client.execute('substitute', args);
-    } catch (e) {
-      // An agent that refuses a connection says why in an error line without
-      // an id, then closes; report that rather than "connection closed".
-      const why = refusal();
-      if (why && !(e instanceof AgentError)) throw new AgentError(why.class, why.desc);
-      throw e;
-    }
-    if (report.id !== args.id) {
-      throw new ProtocolError(`the agent reported on substitution ${report.id}, not ${args.id}`);
-    }
-    return { target: formatAgentTarget(where), agent, report, elapsedMs: Math.round(performance.now() - started) };
+    const report = await conn.substitute(args);
+    return { target: conn.target, agent: conn.agent, report, elapsedMs: Math.round(performance.now() - started) };
   } finally {
-    client.close();
+    conn.close();
   }
 }
 

@@ -1,0 +1,19 @@
+/** Every subcommand of `vmsubst`, in the order `vmsubst --help` lists them. */
+import type { Command } from '../common.js';
+import { diffCommand } from './diff.js';
+import { applyCommand } from './apply.js';
+import { exportCommand } from './export.js';
+import { notifyCommand } from './notify.js';
+import { inspectCommand } from './inspect.js';
+import { keygenCommand } from './keygen.js';
+import { signCommand } from './sign.js';
+
+export const COMMANDS: readonly Command[] = [
+  diffCommand,
+  applyCommand,
+  exportCommand,
+  notifyCommand,
+  inspectCommand,
+  keygenCommand,
+  signCommand,
+];

@@ -1,0 +1,104 @@
+/** `vmsubst notify`. */
+import type { DiskRef, Policies, Policy } from '../../../../agent/src/protocol/schema.js';
+import { Bundle } from '../../bundle/index.js';
+import { UsageError } from '../../errors.js';
+import { notify, parseAgentTarget, type NotifyResult } from '../../notify/index.js';
+import { formatReport } from '../report.js';
+import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+
+const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--policy WHO=P]... [--dry-run] [--json]
+
+Asks vmsubst-agent in the guest to verify that the bundle's new blocks are
+visible, invalidate the caches that hold the old ones, and report.
+
+  --to ADDR           serial:PATH     QEMU chardev socket of the virtserialport
+                      vsock:CID:PORT  AF_VSOCK (needs the native addon)
+                      unix:PATH       an agent on a unix socket
+  --disk-serial S     the guest disk by its virtio serial
+  --disk-path P       the guest disk by its device path (/dev/vdb)
+                      (neither: the agent looks for the disk holding the blocks)
+  --dry-run           ask for the plan (files, block classes, processes, the
+                      policy for each and what it does, restart required);
+                      run it before the write; changes nothing
+  --sign KEY          sign with this Ed25519 private key (from vmsubst keygen)
+  --customize FILE    JSON customization to apply after the blocks:
+                      {"hostname": "...", "files": [{"path", "content", "mode"?,
+                      "uid"?, "gid"?}], "sysctl": {"vm.swappiness": 10}}
+  --policy WHO=P       what happens to processes mapping changed files; WHO is
+                      a class (data, elf-same-layout, elf-new-layout) or a
+                      path in its filesystem; P is remap, pin, report or
+                      restart (repeatable; overrides the agent's config)
+  --timeout SEC       how long to wait for the agent's report (default 120)
+  --json              print the agent's report (SubstituteReport) as JSON
+`;
+
+async function run(args: string[]): Promise<void> {
+  const { values, positionals: pos } = parse('notify', args, {
+    to: { type: 'string' },
+    'disk-serial': { type: 'string' },
+    'disk-path': { type: 'string' },
+    'dry-run': { type: 'boolean' },
+    sign: { type: 'string' },
+    customize: { type: 'string' },
+    timeout: { type: 'string' },
+    policy: { type: 'string', multiple: true },
+  });
+  if (helpRequested(HELP, values)) return;
+  const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
+  const customization = values.customize === undefined ? undefined : await loadCustomization(values.customize);
+  const [bundlePath] = positionals('notify', pos, ['BUNDLE']) as [string];
+  if (values.to === undefined) throw new UsageError('notify: --to ADDR is required', "see 'vmsubst notify --help'");
+  const target = parseAgentTarget(values.to);
+  if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined) {
+    throw new UsageError('notify: give --disk-serial or --disk-path, not both');
+  }
+  const disk: DiskRef = {};
+  if (values['disk-serial'] !== undefined) disk.serial = values['disk-serial'];
+  if (values['disk-path'] !== undefined) disk.path = values['disk-path'];
+  let timeoutMs: number | undefined;
+  if (values.timeout !== undefined) {
+    const sec = Number(values.timeout);
+    if (!(sec > 0)) throw new UsageError(`notify: --timeout ${values.timeout}: expected a positive number of seconds`);
+    timeoutMs = sec * 1000;
+  }
+  const o = new Output(values.json === true);
+  const bundle = await Bundle.open(bundlePath, { verifyData: false });
+  let result: NotifyResult;
+  try {
+    result = await notify(bundle, target, disk, {
+      dryRun: values['dry-run'] === true,
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      ...(signWith ? { signWith } : {}),
+      ...(customization ? { customization } : {}),
+      ...(values.policy ? { policies: parsePolicies(values.policy) } : {}),
+    });
+  } finally {
+    await bundle.close();
+  }
+  // The JSON document is the agent's report itself (the protocol's SubstituteReport).
+  o.result(result.report, () => notifyHuman(result));
+}
+
+function notifyHuman({ target, agent, report }: NotifyResult): string {
+  return `agent ${agent.version} (protocol ${agent.protocol}) at ${target}\n${formatReport(report)}`;
+}
+
+const POLICY_NAMES = ['remap', 'pin', 'report', 'restart'] as const;
+const CLASSES = ['data', 'elf-same-layout', 'elf-new-layout'] as const;
+
+/** `--policy data=report --policy /usr/bin/x=restart` → the protocol's Policies. */
+export function parsePolicies(specs: string[]): Policies {
+  const out: Policies = {};
+  for (const spec of specs) {
+    const eq = spec.lastIndexOf('=');
+    const who = spec.slice(0, eq);
+    const policy = spec.slice(eq + 1) as Policy;
+    if (eq <= 0 || !POLICY_NAMES.includes(policy)) throw new UsageError(`--policy ${spec}: expected WHO=POLICY with POLICY one of ${POLICY_NAMES.join(', ')}`);
+    if ((CLASSES as readonly string[]).includes(who)) out[who as (typeof CLASSES)[number]] = policy;
+    else if (who.startsWith('/')) (out.files ??= {})[who] = policy;
+    else throw new UsageError(`--policy ${spec}: '${who}' is neither a class (${CLASSES.join(', ')}) nor an absolute path`);
+  }
+  return out;
+}
+
+export const notifyCommand: Command = { name: 'notify', synopsis: 'notify BUNDLE --to ADDR', summary: 'tell the guest agent to verify and drop stale caches', help: HELP, run };

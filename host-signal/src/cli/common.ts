@@ -1,0 +1,103 @@
+/**
+ * What every command of the CLI shares: option parsing, the --json/human
+ * output switch with its progress bar, and loading keys and customization.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
+import { keyId } from '../../../agent/src/protocol/signature.js';
+import { readFile } from 'node:fs/promises';
+import { Customization } from '../../../agent/src/protocol/schema.js';
+import { Validator } from '../../../agent/src/protocol/codec.js';
+import { UsageError } from '../errors.js';
+import { ProgressBar } from './progress.js';
+
+/** One subcommand: its one-line summary for \`vmsubst --help\`, its full help, and its body. */
+export interface Command {
+  readonly name: string;
+  /** e.g. "diff BASE PATCHED -o BUNDLE", shown in the command list. */
+  readonly synopsis: string;
+  readonly summary: string;
+  readonly help: string;
+  run(args: string[]): Promise<void>;
+}
+
+export const COMMON = {
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
+export class Output {
+  readonly progress: ProgressBar;
+  constructor(readonly json: boolean) {
+    this.progress = new ProgressBar(process.stderr, !json && process.stderr.isTTY === true);
+  }
+  result(value: unknown, human: () => string): void {
+    this.progress.clear();
+    if (this.json) process.stdout.write(JSON.stringify(value, null, 2) + '\n');
+    else process.stdout.write(human() + '\n');
+  }
+}
+
+export function parse<O extends ParseArgsConfig['options']>(command: string, args: string[], options: O) {
+  try {
+    return parseArgs({ args, options: { ...COMMON, ...options }, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new UsageError(`${command}: ${(e as Error).message.replace(/\. To specify a positional argument.*$/s, '')}`, `see 'vmsubst ${command} --help'`);
+  }
+}
+
+export function positionals(command: string, got: string[], names: string[]): string[] {
+  if (got.length !== names.length) {
+    const which = got.length < names.length ? `missing ${names.slice(got.length).join(' ')}` : `unexpected argument '${got[names.length]!}'`;
+    throw new UsageError(`${command}: ${which}`, `see 'vmsubst ${command} --help'`);
+  }
+  return got;
+}
+
+/** Prints `help` and returns true when --help was given. */
+export function helpRequested(help: string, values: { help?: boolean | undefined }): boolean {
+  if (!values.help) return false;
+  process.stdout.write(help);
+  return true;
+}
+
+export async function loadPrivateKey(path: string, option = '--sign'): Promise<KeyObject> {
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(await readFile(path));
+  } catch (e) {
+    throw new UsageError(`${option} ${path}: not a readable private key (${(e as Error).message})`, "make one with 'vmsubst keygen --out PREFIX'");
+  }
+  if (key.asymmetricKeyType !== 'ed25519') throw new UsageError(`${option} ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
+  return key;
+}
+
+/** Public keys (PEM, from vmsubst keygen) by key id, for --trusted-key. */
+export async function loadPublicKeys(paths: readonly string[], option = '--trusted-key'): Promise<Map<string, KeyObject>> {
+  const keys = new Map<string, KeyObject>();
+  for (const path of paths) {
+    let key: KeyObject;
+    try {
+      key = createPublicKey(await readFile(path));
+    } catch (e) {
+      throw new UsageError(`${option} ${path}: not a readable public key (${(e as Error).message})`, "give the PREFIX.pub written by 'vmsubst keygen'");
+    }
+    if (key.asymmetricKeyType !== 'ed25519') throw new UsageError(`${option} ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
+    keys.set(keyId(key), key);
+  }
+  return keys;
+}
+
+const validateCustomization = new Validator(Customization);
+
+export async function loadCustomization(path: string): Promise<Customization> {
+  let value: unknown;
+  try {
+    value = JSON.parse(await readFile(path, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`--customize ${path}: ${(e as Error).message}`);
+  }
+  const problems = validateCustomization.problems(value);
+  if (problems.length > 0) throw new UsageError(`--customize ${path}: ${problems.join('; ')}`, "see 'vmsubst notify --help'");
+  return value as Customization;
+}

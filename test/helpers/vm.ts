@@ -4,6 +4,8 @@
  * one raw data disk as virtio-blk (share-rw=on, serial vmsubst-data), a
  * virtio-serial port for the agent, a QMP socket, and optionally a
  * vhost-vsock device. The serial console runs a shell the tests drive.
+ * With `system`, a full Debian root image boots instead of the initramfs
+ * (systemd, the agent only if the image installs it).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
@@ -24,8 +26,25 @@ export interface VmOptions {
   /** Attach vhost-vsock-pci with this guest CID (needs /dev/vhost-vsock on the host). */
   vsockCid?: number;
   memoryMiB?: number;
+  /** Boot a full system image in place of the test initramfs (see SystemBoot). */
+  system?: SystemBoot;
+  /** How long the boot may take until the console shell is ready (default 120 s). */
+  bootTimeoutMs?: number;
   /** Called with every console line (for narration or debugging). */
   onConsole?: (line: string) => void;
+}
+
+/**
+ * A root filesystem image with its own init (test/guest/build-debian-image.sh):
+ * attached as virtio-blk serial vmsubst-root, booted through `initrd`, whose
+ * console shell announces VMSUBST-GUEST-READY like the test initramfs does.
+ */
+export interface SystemBoot {
+  rootImage: string;
+  rootFormat: 'raw' | 'qcow2';
+  initrd: string;
+  /** Extra kernel command line words. */
+  append?: string[];
 }
 
 export interface RunResult {
@@ -56,7 +75,7 @@ export class GuestVm {
     const vm = new GuestVm(opts);
     try {
       await vm.#start();
-      if (!opts.noAgent) {
+      if (!opts.noAgent && !opts.system) {
         // The console is up before node has started the agent (seconds under TCG).
         await waitFor(90_000, 'agent ready', async () => ((await vm.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
         vm.agentReadyMs = Date.now() - vm.#t0;
@@ -76,14 +95,15 @@ export class GuestVm {
     const art = guestArtifacts();
     if (typeof art === 'string') throw new Error(art);
     const kvm = process.env['VMSUBST_ACCEL'] === 'kvm';
-    const append = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1'];
+    const sys = this.opts.system;
+    const append = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1', ...(sys?.append ?? [])];
     if (this.opts.noAgent) append.push('vmsubst.noagent');
     if (this.opts.agentArgs?.length) append.push(`vmsubst.agent=${this.opts.agentArgs.join(',')}`);
     const args = [
       ...(kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
       '-m', String(this.opts.memoryMiB ?? 1024), '-smp', '2',
       '-nodefaults', '-display', 'none', '-no-reboot',
-      '-kernel', art.kernel, '-initrd', art.initramfs, '-append', append.join(' '),
+      '-kernel', art.kernel, '-initrd', sys?.initrd ?? art.initramfs, '-append', append.join(' '),
       '-chardev', 'stdio,id=con,signal=off', '-serial', 'chardev:con',
       '-qmp', `unix:${this.qmpSocket},server=on,wait=off`,
       '-blockdev', `driver=file,filename=${this.opts.disk},node-name=file0,cache.direct=off`,
@@ -91,8 +111,15 @@ export class GuestVm {
       '-device', 'virtio-blk-pci,drive=disk0,id=vblk0,serial=vmsubst-data,share-rw=on',
       '-device', 'virtio-serial-pci,id=vser0',
       '-chardev', `socket,id=agent0,path=${this.agentSocket},server=on,wait=off`,
-      '-device', 'virtserialport,chardev=agent0,name=org.vmsubst.0',
+      '-device', 'virtserialport,chardev=agent0,name=org.vmsubst.0,id=vport0',
     ];
+    if (sys) {
+      args.push(
+        '-blockdev', `driver=file,filename=${sys.rootImage},node-name=rootfile`,
+        '-blockdev', `driver=${sys.rootFormat},file=rootfile,node-name=root0`,
+        '-device', 'virtio-blk-pci,drive=root0,id=vblkroot,serial=vmsubst-root',
+      );
+    }
     if (this.opts.extraDisk) {
       args.push(
         '-blockdev', `driver=file,filename=${this.opts.extraDisk},node-name=file1,read-only=on`,
@@ -120,7 +147,7 @@ export class GuestVm {
     proc.on('exit', (code, sig) => {
       this.#exited = `qemu exited (code ${code}, signal ${sig})`;
     });
-    return waitFor(120_000, 'guest boot', () => {
+    return waitFor(this.opts.bootTimeoutMs ?? 120_000, 'guest boot', () => {
       if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
       return this.#console.includes('VMSUBST-GUEST-READY') ? true : undefined;
     }, 50).then(() => {

@@ -53,6 +53,13 @@ export function positionals(command: string, got: string[], names: string[]): st
   return got;
 }
 
+/** A positive integer option value, or a usage error naming the option. */
+export function positiveInt(command: string, option: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${command}: ${option} ${value}: expected a positive whole number`, `see 'vmsubst ${command} --help'`);
+  return n;
+}
+
 /** Prints `help` and returns true when --help was given. */
 export function helpRequested(help: string, values: { help?: boolean | undefined }): boolean {
   if (!values.help) return false;

@@ -12,7 +12,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Customization } from '../../../agent/src/protocol/schema.js';
 import { signArgs } from '../../../agent/src/protocol/signature.js';
 import type { Manifest } from '../bundle/schema.js';
-import { AgentError, ProtocolError, TimeoutError, TransportError } from '../errors.js';
+import { AgentError, ProtocolError, TimeoutError } from '../errors.js';
 import { LineDecoder, validateReply } from '../../../agent/src/protocol/codec.js';
 import { AgentClient } from './client.js';
 import { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget } from './transport.js';
@@ -169,12 +169,14 @@ export class AgentConnection {
 
 /**
  * Whether a failed exchange may be tried again on a new connection: the
- * channel failed (no connection, closed, no reply) or the agent was busy. An
- * answer from the agent (refusal, mismatch) is final.
+ * channel failed once open (closed, no reply in time) or the agent was busy.
+ * An answer from the agent (refusal, mismatch) is final, and so is a channel
+ * that cannot be opened at all (no socket, nothing listening): retrying would
+ * only delay the error.
  */
 export function retryable(e: unknown): boolean {
   if (e instanceof AgentError) return e.errorClass === 'Busy';
-  return e instanceof TransportError || e instanceof TimeoutError || (e instanceof ProtocolError && /closed the connection/.test(e.message));
+  return e instanceof TimeoutError || (e instanceof ProtocolError && /closed the connection/.test(e.message));
 }
 
 /**

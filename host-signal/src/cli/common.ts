@@ -17,7 +17,8 @@ export interface Command {
   readonly synopsis: string;
   readonly summary: string;
   readonly help: string;
-  run(args: string[]): Promise<void>;
+  /** Resolves with the exit status when it is not 0 although the command ran (e.g. a rollout with failed VMs). */
+  run(args: string[]): Promise<void | number>;
 }
 
 export const COMMON = {

@@ -5,6 +5,8 @@ import { applyCommand } from './apply.js';
 import { notifyCommand } from './notify.js';
 import { inspectCommand } from './inspect.js';
 import { keygenCommand } from './keygen.js';
+import { rolloutCommand } from './rollout.js';
+import { planCommand } from './plan.js';
 
 export const COMMANDS: readonly Command[] = [
   diffCommand,
@@ -12,4 +14,6 @@ export const COMMANDS: readonly Command[] = [
   notifyCommand,
   inspectCommand,
   keygenCommand,
+  planCommand,
+  rolloutCommand,
 ];

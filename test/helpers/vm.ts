@@ -24,6 +24,8 @@ export interface VmOptions {
   /** Attach vhost-vsock-pci with this guest CID (needs /dev/vhost-vsock on the host). */
   vsockCid?: number;
   memoryMiB?: number;
+  /** Let a reset (QMP system_reset, a guest reboot) restart the guest instead of ending QEMU (-no-reboot). */
+  reboot?: boolean;
   /** Called with every console line (for narration or debugging). */
   onConsole?: (line: string) => void;
 }
@@ -82,7 +84,7 @@ export class GuestVm {
     const args = [
       ...(kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
       '-m', String(this.opts.memoryMiB ?? 1024), '-smp', '2',
-      '-nodefaults', '-display', 'none', '-no-reboot',
+      '-nodefaults', '-display', 'none', ...(this.opts.reboot ? [] : ['-no-reboot']),
       '-kernel', art.kernel, '-initrd', art.initramfs, '-append', append.join(' '),
       '-chardev', 'stdio,id=con,signal=off', '-serial', 'chardev:con',
       '-qmp', `unix:${this.qmpSocket},server=on,wait=off`,
@@ -126,6 +128,19 @@ export class GuestVm {
     }, 50).then(() => {
       this.bootMs = Date.now() - t0;
     });
+  }
+
+  /** How many times the guest has come up (boots, then one per reset). */
+  get boots(): number {
+    return this.#console.split('VMSUBST-GUEST-READY').length - 1;
+  }
+
+  /** Waits until the guest has come up `n` times in all (after a reset), and its agent too unless it has none. */
+  async waitForBoot(n: number, timeoutMs = 180_000): Promise<void> {
+    await waitFor(timeoutMs, `guest boot #${n}`, () => {
+      if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
+      return this.boots >= n ? true : undefined;
+    }, 100);
   }
 
   /** Runs a shell command on the guest console; resolves with its output and exit status. */

@@ -24,6 +24,8 @@ export interface VmOptions {
   /** Attach vhost-vsock-pci with this guest CID (needs /dev/vhost-vsock on the host). */
   vsockCid?: number;
   memoryMiB?: number;
+  /** How long the boot, and then the agent's start, may each take; default 120 s and 90 s (raise it when several guests boot at once). */
+  bootTimeoutMs?: number;
   /** Let a reset (QMP system_reset, a guest reboot) restart the guest instead of ending QEMU (-no-reboot). */
   reboot?: boolean;
   /** Called with every console line (for narration or debugging). */
@@ -60,7 +62,7 @@ export class GuestVm {
       await vm.#start();
       if (!opts.noAgent) {
         // The console is up before node has started the agent (seconds under TCG).
-        await waitFor(90_000, 'agent ready', async () => ((await vm.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
+        await waitFor(opts.bootTimeoutMs ?? 90_000, 'agent ready', async () => ((await vm.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
         vm.agentReadyMs = Date.now() - vm.#t0;
       }
     } catch (e) {
@@ -122,7 +124,7 @@ export class GuestVm {
     proc.on('exit', (code, sig) => {
       this.#exited = `qemu exited (code ${code}, signal ${sig})`;
     });
-    return waitFor(120_000, 'guest boot', () => {
+    return waitFor(this.opts.bootTimeoutMs ?? 120_000, 'guest boot', () => {
       if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
       return this.#console.includes('VMSUBST-GUEST-READY') ? true : undefined;
     }, 50).then(() => {

@@ -17,16 +17,18 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GuestVm } from '../helpers/vm.js';
+import { GuestVm, type VmOptions } from '../helpers/vm.js';
 import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
-import { withTimeout } from '../helpers/timeout.js';
+import { sleep, withTimeout } from '../helpers/timeout.js';
 import { startMuxer, type Muxer } from '../helpers/vsock-muxer.js';
 
 const PROG = '/mnt/data/bin/vprog';
 const PORT = 5252;
 const MEMORY_MIB = 512;
+/** Three TCG guests booting on a shared two-core host: minutes, not seconds. */
+const BOOT_MS = 480_000;
 
 interface VmJson {
   name: string;
@@ -117,10 +119,16 @@ if (typeof art === 'string') {
     b[0] = readFileSync(C.disks.gamma).subarray(at, at + 1)[0]! ^ 0xff;
     writeSync(fd, b, 0, 1, at);
     closeSync(fd);
+    // Booted a few seconds apart (the initramfs unpacking of three TCG guests at once crowds two
+    // cores); the rollouts below then drive all three at once.
+    const boot = async (delayMs: number, opts: Omit<VmOptions, 'bootTimeoutMs' | 'memoryMiB'>): Promise<GuestVm> => {
+      await sleep(delayMs);
+      return withTimeout(BOOT_MS + 60_000, 'boot', () => GuestVm.boot({ ...opts, memoryMiB: MEMORY_MIB, bootTimeoutMs: BOOT_MS }));
+    };
     const boots = await Promise.allSettled([
-      withTimeout(600_000, 'boot alpha', () => GuestVm.boot({ disk: C.disks.alpha, memoryMiB: MEMORY_MIB })),
-      withTimeout(600_000, 'boot beta', () => GuestVm.boot({ disk: C.disks.beta, memoryMiB: MEMORY_MIB, noAgent: true, reboot: true })),
-      withTimeout(600_000, 'boot gamma', () => GuestVm.boot({ disk: C.disks.gamma, memoryMiB: MEMORY_MIB })),
+      boot(0, { disk: C.disks.alpha }),
+      boot(15_000, { disk: C.disks.beta, noAgent: true, reboot: true }),
+      boot(30_000, { disk: C.disks.gamma }),
     ]);
     const names = ['alpha', 'beta', 'gamma'] as const;
     boots.forEach((b, i) => {

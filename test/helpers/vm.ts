@@ -80,7 +80,9 @@ export class GuestVm {
     const art = guestArtifacts();
     if (typeof art === 'string') throw new Error(art);
     const kvm = process.env['VMSUBST_ACCEL'] === 'kvm';
-    const append = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1'];
+    // no_timer_check: on a loaded host a TCG guest can miss the kernel's IO-APIC timer check and
+    // panic ("IO-APIC + timer doesn't work!"); virtual machines commonly skip that check.
+    const append = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1', 'no_timer_check'];
     if (this.opts.noAgent) append.push('vmsubst.noagent');
     if (this.opts.agentArgs?.length) append.push(`vmsubst.agent=${this.opts.agentArgs.join(',')}`);
     const args = [

@@ -144,7 +144,7 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
       throw e;
     }
     for (const w of out.apply.warnings) out.notes.push(w);
-    if (out.apply.status === 'already-applied') out.notes.push('the disk already held the new blocks; nothing written');
+    if (out.apply.status === 'already-applied' && !options.resumed) out.notes.push('the disk already held the new blocks; nothing written');
 
     if (options.resumed && !conn && out.apply.status === 'already-applied') {
       out.status = 'done-before';
@@ -186,8 +186,9 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
   } catch (e) {
     out.status = e instanceof BaseMismatchError ? 'refused' : e instanceof CancelledError ? 'not-started' : 'failed';
     out.error = errorJson(e);
-    if (!out.apply) out.notes.push('nothing was written');
-    else if (!out.agent.told) out.notes.push('the blocks were written, but the guest was not told: roll out again (same substitution id) once the agent answers');
+    // A refusal says itself that nothing was written.
+    if (!out.apply && out.status === 'failed') out.notes.push('nothing was written');
+    else if (out.apply && out.status === 'failed' && !out.agent.told) out.notes.push('the blocks were written, but the guest was not told: roll out again (same substitution id) once the agent answers');
   } finally {
     conn?.close();
     out.elapsedMs = Math.round(performance.now() - started);

@@ -8,6 +8,7 @@
         "native/direct_io.c",
         "native/fiemap.c",
         "native/notify.c",
+        "native/seek.c",
         "native/vsock.c"
       ],
       "dependencies": [

@@ -35,6 +35,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <linux/fiemap.h>
@@ -202,6 +203,43 @@ Napi::Value Fiemap(const Napi::CallbackInfo& info) {
     o.Set("length", Napi::BigInt::New(env, e.length));
     o.Set("flags", Napi::Number::New(env, e.flags));
     result.Set(static_cast<uint32_t>(i), o);
+  }
+  return result;
+}
+
+// ---- SEEK_DATA / SEEK_HOLE ----------------------------------------------------------
+
+int CollectSegment(void* ctx, int64_t offset, int64_t length) {
+  try {
+    static_cast<std::vector<std::pair<int64_t, int64_t>>*>(ctx)->emplace_back(offset, length);
+    return 0;
+  } catch (...) {
+    return -ENOMEM;
+  }
+}
+
+// dataSegments(fd, size): [[offset, length], ...]; offsets below 2^53.
+Napi::Value DataSegments(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = ArgFd(info, 0);
+  if (info.Length() < 2 || !info[1].IsNumber()) {
+    throw Napi::TypeError::New(env, "size must be a number");
+  }
+  const double size = info[1].As<Napi::Number>().DoubleValue();
+  if (!(size >= 0) || size > 9007199254740991.0) {
+    throw Napi::RangeError::New(env, "size must be in [0, 2^53)");
+  }
+  std::vector<std::pair<int64_t, int64_t>> segments;
+  const int err = vs_data_segments(fd, static_cast<int64_t>(size), CollectSegment, &segments);
+  if (err < 0) {
+    throw MakeError(env, err, "lseek", "SEEK_DATA (fd " + std::to_string(fd) + ")");
+  }
+  Napi::Array result = Napi::Array::New(env, segments.size());
+  for (size_t i = 0; i < segments.size(); i++) {
+    Napi::Array pair = Napi::Array::New(env, 2);
+    pair.Set(0u, Napi::Number::New(env, static_cast<double>(segments[i].first)));
+    pair.Set(1u, Napi::Number::New(env, static_cast<double>(segments[i].second)));
+    result.Set(static_cast<uint32_t>(i), pair);
   }
   return result;
 }
@@ -1295,6 +1333,7 @@ Napi::Object Constants(Napi::Env env) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fiemap", Napi::Function::New<Fiemap>(env, "fiemap"));
+  exports.Set("dataSegments", Napi::Function::New<DataSegments>(env, "dataSegments"));
   exports.Set("readDirect", Napi::Function::New<ReadDirect>(env, "readDirect"));
   exports.Set("kmodVersion", Napi::Function::New<KmodVersion>(env, "kmodVersion"));
   exports.Set("invalidateRange", Napi::Function::New<InvalidateRange>(env, "invalidateRange"));

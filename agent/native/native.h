@@ -97,6 +97,20 @@ typedef int (*vs_extent_cb)(void *ctx, const struct vs_extent *extent);
  */
 int vs_fiemap(int fd, vs_extent_cb cb, void *ctx);
 
+/* ---- seek.c: data segments of a sparse file ------------------------------ */
+
+/* Called for each data segment [offset, offset + length); a non-zero return
+ * stops the walk and becomes vs_data_segments()'s return value. */
+typedef int (*vs_segment_cb)(void *ctx, int64_t offset, int64_t length);
+
+/*
+ * The data segments of the open file fd within [0, size), found with
+ * lseek(SEEK_DATA) and lseek(SEEK_HOLE), in order. A filesystem without
+ * SEEK_DATA yields one segment covering everything. 0, -errno of lseek, or
+ * the callback's non-zero value. Moves the file offset. Thread-safe.
+ */
+int vs_data_segments(int fd, int64_t size, vs_segment_cb cb, void *ctx);
+
 /* ---- direct_io.c: O_DIRECT reads ------------------------------------------ */
 
 /* Alignment of O_DIRECT reads: offset, length and memory. 4096 covers both

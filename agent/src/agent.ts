@@ -7,7 +7,7 @@ import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import { PROTOCOL_VERSION, type CommandName, type GreetingBody } from './protocol/schema.js';
 import { Session } from './session.js';
-import { substitute, type SubstituteDeps } from './commands/substitute.js';
+import { planSubstitution, prepareSubstitution, substitute, type SubstituteDeps } from './commands/substitute.js';
 import { customize } from './commands/customize.js';
 import type { Transport } from './transport/transport.js';
 import { UnixTransport } from './transport/unix.js';
@@ -57,7 +57,7 @@ export class Agent {
   ) {}
 
   get greeting(): GreetingBody {
-    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute'] };
+    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan'] };
   }
 
   async start(): Promise<void> {
@@ -103,40 +103,111 @@ export class Agent {
         return this.greeting;
       case 'ping':
         return {};
-      case 'substitute': {
-        // One substitution at a time across all channels.
-        const run = this.#busy.catch(() => undefined).then(() => this.#journaled(args as ArgsOf<'substitute'>, peer));
-        this.#busy = run;
-        return run;
-      }
+      case 'substitute':
+        return this.#exclusive(() => this.#substituteOnce(args as ArgsOf<'substitute'>, peer));
       case 'prepare':
+        return this.#exclusive(() => this.#prepare(args as ArgsOf<'prepare'>, peer));
       case 'commit':
+        return this.#exclusive(() => this.#commit((args as ArgsOf<'commit'>).id, peer));
       case 'abort':
-        throw new CommandError('CommandNotFound', `'${name}' is not available in this agent`);
+        return this.#exclusive(() => this.#abort((args as ArgsOf<'abort'>).id, peer));
     }
   }
 
-  /** Answers a known id from the journal; otherwise runs it between begin and done/failed records. */
-  async #journaled(args: ArgsOf<'substitute'>, peer: string): Promise<ReturnOf<'substitute'>> {
+  /** One substitution step at a time across all channels; the others queue. */
+  #exclusive<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.#busy.catch(() => undefined).then(f);
+    this.#busy = run;
+    return run;
+  }
+
+  #authorize(args: ArgsOf<'substitute'> | ArgsOf<'prepare'>, peer: string): void {
     const verdict = checkSignature(args, this.#trusted);
     if (!verdict.ok) {
       this.log.warn('refused an unauthorized substitution', { peer, id: args.id, reason: verdict.reason });
       throw new CommandError('Unauthorized', verdict.reason);
     }
+  }
+
+  /** The one-shot `substitute` (the host wrote first); with dry-run, the plan only, outside the journal. */
+  async #substituteOnce(args: ArgsOf<'substitute'>, peer: string): Promise<ReturnOf<'substitute'>> {
+    this.#authorize(args, peer);
+    if (args['dry-run']) {
+      this.log.info('plan', { id: args.id, ranges: args.ranges.length });
+      return planSubstitution(args, this.#substituteDeps());
+    }
+    return this.#journaled(args, peer, undefined);
+  }
+
+  /** Phase one: plan and pin. A repeated prepare of the same id is answered from the journal. */
+  async #prepare(args: ArgsOf<'prepare'>, peer: string): Promise<ReturnOf<'prepare'>> {
+    this.#authorize(args, peer);
     const journal = this.#journal!;
-    const dryRun = args['dry-run'] ?? false;
+    const entry = journal.get(args.id);
+    if (entry?.last.phase === 'prepared') {
+      this.log.info('prepare answered from the journal', { id: args.id });
+      return { ...(entry.last.report as ReturnOf<'prepare'>), replayed: true };
+    }
+    this.log.info('prepare', { id: args.id, ranges: args.ranges.length });
+    const report = await prepareSubstitution(args, this.#substituteDeps());
+    journal.prepared(args.id, peer, args, report);
+    for (const p of report.pinned) this.log.info('pinned', { id: args.id, pid: p.pid, comm: p.comm, path: p.path, bytes: p['bytes-copied'], status: p.status });
+    return report;
+  }
+
+  /** Phase two: the host has written; substitute with prepare's arguments and pins. */
+  async #commit(id: string, peer: string): Promise<ReturnOf<'substitute'>> {
+    const entry = this.#journal!.get(id);
+    const last = entry?.last;
+    if (last?.phase === 'prepared') {
+      return this.#journaled(last.args as ArgsOf<'substitute'>, peer, (last.report as ReturnOf<'prepare'>).pinned);
+    }
+    if (last?.phase === 'begin' && last.args !== undefined) {
+      // A commit cut short (agent crash): its arguments are in the journal; run it again. The pins
+      // of prepare live on in the processes; none are taken now that the disk holds new blocks.
+      return this.#journaled(last.args as ArgsOf<'substitute'>, peer, []);
+    }
+    if (last?.phase === 'done' && this.#journal!.latest() === entry) {
+      this.log.info('commit answered from the journal', { id });
+      return { ...(last.report as ReturnOf<'substitute'>), replayed: true };
+    }
+    const why = last === undefined ? 'was never prepared' : last.phase === 'aborted' ? 'was aborted' : `is ${entry!.state}, not prepared`;
+    throw new CommandError('NotPrepared', `substitution ${id} ${why}; send prepare first`);
+  }
+
+  async #abort(id: string, peer: string): Promise<ReturnOf<'abort'>> {
+    const journal = this.#journal!;
+    const last = journal.get(id)?.last;
+    if (last?.phase === 'prepared') {
+      journal.aborted(id);
+      const pins = (last.report as ReturnOf<'prepare'>).pinned;
+      this.log.info('aborted', { id, peer, pinsKept: pins.length });
+      return {
+        id,
+        status: 'aborted',
+        'pins-kept': pins,
+        detail: pins.length > 0 ? 'pinned processes keep their private copies of the old pages (the same content as the disk); freed when they exit' : 'nothing had been changed',
+      };
+    }
+    if (last?.phase === 'done' || last?.phase === 'begin') return { id, status: 'committed', 'pins-kept': [], detail: 'already committed: the new blocks are in use; apply the reverse bundle to undo' };
+    return { id, status: 'not-prepared', 'pins-kept': [], detail: last?.phase === 'aborted' ? 'already aborted' : 'nothing was prepared under this id' };
+  }
+
+  /** Answers a known id from the journal; otherwise runs it between begin and done/failed records. */
+  async #journaled(args: ArgsOf<'substitute'>, peer: string, pinned: ReturnOf<'prepare'>['pinned'] | undefined): Promise<ReturnOf<'substitute'>> {
+    const journal = this.#journal!;
     const entry = journal.get(args.id);
     // Only a retry of the latest substitution is answered from the journal. The same bundle
     // applied again after others (A→B, B→A, A→B) changed the disk again and must run again.
-    if (!dryRun && entry?.state === 'done' && entry.last.phase === 'done' && journal.latest() === entry) {
+    if (entry?.state === 'done' && entry.last.phase === 'done' && journal.latest() === entry) {
       this.log.info('substitute answered from the journal', { id: args.id });
       return { ...(entry.last.report as ReturnOf<'substitute'>), replayed: true };
     }
-    if (dryRun) return this.#substitute(args);
-    journal.begin(args.id, peer);
+    journal.begin(args.id, peer, pinned !== undefined ? args : undefined);
     if (process.env['VMSUBST_FAULT'] === 'crash-after-begin') process.kill(process.pid, 'SIGKILL'); // fault injection for the recovery test
     try {
-      const substituted = await this.#substitute(args);
+      this.log.info('substitute', { id: args.id, ranges: args.ranges.length, twoPhase: pinned !== undefined });
+      const substituted = await substitute(args, this.#substituteDeps(), pinned);
       // Customization comes after the blocks, so a file it writes is not overwritten by them.
       const report = args.customization
         ? { ...substituted, customization: await customize(args.customization, { ...this.config.customization, root: '/', procSys: '/proc/sys' }) }
@@ -150,13 +221,13 @@ export class Agent {
     }
   }
 
-  #substitute(args: ArgsOf<'substitute'>): ReturnType<typeof substitute> {
+  #substituteDeps(): SubstituteDeps {
     const { deps, config } = this;
-    this.log.info('substitute', { id: args.id, ranges: args.ranges.length, dryRun: args['dry-run'] ?? false });
-    return substitute(args, {
+    return {
       ...deps,
       ...(this.#pedigree ? { pedigree: this.#pedigree } : {}),
+      policies: config.policies,
       invalidateRange: (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
-    });
+    };
   }
 }

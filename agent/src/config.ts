@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { Type, type Static } from '@sinclair/typebox';
 import { Validator } from './protocol/codec.js';
+import { Policies } from './protocol/schema.js';
 
 export const DEFAULT_VSOCK_PORT = 5252;
 export const DEFAULT_SERIAL_PATH = '/dev/virtio-ports/org.vmsubst.0';
@@ -42,6 +43,12 @@ export const Config = Type.Object(
       },
       { additionalProperties: false },
     ),
+    /**
+     * What happens to processes mapping a changed file, per file class and per path (see the
+     * protocol's Policies); a notification's policies come first. Unset classes: remap for data and
+     * for ELF files whose layout the host found unchanged, pin for the others.
+     */
+    policies: Policies,
   },
   { additionalProperties: false },
 );
@@ -61,6 +68,7 @@ export const DEFAULTS: Config = {
   logLevel: 'info',
   idleTimeoutSec: 300,
   customization: { allow: ['hostname', 'file', 'sysctl'], fileRoots: ['/etc'] },
+  policies: {},
 };
 
 const validateConfig = new Validator(Config);

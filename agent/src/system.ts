@@ -4,6 +4,10 @@
  */
 import type { AgentDeps } from './agent.js';
 import type { MetadataOps } from './commands/metadata.js';
+import type { RestartOutcome } from './protocol/schema.js';
+import { pinFile } from './pin.js';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 
 type Native = typeof import('./native/index.js');
 
@@ -14,6 +18,10 @@ export async function systemDeps(): Promise<AgentDeps> {
     fiemap: native.fiemap,
     invalidateRange: native.invalidateRange,
     forceFlag: native.INVALIDATE_F_FORCE,
+    dropOnlyFlag: native.constants.VMSUBST_INVALIDATE_F_DROP,
+    refaultFlag: native.constants.VMSUBST_INVALIDATE_F_REFAULT_ASYNC,
+    pin: (path) => pinFile(native, path),
+    restartUnit,
     metadata: metadataOps(native),
     vsockListen: (port) => native.vsockListen(port),
     adoptStream: native.adoptStream,
@@ -69,4 +77,14 @@ function chunk<T>(items: readonly T[], size: number): T[][] {
   const out: T[][] = [];
   for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
   return out;
+}
+
+/** `systemctl restart UNIT`, bounded in time; on a system not run by systemd, says so. */
+export function restartUnit(unit: string): Promise<RestartOutcome> {
+  if (!existsSync('/run/systemd/system')) return Promise.resolve({ unit, status: 'no-systemd', detail: 'this system is not run by systemd' });
+  return new Promise((resolve) => {
+    execFile('systemctl', ['restart', '--', unit], { timeout: 90_000 }, (err, _out, stderr) => {
+      resolve(err ? { unit, status: 'failed', detail: (stderr.trim() || err.message).slice(0, 500) } : { unit, status: 'restarted' });
+    });
+  });
 }

@@ -47,6 +47,13 @@ export class DiffError extends VmsubstError {
   }
 }
 
+/** File hints could not be computed (debugfs missing or failing, an unreadable filesystem). */
+export class HintError extends VmsubstError {
+  constructor(message: string, hint = 'pass --no-hints to make the bundle without file hints') {
+    super('E_VMSUBST_HINTS', message, hint);
+  }
+}
+
 /** A bundle file is malformed, corrupt or inconsistent; nothing was written anywhere. */
 export class BundleError extends VmsubstError {
   constructor(

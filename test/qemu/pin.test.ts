@@ -59,7 +59,8 @@ if (typeof art === 'string') {
     withTimeout(120_000, 'substitute', async () => {
       const vm = C.vm!;
       await vmsubstJson(['apply', C.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
-      await vmsubstJson(['notify', C.bundle, '--to', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data']);
+      // Remap explicitly: the pin under test is the one made by hand above, not the policy's.
+      await vmsubstJson(['notify', C.bundle, '--to', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--policy', '/bin/vprog=remap']);
       await waitFor(20_000, 'other switches to v2', async () => ((await versions(vm, '/tmp/other.out')).at(-1) === 'vprog version v2' ? true : undefined));
       await vm.sh('sleep 2');
       const pinned = await versions(vm, '/tmp/pinned.out');

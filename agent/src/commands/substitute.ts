@@ -1,19 +1,23 @@
 /**
- * `substitute`: the host has replaced blocks of one of our disks. Verify that
- * the new blocks are visible, find the files they belong to, and make the
- * kernel forget what it cached of those files, so running processes fault the
- * new content in and new execs read it.
+ * `substitute`, and the two phases `prepare` / `commit`: the host replaces
+ * blocks of one of our disks. Plan (which files, which policy for the
+ * processes mapping them), pin where the policy says so while the old blocks
+ * are still on disk, then — once the host has written — verify that the new
+ * blocks are visible and make the kernel forget what it cached, so running
+ * processes fault the new content in and new execs read it.
  */
 import { open } from 'node:fs/promises';
 import { CommandError, errnoCode } from '../errors.js';
-import type { ArgsOf, FileReport, ReturnOf } from '../protocol/schema.js';
+import type { ArgsOf, ByteRange, FileReport, Mapper, MetadataReport, PinOutcome, Policies, RestartOutcome, ReturnOf } from '../protocol/schema.js';
 import { PedigreeIndex, mountsOfDisk, type Fiemap } from '../pedigree/index.js';
 import type { PedigreeService } from '../pedigree/live.js';
-import { readDiskLayout, readMounts } from '../pedigree/mounts.js';
-import { findMappers, keyOf } from '../proc/mappers.js';
-import { resolveDisk } from '../disk/resolve.js';
+import { readDiskLayout, readMounts, type DiskLayout, type Mount } from '../pedigree/mounts.js';
+import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
+import { resolveDisk, type ResolvedDisk } from '../disk/resolve.js';
 import { verifyRanges, type DiskReader } from '../disk/verify.js';
-import { applyMetadata, planMetadata, plannedOnly, type AppliedMetadata, type MetadataOps } from './metadata.js';
+import { applyMetadata, planMetadata, plannedOnly, type AppliedMetadata, type MetadataOps, type MetadataPlan } from './metadata.js';
+import { buildPlan, type FilePlan, type PlanResult } from './plan.js';
+import type { PinReport } from '../pin.js';
 
 export interface InvalidateCounts {
   pagesCached: bigint;
@@ -30,63 +34,173 @@ export interface SubstituteDeps {
   /** The agent's live index; without it the disk's filesystems are walked for this substitution. */
   pedigree?: PedigreeService;
   invalidateRange(fd: number, offset: bigint, length: bigint, flags: number): Promise<InvalidateCounts>;
+  /** INVALIDATE_F_FORCE: data-only substitution under a read-write mount. */
   forceFlag: number;
+  /** INVALIDATE_F_DROP alone: pages nobody maps are dropped, mapped pages stay (the `report` policy). */
+  dropOnlyFlag: number;
+  /** INVALIDATE_F_REFAULT_ASYNC: the new content of a changed executable is read ahead after the drop. */
+  refaultFlag: number;
+  /** Gives the processes mapping `path` private copies of their pages (the `pin` policy). */
+  pin(path: string): Promise<PinReport>;
+  /** Restarts a systemd unit (the `restart` policy). */
+  restartUnit(unit: string): Promise<RestartOutcome>;
+  /** Policies from the agent's configuration; a notification's own come first. */
+  policies?: Policies;
   procRoot: string;
   sysRoot: string;
   devRoot: string;
   now(): number;
 }
 
-export async function substitute(args: ArgsOf<'substitute'>, deps: SubstituteDeps): Promise<ReturnOf<'substitute'>> {
+type Args = ArgsOf<'substitute'>;
+
+interface Mapped {
+  disk: ResolvedDisk;
+  layout: DiskLayout;
+  mounts: Mount[];
+  metadata: MetadataPlan;
+  planned: PlanResult;
+  unmapped: ByteRange[];
+  mapMs: number;
+  classifyMs: number;
+}
+
+/** Finds the files and metadata behind the changed ranges and decides per file what happens (no verification). */
+async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, beforeWrite: boolean): Promise<Mapped> {
   const t0 = deps.now();
-  const dryRun = args['dry-run'] ?? false;
-  const disk = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot);
-
-  const verifiedBytes = await verifyRanges(deps.readDirect, disk.path, args.ranges);
-  const t1 = deps.now();
-
+  const disk = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot, beforeWrite);
   const layout = await readDiskLayout(disk.name, deps.sysRoot);
   const mounts = await readMounts(deps.procRoot);
   const changed = args.ranges.map(({ offset, length }) => ({ offset, length }));
   const { files, unmapped } = deps.pedigree
     ? await deps.pedigree.lookup(layout, mounts, changed)
     : (await PedigreeIndex.build(layout, mounts, deps.fiemap)).lookup(changed);
+  const t1 = deps.now();
+  const dirHits = files.filter((f) => f.file.kind === 'dir');
+  const metadata = await planMetadata(disk, layout, mounts, unmapped, dirHits, deps.readDirect, deps.devRoot);
+  const planned = await buildPlan({
+    files,
+    unmapped,
+    metadata,
+    changed,
+    hints: args.hints ?? [],
+    policies: { notification: args.policies, config: deps.policies },
+    diskPath: disk.path,
+    read: deps.readDirect,
+    procRoot: deps.procRoot,
+  });
+  return { disk, layout, mounts, metadata, planned, unmapped, mapMs: t1 - t0, classifyMs: deps.now() - t1 };
+}
+
+function refuseRestartRequired(m: Mapped, force: boolean): void {
+  const rwMeta = m.metadata.filesystems.find((fs) => !fs.readOnly);
+  if (!rwMeta || force) return;
+  throw new CommandError(
+    'RestartRequired',
+    `${rwMeta.mountPoint} is mounted read-write and the substitution changes its metadata ` +
+      `(${rwMeta.ranges.flatMap((r) => r.kinds).filter((k, i, a) => a.indexOf(k) === i).join(', ')}); ` +
+      'the guest must be restarted (or remounted read-only), or the host must force it',
+    { mount: rwMeta.mountPoint, plan: m.planned.plan },
+  );
+}
+
+function emptyReport(f: FilePlan, mappers: Mapper[]): FileReport {
+  return { path: f.hit.file.path, ino: f.hit.file.ino, ranges: f.hit.ranges, 'pages-cached': 0, 'pages-mapped': 0, 'pages-dropped': 0, 'pages-kept': 0, mappers };
+}
+
+/** Before anything is done no inode is found in use. */
+function withoutInUse(planned: AppliedMetadata): MetadataReport {
+  return { ...planned, inodes: { ...planned.inodes, 'in-use': [] } };
+}
+
+const plainMappers = (ms: MapperInfo[] | undefined): Mapper[] => (ms ?? []).map(({ pid, comm }) => ({ pid, comm }));
+
+/** A dry run: the plan, before the host writes; nothing is verified or changed. */
+export async function planSubstitution(args: Args, deps: SubstituteDeps): Promise<ReturnOf<'substitute'>> {
+  const t0 = deps.now();
+  const m = await mapAndPlan(args, deps, true);
+  return {
+    id: args.id,
+    device: m.disk.path,
+    'dry-run': true,
+    'verified-bytes': 0,
+    files: m.planned.files.map((f) => emptyReport(f, plainMappers(m.planned.mappers.get(keyOf(f.hit.file))))),
+    unmapped: m.unmapped,
+    ...(m.metadata.ranges.length > 0 ? { metadata: withoutInUse(plannedOnly(m.metadata)) } : {}),
+    plan: m.planned.plan,
+    'timings-ms': { verify: 0, map: m.mapMs, classify: m.classifyMs, invalidate: m.classifyMs, total: deps.now() - t0 },
+  };
+}
+
+/** Phase one: plan, and pin the processes whose policy is `pin` while the disk still holds the old blocks. */
+export async function prepareSubstitution(args: ArgsOf<'prepare'>, deps: SubstituteDeps): Promise<ReturnOf<'prepare'>> {
+  const t0 = deps.now();
+  const m = await mapAndPlan(args, deps, true);
+  refuseRestartRequired(m, args.force ?? false);
+  const t1 = deps.now();
+  const pinned = await pinPlanned(m.planned.files, deps, false);
+  return {
+    id: args.id,
+    device: m.disk.path,
+    plan: m.planned.plan,
+    pinned,
+    'timings-ms': { map: m.mapMs, classify: m.classifyMs, pin: deps.now() - t1, total: deps.now() - t0 },
+  };
+}
+
+async function pinPlanned(files: FilePlan[], deps: SubstituteDeps, late: boolean): Promise<PinOutcome[]> {
+  const out: PinOutcome[] = [];
+  for (const f of files) {
+    if (f.planned.policy !== 'pin' || f.planned.mappers.length === 0) continue;
+    const path = f.hit.file.path;
+    try {
+      const r = await deps.pin(path);
+      for (const p of r.processes) {
+        const detail = [
+          p['bytes-failed'] > 0 ? `${p['bytes-failed']} bytes could not be copied` : '',
+          late ? 'pinned after the host wrote: pages that were not cached come from the new blocks (use prepare/commit)' : '',
+        ].filter(Boolean).join('; ');
+        out.push({ pid: p.pid, comm: p.comm, path, 'bytes-copied': p['bytes-copied'], status: p.exited ? 'exited' : 'pinned', ...(detail ? { detail } : {}) });
+      }
+      for (const s of r['shared-unpinned']) out.push({ pid: s.pid, comm: s.comm, path, 'bytes-copied': 0, status: 'failed', detail: 'maps the file shared: cannot be pinned' });
+    } catch (e) {
+      for (const p of f.planned.mappers) out.push({ pid: p.pid, comm: p.comm, path, 'bytes-copied': 0, status: 'failed', detail: (e as Error).message });
+    }
+  }
+  return out;
+}
+
+/**
+ * The substitution proper, after the host wrote: verify → map → classify → act through the module in
+ * the bottom-up order → restart units → report. `pinned` comes from prepare; without it (one-shot
+ * substitute) the `pin` policy is applied here, late.
+ */
+export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, pinned?: PinOutcome[]): Promise<ReturnOf<'substitute'>> {
+  const t0 = deps.now();
+  const probe = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot);
+  const verifiedBytes = await verifyRanges(deps.readDirect, probe.path, args.ranges);
+  const t1 = deps.now();
+
+  const m = await mapAndPlan(args, deps, false);
+  const force = args.force ?? false;
+  refuseRestartRequired(m, force);
+  const files = m.planned.files;
   const t2 = deps.now();
 
-  const dirHits = files.filter((f) => f.file.kind === 'dir');
-  const fileHits = files.filter((f) => f.file.kind === 'file');
-  const plan = await planMetadata(disk, layout, mounts, unmapped, dirHits, deps.readDirect, deps.devRoot);
-  const force = args.force ?? false;
-  const rwMeta = plan.filesystems.find((fs) => !fs.readOnly);
-  if (rwMeta && !force) {
-    throw new CommandError(
-      'RestartRequired',
-      `${rwMeta.mountPoint} is mounted read-write and the substitution changes its metadata ` +
-        `(${rwMeta.ranges.flatMap((r) => r.kinds).filter((k, i, a) => a.indexOf(k) === i).join(', ')}); ` +
-        'the guest must be restarted (or remounted read-only), or the host must force it',
-      { mount: rwMeta.mountPoint },
-    );
-  }
-
-  const reports: FileReport[] = fileHits.map((hit) => ({
-    path: hit.file.path,
-    ino: hit.file.ino,
-    ranges: hit.ranges,
-    'pages-cached': 0,
-    'pages-mapped': 0,
-    'pages-dropped': 0,
-    'pages-kept': 0,
-    mappers: [],
-  }));
+  const pins = pinned ?? (await pinPlanned(files, deps, true));
+  const reports: FileReport[] = files.map((f) => emptyReport(f, []));
   const dropFilePages = async (): Promise<void> => {
-    for (const [i, hit] of fileHits.entries()) {
+    for (const [i, f] of files.entries()) {
+      const hit = f.hit;
       const report = reports[i]!;
       const fh = await open(hit.file.path, 'r').catch((e: unknown) => {
         throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${errnoCode(e) ?? String(e)}`);
       });
       try {
         // Data-only substitution on a read-write mount: the extents were checked above.
-        const flags = hit.file.mount.readOnly ? 0 : deps.forceFlag;
+        let flags = hit.file.mount.readOnly ? 0 : deps.forceFlag;
+        if (f.planned.policy === 'report') flags |= deps.dropOnlyFlag;
+        else if (f.planned.class !== 'data') flags |= deps.refaultFlag;
         for (const r of hit.ranges) {
           const c = await deps.invalidateRange(fh.fd, BigInt(r.offset), BigInt(r.length), flags).catch((e: unknown) => {
             if (errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENODEV') {
@@ -105,42 +219,54 @@ export async function substitute(args: ArgsOf<'substitute'>, deps: SubstituteDep
     }
   };
 
-  let metadata: AppliedMetadata | undefined = plan.ranges.length > 0 && dryRun ? plannedOnly(plan) : undefined;
-  if (!dryRun) {
-    if (plan.filesystems.length > 0) {
-      try {
-        metadata = (await applyMetadata(plan, deps.metadata, deps.readDirect, disk.path, force, dropFilePages)).report;
-      } finally {
-        // Inodes and directories were rewritten under the index: rebuild it on next use.
-        for (const p of mountsOfDisk(layout, mounts)) await deps.pedigree?.forget(p.mount.devNum);
-      }
-    } else {
-      await dropFilePages();
+  let metadata: AppliedMetadata | undefined;
+  if (m.metadata.filesystems.length > 0) {
+    try {
+      metadata = (await applyMetadata(m.metadata, deps.metadata, deps.readDirect, m.disk.path, force, dropFilePages)).report;
+    } finally {
+      // Inodes and directories were rewritten under the index: rebuild it on next use.
+      for (const p of mountsOfDisk(m.layout, m.mounts)) await deps.pedigree?.forget(p.mount.devNum);
     }
+  } else {
+    await dropFilePages();
   }
+  const restarted: RestartOutcome[] = [];
+  for (const unit of m.planned.plan.units) restarted.push(await deps.restartUnit(unit));
   const t3 = deps.now();
 
   const inUse = metadata?.inodes['in-use'] ?? [];
-  const keys = [...fileHits.map((f) => f.file), ...inUse.map((u) => ({ dev: u.dev, ino: u.ino }))];
+  const keys = [...files.map((f) => f.hit.file), ...inUse.map((u) => ({ dev: u.dev, ino: u.ino }))];
   const mappers = await findMappers(keys, deps.procRoot);
-  fileHits.forEach((f, i) => {
-    reports[i]!.mappers = mappers.get(keyOf(f.file)) ?? [];
+  files.forEach((f, i) => {
+    reports[i]!.mappers = plainMappers(mappers.get(keyOf(f.hit.file)));
   });
   const metadataReport = metadata && {
     ...metadata,
     inodes: {
       ...metadata.inodes,
-      'in-use': inUse.map(({ dev, ...u }) => ({ ...u, mappers: mappers.get(keyOf({ dev, ino: u.ino })) ?? [] })),
+      'in-use': inUse.map(({ dev, ...u }) => ({ ...u, mappers: plainMappers(mappers.get(keyOf({ dev, ino: u.ino }))) })),
     },
   };
+  const t4 = deps.now();
   return {
     id: args.id,
-    device: disk.path,
-    'dry-run': dryRun,
+    device: m.disk.path,
+    'dry-run': false,
     'verified-bytes': verifiedBytes,
     files: reports,
-    unmapped,
+    unmapped: m.unmapped,
     ...(metadataReport ? { metadata: metadataReport } : {}),
-    'timings-ms': { verify: t1 - t0, map: t2 - t1, invalidate: t3 - t2, total: deps.now() - t0 },
+    plan: m.planned.plan,
+    ...(pins.length > 0 ? { pinned: pins } : {}),
+    ...(restarted.length > 0 ? { restarted } : {}),
+    'timings-ms': {
+      verify: t1 - t0,
+      map: m.mapMs,
+      classify: m.classifyMs,
+      module: t3 - t2,
+      invalidate: m.classifyMs + (t3 - t2),
+      report: t4 - t3,
+      total: deps.now() - t0,
+    },
   };
 }

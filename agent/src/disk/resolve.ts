@@ -29,6 +29,8 @@ export async function resolveDisk(
   reader: DiskReader,
   sysRoot = '/sys',
   devRoot = '/dev',
+  /** Before the host writes (dry run, prepare) the blocks are still old: an unnamed disk is then the only one big enough. */
+  beforeWrite = false,
 ): Promise<ResolvedDisk> {
   const names = (await readdir(`${sysRoot}/block`)).filter((n) => !SKIP.test(n)).sort();
   let disk: ResolvedDisk | undefined;
@@ -55,6 +57,15 @@ export async function resolveDisk(
         disk = candidate;
         break;
       }
+    }
+    if (!disk && beforeWrite) {
+      const fits: ResolvedDisk[] = [];
+      for (const n of names) {
+        const candidate = await diskInfo(n, sysRoot, devRoot);
+        if (candidate.sizeBytes >= first.offset + first.length) fits.push(candidate);
+      }
+      if (fits.length === 1) disk = fits[0];
+      else if (fits.length > 1) throw new CommandError('DeviceNotFound', `before the write, ${fits.map((d) => d.name).join(', ')} could all be the disk; name it by serial or path`);
     }
     if (!disk) throw new CommandError('DeviceNotFound', 'no disk holds the announced blocks; name the disk by serial or path');
   }

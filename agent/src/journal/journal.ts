@@ -7,18 +7,23 @@
  * report) or `failed` (with the error). An id whose last record is `begin`
  * was interrupted; the host's retry runs it again, which is safe because
  * every step of a substitution can be repeated (verify, drop caches).
+ * A two-phase substitution first writes `prepared` (its arguments and answer),
+ * then `begin` (with the arguments again) at commit, or `aborted`.
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 export type JournalRecord =
-  | { t: string; id: string; phase: 'begin'; peer: string }
+  | { t: string; id: string; phase: 'prepared'; peer: string; args: unknown; report: unknown }
+  | { t: string; id: string; phase: 'aborted' }
+  /** `args` is kept when a prepared substitution is committed, so an interrupted commit can be completed. */
+  | { t: string; id: string; phase: 'begin'; peer: string; args?: unknown }
   | { t: string; id: string; phase: 'done'; report: unknown }
   | { t: string; id: string; phase: 'failed'; error: { class: string; desc: string } };
 
 export interface JournalEntry {
   id: string;
-  state: 'interrupted' | 'done' | 'failed' | 'running';
+  state: 'interrupted' | 'done' | 'failed' | 'running' | 'prepared' | 'aborted';
   last: JournalRecord;
 }
 
@@ -89,8 +94,14 @@ export class Journal {
     return [...this.#entries.values()].slice(-n).reverse();
   }
 
-  begin(id: string, peer: string): void {
-    this.#append({ t: new Date().toISOString(), id, phase: 'begin', peer });
+  begin(id: string, peer: string, args?: unknown): void {
+    this.#append({ t: new Date().toISOString(), id, phase: 'begin', peer, ...(args !== undefined ? { args } : {}) });
+  }
+  prepared(id: string, peer: string, args: unknown, report: unknown): void {
+    this.#append({ t: new Date().toISOString(), id, phase: 'prepared', peer, args, report });
+  }
+  aborted(id: string): void {
+    this.#append({ t: new Date().toISOString(), id, phase: 'aborted' });
   }
   done(id: string, report: unknown): void {
     this.#append({ t: new Date().toISOString(), id, phase: 'done', report });

@@ -397,6 +397,7 @@ interface RawPinMappersResult {
 
 interface NativeBinding {
   fiemap(fd: number): Extent[];
+  dataSegments(fd: number, size: number): [number, number][];
   readDirect(path: string, offset: number, length: number): Promise<Buffer>;
   kmodVersion(devPath: string): VersionInfo;
   invalidateRange(
@@ -474,6 +475,7 @@ interface NativeBinding {
 
 const BINDING_FUNCTIONS = [
   'fiemap',
+  'dataSegments',
   'readDirect',
   'kmodVersion',
   'invalidateRange',
@@ -608,6 +610,18 @@ function checkU64(name: string, value: bigint): void {
 export function fiemap(fd: number): Extent[] {
   checkFd(fd);
   return binding.fiemap(fd);
+}
+
+/**
+ * The data segments `[offset, length]` of the open file `fd` within
+ * [0, size), in order (lseek SEEK_DATA / SEEK_HOLE). Gaps are holes, which
+ * read as zeros. A filesystem without SEEK_DATA gives one segment covering
+ * everything. Synchronous; moves the file offset.
+ */
+export function dataSegments(fd: number, size: number): [number, number][] {
+  checkFd(fd);
+  checkInteger('size', size, 0, Number.MAX_SAFE_INTEGER);
+  return binding.dataSegments(fd, size);
 }
 
 /**

@@ -18,10 +18,15 @@ export interface FileKey {
   ino: number;
 }
 
+/** A process mapping a file, and how many bytes of the file's mappings it has (what a pin copies at most). */
+export interface MapperInfo extends Mapper {
+  mappedBytes: number;
+}
+
 /** Finds, for each file key, the processes that have it mapped. One pass over /proc. */
-export async function findMappers(files: FileKey[], procRoot = '/proc'): Promise<Map<string, Mapper[]>> {
+export async function findMappers(files: FileKey[], procRoot = '/proc'): Promise<Map<string, MapperInfo[]>> {
   const wanted = new Map<string, string>(); // "maj:min ino" -> key
-  const result = new Map<string, Mapper[]>();
+  const result = new Map<string, MapperInfo[]>();
   for (const f of files) {
     const k = keyOf(f);
     wanted.set(`${devToMapsField(f.dev)} ${f.ino}`, k);
@@ -33,7 +38,7 @@ export async function findMappers(files: FileKey[], procRoot = '/proc'): Promise
     if (!/^\d+$/.test(name)) continue;
     const maps = await readFile(`${procRoot}/${name}/maps`, 'utf8').catch(() => undefined);
     if (maps === undefined) continue; // exited, or a kernel thread
-    const seen = new Set<string>();
+    const seen = new Map<string, number>(); // key -> bytes mapped
     for (const line of maps.split('\n')) {
       // start-end perms offset dev inode [path]
       const fields = line.split(/\s+/, 6);
@@ -41,11 +46,13 @@ export async function findMappers(files: FileKey[], procRoot = '/proc'): Promise
       const ino = fields[4];
       if (dev === undefined || ino === undefined || ino === '0') continue;
       const k = wanted.get(`${dev} ${ino}`);
-      if (k !== undefined && !seen.has(k)) seen.add(k);
+      if (k === undefined) continue;
+      const [start, end] = (fields[0] ?? '').split('-').map((h) => parseInt(h, 16));
+      seen.set(k, (seen.get(k) ?? 0) + (start !== undefined && end !== undefined && end > start ? end - start : 0));
     }
     if (seen.size === 0) continue;
     const comm = (await readFile(`${procRoot}/${name}/comm`, 'utf8').catch(() => '?')).trim();
-    for (const k of seen) result.get(k)!.push({ pid: Number(name), comm });
+    for (const [k, bytes] of seen) result.get(k)!.push({ pid: Number(name), comm, mappedBytes: bytes });
   }
   return result;
 }

@@ -11,15 +11,20 @@
  *
  * Canonical JSON is JSON.stringify with object keys sorted at every level and
  * no whitespace; a manifest's `id` is the sha256 of the canonical manifest
- * without `id`, so any change to the manifest changes or breaks the id.
+ * without `id` and `signature`, so any change to the manifest changes or
+ * breaks the id, while signing a bundle keeps it. The writer leaves room for a
+ * signature (SIGNATURE_RESERVE) before the data, so `vmsubst sign` rewrites
+ * only the head of the file. docs/bundle-format.md is the full description.
  */
 import { createHash } from 'node:crypto';
-import { BUNDLE_FORMAT, type BundleRange, type Manifest, type ManifestBody } from './schema.js';
+import { BUNDLE_FORMAT, READABLE_FORMATS, type BundleRange, type Manifest, type ManifestBody } from './schema.js';
 
 export const BUNDLE_MAGIC = Buffer.from('VMSUBST\0', 'latin1');
 export const HEADER_BYTES = 16;
 export const DATA_ALIGN = 4096;
 export const MAX_MANIFEST_BYTES = 16 << 20;
+/** Bytes kept free after the manifest for a signature added later (`,"signature":{…}` is about 140). */
+export const SIGNATURE_RESERVE = 256;
 
 export function alignUp(n: number, to = DATA_ALIGN): number {
   return Math.ceil(n / to) * to;
@@ -29,7 +34,7 @@ export { canonicalJson } from '../../../agent/src/protocol/canonical.js';
 import { canonicalJson } from '../../../agent/src/protocol/canonical.js';
 
 export function manifestId(manifest: ManifestBody | Manifest): string {
-  const { id: _id, ...body } = manifest as Manifest;
+  const { id: _id, signature: _signature, ...body } = manifest as Manifest;
   return createHash('sha256').update(canonicalJson(body)).digest('hex');
 }
 
@@ -51,7 +56,9 @@ export function decodeHeader(buf: Buffer): Header | string {
   if (buf.length < HEADER_BYTES) return `file too short for a bundle header (${buf.length} bytes)`;
   if (!buf.subarray(0, 8).equals(BUNDLE_MAGIC)) return 'not a vmsubst bundle (bad magic)';
   const version = buf.readUInt32BE(8);
-  if (version !== BUNDLE_FORMAT) return `unsupported bundle format version ${version} (this vmsubst reads version ${BUNDLE_FORMAT})`;
+  if (!READABLE_FORMATS.includes(version)) {
+    return `unsupported bundle format version ${version} (this vmsubst reads versions ${READABLE_FORMATS.join(', ')}); use a newer vmsubst`;
+  }
   const manifestLength = buf.readUInt32BE(12);
   if (manifestLength === 0 || manifestLength > MAX_MANIFEST_BYTES) return `manifest length ${manifestLength} out of bounds`;
   return { version, manifestLength };
@@ -74,8 +81,11 @@ export interface Layout {
  * length, which depends on the offsets' digits: iterate to the fixed point
  * (offsets only grow, so this ends, in practice after one or two rounds).
  */
-export function layOut(body: Omit<ManifestBody, 'ranges'> & { ranges: Omit<BundleRange, 'data-offset'>[] }): Layout {
-  let start = dataStart(0);
+export function layOut(
+  body: Omit<ManifestBody, 'ranges'> & { ranges: Omit<BundleRange, 'data-offset'>[] },
+  reserve = body.ranges.length > 0 ? SIGNATURE_RESERVE : 0,
+): Layout {
+  let start = dataStart(reserve);
   for (;;) {
     let cursor = start;
     const ranges: BundleRange[] = body.ranges.map((r) => {
@@ -86,7 +96,7 @@ export function layOut(body: Omit<ManifestBody, 'ranges'> & { ranges: Omit<Bundl
     const withoutId: ManifestBody = { ...body, ranges };
     const manifest: Manifest = { ...withoutId, id: manifestId(withoutId) };
     const manifestBytes = Buffer.from(canonicalJson(manifest), 'utf8');
-    const needed = dataStart(manifestBytes.length);
+    const needed = dataStart(manifestBytes.length + reserve);
     if (needed <= start) {
       const last = ranges.at(-1);
       const fileSize = last ? last['data-offset'] + last.length : start;

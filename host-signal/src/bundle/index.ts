@@ -3,7 +3,7 @@
  * new sha256) and the new blocks. See format.ts for the layout.
  */
 import { argsValidator } from '../../../agent/src/protocol/codec.js';
-import { MAX_RANGES, type Customization, type DiskRef, type Policies, type SubstituteArgs } from '../../../agent/src/protocol/schema.js';
+import { MAX_RANGES, type Customization, type DiskRef, type FileHint, type Policies, type SubstituteArgs } from '../../../agent/src/protocol/schema.js';
 import { canonicalJson } from '../../../agent/src/protocol/canonical.js';
 import { createHash } from 'node:crypto';
 import { BundleError } from '../errors.js';
@@ -12,7 +12,23 @@ import type { Manifest } from './schema.js';
 export { Bundle, manifestProblems, manifestSchemaProblems, type OpenBundleOptions } from './reader.js';
 export { planBundle, writeBundle, type BundleInput, type WriteBundleOptions } from './writer.js';
 export { BUNDLE_MAGIC, DATA_ALIGN, HEADER_BYTES, canonicalJson, decodeHeader, encodeHeader, manifestId } from './format.js';
-export { BUNDLE_FORMAT, Manifest, BundleRange, type ManifestBody } from './schema.js';
+export { BUNDLE_FORMAT, READABLE_FORMATS, Manifest, BundleRange, BaseFilesystem, FileEntry, type ManifestBody } from './schema.js';
+export { checkManifestSignature, manifestSignedBytes, requireTrustedSignature, signBundle, signManifest, type SignatureStatus } from './signature.js';
+
+/**
+ * The manifest's file hints as the agent takes them: each changed file's path
+ * inside its filesystem and, for an ELF file, its layout verdict. One hint per
+ * path (a path in two filesystems of the disk keeps the more cautious verdict).
+ */
+export function fileHints(manifest: Manifest): FileHint[] {
+  const byPath = new Map<string, FileHint>();
+  for (const f of manifest.files ?? []) {
+    const prev = byPath.get(f.path);
+    const hint: FileHint = f.elf !== undefined ? { path: f.path, elf: f.elf } : { path: f.path };
+    if (!prev || (hint.elf === 'new-layout' && prev.elf !== 'new-layout')) byPath.set(f.path, hint);
+  }
+  return [...byPath.values()];
+}
 
 /** The agent's `substitute` arguments for this manifest and guest disk, validated against the protocol schema. */
 export function substituteArgs(
@@ -33,10 +49,14 @@ export function substituteArgs(
   };
   if (options.dryRun) args['dry-run'] = true;
   if (options.policies) args.policies = options.policies;
-  if (options.customization) {
+  const hints = fileHints(manifest);
+  if (hints.length > 0) args.hints = hints;
+  // The bundle's own customization, unless the caller gives one.
+  const customization = options.customization ?? manifest.customization;
+  if (customization) {
     // The customization is part of what the guest journals under the id.
-    args.customization = options.customization;
-    args.id = createHash('sha256').update(`${manifest.id}\n${canonicalJson(options.customization)}`).digest('hex');
+    args.customization = customization;
+    args.id = createHash('sha256').update(`${manifest.id}\n${canonicalJson(customization)}`).digest('hex');
   }
   const problems = argsValidator('substitute').problems(args);
   if (problems.length > 0) {

@@ -24,10 +24,24 @@ export function manifestSchemaProblems(value: unknown): string[] {
  * holding it: id, block alignment, ranges inside the base image, sorted and
  * non-overlapping, data inside the file and in order, no trailing bytes.
  */
-export function manifestProblems(m: Manifest, file: { size: number; dataStart: number }): string[] {
+export function manifestProblems(m: Manifest, file: { size: number; dataStart: number; version?: number }): string[] {
   const problems: string[] = [];
   const id = manifestId(m);
   if (id !== m.id) problems.push(`/id: does not match the manifest's content (expected ${id})`);
+  if (file.version !== undefined && file.version !== m.format) problems.push(`/format: ${m.format}, but the file header says version ${file.version}`);
+  if (m.format === 1) {
+    for (const field of ['files', 'customization', 'signature'] as const) if (m[field] !== undefined) problems.push(`/${field}: not part of format 1`);
+    if (m.base.filesystems !== undefined) problems.push('/base/filesystems: not part of format 1');
+    if (m.ranges.some((r) => r.files !== undefined)) problems.push('/ranges: per-range files are not part of format 1');
+  }
+  const nFs = m.base.filesystems?.length ?? 0;
+  m.base.filesystems?.forEach((f, i) => {
+    if (f.offset + f.size > m.base.size) problems.push(`/base/filesystems/${i}: ends at ${f.offset + f.size}, beyond the base image's ${m.base.size} bytes`);
+  });
+  const nFiles = m.files?.length ?? 0;
+  m.files?.forEach((f, i) => {
+    if (f.filesystem >= nFs) problems.push(`/files/${i}/filesystem: ${f.filesystem}, but the base has ${nFs} filesystems`);
+  });
   const bs = m['block-size'];
   if ((bs & (bs - 1)) !== 0) problems.push(`/block-size: ${bs} is not a power of two`);
   let prevEnd = 0;
@@ -45,6 +59,8 @@ export function manifestProblems(m: Manifest, file: { size: number; dataStart: n
     if (d % DATA_ALIGN !== 0) problems.push(`${at}/data-offset: ${d} is not ${DATA_ALIGN}-byte aligned`);
     if (d < prevDataEnd) problems.push(`${at}/data-offset: ${d} overlaps the manifest or the previous range's data`);
     if (d + r.length > file.size) problems.push(`${at}/data-offset: data ends at ${d + r.length}, beyond the end of the file (${file.size} bytes)`);
+    const bad = r.files?.find((f) => f >= nFiles);
+    if (bad !== undefined) problems.push(`${at}/files: index ${bad}, but the manifest lists ${nFiles} files`);
     prevEnd = Math.max(prevEnd, end);
     prevDataEnd = Math.max(prevDataEnd, d + r.length);
   });
@@ -103,7 +119,7 @@ export class Bundle {
       if (schema.length > 0) throw new BundleError(`${path}: invalid manifest`, schema);
       const manifest = value as Manifest;
       const dataStart = dataStartFor(header.manifestLength);
-      const problems = manifestProblems(manifest, { size: st.size, dataStart });
+      const problems = manifestProblems(manifest, { size: st.size, dataStart, version: header.version });
       if (problems.length > 0) throw new BundleError(`${path}: inconsistent manifest`, problems);
       const bundle = new Bundle(path, handle, manifest, st.size, dataStart);
       if (options.verifyData ?? true) await bundle.verifyData(options.onProgress);

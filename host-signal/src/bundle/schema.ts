@@ -6,10 +6,18 @@
  * read the same as a `substitute` request's.
  */
 import { Type, type Static } from '@sinclair/typebox';
-import { MAX_RANGES, MAX_RANGE_BYTES } from '../../../agent/src/protocol/schema.js';
+import { Customization, MAX_RANGES, MAX_RANGE_BYTES } from '../../../agent/src/protocol/schema.js';
 
-/** Format version; also written in the file header. */
-export const BUNDLE_FORMAT = 1;
+/**
+ * Format version written by this vmsubst; also in the file header. Version 2
+ * added base filesystems, file hints, ELF verdicts, customization and the
+ * signature, all optional; version 1 bundles (none of those) still open.
+ */
+export const BUNDLE_FORMAT = 2;
+/** Every format version this vmsubst reads. */
+export const READABLE_FORMATS: readonly number[] = [1, 2];
+/** Most files a manifest describes (the protocol's limit on hints). */
+export const MAX_FILES = 16384;
 
 const strict = { additionalProperties: false } as const;
 const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
@@ -23,23 +31,81 @@ export const BundleRange = Type.Object(
     'new-sha256': Sha256,
     /** Absolute offset in the bundle file of this range's new bytes; 4 KiB aligned. */
     'data-offset': Offset,
+    /** Indexes into the manifest's `files` of the files whose blocks this range changes (format 2). */
+    files: Type.Optional(Type.Array(Type.Integer({ minimum: 0, maximum: MAX_FILES - 1 }), { maxItems: MAX_FILES })),
   },
   strict,
 );
 export type BundleRange = Static<typeof BundleRange>;
 
+/** A filesystem found in the base image: where it starts and its identity (ext4 superblock). */
+export const BaseFilesystem = Type.Object(
+  {
+    type: Type.Literal('ext4'),
+    /** Byte offset of the filesystem in the image (0 for a bare filesystem, else the partition start). */
+    offset: Offset,
+    /** Bytes the filesystem spans (block count × block size). */
+    size: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
+    'block-size': Type.Integer({ minimum: 1024, maximum: 65536 }),
+    /** s_uuid, lower-case, dashed. */
+    uuid: Type.String({ pattern: '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' }),
+    /** s_volume_name, when set. */
+    label: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    /** 1-based partition number when the image has a partition table. */
+    partition: Type.Optional(Type.Integer({ minimum: 1, maximum: 128 })),
+    'partition-table': Type.Optional(Type.Union([Type.Literal('mbr'), Type.Literal('gpt')])),
+  },
+  strict,
+);
+export type BaseFilesystem = Static<typeof BaseFilesystem>;
+
 export const BaseImage = Type.Object(
   {
     size: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
     label: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+    /** Filesystems of the base image (format 2); the guest's disk should hold the same UUIDs. */
+    filesystems: Type.Optional(Type.Array(BaseFilesystem, { maxItems: 128 })),
   },
   strict,
 );
 export type BaseImage = Static<typeof BaseImage>;
 
+/**
+ * A changed file, from the patched image (debugfs): its path inside its
+ * filesystem and, for an ELF file, whether its layout is the base's.
+ */
+export const FileEntry = Type.Object(
+  {
+    path: Type.String({ pattern: '^/[^\\0]*$', maxLength: 4096 }),
+    /** Index into base.filesystems. */
+    filesystem: Type.Integer({ minimum: 0, maximum: 127 }),
+    inode: Type.Integer({ minimum: 1, maximum: 0xffffffff }),
+    /**
+     * Absent: not an ELF file. same-layout: program headers, section headers and
+     * symbol addresses and sizes equal the base's file at this path; new-layout:
+     * they differ, or the base has no ELF file there.
+     */
+    elf: Type.Optional(Type.Union([Type.Literal('same-layout'), Type.Literal('new-layout')])),
+    /** For new-layout: the first difference found, for people. */
+    'elf-change': Type.Optional(Type.String({ maxLength: 512 })),
+  },
+  strict,
+);
+export type FileEntry = Static<typeof FileEntry>;
+
+/** Ed25519 over "vmsubst-manifest-v1\n" + the canonical manifest without `signature` (bundle/signature.ts). */
+export const ManifestSignature = Type.Object(
+  {
+    'key-id': Type.String({ pattern: '^[0-9a-f]{16}$' }),
+    ed25519: Type.String({ pattern: '^[A-Za-z0-9+/]{86}==$' }),
+  },
+  strict,
+);
+export type ManifestSignature = Static<typeof ManifestSignature>;
+
 export const Manifest = Type.Object(
   {
-    format: Type.Literal(BUNDLE_FORMAT),
+    format: Type.Union(READABLE_FORMATS.map((f) => Type.Literal(f))),
     /** sha256 (hex) of the canonical JSON of this manifest without `id`. */
     id: Sha256,
     'block-size': Type.Integer({ minimum: 512, maximum: 1 << 20 }),
@@ -47,8 +113,14 @@ export const Manifest = Type.Object(
     created: Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?Z$' }),
     'tool-version': Type.String({ minLength: 1, maxLength: 64 }),
     ranges: Type.Array(BundleRange, { maxItems: MAX_RANGES }),
+    /** Changed files the ranges point to (format 2). */
+    files: Type.Optional(Type.Array(FileEntry, { maxItems: MAX_FILES })),
+    /** Applied by the guest after the blocks (format 2). */
+    customization: Type.Optional(Customization),
+    signature: Type.Optional(ManifestSignature),
   },
   strict,
 );
 export type Manifest = Static<typeof Manifest>;
-export type ManifestBody = Omit<Manifest, 'id'>;
+/** A manifest before its id (and signature) exist. */
+export type ManifestBody = Omit<Manifest, 'id' | 'signature'>;

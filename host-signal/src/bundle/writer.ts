@@ -12,16 +12,20 @@ import type { DiffRange } from '../diff/index.js';
 import type { BlockSource } from '../diff/source.js';
 import { DiffError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
-import { BUNDLE_FORMAT, type Manifest } from './schema.js';
+import type { Customization } from '../../../agent/src/protocol/schema.js';
+import { BUNDLE_FORMAT, type BaseFilesystem, type FileEntry, type Manifest } from './schema.js';
 import { HEADER_BYTES, encodeHeader, layOut } from './format.js';
 
 /** Bytes copied per read from the patched image. */
 const COPY_CHUNK = 4 << 20;
 
 export interface BundleInput {
-  base: { size: number; label?: string };
+  base: { size: number; label?: string; filesystems?: BaseFilesystem[] };
   blockSize: number;
-  ranges: readonly DiffRange[];
+  /** `files`: indexes into `files` of the files each range changes. */
+  ranges: readonly (DiffRange & { files?: readonly number[] })[];
+  files?: readonly FileEntry[];
+  customization?: Customization;
   created?: Date;
   toolVersion?: string;
 }
@@ -34,7 +38,10 @@ export interface WriteBundleOptions {
 export function planBundle(input: BundleInput): ReturnType<typeof layOut> {
   const base: Manifest['base'] = { size: input.base.size };
   if (input.base.label !== undefined) base.label = input.base.label;
+  if (input.base.filesystems !== undefined && input.base.filesystems.length > 0) base.filesystems = input.base.filesystems;
   return layOut({
+    ...(input.files !== undefined && input.files.length > 0 ? { files: [...input.files] } : {}),
+    ...(input.customization !== undefined ? { customization: input.customization } : {}),
     format: BUNDLE_FORMAT,
     'block-size': input.blockSize,
     base,
@@ -45,6 +52,7 @@ export function planBundle(input: BundleInput): ReturnType<typeof layOut> {
       length: r.length,
       'old-sha256': r.oldSha256,
       'new-sha256': r.newSha256,
+      ...(r.files !== undefined && r.files.length > 0 ? { files: [...r.files] } : {}),
     })),
   });
 }

@@ -3,7 +3,8 @@
  * output switch with its progress bar, and loading keys and customization.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { createPrivateKey, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
+import { keyId } from '../../../agent/src/protocol/signature.js';
 import { readFile } from 'node:fs/promises';
 import { Customization } from '../../../agent/src/protocol/schema.js';
 import { Validator } from '../../../agent/src/protocol/codec.js';
@@ -68,15 +69,31 @@ export function helpRequested(help: string, values: { help?: boolean | undefined
   return true;
 }
 
-export async function loadPrivateKey(path: string): Promise<KeyObject> {
+export async function loadPrivateKey(path: string, option = '--sign'): Promise<KeyObject> {
   let key: KeyObject;
   try {
     key = createPrivateKey(await readFile(path));
   } catch (e) {
-    throw new UsageError(`--sign ${path}: not a readable private key (${(e as Error).message})`, "make one with 'vmsubst keygen --out PREFIX'");
+    throw new UsageError(`${option} ${path}: not a readable private key (${(e as Error).message})`, "make one with 'vmsubst keygen --out PREFIX'");
   }
-  if (key.asymmetricKeyType !== 'ed25519') throw new UsageError(`--sign ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
+  if (key.asymmetricKeyType !== 'ed25519') throw new UsageError(`${option} ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
   return key;
+}
+
+/** Public keys (PEM, from vmsubst keygen) by key id, for --trusted-key. */
+export async function loadPublicKeys(paths: readonly string[], option = '--trusted-key'): Promise<Map<string, KeyObject>> {
+  const keys = new Map<string, KeyObject>();
+  for (const path of paths) {
+    let key: KeyObject;
+    try {
+      key = createPublicKey(await readFile(path));
+    } catch (e) {
+      throw new UsageError(`${option} ${path}: not a readable public key (${(e as Error).message})`, "give the PREFIX.pub written by 'vmsubst keygen'");
+    }
+    if (key.asymmetricKeyType !== 'ed25519') throw new UsageError(`${option} ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
+    keys.set(keyId(key), key);
+  }
+  return keys;
 }
 
 const validateCustomization = new Validator(Customization);

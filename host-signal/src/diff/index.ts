@@ -1,7 +1,11 @@
 /**
  * Changed-block computation between a base image and its patched copy.
  *
- * Both images are read in large chunks; a chunk that is byte-identical is
+ * Only where either image holds data is read (SEEK_DATA/SEEK_HOLE on raw
+ * files, `qemu-img map` on qcow2): a hole in both images is zeros in both,
+ * equal by definition, while a hole in one and data in the other is read from
+ * both (the hole reads as zeros) and compared like any other bytes.
+ * The data is read in large chunks; a chunk that is byte-identical is
  * skipped with one memcmp (Buffer.equals), otherwise it is compared block by
  * block. Runs of changed blocks become ranges, split so that none exceeds the
  * protocol's MAX_RANGE_BYTES, each with the sha256 of its old and new bytes.
@@ -10,9 +14,11 @@
 import { createHash, type Hash } from 'node:crypto';
 import { MAX_RANGE_BYTES, MAX_RANGES } from '../../../agent/src/protocol/schema.js';
 import { DiffError } from '../errors.js';
-import { FileSource, type BlockSource } from './source.js';
+import { FileSource, type BlockSource, type Segment } from './source.js';
+import { Qcow2Source, probeFormat } from './qcow2.js';
 
-export { FileSource, bufferSource, readExactly, type BlockSource } from './source.js';
+export { FileSource, bufferSource, readExactly, type BlockSource, type Segment } from './source.js';
+export { Qcow2Source, probeFormat } from './qcow2.js';
 
 export const DEFAULT_BLOCK_SIZE = 4096;
 export const DEFAULT_CHUNK_SIZE = 4 << 20;
@@ -31,6 +37,8 @@ export interface DiffResult {
   /** Sorted, non-overlapping; adjacent only where a run was split at the cap. */
   ranges: DiffRange[];
   changedBytes: number;
+  /** Bytes read from each image: where either holds data (the whole size when holes are not known). */
+  readBytes: number;
 }
 
 export type Progress = (done: number, total: number) => void;
@@ -110,9 +118,17 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
 
   // Two buffer pairs: one being compared, one being filled.
   const pairs = [0, 1].map(() => [Buffer.allocUnsafe(chunkSize), Buffer.allocUnsafe(chunkSize)] as const);
-  const read = async (slot: number, position: number): Promise<{ a: Buffer; b: Buffer }> => {
+
+  // The chunks to read: the union of both images' data, block aligned, cut at chunkSize.
+  const union = mergeSegments([await segmentsOf(base), await segmentsOf(patched)], blockSize, size);
+  const chunks: [number, number][] = [];
+  for (const [start, length] of union) {
+    for (let p = start; p < start + length; p += chunkSize) chunks.push([p, Math.min(chunkSize, start + length - p)]);
+  }
+  const readBytes = union.reduce((n, [, l]) => n + l, 0);
+
+  const read = async (slot: number, [position, want]: [number, number]): Promise<{ a: Buffer; b: Buffer }> => {
     const [bufA, bufB] = pairs[slot]!;
-    const want = Math.min(chunkSize, size - position);
     const [na, nb] = await Promise.all([
       base.readInto(bufA.subarray(0, want), position),
       patched.readInto(bufB.subarray(0, want), position),
@@ -124,14 +140,19 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
   };
 
   let slot = 0;
-  let next = size > 0 ? read(slot, 0) : undefined;
-  for (let position = 0; position < size; position += chunkSize) {
+  let next = chunks.length > 0 ? read(slot, chunks[0]!) : undefined;
+  let previousEnd = 0;
+  for (let c = 0; c < chunks.length; c++) {
+    const [position, length] = chunks[c]!;
     const { a, b } = await next!;
-    const following = position + chunkSize;
-    next = following < size ? read(slot ^ 1, following) : undefined;
+    const following = chunks[c + 1];
+    next = following ? read(slot ^ 1, following) : undefined;
     // Keep a rejected prefetch from being reported as unhandled while this chunk is compared.
     next?.catch(() => undefined);
     slot ^= 1;
+    // A hole common to both images lies between: equal, so it ends any open range.
+    if (position !== previousEnd) close();
+    previousEnd = position + length;
 
     if (a.equals(b)) {
       close();
@@ -144,14 +165,39 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
         else changed(position + o, blockA, blockB);
       }
     }
-    options.onProgress?.(Math.min(following, size), size);
+    options.onProgress?.(position + length, size);
   }
   close();
-  if (size === 0) options.onProgress?.(0, 0);
-  return { size, blockSize, ranges, changedBytes };
+  if (previousEnd < size || size === 0) options.onProgress?.(size, size);
+  return { size, blockSize, ranges, changedBytes, readBytes };
 }
 
-/** Compares two raw image files. */
+async function segmentsOf(source: BlockSource): Promise<readonly Segment[] | undefined> {
+  return source.dataSegments ? await source.dataSegments() : undefined;
+}
+
+/**
+ * The union of several segment lists (undefined: all of [0, size)), widened
+ * to whole blocks, clipped to the size, overlapping and touching ones merged.
+ */
+export function mergeSegments(lists: readonly (readonly Segment[] | undefined)[], blockSize: number, size: number): [number, number][] {
+  if (lists.some((l) => l === undefined)) return size > 0 ? [[0, size]] : [];
+  const all = lists.flatMap((l) => l!).map(([o, l]) => [Math.floor(o / blockSize) * blockSize, Math.min(size, Math.ceil((o + l) / blockSize) * blockSize)] as [number, number]);
+  all.sort((x, y) => x[0] - y[0]);
+  const out: [number, number][] = [];
+  for (const [start, end] of all) {
+    if (end <= start) continue;
+    const last = out.at(-1);
+    if (last && start <= last[0] + last[1]) last[1] = Math.max(last[1], end - last[0]);
+    else out.push([start, end - start]);
+  }
+  return out;
+}
+
+/** An opened image: a raw file, or a qcow2 read through qemu-nbd. */
+export type ImageSource = (FileSource | Qcow2Source) & { readonly format: 'raw' | 'qcow2' };
+
+/** Compares two image files (raw or qcow2, in any combination). */
 export async function diffImages(basePath: string, patchedPath: string, options: DiffOptions = {}): Promise<DiffResult> {
   const base = await openImage(basePath, 'base');
   try {
@@ -166,10 +212,18 @@ export async function diffImages(basePath: string, patchedPath: string, options:
   }
 }
 
-async function openImage(path: string, role: string): Promise<FileSource> {
+/** Opens a raw or qcow2 image (told apart by the qcow2 magic) for reading. */
+export async function openImage(path: string, role: string): Promise<ImageSource> {
+  let format: 'raw' | 'qcow2';
   try {
-    return await FileSource.open(path);
+    format = await probeFormat(path);
   } catch (e) {
-    throw new DiffError(`cannot open the ${role} image: ${(e as Error).message}`, 'give the path of a raw image file (convert qcow2 with `qemu-img convert -O raw`)', { cause: e });
+    throw new DiffError(`cannot open the ${role} image: ${(e as Error).message}`, 'give the path of a raw or qcow2 image file', { cause: e });
+  }
+  if (format === 'qcow2') return Object.assign(await Qcow2Source.open(path), { format } as const);
+  try {
+    return Object.assign(await FileSource.open(path), { format } as const);
+  } catch (e) {
+    throw new DiffError(`cannot open the ${role} image: ${(e as Error).message}`, 'give the path of a raw or qcow2 image file', { cause: e });
   }
 }

@@ -4,6 +4,9 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 
+/** [offset, length]; sorted, disjoint. */
+export type Segment = readonly [number, number];
+
 export interface BlockSource {
   /** Size in bytes. */
   readonly size: number;
@@ -12,6 +15,31 @@ export interface BlockSource {
    * less than `target.length` only at the end of the source.
    */
   readInto(target: Buffer, position: number): Promise<number>;
+  /**
+   * Where the source may hold data; everything else reads as zeros. Absent,
+   * or resolving to undefined: not known, all of it is read.
+   */
+  dataSegments?(): Promise<readonly Segment[] | undefined>;
+  close?(): Promise<void>;
+}
+
+/** The shape of agent/src/native's facade used here: SEEK_DATA/SEEK_HOLE. */
+interface SeekModule {
+  dataSegments(fd: number, size: number): [number, number][];
+}
+const NATIVE_MODULE = '../../../agent/src/native/index.js';
+let seekModule: Promise<SeekModule | undefined> | undefined;
+
+/**
+ * The native addon, when it is built and loads; the differ then skips holes.
+ * Without it every byte is read (slower on sparse images, same result).
+ */
+function loadSeek(): Promise<SeekModule | undefined> {
+  seekModule ??= import(new URL(NATIVE_MODULE, import.meta.url).href).then(
+    (m: Partial<SeekModule>) => (typeof m.dataSegments === 'function' ? (m as SeekModule) : undefined),
+    () => undefined,
+  );
+  return seekModule;
 }
 
 /** Reads exactly `length` bytes at `position`, or throws if the source is shorter. */
@@ -55,6 +83,12 @@ export class FileSource implements BlockSource {
       await handle.close();
       throw e;
     }
+  }
+
+  /** Data segments by SEEK_DATA/SEEK_HOLE; undefined when the native addon is unavailable. */
+  async dataSegments(): Promise<readonly Segment[] | undefined> {
+    const seek = await loadSeek();
+    return seek?.dataSegments(this.handle.fd, this.size);
   }
 
   async readInto(target: Buffer, position: number): Promise<number> {

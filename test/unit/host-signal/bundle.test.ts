@@ -3,6 +3,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { validateRequest } from '../../../agent/src/protocol/codec.js';
 import {
+  BUNDLE_FORMAT,
   Bundle,
   DATA_ALIGN,
   HEADER_BYTES,
@@ -94,7 +95,7 @@ RoundTrip('a written bundle opens with the same manifest and data', async () => 
   try {
     assert.ok(bundle.verified);
     assert.equal(bundle.manifest, manifest);
-    assert.is(bundle.manifest.format, 1);
+    assert.is(bundle.manifest.format, BUNDLE_FORMAT);
     assert.is(bundle.manifest['block-size'], B);
     assert.equal(bundle.manifest.base, { size: 1 * MiB, label: 'golden-2026-11' });
     assert.equal(bundle.manifest.ranges.map((r) => [r.offset, r.length]), [[B, B], [10 * B, 3 * B]]);
@@ -120,7 +121,7 @@ RoundTrip('the file starts with the magic, the version and the manifest length',
   const { path } = await makeBundle([[0, 1]]);
   const file = readFileSync(path);
   assert.is(file.subarray(0, 8).toString('latin1'), 'VMSUBST\0');
-  assert.is(file.readUInt32BE(8), 1);
+  assert.is(file.readUInt32BE(8), BUNDLE_FORMAT);
   const len = file.readUInt32BE(12);
   assert.ok(JSON.parse(file.subarray(16, 16 + len).toString()));
 });
@@ -175,8 +176,8 @@ Refused('corrupt data passes an open without verification, which is marked unver
 
 Refused('an unknown top-level manifest field is refused', async () => {
   const { path } = await makeBundle([[B, 1]]);
-  rewrite(path, (m) => (m['signature'] = 'x'));
-  await refused(path, /invalid manifest.*unknown field 'signature'/);
+  rewrite(path, (m) => (m['signatures'] = 'x'));
+  await refused(path, /invalid manifest.*unknown field 'signatures'/);
 });
 
 Refused('an unknown field in a range is refused', async () => {
@@ -235,9 +236,9 @@ Refused('a bad magic is refused', async () => {
 Refused('an unsupported format version is refused', async () => {
   const { path } = await makeBundle([[B, 1]]);
   const file = readFileSync(path);
-  file.writeUInt32BE(2, 8);
+  file.writeUInt32BE(3, 8);
   writeFileSync(path, file);
-  await refused(path, /unsupported bundle format version 2/);
+  await refused(path, /unsupported bundle format version 3/);
 });
 
 Refused('a truncated bundle is refused', async () => {

@@ -1,6 +1,8 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { bufferSource, diffImages, diffSources } from '../../../host-signal/src/diff/index.js';
+import { execFileSync } from 'node:child_process';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { FileSource, bufferSource, diffImages, diffSources, mergeSegments, openImage, type BlockSource, type Segment } from '../../../host-signal/src/diff/index.js';
 import { DiffError } from '../../../host-signal/src/errors.js';
 import { MAX_RANGE_BYTES } from '../../../agent/src/protocol/schema.js';
 import { KiB, MiB, TempDir, image, patch, sha256 } from './fixtures.js';
@@ -115,6 +117,101 @@ Files('a missing image is a DiffError naming its role', async () => {
   const err = await diffImages(tmp.file('nope.img'), tmp.file('a.img')).catch((e: unknown) => e);
   assert.instance(err, DiffError);
   assert.match((err as Error).message, /base image/);
+});
+
+Diff('mergeSegments widens to blocks, merges overlaps and treats unknown as everything', () => {
+  assert.equal(mergeSegments([[[100, 10]], [[4096, 1]]], B, 16 * B), [[0, 2 * B]]);
+  assert.equal(mergeSegments([[[0, B]], [[3 * B, B]]], B, 16 * B), [[0, B], [3 * B, B]]);
+  assert.equal(mergeSegments([[[15 * B, 2 * B]], []], B, 16 * B), [[15 * B, B]]);
+  assert.equal(mergeSegments([[[0, B]], undefined], B, 16 * B), [[0, 16 * B]]);
+  assert.equal(mergeSegments([[], []], B, 16 * B), []);
+});
+
+/** A buffer source that declares where its data is (the rest must be zeros). */
+function sparseSource(data: Buffer, segments: Segment[]): BlockSource {
+  return { ...bufferSource(data), dataSegments: async () => segments };
+}
+
+Diff('holes: only the union of data is read, and a hole against data is compared', async () => {
+  const size = 64 * B;
+  const base = Buffer.alloc(size);
+  const patched = Buffer.alloc(size);
+  image(4 * B).copy(base, 8 * B); // base data, patched hole: changed
+  image(B).copy(patched, 20 * B); // base hole, patched data: changed
+  Buffer.alloc(B, 0).copy(base, 30 * B); // base zeros written, patched hole: equal
+  const shared = image(2 * B);
+  shared.copy(base, 40 * B);
+  shared.copy(patched, 40 * B);
+  patched[41 * B + 5] = patched[41 * B + 5]! ^ 1; // both data, one byte differs
+  const sparse = await diffSources(
+    sparseSource(base, [[8 * B, 4 * B], [30 * B, B], [40 * B, 2 * B]]),
+    sparseSource(patched, [[20 * B, B], [40 * B, 2 * B]]),
+    { chunkSize: 2 * B },
+  );
+  const dense = await diff(base, patched);
+  assert.equal(sparse.ranges, dense.ranges);
+  assert.equal(sparse.ranges.map((r) => [r.offset / B, r.length / B]), [[8, 4], [20, 1], [41, 1]]);
+  assert.is(sparse.readBytes, 8 * B);
+  assert.is(dense.readBytes, size);
+});
+
+Files('sparse files: SEEK_DATA/SEEK_HOLE skip holes, same ranges as a full read', async () => {
+  const size = 32 * MiB;
+  const make = (name: string, writes: [number, Buffer][]): string => {
+    const path = tmp.file(name);
+    execFileSync('truncate', ['-s', String(size), path]);
+    const fd = openSync(path, 'r+');
+    for (const [at, data] of writes) writeSync(fd, data, 0, data.length, at);
+    closeSync(fd);
+    return path;
+  };
+  const common = image(MiB);
+  const a = make('sa.img', [[0, common], [8 * MiB, image(MiB)], [20 * MiB, Buffer.alloc(MiB)]]);
+  const b = make('sb.img', [[0, patch(common, [[5000, 1]])], [24 * MiB, image(B)]]);
+  const src = await FileSource.open(a);
+  const segs = await src.dataSegments();
+  await src.close();
+  if (segs === undefined) throw new Error('the native addon is not built: SEEK_DATA cannot be tested (make addon)');
+  assert.ok(segs.length >= 2 && segs.every(([o]) => o < size));
+  const r = await diffImages(a, b);
+  assert.equal(r.ranges.map((x) => [x.offset, x.length]), [[B, B], [8 * MiB, MiB], [24 * MiB, B]]);
+  assert.ok(r.readBytes < 8 * MiB, `read ${r.readBytes} bytes of ${size}`);
+});
+
+Files('qcow2 inputs (compressed, and with a backing file) give the same ranges as raw', async () => {
+  const base = image(4 * MiB);
+  const patched = patch(base, [[MiB + 10, 1], [3 * MiB, 2 * B]]);
+  const rawA = tmp.file('qa.img', base);
+  const rawB = tmp.file('qb.img', patched);
+  const qA = tmp.file('qa.qcow2');
+  const qB = tmp.file('qb.qcow2');
+  execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', rawA, qA]);
+  execFileSync('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', rawB, qB]);
+  const want = (await diffImages(rawA, rawB)).ranges;
+  assert.is(want.length, 2);
+  assert.equal((await diffImages(qA, qB)).ranges, want);
+  assert.equal((await diffImages(rawA, qB)).ranges, want);
+  // An overlay on the raw base, written through QEMU's own block layer.
+  const overlay = tmp.file('ov.qcow2');
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', rawA, '-F', 'raw', overlay]);
+  execFileSync('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a ${2 * MiB} ${B}`, overlay], { stdio: 'ignore' });
+  const ov = await diffImages(rawA, overlay);
+  assert.equal(ov.ranges.map((x) => [x.offset, x.length]), [[2 * MiB, B]]);
+  const img = await openImage(overlay, 'patched');
+  try {
+    assert.is(img.format, 'qcow2');
+    assert.is(img.size, 4 * MiB);
+  } finally {
+    await img.close();
+  }
+});
+
+Files('a file that is not a qcow2 image although it says so is a DiffError', async () => {
+  const bad = Buffer.alloc(MiB);
+  bad.write('QFI\xfb', 0, 'latin1');
+  const err = await diffImages(tmp.file('bad.qcow2', bad), tmp.file('bad.qcow2')).catch((e: unknown) => e);
+  assert.instance(err, DiffError);
+  assert.match((err as Error).message, /qemu-nbd/);
 });
 
 Diff.run();

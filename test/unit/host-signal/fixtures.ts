@@ -34,3 +34,31 @@ export class TempDir {
     rmSync(this.path, { recursive: true, force: true });
   }
 }
+
+/**
+ * A bundle exactly as format 1 (vmsubst before file hints and signatures)
+ * wrote it: header version 1, a manifest with only the format 1 fields, no
+ * room kept for a signature.
+ */
+export async function writeFormat1Bundle(path: string, base: Buffer, patched: Buffer): Promise<string> {
+  const { diffSources, bufferSource } = await import('../../../host-signal/src/diff/index.js');
+  const { layOut, encodeHeader, HEADER_BYTES } = await import('../../../host-signal/src/bundle/format.js');
+  const d = await diffSources(bufferSource(base), bufferSource(patched));
+  const layout = layOut(
+    {
+      format: 1,
+      'block-size': d.blockSize,
+      base: { size: d.size, label: 'format one' },
+      created: '2026-11-01T00:00:00.000Z',
+      'tool-version': '0.0.9',
+      ranges: d.ranges.map((r) => ({ offset: r.offset, length: r.length, 'old-sha256': r.oldSha256, 'new-sha256': r.newSha256 })),
+    },
+    0,
+  );
+  const file = Buffer.alloc(layout.fileSize);
+  encodeHeader(layout.manifestBytes.length, 1).copy(file, 0);
+  layout.manifestBytes.copy(file, HEADER_BYTES);
+  for (const r of layout.manifest.ranges) patched.copy(file, r['data-offset'], r.offset, r.offset + r.length);
+  writeFileSync(path, file);
+  return layout.manifest.id;
+}

@@ -1,9 +1,9 @@
 /** `vmsubst apply`. */
 import { applyToImage, applyToQemu, type ApplyPhase, type ApplyResult } from '../../apply/index.js';
-import { Bundle } from '../../bundle/index.js';
+import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes, plural } from '../format.js';
-import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
+import { Output, helpRequested, loadPublicKeys, parse, positionals, type Command } from '../common.js';
 
 const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--device ID | --node NAME] [--json]
        vmsubst apply BUNDLE --image PATH [--json]
@@ -21,6 +21,9 @@ if every range already holds the new content, nothing is written either.
                  (neither: the VM's only disk)
   --image PATH   a raw image file instead (another hypervisor, or a VM that
                  is not running); refused while another process locks it
+  --trusted-key PUB
+                 refuse the bundle unless its manifest is signed by this
+                 Ed25519 public key (repeatable; see 'vmsubst sign')
   --json         print the result as JSON
 `;
 
@@ -30,8 +33,10 @@ async function run(args: string[]): Promise<void> {
     device: { type: 'string' },
     node: { type: 'string' },
     image: { type: 'string' },
+    'trusted-key': { type: 'string', multiple: true },
   });
   if (helpRequested(HELP, values)) return;
+  const trusted = await loadPublicKeys(values['trusted-key'] ?? []);
   const [bundlePath] = positionals('apply', pos, ['BUNDLE']) as [string];
   if ((values.qmp === undefined) === (values.image === undefined)) {
     throw new UsageError('apply: give exactly one of --qmp SOCK or --image PATH', "see 'vmsubst apply --help'");
@@ -43,6 +48,12 @@ async function run(args: string[]): Promise<void> {
 
   const o = new Output(values.json === true);
   const bundle = await Bundle.open(bundlePath, { onProgress: (d, t) => o.progress.update('check', d, t) });
+  try {
+    requireTrustedSignature(bundle.manifest, trusted, bundlePath);
+  } catch (e) {
+    await bundle.close();
+    throw e;
+  }
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => {
     if (!controller.signal.aborted) process.stderr.write(`\nvmsubst: ${sig}: cancelling; a running write completes and the VM is resumed\n`);

@@ -2,25 +2,43 @@
 import { resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { writeBundle, type Manifest } from '../../bundle/index.js';
-import { FileSource, diffImages } from '../../diff/index.js';
+import type { BaseFilesystem, FileEntry } from '../../bundle/schema.js';
+import { diffSources, openImage, type ImageSource } from '../../diff/index.js';
 import { UsageError } from '../../errors.js';
+import { baseFilesystems, computeHints, debugfsAvailable } from '../../hints/index.js';
 import { formatBytes, formatPercent, plural } from '../format.js';
-import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
+import { Output, helpRequested, loadCustomization, parse, positionals, type Command } from '../common.js';
 
-const HELP = `Usage: vmsubst diff BASE PATCHED -o BUNDLE [--label TEXT] [--json]
+const HELP = `Usage: vmsubst diff BASE PATCHED -o BUNDLE [--label TEXT] [--no-hints]
+                    [--customize FILE] [--json]
 
-Compares two raw images of the same size in 4 KiB blocks and writes the
-changed blocks, with the sha256 of their old and new content, to BUNDLE.
+Compares two images of the same size (raw or qcow2) in 4 KiB blocks and
+writes the changed blocks, with the sha256 of their old and new content, to
+BUNDLE. Only where either image holds data is read (holes are skipped).
+
+The manifest records the base image's ext4 filesystems (UUID, label; bare or
+in MBR/GPT partitions) and, when debugfs (e2fsprogs) is installed and the
+images are raw, file hints: the files of the patched image each changed
+range belongs to, and for each changed ELF file whether its layout (program
+headers, section headers, symbol addresses and sizes) equals the base's.
+The guest agent uses them to pick its policy per file.
 
   -o, --output BUNDLE   bundle file to write (replaced atomically)
   --label TEXT          a name for the base image, kept in the manifest
+  --no-hints            do not compute file hints
+  --customize FILE      JSON customization the guests apply after the blocks
+                        (see 'vmsubst notify --help'), kept in the manifest
   --json                print a summary as JSON
+
+Sign the bundle afterwards with 'vmsubst sign BUNDLE --key KEY'.
 `;
 
 async function run(args: string[]): Promise<void> {
   const { values, positionals: pos } = parse('diff', args, {
     output: { type: 'string', short: 'o' },
     label: { type: 'string' },
+    'no-hints': { type: 'boolean' },
+    customize: { type: 'string' },
   });
   if (helpRequested(HELP, values)) return;
   const [basePath, patchedPath] = positionals('diff', pos, ['BASE', 'PATCHED']) as [string, string];
@@ -29,28 +47,93 @@ async function run(args: string[]): Promise<void> {
   if ([basePath, patchedPath].some((p) => resolve(p) === resolve(out))) {
     throw new UsageError('diff: the bundle must not overwrite an input image');
   }
+  const customization = values.customize === undefined ? undefined : await loadCustomization(values.customize);
   const o = new Output(values.json === true);
   const started = performance.now();
-  const diff = await diffImages(basePath, patchedPath, { onProgress: (d, t) => o.progress.update('compare', d, t) });
-  const patched = await FileSource.open(patchedPath);
-  let manifest: Manifest;
+  const base = await openImage(basePath, 'base');
+  let patched: ImageSource | undefined;
   try {
-    const base: { size: number; label?: string } = { size: diff.size };
-    if (values.label !== undefined) base.label = values.label;
-    manifest = await writeBundle(out, { base, blockSize: diff.blockSize, ranges: diff.ranges }, patched, {
-      onProgress: (d, t) => o.progress.update('write', d, t),
-    });
+    patched = await openImage(patchedPath, 'patched');
+    const diff = await diffSources(base, patched, { onProgress: (d, t) => o.progress.update('compare', d, t) });
+    const compareMs = Math.round(performance.now() - started);
+
+    // Base identity and file hints.
+    const notes: string[] = [];
+    let filesystems: BaseFilesystem[] = await baseFilesystems(base);
+    let files: FileEntry[] = [];
+    let rangeFiles: number[][] = [];
+    let hints: 'computed' | 'off' | 'unavailable' = 'off';
+    if (values['no-hints'] !== true && diff.ranges.length > 0) {
+      if (filesystems.length === 0) {
+        hints = 'unavailable';
+        notes.push('no ext4 filesystem in the base image: no file hints');
+      } else if (base.format !== 'raw' || patched.format !== 'raw') {
+        hints = 'unavailable';
+        notes.push('file hints need raw images (debugfs reads files, not qcow2): convert with `qemu-img convert -O raw`, or pass --no-hints');
+      } else if (!(await debugfsAvailable())) {
+        hints = 'unavailable';
+        notes.push('debugfs (e2fsprogs) is not installed: no file hints');
+      } else {
+        o.progress.clear();
+        const h = await computeHints({ path: basePath, source: base }, { path: patchedPath, source: patched }, diff.ranges);
+        ({ filesystems, files, rangeFiles } = h);
+        notes.push(...h.notes);
+        hints = 'computed';
+      }
+    }
+    const hintsMs = Math.round(performance.now() - started) - compareMs;
+
+    const baseInfo: { size: number; label?: string; filesystems?: BaseFilesystem[] } = { size: diff.size, filesystems };
+    if (values.label !== undefined) baseInfo.label = values.label;
+    const manifest: Manifest = await writeBundle(
+      out,
+      {
+        base: baseInfo,
+        blockSize: diff.blockSize,
+        ranges: diff.ranges.map((r, i) => ({ ...r, files: rangeFiles[i] ?? [] })),
+        files,
+        ...(customization ? { customization } : {}),
+      },
+      patched,
+      { onProgress: (d, t) => o.progress.update('write', d, t) },
+    );
+    const elapsed = Math.round(performance.now() - started);
+    const elf = files.filter((f) => f.elf !== undefined);
+    if (!o.json) for (const n of notes) process.stderr.write(`note: ${n}\n`);
+    o.result(
+      {
+        bundle: out,
+        id: manifest.id,
+        'base-size': diff.size,
+        'read-bytes': diff.readBytes,
+        ranges: diff.ranges.length,
+        'changed-bytes': diff.changedBytes,
+        filesystems: filesystems.length,
+        hints,
+        files: files.length,
+        'elf-same-layout': elf.filter((f) => f.elf === 'same-layout').length,
+        'elf-new-layout': elf.filter((f) => f.elf === 'new-layout').length,
+        notes,
+        'elapsed-ms': elapsed,
+        'compare-ms': compareMs,
+        'hints-ms': hintsMs,
+      },
+      () => {
+        if (diff.ranges.length === 0) return `${out}: the images are identical; the bundle changes nothing (id ${manifest.id.slice(0, 16)})`;
+        const lines = [
+          `${out}: ${plural(diff.ranges.length, 'range')}, ${formatBytes(diff.changedBytes)} changed of ${formatBytes(diff.size)} (${formatPercent(diff.changedBytes, diff.size)}), id ${manifest.id.slice(0, 16)} (${elapsed} ms)`,
+          `read ${formatBytes(diff.readBytes)} of each image (${formatPercent(diff.size - diff.readBytes, diff.size)} holes skipped)`,
+        ];
+        if (hints === 'computed') {
+          lines.push(`${plural(files.length, 'changed file')} in ${plural(filesystems.length, 'filesystem')}; ELF: ${elf.filter((f) => f.elf === 'same-layout').length} same layout, ${elf.filter((f) => f.elf === 'new-layout').length} new layout ('vmsubst inspect' lists them)`);
+        }
+        return lines.join('\n');
+      },
+    );
   } finally {
-    await patched.close();
+    await patched?.close();
+    await base.close();
   }
-  const elapsed = Math.round(performance.now() - started);
-  o.result(
-    { bundle: out, id: manifest.id, 'base-size': diff.size, ranges: diff.ranges.length, 'changed-bytes': diff.changedBytes, 'elapsed-ms': elapsed },
-    () =>
-      diff.ranges.length === 0
-        ? `${out}: the images are identical; the bundle changes nothing (id ${manifest.id.slice(0, 16)})`
-        : `${out}: ${plural(diff.ranges.length, 'range')}, ${formatBytes(diff.changedBytes)} changed of ${formatBytes(diff.size)} (${formatPercent(diff.changedBytes, diff.size)}), id ${manifest.id.slice(0, 16)} (${elapsed} ms)`,
-  );
 }
 
-export const diffCommand: Command = { name: 'diff', synopsis: 'diff BASE PATCHED -o BUNDLE', summary: 'compute the changed blocks into a bundle', help: HELP, run };
+export const diffCommand: Command = { name: 'diff', synopsis: 'diff BASE PATCHED -o BUNDLE', summary: 'compute the changed blocks (and file hints) into a bundle', help: HELP, run };

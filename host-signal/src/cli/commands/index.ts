@@ -5,6 +5,7 @@ import { applyCommand } from './apply.js';
 import { notifyCommand } from './notify.js';
 import { inspectCommand } from './inspect.js';
 import { keygenCommand } from './keygen.js';
+import { signCommand } from './sign.js';
 import { rolloutCommand } from './rollout.js';
 import { planCommand } from './plan.js';
 
@@ -14,6 +15,7 @@ export const COMMANDS: readonly Command[] = [
   notifyCommand,
   inspectCommand,
   keygenCommand,
+  signCommand,
   planCommand,
   rolloutCommand,
 ];

@@ -1,12 +1,13 @@
 /** `vmsubst notify`. */
-import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
+import type { DiskRef, Policies, Policy } from '../../../../agent/src/protocol/schema.js';
 import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { notify, parseAgentTarget, type NotifyResult } from '../../notify/index.js';
-import { formatBytes, plural } from '../format.js';
+import { plural } from '../format.js';
+import { formatReport } from '../report.js';
 import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positiveInt, positionals, type Command } from '../common.js';
 
-const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--dry-run] [--json]
+const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--policy WHO=P]... [--dry-run] [--json]
 
 Asks vmsubst-agent in the guest to verify that the bundle's new blocks are
 visible, invalidate the caches that hold the old ones, and report.
@@ -21,11 +22,17 @@ visible, invalidate the caches that hold the old ones, and report.
   --disk-serial S     the guest disk by its virtio serial
   --disk-path P       the guest disk by its device path (/dev/vdb)
                       (neither: the agent looks for the disk holding the blocks)
-  --dry-run           verify and map blocks to files, invalidate nothing
+  --dry-run           ask for the plan (files, block classes, processes, the
+                      policy for each and what it does, restart required);
+                      run it before the write; changes nothing
   --sign KEY          sign with this Ed25519 private key (from vmsubst keygen)
   --customize FILE    JSON customization to apply after the blocks:
                       {"hostname": "...", "files": [{"path", "content", "mode"?,
                       "uid"?, "gid"?}], "sysctl": {"vm.swappiness": 10}}
+  --policy WHO=P       what happens to processes mapping changed files; WHO is
+                      a class (data, elf-same-layout, elf-new-layout) or a
+                      path in its filesystem; P is remap, pin, report or
+                      restart (repeatable; overrides the agent's config)
   --timeout SEC       how long to wait for the agent's report (default 120)
   --attempts N        connections to try when the channel fails (default 3);
                       every try carries the same substitution id, and the
@@ -34,9 +41,9 @@ visible, invalidate the caches that hold the old ones, and report.
                       after SEC, then 2*SEC, ... (default 2 on serial:, where
                       a request can be lost while the guest reopens the port;
                       off elsewhere; 0 turns it off)
+  --json              print the agent's report (SubstituteReport) as JSON
 
 Resends and retries are reported on stderr.
-  --json              print the agent's report (SubstituteReport) as JSON
 `;
 
 async function run(args: string[]): Promise<void> {
@@ -50,6 +57,7 @@ async function run(args: string[]): Promise<void> {
     timeout: { type: 'string' },
     attempts: { type: 'string' },
     resend: { type: 'string' },
+    policy: { type: 'string', multiple: true },
   });
   if (helpRequested(HELP, values)) return;
   const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
@@ -85,6 +93,7 @@ async function run(args: string[]): Promise<void> {
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       ...(signWith ? { signWith } : {}),
       ...(customization ? { customization } : {}),
+      ...(values.policy ? { policies: parsePolicies(values.policy) } : {}),
       ...(attempts !== undefined ? { attempts } : {}),
       ...(resendMs !== undefined ? { resendMs } : {}),
       onRetry: (n, e) => process.stderr.write(`vmsubst: attempt ${n} failed (${e.message}); trying again with the same substitution id\n`),
@@ -98,18 +107,25 @@ async function run(args: string[]): Promise<void> {
 }
 
 function notifyHuman({ target, agent, report }: NotifyResult): string {
-  const t = report['timings-ms'];
-  const lines = [
-    `agent ${agent.version} (protocol ${agent.protocol}) at ${target}`,
-    `${report['dry-run'] ? 'dry run: ' : ''}verified ${formatBytes(report['verified-bytes'])} on ${report.device}; ${plural(report.files.length, 'file')} affected`,
-  ];
-  for (const f of report.files) {
-    const mappers = f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
-    lines.push(`  ${f.path}: ${f['pages-dropped']} pages dropped, ${f['pages-kept']} kept${mappers}`);
+  return `agent ${agent.version} (protocol ${agent.protocol}) at ${target}\n${formatReport(report)}`;
+}
+
+const POLICY_NAMES = ['remap', 'pin', 'report', 'restart'] as const;
+const CLASSES = ['data', 'elf-same-layout', 'elf-new-layout'] as const;
+
+/** `--policy data=report --policy /usr/bin/x=restart` → the protocol's Policies. */
+export function parsePolicies(specs: string[]): Policies {
+  const out: Policies = {};
+  for (const spec of specs) {
+    const eq = spec.lastIndexOf('=');
+    const who = spec.slice(0, eq);
+    const policy = spec.slice(eq + 1) as Policy;
+    if (eq <= 0 || !POLICY_NAMES.includes(policy)) throw new UsageError(`--policy ${spec}: expected WHO=POLICY with POLICY one of ${POLICY_NAMES.join(', ')}`);
+    if ((CLASSES as readonly string[]).includes(who)) out[who as (typeof CLASSES)[number]] = policy;
+    else if (who.startsWith('/')) (out.files ??= {})[who] = policy;
+    else throw new UsageError(`--policy ${spec}: '${who}' is neither a class (${CLASSES.join(', ')}) nor an absolute path`);
   }
-  if (report.unmapped.length > 0) lines.push(`${plural(report.unmapped.length, 'range')} outside any file's data (metadata or free space)`);
-  lines.push(`took ${t.total} ms (verify ${t.verify}, map ${t.map}, invalidate ${t.invalidate})`);
-  return lines.join('\n');
+  return out;
 }
 
 export const notifyCommand: Command = { name: 'notify', synopsis: 'notify BUNDLE --to ADDR', summary: 'tell the guest agent to verify and drop stale caches', help: HELP, run };

@@ -1,0 +1,217 @@
+/**
+ * The plan of a substitution: for every changed file its class, the policy
+ * for the processes that map it and what that policy will do; every changed
+ * block's class; whether a restart is required. A dry run returns it,
+ * `prepare` acts on its pins, `commit` and `substitute` follow it.
+ */
+import { open, readFile } from 'node:fs/promises';
+import type { ByteRange, FileClass, FileHint, Plan, PlannedFile, PlannedMapper, Policies, Policy } from '../protocol/schema.js';
+import type { FileHit } from '../pedigree/index.js';
+import { Ext4Classifier } from '../pedigree/classify.js';
+import type { DiskReader } from '../disk/verify.js';
+import type { MetadataPlan } from './metadata.js';
+import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
+
+/** Without configuration: data and ELF files whose layout the host found unchanged are remapped, others pinned. */
+export const DEFAULT_POLICIES: Readonly<Record<FileClass, Policy>> = { data: 'remap', 'elf-same-layout': 'remap', 'elf-new-layout': 'pin' };
+
+/** Blocks classified one by one for the plan; beyond this a range is reported as `unknown`. */
+const MAX_CLASSIFIED_BLOCKS = 1 << 16;
+
+export interface PlanInput {
+  files: FileHit[];
+  unmapped: ByteRange[];
+  metadata: MetadataPlan;
+  /** The changed disk ranges. */
+  changed: ByteRange[];
+  hints: readonly FileHint[];
+  /** The notification's policies, then the configuration's. */
+  policies: { notification?: Policies | undefined; config?: Policies | undefined };
+  diskPath: string;
+  read: DiskReader;
+  procRoot: string;
+}
+
+export interface FilePlan {
+  hit: FileHit;
+  planned: PlannedFile;
+}
+
+export interface PlanResult {
+  plan: Plan;
+  files: FilePlan[];
+  mappers: Map<string, MapperInfo[]>;
+}
+
+export async function buildPlan(input: PlanInput): Promise<PlanResult> {
+  const fileHits = input.files.filter((f) => f.file.kind === 'file');
+  const mappers = await findMappers(fileHits.map((f) => f.file), input.procRoot);
+  const units = new Map<number, string | undefined>();
+  const files: FilePlan[] = [];
+  for (const hit of fileHits) {
+    const cls = await fileClass(hit, input.hints);
+    const { policy, from } = choosePolicy(hit.file.path, relativePath(hit), cls, input.policies);
+    const procs: PlannedMapper[] = [];
+    for (const m of mappers.get(keyOf(hit.file)) ?? []) {
+      if (!units.has(m.pid)) units.set(m.pid, await unitOf(m.pid, input.procRoot));
+      const unit = units.get(m.pid);
+      procs.push({ pid: m.pid, comm: m.comm, ...(unit !== undefined ? { unit } : {}), 'mapped-bytes': m.mappedBytes });
+    }
+    files.push({
+      hit,
+      planned: {
+        path: hit.file.path,
+        ino: hit.file.ino,
+        mount: hit.file.mount.mountPoint,
+        class: cls,
+        policy,
+        'policy-from': from,
+        action: describe(policy, procs),
+        ranges: hit.ranges,
+        mappers: procs,
+      },
+    });
+  }
+  const reasons = input.metadata.filesystems
+    .filter((fs) => !fs.readOnly)
+    .map((fs) => `${fs.mountPoint} is mounted read-write and its metadata changes (${[...new Set(fs.ranges.flatMap((r) => r.kinds))].join(', ')})`);
+  const restartUnits = new Set<string>();
+  let pinBytes = 0;
+  for (const f of files) {
+    for (const m of f.planned.mappers) {
+      if (f.planned.policy === 'restart' && m.unit !== undefined) restartUnits.add(m.unit);
+      if (f.planned.policy === 'pin') pinBytes += m['mapped-bytes'];
+    }
+  }
+  return {
+    plan: {
+      files: files.map((f) => f.planned),
+      blocks: await blockClasses(input),
+      'restart-required': reasons.length > 0,
+      reasons,
+      units: [...restartUnits].sort(),
+      'pin-bytes': pinBytes,
+    },
+    files,
+    mappers,
+  };
+}
+
+function relativePath(hit: FileHit): string {
+  const mp = hit.file.mount.mountPoint;
+  if (mp === '/') return hit.file.path;
+  return hit.file.path.startsWith(mp + '/') ? hit.file.path.slice(mp.length) : hit.file.path;
+}
+
+/** The host's hint decides; without one, an ELF file is taken as changed in layout (the safe side). */
+async function fileClass(hit: FileHit, hints: readonly FileHint[]): Promise<FileClass> {
+  const rel = relativePath(hit);
+  const hint = hints.find((h) => h.path === rel || h.path === hit.file.path);
+  if (hint) return hint.elf === undefined ? 'data' : hint.elf === 'same-layout' ? 'elf-same-layout' : 'elf-new-layout';
+  return (await isElf(hit.file.path)) ? 'elf-new-layout' : 'data';
+}
+
+async function isElf(path: string): Promise<boolean> {
+  const fh = await open(path, 'r').catch(() => undefined);
+  if (!fh) return false;
+  try {
+    const buf = Buffer.alloc(4);
+    const { bytesRead } = await fh.read(buf, 0, 4, 0);
+    return bytesRead === 4 && buf.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
+  } finally {
+    await fh.close();
+  }
+}
+
+export function choosePolicy(
+  path: string,
+  rel: string,
+  cls: FileClass,
+  policies: PlanInput['policies'],
+): { policy: Policy; from: PlannedFile['policy-from'] } {
+  const byPath = (p: Policies | undefined): Policy | undefined => p?.files?.[path] ?? p?.files?.[rel];
+  const n = byPath(policies.notification);
+  if (n) return { policy: n, from: 'notification' };
+  const c = byPath(policies.config);
+  if (c) return { policy: c, from: 'config' };
+  const nc = policies.notification?.[cls];
+  if (nc) return { policy: nc, from: 'notification' };
+  const cc = policies.config?.[cls];
+  if (cc) return { policy: cc, from: 'config' };
+  return { policy: DEFAULT_POLICIES[cls], from: 'default' };
+}
+
+function describe(policy: Policy, procs: PlannedMapper[]): string {
+  const n = procs.length;
+  const who = `${n} process${n === 1 ? '' : 'es'}`;
+  switch (policy) {
+    case 'remap':
+      return n === 0 ? 'cached pages dropped; no process maps it' : `cached pages dropped; ${who} fault in the new content`;
+    case 'pin':
+      return n === 0
+        ? 'nothing to pin (no process maps it); cached pages dropped'
+        : `${who} keep the old image (${procs.reduce((s, p) => s + p['mapped-bytes'], 0)} bytes mapped, copied by prepare); new execs get the new file`;
+    case 'report':
+      return n === 0 ? 'cached pages dropped; no process maps it' : `pages nobody maps dropped; ${who} keep mapped pages that may mix old and new content: reported`;
+    case 'restart': {
+      const units = [...new Set(procs.flatMap((p) => (p.unit !== undefined ? [p.unit] : [])))];
+      const loose = procs.filter((p) => p.unit === undefined).length;
+      return `cached pages dropped; ${units.length > 0 ? `units restarted: ${units.join(', ')}` : 'no unit to restart'}${loose > 0 ? `; ${loose} process${loose === 1 ? '' : 'es'} outside any service fault in the new content` : ''}`;
+    }
+  }
+}
+
+/** The systemd service owning `pid`, from its cgroup path (cgroup v2 or the v1 name=systemd line). */
+async function unitOf(pid: number, procRoot: string): Promise<string | undefined> {
+  const text = await readFile(`${procRoot}/${pid}/cgroup`, 'utf8').catch(() => '');
+  for (const line of text.split('\n')) {
+    const [hier, , path] = line.split(':', 3);
+    if (path === undefined || (hier !== '0' && !line.includes('name=systemd'))) continue;
+    const unit = path.split('/').reverse().find((c) => c.endsWith('.service'));
+    if (unit) return unit;
+  }
+  return undefined;
+}
+
+type BlockRow = Plan['blocks'][number];
+
+/** Every changed range split by what it holds: file data, directory, ext4 metadata (block by block), free. */
+async function blockClasses(input: PlanInput): Promise<BlockRow[]> {
+  const rows: BlockRow[] = [];
+  const clip = (start: number, length: number): ByteRange[] =>
+    input.changed.flatMap((c) => {
+      const a = Math.max(c.offset, start);
+      const b = Math.min(c.offset + c.length, start + length);
+      return b > a ? [{ offset: a, length: b - a }] : [];
+    });
+  for (const hit of input.files) {
+    const cls = hit.file.kind === 'dir' ? 'directory' : 'file-data';
+    for (const e of hit.file.extents) for (const r of clip(e.diskStart, e.length)) rows.push({ ...r, class: cls, mount: hit.file.mount.mountPoint });
+  }
+  let budget = MAX_CLASSIFIED_BLOCKS;
+  const classifiers = new Map<number, Ext4Classifier | undefined>();
+  for (const r of input.unmapped) {
+    const fs = input.metadata.filesystems.find((f) => r.offset >= f.part.startBytes && r.offset + r.length <= f.part.startBytes + f.part.sizeBytes);
+    if (!fs) {
+      rows.push({ ...r, class: 'outside-filesystems' });
+      continue;
+    }
+    const start = fs.part.startBytes;
+    if (!classifiers.has(start)) classifiers.set(start, await Ext4Classifier.open((o, l) => input.read(input.diskPath, o, l), start).catch(() => undefined));
+    const cls = classifiers.get(start);
+    const bs = cls?.blockSize ?? 4096;
+    if (!cls || r.length / bs > budget || (r.offset - start) % bs !== 0) {
+      rows.push({ ...r, class: 'unknown', mount: fs.mountPoint });
+      continue;
+    }
+    budget -= r.length / bs;
+    for (let off = r.offset; off < r.offset + r.length; off += bs) {
+      const c = await cls.classify((off - start) / bs);
+      const klass = c.class === 'directory' ? 'directory' : c.class;
+      const last = rows[rows.length - 1];
+      if (last && last.class === klass && last.offset + last.length === off && last.mount === fs.mountPoint) last.length += bs;
+      else rows.push({ offset: off, length: bs, class: klass, mount: fs.mountPoint });
+    }
+  }
+  return rows.sort((a, b) => a.offset - b.offset);
+}

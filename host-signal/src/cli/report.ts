@@ -1,0 +1,41 @@
+/** How the agent's plan and report read for people (notify, apply --notify, plan, rollout). */
+import type { Plan, SubstituteReport } from '../../../agent/src/protocol/schema.js';
+import { formatBytes, plural, table } from './format.js';
+
+export function formatPlan(plan: Plan): string {
+  const lines: string[] = [];
+  if (plan.files.length > 0) {
+    const rows = [['file', 'class', 'policy', 'processes', 'what happens']];
+    for (const f of plan.files) {
+      const procs = f.mappers.map((m) => `${m.comm}[${m.pid}]${m.unit ? ` (${m.unit})` : ''}`).join(', ') || '-';
+      rows.push([f.path, f.class, `${f.policy}${f['policy-from'] === 'default' ? '' : ` (${f['policy-from']})`}`, procs, f.action]);
+    }
+    lines.push(table(rows));
+  } else {
+    lines.push('no file data changes');
+  }
+  const byClass = new Map<string, number>();
+  for (const b of plan.blocks) byClass.set(b.class, (byClass.get(b.class) ?? 0) + b.length);
+  lines.push(`blocks: ${[...byClass].map(([c, n]) => `${c} ${formatBytes(n)}`).join(', ') || 'none'}`);
+  if (plan['pin-bytes'] > 0) lines.push(`pinning copies ${formatBytes(plan['pin-bytes'])} of mapped pages`);
+  if (plan.units.length > 0) lines.push(`units to restart: ${plan.units.join(', ')}`);
+  lines.push(plan['restart-required'] ? `RESTART REQUIRED: ${plan.reasons.join('; ')}` : 'no restart required');
+  return lines.join('\n');
+}
+
+export function formatReport(report: SubstituteReport): string {
+  const t = report['timings-ms'];
+  if (report['dry-run'] && report.plan) return `plan for ${report.device}:\n${formatPlan(report.plan)}`;
+  const lines = [`${report.replayed ? 'already done (answered from the journal): ' : ''}verified ${formatBytes(report['verified-bytes'])} on ${report.device}; ${plural(report.files.length, 'file')} affected`];
+  for (const f of report.files) {
+    const policy = report.plan?.files.find((p) => p.path === f.path)?.policy;
+    const mappers = f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
+    lines.push(`  ${f.path}: ${f['pages-dropped']} pages dropped, ${f['pages-kept']} kept${policy ? ` (policy ${policy})` : ''}${mappers}`);
+  }
+  for (const p of report.pinned ?? []) lines.push(`  pinned ${p.comm}[${p.pid}] on the old ${p.path}: ${formatBytes(p['bytes-copied'])} copied (${p.status}${p.detail ? `: ${p.detail}` : ''})`);
+  for (const r of report.restarted ?? []) lines.push(`  restart ${r.unit}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+  if (report.unmapped.length > 0) lines.push(`${plural(report.unmapped.length, 'range')} outside any file's data (metadata or free space)`);
+  const stages = Object.entries(t).filter(([k]) => k !== 'total' && k !== 'invalidate').map(([k, v]) => `${k} ${Math.round(v * 10) / 10}`);
+  lines.push(`took ${Math.round(t.total)} ms (${stages.join(', ')})`);
+  return lines.join('\n');
+}

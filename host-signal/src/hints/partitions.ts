@@ -1,0 +1,103 @@
+/**
+ * Where the ext4 filesystems of a disk image are: a bare filesystem at byte
+ * 0, or the primary partitions of an MBR, or the entries of a GPT (512-byte
+ * sectors, then 4096-byte). Logical partitions inside an MBR extended
+ * partition, LVM and RAID are not looked into (docs/bundle-format.md).
+ * Each filesystem's identity comes from its superblock: UUID, label, size.
+ */
+import { crc32 } from 'node:zlib';
+import type { BaseFilesystem } from '../bundle/schema.js';
+
+/** Reads `length` bytes at `offset` (zeros past the end are fine). */
+export type ImageReader = (offset: number, length: number) => Promise<Buffer>;
+
+const EXT4_MAGIC = 0xef53;
+const INCOMPAT_64BIT = 0x80;
+const MBR_EXTENDED = new Set([0x05, 0x0f, 0x85]);
+const MBR_GPT_PROTECTIVE = 0xee;
+/** A GPT declares 128 entries as a rule; more than this is not a table we read. */
+const MAX_GPT_ENTRIES = 1024;
+
+export interface Partition {
+  number: number;
+  table: 'mbr' | 'gpt';
+  offset: number;
+  size: number;
+}
+
+/** The ext4 superblock's identity at byte `offset`, or undefined when there is no ext4 there. */
+export async function ext4At(read: ImageReader, offset: number): Promise<Omit<BaseFilesystem, 'offset'> | undefined> {
+  const sb = await read(offset + 1024, 1024);
+  if (sb.length < 1024 || sb.readUInt16LE(0x38) !== EXT4_MAGIC) return undefined;
+  const logBlock = sb.readUInt32LE(0x18);
+  if (logBlock > 6) return undefined;
+  const blockSize = 1024 << logBlock;
+  const incompat = sb.readUInt32LE(0x60);
+  const blocks = sb.readUInt32LE(0x04) + (incompat & INCOMPAT_64BIT ? sb.readUInt32LE(0x150) * 2 ** 32 : 0);
+  if (blocks === 0) return undefined;
+  const u = sb.subarray(0x68, 0x78).toString('hex');
+  const uuid = `${u.slice(0, 8)}-${u.slice(8, 12)}-${u.slice(12, 16)}-${u.slice(16, 20)}-${u.slice(20)}`;
+  const rawLabel = sb.subarray(0x78, 0x88);
+  const nul = rawLabel.indexOf(0);
+  const label = rawLabel.subarray(0, nul === -1 ? 16 : nul).toString('utf8');
+  return { type: 'ext4', size: blocks * blockSize, 'block-size': blockSize, uuid, ...(label !== '' ? { label } : {}) };
+}
+
+/** The partitions of an MBR or GPT partition table; empty when there is none. */
+export async function partitions(read: ImageReader, imageSize: number): Promise<Partition[]> {
+  const mbr = await read(0, 512);
+  if (mbr.length < 512 || mbr.readUInt16LE(510) !== 0xaa55) return [];
+  const entries = [0, 1, 2, 3].map((i) => {
+    const e = 446 + 16 * i;
+    return { number: i + 1, type: mbr[e + 4]!, start: mbr.readUInt32LE(e + 8), sectors: mbr.readUInt32LE(e + 12) };
+  });
+  if (entries.some((e) => e.type === MBR_GPT_PROTECTIVE)) {
+    for (const sector of [512, 4096]) {
+      const gpt = await gptPartitions(read, sector, imageSize);
+      if (gpt) return gpt;
+    }
+    return [];
+  }
+  return entries
+    .filter((e) => e.type !== 0 && !MBR_EXTENDED.has(e.type) && e.sectors > 0 && (e.start + e.sectors) * 512 <= imageSize)
+    .map((e) => ({ number: e.number, table: 'mbr' as const, offset: e.start * 512, size: e.sectors * 512 }));
+}
+
+async function gptPartitions(read: ImageReader, sector: number, imageSize: number): Promise<Partition[] | undefined> {
+  const hdr = await read(sector, 92);
+  if (hdr.length < 92 || hdr.subarray(0, 8).toString('latin1') !== 'EFI PART') return undefined;
+  const hdrSize = hdr.readUInt32LE(12);
+  if (hdrSize < 92 || hdrSize > sector) return undefined;
+  const full = await read(sector, hdrSize);
+  const check = Buffer.from(full);
+  check.writeUInt32LE(0, 16);
+  if (crc32(check) !== full.readUInt32LE(16)) return undefined;
+  const entriesLba = Number(full.readBigUInt64LE(72));
+  const count = full.readUInt32LE(80);
+  const entrySize = full.readUInt32LE(84);
+  if (entrySize < 128 || entrySize > 4096 || count > MAX_GPT_ENTRIES) return undefined;
+  const table = await read(entriesLba * sector, count * entrySize);
+  if (crc32(table) !== full.readUInt32LE(88)) return undefined;
+  const out: Partition[] = [];
+  for (let i = 0; i < count; i++) {
+    const e = table.subarray(i * entrySize, (i + 1) * entrySize);
+    if (e.subarray(0, 16).every((b) => b === 0)) continue;
+    const first = Number(e.readBigUInt64LE(32));
+    const last = Number(e.readBigUInt64LE(40));
+    if (last < first || (last + 1) * sector > imageSize) continue;
+    out.push({ number: i + 1, table: 'gpt', offset: first * sector, size: (last - first + 1) * sector });
+  }
+  return out;
+}
+
+/** Every ext4 filesystem of the image: bare, or in a partition. */
+export async function findFilesystems(read: ImageReader, imageSize: number): Promise<BaseFilesystem[]> {
+  const bare = await ext4At(read, 0);
+  if (bare) return bare.size <= imageSize ? [{ ...bare, offset: 0 }] : [];
+  const found: BaseFilesystem[] = [];
+  for (const p of await partitions(read, imageSize)) {
+    const fs = await ext4At(read, p.offset);
+    if (fs && fs.size <= p.size) found.push({ ...fs, offset: p.offset, partition: p.number, 'partition-table': p.table });
+  }
+  return found;
+}

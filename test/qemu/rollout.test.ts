@@ -46,7 +46,7 @@ interface RolloutJson {
   vms: VmJson[];
 }
 interface PlanJson {
-  vms: { name: string; status: string; plan?: { files: { path: string }[] }; report?: { 'dry-run': boolean } }[];
+  vms: { name: string; status: string; plan?: { files: { path: string; policy: string }[] }; report?: { 'dry-run': boolean } }[];
 }
 
 interface Ctx {
@@ -152,14 +152,15 @@ if (typeof art === 'string') {
       const r = await vmsubst(['plan', fleet('plan.json', ['alpha', 'beta', 'gamma']), C.bundle, '--json'], 300_000);
       const doc = JSON.parse(r.stdout) as PlanJson;
       const st = Object.fromEntries(doc.vms.map((v) => [v.name, v.status]));
-      // An agent from before plans answers the dry run without one: 'no-plan'. Both are answers.
-      assert.ok(['planned', 'no-plan'].includes(st['alpha']!), `alpha: ${st['alpha']} ${r.stderr}`);
-      assert.ok(['planned', 'no-plan'].includes(st['gamma']!), `gamma (hybrid vsock): ${st['gamma']} ${r.stderr}`);
+      assert.is(st['alpha'], 'planned', `alpha: ${JSON.stringify(doc.vms[0])} ${r.stderr}`);
+      assert.is(st['gamma'], 'planned', `gamma (hybrid vsock): ${JSON.stringify(doc.vms[2])} ${r.stderr}`);
       assert.is(st['beta'], 'no-agent');
       assert.is(r.code, 1, 'not every agent returned a plan (beta has none)');
       for (const v of doc.vms.filter((x) => x.report)) assert.is(v.report!['dry-run'], true);
-      const alpha = doc.vms.find((v) => v.name === 'alpha')!;
-      if (alpha.plan) assert.ok(alpha.plan.files.some((f) => f.path === PROG), JSON.stringify(alpha.plan));
+      for (const n of ['alpha', 'gamma']) {
+        const p = doc.vms.find((v) => v.name === n)!.plan!;
+        assert.ok(p.files.some((f) => f.path === PROG && f.policy), `${n}: ${JSON.stringify(p)}`);
+      }
       assert.equal({ alpha: sha(C.disks.alpha), beta: sha(C.disks.beta), gamma: sha(C.disks.gamma) }, before, 'no disk changed');
     }),
   );
@@ -199,11 +200,13 @@ if (typeof art === 'string') {
       const [a, b, g] = [byName(doc, 'alpha'), byName(doc, 'beta'), byName(doc, 'gamma')];
       assert.is(g.status, 'refused', JSON.stringify(g));
       assert.is(g.error?.code, 'E_VMSUBST_BASE_MISMATCH');
+      assert.ok(g.notes.some((n) => /dropped the prepared substitution \(aborted\)/.test(n)), `gamma was prepared, then aborted: ${g.notes.join(' | ')}`);
       assert.is(g.apply, undefined, 'nothing written to gamma');
       assert.is(sha(C.disks.gamma), gammaBefore, "gamma's disk is unchanged");
       assert.is(a.status, 'applied', JSON.stringify(a));
       assert.ok(a.apply!.written > 0);
       assert.is(a.guest.told, true);
+      assert.is(a.guest.mode, 'two-phase', 'prepare before the write, commit after');
       assert.ok(a.guest.report!.files.some((f) => f.path === PROG), JSON.stringify(a.guest.report));
       assert.is(b.status, 'applied', JSON.stringify(b));
       assert.is(b.guest.told, false);

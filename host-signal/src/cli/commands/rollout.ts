@@ -1,13 +1,16 @@
 /** `vmsubst rollout`. */
 import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
-import { loadFleet, NOT_TOLD, NO_AGENT_ACTIONS, rollout, type NoAgentAction, type RolloutResult, type VmOutcome } from '../../rollout/index.js';
+import { resolve } from 'node:path';
+import { fleetFromJson, loadFleet, NOT_TOLD, type FleetMember, NO_AGENT_ACTIONS, rollout, type NoAgentAction, type RolloutResult, type VmOutcome } from '../../rollout/index.js';
 import { formatBytes, plural, table } from '../format.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, positiveInt, type Command } from '../common.js';
 
 const HELP = `Usage: vmsubst rollout FLEET BUNDLE [--concurrency N] [--canary N]
                        [--stop-on-failure | --continue] [--state FILE]
                        [--on-no-agent fail|warn|reset] [--sign KEY] [--json]
+       vmsubst rollout --qmp SOCK [--device ID | --node NAME] [--to ADDR]
+                       [--disk-serial S | --disk-path P] BUNDLE [options]
 
 Rolls one bundle out to every VM of a fleet. For each VM: reach its agent,
 prepare (agents with two-phase substitution), write the blocks through QEMU
@@ -21,6 +24,11 @@ FLEET is a JSON file listing the VMs (see docs/rollout.md):
             "disk": {"serial": "vmsubst-data"}}, ...],
    "defaults": {"device": "vblk0"}}
 
+  --qmp SOCK ...       one VM instead of a fleet file (a fleet of one, named
+                       "vm"): its QMP socket, --device/--node for the disk,
+                       --to for its agent (serial:, vsock:, hvsock:, unix:;
+                       none: an unenlightened guest), --disk-serial/--disk-path
+                       for how the agent finds the disk
   --concurrency N      VMs in flight at once (default 4)
   --canary N           the first N VMs go first; all must succeed before any
                        other VM is touched (default 0: no canary)
@@ -58,9 +66,34 @@ async function run(args: string[]): Promise<number> {
     'on-no-agent': { type: 'string' },
     'agent-timeout': { type: 'string' },
     sign: { type: 'string' },
+    qmp: { type: 'string' },
+    device: { type: 'string' },
+    node: { type: 'string' },
+    to: { type: 'string' },
+    'disk-serial': { type: 'string' },
+    'disk-path': { type: 'string' },
   });
   if (helpRequested(HELP, values)) return 0;
-  const [fleetPath, bundlePath] = positionals('rollout', pos, ['FLEET', 'BUNDLE']) as [string, string];
+  let fleet: FleetMember[];
+  let bundlePath: string;
+  if (values.qmp !== undefined) {
+    [bundlePath] = positionals('rollout', pos, ['BUNDLE']) as [string];
+    const one: Record<string, unknown> = { name: 'vm', qmp: resolve(values.qmp) };
+    if (values.device !== undefined) one['device'] = values.device;
+    if (values.node !== undefined) one['node'] = values.node;
+    if (values.to !== undefined) one['agent'] = values.to;
+    if (values['disk-serial'] !== undefined || values['disk-path'] !== undefined) {
+      one['disk'] = { ...(values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {}), ...(values['disk-path'] !== undefined ? { path: values['disk-path'] } : {}) };
+    }
+    fleet = fleetFromJson({ vms: [one] }, process.cwd(), 'rollout');
+  } else {
+    for (const o of ['device', 'node', 'to', 'disk-serial', 'disk-path'] as const) {
+      if (values[o] !== undefined) throw new UsageError(`rollout: --${o} goes with --qmp; a fleet file gives each VM its own`);
+    }
+    const [fleetPath, b] = positionals('rollout', pos, ['FLEET', 'BUNDLE']) as [string, string];
+    bundlePath = b;
+    fleet = await loadFleet(fleetPath);
+  }
   if (values['stop-on-failure'] && values.continue) throw new UsageError('rollout: give --stop-on-failure or --continue, not both');
   const onNoAgent = (values['on-no-agent'] ?? 'warn') as NoAgentAction;
   if (!NO_AGENT_ACTIONS.includes(onNoAgent)) throw new UsageError(`rollout: --on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`);
@@ -73,7 +106,6 @@ async function run(args: string[]): Promise<number> {
     timeoutMs = sec * 1000;
   }
   const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
-  const fleet = await loadFleet(fleetPath);
   if (canary > fleet.length) throw new UsageError(`rollout: --canary ${canary}: the fleet has only ${plural(fleet.length, 'VM')}`);
 
   const o = new Output(values.json === true);

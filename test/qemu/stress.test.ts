@@ -264,7 +264,7 @@ if (typeof art === 'string' || missing !== undefined) {
     const disk = join(C.tmp, 'disk.img');
     copyFileSync(C.imgA, disk);
     try {
-      C.vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ disk }));
+      C.vm = await withTimeout(420_000, 'boot', () => GuestVm.boot({ disk, bootTimeoutMs: 300_000 }));
     } catch (e) {
       C.setupError = e as Error;
     }

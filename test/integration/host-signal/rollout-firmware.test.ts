@@ -15,6 +15,7 @@ import { bufferSource, diffSources } from '../../../host-signal/src/diff/index.j
 import { rollout, type FleetMember, type RolloutResult } from '../../../host-signal/src/rollout/index.js';
 import { FirmwareVm, whyNoQemu } from '../../helpers/firmware-vm.js';
 import { withTimeout } from '../../helpers/timeout.js';
+import { vmsubst } from '../../helpers/cli.js';
 
 const MiB = 1 << 20;
 const SIZE = 8 * MiB;
@@ -153,6 +154,22 @@ if (noQemu) {
       assert.is(r.vms[0]!.reset, true);
       assert.ok(events.includes('RESET'), `QMP events: ${events.join(', ')}`);
       assert.ok((await m.vm.status()).running);
+      assert.ok((await image(m)).equals(W.patched));
+    }),
+  );
+
+  Fleet('the CLI, one VM without a fleet file: applied, and the JSON says the guest was not told and what that means', () =>
+    withTimeout(T, 'cli', async () => {
+      const m = await member('a', W.base);
+      const r = await vmsubst(['rollout', '--qmp', m.vm.qmpSocket, '--device', 'vblk0', W.bundle!.path, '--json']);
+      assert.is(r.code, 0, r.stderr);
+      const doc = JSON.parse(r.stdout) as { ok: boolean; vms: { name: string; status: string; guest: { told: boolean; meaning?: string }; apply?: { written: number } }[] };
+      assert.is(doc.ok, true);
+      assert.is(doc.vms[0]!.name, 'vm');
+      assert.is(doc.vms[0]!.status, 'applied');
+      assert.is(doc.vms[0]!.guest.told, false);
+      assert.match(doc.vms[0]!.guest.meaning ?? '', /cached copies/);
+      assert.ok(doc.vms[0]!.apply!.written > 0);
       assert.ok((await image(m)).equals(W.patched));
     }),
   );

@@ -88,25 +88,25 @@ async function run(args: string[]): Promise<number> {
     fleet = fleetFromJson({ vms: [one] }, process.cwd(), 'rollout');
   } else {
     for (const o of ['device', 'node', 'to', 'disk-serial', 'disk-path'] as const) {
-      if (values[o] !== undefined) throw new UsageError(`rollout: --${o} goes with --qmp; a fleet file gives each VM its own`);
+      if (values[o] !== undefined) throw new UsageError(`rollout: --${o} goes with --qmp; a fleet file gives each VM its own`, "see 'vmsubst rollout --help'");
     }
     const [fleetPath, b] = positionals('rollout', pos, ['FLEET', 'BUNDLE']) as [string, string];
     bundlePath = b;
     fleet = await loadFleet(fleetPath);
   }
-  if (values['stop-on-failure'] && values.continue) throw new UsageError('rollout: give --stop-on-failure or --continue, not both');
+  if (values['stop-on-failure'] && values.continue) throw new UsageError('rollout: give --stop-on-failure or --continue, not both', "see 'vmsubst rollout --help'");
   const onNoAgent = (values['on-no-agent'] ?? 'warn') as NoAgentAction;
-  if (!NO_AGENT_ACTIONS.includes(onNoAgent)) throw new UsageError(`rollout: --on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`);
+  if (!NO_AGENT_ACTIONS.includes(onNoAgent)) throw new UsageError(`rollout: --on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`, "see 'vmsubst rollout --help'");
   const concurrency = values.concurrency === undefined ? 4 : positiveInt('rollout', '--concurrency', values.concurrency);
   const canary = values.canary === undefined ? 0 : values.canary === '0' ? 0 : positiveInt('rollout', '--canary', values.canary);
   let timeoutMs: number | undefined;
   if (values['agent-timeout'] !== undefined) {
     const sec = Number(values['agent-timeout']);
-    if (!(sec > 0)) throw new UsageError(`rollout: --agent-timeout ${values['agent-timeout']}: expected a positive number of seconds`);
+    if (!(sec > 0)) throw new UsageError(`rollout: --agent-timeout ${values['agent-timeout']}: expected a positive number of seconds`, "see 'vmsubst rollout --help'");
     timeoutMs = sec * 1000;
   }
   const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
-  if (canary > fleet.length) throw new UsageError(`rollout: --canary ${canary}: the fleet has only ${plural(fleet.length, 'VM')}`);
+  if (canary > fleet.length) throw new UsageError(`rollout: --canary ${canary}: the fleet has only ${plural(fleet.length, 'VM')}`, "see 'vmsubst rollout --help'");
 
   const o = new Output(values.json === true);
   const bundle = await Bundle.open(bundlePath, { onProgress: (d, t) => o.progress.update('check', d, t) });

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 KVER = $(shell cat .cache/kver 2>/dev/null)
 KDIR = /usr/src/linux-headers-$(KVER)
-UVU = node_modules/.bin/uvu
+
 TS_SOURCES := $(shell find agent/src host-signal/src test -name '*.ts' 2>/dev/null)
 
 .PHONY: setup build kmod addon ts guest test test-flavours test-unit test-integration test-qemu demo bench clean help
@@ -53,11 +53,11 @@ test-flavours:
 	@$(MAKE) --no-print-directory -C kmod check-flavours
 
 test-unit:
-	$(UVU) build/test/unit '\.test\.js$$'
+	scripts/uvu.sh build/test/unit '\.test\.js$$'
 test-integration:
-	$(UVU) build/test/integration '\.test\.js$$'
+	scripts/uvu.sh build/test/integration '\.test\.js$$'
 test-qemu:
-	$(UVU) build/test/qemu '\.test\.js$$'
+	scripts/uvu.sh build/test/qemu '\.test\.js$$'
 
 demo: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest

@@ -5,7 +5,7 @@
  *
  *   BENCH_IMAGE_MIB   size of the synthetic image pair for diff/apply (default 1024)
  *   BENCH_FILES       files on the pedigree-index volume (default 100000)
- *   BENCH_ONLY        'pedigree' runs the pedigree-index rows alone
+ *   BENCH_ONLY        'pedigree' runs the pedigree-index rows alone; 'apply-modes' the apply-mode rows
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { appendFileSync, closeSync, copyFileSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
@@ -165,7 +165,68 @@ async function pedigreeBench(tmp: string): Promise<void> {
   }
 }
 
+/**
+ * The pause of each apply mode for a 4 MiB bundle (64 ranges of 64 KiB over
+ * a 64 MiB disk), the median of 3 runs, each into a fresh firmware-only VM
+ * (raw-file: a fresh image). The target is a pause of at most 20 ms.
+ */
+async function applyModesBench(tmp: string): Promise<void> {
+  const dir = join(tmp, 'modes');
+  mkdirSync(dir);
+  const base = join(dir, 'base.img');
+  const patched = join(dir, 'patched.img');
+  const size = 64 << 20;
+  const data = randomBytes(size);
+  data[510] = 0; // no boot signature: the firmware must not run random bytes
+  data[511] = 0;
+  writeFileSync(base, data);
+  for (let i = 0; i < 64; i++) randomBytes(64 << 10).copy(data, i * (1 << 20) + 8192);
+  writeFileSync(patched, data);
+  const bundle = join(dir, 'b.bundle');
+  timed(['diff', base, patched, '-o', bundle, '--json']);
+  const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const img = join(dir, 'disk.img');
+  const noQemu = whyNoQemu();
+  for (const mode of ['nbd', 'overlay'] as const) {
+    if (noQemu) {
+      add(`apply --mode ${mode} (4 MiB)`, `skipped: ${noQemu}`, '');
+      continue;
+    }
+    const pauses: number[] = [];
+    const windows: number[] = [];
+    for (let run = 0; run < 3; run++) {
+      copyFileSync(base, img);
+      const vm = await FirmwareVm.start({ image: img, dir });
+      try {
+        const r = JSON.parse(timed(['apply', bundle, '--qmp', vm.qmpSocket, '--mode', mode, '--json']).stdout) as { 'pause-ms': number; 'window-ms': number; overlay?: { path: string } };
+        pauses.push(r['pause-ms']);
+        windows.push(r['window-ms']);
+        if (r.overlay) rmSync(r.overlay.path, { force: true });
+      } finally {
+        vm.kill();
+      }
+    }
+    add(`apply --mode ${mode} (4 MiB): guest paused / disk mixed`, `${fmtMs(median(pauses))} / ${fmtMs(median(windows))}`, `vmsubst apply b.bundle --qmp SOCK --mode ${mode} --json (median of 3, firmware-only VM under TCG)`);
+  }
+  const windows: number[] = [];
+  for (let run = 0; run < 3; run++) {
+    copyFileSync(base, img);
+    windows.push((JSON.parse(timed(['apply', bundle, '--image', img, '--mode', 'raw-file', '--json']).stdout) as { 'window-ms': number })['window-ms']);
+  }
+  add('apply --mode raw-file (4 MiB): write window', fmtMs(median(windows)), 'vmsubst apply b.bundle --image IMG --mode raw-file --json (median of 3; not paused)');
+}
+
 async function main(): Promise<void> {
+  if (process.env['BENCH_ONLY'] === 'apply-modes') {
+    const tmp = mkdtempSync(join(tmpdir(), 'vmsubst-bench-'));
+    try {
+      await applyModesBench(tmp);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+    printTable('');
+    return;
+  }
   if (process.env['BENCH_ONLY'] === 'pedigree') {
     const tmp = mkdtempSync(join(tmpdir(), 'vmsubst-bench-'));
     try {
@@ -248,6 +309,7 @@ async function main(): Promise<void> {
       }
     }
 
+    await applyModesBench(tmp);
     await pedigreeBench(tmp);
     printTable(tmp);
   } finally {

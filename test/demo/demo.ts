@@ -54,13 +54,21 @@ async function main(): Promise<void> {
     say(`without the agent, a new exec still sees the cached old blocks: ${bold(stale)}`);
 
     t = Date.now();
-    const report = await vmsubstJson<{ files: { path: string; 'pages-dropped': number; mappers: { pid: number; comm: string }[] }[]; 'timings-ms': Record<string, number> }>(
+    const report = await vmsubstJson<{
+      files: { path: string; 'pages-dropped': number; mappers: { pid: number; comm: string }[] }[];
+      plan?: { files: { path: string; class: string; policy: string; 'policy-from': string }[] };
+      'timings-ms': Record<string, number>;
+    }>(
       ['notify', bundle, '--to', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data'],
     );
     say(`vmsubst notify (virtio-serial): agent verified, mapped and invalidated in ${report['timings-ms']['total']?.toFixed(0)} ms (${Date.now() - t} ms round trip)`);
     for (const f of report.files) {
-      say(`  ${f.path}: ${f['pages-dropped']} page(s) dropped; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ') || 'nobody'}`);
+      const planned = report.plan?.files.find((p) => p.path === f.path);
+      const why = planned ? ` — policy ${planned.policy} (${planned.class === 'elf-same-layout' ? 'the bundle says the ELF layout is unchanged' : planned.class}, ${planned['policy-from']})` : '';
+      say(`  ${f.path}: ${f['pages-dropped']} page(s) dropped; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ') || 'nobody'}${why}`);
     }
+    const stages = Object.entries(report['timings-ms']).filter(([k]) => !['total', 'invalidate'].includes(k)).map(([k, v]) => `${k} ${v.toFixed(0)}`);
+    say(`  agent stages (ms): ${stages.join(', ')}`);
 
     t = Date.now();
     const line = await waitFor(20_000, 'v2', async () => {

@@ -15,6 +15,9 @@ import { BaseMismatchError, BundleError, CancelledError, TargetError } from '../
 export const IO_CHUNK = 4 << 20;
 /** Requests kept in flight, so the target's latency overlaps with hashing and with itself. */
 export const IO_DEPTH = 4;
+/** Writes kept in flight: many small ones (a bundle of small ranges) or IO_DEPTH full chunks. */
+const WRITE_DEPTH = 32;
+const WRITE_BYTES_IN_FLIGHT = IO_DEPTH * IO_CHUNK;
 
 /** Where the blocks go. */
 export interface BlockTarget {
@@ -117,6 +120,34 @@ export function refuseMismatch(manifest: Manifest, states: readonly RangeState[]
   );
 }
 
+/** Most bundle data held in memory so that a pause covers only the writes (larger bundles are read while paused). */
+export const PRELOAD_MAX = 256 << 20;
+
+/** Reads and checks the data of the ranges marked 'old', so writing it later needs no reads; undefined when it is too large. */
+export async function loadRanges(bundle: BundleData, states: readonly RangeState[], max = PRELOAD_MAX): Promise<Map<BundleRange, Buffer> | undefined> {
+  const todo = bundle.manifest.ranges.filter((_r, i) => states[i] === 'old');
+  if (todo.reduce((n, r) => n + r.length, 0) > max) return undefined;
+  const out = new Map<BundleRange, Buffer>();
+  for (const r of todo) out.set(r, await checkedData(bundle, r));
+  return out;
+}
+
+async function checkedData(bundle: BundleData, r: BundleRange): Promise<Buffer> {
+  const data = await bundle.readData(r);
+  if (createHash('sha256').update(data).digest('hex') !== r['new-sha256']) {
+    throw new BundleError(`the bundle's data for the range at offset ${r.offset} changed after it was verified`, [], 'do not modify a bundle while it is being applied; re-run apply');
+  }
+  return data;
+}
+
+export interface WriteOptions {
+  onProgress?: ApplyProgress;
+  /** Data from loadRanges (already checked); other ranges are read and checked just before they are written. */
+  preloaded?: ReadonlyMap<BundleRange, Buffer>;
+  /** Flush the target at the end (default true). */
+  flush?: boolean;
+}
+
 /**
  * Writes the ranges marked 'old', each checked against its new-sha256 just
  * before it is written, with up to IO_DEPTH writes in flight; then flushes.
@@ -127,16 +158,19 @@ export async function writeRanges(
   bundle: BundleData,
   target: BlockTarget,
   states: readonly RangeState[],
-  onProgress?: ApplyProgress,
+  options: WriteOptions = {},
 ): Promise<{ rangesWritten: number; bytesWritten: number }> {
+  const { onProgress, preloaded } = options;
   const todo = bundle.manifest.ranges.filter((_r, i) => states[i] === 'old');
   const total = todo.reduce((n, r) => n + r.length, 0);
   let bytesWritten = 0;
+  let bytesInFlight = 0;
   const inflight = new Set<Promise<void>>();
   let failure: unknown;
   const submit = async (offset: number, chunk: Buffer): Promise<void> => {
-    while (inflight.size >= IO_DEPTH) await Promise.race(inflight);
+    while (inflight.size >= WRITE_DEPTH || (inflight.size > 0 && bytesInFlight + chunk.length > WRITE_BYTES_IN_FLIGHT)) await Promise.race(inflight);
     if (failure !== undefined) return;
+    bytesInFlight += chunk.length;
     const p: Promise<void> = target.write(offset, chunk).then(
       () => {
         bytesWritten += chunk.length;
@@ -145,14 +179,19 @@ export async function writeRanges(
       (e: unknown) => {
         failure ??= e;
       },
-    ).finally(() => inflight.delete(p));
+    ).finally(() => {
+      bytesInFlight -= chunk.length;
+      inflight.delete(p);
+    });
     inflight.add(p);
   };
   for (const r of todo) {
     if (failure !== undefined) break;
-    const data = await bundle.readData(r);
-    if (createHash('sha256').update(data).digest('hex') !== r['new-sha256']) {
-      failure ??= new BundleError(`the bundle's data for the range at offset ${r.offset} changed after it was verified`, [], 'do not modify a bundle while it is being applied; re-run apply');
+    let data: Buffer;
+    try {
+      data = preloaded?.get(r) ?? (await checkedData(bundle, r));
+    } catch (e) {
+      failure ??= e;
       break;
     }
     for (let pos = 0; pos < r.length && failure === undefined; pos += IO_CHUNK) {
@@ -168,7 +207,7 @@ export async function writeRanges(
       { cause: failure },
     );
   }
-  if (todo.length > 0) await target.flush();
+  if (todo.length > 0 && options.flush !== false) await target.flush();
   return { rangesWritten: todo.length, bytesWritten };
 }
 
@@ -191,7 +230,7 @@ export async function substitute(bundle: BundleData, target: BlockTarget, option
   }
   if (options.signal?.aborted) throw new CancelledError('cancelled before writing');
   const t1 = performance.now();
-  const { rangesWritten, bytesWritten } = await writeRanges(bundle, target, states, options.onProgress);
+  const { rangesWritten, bytesWritten } = await writeRanges(bundle, target, states, options.onProgress ? { onProgress: options.onProgress } : {});
   return { status: 'applied', ranges, rangesWritten, rangesAlreadyNew, bytesWritten, verifiedBytes, timingsMs: { verify, write: ms(performance.now() - t1) } };
 }
 

@@ -1,65 +1,128 @@
 /**
- * Applying a bundle to a raw image file: for hypervisors other than QEMU, or a
- * VM that is not running. The image must not be open in a running hypervisor
- * (QEMU's caches would go stale); a lock on the file is taken as proof that it
- * is, and refused.
+ * The raw-file mode: applying a bundle to a raw image file, for hypervisors
+ * that read their raw disk image through the host page cache (Firecracker,
+ * Cloud Hypervisor; or any VM that is not running). The blocks are written
+ * with pwrite through the page cache (never O_DIRECT), so the VMM's next read
+ * sees them, then fdatasync'd. The constraints (docs/apply-modes.md):
+ *
+ * - raw format, and a VMM that keeps no cache of its own over the file;
+ * - no VMM writes to the changed blocks while they are replaced (vmsubst
+ *   cannot pause these VMs: their pause is in the VMM's own API), so the
+ *   guest sees the disk change during the write window, which is reported;
+ * - the guest must be told (notify) to drop its stale caches.
+ *
+ * QEMU is refused: it may cache (O_DIRECT with its own buffers, qcow2
+ * metadata) and must be written through its block layer (--qmp). It is
+ * recognised by its image locks or its process name.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
-import { TargetError } from '../errors.js';
-import { substitute, type ApplyProgress, type BlockTarget, type BundleData, type Substitution } from './core.js';
-import { fileLocks } from './locks.js';
+import { CancelledError, TargetError } from '../errors.js';
+import { checkTargetSize, inspectTarget, loadRanges, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type Substitution } from './core.js';
+import { fileLocks, fileOpeners, isQemuLock, type FileOpener } from './locks.js';
 
 export interface ImageApplyOptions {
   onProgress?: ApplyProgress;
   signal?: AbortSignal;
-  /** Apply even if another process holds a lock on the image (default false). */
+  /** Apply even if QEMU appears to use the image (default false). Only for a QEMU known to be stopped with its file closed. */
   ignoreLocks?: boolean;
+  /** Runs once the ranges are verified, before the first write (the two-phase `prepare`). */
+  beforeWrite?: () => Promise<void>;
 }
 
 export interface ImageApplyResult extends Substitution {
   id: string;
+  mode: 'raw-file';
   target: { kind: 'image'; path: string };
+  /** Never paused: vmsubst has no hold on these hypervisors. */
+  pauseMs: null;
+  /** The write window: first pwrite to last, during which the guest could read a mix of old and new ranges (the fdatasync follows). */
+  windowMs: number | null;
+  /** Other processes that had the image open (the VMM), as /proc shows them. */
+  openers: FileOpener[];
   elapsedMs: number;
+  warnings: string[];
 }
 
 export async function applyToImage(bundle: BundleData, path: string, options: ImageApplyOptions = {}): Promise<ImageApplyResult> {
   const started = performance.now();
+  const { manifest } = bundle;
+  if (!bundle.verified) throw new TargetError('the bundle\'s data has not been verified', 'open the bundle with data verification');
   let handle: FileHandle;
   try {
     handle = await open(path, 'r+');
   } catch (e) {
     throw new TargetError(`cannot open image ${path}: ${(e as Error).message}`, 'give the path of a raw disk image you may write', { cause: e });
   }
+  const warnings: string[] = [];
   try {
     const st = await handle.stat();
     if (!st.isFile()) {
       throw new TargetError(`${path} is not a regular file`, 'only raw image files are supported by --image');
     }
+    const magic = Buffer.alloc(4);
+    await handle.read(magic, 0, 4, 0);
+    if (magic.readUInt32BE(0) === 0x514649fb) {
+      throw new TargetError(`${path} is a qcow2 image`, 'the raw-file mode writes raw images only; a qcow2 image must be written through QEMU (--qmp)');
+    }
+    const openers = await fileOpeners(path);
     if (!options.ignoreLocks) {
-      const locks = await fileLocks(path);
-      if (locks.length > 0) {
-        const who = [...new Set(locks.map((l) => (l.pid > 0 ? `pid ${l.pid}` : 'an open-file-description lock, as QEMU takes')))].join(', ');
+      const qemuLocks = (await fileLocks(path)).filter(isQemuLock);
+      const qemu = openers.filter((o) => o.comm.startsWith('qemu'));
+      if (qemuLocks.length > 0 || qemu.length > 0) {
+        const who = qemu.length > 0 ? qemu.map((o) => `${o.comm}[${o.pid}]`).join(', ') : 'QEMU (its image locks)';
         throw new TargetError(
-          `image ${path} is locked by another process (${who}): a running hypervisor is probably using it`,
-          'apply to a running QEMU through --qmp SOCKET; never write an image behind a running VM',
+          `image ${path} is locked by another process (${who}): QEMU is using it, and QEMU's caches would go stale`,
+          'apply to a running QEMU through --qmp SOCK (--mode nbd or overlay); never write an image behind QEMU',
         );
       }
     }
+    for (const o of openers.filter((x) => x.direct)) {
+      warnings.push(`${o.comm}[${o.pid}] has the image open with O_DIRECT: it sees the new blocks only once they are written back (after the fdatasync), and must keep no cache of its own`);
+    }
+    checkTargetSize(manifest, st.size, `image ${path}`);
     const target = fileTarget(handle, st.size);
-    const outcome = await substitute(bundle, target, { onProgress: options.onProgress, signal: options.signal });
+    const base = { id: manifest.id, mode: 'raw-file' as const, target: { kind: 'image' as const, path }, pauseMs: null, openers, warnings, ranges: manifest.ranges.length, elapsedMs: 0 };
+    const none = { rangesWritten: 0, rangesAlreadyNew: 0, bytesWritten: 0 };
+    if (manifest.ranges.length === 0) {
+      return { ...base, ...none, status: 'no-changes', verifiedBytes: 0, windowMs: null, timingsMs: { verify: 0, write: 0 }, elapsedMs: ms(performance.now() - started) };
+    }
+    const t0 = performance.now();
+    const { states, verifiedBytes } = await inspectTarget(manifest, target, options.onProgress);
+    const verify = ms(performance.now() - t0);
+    refuseMismatch(manifest, states);
+    const rangesAlreadyNew = states.filter((s) => s === 'new').length;
+    if (rangesAlreadyNew === manifest.ranges.length) {
+      return { ...base, ...none, rangesAlreadyNew, status: 'already-applied', verifiedBytes, windowMs: null, timingsMs: { verify, write: 0 }, elapsedMs: ms(performance.now() - started) };
+    }
+    if (options.signal?.aborted) throw new CancelledError('cancelled before writing');
+    if (options.beforeWrite) await options.beforeWrite();
+    const preloaded = await loadRanges(bundle, states);
+    const t1 = performance.now();
+    const written = await writeRanges(bundle, target, states, { flush: false, ...(preloaded ? { preloaded } : {}), ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
+    // The guest can see a mix of old and new ranges only until the last pwrite lands in the page
+    // cache; the fdatasync after it is for durability (a host crash), not for what the VMM reads.
+    const windowMs = ms(performance.now() - t1);
+    await target.flush();
     return {
-      ...outcome,
-      id: bundle.manifest.id,
-      target: { kind: 'image', path },
-      elapsedMs: Math.round(performance.now() - started),
+      ...base,
+      status: 'applied',
+      ...written,
+      rangesAlreadyNew,
+      verifiedBytes,
+      windowMs,
+      timingsMs: { verify, write: ms(performance.now() - t1) },
+      elapsedMs: ms(performance.now() - started),
     };
   } finally {
     await handle.close();
   }
 }
 
-function fileTarget(handle: FileHandle, size: number): BlockTarget {
+const ms = (n: number): number => Math.round(n * 10) / 10;
+
+/** A raw file as a BlockTarget: positional reads and writes through the page cache, fdatasync to flush. */
+export function fileTarget(handle: FileHandle, size: number): BlockTarget {
   return {
     size,
     async read(offset, length) {
@@ -79,6 +142,6 @@ function fileTarget(handle: FileHandle, size: number): BlockTarget {
         done += bytesWritten;
       }
     },
-    flush: () => handle.sync(),
+    flush: () => handle.datasync(),
   };
 }

@@ -3,7 +3,7 @@
  * or a raw image file (applyToImage). Both verify every range first and write
  * nothing unless the disk holds the bundle's base.
  */
-export { applyToQemu, resolveDrive, deviceId, type DriveSelector, type QemuApplyOptions, type QemuApplyResult, type ResolvedDrive } from './qemu.js';
+export { applyToQemu, commitApplied, commitOverlay, defaultOverlayPath, resolveDrive, deviceId, type DriveSelector, type OverlayOutcome, type QemuMode, type QemuApplyOptions, type QemuApplyResult, type ResolvedDrive } from './qemu.js';
 export { applyToImage, type ImageApplyOptions, type ImageApplyResult } from './image.js';
 export {
   IO_CHUNK,
@@ -21,7 +21,9 @@ export {
   type Substitution,
   type SubstitutionStatus,
 } from './core.js';
-export { fileLocks, locksOn, type FileLock } from './locks.js';
+export { alignedClusterSize, buildOverlay, changedClusters, exportOverlay, DEFAULT_CLUSTER_SIZE, type ExportOptions, type ExportResult } from './overlay.js';
+export { applyWithAgent, type TwoPhaseOutcome } from './two-phase.js';
+export { fileLocks, fileOpeners, isQemuLock, locksOn, type FileLock, type FileOpener } from './locks.js';
 
 import type { ImageApplyResult } from './image.js';
 import type { QemuApplyResult } from './qemu.js';

@@ -1,25 +1,37 @@
 /**
- * Applying a bundle to a drive of a running QEMU, through QEMU's own block
- * layer so its caches stay coherent: a writable NBD export of the drive's
- * node on a private unix socket, the guest paused (`stop`) while the ranges
- * are verified and written, and resumed (`cont`) whatever happens.
+ * Applying a bundle to a drive of a running QEMU, always through QEMU's own
+ * block layer so its caches stay coherent. Two modes (docs/apply-modes.md):
+ *
+ *   nbd      the new blocks are written into the drive's node through a
+ *            writable NBD export; the guest is paused for the writes only.
+ *   overlay  the new blocks go into a qcow2 overlay that is put on top of
+ *            the drive's node with blockdev-snapshot; the guest is paused for
+ *            that switch only. --commit merges it back with block-commit.
+ *
+ * Both verify while the guest runs, under a dirty bitmap; at the pause the
+ * bitmap says whether the guest wrote anything since, and if it did the
+ * ranges are verified again while paused (docs/design.md, "Pausing").
  *
  *   query-status, query-block / query-named-block-nodes   find the node
  *   nbd-server-start {unix: <private dir>/nbd.sock}        QEMU has one NBD server
- *   block-export-add {type: nbd, writable: true}           needs share-rw=on on the device
- *   stop → verify → write → flush → cont                   the pause window
- *   block-export-del, nbd-server-stop, remove the dir
+ *   block-export-add {type: nbd, writable: nbd mode}       writable needs share-rw=on
+ *   block-dirty-bitmap-add {persistent: false}             guest writes from now on
+ *   verify (NBD reads), [prepare], [build + blockdev-add the overlay]
+ *   stop → bitmap clean? (else verify again) → write | blockdev-snapshot → cont
+ *   flush; remove bitmap, export, NBD server, socket directory
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, isAbsolute, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { CancelledError, QmpError, TargetError } from '../errors.js';
 import { NbdClient } from '../nbd/client.js';
 import { QmpClient } from '../qmp/client.js';
 import { MIGRATION_STATES, Qemu, type BlockInfo } from '../qmp/commands.js';
-import { checkTargetSize, substitute, type ApplyProgress, type BlockTarget, type BundleData, type Substitution } from './core.js';
+import type { QmpEvent } from '../qmp/client.js';
+import { checkTargetSize, inspectTarget, loadRanges, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type RangeState, type Substitution } from './core.js';
+import { alignedClusterSize, buildOverlay } from './overlay.js';
 
 export interface DriveSelector {
   /** qdev id of the device (`-device virtio-blk-pci,id=vblk0`) or a legacy -drive id. */
@@ -28,7 +40,20 @@ export interface DriveSelector {
   node?: string;
 }
 
+export type QemuMode = 'nbd' | 'overlay';
+
 export interface QemuApplyOptions extends DriveSelector {
+  /** Default 'nbd'. */
+  mode?: QemuMode;
+  /** overlay: the qcow2 file to create; default beside the drive's image file. */
+  overlayPath?: string;
+  /** overlay: merge the overlay into the drive's node afterwards (block-commit) and remove it. */
+  commit?: boolean;
+  /**
+   * Runs once the ranges are verified, before the guest is paused for the
+   * change (the two-phase `prepare`); not called when nothing is to be written.
+   */
+  beforeWrite?: () => Promise<void>;
   onProgress?: ApplyProgress;
   /** Cancels before anything is written; once writing has begun it completes. */
   signal?: AbortSignal;
@@ -36,6 +61,8 @@ export interface QemuApplyOptions extends DriveSelector {
   workDir?: string;
   /** QMP connect/greeting timeout; default 10 s. */
   timeoutMs?: number;
+  /** How long a --commit may take; default 10 min. */
+  commitTimeoutMs?: number;
 }
 
 export interface ResolvedDrive {
@@ -45,16 +72,36 @@ export interface ResolvedDrive {
   /** Virtual size, when QEMU reported it. */
   size?: number;
   readOnly: boolean;
+  /** The node's image file name and format driver (e.g. raw), as QEMU reports them. */
+  filename: string;
+  format: string;
+}
+
+export interface OverlayOutcome {
+  path: string;
+  node: string;
+  clusterSize: number;
+  /** The backing file recorded in the overlay: the drive's image, as blockdev-snapshot-sync would record it. */
+  backing: { name: string; format: string };
+  /** Merged back by block-commit and removed (--commit). */
+  committed: boolean;
+  commitMs?: number;
 }
 
 export interface QemuApplyResult extends Substitution {
   id: string;
+  mode: QemuMode;
   target: { kind: 'qemu'; qmp: string; node: string; device?: string };
   /** VM run state before the apply (query-status). */
   vmStatus: string;
-  /** How long the guest was paused, in ms; null when it was not running and was left as it was. */
+  /** How long the guest was paused (stop sent → cont answered), in ms; null when it was not running and was left as it was. */
   pauseMs: number | null;
+  /** How long the disk held some new ranges and some old ones: the writes (nbd), 0 for the atomic switch (overlay). */
+  windowMs: number | null;
+  /** At the pause: 'clean' (no guest write since the verification) or 'reverified' (there was one: verified again while paused). */
+  recheck: 'clean' | 'reverified' | null;
   resumed: boolean;
+  overlay?: OverlayOutcome;
   elapsedMs: number;
   /** Problems while cleaning up (export, NBD server, temp dir) that did not affect the result. */
   warnings: string[];
@@ -80,7 +127,7 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
       throw new TargetError(`QEMU has no block node named '${selector.node}'`, names.length ? `named nodes: ${names.join(', ')}` : 'QEMU reports no named block nodes');
     }
     const attached = (await qemu.queryBlock()).find((b) => b.inserted?.['node-name'] === selector.node);
-    const drive: ResolvedDrive = { nodeName: selector.node, size: node.image['virtual-size'], readOnly: node.ro };
+    const drive: ResolvedDrive = { nodeName: selector.node, size: node.image['virtual-size'], readOnly: node.ro, filename: node.file, format: node.drv };
     const dev = attached ? deviceId(attached) : undefined;
     if (dev !== undefined) drive.device = dev;
     return drive;
@@ -108,30 +155,41 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
   const inserted = chosen.inserted!;
   const nodeName = inserted['node-name'];
   if (!nodeName) throw new TargetError(`block device '${deviceId(chosen)}' has no node name`, 'use --node with the name of its format node');
-  const drive: ResolvedDrive = { nodeName, size: inserted.image['virtual-size'], readOnly: inserted.ro };
+  const drive: ResolvedDrive = { nodeName, size: inserted.image['virtual-size'], readOnly: inserted.ro, filename: inserted.file, format: inserted.drv };
   const dev = deviceId(chosen);
   if (dev !== undefined) drive.device = dev;
   return drive;
 }
 
+/** Where the overlay goes by default: beside the drive's image, named after it and the bundle. */
+export function defaultOverlayPath(drive: ResolvedDrive, id: string): string {
+  if (!isAbsolute(drive.filename)) {
+    throw new TargetError(
+      `the drive's image is not a local file (${drive.filename.slice(0, 80)}), so there is no default place for the overlay`,
+      'give --overlay PATH, a new file QEMU can open',
+    );
+  }
+  return join(dirname(drive.filename), `${basename(drive.filename)}.vmsubst-${id.slice(0, 12)}.qcow2`);
+}
+
+const ms = (n: number): number => Math.round(n * 10) / 10;
+
 export async function applyToQemu(bundle: BundleData, qmpPath: string, options: QemuApplyOptions = {}): Promise<QemuApplyResult> {
   const started = performance.now();
+  const mode = options.mode ?? 'nbd';
   const { manifest } = bundle;
+  if (!bundle.verified) throw new TargetError('the bundle\'s data has not been verified', 'open the bundle with data verification');
+  if (mode !== 'overlay' && (options.overlayPath !== undefined || options.commit)) {
+    throw new TargetError('an overlay path and commit go with the overlay mode only');
+  }
   const warnings: string[] = [];
-  const cleanup = async (what: string, fn: () => Promise<unknown>): Promise<void> => {
-    try {
-      await fn();
-    } catch (e) {
-      warnings.push(`${what}: ${(e as Error).message}`);
-    }
-  };
+  /** Undo steps, run last-first whatever happens; `onlyOnFailure` ones only when the apply failed. */
+  const undo: { what: string; fn: () => Promise<unknown>; onlyOnFailure?: boolean }[] = [];
 
   const qmp = await QmpClient.connect(qmpPath, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {});
   const qemu = new Qemu(qmp);
-  let dir: string | undefined;
-  let serverStarted = false;
-  let exportId: string | undefined;
-  let nbd: NbdClient | undefined;
+  let succeeded = false;
+  let keepOpen = false;
   let result: QemuApplyResult;
   try {
     const status = await qemu.queryStatus();
@@ -140,11 +198,36 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
     }
     const drive = await resolveDrive(qemu, options);
     const what = `drive ${drive.device ?? drive.nodeName}`;
+    const target0 = drive.device !== undefined ? { kind: 'qemu' as const, qmp: qmpPath, node: drive.nodeName, device: drive.device } : { kind: 'qemu' as const, qmp: qmpPath, node: drive.nodeName };
     if (drive.size !== undefined) checkTargetSize(manifest, drive.size, what);
     if (drive.readOnly) throw new TargetError(`${what} is read-only in QEMU`, 'attach the disk read-write (the guest may still mount it read-only)');
+    const base = {
+      id: manifest.id,
+      mode,
+      target: target0,
+      vmStatus: status.status,
+      ranges: manifest.ranges.length,
+      rangesWritten: 0,
+      rangesAlreadyNew: 0,
+      bytesWritten: 0,
+      verifiedBytes: 0,
+      pauseMs: null,
+      windowMs: null,
+      recheck: null,
+      resumed: false,
+      elapsedMs: 0,
+      warnings,
+    };
+    if (manifest.ranges.length === 0) {
+      succeeded = true;
+      return { ...base, status: 'no-changes', timingsMs: { verify: 0, write: 0 } };
+    }
+    const overlayPath = mode === 'overlay' ? (options.overlayPath ?? defaultOverlayPath(drive, manifest.id)) : undefined;
     if (options.signal?.aborted) throw new CancelledError();
 
-    dir = await mkdtemp(join(options.workDir ?? tmpdir(), 'vmsubst-'));
+    // The private NBD server and export, and the bitmap that watches guest writes.
+    const dir = await mkdtemp(join(options.workDir ?? tmpdir(), 'vmsubst-'));
+    undo.push({ what: 'removing the socket directory', fn: () => rm(dir, { recursive: true, force: true }) });
     const socketPath = join(dir, 'nbd.sock');
     try {
       await qemu.nbdServerStartUnix(socketPath);
@@ -158,80 +241,241 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
       }
       throw e;
     }
-    serverStarted = true;
-
-    const name = `vmsubst-${randomBytes(6).toString('hex')}`;
+    undo.push({ what: 'nbd-server-stop', fn: () => qemu.nbdServerStop() });
+    const tag = `vmsubst-${randomBytes(6).toString('hex')}`;
+    const writable = mode === 'nbd';
     try {
-      await qemu.blockExportAdd({ id: name, nodeName: drive.nodeName, name, writable: true });
+      await qemu.blockExportAdd({ id: tag, nodeName: drive.nodeName, name: tag, writable });
     } catch (e) {
       if (e instanceof QmpError && /permission|conflict|share-rw/i.test(e.desc)) {
         throw new TargetError(
           `QEMU refused a writable export of ${what}: ${e.desc}`,
-          'the virtio-blk device must share write access: start it with share-rw=on (-device virtio-blk-pci,drive=…,share-rw=on), or hot-plug it again with that property',
+          'the virtio-blk device must share write access: start it with share-rw=on (-device virtio-blk-pci,drive=…,share-rw=on), or hot-plug it again with that property; or use --mode overlay, which does not write into the drive',
           { cause: e },
         );
       }
       throw e;
     }
-    exportId = name;
+    undo.push({ what: 'block-export-del', fn: () => qemu.blockExportDel(tag, 'hard') });
+    await qemu.dirtyBitmapAdd(drive.nodeName, tag);
+    undo.push({ what: 'block-dirty-bitmap-remove', fn: () => qemu.dirtyBitmapRemove(drive.nodeName, tag) });
 
-    nbd = await NbdClient.connect(socketPath, { exportName: name });
+    const nbd = await NbdClient.connect(socketPath, { exportName: tag });
+    undo.push({ what: 'NBD disconnect', fn: () => nbd.disconnect() });
     checkTargetSize(manifest, nbd.size, `the NBD export of ${what}`);
-    if (nbd.readOnly) throw new TargetError(`QEMU exported ${what} read-only`);
-    const client = nbd;
+    if (writable && nbd.readOnly) throw new TargetError(`QEMU exported ${what} read-only`);
     const target: BlockTarget = {
-      size: client.size,
-      read: (offset, length) => client.read(offset, length),
-      write: (offset, data) => client.write(offset, data),
-      flush: () => client.flush(),
+      size: nbd.size,
+      read: (offset, length) => nbd.read(offset, length),
+      write: (offset, data) => nbd.write(offset, data),
+      flush: () => nbd.flush(),
     };
 
+    // Verify while the guest runs.
+    const t0 = performance.now();
+    let { states, verifiedBytes } = await inspectTarget(manifest, target, options.onProgress);
+    let verify = ms(performance.now() - t0);
+    refuseMismatch(manifest, states);
+    const alreadyNew = (s: readonly RangeState[]): number => s.filter((x) => x === 'new').length;
+    if (alreadyNew(states) === manifest.ranges.length) {
+      succeeded = true;
+      return { ...base, status: 'already-applied', rangesAlreadyNew: manifest.ranges.length, verifiedBytes, timingsMs: { verify, write: 0 } };
+    }
     if (options.signal?.aborted) throw new CancelledError();
-    const wasRunning = status.running;
+    if (options.beforeWrite) await options.beforeWrite();
+
+    // Everything the pause needs, made ready while the guest runs.
+    let overlay: OverlayOutcome | undefined;
+    let preloaded: Awaited<ReturnType<typeof loadRanges>>;
+    if (mode === 'overlay') {
+      const clusterSize = alignedClusterSize(manifest);
+      const backing = { name: drive.filename, format: drive.format };
+      await buildOverlay(bundle, overlayPath!, { clusterSize, backing }); // removes what it wrote if it fails
+      undo.push({ what: 'removing the overlay file', fn: () => unlink(overlayPath!), onlyOnFailure: true });
+      overlay = { path: overlayPath!, node: `${tag}-overlay`, clusterSize, backing, committed: false };
+      await qemu.blockdevAddQcow2(overlay.node, overlay.path);
+      undo.push({ what: 'blockdev-del of the overlay', fn: () => qemu.blockdevDel(overlay!.node), onlyOnFailure: true });
+    } else {
+      preloaded = await loadRanges(bundle, states);
+    }
+
+    // The pause: confirm the verification still holds, then change the disk.
     let pausedAt: number | undefined;
-    let outcome: Substitution | undefined;
+    let pauseMs: number | null = null;
+    let windowMs: number | null = null;
+    let recheck: 'clean' | 'reverified' | null = null;
+    let written = { rangesWritten: 0, bytesWritten: 0 };
     let failure: unknown;
+    let t1 = 0;
     try {
-      if (wasRunning) {
-        pausedAt = performance.now();
-        await qemu.stop();
+      // QMP runs one monitor's commands in order, so the bitmap is read after `stop` has
+      // drained the guest's I/O; sending both at once saves a round trip inside the pause.
+      if (status.running) pausedAt = performance.now();
+      const [, dirty] = await Promise.all([status.running ? qemu.stop() : Promise.resolve(), qemu.dirtyBytes(drive.nodeName, tag)]);
+      if (dirty === 0) {
+        recheck = 'clean';
+      } else {
+        // The guest wrote to the disk since the verification: verify again, now that it cannot.
+        recheck = 'reverified';
+        const t = performance.now();
+        ({ states, verifiedBytes } = await inspectTarget(manifest, target));
+        verify = ms(verify + performance.now() - t);
+        refuseMismatch(manifest, states);
       }
-      outcome = await substitute(bundle, target, { onProgress: options.onProgress, signal: options.signal });
+      t1 = performance.now();
+      if (mode === 'overlay') {
+        await qemu.blockdevSnapshot(drive.nodeName, overlay!.node);
+        windowMs = 0;
+        written = { rangesWritten: states.filter((x) => x === 'old').length, bytesWritten: 0 };
+      } else if (alreadyNew(states) < manifest.ranges.length) {
+        written = await writeRanges(bundle, target, states, { flush: false, ...(preloaded ? { preloaded } : {}), ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
+        windowMs = ms(performance.now() - t1);
+      }
     } catch (e) {
       failure = e;
     }
-    let pauseMs: number | null = null;
     if (pausedAt !== undefined) {
       try {
         await qemu.cont();
       } catch (e) {
         const before = failure instanceof Error ? ` (after: ${failure.message})` : '';
-        throw new TargetError(
-          `could not resume the VM: ${(e as Error).message}${before}`,
-          `the VM is paused: resume it with {"execute":"cont"} on ${qmpPath}`,
-          { cause: e },
-        );
+        throw new TargetError(`could not resume the VM: ${(e as Error).message}${before}`, `the VM is paused: resume it with {"execute":"cont"} on ${qmpPath}`, { cause: e });
       }
-      pauseMs = Math.round((performance.now() - pausedAt) * 10) / 10;
+      pauseMs = ms(performance.now() - pausedAt);
     }
     if (failure !== undefined) throw failure;
+    // Durability: the guest reads the new blocks from QEMU already; the flush only makes them survive a host crash.
+    if (mode === 'nbd' && written.rangesWritten > 0) await nbd.flush();
+    const write = ms(performance.now() - t1);
+    if (overlay) {
+      // Into the overlay, which the drive now reads first.
+      written.bytesWritten = manifest.ranges.filter((_r, i) => states[i] === 'old').reduce((n, r) => n + r.length, 0);
+    }
+    succeeded = true;
+    keepOpen = overlay !== undefined && options.commit === true;
     result = {
-      ...outcome!,
-      id: manifest.id,
-      target: drive.device !== undefined ? { kind: 'qemu', qmp: qmpPath, node: drive.nodeName, device: drive.device } : { kind: 'qemu', qmp: qmpPath, node: drive.nodeName },
-      vmStatus: status.status,
+      ...base,
+      status: 'applied',
+      rangesWritten: written.rangesWritten,
+      rangesAlreadyNew: alreadyNew(states),
+      bytesWritten: written.bytesWritten,
+      verifiedBytes,
+      timingsMs: { verify, write },
       pauseMs,
+      windowMs,
+      recheck,
       resumed: pausedAt !== undefined,
-      elapsedMs: 0,
-      warnings,
+      ...(overlay ? { overlay } : {}),
     };
   } finally {
-    if (nbd) await cleanup('NBD disconnect', () => nbd!.disconnect());
-    if (exportId !== undefined) await cleanup('block-export-del', () => qemu.blockExportDel(exportId!, 'hard'));
-    if (serverStarted) await cleanup('nbd-server-stop', () => qemu.nbdServerStop());
-    if (dir !== undefined) await cleanup('removing the socket directory', () => rm(dir!, { recursive: true, force: true }));
-    qmp.close();
+    for (const step of undo.reverse()) {
+      if (step.onlyOnFailure && succeeded) continue;
+      try {
+        await step.fn();
+      } catch (e) {
+        warnings.push(`${step.what}: ${(e as Error).message}`);
+      }
+    }
+    if (!keepOpen) qmp.close();
+  }
+  if (result.overlay && options.commit) {
+    try {
+      await commitApplied(qemu, result, options.commitTimeoutMs);
+    } finally {
+      qmp.close();
+    }
   }
   result.elapsedMs = Math.round(performance.now() - started);
   return result;
+}
+
+/**
+ * Commits the overlay an overlay-mode apply left in use (see commitOverlay),
+ * over `qemu` or a new connection to the result's QMP socket. A failure is
+ * added to the result's warnings: the overlay stays in use, which is consistent.
+ */
+export async function commitApplied(qemu: Qemu | undefined, result: QemuApplyResult, timeoutMs = 600_000): Promise<void> {
+  const overlay = result.overlay;
+  if (!overlay || overlay.committed) return;
+  let own: QmpClient | undefined;
+  try {
+    if (!qemu) {
+      own = await QmpClient.connect(result.target.qmp);
+      qemu = new Qemu(own);
+    }
+    const t = performance.now();
+    await commitOverlay(qemu, overlay, result.target.node, timeoutMs);
+    overlay.committed = true;
+    overlay.commitMs = ms(performance.now() - t);
+  } catch (e) {
+    result.warnings.push(
+      `commit: ${(e as Error).message}; the overlay stays in use (the guest sees the new blocks either way): commit it later with block-commit, see docs/apply-modes.md`,
+    );
+  } finally {
+    own?.close();
+  }
+}
+
+/**
+ * Merges an overlay into the node below it while the guest runs (an active
+ * block-commit: a mirror of the overlay into its backing node), pivots the
+ * drive back to that node (block-job-complete), deletes the overlay node and
+ * removes its file. A failure leaves the overlay in use, which is consistent.
+ */
+export async function commitOverlay(qemu: Qemu, overlay: OverlayOutcome, baseNode: string, timeoutMs: number): Promise<void> {
+  const job = `${overlay.node}-commit`;
+  const events = jobEvents(qemu, job, timeoutMs);
+  try {
+    await qemu.qmp.execute('block-commit', { 'job-id': job, device: overlay.node, 'base-node': baseNode });
+    await events.next('BLOCK_JOB_READY');
+    await qemu.qmp.execute('block-job-complete', { device: job });
+    const done = await events.next('BLOCK_JOB_COMPLETED');
+    const error = done.data?.['error'];
+    if (typeof error === 'string') throw new TargetError(`block-commit failed: ${error}`);
+  } finally {
+    events.close();
+  }
+  await qemu.blockdevDel(overlay.node);
+  await unlink(overlay.path);
+}
+
+/** Collects a block job's events from the moment it is called, so none is missed between commands. */
+function jobEvents(qemu: Qemu, job: string, timeoutMs: number): { next(name: string): Promise<QmpEvent>; close(): void } {
+  const seen: QmpEvent[] = [];
+  let wake: (() => void) | undefined;
+  const onEvent = (e: QmpEvent): void => {
+    if (e.data?.['device'] !== job) return;
+    seen.push(e);
+    wake?.();
+  };
+  qemu.qmp.on('event', onEvent);
+  const deadline = Date.now() + timeoutMs;
+  return {
+    async next(name) {
+      for (;;) {
+        const i = seen.findIndex((e) => e.event === name || e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_CANCELLED' || e.event === 'BLOCK_JOB_ERROR');
+        if (i >= 0) {
+          const e = seen.splice(i, 1)[0]!;
+          if (e.event !== name) {
+            const error = e.data?.['error'];
+            throw new TargetError(`block job ${job}: ${e.event}${typeof error === 'string' ? `: ${error}` : ''} while waiting for ${name}`);
+          }
+          return e;
+        }
+        const left = deadline - Date.now();
+        if (left <= 0) throw new TargetError(`block job ${job}: no ${name} within ${timeoutMs} ms`, `the job is still running: see query-block-jobs; cancel it with block-job-cancel ${job}`);
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, left);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wake = undefined;
+      }
+    },
+    close() {
+      qemu.qmp.off('event', onEvent);
+    },
+  };
 }

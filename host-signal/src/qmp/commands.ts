@@ -14,12 +14,15 @@ export type StatusInfo = Static<typeof StatusInfo>;
 const ImageInfo = Type.Object({ 'virtual-size': Type.Integer({ minimum: 0 }), filename: Type.String() });
 
 /** A node as query-block (`inserted`) and query-named-block-nodes describe it. */
+const DirtyBitmapInfo = Type.Object({ name: Type.Optional(Type.String()), count: Type.Integer({ minimum: 0 }) });
+
 export const BlockDeviceInfo = Type.Object({
   'node-name': Type.Optional(Type.String()),
   file: Type.String(),
   ro: Type.Boolean(),
   drv: Type.String(),
   image: ImageInfo,
+  'dirty-bitmaps': Type.Optional(Type.Array(DirtyBitmapInfo)),
 });
 export type BlockDeviceInfo = Static<typeof BlockDeviceInfo>;
 
@@ -98,6 +101,41 @@ export class Qemu {
   /** 'hard' disconnects remaining clients instead of failing while they are connected. */
   async blockExportDel(id: string, mode: 'safe' | 'hard' = 'safe'): Promise<void> {
     await this.qmp.execute('block-export-del', { id, mode });
+  }
+
+  /** A non-persistent dirty bitmap: records every write to the node from now on. */
+  async dirtyBitmapAdd(node: string, name: string): Promise<void> {
+    await this.qmp.execute('block-dirty-bitmap-add', { node, name, persistent: false });
+  }
+
+  async dirtyBitmapRemove(node: string, name: string): Promise<void> {
+    await this.qmp.execute('block-dirty-bitmap-remove', { node, name });
+  }
+
+  /** Bytes marked dirty in a bitmap of a node. */
+  async dirtyBytes(node: string, name: string): Promise<number> {
+    const info = (await this.queryNamedBlockNodes()).find((n) => n['node-name'] === node);
+    const bitmap = info?.['dirty-bitmaps']?.find((b) => b.name === name);
+    if (!bitmap) throw new QmpError('ProtocolError', `node '${node}' has no dirty bitmap '${name}'`, 'query-named-block-nodes');
+    return bitmap.count;
+  }
+
+  /** Opens a qcow2 image as a new node with no backing yet (blockdev-snapshot supplies it). */
+  async blockdevAddQcow2(nodeName: string, filename: string): Promise<void> {
+    await this.qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': nodeName, file: { driver: 'file', filename }, backing: null });
+  }
+
+  async blockdevDel(nodeName: string): Promise<void> {
+    await this.qmp.execute('blockdev-del', { 'node-name': nodeName });
+  }
+
+  /** Makes `overlay` the top of `node`'s chain, `node` its backing: one atomic graph change. */
+  async blockdevSnapshot(node: string, overlay: string): Promise<void> {
+    await this.qmp.execute('blockdev-snapshot', { node, overlay });
+  }
+
+  async queryBlockJobs(): Promise<{ device: string; type: string }[]> {
+    return check(Type.Array(Type.Object({ device: Type.String(), type: Type.String() })), 'query-block-jobs', await this.qmp.execute('query-block-jobs'));
   }
 
   async quit(): Promise<void> {

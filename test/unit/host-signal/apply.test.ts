@@ -1,6 +1,6 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { locksOn, substitute, type BlockTarget, type BundleData } from '../../../host-signal/src/apply/index.js';
+import { isQemuLock, locksOn, substitute, type BlockTarget, type BundleData } from '../../../host-signal/src/apply/index.js';
 import { planBundle, type BundleRange } from '../../../host-signal/src/bundle/index.js';
 import { bufferSource, diffSources } from '../../../host-signal/src/diff/index.js';
 import { BaseMismatchError, BundleError, CancelledError, TargetError } from '../../../host-signal/src/errors.js';
@@ -177,8 +177,13 @@ const dev = (major: number, minor: number): bigint => BigInt((major << 8) | mino
 
 Locks('finds OFD locks on the file by device and inode', () => {
   const text = '1: OFDLCK ADVISORY  READ  -1 fe:00:2154772 100 101\n2: POSIX  ADVISORY  WRITE 812 08:01:99 0 EOF\n';
-  assert.equal(locksOn(text, dev(0xfe, 0), 2154772n), [{ kind: 'OFDLCK', access: 'READ', pid: -1 }]);
-  assert.equal(locksOn(text, dev(8, 1), 99n), [{ kind: 'POSIX', access: 'WRITE', pid: 812 }]);
+  assert.equal(locksOn(text, dev(0xfe, 0), 2154772n), [{ kind: 'OFDLCK', access: 'READ', pid: -1, start: 100, end: 101 }]);
+  assert.equal(locksOn(text, dev(8, 1), 99n), [{ kind: 'POSIX', access: 'WRITE', pid: 812, start: 0, end: Infinity }]);
+});
+
+Locks("tells QEMU's permission-byte locks from other locks", () => {
+  const text = '1: OFDLCK ADVISORY  READ  -1 fe:00:7 100 101\n2: OFDLCK ADVISORY  WRITE -1 fe:00:7 0 EOF\n3: POSIX  ADVISORY  READ 9 fe:00:7 100 100\n';
+  assert.equal(locksOn(text, dev(0xfe, 0), 7n).map(isQemuLock), [true, false, false]);
 });
 
 Locks('ignores locks on other files and blocked-waiter markers', () => {

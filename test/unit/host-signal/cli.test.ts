@@ -83,7 +83,7 @@ Cli('human output summarises diff and apply', async () => {
   assert.match(d.stdout, /h\.vsb: 2 ranges, 16 KiB changed of 2 MiB/);
   const disk = tmp.file('disk2.img', base);
   const a = await vmsubst(['apply', bundle, '--image', disk]);
-  assert.match(a.stdout, /disk2\.img: wrote 2 ranges, 16 KiB/);
+  assert.match(a.stdout, /disk2\.img: raw-file: wrote 2 ranges, 16 KiB/);
 });
 
 Cli('failures print "vmsubst:" and "hint:" and exit 1', async () => {

@@ -1,31 +1,68 @@
 /** `vmsubst apply`. */
-import { applyToImage, applyToQemu, type ApplyPhase, type ApplyResult } from '../../apply/index.js';
+import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
+import { applyToImage, applyToQemu, applyWithAgent, commitApplied, type ApplyPhase, type ApplyResult, type TwoPhaseOutcome } from '../../apply/index.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
+import { AgentConnection, notificationArgs, parseAgentTarget } from '../../notify/index.js';
 import { formatBytes, plural } from '../format.js';
-import { Output, helpRequested, loadPublicKeys, parse, positionals, type Command } from '../common.js';
+import { Output, helpRequested, loadCustomization, loadPrivateKey, loadPublicKeys, parse, positionals, type Command } from '../common.js';
 
-const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--device ID | --node NAME] [--json]
-       vmsubst apply BUNDLE --image PATH [--json]
+const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--mode nbd|overlay] [--device ID | --node NAME]
+                     [--overlay PATH] [--commit] [--notify ADDR ...] [--json]
+       vmsubst apply BUNDLE --image PATH [--mode raw-file] [--notify ADDR ...] [--json]
 
 Verifies that every range of the disk holds the bundle's old content, then
-writes the new blocks. Nothing is written if any range holds other content;
-if every range already holds the new content, nothing is written either.
+puts the new blocks in place. Nothing is changed if any range holds other
+content; if every range already holds the new content, nothing is written
+either. Each mode reports how long the guest was paused (pause-ms) and how
+long the disk held a mix of old and new ranges (window-ms). See
+docs/apply-modes.md.
 
-  --qmp SOCK     QMP unix socket of the running QEMU. The drive is exported
-                 over NBD on a private socket; the guest is paused while the
-                 ranges are verified and written, then resumed. The
-                 virtio-blk device needs share-rw=on.
-  --device ID    qdev id of the disk's device (-device ...,id=ID)
-  --node NAME    block node name (-blockdev ...,node-name=NAME)
-                 (neither: the VM's only disk)
-  --image PATH   a raw image file instead (another hypervisor, or a VM that
-                 is not running); refused while another process locks it
-  --trusted-key PUB
-                 refuse the bundle unless its manifest is signed by this
-                 Ed25519 public key (repeatable; see 'vmsubst sign')
-  --json         print the result as JSON
+Modes (a running QEMU, --qmp SOCK: its QMP unix socket):
+  --mode nbd       (default) write the blocks into the drive through a private
+                   writable NBD export. Verifies while the guest runs, pauses
+                   it only for the writes. The virtio-blk device needs
+                   share-rw=on.
+  --mode overlay   write the blocks into a new qcow2 overlay and put it on top
+                   of the drive (blockdev-add + blockdev-snapshot); the pause
+                   covers only that switch. The drive's own image is not
+                   written. The overlay stays part of the disk until committed.
+    --overlay PATH the overlay file to create (default: beside the drive's
+                   image, IMAGE.vmsubst-ID.qcow2)
+    --commit       then merge it into the drive's image (block-commit, the
+                   guest running) and remove it
+  --device ID      qdev id of the disk's device (-device ...,id=ID)
+  --node NAME      block node name (-blockdev ...,node-name=NAME)
+                   (neither: the VM's only disk)
+
+Mode for other hypervisors (--image PATH: a raw image file):
+  --mode raw-file  (default) pwrite through the host page cache, then
+                   fdatasync: for VMMs that read the raw image through the
+                   page cache (Firecracker, Cloud Hypervisor) and keep no
+                   cache of their own, or a VM that is not running. The VM is
+                   not paused; the write window is reported. Refused while
+                   QEMU holds the image (use --qmp).
+
+Telling the guest (two-phase when its agent supports it):
+  --notify ADDR       the agent's address, as for 'vmsubst notify --to':
+                      serial:PATH, vsock:CID:PORT or unix:PATH. After the
+                      disk is verified: prepare (the agent pins processes
+                      while the old blocks are on disk), write, commit; abort
+                      if the write fails. An agent without two-phase gets
+                      'substitute' after the write.
+  --disk-serial S     the guest disk by its virtio serial
+  --disk-path P       the guest disk by its device path (/dev/vdb)
+  --sign KEY          sign the notification (Ed25519 key from vmsubst keygen)
+  --customize FILE    customization to apply after the blocks (see notify)
+  --timeout SEC       how long to wait for each agent reply (default 120)
+
+  --trusted-key PUB   refuse the bundle unless its manifest is signed by this
+                      Ed25519 public key (repeatable; see 'vmsubst sign')
+  --json              print the result as JSON
 `;
+
+type Mode = 'nbd' | 'overlay' | 'raw-file';
+const MODES: readonly Mode[] = ['nbd', 'overlay', 'raw-file'];
 
 async function run(args: string[]): Promise<void> {
   const { values, positionals: pos } = parse('apply', args, {
@@ -33,20 +70,49 @@ async function run(args: string[]): Promise<void> {
     device: { type: 'string' },
     node: { type: 'string' },
     image: { type: 'string' },
+    mode: { type: 'string' },
+    overlay: { type: 'string' },
+    commit: { type: 'boolean' },
+    notify: { type: 'string' },
+    'disk-serial': { type: 'string' },
+    'disk-path': { type: 'string' },
+    sign: { type: 'string' },
+    customize: { type: 'string' },
+    timeout: { type: 'string' },
     'trusted-key': { type: 'string', multiple: true },
   });
   if (helpRequested(HELP, values)) return;
-  const trusted = await loadPublicKeys(values['trusted-key'] ?? []);
   const [bundlePath] = positionals('apply', pos, ['BUNDLE']) as [string];
-  if ((values.qmp === undefined) === (values.image === undefined)) {
-    throw new UsageError('apply: give exactly one of --qmp SOCK or --image PATH', "see 'vmsubst apply --help'");
+  const usage = (msg: string): UsageError => new UsageError(`apply: ${msg}`, "see 'vmsubst apply --help'");
+  if ((values.qmp === undefined) === (values.image === undefined)) throw usage('give exactly one of --qmp SOCK or --image PATH');
+  const mode = (values.mode ?? (values.qmp !== undefined ? 'nbd' : 'raw-file')) as Mode;
+  if (!MODES.includes(mode)) throw usage(`--mode ${values.mode}: expected one of ${MODES.join(', ')}`);
+  if (values.image !== undefined && mode !== 'raw-file') throw usage(`--mode ${mode} writes through QEMU: give --qmp SOCK, not --image`);
+  if (values.qmp !== undefined && mode === 'raw-file') {
+    throw usage('--mode raw-file writes an image file (--image PATH); a running QEMU must be written through QMP (--mode nbd or overlay)');
   }
-  if (values.image !== undefined && (values.device !== undefined || values.node !== undefined)) {
-    throw new UsageError('apply: --device and --node go with --qmp, not --image');
+  if (values.image !== undefined && (values.device !== undefined || values.node !== undefined)) throw usage('--device and --node go with --qmp, not --image');
+  if (values.device !== undefined && values.node !== undefined) throw usage('give --device or --node, not both');
+  if (mode !== 'overlay' && (values.overlay !== undefined || values.commit)) throw usage('--overlay and --commit go with --mode overlay');
+  const agentOnly = ['disk-serial', 'disk-path', 'sign', 'customize', 'timeout'] as const;
+  const stray = agentOnly.find((k) => values[k] !== undefined);
+  if (values.notify === undefined && stray) throw usage(`--${stray} goes with --notify ADDR`);
+  if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined) throw usage('give --disk-serial or --disk-path, not both');
+  let timeoutMs: number | undefined;
+  if (values.timeout !== undefined) {
+    const sec = Number(values.timeout);
+    if (!(sec > 0)) throw usage(`--timeout ${values.timeout}: expected a positive number of seconds`);
+    timeoutMs = sec * 1000;
   }
-  if (values.device !== undefined && values.node !== undefined) throw new UsageError('apply: give --device or --node, not both');
+  const agentTarget = values.notify === undefined ? undefined : parseAgentTarget(values.notify);
+  const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
+  const customization = values.customize === undefined ? undefined : await loadCustomization(values.customize);
+  const disk: DiskRef = {};
+  if (values['disk-serial'] !== undefined) disk.serial = values['disk-serial'];
+  if (values['disk-path'] !== undefined) disk.path = values['disk-path'];
 
   const o = new Output(values.json === true);
+  const trusted = await loadPublicKeys(values['trusted-key'] ?? []);
   const bundle = await Bundle.open(bundlePath, { onProgress: (d, t) => o.progress.update('check', d, t) });
   try {
     requireTrustedSignature(bundle.manifest, trusted, bundlePath);
@@ -63,36 +129,78 @@ async function run(args: string[]): Promise<void> {
   process.on('SIGTERM', onSignal);
   const labels: Record<ApplyPhase, string> = { verify: 'verify', write: 'write' };
   const onProgress = (phase: ApplyPhase, d: number, t: number): void => o.progress.update(labels[phase], d, t);
+  const doApply = (beforeWrite?: () => Promise<void>): Promise<ApplyResult> => {
+    const common = { onProgress, signal: controller.signal, ...(beforeWrite ? { beforeWrite } : {}) };
+    return values.qmp !== undefined
+      ? applyToQemu(bundle, values.qmp, {
+          ...common,
+          mode: mode as 'nbd' | 'overlay',
+          ...(values.device !== undefined ? { device: values.device } : {}),
+          ...(values.node !== undefined ? { node: values.node } : {}),
+          ...(values.overlay !== undefined ? { overlayPath: values.overlay } : {}),
+          // With --notify the guest is told first and the overlay committed after (below).
+          ...(values.commit && agentTarget === undefined ? { commit: true } : {}),
+        })
+      : applyToImage(bundle, values.image!, common);
+  };
   let result: ApplyResult;
+  let told: (TwoPhaseOutcome<ApplyResult> & { target: string; version: string }) | undefined;
   try {
-    result =
-      values.qmp !== undefined
-        ? await applyToQemu(bundle, values.qmp, { device: values.device, node: values.node, onProgress, signal: controller.signal })
-        : await applyToImage(bundle, values.image!, { onProgress, signal: controller.signal });
+    if (agentTarget === undefined) {
+      result = await doApply();
+    } else {
+      const args = notificationArgs(bundle.manifest, disk, { ...(signWith ? { signWith } : {}), ...(customization ? { customization } : {}) });
+      const conn = await AgentConnection.open(agentTarget, timeoutMs !== undefined ? { timeoutMs } : {});
+      try {
+        const outcome = await applyWithAgent(conn, args, doApply);
+        result = outcome.apply;
+        told = { ...outcome, target: conn.target, version: conn.agent.version };
+      } catch (e) {
+        const abort = (e as { abort?: { status: string; detail: string } }).abort;
+        if (abort) process.stderr.write(`vmsubst: the agent was told to abort the prepared substitution: ${abort.status} (${abort.detail})\n`);
+        throw e;
+      } finally {
+        conn.close();
+      }
+    }
+    if (values.commit && agentTarget !== undefined && result.target.kind === 'qemu') await commitApplied(undefined, result as Extract<ApplyResult, { vmStatus: string }>);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await bundle.close();
   }
-  o.result(applyJson(result), () => applyHuman(result));
+  const json = applyJson(result);
+  if (told) {
+    json['agent'] = { target: told.target, version: told.version, 'two-phase': told.twoPhase, ...(told.prepare ? { prepare: told.prepare } : {}), report: told.report };
+  }
+  o.result(json, () => [applyHuman(result), ...(told ? [agentHuman(told)] : [])].join('\n'));
 }
 
 function applyJson(r: ApplyResult): Record<string, unknown> {
-  const common = {
+  const common: Record<string, unknown> = {
     status: r.status,
     id: r.id,
+    mode: r.mode,
     target: r.target,
     ranges: r.ranges,
     'ranges-written': r.rangesWritten,
     'ranges-already-new': r.rangesAlreadyNew,
     written: r.bytesWritten,
     'verified-bytes': r.verifiedBytes,
+    'pause-ms': r.pauseMs,
+    'window-ms': r.windowMs,
     'timings-ms': r.timingsMs,
     'elapsed-ms': r.elapsedMs,
+    warnings: r.warnings,
   };
-  if (r.target.kind === 'image') return common;
+  if (r.target.kind === 'image') return { ...common, openers: 'openers' in r ? r.openers : [] };
   const q = r as Extract<ApplyResult, { vmStatus: string }>;
-  return { ...common, 'vm-status': q.vmStatus, 'pause-ms': q.pauseMs, resumed: q.resumed, warnings: q.warnings };
+  const out: Record<string, unknown> = { ...common, 'vm-status': q.vmStatus, resumed: q.resumed, recheck: q.recheck };
+  if (q.overlay) {
+    const { path, node, clusterSize, backing, committed, commitMs } = q.overlay;
+    out['overlay'] = { path, node, 'cluster-size': clusterSize, backing, committed, ...(commitMs !== undefined ? { 'commit-ms': commitMs } : {}) };
+  }
+  return out;
 }
 
 function applyHuman(r: ApplyResult): string {
@@ -107,15 +215,48 @@ function applyHuman(r: ApplyResult): string {
       break;
     case 'applied': {
       const partial = r.rangesAlreadyNew > 0 ? ` (${r.rangesAlreadyNew} already held the new content)` : '';
-      lines.push(`${where}: wrote ${plural(r.rangesWritten, 'range')}, ${formatBytes(r.bytesWritten)}${partial}`);
+      const into = 'overlay' in r && r.overlay ? ` into overlay ${r.overlay.path}` : '';
+      lines.push(`${where}: ${r.mode}: wrote ${plural(r.rangesWritten, 'range')}, ${formatBytes(r.bytesWritten)}${into}${partial}`);
     }
   }
-  if ('pauseMs' in r) {
-    const phases = `verify ${r.timingsMs.verify} ms, write ${r.timingsMs.write} ms`;
-    lines.push(r.pauseMs !== null ? `guest paused for ${r.pauseMs} ms (${phases}), resumed` : `VM was ${r.vmStatus}; left as it was (${phases})`);
-    for (const w of r.warnings) lines.push(`warning: ${w}`);
+  const phases = `verify ${r.timingsMs.verify} ms, write ${r.timingsMs.write} ms`;
+  if (r.target.kind === 'qemu') {
+    const q = r as Extract<ApplyResult, { vmStatus: string }>;
+    if (r.status === 'applied') {
+      const recheck = q.recheck === 'reverified' ? '; the guest wrote during the verification, so it was verified again while paused' : '';
+      lines.push(q.pauseMs !== null ? `guest paused for ${q.pauseMs} ms (${phases}), resumed${recheck}` : `VM was ${q.vmStatus}; left as it was (${phases})`);
+    }
+    if (q.overlay) {
+      lines.push(
+        q.overlay.committed
+          ? `overlay committed into node ${r.target.node} in ${q.overlay.commitMs} ms and removed`
+          : `overlay node ${q.overlay.node} is now the drive's top layer (backing ${q.overlay.backing.name}); commit it with block-commit when convenient (docs/apply-modes.md)`,
+      );
+    }
+  } else if (r.status === 'applied') {
+    lines.push(`not paused (raw-file); write window ${r.windowMs} ms (${phases})`);
+  }
+  for (const w of r.warnings) lines.push(`warning: ${w}`);
+  return lines.join('\n');
+}
+
+function agentHuman(t: TwoPhaseOutcome<ApplyResult> & { target: string; version: string }): string {
+  const r = t.report;
+  const how = t.twoPhase ? 'prepare → write → commit' : 'substitute after the write';
+  const lines = [`agent ${t.version} at ${t.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ${r.device}; ${plural(r.files.length, 'file')} affected${r.replayed ? ' (answered from its journal)' : ''}`];
+  const pinned = t.prepare?.pinned ?? r.pinned ?? [];
+  if (pinned.length > 0) lines.push(`  pinned: ${pinned.map((p) => `${p.comm}[${p.pid}] ${p.status}`).join(', ')}`);
+  for (const f of r.files) {
+    const mappers = f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
+    lines.push(`  ${f.path}: ${f['pages-dropped']} pages dropped, ${f['pages-kept']} kept${mappers}`);
   }
   return lines.join('\n');
 }
 
-export const applyCommand: Command = { name: 'apply', synopsis: 'apply BUNDLE --qmp SOCK', summary: "write a bundle's blocks into a running QEMU's disk\n(--image PATH: into a raw image file)", help: HELP, run };
+export const applyCommand: Command = {
+  name: 'apply',
+  synopsis: 'apply BUNDLE --qmp SOCK',
+  summary: "put a bundle's blocks into a running VM's disk: --mode nbd|overlay\n(QEMU), --image PATH --mode raw-file (other hypervisors); --notify tells the guest",
+  help: HELP,
+  run,
+};

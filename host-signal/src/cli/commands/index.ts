@@ -2,6 +2,7 @@
 import type { Command } from '../common.js';
 import { diffCommand } from './diff.js';
 import { applyCommand } from './apply.js';
+import { exportCommand } from './export.js';
 import { notifyCommand } from './notify.js';
 import { inspectCommand } from './inspect.js';
 import { keygenCommand } from './keygen.js';
@@ -12,6 +13,7 @@ import { planCommand } from './plan.js';
 export const COMMANDS: readonly Command[] = [
   diffCommand,
   applyCommand,
+  exportCommand,
   notifyCommand,
   inspectCommand,
   keygenCommand,

@@ -1,0 +1,114 @@
+/**
+ * Two-phase apply end to end in a real guest, in the overlay and nbd modes:
+ * `vmsubst apply --notify` verifies the disk, has the agent prepare (pin the
+ * running program while the old blocks are on disk), puts the new blocks in
+ * place, commits, and renders both results. A write that fails after prepare
+ * is followed by abort.
+ */
+import { join } from 'node:path';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { GuestVm } from '../helpers/vm.js';
+import { guestScenario, type Scenario } from '../helpers/scenario.js';
+import { guestArtifacts } from '../helpers/paths.js';
+import { vmsubst, vmsubstJson } from '../helpers/cli.js';
+import { guard } from '../helpers/guard.js';
+import { waitFor, withTimeout } from '../helpers/timeout.js';
+import { AgentConnection, notificationArgs } from '../../host-signal/src/notify/index.js';
+import { Bundle } from '../../host-signal/src/bundle/index.js';
+import { applyWithAgent } from '../../host-signal/src/apply/two-phase.js';
+
+const art = guestArtifacts();
+const T = suite('apply --notify (two-phase) in a guest: overlay and nbd modes');
+const G = guard(T);
+const PROG = '/mnt/data/bin/vprog';
+const C = { scenario: undefined as Scenario | undefined, vm: undefined as GuestVm | undefined, pinned: 0 };
+
+const versions = async (vm: GuestVm, f: string): Promise<string[]> =>
+  (await vm.sh(`cat ${f}`)).split('\n').filter(Boolean).map((l) => l.replace(/ pid=.*/, ''));
+
+interface ApplyJson {
+  status: string;
+  mode: string;
+  'pause-ms': number | null;
+  overlay?: { path: string; committed: boolean };
+  agent: {
+    'two-phase': boolean;
+    prepare?: { pinned: { pid: number; status: string }[] };
+    report: { files: { path: string; mappers: { pid: number }[] }[] };
+  };
+}
+
+if (typeof art === 'string') {
+  console.log(`  skipped: ${art}`);
+  T.skip('guest artefacts are missing', () => undefined);
+} else {
+  T.before(G.setup(async () => {
+    C.scenario = await guestScenario(art, 'apply-modes');
+    C.vm = C.scenario.vm;
+    await C.vm.sh(`${PROG} 400 > /tmp/pinned.out 2>&1 & echo $! > /tmp/pinned.pid`);
+    C.pinned = Number((await C.vm.sh('cat /tmp/pinned.pid')).trim());
+    await waitFor(30_000, 'v1 output', async () => ((await versions(C.vm!, '/tmp/pinned.out')).length > 0 ? true : undefined));
+  }));
+  T.after(() => C.scenario?.close());
+
+  G.test('a write that fails after prepare is followed by abort; the disk is unchanged', () =>
+    withTimeout(180_000, 'abort', async () => {
+      const bundle = await Bundle.open(C.scenario!.bundle);
+      const conn = await AgentConnection.open(`serial:${C.vm!.agentSocket}`);
+      try {
+        assert.ok(conn.supports('two-phase'));
+        const args = notificationArgs(bundle.manifest, { serial: 'vmsubst-data' });
+        const err = await applyWithAgent(conn, args, async (beforeWrite) => {
+          await beforeWrite();
+          throw new Error('the write failed');
+        }).then(() => undefined, (e: unknown) => e as Error & { abort?: { status: string } });
+        assert.ok(err, 'the failure is passed on');
+        assert.match(err.message, /the write failed/);
+        assert.is(err.abort?.status, 'aborted');
+      } finally {
+        conn.close();
+        await bundle.close();
+      }
+      assert.match(await C.vm!.sh(PROG), /version v1/);
+    }),
+  );
+
+  G.test('overlay mode with --notify: prepare pins the running program, the overlay goes on top, commit reports', () =>
+    withTimeout(240_000, 'overlay', async () => {
+      const vm = C.vm!;
+      const r = await vmsubstJson<ApplyJson>([
+        'apply', C.scenario!.bundle, '--qmp', vm.qmpSocket, '--mode', 'overlay', '--overlay', join(C.scenario!.tmp, 'delta.qcow2'),
+        '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data',
+      ], 240_000);
+      assert.is(r.status, 'applied');
+      assert.is(r.mode, 'overlay');
+      assert.is(typeof r['pause-ms'], 'number');
+      console.log(`  guest overlay apply: paused ${r['pause-ms']} ms`);
+      assert.is(r.overlay?.committed, false);
+      assert.ok(r.agent['two-phase'], 'prepare/commit were used');
+      assert.ok(r.agent.prepare?.pinned.some((p) => p.pid === C.pinned && p.status === 'pinned'), JSON.stringify(r.agent.prepare));
+      assert.ok(r.agent.report.files.some((f) => f.path === PROG), JSON.stringify(r.agent.report.files));
+      assert.match(await vm.sh(PROG), /version v2/, 'a new exec runs v2');
+      await vm.sh('sleep 1');
+      assert.ok((await versions(vm, '/tmp/pinned.out')).every((v) => v === 'vprog version v1'), 'the pinned process keeps v1');
+    }),
+  );
+
+  G.test('nbd mode with --notify writes the reverse bundle into the overlay node and the guest returns to v1', () =>
+    withTimeout(240_000, 'nbd', async () => {
+      const vm = C.vm!;
+      const back = join(C.scenario!.tmp, 'back.bundle');
+      await vmsubstJson(['diff', join(art.disks, 'patched.img'), join(art.disks, 'base.img'), '-o', back]);
+      const r = await vmsubst(['apply', back, '--qmp', vm.qmpSocket, '--mode', 'nbd', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data'], 240_000);
+      assert.is(r.code, 0, r.stderr);
+      assert.match(r.stdout, /nbd: wrote 1 range/);
+      assert.match(r.stdout, /guest paused for [\d.]+ ms/);
+      assert.match(r.stdout, /prepare → write → commit/);
+      assert.match(r.stdout, new RegExp(`${PROG}: \\d+ pages dropped`));
+      assert.match(await vm.sh(PROG), /version v1/);
+    }),
+  );
+}
+
+T.run();

@@ -48,8 +48,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     const found = COMMANDS.find((c) => c.name === command);
     if (!found) throw new UsageError(`unknown command '${command}'`, "see 'vmsubst --help'");
-    await found.run(rest);
-    return 0;
+    return (await found.run(rest)) ?? 0;
   } catch (e) {
     return reportError(e, json);
   }

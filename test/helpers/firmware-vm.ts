@@ -61,7 +61,16 @@ export class FirmwareVm {
         if (vm.#proc.exitCode !== null) throw new Error(`QEMU exited ${vm.#proc.exitCode}: ${vm.#stderr}`);
         return existsSync(vm.qmpSocket) && existsSync(vm.monitorSocket) ? true : undefined;
       }, 50);
-      vm.monitor = new Qemu(await QmpClient.connect(vm.monitorSocket));
+      // The socket file appears just before QEMU listens on it: a refused connect is retried.
+      const qmp = await waitFor(15_000, 'QEMU monitor', async () => {
+        try {
+          return await QmpClient.connect(vm.monitorSocket);
+        } catch (e) {
+          if (vm.#proc.exitCode === null && /nothing listens/.test((e as Error).message)) return undefined;
+          throw e;
+        }
+      }, 50);
+      vm.monitor = new Qemu(qmp);
     } catch (e) {
       vm.kill();
       throw e;

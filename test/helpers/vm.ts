@@ -28,8 +28,10 @@ export interface VmOptions {
   memoryMiB?: number;
   /** Boot a full system image in place of the test initramfs (see SystemBoot). */
   system?: SystemBoot;
-  /** How long the boot may take until the console shell is ready (default 120 s). */
+  /** How long the boot, and then the agent's start, may each take; default 120 s and 90 s (raise it when several guests boot at once). */
   bootTimeoutMs?: number;
+  /** Let a reset (QMP system_reset, a guest reboot) restart the guest instead of ending QEMU (-no-reboot). */
+  reboot?: boolean;
   /** Called with every console line (for narration or debugging). */
   onConsole?: (line: string) => void;
 }
@@ -77,7 +79,7 @@ export class GuestVm {
       await vm.#start();
       if (!opts.noAgent && !opts.system) {
         // The console is up before node has started the agent (seconds under TCG).
-        await waitFor(90_000, 'agent ready', async () => ((await vm.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
+        await waitFor(opts.bootTimeoutMs ?? 90_000, 'agent ready', async () => ((await vm.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
         vm.agentReadyMs = Date.now() - vm.#t0;
       }
     } catch (e) {
@@ -96,13 +98,15 @@ export class GuestVm {
     if (typeof art === 'string') throw new Error(art);
     const kvm = process.env['VMSUBST_ACCEL'] === 'kvm';
     const sys = this.opts.system;
-    const append = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1', ...(sys?.append ?? [])];
+    // no_timer_check: on a loaded host a TCG guest can miss the kernel's IO-APIC timer check and
+    // panic ("IO-APIC + timer doesn't work!"); virtual machines commonly skip that check.
+    const append = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1', 'no_timer_check', ...(sys?.append ?? [])];
     if (this.opts.noAgent) append.push('vmsubst.noagent');
     if (this.opts.agentArgs?.length) append.push(`vmsubst.agent=${this.opts.agentArgs.join(',')}`);
     const args = [
       ...(kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
       '-m', String(this.opts.memoryMiB ?? 1024), '-smp', '2',
-      '-nodefaults', '-display', 'none', '-no-reboot',
+      '-nodefaults', '-display', 'none', ...(this.opts.reboot ? [] : ['-no-reboot']),
       '-kernel', art.kernel, '-initrd', sys?.initrd ?? art.initramfs, '-append', append.join(' '),
       '-chardev', 'stdio,id=con,signal=off', '-serial', 'chardev:con',
       '-qmp', `unix:${this.qmpSocket},server=on,wait=off`,
@@ -153,6 +157,19 @@ export class GuestVm {
     }, 50).then(() => {
       this.bootMs = Date.now() - t0;
     });
+  }
+
+  /** How many times the guest has come up (boots, then one per reset). */
+  get boots(): number {
+    return this.#console.split('VMSUBST-GUEST-READY').length - 1;
+  }
+
+  /** Waits until the guest has come up `n` times in all (after a reset), and its agent too unless it has none. */
+  async waitForBoot(n: number, timeoutMs = 180_000): Promise<void> {
+    await waitFor(timeoutMs, `guest boot #${n}`, () => {
+      if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
+      return this.boots >= n ? true : undefined;
+    }, 100);
   }
 
   /** Runs a shell command on the guest console; resolves with its output and exit status. */

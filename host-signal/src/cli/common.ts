@@ -18,7 +18,8 @@ export interface Command {
   readonly synopsis: string;
   readonly summary: string;
   readonly help: string;
-  run(args: string[]): Promise<void>;
+  /** Resolves with the exit status when it is not 0 although the command ran (e.g. a rollout with failed VMs). */
+  run(args: string[]): Promise<void | number>;
 }
 
 export const COMMON = {
@@ -52,6 +53,13 @@ export function positionals(command: string, got: string[], names: string[]): st
     throw new UsageError(`${command}: ${which}`, `see 'vmsubst ${command} --help'`);
   }
   return got;
+}
+
+/** A positive integer option value, or a usage error naming the option. */
+export function positiveInt(command: string, option: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${command}: ${option} ${value}: expected a positive whole number`, `see 'vmsubst ${command} --help'`);
+  return n;
 }
 
 /** Prints `help` and returns true when --help was given. */

@@ -17,7 +17,24 @@ interface Pending {
   resolve(value: unknown): void;
   reject(err: Error): void;
   timer: NodeJS.Timeout;
+  resend?: NodeJS.Timeout;
 }
+
+export interface ExecuteOptions {
+  /** How long to wait for the reply; default the client's. */
+  timeoutMs?: number;
+  /**
+   * Send the same request line again (same message id, same arguments) when no
+   * reply came within this many ms, then after twice as long, and so on (at
+   * most every 30 s), until a reply or the timeout. Only for requests that are
+   * safe to repeat: hello, ping, and substitute/prepare/commit/abort, which
+   * the agent journals by substitution id and answers again from the journal.
+   */
+  resendMs?: number;
+}
+
+/** A resent request is sent again at most this far apart. */
+const MAX_RESEND_MS = 30_000;
 
 export class AgentClient {
   readonly #stream: Duplex;
@@ -26,12 +43,18 @@ export class AgentClient {
   readonly #prefix = randomBytes(4).toString('hex');
   #seq = 0;
   #closed: Error | undefined;
+  /** Requests sent again because no reply came in time (see ExecuteOptions.resendMs). */
+  resends = 0;
+  /** Torn or garbled lines the agent reported without an id (a lossy channel). */
+  garbled = 0;
 
   constructor(stream: Duplex, private readonly defaultTimeoutMs = 60_000) {
     this.#stream = stream;
     stream.on('data', (chunk: Buffer) => this.#onData(chunk));
     stream.on('error', (err: Error) => this.#fail(err));
     stream.on('close', () => this.#fail(new ProtocolError('the agent closed the connection')));
+    // A transport may hand the stream over paused, with bytes already read put back (hvsock).
+    stream.resume();
   }
 
   /** Handshake; returns the agent's version and capabilities. */
@@ -51,16 +74,32 @@ export class AgentClient {
     }
   }
 
-  execute<C extends CommandName>(command: C, args: ArgsOf<C>, timeoutMs = this.defaultTimeoutMs): Promise<ReturnOf<C>> {
+  execute<C extends CommandName>(command: C, args: ArgsOf<C>, options: number | ExecuteOptions = {}): Promise<ReturnOf<C>> {
     if (this.#closed) return Promise.reject(this.#closed);
+    const { timeoutMs = this.defaultTimeoutMs, resendMs } = typeof options === 'number' ? { timeoutMs: options } : options;
     const id = `${this.#prefix}-${++this.#seq}`;
+    const line = encode({ execute: command, arguments: args, id });
     return new Promise<ReturnOf<C>>((resolve, reject) => {
       const timer = setTimeout(() => {
+        const p = this.#pending.get(id);
+        if (p?.resend) clearTimeout(p.resend);
         this.#pending.delete(id);
         reject(new TimeoutError(`no reply to '${command}' within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.#pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
-      this.#stream.write(encode({ execute: command, arguments: args, id }));
+      const pending: Pending = { command, resolve: resolve as (v: unknown) => void, reject, timer };
+      this.#pending.set(id, pending);
+      this.#stream.write(line);
+      if (resendMs !== undefined && resendMs > 0) {
+        const again = (delay: number): void => {
+          pending.resend = setTimeout(() => {
+            if (this.#closed || !this.#pending.has(id)) return;
+            this.resends++;
+            this.#stream.write(line);
+            again(Math.min(delay * 2, MAX_RESEND_MS));
+          }, delay);
+        };
+        again(resendMs);
+      }
     });
   }
 
@@ -75,14 +114,20 @@ export class AgentClient {
       const msg = frame.value;
       if (!validateReply.is(msg)) continue; // greeting or noise
       if (msg.id === undefined) {
-        // An error without an id concerns the connection itself (refused peer, garbage received).
-        if ('error' in msg) this.#fail(new AgentError(msg.error.class, msg.error.desc, msg.error.data));
+        // An error without an id concerns the connection itself (refused peer), or a line the
+        // agent could not read: on a lossy channel (virtio-serial reopened mid-line) that is the
+        // torn remainder of one of our requests, which a resend repeats; not fatal.
+        if ('error' in msg) {
+          if (msg.error.class === 'InvalidMessage') this.garbled++;
+          else this.#fail(new AgentError(msg.error.class, msg.error.desc, msg.error.data));
+        }
         continue;
       }
       const pending = this.#pending.get(String(msg.id));
       if (!pending) continue;
       this.#pending.delete(String(msg.id));
       clearTimeout(pending.timer);
+      if (pending.resend) clearTimeout(pending.resend);
       if ('error' in msg) {
         pending.reject(new AgentError(msg.error.class, msg.error.desc, msg.error.data));
         continue;
@@ -101,6 +146,7 @@ export class AgentClient {
     this.#closed = err;
     for (const p of this.#pending.values()) {
       clearTimeout(p.timer);
+      if (p.resend) clearTimeout(p.resend);
       p.reject(err);
     }
     this.#pending.clear();

@@ -12,7 +12,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Customization } from '../../../agent/src/protocol/schema.js';
 import { signArgs } from '../../../agent/src/protocol/signature.js';
 import type { Manifest } from '../bundle/schema.js';
-import { AgentError, ProtocolError } from '../errors.js';
+import { AgentError, ProtocolError, TimeoutError } from '../errors.js';
 import { LineDecoder, validateReply } from '../../../agent/src/protocol/codec.js';
 import { AgentClient } from './client.js';
 import { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget } from './transport.js';
@@ -29,7 +29,18 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Opens the stream; default openAgentStream. */
   connect?: (target: AgentTarget) => Promise<Duplex>;
+  /**
+   * Resend an unanswered substitute/prepare/commit/abort after this many ms
+   * (then twice as long, …), same substitution id: the agent answers a repeat
+   * from its journal. Default 2000 ms on virtio-serial, which can drop a
+   * request while the guest reopens the port; off on the other channels,
+   * which are reliable streams. 0 turns it off.
+   */
+  resendMs?: number;
 }
+
+/** Default resend interval on a channel that can lose a request (virtio-serial). */
+export const SERIAL_RESEND_MS = 2000;
 
 export interface NotifyOptions extends ConnectOptions {
   /** Ask for the plan only: the agent verifies nothing and changes nothing. */
@@ -47,6 +58,19 @@ export interface NotifyResult {
   agent: GreetingBody;
   report: SubstituteReport;
   elapsedMs: number;
+  /** Connections opened (1 unless the channel failed and the notification was retried). */
+  attempts: number;
+  /** Requests sent again on a connection because no reply came in time. */
+  resends: number;
+}
+
+export interface RetryOptions {
+  /** Connections to try before giving up (same substitution id each time); default 3. */
+  attempts?: number;
+  /** Pause before the first retry, doubled for each later one; default 1000 ms. */
+  retryDelayMs?: number;
+  /** Told of each failed attempt that will be retried. */
+  onRetry?: (attempt: number, err: Error) => void;
 }
 
 /** The agent's arguments for this bundle (signed when a key is given); for substitute and prepare alike. */
@@ -71,7 +95,13 @@ export class AgentConnection {
     readonly agent: GreetingBody,
     readonly client: AgentClient,
     readonly refusal: () => { class: string; desc: string } | undefined,
+    readonly resendMs: number,
   ) {}
+
+  /** Requests resent on this connection because no reply came in time. */
+  get resends(): number {
+    return this.client.resends;
+  }
 
   static async open(target: string | AgentTarget, options: ConnectOptions = {}): Promise<AgentConnection> {
     const where = typeof target === 'string' ? parseAgentTarget(target) : target;
@@ -81,7 +111,8 @@ export class AgentConnection {
     const refusal = watchRefusal(stream);
     try {
       const agent = await AgentConnection.#explain(refusal, () => client.hello(options.helloTimeoutMs ?? 10_000));
-      return new AgentConnection(formatAgentTarget(where), agent, client, refusal);
+      const resendMs = options.resendMs ?? (where.kind === 'serial' ? SERIAL_RESEND_MS : 0);
+      return new AgentConnection(formatAgentTarget(where), agent, client, refusal, resendMs);
     } catch (e) {
       client.close();
       throw e;
@@ -121,7 +152,7 @@ export class AgentConnection {
   }
 
   #run<C extends CommandName>(command: C, args: ArgsOf<C>): Promise<ReturnOf<C>> {
-    return AgentConnection.#explain(this.refusal, () => this.client.execute(command, args));
+    return AgentConnection.#explain(this.refusal, () => this.client.execute(command, args, this.resendMs > 0 ? { resendMs: this.resendMs } : {}));
   }
 
   /** An agent that refuses a connection says why in an error line without an id, then closes: report that rather than "connection closed". */
@@ -136,23 +167,63 @@ export class AgentConnection {
   }
 }
 
+/**
+ * Whether a failed exchange may be tried again on a new connection: the
+ * channel failed once open (closed, no reply in time) or the agent was busy.
+ * An answer from the agent (refusal, mismatch) is final, and so is a channel
+ * that cannot be opened at all (no socket, nothing listening): retrying would
+ * only delay the error.
+ */
+export function retryable(e: unknown): boolean {
+  if (e instanceof AgentError) return e.errorClass === 'Busy';
+  return e instanceof TimeoutError || (e instanceof ProtocolError && /closed the connection/.test(e.message));
+}
+
+/**
+ * Runs `f` on a fresh connection, retrying on a new one when the channel
+ * fails (see retryable). `f` must be safe to repeat: every substitution
+ * command is, by its id.
+ */
+export async function withAgent<T>(
+  target: string | AgentTarget,
+  options: ConnectOptions & RetryOptions,
+  f: (conn: AgentConnection) => Promise<T>,
+): Promise<{ value: T; conn: AgentConnection; attempts: number; resends: number }> {
+  const attempts = Math.max(1, options.attempts ?? 3);
+  let delay = options.retryDelayMs ?? 1000;
+  let resends = 0;
+  for (let attempt = 1; ; attempt++) {
+    let conn: AgentConnection | undefined;
+    try {
+      conn = await AgentConnection.open(target, options);
+      const value = await f(conn);
+      return { value, conn, attempts: attempt, resends: resends + conn.resends };
+    } catch (e) {
+      if (attempt >= attempts || !retryable(e)) throw e;
+      options.onRetry?.(attempt, e as Error);
+      await new Promise((r) => setTimeout(r, delay));
+      delay *= 2;
+    } finally {
+      if (conn) {
+        resends += conn.resends;
+        conn.close();
+      }
+    }
+  }
+}
+
 /** One-shot notification: connect, hello, `substitute` (the host has written the blocks already). */
 export async function notify(
   source: Manifest | { readonly manifest: Manifest },
   target: string | AgentTarget,
   disk: DiskRef,
-  options: NotifyOptions = {},
+  options: NotifyOptions & RetryOptions = {},
 ): Promise<NotifyResult> {
   const started = performance.now();
   const manifest = 'manifest' in source ? source.manifest : source;
   const args = notificationArgs(manifest, disk, options);
-  const conn = await AgentConnection.open(target, options);
-  try {
-    const report = await conn.substitute(args);
-    return { target: conn.target, agent: conn.agent, report, elapsedMs: Math.round(performance.now() - started) };
-  } finally {
-    conn.close();
-  }
+  const { value: report, conn, attempts, resends } = await withAgent(target, options, (c) => c.substitute(args));
+  return { target: conn.target, agent: conn.agent, report, elapsedMs: Math.round(performance.now() - started), attempts, resends };
 }
 
 /** Remembers the last error reply without an id seen on `stream`. */

@@ -15,12 +15,17 @@ Parse('serial:, unix: and vsock: addresses parse', () => {
   assert.equal(parseAgentTarget('vsock:3:5252'), { kind: 'vsock', cid: 3, port: 5252 });
 });
 
+Parse('hvsock:PATH:PORT parses, the port after the last colon', () => {
+  assert.equal(parseAgentTarget('hvsock:/run/fc/v.sock:5252'), { kind: 'hvsock', path: '/run/fc/v.sock', port: 5252 });
+  assert.equal(parseAgentTarget('hvsock:/a:b/v.sock:1'), { kind: 'hvsock', path: '/a:b/v.sock', port: 1 });
+});
+
 Parse('addresses format back to their text', () => {
-  for (const s of ['serial:/a', 'unix:/b', 'vsock:42:1']) assert.is(formatAgentTarget(parseAgentTarget(s)), s);
+  for (const s of ['serial:/a', 'unix:/b', 'vsock:42:1', 'hvsock:/c:7']) assert.is(formatAgentTarget(parseAgentTarget(s)), s);
 });
 
 Parse('malformed addresses are usage errors', () => {
-  for (const s of ['/tmp/x.sock', 'tcp:1.2.3.4:5', 'vsock:3', 'vsock:x:1', 'vsock:1:99999999999', 'serial:']) {
+  for (const s of ['/tmp/x.sock', 'tcp:1.2.3.4:5', 'vsock:3', 'vsock:x:1', 'vsock:1:99999999999', 'serial:', 'hvsock:/x', 'hvsock::5', 'hvsock:/x:99999999999', 'hvsock:/x:p']) {
     assert.throws(() => parseAgentTarget(s), (e: unknown) => e instanceof UsageError, s);
   }
 });
@@ -54,9 +59,10 @@ Agent.after(() => {
 });
 
 /** A stand-in agent on a unix socket: greets, then answers as `behave` says. */
-async function fakeAgent(behave: AgentBehaviour, onConnect?: (sock: Socket) => void): Promise<string> {
+async function fakeAgent(behave: AgentBehaviour, onConnect?: (sock: Socket) => void, onEachConnection?: () => void): Promise<string> {
   const path = tmp.file(`agent-${Math.random().toString(16).slice(2)}.sock`);
   const server = createServer((sock) => {
+    onEachConnection?.();
     if (onConnect) return onConnect(sock);
     sock.write(JSON.stringify({ vmsubst: { version: '0.1.0', protocol: 1, capabilities: ['substitute'] } }) + '\n');
     let buf = '';
@@ -142,6 +148,60 @@ Agent('a missing virtio-serial socket is a TransportError with a chardev hint', 
 Agent('vsock without a reachable agent is a TransportError', async () => {
   const err = await notify(manifest, 'vsock:4294967290:5252', {}, { connectTimeoutMs: 2000 }).catch((e: unknown) => e);
   assert.instance(err, TransportError, String(err));
+});
+
+Agent('an unanswered substitute is resent with the same substitution id until the agent answers', async () => {
+  // The stand-in agent drops the first substitute line, as a virtio-serial port being reopened does.
+  const seen: { id: unknown; args: SubstituteArgs }[] = [];
+  const path = await fakeAgent((msg, sock) => {
+    if (msg.execute === 'hello') {
+      answer(sock, msg.id, helloBody);
+      return;
+    }
+    seen.push({ id: msg.id, args: msg.arguments as SubstituteArgs });
+    if (seen.length > 1) answer(sock, msg.id, report(msg.arguments as SubstituteArgs));
+  });
+  const r = await notify(manifest, `serial:${path}`, {}, { resendMs: 100 });
+  assert.is(r.resends, 1);
+  assert.is(r.attempts, 1);
+  assert.is(seen.length, 2);
+  assert.is(seen[0]!.id, seen[1]!.id, 'the same request line');
+  assert.equal(seen[0]!.args, seen[1]!.args);
+  assert.is(r.report.id, manifest.id);
+});
+
+Agent('a channel that closes mid-request is retried on a new connection with the same id', async () => {
+  let connections = 0;
+  const ids: string[] = [];
+  const path = await fakeAgent((msg, sock) => {
+    if (msg.execute === 'hello') {
+      answer(sock, msg.id, helloBody);
+      return;
+    }
+    const args = msg.arguments as SubstituteArgs;
+    ids.push(args.id);
+    if (connections === 1) sock.destroy();
+    else answer(sock, msg.id, report(args));
+  }, undefined, () => connections++);
+  const retried: number[] = [];
+  const r = await notify(manifest, `unix:${path}`, {}, { retryDelayMs: 10, onRetry: (n) => retried.push(n) });
+  assert.is(r.attempts, 2);
+  assert.equal(retried, [1]);
+  assert.equal(ids, [manifest.id, manifest.id]);
+});
+
+Agent('an answer from the agent is not retried', async () => {
+  let subs = 0;
+  const path = await fakeAgent((msg, sock) => {
+    if (msg.execute === 'hello') {
+      answer(sock, msg.id, helloBody);
+      return;
+    }
+    subs++;
+    sock.write(JSON.stringify({ error: { class: 'VerifyMismatch', desc: 'no' }, id: msg.id }) + '\n');
+  });
+  await notify(manifest, `unix:${path}`, {}, { retryDelayMs: 10 }).catch(() => undefined);
+  assert.is(subs, 1);
 });
 
 Parse.run();

@@ -7,6 +7,8 @@ import { notifyCommand } from './notify.js';
 import { inspectCommand } from './inspect.js';
 import { keygenCommand } from './keygen.js';
 import { signCommand } from './sign.js';
+import { rolloutCommand } from './rollout.js';
+import { planCommand } from './plan.js';
 
 export const COMMANDS: readonly Command[] = [
   diffCommand,
@@ -16,4 +18,6 @@ export const COMMANDS: readonly Command[] = [
   inspectCommand,
   keygenCommand,
   signCommand,
+  planCommand,
+  rolloutCommand,
 ];

@@ -3,8 +3,9 @@ import type { DiskRef, Policies, Policy } from '../../../../agent/src/protocol/s
 import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { notify, parseAgentTarget, type NotifyResult } from '../../notify/index.js';
+import { plural } from '../format.js';
 import { formatReport } from '../report.js';
-import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positiveInt, positionals, type Command } from '../common.js';
 
 const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--policy WHO=P]... [--dry-run] [--json]
 
@@ -13,6 +14,10 @@ visible, invalidate the caches that hold the old ones, and report.
 
   --to ADDR           serial:PATH     QEMU chardev socket of the virtserialport
                       vsock:CID:PORT  AF_VSOCK (needs the native addon)
+                      hvsock:PATH:PORT  hybrid vsock: the VMM's vsock unix
+                                      socket (Firecracker uds_path, Cloud
+                                      Hypervisor --vsock socket=) and the
+                                      guest's vsock port (CONNECT/OK)
                       unix:PATH       an agent on a unix socket
   --disk-serial S     the guest disk by its virtio serial
   --disk-path P       the guest disk by its device path (/dev/vdb)
@@ -29,7 +34,16 @@ visible, invalidate the caches that hold the old ones, and report.
                       path in its filesystem; P is remap, pin, report or
                       restart (repeatable; overrides the agent's config)
   --timeout SEC       how long to wait for the agent's report (default 120)
+  --attempts N        connections to try when the channel fails (default 3);
+                      every try carries the same substitution id, and the
+                      agent answers a repeat from its journal
+  --resend SEC        on one connection, send an unanswered request again
+                      after SEC, then 2*SEC, ... (default 2 on serial:, where
+                      a request can be lost while the guest reopens the port;
+                      off elsewhere; 0 turns it off)
   --json              print the agent's report (SubstituteReport) as JSON
+
+Resends and retries are reported on stderr.
 `;
 
 async function run(args: string[]): Promise<void> {
@@ -41,6 +55,8 @@ async function run(args: string[]): Promise<void> {
     sign: { type: 'string' },
     customize: { type: 'string' },
     timeout: { type: 'string' },
+    attempts: { type: 'string' },
+    resend: { type: 'string' },
     policy: { type: 'string', multiple: true },
   });
   if (helpRequested(HELP, values)) return;
@@ -61,6 +77,13 @@ async function run(args: string[]): Promise<void> {
     if (!(sec > 0)) throw new UsageError(`notify: --timeout ${values.timeout}: expected a positive number of seconds`);
     timeoutMs = sec * 1000;
   }
+  const attempts = values.attempts === undefined ? undefined : positiveInt('notify', '--attempts', values.attempts);
+  let resendMs: number | undefined;
+  if (values.resend !== undefined) {
+    const sec = Number(values.resend);
+    if (!(sec >= 0)) throw new UsageError(`notify: --resend ${values.resend}: expected a number of seconds (0: off)`);
+    resendMs = sec * 1000;
+  }
   const o = new Output(values.json === true);
   const bundle = await Bundle.open(bundlePath, { verifyData: false });
   let result: NotifyResult;
@@ -71,10 +94,14 @@ async function run(args: string[]): Promise<void> {
       ...(signWith ? { signWith } : {}),
       ...(customization ? { customization } : {}),
       ...(values.policy ? { policies: parsePolicies(values.policy) } : {}),
+      ...(attempts !== undefined ? { attempts } : {}),
+      ...(resendMs !== undefined ? { resendMs } : {}),
+      onRetry: (n, e) => process.stderr.write(`vmsubst: attempt ${n} failed (${e.message}); trying again with the same substitution id\n`),
     });
   } finally {
     await bundle.close();
   }
+  if (result.resends > 0) process.stderr.write(`vmsubst: ${plural(result.resends, 'request')} resent before the agent answered (same substitution id)\n`);
   // The JSON document is the agent's report itself (the protocol's SubstituteReport).
   o.result(result.report, () => notifyHuman(result));
 }

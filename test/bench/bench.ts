@@ -18,9 +18,11 @@ import { machineLine, renderPlot, sectionMarkdown, writeDoc } from './report.js'
 import { textTable, type Benchmark } from './table.js';
 import { pipeline } from './pipeline.js';
 import { pedigree } from './pedigree.js';
+import { pause } from './pause.js';
+import { newcode } from './newcode.js';
 
 /** Every benchmark, in the order `make bench` runs them and docs/benchmarks.md lists them. */
-const BENCHMARKS: Benchmark[] = [pipeline, pedigree];
+const BENCHMARKS: Benchmark[] = [pipeline, newcode, pause, pedigree];
 
 const USAGE = `Usage: node build/test/bench/bench.js [--only NAME[,NAME...]] [--runs N] [--no-doc] [--list]
 

@@ -20,9 +20,11 @@ import { pipeline } from './pipeline.js';
 import { pedigree } from './pedigree.js';
 import { pause } from './pause.js';
 import { newcode } from './newcode.js';
+import { curves } from './curves.js';
+import { collateral } from './collateral.js';
 
 /** Every benchmark, in the order `make bench` runs them and docs/benchmarks.md lists them. */
-const BENCHMARKS: Benchmark[] = [pipeline, newcode, pause, pedigree];
+const BENCHMARKS: Benchmark[] = [pipeline, newcode, collateral, curves, pause, pedigree];
 
 const USAGE = `Usage: node build/test/bench/bench.js [--only NAME[,NAME...]] [--runs N] [--no-doc] [--list]
 

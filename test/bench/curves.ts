@@ -1,0 +1,172 @@
+/**
+ * Cost curves of the guest side: the module's invalidation time against the
+ * cached pages of a file, against the processes mapping it, and against the
+ * number of files in one substitution. A harness in the guest
+ * (test/bench/guest-curve.mjs) makes the agent's per-file calls (open,
+ * VMSUBST_IOC_INVALIDATE_RANGE through the addon, close) and times them.
+ *
+ *   BENCH_CURVE_MAX_MIB   largest cached file (default 1024)
+ *   BENCH_CURVE_FILES     largest number of files (default 10000)
+ *   BENCH_CURVE_PROCS     largest number of mapping processes (default 256)
+ */
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { ROOT } from '../helpers/paths.js';
+import { bootGuest, buildVolume } from './guest.js';
+import { fmtMs, fmtStatsMs, stats, type Benchmark, type Plot, type Section, type Table } from './table.js';
+
+const geometric = (from: number, to: number, factor: number): number[] => {
+  const xs: number[] = [];
+  for (let x = from; x <= to; x *= factor) xs.push(x);
+  if (xs[xs.length - 1] !== to) xs.push(to);
+  return xs;
+};
+
+interface Inval {
+  ms: number;
+  cached: number;
+  dropped: number;
+  mapped: number;
+  kept: number;
+}
+
+function parse<T>(out: string): T[] {
+  return out.split('\n').filter((l) => l.startsWith('CURVE ')).map((l) => JSON.parse(l.slice(6)) as T);
+}
+
+export const curves: Benchmark = {
+  name: 'curves',
+  summary: 'guest cost curves: invalidation vs cached pages, vs mapping processes, vs files per substitution',
+  async run(ctx): Promise<Section> {
+    const maxMiB = Number(process.env['BENCH_CURVE_MAX_MIB'] ?? 1024);
+    const maxFiles = Number(process.env['BENCH_CURVE_FILES'] ?? 10_000);
+    const maxProcs = Number(process.env['BENCH_CURVE_PROCS'] ?? 256);
+    const mibs = geometric(1, maxMiB, 4);
+    const procs = geometric(1, maxProcs, 4);
+    const files = geometric(1, maxFiles, 10);
+    const img = buildVolume(ctx.tmp, 'curves', Math.ceil(maxMiB * 1.1 + maxFiles * 0.01 + 128), (root) => {
+      mkdirSync(join(root, 'big'));
+      mkdirSync(join(root, 'small'));
+      mkdirSync(join(root, 'bench'));
+      execFileSync('dd', ['if=/dev/urandom', `of=${join(root, 'big/file')}`, 'bs=1M', `count=${maxMiB}`, 'status=none']);
+      writeFileSync(join(root, 'small/file'), randomBytes(1 << 20));
+      copyFileSync(join(ROOT, 'test/bench/guest-curve.mjs'), join(root, 'bench/curve.mjs'));
+      for (let i = 0; i < maxFiles; i++) {
+        const d = join(root, 'many', `d${String(Math.floor(i / 100)).padStart(4, '0')}`);
+        if (i % 100 === 0) mkdirSync(d, { recursive: true });
+        writeFileSync(join(d, `f${String(i).padStart(5, '0')}`), randomBytes(4096));
+      }
+    });
+    ctx.log(`volume built: ${maxMiB} MiB file, ${maxFiles} files`);
+    const vm = await bootGuest({ disk: img, noAgent: true, memoryMiB: maxMiB + 1024 });
+    const node = (args: string): Promise<string> => vm.sh(`node /mnt/data/bench/curve.mjs ${args}`, 3_600_000);
+    let pages: Array<{ mib: number; small: Inval; big: Inval }>;
+    let mappers: Array<Inval & { n: number }>;
+    let many: Array<{ k: number; ms: number; dropped: number }>;
+    try {
+      const t0 = Date.now();
+      pages = parse(await node(`pages /mnt/data/big/file /mnt/data/small/file ${ctx.runs} ${mibs.join(' ')}`));
+      ctx.log(`pages curve: ${fmtMs(Date.now() - t0)}`);
+      const t1 = Date.now();
+      mappers = parse(await node(`mappers /mnt/data/bin/vprog ${ctx.runs} ${procs.join(' ')}`));
+      ctx.log(`mappers curve: ${fmtMs(Date.now() - t1)}`);
+      const t2 = Date.now();
+      many = parse(await node(`files /mnt/data/many ${ctx.runs} ${files.join(' ')}`));
+      ctx.log(`files curve: ${fmtMs(Date.now() - t2)}`);
+    } finally {
+      vm.kill();
+    }
+
+    const by = <T, K>(xs: T[], key: (x: T) => K): Map<K, T[]> => {
+      const m = new Map<K, T[]>();
+      for (const x of xs) m.set(key(x), [...(m.get(key(x)) ?? []), x]);
+      return m;
+    };
+    const perPage = (ms: number[], pagesN: number[]): string => {
+      const p = stats(pagesN).median;
+      return p > 0 ? `${((stats(ms).median * 1000) / p).toFixed(2)} µs` : '–';
+    };
+
+    const pagesT: Table = {
+      title: `Invalidation time against cached pages, ${ctx.runs} runs per size`,
+      command: `node /mnt/data/bench/curve.mjs pages /mnt/data/big/file /mnt/data/small/file ${ctx.runs} ${mibs.join(' ')} (in the guest)`,
+      columns: ['cached of the file', 'pages dropped', 'whole-file invalidation', 'per page', 'a 1 MiB file, the same cache beside it'],
+      rows: [],
+    };
+    const pagesPlot: Plot = { file: 'curve-pages', title: 'Invalidation time against cached pages (guest under TCG)', xlabel: 'MiB of the file in the page cache', ylabel: 'ms (median)', logx: true, logy: true, series: [] };
+    const bigPts: Array<[number, number]> = [];
+    const smallPts: Array<[number, number]> = [];
+    for (const [mib, xs] of by(pages, (x) => x.mib)) {
+      const bms = xs.map((x) => x.big.ms);
+      const dropped = xs.map((x) => x.big.dropped);
+      pagesT.rows.push([`${mib} MiB`, String(stats(dropped).median), fmtStatsMs(bms), perPage(bms, dropped), fmtStatsMs(xs.map((x) => x.small.ms))]);
+      bigPts.push([mib, stats(bms).median]);
+      smallPts.push([mib, stats(xs.map((x) => x.small.ms)).median]);
+    }
+    pagesPlot.series.push({ name: 'the file, this much cached', points: bigPts }, { name: 'a 1 MiB file, this much of another file cached', points: smallPts });
+
+    const procT: Table = {
+      title: `Invalidation time against processes mapping the file, ${ctx.runs} runs per count`,
+      command: `node /mnt/data/bench/curve.mjs mappers /mnt/data/bin/vprog ${ctx.runs} ${procs.join(' ')} (in the guest)`,
+      columns: ['processes', 'pages dropped', 'mapped pages (sum of PTEs zapped)', 'invalidation', 'per process'],
+      rows: [],
+    };
+    const procPts: Array<[number, number]> = [];
+    for (const [n, xs] of by(mappers, (x) => x.n)) {
+      const ms = xs.map((x) => x.ms);
+      procT.rows.push([String(n), String(stats(xs.map((x) => x.dropped)).median), String(stats(xs.map((x) => x.mapped)).median), fmtStatsMs(ms), fmtMs(stats(ms).median / n)]);
+      procPts.push([n, stats(ms).median]);
+    }
+    const filesT: Table = {
+      title: `Invalidation time against files in one substitution (one 4 KiB page each), ${ctx.runs} runs per count`,
+      command: `node /mnt/data/bench/curve.mjs files /mnt/data/many ${ctx.runs} ${files.join(' ')} (in the guest)`,
+      columns: ['files', 'pages dropped', 'open + invalidate + close, all files', 'per file'],
+      rows: [],
+    };
+    const filePts: Array<[number, number]> = [];
+    for (const [k, xs] of by(many, (x) => x.k)) {
+      const ms = xs.map((x) => x.ms);
+      filesT.rows.push([String(k), String(stats(xs.map((x) => x.dropped)).median), fmtStatsMs(ms), fmtMs(stats(ms).median / k)]);
+      filePts.push([k, stats(ms).median]);
+    }
+    const fileLine = (xs: Array<[number, number]>): string => {
+      const a = xs[0];
+      const b = xs[xs.length - 1];
+      return a && b ? `${(b[1] / a[1]).toFixed(0)}× the time for ${(b[0] / a[0]).toFixed(0)}× the` : '';
+    };
+    return {
+      title: 'Cost curves of the guest side',
+      about: `
+What the module's invalidation costs as the work grows. The guest (test kernel under TCG, ${maxMiB + 1024} MiB,
+no agent running) mounts a volume built for this (\`/big/file\` of ${maxMiB} MiB of random data, \`/small/file\` of
+1 MiB, ${maxFiles} files of 4 KiB under \`/many\`, \`/bin/vprog\`), read-only as the test volume is. A
+harness run by the guest's node, \`test/bench/guest-curve.mjs\`, makes the calls the agent makes
+per file in its module stage (open, \`VMSUBST_IOC_INVALIDATE_RANGE\` over the file's range through the
+addon, close) and times them with \`performance.now()\`; every sample re-warms what it invalidates.
+
+- **Cached pages**: the first N MiB of \`/big/file\` are read (N = ${mibs.join(', ')} MiB), then the
+  whole file's range is invalidated: affected pages = N MiB. Beside it, a 1 MiB file is invalidated
+  while those N MiB of the other file stay cached: the rest of the cache.
+  ${maxMiB < 1024 ? `Scaled to ${maxMiB} MiB at most (BENCH_CURVE_MAX_MIB) to fit the test guest under TCG.` : ''}
+- **Mapping processes**: N = ${procs.join(', ')} processes run \`/bin/vprog\` (each has printed a line,
+  so its pages are faulted in), then the whole file is invalidated: the module walks the file's
+  \`i_mmap\` tree and zaps every mapping's PTEs (\`even_cows = 0\`).
+- **Files per substitution**: N = ${files.join(', ')} files of one cached page each, invalidated in one
+  loop as the agent does for the files of one substitution.`,
+      tables: [pagesT, procT, filesT],
+      plots: [
+        pagesPlot,
+        { file: 'curve-mappers', title: 'Invalidation time against processes mapping the file (guest under TCG)', xlabel: 'processes mapping /bin/vprog', ylabel: 'ms (median)', logx: true, logy: true, series: [{ name: 'whole-file invalidation of vprog', points: procPts }] },
+        { file: 'curve-files', title: 'Invalidation time against files in one substitution (guest under TCG)', xlabel: 'files (one cached page each)', ylabel: 'ms (median)', logx: true, logy: true, series: [{ name: 'open + INVALIDATE_RANGE + close per file', points: filePts }] },
+      ],
+      reading: [
+        `Cached pages: ${fileLine(bigPts)} cached pages — linear in the pages dropped, once the fixed cost of a call is paid; the 1 MiB file beside them costs the same whatever else is cached (flat in the rest of the cache).`,
+        `Processes: ${fileLine(procPts)} processes: the rmap walk and the PTE zap are per mapping.`,
+        `Files: ${fileLine(filePts)} files: a fixed cost per file (open, one ioctl on the thread pool, close), most of it node's, not the module's.`,
+        'All under TCG, where every system call and page-table operation is emulated: the slopes matter, and under KVM the absolute values drop by a large factor.',
+      ],
+    };
+  },
+};

@@ -143,7 +143,7 @@ the three methods interleaved; each round re-warms the cache and restores v1 (ch
         {
           title: `Untouched files and the touched file after the substitution, ${ctx.runs} rounds`,
           command: 'vmsubst apply collateral.fwd.bundle …; then notify | drop_caches | vmtouch -e /mnt/data/bin/vprog; vmtouch /mnt/data/files; vmtouch -t /mnt/data/files',
-          columns: ['method', 'untouched files still cached', 'reading them again', 'touched file still cached', 'new exec prints', 'running instance prints'],
+          columns: ['method', 'untouched files still cached', 'reading them again', 'touched file cached afterwards', 'new exec prints', 'running instance prints'],
           rows,
         },
         stageTable('Agent report: per-stage timings of the vmsubst rounds (timings-ms)', 'vmsubst notify collateral.fwd.bundle --json | .["timings-ms"]', stages),

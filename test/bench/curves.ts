@@ -92,25 +92,26 @@ export const curves: Benchmark = {
     const pagesT: Table = {
       title: `Invalidation time against cached pages, ${ctx.runs} runs per size`,
       command: `node /mnt/data/bench/curve.mjs pages /mnt/data/big/file /mnt/data/small/file ${ctx.runs} ${mibs.join(' ')} (in the guest)`,
-      columns: ['cached of the file', 'pages dropped', 'whole-file invalidation', 'per page', 'a 1 MiB file, the same cache beside it'],
+      columns: ['read of the file', 'pages dropped (readahead included)', 'whole-file invalidation', 'per page', 'a 1 MiB file, the same cache beside it'],
       rows: [],
     };
-    const pagesPlot: Plot = { file: 'curve-pages', title: 'Invalidation time against cached pages (guest under TCG)', xlabel: 'MiB of the file in the page cache', ylabel: 'ms (median)', logx: true, logy: true, series: [] };
+    const pagesPlot: Plot = { file: 'curve-pages', title: 'Invalidation time against cached pages (guest under TCG)', xlabel: 'MiB of the file in the page cache (pages dropped × 4 KiB)', ylabel: 'ms (median)', logx: true, logy: true, series: [] };
     const bigPts: Array<[number, number]> = [];
     const smallPts: Array<[number, number]> = [];
     for (const [mib, xs] of by(pages, (x) => x.mib)) {
       const bms = xs.map((x) => x.big.ms);
       const dropped = xs.map((x) => x.big.dropped);
       pagesT.rows.push([`${mib} MiB`, String(stats(dropped).median), fmtStatsMs(bms), perPage(bms, dropped), fmtStatsMs(xs.map((x) => x.small.ms))]);
-      bigPts.push([mib, stats(bms).median]);
-      smallPts.push([mib, stats(xs.map((x) => x.small.ms)).median]);
+      const droppedMiB = (stats(dropped).median * 4096) / 2 ** 20;
+      bigPts.push([droppedMiB, stats(bms).median]);
+      smallPts.push([droppedMiB, stats(xs.map((x) => x.small.ms)).median]);
     }
     pagesPlot.series.push({ name: 'the file, this much cached', points: bigPts }, { name: 'a 1 MiB file, this much of another file cached', points: smallPts });
 
     const procT: Table = {
       title: `Invalidation time against processes mapping the file, ${ctx.runs} runs per count`,
       command: `node /mnt/data/bench/curve.mjs mappers /mnt/data/bin/vprog ${ctx.runs} ${procs.join(' ')} (in the guest)`,
-      columns: ['processes', 'pages dropped', 'mapped pages (sum of PTEs zapped)', 'invalidation', 'per process'],
+      columns: ['processes', 'pages dropped', 'pages mapped (by any process)', 'invalidation', 'per process'],
       rows: [],
     };
     const procPts: Array<[number, number]> = [];

@@ -149,9 +149,12 @@ the three methods interleaved; each round re-warms the cache and restores v1 (ch
         stageTable('Agent report: per-stage timings of the vmsubst rounds (timings-ms)', 'vmsubst notify collateral.fwd.bundle --json | .["timings-ms"]', stages),
       ],
       reading: [
-        `drop_caches empties the cache of every untouched file: reading them again costs ${ratio.toFixed(0)}× what it costs after the vmsubst substitution, which leaves them cached.`,
-        'drop_caches and vmtouch -e both leave the pages the running vprog maps in the cache: a new exec still gets the old code. Only the module zaps the mappings (even_cows = 0) before dropping.',
-        'The running instance changes to the new page only with vmsubst (remap policy: the program\'s layout is unchanged).',
+        `drop_caches empties the cache of every untouched file: reading them again costs ${ratio.toFixed(1)}× what it costs after the vmsubst substitution, which leaves them cached.`,
+        ...METHODS.slice(1).map((m) => {
+          const xs = samples.get(m.name)!;
+          return `${m.name}: a new exec printed ${uniq(xs.map((x) => x.exec))}; ${stats(xs.map((x) => x.touchedResident)).median} of the touched file's ${xs[0]?.touchedTotal ?? '?'} pages stayed cached — the ones the running vprog maps, which neither drop_caches nor POSIX_FADV_DONTNEED can drop, so the old code stays in the cache.`;
+        }),
+        'With vmsubst the touched file\'s cached pages afterwards are new ones: the module zapped the mappings of the changed range (even_cows = 0) and dropped it, and the running instance and the exec read it back from the new blocks.',
       ],
     };
   },

@@ -170,9 +170,9 @@ customization so that its id is new (the agent answers a repeated id from its jo
         stageTable(`Agent report: per-stage timings of the live runs (timings-ms)`, 'vmsubst notify … --json | .["timings-ms"]', stages),
       ],
       reading: [
-        `A reboot costs ${bOverA.median.toFixed(1)}× the live substitution here, and it ends every running process; the live substitution leaves the running instance running, on the new page from its next fault (the \`remap\` policy: vprog's layout did not change).`,
-        'The no-module recipe is fast on this tiny volume, but it kills the program, and drop_caches drops the page cache of every file in the guest (see the collateral benchmark for what that costs later).',
-        'Under TCG node itself is slow: most of the live time is the CLI and the agent starting their work (the stage table shows the agent\'s own share). The reboot time is dominated by the kernel and node starting, which KVM also shortens, but not to zero.',
+        `A reboot costs ${bOverA.median.toFixed(1)}× the live substitution here (per-round ratio, median), and it ends every running process; the live substitution leaves the running instance running, printing ${outcome(live, (s) => s.instance)} from its next fault on (the \`remap\` policy: vprog's layout did not change).`,
+        `The no-module recipe took ${stats(ratio(nomod)).median.toFixed(1)}× the live time on this tiny volume, but it kills the program, and drop_caches drops the page cache of every file in the guest (the collateral benchmark shows what reading them again costs). Done in the order an operator may try first (drop_caches while the program still runs), a new exec printed ${wrongOrder}: the pages a process maps are not dropped.`,
+        'Under TCG node itself is slow: much of the live time is the two CLI runs and the agent\'s work around the module calls (the stage table shows the agent\'s own share). The reboot time is the kernel and node starting, which KVM also shortens, but not to zero.',
       ],
     };
   },

@@ -68,12 +68,13 @@ async function main(): Promise<number> {
     return 2;
   }
   const chosen = only.length ? BENCHMARKS.filter((b) => only.includes(b.name)) : BENCHMARKS;
-  const startLoad = loadavg();
+  const runStart = Date.now();
   const fresh = new Map<string, string>();
   let failed = 0;
   for (const b of chosen) {
     const tmp = mkdtempSync(join(tmpdir(), `vmsubst-bench-${b.name}-`));
     const t0 = Date.now();
+    const startLoad = loadavg();
     console.error(`\n== ${b.name}: ${b.summary}`);
     try {
       const s = await b.run({ tmp, runs, log: (m) => console.error(`  [${b.name} ${((Date.now() - t0) / 1000).toFixed(0)} s] ${m}`) });
@@ -84,7 +85,7 @@ async function main(): Promise<number> {
           const why = renderPlot(p, join(ROOT, 'docs/img'));
           if (why) console.error(`  plot ${p.file}: not rendered: ${why}`);
         }
-        fresh.set(b.name, sectionMarkdown(b.name, s, machineLine(startLoad), tmp));
+        fresh.set(b.name, sectionMarkdown(b.name, s, machineLine(startLoad), tmp, (Date.now() - t0) / 1000));
       }
     } catch (e) {
       failed++;
@@ -94,7 +95,9 @@ async function main(): Promise<number> {
     }
   }
   if (!values['no-doc'] && fresh.size > 0) {
-    writeDoc(join(ROOT, 'docs/benchmarks.md'), BENCHMARKS.map((b) => b.name), fresh);
+    const full = chosen.length === BENCHMARKS.length && fresh.size === BENCHMARKS.length;
+    const summary = full ? `Last full run: ${new Date(runStart).toISOString().slice(0, 16).replace('T', ' ')} UTC, ${((Date.now() - runStart) / 60000).toFixed(1)} min for every benchmark, ${runs} runs per median.` : undefined;
+    writeDoc(join(ROOT, 'docs/benchmarks.md'), BENCHMARKS.map((b) => b.name), fresh, summary);
     console.error(`\ndocs/benchmarks.md: ${[...fresh.keys()].join(', ')} rewritten`);
   }
   return failed ? 1 : 0;

@@ -36,8 +36,9 @@ export function machineLine(startLoad: number[]): string {
   );
 }
 
-export function sectionMarkdown(name: string, s: Section, machine: string, tmp: string): string {
-  const out = [`<!-- bench:${name} -->`, `## ${s.title}`, '', `_Measured ${machine}. Rerun: \`node build/test/bench/bench.js --only ${name}\`._`, '', s.about.trim(), ''];
+export function sectionMarkdown(name: string, s: Section, machine: string, tmp: string, seconds: number): string {
+  const took = seconds >= 120 ? `${(seconds / 60).toFixed(1)} min` : `${seconds.toFixed(0)} s`;
+  const out = [`<!-- bench:${name} -->`, `## ${s.title}`, '', `_Measured ${machine}. The benchmark took ${took}. Rerun: \`node build/test/bench/bench.js --only ${name}\`._`, '', s.about.trim(), ''];
   for (const t of s.tables) out.push(markdownTable(t, tmp), '');
   for (const p of s.plots ?? []) out.push(`![${p.title}](img/${p.file}.png)`, '');
   if (s.reading?.length) out.push('Reading the numbers:', '', ...s.reading.map((r) => `- ${r}`), '');
@@ -49,11 +50,12 @@ export function sectionMarkdown(name: string, s: Section, machine: string, tmp: 
  * Replaces the sections of the benchmarks that ran in `path` (appending new
  * ones in `order`), keeping the others as they were.
  */
-export function writeDoc(path: string, order: string[], fresh: Map<string, string>): void {
+export function writeDoc(path: string, order: string[], fresh: Map<string, string>, summary?: string): void {
   const old = existsSync(path) ? readFileSync(path, 'utf8') : '';
+  const lastFull = summary ?? /^Last full run: .*$/m.exec(old)?.[0];
   const kept = new Map<string, string>();
   for (const m of old.matchAll(/<!-- bench:([\w-]+) -->[\s\S]*?<!-- \/bench:\1 -->/g)) kept.set(m[1]!, m[0]);
-  const parts = [HEADER];
+  const parts = [lastFull ? `${HEADER}\n${lastFull}\n` : HEADER];
   for (const name of order) {
     const s = fresh.get(name) ?? kept.get(name);
     if (s) parts.push(s);

@@ -13,7 +13,7 @@ TS_SOURCES := $(shell find agent/src host-signal/src test -name '*.ts' 2>/dev/nu
 help:
 	@echo "make demo    set up, boot a guest and perform a live substitution, narrated"
 	@echo "make test    set up and run every suite (unit, integration, QEMU guest)"
-	@echo "make bench   set up and run the benchmarks"
+	@echo "make bench   set up, run the benchmarks, rewrite docs/benchmarks.md (BENCH_ARGS=\"--only NAME\")"
 	@echo "make build   build the module, the addon and the TypeScript"
 	@echo "make deb     build vmsubst-agent and vmsubst-dkms .deb packages into build/packaging/deb"
 	@echo "make rpm     the same two packages as .rpm into build/packaging/rpm"
@@ -88,7 +88,7 @@ demo: setup
 
 bench: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest
-	@node build/test/bench/bench.js
+	@node build/test/bench/bench.js $(BENCH_ARGS)
 
 clean:
 	rm -rf build agent/build

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { guestArtifacts } from './paths.js';
 import { waitFor } from './timeout.js';
+import { QmpClient } from '../../host-signal/src/qmp/index.js';
 
 export interface VmOptions {
   /** Raw image attached as the data disk (used in place: copy it first if it must stay intact). */
@@ -79,7 +80,7 @@ export class GuestVm {
       await vm.#start();
       if (!opts.noAgent && !opts.system) {
         // The console is up before node has started the agent (seconds under TCG).
-        await waitFor(opts.bootTimeoutMs ?? 90_000, 'agent ready', async () => ((await vm.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
+        await vm.#agentReady();
         vm.agentReadyMs = Date.now() - vm.#t0;
       }
     } catch (e) {
@@ -87,6 +88,35 @@ export class GuestVm {
       throw e;
     }
     return vm;
+  }
+
+  /**
+   * Reboots the guest the way an operator does from the host (QMP
+   * `system_reset`, with the reboot action set to reset rather than the
+   * `-no-reboot` exit) and waits for the console shell and, unless noAgent,
+   * the agent. Resolves with the times from the reset to each.
+   */
+  async reset(): Promise<{ consoleMs: number; agentMs: number }> {
+    const readyBefore = this.#console.split('VMSUBST-GUEST-READY').length;
+    const t0 = Date.now();
+    const qmp = await QmpClient.connect(this.qmpSocket);
+    try {
+      await qmp.execute('set-action', { reboot: 'reset' });
+      await qmp.execute('system_reset');
+    } finally {
+      qmp.close();
+    }
+    await waitFor(120_000, 'guest reboot', () => {
+      if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
+      return this.#console.split('VMSUBST-GUEST-READY').length > readyBefore ? true : undefined;
+    }, 25);
+    const consoleMs = Date.now() - t0;
+    if (!this.opts.noAgent) await this.#agentReady();
+    return { consoleMs, agentMs: Date.now() - t0 };
+  }
+
+  #agentReady(): Promise<true> {
+    return waitFor(this.opts.bootTimeoutMs ?? 90_000, 'agent ready', async () => ((await this.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
   }
 
   get console(): string {

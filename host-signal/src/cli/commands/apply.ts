@@ -257,7 +257,7 @@ function agentHuman(t: TwoPhaseOutcome<ApplyResult> & { target: string; version:
 export const applyCommand: Command = {
   name: 'apply',
   synopsis: 'apply BUNDLE --qmp SOCK',
-  summary: "put a bundle's blocks into a running VM's disk: --mode nbd|overlay\n(QEMU), --image PATH --mode raw-file (other hypervisors); --notify tells the guest",
+  summary: "put a bundle's blocks into a running VM's disk:\n--mode nbd|overlay (QEMU), --image PATH --mode raw-file\n(other hypervisors); --notify tells the guest (two-phase)",
   help: HELP,
   run,
 };

@@ -17,7 +17,8 @@ import { DiffError } from '../errors.js';
 import type { BlockSource, Segment } from './source.js';
 
 const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
-const START_TIMEOUT_MS = 15_000;
+/** qemu-nbd starts in milliseconds; a loaded machine can take much longer. */
+const START_TIMEOUT_MS = 60_000;
 
 /** 'qcow2' when the file starts with the qcow2 magic, else 'raw'. */
 export async function probeFormat(path: string): Promise<'qcow2' | 'raw'> {
@@ -82,7 +83,7 @@ export class Qcow2Source implements BlockSource {
       }
       let nbd: NbdClient;
       try {
-        nbd = await NbdClient.connect(sock, { requestTimeoutMs: 120_000 });
+        nbd = await NbdClient.connect(sock, { timeoutMs: 60_000, requestTimeoutMs: 120_000 });
       } catch (e) {
         // qemu-nbd listens before it has opened the image: its own message says why it closed.
         await new Promise((r) => setTimeout(r, 200));

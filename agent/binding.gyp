@@ -9,7 +9,8 @@
         "native/fiemap.c",
         "native/notify.c",
         "native/seek.c",
-        "native/vsock.c"
+        "native/vsock.c",
+        "native/walk.c"
       ],
       "dependencies": [
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"

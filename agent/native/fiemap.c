@@ -2,8 +2,8 @@
 /*
  * FS_IOC_FIEMAP: the file → block map the pedigree index is built from.
  *
- * The extent array of one call is bounded (VS_FIEMAP_BATCH), so a file with
- * millions of extents costs a few hundred calls rather than one huge
+ * The extent array of one call is bounded (the caller's buffer), so a file
+ * with millions of extents costs a few hundred calls rather than one huge
  * allocation. Each call starts where the previous batch's last extent ended.
  */
 #define _GNU_SOURCE
@@ -19,36 +19,28 @@
 
 #define VS_FIEMAP_BATCH 256u
 
-int vs_fiemap(int fd, vs_extent_cb cb, void *ctx)
+int vs_fiemap_batched(int fd, uint32_t flags, struct fiemap *fm, uint32_t batch,
+		      vs_extent_cb cb, void *ctx)
 {
-	const size_t size = sizeof(struct fiemap) +
-			    VS_FIEMAP_BATCH * sizeof(struct fiemap_extent);
-	struct fiemap *fm;
 	uint64_t start = 0;
-	int ret = 0;
-
-	fm = malloc(size);
-	if (!fm)
-		return -ENOMEM;
 
 	for (;;) {
 		const struct fiemap_extent *last;
 		uint64_t next;
 		uint32_t i;
+		int ret;
 
-		memset(fm, 0, size);
+		/* Only the header is input: the kernel writes the extents it maps. */
+		memset(fm, 0, sizeof(*fm));
 		fm->fm_start = start;
 		fm->fm_length = FIEMAP_MAX_OFFSET - start;
-		/* SYNC on every batch: delayed allocations get their blocks. */
-		fm->fm_flags = FIEMAP_FLAG_SYNC;
-		fm->fm_extent_count = VS_FIEMAP_BATCH;
+		fm->fm_flags = flags;
+		fm->fm_extent_count = batch;
 
-		if (ioctl(fd, FS_IOC_FIEMAP, fm) < 0) {
-			ret = -errno;
-			break;
-		}
+		if (ioctl(fd, FS_IOC_FIEMAP, fm) < 0)
+			return -errno;
 		if (fm->fm_mapped_extents == 0)
-			break;
+			return 0;
 
 		for (i = 0; i < fm->fm_mapped_extents; i++) {
 			const struct fiemap_extent *fe = &fm->fm_extents[i];
@@ -61,19 +53,31 @@ int vs_fiemap(int fd, vs_extent_cb cb, void *ctx)
 
 			ret = cb(ctx, &extent);
 			if (ret != 0)
-				goto out;
+				return ret;
 		}
 
 		last = &fm->fm_extents[fm->fm_mapped_extents - 1];
 		if (last->fe_flags & FIEMAP_EXTENT_LAST)
-			break;
+			return 0;
 		next = last->fe_logical + last->fe_length;
 		/* A filesystem that reports no progress must not loop forever. */
 		if (next <= start || next < last->fe_logical)
-			break;
+			return 0;
 		start = next;
 	}
-out:
+}
+
+int vs_fiemap(int fd, vs_extent_cb cb, void *ctx)
+{
+	struct fiemap *fm;
+	int ret;
+
+	fm = malloc(sizeof(struct fiemap) +
+		    VS_FIEMAP_BATCH * sizeof(struct fiemap_extent));
+	if (!fm)
+		return -ENOMEM;
+	/* SYNC on every batch: delayed allocations get their blocks. */
+	ret = vs_fiemap_batched(fd, FIEMAP_FLAG_SYNC, fm, VS_FIEMAP_BATCH, cb, ctx);
 	free(fm);
 	return ret;
 }

@@ -111,6 +111,109 @@ typedef int (*vs_segment_cb)(void *ctx, int64_t offset, int64_t length);
  */
 int vs_data_segments(int fd, int64_t size, vs_segment_cb cb, void *ctx);
 
+struct fiemap;
+
+/*
+ * The loop behind vs_fiemap() with the caller's buffer: fm has room for
+ * `batch` extents and is reused for every call; `flags` are the fm_flags
+ * (FIEMAP_FLAG_SYNC or 0). Same return values. Thread-safe.
+ */
+int vs_fiemap_batched(int fd, uint32_t flags, struct fiemap *fm, uint32_t batch,
+		      vs_extent_cb cb, void *ctx);
+
+/* ---- walk.c: the pedigree index's walk of one filesystem ------------------ */
+
+/*
+ * A depth-first walk of the tree under a root directory that never leaves
+ * the root's filesystem (st_dev), mapping every regular file and directory
+ * with FIEMAP. It runs in steps (vs_walk_next), each filling a chunk of
+ * records, so that a caller can consume one chunk while the next is walked
+ * and memory stays bounded by the chunk size.
+ *
+ * Per directory: open(path, O_DIRECTORY | O_NOFOLLOW), fstat, every entry
+ * read (readdir) before any is used, FIEMAP of the directory itself. Per
+ * regular file: openat(dir fd, name, O_NOFOLLOW), fstat, FIEMAP, close —
+ * spread over up to `threads` threads within a step. Other entries:
+ * fstatat(AT_SYMLINK_NOFOLLOW) for their inode number. Files and
+ * directories are opened with O_NOATIME where the caller may. FIEMAP runs
+ * without FIEMAP_FLAG_SYNC; a file that has delayed-allocation extents is
+ * mapped again with it, so every extent has its disk place.
+ *
+ * What cannot be opened, read or mapped is left out as it would be by
+ * open(2)-ing each path: a directory that cannot be opened or read is not
+ * descended into, a file that cannot be opened has no entry, one that
+ * cannot be mapped keeps only its entry in its directory. A name that is not
+ * valid UTF-8 is counted but left out (the index keys files by string path).
+ */
+
+enum vs_walk_kind {
+	VS_WALK_ENTRY = 0,	/* only a name → inode entry of its directory */
+	VS_WALK_FILE = 1,	/* a mapped regular file (and its entry) */
+	VS_WALK_DIR = 2,	/* a mapped directory (and its entry, unless the root) */
+};
+
+#define VS_WALK_NO_PARENT UINT32_MAX
+#define VS_WALK_MAX_THREADS 8u
+
+struct vs_walk_record {
+	uint64_t ino;
+	uint64_t size;
+	int64_t ctime_ns;
+	uint32_t kind;		/* enum vs_walk_kind */
+	uint32_t parent;	/* directory number of the directory holding it */
+	uint32_t extents;	/* extents of this record, next in the chunk's extent array */
+	uint32_t name_len;	/* bytes of the name, next in the chunk's names (NUL after each) */
+};
+
+struct vs_walk_extent {
+	uint64_t physical;
+	uint64_t logical;
+	uint64_t length;
+};
+
+/*
+ * What one step produced. Directories are numbered 0, 1, … in the order
+ * their VS_WALK_DIR records appear, across chunks (the root is 0); a
+ * directory's record comes before any record it holds. Extents with
+ * FIEMAP_EXTENT_UNKNOWN, _DELALLOC or _DATA_INLINE have no disk place and
+ * are left out.
+ */
+struct vs_walk_chunk {
+	struct vs_walk_record *records;
+	size_t count, records_cap;
+	struct vs_walk_extent *extents;
+	size_t nr_extents, extents_cap;
+	char *names;
+	size_t names_len, names_cap;
+};
+
+struct vs_walk;
+
+/*
+ * A walk of the tree at root on device dev (st_dev of root: the caller's
+ * lstat of it), stopping with -E2BIG after max_entries directory entries,
+ * using up to threads (1..VS_WALK_MAX_THREADS) threads per step.
+ * 0 with *out set, or -ENOMEM.
+ */
+int vs_walk_open(const char *root, uint64_t dev, uint64_t max_entries, unsigned threads,
+		 struct vs_walk **out);
+
+/*
+ * Walks on until chunk holds about max_records records or the tree ends;
+ * chunk's arrays grow as needed and are reset first. 1 when more remains,
+ * 0 when the walk is complete, -E2BIG past max_entries, -ENOMEM, or the
+ * -errno of pthread_create. One thread at a time may step a given walk.
+ */
+int vs_walk_next(struct vs_walk *w, struct vs_walk_chunk *chunk, size_t max_records);
+
+/* Directory entries seen so far (max_entries bounds it). */
+uint64_t vs_walk_seen(const struct vs_walk *w);
+
+/* Frees a walk (closing its open directories) and a chunk's arrays. */
+void vs_walk_close(struct vs_walk *w);
+void vs_walk_chunk_free(struct vs_walk_chunk *chunk);
+
+
 /* ---- direct_io.c: O_DIRECT reads ------------------------------------------ */
 
 /* Alignment of O_DIRECT reads: offset, length and memory. 4096 covers both

@@ -4,6 +4,8 @@
  * one raw data disk as virtio-blk (share-rw=on, serial vmsubst-data), a
  * virtio-serial port for the agent, a QMP socket, and optionally a
  * vhost-vsock device. The serial console runs a shell the tests drive.
+ * With `system`, a full Debian root image boots instead of the initramfs
+ * (systemd, the agent only if the image installs it).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
@@ -11,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { guestArtifacts } from './paths.js';
 import { waitFor } from './timeout.js';
+import { QmpClient } from '../../host-signal/src/qmp/index.js';
 
 export interface VmOptions {
   /** Raw image attached as the data disk (used in place: copy it first if it must stay intact). */
@@ -24,12 +27,27 @@ export interface VmOptions {
   /** Attach vhost-vsock-pci with this guest CID (needs /dev/vhost-vsock on the host). */
   vsockCid?: number;
   memoryMiB?: number;
+  /** Boot a full system image in place of the test initramfs (see SystemBoot). */
+  system?: SystemBoot;
   /** How long the boot, and then the agent's start, may each take; default 120 s and 90 s (raise it when several guests boot at once). */
   bootTimeoutMs?: number;
   /** Let a reset (QMP system_reset, a guest reboot) restart the guest instead of ending QEMU (-no-reboot). */
   reboot?: boolean;
   /** Called with every console line (for narration or debugging). */
   onConsole?: (line: string) => void;
+}
+
+/**
+ * A root filesystem image with its own init (test/guest/build-debian-image.sh):
+ * attached as virtio-blk serial vmsubst-root, booted through `initrd`, whose
+ * console shell announces VMSUBST-GUEST-READY like the test initramfs does.
+ */
+export interface SystemBoot {
+  rootImage: string;
+  rootFormat: 'raw' | 'qcow2';
+  initrd: string;
+  /** Extra kernel command line words. */
+  append?: string[];
 }
 
 export interface RunResult {
@@ -60,9 +78,9 @@ export class GuestVm {
     const vm = new GuestVm(opts);
     try {
       await vm.#start();
-      if (!opts.noAgent) {
+      if (!opts.noAgent && !opts.system) {
         // The console is up before node has started the agent (seconds under TCG).
-        await waitFor(opts.bootTimeoutMs ?? 90_000, 'agent ready', async () => ((await vm.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
+        await vm.#agentReady();
         vm.agentReadyMs = Date.now() - vm.#t0;
       }
     } catch (e) {
@@ -70,6 +88,35 @@ export class GuestVm {
       throw e;
     }
     return vm;
+  }
+
+  /**
+   * Reboots the guest the way an operator does from the host (QMP
+   * `system_reset`, with the reboot action set to reset rather than the
+   * `-no-reboot` exit) and waits for the console shell and, unless noAgent,
+   * the agent. Resolves with the times from the reset to each.
+   */
+  async reset(): Promise<{ consoleMs: number; agentMs: number }> {
+    const readyBefore = this.#console.split('VMSUBST-GUEST-READY').length;
+    const t0 = Date.now();
+    const qmp = await QmpClient.connect(this.qmpSocket);
+    try {
+      await qmp.execute('set-action', { reboot: 'reset' });
+      await qmp.execute('system_reset');
+    } finally {
+      qmp.close();
+    }
+    await waitFor(120_000, 'guest reboot', () => {
+      if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
+      return this.#console.split('VMSUBST-GUEST-READY').length > readyBefore ? true : undefined;
+    }, 25);
+    const consoleMs = Date.now() - t0;
+    if (!this.opts.noAgent) await this.#agentReady();
+    return { consoleMs, agentMs: Date.now() - t0 };
+  }
+
+  #agentReady(): Promise<true> {
+    return waitFor(this.opts.bootTimeoutMs ?? 90_000, 'agent ready', async () => ((await this.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
   }
 
   get console(): string {
@@ -80,16 +127,17 @@ export class GuestVm {
     const art = guestArtifacts();
     if (typeof art === 'string') throw new Error(art);
     const kvm = process.env['VMSUBST_ACCEL'] === 'kvm';
+    const sys = this.opts.system;
     // no_timer_check: on a loaded host a TCG guest can miss the kernel's IO-APIC timer check and
     // panic ("IO-APIC + timer doesn't work!"); virtual machines commonly skip that check.
-    const append = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1', 'no_timer_check'];
+    const append = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1', 'no_timer_check', ...(sys?.append ?? [])];
     if (this.opts.noAgent) append.push('vmsubst.noagent');
     if (this.opts.agentArgs?.length) append.push(`vmsubst.agent=${this.opts.agentArgs.join(',')}`);
     const args = [
       ...(kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
       '-m', String(this.opts.memoryMiB ?? 1024), '-smp', '2',
       '-nodefaults', '-display', 'none', ...(this.opts.reboot ? [] : ['-no-reboot']),
-      '-kernel', art.kernel, '-initrd', art.initramfs, '-append', append.join(' '),
+      '-kernel', art.kernel, '-initrd', sys?.initrd ?? art.initramfs, '-append', append.join(' '),
       '-chardev', 'stdio,id=con,signal=off', '-serial', 'chardev:con',
       '-qmp', `unix:${this.qmpSocket},server=on,wait=off`,
       '-blockdev', `driver=file,filename=${this.opts.disk},node-name=file0,cache.direct=off`,
@@ -97,8 +145,15 @@ export class GuestVm {
       '-device', 'virtio-blk-pci,drive=disk0,id=vblk0,serial=vmsubst-data,share-rw=on',
       '-device', 'virtio-serial-pci,id=vser0',
       '-chardev', `socket,id=agent0,path=${this.agentSocket},server=on,wait=off`,
-      '-device', 'virtserialport,chardev=agent0,name=org.vmsubst.0',
+      '-device', 'virtserialport,chardev=agent0,name=org.vmsubst.0,id=vport0',
     ];
+    if (sys) {
+      args.push(
+        '-blockdev', `driver=file,filename=${sys.rootImage},node-name=rootfile`,
+        '-blockdev', `driver=${sys.rootFormat},file=rootfile,node-name=root0`,
+        '-device', 'virtio-blk-pci,drive=root0,id=vblkroot,serial=vmsubst-root',
+      );
+    }
     if (this.opts.extraDisk) {
       args.push(
         '-blockdev', `driver=file,filename=${this.opts.extraDisk},node-name=file1,read-only=on`,

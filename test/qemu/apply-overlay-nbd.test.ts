@@ -1,8 +1,8 @@
 /**
  * Two-phase apply end to end in a real guest, in the overlay and nbd modes:
- * `vmsubst apply --notify` verifies the disk, has the agent prepare (pin the
- * running program while the old blocks are on disk), puts the new blocks in
- * place, commits, and renders both results. A write that fails after prepare
+ * `vmsubst apply --notify` verifies the disk, has the agent prepare (plan, and
+ * pin what the policies say while the old blocks are on disk), puts the new
+ * blocks in place, commits, and renders both results. A write that fails after prepare
  * is followed by abort.
  */
 import { join } from 'node:path';
@@ -22,7 +22,7 @@ const art = guestArtifacts();
 const T = suite('apply --notify (two-phase) in a guest: overlay and nbd modes');
 const G = guard(T);
 const PROG = '/mnt/data/bin/vprog';
-const C = { scenario: undefined as Scenario | undefined, vm: undefined as GuestVm | undefined, pinned: 0 };
+const C = { scenario: undefined as Scenario | undefined, vm: undefined as GuestVm | undefined, running: 0 };
 
 const versions = async (vm: GuestVm, f: string): Promise<string[]> =>
   (await vm.sh(`cat ${f}`)).split('\n').filter(Boolean).map((l) => l.replace(/ pid=.*/, ''));
@@ -34,7 +34,7 @@ interface ApplyJson {
   overlay?: { path: string; committed: boolean };
   agent: {
     'two-phase': boolean;
-    prepare?: { pinned: { pid: number; status: string }[] };
+    prepare?: { pinned: { pid: number; status: string }[]; plan: { files: { path: string; policy: string; mappers: { pid: number }[] }[] } };
     report: { files: { path: string; mappers: { pid: number }[] }[] };
   };
 }
@@ -46,9 +46,9 @@ if (typeof art === 'string') {
   T.before(G.setup(async () => {
     C.scenario = await guestScenario(art, 'apply-modes');
     C.vm = C.scenario.vm;
-    await C.vm.sh(`${PROG} 400 > /tmp/pinned.out 2>&1 & echo $! > /tmp/pinned.pid`);
-    C.pinned = Number((await C.vm.sh('cat /tmp/pinned.pid')).trim());
-    await waitFor(30_000, 'v1 output', async () => ((await versions(C.vm!, '/tmp/pinned.out')).length > 0 ? true : undefined));
+    await C.vm.sh(`${PROG} 400 > /tmp/running.out 2>&1 & echo $! > /tmp/running.pid`);
+    C.running = Number((await C.vm.sh('cat /tmp/running.pid')).trim());
+    await waitFor(30_000, 'v1 output', async () => ((await versions(C.vm!, '/tmp/running.out')).length > 0 ? true : undefined));
   }));
   T.after(() => C.scenario?.close());
 
@@ -74,7 +74,7 @@ if (typeof art === 'string') {
     }),
   );
 
-  G.test('overlay mode with --notify: prepare pins the running program, the overlay goes on top, commit reports', () =>
+  G.test('overlay mode with --notify: prepare plans, the overlay goes on top, commit reports; the running program moves to v2', () =>
     withTimeout(240_000, 'overlay', async () => {
       const vm = C.vm!;
       const r = await vmsubstJson<ApplyJson>([
@@ -87,11 +87,13 @@ if (typeof art === 'string') {
       console.log(`  guest overlay apply: paused ${r['pause-ms']} ms`);
       assert.is(r.overlay?.committed, false);
       assert.ok(r.agent['two-phase'], 'prepare/commit were used');
-      assert.ok(r.agent.prepare?.pinned.some((p) => p.pid === C.pinned && p.status === 'pinned'), JSON.stringify(r.agent.prepare));
+      // The bundle's hint says the ELF layout is unchanged: the policy is remap, nothing is pinned.
+      const planned = r.agent.prepare?.plan.files.find((f) => f.path === PROG);
+      assert.is(planned?.policy, 'remap', JSON.stringify(r.agent.prepare));
+      assert.ok(planned?.mappers.some((m) => m.pid === C.running), 'prepare saw the running program');
       assert.ok(r.agent.report.files.some((f) => f.path === PROG), JSON.stringify(r.agent.report.files));
       assert.match(await vm.sh(PROG), /version v2/, 'a new exec runs v2');
-      await vm.sh('sleep 1');
-      assert.ok((await versions(vm, '/tmp/pinned.out')).every((v) => v === 'vprog version v1'), 'the pinned process keeps v1');
+      await waitFor(30_000, 'the running program switches to v2', async () => ((await versions(vm, '/tmp/running.out')).at(-1) === 'vprog version v2' ? true : undefined));
     }),
   );
 
@@ -102,7 +104,7 @@ if (typeof art === 'string') {
       await vmsubstJson(['diff', join(art.disks, 'patched.img'), join(art.disks, 'base.img'), '-o', back]);
       const r = await vmsubst(['apply', back, '--qmp', vm.qmpSocket, '--mode', 'nbd', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data'], 240_000);
       assert.is(r.code, 0, r.stderr);
-      assert.match(r.stdout, /nbd: wrote 1 range/);
+      assert.match(r.stdout, /nbd: wrote 1 range, 4 KiB/);
       assert.match(r.stdout, /guest paused for [\d.]+ ms/);
       assert.match(r.stdout, /prepare → write → commit/);
       assert.match(r.stdout, new RegExp(`${PROG}: \\d+ pages dropped`));

@@ -236,7 +236,9 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
 
   const inUse = metadata?.inodes['in-use'] ?? [];
   const keys = [...files.map((f) => f.hit.file), ...inUse.map((u) => ({ dev: u.dev, ino: u.ino }))];
-  const mappers = await findMappers(keys, deps.procRoot);
+  // The plan's scan of /proc already found the files' mappers (invalidation unmaps no vma); scan
+  // again only for inodes the metadata steps found in use.
+  const mappers = inUse.length > 0 ? await findMappers(keys, deps.procRoot) : m.planned.mappers;
   files.forEach((f, i) => {
     reports[i]!.mappers = plainMappers(mappers.get(keyOf(f.hit.file)));
   });

@@ -16,7 +16,7 @@
 import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { constants as osConstants } from 'node:os';
+import { availableParallelism, constants as osConstants } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
 import { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -41,6 +41,45 @@ export interface Extent {
   length: bigint;
   flags: number;
 }
+
+/** Kinds of TreeWalkStep records. */
+export const TREE_WALK_ENTRY = 0;
+export const TREE_WALK_FILE = 1;
+export const TREE_WALK_DIR = 2;
+
+/**
+ * One step of a native tree walk: flat arrays rather than an object per
+ * file. Directories are numbered 0, 1, … in the order their TREE_WALK_DIR
+ * records come, across steps (the root is 0); a directory's record comes
+ * before the records it holds.
+ */
+export interface TreeWalkStep {
+  /**
+   * Five numbers per record: kind (TREE_WALK_ENTRY: only a name → inode
+   * entry of its directory; TREE_WALK_FILE: a mapped regular file;
+   * TREE_WALK_DIR: a mapped directory), parent directory number (-1 for the
+   * root), inode, size in bytes, and how many extents follow in `extents`.
+   */
+  records: Float64Array;
+  /** Each record's ctime in ns. */
+  ctimeNs: BigInt64Array;
+  /** Three numbers per extent, in record order: physical, logical, length (bytes); extents without a disk place left out. */
+  extents: Float64Array;
+  /** Each record's name followed by a NUL ('' for the root). */
+  names: string;
+  /** Directory entries seen so far. */
+  seen: number;
+  /** Nothing is left to walk. */
+  done: boolean;
+}
+
+/** A walk in progress: one step at a time; close() when done or abandoned. */
+export interface TreeWalk {
+  next(maxRecords: number): Promise<TreeWalkStep>;
+  close(): void;
+}
+
+export type WalkTree = (root: string, dev: number, maxEntries: number) => TreeWalk;
 
 export interface VersionInfo {
   abiVersion: number;
@@ -398,6 +437,8 @@ interface RawPinMappersResult {
 interface NativeBinding {
   fiemap(fd: number): Extent[];
   dataSegments(fd: number, size: number): [number, number][];
+  /** Absent from addons built before the native walk: the index then walks in JavaScript. */
+  TreeWalk?: new (root: string, dev: number, maxEntries: number, threads: number) => TreeWalk;
   readDirect(path: string, offset: number, length: number): Promise<Buffer>;
   kmodVersion(devPath: string): VersionInfo;
   invalidateRange(
@@ -611,6 +652,31 @@ export function fiemap(fd: number): Extent[] {
   checkFd(fd);
   return binding.fiemap(fd);
 }
+
+/** Most threads one walk maps files with. */
+export const WALK_THREADS_MAX: number = 4;
+
+/**
+ * Walks the tree at `root` without leaving device `dev` (st_dev of root, from
+ * the caller's lstat), mapping every regular file and directory with FIEMAP
+ * (see agent/native/walk.c). Each `next(n)` walks about n more records on the
+ * libuv thread pool — files spread over up to `threads` threads — so the
+ * event loop stays free and one step can be consumed while the next runs.
+ * A step rejects with E2BIG past `maxEntries` directory entries; a failed or
+ * closed walk rejects further steps. Undefined when the loaded addon predates
+ * the native walk.
+ */
+export const walkTree: WalkTree | undefined = binding.TreeWalk
+  ? (root, dev, maxEntries) => {
+      if (typeof root !== 'string' || root === '') throw new TypeError('root must be a non-empty string');
+      checkInteger('dev', dev, 0, Number.MAX_SAFE_INTEGER);
+      checkInteger('maxEntries', maxEntries, 0, 2 ** 32);
+      const threads = Math.max(1, Math.min(WALK_THREADS_MAX, availableParallelism()));
+      return new binding.TreeWalk!(root, dev, maxEntries, threads);
+    }
+  : undefined;
+// The pedigree index is handed `fiemap`; the walk travels with it (pedigree/walk.ts).
+fiemap.walkTree = walkTree;
 
 /**
  * The data segments `[offset, length]` of the open file `fd` within

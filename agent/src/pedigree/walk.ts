@@ -2,14 +2,21 @@
  * The fast walk behind the pedigree index: every file and directory of one
  * mounted filesystem, with its inode and FIEMAP extents as disk byte ranges.
  *
- * Synchronous tight loops (readdirSync, openSync, fstatSync, the addon's
- * FIEMAP, closeSync) in batches, yielding to the event loop between batches:
- * the per-file cost is a handful of system calls with no promise or
- * thread-pool hop in between, and the agent still answers requests while a
- * large tree is indexed.
+ * Two implementations with the same result:
+ *  - the addon's walk (`fiemap.walkTree`, agent/native/walk.c), used when the
+ *    addon has it: the tree is walked in C on the libuv thread pool, files
+ *    mapped on several threads, and each step comes back as flat typed
+ *    arrays; this module turns them into IndexedFiles while the next step
+ *    runs;
+ *  - a JavaScript walk, for an addon without it (and any `fiemap` given
+ *    alone): synchronous tight loops (readdirSync, openSync, fstatSync, the
+ *    addon's FIEMAP, closeSync) in batches, yielding to the event loop
+ *    between batches.
+ * Either way the agent still answers requests while a large tree is indexed.
  */
 import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
+import { TREE_WALK_DIR, TREE_WALK_ENTRY, type TreeWalkStep, type WalkTree } from '../native/index.js';
 import type { Mount } from './mounts.js';
 
 export interface ExtentInfo {
@@ -18,7 +25,11 @@ export interface ExtentInfo {
   length: bigint;
   flags: number;
 }
-export type Fiemap = (fd: number) => ExtentInfo[];
+/** FIEMAP of one open file, and the addon's whole-tree walk when it has one. */
+export interface Fiemap {
+  (fd: number): ExtentInfo[];
+  walkTree?: WalkTree | undefined;
+}
 
 /** FIEMAP flags whose extents have no stable place on the disk. */
 const FIEMAP_EXTENT_UNKNOWN = 0x2;
@@ -30,6 +41,8 @@ export const NOT_ON_DISK = FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | FIEM
 export const MAX_FILES = 2_000_000;
 /** Files mapped between two yields to the event loop. */
 export const WALK_BATCH = 4096;
+/** Records per step of the addon's walk: bounds its memory, and one step is consumed while the next runs. */
+export const WALK_STEP = 8192;
 
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
 
@@ -106,6 +119,7 @@ export function readEntries(dir: string): Map<string, number> {
 export async function walkMount(mount: Mount, partStart: number, fiemap: Fiemap, emit: (f: IndexedFile) => void): Promise<number> {
   const root = lstatSync(mount.mountPoint);
   const dev = root.dev;
+  if (fiemap.walkTree) return walkNative(fiemap.walkTree, mount, dev, partStart, emit);
   // A directory's own inode is set in its parent's entries when the directory is visited.
   const stack: { dir: string; parent?: Map<string, number>; name?: string }[] = [{ dir: mount.mountPoint }];
   let seen = 0;
@@ -173,4 +187,87 @@ export async function walkMount(mount: Mount, partStart: number, fiemap: Fiemap,
     emit(dirFile);
   }
   return seen;
+}
+
+/** A directory met by the native walk: its IndexedFile and the prefix of its children's paths. */
+interface WalkedDir {
+  file: IndexedFile;
+  prefix: string;
+}
+
+/**
+ * walkMount through the addon: steps of WALK_STEP records, the next one
+ * running on the thread pool while this one becomes IndexedFiles.
+ */
+async function walkNative(walkTree: WalkTree, mount: Mount, dev: number, partStart: number, emit: (f: IndexedFile) => void): Promise<number> {
+  const walk = walkTree(mount.mountPoint, dev, MAX_FILES);
+  const dirs: WalkedDir[] = [];
+  // What join(root, name) gives, without a join per file (the root may be given unnormalized).
+  const rootPrefix = join(mount.mountPoint, '.');
+  let step: Promise<TreeWalkStep> | undefined;
+  try {
+    let next = walk.next(WALK_STEP);
+    for (;;) {
+      const s = await next;
+      step = undefined;
+      if (!s.done) step = next = walk.next(WALK_STEP);
+      addStep(s, dirs, mount, dev, partStart, rootPrefix === '/' ? '/' : rootPrefix + '/', emit);
+      if (s.done) return s.seen;
+    }
+  } finally {
+    // A step still running when this fails: its result is not wanted.
+    step?.catch(() => undefined);
+    walk.close();
+  }
+}
+
+/**
+ * A number read from a Float64Array is a double, which V8 boxes (a heap
+ * number per field); the same value as a small integer is stored inline, as
+ * it is when it comes from node's fs. Most inode numbers, sizes and offsets
+ * are small: this keeps the index's memory per extent what the JavaScript
+ * walk's is.
+ */
+const small = (v: number): number => (v <= 0x3fff_ffff ? v | 0 : v);
+
+function addStep(s: TreeWalkStep, dirs: WalkedDir[], mount: Mount, dev: number, partStart: number, rootPrefix: string, emit: (f: IndexedFile) => void): void {
+  const { records, ctimeNs, extents } = s;
+  const names = s.names.split('\0');
+  const n = records.length / 5;
+  let x = 0;
+  for (let i = 0; i < n; i++) {
+    const r = i * 5;
+    const kind = records[r]!;
+    const parentNum = records[r + 1]!;
+    const ino = small(records[r + 2]!);
+    const name = names[i]!;
+    const parent = parentNum >= 0 ? dirs[parentNum] : undefined;
+    if (kind === TREE_WALK_ENTRY) {
+      parent?.file.entries!.set(name, ino);
+      continue;
+    }
+    const path = parent ? parent.prefix + name : mount.mountPoint;
+    // Most files have one extent: an array literal is allocated at its size, a push would reserve room for 17.
+    const count = records[r + 4]!;
+    let fileExtents: IndexedFile['extents'];
+    if (count === 1) {
+      fileExtents = [{ diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) }];
+      x += 3;
+    } else {
+      fileExtents = [];
+      for (let e = 0; e < count; e++, x += 3) {
+        fileExtents.push({ diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) });
+      }
+    }
+    const size = small(records[r + 3]!);
+    let file: IndexedFile;
+    if (kind === TREE_WALK_DIR) {
+      file = { path, dev, ino, mount, kind: 'dir', entries: new Map(), extents: fileExtents, ctimeNs: ctimeNs[i]!, size };
+      dirs.push({ file, prefix: parent ? path + '/' : rootPrefix });
+    } else {
+      file = { path, dev, ino, mount, kind: 'file', extents: fileExtents, ctimeNs: ctimeNs[i]!, size };
+    }
+    parent?.file.entries!.set(name, ino);
+    emit(file);
+  }
 }

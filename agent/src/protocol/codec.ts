@@ -12,18 +12,25 @@ import { Commands, Greeting, MAX_MESSAGE_BYTES, Reply, Request, type CommandName
 const ajv = new Ajv({ allErrors: true, strict: true, strictTypes: false });
 
 /** A compiled validator that returns "path: message" lines instead of ajv's objects. */
+/**
+ * An ajv validator for one schema, compiled on first use: compiling every
+ * protocol schema up front cost each short-lived process (every vmsubst
+ * command) a second or more of start-up on a loaded machine.
+ */
 export class Validator<S extends TSchema> {
-  readonly #fn: ValidateFunction;
-  constructor(schema: S) {
-    this.#fn = ajv.compile(schema);
+  #fn: ValidateFunction | undefined;
+  constructor(private readonly schema: S) {}
+  get #compiled(): ValidateFunction {
+    return (this.#fn ??= ajv.compile(this.schema));
   }
   /** Problems as "path: message" strings; empty when the value is valid. */
   problems(value: unknown): string[] {
-    if (this.#fn(value)) return [];
-    return formatErrors(this.#fn.errors ?? []);
+    const fn = this.#compiled;
+    if (fn(value)) return [];
+    return formatErrors(fn.errors ?? []);
   }
   is(value: unknown): value is Static<S> {
-    return this.#fn(value) === true;
+    return this.#compiled(value) === true;
   }
 }
 

@@ -234,4 +234,5 @@ export async function substitute(bundle: BundleData, target: BlockTarget, option
   return { status: 'applied', ranges, rangesWritten, rangesAlreadyNew, bytesWritten, verifiedBytes, timingsMs: { verify, write: ms(performance.now() - t1) } };
 }
 
-const ms = (n: number): number => Math.round(n * 10) / 10;
+/** Milliseconds to one decimal, as results report them. */
+export const ms = (n: number): number => Math.round(n * 10) / 10;

@@ -18,7 +18,8 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { CancelledError, TargetError } from '../errors.js';
-import { checkTargetSize, inspectTarget, loadRanges, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type Substitution } from './core.js';
+import { probeFormat } from '../diff/index.js';
+import { checkTargetSize, inspectTarget, loadRanges, ms, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type Substitution } from './core.js';
 import { fileLocks, fileOpeners, isQemuLock, type FileOpener } from './locks.js';
 
 export interface ImageApplyOptions {
@@ -60,9 +61,7 @@ export async function applyToImage(bundle: BundleData, path: string, options: Im
     if (!st.isFile()) {
       throw new TargetError(`${path} is not a regular file`, 'only raw image files are supported by --image');
     }
-    const magic = Buffer.alloc(4);
-    await handle.read(magic, 0, 4, 0);
-    if (magic.readUInt32BE(0) === 0x514649fb) {
+    if ((await probeFormat(path)) === 'qcow2') {
       throw new TargetError(`${path} is a qcow2 image`, 'the raw-file mode writes raw images only; a qcow2 image must be written through QEMU (--qmp)');
     }
     const openers = await fileOpeners(path);
@@ -119,7 +118,6 @@ export async function applyToImage(bundle: BundleData, path: string, options: Im
   }
 }
 
-const ms = (n: number): number => Math.round(n * 10) / 10;
 
 /** A raw file as a BlockTarget: positional reads and writes through the page cache, fdatasync to flush. */
 export function fileTarget(handle: FileHandle, size: number): BlockTarget {

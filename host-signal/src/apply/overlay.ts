@@ -11,13 +11,12 @@
  * (see qemu.ts), since the running disk's neighbouring blocks may change.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { open } from 'node:fs/promises';
 import { relative, dirname, isAbsolute, resolve } from 'node:path';
 import type { Manifest } from '../bundle/schema.js';
 import { BaseMismatchError, BundleError, TargetError } from '../errors.js';
 import { writeQcow2, type Qcow2Written } from '../qcow2/writer.js';
-import { checkTargetSize, inspectTarget, refuseMismatch, type ApplyProgress, type BundleData } from './core.js';
-import { fileTarget } from './image.js';
+import { openImage, readExactly } from '../diff/index.js';
+import { checkTargetSize, inspectTarget, refuseMismatch, type ApplyProgress, type BlockTarget, type BundleData } from './core.js';
 
 /** QEMU's default qcow2 cluster size, and the largest the overlay mode uses. */
 export const DEFAULT_CLUSTER_SIZE = 64 << 10;
@@ -118,7 +117,7 @@ export function backingName(backing: string, overlayPath: string): string {
 }
 
 export interface ExportOptions {
-  /** The bundle's base image (raw): checked against the old hashes, and the source of partly changed clusters. */
+  /** The bundle's base image (raw or qcow2): checked against the old hashes, and the source of partly changed clusters. */
   base: string;
   /** What the overlay names as its backing file; default the base image (see backingName). */
   backing?: string;
@@ -130,7 +129,7 @@ export interface ExportOptions {
 
 export interface ExportResult extends Qcow2Written {
   id: string;
-  backing: { name: string; format: 'raw' } | null;
+  backing: { name: string; format: 'raw' | 'qcow2' } | null;
   /** Bytes of the overlay's clusters copied from the base (partly changed clusters). */
   filledBytes: number;
   changedBytes: number;
@@ -140,22 +139,15 @@ export interface ExportResult extends Qcow2Written {
 export async function exportOverlay(bundle: BundleData, out: string, options: ExportOptions): Promise<ExportResult> {
   const { manifest } = bundle;
   if (!bundle.verified) throw new BundleError('the bundle\'s data has not been verified', [], 'open the bundle with data verification');
-  let handle;
+  const source = await openImage(options.base, 'base'); // raw, or qcow2 read through qemu-nbd
   try {
-    handle = await open(options.base, 'r');
-  } catch (e) {
-    throw new TargetError(`cannot open base image ${options.base}: ${(e as Error).message}`, 'give the raw image the bundle was made from', { cause: e });
-  }
-  try {
-    const st = await handle.stat();
-    if (!st.isFile()) throw new TargetError(`${options.base} is not a regular file`, 'give the raw image the bundle was made from');
-    const magic = Buffer.alloc(4);
-    await handle.read(magic, 0, 4, 0);
-    if (magic.readUInt32BE(0) === 0x514649fb) {
-      throw new TargetError(`${options.base} is a qcow2 image`, `--base takes the raw base image; convert it with 'qemu-img convert -O raw'`);
-    }
-    checkTargetSize(manifest, st.size, `base image ${options.base}`);
-    const base = fileTarget(handle, st.size);
+    checkTargetSize(manifest, source.size, `base image ${options.base}`);
+    const base: BlockTarget = {
+      size: source.size,
+      read: (offset, length) => readExactly(source, offset, length),
+      write: () => Promise.reject(new Error('the base image is never written')),
+      flush: () => Promise.resolve(),
+    };
     const { states } = await inspectTarget(manifest, base, options.onProgress);
     refuseMismatch(manifest, states);
     const alreadyNew = manifest.ranges.filter((_r, i) => states[i] === 'new');
@@ -167,7 +159,7 @@ export async function exportOverlay(bundle: BundleData, out: string, options: Ex
       );
     }
     const clusterSize = options.clusterSize ?? DEFAULT_CLUSTER_SIZE;
-    const backing = options.noBacking ? null : { name: backingName(options.backing ?? options.base, out), format: 'raw' as const };
+    const backing = options.noBacking ? null : { name: backingName(options.backing ?? options.base, out), format: source.format };
     const written = await buildOverlay(bundle, out, {
       clusterSize,
       ...(backing ? { backing } : {}),
@@ -178,6 +170,6 @@ export async function exportOverlay(bundle: BundleData, out: string, options: Ex
     const allocated = changedClusters(manifest, clusterSize).reduce((n, c) => n + Math.min(clusterSize, manifest.base.size - c * clusterSize), 0);
     return { ...written, id: manifest.id, backing, filledBytes: allocated - changedBytes, changedBytes };
   } finally {
-    await handle.close();
+    await source.close?.();
   }
 }

@@ -30,7 +30,7 @@ import { NbdClient } from '../nbd/client.js';
 import { QmpClient } from '../qmp/client.js';
 import { MIGRATION_STATES, Qemu, type BlockInfo } from '../qmp/commands.js';
 import type { QmpEvent } from '../qmp/client.js';
-import { checkTargetSize, inspectTarget, loadRanges, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type RangeState, type Substitution } from './core.js';
+import { checkTargetSize, inspectTarget, loadRanges, ms, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type RangeState, type Substitution } from './core.js';
 import { alignedClusterSize, buildOverlay } from './overlay.js';
 
 export interface DriveSelector {
@@ -172,7 +172,6 @@ export function defaultOverlayPath(drive: ResolvedDrive, id: string): string {
   return join(dirname(drive.filename), `${basename(drive.filename)}.vmsubst-${id.slice(0, 12)}.qcow2`);
 }
 
-const ms = (n: number): number => Math.round(n * 10) / 10;
 
 export async function applyToQemu(bundle: BundleData, qmpPath: string, options: QemuApplyOptions = {}): Promise<QemuApplyResult> {
   const started = performance.now();
@@ -200,7 +199,9 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
     const what = `drive ${drive.device ?? drive.nodeName}`;
     const target0 = drive.device !== undefined ? { kind: 'qemu' as const, qmp: qmpPath, node: drive.nodeName, device: drive.device } : { kind: 'qemu' as const, qmp: qmpPath, node: drive.nodeName };
     if (drive.size !== undefined) checkTargetSize(manifest, drive.size, what);
-    if (drive.readOnly) throw new TargetError(`${what} is read-only in QEMU`, 'attach the disk read-write (the guest may still mount it read-only)');
+    if (drive.readOnly && mode === 'nbd') {
+      throw new TargetError(`${what} is read-only in QEMU`, 'attach the disk read-write (the guest may still mount it read-only), or use --mode overlay, which does not write into it');
+    }
     const base = {
       id: manifest.id,
       mode,

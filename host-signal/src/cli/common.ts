@@ -86,7 +86,9 @@ export async function loadPublicKeys(paths: readonly string[], option = '--trust
   for (const path of paths) {
     let key: KeyObject;
     try {
-      key = createPublicKey(await readFile(path));
+      const pem = await readFile(path);
+      if (pem.includes('PRIVATE KEY')) throw new Error('this is a private key; give the public half (PREFIX.pub)');
+      key = createPublicKey(pem);
     } catch (e) {
       throw new UsageError(`${option} ${path}: not a readable public key (${(e as Error).message})`, "give the PREFIX.pub written by 'vmsubst keygen'");
     }

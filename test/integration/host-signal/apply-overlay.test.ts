@@ -123,6 +123,20 @@ if (noQemuImg) {
     );
   }
 
+  Export('a qcow2 base works too: the overlay names it with format qcow2 and reads identical to PATCHED', () =>
+    withTimeout(60_000, 'qcow2 base', async () => {
+      const qbase = join(W.dir, 'base.qcow2');
+      const conv = qemuImg(['convert', '-O', 'qcow2', W.basePath, qbase]);
+      assert.is(conv.code, 0, conv.out);
+      const out = join(W.dir, 'over-qcow2.qcow2');
+      const r = await vmsubstJson<Record<string, unknown>>(['export', W.bundlePath, '--qcow2', out, '--base', qbase]);
+      assert.equal(r['backing'], { name: qbase, format: 'qcow2' });
+      const cmp = qemuImg(['compare', out, W.patchedPath]);
+      assert.is(cmp.code, 0, cmp.out);
+      assert.equal(allocated(out), expectedRuns(W, 64 * K));
+    }),
+  );
+
   Export('a base that is not the bundle\'s is refused and no file is written', () =>
     withTimeout(60_000, 'bad base', async () => {
       const diverged = join(W.dir, 'diverged.img');

@@ -150,6 +150,20 @@ S('a diverged image, an image of another size and a qcow2 image are refused, unc
   }),
 );
 
+S('a range outside the image is refused before anything is written', () =>
+  withTimeout(60_000, 'out of range', async () => {
+    const { image } = diskCopy(W, 'range', W.base);
+    const m = W.bundle.manifest;
+    const last = m.ranges.at(-1)!;
+    // A manifest the reader would refuse, handed to the library directly: the last range moved past the end.
+    const bad = { ...W.bundle, manifest: { ...m, ranges: [...m.ranges.slice(0, -1), { ...last, offset: SIZE + 4096 }] }, verified: true, readData: W.bundle.readData.bind(W.bundle) };
+    const err = await rejected(applyToImage(bad, image));
+    assert.instance(err, TargetError);
+    assert.match(err.message, /short read/);
+    assert.ok(readFileSync(image).equals(W.base), 'nothing written');
+  }),
+);
+
 S('an image QEMU holds is refused with a pointer to --qmp', () =>
   withTimeout(60_000, 'qemu', async () => {
     const why = whyNoQemu();

@@ -30,7 +30,8 @@ Modes (a running QEMU, --qmp SOCK: its QMP unix socket):
     --overlay PATH the overlay file to create (default: beside the drive's
                    image, IMAGE.vmsubst-ID.qcow2)
     --commit       then merge it into the drive's image (block-commit, the
-                   guest running) and remove it
+                   guest running; with --notify after the agent's commit)
+                   and remove it
   --device ID      qdev id of the disk's device (-device ...,id=ID)
   --node NAME      block node name (-blockdev ...,node-name=NAME)
                    (neither: the VM's only disk)
@@ -256,7 +257,7 @@ function agentHuman(t: TwoPhaseOutcome<ApplyResult> & { target: string; version:
 export const applyCommand: Command = {
   name: 'apply',
   synopsis: 'apply BUNDLE --qmp SOCK',
-  summary: "put a bundle's blocks into a running VM's disk: --mode nbd|overlay\n(QEMU), --image PATH --mode raw-file (other hypervisors); --notify tells the guest",
+  summary: "put a bundle's blocks into a running VM's disk:\n--mode nbd|overlay (QEMU), --image PATH --mode raw-file\n(other hypervisors); --notify tells the guest (two-phase)",
   help: HELP,
   run,
 };

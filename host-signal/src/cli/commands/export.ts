@@ -15,9 +15,9 @@ from its backing file, so OUT over BASE reads identical to the patched image
 every range of BASE holds the bundle's old content; OUT must not exist.
 
   --qcow2 OUT          the overlay to write
-  --base BASE          the raw image the bundle was made from. Where a cluster
-                       is larger than the bundle's blocks, the unchanged part
-                       of a changed cluster is copied from here
+  --base BASE          the image the bundle was made from (raw or qcow2). Where
+                       a cluster is larger than the bundle's blocks, the
+                       unchanged part of a changed cluster is copied from here
   --backing NAME       the backing file OUT names (default: BASE; a relative
                        name is relative to OUT's directory, as QEMU reads it).
                        Name the disk the overlay will sit on, e.g. a VM's own
@@ -79,7 +79,7 @@ async function run(args: string[]): Promise<void> {
     () =>
       [
         `${result.path}: qcow2 overlay, ${plural(result.dataClusters, 'cluster')} of ${formatBytes(result.clusterSize)} (${formatBytes(result.changedBytes)} changed, ${formatBytes(result.filledBytes)} copied from the base), ${formatBytes(result.fileSize)}`,
-        result.backing ? `backing file: ${result.backing.name} (raw)` : 'no backing file recorded',
+        result.backing ? `backing file: ${result.backing.name} (${result.backing.format})` : 'no backing file recorded',
       ].join('\n'),
   );
 }

@@ -1,0 +1,110 @@
+/**
+ * What the guest benchmarks share: volumes built for them (ext4 images made
+ * with mkfs.ext4 -d, with vprog and vmtouch on them), in-place file patches,
+ * bundles both ways, a booted guest, and the stage breakdown of the agent's
+ * reports.
+ */
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { vmsubst, vmsubstJson } from '../helpers/cli.js';
+import { guestArtifacts, type GuestArtifacts } from '../helpers/paths.js';
+import { GuestVm, type VmOptions } from '../helpers/vm.js';
+import { withTimeout } from '../helpers/timeout.js';
+import { fmtStatsMs, type Table } from './table.js';
+
+export function artifacts(): GuestArtifacts {
+  const art = guestArtifacts();
+  if (typeof art === 'string') throw new Error(`no test guest: ${art}`);
+  return art;
+}
+
+/**
+ * Builds an ext4 image of `sizeMiB` from a directory tree that `fill` writes
+ * (it receives the tree's root). /bin/vprog (v1) and /bin/vmtouch (the host's
+ * binary; the guest has the glibc node links) are always added.
+ */
+export function buildVolume(tmp: string, name: string, sizeMiB: number, fill: (root: string) => void): string {
+  const art = artifacts();
+  const tree = join(tmp, `${name}.tree`);
+  mkdirSync(join(tree, 'bin'), { recursive: true });
+  copyFileSync(join(art.disks, 'vprog-v1'), join(tree, 'bin/vprog'));
+  copyFileSync('/usr/bin/vmtouch', join(tree, 'bin/vmtouch'));
+  fill(tree);
+  const img = join(tmp, `${name}.img`);
+  execFileSync('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'root_owner=0:0', '-d', tree, img, `${sizeMiB}M`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  execFileSync('rm', ['-rf', tree]);
+  return img;
+}
+
+/** A copy of `img` whose file `path` has its blocks rewritten in place with `content` (same size, same extents). */
+export function patchInPlace(img: string, out: string, path: string, content: string): void {
+  copyFileSync(img, out);
+  const blocks = execFileSync('debugfs', ['-R', `blocks ${path}`, img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    .trim().split(/\s+/).filter((b) => /^\d+$/.test(b)).map(Number);
+  if (blocks.length === 0) throw new Error(`debugfs lists no blocks for ${path} in ${img}`);
+  for (const [i, b] of blocks.entries()) {
+    execFileSync('dd', [`if=${content}`, `of=${out}`, 'bs=4096', `skip=${i}`, `seek=${b}`, 'count=1', 'conv=notrunc', 'status=none']);
+  }
+}
+
+/** Bundles from `a` to `b` and back. */
+export async function bundlePair(tmp: string, name: string, a: string, b: string): Promise<{ fwd: string; rev: string }> {
+  const fwd = join(tmp, `${name}.fwd.bundle`);
+  const rev = join(tmp, `${name}.rev.bundle`);
+  await vmsubstJson(['diff', a, b, '-o', fwd], 600_000);
+  await vmsubstJson(['diff', b, a, '-o', rev], 600_000);
+  return { fwd, rev };
+}
+
+export function bootGuest(opts: VmOptions): Promise<GuestVm> {
+  return withTimeout(240_000, 'guest boot', () => GuestVm.boot(opts));
+}
+
+/** `vmsubst apply` into the guest's data disk; returns the CLI's wall ms and the pause. */
+export async function applyInto(vm: GuestVm, bundle: string): Promise<{ ms: number; pauseMs: number }> {
+  const r = await vmsubst(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--json'], 900_000);
+  if (r.code !== 0) throw new Error(`vmsubst apply ${bundle} exited ${r.code}: ${r.stderr}`);
+  return { ms: r.ms, pauseMs: (JSON.parse(r.stdout) as { 'pause-ms': number })['pause-ms'] };
+}
+
+export interface NotifyResult {
+  ms: number;
+  report: { 'timings-ms': Record<string, number>; files: Array<{ path: string; 'pages-dropped': number; 'pages-kept': number }> };
+}
+
+let customizeSeq = 0;
+
+/**
+ * `vmsubst notify` over virtio-serial. Every notification carries a
+ * one-file customization naming it (under /etc, an allowed root): that makes
+ * its id new, since the agent answers a repeated id from its journal without
+ * acting, and the benchmarks apply the same bundle many times.
+ */
+export async function notifyGuest(vm: GuestVm, bundle: string, tmp: string): Promise<NotifyResult> {
+  const c = join(tmp, `customize-${++customizeSeq}.json`);
+  writeFileSync(c, JSON.stringify({ files: [{ path: '/etc/vmsubst-bench-run', content: `run ${customizeSeq} ${Date.now()}\n` }] }));
+  const r = await vmsubst(['notify', bundle, '--to', `serial:${vm.agentSocket}`, '--customize', c, '--json'], 900_000);
+  if (r.code !== 0) throw new Error(`vmsubst notify ${bundle} exited ${r.code}: ${r.stderr}\n${r.stdout}`);
+  return { ms: r.ms, report: JSON.parse(r.stdout) as NotifyResult['report'] };
+}
+
+/** The first line of a guest command's output that says which vprog version ran. */
+export function versionOf(out: string): string {
+  return /vprog version (v\d)/.exec(out)?.[1] ?? `? (${out.trim().slice(0, 60)})`;
+}
+
+/**
+ * The agent's per-stage timings over several reports: every key present in
+ * `timings-ms`, median (min – max) per stage.
+ */
+export function stageTable(title: string, command: string, reports: Array<Record<string, number>>): Table {
+  const keys: string[] = [];
+  for (const t of reports) for (const k of Object.keys(t)) if (!keys.includes(k)) keys.push(k);
+  return {
+    title,
+    command,
+    columns: ['stage', `median (min – max) of ${reports.length} reports`],
+    rows: keys.map((k) => [k, fmtStatsMs(reports.map((t) => t[k]).filter((x): x is number => typeof x === 'number'))]),
+  };
+}

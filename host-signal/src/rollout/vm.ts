@@ -1,8 +1,10 @@
 /**
- * One VM of a rollout, start to end: reach the agent, prepare (two-phase
- * agents), write the blocks through QEMU (apply verifies the base first and
- * refuses a diverged disk, writing nothing), then commit or substitute; or
- * abort when the write failed. A VM whose agent does not answer is handled as
+ * One VM of a rollout, start to end: reach the agent, verify the disk through
+ * QEMU (apply refuses a diverged disk, writing nothing), prepare (two-phase
+ * agents, apply's beforeWrite), write, then commit or substitute; or abort
+ * when the write failed. (apply/two-phase.ts's applyWithAgent is the same
+ * sequence for `vmsubst apply --notify`; this one adds channel retries, the
+ * no-agent choices and the resumed-state confirmation.) A VM whose agent does not answer is handled as
  * --on-no-agent says. Everything that happened comes back as one VmOutcome;
  * this function does not throw.
  */
@@ -115,14 +117,19 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
     }
     if (options.signal?.aborted) throw new CancelledError();
 
-    // Two-phase: the agent plans and pins while the disk still holds the old blocks.
+    // Two-phase: once apply has verified the disk (a diverged VM is refused before any of its
+    // processes is pinned) and before it changes it, the agent plans and pins while the disk still
+    // holds the old blocks. Not called when the disk already holds the new blocks.
     let prepared = false;
-    if (conn?.supports('two-phase')) {
+    const twoPhase = conn?.supports('two-phase') === true;
+    const beforeWrite = async (): Promise<void> => {
+      if (!conn || !twoPhase) return;
       options.onPhase?.('prepare');
       const { 'dry-run': _unused, ...prepareArgs } = args;
       await conn.prepare(prepareArgs as PrepareArgs);
       prepared = true;
-    }
+      options.onPhase?.('write');
+    };
 
     options.onPhase?.('write');
     try {
@@ -131,6 +138,7 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
         ...(vm.node !== undefined ? { node: vm.node } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
         ...(options.workDir ? { workDir: options.workDir } : {}),
+        beforeWrite,
       });
     } catch (e) {
       if (prepared && conn) {

@@ -80,7 +80,7 @@ debian-guest:
 
 test-packaging: packages
 	@$(MAKE) --no-print-directory debian-guest
-	$(UVU) build/test/packaging '\.test\.js$$'
+	scripts/uvu.sh build/test/packaging '\.test\.js$$'
 
 demo: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest

@@ -331,7 +331,12 @@ if (why) {
       } finally {
         qmp.close();
       }
-      await waitActive(vm, 'agent started by the port\'s udev rule');
+      try {
+        await waitActive(vm, 'agent started by the port\'s udev rule');
+      } catch (e) {
+        const why = await vm.run(`systemctl status ${UNIT} --no-pager 2>&1 | tail -n 15; udevadm info /dev/virtio-ports/org.vmsubst.0 2>&1 | tail -n 12`);
+        throw new Error(`${(e as Error).message}\n${why.out}`);
+      }
       C.before = await agentState(vm);
       const r = await vmsubstJson<Report>(['notify', C.bundle, '--to', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data'], 180_000);
       assert.is(r.replayed, true, 'answered from the journal');

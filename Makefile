@@ -48,9 +48,16 @@ build/disks/base.img: test/fixtures/build-disks.sh test/fixtures/vprog.c
 build/disks/stress-a.img: test/fixtures/build-stress-disks.sh test/fixtures/stress.c test/fixtures/vprog.c kmod/include/uapi/linux/vmsubst.h
 	test/fixtures/build-stress-disks.sh build/disks
 
+# The Debian guest image of the packaging suite (debootstrap: mostly download and
+# unpack) is built in the background while the other suites run.
 test: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest
-	@$(MAKE) --no-print-directory test-flavours test-unit test-integration test-qemu test-packaging
+	@mkdir -p build && rm -f build/debian-guest.rc && \
+	  ( $(MAKE) --no-print-directory debian-guest > build/debian-guest.log 2>&1; echo $$? > build/debian-guest.rc ) &
+	@rc=0; $(MAKE) --no-print-directory test-flavours test-unit test-integration test-qemu || rc=1; \
+	  while [ ! -f build/debian-guest.rc ]; do sleep 5; done; \
+	  if [ "$$(cat build/debian-guest.rc)" != 0 ]; then echo "the Debian guest image failed to build (build/debian-guest.log):"; tail -n 40 build/debian-guest.log; exit 1; fi; \
+	  $(MAKE) --no-print-directory test-packaging || rc=1; exit $$rc
 
 test-flavours:
 	@$(MAKE) --no-print-directory -C kmod check-flavours

@@ -17,6 +17,10 @@ export interface Ext4Group {
   blockBitmap: number;
   inodeBitmap: number;
   inodeTable: number;
+  /** bg_flags: INODE_UNINIT (0x1), BLOCK_UNINIT (0x2), INODE_ZEROED (0x4). */
+  flags: number;
+  /** Inodes at the end of the group's table never used (meaningful with gdt_csum or metadata_csum). */
+  itableUnused: number;
 }
 
 export interface Ext4Layout {
@@ -27,6 +31,8 @@ export interface Ext4Layout {
   inodesPerGroup: number;
   firstDataBlock: number;
   descSize: number;
+  /** s_feature_compat, s_feature_incompat, s_feature_ro_compat. */
+  features: { compat: number; incompat: number; roCompat: number };
   groups: Ext4Group[];
 }
 
@@ -53,13 +59,17 @@ export async function readExt4Layout(read: Reader, start: number): Promise<Ext4L
   for (let g = 0; g < nGroups; g++) {
     const d = g * descSize;
     const hi = (off: number): number => (descSize >= 64 ? gdt.readUInt32LE(d + off) * 2 ** 32 : 0);
+    const hi16 = (off: number): number => (descSize >= 64 ? gdt.readUInt16LE(d + off) * 65536 : 0);
     groups.push({
       blockBitmap: gdt.readUInt32LE(d + 0x0) + hi(0x20),
       inodeBitmap: gdt.readUInt32LE(d + 0x4) + hi(0x24),
       inodeTable: gdt.readUInt32LE(d + 0x8) + hi(0x28),
+      flags: gdt.readUInt16LE(d + 0x12),
+      itableUnused: gdt.readUInt16LE(d + 0x1c) + hi16(0x32),
     });
   }
-  return { start, blockSize, inodeSize, inodesPerGroup, firstDataBlock, descSize, groups };
+  const features = { compat: sb.readUInt32LE(0x5c), incompat, roCompat: sb.readUInt32LE(0x64) };
+  return { start, blockSize, inodeSize, inodesPerGroup, firstDataBlock, descSize, features, groups };
 }
 
 export type MetadataKind = 'superblock-or-descriptors' | 'block-bitmap' | 'inode-bitmap' | 'inode-table' | 'other';

@@ -239,7 +239,7 @@ export async function buildExt4Index(
       bytes += e.length;
       if (bytes > MAX_DIR_BYTES) throw new RawIndexError(`directory inode ${ino} larger than ${MAX_DIR_BYTES} bytes`);
       const buf = await read(e.diskStart - partStart, e.length);
-      for (let b = 0; b + bs <= buf.length; b += bs) parseDirBlock(buf.subarray(b, b + bs), entries);
+      for (let b = 0; b + bs <= buf.length; b += bs) parseDirBlock(buf.subarray(b, b + bs), entries, true);
     }
     return entries;
   };

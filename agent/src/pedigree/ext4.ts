@@ -5,6 +5,7 @@
  * itself (O_DIRECT), never from the guest's caches, so it describes the new
  * blocks after a substitution.
  */
+import { isUtf8 } from 'node:buffer';
 import type { ByteRange } from '../protocol/schema.js';
 
 export const EXT4_SUPER_MAGIC = 0xef53;
@@ -114,9 +115,10 @@ export function classify(layout: Ext4Layout, r: ByteRange): MetadataKind[] {
  * Entries of one ext4 directory block (linear format; htree leaves use it too,
  * and an htree root's fake entries parse as "." and ".."). Returns name → inode.
  * Entries with inode 0 (deleted, or the metadata_csum tail) are skipped; a
- * corrupt rec_len ends the block.
+ * corrupt rec_len ends the block. With `utf8Only`, names that are not UTF-8
+ * (which no path the guest's walk can open) are left out.
  */
-export function parseDirBlock(block: Buffer, out = new Map<string, number>()): Map<string, number> {
+export function parseDirBlock(block: Buffer, out = new Map<string, number>(), utf8Only = false): Map<string, number> {
   let off = 0;
   while (off + 8 <= block.length) {
     const ino = block.readUInt32LE(off);
@@ -124,6 +126,10 @@ export function parseDirBlock(block: Buffer, out = new Map<string, number>()): M
     const nameLen = block.readUInt8(off + 6);
     if (recLen < 8 || off + recLen > block.length || 8 + nameLen > recLen) break;
     if (ino !== 0 && nameLen > 0) {
+      if (utf8Only && !isUtf8(block.subarray(off + 8, off + 8 + nameLen))) {
+        off += recLen;
+        continue;
+      }
       const name = block.toString('latin1', off + 8, off + 8 + nameLen);
       if (name !== '.' && name !== '..') out.set(Buffer.from(name, 'latin1').toString('utf8'), ino);
     }

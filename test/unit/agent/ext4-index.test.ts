@@ -83,6 +83,8 @@ function makeImage(name: string, opts: string[]): string {
   execFileSync('sh', ['-c', `e2fsck -fyD "${img}" >/dev/null 2>&1; [ $? -le 1 ]`]);
   // A preallocated (unwritten) extent, which FIEMAP reports and the index keeps.
   spawnSync('debugfs', ['-w', '-R', 'fallocate /empty 0 15', img], { stdio: 'ignore' });
+  // A ctime with nanoseconds (mkfs -d writes whole seconds).
+  spawnSync('debugfs', ['-w', '-R', 'sif /small ctime_extra 0x12345678', img], { stdio: 'ignore' });
   return img;
 }
 
@@ -184,6 +186,8 @@ for (const [name, opts] of [
     assert.is(raw.get(join(m, 'sub', 'fragmented'))!.extents.length, 12);
     assert.ok(raw.has(join(m, 'deep', ...Array.from({ length: 60 }, (_, i) => `level${i}`), 'bottom')));
     assert.ok(raw.has(join(m, 'zürich ✓')));
+    assert.is(raw.get(join(m, 'small'))!.ctimeNs! % 1_000_000_000n, BigInt(0x12345678 >>> 2));
+    assert.ok(raw.get(join(m, 'empty'))!.extents.length > 0, 'the preallocated extent');
   });
 }
 

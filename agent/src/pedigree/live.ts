@@ -31,6 +31,8 @@ export interface BuildOptions {
    * indexed from its on-disk metadata (ext4-index.ts), not walked.
    */
   readDirect?: DirectReader;
+  /** The filesystem's device node (default: found in sysfs from the mount's device number). */
+  device?: string;
   /** The system's mounts (default: /proc/self/mountinfo), for the mounts inside this one. */
   mounts?: Mount[];
   /** Told how each index was built (for the agent's log). */
@@ -75,7 +77,7 @@ export class FsIndex {
     if (mount.readOnly && EXT_TYPES.has(mount.fsType) && opts.readDirect) {
       const readDirect = opts.readDirect;
       try {
-        const device = await devicePath(mount.devNum);
+        const device = opts.device ?? (await devicePath(mount.devNum));
         if (!device) throw new Error(`no device node for ${mount.devNum}`);
         await buildExt4Index((o, l) => readDirect(device, o, l), mount, partStart, opts.mounts ?? (await readMounts()), (f) => files.push(f));
         fs.builtWith = { builder: 'ext4-raw' };

@@ -216,7 +216,13 @@ export class PedigreeService {
       return fs;
     }
     if (have) await (await have.fs.catch(() => undefined))?.close();
-    const fs = FsIndex.build(mount, partStart, this.fiemap, this.opts);
+    // An index read from the disk describes the disk, and a substitution in flight has already
+    // written it while the guest's caches still hold the old files: the lstat pass brings the
+    // index to the guest's view (a walk sees that view already).
+    const fs = FsIndex.build(mount, partStart, this.fiemap, this.opts).then(async (f) => {
+      if (f.builtWith.builder === 'ext4-raw') await f.fresh();
+      return f;
+    });
     this.#fs.set(mount.devNum, { key, fs });
     fs.catch(() => this.#fs.delete(mount.devNum));
     return fs;

@@ -42,7 +42,7 @@ test guest's second disk, under TCG.
 `;
 
 const READING = [
-  'The index build costs one `openSync`/`fstatSync`/`closeSync` round trip through node per file, FIEMAP included; filefrag makes the same system calls from C. A native batched call per directory (or reading the inode tables as debugfs does) is what would beat it by a wide margin.',
+  'The volume is mounted read-only, so the index is read from its ext4 metadata (inode tables in large reads, directory blocks, extent trees; `agent/src/pedigree/ext4-index.ts`) with no open per file: that is what beats batched filefrag. A read-write mount is walked (the FIEMAP walk row), at about the speed of filefrag, which makes the same four system calls per file from C.',
   'The live index makes the build a once-per-filesystem cost; what a substitution pays instead is the re-validation pass (one `lstat` per path), kept on purpose (docs/design.md, "The pedigree index, kept live").',
   'Lookups (binary search over sorted pieces) and single-file updates are far below their budgets.',
   'In the guest every system call is slow under TCG: expect a large factor between the host and guest builds.',

@@ -116,31 +116,43 @@ async function readTables(read: Reader, layout: Ext4Layout): Promise<Tables> {
   return { tables };
 }
 
+type Leaf = { logical: number; physical: number; length: number; unwritten: boolean };
+
+/** The leaf extents of a node of depth 0 (a leaf), as filesystem blocks. */
+function extentLeavesNow(node: Buffer, off: number, out: Leaf[] = []): Leaf[] {
+  if (node.readUInt16LE(off) !== EXTENT_MAGIC) throw new RawIndexError('extent tree: bad magic');
+  const entries = node.readUInt16LE(off + 2);
+  if (entries > MAX_NODE_ENTRIES) throw new RawIndexError('extent tree: too wide');
+  for (let i = 0; i < entries; i++) {
+    const e = off + 12 + i * 12;
+    if (e + 12 > node.length) throw new RawIndexError('extent tree: entries past the node');
+    let length = node.readUInt16LE(e + 4);
+    const unwritten = length > 32768;
+    if (unwritten) length -= 32768;
+    if (length === 0) continue;
+    out.push({ logical: node.readUInt32LE(e), physical: node.readUInt16LE(e + 6) * 2 ** 32 + node.readUInt32LE(e + 8), length, unwritten });
+  }
+  return out;
+}
+
 /** The leaf extents of an extent tree rooted at `node[off..]`, in file order, as filesystem blocks. */
 export async function extentLeaves(
   node: Buffer,
   off: number,
   readBlock: (block: number) => Promise<Buffer>,
-  out: { logical: number; physical: number; length: number; unwritten: boolean }[] = [],
+  out: Leaf[] = [],
   depth = 0,
-): Promise<typeof out> {
+): Promise<Leaf[]> {
   if (node.readUInt16LE(off) !== EXTENT_MAGIC) throw new RawIndexError('extent tree: bad magic');
   const entries = node.readUInt16LE(off + 2);
   const d = node.readUInt16LE(off + 6);
   if (depth > MAX_EXTENT_DEPTH || d > MAX_EXTENT_DEPTH || entries > MAX_NODE_ENTRIES) throw new RawIndexError('extent tree: too deep or too wide');
+  if (d === 0) return extentLeavesNow(node, off, out);
   for (let i = 0; i < entries; i++) {
     const e = off + 12 + i * 12;
     if (e + 12 > node.length) throw new RawIndexError('extent tree: entries past the node');
-    if (d === 0) {
-      let length = node.readUInt16LE(e + 4);
-      const unwritten = length > 32768;
-      if (unwritten) length -= 32768;
-      if (length === 0) continue;
-      out.push({ logical: node.readUInt32LE(e), physical: node.readUInt16LE(e + 6) * 2 ** 32 + node.readUInt32LE(e + 8), length, unwritten });
-    } else {
-      const child = node.readUInt32LE(e + 4) + node.readUInt16LE(e + 8) * 2 ** 32;
-      await extentLeaves(await readBlock(child), 0, readBlock, out, depth + 1);
-    }
+    const child = node.readUInt32LE(e + 4) + node.readUInt16LE(e + 8) * 2 ** 32;
+    await extentLeaves(await readBlock(child), 0, readBlock, out, depth + 1);
   }
   return out;
 }
@@ -205,16 +217,8 @@ export async function buildExt4Index(
     }
     return BigInt(sec) * 1_000_000_000n + BigInt(nsec);
   };
-  /** The inode's extents as disk byte ranges; contiguous ones coalesced. */
-  const extentsOf = async (ino: number, t: Buffer, o: number): Promise<Extent[]> => {
-    const flags = t.readUInt32LE(o + 0x20);
-    if (flags & EXT4_INLINE_DATA_FL) throw new RawIndexError(`inode ${ino}: inline data`);
-    if (!(flags & EXT4_EXTENTS_FL)) {
-      // A block-mapped (ext2/3) inode: only an empty one is understood here.
-      for (let i = 0; i < 15; i++) if (t.readUInt32LE(o + 0x28 + i * 4) !== 0) throw new RawIndexError(`inode ${ino}: block-mapped (no extents)`);
-      return [];
-    }
-    const leaves = await extentLeaves(t, o + 0x28, readBlock);
+  /** Leaf extents as disk byte ranges; contiguous ones coalesced. */
+  const toExtents = (leaves: Leaf[]): Extent[] => {
     const out: Extent[] = [];
     let last: Extent | undefined;
     for (const l of leaves) {
@@ -229,6 +233,18 @@ export async function buildExt4Index(
       out.push(last);
     }
     return out;
+  };
+  /** The inode's extents: at once when the inode holds them all (most do), else after reading the tree's blocks. */
+  const extentsOf = (ino: number, t: Buffer, o: number): Extent[] | Promise<Extent[]> => {
+    const flags = t.readUInt32LE(o + 0x20);
+    if (flags & EXT4_INLINE_DATA_FL) throw new RawIndexError(`inode ${ino}: inline data`);
+    if (!(flags & EXT4_EXTENTS_FL)) {
+      // A block-mapped (ext2/3) inode: only an empty one is understood here.
+      for (let i = 0; i < 15; i++) if (t.readUInt32LE(o + 0x28 + i * 4) !== 0) throw new RawIndexError(`inode ${ino}: block-mapped (no extents)`);
+      return [];
+    }
+    if (t.readUInt16LE(o + 0x28 + 6) === 0) return toExtents(extentLeavesNow(t, o + 0x28));
+    return extentLeaves(t, o + 0x28, readBlock).then(toExtents);
   };
   const sizeOf = (t: Buffer, o: number): number => small(t.readUInt32LE(o + 0x04) + t.readUInt32LE(o + 0x6c) * 2 ** 32);
   /** A directory's entries, name → inode, from its blocks. */
@@ -281,7 +297,8 @@ export async function buildExt4Index(
         stack.push({ ino: child, path: childPath, prefix: childPath + '/' });
       } else if (m === S_IFREG) {
         const c = inode(child);
-        emit({ path: childPath, dev, ino: small(child), mount, kind: 'file', extents: await extentsOf(child, c.t, c.o), ctimeNs: ctimeNs(c.t, c.o), size: sizeOf(c.t, c.o) });
+        const ex = extentsOf(child, c.t, c.o);
+        emit({ path: childPath, dev, ino: small(child), mount, kind: 'file', extents: Array.isArray(ex) ? ex : await ex, ctimeNs: ctimeNs(c.t, c.o), size: sizeOf(c.t, c.o) });
       }
     }
     emit(dir);

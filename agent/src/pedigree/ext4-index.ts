@@ -219,6 +219,11 @@ export async function buildExt4Index(
   };
   /** Leaf extents as disk byte ranges; contiguous ones coalesced. */
   const toExtents = (leaves: Leaf[]): Extent[] => {
+    if (leaves.length === 1) {
+      // Most files have one extent: an array literal is allocated at its size, a push would reserve room for 17.
+      const l = leaves[0]!;
+      return [{ diskStart: small(partStart + l.physical * bs), fileOffset: small(l.logical * bs), length: small(l.length * bs) }];
+    }
     const out: Extent[] = [];
     let last: Extent | undefined;
     for (const l of leaves) {

@@ -126,7 +126,12 @@ export function parseDirBlock(block: Buffer, out = new Map<string, number>(), ut
     const nameLen = block.readUInt8(off + 6);
     if (recLen < 8 || off + recLen > block.length || 8 + nameLen > recLen) break;
     if (ino !== 0 && nameLen > 0) {
-      if (utf8Only && !isUtf8(block.subarray(off + 8, off + 8 + nameLen))) {
+      if (utf8Only) {
+        // Valid UTF-8 decodes as it is stored; anything else is left out.
+        if (isUtf8(block.subarray(off + 8, off + 8 + nameLen))) {
+          const name = block.toString('utf8', off + 8, off + 8 + nameLen);
+          if (name !== '.' && name !== '..') out.set(name, ino);
+        }
         off += recLen;
         continue;
       }

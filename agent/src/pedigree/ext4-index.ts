@@ -192,7 +192,7 @@ export async function buildExt4Index(
   const inodesCount = layout.groups.length * ipg;
   const { tables } = await readTables(read, layout);
   const readBlock = (block: number): Promise<Buffer> => {
-    if (block === 0 || block >= (layout.groups.length + 1) * 2 ** 32) throw new RawIndexError(`block ${block} out of range`);
+    if (block === 0 || block >= layout.blocksCount) throw new RawIndexError(`block ${block} out of range`);
     return read(block * bs, bs);
   };
   const inode = (ino: number): { t: Buffer; o: number } => {
@@ -258,6 +258,7 @@ export async function buildExt4Index(
     let bytes = 0;
     for (const e of extents) {
       bytes += e.length;
+      if (e.diskStart - partStart + e.length > layout.blocksCount * bs) throw new RawIndexError(`directory inode ${ino}: blocks past the filesystem's end`);
       if (bytes > MAX_DIR_BYTES) throw new RawIndexError(`directory inode ${ino} larger than ${MAX_DIR_BYTES} bytes`);
       const buf = await read(e.diskStart - partStart, e.length);
       for (let b = 0; b + bs <= buf.length; b += bs) parseDirBlock(buf.subarray(b, b + bs), entries, true);

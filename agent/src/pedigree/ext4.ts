@@ -28,6 +28,7 @@ export interface Ext4Layout {
   /** Byte offset of the filesystem on the disk (the partition start). */
   start: number;
   blockSize: number;
+  blocksCount: number;
   inodeSize: number;
   inodesPerGroup: number;
   firstDataBlock: number;
@@ -70,7 +71,7 @@ export async function readExt4Layout(read: Reader, start: number): Promise<Ext4L
     });
   }
   const features = { compat: sb.readUInt32LE(0x5c), incompat, roCompat: sb.readUInt32LE(0x64) };
-  return { start, blockSize, inodeSize, inodesPerGroup, firstDataBlock, descSize, features, groups };
+  return { start, blockSize, blocksCount, inodeSize, inodesPerGroup, firstDataBlock, descSize, features, groups };
 }
 
 export type MetadataKind = 'superblock-or-descriptors' | 'block-bitmap' | 'inode-bitmap' | 'inode-table' | 'other';

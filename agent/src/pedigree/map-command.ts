@@ -113,7 +113,8 @@ export async function mapBlocks(device: string, spec: string, deps: MapDeps): Pr
 }
 
 export function formatMap(r: MapReport): string {
-  const lines = [`${r.device}: ${r.blockSize}-byte blocks${r.mountPoint ? `, mounted at ${r.mountPoint}` : ', not mounted (no file owners)'}`];
+  const how = r.index?.builder === 'ext4-raw' ? ' (index read from the ext4 metadata)' : r.index?.fallback ? ` (index walked: ${r.index.fallback})` : r.index ? ' (index walked)' : '';
+  const lines = [`${r.device}: ${r.blockSize}-byte blocks${r.mountPoint ? `, mounted at ${r.mountPoint}${how}` : ', not mounted (no file owners)'}`];
   for (const row of r.rows) {
     const blocks = row.count === 1 ? `${row.block}` : `${row.block}-${row.block + row.count - 1}`;
     const what = row.path !== undefined

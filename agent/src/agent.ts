@@ -65,7 +65,10 @@ export class Agent {
     this.#trusted = loadTrustedKeys(config.trustedKeys);
     if (this.#trusted.size > 0) log.info('signed notifications required', { keys: [...this.#trusted.keys()] });
     this.#journal = Journal.open(config.stateDir);
-    this.#pedigree = new PedigreeService(deps.fiemap);
+    this.#pedigree = new PedigreeService(deps.fiemap, {
+      readDirect: deps.readDirect,
+      onBuilt: (mount, how) => log.info('pedigree index built', { mountPoint: mount.mountPoint, ...how }),
+    });
     for (const id of this.#journal.interrupted) {
       log.warn('a substitution was interrupted; the host\'s retry will complete it', { id });
     }

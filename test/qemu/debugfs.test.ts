@@ -73,6 +73,8 @@ if (typeof art === 'string') {
       C.report = JSON.parse(json) as MapReport;
       assert.is(C.report.blockSize, 4096);
       assert.is(C.report.mountPoint, '/mnt/extra');
+      // The volume is mounted read-only: the index comes from its ext4 metadata, not a walk.
+      assert.equal(C.report.index, { builder: 'ext4-raw' });
       assert.is(C.report.rows.reduce((n, r) => n + r.count, 0), SAMPLES);
     }),
   );

@@ -5,6 +5,7 @@
  * itself (O_DIRECT), never from the guest's caches, so it describes the new
  * blocks after a substitution.
  */
+import { isUtf8 } from 'node:buffer';
 import type { ByteRange } from '../protocol/schema.js';
 
 export const EXT4_SUPER_MAGIC = 0xef53;
@@ -17,16 +18,23 @@ export interface Ext4Group {
   blockBitmap: number;
   inodeBitmap: number;
   inodeTable: number;
+  /** bg_flags: INODE_UNINIT (0x1), BLOCK_UNINIT (0x2), INODE_ZEROED (0x4). */
+  flags: number;
+  /** Inodes at the end of the group's table never used (meaningful with gdt_csum or metadata_csum). */
+  itableUnused: number;
 }
 
 export interface Ext4Layout {
   /** Byte offset of the filesystem on the disk (the partition start). */
   start: number;
   blockSize: number;
+  blocksCount: number;
   inodeSize: number;
   inodesPerGroup: number;
   firstDataBlock: number;
   descSize: number;
+  /** s_feature_compat, s_feature_incompat, s_feature_ro_compat. */
+  features: { compat: number; incompat: number; roCompat: number };
   groups: Ext4Group[];
 }
 
@@ -53,13 +61,17 @@ export async function readExt4Layout(read: Reader, start: number): Promise<Ext4L
   for (let g = 0; g < nGroups; g++) {
     const d = g * descSize;
     const hi = (off: number): number => (descSize >= 64 ? gdt.readUInt32LE(d + off) * 2 ** 32 : 0);
+    const hi16 = (off: number): number => (descSize >= 64 ? gdt.readUInt16LE(d + off) * 65536 : 0);
     groups.push({
       blockBitmap: gdt.readUInt32LE(d + 0x0) + hi(0x20),
       inodeBitmap: gdt.readUInt32LE(d + 0x4) + hi(0x24),
       inodeTable: gdt.readUInt32LE(d + 0x8) + hi(0x28),
+      flags: gdt.readUInt16LE(d + 0x12),
+      itableUnused: gdt.readUInt16LE(d + 0x1c) + hi16(0x32),
     });
   }
-  return { start, blockSize, inodeSize, inodesPerGroup, firstDataBlock, descSize, groups };
+  const features = { compat: sb.readUInt32LE(0x5c), incompat, roCompat: sb.readUInt32LE(0x64) };
+  return { start, blockSize, blocksCount, inodeSize, inodesPerGroup, firstDataBlock, descSize, features, groups };
 }
 
 export type MetadataKind = 'superblock-or-descriptors' | 'block-bitmap' | 'inode-bitmap' | 'inode-table' | 'other';
@@ -104,9 +116,10 @@ export function classify(layout: Ext4Layout, r: ByteRange): MetadataKind[] {
  * Entries of one ext4 directory block (linear format; htree leaves use it too,
  * and an htree root's fake entries parse as "." and ".."). Returns name → inode.
  * Entries with inode 0 (deleted, or the metadata_csum tail) are skipped; a
- * corrupt rec_len ends the block.
+ * corrupt rec_len ends the block. With `utf8Only`, names that are not UTF-8
+ * (which no path the guest's walk can open) are left out.
  */
-export function parseDirBlock(block: Buffer, out = new Map<string, number>()): Map<string, number> {
+export function parseDirBlock(block: Buffer, out = new Map<string, number>(), utf8Only = false): Map<string, number> {
   let off = 0;
   while (off + 8 <= block.length) {
     const ino = block.readUInt32LE(off);
@@ -114,6 +127,15 @@ export function parseDirBlock(block: Buffer, out = new Map<string, number>()): M
     const nameLen = block.readUInt8(off + 6);
     if (recLen < 8 || off + recLen > block.length || 8 + nameLen > recLen) break;
     if (ino !== 0 && nameLen > 0) {
+      if (utf8Only) {
+        // Valid UTF-8 decodes as it is stored; anything else is left out.
+        if (isUtf8(block.subarray(off + 8, off + 8 + nameLen))) {
+          const name = block.toString('utf8', off + 8, off + 8 + nameLen);
+          if (name !== '.' && name !== '..') out.set(name, ino);
+        }
+        off += recLen;
+        continue;
+      }
       const name = block.toString('latin1', off + 8, off + 8 + nameLen);
       if (name !== '.' && name !== '..') out.set(Buffer.from(name, 'latin1').toString('utf8'), ino);
     }

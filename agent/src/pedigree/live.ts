@@ -16,8 +16,37 @@ import { basename, dirname } from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
 import type { ByteRange } from '../protocol/schema.js';
 import { PedigreeIndex, mergeRanges, mountsOfDisk, type FileHit } from './index.js';
-import type { DiskLayout, Mount } from './mounts.js';
+import { buildExt4Index } from './ext4-index.js';
+import { devicePath, readMounts, type DiskLayout, type Mount } from './mounts.js';
 import { mapPath, walkMount, WALK_BATCH, type Fiemap, type IndexedFile } from './walk.js';
+
+/** Reads [offset, offset + length) of a file or block device, bypassing the page cache. */
+export type DirectReader = (path: string, offset: number, length: number) => Promise<Buffer>;
+
+export interface BuildOptions {
+  /** Watch the tree for changes (default: only a read-write mount). */
+  watch?: boolean;
+  /**
+   * Reads the filesystem's device: with it, a read-only ext2/3/4 mount is
+   * indexed from its on-disk metadata (ext4-index.ts), not walked.
+   */
+  readDirect?: DirectReader;
+  /** The filesystem's device node (default: found in sysfs from the mount's device number). */
+  device?: string;
+  /** The system's mounts (default: /proc/self/mountinfo), for the mounts inside this one. */
+  mounts?: Mount[];
+  /** Told how each index was built (for the agent's log). */
+  onBuilt?: (mount: Mount, how: BuiltWith & { files: number; ms: number }) => void;
+}
+
+/** Which way an index was built, and why not from the disk when it was walked. */
+export interface BuiltWith {
+  builder: 'ext4-raw' | 'walk';
+  /** Why the raw build was not used (unset when it was, or was never tried: a read-write mount). */
+  fallback?: string;
+}
+
+const EXT_TYPES = new Set(['ext2', 'ext3', 'ext4']);
 
 const yieldNow = (): Promise<void> => new Promise((r) => setImmediate(r));
 
@@ -31,6 +60,8 @@ export class FsIndex {
   watching: Promise<void> = Promise.resolve();
   /** Updates applied from watcher events (for tests and statistics). */
   updates = 0;
+  /** How the index was built. */
+  builtWith: BuiltWith = { builder: 'walk' };
 
   private constructor(
     readonly mount: Mount,
@@ -38,15 +69,27 @@ export class FsIndex {
     private readonly fiemap: Fiemap,
   ) {}
 
-  static async build(mount: Mount, partStart: number, fiemap: Fiemap, opts: { watch?: boolean } = {}): Promise<FsIndex> {
+  static async build(mount: Mount, partStart: number, fiemap: Fiemap, opts: BuildOptions = {}): Promise<FsIndex> {
     const fs = new FsIndex(mount, partStart, fiemap);
+    const t0 = performance.now();
     fs.#dev = lstatSync(mount.mountPoint).dev;
-    const files: IndexedFile[] = [];
-    await walkMount(mount, partStart, fiemap, (f) => {
-      files.push(f);
-      fs.byPath.set(f.path, f);
-    });
+    let files: IndexedFile[] = [];
+    if (mount.readOnly && EXT_TYPES.has(mount.fsType) && opts.readDirect) {
+      const readDirect = opts.readDirect;
+      try {
+        const device = opts.device ?? (await devicePath(mount.devNum));
+        if (!device) throw new Error(`no device node for ${mount.devNum}`);
+        await buildExt4Index((o, l) => readDirect(device, o, l), mount, partStart, opts.mounts ?? (await readMounts()), (f) => files.push(f));
+        fs.builtWith = { builder: 'ext4-raw' };
+      } catch (err) {
+        files = [];
+        fs.builtWith = { builder: 'walk', fallback: err instanceof Error ? err.message : String(err) };
+      }
+    }
+    if (fs.builtWith.builder === 'walk') await walkMount(mount, partStart, fiemap, (f) => files.push(f));
+    for (const f of files) fs.byPath.set(f.path, f);
     fs.index.replaceAll(PedigreeIndex.piecesOf(files));
+    opts.onBuilt?.(mount, { ...fs.builtWith, files: files.length, ms: Math.round(performance.now() - t0) });
     // Watches (inotify) hold references on the inodes they watch, which would keep a
     // substitution from evicting them. A read-only filesystem cannot change under the guest
     // (only a substitution changes it, and fresh() re-validates before every lookup), so it is
@@ -160,7 +203,7 @@ export class PedigreeService {
 
   constructor(
     private readonly fiemap: Fiemap,
-    private readonly opts: { watch?: boolean } = {},
+    private readonly opts: BuildOptions = {},
   ) {}
 
   /** The live index of `mount` (partition starting at `partStart` of its disk). */
@@ -173,7 +216,13 @@ export class PedigreeService {
       return fs;
     }
     if (have) await (await have.fs.catch(() => undefined))?.close();
-    const fs = FsIndex.build(mount, partStart, this.fiemap, this.opts);
+    // An index read from the disk describes the disk, and a substitution in flight has already
+    // written it while the guest's caches still hold the old files: the lstat pass brings the
+    // index to the guest's view (a walk sees that view already).
+    const fs = FsIndex.build(mount, partStart, this.fiemap, this.opts).then(async (f) => {
+      if (f.builtWith.builder === 'ext4-raw') await f.fresh();
+      return f;
+    });
     this.#fs.set(mount.devNum, { key, fs });
     fs.catch(() => this.#fs.delete(mount.devNum));
     return fs;

@@ -10,7 +10,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Ext4Classifier, type BlockClass } from './classify.js';
-import { FsIndex } from './live.js';
+import { FsIndex, type BuiltWith } from './live.js';
 import { readMounts, type Mount } from './mounts.js';
 
 export const MAP_USAGE = `Usage: vmsubst-agent map --device DEV --blocks A-B[,C-D...] [--json]
@@ -39,6 +39,8 @@ export interface MapRow {
 export interface MapReport {
   device: string;
   mountPoint: string | null;
+  /** How the index was built (from the disk's metadata on a read-only ext4 mount, else walked). */
+  index?: BuiltWith;
   blockSize: number;
   rows: MapRow[];
 }
@@ -82,7 +84,7 @@ export async function mapBlocks(device: string, spec: string, deps: MapDeps): Pr
   const devNum = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
   const mounts = await readMounts(deps.procRoot);
   const mount: Mount | undefined = mounts.filter((m) => m.devNum === devNum).sort((a, b) => Number(b.root === '/') - Number(a.root === '/'))[0];
-  const fs = mount ? await FsIndex.build(mount, 0, deps.fiemap, { watch: false }) : undefined;
+  const fs = mount ? await FsIndex.build(mount, 0, deps.fiemap, { watch: false, readDirect: deps.readDirect, device, mounts }) : undefined;
   const rows: MapRow[] = [];
   const push = (row: MapRow): void => {
     const last = rows[rows.length - 1];
@@ -107,11 +109,12 @@ export async function mapBlocks(device: string, spec: string, deps: MapDeps): Pr
       push({ block: b, count: 1, class: c.class, ...(c.ino !== undefined ? { ino: c.ino } : {}) });
     }
   }
-  return { device, mountPoint: mount?.mountPoint ?? null, blockSize, rows };
+  return { device, mountPoint: mount?.mountPoint ?? null, ...(fs ? { index: fs.builtWith } : {}), blockSize, rows };
 }
 
 export function formatMap(r: MapReport): string {
-  const lines = [`${r.device}: ${r.blockSize}-byte blocks${r.mountPoint ? `, mounted at ${r.mountPoint}` : ', not mounted (no file owners)'}`];
+  const how = r.index?.builder === 'ext4-raw' ? ' (index read from the ext4 metadata)' : r.index?.fallback ? ` (index walked: ${r.index.fallback})` : r.index ? ' (index walked)' : '';
+  const lines = [`${r.device}: ${r.blockSize}-byte blocks${r.mountPoint ? `, mounted at ${r.mountPoint}${how}` : ', not mounted (no file owners)'}`];
   for (const row of r.rows) {
     const blocks = row.count === 1 ? `${row.block}` : `${row.block}-${row.block + row.count - 1}`;
     const what = row.path !== undefined

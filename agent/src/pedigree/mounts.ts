@@ -71,3 +71,10 @@ export async function readDiskLayout(name: string, sysRoot = '/sys'): Promise<Di
   }
   return { name, devNum, sizeBytes, parts };
 }
+
+/** The device node of a block device "major:minor" (its DEVNAME in sysfs), or undefined when sysfs does not know it. */
+export async function devicePath(devNum: string, sysRoot = '/sys', devRoot = '/dev'): Promise<string | undefined> {
+  const uevent = await readFile(`${sysRoot}/dev/block/${devNum}/uevent`, 'utf8').catch(() => undefined);
+  const name = uevent?.match(/^DEVNAME=(.+)$/m)?.[1];
+  return name ? `${devRoot}/${name}` : undefined;
+}

@@ -163,3 +163,15 @@ export function partitioned(fsImage: string, out: string, table: 'mbr' | 'gpt'):
   }
   return { offset };
 }
+
+/** Reads `length` bytes of an image file at `offset` (synchronous, for tests). */
+export function readAt(path: string, offset: number, length: number): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    const b = Buffer.alloc(length);
+    readSync(fd, b, 0, length, offset);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -13,20 +13,11 @@ import { join } from 'node:path';
 import { Ext4Classifier } from '../../../agent/src/pedigree/classify.js';
 import { FsIndex } from '../../../agent/src/pedigree/live.js';
 import { mapBlocks, parseBlocks } from '../../../agent/src/pedigree/map-command.js';
+import { readAt } from '../../helpers/ext4-images.js';
 
 const C = { dir: '', img: '', mnt: '', loop: '', blocks: 0, mountError: '' };
 const Cls = suite('ext4 block classification (debugfs as oracle)');
 
-function readAt(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(length);
-    readSync(fd, b, 0, length, offset);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
 const debugfs = (cmd: string): string => execFileSync('debugfs', ['-R', cmd, C.img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 26 });
 
 /** icheck for every block: block → inode (undefined: no inode owns it). */

@@ -18,6 +18,7 @@ import { buildExt4Index, RawIndexError } from '../../../agent/src/pedigree/ext4-
 import { FsIndex } from '../../../agent/src/pedigree/live.js';
 import { readMounts, type Mount } from '../../../agent/src/pedigree/mounts.js';
 import { walkMount, type IndexedFile } from '../../../agent/src/pedigree/walk.js';
+import { readAt } from '../../helpers/ext4-images.js';
 
 const Raw = suite('pedigree index from ext4 metadata (the FIEMAP walk as oracle)');
 const C = { dir: '', tree: '', mounted: [] as { mnt: string; loop: string }[], skip: '' };
@@ -36,17 +37,6 @@ async function rejectsRaw(fn: () => Promise<unknown>, re: RegExp): Promise<void>
     return;
   }
   assert.unreachable('resolved; a RawIndexError was expected');
-}
-
-function readAt(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(length);
-    readSync(fd, b, 0, length, offset);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** The tree every image holds. */

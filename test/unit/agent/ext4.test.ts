@@ -6,20 +6,11 @@ import { mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, clos
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { classify, inodesIn, parseDirBlock, readExt4Layout } from '../../../agent/src/pedigree/ext4.js';
+import { readAt } from '../../helpers/ext4-images.js';
 
 const Ext4 = suite('ext4 layout');
 const C = { dir: '', img: '' };
 
-function readAt(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(length);
-    readSync(fd, b, 0, length, offset);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
 const debugfs = (cmd: string): string => execFileSync('debugfs', ['-R', cmd, C.img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
 
 Ext4.before(() => {

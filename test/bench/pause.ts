@@ -51,7 +51,7 @@ export const pause: Benchmark = {
     const why = whyNoQemu();
     if (why) throw new Error(why);
     const maxMiB = Number(process.env['BENCH_PAUSE_MAX_MIB'] ?? 256);
-    const sizes = [4 * KiB, 64 * KiB, MiB, 16 * MiB, 256 * MiB].filter((s) => s <= maxMiB * MiB);
+    const sizes = [4 * KiB, 64 * KiB, MiB, 4 * MiB, 16 * MiB, 256 * MiB].filter((s) => s <= maxMiB * MiB);
     const imageBytes = (maxMiB + 16) * MiB;
     const base = join(ctx.tmp, 'pause-base.img');
     execFileSync('dd', ['if=/dev/urandom', `of=${base}`, 'bs=1M', `count=${imageBytes / MiB}`, 'status=none']);

@@ -14,9 +14,10 @@ import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
-import { AgentConnection, notificationArgs } from '../../host-signal/src/notify/index.js';
+import { notificationArgs, parseAgentTarget } from '../../host-signal/src/notify/index.js';
 import { Bundle } from '../../host-signal/src/bundle/index.js';
-import { applyWithAgent } from '../../host-signal/src/apply/two-phase.js';
+import { applyAndTell } from '../../host-signal/src/apply/guest.js';
+import type { Substitution } from '../../host-signal/src/apply/core.js';
 
 const art = guestArtifacts();
 const T = suite('apply --notify (two-phase) in a guest: overlay and nbd modes');
@@ -55,19 +56,22 @@ if (typeof art === 'string') {
   G.test('a write that fails after prepare is followed by abort; the disk is unchanged', () =>
     withTimeout(180_000, 'abort', async () => {
       const bundle = await Bundle.open(C.scenario!.bundle);
-      const conn = await AgentConnection.open(`serial:${C.vm!.agentSocket}`);
       try {
-        assert.ok(conn.supports('two-phase'));
         const args = notificationArgs(bundle.manifest, { serial: 'vmsubst-data' });
-        const err = await applyWithAgent(conn, args, async (beforeWrite) => {
-          await beforeWrite();
-          throw new Error('the write failed');
-        }).then(() => undefined, (e: unknown) => e as Error & { abort?: { status: string } });
-        assert.ok(err, 'the failure is passed on');
-        assert.match(err.message, /the write failed/);
-        assert.is(err.abort?.status, 'aborted');
+        const out = await applyAndTell(
+          async (beforeWrite): Promise<Substitution> => {
+            await beforeWrite();
+            throw new Error('the write failed');
+          },
+          { args, agent: parseAgentTarget(`serial:${C.vm!.agentSocket}`), onNoAgent: 'fail' },
+        );
+        assert.is(out.agent.mode, undefined);
+        assert.ok(out.agent.prepare, 'prepare ran before the write');
+        assert.is(out.status, 'failed');
+        assert.match(out.error?.message ?? '', /the write failed/);
+        assert.ok(out.notes.some((n) => /dropped the prepared substitution \(aborted\)/.test(n)), JSON.stringify(out.notes));
+        assert.not.ok(out.agent.told);
       } finally {
-        conn.close();
         await bundle.close();
       }
       assert.match(await C.vm!.sh(PROG), /version v1/);

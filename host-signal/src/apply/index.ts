@@ -22,7 +22,7 @@ export {
   type SubstitutionStatus,
 } from './core.js';
 export { alignedClusterSize, buildOverlay, changedClusters, exportOverlay, DEFAULT_CLUSTER_SIZE, type ExportOptions, type ExportResult } from './overlay.js';
-export { applyWithAgent, type TwoPhaseOutcome } from './two-phase.js';
+export { applyAndTell, errorJson, NoAgentError, NOT_TOLD, NO_AGENT_ACTIONS, type AgentOutcome, type ApplyAndTellOptions, type GuestOutcome, type GuestPhase, type GuestStatus, type NoAgentAction } from './guest.js';
 export { fileLocks, fileOpeners, isQemuLock, locksOn, type FileLock, type FileOpener } from './locks.js';
 
 import type { ImageApplyResult } from './image.js';

@@ -19,7 +19,21 @@ export interface NbdOptions {
   timeoutMs?: number;
   /** Per request; default 60 s. A timed-out connection is closed (it cannot be resynchronised). */
   requestTimeoutMs?: number;
+  /** Largest read or write request sent; larger ones are split and pipelined. Default REQUEST_BYTES. */
+  requestBytes?: number;
 }
+
+/**
+ * Reads and writes are sent in requests of at most this many bytes, all at
+ * once. QEMU's NBD server handles a request only once its whole payload has
+ * arrived, so one large request serialises the transfer and the disk I/O, and
+ * a payload larger than the socket's buffer (212992 bytes by default,
+ * net.core.wmem_default) is passed over in many small wake-ups. Measured
+ * against QEMU 7.2 over a unix socket, the VM paused, writing 4 MiB took
+ * 7–15 ms in one request or in 288–512 KiB requests, 2.5–4 ms in 192–256 KiB
+ * requests, and more again below that (64 KiB: 8–11 ms).
+ */
+export const REQUEST_BYTES = 256 << 10;
 
 export interface ExportInfo {
   size: number;
@@ -101,14 +115,16 @@ export class NbdClient {
   readonly #pending = new Map<bigint, Pending>();
   readonly #inflight = new Set<Promise<unknown>>();
   readonly #requestTimeoutMs: number;
+  readonly #requestBytes: number;
   #handle = 0n;
   #failed: Error | undefined;
   #disconnecting = false;
 
-  private constructor(stream: Duplex, reader: ByteReader, readonly info: ExportInfo, readonly exportName: string, requestTimeoutMs: number) {
+  private constructor(stream: Duplex, reader: ByteReader, readonly info: ExportInfo, readonly exportName: string, requestTimeoutMs: number, requestBytes: number) {
     this.#stream = stream;
     this.#reader = reader;
     this.#requestTimeoutMs = requestTimeoutMs;
+    this.#requestBytes = Math.max(info.minBlock, Math.min(info.maxPayload, requestBytes - (requestBytes % info.minBlock)));
     void this.#replyLoop();
   }
 
@@ -148,7 +164,7 @@ export class NbdClient {
     }, timeoutMs);
     try {
       const info = await negotiate(stream, reader, exportName);
-      return new NbdClient(stream, reader, info, exportName, options.requestTimeoutMs ?? 60_000);
+      return new NbdClient(stream, reader, info, exportName, options.requestTimeoutMs ?? 60_000, options.requestBytes ?? REQUEST_BYTES);
     } catch (e) {
       stream.destroy();
       throw e;
@@ -170,10 +186,10 @@ export class NbdClient {
     return (this.info.flags & C.TFLAG_SEND_FUA) !== 0;
   }
 
-  /** Reads `length` bytes at `offset`, in requests no larger than the server's maximum payload. */
+  /** Reads `length` bytes at `offset`, in pipelined requests of at most REQUEST_BYTES (and the server's maximum payload). */
   async read(offset: number, length: number): Promise<Buffer> {
     this.#checkBounds(offset, length);
-    const max = this.info.maxPayload;
+    const max = this.#requestBytes;
     if (length <= max) return (await this.#request(C.CMD_READ, 0, offset, length))!;
     const out = Buffer.allocUnsafe(length);
     const parts: Promise<void>[] = [];
@@ -190,7 +206,7 @@ export class NbdClient {
     this.#checkBounds(offset, data.length);
     if (this.readOnly) throw new NbdError(`export '${this.exportName}' is read-only`, 'EPERM');
     const flags = options.fua && this.canFua ? C.CMD_FLAG_FUA : 0;
-    const max = this.info.maxPayload;
+    const max = this.#requestBytes;
     const parts: Promise<unknown>[] = [];
     for (let pos = 0; pos < data.length; pos += max) {
       parts.push(this.#request(C.CMD_WRITE, flags, offset + pos, Math.min(max, data.length - pos), data.subarray(pos, pos + max)));

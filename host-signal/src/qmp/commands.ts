@@ -6,7 +6,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Validator } from '../../../agent/src/protocol/codec.js';
 import { QmpError } from '../errors.js';
-import type { QmpClient } from './client.js';
+import { QmpClient } from './client.js';
 
 export const StatusInfo = Type.Object({ running: Type.Boolean(), status: Type.String() });
 export type StatusInfo = Static<typeof StatusInfo>;
@@ -44,6 +44,12 @@ export const BlockExportInfo = Type.Object({
 export type BlockExportInfo = Static<typeof BlockExportInfo>;
 
 const validators = new Map<TSchema, Validator<TSchema>>();
+// The reply schemas are module constants: a validator is compiled once per schema object.
+const BlockInfoList = Type.Array(BlockInfo);
+const BlockDeviceInfoList = Type.Array(BlockDeviceInfo);
+const BlockExportInfoList = Type.Array(BlockExportInfo);
+const BlockJobInfoList = Type.Array(Type.Object({ device: Type.String(), type: Type.String() }));
+
 function check<S extends TSchema>(schema: S, command: string, value: unknown): Static<S> {
   let v = validators.get(schema);
   if (!v) validators.set(schema, (v = new Validator(schema)));
@@ -63,15 +69,15 @@ export class Qemu {
   }
 
   async queryBlock(): Promise<BlockInfo[]> {
-    return check(Type.Array(BlockInfo), 'query-block', await this.qmp.execute('query-block'));
+    return check(BlockInfoList, 'query-block', await this.qmp.execute('query-block'));
   }
 
   async queryNamedBlockNodes(): Promise<BlockDeviceInfo[]> {
-    return check(Type.Array(BlockDeviceInfo), 'query-named-block-nodes', await this.qmp.execute('query-named-block-nodes', { flat: true }));
+    return check(BlockDeviceInfoList, 'query-named-block-nodes', await this.qmp.execute('query-named-block-nodes', { flat: true }));
   }
 
   async queryBlockExports(): Promise<BlockExportInfo[]> {
-    return check(Type.Array(BlockExportInfo), 'query-block-exports', await this.qmp.execute('query-block-exports'));
+    return check(BlockExportInfoList, 'query-block-exports', await this.qmp.execute('query-block-exports'));
   }
 
   /** Pauses guest execution; in-flight guest I/O is drained before it returns. */
@@ -135,10 +141,20 @@ export class Qemu {
   }
 
   async queryBlockJobs(): Promise<{ device: string; type: string }[]> {
-    return check(Type.Array(Type.Object({ device: Type.String(), type: Type.String() })), 'query-block-jobs', await this.qmp.execute('query-block-jobs'));
+    return check(BlockJobInfoList, 'query-block-jobs', await this.qmp.execute('query-block-jobs'));
   }
 
   async quit(): Promise<void> {
     await this.qmp.execute('quit');
+  }
+}
+
+/** Resets the VM at `qmpPath` (system_reset: a cold restart of the guest, QEMU keeps running). */
+export async function systemReset(qmpPath: string): Promise<void> {
+  const qmp = await QmpClient.connect(qmpPath);
+  try {
+    await qmp.execute('system_reset');
+  } finally {
+    qmp.close();
   }
 }

@@ -4,7 +4,7 @@
  * VMs at a time. On a failure the rollout halts (no VM starts after it; those
  * under way finish), unless told to continue. A state file lets an
  * interrupted rollout resume: VMs it records as done are confirmed, not redone.
- * Each VM is handled by rolloutVm (vm.ts).
+ * Each VM is handled by rolloutVm (vm.ts), which is apply/guest.ts's applyAndTell.
  */
 import type { KeyObject } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -13,11 +13,13 @@ import { UsageError } from '../errors.js';
 import { notificationArgs } from '../notify/index.js';
 import type { FleetMember } from './fleet.js';
 import { StateFile } from './state.js';
-import { rolloutVm, type NoAgentAction, type VmOutcome, type VmRolloutOptions } from './vm.js';
+import type { NoAgentAction } from '../apply/index.js';
+import { rolloutVm, type VmOutcome, type VmRolloutOptions } from './vm.js';
 
 export { loadFleet, fleetFromJson, FleetFile, type FleetMember } from './fleet.js';
 export { StateFile, STATE_FORMAT } from './state.js';
-export { rolloutVm, NoAgentError, NOT_TOLD, NO_AGENT_ACTIONS, type NoAgentAction, type VmOutcome, type VmStatus, type AgentOutcome } from './vm.js';
+export { rolloutVm, type VmOutcome, type VmStatus } from './vm.js';
+export { NoAgentError, NOT_TOLD, NO_AGENT_ACTIONS, type NoAgentAction, type AgentOutcome } from '../apply/index.js';
 export { planFleet, type VmPlan } from './plan.js';
 
 export interface RolloutOptions {

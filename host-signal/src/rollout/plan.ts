@@ -12,7 +12,7 @@ import { AgentError } from '../errors.js';
 import { notificationArgs, withAgent, type ConnectOptions } from '../notify/index.js';
 import { formatAgentTarget } from '../notify/transport.js';
 import type { FleetMember } from './fleet.js';
-import { errorJson } from './vm.js';
+import { errorJson } from '../apply/index.js';
 
 export interface VmPlan {
   name: string;

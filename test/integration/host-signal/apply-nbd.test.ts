@@ -164,6 +164,62 @@ if (noQemu) {
       assert.ok(rangesNew(W.manifest, image).every(Boolean));
     }),
   );
+
+  S('no agent: apply writes, and the result says the guest was not told and what that means (--on-no-agent=warn, the default)', () =>
+    withTimeout(TEST_TIMEOUT, 'not told', async () => {
+      const { vm, image, dir } = await startVm('nottold', W.base);
+      const plain = await vmsubst(['apply', W.bundlePath, '--qmp', vm.qmpSocket]);
+      assert.is(plain.code, 0, plain.stderr);
+      assert.match(plain.stdout, /NOT TOLD \(no agent address was given \(--notify\)\): the guest was not told: it keeps serving cached copies/);
+      // Silent agent address: a unix socket nobody listens on.
+      const { vm: vm2, image: image2 } = await startVm('nottold2', W.base);
+      const r = await vmsubstJson<{ status: string; agent: { told: boolean; target: string; unreachable: string; meaning: string }; reset: boolean }>([
+        'apply', W.bundlePath, '--qmp', vm2.qmpSocket, '--notify', `unix:${join(dir, 'nobody.sock')}`,
+      ]);
+      assert.is(r.status, 'applied');
+      assert.is(r.agent.told, false);
+      assert.match(r.agent.target, /nobody\.sock/);
+      assert.match(r.agent.unreachable, /nobody\.sock/);
+      assert.match(r.agent.meaning, /cached copies .* until they are evicted/);
+      assert.is(r.reset, false);
+      await vm.flush();
+      await vm2.flush();
+      assert.ok(readFileSync(image).equals(W.patched));
+      assert.ok(readFileSync(image2).equals(W.patched));
+    }),
+  );
+
+  S('no agent, --on-no-agent=fail: an error, nothing written, QEMU state unchanged', () =>
+    withTimeout(TEST_TIMEOUT, 'no agent fail', async () => {
+      const { vm, image, dir } = await startVm('noagentfail', W.base);
+      const before = await qemuState(vm.monitor);
+      const r = await vmsubst(['apply', W.bundlePath, '--qmp', vm.qmpSocket, '--notify', `unix:${join(dir, 'nobody.sock')}`, '--on-no-agent', 'fail', '--json']);
+      assert.is(r.code, 1, r.stderr);
+      const doc = JSON.parse(r.stdout) as { error: { code: string; message: string; hint: string } };
+      assert.is(doc.error.code, 'E_VMSUBST_NO_AGENT');
+      assert.match(doc.error.message, /no agent answered .*nobody\.sock.*nothing written/);
+      assert.match(doc.error.hint, /--on-no-agent=warn/);
+      assert.equal(await qemuState(vm.monitor), before);
+      await vm.flush();
+      assert.ok(readFileSync(image).equals(W.base));
+    }),
+  );
+
+  S('no agent, --on-no-agent=reset: written, then the VM is reset (system_reset) and keeps running', () =>
+    withTimeout(TEST_TIMEOUT, 'no agent reset', async () => {
+      const { vm, image } = await startVm('noagentreset', W.base);
+      const events: string[] = [];
+      vm.monitor.qmp.on('event', (e) => events.push(e.event));
+      const r = await vmsubstJson<{ status: string; reset: boolean; notes: string[] }>(['apply', W.bundlePath, '--qmp', vm.qmpSocket, '--on-no-agent', 'reset']);
+      assert.is(r.status, 'applied');
+      assert.is(r.reset, true);
+      assert.ok(r.notes.some((n) => /reset \(QMP system_reset\)/.test(n)), JSON.stringify(r.notes));
+      assert.ok(events.includes('RESET'), `QMP events: ${events.join(', ')}`);
+      assert.ok((await vm.status()).running);
+      await vm.flush();
+      assert.ok(readFileSync(image).equals(W.patched));
+    }),
+  );
 }
 
 const Usage = suite('apply: mode combinations');
@@ -189,6 +245,8 @@ Usage('wrong combinations of target and mode are usage errors (exit 2) and touch
     [['--image', img, '--disk-serial', 'x'], /--disk-serial goes with --notify/],
     [['--image', img, '--qmp', '/nonexistent.qmp'], /exactly one of --qmp SOCK or --image PATH/],
     [['--image', img, '--device', 'vblk0'], /--device and --node go with --qmp/],
+    [['--image', img, '--on-no-agent', 'reset'], /--on-no-agent=reset restarts the VM with QMP system_reset: give --qmp/],
+    [['--image', img, '--on-no-agent', 'maybe'], /--on-no-agent maybe: expected fail, warn or reset/],
   ];
   for (const [args, message] of cases) {
     const r = await vmsubst(['apply', U.bundlePath, ...args]);

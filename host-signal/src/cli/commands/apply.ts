@@ -1,15 +1,18 @@
 /** `vmsubst apply`. */
 import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
-import { applyToImage, applyToQemu, applyWithAgent, commitApplied, type ApplyPhase, type ApplyResult, type TwoPhaseOutcome } from '../../apply/index.js';
+import { applyAndTell, applyToImage, applyToQemu, commitApplied, NO_AGENT_ACTIONS, NOT_TOLD, type ApplyPhase, type ApplyResult, type GuestOutcome, type NoAgentAction } from '../../apply/index.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
-import { AgentConnection, notificationArgs, parseAgentTarget } from '../../notify/index.js';
+import { notificationArgs, parseAgentTarget } from '../../notify/index.js';
+import { systemReset } from '../../qmp/commands.js';
 import { formatBytes, plural } from '../format.js';
 import { Output, helpRequested, loadCustomization, loadPrivateKey, loadPublicKeys, parse, positionals, type Command } from '../common.js';
 
 const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--mode nbd|overlay] [--device ID | --node NAME]
-                     [--overlay PATH] [--commit] [--notify ADDR ...] [--json]
-       vmsubst apply BUNDLE --image PATH [--mode raw-file] [--notify ADDR ...] [--json]
+                     [--overlay PATH] [--commit] [--notify ADDR ...]
+                     [--on-no-agent fail|warn|reset] [--json]
+       vmsubst apply BUNDLE --image PATH [--mode raw-file] [--notify ADDR ...]
+                     [--on-no-agent fail|warn] [--json]
 
 Verifies that every range of the disk holds the bundle's old content, then
 puts the new blocks in place. Nothing is changed if any range holds other
@@ -56,6 +59,15 @@ Telling the guest (two-phase when its agent supports it):
   --sign KEY          sign the notification (Ed25519 key from vmsubst keygen)
   --customize FILE    customization to apply after the blocks (see notify)
   --timeout SEC       how long to wait for each agent reply (default 120)
+  --on-no-agent ACTION
+                      when no agent answers, or no --notify address is given:
+                      fail   write nothing, exit with an error
+                      warn   (default) write, and say that the guest was not
+                             told: it keeps serving cached copies of the
+                             changed files until they are evicted or it
+                             restarts
+                      reset  write, then reset the VM (QMP system_reset, with
+                             --qmp only): it restarts from the new content
 
   --trusted-key PUB   refuse the bundle unless its manifest is signed by this
                       Ed25519 public key (repeatable; see 'vmsubst sign')
@@ -81,6 +93,7 @@ async function run(args: string[]): Promise<void> {
     customize: { type: 'string' },
     timeout: { type: 'string' },
     'trusted-key': { type: 'string', multiple: true },
+    'on-no-agent': { type: 'string' },
   });
   if (helpRequested(HELP, values)) return;
   const [bundlePath] = positionals('apply', pos, ['BUNDLE']) as [string];
@@ -104,6 +117,11 @@ async function run(args: string[]): Promise<void> {
     const sec = Number(values.timeout);
     if (!(sec > 0)) throw usage(`--timeout ${values.timeout}: expected a positive number of seconds`);
     timeoutMs = sec * 1000;
+  }
+  const onNoAgent = (values['on-no-agent'] ?? 'warn') as NoAgentAction;
+  if (!NO_AGENT_ACTIONS.includes(onNoAgent)) throw usage(`--on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`);
+  if (onNoAgent === 'reset' && values.qmp === undefined) {
+    throw usage('--on-no-agent=reset restarts the VM with QMP system_reset: give --qmp SOCK (for another hypervisor, restart the VM through its own API)');
   }
   const agentTarget = values.notify === undefined ? undefined : parseAgentTarget(values.notify);
   const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
@@ -144,37 +162,32 @@ async function run(args: string[]): Promise<void> {
         })
       : applyToImage(bundle, values.image!, common);
   };
-  let result: ApplyResult;
-  let told: (TwoPhaseOutcome<ApplyResult> & { target: string; version: string }) | undefined;
+  const reset = values.qmp !== undefined ? ((qmp: string) => () => systemReset(qmp))(values.qmp) : undefined;
+  let outcome: GuestOutcome<ApplyResult>;
   try {
-    if (agentTarget === undefined) {
-      result = await doApply();
-    } else {
-      const args = notificationArgs(bundle.manifest, disk, { ...(signWith ? { signWith } : {}), ...(customization ? { customization } : {}) });
-      const conn = await AgentConnection.open(agentTarget, timeoutMs !== undefined ? { timeoutMs } : {});
-      try {
-        const outcome = await applyWithAgent(conn, args, doApply);
-        result = outcome.apply;
-        told = { ...outcome, target: conn.target, version: conn.agent.version };
-      } catch (e) {
-        const abort = (e as { abort?: { status: string; detail: string } }).abort;
-        if (abort) process.stderr.write(`vmsubst: the agent was told to abort the prepared substitution: ${abort.status} (${abort.detail})\n`);
-        throw e;
-      } finally {
-        conn.close();
-      }
+    outcome = await applyAndTell(doApply, {
+      args: notificationArgs(bundle.manifest, disk, { ...(signWith ? { signWith } : {}), ...(customization ? { customization } : {}) }),
+      ...(agentTarget !== undefined ? { agent: agentTarget } : { noAgentReason: 'no agent address was given (--notify)' }),
+      onNoAgent,
+      ...(reset ? { reset } : {}),
+      ...(timeoutMs !== undefined ? { connect: { timeoutMs } } : {}),
+      signal: controller.signal,
+    });
+    if (outcome.apply && values.commit && agentTarget !== undefined && outcome.agent.told && outcome.apply.target.kind === 'qemu') {
+      await commitApplied(undefined, outcome.apply as Extract<ApplyResult, { vmStatus: string }>);
     }
-    if (values.commit && agentTarget !== undefined && result.target.kind === 'qemu') await commitApplied(undefined, result as Extract<ApplyResult, { vmStatus: string }>);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await bundle.close();
   }
-  const json = applyJson(result);
-  if (told) {
-    json['agent'] = { target: told.target, version: told.version, 'two-phase': told.twoPhase, ...(told.prepare ? { prepare: told.prepare } : {}), report: told.report };
+  if (outcome.status !== 'applied' || !outcome.apply) {
+    for (const n of outcome.notes) if (n !== 'nothing was written') process.stderr.write(`vmsubst: ${n}\n`);
+    throw outcome.cause ?? new Error(outcome.error?.message ?? 'apply failed');
   }
-  o.result(json, () => [applyHuman(result), ...(told ? [agentHuman(told)] : [])].join('\n'));
+  const result = outcome.apply;
+  const json = { ...applyJson(result), agent: agentJson(outcome), reset: outcome.reset, notes: outcome.notes };
+  o.result(json, () => [applyHuman(result), agentHuman(outcome)].join('\n'));
 }
 
 function applyJson(r: ApplyResult): Record<string, unknown> {
@@ -241,16 +254,38 @@ function applyHuman(r: ApplyResult): string {
   return lines.join('\n');
 }
 
-function agentHuman(t: TwoPhaseOutcome<ApplyResult> & { target: string; version: string }): string {
-  const r = t.report;
-  const how = t.twoPhase ? 'prepare → write → commit' : 'substitute after the write';
-  const lines = [`agent ${t.version} at ${t.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ${r.device}; ${plural(r.files.length, 'file')} affected${r.replayed ? ' (answered from its journal)' : ''}`];
-  const pinned = t.prepare?.pinned ?? r.pinned ?? [];
-  if (pinned.length > 0) lines.push(`  pinned: ${pinned.map((p) => `${p.comm}[${p.pid}] ${p.status}`).join(', ')}`);
-  for (const f of r.files) {
-    const mappers = f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
-    lines.push(`  ${f.path}: ${f['pages-dropped']} pages dropped, ${f['pages-kept']} kept${mappers}`);
+function agentJson(t: GuestOutcome<ApplyResult>): Record<string, unknown> {
+  const a = t.agent;
+  return {
+    told: a.told,
+    ...(a.target !== undefined ? { target: a.target } : {}),
+    ...(a.version !== undefined ? { version: a.version } : {}),
+    ...(a.mode !== undefined ? { mode: a.mode, 'two-phase': a.mode === 'two-phase' } : {}),
+    ...(a.unreachable !== undefined ? { unreachable: a.unreachable } : {}),
+    ...(a.told ? {} : { meaning: NOT_TOLD }),
+    ...(a.replayed ? { replayed: true } : {}),
+    resends: a.resends,
+    ...(a.prepare ? { prepare: a.prepare } : {}),
+    ...(a.report ? { report: a.report } : {}),
+  };
+}
+
+function agentHuman(t: GuestOutcome<ApplyResult>): string {
+  const lines: string[] = [];
+  const r = t.agent.report;
+  if (r) {
+    const how = t.agent.mode === 'two-phase' ? 'prepare → write → commit' : 'substitute after the write';
+    lines.push(`agent ${t.agent.version} at ${t.agent.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ${r.device}; ${plural(r.files.length, 'file')} affected${r.replayed ? ' (answered from its journal)' : ''}`);
+    const pinned = t.agent.prepare?.pinned ?? r.pinned ?? [];
+    if (pinned.length > 0) lines.push(`  pinned: ${pinned.map((p) => `${p.comm}[${p.pid}] ${p.status}`).join(', ')}`);
+    for (const f of r.files) {
+      const mappers = f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
+      lines.push(`  ${f.path}: ${f['pages-dropped']} pages dropped, ${f['pages-kept']} kept${mappers}`);
+    }
+  } else if (t.apply?.status !== 'no-changes') {
+    lines.push(`NOT TOLD (${t.agent.unreachable ?? 'no agent'}): ${NOT_TOLD}`);
   }
+  for (const n of t.notes) if (n !== NOT_TOLD) lines.push(n);
   return lines.join('\n');
 }
 

@@ -2,8 +2,9 @@
 import { readFileSync } from 'node:fs';
 
 function readVersion(): string {
-  // build/host-signal/src/version.js -> package.json at the project root.
-  for (const rel of ['../../../package.json', '../../package.json']) {
+  // build/host-signal/src/version.js, or the bundled CLI build/host-signal/src/cli/vmsubst.mjs
+  // (Makefile, target ts) -> package.json at the project root.
+  for (const rel of ['../../../package.json', '../../../../package.json', '../../package.json']) {
     try {
       const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: unknown; version?: unknown };
       if (pkg.name === 'vmsubst' && typeof pkg.version === 'string') return pkg.version;

@@ -6,7 +6,8 @@ import { fileURLToPath } from 'node:url';
 /** The repository root (tests run from build/test/…, compiled). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 export const CACHE = join(ROOT, '.cache');
-export const CLI = join(ROOT, 'build/host-signal/src/cli.js');
+/** The vmsubst command as users run it: the bundled CLI (Makefile, target ts). */
+export const CLI = join(ROOT, 'build/host-signal/src/cli/vmsubst.mjs');
 
 export function kernelVersion(): string {
   return readFileSync(join(CACHE, 'kver'), 'utf8').trim();

@@ -38,14 +38,15 @@ agent/build/Release/vmsubst_native.node: agent/binding.gyp $(wildcard agent/nati
 # of the time the ~400 modules of the compiled tree take (docs/benchmarks.md, "Diff").
 # It sits beside the compiled CLI so its relative paths (the addon, package.json) hold.
 CLI_BUNDLE := build/host-signal/src/cli/vmsubst.mjs
-ts: build/.tsc-stamp
+ts: build/.tsc-stamp $(CLI_BUNDLE)
 build/.tsc-stamp: $(TS_SOURCES) tsconfig.json package-lock.json
 	node_modules/.bin/tsc -p tsconfig.json
-	node_modules/.bin/esbuild build/host-signal/src/cli.js --bundle --platform=node --format=esm --target=node20 \
-	  --outfile=$(CLI_BUNDLE) --log-level=warning \
-	  --banner:js="import { createRequire as __vmsubstRequire } from 'node:module'; const require = __vmsubstRequire(import.meta.url);"
-	@chmod +x $(CLI_BUNDLE)
 	@touch $@
+$(CLI_BUNDLE): build/.tsc-stamp
+	node_modules/.bin/esbuild build/host-signal/src/cli.js --bundle --platform=node --format=esm --target=node20 \
+	  --outfile=$@ --log-level=warning \
+	  --banner:js="import { createRequire as __vmsubstRequire } from 'node:module'; const require = __vmsubstRequire(import.meta.url);"
+	@chmod +x $@
 
 guest: build/guest/initramfs.cpio build/disks/base.img build/disks/stress-a.img
 build/guest/initramfs.cpio: build/.tsc-stamp agent/build/Release/vmsubst_native.node kmod/vmsubst.ko kmod/tests/abi_test test/guest/init test/guest/build-initramfs.sh .cache/kver

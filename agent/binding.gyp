@@ -4,6 +4,7 @@
       "target_name": "vmsubst_native",
       "sources": [
         "native/binding.cc",
+        "native/compare.c",
         "native/devctl.c",
         "native/direct_io.c",
         "native/fiemap.c",

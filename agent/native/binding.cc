@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <string>
@@ -415,6 +416,92 @@ Napi::Value TreeWalk::Next(const Napi::CallbackInfo& info) {
   }
   auto* worker = new WalkStepWorker(info.This().As<Napi::Object>(), this, max);
   busy_ = true;
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// ---- block comparison (the host's differ) -----------------------------------------
+
+// A span may not ask for more than this many runs' worth of memory: 1 GiB of
+// 4 KiB blocks, all alternating.
+constexpr double kMaxCompareSpan = 1024.0 * 1024.0 * 1024.0;
+
+class CompareSpanWorker : public Napi::AsyncWorker {
+ public:
+  CompareSpanWorker(Napi::Env env, int fd_a, int fd_b, uint64_t offset, uint64_t length,
+                    uint32_t block_size)
+      : Napi::AsyncWorker(env, "vmsubst:compareSpan"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        fd_a_(fd_a),
+        fd_b_(fd_b),
+        offset_(offset),
+        length_(length),
+        block_size_(block_size) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    const size_t blocks = static_cast<size_t>(length_ / block_size_);
+    try {
+      runs_.resize((blocks + 1) / 2);
+    } catch (...) {
+      err_ = -ENOMEM;
+      return;
+    }
+    size_t n = 0;
+    err_ = vs_compare_span(fd_a_, fd_b_, offset_, length_, block_size_, runs_.data(), runs_.size(), &n);
+    runs_.resize(n);
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_ == -ENODATA) {
+      Napi::Error error = MakeError(env, -EIO, "pread", "fd " + std::to_string(fd_a_) + "/" + std::to_string(fd_b_));
+      error.Value().Set("message", "EIO: short read: a file ends inside [" + std::to_string(offset_) + ", " +
+                                       std::to_string(offset_ + length_) + ")");
+      deferred_.Reject(error.Value());
+      return;
+    }
+    if (err_ < 0) {
+      deferred_.Reject(MakeError(env, err_, "pread", "fd " + std::to_string(fd_a_) + "/" + std::to_string(fd_b_)).Value());
+      return;
+    }
+    // [offset, length] pairs; offsets below 2^53 (checked on the way in).
+    Napi::Float64Array out = Napi::Float64Array::New(env, runs_.size() * 2);
+    for (size_t i = 0; i < runs_.size(); i++) {
+      out[i * 2] = static_cast<double>(runs_[i].offset);
+      out[i * 2 + 1] = static_cast<double>(runs_[i].length);
+    }
+    deferred_.Resolve(out);
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int fd_a_;
+  int fd_b_;
+  uint64_t offset_;
+  uint64_t length_;
+  uint32_t block_size_;
+  int err_ = 0;
+  std::vector<vs_run> runs_;
+};
+
+// compareSpan(fdA, fdB, offset, length, blockSize): Promise<Float64Array> of the
+// runs of differing blocks as [offset, length] pairs.
+Napi::Value CompareSpan(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd_a = ArgFd(info, 0);
+  const int fd_b = ArgFd(info, 1);
+  const double offset = ArgInteger(info, 2, "offset", 0, 9007199254740991.0);
+  const double length = ArgInteger(info, 3, "length", 0, kMaxCompareSpan);
+  const double block_size = ArgInteger(info, 4, "blockSize", 512, VS_COMPARE_BUF);
+  const uint32_t bs = static_cast<uint32_t>(block_size);
+  if ((bs & (bs - 1)) != 0) throw Napi::RangeError::New(env, "blockSize must be a power of two");
+  if (std::fmod(length, block_size) != 0) throw Napi::RangeError::New(env, "length must be a multiple of blockSize");
+  if (offset + length > 9007199254740991.0) throw Napi::RangeError::New(env, "offset + length must be below 2^53");
+  auto* worker = new CompareSpanWorker(env, fd_a, fd_b, static_cast<uint64_t>(offset),
+                                       static_cast<uint64_t>(length), bs);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
@@ -1511,6 +1598,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fiemap", Napi::Function::New<Fiemap>(env, "fiemap"));
   exports.Set("dataSegments", Napi::Function::New<DataSegments>(env, "dataSegments"));
   exports.Set("readDirect", Napi::Function::New<ReadDirect>(env, "readDirect"));
+  exports.Set("compareSpan", Napi::Function::New<CompareSpan>(env, "compareSpan"));
   exports.Set("TreeWalk", TreeWalk::Define(env));
   exports.Set("kmodVersion", Napi::Function::New<KmodVersion>(env, "kmodVersion"));
   exports.Set("invalidateRange", Napi::Function::New<InvalidateRange>(env, "invalidateRange"));

@@ -111,6 +111,34 @@ typedef int (*vs_segment_cb)(void *ctx, int64_t offset, int64_t length);
  */
 int vs_data_segments(int fd, int64_t size, vs_segment_cb cb, void *ctx);
 
+/* ---- compare.c: changed blocks between two files ------------------------ */
+
+/*
+ * Bytes read from each file per step: both buffers stay in a core's cache
+ * between the read and the memcmp. Measured on the development machine (AMD
+ * EPYC, page cache warm), 2 x 792 MiB on one thread: 16 KiB 340 ms, 32 KiB
+ * 210 ms, 64 KiB 170 ms, 128 KiB 330 ms, 256 KiB 420 ms, 1 MiB 1370 ms.
+ */
+#define VS_COMPARE_BUF (64u * 1024u)
+
+/* A run of differing blocks: [offset, offset + length). */
+struct vs_run {
+	uint64_t offset;
+	uint64_t length;
+};
+
+/*
+ * Compares [offset, offset + length) of the open files fd_a and fd_b block by
+ * block (block_size divides VS_COMPARE_BUF and length) and stores each run of
+ * differing blocks in runs[], in order, adjacent differing blocks merged;
+ * *nruns says how many. A span of n blocks has at most (n + 1) / 2 runs.
+ * 0, -EINVAL (sizes), -ENOMEM, -errno of pread, -ENODATA when a file ends
+ * inside the span, or -E2BIG when more than max_runs runs were found (the
+ * first max_runs are stored). Thread-safe; does not move the file offsets.
+ */
+int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length, uint32_t block_size,
+		    struct vs_run *runs, size_t max_runs, size_t *nruns);
+
 struct fiemap;
 
 /*

@@ -437,6 +437,7 @@ interface RawPinMappersResult {
 interface NativeBinding {
   fiemap(fd: number): Extent[];
   dataSegments(fd: number, size: number): [number, number][];
+  compareSpan(fdA: number, fdB: number, offset: number, length: number, blockSize: number): Promise<Float64Array>;
   /** Absent from addons built before the native walk: the index then walks in JavaScript. */
   TreeWalk?: new (root: string, dev: number, maxEntries: number, threads: number) => TreeWalk;
   readDirect(path: string, offset: number, length: number): Promise<Buffer>;
@@ -517,6 +518,7 @@ interface NativeBinding {
 const BINDING_FUNCTIONS = [
   'fiemap',
   'dataSegments',
+  'compareSpan',
   'readDirect',
   'kmodVersion',
   'invalidateRange',
@@ -688,6 +690,27 @@ export function dataSegments(fd: number, size: number): [number, number][] {
   checkFd(fd);
   checkInteger('size', size, 0, Number.MAX_SAFE_INTEGER);
   return binding.dataSegments(fd, size);
+}
+
+/** Largest span compareSpan takes (its run list is sized to the span). */
+export const COMPARE_SPAN_MAX = 1 << 30;
+
+/**
+ * The runs of differing blocks between the open files `fdA` and `fdB` over
+ * [offset, offset + length), as [offset, length] pairs in order, adjacent
+ * differing blocks merged. Both files are read with pread in VS_COMPARE_BUF (64 KiB) steps
+ * and compared with memcmp on the libuv thread pool; several spans may run
+ * at once. `length` is a multiple of `blockSize` (a power of two, 512 to
+ * 64 KiB) and at most COMPARE_SPAN_MAX. A file that ends inside the span
+ * rejects with an EIO NativeError ("short read"). The descriptors must stay
+ * open until the promise settles.
+ */
+export function compareSpan(fdA: number, fdB: number, offset: number, length: number, blockSize: number): Promise<Float64Array> {
+  checkFd(fdA);
+  checkFd(fdB);
+  checkInteger('offset', offset, 0, Number.MAX_SAFE_INTEGER);
+  checkInteger('length', length, 0, COMPARE_SPAN_MAX);
+  return binding.compareSpan(fdA, fdB, offset, length, blockSize);
 }
 
 /**

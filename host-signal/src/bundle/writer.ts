@@ -13,7 +13,7 @@ import type { BlockSource } from '../diff/source.js';
 import { DiffError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
 import type { Customization } from '../../../agent/src/protocol/schema.js';
-import { BUNDLE_FORMAT, type BaseFilesystem, type FileEntry, type Manifest } from './schema.js';
+import { BUNDLE_FORMAT, type BaseFilesystem, type BundleRange, type FileEntry, type Manifest } from './schema.js';
 import { HEADER_BYTES, encodeHeader, layOut } from './format.js';
 
 /** Bytes copied per read from the patched image. */
@@ -32,7 +32,16 @@ export interface BundleInput {
 
 export interface WriteBundleOptions {
   onProgress?: (done: number, total: number) => void;
+  /**
+   * The new bytes of each range, in order, as the differ read and hashed them
+   * (DiffResult.newData): written as they are instead of being read from the
+   * patched image and checked against new-sha256 again.
+   */
+  newData?: readonly Buffer[];
 }
+
+/** Buffers per writev (below IOV_MAX). */
+const WRITEV_BUFFERS = 512;
 
 /** The manifest `input` will produce, with data offsets and id; pure. */
 export function planBundle(input: BundleInput): ReturnType<typeof layOut> {
@@ -74,25 +83,14 @@ export async function writeBundle(path: string, input: BundleInput, patched: Blo
   try {
     await writeFull(out, encodeHeader(layout.manifestBytes.length), 0);
     await writeFull(out, layout.manifestBytes, HEADER_BYTES);
-    const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, Math.max(total, 1)));
-    let done = 0;
-    for (const r of manifest.ranges) {
-      const hash = createHash('sha256');
-      for (let pos = 0; pos < r.length; pos += buf.length) {
-        const chunk = buf.subarray(0, Math.min(buf.length, r.length - pos));
-        const n = await patched.readInto(chunk, r.offset + pos);
-        if (n !== chunk.length) throw new DiffError(`short read from the patched image at offset ${r.offset + pos}`);
-        hash.update(chunk);
-        await writeFull(out, chunk, r['data-offset'] + pos);
-        done += chunk.length;
-        options.onProgress?.(done, total);
+    const preloaded = options.newData;
+    if (preloaded !== undefined) {
+      if (preloaded.length !== manifest.ranges.length || preloaded.some((d, i) => d.length !== manifest.ranges[i]!.length)) {
+        throw new RangeError('newData does not match the ranges');
       }
-      if (hash.digest('hex') !== r['new-sha256']) {
-        throw new DiffError(
-          `the patched image changed while the bundle was written (range at offset ${r.offset})`,
-          'do not modify the patched image while `vmsubst diff` runs',
-        );
-      }
+      await writeContiguous(out, manifest.ranges, preloaded, (done) => options.onProgress?.(done, total));
+    } else {
+      await copyRanges(out, manifest.ranges, patched, (done) => options.onProgress?.(done, total));
     }
     await out.truncate(layout.fileSize);
     await out.sync();
@@ -103,6 +101,67 @@ export async function writeBundle(path: string, input: BundleInput, patched: Blo
   }
   await rename(tmp, path);
   return manifest;
+}
+
+/** Copies each range's bytes from the patched image to its data-offset, checking them against new-sha256 on the way. */
+async function copyRanges(out: FileHandle, ranges: readonly BundleRange[], patched: BlockSource, onProgress: (done: number) => void): Promise<void> {
+  const total = ranges.reduce((n, r) => n + r.length, 0);
+  const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, Math.max(total, 1)));
+  let done = 0;
+  for (const r of ranges) {
+    const hash = createHash('sha256');
+    for (let pos = 0; pos < r.length; pos += buf.length) {
+      const chunk = buf.subarray(0, Math.min(buf.length, r.length - pos));
+      const n = await patched.readInto(chunk, r.offset + pos);
+      if (n !== chunk.length) throw new DiffError(`short read from the patched image at offset ${r.offset + pos}`);
+      hash.update(chunk);
+      await writeFull(out, chunk, r['data-offset'] + pos);
+      done += chunk.length;
+      onProgress(done);
+    }
+    if (hash.digest('hex') !== r['new-sha256']) {
+      throw new DiffError(
+        `the patched image changed while the bundle was written (range at offset ${r.offset})`,
+        'do not modify the patched image while `vmsubst diff` runs',
+      );
+    }
+  }
+}
+
+/** Writes the ranges' bytes at their data-offsets, ranges whose data follow each other in one writev. */
+async function writeContiguous(out: FileHandle, ranges: readonly BundleRange[], data: readonly Buffer[], onProgress: (done: number) => void): Promise<void> {
+  let done = 0;
+  for (let i = 0; i < ranges.length; ) {
+    const start = ranges[i]!['data-offset'];
+    const group: Buffer[] = [];
+    let end = start;
+    while (i < ranges.length && ranges[i]!['data-offset'] === end && group.length < WRITEV_BUFFERS) {
+      group.push(data[i]!);
+      end += ranges[i]!.length;
+      i++;
+    }
+    let written = 0;
+    while (written < end - start) {
+      const { bytesWritten } = await out.writev(written === 0 ? group : remaining(group, written), start + written);
+      written += bytesWritten;
+    }
+    done += end - start;
+    onProgress(done);
+  }
+}
+
+/** The buffers of `group` from byte `skip` on. */
+function remaining(group: readonly Buffer[], skip: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of group) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
 }
 
 async function writeFull(handle: FileHandle, data: Buffer, position: number): Promise<void> {

@@ -10,11 +10,18 @@
  * block. Runs of changed blocks become ranges, split so that none exceeds the
  * protocol's MAX_RANGE_BYTES, each with the sha256 of its old and new bytes.
  * The next chunk pair is read while the current one is compared.
+ *
+ * Two plain files are compared in native code instead when the addon loads
+ * (compareSpan: pread into cache-sized buffers and memcmp on the libuv thread
+ * pool, several spans at once); the changed runs found are then read again
+ * to hash them. Same ranges either way.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { MAX_RANGE_BYTES, MAX_RANGES } from '../../../agent/src/protocol/schema.js';
 import { DiffError } from '../errors.js';
-import { FileSource, type BlockSource, type Segment } from './source.js';
+import { readSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { FileSource, loadNative, type BlockSource, type NativeDiffModule, type Segment } from './source.js';
 import { Qcow2Source, probeFormat } from './qcow2.js';
 
 export { FileSource, bufferSource, readExactly, type BlockSource, type Segment } from './source.js';
@@ -44,6 +51,12 @@ export interface DiffResult {
   changedBytes: number;
   /** Bytes read from each image: where either holds data (the whole size when holes are not known). */
   readBytes: number;
+  /**
+   * The new bytes of each range, in order, when the differ kept them (the
+   * native comparison, up to RETAIN_BYTES in all): the bundle writer then
+   * need not read the patched image again. Not enumerable.
+   */
+  readonly newData?: readonly Buffer[];
 }
 
 export type Progress = (done: number, total: number) => void;
@@ -57,7 +70,19 @@ export interface DiffOptions {
   /** More ranges than this is an error: one substitution could not carry them. */
   maxRanges?: number;
   onProgress?: Progress;
+  /** Compare in native code when both sources are files and the addon loads (default true). */
+  native?: boolean;
 }
+
+/** Bytes of one native comparison job; the jobs run NATIVE_JOBS at a time. */
+const NATIVE_SPAN = 64 << 20;
+const NATIVE_JOBS = Math.max(2, Math.min(4, availableParallelism()));
+/** The largest block size compareSpan takes (its read buffer). */
+const NATIVE_BLOCK_MAX = 64 << 10;
+/** The largest read made to hash a changed range. */
+const HASH_READ = 4 << 20;
+/** The new bytes of the changed ranges kept in memory for the bundle writer, at most (else it reads them again). */
+const RETAIN_BYTES = 64 << 20;
 
 interface OpenRange {
   offset: number;
@@ -121,16 +146,25 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
     open.new.update(b);
   };
 
+  // The chunks to read: the union of both images' data, block aligned.
+  const union = mergeSegments([await segmentsOf(base), await segmentsOf(patched)], blockSize, size);
+  const readBytes = union.reduce((n, [, l]) => n + l, 0);
+
+  const native = options.native !== false && base.fd !== undefined && patched.fd !== undefined && blockSize <= NATIVE_BLOCK_MAX ? await loadNative() : undefined;
+  if (native) {
+    const found = await diffNative(native, base, patched, union, blockSize, maxRangeBytes, maxRanges, (d) => options.onProgress?.(d, readBytes));
+    options.onProgress?.(readBytes, readBytes);
+    const result: DiffResult = { size, blockSize, ranges: found.ranges, changedBytes: found.changedBytes, readBytes };
+    if (found.newData) Object.defineProperty(result, 'newData', { value: found.newData, enumerable: false });
+    return result;
+  }
+
   // Two buffer pairs: one being compared, one being filled.
   const pairs = [0, 1].map(() => [Buffer.allocUnsafe(chunkSize), Buffer.allocUnsafe(chunkSize)] as const);
-
-  // The chunks to read: the union of both images' data, block aligned, cut at chunkSize.
-  const union = mergeSegments([await segmentsOf(base), await segmentsOf(patched)], blockSize, size);
   const chunks: [number, number][] = [];
   for (const [start, length] of union) {
     for (let p = start; p < start + length; p += chunkSize) chunks.push([p, Math.min(chunkSize, start + length - p)]);
   }
-  const readBytes = union.reduce((n, [, l]) => n + l, 0);
 
   const read = async (slot: number, [position, want]: [number, number]): Promise<{ a: Buffer; b: Buffer }> => {
     const [bufA, bufB] = pairs[slot]!;
@@ -175,6 +209,196 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
   close();
   if (previousEnd < size || size === 0) options.onProgress?.(size, size);
   return { size, blockSize, ranges, changedBytes, readBytes };
+}
+
+/**
+ * The native comparison: the union of data segments is cut into jobs of at
+ * most NATIVE_SPAN bytes, NATIVE_JOBS compared at once on the thread pool.
+ * The main thread takes the jobs' runs in order while the later jobs are
+ * still being compared: merges runs that abut across a job boundary, cuts
+ * them at maxRangeBytes and hashes each range, reading both files again
+ * (synchronously: the blocks were just read and come from the page cache).
+ * The new bytes are kept, up to RETAIN_BYTES in all, for the bundle writer.
+ */
+async function diffNative(
+  native: NativeDiffModule,
+  base: BlockSource,
+  patched: BlockSource,
+  union: readonly [number, number][],
+  blockSize: number,
+  maxRangeBytes: number,
+  maxRanges: number,
+  onProgress: (done: number) => void,
+): Promise<{ ranges: DiffRange[]; changedBytes: number; newData?: Buffer[] }> {
+  const jobs: [number, number][] = [];
+  for (const [start, length] of union) {
+    for (let p = start; p < start + length; p += NATIVE_SPAN) jobs.push([p, Math.min(NATIVE_SPAN, start + length - p)]);
+  }
+  const results = jobs.map(() => {
+    let settle!: { resolve: (runs: Float64Array) => void; reject: (e: unknown) => void };
+    const promise = new Promise<Float64Array>((resolve, reject) => (settle = { resolve, reject }));
+    promise.catch(() => undefined); // awaited in order below; a later job's failure must not go unhandled meanwhile
+    return { promise, ...settle };
+  });
+  let next = 0;
+  let failed = false;
+  let done = 0;
+  const compareJob = async (i: number): Promise<Float64Array> => {
+    const [offset, length] = jobs[i]!;
+    // Only the image's last block can be partial (its size is not a multiple of the block size): compared here.
+    const whole = length - (length % blockSize);
+    let runs: Float64Array;
+    try {
+      runs = await native.compareSpan(base.fd!, patched.fd!, offset, whole, blockSize);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'EIO' && /short read/.test((e as Error).message)) {
+        throw new DiffError(`short read at offset ${offset}: an image shrank while it was being compared`);
+      }
+      throw e;
+    }
+    if (whole < length) {
+      const [a, b] = await Promise.all([readTail(base, offset + whole, length - whole), readTail(patched, offset + whole, length - whole)]);
+      if (!a.equals(b)) runs = Float64Array.from([...runs, offset + whole, length - whole]);
+    }
+    return runs;
+  };
+  const worker = async (): Promise<void> => {
+    while (next < jobs.length && !failed) {
+      const i = next++;
+      try {
+        results[i]!.resolve(await compareJob(i));
+      } catch (e) {
+        failed = true;
+        results[i]!.reject(e);
+        for (let k = next; k < jobs.length; k++) results[k]!.reject(e);
+        next = jobs.length;
+      }
+    }
+  };
+  const workers = Promise.all(Array.from({ length: Math.min(NATIVE_JOBS, jobs.length) }, worker));
+
+  const ranges: DiffRange[] = [];
+  let changedBytes = 0;
+  let newData: Buffer[] | undefined = [];
+  let retained = 0;
+  const scratch = Buffer.allocUnsafe(HASH_READ);
+  const emit = (offset: number, length: number): void => {
+    for (let p = 0; p < length; p += maxRangeBytes) {
+      if (ranges.length === maxRanges) {
+        throw new DiffError(
+          `the change is too scattered: more than ${maxRanges} ranges`,
+          `one substitution carries at most ${maxRanges} ranges; split the patch into several smaller ones`,
+        );
+      }
+      const r = { offset: offset + p, length: Math.min(maxRangeBytes, length - p) };
+      const keep = newData !== undefined && retained + r.length <= RETAIN_BYTES;
+      const hashes = hashRange(base.fd!, patched.fd!, r.offset, r.length, scratch, keep);
+      ranges.push({ ...r, oldSha256: hashes.old, newSha256: hashes.new });
+      changedBytes += r.length;
+      if (keep) {
+        newData!.push(hashes.data!);
+        retained += r.length;
+      } else {
+        newData = undefined;
+      }
+    }
+  };
+  // The last run seen; it may go on in the next job.
+  let open: [number, number] | undefined;
+  try {
+    for (let i = 0; i < jobs.length; i++) {
+      const runs = await results[i]!.promise;
+      for (let k = 0; k < runs.length; k += 2) {
+        const offset = runs[k]!;
+        const length = runs[k + 1]!;
+        if (open && open[0] + open[1] === offset) {
+          open[1] += length;
+          continue;
+        }
+        if (open) emit(open[0], open[1]);
+        open = [offset, length];
+      }
+      done += jobs[i]![1];
+      onProgress(done);
+    }
+    if (open) emit(open[0], open[1]);
+  } finally {
+    failed = true;
+    await workers;
+  }
+  return { ranges, changedBytes, ...(newData ? { newData } : {}) };
+}
+
+/**
+ * The sha256 of [offset, offset + length) of both files, read synchronously
+ * through `scratch`; with `keep`, the new bytes are returned too.
+ */
+function hashRange(fdA: number, fdB: number, offset: number, length: number, scratch: Buffer, keep: boolean): { old: string; new: string; data?: Buffer } {
+  const readFull = (fd: number, buf: Buffer, position: number): void => {
+    for (let done = 0; done < buf.length; ) {
+      const n = readSync(fd, buf, done, buf.length - done, position + done);
+      if (n === 0) throw new DiffError(`short read at offset ${position + done}: an image shrank while it was being compared`);
+      done += n;
+    }
+  };
+  const hashA = createHash('sha256');
+  const hashB = createHash('sha256');
+  const data = keep ? Buffer.allocUnsafe(length) : undefined;
+  for (let p = 0; p < length; p += HASH_READ) {
+    const want = Math.min(HASH_READ, length - p);
+    readFull(fdA, scratch.subarray(0, want), offset + p);
+    hashA.update(scratch.subarray(0, want));
+    const into = data ? data.subarray(p, p + want) : scratch.subarray(0, want);
+    readFull(fdB, into, offset + p);
+    hashB.update(into);
+  }
+  return { old: hashA.digest('hex'), new: hashB.digest('hex'), ...(data ? { data } : {}) };
+}
+
+async function readTail(source: BlockSource, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.alloc(length);
+  if ((await source.readInto(buf, position)) !== length) throw new DiffError(`short read at offset ${position}: an image shrank while it was being compared`);
+  return buf;
+}
+
+/** Runs cut into ranges of at most maxRangeBytes (a run longer than that becomes adjacent ranges). */
+export function splitRuns(runs: readonly [number, number][], maxRangeBytes: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (const [offset, length] of runs) {
+    for (let p = 0; p < length; p += maxRangeBytes) out.push([offset + p, Math.min(maxRangeBytes, length - p)]);
+  }
+  return out;
+}
+
+/**
+ * Fills in the old and new sha256 of each range, reading both files again.
+ * Synchronous reads: the blocks were just read, so they come from the page
+ * cache, and a thread-pool round trip per range would cost more than the read.
+ */
+function hashRanges(fdA: number, fdB: number, ranges: DiffRange[]): void {
+  const longest = ranges.reduce((n, r) => Math.max(n, r.length), 0);
+  const bufA = Buffer.allocUnsafe(Math.min(HASH_READ, longest));
+  const bufB = Buffer.allocUnsafe(Math.min(HASH_READ, longest));
+  const readFull = (fd: number, buf: Buffer, position: number): void => {
+    for (let done = 0; done < buf.length; ) {
+      const n = readSync(fd, buf, done, buf.length - done, position + done);
+      if (n === 0) throw new DiffError(`short read at offset ${position + done}: an image shrank while it was being compared`);
+      done += n;
+    }
+  };
+  for (const r of ranges) {
+    const hashA = createHash('sha256');
+    const hashB = createHash('sha256');
+    for (let p = 0; p < r.length; p += HASH_READ) {
+      const want = Math.min(HASH_READ, r.length - p);
+      readFull(fdA, bufA.subarray(0, want), r.offset + p);
+      readFull(fdB, bufB.subarray(0, want), r.offset + p);
+      hashA.update(bufA.subarray(0, want));
+      hashB.update(bufB.subarray(0, want));
+    }
+    r.oldSha256 = hashA.digest('hex');
+    r.newSha256 = hashB.digest('hex');
+  }
 }
 
 async function segmentsOf(source: BlockSource): Promise<readonly Segment[] | undefined> {

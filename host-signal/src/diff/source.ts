@@ -20,26 +20,31 @@ export interface BlockSource {
    * or resolving to undefined: not known, all of it is read.
    */
   dataSegments?(): Promise<readonly Segment[] | undefined>;
+  /** A file descriptor to read with pread, when the source is a plain file (the native comparison uses it). */
+  readonly fd?: number;
   close?(): Promise<void>;
 }
 
-/** The shape of agent/src/native's facade used here: SEEK_DATA/SEEK_HOLE. */
-interface SeekModule {
+/** The shape of agent/src/native's facade used here: SEEK_DATA/SEEK_HOLE and the block comparison. */
+export interface NativeDiffModule {
   dataSegments(fd: number, size: number): [number, number][];
+  compareSpan(fdA: number, fdB: number, offset: number, length: number, blockSize: number): Promise<Float64Array>;
+  COMPARE_SPAN_MAX: number;
 }
 const NATIVE_MODULE = '../../../agent/src/native/index.js';
-let seekModule: Promise<SeekModule | undefined> | undefined;
+let nativeModule: Promise<NativeDiffModule | undefined> | undefined;
 
 /**
- * The native addon, when it is built and loads; the differ then skips holes.
- * Without it every byte is read (slower on sparse images, same result).
+ * The native addon, when it is built and loads: the differ then skips holes
+ * and compares in native code. Without it every byte is read and compared in
+ * JavaScript (slower, same result).
  */
-function loadSeek(): Promise<SeekModule | undefined> {
-  seekModule ??= import(new URL(NATIVE_MODULE, import.meta.url).href).then(
-    (m: Partial<SeekModule>) => (typeof m.dataSegments === 'function' ? (m as SeekModule) : undefined),
+export function loadNative(): Promise<NativeDiffModule | undefined> {
+  nativeModule ??= import(new URL(NATIVE_MODULE, import.meta.url).href).then(
+    (m: Partial<NativeDiffModule>) => (typeof m.dataSegments === 'function' && typeof m.compareSpan === 'function' ? (m as NativeDiffModule) : undefined),
     () => undefined,
   );
-  return seekModule;
+  return nativeModule;
 }
 
 /** Reads exactly `length` bytes at `position`, or throws if the source is shorter. */
@@ -85,10 +90,15 @@ export class FileSource implements BlockSource {
     }
   }
 
+  /** The open file's descriptor (for the native comparison); valid until close(). */
+  get fd(): number {
+    return this.handle.fd;
+  }
+
   /** Data segments by SEEK_DATA/SEEK_HOLE; undefined when the native addon is unavailable. */
   async dataSegments(): Promise<readonly Segment[] | undefined> {
-    const seek = await loadSeek();
-    return seek?.dataSegments(this.handle.fd, this.size);
+    const native = await loadNative();
+    return native?.dataSegments(this.handle.fd, this.size);
   }
 
   async readInto(target: Buffer, position: number): Promise<number> {

@@ -113,6 +113,41 @@ Files('diffImages compares two files', async () => {
   assert.equal(r.ranges.map((x) => [x.offset, x.length]), [[4 * MiB, B]]);
 });
 
+Files('the native comparison finds exactly the ranges and hashes of the JavaScript one', async () => {
+  // 130 MiB + 512 bytes: three native jobs (64 MiB), a run across a job boundary, a run longer
+  // than the cap, alternating blocks, a partial last block; sparse, with a hole against data.
+  const size = 130 * MiB + 512;
+  const base = image(size);
+  base.fill(0, 100 * MiB, 110 * MiB);
+  const patched = patch(base, [
+    [5000, 1],
+    [64 * MiB - 3 * B, 6 * B],
+    [70 * MiB, 3 * MiB],
+    [size - 100, 1],
+  ]);
+  for (let i = 0; i < 64; i += 2) patched[90 * MiB + i * B + 7] = ~base[90 * MiB + i * B + 7]! & 0xff;
+  patched.fill(0x11, 105 * MiB, 105 * MiB + B);
+  const a = tmp.file('na.img', base);
+  const b = tmp.file('nb.img', patched);
+  execFileSync('fallocate', ['--dig-holes', a]);
+  const opts = { maxRangeBytes: MiB };
+  const open = async () => [await FileSource.open(a), await FileSource.open(b)] as const;
+  const [a1, b1] = await open();
+  const seen: number[] = [];
+  const fast = await diffSources(a1, b1, { ...opts, onProgress: (d) => seen.push(d) });
+  const [a2, b2] = await open();
+  const slow = await diffSources(a2, b2, { ...opts, native: false });
+  await Promise.all([a1, b1, a2, b2].map((x) => x.close()));
+  assert.equal(fast, slow);
+  assert.is(slow.newData, undefined);
+  assert.equal(fast.newData?.length, fast.ranges.length, 'the native comparison keeps the new bytes');
+  fast.ranges.forEach((r, i) => assert.ok(fast.newData![i]!.equals(patched.subarray(r.offset, r.offset + r.length)), `new bytes of range ${i}`));
+  assert.is(fast.ranges.length, 1 + 1 + 3 + 32 + 1 + 1);
+  assert.ok(fast.ranges.some((r) => r.offset < 64 * MiB && r.offset + r.length > 64 * MiB), 'a range across the job boundary');
+  assert.equal(fast.ranges.at(-1)!.offset + fast.ranges.at(-1)!.length, size, 'the partial last block');
+  assert.is(seen.at(-1), fast.readBytes);
+});
+
 Files('a missing image is a DiffError naming its role', async () => {
   const err = await diffImages(tmp.file('nope.img'), tmp.file('a.img')).catch((e: unknown) => e);
   assert.instance(err, DiffError);

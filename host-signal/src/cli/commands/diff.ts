@@ -95,7 +95,7 @@ async function run(args: string[]): Promise<void> {
         ...(customization ? { customization } : {}),
       },
       patched,
-      { onProgress: (d, t) => o.progress.update('write', d, t) },
+      { onProgress: (d, t) => o.progress.update('write', d, t), ...(diff.newData ? { newData: diff.newData } : {}) },
     );
     const elapsed = Math.round(performance.now() - started);
     const elf = files.filter((f) => f.elf !== undefined);

@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Block comparison of two open files over one span, for the host's differ:
+ * both files are read with pread into buffers small enough to stay in the
+ * CPU cache between the read and the memcmp, and each run of differing
+ * blocks is recorded. The differ runs several spans at once on the libuv
+ * thread pool.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "native.h"
+
+/* Reads exactly len bytes at off; -ENODATA when the file ends first. */
+static int read_full(int fd, uint8_t *buf, size_t len, uint64_t off)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = pread(fd, buf + got, len - got, (off_t)(off + got));
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -ENODATA;
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length, uint32_t block_size,
+		    struct vs_run *runs, size_t max_runs, size_t *nruns)
+{
+	uint8_t *a, *b;
+	uint64_t pos = 0;
+	size_t n = 0;
+	int open = 0;
+	int ret = 0;
+
+	*nruns = 0;
+	if (block_size == 0 || VS_COMPARE_BUF % block_size != 0 || length % block_size != 0)
+		return -EINVAL;
+	if (posix_memalign((void **)&a, 4096, VS_COMPARE_BUF))
+		return -ENOMEM;
+	if (posix_memalign((void **)&b, 4096, VS_COMPARE_BUF)) {
+		free(a);
+		return -ENOMEM;
+	}
+	/* Each step reads VS_COMPARE_BUF bytes (less at the end): at most length / VS_COMPARE_BUF + 1 steps. */
+	while (pos < length) {
+		const size_t want = length - pos < VS_COMPARE_BUF ? (size_t)(length - pos) : VS_COMPARE_BUF;
+
+		ret = read_full(fd_a, a, want, offset + pos);
+		if (!ret)
+			ret = read_full(fd_b, b, want, offset + pos);
+		if (ret)
+			break;
+		if (memcmp(a, b, want) == 0) {
+			open = 0;
+		} else {
+			for (size_t o = 0; o < want; o += block_size) {
+				if (memcmp(a + o, b + o, block_size) == 0) {
+					open = 0;
+					continue;
+				}
+				if (open) {
+					runs[n - 1].length += block_size;
+					continue;
+				}
+				if (n == max_runs) {
+					ret = -E2BIG;
+					goto out;
+				}
+				runs[n].offset = offset + pos + o;
+				runs[n].length = block_size;
+				n++;
+				open = 1;
+			}
+		}
+		pos += want;
+	}
+out:
+	*nruns = n;
+	free(a);
+	free(b);
+	return ret;
+}

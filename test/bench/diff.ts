@@ -135,6 +135,8 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
     },
     // What node itself costs to start (every vmsubst time includes it and the module loading).
     { name: 'node -e 0', command: 'node -e 0', run: () => timeCmd(process.execPath, ['-e', '0']) },
+    // Node plus loading the (bundled) CLI: the floor under every vmsubst command.
+    { name: 'vmsubst start-up', command: 'vmsubst --version', run: () => timeCmd(process.execPath, [CLI, '--version']) },
     {
       name: 'qemu-img delta',
       command: 'qemu-img create -f qcow2 -b PATCHED -F raw d.qcow2 && qemu-img rebase -b BASE -F raw d.qcow2',
@@ -183,6 +185,7 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
     `warm: vmsubst diff / qemu-img delta = ${ratio('vmsubst diff', 'qemu-img delta', 'warm')} (target ≤ 1), vmsubst diff / cat both = ${ratio('vmsubst diff', 'cat both', 'warm')} (target ≤ 1.3)`,
     ...(canDrop ? [`cold: vmsubst diff / qemu-img delta = ${ratio('vmsubst diff', 'qemu-img delta', 'cold')}, vmsubst diff / cat both = ${ratio('vmsubst diff', 'cat both', 'cold')}`] : []),
     `the comparison alone (compare-ms): / qemu-img delta = ${cmpRatio('qemu-img delta', 'warm')} warm${canDrop ? `, ${cmpRatio('qemu-img delta', 'cold')} cold` : ''}; / cat both = ${cmpRatio('cat both', 'warm')} warm${canDrop ? `, ${cmpRatio('cat both', 'cold')} cold` : ''}`,
+    `without its start-up (vmsubst diff − vmsubst --version, warm): / cat both = ${((med('vmsubst diff', 'warm') - med('vmsubst start-up', 'warm')) / med('cat both', 'warm')).toFixed(2)}`,
     `vmsubst diff read ${(summary['read-bytes']! / MiB).toFixed(0)} MiB of each image (the union of their data), compared in ${summary['compare-ms']} ms of its ${summary['elapsed-ms']} ms (the rest: writing the ${(summary['changed-bytes']! / MiB).toFixed(1)} MiB bundle); node's start-up is in every vmsubst time`,
   ];
   rmSync(base, { force: true });

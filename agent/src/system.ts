@@ -16,7 +16,10 @@ export async function systemDeps(): Promise<AgentDeps> {
   return {
     readDirect: native.readDirect,
     fiemap: native.fiemap,
-    invalidateRange: native.invalidateRange,
+    // Only the counts are used: no outcome or mapper lists, so neither the addon nor the module
+    // allocates and zeroes report arrays at their maximum size (VMSUBST_RANGES_MAX and
+    // VMSUBST_MAPPERS_MAX entries, 288 KiB) for every range of every file.
+    invalidateRange: (fd, offset, length, flags, device) => native.invalidateRange(fd, offset, length, flags, device, { outcomesCapacity: 0, mappersCapacity: 0 }),
     forceFlag: native.INVALIDATE_F_FORCE,
     dropOnlyFlag: native.constants.VMSUBST_INVALIDATE_F_DROP,
     refaultFlag: native.constants.VMSUBST_INVALIDATE_F_REFAULT_ASYNC,
@@ -40,7 +43,9 @@ export function metadataOps(native: Native): MetadataOps {
       let pagesDropped = 0;
       const kept: { offset: number; length: number }[] = [];
       for (const r of ranges) {
-        const res = await native.invalidateBdev(fd, BigInt(r.offset), BigInt(r.length), { flags: force ? c.VMSUBST_BDEV_F_FORCE : 0 });
+        // The kept pages come back as ranges of pages: no more of them than the pages the range spans.
+        const keptCapacity = Math.min(c.VMSUBST_RANGES_MAX, pagesSpanned(r.offset, r.length));
+        const res = await native.invalidateBdev(fd, BigInt(r.offset), BigInt(r.length), { flags: force ? c.VMSUBST_BDEV_F_FORCE : 0, keptCapacity });
         pagesDropped += Number(res.pagesDropped);
         for (const k of res.kept) kept.push({ offset: Number(k.offset), length: Number(k.length) });
       }
@@ -87,4 +92,10 @@ export function restartUnit(unit: string): Promise<RestartOutcome> {
       resolve(err ? { unit, status: 'failed', detail: (stderr.trim() || err.message).slice(0, 500) } : { unit, status: 'restarted' });
     });
   });
+}
+
+/** The 4 KiB pages [offset, offset + length) touches (at least 1). */
+export function pagesSpanned(offset: number, length: number): number {
+  if (length <= 0) return 1;
+  return Math.floor((offset + length - 1) / 4096) - Math.floor(offset / 4096) + 1;
 }

@@ -19,6 +19,7 @@ import * as assert from 'uvu/assert';
 
 import {
   adoptStream,
+  compareSpan,
   constants,
   fiemap,
   INVALIDATE_F_FORCE,
@@ -377,6 +378,51 @@ ReadDirect('rejects a negative offset with RangeError', async () => {
 ReadDirect.run();
 
 // ---- /dev/vmsubst ----------------------------------------------------------------------------
+
+const Compare = suite('native: compareSpan');
+Compare.before(makeTmp);
+Compare.after(removeTmp);
+
+Compare('finds the runs of differing blocks, adjacent ones merged, without moving the file offsets', async () => {
+  const a = pattern(1 << 20, 3);
+  const b = Buffer.from(a);
+  for (const block of [0, 5, 6, 7, 100, 255]) b[block * 4096 + 11] = (b[block * 4096 + 11]! + 1) & 0xff;
+  const fa = path.join(tmp, 'cmp-a');
+  const fb = path.join(tmp, 'cmp-b');
+  fs.writeFileSync(fa, a);
+  fs.writeFileSync(fb, b);
+  const fdA = fs.openSync(fa, 'r');
+  const fdB = fs.openSync(fb, 'r');
+  try {
+    const runs = await compareSpan(fdA, fdB, 0, 1 << 20, 4096);
+    assert.equal([...runs], [0, 4096, 5 * 4096, 3 * 4096, 100 * 4096, 4096, 255 * 4096, 4096]);
+    // A sub-span: offsets stay absolute; identical files give no runs.
+    assert.equal([...(await compareSpan(fdA, fdB, 6 * 4096, 4 * 4096, 4096))], [6 * 4096, 2 * 4096]);
+    assert.equal([...(await compareSpan(fdA, fdA, 0, 1 << 20, 512))], []);
+    assert.is(fs.readSync(fdA, Buffer.alloc(1), 0, 1, null), 1, 'the offset is still 0');
+  } finally {
+    fs.closeSync(fdA);
+    fs.closeSync(fdB);
+  }
+});
+
+Compare('a span past the end of a file rejects with a short-read EIO; bad arguments are RangeErrors', async () => {
+  const f = path.join(tmp, 'cmp-short');
+  fs.writeFileSync(f, pattern(8192, 1));
+  const fd = fs.openSync(f, 'r');
+  try {
+    const err = await compareSpan(fd, fd, 0, 16384, 4096).then(() => undefined, (e: unknown) => e);
+    assertNativeError(err, 'EIO', 'pread');
+    assert.match((err as Error).message, /short read/);
+    for (const [offset, length, bs] of [[0, 4096, 3000], [0, 5000, 4096], [-1, 4096, 4096], [0, 2 ** 31, 4096], [0, 4096, 256]] as const) {
+      assert.throws(() => void compareSpan(fd, fd, offset, length, bs), (e: unknown) => e instanceof RangeError, `${offset} ${length} ${bs}`);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+});
+
+Compare.run();
 
 const Kmod = suite('native: kmod ioctls');
 

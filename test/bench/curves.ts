@@ -36,6 +36,10 @@ function parse<T>(out: string): T[] {
   return out.split('\n').filter((l) => l.startsWith('CURVE ')).map((l) => JSON.parse(l.slice(6)) as T);
 }
 
+/** The two report-capacity settings of the files curve, as the table names them. */
+const MAX_CAPS = "maximum (the addon's default)";
+const AGENT_CAPS = 'none (as the agent calls it)';
+
 export const curves: Benchmark = {
   name: 'curves',
   summary: 'guest cost curves: invalidation vs cached pages, vs mapping processes, vs files per substitution',
@@ -129,18 +133,18 @@ export const curves: Benchmark = {
     const fileSeries = new Map<string, Array<[number, number]>>();
     for (const xs of by(many, (x) => `${x.caps} ${x.k}`).values()) {
       const k = xs[0]!.k;
-      const caps = xs[0]!.caps === 'default' ? 'maximum (as the agent calls it)' : `${xs[0]!.caps} outcomes, ${xs[0]!.caps} mappers`;
+      const caps = xs[0]!.caps === 'default' ? MAX_CAPS : xs[0]!.caps === 0 ? AGENT_CAPS : `${xs[0]!.caps} outcomes, ${xs[0]!.caps} mappers`;
       const ms = xs.map((x) => x.ms);
       filesT.rows.push([String(k), caps, String(stats(xs.map((x) => x.dropped)).median), fmtStatsMs(ms), fmtMs(stats(ms).median / k)]);
       fileSeries.set(caps, [...(fileSeries.get(caps) ?? []), [k, stats(ms).median]]);
     }
-    const filePts = fileSeries.get('maximum (as the agent calls it)') ?? [];
+    const filePts = fileSeries.get(AGENT_CAPS) ?? [];
     const perFile = (caps: string): number => {
       const pts = fileSeries.get(caps) ?? [];
       const last = pts[pts.length - 1];
       return last ? last[1] / last[0] : NaN;
     };
-    const capRatio = perFile('maximum (as the agent calls it)') / perFile('16 outcomes, 16 mappers');
+    const capRatio = perFile(MAX_CAPS) / perFile(AGENT_CAPS);
     const fileLine = (xs: Array<[number, number]>): string => {
       const a = xs[0];
       const b = xs[xs.length - 1];
@@ -165,7 +169,7 @@ addon, close) and times them with \`performance.now()\`; every sample re-warms w
   \`i_mmap\` tree and zaps every mapping's PTEs (\`even_cows = 0\`).
 - **Files per substitution**: N = ${files.join(', ')} files of one cached page each, invalidated in one
   loop as the agent does for the files of one substitution; once with the report arrays at their maximum
-  (what the agent passes today) and once sized for 16 entries.
+  (the addon's default) and once with none, as the agent calls it (it uses only the counts).
   ${maxFiles < 10_000 ? `Scaled to ${maxFiles} files (BENCH_CURVE_FILES; the 10k point costs about ten minutes under TCG here): the cost is linear per file.` : ''}`,
       tables: [pagesT, procT, filesT],
       plots: [
@@ -187,7 +191,7 @@ addon, close) and times them with \`performance.now()\`; every sample re-warms w
             ? `Processes: from ${first[0]} to ${last[0]} mapping processes the medians stay between ${fmtMs(Math.min(...ms))} and ${fmtMs(Math.max(...ms))}: the rmap walk and the PTE zap of one ${stats(mappers.map((x) => x.dropped)).median}-page file per mapping are lost in the noise of one call on this loaded machine. The cost per mapping is small next to the fixed cost of a call.`
             : `Processes: ${fileLine(procPts)} processes: the rmap walk and the PTE zap are per mapping.`;
         })(),
-        `Files: ${fileLine(filePts)} files: a fixed cost per file (open, one ioctl on the thread pool, close). With the report arrays at their maximum (4096 outcomes and 4096 mappers, the addon's default, which the agent uses) each call zeroes and copies about 300 KiB in the addon and the module; sized for 16 entries, a call at the largest count cost ${(1 / capRatio).toFixed(2)}× as much. Sizing the arrays to the range (and growing them on a truncated report) is a cheap win for substitutions touching many files.`,
+        `Files: ${fileLine(filePts)} files: a fixed cost per file (open, one ioctl on the thread pool, close). With the report arrays at their maximum (4096 outcomes and 4096 mappers, the addon's default) each call allocates and zeroes about 300 KiB in the addon and the module; without them, as the agent calls it, a call at the largest count costs ${(1 / capRatio).toFixed(2)}× as much.`,
         'All under TCG on a machine shared with other jobs (see the min – max spreads), where every system call and page-table operation is emulated: read the slopes, not the absolute values, which KVM divides by a large factor.',
       ],
     };

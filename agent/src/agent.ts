@@ -81,6 +81,14 @@ export class Agent {
       if (!deps.adoptStream) throw new Error('virtio-serial requested but stream adoption is unavailable');
       this.#transports.push(new SerialTransport(config.serial, deps.adoptStream, log));
     }
+    for (const mountPoint of config.indexAtStart) {
+      // In the background: a substitution arriving meanwhile joins the build (PedigreeService.get).
+      const started = deps.now();
+      this.#pedigree.warm(mountPoint, deps.sysRoot, deps.procRoot).then(
+        () => log.info('index ready at start', { mountPoint, ms: Math.round(deps.now() - started) }),
+        (e: unknown) => log.warn('could not build the index at start; it will be built on first use', { mountPoint, error: (e as Error).message }),
+      );
+    }
     for (const t of this.#transports) {
       await t.start((stream, peer) => {
         this.#streams.add(stream);

@@ -49,6 +49,11 @@ export const Config = Type.Object(
      * for ELF files whose layout the host found unchanged, pin for the others.
      */
     policies: Policies,
+    /**
+     * Mount points whose pedigree index is built when the agent starts, in the background, so that
+     * the first substitution finds it ready (else it is built on first use, inside that substitution).
+     */
+    indexAtStart: Type.Array(Type.String({ pattern: '^/' })),
   },
   { additionalProperties: false },
 );
@@ -69,6 +74,7 @@ export const DEFAULTS: Config = {
   idleTimeoutSec: 300,
   customization: { allow: ['hostname', 'file', 'sysctl'], fileRoots: ['/etc'] },
   policies: {},
+  indexAtStart: [],
 };
 
 const validateConfig = new Validator(Config);
@@ -102,6 +108,9 @@ Options:
                        (repeatable; from 'vmsubst keygen')
   --log-level LEVEL    debug, info, warn or error (default info)
   --idle-timeout SEC   close stream connections silent this long (default 300; 0 never)
+  --index MOUNTPOINT   build the pedigree index of this filesystem at start, in the
+                       background, so the first substitution finds it ready
+                       (repeatable; default: each index is built on first use)
   --config PATH        settings file (JSON, the names --print-config shows; default
                        ${DEFAULT_CONFIG_FILE} when it exists); options override it
   --print-config       print the effective configuration as JSON and exit
@@ -130,6 +139,7 @@ export function parseCli(argv: string[], readText: (path: string) => string | un
       'trusted-key': { type: 'string', multiple: true },
       'log-level': { type: 'string' },
       'idle-timeout': { type: 'string' },
+      index: { type: 'string', multiple: true },
       config: { type: 'string' },
       'print-config': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
@@ -159,6 +169,7 @@ export function parseCli(argv: string[], readText: (path: string) => string | un
   if (values['trusted-key'] !== undefined) c.trustedKeys = values['trusted-key'];
   if (values['log-level'] !== undefined) c.logLevel = values['log-level'] as Config['logLevel'];
   if (values['idle-timeout'] !== undefined) c.idleTimeoutSec = int(values['idle-timeout'], '--idle-timeout');
+  if (values.index !== undefined) c.indexAtStart = values.index;
   const problems = validateConfig.problems(c);
   if (problems.length > 0) throw new ConfigError(problems);
   return { config: c, printConfig: values['print-config'] ?? false, help: values.help ?? false };

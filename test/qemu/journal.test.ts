@@ -20,8 +20,8 @@ const G = guard(Jr);
 const C = { scenario: undefined as Scenario | undefined, bundle: '', vm: undefined as GuestVm | undefined };
 const AGENT = 'node /opt/vmsubst/build/agent/src/main.js --no-vsock';
 
-async function startAgent(vm: GuestVm, env: string, log: string): Promise<void> {
-  await vm.sh(`${env} ${AGENT} > ${log} 2>&1 &`);
+async function startAgent(vm: GuestVm, env: string, log: string, args = ''): Promise<void> {
+  await vm.sh(`${env} ${AGENT} ${args} > ${log} 2>&1 &`);
   await waitFor(60_000, 'agent ready', async () => ((await vm.run(`grep -q "info: ready" ${log}`)).code === 0 ? true : undefined), 200);
 }
 
@@ -56,13 +56,17 @@ if (typeof art === 'string') {
   G.test('after restart the host retry completes it and says it recovered', () =>
     withTimeout(120_000, 'recover', async () => {
       const vm = C.vm!;
-      await startAgent(vm, '', '/tmp/agent.log');
+      // --index: the index of /mnt/data is built at start; the retry's substitution joins that build.
+      await startAgent(vm, '', '/tmp/agent.log', '--index /mnt/data');
       assert.match(await vm.sh('cat /tmp/agent.log'), /interrupted/);
       const report = await vmsubstJson<SubstituteReport>(['notify', C.bundle, '--to', `serial:${vm.agentSocket}`]);
       assert.is(report.recovered, true);
       assert.not.ok(report.replayed);
       assert.ok(report.files.some((f) => f.path === '/mnt/data/bin/vprog' && f['pages-dropped'] >= 0));
       assert.match(await vm.sh('/mnt/data/bin/vprog'), /version v2/);
+      const log = await vm.sh('cat /tmp/agent.log');
+      assert.match(log, /index ready at start .*\/mnt\/data/);
+      assert.is(log.match(/pedigree index built/g)?.length, 1, `one build of the index:\n${log}`);
     }),
   );
 

@@ -120,16 +120,20 @@ export class PedigreeIndex {
 
 /** One mount per filesystem of `disk`, preferring a mount of the filesystem's root (every file reachable). */
 export function mountsOfDisk(disk: DiskLayout, mounts: Mount[]): { mount: Mount; startBytes: number; sizeBytes: number }[] {
-  const ordered = [...mounts].sort((a, b) => Number(b.root === '/') - Number(a.root === '/'));
   const out: { mount: Mount; startBytes: number; sizeBytes: number }[] = [];
   const done = new Set<string>();
   for (const part of disk.parts) {
-    const mount = ordered.find((m) => m.devNum === part.devNum);
+    const mount = primaryMount(mounts, part.devNum);
     if (!mount || done.has(part.devNum)) continue;
     done.add(part.devNum);
     out.push({ mount, startBytes: part.startBytes, sizeBytes: part.sizeBytes });
   }
   return out;
+}
+
+/** The mount an index of device `devNum` is built through: the first that shows the filesystem's root, else the first. */
+export function primaryMount(mounts: Mount[], devNum: string): Mount | undefined {
+  return mounts.find((m) => m.devNum === devNum && m.root === '/') ?? mounts.find((m) => m.devNum === devNum);
 }
 
 /** Sorts and coalesces overlapping or touching ranges. */

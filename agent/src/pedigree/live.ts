@@ -12,10 +12,11 @@
  * substitution rewrote its metadata.
  */
 import { lstatSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
 import type { ByteRange } from '../protocol/schema.js';
-import { PedigreeIndex, mergeRanges, mountsOfDisk, type FileHit } from './index.js';
+import { PedigreeIndex, mergeRanges, mountsOfDisk, primaryMount, type FileHit } from './index.js';
 import { buildExt4Index } from './ext4-index.js';
 import { devicePath, readMounts, type DiskLayout, type Mount } from './mounts.js';
 import { mapPath, walkMount, WALK_BATCH, type Fiemap, type IndexedFile } from './walk.js';
@@ -226,6 +227,21 @@ export class PedigreeService {
     this.#fs.set(mount.devNum, { key, fs });
     fs.catch(() => this.#fs.delete(mount.devNum));
     return fs;
+  }
+
+  /**
+   * Builds the index of the filesystem mounted at `mountPoint` now, as a
+   * substitution of its disk would (same mount, same partition offset), so
+   * that the first substitution finds it ready, or joins the build under way.
+   */
+  async warm(mountPoint: string, sysRoot = '/sys', procRoot = '/proc'): Promise<FsIndex> {
+    const mounts = await readMounts(procRoot);
+    const top = mounts.filter((m) => m.mountPoint === mountPoint).at(-1);
+    if (!top) throw new Error(`${mountPoint} is not a mount point`);
+    const mount = primaryMount(mounts, top.devNum)!;
+    // A partition's offset on its disk, as the disk's layout gives it (readDiskLayout); a whole disk starts at 0.
+    const start = await readFile(`${sysRoot}/dev/block/${top.devNum}/start`, 'utf8').catch(() => undefined);
+    return this.get(mount, start === undefined ? 0 : Number(start.trim()) * 512);
   }
 
   /** Drops a filesystem's index (its metadata was substituted): the next use rebuilds it. */

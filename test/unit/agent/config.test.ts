@@ -54,4 +54,11 @@ Cfg('--no-vsock and --no-serial switch channels off', () => {
   assert.is(c.unix, '/run/a.sock');
 });
 
+Cfg('indexAtStart: from the file, replaced by --index; a relative path is refused', () => {
+  const read = files({ '/etc/vmsubst/agent.json': JSON.stringify({ indexAtStart: ['/srv'] }) });
+  assert.equal(parseCli([], read).config.indexAtStart, ['/srv']);
+  assert.equal(parseCli(['--index', '/mnt/data', '--index', '/'], read).config.indexAtStart, ['/mnt/data', '/']);
+  assert.throws(() => parseCli(['--index', 'mnt'], files({})), (e: ConfigError) => /indexAtStart/.test(e.problems.join()));
+});
+
 Cfg.run();

@@ -4,10 +4,12 @@
  * could leave behind in QEMU (exports, block nodes, dirty bitmaps, jobs).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { FirmwareVm } from './firmware-vm.js';
 import { Bundle, writeBundle, type Manifest } from '../../host-signal/src/bundle/index.js';
 import { bufferSource, diffSources } from '../../host-signal/src/diff/index.js';
 import type { Qemu } from '../../host-signal/src/qmp/index.js';
@@ -101,4 +103,39 @@ export async function rejected(p: Promise<unknown>): Promise<Error> {
   );
   assert.ok(e instanceof Error, 'expected a rejection');
   return e as Error;
+}
+
+/**
+ * The life of an apply suite's world and firmware VMs: the world is made
+ * before the suite, every VM a test started is killed after it, and the world
+ * is removed after the suite. `world()` is the current world; `startVm` boots
+ * a VM on a fresh copy of `content`.
+ */
+export function firmwareSuite(
+  s: Test,
+  make: () => Promise<ApplyWorld>,
+): { world(): ApplyWorld; startVm(name: string, content: Buffer, opts?: { shareRw?: boolean; paused?: boolean }): Promise<{ vm: FirmwareVm; image: string; dir: string }> } {
+  let w: ApplyWorld | undefined;
+  let vms: FirmwareVm[] = [];
+  s.before(async () => {
+    w = await make();
+  });
+  s.after.each(() => {
+    vms.forEach((vm) => vm.kill());
+    vms = [];
+  });
+  s.after(async () => {
+    vms.forEach((vm) => vm.kill());
+    await w?.bundle.close();
+    if (w) rmSync(w.dir, { recursive: true, force: true });
+  });
+  return {
+    world: () => w!,
+    async startVm(name, content, opts = {}) {
+      const d = diskCopy(w!, name, content);
+      const vm = await FirmwareVm.start({ ...d, ...opts });
+      vms.push(vm);
+      return { vm, ...d };
+    },
+  };
 }

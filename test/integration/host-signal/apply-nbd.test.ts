@@ -10,8 +10,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
 import { withTimeout } from '../../helpers/timeout.js';
-import { FirmwareVm, whyNoQemu } from '../../helpers/firmware-vm.js';
-import { MiB, applyWorld, assertNbdServerFree, deviceWrite, diskCopy, qemuState, rangesNew, rejected, type ApplyWorld } from '../../helpers/apply-world.js';
+import { whyNoQemu } from '../../helpers/firmware-vm.js';
+import { MiB, applyWorld, assertNbdServerFree, deviceWrite, firmwareSuite, qemuState, rangesNew, rejected, type ApplyWorld } from '../../helpers/apply-world.js';
 import { applyToQemu } from '../../../host-signal/src/apply/index.js';
 import { BaseMismatchError } from '../../../host-signal/src/errors.js';
 
@@ -24,28 +24,12 @@ const UNCHANGED = 32 * MiB + 512 * 1024;
 
 const noQemu = whyNoQemu();
 const S = suite('apply --mode nbd (QEMU, NBD export through QMP)');
+const F = firmwareSuite(S, () => applyWorld('nbd', SIZE, EDITS));
 let W: ApplyWorld;
-let vms: FirmwareVm[] = [];
-
-async function startVm(name: string, content: Buffer, opts: { shareRw?: boolean } = {}) {
-  const d = diskCopy(W, name, content);
-  const vm = await FirmwareVm.start({ ...d, ...opts });
-  vms.push(vm);
-  return { vm, ...d };
-}
-
-S.before(async () => {
-  W = await applyWorld('nbd', SIZE, EDITS);
+S.before.each(() => {
+  W = F.world();
 });
-S.after.each(() => {
-  vms.forEach((vm) => vm.kill());
-  vms = [];
-});
-S.after(async () => {
-  vms.forEach((vm) => vm.kill());
-  await W?.bundle.close();
-  if (W) rmSync(W.dir, { recursive: true, force: true });
-});
+const startVm = F.startVm;
 
 if (noQemu) {
   console.log(`apply-nbd.test: skipped: ${noQemu}`);

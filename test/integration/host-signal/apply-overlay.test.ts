@@ -6,14 +6,14 @@
  * failure.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
 import { withTimeout } from '../../helpers/timeout.js';
 import { FirmwareVm, whyNoQemu } from '../../helpers/firmware-vm.js';
-import { MiB, applyWorld, assertNbdServerFree, deviceWrite, diskCopy, qemuState, rangesNew, rejected, sha, type ApplyWorld } from '../../helpers/apply-world.js';
+import { MiB, applyWorld, assertNbdServerFree, deviceWrite, firmwareSuite, qemuState, rangesNew, rejected, sha, type ApplyWorld } from '../../helpers/apply-world.js';
 import { applyToQemu } from '../../../host-signal/src/apply/index.js';
 import { BaseMismatchError } from '../../../host-signal/src/errors.js';
 import { NbdClient } from '../../../host-signal/src/nbd/index.js';
@@ -58,14 +58,6 @@ function expectedRuns(w: ApplyWorld, cs: number): [number, number][] {
 const Export = suite('export --qcow2 (delta disk)');
 const Live = suite('apply --mode overlay (QEMU, blockdev-add + blockdev-snapshot)');
 let W: ApplyWorld;
-let vms: FirmwareVm[] = [];
-
-async function startVm(name: string, content: Buffer, opts: { shareRw?: boolean } = {}) {
-  const d = diskCopy(W, name, content);
-  const vm = await FirmwareVm.start({ ...d, ...opts });
-  vms.push(vm);
-  return { vm, ...d };
-}
 
 /** The content the VM's drive shows now, range by range, read through a read-only NBD export of the device's current top node. */
 async function driveRangesNew(vm: FirmwareVm, dir: string): Promise<boolean[]> {
@@ -89,15 +81,8 @@ async function driveRangesNew(vm: FirmwareVm, dir: string): Promise<boolean[]> {
 Export.before(async () => {
   W = await applyWorld('overlay', SIZE, EDITS);
 });
-Live.after.each(() => {
-  vms.forEach((vm) => vm.kill());
-  vms = [];
-});
-Live.after(async () => {
-  vms.forEach((vm) => vm.kill());
-  await W?.bundle.close();
-  if (W) rmSync(W.dir, { recursive: true, force: true });
-});
+// Live uses the world Export made, and removes it at the end.
+const { startVm } = firmwareSuite(Live, async () => W);
 
 if (noQemuImg) {
   console.log(`apply-overlay.test: export checks skipped: ${noQemuImg}`);

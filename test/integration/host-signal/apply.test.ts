@@ -2,101 +2,39 @@
  * `vmsubst apply` against real QEMU (firmware only, no guest OS) and against
  * raw image files. Every QEMU test starts its own VM and kills it afterwards.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { vmsubstJson } from '../../helpers/cli.js';
 import { withTimeout } from '../../helpers/timeout.js';
 import { applyToImage, applyToQemu, type QemuApplyResult } from '../../../host-signal/src/apply/index.js';
-import { Bundle, writeBundle } from '../../../host-signal/src/bundle/index.js';
-import { bufferSource, diffSources } from '../../../host-signal/src/diff/index.js';
 import { BaseMismatchError, TargetError } from '../../../host-signal/src/errors.js';
-import { FirmwareVm, whyNoQemu } from '../../helpers/firmware-vm.js';
+import { whyNoQemu } from '../../helpers/firmware-vm.js';
+import { MiB, applyWorld, diskCopy, firmwareSuite, rejected, sha, type ApplyWorld } from '../../helpers/apply-world.js';
 
-const MiB = 1 << 20;
 const B = 4096;
 const SIZE = 16 * MiB;
 const TEST_TIMEOUT = 60_000;
 
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-/** Base and patched images, the bundle between them, and where the changes are. */
-interface World {
-  dir: string;
-  base: Buffer;
-  patched: Buffer;
-  bundlePath: string;
-  bundle: Bundle;
-  changedBytes: number;
-  /** A block offset inside a changed range. */
-  changedBlock: number;
-}
-
-async function makeWorld(): Promise<World> {
-  const dir = mkdtempSync(join(tmpdir(), 'vmsubst-apply-it-'));
-  const base = randomBytes(SIZE);
-  base[510] = 0; // no boot signature: the firmware must not run random bytes
-  base[511] = 0;
-  const patched = Buffer.from(base);
-  const edit = (offset: number, length: number): void => {
-    for (let i = offset; i < offset + length; i++) patched[i] = patched[i]! ^ 0x5a;
-  };
-  edit(1024, 16); // inside block 0
-  edit(MiB + 100, 3 * B); // a run over four blocks
-  edit(8 * MiB + B, 1);
-  edit(SIZE - 10, 10); // the last block
-  const d = await diffSources(bufferSource(base), bufferSource(patched));
-  const bundlePath = join(dir, 'patch.vsb');
-  await writeBundle(bundlePath, { base: { size: SIZE }, blockSize: d.blockSize, ranges: d.ranges }, bufferSource(patched));
-  const bundle = await Bundle.open(bundlePath);
-  return { dir, base, patched, bundlePath, bundle, changedBytes: d.changedBytes, changedBlock: 8 * MiB + B };
-}
-
-/** A fresh disk image holding `content`, with its own socket directory. */
-function disk(w: World, name: string, content: Buffer): { image: string; dir: string } {
-  const dir = join(w.dir, name);
-  mkdirSync(dir);
-  const image = join(dir, 'disk.img');
-  writeFileSync(image, content);
-  return { image, dir };
-}
-
-async function rejected(p: Promise<unknown>): Promise<Error> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  assert.ok(e instanceof Error, 'expected a rejection');
-  return e as Error;
-}
+/** Where the changes are: a run inside block 0, one over four blocks, one byte, the last block. */
+const EDITS: [number, number][] = [
+  [1024, 16],
+  [MiB + 100, 3 * B],
+  [8 * MiB + B, 1],
+  [SIZE - 10, 10],
+];
+/** A block offset inside a changed range. */
+const CHANGED_BLOCK = 8 * MiB + B;
+const makeWorld = (): Promise<ApplyWorld> => applyWorld('apply-it', SIZE, EDITS);
 
 const noQemu = whyNoQemu();
 const Live = suite('apply: running QEMU (NBD export through QMP)');
 const Image = suite('apply: raw image file');
-let W: World;
-let vms: FirmwareVm[] = [];
-
-async function startVm(w: World, name: string, content: Buffer, opts: { shareRw?: boolean; paused?: boolean } = {}) {
-  const d = disk(w, name, content);
-  const vm = await FirmwareVm.start({ ...d, ...opts });
-  vms.push(vm);
-  return { vm, image: d.image, dir: d.dir };
-}
-
-Live.before(async () => {
-  W = await makeWorld();
-});
-Live.after.each(() => {
-  vms.forEach((vm) => vm.kill());
-  vms = [];
-});
-Live.after(async () => {
-  vms.forEach((vm) => vm.kill());
-  await W?.bundle.close();
-  if (W) rmSync(W.dir, { recursive: true, force: true });
+const F = firmwareSuite(Live, makeWorld);
+let W: ApplyWorld;
+Live.before.each(() => {
+  W = F.world();
 });
 
 if (noQemu) {
@@ -105,7 +43,7 @@ if (noQemu) {
 } else {
   Live('apply writes exactly the changed blocks and the VM runs afterwards', () =>
     withTimeout(TEST_TIMEOUT, 'apply', async () => {
-      const { vm, image } = await startVm(W, 'fresh', W.base);
+      const { vm, image } = await F.startVm('fresh', W.base);
       const r = await applyToQemu(W.bundle, vm.qmpSocket, { device: 'vblk0' });
       assert.is(r.status, 'applied');
       assert.is(r.bytesWritten, W.changedBytes);
@@ -125,7 +63,7 @@ if (noQemu) {
 
   Live('a second apply reports already-applied and writes nothing', () =>
     withTimeout(TEST_TIMEOUT, 'second apply', async () => {
-      const { vm, image } = await startVm(W, 'twice', W.base);
+      const { vm, image } = await F.startVm('twice', W.base);
       await applyToQemu(W.bundle, vm.qmpSocket, { device: 'vblk0' });
       await vm.flush();
       const before = sha(readFileSync(image));
@@ -142,12 +80,12 @@ if (noQemu) {
   Live('a disk that differs from the base in a changed block is refused and left byte-for-byte unchanged', () =>
     withTimeout(TEST_TIMEOUT, 'mismatch', async () => {
       const content = Buffer.from(W.base);
-      content[W.changedBlock + 7] = content[W.changedBlock + 7]! ^ 0xff; // neither old nor new
-      const { vm, image } = await startVm(W, 'diverged', content);
+      content[CHANGED_BLOCK + 7] = content[CHANGED_BLOCK + 7]! ^ 0xff; // neither old nor new
+      const { vm, image } = await F.startVm('diverged', content);
       const err = await rejected(applyToQemu(W.bundle, vm.qmpSocket, { device: 'vblk0' }));
       assert.instance(err, BaseMismatchError);
       assert.match(err.message, /not based on this bundle's base: 1 of 4 ranges hold neither/);
-      assert.match(err.message, new RegExp(`at offset ${W.changedBlock}`));
+      assert.match(err.message, new RegExp(`at offset ${CHANGED_BLOCK}`));
       assert.ok((await vm.status()).running, 'the VM was resumed');
       await vm.flush();
       assert.ok(readFileSync(image).equals(content), 'disk unchanged');
@@ -157,7 +95,7 @@ if (noQemu) {
   Live('a target of the wrong size is refused', () =>
     withTimeout(TEST_TIMEOUT, 'wrong size', async () => {
       const content = W.base.subarray(0, 8 * MiB);
-      const { vm, image } = await startVm(W, 'small', content);
+      const { vm, image } = await F.startVm('small', content);
       const err = await rejected(applyToQemu(W.bundle, vm.qmpSocket, { device: 'vblk0' }));
       assert.instance(err, BaseMismatchError);
       assert.match(err.message, /target is not based on this bundle's base: drive vblk0 is 8388608 bytes, the base image was 16777216 bytes/);
@@ -168,7 +106,7 @@ if (noQemu) {
 
   Live('a VM that was not running is written but not started', () =>
     withTimeout(TEST_TIMEOUT, 'paused VM', async () => {
-      const { vm, image } = await startVm(W, 'paused', W.base, { paused: true });
+      const { vm, image } = await F.startVm('paused', W.base, { paused: true });
       const r = await applyToQemu(W.bundle, vm.qmpSocket, { node: 'disk0' });
       assert.is(r.status, 'applied');
       assert.is(r.vmStatus, 'prelaunch');
@@ -181,7 +119,7 @@ if (noQemu) {
 
   Live('the export, the NBD server and the socket directory are gone afterwards', () =>
     withTimeout(TEST_TIMEOUT, 'cleanup', async () => {
-      const { vm, dir } = await startVm(W, 'cleanup', W.base);
+      const { vm, dir } = await F.startVm('cleanup', W.base);
       const work = join(dir, 'work');
       mkdirSync(work);
       await applyToQemu(W.bundle, vm.qmpSocket, { workDir: work });
@@ -195,7 +133,7 @@ if (noQemu) {
 
   Live('a device without share-rw=on is refused with a hint to set it, and nothing is left behind', () =>
     withTimeout(TEST_TIMEOUT, 'share-rw', async () => {
-      const { vm, image, dir } = await startVm(W, 'noshare', W.base, { shareRw: false });
+      const { vm, image, dir } = await F.startVm('noshare', W.base, { shareRw: false });
       const err = await rejected(applyToQemu(W.bundle, vm.qmpSocket, { device: 'vblk0' }));
       assert.instance(err, TargetError);
       assert.match(err.message, /Permission conflict/);
@@ -209,7 +147,7 @@ if (noQemu) {
 
   Live('an NBD server already running in QEMU is reported as such', () =>
     withTimeout(TEST_TIMEOUT, 'nbd busy', async () => {
-      const { vm, image, dir } = await startVm(W, 'busy', W.base);
+      const { vm, image, dir } = await F.startVm('busy', W.base);
       await vm.monitor.nbdServerStartUnix(join(dir, 'other.sock'));
       const err = await rejected(applyToQemu(W.bundle, vm.qmpSocket, { device: 'vblk0' }));
       assert.instance(err, TargetError);
@@ -221,7 +159,7 @@ if (noQemu) {
 
   Live('an unknown device is refused, naming the devices there are', () =>
     withTimeout(TEST_TIMEOUT, 'unknown device', async () => {
-      const { vm } = await startVm(W, 'nodev', W.base);
+      const { vm } = await F.startVm('nodev', W.base);
       const err = await rejected(applyToQemu(W.bundle, vm.qmpSocket, { device: 'vblk9' }));
       assert.instance(err, TargetError);
       assert.match(err.message, /no block device 'vblk9'/);
@@ -231,7 +169,7 @@ if (noQemu) {
 
   Live('the CLI applies through QMP and reports JSON', () =>
     withTimeout(TEST_TIMEOUT, 'cli apply', async () => {
-      const { vm, image } = await startVm(W, 'cli', W.base);
+      const { vm, image } = await F.startVm('cli', W.base);
       const r = await vmsubstJson<Record<string, unknown>>(['apply', W.bundlePath, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
       assert.is(r['status'], 'applied');
       assert.is(r['written'], W.changedBytes);
@@ -244,7 +182,7 @@ if (noQemu) {
 
   Live('applying into the image of a running VM directly is refused (QEMU holds its lock)', () =>
     withTimeout(TEST_TIMEOUT, 'locked image', async () => {
-      const { image } = await startVm(W, 'locked', W.base);
+      const { image } = await F.startVm('locked', W.base);
       const err = await rejected(applyToImage(W.bundle, image));
       assert.instance(err, TargetError);
       assert.match(err.message, /is locked/);
@@ -253,7 +191,7 @@ if (noQemu) {
   );
 }
 
-let IW: World;
+let IW: ApplyWorld;
 Image.before(async () => {
   IW = await makeWorld();
 });
@@ -264,7 +202,7 @@ Image.after(async () => {
 
 Image('apply --image writes the changed blocks', () =>
   withTimeout(TEST_TIMEOUT, 'image apply', async () => {
-    const { image } = disk(IW, 'img-fresh', IW.base);
+    const { image } = diskCopy(IW, 'img-fresh', IW.base);
     const r = await applyToImage(IW.bundle, image);
     assert.is(r.status, 'applied');
     assert.is(r.bytesWritten, IW.changedBytes);
@@ -274,7 +212,7 @@ Image('apply --image writes the changed blocks', () =>
 
 Image('a second apply --image reports already-applied and writes nothing', () =>
   withTimeout(TEST_TIMEOUT, 'image twice', async () => {
-    const { image } = disk(IW, 'img-twice', IW.patched);
+    const { image } = diskCopy(IW, 'img-twice', IW.patched);
     const r = await applyToImage(IW.bundle, image);
     assert.is(r.status, 'already-applied');
     assert.is(r.bytesWritten, 0);
@@ -285,8 +223,8 @@ Image('a second apply --image reports already-applied and writes nothing', () =>
 Image('an image that differs from the base in a changed block is refused and unchanged', () =>
   withTimeout(TEST_TIMEOUT, 'image mismatch', async () => {
     const content = Buffer.from(IW.base);
-    content[IW.changedBlock] = content[IW.changedBlock]! ^ 1;
-    const { image } = disk(IW, 'img-diverged', content);
+    content[CHANGED_BLOCK] = content[CHANGED_BLOCK]! ^ 1;
+    const { image } = diskCopy(IW, 'img-diverged', content);
     const err = await rejected(applyToImage(IW.bundle, image));
     assert.instance(err, BaseMismatchError);
     assert.ok(readFileSync(image).equals(content));
@@ -296,7 +234,7 @@ Image('an image that differs from the base in a changed block is refused and unc
 Image('an image of the wrong size is refused', () =>
   withTimeout(TEST_TIMEOUT, 'image size', async () => {
     const content = Buffer.concat([IW.base, Buffer.alloc(B)]);
-    const { image } = disk(IW, 'img-big', content);
+    const { image } = diskCopy(IW, 'img-big', content);
     const err = await rejected(applyToImage(IW.bundle, image));
     assert.instance(err, BaseMismatchError);
     assert.ok(readFileSync(image).equals(content));

@@ -16,7 +16,7 @@
  *   nbd-server-start {unix: <private dir>/nbd.sock}        QEMU has one NBD server
  *   block-export-add {type: nbd, writable: nbd mode}       writable needs share-rw=on
  *   block-dirty-bitmap-add {persistent: false}             guest writes from now on
- *   verify (NBD reads), [prepare], [build + blockdev-add the overlay]
+ *   verify (NBD reads), [prepare], [build + blockdev-add the overlay], NBD flush
  *   stop → bitmap clean? (else verify again) → write | blockdev-snapshot → cont
  *   flush; remove bitmap, export, NBD server, socket directory
  */

@@ -1,5 +1,6 @@
 /** How the agent's plan and report read for people (notify, apply --notify, plan, rollout). */
 import type { Plan, SubstituteReport } from '../../../agent/src/protocol/schema.js';
+import { NOT_TOLD, type AgentOutcome, type GuestStatus } from '../apply/index.js';
 import { formatBytes, plural, table } from './format.js';
 
 export function formatPlan(plan: Plan): string {
@@ -38,4 +39,24 @@ export function formatReport(report: SubstituteReport): string {
   const stages = Object.entries(t).filter(([k]) => k !== 'total' && k !== 'invalidate').map(([k, v]) => `${k} ${Math.round(v * 10) / 10}`);
   lines.push(`took ${Math.round(t.total)} ms (${stages.join(', ')})`);
   return lines.join('\n');
+}
+
+/**
+ * What happened with a guest's agent, as `apply --json` and `rollout --json`
+ * print it (`targetKey` names the agent's address). A guest the blocks reached
+ * without being told gets the meaning of that spelled out.
+ */
+export function agentOutcomeJson(a: AgentOutcome, status: GuestStatus, targetKey: string): Record<string, unknown> {
+  return {
+    told: a.told,
+    ...(a.target !== undefined ? { [targetKey]: a.target } : {}),
+    ...(a.version !== undefined ? { version: a.version } : {}),
+    ...(a.mode !== undefined ? { mode: a.mode } : {}),
+    ...(a.unreachable !== undefined ? { unreachable: a.unreachable } : {}),
+    ...(!a.told && (status === 'applied' || status === 'done-before') ? { meaning: NOT_TOLD } : {}),
+    ...(a.replayed ? { replayed: true } : {}),
+    ...(a.recovered ? { recovered: true } : {}),
+    resends: a.resends,
+    ...(a.report ? { report: a.report } : {}),
+  };
 }

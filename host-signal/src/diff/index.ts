@@ -13,14 +13,14 @@
  *
  * Two plain files are compared in native code instead when the addon loads
  * (compareSpan: pread into cache-sized buffers and memcmp on the libuv thread
- * pool, several spans at once); the changed runs found are then read again
- * to hash them. Same ranges either way.
+ * pool, several spans at once); the ranges found are hashed, reading both
+ * images again, while the later spans are compared. Same ranges either way.
  */
 import { createHash, hash, type Hash } from 'node:crypto';
-import { MAX_RANGE_BYTES, MAX_RANGES } from '../../../agent/src/protocol/schema.js';
-import { DiffError } from '../errors.js';
 import { readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { MAX_RANGE_BYTES, MAX_RANGES } from '../../../agent/src/protocol/schema.js';
+import { DiffError } from '../errors.js';
 import { FileSource, loadNative, type BlockSource, type NativeDiffModule, type Segment } from './source.js';
 import { Qcow2Source, probeFormat } from './qcow2.js';
 
@@ -128,10 +128,7 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
     });
     open = undefined;
     if (ranges.length > maxRanges) {
-      throw new DiffError(
-        `the change is too scattered: more than ${maxRanges} ranges`,
-        `one substitution carries at most ${maxRanges} ranges; split the patch into several smaller ones`,
-      );
+      throw tooScattered(maxRanges);
     }
   };
 
@@ -174,7 +171,7 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
       patched.readInto(bufB.subarray(0, want), position),
     ]);
     if (na !== want || nb !== want) {
-      throw new DiffError(`short read at offset ${position}: an image shrank while it was being compared`);
+      throw shrank(position);
     }
     return { a: bufA.subarray(0, want), b: bufB.subarray(0, want) };
   };
@@ -253,7 +250,7 @@ async function diffNative(
       runs = await native.compareSpan(base.fd!, patched.fd!, offset, whole, blockSize);
     } catch (e) {
       if ((e as { code?: string }).code === 'EIO' && /short read/.test((e as Error).message)) {
-        throw new DiffError(`short read at offset ${offset}: an image shrank while it was being compared`);
+        throw shrank(offset);
       }
       throw e;
     }
@@ -286,10 +283,7 @@ async function diffNative(
   const emit = (offset: number, length: number): void => {
     for (let p = 0; p < length; p += maxRangeBytes) {
       if (ranges.length === maxRanges) {
-        throw new DiffError(
-          `the change is too scattered: more than ${maxRanges} ranges`,
-          `one substitution carries at most ${maxRanges} ranges; split the patch into several smaller ones`,
-        );
+        throw tooScattered(maxRanges);
       }
       const r = { offset: offset + p, length: Math.min(maxRangeBytes, length - p) };
       const keep = newData !== undefined ? retained.take(r.length) : undefined;
@@ -337,7 +331,7 @@ function hashRange(fdA: number, fdB: number, offset: number, length: number, scr
   const readFull = (fd: number, buf: Buffer, position: number): Buffer => {
     for (let done = 0; done < buf.length; ) {
       const n = readSync(fd, buf, done, buf.length - done, position + done);
-      if (n === 0) throw new DiffError(`short read at offset ${position + done}: an image shrank while it was being compared`);
+      if (n === 0) throw shrank(position + done);
       done += n;
     }
     return buf;
@@ -381,48 +375,20 @@ class Retained {
 
 async function readTail(source: BlockSource, position: number, length: number): Promise<Buffer> {
   const buf = Buffer.alloc(length);
-  if ((await source.readInto(buf, position)) !== length) throw new DiffError(`short read at offset ${position}: an image shrank while it was being compared`);
+  if ((await source.readInto(buf, position)) !== length) throw shrank(position);
   return buf;
 }
 
-/** Runs cut into ranges of at most maxRangeBytes (a run longer than that becomes adjacent ranges). */
-export function splitRuns(runs: readonly [number, number][], maxRangeBytes: number): [number, number][] {
-  const out: [number, number][] = [];
-  for (const [offset, length] of runs) {
-    for (let p = 0; p < length; p += maxRangeBytes) out.push([offset + p, Math.min(maxRangeBytes, length - p)]);
-  }
-  return out;
+/** An image got shorter while it was being read. */
+function shrank(offset: number): DiffError {
+  return new DiffError(`short read at offset ${offset}: an image shrank while it was being compared`);
 }
 
-/**
- * Fills in the old and new sha256 of each range, reading both files again.
- * Synchronous reads: the blocks were just read, so they come from the page
- * cache, and a thread-pool round trip per range would cost more than the read.
- */
-function hashRanges(fdA: number, fdB: number, ranges: DiffRange[]): void {
-  const longest = ranges.reduce((n, r) => Math.max(n, r.length), 0);
-  const bufA = Buffer.allocUnsafe(Math.min(HASH_READ, longest));
-  const bufB = Buffer.allocUnsafe(Math.min(HASH_READ, longest));
-  const readFull = (fd: number, buf: Buffer, position: number): void => {
-    for (let done = 0; done < buf.length; ) {
-      const n = readSync(fd, buf, done, buf.length - done, position + done);
-      if (n === 0) throw new DiffError(`short read at offset ${position + done}: an image shrank while it was being compared`);
-      done += n;
-    }
-  };
-  for (const r of ranges) {
-    const hashA = createHash('sha256');
-    const hashB = createHash('sha256');
-    for (let p = 0; p < r.length; p += HASH_READ) {
-      const want = Math.min(HASH_READ, r.length - p);
-      readFull(fdA, bufA.subarray(0, want), r.offset + p);
-      readFull(fdB, bufB.subarray(0, want), r.offset + p);
-      hashA.update(bufA.subarray(0, want));
-      hashB.update(bufB.subarray(0, want));
-    }
-    r.oldSha256 = hashA.digest('hex');
-    r.newSha256 = hashB.digest('hex');
-  }
+function tooScattered(maxRanges: number): DiffError {
+  return new DiffError(
+    `the change is too scattered: more than ${maxRanges} ranges`,
+    `one substitution carries at most ${maxRanges} ranges; split the patch into several smaller ones`,
+  );
 }
 
 async function segmentsOf(source: BlockSource): Promise<readonly Segment[] | undefined> {

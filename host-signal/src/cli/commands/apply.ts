@@ -1,6 +1,7 @@
 /** `vmsubst apply`. */
 import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
 import { applyAndTell, applyToImage, applyToQemu, commitApplied, NO_AGENT_ACTIONS, NOT_TOLD, type ApplyPhase, type ApplyResult, type GuestOutcome, type NoAgentAction } from '../../apply/index.js';
+import { agentOutcomeJson } from '../report.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { notificationArgs, parseAgentTarget } from '../../notify/index.js';
@@ -162,7 +163,8 @@ async function run(args: string[]): Promise<void> {
         })
       : applyToImage(bundle, values.image!, common);
   };
-  const reset = values.qmp !== undefined ? ((qmp: string) => () => systemReset(qmp))(values.qmp) : undefined;
+  const qmpPath = values.qmp;
+  const reset = qmpPath !== undefined ? () => systemReset(qmpPath) : undefined;
   let outcome: GuestOutcome<ApplyResult>;
   try {
     outcome = await applyAndTell(doApply, {
@@ -254,19 +256,13 @@ function applyHuman(r: ApplyResult): string {
   return lines.join('\n');
 }
 
+/** The agent part of the result; `two-phase` and `prepare` on top of what a rollout prints per guest. */
 function agentJson(t: GuestOutcome<ApplyResult>): Record<string, unknown> {
   const a = t.agent;
   return {
-    told: a.told,
-    ...(a.target !== undefined ? { target: a.target } : {}),
-    ...(a.version !== undefined ? { version: a.version } : {}),
-    ...(a.mode !== undefined ? { mode: a.mode, 'two-phase': a.mode === 'two-phase' } : {}),
-    ...(a.unreachable !== undefined ? { unreachable: a.unreachable } : {}),
-    ...(a.told ? {} : { meaning: NOT_TOLD }),
-    ...(a.replayed ? { replayed: true } : {}),
-    resends: a.resends,
+    ...agentOutcomeJson(a, t.status, 'target'),
+    ...(a.mode !== undefined ? { 'two-phase': a.mode === 'two-phase' } : {}),
     ...(a.prepare ? { prepare: a.prepare } : {}),
-    ...(a.report ? { report: a.report } : {}),
   };
 }
 

@@ -3,6 +3,7 @@ import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { resolve } from 'node:path';
 import { fleetFromJson, loadFleet, NOT_TOLD, type FleetMember, NO_AGENT_ACTIONS, rollout, type NoAgentAction, type RolloutResult, type VmOutcome } from '../../rollout/index.js';
+import { agentOutcomeJson } from '../report.js';
 import { formatBytes, plural, table } from '../format.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, positiveInt, type Command } from '../common.js';
 
@@ -176,18 +177,7 @@ export function vmJson(v: VmOutcome): Record<string, unknown> {
           },
         }
       : {}),
-    guest: {
-      told: v.agent.told,
-      ...(v.agent.target !== undefined ? { agent: v.agent.target } : {}),
-      ...(v.agent.version !== undefined ? { version: v.agent.version } : {}),
-      ...(v.agent.mode !== undefined ? { mode: v.agent.mode } : {}),
-      ...(v.agent.unreachable !== undefined ? { unreachable: v.agent.unreachable } : {}),
-      ...(v.agent.told ? {} : v.status === 'applied' || v.status === 'done-before' ? { meaning: NOT_TOLD } : {}),
-      ...(v.agent.replayed ? { replayed: true } : {}),
-      ...(v.agent.recovered ? { recovered: true } : {}),
-      resends: v.agent.resends,
-      ...(v.agent.report ? { report: v.agent.report } : {}),
-    },
+    guest: agentOutcomeJson(v.agent, v.status, 'agent'),
     reset: v.reset,
     notes: v.notes,
     ...(v.error ? { error: v.error } : {}),

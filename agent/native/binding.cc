@@ -939,8 +939,9 @@ Napi::Value VsockConnectStart(const Napi::CallbackInfo& info) {
   const uint32_t cid = ArgU32(info, 0, "cid");
   const uint32_t port = ArgU32(info, 1, "port");
   const uint32_t timeout_ms = ArgU32(info, 2, "timeoutMs");
+  const uint32_t local_port = ArgU32(info, 3, "localPort");
   const char* syscall = "socket";
-  const int fd = vs_vsock_connect(cid, port, timeout_ms, &syscall);
+  const int fd = vs_vsock_connect(cid, port, timeout_ms, local_port, &syscall);
   if (fd < 0) throw MakeError(env, fd, syscall, VsockAddress(cid, port));
   return Napi::Number::New(env, fd);
 }
@@ -990,6 +991,13 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   const int err = vs_close(fd);
   if (err < 0) throw MakeError(info.Env(), err, "close", "(fd " + std::to_string(fd) + ")");
   return info.Env().Undefined();
+}
+
+Napi::Value DupFd(const Napi::CallbackInfo& info) {
+  const int fd = ArgFd(info, 0);
+  const int nfd = vs_dup(fd);
+  if (nfd < 0) throw MakeError(info.Env(), nfd, "dup", "(fd " + std::to_string(fd) + ")");
+  return Napi::Number::New(info.Env(), nfd);
 }
 
 // ---- StreamHandle ------------------------------------------------------------------------
@@ -1614,6 +1622,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("vsockAddresses", Napi::Function::New<VsockAddresses>(env, "vsockAddresses"));
   exports.Set("localCid", Napi::Function::New<LocalCid>(env, "localCid"));
   exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
+  exports.Set("dupFd", Napi::Function::New<DupFd>(env, "dupFd"));
   exports.Set("sdNotify", Napi::Function::New<SdNotify>(env, "sdNotify"));
   exports.Set("StreamHandle", StreamHandle::Define(env));
   exports.Set("Listener", Listener::Define(env));

@@ -43,8 +43,16 @@ int vs_vsock_listen(uint32_t cid, uint32_t port, int backlog,
  * timeout_ms > 0 sets the kernel's connect timeout (SO_VM_SOCKETS_CONNECT_TIMEOUT,
  * default 2 s) so that long timeouts are honoured by the transport too.
  */
+/*
+ * Binds the socket first when local_port is not VS_VSOCK_PORT_NONE:
+ * VS_VSOCK_PORT_RESERVED takes the first free port of 1023 down to 512 (the
+ * kernel lets only CAP_NET_BIND_SERVICE bind below 1024: -EACCES otherwise),
+ * any other value that port.
+ */
+#define VS_VSOCK_PORT_NONE 0xffffffffu
+#define VS_VSOCK_PORT_RESERVED 0xfffffffeu
 int vs_vsock_connect(uint32_t cid, uint32_t port, uint32_t timeout_ms,
-		     const char **failed_syscall);
+		     uint32_t local_port, const char **failed_syscall);
 
 /*
  * After a non-blocking connect signalled writability or an error: 0 when the
@@ -75,6 +83,8 @@ int vs_sd_notify(const char *socket_path, const char *message, size_t len);
 
 /* close() that retries nothing (Linux closes the fd even on EINTR). */
 int vs_close(int fd);
+/* dup(2), close-on-exec. */
+int vs_dup(int fd);
 
 /* ---- fiemap.c: FS_IOC_FIEMAP ---------------------------------------------- */
 

@@ -67,16 +67,45 @@ int vs_vsock_listen(uint32_t cid, uint32_t port, int backlog,
 	return fd;
 }
 
-int vs_vsock_connect(uint32_t cid, uint32_t port, uint32_t timeout_ms,
-		     const char **failed_syscall)
+/* Binds fd to a free reserved port, from the top down, as bindresvport(3) does. */
+static int vs_vsock_bind_reserved(int fd)
 {
 	struct sockaddr_vm sa;
-	int fd;
+	uint32_t p;
+
+	for (p = 1023; p >= 512; p--) {
+		vs_vsock_sockaddr(&sa, VMADDR_CID_ANY, p);
+		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			return 0;
+		if (errno != EADDRINUSE)
+			return -errno;
+	}
+	return -EADDRINUSE;
+}
+
+int vs_vsock_connect(uint32_t cid, uint32_t port, uint32_t timeout_ms,
+		     uint32_t local_port, const char **failed_syscall)
+{
+	struct sockaddr_vm sa;
+	int fd, err;
 
 	fd = vs_vsock_socket();
 	if (fd < 0) {
 		*failed_syscall = "socket";
 		return fd;
+	}
+	if (local_port == VS_VSOCK_PORT_RESERVED) {
+		err = vs_vsock_bind_reserved(fd);
+		if (err < 0) {
+			*failed_syscall = "bind";
+			return vs_fail(fd, err);
+		}
+	} else if (local_port != VS_VSOCK_PORT_NONE) {
+		vs_vsock_sockaddr(&sa, VMADDR_CID_ANY, local_port);
+		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+			*failed_syscall = "bind";
+			return vs_fail(fd, -errno);
+		}
 	}
 	if (timeout_ms > 0) {
 		struct timeval tv = {
@@ -186,4 +215,11 @@ int vs_vsock_local_cid(const char *dev_path, uint32_t *cid,
 int vs_close(int fd)
 {
 	return close(fd) < 0 ? -errno : 0;
+}
+
+int vs_dup(int fd)
+{
+	int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+
+	return nfd < 0 ? -errno : nfd;
 }

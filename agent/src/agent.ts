@@ -17,20 +17,14 @@ import type { ArgsOf, ReturnOf } from './protocol/schema.js';
 import { Journal } from './journal/journal.js';
 import { PedigreeService } from './pedigree/live.js';
 import { CommandError } from './errors.js';
-import { createPublicKey, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { checkSignature, keyId } from './protocol/signature.js';
+import { randomBytes, type KeyObject } from 'node:crypto';
+import { Gate, loadTrustedKeys, readIdentity, type Admission } from './trust/gate.js';
+import { Grants } from './trust/grants.js';
+import type { Peer } from './transport/transport.js';
+import type { SignedCommand } from './protocol/signature.js';
+import { encode } from './protocol/codec.js';
 
-/** Reads the trusted public keys; a key that is not Ed25519 stops the agent at start. */
-export function loadTrustedKeys(paths: readonly string[]): Map<string, KeyObject> {
-  const keys = new Map<string, KeyObject>();
-  for (const p of paths) {
-    const key = createPublicKey(readFileSync(p));
-    if (key.asymmetricKeyType !== 'ed25519') throw new Error(`${p}: an ${key.asymmetricKeyType} key; trusted keys must be Ed25519`);
-    keys.set(keyId(key), key);
-  }
-  return keys;
-}
+export { loadTrustedKeys };
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -39,14 +33,19 @@ export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange'> {
   invalidateRange(fd: number, offset: bigint, length: bigint, flags: number, device: string): ReturnType<SubstituteDeps['invalidateRange']>;
   vsockListen?: VsockListen;
   adoptStream?: AdoptStream;
+  /** dup(2): the virtio-serial port stays open while its streams come and go. */
+  dupFd?: (fd: number) => number;
 }
 
 export class Agent {
   readonly #transports: Transport[] = [];
   readonly #streams = new Set<Duplex>();
+  #connections = 0;
   #busy: Promise<unknown> = Promise.resolve();
   #journal: Journal | undefined;
   #trusted = new Map<string, KeyObject>();
+  #grants: Grants | undefined;
+  #gate: Gate | undefined;
   /** Live block → file indexes, built on a filesystem's first substitution and kept current. */
   #pedigree: PedigreeService | undefined;
 
@@ -57,14 +56,23 @@ export class Agent {
   ) {}
 
   get greeting(): GreetingBody {
-    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan'] };
+    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan', 'envelope-v2'] };
   }
 
   async start(): Promise<void> {
     const { config, deps, log } = this;
-    this.#trusted = loadTrustedKeys(config.trustedKeys);
-    if (this.#trusted.size > 0) log.info('signed notifications required', { keys: [...this.#trusted.keys()] });
+    this.#trusted = loadTrustedKeys(config.trustedKeys, config.trustedKeyDir ?? undefined);
     this.#journal = Journal.open(config.stateDir);
+    this.#grants = new Grants(config.stateDir);
+    if (this.#grants.corrupt.length > 0) log.warn('unreadable lines in the replay record; they were skipped', { file: this.#grants.path, lines: this.#grants.corrupt });
+    this.#gate = new Gate({
+      trusted: this.#trusted,
+      hypervisorChannels: config.trust.hypervisorChannels,
+      requireSignature: config.trust.requireSignature,
+      grants: this.#grants,
+      identity: () => readIdentity(deps.sysRoot),
+    });
+    log.info('trust', { keys: [...this.#trusted.keys()], unsignedFrom: config.trust.requireSignature ? [] : config.trust.hypervisorChannels, customization: config.customization.allow });
     this.#pedigree = new PedigreeService(deps.fiemap, {
       readDirect: deps.readDirect,
       onBuilt: (mount, how) => log.info('pedigree index built', { mountPoint: mount.mountPoint, ...how }),
@@ -79,7 +87,8 @@ export class Agent {
     }
     if (config.serial) {
       if (!deps.adoptStream) throw new Error('virtio-serial requested but stream adoption is unavailable');
-      this.#transports.push(new SerialTransport(config.serial, deps.adoptStream, log));
+      if (!deps.dupFd) throw new Error('virtio-serial requested but dup() is unavailable');
+      this.#transports.push(new SerialTransport(config.serial, deps.adoptStream, log, deps.dupFd));
     }
     for (const mountPoint of config.indexAtStart) {
       // In the background: a substitution arriving meanwhile joins the build (PedigreeService.get).
@@ -91,10 +100,23 @@ export class Agent {
     }
     for (const t of this.#transports) {
       await t.start((stream, peer) => {
+        if (peer.transport !== 'serial' && this.#connections >= config.maxConnections) {
+          log.warn('refused a connection: too many open', { peer: peer.description, max: config.maxConnections });
+          stream.end(encode({ error: { class: 'Busy', desc: `${config.maxConnections} connections are open already; retry later` } }));
+          setTimeout(() => stream.destroy(), 1000).unref();
+          return;
+        }
+        if (peer.transport !== 'serial') this.#connections++;
         this.#streams.add(stream);
-        stream.once('close', () => this.#streams.delete(stream));
+        stream.once('close', () => {
+          this.#streams.delete(stream);
+          if (peer.transport !== 'serial') this.#connections--;
+        });
         if (peer.transport !== 'serial') log.info('connection', { peer: peer.description });
-        new Session(stream, peer, this.greeting, (name, args) => this.#dispatch(name as CommandName, args, peer.description), log, config.idleTimeoutSec * 1000);
+        new Session(stream, peer, this.greeting, {
+          dispatch: (name, args) => this.#dispatch(name as CommandName, args, peer),
+          mayAsk: (name) => this.#gate!.mayAsk(name, peer),
+        }, log, config.idleTimeoutSec * 1000);
       });
       log.info('listening', { on: t.name });
     }
@@ -106,9 +128,10 @@ export class Agent {
     await this.#busy.catch(() => undefined);
     await this.#pedigree?.close();
     this.#journal?.close();
+    this.#grants?.close();
   }
 
-  async #dispatch(name: CommandName, args: unknown, peer: string): Promise<unknown> {
+  async #dispatch(name: CommandName, args: unknown, peer: Peer): Promise<unknown> {
     switch (name) {
       case 'hello':
         return this.greeting;
@@ -119,9 +142,9 @@ export class Agent {
       case 'prepare':
         return this.#exclusive(() => this.#prepare(args as ArgsOf<'prepare'>, peer));
       case 'commit':
-        return this.#exclusive(() => this.#commit((args as ArgsOf<'commit'>).id, peer));
+        return this.#exclusive(() => this.#commit(args as ArgsOf<'commit'>, peer));
       case 'abort':
-        return this.#exclusive(() => this.#abort((args as ArgsOf<'abort'>).id, peer));
+        return this.#exclusive(() => this.#abort(args as ArgsOf<'abort'>, peer));
     }
   }
 
@@ -132,51 +155,96 @@ export class Agent {
     return run;
   }
 
-  #authorize(args: ArgsOf<'substitute'> | ArgsOf<'prepare'>, peer: string): void {
-    const verdict = checkSignature(args, this.#trusted);
-    if (!verdict.ok) {
-      this.log.warn('refused an unauthorized substitution', { peer, id: args.id, reason: verdict.reason });
-      throw new CommandError('Unauthorized', verdict.reason);
+  /** Admits a request or throws Unauthorized (trust/gate.ts); refusals are logged. */
+  #admit(command: SignedCommand, args: ArgsOf<'substitute'> | ArgsOf<'prepare'> | ArgsOf<'commit'>, peer: Peer): Admission {
+    try {
+      return this.#gate!.admit(command, args, peer);
+    } catch (e) {
+      this.log.warn('refused an unauthorized request', { command, peer: peer.description, id: args.id, reason: (e as Error).message });
+      throw e;
     }
   }
 
+  /** A replayed envelope is refused unless it asks again for what the journal already holds. */
+  #refuseReplay(a: Admission, command: SignedCommand, id: string, peer: Peer): never {
+    const why = `replayed envelope: its nonce was used already (${a.replayOf!.command} of ${a.replayOf!.id}); sign the request again`;
+    this.log.warn('refused an unauthorized request', { command, peer: peer.description, id, reason: why });
+    throw new CommandError('Unauthorized', why);
+  }
+
+  /** commit and abort come from whoever prepared: prepare's token, or a valid signature. */
+  #admitPhase(command: 'commit' | 'abort', args: ArgsOf<'commit'>, peer: Peer): Admission {
+    const a = this.#admit(command, args, peer);
+    if (a.signedBy !== undefined) return a;
+    if (args.token !== undefined && this.#grants!.tokenMatches(args.id, args.token)) return a;
+    const why = args.token === undefined
+      ? `${command} must carry the token prepare returned (or be signed)`
+      : `the token does not belong to the prepare of ${args.id}`;
+    this.log.warn('refused an unauthorized request', { command, peer: peer.description, id: args.id, reason: why });
+    throw new CommandError('Unauthorized', why);
+  }
+
+  /** A fresh token for a prepared id, recorded (hashed) before it is returned. */
+  #newToken(id: string): string {
+    const token = randomBytes(16).toString('hex');
+    this.#grants!.setToken(id, token);
+    return token;
+  }
+
   /** The one-shot `substitute` (the host wrote first); with dry-run, the plan only, outside the journal. */
-  async #substituteOnce(args: ArgsOf<'substitute'>, peer: string): Promise<ReturnOf<'substitute'>> {
-    this.#authorize(args, peer);
+  async #substituteOnce(args: ArgsOf<'substitute'>, peer: Peer): Promise<ReturnOf<'substitute'>> {
+    const a = this.#admit('substitute', args, peer);
+    if (a.replayOf) {
+      const entry = this.#journal!.get(args.id);
+      const answerable = a.replayOf.id === args.id && a.replayOf.command === 'substitute' && entry?.last.phase === 'done' && this.#journal!.latest() === entry;
+      if (!answerable) this.#refuseReplay(a, 'substitute', args.id, peer);
+    }
+    a.commit();
     if (args['dry-run']) {
       this.log.info('plan', { id: args.id, ranges: args.ranges.length });
       return planSubstitution(args, this.#substituteDeps());
     }
-    return this.#journaled(args, peer, undefined);
+    return this.#journaled(args, peer.description, undefined);
   }
 
   /** Phase one: plan and pin. A repeated prepare of the same id is answered from the journal. */
-  async #prepare(args: ArgsOf<'prepare'>, peer: string): Promise<ReturnOf<'prepare'>> {
-    this.#authorize(args, peer);
+  async #prepare(args: ArgsOf<'prepare'>, peer: Peer): Promise<ReturnOf<'prepare'>> {
+    const a = this.#admit('prepare', args, peer);
     const journal = this.#journal!;
     const entry = journal.get(args.id);
+    if (a.replayOf && !(a.replayOf.id === args.id && a.replayOf.command === 'prepare' && entry?.last.phase === 'prepared')) {
+      this.#refuseReplay(a, 'prepare', args.id, peer);
+    }
+    a.commit();
     if (entry?.last.phase === 'prepared') {
+      // A retry (the host lost the answer): the same answer, with a new token that replaces the old.
       this.log.info('prepare answered from the journal', { id: args.id });
-      return { ...(entry.last.report as ReturnOf<'prepare'>), replayed: true };
+      return { ...(entry.last.report as Omit<ReturnOf<'prepare'>, 'token'>), replayed: true, token: this.#newToken(args.id) };
     }
     this.log.info('prepare', { id: args.id, ranges: args.ranges.length });
     const report = await prepareSubstitution(args, this.#substituteDeps());
-    journal.prepared(args.id, peer, args, report);
+    journal.prepared(args.id, peer.description, args, report);
     for (const p of report.pinned) this.log.info('pinned', { id: args.id, pid: p.pid, comm: p.comm, path: p.path, bytes: p['bytes-copied'], status: p.status });
-    return report;
+    return { ...report, token: this.#newToken(args.id) };
   }
 
   /** Phase two: the host has written; substitute with prepare's arguments and pins. */
-  async #commit(id: string, peer: string): Promise<ReturnOf<'substitute'>> {
+  async #commit(args: ArgsOf<'commit'>, peer: Peer): Promise<ReturnOf<'substitute'>> {
+    const { id } = args;
+    const a = this.#admitPhase('commit', args, peer);
     const entry = this.#journal!.get(id);
+    if (a.replayOf && !(a.replayOf.id === id && a.replayOf.command === 'commit' && entry?.last.phase === 'done' && this.#journal!.latest() === entry)) {
+      this.#refuseReplay(a, 'commit', id, peer);
+    }
+    a.commit();
     const last = entry?.last;
     if (last?.phase === 'prepared') {
-      return this.#journaled(last.args as ArgsOf<'substitute'>, peer, (last.report as ReturnOf<'prepare'>).pinned);
+      return this.#journaled(last.args as ArgsOf<'substitute'>, peer.description, (last.report as ReturnOf<'prepare'>).pinned);
     }
     if (last?.phase === 'begin' && last.args !== undefined) {
       // A commit cut short (agent crash): its arguments are in the journal; run it again. The pins
       // of prepare live on in the processes; none are taken now that the disk holds new blocks.
-      return this.#journaled(last.args as ArgsOf<'substitute'>, peer, []);
+      return this.#journaled(last.args as ArgsOf<'substitute'>, peer.description, []);
     }
     if (last?.phase === 'done' && this.#journal!.latest() === entry) {
       this.log.info('commit answered from the journal', { id });
@@ -186,13 +254,17 @@ export class Agent {
     throw new CommandError('NotPrepared', `substitution ${id} ${why}; send prepare first`);
   }
 
-  async #abort(id: string, peer: string): Promise<ReturnOf<'abort'>> {
+  async #abort(args: ArgsOf<'abort'>, peer: Peer): Promise<ReturnOf<'abort'>> {
+    const { id } = args;
+    const a = this.#admitPhase('abort', args, peer);
+    if (a.replayOf) this.#refuseReplay(a, 'abort', id, peer);
+    a.commit();
     const journal = this.#journal!;
     const last = journal.get(id)?.last;
     if (last?.phase === 'prepared') {
       journal.aborted(id);
       const pins = (last.report as ReturnOf<'prepare'>).pinned;
-      this.log.info('aborted', { id, peer, pinsKept: pins.length });
+      this.log.info('aborted', { id, peer: peer.description, pinsKept: pins.length });
       return {
         id,
         status: 'aborted',

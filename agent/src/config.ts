@@ -12,6 +12,7 @@ export const DEFAULT_VSOCK_PORT = 5252;
 export const DEFAULT_SERIAL_PATH = '/dev/virtio-ports/org.vmsubst.0';
 export const HOST_CID = 2;
 export const DEFAULT_STATE_DIR = '/var/lib/vmsubst';
+export const DEFAULT_TRUSTED_KEY_DIR = '/etc/vmsubst/trusted.d';
 
 export const Config = Type.Object(
   {
@@ -30,12 +31,28 @@ export const Config = Type.Object(
     kmodDevice: Type.String({ minLength: 1 }),
     /** Where the journal lives; keep it off the filesystems that are substituted. */
     stateDir: Type.String({ minLength: 1 }),
-    /** PEM files of Ed25519 public keys; when any is given, only notifications signed by one are accepted. */
+    /** PEM files of Ed25519 public keys whose signed requests are accepted from any channel. */
     trustedKeys: Type.Array(Type.String({ minLength: 1 })),
+    /** A directory whose *.pub files are trusted keys too (the packages create it); missing: none. */
+    trustedKeyDir: Type.Union([Type.String({ pattern: '^/' }), Type.Null()]),
+    /**
+     * Who may change the guest (docs/design.md, "Trust"): unsigned state-changing requests are
+     * accepted only over these channels, which only the hypervisor's side can open; with
+     * requireSignature, on none.
+     */
+    trust: Type.Object(
+      {
+        hypervisorChannels: Type.Array(Type.Union([Type.Literal('serial'), Type.Literal('vsock-privileged-port'), Type.Literal('unix')]), { uniqueItems: true }),
+        requireSignature: Type.Boolean(),
+      },
+      { additionalProperties: false },
+    ),
+    /** Stream connections served at once (vsock and unix); more are closed at once. */
+    maxConnections: Type.Integer({ minimum: 1, maximum: 1024 }),
     logLevel: Type.Union([Type.Literal('debug'), Type.Literal('info'), Type.Literal('warn'), Type.Literal('error')]),
     /** A stream connection silent this long is closed (0: never). virtio-serial is exempt. */
     idleTimeoutSec: Type.Integer({ minimum: 0, maximum: 86400 }),
-    /** Which customization a substitution may carry, and where files may be written. */
+    /** Which customization a signed substitution may carry (none by default), and where files may be written. */
     customization: Type.Object(
       {
         allow: Type.Array(Type.Union([Type.Literal('hostname'), Type.Literal('file'), Type.Literal('sysctl')]), { uniqueItems: true }),
@@ -70,9 +87,12 @@ export const DEFAULTS: Config = {
   kmodDevice: '/dev/vmsubst',
   stateDir: DEFAULT_STATE_DIR,
   trustedKeys: [],
+  trustedKeyDir: DEFAULT_TRUSTED_KEY_DIR,
+  trust: { hypervisorChannels: ['serial', 'vsock-privileged-port', 'unix'], requireSignature: false },
+  maxConnections: 16,
   logLevel: 'info',
   idleTimeoutSec: 300,
-  customization: { allow: ['hostname', 'file', 'sysctl'], fileRoots: ['/etc'] },
+  customization: { allow: [], fileRoots: ['/etc'] },
   policies: {},
   indexAtStart: [],
 };
@@ -104,8 +124,14 @@ Options:
   --unix PATH          also listen on a unix socket (mode 0600)
   --kmod-device PATH   the kernel module's device (default /dev/vmsubst)
   --state-dir DIR      journal directory (default ${DEFAULT_STATE_DIR})
-  --trusted-key PEM    accept only substitutions signed by this Ed25519 public key
-                       (repeatable; from 'vmsubst keygen')
+  --trusted-key PEM    trust this Ed25519 public key (repeatable; from 'vmsubst keygen'):
+                       requests it signed are accepted from any channel; *.pub in
+                       ${DEFAULT_TRUSTED_KEY_DIR} are trusted too (--trusted-key-dir)
+  --trusted-key-dir D  directory of trusted *.pub keys ('' for none)
+  --require-signature  refuse unsigned state-changing requests on every channel
+                       (default: accepted from the hypervisor's side only: the
+                       virtio-serial port, vsock from a source port below 1024,
+                       the unix socket)
   --log-level LEVEL    debug, info, warn or error (default info)
   --idle-timeout SEC   close stream connections silent this long (default 300; 0 never)
   --index MOUNTPOINT   build the pedigree index of this filesystem at start, in the
@@ -137,6 +163,8 @@ export function parseCli(argv: string[], readText: (path: string) => string | un
       'kmod-device': { type: 'string' },
       'state-dir': { type: 'string' },
       'trusted-key': { type: 'string', multiple: true },
+      'trusted-key-dir': { type: 'string' },
+      'require-signature': { type: 'boolean' },
       'log-level': { type: 'string' },
       'idle-timeout': { type: 'string' },
       index: { type: 'string', multiple: true },
@@ -167,6 +195,8 @@ export function parseCli(argv: string[], readText: (path: string) => string | un
   if (values['kmod-device'] !== undefined) c.kmodDevice = values['kmod-device'];
   if (values['state-dir'] !== undefined) c.stateDir = values['state-dir'];
   if (values['trusted-key'] !== undefined) c.trustedKeys = values['trusted-key'];
+  if (values['trusted-key-dir'] !== undefined) c.trustedKeyDir = values['trusted-key-dir'] === '' ? null : values['trusted-key-dir'];
+  if (values['require-signature']) c.trust = { ...c.trust, requireSignature: true };
   if (values['log-level'] !== undefined) c.logLevel = values['log-level'] as Config['logLevel'];
   if (values['idle-timeout'] !== undefined) c.idleTimeoutSec = int(values['idle-timeout'], '--idle-timeout');
   if (values.index !== undefined) c.indexAtStart = values.index;
@@ -200,4 +230,19 @@ function loadConfigFile(explicit: string | undefined, readText: (path: string) =
   const problems = validateConfigFile.problems(value);
   if (problems.length > 0) throw new ConfigError(problems.map((p) => `${path}${p.startsWith('/') ? '' : ' '}${p}`));
   return value as Partial<Config>;
+}
+
+/** What the configuration trusts, in words: `--print-config` prints it beside the settings. */
+export function describeTrust(c: Config, keyIds: readonly string[]): string[] {
+  const ch = c.trust.hypervisorChannels;
+  const lines = [
+    c.trust.requireSignature
+      ? 'unsigned state-changing requests: refused on every channel (requireSignature)'
+      : `unsigned state-changing requests (substitute, dry run, prepare, commit, abort): accepted from ${ch.length ? ch.map((x) => ({ serial: 'the virtio-serial port (the VMM\'s chardev)', 'vsock-privileged-port': 'vsock peers bound to a source port below 1024 (root on the host)', unix: 'the unix socket (root in the guest)' })[x]).join(', ') : 'no channel'}`,
+    keyIds.length ? `signed requests: accepted from any channel when signed by ${keyIds.join(', ')} (once each, unexpired, for this VM)` : 'signed requests: no key is trusted, so none is accepted',
+    c.vsock ? `vsock: connections only from CIDs ${c.vsock.allowCids.join(', ')}; an unprivileged port may only hello and ping` : 'vsock: off',
+    c.customization.allow.length ? `customization: ${c.customization.allow.join(', ')}, only in signed requests, files under ${c.customization.fileRoots.join(', ')}` : 'customization: off',
+    `at most ${c.maxConnections} stream connections at once`,
+  ];
+  return lines;
 }

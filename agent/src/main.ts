@@ -6,7 +6,8 @@ import { status } from './status.js';
 import { SystemdNotifier } from './systemd.js';
 import { pinCommand } from './pin.js';
 import { mapCommand } from './pedigree/map-command.js';
-import { ConfigError, USAGE, parseCli } from './config.js';
+import { ConfigError, USAGE, describeTrust, parseCli } from './config.js';
+import { loadTrustedKeys } from './trust/gate.js';
 import { createLogger } from './log.js';
 
 async function main(): Promise<number> {
@@ -26,6 +27,13 @@ async function main(): Promise<number> {
   }
   if (cli.printConfig) {
     process.stdout.write(JSON.stringify(cli.config, null, 2) + '\n');
+    let keys: string[] = [];
+    try {
+      keys = [...loadTrustedKeys(cli.config.trustedKeys, cli.config.trustedKeyDir ?? undefined).keys()];
+    } catch (e) {
+      process.stderr.write(`vmsubst-agent: trusted keys: ${(e as Error).message}\n`);
+    }
+    process.stderr.write(describeTrust(cli.config, keys).map((l) => `# ${l}\n`).join(''));
     return 0;
   }
   const log = createLogger(cli.config.logLevel);

@@ -15,6 +15,12 @@ const MAX_QUEUED = 64;
 
 export type Dispatch = (name: string, args: unknown) => Promise<unknown>;
 
+export interface SessionHandlers {
+  dispatch: Dispatch;
+  /** Whether this peer may send the command at all (trust/gate.ts); asked before its arguments are read. */
+  mayAsk(name: string): boolean;
+}
+
 export class Session {
   readonly #decoder = new LineDecoder();
   #queue: Promise<void> = Promise.resolve();
@@ -24,7 +30,7 @@ export class Session {
     private readonly stream: Duplex,
     private readonly peer: Peer,
     greeting: GreetingBody,
-    private readonly dispatch: Dispatch,
+    private readonly handlers: SessionHandlers,
     private readonly log: Logger,
     idleMs = 0,
   ) {
@@ -82,6 +88,15 @@ export class Session {
       this.#sendError('CommandNotFound', `the command '${name}' does not exist`, id);
       return;
     }
+    if (!this.handlers.mayAsk(name)) {
+      this.log.warn('refused an unauthorized request', { command: name, peer: this.peer.description });
+      this.#sendError(
+        'Unauthorized',
+        `${this.peer.description} is not the hypervisor's side and this agent trusts no signing key: it may only hello and ping`,
+        id,
+      );
+      return;
+    }
     const args = req.arguments ?? {};
     const problems = argsValidator(name).problems(args);
     if (problems.length > 0) {
@@ -90,7 +105,7 @@ export class Session {
     }
     try {
       const started = Date.now();
-      const ret = await this.dispatch(name, args);
+      const ret = await this.handlers.dispatch(name, args);
       if (name !== 'hello' && name !== 'ping') {
         this.log.info(`${name} done`, { peer: this.peer.description, ms: Date.now() - started });
       }

@@ -28,6 +28,7 @@ export async function systemDeps(): Promise<AgentDeps> {
     metadata: metadataOps(native),
     vsockListen: (port) => native.vsockListen(port),
     adoptStream: native.adoptStream,
+    dupFd: native.dupFd,
     procRoot: '/proc',
     sysRoot: '/sys',
     devRoot: '/dev',

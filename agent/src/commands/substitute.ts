@@ -133,7 +133,7 @@ export async function planSubstitution(args: Args, deps: SubstituteDeps): Promis
 }
 
 /** Phase one: plan, and pin the processes whose policy is `pin` while the disk still holds the old blocks. */
-export async function prepareSubstitution(args: ArgsOf<'prepare'>, deps: SubstituteDeps): Promise<ReturnOf<'prepare'>> {
+export async function prepareSubstitution(args: ArgsOf<'prepare'>, deps: SubstituteDeps): Promise<Omit<ReturnOf<'prepare'>, 'token'>> {
   const t0 = deps.now();
   const m = await mapAndPlan(args, deps, true);
   refuseRestartRequired(m, args.force ?? false);

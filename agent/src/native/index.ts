@@ -488,7 +488,7 @@ interface NativeBinding {
     unpinnedCap: number,
   ): Promise<RawPinMappersResult>;
   vsockListen(cid: number, port: number, backlog: number): VsockName & { fd: number };
-  vsockConnectStart(cid: number, port: number, timeoutMs: number): number;
+  vsockConnectStart(cid: number, port: number, timeoutMs: number, localPort: number): number;
   vsockAddresses(fd: number): {
     localCid: number;
     localPort: number;
@@ -498,6 +498,7 @@ interface NativeBinding {
   localCid(devPath: string): number;
   sdNotify(socketPath: string, message: string): void;
   closeFd(fd: number): void;
+  dupFd(fd: number): number;
   StreamHandle: new (
     fd: number,
     onread: (err: NativeError | null, chunk: Buffer | null) => void,
@@ -533,6 +534,7 @@ const BINDING_FUNCTIONS = [
   'localCid',
   'sdNotify',
   'closeFd',
+  'dupFd',
   'StreamHandle',
   'Listener',
   'Connector',
@@ -1265,6 +1267,21 @@ export interface VsockConnectOptions extends AdoptOptions {
    * it the transport's own connect timeout applies (2 s on Linux).
    */
   timeoutMs?: number;
+  /**
+   * The local port to bind first: 'reserved' takes a free one below 1024
+   * (needs CAP_NET_BIND_SERVICE: EACCES otherwise), which tells the guest
+   * agent the peer is privileged; a number that port; default any.
+   */
+  localPort?: number | 'reserved';
+}
+
+const VSOCK_PORT_NONE = 0xffffffff;
+const VSOCK_PORT_RESERVED = 0xfffffffe;
+
+/** dup(2) with close-on-exec: a second descriptor of the same open file. */
+export function dupFd(fd: number): number {
+  checkInteger('fd', fd, 0, 0x7fffffff);
+  return binding.dupFd(fd);
 }
 
 // The kernel's connect timeout is set a little past ours, so that our timer,
@@ -1284,10 +1301,13 @@ export function vsockConnect(
       checkInteger('cid', cid, 0, U32_MAX);
       checkInteger('port', port, 0, U32_MAX);
       if (timeoutMs !== undefined) checkInteger('timeoutMs', timeoutMs, 1, U32_MAX - KERNEL_TIMEOUT_SLACK_MS);
+      const { localPort } = opts;
+      if (typeof localPort === 'number') checkInteger('localPort', localPort, 0, VSOCK_PORT_RESERVED - 1);
       fd = binding.vsockConnectStart(
         cid,
         port,
         timeoutMs === undefined ? 0 : timeoutMs + KERNEL_TIMEOUT_SLACK_MS,
+        localPort === undefined ? VSOCK_PORT_NONE : localPort === 'reserved' ? VSOCK_PORT_RESERVED : localPort,
       );
     } catch (err) {
       reject(err);

@@ -58,7 +58,15 @@ export type DiskRef = Static<typeof DiskRef>;
 export const ByteRange = Type.Object({ offset: Offset, length: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }) }, strict);
 export type ByteRange = Static<typeof ByteRange>;
 
-export const HashedRange = Type.Object({ offset: Offset, length: Length, sha256: Sha256 }, strict);
+/** Whole 4 KiB blocks only (disk/verify.ts RANGE_ALIGN): no answer can be about less. */
+export const HashedRange = Type.Object(
+  {
+    offset: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, multipleOf: 4096 }),
+    length: Type.Integer({ minimum: 4096, maximum: MAX_RANGE_BYTES, multipleOf: 4096 }),
+    sha256: Sha256,
+  },
+  strict,
+);
 export type HashedRange = Static<typeof HashedRange>;
 
 /** Customization a substitution may carry, applied after the blocks. Only kinds the agent allows. */
@@ -141,6 +149,31 @@ export const FileHint = Type.Object(
 );
 export type FileHint = Static<typeof FileHint>;
 
+/**
+ * A signed envelope (protocol/signature.ts): an Ed25519 signature over the command's name, its
+ * arguments (without `signature`), a nonce, the validity window and the target VM's identity. The
+ * agent accepts it once (nonces are kept until they expire), only inside its window and only for
+ * this VM. Since 1 (capability "envelope-v2").
+ */
+export const Envelope = Type.Object(
+  {
+    'key-id': Type.String({ pattern: '^[0-9a-f]{16}$', description: 'first 16 hex digits of the sha256 of the public key (SPKI DER)' }),
+    ed25519: Type.String({ pattern: '^[A-Za-z0-9+/]{86}==$', description: 'base64 Ed25519 signature' }),
+    nonce: Type.String({ pattern: '^[0-9a-f]{32}$', description: '128 random bits; an envelope is accepted once' }),
+    'issued-at': Type.Integer({ minimum: 0, maximum: 2 ** 40, description: 'seconds since the epoch' }),
+    'expires-at': Type.Integer({ minimum: 0, maximum: 2 ** 40, description: 'seconds since the epoch; at most a day after issued-at' }),
+    target: Type.Object(
+      {
+        'vm-uuid': Type.Optional(Type.String({ pattern: '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$', description: 'SMBIOS system UUID (QMP query-uuid; /sys/class/dmi/id/product_uuid in the guest)' })),
+        'disk-serial': Type.Optional(Type.String({ minLength: 1, maxLength: 20, description: 'serial of the disk the substitution is for' })),
+      },
+      { ...strict, minProperties: 1, description: 'which VM the envelope is for; every field given must match' },
+    ),
+  },
+  strict,
+);
+export type Envelope = Static<typeof Envelope>;
+
 /** `substitute`: the host has written new blocks; verify them and invalidate. Since 1. */
 export const SubstituteArgs = Type.Object(
   {
@@ -152,15 +185,7 @@ export const SubstituteArgs = Type.Object(
     hints: Type.Optional(Type.Array(FileHint, { maxItems: 16384 })),
     force: Type.Optional(Type.Boolean({ description: 'accept metadata changes under a read-write mount' })),
     customization: Type.Optional(Customization),
-    signature: Type.Optional(
-      Type.Object(
-        {
-          'key-id': Type.String({ pattern: '^[0-9a-f]{16}$' }),
-          ed25519: Type.String({ pattern: '^[A-Za-z0-9+/]{86}==$', description: 'base64 Ed25519 signature (protocol/signature.ts)' }),
-        },
-        strict,
-      ),
-    ),
+    signature: Type.Optional(Envelope),
   },
   strict,
 );
@@ -372,13 +397,25 @@ export const PrepareReport = Type.Object(
     plan: Plan,
     pinned: Type.Array(PinOutcome),
     'timings-ms': Type.Object({ map: Type.Number(), classify: Type.Number(), pin: Type.Number(), total: Type.Number() }, strict),
+    /** The secret that binds commit and abort to this prepare: send it back with them (or sign them). */
+    token: Type.String({ pattern: '^[0-9a-f]{32}$' }),
   },
   strict,
 );
 export type PrepareReport = Static<typeof PrepareReport>;
 
-/** `commit` and `abort` name a prepared substitution. */
-export const PhaseArgs = Type.Object({ id: SubstituteArgs.properties.id }, strict);
+/**
+ * `commit` and `abort` name a prepared substitution and prove they come from whoever prepared it:
+ * the `token` of prepare's answer, or a signed envelope.
+ */
+export const PhaseArgs = Type.Object(
+  {
+    id: SubstituteArgs.properties.id,
+    token: Type.Optional(Type.String({ pattern: '^[0-9a-f]{32}$', description: "prepare's token" })),
+    signature: Type.Optional(Envelope),
+  },
+  strict,
+);
 export type PhaseArgs = Static<typeof PhaseArgs>;
 
 export const AbortReport = Type.Object(

@@ -1,14 +1,22 @@
 /**
  * virtio-serial port (/dev/virtio-ports/NAME), the channel qemu-guest-agent
  * uses too. The port reads end-of-file while no host side is connected, so the
- * transport reopens it after a short pause; a missing port is waited for.
+ * stream is made anew after a short pause; a missing port is waited for.
+ *
+ * The port itself stays open the whole time, as qemu-guest-agent keeps it: the
+ * guest's virtio-console driver discards what the host sends to a port no
+ * guest process holds open, so closing it between two host connections would
+ * lose a request. One descriptor holds the port; each stream reads a dup() of
+ * it, and destroying a stream closes only the dup.
  */
-import { openSync, constants } from 'node:fs';
+import { closeSync, openSync, constants } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../log.js';
 import type { ConnectionHandler, Transport } from './transport.js';
 
 export type AdoptStream = (fd: number) => Duplex;
+/** dup(2); injectable for tests. */
+export type Dup = (fd: number) => number;
 
 export class SerialTransport implements Transport {
   readonly name: string;
@@ -16,11 +24,14 @@ export class SerialTransport implements Transport {
   #stream: Duplex | undefined;
   #timer: NodeJS.Timeout | undefined;
   #missingLogged = false;
+  /** The descriptor that keeps the port open for the agent's lifetime. */
+  #held: number | undefined;
 
   constructor(
     private readonly path: string,
     private readonly adopt: AdoptStream,
     private readonly log: Logger,
+    private readonly dup: Dup,
     private readonly reopenMs = 250,
   ) {
     this.name = `serial:${path}`;
@@ -35,7 +46,8 @@ export class SerialTransport implements Transport {
     if (this.#stopped) return;
     let fd: number;
     try {
-      fd = openSync(this.path, constants.O_RDWR | constants.O_NONBLOCK | constants.O_NOCTTY);
+      this.#held ??= openSync(this.path, constants.O_RDWR | constants.O_NONBLOCK | constants.O_NOCTTY);
+      fd = this.dup(this.#held);
     } catch (e) {
       if (!this.#missingLogged) {
         this.log.warn('serial port not available yet; waiting for it', { path: this.path, error: (e as Error).message });
@@ -65,5 +77,7 @@ export class SerialTransport implements Transport {
     this.#stopped = true;
     if (this.#timer) clearTimeout(this.#timer);
     this.#stream?.destroy();
+    if (this.#held !== undefined) closeSync(this.#held);
+    this.#held = undefined;
   }
 }

@@ -7,6 +7,9 @@ export interface Peer {
   description: string;
   /** Stream transports greet on connect; virtio-serial has no connect event. */
   greets: boolean;
+  /** vsock: the peer's CID and source port (a port below 1024 takes privilege to bind). */
+  cid?: number;
+  port?: number;
 }
 
 export type ConnectionHandler = (stream: Duplex, peer: Peer) => void;

@@ -1,7 +1,8 @@
 /**
  * AF_VSOCK listener. vsock carries no authentication, so the peer's CID is
  * checked against an allow-list (by default only the host, CID 2) before a
- * single byte is read.
+ * single byte is read. Every host process is CID 2: what a peer may do is
+ * decided per request by trust/gate.ts (its source port, or a signature).
  */
 import type { VsockServer, VsockSocket } from '../native/index.js';
 import type { Logger } from '../log.js';
@@ -33,7 +34,7 @@ export class VsockTransport implements Transport {
         sock.end(encode({ error: { class: 'GenericError', desc: `CID ${sock.remoteCid} is not allowed to talk to this agent` } }));
         return;
       }
-      onConnection(sock, { transport: 'vsock', description: who, greets: true });
+      onConnection(sock, { transport: 'vsock', description: who, greets: true, cid: sock.remoteCid, port: sock.remotePort });
     });
     server.on('error', (err: Error) => this.log.error('vsock listener failed', { error: err.message }));
     this.#server = server;

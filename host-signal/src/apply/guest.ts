@@ -153,7 +153,7 @@ export async function applyAndTell<R extends Substitution>(
     } catch (e) {
       if (prepared && conn) {
         try {
-          const a = await conn.abort(args.id);
+          const a = await conn.abort(args.id, out.agent.prepare?.token);
           out.notes.push(`the agent dropped the prepared substitution (${a.status})${a['pins-kept'].length ? `; ${a['pins-kept'].length} pinned processes keep their private copies` : ''}`);
         } catch (abortError) {
           out.notes.push(`abort after the failed write also failed: ${(abortError as Error).message}`);
@@ -171,7 +171,7 @@ export async function applyAndTell<R extends Substitution>(
     if (conn && options.agent) {
       options.onPhase?.('notify');
       out.agent.mode = prepared ? 'two-phase' : 'substitute';
-      const tell = (c: AgentConnection): Promise<SubstituteReport> => (prepared ? c.commit(args.id) : c.substitute(args));
+      const tell = (c: AgentConnection): Promise<SubstituteReport> => (prepared ? c.commit(args.id, out.agent.prepare?.token) : c.substitute(args));
       let report: SubstituteReport;
       try {
         report = await tell(conn);

@@ -6,13 +6,13 @@
  */
 import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
-import type { AbortReport, ArgsOf, CommandName, DiskRef, GreetingBody, Policies, PrepareArgs, PrepareReport, ReturnOf, SubstituteArgs, SubstituteReport } from '../../../agent/src/protocol/schema.js';
+import type { AbortReport, ArgsOf, CommandName, DiskRef, Envelope, GreetingBody, PhaseArgs, Policies, PrepareArgs, PrepareReport, ReturnOf, SubstituteArgs, SubstituteReport } from '../../../agent/src/protocol/schema.js';
 import { substituteArgs } from '../bundle/index.js';
 import type { KeyObject } from 'node:crypto';
 import type { Customization } from '../../../agent/src/protocol/schema.js';
-import { signArgs } from '../../../agent/src/protocol/signature.js';
+import { signArgs, type SignedCommand } from '../../../agent/src/protocol/signature.js';
 import type { Manifest } from '../bundle/schema.js';
-import { AgentError, ProtocolError, TimeoutError } from '../errors.js';
+import { AgentError, ProtocolError, TimeoutError, UsageError } from '../errors.js';
 import { LineDecoder, validateReply } from '../../../agent/src/protocol/codec.js';
 import { AgentClient } from './client.js';
 import { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget } from './transport.js';
@@ -37,6 +37,34 @@ export interface ConnectOptions {
    * which are reliable streams. 0 turns it off.
    */
   resendMs?: number;
+  /** Sign every state-changing request with a fresh envelope (makeSigner). */
+  signer?: Signer;
+}
+
+/**
+ * Signs requests for one VM: each substitute, prepare, commit and abort gets its own envelope
+ * (a fresh nonce, a validity window, the VM's identity), so a resend or a retry is signed anew.
+ */
+export interface Signer {
+  key: KeyObject;
+  target: Envelope['target'];
+  /** Seconds each envelope is valid; default an hour. */
+  lifetimeSec?: number;
+}
+
+/** A signer for the VM with this disk (its serial) and, when known, SMBIOS UUID (QMP query-uuid). */
+export function makeSigner(key: KeyObject, disk: DiskRef, vmUuid?: string): Signer {
+  const target: Envelope['target'] = {
+    ...(vmUuid !== undefined ? { 'vm-uuid': vmUuid } : {}),
+    ...(disk.serial !== undefined ? { 'disk-serial': disk.serial } : {}),
+  };
+  if (Object.keys(target).length === 0) {
+    throw new UsageError(
+      'a signed request names the VM it is for, and this one has no identity to name',
+      'give --disk-serial SERIAL (the virtio disk serial), or --qmp SOCK of a VM started with -uuid',
+    );
+  }
+  return { key, target };
 }
 
 /** Default resend interval on a channel that can lose a request (virtio-serial). */
@@ -49,8 +77,6 @@ export interface NotifyOptions extends ConnectOptions {
   customization?: Customization;
   /** Policies for processes mapping changed files, overriding the agent's configuration. */
   policies?: Policies;
-  /** Sign the notification with this Ed25519 private key (agents with trusted keys require it). */
-  signWith?: KeyObject;
 }
 
 export interface NotifyResult {
@@ -73,14 +99,13 @@ export interface RetryOptions {
   onRetry?: (attempt: number, err: Error) => void;
 }
 
-/** The agent's arguments for this bundle (signed when a key is given); for substitute and prepare alike. */
+/** The agent's arguments for this bundle, for substitute and prepare alike (signed when sent: Signer). */
 export function notificationArgs(manifest: Manifest, disk: DiskRef, options: Omit<NotifyOptions, keyof ConnectOptions> = {}): SubstituteArgs {
-  const unsigned = substituteArgs(manifest, disk, {
+  return substituteArgs(manifest, disk, {
     ...(options.dryRun ? { dryRun: true } : {}),
     ...(options.customization ? { customization: options.customization } : {}),
     ...(options.policies ? { policies: options.policies } : {}),
   });
-  return options.signWith ? signArgs(unsigned, options.signWith) : unsigned;
 }
 
 /**
@@ -96,6 +121,7 @@ export class AgentConnection {
     readonly client: AgentClient,
     readonly refusal: () => { class: string; desc: string } | undefined,
     readonly resendMs: number,
+    readonly signer: Signer | undefined,
   ) {}
 
   /** Requests resent on this connection because no reply came in time. */
@@ -112,7 +138,7 @@ export class AgentConnection {
     try {
       const agent = await AgentConnection.#explain(refusal, () => client.hello(options.helloTimeoutMs ?? 10_000));
       const resendMs = options.resendMs ?? (where.kind === 'serial' ? SERIAL_RESEND_MS : 0);
-      return new AgentConnection(formatAgentTarget(where), agent, client, refusal, resendMs);
+      return new AgentConnection(formatAgentTarget(where), agent, client, refusal, resendMs, options.signer);
     } catch (e) {
       client.close();
       throw e;
@@ -125,7 +151,7 @@ export class AgentConnection {
   }
 
   async substitute(args: SubstituteArgs): Promise<SubstituteReport> {
-    const report = await this.#run('substitute', args);
+    const report = await this.#run('substitute', this.#sign('substitute', args));
     if (report.id !== args.id) throw new ProtocolError(`the agent reported on substitution ${report.id}, not ${args.id}`);
     return report;
   }
@@ -134,17 +160,26 @@ export class AgentConnection {
     if (!this.supports('two-phase')) {
       throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) has no two-phase substitution`);
     }
-    const report = await this.#run('prepare', args);
+    const report = await this.#run('prepare', this.#sign('prepare', args));
     if (report.id !== args.id) throw new ProtocolError(`the agent prepared substitution ${report.id}, not ${args.id}`);
     return report;
   }
 
-  commit(id: string): Promise<SubstituteReport> {
-    return this.#run('commit', { id });
+  /** `token` is prepare's: it binds the commit to that prepare (a signed commit needs none). */
+  commit(id: string, token?: string): Promise<SubstituteReport> {
+    return this.#run('commit', this.#sign('commit', { id, ...(token !== undefined ? { token } : {}) }));
   }
 
-  abort(id: string): Promise<AbortReport> {
-    return this.#run('abort', { id });
+  abort(id: string, token?: string): Promise<AbortReport> {
+    return this.#run('abort', this.#sign('abort', { id, ...(token !== undefined ? { token } : {}) }));
+  }
+
+  #sign<A extends SubstituteArgs | PrepareArgs | PhaseArgs>(command: SignedCommand, args: A): A {
+    if (!this.signer) return args;
+    return signArgs(command, args as A & Record<string, unknown>, this.signer.key, {
+      target: this.signer.target,
+      ...(this.signer.lifetimeSec !== undefined ? { lifetimeSec: this.signer.lifetimeSec } : {}),
+    });
   }
 
   close(): void {

@@ -37,7 +37,7 @@ const MAX_HANDSHAKE_LINE = 64;
 
 /** The shape of agent/src/native's facade that this module uses. */
 interface VsockModule {
-  vsockConnect(cid: number, port: number, opts?: { timeoutMs?: number }): Promise<Duplex>;
+  vsockConnect(cid: number, port: number, opts?: { timeoutMs?: number; localPort?: number | 'reserved' }): Promise<Duplex>;
 }
 
 const NATIVE_MODULE = '../../../agent/src/native/index.js';
@@ -195,7 +195,10 @@ async function openVsock(cid: number, port: number, timeoutMs: number): Promise<
     );
   }
   try {
-    return await mod.vsockConnect(cid, port, { timeoutMs });
+    // As root, from a port below 1024: the agent knows then that the hypervisor's side (root on
+    // the host), not any host process, is speaking, and accepts unsigned changes.
+    const privileged = process.getuid?.() === 0;
+    return await mod.vsockConnect(cid, port, { timeoutMs, ...(privileged ? { localPort: 'reserved' as const } : {}) });
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     const hint =

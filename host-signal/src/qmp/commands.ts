@@ -158,3 +158,15 @@ export async function systemReset(qmpPath: string): Promise<void> {
     qmp.close();
   }
 }
+
+/** The VM's SMBIOS UUID (query-uuid); undefined when QEMU runs without -uuid (all zeros). */
+export async function vmUuid(qmpPath: string): Promise<string | undefined> {
+  const qmp = await QmpClient.connect(qmpPath);
+  try {
+    const r = (await qmp.execute('query-uuid')) as { UUID?: string };
+    const u = r.UUID?.toLowerCase();
+    return u !== undefined && /^[0-9a-f-]{36}$/.test(u) && !/^[0-]+$/.test(u) ? u : undefined;
+  } finally {
+    qmp.close();
+  }
+}

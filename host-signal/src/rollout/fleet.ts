@@ -10,6 +10,8 @@
  *         "device": "vblk0",                          or "node": "disk0"; neither: the VM's only disk
  *         "agent": "serial:/run/vms/web-1/agent.sock", optional: serial:, vsock:, hvsock:, unix:
  *         "disk": { "serial": "vmsubst-data" },       optional: how the agent finds the disk
+ *         "uuid": "4c4c4544-…",                      optional: the VM's SMBIOS UUID, named in signed requests
+ *                                                     (else asked of QEMU: query-uuid)
  *         "policies": { "elf-new-layout": "pin" },    optional, per VM
  *         "customization": { "hostname": "web-1" } }  optional, per VM
  *     ],
@@ -20,7 +22,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
 import { Validator } from '../../../agent/src/protocol/codec.js';
-import { Customization, DiskRef, Policies } from '../../../agent/src/protocol/schema.js';
+import { Customization, DiskRef, Envelope, Policies } from '../../../agent/src/protocol/schema.js';
 import { UsageError } from '../errors.js';
 import { parseAgentTarget, type AgentTarget } from '../notify/transport.js';
 
@@ -39,6 +41,7 @@ export const FleetVm = Type.Object(
     name: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$', description: 'unique in the fleet; names the VM in results and the state file' }),
     qmp: Type.String({ minLength: 1 }),
     agent: Type.Optional(Type.String({ minLength: 1, description: 'serial:PATH, vsock:CID:PORT, hvsock:PATH:PORT or unix:PATH' })),
+    uuid: Type.Optional(Envelope.properties.target.properties['vm-uuid']),
     ...VmSettings,
   },
   strict,
@@ -60,6 +63,8 @@ export interface FleetMember {
   device?: string;
   node?: string;
   agent?: AgentTarget;
+  /** The VM's SMBIOS UUID, when the fleet file gives it (signed requests name it). */
+  uuid?: string;
   disk: DiskRef;
   policies?: Policies;
   customization?: Customization;
@@ -83,6 +88,7 @@ export function fleetFromJson(value: unknown, base: string, what = 'fleet'): Fle
     if (device !== undefined && node !== undefined) throw new UsageError(`${what}: /vms/${i}: give device or node, not both`);
     const member: FleetMember = { name: vm.name, qmp: abs(vm.qmp), disk: { ...(vm.disk ?? d.disk ?? {}) } };
     if (device !== undefined) member.device = device;
+    if (vm.uuid !== undefined) member.uuid = vm.uuid.toLowerCase();
     if (node !== undefined) member.node = node;
     if (vm.agent !== undefined) {
       let t: AgentTarget;

@@ -9,7 +9,7 @@ import type { KeyObject } from 'node:crypto';
 import type { Plan, SubstituteReport } from '../../../agent/src/protocol/schema.js';
 import type { Manifest } from '../bundle/schema.js';
 import { AgentError } from '../errors.js';
-import { notificationArgs, withAgent, type ConnectOptions } from '../notify/index.js';
+import { makeSigner, notificationArgs, withAgent, type ConnectOptions } from '../notify/index.js';
 import { formatAgentTarget } from '../notify/transport.js';
 import type { FleetMember } from './fleet.js';
 import { errorJson } from '../apply/index.js';
@@ -32,7 +32,7 @@ export interface VmPlan {
 
 export async function planFleet(
   manifest: Manifest,
-  fleet: readonly Pick<FleetMember, 'name' | 'agent' | 'disk' | 'policies' | 'customization'>[],
+  fleet: readonly Pick<FleetMember, 'name' | 'agent' | 'disk' | 'policies' | 'customization' | 'uuid'>[],
   options: { concurrency?: number; signWith?: KeyObject; agent?: ConnectOptions; onDone?: (p: VmPlan, done: number, total: number) => void } = {},
 ): Promise<VmPlan[]> {
   const results: VmPlan[] = new Array(fleet.length);
@@ -45,10 +45,9 @@ export async function planFleet(
       dryRun: true,
       ...(vm.policies ? { policies: vm.policies } : {}),
       ...(vm.customization ? { customization: vm.customization } : {}),
-      ...(options.signWith ? { signWith: options.signWith } : {}),
     });
     try {
-      const { value: report, conn } = await withAgent(vm.agent, { connectTimeoutMs: 5000, helloTimeoutMs: 10_000, attempts: 2, ...options.agent }, (c) => c.substitute(args));
+      const { value: report, conn } = await withAgent(vm.agent, { connectTimeoutMs: 5000, helloTimeoutMs: 10_000, attempts: 2, ...options.agent, ...(options.signWith ? { signer: makeSigner(options.signWith, vm.disk, vm.uuid) } : {}) }, (c) => c.substitute(args));
       return {
         name: vm.name,
         target,

@@ -6,8 +6,8 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { applyAndTell, applyToQemu, type BundleData, type GuestOutcome, type GuestPhase, type NoAgentAction, type QemuApplyResult } from '../apply/index.js';
-import { notificationArgs, type ConnectOptions } from '../notify/index.js';
-import { systemReset } from '../qmp/commands.js';
+import { makeSigner, notificationArgs, type ConnectOptions, type Signer } from '../notify/index.js';
+import { systemReset, vmUuid } from '../qmp/commands.js';
 import type { FleetMember } from './fleet.js';
 
 export type VmStatus = GuestOutcome<QemuApplyResult>['status'];
@@ -33,12 +33,13 @@ export interface VmRolloutOptions {
 /** Rolls the bundle out to one VM. Never throws: the outcome says what happened. */
 export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: VmRolloutOptions): Promise<VmOutcome> {
   let args;
+  let signer: Signer | undefined;
   try {
     args = notificationArgs(bundle.manifest, vm.disk, {
       ...(vm.policies ? { policies: vm.policies } : {}),
       ...(vm.customization ? { customization: vm.customization } : {}),
-      ...(options.signWith ? { signWith: options.signWith } : {}),
     });
+    if (options.signWith) signer = makeSigner(options.signWith, vm.disk, vm.uuid ?? (await vmUuid(vm.qmp).catch(() => undefined)));
   } catch (e) {
     return { name: vm.name, status: 'failed', id: bundle.manifest.id, agent: { told: false, resends: 0, retries: 0 }, reset: false, notes: ['nothing was written'], error: { code: 'E_VMSUBST_INTERNAL', message: (e as Error).message }, elapsedMs: 0 };
   }
@@ -56,7 +57,7 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
       ...(vm.agent !== undefined ? { agent: vm.agent } : { noAgentReason: 'the fleet file gives no agent address' }),
       onNoAgent: options.onNoAgent,
       reset: () => systemReset(vm.qmp),
-      ...(options.agent ? { connect: options.agent } : {}),
+      ...(options.agent || signer ? { connect: { ...options.agent, ...(signer ? { signer } : {}) } } : {}),
       ...(options.resumed ? { resumed: true } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
       ...(options.onPhase ? { onPhase: options.onPhase } : {}),

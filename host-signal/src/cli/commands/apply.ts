@@ -4,8 +4,8 @@ import { applyAndTell, applyToImage, applyToQemu, commitApplied, NO_AGENT_ACTION
 import { agentOutcomeJson } from '../report.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
-import { notificationArgs, parseAgentTarget } from '../../notify/index.js';
-import { systemReset } from '../../qmp/commands.js';
+import { makeSigner, notificationArgs, parseAgentTarget } from '../../notify/index.js';
+import { systemReset, vmUuid } from '../../qmp/commands.js';
 import { formatBytes, plural } from '../format.js';
 import { Output, helpRequested, loadCustomization, loadPrivateKey, loadPublicKeys, parse, positionals, type Command } from '../common.js';
 
@@ -164,15 +164,16 @@ async function run(args: string[]): Promise<void> {
       : applyToImage(bundle, values.image!, common);
   };
   const qmpPath = values.qmp;
+  const signer = signWith ? makeSigner(signWith, disk, qmpPath !== undefined ? await vmUuid(qmpPath).catch(() => undefined) : undefined) : undefined;
   const reset = qmpPath !== undefined ? () => systemReset(qmpPath) : undefined;
   let outcome: GuestOutcome<ApplyResult>;
   try {
     outcome = await applyAndTell(doApply, {
-      args: notificationArgs(bundle.manifest, disk, { ...(signWith ? { signWith } : {}), ...(customization ? { customization } : {}) }),
+      args: notificationArgs(bundle.manifest, disk, customization ? { customization } : {}),
       ...(agentTarget !== undefined ? { agent: agentTarget } : { noAgentReason: 'no agent address was given (--notify)' }),
       onNoAgent,
       ...(reset ? { reset } : {}),
-      ...(timeoutMs !== undefined ? { connect: { timeoutMs } } : {}),
+      ...(timeoutMs !== undefined || signer ? { connect: { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(signer ? { signer } : {}) } } : {}),
       signal: controller.signal,
     });
     if (outcome.apply && values.commit && agentTarget !== undefined && outcome.agent.told && outcome.apply.target.kind === 'qemu') {

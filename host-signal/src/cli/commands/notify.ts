@@ -2,7 +2,7 @@
 import type { DiskRef, Policies, Policy } from '../../../../agent/src/protocol/schema.js';
 import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
-import { notify, parseAgentTarget, type NotifyResult } from '../../notify/index.js';
+import { makeSigner, notify, parseAgentTarget, type NotifyResult } from '../../notify/index.js';
 import { plural } from '../format.js';
 import { formatReport } from '../report.js';
 import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positiveInt, positionals, type Command } from '../common.js';
@@ -91,7 +91,7 @@ async function run(args: string[]): Promise<void> {
     result = await notify(bundle, target, disk, {
       dryRun: values['dry-run'] === true,
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-      ...(signWith ? { signWith } : {}),
+      ...(signWith ? { signer: makeSigner(signWith, disk) } : {}),
       ...(customization ? { customization } : {}),
       ...(values.policy ? { policies: parsePolicies(values.policy) } : {}),
       ...(attempts !== undefined ? { attempts } : {}),

@@ -42,7 +42,7 @@ control() {  # control PKG TREE VERSION SHLIBS
 
 # vmsubst-agent
 A=$WORK/vmsubst-agent
-install -d -m 0755 "$A/usr/lib" "$A/usr/bin" "$A/lib/systemd/system" "$A/lib/udev/rules.d"
+install -d -m 0755 "$A/usr/lib" "$A/usr/bin" "$A/lib/systemd/system" "$A/lib/udev/rules.d" "$A/etc/vmsubst/trusted.d"
 cp -a "$WORK/stage/app" "$A/usr/lib/vmsubst"
 install -m 0755 "$HERE/scripts/vmsubst-agent" "$A/usr/bin/vmsubst-agent"
 install -m 0644 "$HERE/systemd/vmsubst-agent.service" "$A/lib/systemd/system/"

@@ -7,6 +7,7 @@
  * With `system`, a full Debian root image boots instead of the initramfs
  * (systemd, the agent only if the image installs it).
  */
+import { randomUUID } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -59,6 +60,8 @@ export class GuestVm {
   readonly dir: string;
   readonly qmpSocket: string;
   readonly agentSocket: string;
+  /** The VM's SMBIOS UUID (-uuid): the guest reads it from /sys/class/dmi/id/product_uuid. */
+  readonly uuid = randomUUID();
   bootMs = 0;
   /** From QEMU start until the agent logged that it is ready. */
   agentReadyMs = 0;
@@ -135,7 +138,7 @@ export class GuestVm {
     if (this.opts.agentArgs?.length) append.push(`vmsubst.agent=${this.opts.agentArgs.join(',')}`);
     const args = [
       ...(kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
-      '-m', String(this.opts.memoryMiB ?? 1024), '-smp', '2',
+      '-m', String(this.opts.memoryMiB ?? 1024), '-smp', '2', '-uuid', this.uuid,
       '-nodefaults', '-display', 'none', ...(this.opts.reboot ? [] : ['-no-reboot']),
       '-kernel', art.kernel, '-initrd', sys?.initrd ?? art.initramfs, '-append', append.join(' '),
       '-chardev', 'stdio,id=con,signal=off', '-serial', 'chardev:con',
@@ -225,6 +228,16 @@ export class GuestVm {
     const r = await this.run(cmd, timeoutMs);
     if (r.code !== 0) throw new Error(`guest command failed (${r.code}): ${cmd}\n${r.out}`);
     return r.out;
+  }
+
+  /**
+   * Stops the agent the guest's init started and starts it again with these arguments (the
+   * settings files a test wrote into the guest are read anew); resolves once it is ready.
+   */
+  async restartAgent(args: string[] = []): Promise<void> {
+    await this.sh('kill $(cat /run/vmsubst-agent.pid) 2>/dev/null; while kill -0 $(cat /run/vmsubst-agent.pid) 2>/dev/null; do sleep 0.1; done; true');
+    await this.sh(`: > /tmp/agent.log; node /opt/vmsubst/build/agent/src/main.js ${args.join(' ')} >/tmp/agent.log 2>&1 & echo $! > /run/vmsubst-agent.pid`);
+    await this.#agentReady();
   }
 
   /** Copies a host file into the guest through the console (base64, short lines). */

@@ -1,7 +1,9 @@
 /**
- * Customization in a real guest: a substitution that carries a hostname, a
- * file and a sysctl value applies them after the blocks, persists them where
- * the OS keeps them, reports each item, and refuses a file outside /etc.
+ * Customization in a real guest: off by default and accepted only signed; once
+ * the guest's agent.json allows it and trusts the host's key, a signed
+ * substitution that carries a hostname, a file and a sysctl value applies them
+ * after the blocks, persists them where the OS keeps them, reports each item,
+ * and refuses a file outside /etc.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -10,7 +12,7 @@ import { join } from 'node:path';
 import { GuestVm } from '../helpers/vm.js';
 import { guestScenario, type Scenario } from '../helpers/scenario.js';
 import { guestArtifacts } from '../helpers/paths.js';
-import { vmsubstJson } from '../helpers/cli.js';
+import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
 import { withTimeout } from '../helpers/timeout.js';
 import type { SubstituteReport } from '../../agent/src/protocol/schema.js';
@@ -40,14 +42,29 @@ if (typeof art === 'string') {
       sysctl: { 'vm.swappiness': 13 },
     }));
     await vmsubstJson(['apply', C.bundle, '--qmp', C.vm.qmpSocket, '--device', 'vblk0']);
+    await vmsubstJson(['keygen', '--out', join(C.tmp, 'host')]);
   }));
   Cz.after(() => {
     C.scenario?.close();
   });
 
-  G.test('the report has one outcome per item', () =>
-    withTimeout(120_000, 'notify', async () => {
-      C.report = await vmsubstJson<SubstituteReport>(['notify', C.bundle, '--to', `serial:${C.vm!.agentSocket}`, '--customize', C.spec]);
+  G.test('adversarial: unsigned customization is refused by default, nothing changed', () =>
+    withTimeout(120_000, 'unsigned', async () => {
+      const r = await vmsubst(['notify', C.bundle, '--to', `serial:${C.vm!.agentSocket}`, '--customize', C.spec, '--json']);
+      assert.is(r.code, 1);
+      assert.match(r.stdout + r.stderr, /Unauthorized: customization is accepted only in a signed notification/);
+      assert.is.not((await C.vm!.sh('hostname')).trim(), 'clone-0042');
+    }),
+  );
+
+  G.test('signed, with the kinds allowed in agent.json: the report has one outcome per item', () =>
+    withTimeout(180_000, 'notify', async () => {
+      const vm = C.vm!;
+      await vm.sh('mkdir -p /etc/vmsubst/trusted.d');
+      await vm.putFile(join(C.tmp, 'host.pub'), '/etc/vmsubst/trusted.d/host.pub');
+      await vm.sh(`echo '{"customization":{"allow":["hostname","file","sysctl"],"fileRoots":["/etc"]}}' > /etc/vmsubst/agent.json`);
+      await vm.restartAgent();
+      C.report = await vmsubstJson<SubstituteReport>(['notify', C.bundle, '--to', `serial:${vm.agentSocket}`, '--customize', C.spec, '--sign', join(C.tmp, 'host.key'), '--disk-serial', 'vmsubst-data']);
       assert.equal(C.report.customization?.map((o) => [o.kind, o.target, o.status]), [
         ['hostname', 'clone-0042', 'applied'],
         ['file', '/etc/app/role.conf', 'applied'],

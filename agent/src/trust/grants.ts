@@ -65,7 +65,7 @@ export class Grants {
   /** The earlier use of this nonce, if it has not expired. */
   seen(nonce: string): { id: string; command: string } | undefined {
     const n = this.#nonces.get(nonce);
-    return n && n.exp >= this.nowSec() ? n : undefined;
+    return n && n.exp >= this.nowSec() ? { id: n.id, command: n.command } : undefined;
   }
 
   liveNonces(): number {

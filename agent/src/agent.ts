@@ -18,7 +18,7 @@ import { Journal } from './journal/journal.js';
 import { PedigreeService } from './pedigree/live.js';
 import { CommandError } from './errors.js';
 import { randomBytes, type KeyObject } from 'node:crypto';
-import { Gate, loadTrustedKeys, readIdentity, type Admission } from './trust/gate.js';
+import { Gate, hypervisorSide, loadTrustedKeys, readIdentity, type Admission } from './trust/gate.js';
 import { Grants } from './trust/grants.js';
 import type { Peer } from './transport/transport.js';
 import type { SignedCommand } from './protocol/signature.js';
@@ -40,7 +40,8 @@ export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange'> {
 export class Agent {
   readonly #transports: Transport[] = [];
   readonly #streams = new Set<Duplex>();
-  #connections = 0;
+  /** Open stream connections (vsock, unix) per pool: the hypervisor's side, and everyone else. */
+  readonly #connections = { hypervisor: 0, other: 0 };
   #busy: Promise<unknown> = Promise.resolve();
   #journal: Journal | undefined;
   #trusted = new Map<string, KeyObject>();
@@ -100,17 +101,19 @@ export class Agent {
     }
     for (const t of this.#transports) {
       await t.start((stream, peer) => {
-        if (peer.transport !== 'serial' && this.#connections >= config.maxConnections) {
-          log.warn('refused a connection: too many open', { peer: peer.description, max: config.maxConnections });
+        // Two pools, so a flood from unprivileged peers never locks the hypervisor's side out.
+        const pool = hypervisorSide(peer, config.trust.hypervisorChannels) ? 'hypervisor' : 'other';
+        if (peer.transport !== 'serial' && this.#connections[pool] >= config.maxConnections) {
+          log.warn('refused a connection: too many open', { peer: peer.description, max: config.maxConnections, pool });
           stream.end(encode({ error: { class: 'Busy', desc: `${config.maxConnections} connections are open already; retry later` } }));
           setTimeout(() => stream.destroy(), 1000).unref();
           return;
         }
-        if (peer.transport !== 'serial') this.#connections++;
+        if (peer.transport !== 'serial') this.#connections[pool]++;
         this.#streams.add(stream);
         stream.once('close', () => {
           this.#streams.delete(stream);
-          if (peer.transport !== 'serial') this.#connections--;
+          if (peer.transport !== 'serial') this.#connections[pool]--;
         });
         if (peer.transport !== 'serial') log.info('connection', { peer: peer.description });
         new Session(stream, peer, this.greeting, {
@@ -217,7 +220,7 @@ export class Agent {
     }
     a.commit();
     if (entry?.last.phase === 'prepared') {
-      // A retry (the host lost the answer): the same answer, with a new token that replaces the old.
+      // A retry (the host lost the answer, or resent before it came): the same answer, with a token of its own.
       this.log.info('prepare answered from the journal', { id: args.id });
       return { ...(entry.last.report as Omit<ReturnOf<'prepare'>, 'token'>), replayed: true, token: this.#newToken(args.id) };
     }

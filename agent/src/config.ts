@@ -47,7 +47,10 @@ export const Config = Type.Object(
       },
       { additionalProperties: false },
     ),
-    /** Stream connections served at once (vsock and unix); more are closed at once. */
+    /**
+     * Stream connections served at once (vsock and unix), for the hypervisor's side and for other
+     * peers each, so that a flood of the latter cannot lock the former out; more are closed at once.
+     */
     maxConnections: Type.Integer({ minimum: 1, maximum: 1024 }),
     logLevel: Type.Union([Type.Literal('debug'), Type.Literal('info'), Type.Literal('warn'), Type.Literal('error')]),
     /** A stream connection silent this long is closed (0: never). virtio-serial is exempt. */
@@ -242,7 +245,7 @@ export function describeTrust(c: Config, keyIds: readonly string[]): string[] {
     keyIds.length ? `signed requests: accepted from any channel when signed by ${keyIds.join(', ')} (once each, unexpired, for this VM)` : 'signed requests: no key is trusted, so none is accepted',
     c.vsock ? `vsock: connections only from CIDs ${c.vsock.allowCids.join(', ')}; an unprivileged port may only hello and ping` : 'vsock: off',
     c.customization.allow.length ? `customization: ${c.customization.allow.join(', ')}, only in signed requests, files under ${c.customization.fileRoots.join(', ')}` : 'customization: off',
-    `at most ${c.maxConnections} stream connections at once`,
+    `at most ${c.maxConnections} stream connections at once from the hypervisor's side, and as many from other peers`,
   ];
   return lines;
 }

@@ -11,6 +11,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 KROOT=$ROOT/.cache/kernel/$KVER/root
 [ -d "$KROOT/lib/modules/$KVER" ] || { echo "no extracted kernel at $KROOT; run scripts/setup.sh" >&2; exit 1; }
 STAGE=$(mktemp -d); trap 'rm -rf "$STAGE"' EXIT
+chmod 0755 "$STAGE"   # the guest's /: every user must be able to enter it
 mkdir -p "$STAGE"/{bin,sbin,etc,lib64,usr/bin,opt/vmsubst,lib/modules/$KVER}
 
 cp /bin/busybox "$STAGE/bin/busybox"

@@ -19,13 +19,16 @@ type Rec =
 export const MAX_LIVE_NONCES = 100_000;
 /** Tokens of the newest this-many prepared ids are kept. */
 export const KEEP_TOKENS = 1000;
+/** Tokens kept per id: the answers to its first prepare and to this many resends of it. */
+export const TOKENS_PER_ID = 8;
 
 export const tokenHash = (token: string): string => createHash('sha256').update(token, 'utf8').digest('hex');
 
 export class Grants {
   readonly path: string;
   readonly #nonces = new Map<string, { exp: number; id: string; command: string }>();
-  readonly #tokens = new Map<string, string>();
+  /** Per prepared id, the sha256 of every token handed out (a retried prepare adds one). */
+  readonly #tokens = new Map<string, string[]>();
   #fd: number;
   #records = 0;
   /** Lines that were not records (reported by status and the log; the rest is kept). */
@@ -56,9 +59,10 @@ export class Grants {
 
   #apply(r: Rec): void {
     if (r.k === 'nonce' && typeof r.nonce === 'string') this.#nonces.set(r.nonce, { exp: r.exp, id: r.id, command: r.command });
-    else if (r.k === 'token' && typeof r.id === 'string') {
-      this.#tokens.delete(r.id);
-      this.#tokens.set(r.id, r.sha256);
+    else if (r.k === 'token' && typeof r.id === 'string' && typeof r.sha256 === 'string') {
+      const had = this.#tokens.get(r.id) ?? [];
+      this.#tokens.delete(r.id); // keep insertion order = recency
+      this.#tokens.set(r.id, [...had, r.sha256].slice(-TOKENS_PER_ID));
     } else throw new Error('not a record');
   }
 
@@ -87,10 +91,12 @@ export class Grants {
     this.#append({ k: 'token', id, sha256: tokenHash(token) });
   }
 
-  /** True when `token` is the latest token prepare gave for `id`. */
+  /**
+   * True when prepare gave `token` for `id`. Every answer to a prepare of the id (a resend on a
+   * lossy channel gets its own) stays valid: each went to a peer allowed to prepare.
+   */
   tokenMatches(id: string, token: string): boolean {
-    const want = this.#tokens.get(id);
-    return want !== undefined && want === tokenHash(token);
+    return this.#tokens.get(id)?.includes(tokenHash(token)) ?? false;
   }
 
   #append(r: Rec): void {
@@ -106,7 +112,7 @@ export class Grants {
     while (this.#tokens.size > KEEP_TOKENS) this.#tokens.delete(this.#tokens.keys().next().value as string);
     const lines = [
       ...[...this.#nonces].map(([nonce, v]) => JSON.stringify({ k: 'nonce', nonce, ...v })),
-      ...[...this.#tokens].map(([id, sha256]) => JSON.stringify({ k: 'token', id, sha256 })),
+      ...[...this.#tokens].flatMap(([id, hashes]) => hashes.map((sha256) => JSON.stringify({ k: 'token', id, sha256 }))),
     ];
     const tmp = `${this.path}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);

@@ -95,6 +95,9 @@ T('the replay record survives a restart and a torn last line', () => {
   assert.ok(g2.seen(signed.signature.nonce), 'nonce remembered');
   assert.ok(g2.tokenMatches(signed.id, 'f'.repeat(32)));
   assert.not.ok(g2.tokenMatches(signed.id, 'e'.repeat(32)));
+  g2.setToken(signed.id, 'd'.repeat(32));
+  assert.ok(g2.tokenMatches(signed.id, 'd'.repeat(32)), 'a retried prepare gets a token of its own');
+  assert.ok(g2.tokenMatches(signed.id, 'f'.repeat(32)), 'and the first stays valid');
   g2.setToken('cd'.repeat(32), 'a'.repeat(32));
   g2.close();
   const g3 = new Grants(dir, () => NOW);

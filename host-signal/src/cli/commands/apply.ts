@@ -57,7 +57,9 @@ Telling the guest (two-phase when its agent supports it):
                       'substitute' after the write.
   --disk-serial S     the guest disk by its virtio serial
   --disk-path P       the guest disk by its device path (/dev/vdb)
-  --sign KEY          sign the notification (Ed25519 key from vmsubst keygen)
+  --sign KEY          sign each request to the agent (Ed25519 key from vmsubst
+                      keygen); the envelope names the VM by --disk-serial and
+                      its SMBIOS UUID (QMP query-uuid)
   --customize FILE    customization to apply after the blocks (see notify)
   --timeout SEC       how long to wait for each agent reply (default 120)
   --on-no-agent ACTION

@@ -25,7 +25,13 @@ visible, invalidate the caches that hold the old ones, and report.
   --dry-run           ask for the plan (files, block classes, processes, the
                       policy for each and what it does, restart required);
                       run it before the write; changes nothing
-  --sign KEY          sign with this Ed25519 private key (from vmsubst keygen)
+  --sign KEY          sign each request with this Ed25519 private key (from
+                      vmsubst keygen): a fresh envelope (nonce, an hour's
+                      validity, the disk serial as the target VM) per request.
+                      Unsigned, only the hypervisor's side is obeyed: the
+                      virtio-serial port, vsock when vmsubst runs as root (it
+                      binds a source port below 1024); customization is
+                      accepted only signed (see docs/design.md, "Trust")
   --customize FILE    JSON customization to apply after the blocks:
                       {"hostname": "...", "files": [{"path", "content", "mode"?,
                       "uid"?, "gid"?}], "sysctl": {"vm.swappiness": 10}}

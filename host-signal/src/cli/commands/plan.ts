@@ -23,7 +23,8 @@ nothing and changes nothing (a dry run).
   --disk-serial S   with --to: the guest disk by its virtio serial
   --disk-path P     with --to: the guest disk by its device path
   --concurrency N   agents asked at once (default 8)
-  --sign KEY        sign the requests (agents with trusted keys require it)
+  --sign KEY        sign the requests (needed unless vmsubst reaches the agent
+                    from the hypervisor's side: virtio-serial, or vsock as root)
   --json            print the plans as JSON
 
 Exit status: 0 when every agent answered with a plan, 1 otherwise.

@@ -49,7 +49,9 @@ FLEET is a JSON file listing the VMs (see docs/rollout.md):
                        reset  write, then reset the VM (QMP system_reset): the
                               restart fallback
   --agent-timeout SEC  how long to wait for each agent answer (default 120)
-  --sign KEY           sign the notifications (Ed25519, from vmsubst keygen)
+  --sign KEY           sign each request (Ed25519, from vmsubst keygen); each VM
+                       is named by its disk serial and SMBIOS UUID (the fleet
+                       file's uuid, or QMP query-uuid)
   --json               print the result as JSON
 
 Exit status: 0 when every VM succeeded, 1 otherwise (refused, failed, not

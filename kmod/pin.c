@@ -277,7 +277,9 @@ int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 	if ((req->flags & VMSUBST_PIN_F_RESUME) &&
 	    req->size < VMSUBST_PIN_MAPPERS_SIZE_VER1)
 		return -EINVAL;
-	if (req->flags & VMSUBST_PIN_F_RESUME) {
+	/* (0, 0), what a call that finished nothing returns, is the start. */
+	if ((req->flags & VMSUBST_PIN_F_RESUME) &&
+	    (req->cursor_mm || req->cursor_addr)) {
 		cursor.valid = true;
 		cursor.key = req->cursor_mm;
 		cursor.addr = req->cursor_addr;

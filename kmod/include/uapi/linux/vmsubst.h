@@ -602,7 +602,9 @@ struct vmsubst_pin_result {
 /*
  * VMSUBST_PIN_F_*: struct vmsubst_pin_mappers flags.
  * RESUME: visit only the private mappings after @cursor_mm/@cursor_addr, as
- * the previous call returned them. Needs the VER1 struct (EINVAL otherwise).
+ * the previous call returned them; (0, 0) is before the first, so a loop can
+ * pass F_RESUME from its first call on. Needs the VER1 struct (EINVAL
+ * otherwise).
  */
 #define VMSUBST_PIN_F_RESUME	(1U << 0)
 #define VMSUBST_PIN_F_ALL	(VMSUBST_PIN_F_RESUME)

@@ -29,8 +29,10 @@ import {
   kmodFeatures,
   kmodVersion,
   localCid,
+  PIN_CURSOR_START,
   pinMappers,
   queryMappers,
+  queryPages,
   readDirect,
   revalidateDentries,
   revalidateInodes,
@@ -490,6 +492,7 @@ Kmod('constants carry every flag, limit and feature of the uapi header', () => {
     constants.VMSUBST_INVALIDATE_F_REFAULT_ASYNC,
     constants.VMSUBST_INVALIDATE_F_REFAULT_SYNC,
     constants.VMSUBST_INVALIDATE_F_REPORT_MAPPERS,
+    constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY,
   ];
   assert.is(bits.reduce((a, b) => a | b, 0), constants.VMSUBST_INVALIDATE_F_ALL);
   assert.is(new Set(bits).size, bits.length);
@@ -499,6 +502,8 @@ Kmod('constants carry every flag, limit and feature of the uapi header', () => {
     assert.ok(Number.isInteger(constants[name]) && constants[name] > 0, name);
   }
   assert.is(constants.VMSUBST_DENTRIES_F_UNHASH_BUSY & constants.VMSUBST_DENTRIES_F_FORCE, 0);
+  assert.ok(constants.VMSUBST_PIN_F_RESUME > 0);
+  assert.is(constants.VMSUBST_PIN_S_BUDGET & constants.VMSUBST_PIN_S_TRUNCATED, 0);
 });
 
 Kmod('kmodFeatures names the feature bits', () => {
@@ -515,8 +520,13 @@ Kmod('kmodFeatures names the feature bits', () => {
     constants.VMSUBST_FEATURE_REVALIDATE_DENTRIES,
     constants.VMSUBST_FEATURE_QUERY_MAPPERS,
     constants.VMSUBST_FEATURE_PIN_MAPPERS,
+    constants.VMSUBST_FEATURE_QUERY_PAGES,
+    constants.VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY,
+    constants.VMSUBST_FEATURE_PIN_CURSOR,
   ].reduce((a, b) => a | b, 0n);
-  assert.is(kmodFeatures(all).length, 7);
+  assert.is(kmodFeatures(all).length, 10);
+  assert.equal(kmodFeatures(constants.VMSUBST_FEATURE_QUERY_PAGES | constants.VMSUBST_FEATURE_PIN_CURSOR), ['queryPages', 'pinCursor']);
+  assert.equal(kmodFeatures(constants.VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY), ['invalidateUnlessDirty']);
 });
 
 /** A file of the temp directory, opened read-only for the duration of `fn`. */
@@ -537,6 +547,9 @@ const KMOD_CALLS: Array<[string, (fd: number, devPath: string) => Promise<unknow
   ['VMSUBST_IOC_REVALIDATE_DENTRIES', (fd, devPath) => revalidateDentries(fd, ['a', 'b'], { devPath })],
   ['VMSUBST_IOC_QUERY_MAPPERS', (fd, devPath) => queryMappers(fd, 0n, 4096n, { devPath })],
   ['VMSUBST_IOC_PIN_MAPPERS', (fd, devPath) => pinMappers(fd, 0n, 4096n, 16, { devPath })],
+  ['VMSUBST_IOC_PIN_MAPPERS', (fd, devPath) => pinMappers(fd, 0n, 4096n, 16, { devPath, cursor: { mm: 1n << 63n, addr: 4096n } })],
+  ['VMSUBST_IOC_QUERY_PAGES', (fd, devPath) => queryPages(fd, 0n, 4096n, { devPath })],
+  ['VMSUBST_IOC_INVALIDATE_RANGE', (fd, devPath) => invalidateRange(fd, 0n, 4096n, constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY, devPath)],
 ];
 
 for (const [ioctl, call] of KMOD_CALLS) {
@@ -604,6 +617,20 @@ Kmod('pinMappers wants 1..VMSUBST_PIN_PAGES_MAX pages and capacities within the 
   assert.instance(await rejection(pinMappers(0, 0n, 1n, 1.5)), TypeError);
   const pinnedCapacity = constants.VMSUBST_PIN_RESULTS_MAX + 1;
   assert.instance(await rejection(pinMappers(0, 0n, 1n, 1, { pinnedCapacity })), RangeError);
+});
+
+Kmod('pinMappers takes a cursor of two u64 bigints; PIN_CURSOR_START is (0, 0)', async () => {
+  assert.equal({ ...PIN_CURSOR_START }, { mm: 0n, addr: 0n });
+  assert.ok(Object.isFrozen(PIN_CURSOR_START));
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, 1, { cursor: { mm: -1n, addr: 0n } })), RangeError);
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, 1, { cursor: { mm: 0n, addr: 1n << 64n } })), RangeError);
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, 1, { cursor: { mm: 0n, addr: 1 as unknown as bigint } })), TypeError);
+});
+
+Kmod('queryPages rejects a capacity above the maximum and bad ranges', async () => {
+  assert.instance(await rejection(queryPages(0, 0n, 1n, { capacity: constants.VMSUBST_RANGES_MAX + 1 })), RangeError);
+  assert.instance(await rejection(queryPages(0, -1n, 1n)), RangeError);
+  assert.instance(await rejection(queryPages(-1, 0n, 1n)), RangeError);
 });
 
 Kmod.run();

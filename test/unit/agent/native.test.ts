@@ -541,19 +541,20 @@ async function withFile<T>(fn: (fd: number) => Promise<T>, dir = false): Promise
   }
 }
 
-const KMOD_CALLS: Array<[string, (fd: number, devPath: string) => Promise<unknown>]> = [
+/** [ioctl, call, name of the case when one ioctl has several]. */
+const KMOD_CALLS: Array<[string, (fd: number, devPath: string) => Promise<unknown>, string?]> = [
   ['VMSUBST_IOC_INVALIDATE_BDEV', (fd, devPath) => invalidateBdev(fd, 0n, 4096n, { devPath })],
   ['VMSUBST_IOC_REVALIDATE_INODES', (fd, devPath) => revalidateInodes(fd, [2n], { devPath })],
   ['VMSUBST_IOC_REVALIDATE_DENTRIES', (fd, devPath) => revalidateDentries(fd, ['a', 'b'], { devPath })],
   ['VMSUBST_IOC_QUERY_MAPPERS', (fd, devPath) => queryMappers(fd, 0n, 4096n, { devPath })],
   ['VMSUBST_IOC_PIN_MAPPERS', (fd, devPath) => pinMappers(fd, 0n, 4096n, 16, { devPath })],
-  ['VMSUBST_IOC_PIN_MAPPERS', (fd, devPath) => pinMappers(fd, 0n, 4096n, 16, { devPath, cursor: { mm: 1n << 63n, addr: 4096n } })],
+  ['VMSUBST_IOC_PIN_MAPPERS', (fd, devPath) => pinMappers(fd, 0n, 4096n, 16, { devPath, cursor: { mm: 1n << 63n, addr: 4096n } }), 'VMSUBST_IOC_PIN_MAPPERS with a cursor'],
   ['VMSUBST_IOC_QUERY_PAGES', (fd, devPath) => queryPages(fd, 0n, 4096n, { devPath })],
-  ['VMSUBST_IOC_INVALIDATE_RANGE', (fd, devPath) => invalidateRange(fd, 0n, 4096n, constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY, devPath)],
+  ['VMSUBST_IOC_INVALIDATE_RANGE', (fd, devPath) => invalidateRange(fd, 0n, 4096n, constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY, devPath), 'VMSUBST_IOC_INVALIDATE_RANGE with F_UNLESS_DIRTY'],
 ];
 
-for (const [ioctl, call] of KMOD_CALLS) {
-  Kmod(`${ioctl}: rejects with ENOTTY from the ioctl on a device without it`, async () => {
+for (const [ioctl, call, name = ioctl] of KMOD_CALLS) {
+  Kmod(`${name}: rejects with ENOTTY from the ioctl on a device without it`, async () => {
     await withFile(async (fd) => {
       const err = assertNativeError(await rejection(call(fd, '/dev/null')), 'ENOTTY', 'ioctl');
       assert.match(err.message, new RegExp(`${ioctl} '/dev/null' \\(fd ${fd}\\)$`));
@@ -561,13 +562,13 @@ for (const [ioctl, call] of KMOD_CALLS) {
     });
   });
 
-  Kmod(`${ioctl}: rejects an ENOENT NativeError when the device is missing`, async () => {
+  Kmod(`${name}: rejects an ENOENT NativeError when the device is missing`, async () => {
     const dev = path.join(tmp, 'none');
     const err = assertNativeError(await rejection(call(0, dev)), 'ENOENT', 'open');
     assert.is(err.path, dev);
   });
 
-  Kmod(`${ioctl}: rejects a negative fd with RangeError`, async () => {
+  Kmod(`${name}: rejects a negative fd with RangeError`, async () => {
     assert.instance(await rejection(call(-1, '/dev/null')), RangeError);
   });
 }

@@ -82,6 +82,23 @@ static int vmsubst_invalidate_locked(struct file *file,
 	lockdep_assert_held_write(&mapping->host->i_rwsem);
 	lockdep_assert_held_write(&mapping->invalidate_lock);
 
+	/*
+	 * Before anything changes, and under both locks: no write(2) can
+	 * dirty a page of the range until they are released, nor a write
+	 * fault where ->page_mkwrite takes invalidate_lock (ext4, XFS).
+	 */
+	if (inv->flags & VMSUBST_INVALIDATE_F_UNLESS_DIRTY) {
+		struct vmsubst_page_states st = {};
+		struct vmsubst_out none = {};
+
+		ret = vmsubst_pages_states(mapping, inv->first, inv->last, &st,
+					   &none, true);
+		if (ret)
+			return ret;
+		if (st.dirty || st.writeback)
+			return -EBUSY;
+	}
+
 	/* Before the unmap, while folio_mapped() still tells who maps what. */
 	ret = vmsubst_pages_count(mapping, inv->first, inv->last, &inv->counts);
 	if (ret)
@@ -211,10 +228,13 @@ int vmsubst_cmd_invalidate_range(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 	ret = vmsubst_check_file(file);
 	/*
 	 * A writable filesystem can write its own cached state back over the
-	 * substituted blocks; only the caller can know that it will not.
+	 * substituted blocks; only the caller can know that it will not, or
+	 * have the module check, under the locks, that no page of the range
+	 * holds data of the guest's that is not on the disk yet.
 	 */
 	if (!ret && !sb_rdonly(file_inode(file)->i_sb) &&
-	    !(inv.flags & VMSUBST_INVALIDATE_F_FORCE))
+	    !(inv.flags & (VMSUBST_INVALIDATE_F_FORCE |
+			   VMSUBST_INVALIDATE_F_UNLESS_DIRTY)))
 		ret = -EACCES;
 	if (!ret)
 		ret = vmsubst_invalidate_file(file, req->offset, end, &inv, &any);

@@ -109,6 +109,14 @@ VMSUBST_ASSERT_STRUCT(struct vmsubst_query_mappers,
 		      VMSUBST_QUERY_MAPPERS_SIZE_VER0, mappers);
 VMSUBST_ASSERT_STRUCT(struct vmsubst_pin_mappers,
 		      VMSUBST_PIN_MAPPERS_SIZE_VER0, pinned);
+VMSUBST_ASSERT_STRUCT(struct vmsubst_query_pages,
+		      VMSUBST_QUERY_PAGES_SIZE_VER0, ranges);
+static_assert(sizeof(struct vmsubst_query_pages) ==
+	      VMSUBST_QUERY_PAGES_SIZE_VER0);
+static_assert(sizeof(struct vmsubst_pin_mappers) ==
+	      VMSUBST_PIN_MAPPERS_SIZE_VER1);
+static_assert(offsetof(struct vmsubst_pin_mappers, cursor_mm) ==
+	      VMSUBST_PIN_MAPPERS_SIZE_VER0);
 static_assert(sizeof(struct vmsubst_invalidate_range) ==
 	      VMSUBST_INVALIDATE_RANGE_SIZE_VER1);
 static_assert(offsetof(struct vmsubst_invalidate_range, outcomes) ==
@@ -130,7 +138,10 @@ static_assert(sizeof(union vmsubst_cmd) <= U16_MAX);
 	 VMSUBST_FEATURE_REVALIDATE_INODES |				\
 	 VMSUBST_FEATURE_REVALIDATE_DENTRIES |				\
 	 VMSUBST_FEATURE_QUERY_MAPPERS |				\
-	 VMSUBST_FEATURE_PIN_MAPPERS)
+	 VMSUBST_FEATURE_PIN_MAPPERS |					\
+	 VMSUBST_FEATURE_QUERY_PAGES |					\
+	 VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY |			\
+	 VMSUBST_FEATURE_PIN_CURSOR)
 
 static int vmsubst_cmd_version(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 {
@@ -185,13 +196,18 @@ static const struct vmsubst_ioctl_op vmsubst_ops[] = {
 		   VMSUBST_OUT(0, struct vmsubst_query_mappers, mappers,
 			       struct vmsubst_mapper, VMSUBST_MAPPERS_MAX)),
 	VMSUBST_OP(VMSUBST_IOC_PIN_MAPPERS, struct vmsubst_pin_mappers,
-		   VMSUBST_PIN_MAPPERS_SIZE_VER0, pinned, 0,
+		   VMSUBST_PIN_MAPPERS_SIZE_VER0, pinned, VMSUBST_PIN_F_ALL,
 		   vmsubst_cmd_pin_mappers,
 		   VMSUBST_OUT(0, struct vmsubst_pin_mappers, pinned,
 			       struct vmsubst_pin_result,
 			       VMSUBST_PIN_RESULTS_MAX),
 		   VMSUBST_OUT(1, struct vmsubst_pin_mappers, unpinned,
 			       struct vmsubst_mapper, VMSUBST_MAPPERS_MAX)),
+	VMSUBST_OP(VMSUBST_IOC_QUERY_PAGES, struct vmsubst_query_pages,
+		   VMSUBST_QUERY_PAGES_SIZE_VER0, ranges, 0,
+		   vmsubst_cmd_query_pages,
+		   VMSUBST_OUT(0, struct vmsubst_query_pages, ranges,
+			       struct vmsubst_page_range, VMSUBST_RANGES_MAX)),
 };
 
 static struct vmsubst_array *vmsubst_array_at(union vmsubst_cmd *buf,

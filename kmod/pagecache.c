@@ -10,8 +10,10 @@
 #include <linux/mm.h>
 #include <linux/pagemap.h>
 #include <linux/pagevec.h>
+#include <linux/rcupdate.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
+#include <linux/xarray.h>
 
 #include "vmsubst.h"
 
@@ -226,5 +228,96 @@ int vmsubst_pages_drop_unused(struct file *file, pgoff_t first, pgoff_t last,
 	vmsubst_outcome_flush(&oc);
 	/* Reclaim may have taken some meanwhile; they count as dropped too. */
 	c->dropped = c->cached > c->kept ? c->cached - c->kept : 0;
+	return ret;
+}
+
+/* Entries looked at per RCU read section of vmsubst_pages_states(). */
+#define VMSUBST_STATES_BATCH 64
+
+/*
+ * Counts the pages of [@first, @last] of @mapping: cached, mapped, dirty,
+ * under writeback, and reports the runs of dirty and writeback pages into
+ * @ranges. Takes no lock of the file and changes nothing: a walk of the
+ * page cache xarray under RCU, as the lookups of mm/filemap.c do, holding a
+ * folio reference only while its flags are read (a reference that fails or
+ * a folio that moved sends the walk back to the same index). Dirty and
+ * writeback are the xarray tags or the folio flags, whichever says so: the
+ * tags lag the flags briefly at both ends of a writeback.
+ *
+ * Bounded by the range; the RCU section is left every
+ * VMSUBST_STATES_BATCH entries to reschedule and to see a fatal signal.
+ * With @stop_at_dirty the walk ends at the first dirty or writeback page
+ * (the counts then cover the range up to it).
+ */
+int vmsubst_pages_states(struct address_space *mapping, pgoff_t first,
+			 pgoff_t last, struct vmsubst_page_states *st,
+			 struct vmsubst_out *ranges, bool stop_at_dirty)
+{
+	struct vmsubst_outcomes oc = { .out = ranges };
+	XA_STATE(xas, &mapping->i_pages, first);
+	unsigned int seen = 0;
+	struct folio *folio;
+	pgoff_t lo, hi, next;
+	u64 nr;
+	u32 state;
+	int ret = 0;
+
+	rcu_read_lock();
+	xas_for_each(&xas, folio, last) {
+		if (xas_retry(&xas, folio))
+			continue;
+		/* A shadow entry: the page was evicted, nothing cached. */
+		if (xa_is_value(folio))
+			goto next;
+
+		state = 0;
+		if (xas_get_mark(&xas, PAGECACHE_TAG_DIRTY))
+			state |= VMSUBST_PAGE_DIRTY;
+		if (xas_get_mark(&xas, PAGECACHE_TAG_WRITEBACK))
+			state |= VMSUBST_PAGE_WRITEBACK;
+		if (!folio_try_get(folio)) {
+			xas_reset(&xas);
+			goto next;
+		}
+		if (unlikely(folio != xas_reload(&xas))) {
+			folio_put(folio);
+			xas_reset(&xas);
+			goto next;
+		}
+		if (folio_test_dirty(folio))
+			state |= VMSUBST_PAGE_DIRTY;
+		if (folio_test_writeback(folio))
+			state |= VMSUBST_PAGE_WRITEBACK;
+		vmsubst_folio_clamp(folio, first, last, &lo, &hi);
+		nr = hi - lo + 1;
+		st->cached += nr;
+		if (folio_mapped(folio))
+			st->mapped += nr;
+		next = folio_next_index(folio);
+		/* Not the last reference: the page cache holds one. */
+		folio_put(folio);
+
+		if (state & VMSUBST_PAGE_DIRTY)
+			st->dirty += nr;
+		if (state & VMSUBST_PAGE_WRITEBACK)
+			st->writeback += nr;
+		/* A clean page ends the run being built. */
+		vmsubst_outcome_add(&oc, lo, hi, state);
+		if (state && stop_at_dirty)
+			break;
+		/* Past the whole folio: a large one is counted once. */
+		xas_set(&xas, next);
+next:
+		if (++seen % VMSUBST_STATES_BATCH)
+			continue;
+		xas_pause(&xas);
+		rcu_read_unlock();
+		if (fatal_signal_pending(current))
+			return -EINTR;
+		cond_resched();
+		rcu_read_lock();
+	}
+	rcu_read_unlock();
+	vmsubst_outcome_flush(&oc);
 	return ret;
 }

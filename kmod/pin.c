@@ -160,38 +160,35 @@ static int vmsubst_pin_ref(struct mm_struct *mm,
 	return 0;
 }
 
-static int vmsubst_ref_cmp(const void *a, const void *b)
-{
-	const struct vmsubst_vma_ref *x = a, *y = b;
-
-	if (x->mm != y->mm)
-		return x->mm < y->mm ? -1 : 1;
-	if (x->start != y->start)
-		return x->start < y->start ? -1 : 1;
-	return 0;
-}
-
 /*
- * Pins the mappings @refs[0..@n) of one address space. Stops early on a
- * fatal signal (-EINTR) or when the budget is spent.
+ * Pins the mappings @refs[0..@n) of one address space, in order. Stops
+ * early on a fatal signal (-EINTR) or when the budget is spent; *@done is
+ * how many mappings were finished, the one the budget cut short not
+ * included.
  */
 static int vmsubst_pin_mm(const struct vmsubst_vma_ref *refs, size_t n,
 			  struct vmsubst_pin *pin,
-			  struct vmsubst_pin_result *res)
+			  struct vmsubst_pin_result *res, size_t *done)
 {
 	struct mm_struct *mm = refs[0].mm;
 	struct vmsubst_pin_stats st = {};
 	int ret = 0;
 	size_t i;
 
+	*done = 0;
 	vmsubst_mm_owner(mm, &res->pid, &res->comm);
 	/* Our mmgrab() keeps the struct; this keeps the address space. */
 	if (!mmget_not_zero(mm)) {
 		res->flags |= VMSUBST_PIN_R_EXITED;
+		*done = n;
 		return 0;
 	}
-	for (i = 0; i < n && !ret && !(pin->status & VMSUBST_PIN_S_BUDGET); i++)
+	for (i = 0; i < n; i++) {
 		ret = vmsubst_pin_ref(mm, &refs[i], pin, &st);
+		if (ret || (pin->status & VMSUBST_PIN_S_BUDGET))
+			break;
+		*done = i + 1;
+	}
 	mmput(mm);
 
 	res->bytes_copied = st.copied << PAGE_SHIFT;
@@ -204,6 +201,7 @@ static int vmsubst_pin_mm(const struct vmsubst_vma_ref *refs, size_t n,
 
 static int vmsubst_pin_file(struct file *file, pgoff_t first, pgoff_t last,
 			    struct vmsubst_pin_mappers *req,
+			    struct vmsubst_pin_cursor *cursor,
 			    struct vmsubst_io *io)
 {
 	struct vmsubst_pin pin = {
@@ -212,28 +210,29 @@ static int vmsubst_pin_file(struct file *file, pgoff_t first, pgoff_t last,
 	};
 	struct vmsubst_vma_ref *refs = NULL;
 	struct vmsubst_pin_result res, *slot;
-	size_t n, found, i, j;
+	size_t n, found, i, j, done;
 	int ret = 0;
 
 	/*
-	 * Sized by a first walk, filled by a second. Mappings made in between
-	 * beyond the size are left for the next call, like those beyond
-	 * VMSUBST_PIN_VMAS_MAX.
+	 * Sized by a first walk, filled by a second with the first n after
+	 * the cursor. Mappings made in between beyond the size are left for
+	 * the next call, like those beyond VMSUBST_PIN_VMAS_MAX.
 	 */
-	n = min_t(size_t, vmsubst_rmap_count_private(pin.mapping, first, last),
+	n = min_t(size_t,
+		  vmsubst_rmap_count_private(pin.mapping, first, last, cursor),
 		  VMSUBST_PIN_VMAS_MAX);
 	if (n) {
 		refs = kvcalloc(n, sizeof(*refs), GFP_KERNEL);
 		if (!refs)
 			return -ENOMEM;
 	}
-	found = vmsubst_rmap_collect_private(pin.mapping, first, last, refs, n,
-					     &io->out[1]);
+	found = vmsubst_rmap_collect_private(pin.mapping, first, last, cursor,
+					     refs, n, &io->out[1]);
 	if (found > n)
 		pin.status |= VMSUBST_PIN_S_TRUNCATED;
 	n = min(n, found);
 
-	/* One lock cycle and one result per address space. */
+	/* One lock cycle and one result per address space, in cursor order. */
 	sort(refs, n, sizeof(*refs), vmsubst_ref_cmp, NULL);
 	for (i = 0; i < n; i = j) {
 		for (j = i + 1; j < n && refs[j].mm == refs[i].mm; j++)
@@ -241,8 +240,13 @@ static int vmsubst_pin_file(struct file *file, pgoff_t first, pgoff_t last,
 		if (ret || (pin.status & VMSUBST_PIN_S_BUDGET))
 			continue;
 		memset(&res, 0, sizeof(res));
-		ret = vmsubst_pin_mm(&refs[i], j - i, &pin, &res);
-		req->mappings += j - i;
+		ret = vmsubst_pin_mm(&refs[i], j - i, &pin, &res, &done);
+		if (done) {
+			cursor->valid = true;
+			cursor->key = refs[i + done - 1].key;
+			cursor->addr = refs[i + done - 1].start;
+		}
+		req->mappings += done;
 		req->bytes_copied += res.bytes_copied;
 		req->bytes_private += res.bytes_private;
 		req->bytes_failed += res.bytes_failed;
@@ -261,6 +265,7 @@ static int vmsubst_pin_file(struct file *file, pgoff_t first, pgoff_t last,
 int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 {
 	struct vmsubst_pin_mappers *req = &cmd->pin_mappers;
+	struct vmsubst_pin_cursor cursor = {};
 	pgoff_t first, last;
 	struct file *file;
 	u64 end;
@@ -268,6 +273,17 @@ int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 
 	if (!req->max_pages || req->max_pages > VMSUBST_PIN_PAGES_MAX)
 		return -EINVAL;
+	/* A VER0 caller has no cursor to resume from. */
+	if ((req->flags & VMSUBST_PIN_F_RESUME) &&
+	    req->size < VMSUBST_PIN_MAPPERS_SIZE_VER1)
+		return -EINVAL;
+	/* (0, 0), what a call that finished nothing returns, is the start. */
+	if ((req->flags & VMSUBST_PIN_F_RESUME) &&
+	    (req->cursor_mm || req->cursor_addr)) {
+		cursor.valid = true;
+		cursor.key = req->cursor_mm;
+		cursor.addr = req->cursor_addr;
+	}
 	ret = vmsubst_check_range(req->offset, req->length, &end);
 	if (ret)
 		return ret;
@@ -286,7 +302,10 @@ int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 	req->mappings = 0;
 	if (vmsubst_clamp_range(i_size_read(file_inode(file)), req->offset, end,
 				&first, &last))
-		ret = vmsubst_pin_file(file, first, last, req, io);
+		ret = vmsubst_pin_file(file, first, last, req, &cursor, io);
+	/* Where the next call resumes: unchanged when nothing was finished. */
+	req->cursor_mm = cursor.key;
+	req->cursor_addr = cursor.addr;
 out:
 	fput(file);
 	return ret;

@@ -9,7 +9,7 @@
 #include <linux/types.h>
 #include <uapi/linux/vmsubst.h>
 
-#define VMSUBST_MODULE_VERSION "0.2.0"
+#define VMSUBST_MODULE_VERSION "0.3.0"
 
 struct address_space;
 struct file;
@@ -33,6 +33,7 @@ union vmsubst_cmd {
 	struct vmsubst_revalidate_dentries revalidate_dentries;
 	struct vmsubst_query_mappers query_mappers;
 	struct vmsubst_pin_mappers pin_mappers;
+	struct vmsubst_query_pages query_pages;
 };
 
 /**
@@ -98,6 +99,24 @@ int vmsubst_pages_drop_unused(struct file *file, pgoff_t first, pgoff_t last,
 			      struct vmsubst_page_counts *c,
 			      struct vmsubst_out *outcomes);
 
+/**
+ * struct vmsubst_page_states - what a look at a range of a mapping found
+ * @cached:    pages in the page cache
+ * @mapped:    of those, mapped into some process
+ * @dirty:     dirty (flag or xarray tag)
+ * @writeback: under writeback (flag or xarray tag)
+ */
+struct vmsubst_page_states {
+	u64 cached;
+	u64 mapped;
+	u64 dirty;
+	u64 writeback;
+};
+
+int vmsubst_pages_states(struct address_space *mapping, pgoff_t first,
+			 pgoff_t last, struct vmsubst_page_states *st,
+			 struct vmsubst_out *ranges, bool stop_at_dirty);
+
 /* ---- rmap.c: who maps a file -------------------------------------------- */
 
 struct vmsubst_mapper;
@@ -105,21 +124,34 @@ struct vmsubst_mapper;
 /**
  * struct vmsubst_vma_ref - a private mapping to pin, found by the rmap walk
  * @mm:    its address space, with an mmgrab() reference
+ * @key:   vmsubst_mm_key() of @mm: the order of the walk, and the cursor
  * @start: first address of the part that maps the range
  * @end:   address after it
  */
 struct vmsubst_vma_ref {
 	struct mm_struct *mm;
+	u64 key;
 	unsigned long start;
 	unsigned long end;
 };
 
+/* A position in the order of (key, start); @valid false: before the first. */
+struct vmsubst_pin_cursor {
+	bool valid;
+	u64 key;
+	u64 addr;
+};
+
 void vmsubst_rmap_report(struct address_space *mapping, pgoff_t first,
 			 pgoff_t last, struct vmsubst_out *mappers);
+u64 vmsubst_mm_key(const struct mm_struct *mm);
+int vmsubst_ref_cmp(const void *a, const void *b);
 size_t vmsubst_rmap_count_private(struct address_space *mapping,
-				  pgoff_t first, pgoff_t last);
+				  pgoff_t first, pgoff_t last,
+				  const struct vmsubst_pin_cursor *after);
 size_t vmsubst_rmap_collect_private(struct address_space *mapping,
 				    pgoff_t first, pgoff_t last,
+				    const struct vmsubst_pin_cursor *after,
 				    struct vmsubst_vma_ref *refs, size_t max,
 				    struct vmsubst_out *shared);
 void vmsubst_mm_owner(struct mm_struct *mm, __s32 *pid,
@@ -141,5 +173,6 @@ int vmsubst_cmd_revalidate_dentries(union vmsubst_cmd *cmd,
 				    struct vmsubst_io *io);
 int vmsubst_cmd_query_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io);
 int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io);
+int vmsubst_cmd_query_pages(union vmsubst_cmd *cmd, struct vmsubst_io *io);
 
 #endif /* VMSUBST_H */

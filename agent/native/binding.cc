@@ -885,7 +885,23 @@ Napi::Value QueryMappers(const Napi::CallbackInfo& info) {
       });
 }
 
-// pinMappers(devPath, fd, offset, length, maxPages, pinnedCap, unpinnedCap)
+// A u64 member of an object argument, as a bigint.
+uint64_t MemberU64(Napi::Env env, Napi::Object o, const char* arg, const char* name) {
+  Napi::Value v = o.Get(name);
+  bool lossless = false;
+  if (!v.IsBigInt()) {
+    throw Napi::TypeError::New(env, std::string(arg) + "." + name + " must be a bigint");
+  }
+  const uint64_t n = v.As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) {
+    throw Napi::RangeError::New(env, std::string(arg) + "." + name + " must be in [0, 2^64)");
+  }
+  return n;
+}
+
+// pinMappers(devPath, fd, offset, length, maxPages, pinnedCap, unpinnedCap[, cursor]):
+// with cursor ({ mm, addr } bigints), VMSUBST_PIN_F_RESUME from it, and the
+// result's cursor is where the next call resumes; without, from the start.
 Napi::Value PinMappers(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string dev = ArgString(info, 0, "devPath");
@@ -896,12 +912,20 @@ Napi::Value PinMappers(const Napi::CallbackInfo& info) {
   auto pinned = std::make_shared<Report<vmsubst_pin_result>>(ArgCap(info, 5, "pinnedCap"));
   auto unpinned = std::make_shared<Report<vmsubst_mapper>>(ArgCap(info, 6, "unpinnedCap"));
   auto out = std::make_shared<vs_pin_totals>();
+  std::shared_ptr<vs_pin_cursor> cursor;
+  if (info.Length() > 7 && !info[7].IsUndefined() && !info[7].IsNull()) {
+    if (!info[7].IsObject()) throw Napi::TypeError::New(env, "cursor must be { mm, addr }");
+    Napi::Object c = info[7].As<Napi::Object>();
+    cursor = std::make_shared<vs_pin_cursor>();
+    cursor->mm = MemberU64(env, c, "cursor", "mm");
+    cursor->addr = MemberU64(env, c, "cursor", "addr");
+  }
   const std::string path = dev;
   return KmodWorker::Start(
       env, "VMSUBST_IOC_PIN_MAPPERS", std::move(dev), fd,
       [=](const char** syscall) {
-        return vs_pin_mappers(path.c_str(), fd, offset, length, max_pages, &pinned->r,
-                              &unpinned->r, out.get(), syscall);
+        return vs_pin_mappers(path.c_str(), fd, offset, length, max_pages, cursor.get(),
+                              &pinned->r, &unpinned->r, out.get(), syscall);
       },
       [=](Napi::Env e) -> Napi::Value {
         Napi::Object o = Napi::Object::New(e);
@@ -912,6 +936,38 @@ Napi::Value PinMappers(const Napi::CallbackInfo& info) {
         o.Set("mappings", Napi::Number::New(e, out->mappings));
         SetReport(e, o, "pinned", *pinned, PinResultObject);
         SetReport(e, o, "unpinned", *unpinned, MapperObject);
+        if (cursor) {
+          Napi::Object c = Napi::Object::New(e);
+          c.Set("mm", Napi::BigInt::New(e, cursor->mm));
+          c.Set("addr", Napi::BigInt::New(e, cursor->addr));
+          o.Set("cursor", c);
+        }
+        return o;
+      });
+}
+
+// queryPages(devPath, fd, offset, length, rangesCap)
+Napi::Value QueryPages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string dev = ArgString(info, 0, "devPath");
+  const int fd = ArgFd(info, 1);
+  const uint64_t offset = ArgU64(info, 2, "offset");
+  const uint64_t length = ArgU64(info, 3, "length");
+  auto ranges = std::make_shared<Report<vmsubst_page_range>>(ArgCap(info, 4, "rangesCap"));
+  auto out = std::make_shared<vs_pages_result>();
+  const std::string path = dev;
+  return KmodWorker::Start(
+      env, "VMSUBST_IOC_QUERY_PAGES", std::move(dev), fd,
+      [=](const char** syscall) {
+        return vs_query_pages(path.c_str(), fd, offset, length, &ranges->r, out.get(), syscall);
+      },
+      [=](Napi::Env e) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(e);
+        o.Set("pagesCached", Napi::BigInt::New(e, out->pages_cached));
+        o.Set("pagesMapped", Napi::BigInt::New(e, out->pages_mapped));
+        o.Set("pagesDirty", Napi::BigInt::New(e, out->pages_dirty));
+        o.Set("pagesWriteback", Napi::BigInt::New(e, out->pages_writeback));
+        SetReport(e, o, "ranges", *ranges, PageRangeObject);
         return o;
       });
 }
@@ -1537,6 +1593,9 @@ Napi::Object Constants(Napi::Env env) {
   VS_FEATURE(VMSUBST_FEATURE_REVALIDATE_DENTRIES);
   VS_FEATURE(VMSUBST_FEATURE_QUERY_MAPPERS);
   VS_FEATURE(VMSUBST_FEATURE_PIN_MAPPERS);
+  VS_FEATURE(VMSUBST_FEATURE_QUERY_PAGES);
+  VS_FEATURE(VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY);
+  VS_FEATURE(VMSUBST_FEATURE_PIN_CURSOR);
 #undef VS_FEATURE
 #define VS_CONST(name) c.Set(#name, Napi::Number::New(env, name))
   VS_CONST(VMSUBST_INVALIDATE_F_FORCE);
@@ -1545,6 +1604,7 @@ Napi::Object Constants(Napi::Env env) {
   VS_CONST(VMSUBST_INVALIDATE_F_REFAULT_ASYNC);
   VS_CONST(VMSUBST_INVALIDATE_F_REFAULT_SYNC);
   VS_CONST(VMSUBST_INVALIDATE_F_REPORT_MAPPERS);
+  VS_CONST(VMSUBST_INVALIDATE_F_UNLESS_DIRTY);
   VS_CONST(VMSUBST_INVALIDATE_F_ALL);
   VS_CONST(VMSUBST_BDEV_F_FORCE);
   VS_CONST(VMSUBST_INODES_F_FORCE);
@@ -1573,6 +1633,7 @@ Napi::Object Constants(Napi::Env env) {
   VS_CONST(VMSUBST_PIN_R_PARTIAL);
   VS_CONST(VMSUBST_PIN_S_BUDGET);
   VS_CONST(VMSUBST_PIN_S_TRUNCATED);
+  VS_CONST(VMSUBST_PIN_F_RESUME);
   VS_CONST(VMSUBST_RANGES_MAX);
   VS_CONST(VMSUBST_MAPPERS_MAX);
   VS_CONST(VMSUBST_INODES_MAX);
@@ -1616,6 +1677,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
               Napi::Function::New<RevalidateDentries>(env, "revalidateDentries"));
   exports.Set("queryMappers", Napi::Function::New<QueryMappers>(env, "queryMappers"));
   exports.Set("pinMappers", Napi::Function::New<PinMappers>(env, "pinMappers"));
+  exports.Set("queryPages", Napi::Function::New<QueryPages>(env, "queryPages"));
   exports.Set("vsockListen", Napi::Function::New<VsockListen>(env, "vsockListen"));
   exports.Set("vsockConnectStart",
               Napi::Function::New<VsockConnectStart>(env, "vsockConnectStart"));

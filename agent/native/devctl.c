@@ -217,6 +217,7 @@ int vs_query_mappers(const char *dev_path, int fd, uint64_t offset,
 
 int vs_pin_mappers(const char *dev_path, int fd, uint64_t offset,
 		   uint64_t length, uint32_t max_pages,
+		   struct vs_pin_cursor *cursor,
 		   struct vs_report *pinned, struct vs_report *unpinned,
 		   struct vs_pin_totals *out, const char **failed_syscall)
 {
@@ -226,6 +227,11 @@ int vs_pin_mappers(const char *dev_path, int fd, uint64_t offset,
 	memset(&r, 0, sizeof(r));
 	r.size = sizeof(r);
 	r.fd = fd;
+	if (cursor) {
+		r.flags = VMSUBST_PIN_F_RESUME;
+		r.cursor_mm = cursor->mm;
+		r.cursor_addr = cursor->addr;
+	}
 	r.max_pages = max_pages;
 	r.offset = offset;
 	r.length = length;
@@ -241,7 +247,37 @@ int vs_pin_mappers(const char *dev_path, int fd, uint64_t offset,
 	out->bytes_failed = r.bytes_failed;
 	out->status = r.status;
 	out->mappings = r.mappings;
+	if (cursor) {
+		cursor->mm = r.cursor_mm;
+		cursor->addr = r.cursor_addr;
+	}
 	vs_array_out(pinned, &r.pinned);
 	vs_array_out(unpinned, &r.unpinned);
+	return 0;
+}
+
+int vs_query_pages(const char *dev_path, int fd, uint64_t offset,
+		   uint64_t length, struct vs_report *ranges,
+		   struct vs_pages_result *out, const char **failed_syscall)
+{
+	struct vmsubst_query_pages r;
+	int ret;
+
+	memset(&r, 0, sizeof(r));
+	r.size = sizeof(r);
+	r.fd = fd;
+	r.offset = offset;
+	r.length = length;
+	vs_array_in(&r.ranges, ranges);
+	ret = vs_dev_call(dev_path, VMSUBST_IOC_QUERY_PAGES, &r,
+			  failed_syscall);
+	if (ret < 0)
+		return ret;
+
+	out->pages_cached = r.pages_cached;
+	out->pages_mapped = r.pages_mapped;
+	out->pages_dirty = r.pages_dirty;
+	out->pages_writeback = r.pages_writeback;
+	vs_array_out(ranges, &r.ranges);
 	return 0;
 }

@@ -336,6 +336,22 @@ struct vs_pin_totals {
 	uint32_t mappings;
 };
 
+/*
+ * Where VMSUBST_IOC_PIN_MAPPERS resumes (VMSUBST_PIN_F_RESUME): opaque,
+ * passed back as the previous call returned it; { 0, 0 } is the start.
+ */
+struct vs_pin_cursor {
+	uint64_t mm;
+	uint64_t addr;
+};
+
+struct vs_pages_result {
+	uint64_t pages_cached;
+	uint64_t pages_mapped;
+	uint64_t pages_dirty;
+	uint64_t pages_writeback;
+};
+
 /* VMSUBST_IOC_VERSION. */
 int vs_kmod_version(const char *dev_path, struct vs_kmod_version_info *out,
 		    const char **failed_syscall);
@@ -383,12 +399,24 @@ int vs_query_mappers(const char *dev_path, int fd, uint64_t offset,
 /*
  * VMSUBST_IOC_PIN_MAPPERS; pinned holds struct vmsubst_pin_result, unpinned
  * struct vmsubst_mapper; either may be NULL. Can take long (it copies up to
- * max_pages pages): run it off the event loop.
+ * max_pages pages): run it off the event loop. With cursor non-NULL the call
+ * resumes after *cursor (VMSUBST_PIN_F_RESUME) and *cursor is updated to
+ * where the next call resumes; NULL starts at the first mapping.
  */
 int vs_pin_mappers(const char *dev_path, int fd, uint64_t offset,
 		   uint64_t length, uint32_t max_pages,
+		   struct vs_pin_cursor *cursor,
 		   struct vs_report *pinned, struct vs_report *unpinned,
 		   struct vs_pin_totals *out, const char **failed_syscall);
+
+/*
+ * VMSUBST_IOC_QUERY_PAGES: cached, mapped, dirty and writeback pages of a
+ * range; ranges (struct vmsubst_page_range of the dirty and writeback runs)
+ * may be NULL. Changes nothing.
+ */
+int vs_query_pages(const char *dev_path, int fd, uint64_t offset,
+		   uint64_t length, struct vs_report *ranges,
+		   struct vs_pages_result *out, const char **failed_syscall);
 
 #ifdef __cplusplus
 }

@@ -51,6 +51,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/capability.h>
@@ -484,7 +485,10 @@ static void t_ver_reserved(struct ctx *c, const char *desc)
 	 VMSUBST_FEATURE_INVALIDATE_BDEV |				\
 	 VMSUBST_FEATURE_REVALIDATE_INODES |				\
 	 VMSUBST_FEATURE_REVALIDATE_DENTRIES |				\
-	 VMSUBST_FEATURE_QUERY_MAPPERS | VMSUBST_FEATURE_PIN_MAPPERS)
+	 VMSUBST_FEATURE_QUERY_MAPPERS | VMSUBST_FEATURE_PIN_MAPPERS |	\
+	 VMSUBST_FEATURE_QUERY_PAGES |					\
+	 VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY |			\
+	 VMSUBST_FEATURE_PIN_CURSOR)
 
 static void t_ver_ok(struct ctx *c, const char *desc)
 {
@@ -1091,6 +1095,7 @@ union anyarg {
 	struct vmsubst_revalidate_dentries rd;
 	struct vmsubst_query_mappers qm;
 	struct vmsubst_pin_mappers pm;
+	struct vmsubst_query_pages qp;
 	uint64_t align[32];
 };
 
@@ -1239,12 +1244,40 @@ static bool pm_untouched(const void *p)
 	return array_untouched(&r->pinned) && array_untouched(&r->unpinned) &&
 	       FILLED(r->bytes_copied) && FILLED(r->bytes_private) &&
 	       FILLED(r->bytes_failed) && FILLED(r->status) &&
-	       FILLED(r->mappings);
+	       FILLED(r->mappings) && FILLED(r->cursor_mm) &&
+	       FILLED(r->cursor_addr);
 }
 
 static void pm_valid(struct ctx *c, void *arg)
 {
 	pm_init(arg, c->base_fd, 0, c->page, 1);
+}
+
+static void qp_init(struct vmsubst_query_pages *r, int fd, uint64_t offset,
+		    uint64_t length, void *items, uint32_t cap)
+{
+	memset(r, FILL, sizeof(*r));
+	r->size = sizeof(*r);
+	r->flags = 0;
+	r->fd = fd;
+	r->reserved0 = 0;
+	r->offset = offset;
+	r->length = length;
+	array_init(&r->ranges, items, cap);
+}
+
+static bool qp_untouched(const void *p)
+{
+	const struct vmsubst_query_pages *r = p;
+
+	return array_untouched(&r->ranges) && FILLED(r->pages_cached) &&
+	       FILLED(r->pages_mapped) && FILLED(r->pages_dirty) &&
+	       FILLED(r->pages_writeback);
+}
+
+static void qp_valid(struct ctx *c, void *arg)
+{
+	qp_init(arg, c->base_fd, 0, c->page, NULL, 0);
 }
 
 static bool ir_untouched(const void *p)
@@ -1289,6 +1322,12 @@ static const struct cmd_desc CMD_QUERY = {
 static const struct cmd_desc CMD_PIN = {
 	VMSUBST_IOC_PIN_MAPPERS, sizeof(struct vmsubst_pin_mappers),
 	VMSUBST_PIN_MAPPERS_SIZE_VER0, 0, pm_valid, pm_untouched,
+};
+static const struct cmd_desc CMD_QPAGES = {
+	VMSUBST_IOC_QUERY_PAGES, sizeof(struct vmsubst_query_pages),
+	VMSUBST_QUERY_PAGES_SIZE_VER0,
+	offsetof(struct vmsubst_query_pages, reserved0),
+	qp_valid, qp_untouched,
 };
 
 /* The call must fail with @want and leave every output and @buf as filled. */
@@ -1541,6 +1580,12 @@ static_assert(offsetof(struct vmsubst_invalidate_bdev, offset) ==
 	      offsetof(struct vmsubst_query_mappers, offset), "layout");
 static_assert(offsetof(struct vmsubst_pin_mappers, length) ==
 	      offsetof(struct vmsubst_query_mappers, length), "layout");
+static_assert(offsetof(struct vmsubst_query_pages, length) ==
+	      offsetof(struct vmsubst_query_mappers, length), "layout");
+static_assert(sizeof(struct vmsubst_query_pages) ==
+	      VMSUBST_QUERY_PAGES_SIZE_VER0, "layout");
+static_assert(sizeof(struct vmsubst_pin_mappers) ==
+	      VMSUBST_PIN_MAPPERS_SIZE_VER1, "layout");
 
 /* An output array of the command at @off: cap above @max, or no address. */
 static void array_case(struct ctx *c, const char *desc, size_t off,
@@ -1581,6 +1626,8 @@ ARRAY_TOO_BIG(a_pinned, struct vmsubst_pin_mappers, pinned,
 	      VMSUBST_PIN_RESULTS_MAX)
 ARRAY_TOO_BIG(a_unpinned, struct vmsubst_pin_mappers, unpinned,
 	      VMSUBST_MAPPERS_MAX)
+ARRAY_TOO_BIG(a_qp_ranges, struct vmsubst_query_pages, ranges,
+	      VMSUBST_RANGES_MAX)
 
 /* ---- invalidate VER1 ------------------------------------------------------ */
 
@@ -2898,6 +2945,559 @@ static void t_pm_beyond_eof(struct ctx *c, const char *desc)
 		pass(desc);
 }
 
+/* ---- query pages, invalidate F_UNLESS_DIRTY ---------------------------- */
+
+#define QP_FMT "cached %llu mapped %llu dirty %llu writeback %llu"
+#define QP(r) (unsigned long long)(r)->pages_cached,			\
+	      (unsigned long long)(r)->pages_mapped,			\
+	      (unsigned long long)(r)->pages_dirty,			\
+	      (unsigned long long)(r)->pages_writeback
+
+/* Runs one page query that must succeed; reports and returns false if not. */
+static bool qpages(struct ctx *c, const char *desc,
+		   struct vmsubst_query_pages *r, int fd, uint64_t offset,
+		   uint64_t length, void *items, uint32_t cap)
+{
+	int got;
+
+	qp_init(r, fd, offset, length, items, cap);
+	got = xioctl(c->dev, VMSUBST_IOC_QUERY_PAGES, r);
+	if (got) {
+		fail(desc, "query pages: errno got %s want 0", errname(got));
+		return false;
+	}
+	return true;
+}
+
+static void t_qp_ro_clean(struct ctx *c, const char *desc)
+{
+	uint64_t npages = (c->ro_size + c->page - 1) / c->page;
+	struct vmsubst_query_pages r, again;
+	struct vmsubst_page_range out[1];
+	volatile char sum;
+	char *map;
+
+	if (!read_all(c->ro_fd, c->ro_size)) {
+		fail(desc, "read: %s", strerror(errno));
+		return;
+	}
+	map = mmap(NULL, c->page, PROT_READ, MAP_SHARED, c->ro_fd, 0);
+	if (map == MAP_FAILED) {
+		fail(desc, "mmap: %s", strerror(errno));
+		return;
+	}
+	sum = map[0];
+	(void)sum;
+	memset(out, FILL, sizeof(out));
+	if (!qpages(c, desc, &r, c->ro_fd, 0, c->ro_size, out, ARRAY_SIZE(out)))
+		goto out;
+	if (r.pages_cached != npages || r.pages_mapped < 1 ||
+	    r.pages_mapped > npages || r.pages_dirty || r.pages_writeback)
+		fail(desc, QP_FMT, QP(&r));
+	else if (r.ranges.count || r.ranges.total || !all_fill(out, sizeof(out)))
+		fail(desc, "ranges %u/%llu reported for a clean file",
+		     r.ranges.count, (unsigned long long)r.ranges.total);
+	else if (r.size != sizeof(r) || r.flags || r.fd != c->ro_fd ||
+		 r.reserved0 || r.offset || r.length != (uint64_t)c->ro_size ||
+		 r.ranges.addr != uptr(out) || r.ranges.cap != ARRAY_SIZE(out))
+		fail(desc, "input members changed");
+	else if (!qpages(c, desc, &again, c->ro_fd, 0, c->ro_size, NULL, 0))
+		goto out;
+	else if (again.pages_cached != r.pages_cached ||
+		 again.pages_mapped != r.pages_mapped)
+		fail(desc, "a second query differs: " QP_FMT, QP(&again));
+	else
+		pass(desc);
+out:
+	munmap(map, c->page);
+}
+
+static void t_qp_beyond_eof(struct ctx *c, const char *desc)
+{
+	struct vmsubst_query_pages r;
+
+	if (!read_all(c->ro_fd, c->ro_size) ||
+	    !qpages(c, desc, &r, c->ro_fd, c->ro_size + c->page, c->page,
+		    NULL, 0))
+		return;
+	if (r.pages_cached || r.pages_mapped || r.pages_dirty ||
+	    r.pages_writeback || r.ranges.count || r.ranges.total)
+		fail(desc, QP_FMT, QP(&r));
+	else
+		pass(desc);
+}
+
+/* Only the pages of the range count: one byte, one page. */
+static void t_qp_ro_bounded(struct ctx *c, const char *desc)
+{
+	struct vmsubst_query_pages r;
+
+	if (!read_all(c->ro_fd, c->ro_size) ||
+	    !qpages(c, desc, &r, c->ro_fd, c->page + 1, 1, NULL, 0))
+		return;
+	if (r.pages_cached != 1 || r.pages_dirty || r.pages_writeback)
+		fail(desc, QP_FMT, QP(&r));
+	else
+		pass(desc);
+}
+
+static void t_qp_rw_dirty(struct ctx *c, const char *desc)
+{
+	const uint64_t npages = 4;
+	struct vmsubst_page_range out[2];
+	struct vmsubst_query_pages r;
+	size_t len = npages * c->page;
+	char *buf = malloc(len), *back = malloc(len);
+	int fd = rw_tmpfile(c);
+
+	if (fd < 0 || !buf || !back) {
+		fail(desc, "temporary file: %s", strerror(errno));
+		goto out;
+	}
+	memset(buf, 'q', len);
+	if (pwrite(fd, buf, len, 0) != (ssize_t)len || fdatasync(fd)) {
+		fail(desc, "write: %s", strerror(errno));
+		goto out;
+	}
+	memset(out, FILL, sizeof(out));
+	if (!qpages(c, desc, &r, fd, 0, len, out, ARRAY_SIZE(out)))
+		goto out;
+	if (r.pages_cached != npages || r.pages_dirty || r.pages_writeback ||
+	    r.ranges.total) {
+		fail(desc, "written and synced: " QP_FMT, QP(&r));
+		goto out;
+	}
+	/* Pages 1 and 3 written again, not synced: two dirty runs. */
+	memset(buf, 'Q', len);
+	if (pwrite(fd, buf, c->page, c->page) != c->page ||
+	    pwrite(fd, buf, c->page, 3 * c->page) != c->page) {
+		fail(desc, "write: %s", strerror(errno));
+		goto out;
+	}
+	memset(out, FILL, sizeof(out));
+	if (!qpages(c, desc, &r, fd, 0, len, out, 1))
+		goto out;
+	if (r.pages_cached != npages || r.pages_dirty != 2 || r.pages_writeback)
+		fail(desc, "written without fsync: " QP_FMT, QP(&r));
+	else if (r.ranges.count != 1 || r.ranges.total != 2 ||
+		 out[0].offset != (uint64_t)c->page ||
+		 out[0].length != (uint64_t)c->page ||
+		 out[0].state != VMSUBST_PAGE_DIRTY || out[0].reserved0)
+		fail(desc, "ranges %u/%llu: offset %llu length %llu state %#x",
+		     r.ranges.count, (unsigned long long)r.ranges.total,
+		     (unsigned long long)out[0].offset,
+		     (unsigned long long)out[0].length, out[0].state);
+	else if (!all_fill(&out[1], sizeof(out[1])))
+		fail(desc, "wrote past ranges.count");
+	else if (!qpages(c, desc, &r, fd, 0, len, NULL, 0))
+		goto out;
+	else if (r.pages_cached != npages || r.pages_dirty != 2)
+		fail(desc, "the query changed something: " QP_FMT, QP(&r));
+	else if (pread(fd, back, len, 0) != (ssize_t)len || back[0] != 'q' ||
+		 back[c->page] != 'Q' || back[2 * c->page] != 'q' ||
+		 back[3 * c->page] != 'Q')
+		fail(desc, "the file's contents changed");
+	else if (fdatasync(fd))
+		fail(desc, "fdatasync: %s", strerror(errno));
+	else if (!qpages(c, desc, &r, fd, 0, len, NULL, 0))
+		goto out;
+	else if (r.pages_cached != npages || r.pages_dirty || r.pages_writeback)
+		fail(desc, "after fdatasync: " QP_FMT, QP(&r));
+	else
+		pass(desc);
+out:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	free(back);
+}
+
+/*
+ * Page 0 clean and mapped, pages 1-3 dirty. UNLESS_DIRTY over the whole
+ * range: EBUSY, and nothing unmapped or dropped; over page 0 alone: done;
+ * after fdatasync, over the whole range: done.
+ */
+static void t_ud_rw(struct ctx *c, const char *desc)
+{
+	const uint64_t npages = 4;
+	struct vmsubst_invalidate_range r;
+	struct vmsubst_query_pages q;
+	size_t len = npages * c->page;
+	char *buf = malloc(len), *map = MAP_FAILED;
+	volatile char sum;
+	int fd = rw_tmpfile(c);
+
+	if (fd < 0 || !buf) {
+		fail(desc, "temporary file: %s", strerror(errno));
+		goto out;
+	}
+	memset(buf, 'u', len);
+	if (pwrite(fd, buf, c->page, 0) != c->page || fdatasync(fd) ||
+	    pwrite(fd, buf, len - c->page, c->page) != (ssize_t)(len - c->page)) {
+		fail(desc, "write: %s", strerror(errno));
+		goto out;
+	}
+	map = mmap(NULL, c->page, PROT_READ, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED) {
+		fail(desc, "mmap: %s", strerror(errno));
+		goto out;
+	}
+	sum = map[0];
+	(void)sum;
+	if (!qpages(c, desc, &q, fd, 0, len, NULL, 0))
+		goto out;
+	if (q.pages_cached != npages || q.pages_mapped != 1 ||
+	    q.pages_dirty != npages - 1) {
+		fail(desc, "before: " QP_FMT, QP(&q));
+		goto out;
+	}
+	inv_init(&r, fd, 0, len, VMSUBST_INVALIDATE_F_UNLESS_DIRTY);
+	if (xioctl(c->dev, VMSUBST_IOC_INVALIDATE_RANGE, &r) != EBUSY) {
+		fail(desc, "dirty range: errno got %s want EBUSY", errname(errno));
+		goto out;
+	}
+	if (!inv_untouched(&r)) {
+		fail(desc, "output written on failure");
+		goto out;
+	}
+	if (!qpages(c, desc, &q, fd, 0, len, NULL, 0))
+		goto out;
+	if (q.pages_cached != npages || q.pages_mapped != 1 ||
+	    q.pages_dirty != npages - 1) {
+		fail(desc, "EBUSY changed something: " QP_FMT, QP(&q));
+		goto out;
+	}
+	/* The clean page alone: no F_FORCE needed, unmapped and dropped. */
+	if (!invalidate(c, desc, &r, fd, 0, c->page,
+			VMSUBST_INVALIDATE_F_UNLESS_DIRTY))
+		goto out;
+	if (r.pages_cached != 1 || r.pages_mapped != 1 ||
+	    r.pages_dropped != 1 || r.pages_kept) {
+		fail(desc, "clean page: " COUNTS_FMT, COUNTS(&r));
+		goto out;
+	}
+	if (fdatasync(fd)) {
+		fail(desc, "fdatasync: %s", strerror(errno));
+		goto out;
+	}
+	if (!invalidate(c, desc, &r, fd, 0, len,
+			VMSUBST_INVALIDATE_F_UNLESS_DIRTY))
+		goto out;
+	if (r.pages_cached != npages - 1 || r.pages_dropped != npages - 1 ||
+	    r.pages_kept)
+		fail(desc, "after fdatasync: " COUNTS_FMT, COUNTS(&r));
+	else if (!qpages(c, desc, &q, fd, 0, len, NULL, 0))
+		goto out;
+	else if (q.pages_cached)
+		fail(desc, "left cached: " QP_FMT, QP(&q));
+	else if (map[0] != 'u')
+		fail(desc, "the mapping reads %#x after the refault", map[0]);
+	else
+		pass(desc);
+out:
+	if (map != MAP_FAILED)
+		munmap(map, c->page);
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+}
+
+/* F_FORCE keeps its meaning; with F_UNLESS_DIRTY the check still applies. */
+static void t_ud_rw_force(struct ctx *c, const char *desc)
+{
+	struct vmsubst_invalidate_range r;
+	char *buf = malloc(c->page);
+	int fd = rw_tmpfile(c);
+
+	if (fd < 0 || !buf) {
+		fail(desc, "temporary file: %s", strerror(errno));
+		goto out;
+	}
+	memset(buf, 'f', c->page);
+	if (pwrite(fd, buf, c->page, 0) != c->page) {
+		fail(desc, "write: %s", strerror(errno));
+		goto out;
+	}
+	inv_init(&r, fd, 0, c->page,
+		 VMSUBST_INVALIDATE_F_FORCE | VMSUBST_INVALIDATE_F_UNLESS_DIRTY);
+	expect_inv_errno(c, desc, &r, EBUSY);
+out:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+}
+
+static void t_ud_ro(struct ctx *c, const char *desc)
+{
+	struct vmsubst_invalidate_range r;
+	struct vmsubst_query_pages q;
+
+	if (!read_all(c->ro_fd, c->ro_size)) {
+		fail(desc, "read: %s", strerror(errno));
+		return;
+	}
+	if (!invalidate(c, desc, &r, c->ro_fd, 0, c->ro_size,
+			VMSUBST_INVALIDATE_F_UNLESS_DIRTY) ||
+	    !qpages(c, desc, &q, c->ro_fd, 0, c->ro_size, NULL, 0))
+		return;
+	if (r.pages_cached < 1 || r.pages_dropped != r.pages_cached ||
+	    r.pages_kept)
+		fail(desc, COUNTS_FMT, COUNTS(&r));
+	else if (q.pages_cached)
+		fail(desc, "left cached: " QP_FMT, QP(&q));
+	else
+		pass(desc);
+}
+
+/* ---- pin: the cursor ---------------------------------------------------- */
+
+static void t_pm_resume_ver0(struct ctx *c, const char *desc)
+{
+	struct vmsubst_pin_mappers r;
+
+	pm_init(&r, c->base_fd, 0, c->page, 1);
+	r.size = VMSUBST_PIN_MAPPERS_SIZE_VER0;
+	r.flags = VMSUBST_PIN_F_RESUME;
+	expect_errno(c, desc, &r, EINVAL);
+}
+
+/* One resumed call: @key/@addr in and out. */
+static bool pm_resume(struct ctx *c, const char *desc, struct pm_result *res,
+		      uint64_t offset, uint64_t length, uint32_t max_pages,
+		      uint64_t *key, uint64_t *addr)
+{
+	memset(res->p, FILL, sizeof(res->p));
+	memset(res->u, FILL, sizeof(res->u));
+	pm_init(&res->r, c->ro_fd, offset, length, max_pages);
+	res->r.flags = VMSUBST_PIN_F_RESUME;
+	res->r.cursor_mm = *key;
+	res->r.cursor_addr = *addr;
+	array_init(&res->r.pinned, res->p, ARRAY_SIZE(res->p));
+	array_init(&res->r.unpinned, res->u, ARRAY_SIZE(res->u));
+	if (!expect_ok(c, desc, &res->r))
+		return false;
+	*key = res->r.cursor_mm;
+	*addr = res->r.cursor_addr;
+	return true;
+}
+
+/*
+ * max_pages 1 over one mapping of npages: each call copies one page and
+ * says BUDGET; the cursor stays before the cut mapping until its last page.
+ */
+static void t_pm_budget_resume(struct ctx *c, const char *desc)
+{
+	uint64_t npages = (c->ro_size + c->page - 1) / c->page;
+	uint64_t key = 0, addr = 0, copied = 0, visited = 0;
+	struct child ch = {};
+	struct pm_result res;
+	unsigned int calls = 0;
+
+	if (!child_start(c, &ch)) {
+		fail(desc, "child: %s", strerror(errno));
+		goto out;
+	}
+	do {
+		if (!pm_resume(c, desc, &res, 0, c->ro_size, 1, &key, &addr))
+			goto out;
+		calls++;
+		copied += res.r.bytes_copied;
+		visited += res.r.mappings;
+		if ((res.r.status & VMSUBST_PIN_S_BUDGET) &&
+		    (res.r.mappings || key || addr)) {
+			fail(desc, "call %u: BUDGET, yet the cursor moved", calls);
+			goto out;
+		}
+	} while ((res.r.status & (VMSUBST_PIN_S_BUDGET |
+				  VMSUBST_PIN_S_TRUNCATED)) &&
+		 calls <= npages + 1);
+	if (calls != npages || copied != npages * c->page || visited != 1 ||
+	    res.r.status || addr != uptr(ch.map) || !key)
+		fail(desc, "%u calls for %llu pages: copied %llu visited %llu status %#x",
+		     calls, (unsigned long long)npages,
+		     (unsigned long long)copied, (unsigned long long)visited,
+		     res.r.status);
+	else if (smaps_kb(ch.pid, ch.map, "Anonymous") * 1024 !=
+		 (long)(npages * c->page))
+		fail(desc, "the child's mapping is not all private copies");
+	else
+		pass(desc);
+out:
+	child_stop(&ch);
+}
+
+static bool sysctl_read(const char *path, unsigned long *val)
+{
+	FILE *f = fopen(path, "r");
+	bool ok = f && fscanf(f, "%lu", val) == 1;
+
+	if (f)
+		fclose(f);
+	return ok;
+}
+
+static bool sysctl_write(const char *path, unsigned long val)
+{
+	FILE *f = fopen(path, "w");
+	bool ok = f && fprintf(f, "%lu\n", val) > 0;
+
+	if (f && fclose(f))
+		ok = false;
+	return ok;
+}
+
+/*
+ * Of @n pages from page @first of @region, how many are present and
+ * anonymous: a private copy (/proc/self/pagemap: bit 63 present, bit 61
+ * file-page or shared-anon); -1 on error.
+ */
+static long private_pages(struct ctx *c, char *region, size_t first, size_t n)
+{
+	uint64_t *e = calloc(n, sizeof(*e));
+	off_t at = (off_t)((uptr(region) / c->page + first) * sizeof(*e));
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	long priv = -1;
+
+	if (fd >= 0 && e &&
+	    pread(fd, e, n * sizeof(*e), at) == (ssize_t)(n * sizeof(*e))) {
+		priv = 0;
+		for (size_t i = 0; i < n; i++)
+			priv += (e[i] >> 63 & 1) && !(e[i] >> 61 & 1);
+	}
+	if (fd >= 0)
+		close(fd);
+	free(e);
+	return priv;
+}
+
+#define MAX_MAP_COUNT "/proc/sys/vm/max_map_count"
+#define MANY_EXTRA 64	/* mappings beyond VMSUBST_PIN_VMAS_MAX */
+
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (t1.tv_sec - t0->tv_sec) * 1e3 +
+	       (t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/*
+ * More private mappings of one page than one call visits: separate VMAs
+ * of page 0 of the file, side by side (the same file offset each, so the
+ * kernel cannot merge them), in our own address space. Resumed calls reach
+ * and copy every one; the last ones, out of the first call's reach, are
+ * private copies only after the second call.
+ */
+static void t_pm_many(struct ctx *c, const char *desc)
+{
+	const size_t n = VMSUBST_PIN_VMAS_MAX + MANY_EXTRA;
+	uint64_t key = 0, addr = 0, copied = 0, visited = 0;
+	uint32_t first_status = 0, first_mappings = 0;
+	unsigned long old_max = 0;
+	long tail_after_first = -1, priv, tail;
+	char *region = MAP_FAILED;
+	unsigned int calls = 0;
+	struct timespec t0;
+	struct pm_result res;
+	double ms;
+
+	if (!sysctl_read(MAX_MAP_COUNT, &old_max)) {
+		fail(desc, MAX_MAP_COUNT ": %s", strerror(errno));
+		return;
+	}
+	if (old_max < n + 1024 && !sysctl_write(MAX_MAP_COUNT, n + 1024)) {
+		fail(desc, "raising " MAX_MAP_COUNT ": %s", strerror(errno));
+		return;
+	}
+	region = mmap(NULL, n * c->page, PROT_NONE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (region == MAP_FAILED) {
+		fail(desc, "mmap: %s", strerror(errno));
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (mmap(region + i * c->page, c->page, PROT_READ,
+			 MAP_PRIVATE | MAP_FIXED, c->ro_fd, 0) == MAP_FAILED) {
+			fail(desc, "mapping %zu: %s", i, strerror(errno));
+			goto out;
+		}
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		if (!pm_resume(c, desc, &res, 0, c->page, VMSUBST_PIN_PAGES_MAX,
+			       &key, &addr))
+			goto out;
+		calls++;
+		copied += res.r.bytes_copied;
+		visited += res.r.mappings;
+		if (calls == 1) {
+			first_status = res.r.status;
+			first_mappings = res.r.mappings;
+			tail_after_first = private_pages(c, region, n - MANY_EXTRA,
+							 MANY_EXTRA);
+		}
+	} while ((res.r.status & (VMSUBST_PIN_S_BUDGET |
+				  VMSUBST_PIN_S_TRUNCATED)) && calls < 16);
+	ms = ms_since(&t0);
+	printf("# pin: %llu private mappings, %llu KiB copied, in %u calls, %.0f ms\n",
+	       (unsigned long long)visited, (unsigned long long)copied / 1024,
+	       calls, ms);
+	priv = private_pages(c, region, 0, n);
+	tail = private_pages(c, region, n - MANY_EXTRA, MANY_EXTRA);
+
+	if (first_mappings != VMSUBST_PIN_VMAS_MAX ||
+	    first_status != VMSUBST_PIN_S_TRUNCATED)
+		fail(desc, "first call: mappings %u status %#x", first_mappings,
+		     first_status);
+	else if (tail_after_first != 0)
+		fail(desc, "after the first call %ld of the last %d are private",
+		     tail_after_first, MANY_EXTRA);
+	else if (calls != 2 || res.r.status || visited != n ||
+		 copied != n * c->page)
+		fail(desc, "%u calls, status %#x, visited %llu of %zu, copied %llu",
+		     calls, res.r.status, (unsigned long long)visited, n,
+		     (unsigned long long)copied);
+	else if (priv != (long)n || tail != MANY_EXTRA)
+		fail(desc, "private copies: %ld of %zu, %ld of the last %d",
+		     priv, n, tail, MANY_EXTRA);
+	else if (addr != uptr(region + (n - 1) * c->page))
+		fail(desc, "cursor at %#llx, the last mapping is at %p",
+		     (unsigned long long)addr, region + (n - 1) * c->page);
+	else if (!pm_resume(c, desc, &res, 0, c->page, VMSUBST_PIN_PAGES_MAX,
+			    &key, &addr))
+		goto out;
+	else if (res.r.mappings || res.r.status || res.r.pinned.total ||
+		 addr != uptr(region + (n - 1) * c->page))
+		fail(desc, "after the last cursor: mappings %u status %#x",
+		     res.r.mappings, res.r.status);
+	else {
+		/* A VER0 caller: the first VMSUBST_PIN_VMAS_MAX, no cursor. */
+		pm_init(&res.r, c->ro_fd, 0, c->page, VMSUBST_PIN_PAGES_MAX);
+		res.r.size = VMSUBST_PIN_MAPPERS_SIZE_VER0;
+		if (!expect_ok(c, desc, &res.r))
+			goto out;
+		if (res.r.mappings != VMSUBST_PIN_VMAS_MAX ||
+		    res.r.status != VMSUBST_PIN_S_TRUNCATED ||
+		    res.r.bytes_copied ||
+		    res.r.bytes_private != (uint64_t)VMSUBST_PIN_VMAS_MAX * c->page)
+			fail(desc, "VER0 call: mappings %u status %#x copied %llu private %llu",
+			     res.r.mappings, res.r.status,
+			     (unsigned long long)res.r.bytes_copied,
+			     (unsigned long long)res.r.bytes_private);
+		else if (!FILLED(res.r.cursor_mm) || !FILLED(res.r.cursor_addr))
+			fail(desc, "VER0 call: written past its %d bytes",
+			     VMSUBST_PIN_MAPPERS_SIZE_VER0);
+		else
+			pass(desc);
+	}
+out:
+	if (region != MAP_FAILED)
+		munmap(region, n * c->page);
+	if (old_max && old_max < n + 1024 && !sysctl_write(MAX_MAP_COUNT, old_max))
+		printf("# could not restore " MAX_MAP_COUNT " to %lu\n", old_max);
+}
+
 struct test {
 	const char *desc;
 	enum need need;
@@ -3070,6 +3670,23 @@ static const struct test tests[] = {
 	{ "pin: a second pin finds the pages private, copies nothing", NEED_RO, t_pm_again, &CMD_PIN },
 	{ "pin: max_pages 1 copies one page and says BUDGET", NEED_RO, t_pm_budget, &CMD_PIN },
 	{ "pin: a range beyond EOF pins nothing", NEED_RO, t_pm_beyond_eof, &CMD_PIN },
+	{ "pin: F_RESUME with a VER0-sized struct returns EINVAL", NEED_NONE, t_pm_resume_ver0, &CMD_PIN },
+	{ "pin: F_RESUME after BUDGET finishes the cut mapping, one page a call", NEED_RO, t_pm_budget_resume, &CMD_PIN },
+	{ "pin: > VMSUBST_PIN_VMAS_MAX private mappings, F_RESUME reaches and pins every one", NEED_RO, t_pm_many, &CMD_PIN },
+
+	GENERIC("query pages", &CMD_QPAGES),
+	RESERVED("query pages", &CMD_QPAGES),
+	FILE_RANGE("query pages", &CMD_QPAGES),
+	REGULAR_FILE("query pages", &CMD_QPAGES),
+	{ "query pages: ranges cap above the maximum returns E2BIG", NEED_NONE, a_qp_ranges_big, &CMD_QPAGES },
+	{ "query pages: ranges without an address returns EFAULT", NEED_NONE, a_qp_ranges_null, &CMD_QPAGES },
+	{ "query pages: a read file is cached, our page mapped, none dirty", NEED_RO, t_qp_ro_clean, &CMD_QPAGES },
+	{ "query pages: a range beyond EOF gives all-zero counts", NEED_RO, t_qp_beyond_eof, &CMD_QPAGES },
+	{ "query pages: one byte counts its page only", NEED_RO, t_qp_ro_bounded, &CMD_QPAGES },
+	{ "query pages: written without fsync: dirty, reported, nothing changed", NEED_RW, t_qp_rw_dirty, &CMD_QPAGES },
+	{ "rw mount: F_UNLESS_DIRTY: EBUSY with dirty pages, changes nothing; done once clean", NEED_RW, t_ud_rw, NULL },
+	{ "rw mount: F_FORCE | F_UNLESS_DIRTY still refuses a dirty page", NEED_RW, t_ud_rw_force, NULL },
+	{ "ro mount: F_UNLESS_DIRTY drops a clean file", NEED_RO, t_ud_ro, NULL },
 };
 
 static const char *const need_name[] = {

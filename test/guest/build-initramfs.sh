@@ -2,7 +2,8 @@
 # Builds the test guest's initramfs: busybox, node and its libraries, the
 # agent (compiled TypeScript, production node_modules, the addon), the kernel
 # module, the ABI test, and the guest kernel's modules needed for virtio disks,
-# virtio-serial and vsock (dependencies from modules.dep, loaded by modprobe).
+# virtio-serial, vsock and loop devices (the ABI test's read-write filesystem)
+# (dependencies from modules.dep, loaded by modprobe).
 #   build-initramfs.sh KVER OUT.cpio
 set -euo pipefail
 KVER=${1:?usage: build-initramfs.sh KVER OUT}
@@ -24,7 +25,7 @@ ldd /usr/bin/node | grep -o '/[^ ]*' | sort -u | while read -r lib; do
 done
 
 # Kernel modules and everything they depend on.
-MODS="virtio_pci virtio_blk virtio_console vsock vmw_vsock_virtio_transport vsock_loopback"
+MODS="virtio_pci virtio_blk virtio_console vsock vmw_vsock_virtio_transport vsock_loopback loop"
 echo "$MODS" > "$STAGE/etc/vmsubst-modules"
 MD=$KROOT/lib/modules/$KVER
 for m in $MODS; do

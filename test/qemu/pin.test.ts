@@ -49,6 +49,10 @@ if (typeof art === 'string') {
       const p = C.pin!.processes.find((x) => x.pid === C.pinned);
       assert.ok(p, JSON.stringify(C.pin));
       assert.ok(p['bytes-copied'] > 0 && p['bytes-copied'] % 4096 === 0, `bytes copied: ${p['bytes-copied']}`);
+      // Every private mapping reached (the cursor loop ended on its own), none left unpinned.
+      assert.is(C.pin!.complete, true, JSON.stringify(C.pin));
+      assert.ok(C.pin!.mappings >= 1 && C.pin!.calls >= 1, JSON.stringify(C.pin));
+      assert.equal(C.pin!['not-pinned'], [], JSON.stringify(C.pin));
       // The other process starts after the pin: it is not pinned.
       await vm.sh(`${PROG} 200 > /tmp/other.out 2>&1 & echo $! > /tmp/other.pid`);
       C.other = await pidOf(vm, '/tmp/other.pid');

@@ -95,7 +95,10 @@ export type KmodFeature =
   | 'revalidateInodes'
   | 'revalidateDentries'
   | 'queryMappers'
-  | 'pinMappers';
+  | 'pinMappers'
+  | 'queryPages'
+  | 'invalidateUnlessDirty'
+  | 'pinCursor';
 
 /** VMSUBST_PAGE_* bits by name: why a page range was not simply dropped. */
 export type PageState = 'dropped' | 'dirty' | 'writeback' | 'locked' | 'pinned' | 'mapped' | 'busy';
@@ -248,12 +251,29 @@ export interface PinnedProcess {
   bytesFailed: bigint;
 }
 
+/**
+ * Where PIN_MAPPERS resumes: opaque, handed back as a call returned it.
+ * PIN_CURSOR_START is before the first mapping.
+ */
+export interface PinCursor {
+  readonly mm: bigint;
+  readonly addr: bigint;
+}
+
+export const PIN_CURSOR_START: PinCursor = Object.freeze({ mm: 0n, addr: 0n });
+
 export interface PinMappersOptions {
   devPath?: string;
   /** Room for `pinned`; default and most constants.VMSUBST_PIN_RESULTS_MAX. */
   pinnedCapacity?: number;
   /** Room for `unpinned`; default and most constants.VMSUBST_MAPPERS_MAX. */
   unpinnedCapacity?: number;
+  /**
+   * Resume after this cursor (VMSUBST_PIN_F_RESUME; needs the kmod feature
+   * 'pinCursor'): pass PIN_CURSOR_START first, then each result's `cursor`.
+   * Without it every call starts at the first mapping.
+   */
+  cursor?: PinCursor;
 }
 
 export interface PinMappersResult {
@@ -272,8 +292,30 @@ export interface PinMappersResult {
   budgetExhausted: boolean;
   /** Private mappings were left unvisited (too many, or new): call again. */
   truncated: boolean;
-  /** Private mappings visited. */
+  /** Private mappings finished by this call (the cursor moved past them). */
   mappings: number;
+  /** With options.cursor: where the next call resumes. */
+  cursor?: PinCursor;
+}
+
+export interface QueryPagesOptions {
+  devPath?: string;
+  /** Room for `ranges`; default and most constants.VMSUBST_RANGES_MAX. */
+  capacity?: number;
+}
+
+/** VMSUBST_IOC_QUERY_PAGES: the state of a file range's pages; a snapshot, nothing changed. */
+export interface QueryPagesResult {
+  pagesCached: bigint;
+  pagesMapped: bigint;
+  /** Written and not yet written back (no fsync yet). */
+  pagesDirty: bigint;
+  pagesWriteback: bigint;
+  /** The runs of dirty and writeback pages ('dirty', 'writeback' states). */
+  ranges: PageRange[];
+  rangesTotal: bigint;
+  /** pagesDirty + pagesWriteback > 0: the guest holds data of the range not on the disk yet. */
+  unwritten: boolean;
 }
 
 /** Constants taken from the kernel headers by the compiler, never restated here. */
@@ -286,12 +328,17 @@ export interface NativeConstants {
   readonly VMSUBST_FEATURE_REVALIDATE_DENTRIES: bigint;
   readonly VMSUBST_FEATURE_QUERY_MAPPERS: bigint;
   readonly VMSUBST_FEATURE_PIN_MAPPERS: bigint;
+  readonly VMSUBST_FEATURE_QUERY_PAGES: bigint;
+  readonly VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY: bigint;
+  readonly VMSUBST_FEATURE_PIN_CURSOR: bigint;
   readonly VMSUBST_INVALIDATE_F_FORCE: number;
   readonly VMSUBST_INVALIDATE_F_ZAP: number;
   readonly VMSUBST_INVALIDATE_F_DROP: number;
   readonly VMSUBST_INVALIDATE_F_REFAULT_ASYNC: number;
   readonly VMSUBST_INVALIDATE_F_REFAULT_SYNC: number;
   readonly VMSUBST_INVALIDATE_F_REPORT_MAPPERS: number;
+  /** Only if no page of the range is dirty or under writeback (EBUSY otherwise); allowed on a read-write mount. */
+  readonly VMSUBST_INVALIDATE_F_UNLESS_DIRTY: number;
   readonly VMSUBST_INVALIDATE_F_ALL: number;
   readonly VMSUBST_BDEV_F_FORCE: number;
   readonly VMSUBST_INODES_F_FORCE: number;
@@ -320,6 +367,7 @@ export interface NativeConstants {
   readonly VMSUBST_PIN_R_PARTIAL: number;
   readonly VMSUBST_PIN_S_BUDGET: number;
   readonly VMSUBST_PIN_S_TRUNCATED: number;
+  readonly VMSUBST_PIN_F_RESUME: number;
   readonly VMSUBST_RANGES_MAX: number;
   readonly VMSUBST_MAPPERS_MAX: number;
   readonly VMSUBST_INODES_MAX: number;
@@ -432,6 +480,16 @@ interface RawPinMappersResult {
   pinnedTotal: bigint;
   unpinned: RawMapper[];
   unpinnedTotal: bigint;
+  cursor?: PinCursor;
+}
+
+interface RawQueryPagesResult {
+  pagesCached: bigint;
+  pagesMapped: bigint;
+  pagesDirty: bigint;
+  pagesWriteback: bigint;
+  ranges: RawPageRange[];
+  rangesTotal: bigint;
 }
 
 interface NativeBinding {
@@ -486,7 +544,16 @@ interface NativeBinding {
     maxPages: number,
     pinnedCap: number,
     unpinnedCap: number,
+    cursor?: PinCursor,
   ): Promise<RawPinMappersResult>;
+  /** Absent from addons built before VMSUBST_IOC_QUERY_PAGES. */
+  queryPages?(
+    devPath: string,
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    rangesCap: number,
+  ): Promise<RawQueryPagesResult>;
   vsockListen(cid: number, port: number, backlog: number): VsockName & { fd: number };
   vsockConnectStart(cid: number, port: number, timeoutMs: number, localPort: number): number;
   vsockAddresses(fd: number): {
@@ -600,6 +667,12 @@ export const constants: NativeConstants = Object.freeze({ ...binding.constants }
 
 /** VMSUBST_INVALIDATE_F_FORCE from the kmod's uapi header. */
 export const INVALIDATE_F_FORCE: number = constants.VMSUBST_INVALIDATE_F_FORCE;
+/**
+ * VMSUBST_INVALIDATE_F_UNLESS_DIRTY from the kmod's uapi header: invalidate only if no page of the
+ * range is dirty or under writeback (checked under the file's locks; EBUSY, nothing changed,
+ * otherwise); allowed on a read-write mount without INVALIDATE_F_FORCE.
+ */
+export const INVALIDATE_F_UNLESS_DIRTY: number = constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY;
 
 /** VMSUBST_ABI_VERSION this agent was compiled against. */
 export const KMOD_ABI_VERSION: number = constants.VMSUBST_ABI_VERSION;
@@ -743,6 +816,9 @@ export function kmodFeatures(features: bigint): KmodFeature[] {
     ['revalidateDentries', constants.VMSUBST_FEATURE_REVALIDATE_DENTRIES],
     ['queryMappers', constants.VMSUBST_FEATURE_QUERY_MAPPERS],
     ['pinMappers', constants.VMSUBST_FEATURE_PIN_MAPPERS],
+    ['queryPages', constants.VMSUBST_FEATURE_QUERY_PAGES],
+    ['invalidateUnlessDirty', constants.VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY],
+    ['pinCursor', constants.VMSUBST_FEATURE_PIN_CURSOR],
   ];
   return names.filter(([, bit]) => (features & bit) === bit).map(([name]) => name);
 }
@@ -925,7 +1001,10 @@ export async function queryMappers(
  * length) of `fileFd` privately its own copy of those pages, at most
  * `maxPages` copies (1..constants.VMSUBST_PIN_PAGES_MAX) per call, so that
  * it keeps the old image after the blocks change. Call while the disk still
- * holds the old blocks; call again while `budgetExhausted` or `truncated`.
+ * holds the old blocks; call again while `budgetExhausted` or `truncated`,
+ * with `options.cursor` set to the previous result's `cursor` (start with
+ * PIN_CURSOR_START) so that mappings beyond the first
+ * constants.VMSUBST_PIN_VMAS_MAX are reached too.
  */
 export async function pinMappers(
   fileFd: number,
@@ -940,6 +1019,10 @@ export async function pinMappers(
   checkInteger('maxPages', maxPages, 1, constants.VMSUBST_PIN_PAGES_MAX);
   const pinnedCap = capacity('pinnedCapacity', options.pinnedCapacity, constants.VMSUBST_PIN_RESULTS_MAX);
   const unpinnedCap = capacity('unpinnedCapacity', options.unpinnedCapacity, constants.VMSUBST_MAPPERS_MAX);
+  if (options.cursor !== undefined) {
+    checkU64('cursor.mm', options.cursor.mm);
+    checkU64('cursor.addr', options.cursor.addr);
+  }
   const r = await binding.pinMappers(
     options.devPath ?? DEFAULT_KMOD_DEVICE,
     fileFd,
@@ -948,6 +1031,7 @@ export async function pinMappers(
     maxPages,
     pinnedCap,
     unpinnedCap,
+    ...(options.cursor === undefined ? [] : [{ mm: options.cursor.mm, addr: options.cursor.addr }]),
   );
   return {
     ...r,
@@ -960,6 +1044,30 @@ export async function pinMappers(
     budgetExhausted: (r.status & constants.VMSUBST_PIN_S_BUDGET) !== 0,
     truncated: (r.status & constants.VMSUBST_PIN_S_TRUNCATED) !== 0,
   };
+}
+
+/**
+ * VMSUBST_IOC_QUERY_PAGES: how many pages of [offset, offset + length) of
+ * `fileFd` are cached, mapped, dirty and under writeback, and the runs of
+ * dirty and writeback pages. Changes nothing; a snapshot. Before the host
+ * writes, `unwritten` means the guest wrote the range without fsync: a
+ * substitution there would lose the guest's data or be overwritten by it.
+ */
+export async function queryPages(
+  fileFd: number,
+  offset: bigint,
+  length: bigint,
+  options: QueryPagesOptions = {},
+): Promise<QueryPagesResult> {
+  checkFd(fileFd);
+  checkU64('offset', offset);
+  checkU64('length', length);
+  const cap = capacity('capacity', options.capacity, constants.VMSUBST_RANGES_MAX);
+  if (binding.queryPages === undefined) {
+    throw new TypeError('the native addon predates queryPages: rebuild it (make addon)');
+  }
+  const r = await binding.queryPages(options.devPath ?? DEFAULT_KMOD_DEVICE, fileFd, offset, length, cap);
+  return { ...r, ranges: r.ranges.map(pageRange), unwritten: r.pagesDirty + r.pagesWriteback > 0n };
 }
 
 // ---- streams ----------------------------------------------------------------------------------

@@ -29,8 +29,10 @@ import {
   kmodFeatures,
   kmodVersion,
   localCid,
+  PIN_CURSOR_START,
   pinMappers,
   queryMappers,
+  queryPages,
   readDirect,
   revalidateDentries,
   revalidateInodes,
@@ -490,6 +492,7 @@ Kmod('constants carry every flag, limit and feature of the uapi header', () => {
     constants.VMSUBST_INVALIDATE_F_REFAULT_ASYNC,
     constants.VMSUBST_INVALIDATE_F_REFAULT_SYNC,
     constants.VMSUBST_INVALIDATE_F_REPORT_MAPPERS,
+    constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY,
   ];
   assert.is(bits.reduce((a, b) => a | b, 0), constants.VMSUBST_INVALIDATE_F_ALL);
   assert.is(new Set(bits).size, bits.length);
@@ -499,6 +502,8 @@ Kmod('constants carry every flag, limit and feature of the uapi header', () => {
     assert.ok(Number.isInteger(constants[name]) && constants[name] > 0, name);
   }
   assert.is(constants.VMSUBST_DENTRIES_F_UNHASH_BUSY & constants.VMSUBST_DENTRIES_F_FORCE, 0);
+  assert.ok(constants.VMSUBST_PIN_F_RESUME > 0);
+  assert.is(constants.VMSUBST_PIN_S_BUDGET & constants.VMSUBST_PIN_S_TRUNCATED, 0);
 });
 
 Kmod('kmodFeatures names the feature bits', () => {
@@ -515,8 +520,13 @@ Kmod('kmodFeatures names the feature bits', () => {
     constants.VMSUBST_FEATURE_REVALIDATE_DENTRIES,
     constants.VMSUBST_FEATURE_QUERY_MAPPERS,
     constants.VMSUBST_FEATURE_PIN_MAPPERS,
+    constants.VMSUBST_FEATURE_QUERY_PAGES,
+    constants.VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY,
+    constants.VMSUBST_FEATURE_PIN_CURSOR,
   ].reduce((a, b) => a | b, 0n);
-  assert.is(kmodFeatures(all).length, 7);
+  assert.is(kmodFeatures(all).length, 10);
+  assert.equal(kmodFeatures(constants.VMSUBST_FEATURE_QUERY_PAGES | constants.VMSUBST_FEATURE_PIN_CURSOR), ['queryPages', 'pinCursor']);
+  assert.equal(kmodFeatures(constants.VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY), ['invalidateUnlessDirty']);
 });
 
 /** A file of the temp directory, opened read-only for the duration of `fn`. */
@@ -531,16 +541,20 @@ async function withFile<T>(fn: (fd: number) => Promise<T>, dir = false): Promise
   }
 }
 
-const KMOD_CALLS: Array<[string, (fd: number, devPath: string) => Promise<unknown>]> = [
+/** [ioctl, call, name of the case when one ioctl has several]. */
+const KMOD_CALLS: Array<[string, (fd: number, devPath: string) => Promise<unknown>, string?]> = [
   ['VMSUBST_IOC_INVALIDATE_BDEV', (fd, devPath) => invalidateBdev(fd, 0n, 4096n, { devPath })],
   ['VMSUBST_IOC_REVALIDATE_INODES', (fd, devPath) => revalidateInodes(fd, [2n], { devPath })],
   ['VMSUBST_IOC_REVALIDATE_DENTRIES', (fd, devPath) => revalidateDentries(fd, ['a', 'b'], { devPath })],
   ['VMSUBST_IOC_QUERY_MAPPERS', (fd, devPath) => queryMappers(fd, 0n, 4096n, { devPath })],
   ['VMSUBST_IOC_PIN_MAPPERS', (fd, devPath) => pinMappers(fd, 0n, 4096n, 16, { devPath })],
+  ['VMSUBST_IOC_PIN_MAPPERS', (fd, devPath) => pinMappers(fd, 0n, 4096n, 16, { devPath, cursor: { mm: 1n << 63n, addr: 4096n } }), 'VMSUBST_IOC_PIN_MAPPERS with a cursor'],
+  ['VMSUBST_IOC_QUERY_PAGES', (fd, devPath) => queryPages(fd, 0n, 4096n, { devPath })],
+  ['VMSUBST_IOC_INVALIDATE_RANGE', (fd, devPath) => invalidateRange(fd, 0n, 4096n, constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY, devPath), 'VMSUBST_IOC_INVALIDATE_RANGE with F_UNLESS_DIRTY'],
 ];
 
-for (const [ioctl, call] of KMOD_CALLS) {
-  Kmod(`${ioctl}: rejects with ENOTTY from the ioctl on a device without it`, async () => {
+for (const [ioctl, call, name = ioctl] of KMOD_CALLS) {
+  Kmod(`${name}: rejects with ENOTTY from the ioctl on a device without it`, async () => {
     await withFile(async (fd) => {
       const err = assertNativeError(await rejection(call(fd, '/dev/null')), 'ENOTTY', 'ioctl');
       assert.match(err.message, new RegExp(`${ioctl} '/dev/null' \\(fd ${fd}\\)$`));
@@ -548,13 +562,13 @@ for (const [ioctl, call] of KMOD_CALLS) {
     });
   });
 
-  Kmod(`${ioctl}: rejects an ENOENT NativeError when the device is missing`, async () => {
+  Kmod(`${name}: rejects an ENOENT NativeError when the device is missing`, async () => {
     const dev = path.join(tmp, 'none');
     const err = assertNativeError(await rejection(call(0, dev)), 'ENOENT', 'open');
     assert.is(err.path, dev);
   });
 
-  Kmod(`${ioctl}: rejects a negative fd with RangeError`, async () => {
+  Kmod(`${name}: rejects a negative fd with RangeError`, async () => {
     assert.instance(await rejection(call(-1, '/dev/null')), RangeError);
   });
 }
@@ -604,6 +618,20 @@ Kmod('pinMappers wants 1..VMSUBST_PIN_PAGES_MAX pages and capacities within the 
   assert.instance(await rejection(pinMappers(0, 0n, 1n, 1.5)), TypeError);
   const pinnedCapacity = constants.VMSUBST_PIN_RESULTS_MAX + 1;
   assert.instance(await rejection(pinMappers(0, 0n, 1n, 1, { pinnedCapacity })), RangeError);
+});
+
+Kmod('pinMappers takes a cursor of two u64 bigints; PIN_CURSOR_START is (0, 0)', async () => {
+  assert.equal({ ...PIN_CURSOR_START }, { mm: 0n, addr: 0n });
+  assert.ok(Object.isFrozen(PIN_CURSOR_START));
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, 1, { cursor: { mm: -1n, addr: 0n } })), RangeError);
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, 1, { cursor: { mm: 0n, addr: 1n << 64n } })), RangeError);
+  assert.instance(await rejection(pinMappers(0, 0n, 1n, 1, { cursor: { mm: 0n, addr: 1 as unknown as bigint } })), TypeError);
+});
+
+Kmod('queryPages rejects a capacity above the maximum and bad ranges', async () => {
+  assert.instance(await rejection(queryPages(0, 0n, 1n, { capacity: constants.VMSUBST_RANGES_MAX + 1 })), RangeError);
+  assert.instance(await rejection(queryPages(0, -1n, 1n)), RangeError);
+  assert.instance(await rejection(queryPages(-1, 0n, 1n)), RangeError);
 });
 
 Kmod.run();

@@ -46,8 +46,11 @@
  *                  the struct (``*_SIZE_VER0``), a reserved field is
  *                  non-zero, ``length`` is 0, flags contradict each other,
  *                  a list is malformed or a count is outside its range (see
- *                  each struct: ``nr_inodes`` 0, ``max_pages``), or a
- *                  file-range command's ``fd`` is not a regular file
+ *                  each struct: ``nr_inodes`` 0, ``max_pages``), a
+ *                  file-range command's ``fd`` is not a regular file, or
+ *                  VMSUBST_PIN_F_RESUME comes with a struct too small to
+ *                  hold the cursor (``size`` below
+ *                  VMSUBST_PIN_MAPPERS_SIZE_VER1)
  * E2BIG            ``size`` is larger than the kernel knows and the unknown
  *                  tail is not all zero, or ``size`` exceeds the page size;
  *                  or an input list's count or an output array's ``cap``
@@ -65,6 +68,12 @@
  *                  read-write, or on a block device held by one (or held
  *                  exclusively by anything the module cannot identify as a
  *                  read-only filesystem), without the command's F_FORCE flag
+ *                  (VMSUBST_IOC_INVALIDATE_RANGE: without F_FORCE or
+ *                  F_UNLESS_DIRTY)
+ * EBUSY            VMSUBST_IOC_INVALIDATE_RANGE with
+ *                  VMSUBST_INVALIDATE_F_UNLESS_DIRTY: a page of the range is
+ *                  dirty or under writeback; nothing was changed (no page
+ *                  unmapped, none dropped, no output written)
  * EOVERFLOW        ``offset + length`` overflows or exceeds the largest
  *                  file offset (LLONG_MAX)
  * ENXIO            VMSUBST_IOC_INVALIDATE_BDEV: the range runs past the end
@@ -130,6 +139,12 @@ struct vmsubst_version {
 #define VMSUBST_FEATURE_REVALIDATE_DENTRIES	(1ULL << 4)
 #define VMSUBST_FEATURE_QUERY_MAPPERS		(1ULL << 5)
 #define VMSUBST_FEATURE_PIN_MAPPERS		(1ULL << 6)
+/* VMSUBST_IOC_QUERY_PAGES. */
+#define VMSUBST_FEATURE_QUERY_PAGES		(1ULL << 7)
+/* VMSUBST_INVALIDATE_F_UNLESS_DIRTY. */
+#define VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY	(1ULL << 8)
+/* VMSUBST_PIN_F_RESUME and the VER1 cursor of struct vmsubst_pin_mappers. */
+#define VMSUBST_FEATURE_PIN_CURSOR		(1ULL << 9)
 
 /* ---- report records shared by several commands --------------------------- */
 
@@ -201,7 +216,12 @@ struct vmsubst_mapper {
 
 /* ---- VMSUBST_IOC_INVALIDATE_RANGE ---------------------------------------- */
 
-/* Allow invalidation on a read-write mount (the caller takes the risk). */
+/*
+ * Allow invalidation on a read-write mount (the caller takes the risk): pages
+ * dirty or under writeback are kept and reported, never waited for or lost,
+ * but the caller has said that the host's write and the guest's own writes
+ * do not overlap.
+ */
 #define VMSUBST_INVALIDATE_F_FORCE		(1U << 0)
 /*
  * The steps. Neither ZAP nor DROP selects both, the behaviour of every
@@ -221,11 +241,25 @@ struct vmsubst_mapper {
 #define VMSUBST_INVALIDATE_F_REFAULT_SYNC	(1U << 4)
 /* Fill @mappers with the mappings of the range (before the zap). */
 #define VMSUBST_INVALIDATE_F_REPORT_MAPPERS	(1U << 5)
+/*
+ * Only if no page of the range is dirty or under writeback: checked under
+ * the same locks as the invalidation (i_rwsem, invalidate_lock), before any
+ * page is unmapped or dropped; if one is, the call fails with EBUSY having
+ * changed nothing. Permitted on a read-write mount without F_FORCE: the
+ * guest's unwritten data cannot be lost, and nothing the guest wrote can be
+ * written back over the host's blocks from this range. With F_FORCE too, the
+ * check still applies. Write faults are held off during the call for
+ * filesystems whose ->page_mkwrite takes invalidate_lock (ext4, XFS); pages
+ * dirtied through a mapping made writable before are dirty already (the
+ * kernel write-protects clean shared pages), so the check sees them.
+ */
+#define VMSUBST_INVALIDATE_F_UNLESS_DIRTY	(1U << 6)
 #define VMSUBST_INVALIDATE_F_ALL					\
 	(VMSUBST_INVALIDATE_F_FORCE | VMSUBST_INVALIDATE_F_ZAP |	\
 	 VMSUBST_INVALIDATE_F_DROP | VMSUBST_INVALIDATE_F_REFAULT_ASYNC |	\
 	 VMSUBST_INVALIDATE_F_REFAULT_SYNC |				\
-	 VMSUBST_INVALIDATE_F_REPORT_MAPPERS)
+	 VMSUBST_INVALIDATE_F_REPORT_MAPPERS |				\
+	 VMSUBST_INVALIDATE_F_UNLESS_DIRTY)
 
 /**
  * struct vmsubst_invalidate_range - VMSUBST_IOC_INVALIDATE_RANGE
@@ -477,6 +511,52 @@ struct vmsubst_query_mappers {
 
 #define VMSUBST_QUERY_MAPPERS_SIZE_VER0 56
 
+/* ---- VMSUBST_IOC_QUERY_PAGES --------------------------------------------- */
+
+/**
+ * struct vmsubst_query_pages - VMSUBST_IOC_QUERY_PAGES
+ * @size:            in: sizeof(struct vmsubst_query_pages)
+ * @flags:           in: must be 0
+ * @fd:              in: an open regular file
+ * @reserved0:       in: must be 0
+ * @offset:          in: first byte of the range (rounded down to a page)
+ * @length:          in: bytes, > 0 (rounded up to a page)
+ * @ranges:          out: struct vmsubst_page_range of the pages that are
+ *                   dirty or under writeback (VMSUBST_PAGE_DIRTY,
+ *                   VMSUBST_PAGE_WRITEBACK; adjacent pages with equal bits
+ *                   merged); cap <= VMSUBST_RANGES_MAX
+ * @pages_cached:    out: pages of the range in the page cache
+ * @pages_mapped:    out: of those, pages mapped into some process
+ * @pages_dirty:     out: pages written and not yet written back (write(2)
+ *                   without fsync, or a shared writable mapping)
+ * @pages_writeback: out: pages being written back; a page redirtied during
+ *                   its writeback counts in both
+ *
+ * Asks, changes nothing: no lock of the file is taken and no page is
+ * touched beyond a reference held while its state is read. A snapshot,
+ * like QUERY_MAPPERS: the guest may dirty a page right after the call. Before
+ * the hypervisor writes, a non-zero @pages_dirty or @pages_writeback means
+ * the guest holds data for this range that is not on the disk yet, and a
+ * substitution there would lose it or be overwritten by it; to act on a
+ * range only while it is clean, under the file's locks, invalidate it with
+ * VMSUBST_INVALIDATE_F_UNLESS_DIRTY. Allowed on any mount; needs no F_FORCE.
+ */
+struct vmsubst_query_pages {
+	__u32 size;
+	__u32 flags;
+	__s32 fd;
+	__u32 reserved0;
+	__u64 offset;
+	__u64 length;
+	struct vmsubst_array ranges;
+	__u64 pages_cached;
+	__u64 pages_mapped;
+	__u64 pages_dirty;
+	__u64 pages_writeback;
+};
+
+#define VMSUBST_QUERY_PAGES_SIZE_VER0 88
+
 /* ---- VMSUBST_IOC_PIN_MAPPERS --------------------------------------------- */
 
 #define VMSUBST_PIN_PAGES_MAX	(1U << 20)	/* cap of @max_pages: 4 GiB of copies */
@@ -513,14 +593,27 @@ struct vmsubst_pin_result {
 #define VMSUBST_PIN_S_BUDGET	(1U << 0)
 /*
  * Some private mappings were not visited: more than VMSUBST_PIN_VMAS_MAX, or
- * mapped while the call ran. Call again.
+ * mapped while the call ran. Call again, with VMSUBST_PIN_F_RESUME and the
+ * cursor this call returned, to continue after them (without it, a call
+ * starts over from the first mapping).
  */
 #define VMSUBST_PIN_S_TRUNCATED	(1U << 1)
 
+/*
+ * VMSUBST_PIN_F_*: struct vmsubst_pin_mappers flags.
+ * RESUME: visit only the private mappings after @cursor_mm/@cursor_addr, as
+ * the previous call returned them; (0, 0) is before the first, so a loop can
+ * pass F_RESUME from its first call on. Needs the VER1 struct (EINVAL
+ * otherwise).
+ */
+#define VMSUBST_PIN_F_RESUME	(1U << 0)
+#define VMSUBST_PIN_F_ALL	(VMSUBST_PIN_F_RESUME)
+
 /**
  * struct vmsubst_pin_mappers - VMSUBST_IOC_PIN_MAPPERS
- * @size:          in: sizeof(struct vmsubst_pin_mappers)
- * @flags:         in: must be 0
+ * @size:          in: sizeof(struct vmsubst_pin_mappers); VER0 callers
+ *                 cannot resume and always start at the first mapping
+ * @flags:         in: VMSUBST_PIN_F_*
  * @fd:            in: an open regular file
  * @max_pages:     in: most pages to copy in this call,
  *                 1..VMSUBST_PIN_PAGES_MAX (EINVAL otherwise)
@@ -535,7 +628,16 @@ struct vmsubst_pin_result {
  * @bytes_private: out: sum over @pinned
  * @bytes_failed:  out: sum over @pinned
  * @status:        out: VMSUBST_PIN_S_*
- * @mappings:      out: private mappings visited
+ * @mappings:      out: private mappings this call finished (the cursor moved
+ *                 past them); a mapping the budget cut short is not counted
+ *                 and is visited again by the next call
+ * @cursor_mm:     VER1, in: with VMSUBST_PIN_F_RESUME, where to continue;
+ *                 out: the position of the last mapping finished, or the
+ *                 value passed in (0 without F_RESUME) when none was. An
+ *                 opaque key of an address space, stable while it lives,
+ *                 not a kernel address
+ * @cursor_addr:   VER1, in/out: with @cursor_mm, the first address of the
+ *                 part of that mapping that maps the range
  *
  * Gives every process that maps the range privately (MAP_PRIVATE: program
  * text and data, shared libraries) its own copy of each page of it, through
@@ -546,6 +648,20 @@ struct vmsubst_pin_result {
  * copied memory, charged to each process. Pages already private are only
  * counted, so calling again after VMSUBST_PIN_S_BUDGET continues cheaply.
  * Needs no F_FORCE: nothing on the filesystem changes.
+ *
+ * Order and resumption: a call visits the private mappings of the range in
+ * the order of (@cursor_mm, @cursor_addr), at most VMSUBST_PIN_VMAS_MAX of
+ * them, the first ones after the cursor with VMSUBST_PIN_F_RESUME. Calling
+ * with F_RESUME and the returned cursor until neither VMSUBST_PIN_S_BUDGET
+ * nor VMSUBST_PIN_S_TRUNCATED is reported visits every private mapping that
+ * existed from the first call to the last exactly once; the sum of
+ * @mappings over the calls counts them. Under concurrent map and unmap: a
+ * mapping removed before its turn is not visited (nothing to pin); one
+ * added during the sequence is visited if it sorts after the cursor of the
+ * call that finds it, else only by a new sequence (without F_RESUME), as
+ * one mapped after the last call is; a mapping split or moved (mprotect,
+ * mremap) is visited by its new position. @unpinned reports the shared
+ * mappings on every call.
  */
 struct vmsubst_pin_mappers {
 	__u32 size;
@@ -561,9 +677,13 @@ struct vmsubst_pin_mappers {
 	__u64 bytes_failed;
 	__u32 status;
 	__u32 mappings;
+	/* VER1 */
+	__u64 cursor_mm;
+	__u64 cursor_addr;
 };
 
 #define VMSUBST_PIN_MAPPERS_SIZE_VER0 112
+#define VMSUBST_PIN_MAPPERS_SIZE_VER1 128 /* + cursor */
 
 /* ---- command numbers ----------------------------------------------------- */
 
@@ -584,7 +704,11 @@ struct vmsubst_pin_mappers {
 	_IOWR(VMSUBST_IOC_MAGIC, 0x04, struct vmsubst_revalidate_dentries)
 #define VMSUBST_IOC_QUERY_MAPPERS \
 	_IOWR(VMSUBST_IOC_MAGIC, 0x05, struct vmsubst_query_mappers)
-#define VMSUBST_IOC_PIN_MAPPERS \
-	_IOWR(VMSUBST_IOC_MAGIC, 0x06, struct vmsubst_pin_mappers)
+/* Encodes the VER0 size, as VMSUBST_IOC_INVALIDATE_RANGE does. */
+#define VMSUBST_IOC_PIN_MAPPERS						\
+	_IOC(_IOC_READ | _IOC_WRITE, VMSUBST_IOC_MAGIC, 0x06,		\
+	     VMSUBST_PIN_MAPPERS_SIZE_VER0)
+#define VMSUBST_IOC_QUERY_PAGES \
+	_IOWR(VMSUBST_IOC_MAGIC, 0x07, struct vmsubst_query_pages)
 
 #endif /* _UAPI_LINUX_VMSUBST_H */

@@ -69,6 +69,10 @@ export class Agent {
       readDirect: deps.readDirect,
       onBuilt: (mount, how) => log.info('pedigree index built', { mountPoint: mount.mountPoint, ...how }),
     });
+    for (const c of this.#journal.corrupt) {
+      log.error('the journal has a corrupt line; its record is ignored (vmsubst-agent status lists it)', { journal: this.#journal.path, line: c.line, reason: c.reason, excerpt: c.excerpt });
+    }
+    if (this.#journal.tornBytes > 0) log.warn('the journal ended in a torn line (a write cut short); it was cut off', { journal: this.#journal.path, bytes: this.#journal.tornBytes });
     for (const id of this.#journal.interrupted) {
       log.warn('a substitution was interrupted; the host\'s retry will complete it', { id });
     }

@@ -260,6 +260,8 @@ export const PlannedMapper = Type.Object(
     comm: Type.String(),
     /** The systemd unit owning the process, from /proc/PID/cgroup, when there is one. */
     unit: Type.Optional(Type.String()),
+    /** Why the `restart` policy will not restart this process's unit (a user unit, a scope, the agent's own unit). */
+    'not-restartable': Type.Optional(Type.String()),
     /** Bytes of the file it maps; what a pin copies. */
     'mapped-bytes': Type.Integer({ minimum: 0 }),
   },

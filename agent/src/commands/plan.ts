@@ -4,7 +4,8 @@
  * block's class; whether a restart is required. A dry run returns it,
  * `prepare` acts on its pins, `commit` and `substitute` follow it.
  */
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { openChanged } from '../disk/open-changed.js';
 import type { ByteRange, FileClass, FileHint, Plan, PlannedFile, PlannedMapper, Policies, Policy } from '../protocol/schema.js';
 import type { FileHit } from '../pedigree/index.js';
 import { Ext4Classifier } from '../pedigree/classify.js';
@@ -119,7 +120,8 @@ async function fileClass(hit: FileHit, hints: readonly FileHint[]): Promise<File
 }
 
 async function isElf(path: string): Promise<boolean> {
-  const fh = await open(path, 'r').catch(() => undefined);
+  // O_NOFOLLOW|O_NONBLOCK and a regular-file check: a FIFO swapped into place must not block the queue.
+  const fh = await openChanged(path, 'file').catch(() => undefined);
   if (!fh) return false;
   try {
     const buf = Buffer.alloc(4);

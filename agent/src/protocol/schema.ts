@@ -64,7 +64,7 @@ export type HashedRange = Static<typeof HashedRange>;
 /** Customization a substitution may carry, applied after the blocks. Only kinds the agent allows. */
 export const Customization = Type.Object(
   {
-    hostname: Type.Optional(Type.String({ pattern: '^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$' })),
+    hostname: Type.Optional(Type.String({ description: 'at most 64 bytes, the kernel\'s HOST_NAME_MAX', pattern: '^(?=.{1,64}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$' })),
     files: Type.Optional(
       Type.Array(
         Type.Object(
@@ -81,7 +81,7 @@ export const Customization = Type.Object(
       ),
     ),
     sysctl: Type.Optional(
-      Type.Record(Type.String({ pattern: '^[a-z0-9_]+(\\.[a-z0-9_-]+)+$', maxLength: 128 }), Type.Union([Type.String({ maxLength: 256, pattern: '^[^\\n]*$' }), Type.Integer()]), { maxProperties: 64 }),
+      Type.Record(Type.String({ pattern: '^[a-z0-9_]+(\\.[a-z0-9_-]+)+$', maxLength: 128 }), Type.Union([Type.String({ maxLength: 256, pattern: '^[^\\x00-\\x1f\\x7f]*$', description: 'one line: no control characters' }), Type.Integer()]), { maxProperties: 64 }),
     ),
   },
   strict,

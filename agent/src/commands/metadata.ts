@@ -66,6 +66,30 @@ export interface MetadataPlan {
   ranges: ClassifiedRange[];
 }
 
+/**
+ * Cuts every range at the partitions' bounds, so that each piece lies wholly inside one partition
+ * (or wholly outside all). A range is counted as a filesystem's metadata only when it lies inside
+ * its partition: a bundle range that straddles a partition's start (the partition table's tail and
+ * the superblock in one run of changed blocks) would otherwise belong to no filesystem, and a
+ * metadata change under a read-write mount would pass as "outside any filesystem".
+ */
+export function splitAtPartitions<R extends ByteRange>(ranges: readonly R[], layout: DiskLayout): R[] {
+  const cuts = [...new Set(layout.parts.filter((p) => !(p.startBytes === 0 && p.name === layout.name)).flatMap((p) => [p.startBytes, p.startBytes + p.sizeBytes]))].sort((a, b) => a - b);
+  const out: R[] = [];
+  for (const r of ranges) {
+    let offset = r.offset;
+    const end = r.offset + r.length;
+    for (const c of cuts) {
+      if (c <= offset) continue;
+      if (c >= end) break;
+      out.push({ ...r, offset, length: c - offset });
+      offset = c;
+    }
+    out.push({ ...r, offset, length: end - offset });
+  }
+  return out;
+}
+
 /** Groups the metadata side of a substitution by filesystem, classifying every range. */
 export async function planMetadata(
   disk: { path: string },

@@ -15,7 +15,7 @@ import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
 import { resolveDisk, type ResolvedDisk } from '../disk/resolve.js';
 import { checkRanges, verifyRanges, type DiskReader } from '../disk/verify.js';
 import { openChanged } from '../disk/open-changed.js';
-import { applyMetadata, planMetadata, plannedOnly, type AppliedMetadata, type MetadataOps, type MetadataPlan } from './metadata.js';
+import { applyMetadata, planMetadata, plannedOnly, splitAtPartitions, type AppliedMetadata, type MetadataOps, type MetadataPlan } from './metadata.js';
 import { buildPlan, type FilePlan, type PlanResult } from './plan.js';
 import type { PinReport } from '../pin.js';
 
@@ -72,7 +72,8 @@ async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, bef
   const disk = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot, beforeWrite);
   const layout = await readDiskLayout(disk.name, deps.sysRoot);
   const mounts = await readMounts(deps.procRoot);
-  const changed = args.ranges.map(({ offset, length }) => ({ offset, length }));
+  // Cut at partition bounds first: each piece then belongs to one filesystem (metadata.ts).
+  const changed = splitAtPartitions(args.ranges.map(({ offset, length }) => ({ offset, length })), layout);
   const { files, unmapped } = deps.pedigree
     ? await deps.pedigree.lookup(layout, mounts, changed)
     : (await PedigreeIndex.build(layout, mounts, deps.fiemap)).lookup(changed);

@@ -15,6 +15,7 @@ import { SerialTransport, type AdoptStream } from './transport/serial.js';
 import { VsockTransport, type VsockListen } from './transport/vsock.js';
 import type { ArgsOf, ReturnOf } from './protocol/schema.js';
 import { Journal } from './journal/journal.js';
+import { boundReport, ReportStore } from './journal/reports.js';
 import { PedigreeService } from './pedigree/live.js';
 import { CommandError } from './errors.js';
 import { createPublicKey, type KeyObject } from 'node:crypto';
@@ -46,6 +47,7 @@ export class Agent {
   readonly #streams = new Set<Duplex>();
   #busy: Promise<unknown> = Promise.resolve();
   #journal: Journal | undefined;
+  #reports: ReportStore | undefined;
   #trusted = new Map<string, KeyObject>();
   /** Live block → file indexes, built on a filesystem's first substitution and kept current. */
   #pedigree: PedigreeService | undefined;
@@ -57,7 +59,7 @@ export class Agent {
   ) {}
 
   get greeting(): GreetingBody {
-    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan'] };
+    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan', 'report'] };
   }
 
   async start(): Promise<void> {
@@ -65,6 +67,7 @@ export class Agent {
     this.#trusted = loadTrustedKeys(config.trustedKeys);
     if (this.#trusted.size > 0) log.info('signed notifications required', { keys: [...this.#trusted.keys()] });
     this.#journal = Journal.open(config.stateDir);
+    this.#reports = new ReportStore(config.stateDir);
     this.#pedigree = new PedigreeService(deps.fiemap, {
       readDirect: deps.readDirect,
       onBuilt: (mount, how) => log.info('pedigree index built', { mountPoint: mount.mountPoint, ...how }),
@@ -126,6 +129,10 @@ export class Agent {
         return this.#exclusive(() => this.#commit((args as ArgsOf<'commit'>).id, peer));
       case 'abort':
         return this.#exclusive(() => this.#abort((args as ArgsOf<'abort'>).id, peer));
+      case 'report': {
+        const a = args as ArgsOf<'report'>;
+        return this.#reports!.page(a.id, a.offset, a.limit);
+      }
     }
   }
 
@@ -149,7 +156,7 @@ export class Agent {
     this.#authorize(args, peer);
     if (args['dry-run']) {
       this.log.info('plan', { id: args.id, ranges: args.ranges.length });
-      return planSubstitution(args, this.#substituteDeps());
+      return this.#bounded(args.id, await planSubstitution(args, this.#substituteDeps()));
     }
     return this.#journaled(args, peer, undefined);
   }
@@ -161,13 +168,14 @@ export class Agent {
     const entry = journal.get(args.id);
     if (entry?.last.phase === 'prepared') {
       this.log.info('prepare answered from the journal', { id: args.id });
-      return { ...(entry.last.report as ReturnOf<'prepare'>), replayed: true };
+      return this.#bounded(args.id, { ...(entry.last.report as ReturnOf<'prepare'>), replayed: true });
     }
     this.log.info('prepare', { id: args.id, ranges: args.ranges.length });
     const report = await prepareSubstitution(args, this.#substituteDeps());
     journal.prepared(args.id, peer, args, report);
     for (const p of report.pinned) this.log.info('pinned', { id: args.id, pid: p.pid, comm: p.comm, path: p.path, bytes: p['bytes-copied'], status: p.status });
-    return report;
+    // The journal keeps prepare's full answer (commit and abort need every pin); the reply is bounded.
+    return this.#bounded(args.id, report);
   }
 
   /** Phase two: the host has written; substitute with prepare's arguments and pins. */
@@ -227,13 +235,23 @@ export class Agent {
       const report = args.customization
         ? { ...substituted, customization: await customize(args.customization, { ...this.config.customization, root: '/', procSys: '/proc/sys' }) }
         : substituted;
-      const final = entry?.state === 'interrupted' ? { ...report, recovered: true } : report;
+      const final = this.#bounded(args.id, entry?.state === 'interrupted' ? { ...report, recovered: true } : report);
       journal.done(args.id, final);
       return final;
     } catch (e) {
       journal.failed(args.id, e instanceof CommandError ? { class: e.errorClass, desc: e.message } : { class: 'GenericError', desc: String((e as Error).message) });
       throw e;
     }
+  }
+
+  /** The answer cut to fit one message (journal/reports.ts); the full report is kept for `report`. */
+  #bounded<T extends object>(id: string, report: T): T {
+    const b = boundReport(report);
+    if (b.truncated) {
+      this.#reports!.save(id, b.full);
+      this.log.info('report truncated to fit one message; the full report is kept', { id, bytes: b.full.length, dir: this.#reports!.dir });
+    }
+    return b.answer;
   }
 
   #substituteDeps(): SubstituteDeps {

@@ -10,6 +10,7 @@ import type { AbortReport, ArgsOf, CommandName, DiskRef, GreetingBody, Policies,
 import { substituteArgs } from '../bundle/index.js';
 import type { KeyObject } from 'node:crypto';
 import type { Customization } from '../../../agent/src/protocol/schema.js';
+import { MAX_REPORT_PAGE_BYTES } from '../../../agent/src/protocol/schema.js';
 import { signArgs } from '../../../agent/src/protocol/signature.js';
 import type { Manifest } from '../bundle/schema.js';
 import { AgentError, ProtocolError, TimeoutError } from '../errors.js';
@@ -145,6 +146,23 @@ export class AgentConnection {
 
   abort(id: string): Promise<AbortReport> {
     return this.#run('abort', { id });
+  }
+
+  /**
+   * The full report of a substitution whose answer was `truncated` (too large for one message):
+   * fetched page by page with `report` and parsed.
+   */
+  async fullReport<T = SubstituteReport>(id: string, pageBytes = MAX_REPORT_PAGE_BYTES): Promise<T> {
+    if (!this.supports('report')) throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) keeps no full reports`);
+    const parts: Buffer[] = [];
+    for (let offset = 0; ; ) {
+      const page = await this.#run('report', { id, offset, limit: pageBytes });
+      const data = Buffer.from(page.data, 'base64');
+      parts.push(data);
+      offset += data.length;
+      if (page.done || data.length === 0) break;
+    }
+    return JSON.parse(Buffer.concat(parts).toString('utf8')) as T;
   }
 
   close(): void {

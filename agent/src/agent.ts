@@ -15,6 +15,7 @@ import { SerialTransport, type AdoptStream } from './transport/serial.js';
 import { VsockTransport, type VsockListen } from './transport/vsock.js';
 import type { ArgsOf, ReturnOf } from './protocol/schema.js';
 import { Journal } from './journal/journal.js';
+import { boundReport, ReportStore } from './journal/reports.js';
 import { PedigreeService } from './pedigree/live.js';
 import { CommandError } from './errors.js';
 import { randomBytes, type KeyObject } from 'node:crypto';
@@ -44,6 +45,7 @@ export class Agent {
   readonly #connections = { hypervisor: 0, other: 0 };
   #busy: Promise<unknown> = Promise.resolve();
   #journal: Journal | undefined;
+  #reports: ReportStore | undefined;
   #trusted = new Map<string, KeyObject>();
   #grants: Grants | undefined;
   #gate: Gate | undefined;
@@ -57,7 +59,7 @@ export class Agent {
   ) {}
 
   get greeting(): GreetingBody {
-    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan', 'envelope-v2'] };
+    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan', 'envelope-v2', 'report'] };
   }
 
   async start(): Promise<void> {
@@ -74,10 +76,15 @@ export class Agent {
       identity: () => readIdentity(deps.sysRoot),
     });
     log.info('trust', { keys: [...this.#trusted.keys()], unsignedFrom: config.trust.requireSignature ? [] : config.trust.hypervisorChannels, customization: config.customization.allow });
+    this.#reports = new ReportStore(config.stateDir);
     this.#pedigree = new PedigreeService(deps.fiemap, {
       readDirect: deps.readDirect,
       onBuilt: (mount, how) => log.info('pedigree index built', { mountPoint: mount.mountPoint, ...how }),
     });
+    for (const c of this.#journal.corrupt) {
+      log.error('the journal has a corrupt line; its record is ignored (vmsubst-agent status lists it)', { journal: this.#journal.path, line: c.line, reason: c.reason, excerpt: c.excerpt });
+    }
+    if (this.#journal.tornBytes > 0) log.warn('the journal ended in a torn line (a write cut short); it was cut off', { journal: this.#journal.path, bytes: this.#journal.tornBytes });
     for (const id of this.#journal.interrupted) {
       log.warn('a substitution was interrupted; the host\'s retry will complete it', { id });
     }
@@ -148,6 +155,11 @@ export class Agent {
         return this.#exclusive(() => this.#commit(args as ArgsOf<'commit'>, peer));
       case 'abort':
         return this.#exclusive(() => this.#abort(args as ArgsOf<'abort'>, peer));
+      case 'report': {
+        const a = args as ArgsOf<'report'>;
+        this.#admitRead('report', a, peer);
+        return this.#reports!.page(a.id, a.offset, a.limit);
+      }
     }
   }
 
@@ -159,13 +171,20 @@ export class Agent {
   }
 
   /** Admits a request or throws Unauthorized (trust/gate.ts); refusals are logged. */
-  #admit(command: SignedCommand, args: ArgsOf<'substitute'> | ArgsOf<'prepare'> | ArgsOf<'commit'>, peer: Peer): Admission {
+  #admit(command: SignedCommand, args: ArgsOf<'substitute'> | ArgsOf<'prepare'> | ArgsOf<'commit'> | ArgsOf<'report'>, peer: Peer): Admission {
     try {
       return this.#gate!.admit(command, args, peer);
     } catch (e) {
       this.log.warn('refused an unauthorized request', { command, peer: peer.description, id: args.id, reason: (e as Error).message });
       throw e;
     }
+  }
+
+  /** Reading a report (paths, processes) takes what a substitution takes: the hypervisor's side, or a signature. */
+  #admitRead(command: 'report', args: ArgsOf<'report'>, peer: Peer): void {
+    const a = this.#admit(command, args, peer);
+    if (a.replayOf) this.#refuseReplay(a, command, args.id, peer);
+    a.commit();
   }
 
   /** A replayed envelope is refused unless it asks again for what the journal already holds. */
@@ -205,7 +224,7 @@ export class Agent {
     a.commit();
     if (args['dry-run']) {
       this.log.info('plan', { id: args.id, ranges: args.ranges.length });
-      return planSubstitution(args, this.#substituteDeps());
+      return this.#bounded(args.id, await planSubstitution(args, this.#substituteDeps()));
     }
     return this.#journaled(args, peer.description, undefined);
   }
@@ -222,13 +241,14 @@ export class Agent {
     if (entry?.last.phase === 'prepared') {
       // A retry (the host lost the answer, or resent before it came): the same answer, with a token of its own.
       this.log.info('prepare answered from the journal', { id: args.id });
-      return { ...(entry.last.report as Omit<ReturnOf<'prepare'>, 'token'>), replayed: true, token: this.#newToken(args.id) };
+      return { ...this.#bounded(args.id, { ...(entry.last.report as Omit<ReturnOf<'prepare'>, 'token'>), replayed: true }), token: this.#newToken(args.id) };
     }
     this.log.info('prepare', { id: args.id, ranges: args.ranges.length });
     const report = await prepareSubstitution(args, this.#substituteDeps());
     journal.prepared(args.id, peer.description, args, report);
     for (const p of report.pinned) this.log.info('pinned', { id: args.id, pid: p.pid, comm: p.comm, path: p.path, bytes: p['bytes-copied'], status: p.status });
-    return { ...report, token: this.#newToken(args.id) };
+    // The journal keeps prepare's full answer (commit and abort need every pin); the reply is bounded.
+    return { ...this.#bounded(args.id, report), token: this.#newToken(args.id) };
   }
 
   /** Phase two: the host has written; substitute with prepare's arguments and pins. */
@@ -298,13 +318,23 @@ export class Agent {
       const report = args.customization
         ? { ...substituted, customization: await customize(args.customization, { ...this.config.customization, root: '/', procSys: '/proc/sys' }) }
         : substituted;
-      const final = entry?.state === 'interrupted' ? { ...report, recovered: true } : report;
+      const final = this.#bounded(args.id, entry?.state === 'interrupted' ? { ...report, recovered: true } : report);
       journal.done(args.id, final);
       return final;
     } catch (e) {
       journal.failed(args.id, e instanceof CommandError ? { class: e.errorClass, desc: e.message } : { class: 'GenericError', desc: String((e as Error).message) });
       throw e;
     }
+  }
+
+  /** The answer cut to fit one message (journal/reports.ts); the full report is kept for `report`. */
+  #bounded<T extends object>(id: string, report: T): T {
+    const b = boundReport(report);
+    if (b.truncated) {
+      this.#reports!.save(id, b.full);
+      this.log.info('report truncated to fit one message; the full report is kept', { id, bytes: b.full.length, dir: this.#reports!.dir });
+    }
+    return b.answer;
   }
 
   #substituteDeps(): SubstituteDeps {

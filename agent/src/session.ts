@@ -11,7 +11,12 @@ import type { Logger } from './log.js';
 import type { Peer } from './transport/transport.js';
 
 /** Requests read ahead of the one running; beyond this the stream is paused. */
-const MAX_QUEUED = 64;
+export const MAX_QUEUED = 64;
+/**
+ * Bytes of requests read ahead (their lines; the parsed values cost a few times more): beyond this
+ * the stream is paused too, so 64 requests of 1 MiB each cannot pile up 64 MiB per connection.
+ */
+export const MAX_QUEUED_BYTES = 4 << 20;
 
 export type Dispatch = (name: string, args: unknown) => Promise<unknown>;
 
@@ -25,6 +30,8 @@ export class Session {
   readonly #decoder = new LineDecoder();
   #queue: Promise<void> = Promise.resolve();
   #pending = 0;
+  #queuedBytes = 0;
+  #paused = false;
 
   constructor(
     private readonly stream: Duplex,
@@ -45,17 +52,17 @@ export class Session {
       // Every reply, errors included, goes through the queue: replies keep the order of requests.
       if (frame.kind === 'invalid') {
         const reason = frame.reason;
-        this.#enqueue(async () => this.#sendError('InvalidMessage', reason));
+        this.#enqueue(async () => this.#sendError('InvalidMessage', reason), frame.bytes);
         continue;
       }
       const problems = validateRequest.problems(frame.value);
       if (problems.length > 0) {
         const id = idOf(frame.value);
-        this.#enqueue(async () => this.#sendError('InvalidMessage', `not a valid request: ${problems.join('; ')}`, id));
+        this.#enqueue(async () => this.#sendError('InvalidMessage', `not a valid request: ${problems.join('; ')}`, id), frame.bytes);
         continue;
       }
       const req = frame.value as Request;
-      this.#enqueue(() => this.#run(req));
+      this.#enqueue(() => this.#run(req), frame.bytes);
     }
   }
 
@@ -74,11 +81,26 @@ export class Session {
     this.stream.once('close', () => clearInterval(timer));
   }
 
-  /** Queues work; a peer that sends faster than we answer is paused (bounded memory). */
-  #enqueue(work: () => Promise<void>): void {
-    if (++this.#pending >= MAX_QUEUED) this.stream.pause();
+  /** Requests and bytes read but not yet answered. */
+  get queued(): { requests: number; bytes: number; paused: boolean } {
+    return { requests: this.#pending, bytes: this.#queuedBytes, paused: this.#paused };
+  }
+
+  /** Queues work; a peer that sends faster than we answer is paused (bounded memory: requests and bytes). */
+  #enqueue(work: () => Promise<void>, bytes: number): void {
+    this.#pending++;
+    this.#queuedBytes += bytes;
+    if (!this.#paused && (this.#pending >= MAX_QUEUED || this.#queuedBytes >= MAX_QUEUED_BYTES)) {
+      this.#paused = true;
+      this.stream.pause();
+    }
     this.#queue = this.#queue.then(work).finally(() => {
-      if (--this.#pending === MAX_QUEUED / 2) this.stream.resume();
+      this.#pending--;
+      this.#queuedBytes -= bytes;
+      if (this.#paused && this.#pending <= MAX_QUEUED / 2 && this.#queuedBytes <= MAX_QUEUED_BYTES / 2) {
+        this.#paused = false;
+        this.stream.resume();
+      }
     });
   }
 

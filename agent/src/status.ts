@@ -18,6 +18,8 @@ interface Status {
   agent: { version: string };
   module: { loaded: true; abiVersion: number; features: string; version: string } | { loaded: false; reason: string };
   journal: string;
+  /** Lines of the journal that are not records (reported, never dropped silently), and lines earlier compactions quarantined. */
+  'journal-problems': { corrupt: { line: number; reason: string; excerpt: string }[]; 'torn-tail-bytes': number; quarantined: number; 'quarantine-file': string };
   substitutions: { id: string; state: JournalEntry['state']; time: string; files?: number; error?: string }[];
 }
 
@@ -37,7 +39,8 @@ export async function status(argv: string[], out: (s: string) => void): Promise<
     out(STATUS_USAGE);
     return 0;
   }
-  const journal = Journal.open(values['state-dir'] ?? DEFAULT_STATE_DIR);
+  // Read-only: the daemon may be appending; only the daemon cuts a torn tail.
+  const journal = Journal.read(values['state-dir'] ?? DEFAULT_STATE_DIR);
   const last = Math.max(1, Math.min(1000, Number(values.last ?? 10) || 10));
   let module: Status['module'];
   try {
@@ -51,6 +54,12 @@ export async function status(argv: string[], out: (s: string) => void): Promise<
     agent: { version: AGENT_VERSION },
     module,
     journal: journal.path,
+    'journal-problems': {
+      corrupt: journal.corrupt.map(({ line, reason, excerpt }) => ({ line, reason, excerpt })),
+      'torn-tail-bytes': journal.tornBytes,
+      quarantined: journal.quarantined(),
+      'quarantine-file': journal.quarantinePath,
+    },
     substitutions: journal.recent(last).map((e) => {
       const base = { id: e.id, state: e.state, time: e.last.t };
       if (e.last.phase === 'done') return { ...base, files: ((e.last.report as { files?: unknown[] }).files ?? []).length };
@@ -65,6 +74,10 @@ export async function status(argv: string[], out: (s: string) => void): Promise<
     out(`agent   vmsubst-agent ${s.agent.version}\n`);
     out(s.module.loaded ? `module  vmsubst.ko ${s.module.version} (ABI ${s.module.abiVersion}, features ${s.module.features})\n` : `module  unavailable: ${s.module.reason}\n`);
     out(`journal ${s.journal}\n`);
+    const jp = s['journal-problems'];
+    for (const c of jp.corrupt) out(`journal CORRUPT line ${c.line}: ${c.reason} (${JSON.stringify(c.excerpt)}); the record is unreadable: its substitution's outcome is unknown, check it on the host\n`);
+    if (jp['torn-tail-bytes'] > 0) out(`journal torn last line (${jp['torn-tail-bytes']} bytes, a write cut short); the agent cuts it at its next start\n`);
+    if (jp.quarantined > 0) out(`journal ${jp.quarantined} corrupt line(s) moved to ${jp['quarantine-file']} by compaction\n`);
     if (s.substitutions.length === 0) out('no substitutions yet\n');
     for (const x of s.substitutions) {
       out(`${x.time}  ${x.id.slice(0, 16)}  ${x.state.padEnd(11)}  ${x.files !== undefined ? `${x.files} file(s)` : (x.error ?? '')}\n`);

@@ -5,9 +5,12 @@
  * the agent's config allows, and files only under the allowed directories.
  * Every item gets an outcome; one failing item does not stop the others.
  */
-import { chmod, chown, lstat, mkdir, open, readFile, realpath, rename, writeFile } from 'node:fs/promises';
-import { dirname, join, normalize, relative, isAbsolute } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { lstat, mkdir, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { dirname, join, normalize, isAbsolute, sep } from 'node:path';
 import type { Customization, CustomizationOutcome } from '../protocol/schema.js';
+import { fsyncDir } from '../journal/journal.js';
 
 export type CustomizationKind = CustomizationOutcome['kind'];
 
@@ -44,7 +47,12 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
   if (c.hostname !== undefined) {
     const name = c.hostname;
     await attempt('hostname', name, async () => {
-      const changed = await writeIfChanged(join(o.root, 'etc/hostname'), `${name}\n`);
+      // The schema says so too; this holds for callers that bypass it. The kernel's limit is 64 bytes.
+      if (Buffer.byteLength(name) > HOST_NAME_MAX || !/^[A-Za-z0-9.-]+$/.test(name)) {
+        throw new RefusedError(`hostname '${name.slice(0, 80)}': at most ${HOST_NAME_MAX} bytes of letters, digits, '-' and '.' (the kernel's limit)`);
+      }
+      const dir = await safeDir(o.root, '/etc', 1);
+      const changed = await writeIfChanged(dir, join(dir, 'hostname'), `${name}\n`);
       const live = (await readFile(join(o.procSys, 'kernel/hostname'), 'utf8').catch(() => '')).trim();
       if (live !== name) await writeFile(join(o.procSys, 'kernel/hostname'), name);
       return changed || live !== name ? 'applied' : 'unchanged';
@@ -53,13 +61,8 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
 
   for (const f of c.files ?? []) {
     await attempt('file', f.path, async () => {
-      const target = await allowedPath(f.path, o);
-      const changed = await writeIfChanged(target, f.content, f.mode);
-      if (f.mode !== undefined) await chmod(target, f.mode);
-      if (f.uid !== undefined || f.gid !== undefined) {
-        const st = await lstat(target);
-        await chown(target, f.uid ?? st.uid, f.gid ?? st.gid);
-      }
+      const { dir, target } = await allowedPath(f.path, o);
+      const changed = await writeIfChanged(dir, target, f.content, { mode: f.mode, uid: f.uid, gid: f.gid });
       return changed ? 'applied' : 'unchanged';
     });
   }
@@ -71,62 +74,133 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
       await attempt('sysctl', key, async () => {
         const path = join(o.procSys, ...key.split('.'));
         const want = String(value);
+        // The schema refuses them too: a newline would add a second line (a second key) to the sysctl.d file.
+        if (/[\x00-\x1f\x7f]/.test(want)) throw new RefusedError(`${key}: the value contains control characters; send it on one line, fields separated by spaces`);
         const before = (await readFile(path, 'utf8')).trim();
         if (before !== want) await writeFile(path, want);
         persisted.set(key, want);
         return before === want ? 'unchanged' : 'applied';
       });
     }
-    if (persisted.size > 0) await persistSysctl(join(o.root, SYSCTL_FILE), persisted);
+    if (persisted.size > 0) {
+      // Set live already; not persisting is its own outcome, not an exception that loses the others.
+      await persistSysctl(o.root, persisted).catch((e: Error) => {
+        out.push({ kind: 'sysctl', target: SYSCTL_FILE, status: e instanceof RefusedError ? 'refused' : 'failed', detail: `the values are set but not persisted: ${e.message}` });
+      });
+    }
   }
   return out;
 }
 
 class RefusedError extends Error {}
 
-/** Resolves `path` to a place under one of the allowed roots, refusing symlinks and `..` escapes. */
-async function allowedPath(path: string, o: CustomizeOptions): Promise<string> {
-  const clean = normalize(path);
-  if (clean !== path || !isAbsolute(clean)) throw new RefusedError(`${path}: not a normalized absolute path`);
-  const root = o.fileRoots.find((r) => clean === r || clean.startsWith(r.endsWith('/') ? r : r + '/'));
-  if (!root || clean === root) throw new RefusedError(`${path}: outside the directories customization may write (${o.fileRoots.join(', ')})`);
-  const target = join(o.root, clean);
-  const realRoot = await realpath(join(o.root, root));
-  await mkdir(dirname(target), { recursive: true });
-  const realDir = await realpath(dirname(target));
-  const rel = relative(realRoot, realDir);
-  if (rel.startsWith('..') || isAbsolute(rel)) throw new RefusedError(`${path}: its directory leads outside ${root}`);
-  const st = await lstat(target).catch(() => undefined);
-  if (st && !st.isFile()) throw new RefusedError(`${path}: exists and is not a regular file`);
-  return target;
+/** The kernel's HOST_NAME_MAX (__NEW_UTS_LEN): sethostname(2) refuses longer names. */
+export const HOST_NAME_MAX = 64;
+
+/**
+ * The directory `dir` (absolute, normalized) under `root`, every component checked with lstat:
+ * a symlinked component is refused (it could lead outside the root), a component that is not a
+ * directory too. Missing components from index `createFrom` on (0 = the first under root) are
+ * created one at a time, each checked after its mkdir; earlier ones must exist. Nothing is created
+ * before every component above it was checked, so no directory appears outside the root.
+ *
+ * The checks and the later open are separate system calls, so a process that can write the
+ * directories between them could still race them; openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+ * would close that window, but Node has no openat2 (nor openat), and the writable directories here
+ * are root's own (/etc and below).
+ */
+async function safeDir(root: string, dir: string, createFrom: number): Promise<string> {
+  const parts = dir.split('/').filter(Boolean);
+  let at = root;
+  for (const [i, name] of parts.entries()) {
+    at = join(at, name);
+    let st = await lstat(at).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw e;
+    });
+    if (st === undefined) {
+      if (i < createFrom) throw new RefusedError(`${'/' + parts.slice(0, i + 1).join('/')} does not exist`);
+      await mkdir(at, { mode: 0o755 }).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST') throw e;
+      });
+      st = await lstat(at);
+    }
+    if (st.isSymbolicLink()) throw new RefusedError(`${'/' + parts.slice(0, i + 1).join('/')} is a symlink: customization does not follow symlinks`);
+    if (!st.isDirectory()) throw new RefusedError(`${'/' + parts.slice(0, i + 1).join('/')} is not a directory`);
+  }
+  return at;
 }
 
-/** Atomic replace (temp file, fsync, rename); returns whether the content changed. */
-async function writeIfChanged(path: string, content: string, mode = 0o644): Promise<boolean> {
-  const old = await readFile(path, 'utf8').catch(() => undefined);
-  if (old === content) return false;
-  const tmp = `${path}.vmsubst-tmp`;
-  const fh = await open(tmp, 'w', mode);
+/** Checks `path` against the allowed roots and returns its (checked) directory and target under o.root. */
+async function allowedPath(path: string, o: CustomizeOptions): Promise<{ dir: string; target: string }> {
+  const clean = normalize(path);
+  if (clean !== path || !isAbsolute(clean) || clean.endsWith(sep)) throw new RefusedError(`${path}: not a normalized absolute path`);
+  const root = o.fileRoots.find((r) => clean === r || clean.startsWith(r.endsWith('/') ? r : r + '/'));
+  if (!root || clean === root) throw new RefusedError(`${path}: outside the directories customization may write (${o.fileRoots.join(', ')})`);
+  // The allowed root must exist; directories below it may be created, each checked first.
+  const rootDepth = root.split('/').filter(Boolean).length;
+  const dir = await safeDir(o.root, dirname(clean), rootDepth);
+  const target = join(dir, clean.slice(clean.lastIndexOf('/') + 1));
+  const st = await lstat(target).catch(() => undefined);
+  if (st && !st.isFile()) throw new RefusedError(`${path}: exists and is not a regular file${st.isSymbolicLink() ? ' (a symlink)' : ''}`);
+  return { dir, target };
+}
+
+const NOFOLLOW_READ = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
+
+/**
+ * Atomic replace in the checked directory `dir`: a temp file with a random name created with
+ * O_CREAT|O_EXCL|O_NOFOLLOW (a planted file or symlink makes it fail, never followed), mode and
+ * owner set on the descriptor (fchmod, fchown: nothing follows a path), fsync, rename over the
+ * target, fsync of the directory. Returns whether content, mode or owner changed.
+ */
+async function writeIfChanged(dir: string, target: string, content: string, want: { mode?: number | undefined; uid?: number | undefined; gid?: number | undefined } = {}): Promise<boolean> {
+  const cur = await open(target, NOFOLLOW_READ).catch(() => undefined);
+  let old: { content: string; mode: number; uid: number; gid: number } | undefined;
+  if (cur) {
+    try {
+      const st = await cur.stat();
+      if (!st.isFile()) throw new RefusedError(`${target}: exists and is not a regular file`);
+      old = { content: await cur.readFile('utf8'), mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+    } finally {
+      await cur.close();
+    }
+  }
+  const mode = want.mode ?? old?.mode ?? 0o644;
+  const uid = want.uid ?? old?.uid;
+  const gid = want.gid ?? old?.gid;
+  if (old && old.content === content && old.mode === mode && (uid === undefined || uid === old.uid) && (gid === undefined || gid === old.gid)) return false;
+  const tmp = join(dir, `.${target.slice(dir.length + 1)}.vmsubst-${randomBytes(6).toString('hex')}`);
+  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  let renamed = false;
   try {
     await fh.writeFile(content);
+    if (uid !== undefined || gid !== undefined) await fh.chown(uid ?? -1, gid ?? -1);
+    await fh.chmod(mode); // after chown, which clears set-id bits
     await fh.sync();
-  } finally {
     await fh.close();
+    await rename(tmp, target);
+    renamed = true;
+    fsyncDir(dir);
+  } finally {
+    await fh.close().catch(() => undefined);
+    if (!renamed) await unlink(tmp).catch(() => undefined);
   }
-  await rename(tmp, path);
   return true;
 }
 
 /** Merges keys into the sysctl.d file, keeping the ones set earlier. */
-async function persistSysctl(path: string, values: Map<string, string>): Promise<void> {
+async function persistSysctl(root: string, values: Map<string, string>): Promise<void> {
+  const dir = await safeDir(root, dirname(SYSCTL_FILE), 1);
+  const path = join(dir, SYSCTL_FILE.slice(SYSCTL_FILE.lastIndexOf('/') + 1));
   const lines = new Map<string, string>();
-  const old = await readFile(path, 'utf8').catch(() => '');
+  const fh = await open(path, NOFOLLOW_READ).catch(() => undefined);
+  const old = fh ? await fh.readFile('utf8').finally(() => fh.close()) : '';
   for (const line of old.split('\n')) {
     const m = /^\s*([a-z0-9_.-]+)\s*=\s*(.*)$/.exec(line);
     if (m) lines.set(m[1]!, m[2]!);
   }
   for (const [k, v] of values) lines.set(k, v);
-  await mkdir(dirname(path), { recursive: true });
   const text = '# written by vmsubst-agent: sysctl values from substitutions\n' + [...lines].map(([k, v]) => `${k} = ${v}`).join('\n') + '\n';
-  await writeIfChanged(path, text);
+  await writeIfChanged(dir, path, text);
 }

@@ -5,7 +5,9 @@
  * in substitute.ts) → block-device buffers again, for anything a concurrent
  * lookup pulled back in meanwhile.
  */
+import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
+import { CHANGED_FILE_FLAGS, openChanged } from '../disk/open-changed.js';
 import type { ByteRange, ClassifiedRange, MetadataReport } from '../protocol/schema.js';
 import type { FileHit, IndexedFile } from '../pedigree/index.js';
 import type { DiskLayout } from '../pedigree/mounts.js';
@@ -62,6 +64,30 @@ export interface TouchedFs {
 export interface MetadataPlan {
   filesystems: TouchedFs[];
   ranges: ClassifiedRange[];
+}
+
+/**
+ * Cuts every range at the partitions' bounds, so that each piece lies wholly inside one partition
+ * (or wholly outside all). A range is counted as a filesystem's metadata only when it lies inside
+ * its partition: a bundle range that straddles a partition's start (the partition table's tail and
+ * the superblock in one run of changed blocks) would otherwise belong to no filesystem, and a
+ * metadata change under a read-write mount would pass as "outside any filesystem".
+ */
+export function splitAtPartitions<R extends ByteRange>(ranges: readonly R[], layout: DiskLayout): R[] {
+  const cuts = [...new Set(layout.parts.filter((p) => !(p.startBytes === 0 && p.name === layout.name)).flatMap((p) => [p.startBytes, p.startBytes + p.sizeBytes]))].sort((a, b) => a - b);
+  const out: R[] = [];
+  for (const r of ranges) {
+    let offset = r.offset;
+    const end = r.offset + r.length;
+    for (const c of cuts) {
+      if (c <= offset) continue;
+      if (c >= end) break;
+      out.push({ ...r, offset, length: c - offset });
+      offset = c;
+    }
+    out.push({ ...r, offset, length: end - offset });
+  }
+  return out;
 }
 
 /** Groups the metadata side of a substitution by filesystem, classifying every range. */
@@ -127,7 +153,7 @@ export async function applyMetadata(
   const bdevFds = new Map<TouchedFs, Awaited<ReturnType<typeof open>>>();
   try {
     for (const fs of plan.filesystems) {
-      bdevFds.set(fs, await open(fs.devPath, 'r').catch((e: Error) => {
+      bdevFds.set(fs, await open(fs.devPath, CHANGED_FILE_FLAGS).catch((e: Error) => {
         throw new CommandError('InvalidateFailed', `cannot open ${fs.devPath}: ${e.message}`);
       }));
     }
@@ -159,7 +185,7 @@ export async function applyMetadata(
         for (const n of names.replaced) staleInodes.set(`${fs.part.devNum}:${n.ino}`, { fs, ino: n.ino, path: `${dir.path}/${n.name}` });
         for (const n of names.added) newOwners.set(`${fs.part.devNum}:${n.ino}`, `${dir.path}/${n.name}`);
         staleInodes.set(`${fs.part.devNum}:${dir.ino}`, { fs, ino: dir.ino, path: dir.path });
-        const fh = await open(dir.path, 'r').catch(() => undefined);
+        const fh = await openChanged(dir.path, 'dir').catch(() => undefined);
         if (!fh) continue; // the directory itself went away: its parent's entry covers it
         try {
           const r = await ops.revalidateDentries(fh.fd, names.all, force && !fs.readOnly);
@@ -183,7 +209,7 @@ export async function applyMetadata(
       }
       const mine = [...staleInodes.values()].filter((s) => s.fs === fs);
       if (mine.length === 0) continue;
-      const root = await open(fs.mountPoint, 'r');
+      const root = await open(fs.mountPoint, CHANGED_FILE_FLAGS | constants.O_DIRECTORY);
       try {
         const r = await ops.revalidateInodes(root.fd, mine.map((s) => s.ino), force && !fs.readOnly);
         report.inodes.evicted += r.evicted;

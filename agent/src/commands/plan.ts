@@ -4,7 +4,8 @@
  * block's class; whether a restart is required. A dry run returns it,
  * `prepare` acts on its pins, `commit` and `substitute` follow it.
  */
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
+import { openChanged } from '../disk/open-changed.js';
 import type { ByteRange, FileClass, FileHint, Plan, PlannedFile, PlannedMapper, Policies, Policy } from '../protocol/schema.js';
 import type { FileHit } from '../pedigree/index.js';
 import { Ext4Classifier } from '../pedigree/classify.js';
@@ -46,16 +47,23 @@ export interface PlanResult {
 export async function buildPlan(input: PlanInput): Promise<PlanResult> {
   const fileHits = input.files.filter((f) => f.file.kind === 'file');
   const mappers = await findMappers(fileHits.map((f) => f.file), input.procRoot);
-  const units = new Map<number, string | undefined>();
+  const units = new Map<number, UnitVerdict | undefined>();
+  const self = await readFile(`${input.procRoot}/self/cgroup`, 'utf8').catch(() => '');
   const files: FilePlan[] = [];
   for (const hit of fileHits) {
     const cls = await fileClass(hit, input.hints);
     const { policy, from } = choosePolicy(hit.file.path, relativePath(hit), cls, input.policies);
     const procs: PlannedMapper[] = [];
     for (const m of mappers.get(keyOf(hit.file)) ?? []) {
-      if (!units.has(m.pid)) units.set(m.pid, await unitOf(m.pid, input.procRoot));
-      const unit = units.get(m.pid);
-      procs.push({ pid: m.pid, comm: m.comm, ...(unit !== undefined ? { unit } : {}), 'mapped-bytes': m.mappedBytes });
+      if (!units.has(m.pid)) units.set(m.pid, await unitOf(m.pid, input.procRoot, self));
+      const v = units.get(m.pid);
+      procs.push({
+        pid: m.pid,
+        comm: m.comm,
+        ...(v?.unit !== undefined ? { unit: v.unit } : {}),
+        ...(v !== undefined && 'refused' in v ? { 'not-restartable': v.refused } : {}),
+        'mapped-bytes': m.mappedBytes,
+      });
     }
     files.push({
       hit,
@@ -79,7 +87,7 @@ export async function buildPlan(input: PlanInput): Promise<PlanResult> {
   let pinBytes = 0;
   for (const f of files) {
     for (const m of f.planned.mappers) {
-      if (f.planned.policy === 'restart' && m.unit !== undefined) restartUnits.add(m.unit);
+      if (f.planned.policy === 'restart' && m.unit !== undefined && m['not-restartable'] === undefined) restartUnits.add(m.unit);
       if (f.planned.policy === 'pin') pinBytes += m['mapped-bytes'];
     }
   }
@@ -112,7 +120,8 @@ async function fileClass(hit: FileHit, hints: readonly FileHint[]): Promise<File
 }
 
 async function isElf(path: string): Promise<boolean> {
-  const fh = await open(path, 'r').catch(() => undefined);
+  // O_NOFOLLOW|O_NONBLOCK and a regular-file check: a FIFO swapped into place must not block the queue.
+  const fh = await openChanged(path, 'file').catch(() => undefined);
   if (!fh) return false;
   try {
     const buf = Buffer.alloc(4);
@@ -154,23 +163,67 @@ function describe(policy: Policy, procs: PlannedMapper[]): string {
     case 'report':
       return n === 0 ? 'cached pages dropped; no process maps it' : `pages nobody maps dropped; ${who} keep mapped pages that may mix old and new content: reported`;
     case 'restart': {
-      const units = [...new Set(procs.flatMap((p) => (p.unit !== undefined ? [p.unit] : [])))];
-      const loose = procs.filter((p) => p.unit === undefined).length;
-      return `cached pages dropped; ${units.length > 0 ? `units restarted: ${units.join(', ')}` : 'no unit to restart'}${loose > 0 ? `; ${loose} process${loose === 1 ? '' : 'es'} outside any service fault in the new content` : ''}`;
+      const units = [...new Set(procs.flatMap((p) => (p.unit !== undefined && p['not-restartable'] === undefined ? [p.unit] : [])))];
+      const refused = procs.filter((p) => p['not-restartable'] !== undefined);
+      const loose = procs.filter((p) => p.unit === undefined && p['not-restartable'] === undefined).length;
+      return (
+        `cached pages dropped; ${units.length > 0 ? `units restarted: ${units.join(', ')}` : 'no unit to restart'}` +
+        (refused.length > 0 ? `; not restarted (fault in the new content): ${refused.map((p) => `pid ${p.pid}: ${p['not-restartable']}`).join('; ')}` : '') +
+        (loose > 0 ? `; ${loose} process${loose === 1 ? '' : 'es'} outside any service fault in the new content` : '')
+      );
     }
   }
 }
 
-/** The systemd service owning `pid`, from its cgroup path (cgroup v2 or the v1 name=systemd line). */
-async function unitOf(pid: number, procRoot: string): Promise<string | undefined> {
-  const text = await readFile(`${procRoot}/${pid}/cgroup`, 'utf8').catch(() => '');
+/** The systemd cgroup path of a process from its /proc/PID/cgroup text (the v2 line, or v1's name=systemd). */
+export function systemdCgroupPath(text: string): string | undefined {
   for (const line of text.split('\n')) {
-    const [hier, , path] = line.split(':', 3);
-    if (path === undefined || (hier !== '0' && !line.includes('name=systemd'))) continue;
-    const unit = path.split('/').reverse().find((c) => c.endsWith('.service'));
-    if (unit) return unit;
+    const [hier, ctrl, path] = line.split(':', 3);
+    if (path === undefined) continue;
+    if ((hier === '0' && ctrl === '') || ctrl === 'name=systemd') return path;
   }
   return undefined;
+}
+
+export type UnitVerdict = { unit: string } | { unit?: string; refused: string };
+
+/**
+ * Whether the `restart` policy may restart the unit a process runs in. Only system services
+ * qualify: the first `*.service` directly under /system.slice (or a sub-slice of it) — not the
+ * deepest component, which can be a delegated subgroup or, under user.slice, a user's own unit
+ * that merely shares a system service's name. Never the agent's own unit: restarting it would kill
+ * the substitution that asked for it, and the host's retry would do it again.
+ */
+export function restartableUnit(cgroupText: string, selfCgroupText: string): UnitVerdict | undefined {
+  const path = systemdCgroupPath(cgroupText);
+  if (path === undefined || path === '/' || path === '') return undefined;
+  const parts = path.split('/').filter(Boolean);
+  if (parts[0] !== 'system.slice') {
+    const named = [...parts].reverse().find((c) => c.endsWith('.service') || c.endsWith('.scope'));
+    const where = parts[0] === 'user.slice' ? 'a user session or user service' : `${parts[0]}`;
+    return { ...(named ? { unit: named } : {}), refused: `runs in ${where} (cgroup ${path}), not a system service: only units under /system.slice are restarted` };
+  }
+  let i = 1;
+  while (i < parts.length && parts[i]!.endsWith('.slice')) i++;
+  const unit = parts[i];
+  if (unit === undefined) return undefined;
+  if (!unit.endsWith('.service')) return { unit, refused: `runs in ${unit} (cgroup ${path}), which is not a service: a scope cannot be restarted` };
+  const self = systemdCgroupPath(selfCgroupText);
+  const selfUnit = self !== undefined ? ((): string | undefined => {
+    const sp = self.split('/').filter(Boolean);
+    if (sp[0] !== 'system.slice') return undefined;
+    let j = 1;
+    while (j < sp.length && sp[j]!.endsWith('.slice')) j++;
+    return sp[j];
+  })() : undefined;
+  if (selfUnit === unit) return { unit, refused: `${unit} is the agent's own unit: restarting it would stop this substitution` };
+  return { unit };
+}
+
+/** The verdict for `pid`; `self` is the agent's own /proc/self/cgroup text. */
+async function unitOf(pid: number, procRoot: string, self: string): Promise<UnitVerdict | undefined> {
+  const text = await readFile(`${procRoot}/${pid}/cgroup`, 'utf8').catch(() => '');
+  return restartableUnit(text, self);
 }
 
 type BlockRow = Plan['blocks'][number];

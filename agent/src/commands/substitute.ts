@@ -6,7 +6,6 @@
  * blocks are visible and make the kernel forget what it cached, so running
  * processes fault the new content in and new execs read it.
  */
-import { open } from 'node:fs/promises';
 import { CommandError, errnoCode } from '../errors.js';
 import type { ArgsOf, ByteRange, FileReport, Mapper, MetadataReport, PinOutcome, Policies, RestartOutcome, ReturnOf } from '../protocol/schema.js';
 import { PedigreeIndex, mountsOfDisk, type Fiemap } from '../pedigree/index.js';
@@ -14,8 +13,9 @@ import type { PedigreeService } from '../pedigree/live.js';
 import { readDiskLayout, readMounts, type DiskLayout, type Mount } from '../pedigree/mounts.js';
 import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
 import { resolveDisk, type ResolvedDisk } from '../disk/resolve.js';
-import { verifyRanges, type DiskReader } from '../disk/verify.js';
-import { applyMetadata, planMetadata, plannedOnly, type AppliedMetadata, type MetadataOps, type MetadataPlan } from './metadata.js';
+import { checkRanges, verifyRanges, type DiskReader } from '../disk/verify.js';
+import { openChanged } from '../disk/open-changed.js';
+import { applyMetadata, planMetadata, plannedOnly, splitAtPartitions, type AppliedMetadata, type MetadataOps, type MetadataPlan } from './metadata.js';
 import { buildPlan, type FilePlan, type PlanResult } from './plan.js';
 import type { PinReport } from '../pin.js';
 
@@ -67,11 +67,13 @@ interface Mapped {
 
 /** Finds the files and metadata behind the changed ranges and decides per file what happens (no verification). */
 async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, beforeWrite: boolean): Promise<Mapped> {
+  checkRanges(args.ranges);
   const t0 = deps.now();
   const disk = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot, beforeWrite);
   const layout = await readDiskLayout(disk.name, deps.sysRoot);
   const mounts = await readMounts(deps.procRoot);
-  const changed = args.ranges.map(({ offset, length }) => ({ offset, length }));
+  // Cut at partition bounds first: each piece then belongs to one filesystem (metadata.ts).
+  const changed = splitAtPartitions(args.ranges.map(({ offset, length }) => ({ offset, length })), layout);
   const { files, unmapped } = deps.pedigree
     ? await deps.pedigree.lookup(layout, mounts, changed)
     : (await PedigreeIndex.build(layout, mounts, deps.fiemap)).lookup(changed);
@@ -177,6 +179,7 @@ async function pinPlanned(files: FilePlan[], deps: SubstituteDeps, late: boolean
  */
 export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, pinned?: PinOutcome[]): Promise<ReturnOf<'substitute'>> {
   const t0 = deps.now();
+  checkRanges(args.ranges); // before anything is read: one request verifies at most the disk, once
   const probe = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot);
   const verifiedBytes = await verifyRanges(deps.readDirect, probe.path, args.ranges);
   const t1 = deps.now();
@@ -193,8 +196,8 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
     for (const [i, f] of files.entries()) {
       const hit = f.hit;
       const report = reports[i]!;
-      const fh = await open(hit.file.path, 'r').catch((e: unknown) => {
-        throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${errnoCode(e) ?? String(e)}`);
+      const fh = await openChanged(hit.file.path, 'file', { dev: hit.file.dev, ino: hit.file.ino }).catch((e: unknown) => {
+        throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${errnoCode(e) ?? (e as Error).message ?? String(e)}`);
       });
       try {
         // Data-only substitution on a read-write mount: the extents were checked above.

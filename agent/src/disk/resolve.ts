@@ -49,6 +49,9 @@ export async function resolveDisk(
     disk = await diskInfo(n, sysRoot, devRoot);
   } else {
     const first = ranges[0]!;
+    const end = Math.max(...ranges.map((r) => r.offset + r.length));
+    names.splice(0, names.length, ...(await Promise.all(names.map(async (n) => ((await diskInfo(n, sysRoot, devRoot).catch(() => undefined))?.sizeBytes ?? 0) >= end ? n : ''))).filter(Boolean));
+    if (names.length === 0) throw new CommandError('InvalidArguments', `ranges end at byte ${end}, beyond every disk of this guest; is the bundle for this VM? nothing was read`);
     for (const n of names) {
       const candidate = await diskInfo(n, sysRoot, devRoot);
       if (candidate.sizeBytes < first.offset + first.length) continue;
@@ -71,7 +74,7 @@ export async function resolveDisk(
   }
   const end = Math.max(...ranges.map((r) => r.offset + r.length));
   if (end > disk.sizeBytes) {
-    throw new CommandError('InvalidArguments', `ranges end at byte ${end}, beyond ${disk.path} (${disk.sizeBytes} bytes)`);
+    throw new CommandError('InvalidArguments', `ranges end at byte ${end}, beyond ${disk.path} (${disk.sizeBytes} bytes); is the bundle for this disk? nothing was read`);
   }
   return disk;
 }

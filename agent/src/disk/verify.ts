@@ -15,6 +15,27 @@ export async function hashRange(read: DiskReader, path: string, r: { offset: num
 }
 
 /**
+ * Ranges must be sorted by offset and disjoint, as a bundle's are: otherwise one request could make
+ * the agent read and hash the same blocks many times over (8192 copies of one 64 MiB range is 512 GiB
+ * of reads). The end of the disk is checked once it is known (resolve.ts). Throws InvalidArguments.
+ */
+export function checkRanges(ranges: readonly { offset: number; length: number }[]): void {
+  for (let i = 1; i < ranges.length; i++) {
+    const prev = ranges[i - 1]!;
+    const cur = ranges[i]!;
+    const prevEnd = prev.offset + prev.length;
+    if (cur.offset < prevEnd) {
+      const what = cur.offset < prev.offset ? 'is not sorted: it starts before range ' + (i - 1) : `overlaps range ${i - 1}, which ends at byte ${prevEnd}`;
+      throw new CommandError(
+        'InvalidArguments',
+        `range ${i} (offset ${cur.offset}, ${cur.length} bytes) ${what}; ranges must be sorted by offset and must not overlap, ` +
+          'as `vmsubst diff` makes them: rebuild the notification from the bundle. nothing was read',
+      );
+    }
+  }
+}
+
+/**
  * A range that does not hold the announced content: where it is, nothing of what it holds. An
  * answer never carries guest content the caller did not send (no hash of what the disk has: with
  * small ranges that would read the disk a table lookup at a time).

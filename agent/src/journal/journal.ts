@@ -10,7 +10,7 @@
  * A two-phase substitution first writes `prepared` (its arguments and answer),
  * then `begin` (with the arguments again) at commit, or `aborted`.
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync, existsSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 export type JournalRecord =
@@ -27,6 +27,17 @@ export interface JournalEntry {
   last: JournalRecord;
 }
 
+/** A complete line (newline-terminated) that is not a journal record: bit rot, a foreign write. */
+export interface CorruptLine {
+  /** 1-based line number in the journal file. */
+  line: number;
+  /** Byte offset of the line's start. */
+  offset: number;
+  reason: string;
+  /** The line's first bytes, for the person investigating. */
+  excerpt: string;
+}
+
 /** Records kept when the file is compacted; older ids are forgotten. */
 export const KEEP_IDS = 1000;
 /** Compact once the file holds this many records. */
@@ -34,35 +45,84 @@ const COMPACT_AT = 4 * KEEP_IDS;
 
 export class Journal {
   readonly path: string;
+  /** Where corrupt lines go when the journal is compacted (they are never dropped silently). */
+  readonly quarantinePath: string;
   readonly #entries = new Map<string, JournalEntry>();
-  #fd: number;
+  /** -1 when opened read-only. */
+  #fd = -1;
   #records = 0;
+  /** Bytes of whole records in the file: anything past this is a torn write, cut before the next append. */
+  #size = 0;
   /** Ids found interrupted when the journal was opened. */
   readonly interrupted: string[] = [];
+  /** Complete lines that are not records; reported (log, status), kept until compaction moves them to quarantinePath. */
+  readonly corrupt: CorruptLine[] = [];
+  /** Bytes of a torn last line (a crash mid-write) found at open; cut off unless read-only. */
+  tornBytes = 0;
 
-  private constructor(path: string) {
+  private constructor(path: string, readOnly: boolean) {
     this.path = path;
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    if (existsSync(path)) this.#load(readFileSync(path, 'utf8'));
+    this.quarantinePath = `${path}.corrupt`;
+    if (readOnly) {
+      if (existsSync(path)) this.#load(readFileSync(path));
+      return;
+    }
+    const dir = dirname(path);
+    const created = !existsSync(dir);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const isNew = !existsSync(path);
+    if (!isNew) this.#load(readFileSync(path));
     this.#fd = openSync(path, 'a', 0o600);
+    // A torn last line would otherwise have the next record glued to it, and both be lost on reload.
+    if (this.tornBytes > 0) this.#cutTail();
+    if (isNew || created) fsyncDir(dir);
   }
 
+  /** The daemon's journal: created if missing, a torn tail cut off. */
   static open(stateDir: string): Journal {
-    return new Journal(join(stateDir, 'journal.jsonl'));
+    return new Journal(join(stateDir, 'journal.jsonl'), false);
   }
 
-  #load(text: string): void {
-    for (const line of text.split('\n')) {
-      if (line.trim() === '') continue;
-      let rec: JournalRecord;
-      try {
-        rec = JSON.parse(line) as JournalRecord;
-      } catch {
-        continue; // a torn last line from a crash mid-write
+  /** Reads the journal without changing it (`vmsubst-agent status`, which may run beside the daemon). */
+  static read(stateDir: string): Journal {
+    return new Journal(join(stateDir, 'journal.jsonl'), true);
+  }
+
+  /** Lines quarantined by earlier compactions. */
+  quarantined(): number {
+    if (!existsSync(this.quarantinePath)) return 0;
+    return readFileSync(this.quarantinePath, 'utf8').split('\n').filter((l) => l !== '').length;
+  }
+
+  #load(bytes: Buffer): void {
+    let start = 0;
+    let lineNo = 0;
+    while (start < bytes.length) {
+      const nl = bytes.indexOf(0x0a, start);
+      lineNo++;
+      if (nl === -1) {
+        // No newline: the write of the last record was cut short (a crash, a full disk).
+        this.tornBytes = bytes.length - start;
+        break;
       }
-      if (typeof rec?.id !== 'string') continue;
-      this.#apply(rec);
-      this.#records++;
+      const line = bytes.subarray(start, nl).toString('utf8');
+      const offset = start;
+      start = nl + 1;
+      this.#size = start;
+      if (line.trim() === '') continue;
+      const problem = ((): string | undefined => {
+        let rec: unknown;
+        try {
+          rec = JSON.parse(line);
+        } catch (e) {
+          return `not JSON: ${(e as Error).message}`;
+        }
+        if (!isRecord(rec)) return 'not a journal record (id, t and phase expected)';
+        this.#apply(rec);
+        this.#records++;
+        return undefined;
+      })();
+      if (problem !== undefined) this.corrupt.push({ line: lineNo, offset, reason: problem, excerpt: line.slice(0, 80) });
     }
     for (const e of this.#entries.values()) {
       if (e.state === 'running') {
@@ -111,32 +171,79 @@ export class Journal {
   }
 
   #append(rec: JournalRecord): void {
-    writeSync(this.#fd, JSON.stringify(rec) + '\n');
+    if (this.#fd < 0) throw new Error(`${this.path} was opened read-only`);
+    // A write cut short earlier in this process (ENOSPC, EIO) left a partial line: cut it first.
+    if (fstatSync(this.#fd).size !== this.#size) this.#cutTail();
+    const line = Buffer.from(JSON.stringify(rec) + '\n', 'utf8');
+    let written = 0;
+    while (written < line.length) written += writeSync(this.#fd, line, written, line.length - written);
     fsyncSync(this.#fd);
+    this.#size += line.length;
     this.#apply(rec);
     if (++this.#records >= COMPACT_AT) this.#compact();
+  }
+
+  #cutTail(): void {
+    ftruncateSync(this.#fd, this.#size);
+    fsyncSync(this.#fd);
   }
 
   /** Rewrites the file with the last record of the newest KEEP_IDS ids (write, fsync, rename). */
   #compact(): void {
     const keep = [...this.#entries.values()].slice(-KEEP_IDS);
+    if (this.corrupt.length > 0) {
+      // Corrupt lines leave the journal here; they go to the quarantine file, not away.
+      const text = readFileSync(this.path, 'utf8').split('\n');
+      const lines = this.corrupt.map((c) => JSON.stringify({ t: new Date().toISOString(), line: c.line, reason: c.reason, text: text[c.line - 1] ?? c.excerpt }) + '\n');
+      appendFileSync(this.quarantinePath, lines.join(''), { mode: 0o600 });
+      const qfd = openSync(this.quarantinePath, 'r');
+      try { fsyncSync(qfd); } finally { closeSync(qfd); }
+      this.corrupt.length = 0;
+    }
     const tmp = `${this.path}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);
+    let size = 0;
     try {
-      for (const e of keep) writeSync(fd, JSON.stringify(e.last) + '\n');
+      for (const e of keep) {
+        const line = Buffer.from(JSON.stringify(e.last) + '\n', 'utf8');
+        writeSync(fd, line);
+        size += line.length;
+      }
       fsyncSync(fd);
     } finally {
       closeSync(fd);
     }
     renameSync(tmp, this.path);
+    // The rename is durable only once the directory is: without this a crash can bring the old file back.
+    fsyncDir(dirname(this.path));
     closeSync(this.#fd);
     this.#fd = openSync(this.path, 'a', 0o600);
+    this.#size = size;
     this.#entries.clear();
     for (const e of keep) this.#entries.set(e.id, e);
     this.#records = keep.length;
   }
 
   close(): void {
-    closeSync(this.#fd);
+    if (this.#fd >= 0) closeSync(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+const PHASES = new Set(['prepared', 'aborted', 'begin', 'done', 'failed']);
+
+function isRecord(v: unknown): v is JournalRecord {
+  if (typeof v !== 'object' || v === null) return false;
+  const r = v as Record<string, unknown>;
+  return typeof r['id'] === 'string' && typeof r['t'] === 'string' && typeof r['phase'] === 'string' && PHASES.has(r['phase']);
+}
+
+/** fsync of a directory: makes a create or rename in it durable. */
+export function fsyncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
   }
 }

@@ -74,9 +74,10 @@ export function encode(message: unknown): Buffer {
   return line;
 }
 
+/** `bytes`: the line's length, for bounding what a session holds queued. */
 export type Frame =
-  | { kind: 'message'; value: unknown }
-  | { kind: 'invalid'; reason: string };
+  | { kind: 'message'; value: unknown; bytes: number }
+  | { kind: 'invalid'; reason: string; bytes: number };
 
 /**
  * Splits a byte stream into lines and parses each as JSON. Feed it chunks;
@@ -100,7 +101,7 @@ export class LineDecoder {
           this.#discarding = true;
           this.#parts = [];
           this.#size = 0;
-          frames.push({ kind: 'invalid', reason: `message exceeds the ${this.maxBytes}-byte cap` });
+          frames.push({ kind: 'invalid', reason: `message exceeds the ${this.maxBytes}-byte cap`, bytes: 0 });
         } else if (piece.length > 0) {
           this.#parts.push(piece);
           this.#size += piece.length;
@@ -120,12 +121,13 @@ export class LineDecoder {
   }
 
   #finish(): Frame | undefined {
+    const bytes = this.#size;
     const text = Buffer.concat(this.#parts, this.#size).toString('utf8').replace(/^[\s\uFFFD]+|\s+$/g, '');
     if (text === '') return undefined;
     try {
-      return { kind: 'message', value: JSON.parse(text) as unknown };
+      return { kind: 'message', value: JSON.parse(text) as unknown, bytes };
     } catch (e) {
-      return { kind: 'invalid', reason: `not JSON: ${(e as Error).message}` };
+      return { kind: 'invalid', reason: `not JSON: ${(e as Error).message}`, bytes };
     }
   }
 }

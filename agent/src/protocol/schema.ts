@@ -13,8 +13,16 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 export const PROTOCOL_VERSION = 1;
 /** No line (message) may exceed this many bytes, newline included. */
 export const MAX_MESSAGE_BYTES = 1 << 20;
-/** Upper bound on ranges in one substitution; keeps a message's work bounded. */
-export const MAX_RANGES = 16384;
+/**
+ * Upper bound on ranges in one substitution; keeps a message's work bounded. Sized so that a
+ * request carrying MAX_RANGES ranges fits in one message: a range is at most 122 bytes of JSON
+ * (16-digit offset, 8-digit length, 64-digit hash), 8192 of them 999,424 bytes, leaving 49 KiB of
+ * the 1 MiB line for the id, disk, signature, hints, policies and customization (the host checks
+ * the encoded size of the whole request before sending it).
+ */
+export const MAX_RANGES = 8192;
+/** Largest page of a kept full report (`report`); base64 makes it 4/3 larger on the wire. */
+export const MAX_REPORT_PAGE_BYTES = 512 * 1024;
 /** Largest single range; a bundle splits bigger runs of changed blocks. */
 export const MAX_RANGE_BYTES = 64 << 20;
 
@@ -72,7 +80,7 @@ export type HashedRange = Static<typeof HashedRange>;
 /** Customization a substitution may carry, applied after the blocks. Only kinds the agent allows. */
 export const Customization = Type.Object(
   {
-    hostname: Type.Optional(Type.String({ pattern: '^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$' })),
+    hostname: Type.Optional(Type.String({ description: 'at most 64 bytes, the kernel\'s HOST_NAME_MAX', pattern: '^(?=.{1,64}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$' })),
     files: Type.Optional(
       Type.Array(
         Type.Object(
@@ -89,7 +97,7 @@ export const Customization = Type.Object(
       ),
     ),
     sysctl: Type.Optional(
-      Type.Record(Type.String({ pattern: '^[a-z0-9_]+(\\.[a-z0-9_-]+)+$', maxLength: 128 }), Type.Union([Type.String({ maxLength: 256, pattern: '^[^\\n]*$' }), Type.Integer()]), { maxProperties: 64 }),
+      Type.Record(Type.String({ pattern: '^[a-z0-9_]+(\\.[a-z0-9_-]+)+$', maxLength: 128 }), Type.Union([Type.String({ maxLength: 256, pattern: '^[^\\x00-\\x1f\\x7f]*$', description: 'one line: no control characters' }), Type.Integer()]), { maxProperties: 64 }),
     ),
   },
   strict,
@@ -285,6 +293,8 @@ export const PlannedMapper = Type.Object(
     comm: Type.String(),
     /** The systemd unit owning the process, from /proc/PID/cgroup, when there is one. */
     unit: Type.Optional(Type.String()),
+    /** Why the `restart` policy will not restart this process's unit (a user unit, a scope, the agent's own unit). */
+    'not-restartable': Type.Optional(Type.String()),
     /** Bytes of the file it maps; what a pin copies. */
     'mapped-bytes': Type.Integer({ minimum: 0 }),
   },
@@ -340,8 +350,22 @@ export const RestartOutcome = Type.Object(
 );
 export type RestartOutcome = Static<typeof RestartOutcome>;
 
+/** Present when an answer's lists were cut to fit one message; the full report is kept in the guest. Since 1 (capability "report"). */
+export const Truncated = Type.Object(
+  {
+    /** The true length of each list that was cut, by path (files, plan.files, files[].mappers: summed over the entries kept). */
+    counts: Type.Record(Type.String(), Type.Integer({ minimum: 0 })),
+    /** Size of the full report's JSON, in bytes: what `report` pages through. */
+    'report-bytes': Type.Integer({ minimum: 0 }),
+    detail: Type.String(),
+  },
+  strict,
+);
+export type Truncated = Static<typeof Truncated>;
+
 export const SubstituteReport = Type.Object(
   {
+    truncated: Type.Optional(Truncated),
     id: Type.String(),
     device: Type.String(),
     'dry-run': Type.Boolean(),
@@ -390,6 +414,7 @@ export type PrepareArgs = Static<typeof PrepareArgs>;
 
 export const PrepareReport = Type.Object(
   {
+    truncated: Type.Optional(Truncated),
     id: Type.String(),
     device: Type.String(),
     /** This id was prepared already (a retry): the same answer, nothing done again. */
@@ -431,6 +456,33 @@ export const AbortReport = Type.Object(
 );
 export type AbortReport = Static<typeof AbortReport>;
 
+/** `report`: a page of the full report of a substitution whose answer was truncated. Since 1 (capability "report"). */
+export const ReportArgs = Type.Object(
+  {
+    id: Type.String({ pattern: '^[0-9a-f]{16,64}$', description: 'the substitution id' }),
+    offset: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: "byte offset into the full report's JSON" }),
+    limit: Type.Integer({ minimum: 1, maximum: MAX_REPORT_PAGE_BYTES, description: 'bytes wanted; fewer come back at the end' }),
+    signature: Type.Optional(Envelope),
+  },
+  strict,
+);
+export type ReportArgs = Static<typeof ReportArgs>;
+
+export const ReportPage = Type.Object(
+  {
+    id: Type.String(),
+    offset: Type.Integer({ minimum: 0 }),
+    /** The full report's size; the pages concatenated are its JSON. */
+    bytes: Type.Integer({ minimum: 0 }),
+    /** base64 of the bytes [offset, offset + limit). */
+    data: Type.String(),
+    /** This page reaches the end. */
+    done: Type.Boolean(),
+  },
+  strict,
+);
+export type ReportPage = Static<typeof ReportPage>;
+
 const NoArgs = Type.Object({}, strict);
 
 /**
@@ -447,6 +499,12 @@ export const Commands = {
   prepare: { args: PrepareArgs, returns: PrepareReport },
   commit: { args: PhaseArgs, returns: SubstituteReport },
   abort: { args: PhaseArgs, returns: AbortReport },
+  /**
+   * A page of the full report kept for a substitution whose answer carried `truncated`: `limit` bytes
+   * of its JSON from `offset` (base64); read until `done` and parse the concatenation.
+   * Since 1 (capability "report").
+   */
+  report: { args: ReportArgs, returns: ReportPage },
 } as const satisfies Record<string, { args: TSchema; returns: TSchema }>;
 
 export type CommandName = keyof typeof Commands;

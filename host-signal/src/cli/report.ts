@@ -27,7 +27,7 @@ export function formatPlan(plan: Plan): string {
 export function formatReport(report: SubstituteReport): string {
   const t = report['timings-ms'];
   if (report['dry-run'] && report.plan) return `plan for ${report.device}:\n${formatPlan(report.plan)}`;
-  const lines = [`${report.replayed ? 'already done (answered from the journal): ' : ''}verified ${formatBytes(report['verified-bytes'])} on ${report.device}; ${plural(report.files.length, 'file')} affected`];
+  const lines = [`${report.replayed ? 'already done (answered from the journal): ' : ''}verified ${formatBytes(report['verified-bytes'])} on ${report.device}; ${report.truncated?.counts['files'] !== undefined ? `${plural(report.truncated.counts['files'], 'file')} affected (the answer lists the first ${report.files.length}; the agent keeps the full report, ${formatBytes(report.truncated['report-bytes'])}, for the 'report' command)` : `${plural(report.files.length, 'file')} affected`}`];
   for (const f of report.files) {
     const policy = report.plan?.files.find((p) => p.path === f.path)?.policy;
     const mappers = f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';

@@ -10,6 +10,7 @@ import type { AbortReport, ArgsOf, CommandName, DiskRef, Envelope, GreetingBody,
 import { substituteArgs } from '../bundle/index.js';
 import type { KeyObject } from 'node:crypto';
 import type { Customization } from '../../../agent/src/protocol/schema.js';
+import { MAX_REPORT_PAGE_BYTES } from '../../../agent/src/protocol/schema.js';
 import { signArgs, type SignedCommand } from '../../../agent/src/protocol/signature.js';
 import type { Manifest } from '../bundle/schema.js';
 import { AgentError, ProtocolError, TimeoutError, UsageError } from '../errors.js';
@@ -174,12 +175,29 @@ export class AgentConnection {
     return this.#run('abort', this.#sign('abort', { id, ...(token !== undefined ? { token } : {}) }));
   }
 
-  #sign<A extends SubstituteArgs | PrepareArgs | PhaseArgs>(command: SignedCommand, args: A): A {
+  #sign<A extends SubstituteArgs | PrepareArgs | PhaseArgs | ArgsOf<'report'>>(command: SignedCommand, args: A): A {
     if (!this.signer) return args;
     return signArgs(command, args as A & Record<string, unknown>, this.signer.key, {
       target: this.signer.target,
       ...(this.signer.lifetimeSec !== undefined ? { lifetimeSec: this.signer.lifetimeSec } : {}),
     });
+  }
+
+  /**
+   * The full report of a substitution whose answer was `truncated` (too large for one message):
+   * fetched page by page with `report` and parsed.
+   */
+  async fullReport<T = SubstituteReport>(id: string, pageBytes = MAX_REPORT_PAGE_BYTES): Promise<T> {
+    if (!this.supports('report')) throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) keeps no full reports`);
+    const parts: Buffer[] = [];
+    for (let offset = 0; ; ) {
+      const page = await this.#run('report', this.#sign('report', { id, offset, limit: pageBytes }));
+      const data = Buffer.from(page.data, 'base64');
+      parts.push(data);
+      offset += data.length;
+      if (page.done || data.length === 0) break;
+    }
+    return JSON.parse(Buffer.concat(parts).toString('utf8')) as T;
   }
 
   close(): void {

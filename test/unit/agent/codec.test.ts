@@ -8,8 +8,8 @@ Decode('splits lines across chunks', () => {
   const d = new LineDecoder();
   assert.equal(d.push(Buffer.from('{"a":')), []);
   assert.equal(d.push(Buffer.from('1}\n{"b":2}\n')), [
-    { kind: 'message', value: { a: 1 } },
-    { kind: 'message', value: { b: 2 } },
+    { kind: 'message', value: { a: 1 }, bytes: 7 },
+    { kind: 'message', value: { b: 2 }, bytes: 7 },
   ]);
 });
 
@@ -17,7 +17,7 @@ Decode('reports a line that is not JSON and recovers on the next', () => {
   const d = new LineDecoder();
   const frames = d.push(Buffer.from('nope\n{"ok":true}\n'));
   assert.is(frames[0]?.kind, 'invalid');
-  assert.equal(frames[1], { kind: 'message', value: { ok: true } });
+  assert.equal(frames[1], { kind: 'message', value: { ok: true }, bytes: 11 });
 });
 
 Decode('discards an over-long line once and resynchronises at its newline', () => {
@@ -26,12 +26,12 @@ Decode('discards an over-long line once and resynchronises at its newline', () =
   assert.is(frames.length, 2);
   assert.is(frames[0]?.kind, 'invalid');
   assert.match((frames[0] as { reason: string }).reason, /exceeds the 64-byte cap/);
-  assert.equal(frames[1], { kind: 'message', value: { y: 1 } });
+  assert.equal(frames[1], { kind: 'message', value: { y: 1 }, bytes: 7 });
 });
 
 Decode('ignores blank lines and a leading 0xff resync byte', () => {
   const d = new LineDecoder();
-  assert.equal(d.push(Buffer.concat([Buffer.from([0xff]), Buffer.from('\n\n{"z":0}\n')])), [{ kind: 'message', value: { z: 0 } }]);
+  assert.equal(d.push(Buffer.concat([Buffer.from([0xff]), Buffer.from('\n\n{"z":0}\n')])), [{ kind: 'message', value: { z: 0 }, bytes: 7 }]);
 });
 
 Decode.run();

@@ -30,8 +30,9 @@ export { loadTrustedKeys };
 export const AGENT_VERSION = '0.1.0';
 
 /** The system as the agent sees it: the real implementations live in native/ and are wired in main.ts. */
-export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange'> {
+export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange' | 'queryDirty'> {
   invalidateRange(fd: number, offset: bigint, length: bigint, flags: number, device: string): ReturnType<SubstituteDeps['invalidateRange']>;
+  queryDirty(fd: number, offset: number, length: number, device: string): ReturnType<SubstituteDeps['queryDirty']>;
   vsockListen?: VsockListen;
   adoptStream?: AdoptStream;
   /** dup(2): the virtio-serial port stays open while its streams come and go. */
@@ -344,6 +345,7 @@ export class Agent {
       ...(this.#pedigree ? { pedigree: this.#pedigree } : {}),
       policies: config.policies,
       invalidateRange: (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
+      queryDirty: (fd, offset, length) => deps.queryDirty(fd, offset, length, config.kmodDevice),
     };
   }
 }

@@ -21,6 +21,11 @@ export async function systemDeps(): Promise<AgentDeps> {
     // VMSUBST_MAPPERS_MAX entries, 288 KiB) for every range of every file.
     invalidateRange: (fd, offset, length, flags, device) => native.invalidateRange(fd, offset, length, flags, device, { outcomesCapacity: 0, mappersCapacity: 0 }),
     forceFlag: native.INVALIDATE_F_FORCE,
+    unlessDirtyFlag: native.INVALIDATE_F_UNLESS_DIRTY,
+    queryDirty: async (fd, offset, length, device) => {
+      const r = await native.queryPages(fd, BigInt(offset), BigInt(length), { devPath: device, capacity: 0 });
+      return { dirty: Number(r.pagesDirty), writeback: Number(r.pagesWriteback) };
+    },
     dropOnlyFlag: native.constants.VMSUBST_INVALIDATE_F_DROP,
     refaultFlag: native.constants.VMSUBST_INVALIDATE_F_REFAULT_ASYNC,
     pin: (path) => pinFile(native, path),

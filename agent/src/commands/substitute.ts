@@ -34,8 +34,15 @@ export interface SubstituteDeps {
   /** The agent's live index; without it the disk's filesystems are walked for this substitution. */
   pedigree?: PedigreeService;
   invalidateRange(fd: number, offset: bigint, length: bigint, flags: number): Promise<InvalidateCounts>;
-  /** INVALIDATE_F_FORCE: data-only substitution under a read-write mount. */
+  /** INVALIDATE_F_FORCE: the host forced a substitution under a read-write mount (dirty pages are kept, not refused). */
   forceFlag: number;
+  /**
+   * INVALIDATE_F_UNLESS_DIRTY: a data-only substitution under a read-write mount, refused by the
+   * module (EBUSY, nothing changed) when a page of the range is dirty or under writeback.
+   */
+  unlessDirtyFlag: number;
+  /** Pages of a file range the guest wrote and has not written back (the module's QUERY_PAGES; changes nothing). */
+  queryDirty(fd: number, offset: number, length: number): Promise<{ dirty: number; writeback: number }>;
   /** INVALIDATE_F_DROP alone: pages nobody maps are dropped, mapped pages stay (the `report` policy). */
   dropOnlyFlag: number;
   /** INVALIDATE_F_REFAULT_ASYNC: the new content of a changed executable is read ahead after the drop. */
@@ -139,6 +146,7 @@ export async function prepareSubstitution(args: ArgsOf<'prepare'>, deps: Substit
   const t0 = deps.now();
   const m = await mapAndPlan(args, deps, true);
   refuseRestartRequired(m, args.force ?? false);
+  if (!args.force) await refuseGuestDirty(m.planned.files, deps);
   const t1 = deps.now();
   const pinned = await pinPlanned(m.planned.files, deps, false);
   return {
@@ -148,6 +156,47 @@ export async function prepareSubstitution(args: ArgsOf<'prepare'>, deps: Substit
     pinned,
     'timings-ms': { map: m.mapMs, classify: m.classifyMs, pin: deps.now() - t1, total: deps.now() - t0 },
   };
+}
+
+/**
+ * Nothing lost: a changed range of a file on a read-write mount whose pages the guest wrote and has
+ * not written back (dirty, or under writeback) would be overwritten by them later, or mix with the
+ * new blocks. Asks the module (QUERY_PAGES: no write, no fsync) and refuses with GuestDirty, naming
+ * each such file, before anything is written. The module checks again, atomically, at commit.
+ */
+async function refuseGuestDirty(files: FilePlan[], deps: SubstituteDeps): Promise<void> {
+  const dirty: { path: string; 'pages-dirty': number; 'pages-writeback': number }[] = [];
+  for (const f of files) {
+    if (f.hit.file.mount.readOnly) continue;
+    const fh = await openChanged(f.hit.file.path, 'file', { dev: f.hit.file.dev, ino: f.hit.file.ino }).catch((e: unknown) => {
+      throw new CommandError('InvalidateFailed', `cannot open ${f.hit.file.path}: ${errnoCode(e) ?? (e as Error).message ?? String(e)}`);
+    });
+    try {
+      let d = 0;
+      let w = 0;
+      for (const r of f.hit.ranges) {
+        const q = await deps.queryDirty(fh.fd, r.offset, r.length).catch((e: unknown) => {
+          throw new CommandError(
+            errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENODEV' ? 'KmodUnavailable' : 'InvalidateFailed',
+            `cannot ask the module whether the guest wrote ${f.hit.file.path} (${(e as Error).message}); a read-write mount needs vmsubst.ko 0.3.0 or newer`,
+          );
+        });
+        d += q.dirty;
+        w += q.writeback;
+      }
+      if (d + w > 0) dirty.push({ path: f.hit.file.path, 'pages-dirty': d, 'pages-writeback': w });
+    } finally {
+      await fh.close();
+    }
+  }
+  if (dirty.length === 0) return;
+  throw new CommandError(
+    'GuestDirty',
+    `${dirty.map((x) => `${x.path} (${x['pages-dirty']} dirty, ${x['pages-writeback']} under writeback)`).join(', ')}: ` +
+      'the guest wrote these files and has not written the pages back: the new blocks would be overwritten by them, or mixed with them. ' +
+      'nothing was done; let the guest write back (sync), or stop the writer, and apply again',
+    { files: dirty },
+  );
 }
 
 async function pinPlanned(files: FilePlan[], deps: SubstituteDeps, late: boolean): Promise<PinOutcome[]> {
@@ -188,6 +237,7 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
   const force = args.force ?? false;
   refuseRestartRequired(m, force);
   const files = m.planned.files;
+  if (!force) await refuseGuestDirty(files, deps);
   const t2 = deps.now();
 
   const pins = pinned ?? (await pinPlanned(files, deps, true));
@@ -200,8 +250,10 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
         throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${errnoCode(e) ?? (e as Error).message ?? String(e)}`);
       });
       try {
-        // Data-only substitution on a read-write mount: the extents were checked above.
-        let flags = hit.file.mount.readOnly ? 0 : deps.forceFlag;
+        // Data-only substitution on a read-write mount (the extents were checked above): the module
+        // refuses it if the guest dirtied a page of the range meanwhile; only the host's force skips that.
+        const rw = !hit.file.mount.readOnly;
+        let flags = !rw ? 0 : force ? deps.forceFlag : deps.unlessDirtyFlag;
         if (f.planned.policy === 'report') flags |= deps.dropOnlyFlag;
         else if (f.planned.class !== 'data') flags |= deps.refaultFlag;
         for (const r of hit.ranges) {
@@ -209,12 +261,18 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
             if (errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENODEV') {
               throw new CommandError('KmodUnavailable', 'the vmsubst kernel module is not loaded (/dev/vmsubst missing)');
             }
+            if (rw && !force && errnoCode(e) === 'EBUSY') {
+              throw new CommandError('GuestDirty', `${hit.file.path}: the guest wrote pages of the changed range at ${r.offset}+${r.length} that are not on the disk yet; its cache was left as it was. let the guest write back (sync) and apply again`, { files: [{ path: hit.file.path }] });
+            }
             throw new CommandError('InvalidateFailed', `invalidating ${hit.file.path} at ${r.offset}+${r.length}: ${(e as Error).message}`);
           });
           report['pages-cached'] += Number(c.pagesCached);
           report['pages-mapped'] += Number(c.pagesMapped);
           report['pages-dropped'] += Number(c.pagesDropped);
           report['pages-kept'] += Number(c.pagesKept);
+          if (rw && !force && c.pagesKept > 0n && f.planned.policy !== 'report') {
+            throw new CommandError('GuestDirty', `${hit.file.path}: ${c.pagesKept} pages of the changed range at ${r.offset}+${r.length} could not be dropped (written by the guest while it ran); the guest may see a mix. let it write back (sync) and apply again`, { files: [{ path: hit.file.path, 'pages-kept': Number(c.pagesKept) }] });
+          }
         }
       } finally {
         await fh.close();

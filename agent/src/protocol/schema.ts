@@ -535,6 +535,8 @@ export const ErrorClass = Type.Union([
   Type.Literal('Unauthorized'),
   Type.Literal('NotPrepared'),
   Type.Literal('Busy'),
+  /** The guest has written pages of a changed range that are not on the disk yet: nothing was done. */
+  Type.Literal('GuestDirty'),
 ]);
 export type ErrorClass = Static<typeof ErrorClass>;
 

@@ -56,6 +56,8 @@ function world(): World {
       return { pagesCached: 0n, pagesMapped: 0n, pagesDropped: 0n, pagesKept: 0n };
     },
     forceFlag: 1,
+    unlessDirtyFlag: 64,
+    queryDirty: async () => ({ dirty: 0, writeback: 0 }),
     dropOnlyFlag: 2,
     refaultFlag: 4,
     pin: async () => ({ processes: [], 'shared-unpinned': [] }) as unknown as Awaited<ReturnType<SubstituteDeps['pin']>>,

@@ -1,0 +1,75 @@
+/**
+ * Nothing lost on a read-write mount: the guest overwrote part of a file in place and has not
+ * written it back (no fsync, periodic writeback off); the host then applies a bundle that changes
+ * that file. prepare asks the module (QUERY_PAGES: no write, no fsync) and refuses with GuestDirty
+ * before anything is written; after the guest's `sync` its data is on the disk, whole, and not one
+ * of the bundle's blocks is there.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { closeSync, openSync, readSync } from 'node:fs';
+import { guestScenario, type Scenario } from '../helpers/scenario.js';
+import { guestArtifacts } from '../helpers/paths.js';
+import { vmsubst } from '../helpers/cli.js';
+import { guard } from '../helpers/guard.js';
+import { withTimeout } from '../helpers/timeout.js';
+
+const art = guestArtifacts();
+const D = suite('adversarial: a file the guest wrote and has not written back is never substituted');
+const G = guard(D);
+const C = { scenario: undefined as Scenario | undefined };
+const PROG = '/mnt/data/bin/vprog';
+const MARK = 'GUEST-WROTE-THIS-AND-KEEPS-IT';
+
+/** The guest's sha256 of a file, read through its page cache. */
+const guestSha = async (cmd: string): Promise<string> => (await C.scenario!.vm.sh(cmd)).trim().split(/\s+/)[0]!;
+/** Does the host's disk image hold these bytes anywhere? */
+function diskHolds(path: string, needle: Buffer): boolean {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.alloc(1 << 20);
+    let carry = Buffer.alloc(0);
+    for (let off = 0; ; off += buf.length) {
+      const n = readSync(fd, buf, 0, buf.length, off);
+      if (n <= 0) return false;
+      const chunk = Buffer.concat([carry, buf.subarray(0, n)]);
+      if (chunk.includes(needle)) return true;
+      carry = chunk.subarray(Math.max(0, chunk.length - needle.length));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+if (typeof art === 'string') {
+  console.log(`  skipped: ${art}`);
+  D.skip('guest artefacts are missing', () => undefined);
+} else {
+  D.before(G.setup(async () => {
+    C.scenario = await guestScenario(art, 'adversarial-dirty');
+  }));
+  D.after(() => C.scenario?.close());
+
+  G.test('prepare refuses with GuestDirty, nothing is written, the guest keeps its data', () =>
+    withTimeout(240_000, 'dirty', async () => {
+      const { vm, disk, bundle } = C.scenario!;
+      await vm.sh('mount -o remount,rw /mnt/data');
+      // Writeback only when asked: the page stays dirty for the whole test.
+      await vm.sh('echo 0 > /proc/sys/vm/dirty_writeback_centisecs; echo 360000 > /proc/sys/vm/dirty_expire_centisecs');
+      await vm.sh(`printf '${MARK}' | dd of=${PROG} bs=1 seek=8192 conv=notrunc 2>/dev/null`);
+      const written = await guestSha(`sha256sum ${PROG}`);
+      const r = await vmsubst(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'], 180_000);
+      assert.is(r.code, 1, r.stdout + r.stderr);
+      assert.match(r.stdout + r.stderr, /GuestDirty: \/mnt\/data\/bin\/vprog \(\d+ dirty/);
+      assert.match(r.stdout + r.stderr, /nothing was written/);
+      // The guest writes back; its write is on the disk whole, and the file reads as it wrote it.
+      await vm.sh('sync; echo 3 > /proc/sys/vm/drop_caches');
+      assert.is(await guestSha(`sha256sum ${PROG}`), written, 'the guest reads back exactly what it wrote');
+      assert.ok(diskHolds(disk, Buffer.from(MARK)), "the guest's write reached the disk");
+      assert.not.ok(diskHolds(disk, Buffer.from('vprog version v2')), 'not one of the bundle\'s blocks was written');
+      assert.ok(diskHolds(disk, Buffer.from('vprog version v1')));
+    }),
+  );
+}
+
+D.run();

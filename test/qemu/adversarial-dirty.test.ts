@@ -7,7 +7,8 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+import { join } from 'node:path';
 import { guestScenario, type Scenario } from '../helpers/scenario.js';
 import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubst } from '../helpers/cli.js';
@@ -56,7 +57,10 @@ if (typeof art === 'string') {
       await vm.sh('mount -o remount,rw /mnt/data');
       // Writeback only when asked: the page stays dirty for the whole test.
       await vm.sh('echo 0 > /proc/sys/vm/dirty_writeback_centisecs; echo 360000 > /proc/sys/vm/dirty_expire_centisecs');
-      await vm.sh(`printf '${MARK}' | dd of=${PROG} bs=1 seek=8192 conv=notrunc 2>/dev/null`);
+      // Into the page the bundle changes (the banner's), beside the banner itself.
+      const at = readFileSync(join(art.disks, 'vprog-v1')).indexOf('vprog version v1') + 64;
+      assert.ok(at > 64);
+      await vm.sh(`printf '${MARK}' | dd of=${PROG} bs=1 seek=${at} conv=notrunc 2>/dev/null`);
       const written = await guestSha(`sha256sum ${PROG}`);
       const r = await vmsubst(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'], 180_000);
       assert.is(r.code, 1, r.stdout + r.stderr);

@@ -216,11 +216,13 @@ if (typeof art === 'string') {
             if (got.includes(`"id":"r${i}"`)) resolve(got);
           });
           sock.on('error', reject);
-          setTimeout(() => reject(new Error(`no answer to r${i} within 15 s; got ${JSON.stringify(got)}`)), 15_000);
+          setTimeout(() => reject(new Error(`no answer to r${i} within 30 s; got ${JSON.stringify(got)}`)), 30_000);
         });
         sock.write(`{"execute":"ping","id":"r${i}"}\n`);
         try {
           assert.match(await reply, /"return":\{\}/);
+        } catch (e) {
+          throw new Error(`${(e as Error).message}\nagent log:\n${(await C.vm!.sh('tail -n 30 /tmp/agent.log')).trim()}`);
         } finally {
           sock.destroy();
         }

@@ -1,0 +1,94 @@
+/** `vmsubst recover`. */
+import { recoverVm, StateStore, stateDir, type RecoveryReport } from '../../apply/index.js';
+import { Qemu, QmpClient } from '../../qmp/index.js';
+import { UsageError } from '../../errors.js';
+import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
+
+const HELP = `Usage: vmsubst recover --qmp SOCK [--state-dir DIR] [--json]
+
+Cleans up after a 'vmsubst apply' that was killed while it worked on the VM
+at SOCK (its QMP unix socket). Before it makes anything in a VM, an apply
+writes a state file saying what it is about to make: a private NBD server,
+an export of the drive, a dirty bitmap, in overlay mode an overlay file and
+block node; and, just before it pauses the VM, that it is pausing it. The
+apply removes the file when it ends. recover reads the file left behind and:
+
+  - removes exactly what is still there of those things (an overlay that
+    already is the drive's top layer stays: the switch had completed);
+  - resumes the VM if the apply had paused it, and only then (a VM that was
+    paused before the apply, or was resumed since, is left as it is);
+  - removes the state file, and reports what it did.
+
+With no state file for this VM there is nothing to do (exit status 0).
+'vmsubst apply' runs the same recovery first, by itself, and says so.
+An apply killed while it wrote may have left some of the bundle's new ranges
+on the disk and some old: apply the same bundle again to complete it.
+
+  --qmp SOCK        the VM's QMP socket (as given to the apply)
+  --state-dir DIR   where apply wrote its state files (default
+                    $VMSUBST_STATE_DIR, else /run/vmsubst)
+  --json            print the report as JSON
+
+Exit status: 0 recovered or nothing to do; 1 an apply is still running on
+this VM, or something could not be removed (the state file is kept).
+`;
+
+async function run(args: string[]): Promise<void> {
+  const { values, positionals: pos } = parse('recover', args, {
+    qmp: { type: 'string' },
+    'state-dir': { type: 'string' },
+  });
+  if (helpRequested(HELP, values)) return;
+  positionals('recover', pos, []);
+  if (values.qmp === undefined) throw new UsageError('recover: --qmp SOCK is required', "see 'vmsubst recover --help'");
+  const o = new Output(values.json === true);
+  const store = new StateStore(stateDir(values['state-dir']));
+  let report: RecoveryReport;
+  if (!(await store.read(values.qmp))) {
+    // Nothing recorded: QEMU need not even be asked.
+    report = { status: 'nothing-to-do', qmp: values.qmp, stateFile: await store.fileFor(values.qmp), removed: [], kept: [], resumed: false, notes: [] };
+  } else {
+    const qmp = await QmpClient.connect(values.qmp);
+    try {
+      report = await recoverVm(new Qemu(qmp), values.qmp, store);
+    } finally {
+      qmp.close();
+    }
+  }
+  o.result(recoveryJson(report), () => recoveryHuman(report));
+}
+
+export function recoveryJson(r: RecoveryReport): Record<string, unknown> {
+  return {
+    status: r.status,
+    qmp: r.qmp,
+    'state-file': r.stateFile,
+    ...(r.interrupted
+      ? { interrupted: { pid: r.interrupted.pid, 'started-at': r.interrupted.startedAt, bundle: r.interrupted.bundle, mode: r.interrupted.mode, node: r.interrupted.node } }
+      : {}),
+    removed: r.removed,
+    kept: r.kept,
+    resumed: r.resumed,
+    ...(r.vmStatus !== undefined ? { 'vm-status': r.vmStatus } : {}),
+    notes: r.notes,
+  };
+}
+
+export function recoveryHuman(r: RecoveryReport): string {
+  if (r.status === 'nothing-to-do') return `${r.qmp}: no interrupted apply recorded (${r.stateFile}): nothing to do`;
+  const i = r.interrupted!;
+  const lines = [`${r.qmp}: an apply of bundle ${i.bundle.id.slice(0, 12)} (pid ${i.pid}, ${i.mode} mode, started ${i.startedAt}) was interrupted`];
+  lines.push(r.removed.length > 0 ? `  removed: ${r.removed.join(', ')}` : '  nothing of it was left in the VM');
+  for (const k of r.kept) lines.push(`  kept: ${k}`);
+  lines.push(r.resumed ? '  resumed the VM (the apply had paused it)' : `  the VM was not resumed by recover (it is ${r.vmStatus ?? '?'})`);
+  for (const n of r.notes) lines.push(`  ${n}`);
+  return lines.join('\n');
+}
+
+export const recoverCommand: Command = {
+  name: 'recover',
+  synopsis: 'recover --qmp SOCK',
+  summary: 'clean up after an apply that was killed: remove what it\nleft in the VM, resume the VM if it had paused it',
+  help: HELP,
+  run,
+};

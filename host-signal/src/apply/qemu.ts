@@ -33,7 +33,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { CancelledError, QmpError, TargetError } from '../errors.js';
-import { NbdClient } from '../nbd/client.js';
+import { NbdClient, REQUEST_BYTES } from '../nbd/client.js';
 import { QmpClient } from '../qmp/client.js';
 import { MIGRATION_STATES, Qemu, type BlockInfo, type StatusInfo } from '../qmp/commands.js';
 import type { Manifest } from '../bundle/schema.js';
@@ -41,7 +41,7 @@ import type { QmpEvent } from '../qmp/client.js';
 import { checkTargetSize, inspectTarget, loadRanges, ms, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type RangeState, type Substitution } from './core.js';
 import { alignedClusterSize, buildOverlay } from './overlay.js';
 import { recoverVm, removeLeftovers, type Present, type RecoveryReport } from './recover.js';
-import { processStart, stateDir, StateStore, type ApplyRecord } from './state-file.js';
+import { processStart, stateDir, StateStore, type ApplyRecord, type ApplyRecordPhase } from './state-file.js';
 
 export interface DriveSelector {
   /** qdev id of the device (`-device virtio-blk-pci,id=vblk0`) or a legacy -drive id. */
@@ -187,11 +187,29 @@ export function defaultOverlayPath(drive: ResolvedDrive, id: string): string {
 }
 
 
-/** A fault-injection point for the crash-recovery tests (VMSUBST_FAULT): the process kills itself there, as a SIGKILL from outside would. */
-export type ApplyFault = 'crash-while-paused' | 'crash-after-overlay-add';
+/**
+ * A fault-injection point for the crash-recovery tests (VMSUBST_FAULT): the process kills itself there, as a SIGKILL from outside would.
+ * crash-mid-write: the first NBD write request (REQUEST_BYTES at most) is written, then the process dies; no other write is sent.
+ */
+export type ApplyFault = 'crash-while-paused' | 'crash-after-overlay-add' | 'crash-mid-write';
 
 function faultPoint(at: ApplyFault): void {
   if (process.env['VMSUBST_FAULT'] === at) process.kill(process.pid, 'SIGKILL');
+}
+
+/** The target, or with VMSUBST_FAULT=crash-mid-write one that dies after its first write request (the others wait for that). */
+function faultedWrites(target: BlockTarget): BlockTarget {
+  if (process.env['VMSUBST_FAULT'] !== 'crash-mid-write') return target;
+  let first = true;
+  return {
+    ...target,
+    async write(offset, data) {
+      if (!first) return new Promise<void>(() => undefined);
+      first = false;
+      await target.write(offset, data.subarray(0, Math.min(data.length, REQUEST_BYTES)));
+      faultPoint('crash-mid-write');
+    },
+  };
 }
 
 /**
@@ -222,6 +240,12 @@ class Footprint {
   async setPaused(paused: boolean): Promise<void> {
     this.record.paused = paused;
     await this.store.write(this.file, this.record);
+  }
+
+  /** Records where the write is; `durable: false` inside the pause (see StateStore.write). */
+  async setPhase(phase: ApplyRecordPhase, durable = true): Promise<void> {
+    this.record.phase = phase;
+    await this.store.write(this.file, this.record, { durable });
   }
 
   /**
@@ -261,7 +285,8 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
   let result: QemuApplyResult;
   try {
     // 1. What an earlier apply on this VM left behind (it was killed) goes first.
-    const recovery = await recoverVm(qemu, qmpPath, store);
+    // An interrupted write of this very bundle is completed with it (already open and verified).
+    const recovery = await recoverVm(qemu, qmpPath, store, { bundle });
     const recovered = recovery.status === 'nothing-to-do' ? undefined : recovery;
 
     // 2. The VM and the drive.
@@ -355,6 +380,7 @@ async function changeDrive(bundle: BundleData, qemu: Qemu, store: StateStore, c:
     ...(c.overlayPath !== undefined ? { overlay: { node: `${tag}-overlay`, path: c.overlayPath } } : {}),
     'was-running': status.running,
     paused: false,
+    phase: 'verifying',
   });
   let succeeded = false;
   try {
@@ -418,11 +444,24 @@ async function changeDrive(bundle: BundleData, qemu: Qemu, store: StateStore, c:
         windowMs = 0;
         written = { rangesWritten: states.filter((x) => x === 'old').length, bytesWritten: 0 };
       } else if (alreadyNew(states) < manifest.ranges.length) {
-        written = await writeRanges(bundle, target, states, { flush: false, ...(preloaded ? { preloaded } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
+        // From here the disk may hold a mix: recorded before the first write request, so that
+        // recovery completes the write before it resumes the guest (one rename, no fsync).
+        await fp.setPhase('writing', false);
+        written = await writeRanges(bundle, faultedWrites(target), states, { flush: false, ...(preloaded ? { preloaded } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
         windowMs = ms(performance.now() - t1);
       }
     } catch (e) {
       failure = e;
+    }
+    if (failure !== undefined && fp.record.phase === 'writing') {
+      // The disk may hold a mix of old and new ranges: the guest must not run on it. Left as it is
+      // (paused), with the record, for recover to complete the write with the bundle.
+      fp.keepRecord = true;
+      throw new TargetError(
+        `the write into ${what} failed part-way: ${(failure as Error).message}; the disk may hold some of the bundle's new ranges and some old ones, so the VM was ${pausedAt !== undefined ? 'left paused' : 'left as it was (not running)'}`,
+        `once the cause is fixed, run 'vmsubst recover --qmp ${c.qmpPath}${c.stateDir !== undefined ? ` --state-dir ${c.stateDir}` : ''}': it completes the write with the bundle, then resumes the VM (or apply the same bundle again, which recovers first)`,
+        { cause: failure },
+      );
     }
     if (pausedAt !== undefined) {
       try {
@@ -437,7 +476,10 @@ async function changeDrive(bundle: BundleData, qemu: Qemu, store: StateStore, c:
     }
     if (failure !== undefined) throw failure;
     // Durability: the guest reads the new blocks from QEMU already; the flush only makes them survive a host crash.
-    if (mode === 'nbd' && written.rangesWritten > 0) await nbd.flush();
+    if (mode === 'nbd' && written.rangesWritten > 0) {
+      await nbd.flush();
+      await fp.setPhase('written');
+    }
     const write = ms(performance.now() - t1);
     if (overlay) {
       // Into the overlay, which the drive now reads first.

@@ -22,13 +22,29 @@
  *
  * and resumes the VM only when the record says the apply paused it (it was
  * running, and `stop` was about to be sent) and QEMU says it is paused.
+ *
+ * Before any of that, an nbd apply killed while it wrote (the record's phase
+ * is `writing`) is completed, the VM still paused: the recorded bundle (or
+ * the one given) is opened and checked to be the recorded id; the recorded
+ * NBD server and export are made again (same names, so a recovery killed in
+ * turn leaves nothing the record does not list); every range is read: new
+ * content → nothing, old or neither (a range cut between two write requests)
+ * → the bundle's new bytes are written; flush; every range must then hold
+ * the new content. Without a usable bundle nothing is done: the VM stays
+ * paused and the record stays, and the error says how to go on (--bundle, or
+ * the dangerous --resume-anyway). The guest is told separately: applying the
+ * same bundle again finds every range new and notifies the agent.
  */
-import { lstat, readdir, rm, unlink } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { TargetError } from '../errors.js';
+import { performance } from 'node:perf_hooks';
+import { Bundle } from '../bundle/reader.js';
+import { QmpError, TargetError } from '../errors.js';
+import { NbdClient } from '../nbd/client.js';
 import type { Qemu } from '../qmp/commands.js';
+import { checkTargetSize, inspectTarget, ms, writeRanges, type BlockTarget, type BundleData, type RangeState } from './core.js';
 import { fileOpeners } from './locks.js';
-import type { ApplyRecord, StateStore } from './state-file.js';
+import { stateDir, type ApplyRecord, type StateStore } from './state-file.js';
 
 /** Which of an apply's objects exist, so are to be removed. */
 export interface Present {
@@ -121,13 +137,40 @@ export async function findLeftovers(qemu: Qemu, rec: ApplyRecord): Promise<{ pre
   return { present, kept, switched };
 }
 
+/** An interrupted write, completed by recovery. */
+export interface Completion {
+  /** The bundle used: its path ('the apply's bundle' when the next apply's own was the recorded one). */
+  bundle: string;
+  ranges: number;
+  /** Ranges that held the new content already (written before the crash). */
+  rangesAlreadyNew: number;
+  /** Ranges written now: those holding the old content, and those holding neither (cut part-way). */
+  rangesWritten: number;
+  /** Of rangesWritten, those that held neither content (a range cut between two write requests). */
+  rangesNeither: number;
+  bytesWritten: number;
+  verifiedBytes: number;
+  ms: number;
+}
+
+export interface RecoverOptions {
+  /** The bundle to complete an interrupted write with, when it is the recorded one (the next apply's own, already open and verified). */
+  bundle?: BundleData;
+  /** Where the recorded bundle is, instead of the path in the record. */
+  bundlePath?: string;
+  /** Do not complete an interrupted write: clean up and resume with the disk as it is (it may hold a mix). Dangerous. */
+  resumeAnyway?: boolean;
+}
+
 export interface RecoveryReport {
   /** nothing-to-do: no record; recovered: leftovers removed (or none found) and the record removed; stale: the record was for a VM no longer at this socket. */
   status: 'nothing-to-do' | 'recovered' | 'stale';
   qmp: string;
   stateFile: string;
   /** The interrupted apply, as recorded. */
-  interrupted?: { pid: number; startedAt: string; bundle: { id: string; path?: string }; mode: 'nbd' | 'overlay'; node: string };
+  interrupted?: { pid: number; startedAt: string; bundle: { id: string; path?: string }; mode: 'nbd' | 'overlay'; node: string; phase: ApplyRecord['phase'] };
+  /** The interrupted write, completed before the VM was resumed. */
+  completed?: Completion;
   removed: string[];
   kept: string[];
   /** `cont` was sent: the apply had paused the VM and it was still paused. */
@@ -144,12 +187,12 @@ export interface RecoveryReport {
  * connection). Throws TargetError when that apply is still running, or when
  * something could not be removed (the record is then kept, for another try).
  */
-export async function recoverVm(qemu: Qemu, qmpPath: string, store: StateStore): Promise<RecoveryReport> {
+export async function recoverVm(qemu: Qemu, qmpPath: string, store: StateStore, options: RecoverOptions = {}): Promise<RecoveryReport> {
   const found = await store.read(qmpPath);
   const report: RecoveryReport = { status: 'nothing-to-do', qmp: qmpPath, stateFile: found?.file ?? (await store.fileFor(qmpPath)), removed: [], kept: [], resumed: false, notes: [] };
   if (!found) return report;
   const { file, record: rec } = found;
-  report.interrupted = { pid: rec.pid, startedAt: rec['started-at'], bundle: rec.bundle, mode: rec.mode, node: rec.node };
+  report.interrupted = { pid: rec.pid, startedAt: rec['started-at'], bundle: rec.bundle, mode: rec.mode, node: rec.node, phase: rec.phase };
   if (store.isLive(file, rec)) {
     throw new TargetError(
       `an apply (pid ${rec.pid}, started ${rec['started-at']}) is still working on the VM at ${qmpPath}`,
@@ -165,6 +208,11 @@ export async function recoverVm(qemu: Qemu, qmpPath: string, store: StateStore):
     return report;
   }
   report.status = 'recovered';
+  // An interrupted write is completed first, the VM still held; a failure leaves it held, with the record.
+  const interruptedWrite = rec.mode === 'nbd' && rec.phase === 'writing';
+  if (interruptedWrite && !options.resumeAnyway) {
+    report.completed = await completeWrite(qemu, qmpPath, file, store, rec, options);
+  }
   let removal: Removal = { removed: [], failed: [] };
   let switched = false;
   try {
@@ -184,10 +232,19 @@ export async function recoverVm(qemu: Qemu, qmpPath: string, store: StateStore):
     }
     report.vmStatus = (await qemu.queryStatus()).status;
   }
-  // The writes happen inside the pause, or with no pause when the VM was not running.
-  if (rec.mode === 'nbd' && (rec.paused || !rec['was-running'])) {
-    const how = rec.bundle.path !== undefined ? `apply ${rec.bundle.path} (bundle ${rec.bundle.id.slice(0, 12)}) again` : `apply bundle ${rec.bundle.id.slice(0, 12)} again`;
-    report.notes.push(`the apply was interrupted where it may have been writing: the disk may hold some of the bundle's new ranges and some old ones; ${how} to complete it (it writes only the ranges still old), then tell the guest`);
+  const again = rec.bundle.path !== undefined ? `apply ${rec.bundle.path} (bundle ${rec.bundle.id.slice(0, 12)}) again` : `apply bundle ${rec.bundle.id.slice(0, 12)} again`;
+  const tell = `tell the guest: ${again} (it finds every range new, writes nothing and notifies the agent with --notify), or vmsubst notify`;
+  if (report.completed) {
+    const c = report.completed;
+    report.notes.push(
+      `the apply was killed while it wrote: recovery completed the write before resuming: ${c.rangesWritten} of ${c.ranges} ranges written (${c.bytesWritten} bytes${c.rangesNeither ? `, ${c.rangesNeither} of them cut part-way` : ''}), ${c.rangesAlreadyNew} already new; every range now holds the bundle's new content; ${tell}`,
+    );
+  } else if (interruptedWrite) {
+    report.notes.push(
+      `DANGER: the apply was killed while it wrote and the write was NOT completed (--resume-anyway): the disk may hold some of the bundle's new ranges, some old ones and one cut part-way, and the running guest can read a mix of them. ${again} completes it if no range holds neither content; otherwise restart the VM from a good image`,
+    );
+  } else if (rec.mode === 'nbd' && rec.phase === 'written') {
+    report.notes.push(`the apply had written and flushed every range before it was killed: the disk holds the bundle's new content; ${tell}`);
   } else if (switched) {
     report.notes.push('the overlay switch had completed: the bundle\'s blocks are in place; tell the guest (vmsubst notify)');
   } else {
@@ -203,3 +260,106 @@ export async function recoverVm(qemu: Qemu, qmpPath: string, store: StateStore):
   return report;
 }
 
+
+/** The error that leaves the VM held and the record kept, with the ways on (the bundle, or the dangerous resume). */
+function cannotComplete(qmpPath: string, file: string, store: StateStore, rec: ApplyRecord, vmStatus: string, why: string): TargetError {
+  const dir = store.dir !== stateDir() ? ` --state-dir ${store.dir}` : '';
+  return new TargetError(
+    `the apply of bundle ${rec.bundle.id.slice(0, 12)} on ${qmpPath} was killed while it wrote, and recovery cannot complete the write: ${why}. Nothing was changed: the VM is left ${vmStatus} and the state file ${file} is kept`,
+    `give the bundle (id ${rec.bundle.id}): 'vmsubst recover --qmp ${qmpPath}${dir} --bundle PATH'; or, DANGEROUS, 'vmsubst recover --qmp ${qmpPath}${dir} --resume-anyway' resumes the guest on a disk that may hold a mix of old and new content, which it can read inconsistently`,
+  );
+}
+
+/** The recorded bundle: the caller's own when it is the recorded one, else opened (data verified) from --bundle or the recorded path, and checked to be the recorded id. */
+async function recordedBundle(
+  rec: ApplyRecord,
+  options: RecoverOptions,
+  refuse: (why: string) => TargetError,
+): Promise<{ bundle: BundleData; label: string; close(): Promise<void> }> {
+  const id = rec.bundle.id;
+  if (options.bundle && options.bundlePath === undefined && options.bundle.manifest.id === id) {
+    return { bundle: options.bundle, label: options.bundle.path ?? "the apply's bundle", close: async () => undefined };
+  }
+  const path = options.bundlePath ?? rec.bundle.path;
+  if (path === undefined) throw refuse('the state file records no bundle path');
+  let b: Bundle;
+  try {
+    b = await Bundle.open(path);
+  } catch (e) {
+    throw refuse(`the bundle ${options.bundlePath !== undefined ? 'given' : 'recorded'} cannot be used: ${(e as Error).message}`);
+  }
+  if (b.manifest.id !== id) {
+    await b.close();
+    throw refuse(`${path} is bundle ${b.manifest.id.slice(0, 12)}, not the recorded ${id.slice(0, 12)}`);
+  }
+  return { bundle: b, label: path, close: () => b.close() };
+}
+
+/**
+ * Completes an nbd write the apply was killed in, with the VM held (paused,
+ * or never started): see the module comment. A VM found running (resumed by
+ * someone since) is only checked: every range new (the apply had finished
+ * writing) is accepted and flushed; otherwise it is refused, since vmsubst
+ * never writes under a running guest. Throws with the record kept on any
+ * failure; what it made in the VM is removed again.
+ */
+async function completeWrite(qemu: Qemu, qmpPath: string, file: string, store: StateStore, rec: ApplyRecord, options: RecoverOptions): Promise<Completion> {
+  const t0 = performance.now();
+  const status = await qemu.queryStatus();
+  const refuse = (why: string): TargetError => cannotComplete(qmpPath, file, store, rec, status.status, why);
+  const { bundle, label, close } = await recordedBundle(rec, options, refuse);
+  const { manifest } = bundle;
+  try {
+    // What the killed apply left (export, server, bitmap, directory) goes; the export is made again under the same names.
+    const left = await findLeftovers(qemu, rec);
+    const cleared = await removeLeftovers(qemu, rec, left.present);
+    if (cleared.failed.length > 0) throw refuse(`what the apply left could not be removed: ${cleared.failed.join('; ')}`);
+    const made: Present = { overlayNode: false, overlayFile: false, bitmap: false, export: false, nbdServer: false, socketDir: false };
+    try {
+      await mkdir(rec['socket-dir'], { mode: 0o700 });
+      made.socketDir = true;
+      try {
+        await qemu.nbdServerStartUnix(rec['nbd-socket']);
+      } catch (e) {
+        if (e instanceof QmpError && /already running/i.test(e.desc)) throw refuse('another NBD server is running in this QEMU (QEMU has only one): stop it (nbd-server-stop) once its job is done');
+        throw e;
+      }
+      made.nbdServer = true;
+      await qemu.blockExportAdd({ id: rec.export, nodeName: rec.node, name: rec.export, writable: true });
+      made.export = true;
+      const nbd = await NbdClient.connect(rec['nbd-socket'], { exportName: rec.export });
+      try {
+        checkTargetSize(manifest, nbd.size, `the NBD export of node ${rec.node}`);
+        const target: BlockTarget = { size: nbd.size, read: (o, l) => nbd.read(o, l), write: (o, d) => nbd.write(o, d), flush: () => nbd.flush() };
+        const { states, verifiedBytes } = await inspectTarget(manifest, target);
+        const alreadyNew = states.filter((s) => s === 'new').length;
+        const neither = states.filter((s) => s === 'neither').length;
+        let written = { rangesWritten: 0, bytesWritten: 0 };
+        if (alreadyNew < states.length) {
+          if (status.running) {
+            throw refuse(
+              `the VM is running (it was resumed after the apply was killed) and ${states.length - alreadyNew} of ${states.length} ranges do not hold the new content: vmsubst never writes under a running guest; pause it ({"execute":"stop"}) and recover again to complete the write`,
+            );
+          }
+          // A range holding neither content was cut between two write requests: it is the bundle's to write too.
+          const todo: RangeState[] = states.map((s) => (s === 'new' ? 'new' : 'old'));
+          written = await writeRanges(bundle, target, todo);
+        } else {
+          // The apply may have died before its flush.
+          await nbd.flush();
+        }
+        const after = await inspectTarget(manifest, target);
+        const bad = after.states.filter((s) => s !== 'new').length;
+        if (bad > 0) throw refuse(`after writing, ${bad} of ${states.length} ranges still do not hold the new content (the disk is not what the record says)`);
+        return { bundle: label, ranges: states.length, rangesAlreadyNew: alreadyNew, rangesWritten: written.rangesWritten, rangesNeither: neither, bytesWritten: written.bytesWritten, verifiedBytes: verifiedBytes + after.verifiedBytes, ms: ms(performance.now() - t0) };
+      } finally {
+        await nbd.disconnect().catch(() => nbd.close());
+      }
+    } finally {
+      // Removed again in any case; a failure here is found and reported by the clean-up that follows.
+      await removeLeftovers(qemu, rec, made);
+    }
+  } finally {
+    await close();
+  }
+}

@@ -50,10 +50,19 @@ export const ApplyRecord = Type.Object(
     'was-running': Type.Boolean(),
     /** Written just before `stop` and cleared after `cont`: the apply has the VM paused. */
     paused: Type.Boolean(),
+    /**
+     * Where the nbd mode's write is: `verifying` until the write begins (nothing of the disk
+     * changed yet); `writing` from just before the first write request (inside the pause): the
+     * disk may hold a mix of old and new ranges; `written` once every range is written and
+     * flushed. Recovery completes a `writing` apply before it resumes the VM (recover.ts). The
+     * overlay mode stays `verifying`: QEMU's block graph says whether its switch happened.
+     */
+    phase: Type.Union([Type.Literal('verifying'), Type.Literal('writing'), Type.Literal('written')]),
   },
   { additionalProperties: false },
 );
 export type ApplyRecord = Static<typeof ApplyRecord>;
+export type ApplyRecordPhase = ApplyRecord['phase'];
 
 const validate = new Validator(ApplyRecord);
 
@@ -113,8 +122,15 @@ export class StateStore {
     return processStart(record.pid) === record['pid-start'];
   }
 
-  /** Writes the record atomically and durably (temporary file, fsync, rename, fsync of the directory). */
-  async write(file: string, record: ApplyRecord): Promise<void> {
+  /**
+   * Writes the record atomically and durably (temporary file, fsync, rename, fsync of the directory).
+   * With `durable: false` there is no fsync: the rename alone makes the new record the one any
+   * later reader sees, which is all a killed process needs (its writes are in the page cache); only
+   * a host crash could lose it, and that ends the QEMU the record is about too. For updates made
+   * while the guest is paused.
+   */
+  async write(file: string, record: ApplyRecord, options: { durable?: boolean } = {}): Promise<void> {
+    const durable = options.durable ?? true;
     try {
       await mkdir(this.dir, { recursive: true, mode: 0o700 });
     } catch (e) {
@@ -124,12 +140,12 @@ export class StateStore {
     const h = await open(tmp, 'w', 0o600);
     try {
       await h.writeFile(JSON.stringify(record, null, 2) + '\n');
-      await h.sync();
+      if (durable) await h.sync();
     } finally {
       await h.close();
     }
     await rename(tmp, file);
-    await syncDir(this.dir);
+    if (durable) await syncDir(this.dir);
     activeHere.add(file);
   }
 

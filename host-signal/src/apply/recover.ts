@@ -41,7 +41,7 @@ import { performance } from 'node:perf_hooks';
 import { Bundle } from '../bundle/reader.js';
 import { QmpError, TargetError } from '../errors.js';
 import { NbdClient } from '../nbd/client.js';
-import type { Qemu } from '../qmp/commands.js';
+import { MIGRATION_STATES, type Qemu } from '../qmp/commands.js';
 import { checkTargetSize, inspectTarget, ms, writeRanges, type BlockTarget, type BundleData, type RangeState } from './core.js';
 import { fileOpeners } from './locks.js';
 import { stateDir, type ApplyRecord, type StateStore } from './state-file.js';
@@ -307,6 +307,7 @@ async function completeWrite(qemu: Qemu, qmpPath: string, file: string, store: S
   const t0 = performance.now();
   const status = await qemu.queryStatus();
   const refuse = (why: string): TargetError => cannotComplete(qmpPath, file, store, rec, status.status, why);
+  if (MIGRATION_STATES.has(status.status)) throw refuse(`the VM is in state '${status.status}': its disk must not be written now`);
   const { bundle, label, close } = await recordedBundle(rec, options, refuse);
   const { manifest } = bundle;
   try {

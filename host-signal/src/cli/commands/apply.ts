@@ -43,9 +43,12 @@ Modes (a running QEMU, --qmp SOCK: its QMP unix socket):
   --state-dir DIR  where the VM's state file goes (default $VMSUBST_STATE_DIR,
                    else /run/vmsubst). Before it makes anything in the VM,
                    apply records there what it is about to make, and that it
-                   pauses the VM; a killed apply is cleaned up from it by
-                   'vmsubst recover', or by the next apply on the VM, which
-                   recovers first and says so.
+                   pauses the VM and (nbd) that it is writing; a killed
+                   apply is cleaned up from it by 'vmsubst recover', or by
+                   the next apply on the VM, which recovers first and says
+                   so. A write that was cut short is completed with the
+                   recorded bundle before the VM is resumed; the next
+                   apply then finds every range new and tells the agent.
 
 Mode for other hypervisors (--image PATH: a raw image file):
   --mode raw-file  (default) pwrite through the host page cache, then

@@ -31,6 +31,8 @@ export interface BlockTarget {
 /** What the core needs of a bundle (Bundle provides it). */
 export interface BundleData {
   readonly manifest: Manifest;
+  /** Where the bundle is, when it is a file (recorded for recovery). */
+  readonly path?: string;
   /** True once every range's data matched its new-sha256. */
   readonly verified: boolean;
   readData(range: BundleRange, from?: number, length?: number): Promise<Buffer>;

@@ -13,7 +13,13 @@
  *
  * QEMU is refused: it may cache (O_DIRECT with its own buffers, qcow2
  * metadata) and must be written through its block layer (--qmp). It is
- * recognised by its image locks or its process name.
+ * recognised by its image locks or its process name. QEMU is the only VMM
+ * recognised: any other process that has the image open for writing (its
+ * fds in /proc/PID/fd that are this file, by device and inode, with O_WRONLY
+ * or O_RDWR in /proc/PID/fdinfo) is refused too, unless named in
+ * allowWriters — a writer could overwrite the new blocks, or keep the old
+ * ones in a cache of its own. A process that opens the file after the check
+ * is not seen.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
@@ -29,6 +35,12 @@ export interface ImageApplyOptions {
   ignoreLocks?: boolean;
   /** Runs once the ranges are verified, before the first write (the two-phase `prepare`). */
   beforeWrite?: () => Promise<void>;
+  /**
+   * Processes whose write access to the image is accepted: the VM's own VMM,
+   * when its guest does not write the changed blocks. Any other process with
+   * the image open for writing makes the apply refuse.
+   */
+  allowWriters?: readonly number[];
 }
 
 export interface ImageApplyResult extends Substitution {
@@ -75,6 +87,15 @@ export async function applyToImage(bundle: BundleData, path: string, options: Im
           'apply to a running QEMU through --qmp SOCK (--mode nbd or overlay); never write an image behind QEMU',
         );
       }
+    }
+    const allowed = new Set(options.allowWriters ?? []);
+    const writers = openers.filter((o) => o.writable && !allowed.has(o.pid));
+    if (writers.length > 0) {
+      const who = writers.map((o) => `${o.comm}[${o.pid}]`).join(', ');
+      throw new TargetError(
+        `image ${path} is open for writing by another process: ${who}; nothing was written`,
+        `a writer could overwrite the new blocks or keep the old ones in a cache of its own (vmsubst recognises only QEMU as a VMM). Stop it or have it open the image read-only; if it is this VM's VMM and the guest does not write the changed blocks (a read-only filesystem), accept it with --allow-writer ${writers[0]!.pid}`,
+      );
     }
     for (const o of openers.filter((x) => x.direct)) {
       warnings.push(`${o.comm}[${o.pid}] has the image open with O_DIRECT: it sees the new blocks only once they are written back (after the fdatasync), and must keep no cache of its own`);

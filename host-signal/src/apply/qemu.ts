@@ -12,26 +12,36 @@
  * bitmap says whether the guest wrote anything since, and if it did the
  * ranges are verified again while paused (docs/design.md, "Pausing").
  *
+ *   [recover what an interrupted apply left]              recover.ts
  *   query-status, query-block / query-named-block-nodes   find the node
+ *   state file: what is about to be made                   state-file.ts
  *   nbd-server-start {unix: <private dir>/nbd.sock}        QEMU has one NBD server
  *   block-export-add {type: nbd, writable: nbd mode}       writable needs share-rw=on
  *   block-dirty-bitmap-add {persistent: false}             guest writes from now on
  *   verify (NBD reads), [prepare], [build + blockdev-add the overlay], NBD flush
  *   stop → bitmap clean? (else verify again) → write | blockdev-snapshot → cont
- *   flush; remove bitmap, export, NBD server, socket directory
+ *   flush; remove bitmap, export, NBD server, socket directory, state file
+ *
+ * The state file is written before anything is made in the VM and updated
+ * around the pause, so an apply killed at any point (SIGKILL) leaves a record
+ * of exactly what to remove and whether to resume: `vmsubst recover`, or the
+ * next apply on the VM, which recovers first.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, unlink } from 'node:fs/promises';
+import { lstat, mkdir, realpath, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, isAbsolute, join } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { CancelledError, QmpError, TargetError } from '../errors.js';
-import { NbdClient } from '../nbd/client.js';
+import { NbdClient, REQUEST_BYTES } from '../nbd/client.js';
 import { QmpClient } from '../qmp/client.js';
-import { MIGRATION_STATES, Qemu, type BlockInfo } from '../qmp/commands.js';
+import { MIGRATION_STATES, Qemu, type BlockInfo, type StatusInfo } from '../qmp/commands.js';
+import type { Manifest } from '../bundle/schema.js';
 import type { QmpEvent } from '../qmp/client.js';
 import { checkTargetSize, inspectTarget, loadRanges, ms, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type RangeState, type Substitution } from './core.js';
 import { alignedClusterSize, buildOverlay } from './overlay.js';
+import { recoverVm, removeLeftovers, type Present, type RecoveryReport } from './recover.js';
+import { processStart, stateDir, StateStore, type ApplyRecord, type ApplyRecordPhase } from './state-file.js';
 
 export interface DriveSelector {
   /** qdev id of the device (`-device virtio-blk-pci,id=vblk0`) or a legacy -drive id. */
@@ -59,6 +69,8 @@ export interface QemuApplyOptions extends DriveSelector {
   signal?: AbortSignal;
   /** Where the private NBD socket directory is made; default os.tmpdir(). QEMU must be able to create a socket there. */
   workDir?: string;
+  /** Where the per-VM state file goes (what the apply is about to make, for recovery after a crash); default VMSUBST_STATE_DIR or /run/vmsubst. */
+  stateDir?: string;
   /** QMP connect/greeting timeout; default 10 s. */
   timeoutMs?: number;
   /** How long a --commit may take; default 10 min. */
@@ -105,6 +117,8 @@ export interface QemuApplyResult extends Substitution {
   elapsedMs: number;
   /** Problems while cleaning up (export, NBD server, temp dir) that did not affect the result. */
   warnings: string[];
+  /** What an earlier, interrupted apply on this VM had left, removed first. */
+  recovered?: RecoveryReport;
 }
 
 /** The short device id from a qdev path: /machine/peripheral/vblk0/virtio-backend → vblk0. */
@@ -173,6 +187,89 @@ export function defaultOverlayPath(drive: ResolvedDrive, id: string): string {
 }
 
 
+/**
+ * A fault-injection point for the crash-recovery tests (VMSUBST_FAULT): the process kills itself there, as a SIGKILL from outside would.
+ * crash-mid-write: the first NBD write request (REQUEST_BYTES at most) is written, then the process dies; no other write is sent.
+ */
+export type ApplyFault = 'crash-while-paused' | 'crash-after-overlay-add' | 'crash-mid-write';
+
+function faultPoint(at: ApplyFault): void {
+  if (process.env['VMSUBST_FAULT'] === at) process.kill(process.pid, 'SIGKILL');
+}
+
+/** The target, or with VMSUBST_FAULT=crash-mid-write one that dies after its first write request (the others wait for that). */
+function faultedWrites(target: BlockTarget): BlockTarget {
+  if (process.env['VMSUBST_FAULT'] !== 'crash-mid-write') return target;
+  let first = true;
+  return {
+    ...target,
+    async write(offset, data) {
+      if (!first) return new Promise<void>(() => undefined);
+      first = false;
+      await target.write(offset, data.subarray(0, Math.min(data.length, REQUEST_BYTES)));
+      faultPoint('crash-mid-write');
+    },
+  };
+}
+
+/**
+ * One apply's footprint in the VM: the record of what it is about to make
+ * (written before it makes any of it, see state-file.ts), which of those
+ * things exist so far, and the one clean-up that removes them.
+ */
+class Footprint {
+  readonly present: Present = { overlayNode: false, overlayFile: false, bitmap: false, export: false, nbdServer: false, socketDir: false };
+  nbd: NbdClient | undefined;
+  /** Keep the state file whatever the clean-up does (the VM could not be resumed). */
+  keepRecord = false;
+
+  private constructor(
+    private readonly qemu: Qemu,
+    private readonly store: StateStore,
+    readonly file: string,
+    readonly record: ApplyRecord,
+  ) {}
+
+  static async record(qemu: Qemu, store: StateStore, record: ApplyRecord): Promise<Footprint> {
+    const file = await store.fileFor(record.qmp);
+    await store.write(file, record);
+    return new Footprint(qemu, store, file, record);
+  }
+
+  /** Records that the apply has (or no longer has) the VM paused. */
+  async setPaused(paused: boolean): Promise<void> {
+    this.record.paused = paused;
+    await this.store.write(this.file, this.record);
+  }
+
+  /** Records where the write is; `durable: false` inside the pause (see StateStore.write). */
+  async setPhase(phase: ApplyRecordPhase, durable = true): Promise<void> {
+    this.record.phase = phase;
+    await this.store.write(this.file, this.record, { durable });
+  }
+
+  /**
+   * Removes what exists of the footprint (the overlay only when the apply
+   * failed: after a success it is the drive's top layer), then the state file;
+   * what cannot be removed is returned as warnings and the state file stays,
+   * so that `vmsubst recover` can finish the job.
+   */
+  async cleanUp(succeeded: boolean): Promise<string[]> {
+    const warnings: string[] = [];
+    if (this.nbd) await this.nbd.disconnect().catch((e: Error) => warnings.push(`NBD disconnect: ${e.message}`));
+    const present = succeeded ? { ...this.present, overlayNode: false, overlayFile: false } : this.present;
+    const { failed } = await removeLeftovers(this.qemu, this.record, present);
+    warnings.push(...failed);
+    if (failed.length > 0 || this.keepRecord) {
+      this.store.release(this.file);
+      if (failed.length > 0) warnings.push(`the state file ${this.file} is kept: run 'vmsubst recover --qmp ${this.record.qmp}' once the cause is fixed`);
+    } else {
+      await this.store.remove(this.file).catch((e: Error) => warnings.push(`removing the state file ${this.file}: ${e.message}`));
+    }
+    return warnings;
+  }
+}
+
 export async function applyToQemu(bundle: BundleData, qmpPath: string, options: QemuApplyOptions = {}): Promise<QemuApplyResult> {
   const started = performance.now();
   const mode = options.mode ?? 'nbd';
@@ -181,103 +278,118 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
   if (mode !== 'overlay' && (options.overlayPath !== undefined || options.commit)) {
     throw new TargetError('an overlay path and commit go with the overlay mode only');
   }
-  const warnings: string[] = [];
-  /** Undo steps, run last-first whatever happens; `onlyOnFailure` ones only when the apply failed. */
-  const undo: { what: string; fn: () => Promise<unknown>; onlyOnFailure?: boolean }[] = [];
-
+  const store = new StateStore(stateDir(options.stateDir));
   const qmp = await QmpClient.connect(qmpPath, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {});
   const qemu = new Qemu(qmp);
-  let succeeded = false;
   let keepOpen = false;
   let result: QemuApplyResult;
   try {
+    // 1. What an earlier apply on this VM left behind (it was killed) goes first.
+    // An interrupted write of this very bundle is completed with it (already open and verified).
+    const recovery = await recoverVm(qemu, qmpPath, store, { bundle });
+    const recovered = recovery.status === 'nothing-to-do' ? undefined : recovery;
+
+    // 2. The VM and the drive.
     const status = await qemu.queryStatus();
     if (MIGRATION_STATES.has(status.status)) {
       throw new TargetError(`the VM is in state '${status.status}'; its disk must not be written now`, 'apply before or after the migration, on the host where the VM runs');
     }
     const drive = await resolveDrive(qemu, options);
     const what = `drive ${drive.device ?? drive.nodeName}`;
-    const target0 = drive.device !== undefined ? { kind: 'qemu' as const, qmp: qmpPath, node: drive.nodeName, device: drive.device } : { kind: 'qemu' as const, qmp: qmpPath, node: drive.nodeName };
     if (drive.size !== undefined) checkTargetSize(manifest, drive.size, what);
     if (drive.readOnly && mode === 'nbd') {
       throw new TargetError(`${what} is read-only in QEMU`, 'attach the disk read-write (the guest may still mount it read-only), or use --mode overlay, which does not write into it');
     }
-    const base = {
+    const base: QemuApplyResult = {
       id: manifest.id,
       mode,
-      target: target0,
+      target: { kind: 'qemu', qmp: qmpPath, node: drive.nodeName, ...(drive.device !== undefined ? { device: drive.device } : {}) },
       vmStatus: status.status,
+      status: 'no-changes',
       ranges: manifest.ranges.length,
       rangesWritten: 0,
       rangesAlreadyNew: 0,
       bytesWritten: 0,
       verifiedBytes: 0,
+      timingsMs: { verify: 0, write: 0 },
       pauseMs: null,
       windowMs: null,
       recheck: null,
       resumed: false,
       elapsedMs: 0,
-      warnings,
+      warnings: [],
+      ...(recovered ? { recovered } : {}),
     };
     if (manifest.ranges.length === 0) {
-      succeeded = true;
-      return { ...base, status: 'no-changes', timingsMs: { verify: 0, write: 0 } };
-    }
-    const overlayPath = mode === 'overlay' ? (options.overlayPath ?? defaultOverlayPath(drive, manifest.id)) : undefined;
-    if (options.signal?.aborted) throw new CancelledError();
-
-    // The private NBD server and export, and the bitmap that watches guest writes.
-    const dir = await mkdtemp(join(options.workDir ?? tmpdir(), 'vmsubst-'));
-    undo.push({ what: 'removing the socket directory', fn: () => rm(dir, { recursive: true, force: true }) });
-    const socketPath = join(dir, 'nbd.sock');
-    try {
-      await qemu.nbdServerStartUnix(socketPath);
-    } catch (e) {
-      if (e instanceof QmpError && /already running/i.test(e.desc)) {
-        throw new TargetError(
-          'an NBD server is already running in this QEMU (QEMU has only one), so vmsubst cannot export the drive',
-          'another job (a backup, a migration, another vmsubst) is using it: wait for it to finish, or stop it with nbd-server-stop if it is stale',
-          { cause: e },
-        );
+      result = base;
+    } else {
+      const overlayPath = mode === 'overlay' ? (options.overlayPath ?? defaultOverlayPath(drive, manifest.id)) : undefined;
+      if (overlayPath !== undefined && (await lstat(overlayPath).then(() => true, () => false))) {
+        throw new TargetError(`${overlayPath} exists already`, 'an overlay is a new file, never a replaced one: choose another --overlay path, or remove this one');
       }
-      throw e;
+      if (options.signal?.aborted) throw new CancelledError();
+      result = await changeDrive(bundle, qemu, store, { ...options, qmpPath, mode, drive, status, base, overlayPath });
+      keepOpen = result.overlay !== undefined && options.commit === true;
     }
-    undo.push({ what: 'nbd-server-stop', fn: () => qemu.nbdServerStop() });
-    const tag = `vmsubst-${randomBytes(6).toString('hex')}`;
-    const writable = mode === 'nbd';
+  } finally {
+    if (!keepOpen) qmp.close();
+  }
+  if (result.overlay && options.commit) {
     try {
-      await qemu.blockExportAdd({ id: tag, nodeName: drive.nodeName, name: tag, writable });
-    } catch (e) {
-      if (e instanceof QmpError && /permission|conflict|share-rw/i.test(e.desc)) {
-        throw new TargetError(
-          `QEMU refused a writable export of ${what}: ${e.desc}`,
-          'the virtio-blk device must share write access: start it with share-rw=on (-device virtio-blk-pci,drive=…,share-rw=on), or hot-plug it again with that property; or use --mode overlay, which does not write into the drive',
-          { cause: e },
-        );
-      }
-      throw e;
+      await commitApplied(qemu, result, options.commitTimeoutMs);
+    } finally {
+      qmp.close();
     }
-    undo.push({ what: 'block-export-del', fn: () => qemu.blockExportDel(tag, 'hard') });
-    await qemu.dirtyBitmapAdd(drive.nodeName, tag);
-    undo.push({ what: 'block-dirty-bitmap-remove', fn: () => qemu.dirtyBitmapRemove(drive.nodeName, tag) });
-    // The same query is made inside the pause: made once now, its reply's validator is compiled
-    // (tens of ms on the first use in a process) while the guest runs.
-    await qemu.dirtyBytes(drive.nodeName, tag);
+  }
+  result.elapsedMs = Math.round(performance.now() - started);
+  return result;
+}
 
-    const nbd = await NbdClient.connect(socketPath, { exportName: tag });
-    undo.push({ what: 'NBD disconnect', fn: () => nbd.disconnect() });
-    checkTargetSize(manifest, nbd.size, `the NBD export of ${what}`);
-    if (writable && nbd.readOnly) throw new TargetError(`QEMU exported ${what} read-only`);
-    const target: BlockTarget = {
-      size: nbd.size,
-      read: (offset, length) => nbd.read(offset, length),
-      write: (offset, data) => nbd.write(offset, data),
-      flush: () => nbd.flush(),
-    };
+interface ChangeContext extends QemuApplyOptions {
+  qmpPath: string;
+  mode: QemuMode;
+  drive: ResolvedDrive;
+  status: StatusInfo;
+  base: QemuApplyResult;
+  overlayPath: string | undefined;
+}
 
-    // Verify while the guest runs.
+/** Steps 3 to 7: record, export, verify, prepare, pause and change, clean up (docs/apply-modes.md). */
+async function changeDrive(bundle: BundleData, qemu: Qemu, store: StateStore, c: ChangeContext): Promise<QemuApplyResult> {
+  const { manifest } = bundle;
+  const { drive, status, base, mode } = c;
+  const what = `drive ${drive.device ?? drive.nodeName}`;
+  const tag = `vmsubst-${randomBytes(6).toString('hex')}`;
+  const socketDir = join(c.workDir ?? tmpdir(), `${tag}.d`);
+
+  // 3. The record of everything the apply is about to make, before it makes any of it.
+  const fp = await Footprint.record(qemu, store, {
+    format: 1,
+    pid: process.pid,
+    'pid-start': processStart(process.pid) ?? '?',
+    'started-at': new Date().toISOString(),
+    qmp: await realpath(c.qmpPath).catch(() => resolve(c.qmpPath)),
+    uuid: await qemu.queryUuid(),
+    bundle: { id: manifest.id, ...(bundle.path !== undefined ? { path: resolve(bundle.path) } : {}) },
+    mode,
+    node: drive.nodeName,
+    'socket-dir': socketDir,
+    'nbd-socket': join(socketDir, 'nbd.sock'),
+    export: tag,
+    bitmap: tag,
+    ...(c.overlayPath !== undefined ? { overlay: { node: `${tag}-overlay`, path: c.overlayPath } } : {}),
+    'was-running': status.running,
+    paused: false,
+    phase: 'verifying',
+  });
+  let succeeded = false;
+  try {
+    // 4. The private NBD server and export, and the bitmap that watches guest writes.
+    const { target, nbd } = await exportDrive(qemu, fp, manifest, what, mode === 'nbd');
+
+    // 5. Verify while the guest runs.
     const t0 = performance.now();
-    let { states, verifiedBytes } = await inspectTarget(manifest, target, options.onProgress);
+    let { states, verifiedBytes } = await inspectTarget(manifest, target, c.onProgress);
     let verify = ms(performance.now() - t0);
     refuseMismatch(manifest, states);
     const alreadyNew = (s: readonly RangeState[]): number => s.filter((x) => x === 'new').length;
@@ -285,29 +397,24 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
       succeeded = true;
       return { ...base, status: 'already-applied', rangesAlreadyNew: manifest.ranges.length, verifiedBytes, timingsMs: { verify, write: 0 } };
     }
-    if (options.signal?.aborted) throw new CancelledError();
-    if (options.beforeWrite) await options.beforeWrite();
+    if (c.signal?.aborted) throw new CancelledError();
+    if (c.beforeWrite) await c.beforeWrite();
 
-    // Everything the pause needs, made ready while the guest runs.
+    // 6. Everything the pause needs, made ready while the guest runs.
     let overlay: OverlayOutcome | undefined;
     let preloaded: Awaited<ReturnType<typeof loadRanges>>;
     if (mode === 'overlay') {
-      const clusterSize = alignedClusterSize(manifest);
-      const backing = { name: drive.filename, format: drive.format };
-      await buildOverlay(bundle, overlayPath!, { clusterSize, backing }); // removes what it wrote if it fails
-      undo.push({ what: 'removing the overlay file', fn: () => unlink(overlayPath!), onlyOnFailure: true });
-      overlay = { path: overlayPath!, node: `${tag}-overlay`, clusterSize, backing, committed: false };
-      await qemu.blockdevAddQcow2(overlay.node, overlay.path);
-      undo.push({ what: 'blockdev-del of the overlay', fn: () => qemu.blockdevDel(overlay!.node), onlyOnFailure: true });
+      overlay = await addOverlay(bundle, qemu, fp, drive);
+      faultPoint('crash-after-overlay-add');
     } else {
       preloaded = await loadRanges(bundle, states);
     }
-
     // `stop` flushes every drive of the VM: flushing now, while the guest runs, leaves that flush
     // little to write. (A read-only export may not offer flush; then the pause pays for it.)
     if (nbd.canFlush) await nbd.flush();
 
-    // The pause: confirm the verification still holds, then change the disk.
+    // 7. The pause: confirm the verification still holds, then change the disk.
+    if (status.running) await fp.setPaused(true);
     let pausedAt: number | undefined;
     let pauseMs: number | null = null;
     let windowMs: number | null = null;
@@ -319,7 +426,8 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
       // QMP runs one monitor's commands in order, so the bitmap is read after `stop` has
       // drained the guest's I/O; sending both at once saves a round trip inside the pause.
       if (status.running) pausedAt = performance.now();
-      const [, dirty] = await Promise.all([status.running ? qemu.stop() : Promise.resolve(), qemu.dirtyBytes(drive.nodeName, tag)]);
+      const [, dirty] = await Promise.all([status.running ? qemu.stop() : Promise.resolve(), qemu.dirtyBytes(drive.nodeName, fp.record.bitmap)]);
+      faultPoint('crash-while-paused');
       if (dirty === 0) {
         recheck = 'clean';
       } else {
@@ -331,37 +439,54 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
         refuseMismatch(manifest, states);
       }
       t1 = performance.now();
-      if (mode === 'overlay') {
-        await qemu.blockdevSnapshot(drive.nodeName, overlay!.node);
+      if (overlay) {
+        await qemu.blockdevSnapshot(drive.nodeName, overlay.node);
         windowMs = 0;
         written = { rangesWritten: states.filter((x) => x === 'old').length, bytesWritten: 0 };
       } else if (alreadyNew(states) < manifest.ranges.length) {
-        written = await writeRanges(bundle, target, states, { flush: false, ...(preloaded ? { preloaded } : {}), ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
+        // From here the disk may hold a mix: recorded before the first write request, so that
+        // recovery completes the write before it resumes the guest (one rename, no fsync).
+        await fp.setPhase('writing', false);
+        written = await writeRanges(bundle, faultedWrites(target), states, { flush: false, ...(preloaded ? { preloaded } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
         windowMs = ms(performance.now() - t1);
       }
     } catch (e) {
       failure = e;
     }
+    if (failure !== undefined && fp.record.phase === 'writing') {
+      // The disk may hold a mix of old and new ranges: the guest must not run on it. Left as it is
+      // (paused), with the record, for recover to complete the write with the bundle.
+      fp.keepRecord = true;
+      throw new TargetError(
+        `the write into ${what} failed part-way: ${(failure as Error).message}; the disk may hold some of the bundle's new ranges and some old ones, so the VM was ${pausedAt !== undefined ? 'left paused' : 'left as it was (not running)'}`,
+        `once the cause is fixed, run 'vmsubst recover --qmp ${c.qmpPath}${c.stateDir !== undefined ? ` --state-dir ${c.stateDir}` : ''}': it completes the write with the bundle, then resumes the VM (or apply the same bundle again, which recovers first)`,
+        { cause: failure },
+      );
+    }
     if (pausedAt !== undefined) {
       try {
         await qemu.cont();
       } catch (e) {
+        fp.keepRecord = true;
         const before = failure instanceof Error ? ` (after: ${failure.message})` : '';
-        throw new TargetError(`could not resume the VM: ${(e as Error).message}${before}`, `the VM is paused: resume it with {"execute":"cont"} on ${qmpPath}`, { cause: e });
+        throw new TargetError(`could not resume the VM: ${(e as Error).message}${before}`, `the VM is paused: resume it with {"execute":"cont"} on ${c.qmpPath}, or run 'vmsubst recover --qmp ${c.qmpPath}'`, { cause: e });
       }
       pauseMs = ms(performance.now() - pausedAt);
+      await fp.setPaused(false);
     }
     if (failure !== undefined) throw failure;
     // Durability: the guest reads the new blocks from QEMU already; the flush only makes them survive a host crash.
-    if (mode === 'nbd' && written.rangesWritten > 0) await nbd.flush();
+    if (mode === 'nbd' && written.rangesWritten > 0) {
+      await nbd.flush();
+      await fp.setPhase('written');
+    }
     const write = ms(performance.now() - t1);
     if (overlay) {
       // Into the overlay, which the drive now reads first.
       written.bytesWritten = manifest.ranges.filter((_r, i) => states[i] === 'old').reduce((n, r) => n + r.length, 0);
     }
     succeeded = true;
-    keepOpen = overlay !== undefined && options.commit === true;
-    result = {
+    return {
       ...base,
       status: 'applied',
       rangesWritten: written.rangesWritten,
@@ -376,25 +501,64 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
       ...(overlay ? { overlay } : {}),
     };
   } finally {
-    for (const step of undo.reverse()) {
-      if (step.onlyOnFailure && succeeded) continue;
-      try {
-        await step.fn();
-      } catch (e) {
-        warnings.push(`${step.what}: ${(e as Error).message}`);
-      }
-    }
-    if (!keepOpen) qmp.close();
+    base.warnings.push(...(await fp.cleanUp(succeeded)));
   }
-  if (result.overlay && options.commit) {
-    try {
-      await commitApplied(qemu, result, options.commitTimeoutMs);
-    } finally {
-      qmp.close();
+}
+
+/** nbd-server-start in the recorded directory, block-export-add, block-dirty-bitmap-add, and the NBD connection. */
+async function exportDrive(qemu: Qemu, fp: Footprint, manifest: Manifest, what: string, writable: boolean): Promise<{ target: BlockTarget; nbd: NbdClient }> {
+  const rec = fp.record;
+  await mkdir(rec['socket-dir'], { mode: 0o700 });
+  fp.present.socketDir = true;
+  try {
+    await qemu.nbdServerStartUnix(rec['nbd-socket']);
+  } catch (e) {
+    if (e instanceof QmpError && /already running/i.test(e.desc)) {
+      throw new TargetError(
+        'an NBD server is already running in this QEMU (QEMU has only one), so vmsubst cannot export the drive',
+        'another job (a backup, a migration, another vmsubst) is using it: wait for it to finish, or stop it with nbd-server-stop if it is stale',
+        { cause: e },
+      );
     }
+    throw e;
   }
-  result.elapsedMs = Math.round(performance.now() - started);
-  return result;
+  fp.present.nbdServer = true;
+  try {
+    await qemu.blockExportAdd({ id: rec.export, nodeName: rec.node, name: rec.export, writable });
+  } catch (e) {
+    if (e instanceof QmpError && /permission|conflict|share-rw/i.test(e.desc)) {
+      throw new TargetError(
+        `QEMU refused a writable export of ${what}: ${e.desc}`,
+        'the virtio-blk device must share write access: start it with share-rw=on (-device virtio-blk-pci,drive=…,share-rw=on), or hot-plug it again with that property; or use --mode overlay, which does not write into the drive',
+        { cause: e },
+      );
+    }
+    throw e;
+  }
+  fp.present.export = true;
+  await qemu.dirtyBitmapAdd(rec.node, rec.bitmap);
+  fp.present.bitmap = true;
+  // The same query is made inside the pause: made once now, its reply's validator is compiled
+  // (tens of ms on the first use in a process) while the guest runs.
+  await qemu.dirtyBytes(rec.node, rec.bitmap);
+
+  const nbd = await NbdClient.connect(rec['nbd-socket'], { exportName: rec.export });
+  fp.nbd = nbd;
+  checkTargetSize(manifest, nbd.size, `the NBD export of ${what}`);
+  if (writable && nbd.readOnly) throw new TargetError(`QEMU exported ${what} read-only`);
+  return { nbd, target: { size: nbd.size, read: (o, l) => nbd.read(o, l), write: (o, d) => nbd.write(o, d), flush: () => nbd.flush() } };
+}
+
+/** Writes the overlay file beside its destination and opens it as a node (blockdev-add, no backing yet). */
+async function addOverlay(bundle: BundleData, qemu: Qemu, fp: Footprint, drive: ResolvedDrive): Promise<OverlayOutcome> {
+  const ov = fp.record.overlay!;
+  const clusterSize = alignedClusterSize(bundle.manifest);
+  const backing = { name: drive.filename, format: drive.format };
+  fp.present.overlayFile = true; // buildOverlay removes what it wrote if it fails; a crash leaves it for recover
+  await buildOverlay(bundle, ov.path, { clusterSize, backing });
+  await qemu.blockdevAddQcow2(ov.node, ov.path);
+  fp.present.overlayNode = true;
+  return { path: ov.path, node: ov.node, clusterSize, backing, committed: false };
 }
 
 /**

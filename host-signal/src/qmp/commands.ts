@@ -48,6 +48,7 @@ const validators = new Map<TSchema, Validator<TSchema>>();
 const BlockInfoList = Type.Array(BlockInfo);
 const BlockDeviceInfoList = Type.Array(BlockDeviceInfo);
 const BlockExportInfoList = Type.Array(BlockExportInfo);
+const UuidInfo = Type.Object({ UUID: Type.String() });
 const BlockJobInfoList = Type.Array(Type.Object({ device: Type.String(), type: Type.String() }));
 
 function check<S extends TSchema>(schema: S, command: string, value: unknown): Static<S> {
@@ -66,6 +67,11 @@ export class Qemu {
 
   async queryStatus(): Promise<StatusInfo> {
     return check(StatusInfo, 'query-status', await this.qmp.execute('query-status'));
+  }
+
+  /** The VM's UUID (-uuid; all zeros when none was given). */
+  async queryUuid(): Promise<string> {
+    return check(UuidInfo, 'query-uuid', await this.qmp.execute('query-uuid')).UUID;
   }
 
   async queryBlock(): Promise<BlockInfo[]> {

@@ -64,5 +64,10 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
     },
   );
   if (outcome.apply) outcome.notes.unshift(...outcome.apply.warnings);
+  const rec = outcome.apply?.recovered;
+  if (rec) {
+    const did = [rec.removed.length > 0 ? `removed ${rec.removed.join(', ')}` : 'nothing of it was left', ...(rec.resumed ? ['resumed the VM'] : [])];
+    outcome.notes.unshift(`recovered first: an interrupted apply (pid ${rec.interrupted?.pid ?? '?'}) had been killed: ${did.join('; ')}`);
+  }
   return { name: vm.name, ...outcome };
 }

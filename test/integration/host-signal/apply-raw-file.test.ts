@@ -7,15 +7,15 @@
  * without reopening the file.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { linkSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
-import { withTimeout } from '../../helpers/timeout.js';
+import { waitFor, withTimeout } from '../../helpers/timeout.js';
 import { FirmwareVm, whyNoQemu } from '../../helpers/firmware-vm.js';
-import { MiB, applyWorld, diskCopy, rangesNew, rejected, type ApplyWorld } from '../../helpers/apply-world.js';
+import { MiB, applyWorld, diskCopy, rangesNew, rejected, sha, type ApplyWorld } from '../../helpers/apply-world.js';
 import { applyToImage } from '../../../host-signal/src/apply/index.js';
 import { BaseMismatchError, TargetError } from '../../../host-signal/src/errors.js';
 
@@ -23,14 +23,15 @@ const SIZE = 64 * MiB;
 const EDITS: [number, number][] = [...Array.from({ length: 64 }, (_, i): [number, number] => [i * MiB + 8192, 64 << 10]), [SIZE - 1, 1]];
 
 /**
- * The stand-in VMM: opens the image read-write (O_DIRECT if asked), then for
+ * The stand-in VMM: opens the image read-only (a read-only drive) or
+ * read-write (O_DIRECT if asked), then for
  * each "offset length" line on stdin answers the sha256 of those bytes, read
  * with pread on the fd it opened at start.
  */
 const VMM_SOURCE = `
 const fs = require('node:fs'), crypto = require('node:crypto'), readline = require('node:readline');
-const [path, direct] = process.argv.slice(2);
-const fd = fs.openSync(path, fs.constants.O_RDWR | (direct === 'direct' ? fs.constants.O_DIRECT : 0));
+const [path, access, direct] = process.argv.slice(2);
+const fd = fs.openSync(path, (access === 'rw' ? fs.constants.O_RDWR : fs.constants.O_RDONLY) | (direct === 'direct' ? fs.constants.O_DIRECT : 0));
 console.log('ready');
 readline.createInterface({ input: process.stdin }).on('line', (l) => {
   const [off, len] = l.split(' ').map(Number);
@@ -43,8 +44,8 @@ class StandInVmm {
   readonly proc: ChildProcess;
   readonly #lines: string[] = [];
   #wake: (() => void) | undefined;
-  constructor(script: string, image: string, direct = false) {
-    this.proc = spawn(process.execPath, [script, image, direct ? 'direct' : ''], { stdio: ['pipe', 'pipe', 'inherit'] });
+  constructor(script: string, image: string, access: 'ro' | 'rw', direct = false) {
+    this.proc = spawn(process.execPath, [script, image, access, direct ? 'direct' : ''], { stdio: ['pipe', 'pipe', 'inherit'] });
     createInterface({ input: this.proc.stdout! }).on('line', (l) => {
       this.#lines.push(l);
       this.#wake?.();
@@ -88,18 +89,18 @@ S.after(async () => {
   if (W) rmSync(W.dir, { recursive: true, force: true });
 });
 
-async function vmm(image: string, direct = false): Promise<StandInVmm> {
-  const v = new StandInVmm(script, image, direct);
+async function vmm(image: string, access: 'ro' | 'rw' = 'ro', direct = false): Promise<StandInVmm> {
+  const v = new StandInVmm(script, image, access, direct);
   vmms.push(v);
   await v.ready();
   return v;
 }
 
-S('the running VMM reads the new blocks on its open fd; the write window is reported, nothing is paused', () =>
+S('the running VMM (read-write, accepted with allowWriters) reads the new blocks on its open fd; the write window is reported, nothing is paused', () =>
   withTimeout(60_000, 'raw-file', async () => {
     const { image } = diskCopy(W, 'live', W.base);
-    const v = await vmm(image);
-    const r = await applyToImage(W.bundle, image);
+    const v = await vmm(image, 'rw');
+    const r = await applyToImage(W.bundle, image, { allowWriters: [v.proc.pid!] });
     assert.is(r.mode, 'raw-file');
     assert.is(r.status, 'applied');
     assert.is(r.bytesWritten, W.changedBytes);
@@ -109,6 +110,7 @@ S('the running VMM reads the new blocks on its open fd; the write window is repo
     const me = r.openers.find((o) => o.pid === v.proc.pid);
     assert.ok(me, `the VMM is reported as an opener: ${JSON.stringify(r.openers)}`);
     assert.is(me.direct, false);
+    assert.is(me.writable, true);
     assert.equal(r.warnings, []);
     for (const range of W.manifest.ranges) assert.is(await v.sha(range.offset, range.length), range['new-sha256'], `range at ${range.offset}`);
     assert.ok(rangesNew(W.manifest, image).every(Boolean));
@@ -119,7 +121,7 @@ S('the running VMM reads the new blocks on its open fd; the write window is repo
 S('a VMM with the image open O_DIRECT is reported with a warning', () =>
   withTimeout(60_000, 'o_direct', async () => {
     const { image } = diskCopy(W, 'direct', W.base);
-    const v = await vmm(image, true);
+    const v = await vmm(image, 'ro', true);
     const r = await applyToImage(W.bundle, image);
     assert.ok(r.openers.find((o) => o.pid === v.proc.pid)?.direct);
     assert.is(r.warnings.length, 1);
@@ -178,6 +180,73 @@ S('an image QEMU holds is refused with a pointer to --qmp', () =>
     assert.match(r.stderr, /QEMU is using it/);
     assert.match(r.stderr, /--qmp/);
     assert.ok(readFileSync(d.image).equals(W.base));
+  }),
+);
+
+/** A shell that opens the image on fd 3 (`<>` read-write, `<` read-only), then becomes `sleep`, keeping the fd. */
+async function holder(image: string, redirect: '<>' | '<'): Promise<ChildProcess> {
+  const p = spawn('sh', ['-c', `exec 3${redirect}"$1"; exec sleep 300`, 'sh', image], { stdio: 'ignore' });
+  holders.push(p);
+  await waitFor(5000, 'the holder has the image open as sleep', () => {
+    try {
+      return readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep' && readlinkSync(`/proc/${p.pid}/fd/3`) === image ? true : undefined;
+    } catch {
+      return undefined;
+    }
+  }, 20);
+  return p;
+}
+let holders: ChildProcess[] = [];
+S.after.each(() => {
+  holders.forEach((h) => h.kill('SIGKILL'));
+  holders = [];
+});
+
+S('another process holding the image open for writing is refused, named, with nothing written; read-only it is allowed', () =>
+  withTimeout(60_000, 'writer', async () => {
+    const { image } = diskCopy(W, 'writer', W.base);
+    const before = sha(readFileSync(image));
+    const rw = await holder(image, '<>');
+    const r = await vmsubst(['apply', W.bundlePath, '--image', image, '--json']);
+    assert.is(r.code, 1, r.stderr);
+    const doc = JSON.parse(r.stdout) as { error: { code: string; message: string; hint: string } };
+    assert.is(doc.error.code, 'E_VMSUBST_TARGET');
+    assert.match(doc.error.message, new RegExp(`open for writing by another process: sleep\\[${rw.pid}\\]; nothing was written`));
+    assert.match(doc.error.hint, new RegExp(`only QEMU as a VMM.*--allow-writer ${rw.pid}`));
+    assert.is(sha(readFileSync(image)), before, 'image unchanged');
+    // Through another name (a hard link): the same inode, so the same refusal.
+    const alias = join(dirname(image), 'alias.img');
+    linkSync(image, alias);
+    const viaAlias = await vmsubst(['apply', W.bundlePath, '--image', alias]);
+    assert.is(viaAlias.code, 1);
+    assert.match(viaAlias.stderr, new RegExp(`sleep\\[${rw.pid}\\]`));
+    assert.is(sha(readFileSync(image)), before, 'image unchanged');
+    rw.kill('SIGKILL');
+
+    const ro = await holder(image, '<');
+    const ok = await vmsubstJson<{ status: string; openers: { pid: number; comm: string; writable: boolean }[] }>(['apply', W.bundlePath, '--image', image]);
+    assert.is(ok.status, 'applied');
+    assert.equal(ok.openers.find((o) => o.pid === ro.pid), { pid: ro.pid!, comm: 'sleep', direct: false, writable: false });
+    assert.is(sha(readFileSync(image)), sha(W.patched));
+  }),
+);
+
+S('a writer named with --allow-writer is accepted; --allow-writer goes with --image only', () =>
+  withTimeout(60_000, 'allow-writer', async () => {
+    const { image } = diskCopy(W, 'allowed', W.base);
+    const v = await vmm(image, 'rw');
+    const lib = await rejected(applyToImage(W.bundle, image));
+    assert.instance(lib, TargetError);
+    assert.match(lib.message, /open for writing by another process/);
+    assert.is(sha(readFileSync(image)), sha(W.base));
+    const r = await vmsubstJson<{ status: string }>(['apply', W.bundlePath, '--image', image, '--allow-writer', String(v.proc.pid)]);
+    assert.is(r.status, 'applied');
+    for (const range of W.manifest.ranges) assert.is(await v.sha(range.offset, range.length), range['new-sha256']);
+    const u = await vmsubst(['apply', W.bundlePath, '--qmp', '/nonexistent.qmp', '--allow-writer', '1']);
+    assert.is(u.code, 2);
+    assert.match(u.stderr, /--allow-writer goes with --image/);
+    const h = await vmsubst(['apply', '--help']);
+    assert.match(h.stdout, /QEMU is the only VMM\s+vmsubst recognises/);
   }),
 );
 

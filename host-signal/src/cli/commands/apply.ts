@@ -2,6 +2,7 @@
 import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
 import { applyAndTell, applyToImage, applyToQemu, commitApplied, NO_AGENT_ACTIONS, NOT_TOLD, type ApplyPhase, type ApplyResult, type GuestOutcome, type NoAgentAction } from '../../apply/index.js';
 import { agentOutcomeJson } from '../report.js';
+import { recoveryHuman, recoveryJson } from './recover.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { makeSigner, notificationArgs, parseAgentTarget } from '../../notify/index.js';
@@ -10,10 +11,10 @@ import { formatBytes, plural } from '../format.js';
 import { Output, helpRequested, loadCustomization, loadPrivateKey, loadPublicKeys, parse, positionals, type Command } from '../common.js';
 
 const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--mode nbd|overlay] [--device ID | --node NAME]
-                     [--overlay PATH] [--commit] [--notify ADDR ...]
+                     [--overlay PATH] [--commit] [--state-dir DIR] [--notify ADDR ...]
                      [--on-no-agent fail|warn|reset] [--json]
-       vmsubst apply BUNDLE --image PATH [--mode raw-file] [--notify ADDR ...]
-                     [--on-no-agent fail|warn] [--json]
+       vmsubst apply BUNDLE --image PATH [--mode raw-file] [--allow-writer PID]
+                     [--notify ADDR ...] [--on-no-agent fail|warn] [--json]
 
 Verifies that every range of the disk holds the bundle's old content, then
 puts the new blocks in place. Nothing is changed if any range holds other
@@ -39,6 +40,15 @@ Modes (a running QEMU, --qmp SOCK: its QMP unix socket):
   --device ID      qdev id of the disk's device (-device ...,id=ID)
   --node NAME      block node name (-blockdev ...,node-name=NAME)
                    (neither: the VM's only disk)
+  --state-dir DIR  where the VM's state file goes (default $VMSUBST_STATE_DIR,
+                   else /run/vmsubst). Before it makes anything in the VM,
+                   apply records there what it is about to make, and that it
+                   pauses the VM and (nbd) that it is writing; a killed
+                   apply is cleaned up from it by 'vmsubst recover', or by
+                   the next apply on the VM, which recovers first and says
+                   so. A write that was cut short is completed with the
+                   recorded bundle before the VM is resumed; the next
+                   apply then finds every range new and tells the agent.
 
 Mode for other hypervisors (--image PATH: a raw image file):
   --mode raw-file  (default) pwrite through the host page cache, then
@@ -46,7 +56,15 @@ Mode for other hypervisors (--image PATH: a raw image file):
                    page cache (Firecracker, Cloud Hypervisor) and keep no
                    cache of their own, or a VM that is not running. The VM is
                    not paused; the write window is reported. Refused while
-                   QEMU holds the image (use --qmp).
+                   QEMU holds the image (use --qmp), and while any other
+                   process has it open for writing: QEMU is the only VMM
+                   vmsubst recognises, so any writer could be a VMM with
+                   the guest writing, or a cache of its own.
+  --allow-writer PID
+                   accept this process's write access to the image
+                   (repeatable): the VMM of this VM, when its guest does not
+                   write the changed blocks (a read-only filesystem), as for
+                   Firecracker or Cloud Hypervisor with a read-write drive
 
 Telling the guest (two-phase when its agent supports it):
   --notify ADDR       the agent's address, as for 'vmsubst notify --to':
@@ -97,6 +115,8 @@ async function run(args: string[]): Promise<void> {
     timeout: { type: 'string' },
     'trusted-key': { type: 'string', multiple: true },
     'on-no-agent': { type: 'string' },
+    'state-dir': { type: 'string' },
+    'allow-writer': { type: 'string', multiple: true },
   });
   if (helpRequested(HELP, values)) return;
   const [bundlePath] = positionals('apply', pos, ['BUNDLE']) as [string];
@@ -110,6 +130,12 @@ async function run(args: string[]): Promise<void> {
   }
   if (values.image !== undefined && (values.device !== undefined || values.node !== undefined)) throw usage('--device and --node go with --qmp, not --image');
   if (values.device !== undefined && values.node !== undefined) throw usage('give --device or --node, not both');
+  if (values.image !== undefined && values['state-dir'] !== undefined) throw usage('--state-dir goes with --qmp (the raw-file mode makes nothing in a VM)');
+  if (values.qmp !== undefined && values['allow-writer'] !== undefined) throw usage('--allow-writer goes with --image (QEMU is written through QMP)');
+  const allowWriters = (values['allow-writer'] ?? []).map((p) => {
+    if (!/^[1-9]\d*$/.test(p)) throw usage(`--allow-writer ${p}: expected a process id`);
+    return Number(p);
+  });
   if (mode !== 'overlay' && (values.overlay !== undefined || values.commit)) throw usage('--overlay and --commit go with --mode overlay');
   const agentOnly = ['disk-serial', 'disk-path', 'sign', 'customize', 'timeout'] as const;
   const stray = agentOnly.find((k) => values[k] !== undefined);
@@ -160,10 +186,11 @@ async function run(args: string[]): Promise<void> {
           ...(values.device !== undefined ? { device: values.device } : {}),
           ...(values.node !== undefined ? { node: values.node } : {}),
           ...(values.overlay !== undefined ? { overlayPath: values.overlay } : {}),
+          ...(values['state-dir'] !== undefined ? { stateDir: values['state-dir'] } : {}),
           // With --notify the guest is told first and the overlay committed after (below).
           ...(values.commit && agentTarget === undefined ? { commit: true } : {}),
         })
-      : applyToImage(bundle, values.image!, common);
+      : applyToImage(bundle, values.image!, { ...common, allowWriters });
   };
   const qmpPath = values.qmp;
   const signer = signWith ? makeSigner(signWith, disk, qmpPath !== undefined ? await vmUuid(qmpPath).catch(() => undefined) : undefined) : undefined;
@@ -215,6 +242,7 @@ function applyJson(r: ApplyResult): Record<string, unknown> {
   if (r.target.kind === 'image') return { ...common, openers: 'openers' in r ? r.openers : [] };
   const q = r as Extract<ApplyResult, { vmStatus: string }>;
   const out: Record<string, unknown> = { ...common, 'vm-status': q.vmStatus, resumed: q.resumed, recheck: q.recheck };
+  if (q.recovered) out['recovered'] = recoveryJson(q.recovered);
   if (q.overlay) {
     const { path, node, clusterSize, backing, committed, commitMs } = q.overlay;
     out['overlay'] = { path, node, 'cluster-size': clusterSize, backing, committed, ...(commitMs !== undefined ? { 'commit-ms': commitMs } : {}) };
@@ -225,6 +253,7 @@ function applyJson(r: ApplyResult): Record<string, unknown> {
 function applyHuman(r: ApplyResult): string {
   const where = r.target.kind === 'image' ? r.target.path : `${r.target.device ?? r.target.node} (node ${r.target.node})`;
   const lines: string[] = [];
+  if ('recovered' in r && r.recovered) lines.push(`recovered first: ${recoveryHuman(r.recovered).trimStart()}`);
   switch (r.status) {
     case 'no-changes':
       lines.push(`${where}: the bundle changes nothing; nothing written`);

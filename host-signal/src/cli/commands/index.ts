@@ -2,6 +2,7 @@
 import type { Command } from '../common.js';
 import { diffCommand } from './diff.js';
 import { applyCommand } from './apply.js';
+import { recoverCommand } from './recover.js';
 import { exportCommand } from './export.js';
 import { notifyCommand } from './notify.js';
 import { inspectCommand } from './inspect.js';
@@ -13,6 +14,7 @@ import { planCommand } from './plan.js';
 export const COMMANDS: readonly Command[] = [
   diffCommand,
   applyCommand,
+  recoverCommand,
   exportCommand,
   notifyCommand,
   inspectCommand,

@@ -5,6 +5,7 @@
  * nor is invalidated. The real `substitute()` pipeline, with the system
  * (sysfs, /proc, the disk, the module) given as scratch files and fakes.
  */
+import { fakeSubstituteDeps } from '../../helpers/substitute-deps.js';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
@@ -13,7 +14,6 @@ import { closeSync, constants, mkdirSync, mkdtempSync, openSync, rmSync, writeFi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { substitute, planSubstitution, type SubstituteDeps } from '../../../agent/src/commands/substitute.js';
-import type { PedigreeService } from '../../../agent/src/pedigree/live.js';
 import type { FileHit } from '../../../agent/src/pedigree/index.js';
 import { CommandError } from '../../../agent/src/errors.js';
 
@@ -39,34 +39,16 @@ function world(): World {
   mkdirSync(join(dir, 'proc/self'), { recursive: true });
   writeFileSync(join(dir, 'proc/self/mountinfo'), '');
   const w: World = { dir, reads: 0, invalidations: 0, hits: [], deps: undefined as unknown as SubstituteDeps };
-  const pedigree = {
-    lookup: async () => ({ files: w.hits, unmapped: [] }),
-    forget: async () => undefined,
-  } as unknown as PedigreeService;
-  w.deps = {
+  w.deps = fakeSubstituteDeps({ dir, sys }, async () => ({ files: w.hits, unmapped: [] }), {
     readDirect: async (_p, _o, l) => {
       w.reads++;
       return Buffer.alloc(l);
     },
-    metadata: {} as SubstituteDeps['metadata'],
-    fiemap: (() => []) as unknown as SubstituteDeps['fiemap'],
-    pedigree,
     invalidateRange: async () => {
       w.invalidations++;
       return { pagesCached: 0n, pagesMapped: 0n, pagesDropped: 0n, pagesKept: 0n };
     },
-    forceFlag: 1,
-    unlessDirtyFlag: 64,
-    queryDirty: async () => ({ dirty: 0, writeback: 0 }),
-    dropOnlyFlag: 2,
-    refaultFlag: 4,
-    pin: async () => ({ processes: [], 'shared-unpinned': [] }) as unknown as Awaited<ReturnType<SubstituteDeps['pin']>>,
-    restartUnit: async (unit) => ({ unit, status: 'no-systemd' }),
-    procRoot: join(dir, 'proc'),
-    sysRoot: sys,
-    devRoot: join(dir, 'dev'),
-    now: () => Date.now(),
-  };
+  });
   return w;
 }
 

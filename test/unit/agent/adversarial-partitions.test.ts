@@ -6,6 +6,7 @@
  * superblock off as "outside any filesystem". The real pipeline (prepare and
  * the dry run) over a real ext4 image inside a partitioned disk image.
  */
+import { fakeSubstituteDeps } from '../../helpers/substitute-deps.js';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
@@ -15,7 +16,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { planSubstitution, prepareSubstitution, type SubstituteDeps } from '../../../agent/src/commands/substitute.js';
 import { splitAtPartitions } from '../../../agent/src/commands/metadata.js';
-import type { PedigreeService } from '../../../agent/src/pedigree/live.js';
 import type { ByteRange } from '../../../agent/src/protocol/schema.js';
 import { CommandError } from '../../../agent/src/errors.js';
 
@@ -54,28 +54,9 @@ function world(mountOpts: 'rw' | 'ro'): { dir: string; deps: SubstituteDeps; dis
   writeFileSync(join(sys, 'block/vda/vda1/dev'), '254:1\n');
   mkdirSync(join(dir, 'proc/self'), { recursive: true });
   writeFileSync(join(dir, 'proc/self/mountinfo'), `36 25 254:1 / /srv ${mountOpts},relatime shared:1 - ext4 /dev/vda1 ${mountOpts}\n`);
-  const pedigree = {
-    lookup: async (_l: unknown, _m: unknown, changed: ByteRange[]) => ({ files: [], unmapped: changed }),
-    forget: async () => undefined,
-  } as unknown as PedigreeService;
-  const deps: SubstituteDeps = {
+  const deps = fakeSubstituteDeps({ dir, sys }, async (_l, _m, changed) => ({ files: [], unmapped: changed as ByteRange[] }), {
     readDirect: async (_p, o, l) => Buffer.from(disk.subarray(o, o + l)),
-    metadata: {} as SubstituteDeps['metadata'],
-    fiemap: (() => []) as unknown as SubstituteDeps['fiemap'],
-    pedigree,
-    invalidateRange: async () => ({ pagesCached: 0n, pagesMapped: 0n, pagesDropped: 0n, pagesKept: 0n }),
-    forceFlag: 1,
-    unlessDirtyFlag: 64,
-    queryDirty: async () => ({ dirty: 0, writeback: 0 }),
-    dropOnlyFlag: 2,
-    refaultFlag: 4,
-    pin: async () => ({ processes: [], 'shared-unpinned': [] }) as unknown as Awaited<ReturnType<SubstituteDeps['pin']>>,
-    restartUnit: async (unit) => ({ unit, status: 'no-systemd' }),
-    procRoot: join(dir, 'proc'),
-    sysRoot: sys,
-    devRoot: join(dir, 'dev'),
-    now: () => Date.now(),
-  };
+  });
   return { dir, deps, disk };
 }
 

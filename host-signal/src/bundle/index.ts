@@ -42,6 +42,14 @@ export function substituteArgs(
   if (manifest.ranges.length > MAX_RANGES) {
     throw new BundleError(`the bundle has ${manifest.ranges.length} ranges; one substitution carries at most ${MAX_RANGES}`);
   }
+  const odd = manifest.ranges.find((r) => r.offset % 4096 !== 0 || r.length % 4096 !== 0);
+  if (odd) {
+    throw new BundleError(
+      `the bundle's range at byte ${odd.offset} (${odd.length} bytes) is not whole 4 KiB blocks; the guest agent takes nothing smaller (its answers must not reveal less than a block)`,
+      [],
+      'make the bundle with vmsubst diff (4 KiB blocks), or apply it without telling the agent',
+    );
+  }
   const args: SubstituteArgs = {
     id: manifest.id,
     disk: { ...disk },

@@ -74,17 +74,38 @@ export interface NotifyResult {
 }
 
 let customizeSeq = 0;
+const hostKeys = new WeakMap<GuestVm, string>();
+
+/**
+ * The guest trusts a host key and takes file customization from it (both off by default); returns
+ * the private key's path. Once per guest.
+ */
+async function trustedKey(vm: GuestVm, tmp: string): Promise<string> {
+  const known = hostKeys.get(vm);
+  if (known) return known;
+  const prefix = join(tmp, `host-key-${hostKeys.has(vm) ? 0 : Date.now()}`);
+  const r = await vmsubst(['keygen', '--out', prefix, '--json']);
+  if (r.code !== 0) throw new Error(`vmsubst keygen exited ${r.code}: ${r.stderr}`);
+  await vm.sh('mkdir -p /etc/vmsubst/trusted.d');
+  await vm.putFile(`${prefix}.pub`, '/etc/vmsubst/trusted.d/bench.pub');
+  await vm.sh(`echo '{"customization":{"allow":["file"],"fileRoots":["/etc"]}}' > /etc/vmsubst/agent.json`);
+  await vm.restartAgent();
+  hostKeys.set(vm, `${prefix}.key`);
+  return `${prefix}.key`;
+}
 
 /**
  * `vmsubst notify` over virtio-serial. Every notification carries a
  * one-file customization naming it (under /etc, an allowed root): that makes
  * its id new, since the agent answers a repeated id from its journal without
- * acting, and the benchmarks apply the same bundle many times.
+ * acting, and the benchmarks apply the same bundle many times. Customization is
+ * accepted only signed, so the guest is given a host key first.
  */
 export async function notifyGuest(vm: GuestVm, bundle: string, tmp: string): Promise<NotifyResult> {
+  const key = await trustedKey(vm, tmp);
   const c = join(tmp, `customize-${++customizeSeq}.json`);
   writeFileSync(c, JSON.stringify({ files: [{ path: '/etc/vmsubst-bench-run', content: `run ${customizeSeq} ${Date.now()}\n` }] }));
-  const r = await vmsubst(['notify', bundle, '--to', `serial:${vm.agentSocket}`, '--customize', c, '--json'], 900_000);
+  const r = await vmsubst(['notify', bundle, '--to', `serial:${vm.agentSocket}`, '--customize', c, '--sign', key, '--disk-serial', 'vmsubst-data', '--json'], 900_000);
   if (r.code !== 0) throw new Error(`vmsubst notify ${bundle} exited ${r.code}: ${r.stderr}\n${r.stdout}`);
   return { ms: r.ms, report: JSON.parse(r.stdout) as NotifyResult['report'] };
 }

@@ -231,10 +231,10 @@ export class GuestVm {
   }
 
   /**
-   * Stops the agent the guest's init started and starts it again with these arguments (the
-   * settings files a test wrote into the guest are read anew); resolves once it is ready.
+   * Stops the agent the guest's init started and starts it again with these arguments (default:
+   * the boot's; the settings files a test wrote into the guest are read anew); resolves once ready.
    */
-  async restartAgent(args: string[] = []): Promise<void> {
+  async restartAgent(args: string[] = this.opts.agentArgs ?? []): Promise<void> {
     await this.sh('kill $(cat /run/vmsubst-agent.pid) 2>/dev/null; while kill -0 $(cat /run/vmsubst-agent.pid) 2>/dev/null; do sleep 0.1; done; true');
     await this.sh(`: > /tmp/agent.log; node /opt/vmsubst/build/agent/src/main.js ${args.join(' ')} >/tmp/agent.log 2>&1 & echo $! > /run/vmsubst-agent.pid`);
     await this.#agentReady();

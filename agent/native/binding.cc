@@ -249,12 +249,12 @@ Napi::Value DataSegments(const Napi::CallbackInfo& info) {
 
 // Records of one step, as the facade reads them: five doubles per record.
 constexpr size_t kWalkRecordFields = 5;
-constexpr size_t kWalkExtentFields = 3;
+constexpr size_t kWalkExtentFields = 4;
 // Bounds on what one step may be asked for and on a walk's entries.
 constexpr double kMaxWalkStep = 1 << 20;
 constexpr double kMaxWalkEntries = 1ull << 32;
 
-// TreeWalk(root, dev, maxEntries, threads): one vs_walk. next(maxRecords) runs one
+// TreeWalk(root, dev, maxEntries, threads[, flags VS_WALK_F_*]): one vs_walk. next(maxRecords) runs one
 // step on the libuv thread pool and resolves with that step's records as
 // typed arrays (see WalkStepWorker::OnOK); one step at a time. close() frees
 // the walk, at once or when the running step ends. A step that fails closes
@@ -273,9 +273,10 @@ class TreeWalk : public Napi::ObjectWrap<TreeWalk> {
     const double dev = ArgInteger(info, 1, "dev", 0, 9007199254740991.0);
     const double max = ArgInteger(info, 2, "maxEntries", 0, kMaxWalkEntries);
     const double threads = ArgInteger(info, 3, "threads", 1, VS_WALK_MAX_THREADS);
+    const double flags = info.Length() > 4 ? ArgInteger(info, 4, "flags", 0, VS_WALK_F_ALL) : 0;
     const int err = vs_walk_open(root_.c_str(), static_cast<uint64_t>(dev),
                                  static_cast<uint64_t>(max), static_cast<unsigned>(threads),
-                                 &walk_);
+                                 static_cast<unsigned>(flags), &walk_);
     if (err < 0) throw MakeError(env, err, "malloc", "walk " + Quoted(root_), root_.c_str());
     max_entries_ = static_cast<uint64_t>(max);
   }
@@ -336,7 +337,7 @@ class WalkStepWorker : public Napi::AsyncWorker {
 
   // {records: Float64Array [kind, parent (-1: none), ino, size, extents] per
   //  record, ctimeNs: BigInt64Array, extents: Float64Array [physical,
-  //  logical, length] per extent, names: string (each name and a NUL),
+  //  logical, length, flags (VS_WALK_EXTENT_*)] per extent, names: string (each name and a NUL),
   //  seen: entries so far, done: nothing left}
   void OnOK() override {
     Napi::Env env = Env();
@@ -372,9 +373,10 @@ class WalkStepWorker : public Napi::AsyncWorker {
       double* ext = extents.Data();
       for (size_t i = 0; i < chunk_.nr_extents; i++) {
         const vs_walk_extent& e = chunk_.extents[i];
-        ext[i * 3] = static_cast<double>(e.physical);
-        ext[i * 3 + 1] = static_cast<double>(e.logical);
-        ext[i * 3 + 2] = static_cast<double>(e.length);
+        ext[i * kWalkExtentFields] = static_cast<double>(e.physical);
+        ext[i * kWalkExtentFields + 1] = static_cast<double>(e.logical);
+        ext[i * kWalkExtentFields + 2] = static_cast<double>(e.length);
+        ext[i * kWalkExtentFields + 3] = static_cast<double>(e.flags);
       }
       Napi::Object o = Napi::Object::New(env);
       o.Set("records", records);

@@ -180,7 +180,8 @@ int vs_fiemap_batched(int fd, uint32_t flags, struct fiemap *fm, uint32_t batch,
  * What cannot be opened, read or mapped is left out as it would be by
  * open(2)-ing each path: a directory that cannot be opened or read is not
  * descended into, a file that cannot be opened has no entry, one that
- * cannot be mapped keeps only its entry in its directory. A name that is not
+ * cannot be mapped keeps only its entry in its directory. A directory whose
+ * FIEMAP fails (XFS: EOPNOTSUPP) is walked all the same, with no extents. A name that is not
  * valid UTF-8 is counted but left out (the index keys files by string path).
  */
 
@@ -203,10 +204,23 @@ struct vs_walk_record {
 	uint32_t name_len;	/* bytes of the name, next in the chunk's names (NUL after each) */
 };
 
+/* vs_walk_open flags. */
+/* Directories are not mapped (their blocks are metadata the agent reads only on ext2/3/4). */
+#define VS_WALK_F_NO_DIR_FIEMAP 0x1u
+/* Every file is mapped with FIEMAP_FLAG_SYNC (XFS: delayed allocations get their blocks first). */
+#define VS_WALK_F_SYNC 0x2u
+#define VS_WALK_F_ALL (VS_WALK_F_NO_DIR_FIEMAP | VS_WALK_F_SYNC)
+
+/* vs_walk_extent flags. */
+/* FIEMAP_EXTENT_SHARED: the blocks are shared with another file (reflink) or snapshot. */
+#define VS_WALK_EXTENT_SHARED 0x1u
+
 struct vs_walk_extent {
 	uint64_t physical;
 	uint64_t logical;
 	uint64_t length;
+	uint32_t flags;		/* VS_WALK_EXTENT_* */
+	uint32_t pad;
 };
 
 /*
@@ -230,11 +244,11 @@ struct vs_walk;
 /*
  * A walk of the tree at root on device dev (st_dev of root: the caller's
  * lstat of it), stopping with -E2BIG after max_entries directory entries,
- * using up to threads (1..VS_WALK_MAX_THREADS) threads per step.
- * 0 with *out set, or -ENOMEM.
+ * using up to threads (1..VS_WALK_MAX_THREADS) threads per step, with
+ * flags VS_WALK_F_*. 0 with *out set, -EINVAL for an unknown flag, or -ENOMEM.
  */
 int vs_walk_open(const char *root, uint64_t dev, uint64_t max_entries, unsigned threads,
-		 struct vs_walk **out);
+		 unsigned flags, struct vs_walk **out);
 
 /*
  * Walks on until chunk holds about max_records records or the tree ends;

@@ -94,6 +94,7 @@ struct vs_walk {
 	uint64_t seen;
 	uint32_t next_dir;
 	unsigned threads;
+	unsigned flags;		/* VS_WALK_F_* */
 	/* Cleared after an EPERM from O_NOATIME (not the owner, no CAP_FOWNER). Atomic. */
 	bool noatime;
 
@@ -229,22 +230,33 @@ static int collect_extent(void *ctx, const struct vs_extent *e)
 		.physical = e->physical,
 		.logical = e->logical,
 		.length = e->length,
+		.flags = (e->flags & FIEMAP_EXTENT_SHARED) ? VS_WALK_EXTENT_SHARED : 0,
 	};
 	return 0;
 }
 
+/* A record with no extents. */
+static void no_extents(struct vs_walk_worker *wk, struct vs_walk_item *it)
+{
+	it->worker = (uint8_t)wk->index;
+	it->ext_start = (uint32_t)wk->ext.n;
+	it->ext_count = 0;
+}
+
 /*
  * Appends fd's extents to the worker's; sets it->ext_*; 0 or -errno (then
- * none were added). Without FIEMAP_FLAG_SYNC first: it would write back
- * every file's dirty pages and wait, and only delayed allocations need it.
+ * none were added). Without FIEMAP_FLAG_SYNC first (unless VS_WALK_F_SYNC):
+ * it would write back every file's dirty pages and wait, and on ext4 only
+ * delayed allocations need it.
  */
 static int map_extents(struct vs_walk_worker *wk, struct vs_walk_item *it, int fd)
 {
 	const size_t before = wk->ext.n;
 	struct extent_sink sink = { .out = &wk->ext };
+	const uint32_t first = (wk->w->flags & VS_WALK_F_SYNC) ? FIEMAP_FLAG_SYNC : 0;
 	int ret;
 
-	ret = vs_fiemap_batched(fd, 0, wk->fm, VS_WALK_FIEMAP_BATCH, collect_extent, &sink);
+	ret = vs_fiemap_batched(fd, first, wk->fm, VS_WALK_FIEMAP_BATCH, collect_extent, &sink);
 	if (ret == 1 && sink.delalloc) {
 		wk->ext.n = before;
 		sink.delalloc = false;
@@ -370,13 +382,27 @@ static int visit_dir(struct vs_walk *w)
 		goto out;
 	}
 	set_stat(it, &st);
-	if (st.st_dev != w->dev || read_entries(w, d) < 0 ||
-	    map_extents(&w->workers[0], it, fd) < 0) {
+	if (st.st_dev != w->dev || read_entries(w, d) < 0) {
 		closedir(d);
 		w->dents_len = 0;
 		/* The root has no entry to keep. */
 		it->kind = p.parent == VS_WALK_NO_PARENT ? VS_ITEM_SKIP : VS_WALK_ENTRY;
 		goto out;
+	}
+	/* A directory FIEMAP refuses (XFS: EOPNOTSUPP) is still walked: its files are what matter. */
+	if (w->flags & VS_WALK_F_NO_DIR_FIEMAP) {
+		no_extents(&w->workers[0], it);
+	} else {
+		ret = map_extents(&w->workers[0], it, fd);
+		if (ret == -ENOMEM) {
+			closedir(d);
+			w->dents_len = 0;
+			goto out;
+		}
+		if (ret < 0) {
+			no_extents(&w->workers[0], it);
+			ret = 0;
+		}
 	}
 	it->kind = VS_WALK_DIR;
 	w->open[w->nr_open] = d;
@@ -608,15 +634,18 @@ static void end_step(struct vs_walk *w)
 /* ---- the interface ---------------------------------------------------------------------- */
 
 int vs_walk_open(const char *root, uint64_t dev, uint64_t max_entries, unsigned threads,
-		 struct vs_walk **out)
+		 unsigned flags, struct vs_walk **out)
 {
 	struct vs_walk *w;
 	unsigned i;
 
+	if (flags & ~VS_WALK_F_ALL)
+		return -EINVAL;
 	w = calloc(1, sizeof(*w));
 	if (!w)
 		return -ENOMEM;
 	w->dev = dev;
+	w->flags = flags;
 	w->max_entries = max_entries;
 	w->noatime = true;
 	w->threads = threads < 1 ? 1 : threads > VS_WALK_MAX_THREADS ? VS_WALK_MAX_THREADS : threads;

@@ -2,7 +2,8 @@
 # Builds the test guest's initramfs: busybox, node and its libraries, the
 # agent (compiled TypeScript, production node_modules, the addon), the kernel
 # module, the ABI test, and the guest kernel's modules needed for virtio disks,
-# virtio-serial, vsock and loop devices (the ABI test's read-write filesystem)
+# virtio-serial, vsock and loop devices (the ABI test's read-write filesystem),
+# and the filesystems the filesystem suite mounts (xfs, btrfs, overlay)
 # (dependencies from modules.dep, loaded by modprobe).
 #   build-initramfs.sh KVER OUT.cpio
 set -euo pipefail
@@ -25,7 +26,7 @@ ldd /usr/bin/node | grep -o '/[^ ]*' | sort -u | while read -r lib; do
 done
 
 # Kernel modules and everything they depend on.
-MODS="virtio_pci virtio_blk virtio_console vsock vmw_vsock_virtio_transport vsock_loopback loop"
+MODS="virtio_pci virtio_blk virtio_console vsock vmw_vsock_virtio_transport vsock_loopback loop xfs btrfs overlay"
 echo "$MODS" > "$STAGE/etc/vmsubst-modules"
 MD=$KROOT/lib/modules/$KVER
 for m in $MODS; do

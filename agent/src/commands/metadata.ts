@@ -55,7 +55,10 @@ export interface TouchedFs {
   devPath: string;
   mountPoint: string;
   readOnly: boolean;
+  fsType: string;
   ext4?: Ext4Layout;
+  /** Overlay mounts whose lower layer lies in this filesystem (they keep their own dentries of it). */
+  overlays: string[];
   /** Disk-relative metadata ranges inside this partition. */
   ranges: ClassifiedRange[];
   dirs: FileHit[];
@@ -64,6 +67,31 @@ export interface TouchedFs {
 export interface MetadataPlan {
   filesystems: TouchedFs[];
   ranges: ClassifiedRange[];
+}
+
+const kindsOf = (fs: TouchedFs): string => [...new Set(fs.ranges.flatMap((r) => r.kinds))].join(', ');
+
+/**
+ * Why this filesystem's metadata change needs a restart (none: the agent applies it): a read-write
+ * mount (unless the host forces it); XFS always (its metadata lives in its own buffer cache, which
+ * nothing outside XFS can make re-read); an overlay over it (its dentries of the lower files are its
+ * own, and the module does not revalidate them).
+ */
+export function restartReasons(fs: TouchedFs, force: boolean): string[] {
+  if (fs.ranges.length === 0 && fs.dirs.length === 0) return [];
+  if (fs.fsType === 'xfs') {
+    return [
+      `${fs.mountPoint} is XFS and the substitution changes blocks no file's data covers (metadata: inodes, directories, ` +
+        "allocation btrees, log): XFS keeps its metadata in its own buffer cache, not the block device's page cache, so the " +
+        'guest cannot be made to re-read it; restart the guest (or unmount and mount it again) to use the new blocks',
+    ];
+  }
+  const out: string[] = [];
+  if (!fs.readOnly && !force) out.push(`${fs.mountPoint} is mounted read-write and its metadata changes (${kindsOf(fs)})`);
+  for (const ov of fs.overlays) {
+    out.push(`the overlay at ${ov} has its lower layer in ${fs.mountPoint}, whose metadata changes (${kindsOf(fs)}): the overlay keeps its own dentries of the lower files, so a replaced or added file would not be seen through it`);
+  }
+  return out;
 }
 
 /**
@@ -94,7 +122,7 @@ export function splitAtPartitions<R extends ByteRange>(ranges: readonly R[], lay
 export async function planMetadata(
   disk: { path: string },
   layout: DiskLayout,
-  mounts: { devNum: string; mountPoint: string; readOnly: boolean; root: string }[],
+  mounts: { devNum: string; mountPoint: string; readOnly: boolean; root: string; fsType?: string; superOptions?: string[] }[],
   unmapped: ByteRange[],
   dirHits: FileHit[],
   read: DiskReader,
@@ -118,11 +146,17 @@ export async function planMetadata(
       for (const e of d.file.extents) classified.push({ offset: e.diskStart, length: e.length, kinds: ['directory'] });
     }
     all.push(...classified);
+    const under = (p: string): boolean => mounts.some((x) => x.devNum === part.devNum && (p === x.mountPoint || p.startsWith(x.mountPoint === '/' ? '/' : x.mountPoint + '/')));
+    const overlays = mounts
+      .filter((o) => o.fsType === 'overlay' && (o.superOptions ?? []).some((opt) => opt.startsWith('lowerdir=') && opt.slice(9).split(':').some(under)))
+      .map((o) => o.mountPoint);
     filesystems.push({
       part,
       devPath: `${devRoot}/${part.name}`,
       mountPoint: mount.mountPoint,
       readOnly: mount.readOnly,
+      fsType: mount.fsType ?? 'unknown',
+      overlays,
       ...(ext4 ? { ext4 } : {}),
       ranges: classified,
       dirs,

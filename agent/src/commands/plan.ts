@@ -10,7 +10,7 @@ import type { ByteRange, FileClass, FileHint, Plan, PlannedFile, PlannedMapper, 
 import type { FileHit } from '../pedigree/index.js';
 import { Ext4Classifier } from '../pedigree/classify.js';
 import type { DiskReader } from '../disk/verify.js';
-import type { MetadataPlan } from './metadata.js';
+import { restartReasons, type MetadataPlan } from './metadata.js';
 import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
 
 /** Without configuration: data and ELF files whose layout the host found unchanged are remapped, others pinned. */
@@ -80,9 +80,7 @@ export async function buildPlan(input: PlanInput): Promise<PlanResult> {
       },
     });
   }
-  const reasons = input.metadata.filesystems
-    .filter((fs) => !fs.readOnly)
-    .map((fs) => `${fs.mountPoint} is mounted read-write and its metadata changes (${[...new Set(fs.ranges.flatMap((r) => r.kinds))].join(', ')})`);
+  const reasons = input.metadata.filesystems.flatMap((fs) => restartReasons(fs, false));
   const restartUnits = new Set<string>();
   let pinBytes = 0;
   for (const f of files) {

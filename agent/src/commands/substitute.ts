@@ -15,7 +15,8 @@ import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
 import { resolveDisk, type ResolvedDisk } from '../disk/resolve.js';
 import { checkRanges, verifyRanges, type DiskReader } from '../disk/verify.js';
 import { openChanged } from '../disk/open-changed.js';
-import { applyMetadata, planMetadata, plannedOnly, splitAtPartitions, type AppliedMetadata, type MetadataOps, type MetadataPlan } from './metadata.js';
+import { applyMetadata, planMetadata, plannedOnly, restartReasons, splitAtPartitions, type AppliedMetadata, type MetadataOps, type MetadataPlan } from './metadata.js';
+import { decideFilesystems, describeRefusals, refusalsFor } from '../pedigree/filesystems.js';
 import { buildPlan, type FilePlan, type PlanResult } from './plan.js';
 import type { PinReport } from '../pin.js';
 
@@ -72,15 +73,28 @@ interface Mapped {
   classifyMs: number;
 }
 
-/** Finds the files and metadata behind the changed ranges and decides per file what happens (no verification). */
-async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, beforeWrite: boolean): Promise<Mapped> {
+/**
+ * Finds the files and metadata behind the changed ranges and decides per file what happens (no
+ * verification). With `refuse`, a range on a filesystem vmsubst cannot substitute under (btrfs,
+ * device-mapper, ..., reflinked blocks) fails the command as `Unsupported` before anything is done;
+ * a dry run lists it in the plan instead.
+ */
+async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, beforeWrite: boolean, refuse = true): Promise<Mapped> {
   checkRanges(args.ranges);
   const t0 = deps.now();
   const disk = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot, beforeWrite);
   const layout = await readDiskLayout(disk.name, deps.sysRoot);
-  const mounts = await readMounts(deps.procRoot);
+  const allMounts = await readMounts(deps.procRoot);
   // Cut at partition bounds first: each piece then belongs to one filesystem (metadata.ts).
   const changed = splitAtPartitions(args.ranges.map(({ offset, length }) => ({ offset, length })), layout);
+  const decisions = await decideFilesystems(layout, allMounts, { sysRoot: deps.sysRoot, read: (o, l) => deps.readDirect(disk.path, o, l) });
+  const refused = refusalsFor(decisions, changed);
+  if (refuse && refused.length > 0) {
+    throw new CommandError('Unsupported', describeRefusals(refused), { filesystems: refused.map((d) => ({ device: d.part.name, mount: d.mount, type: d.type, reason: d.reason })) });
+  }
+  // A refused filesystem is neither walked nor classified: its ranges are `unsupported` in the plan.
+  const refusedDevs = new Set(decisions.filter((d) => d.handling === 'refused').map((d) => d.part.devNum));
+  const mounts = allMounts.filter((mt) => !refusedDevs.has(mt.devNum));
   const { files, unmapped } = deps.pedigree
     ? await deps.pedigree.lookup(layout, mounts, changed)
     : (await PedigreeIndex.build(layout, mounts, deps.fiemap)).lookup(changed);
@@ -98,19 +112,39 @@ async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, bef
     read: deps.readDirect,
     procRoot: deps.procRoot,
   });
+  // Reflinked (shared) blocks: writing them changes every file that shares them.
+  const shared = files.flatMap((f) =>
+    f.file.extents.some((e) => e.shared && f.ranges.some((r) => r.offset < e.fileOffset + e.length && r.offset + r.length > e.fileOffset))
+      ? [`${f.file.path}: its changed blocks are shared with other files or snapshots (reflink, FIEMAP_EXTENT_SHARED); writing them would change every file that shares them`]
+      : [],
+  );
+  if (refuse && shared.length > 0) throw new CommandError('Unsupported', `${shared.join('; ')}. nothing was done; unshare the file (copy it) in the golden image`);
+  const unsupported = [...refused.map((d) => `${d.part.name}${d.mount ? ` (${d.mount})` : ''}: ${d.reason}`), ...shared];
+  const inRefused = (off: number): (typeof refused)[number] | undefined => refused.find((d) => off >= d.part.startBytes && off < d.part.startBytes + d.part.sizeBytes);
+  planned.plan.blocks = planned.plan.blocks.map((b) => {
+    const d = b.class === 'outside-filesystems' || b.class === 'unknown' ? inRefused(b.offset) : undefined;
+    return d ? { offset: b.offset, length: b.length, class: 'unsupported' as const, ...(d.mount ? { mount: d.mount } : {}) } : b;
+  });
+  planned.plan.filesystems = decisions.map((d) => ({ device: d.part.name, ...(d.mount ? { mount: d.mount } : {}), type: d.type, handling: d.handling, ...(d.reason ? { reason: d.reason } : {}) }));
+  planned.plan.unsupported = unsupported;
   return { disk, layout, mounts, metadata, planned, unmapped, mapMs: t1 - t0, classifyMs: deps.now() - t1 };
 }
 
 function refuseRestartRequired(m: Mapped, force: boolean): void {
-  const rwMeta = m.metadata.filesystems.find((fs) => !fs.readOnly);
-  if (!rwMeta || force) return;
-  throw new CommandError(
-    'RestartRequired',
-    `${rwMeta.mountPoint} is mounted read-write and the substitution changes its metadata ` +
-      `(${rwMeta.ranges.flatMap((r) => r.kinds).filter((k, i, a) => a.indexOf(k) === i).join(', ')}); ` +
-      'the guest must be restarted (or remounted read-only), or the host must force it',
-    { mount: rwMeta.mountPoint, plan: m.planned.plan },
-  );
+  for (const fs of m.metadata.filesystems) {
+    const reasons = restartReasons(fs, force);
+    if (reasons.length === 0) continue;
+    const rw = !fs.readOnly && fs.fsType !== 'xfs' && fs.overlays.length === 0;
+    throw new CommandError(
+      'RestartRequired',
+      rw
+        ? `${fs.mountPoint} is mounted read-write and the substitution changes its metadata ` +
+            `(${fs.ranges.flatMap((r) => r.kinds).filter((k, i, a) => a.indexOf(k) === i).join(', ')}); ` +
+            'the guest must be restarted (or remounted read-only), or the host must force it'
+        : `${reasons.join('; ')}. nothing was done`,
+      { mount: fs.mountPoint, plan: m.planned.plan },
+    );
+  }
 }
 
 function emptyReport(f: FilePlan, mappers: Mapper[]): FileReport {
@@ -127,7 +161,7 @@ const plainMappers = (ms: MapperInfo[] | undefined): Mapper[] => (ms ?? []).map(
 /** A dry run: the plan, before the host writes; nothing is verified or changed. */
 export async function planSubstitution(args: Args, deps: SubstituteDeps): Promise<ReturnOf<'substitute'>> {
   const t0 = deps.now();
-  const m = await mapAndPlan(args, deps, true);
+  const m = await mapAndPlan(args, deps, true, false);
   return {
     id: args.id,
     device: m.disk.path,

@@ -63,7 +63,10 @@ export interface TreeWalkStep {
   records: Float64Array;
   /** Each record's ctime in ns. */
   ctimeNs: BigInt64Array;
-  /** Three numbers per extent, in record order: physical, logical, length (bytes); extents without a disk place left out. */
+  /**
+   * Four numbers per extent, in record order: physical, logical, length (bytes), flags
+   * (TREE_WALK_EXTENT_SHARED); extents without a disk place left out.
+   */
   extents: Float64Array;
   /** Each record's name followed by a NUL ('' for the root). */
   names: string;
@@ -79,7 +82,18 @@ export interface TreeWalk {
   close(): void;
 }
 
-export type WalkTree = (root: string, dev: number, maxEntries: number) => TreeWalk;
+/** Extent flag of a TreeWalkStep: FIEMAP_EXTENT_SHARED (reflink, snapshot). */
+export const TREE_WALK_EXTENT_SHARED = 0x1;
+
+/** How a filesystem is walked (pedigree/walk.ts chooses per filesystem type). */
+export interface WalkOptions {
+  /** Map directories with FIEMAP (default true; XFS refuses it with EOPNOTSUPP). */
+  dirExtents?: boolean;
+  /** FIEMAP_FLAG_SYNC on every file (default false: only files with delayed allocations are synced). */
+  sync?: boolean;
+}
+
+export type WalkTree = (root: string, dev: number, maxEntries: number, opts?: WalkOptions) => TreeWalk;
 
 export interface VersionInfo {
   abiVersion: number;
@@ -497,7 +511,7 @@ interface NativeBinding {
   dataSegments(fd: number, size: number): [number, number][];
   compareSpan(fdA: number, fdB: number, offset: number, length: number, blockSize: number): Promise<Float64Array>;
   /** Absent from addons built before the native walk: the index then walks in JavaScript. */
-  TreeWalk?: new (root: string, dev: number, maxEntries: number, threads: number) => TreeWalk;
+  TreeWalk?: new (root: string, dev: number, maxEntries: number, threads: number, flags?: number) => TreeWalk;
   readDirect(path: string, offset: number, length: number): Promise<Buffer>;
   kmodVersion(devPath: string): VersionInfo;
   invalidateRange(
@@ -744,12 +758,14 @@ export const WALK_THREADS_MAX: number = 4;
  * the native walk.
  */
 export const walkTree: WalkTree | undefined = binding.TreeWalk
-  ? (root, dev, maxEntries) => {
+  ? (root, dev, maxEntries, opts = {}) => {
       if (typeof root !== 'string' || root === '') throw new TypeError('root must be a non-empty string');
       checkInteger('dev', dev, 0, Number.MAX_SAFE_INTEGER);
       checkInteger('maxEntries', maxEntries, 0, 2 ** 32);
       const threads = Math.max(1, Math.min(WALK_THREADS_MAX, availableParallelism()));
-      return new binding.TreeWalk!(root, dev, maxEntries, threads);
+      // VS_WALK_F_NO_DIR_FIEMAP, VS_WALK_F_SYNC (agent/native/native.h)
+      const flags = (opts.dirExtents === false ? 0x1 : 0) | (opts.sync ? 0x2 : 0);
+      return new binding.TreeWalk!(root, dev, maxEntries, threads, flags);
     }
   : undefined;
 // The pedigree index is handed `fiemap`; the walk travels with it (pedigree/walk.ts).

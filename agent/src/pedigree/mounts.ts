@@ -8,6 +8,10 @@ export interface Mount {
   root: string;
   fsType: string;
   readOnly: boolean;
+  /** The mount source (a device path for block filesystems), when mountinfo gives one. */
+  source?: string;
+  /** Per-superblock options (`norecovery`, overlayfs' `lowerdir=`), when mountinfo gives them. */
+  superOptions?: string[];
 }
 
 /** Parses /proc/self/mountinfo (proc(5)); mount points are octal-escaped there. */
@@ -31,6 +35,8 @@ export function parseMountinfo(text: string): Mount[] {
       mountPoint: unescape(mountPoint),
       fsType,
       readOnly: opts.split(',').includes('ro'),
+      ...(r[1] !== undefined ? { source: unescape(r[1]) } : {}),
+      ...(r[2] !== undefined ? { superOptions: r[2].split(',').map(unescape) } : {}),
     });
   }
   return mounts;

@@ -16,7 +16,7 @@
  */
 import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
-import { TREE_WALK_DIR, TREE_WALK_ENTRY, type TreeWalkStep, type WalkTree } from '../native/index.js';
+import { TREE_WALK_DIR, TREE_WALK_ENTRY, TREE_WALK_EXTENT_SHARED, type TreeWalkStep, type WalkOptions, type WalkTree } from '../native/index.js';
 import type { Mount } from './mounts.js';
 
 export interface ExtentInfo {
@@ -36,6 +36,21 @@ const FIEMAP_EXTENT_UNKNOWN = 0x2;
 const FIEMAP_EXTENT_DELALLOC = 0x4;
 const FIEMAP_EXTENT_DATA_INLINE = 0x200;
 export const NOT_ON_DISK = FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_DATA_INLINE;
+/** Blocks shared with another file (reflink) or a snapshot: substituting them changes every sharer. */
+export const FIEMAP_EXTENT_SHARED = 0x2000;
+
+const EXT_TYPES = new Set(['ext2', 'ext3', 'ext4']);
+
+/**
+ * How a filesystem is walked. Directories are mapped only on ext2/3/4, whose directory blocks the
+ * metadata pipeline reads back (XFS refuses FIEMAP on a directory with EOPNOTSUPP, and a directory's
+ * blocks mean nothing the agent can use elsewhere). Files are mapped with FIEMAP_FLAG_SYNC on every
+ * other filesystem, so that nothing is left in delayed allocation (XFS).
+ */
+export function walkOptions(mount: Pick<Mount, 'fsType'>): Required<WalkOptions> {
+  const ext = EXT_TYPES.has(mount.fsType);
+  return { dirExtents: ext, sync: !ext };
+}
 
 /** Upper bound on entries walked per filesystem, so a huge tree cannot stall the agent. */
 export const MAX_FILES = 2_000_000;
@@ -54,8 +69,8 @@ export interface IndexedFile {
   kind: 'file' | 'dir';
   /** For directories: each entry's name and inode number, as the guest saw them when indexed. */
   entries?: Map<string, number>;
-  /** Where the file's extents lie on the disk (byte offsets), for reading them back raw. */
-  extents: { diskStart: number; fileOffset: number; length: number }[];
+  /** Where the file's extents lie on the disk (byte offsets), for reading them back raw; `shared`: FIEMAP_EXTENT_SHARED. */
+  extents: { diskStart: number; fileOffset: number; length: number; shared?: true }[];
   /** ctime in ns and size when indexed: a change means the extents must be read again. */
   ctimeNs?: bigint;
   size?: number;
@@ -67,7 +82,19 @@ const yieldNow = (): Promise<void> => new Promise((r) => setImmediate(r));
 export function addExtents(file: IndexedFile, fd: number, partStart: number, fiemap: Fiemap): void {
   for (const e of fiemap(fd)) {
     if (e.flags & NOT_ON_DISK) continue;
-    file.extents.push({ diskStart: partStart + Number(e.physical), fileOffset: Number(e.logical), length: Number(e.length) });
+    const x: IndexedFile['extents'][number] = { diskStart: partStart + Number(e.physical), fileOffset: Number(e.logical), length: Number(e.length) };
+    if (e.flags & FIEMAP_EXTENT_SHARED) x.shared = true;
+    file.extents.push(x);
+  }
+}
+
+/** A directory's extents when its filesystem's walk maps directories; none when FIEMAP refuses (EOPNOTSUPP). */
+function addDirExtents(dir: IndexedFile, fd: number, partStart: number, fiemap: Fiemap): void {
+  if (!walkOptions(dir.mount).dirExtents) return;
+  try {
+    addExtents(dir, fd, partStart, fiemap);
+  } catch {
+    dir.extents = [];
   }
 }
 
@@ -88,8 +115,12 @@ export function mapPath(path: string, mount: Mount, dev: number, partStart: numb
     const kind = st.isFile() ? 'file' : st.isDirectory() ? 'dir' : undefined;
     if (!kind) return undefined;
     const file: IndexedFile = { path, dev, ino: Number(st.ino), mount, kind, extents: [], ctimeNs: st.ctimeNs, size: Number(st.size) };
-    if (kind === 'dir') file.entries = withEntries ? readEntries(path) : new Map();
-    addExtents(file, fd, partStart, fiemap);
+    if (kind === 'dir') {
+      file.entries = withEntries ? readEntries(path) : new Map();
+      addDirExtents(file, fd, partStart, fiemap);
+    } else {
+      addExtents(file, fd, partStart, fiemap);
+    }
     return file;
   } finally {
     closeSync(fd);
@@ -140,7 +171,7 @@ export async function walkMount(mount: Mount, partStart: number, fiemap: Fiemap,
       if (Number(st.dev) !== dev) continue;
       list = readdirSync(dir, { withFileTypes: true });
       dirFile = { path: dir, dev, ino: Number(st.ino), mount, kind: 'dir', entries: new Map(), extents: [], ctimeNs: st.ctimeNs, size: Number(st.size) };
-      addExtents(dirFile, dfd, partStart, fiemap);
+      addDirExtents(dirFile, dfd, partStart, fiemap);
     } catch {
       continue;
     } finally {
@@ -200,7 +231,7 @@ interface WalkedDir {
  * running on the thread pool while this one becomes IndexedFiles.
  */
 async function walkNative(walkTree: WalkTree, mount: Mount, dev: number, partStart: number, emit: (f: IndexedFile) => void): Promise<number> {
-  const walk = walkTree(mount.mountPoint, dev, MAX_FILES);
+  const walk = walkTree(mount.mountPoint, dev, MAX_FILES, walkOptions(mount));
   const dirs: WalkedDir[] = [];
   // What join(root, name) gives, without a join per file (the root may be given unnormalized).
   const rootPrefix = join(mount.mountPoint, '.');
@@ -250,13 +281,15 @@ function addStep(s: TreeWalkStep, dirs: WalkedDir[], mount: Mount, dev: number, 
     // Most files have one extent: an array literal is allocated at its size, a push would reserve room for 17.
     const count = records[r + 4]!;
     let fileExtents: IndexedFile['extents'];
-    if (count === 1) {
+    if (count === 1 && !(extents[x + 3]! & TREE_WALK_EXTENT_SHARED)) {
       fileExtents = [{ diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) }];
-      x += 3;
+      x += 4;
     } else {
       fileExtents = [];
-      for (let e = 0; e < count; e++, x += 3) {
-        fileExtents.push({ diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) });
+      for (let e = 0; e < count; e++, x += 4) {
+        const ext: IndexedFile['extents'][number] = { diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) };
+        if (extents[x + 3]! & TREE_WALK_EXTENT_SHARED) ext.shared = true;
+        fileExtents.push(ext);
       }
     }
     const size = small(records[r + 3]!);

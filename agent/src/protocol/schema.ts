@@ -285,7 +285,24 @@ export const BlockClassName = Type.Union([
   Type.Literal('free'),
   Type.Literal('unknown'),
   Type.Literal('outside-filesystems'),
+  /** On a filesystem or stacked device vmsubst refuses (btrfs, device-mapper, ...): see Plan.filesystems. */
+  Type.Literal('unsupported'),
 ]);
+
+/** A filesystem of the disk (or a device stacked on it) and how a substitution goes under it. */
+export const PlannedFilesystem = Type.Object(
+  {
+    /** The partition or disk it lives on (sysfs name). */
+    device: Type.String(),
+    mount: Type.Optional(Type.String()),
+    /** Filesystem type from mountinfo, or `device-mapper`, or what the superblock says. */
+    type: Type.String(),
+    handling: Type.Union([Type.Literal('data-and-metadata'), Type.Literal('data-only'), Type.Literal('refused')]),
+    reason: Type.Optional(Type.String()),
+  },
+  strict,
+);
+export type PlannedFilesystem = Static<typeof PlannedFilesystem>;
 
 export const PlannedMapper = Type.Object(
   {
@@ -333,6 +350,10 @@ export const Plan = Type.Object(
     units: Type.Array(Type.String()),
     /** Memory the `pin` policy copies, in bytes, over all pinned processes. */
     'pin-bytes': Type.Integer({ minimum: 0 }),
+    /** Every filesystem of the disk, decided per mount (Since: 0.4). */
+    filesystems: Type.Optional(Type.Array(PlannedFilesystem)),
+    /** Why prepare/commit refuse this substitution as `Unsupported` (empty: they do not) (Since: 0.4). */
+    unsupported: Type.Optional(Type.Array(Type.String())),
   },
   strict,
 );
@@ -537,6 +558,8 @@ export const ErrorClass = Type.Union([
   Type.Literal('Busy'),
   /** The guest has written pages of a changed range that are not on the disk yet: nothing was done. */
   Type.Literal('GuestDirty'),
+  /** A changed range lies on a filesystem or stacked device vmsubst cannot substitute under (btrfs, zfs, f2fs, device-mapper, reflinked blocks): nothing was done. */
+  Type.Literal('Unsupported'),
 ]);
 export type ErrorClass = Static<typeof ErrorClass>;
 

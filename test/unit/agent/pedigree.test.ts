@@ -52,8 +52,8 @@ Mounts('reads device, mount point, read-only flag and unescapes names', () => {
       '23 1 0:21 / /tmp rw,nosuid - tmpfs tmp rw\n',
   );
   assert.equal(m, [
-    { devNum: '254:0', root: '/', mountPoint: '/mnt/my data', fsType: 'ext4', readOnly: true },
-    { devNum: '0:21', root: '/', mountPoint: '/tmp', fsType: 'tmpfs', readOnly: false },
+    { devNum: '254:0', root: '/', mountPoint: '/mnt/my data', fsType: 'ext4', readOnly: true, source: '/dev/vda', superOptions: ['ro'] },
+    { devNum: '0:21', root: '/', mountPoint: '/tmp', fsType: 'tmpfs', readOnly: false, source: 'tmp', superOptions: ['rw'] },
   ]);
 });
 Mounts.run();

@@ -111,8 +111,8 @@ async function run(args: string[]): Promise<void> {
         filesystems: filesystems.length,
         hints,
         files: files.length,
-        'elf-same-layout': elf.filter((f) => f.elf === 'same-layout').length,
-        'elf-new-layout': elf.filter((f) => f.elf === 'new-layout').length,
+        'elf-code-unchanged': elf.filter((f) => f.elf === 'code-unchanged').length,
+        'elf-code-changed': elf.filter((f) => f.elf !== 'code-unchanged').length,
         notes,
         'elapsed-ms': elapsed,
         'compare-ms': compareMs,
@@ -125,7 +125,7 @@ async function run(args: string[]): Promise<void> {
           `read ${formatBytes(diff.readBytes)} of each image (${formatPercent(diff.size - diff.readBytes, diff.size)} holes skipped)`,
         ];
         if (hints === 'computed') {
-          lines.push(`${plural(files.length, 'changed file')} in ${plural(filesystems.length, 'filesystem')}; ELF: ${elf.filter((f) => f.elf === 'same-layout').length} same layout, ${elf.filter((f) => f.elf === 'new-layout').length} new layout ('vmsubst inspect' lists them)`);
+          lines.push(`${plural(files.length, 'changed file')} in ${plural(filesystems.length, 'filesystem')}; ELF: ${elf.filter((f) => f.elf === 'code-unchanged').length} with code unchanged (remap), ${elf.filter((f) => f.elf !== 'code-unchanged').length} with code changed (pin) ('vmsubst inspect' lists them)`);
         }
         return lines.join('\n');
       },

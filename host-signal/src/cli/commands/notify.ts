@@ -39,8 +39,9 @@ visible, invalidate the caches that hold the old ones, and report.
                       a class (data, elf-code-unchanged: no executable byte
                       changed, elf-code-changed) or a path in its filesystem;
                       P is remap, pin, report or restart (repeatable;
-                      overrides the agent's config). elf-same-layout and
-                      elf-new-layout, the older names, are still taken
+                      overrides the agent's config). The older names
+                      elf-same-layout and elf-new-layout are still taken,
+                      for elf-code-unchanged and elf-code-changed
   --timeout SEC       how long to wait for the agent's report (default 120)
   --attempts N        connections to try when the channel fails (default 3);
                       every try carries the same substitution id, and the

@@ -115,11 +115,11 @@ if (typeof art === 'string') {
       assert.ok(pin && pin.status === 'pinned' && pin['bytes-copied'] > 0, JSON.stringify(p.pinned));
       const again = await C.conn!.prepare(C.args!);
       assert.is(again.replayed, true, 'a repeated prepare is answered from the journal');
-      const a = await C.conn!.abort(C.args!.id);
+      const a = await C.conn!.abort(C.args!.id, p.token);
       assert.is(a.status, 'aborted');
       assert.ok(a['pins-kept'].some((x) => x.pid === C.pinned));
       try {
-        await C.conn!.commit(C.args!.id);
+        await C.conn!.commit(C.args!.id, p.token);
         assert.unreachable('commit after abort must be refused');
       } catch (e) {
         assert.instance(e, AgentError);
@@ -135,7 +135,7 @@ if (typeof art === 'string') {
       assert.not.ok(p.replayed, 'prepared anew after the abort');
       C.later = await startProg(vm, 'later');
       await vmsubstJson(['apply', C.scenario!.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
-      const r = await C.conn!.commit(C.args!.id);
+      const r = await C.conn!.commit(C.args!.id, p.token);
       assert.is(r.id, C.args!.id);
       assert.ok(r['verified-bytes'] > 0);
       assert.ok(r.plan?.files.some((f) => f.path === PROG && f.policy === 'pin'));
@@ -147,9 +147,9 @@ if (typeof art === 'string') {
       const pinned = await versions(vm, '/tmp/pinned.out');
       assert.ok(pinned.every((v) => v === 'vprog version v1'), `pinned: ${[...new Set(pinned)]}`);
       assert.is((await vm.run(`kill -0 ${C.pinned}`)).code, 0, 'the pinned process is alive');
-      const retry = await C.conn!.commit(C.args!.id);
+      const retry = await C.conn!.commit(C.args!.id, p.token);
       assert.is(retry.replayed, true, 'a retried commit is answered from the journal');
-      const late = await C.conn!.abort(C.args!.id);
+      const late = await C.conn!.abort(C.args!.id, p.token);
       assert.is(late.status, 'committed');
     }),
   );

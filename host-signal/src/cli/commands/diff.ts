@@ -19,9 +19,12 @@ BUNDLE. Only where either image holds data is read (holes are skipped).
 The manifest records the base image's ext4 filesystems (UUID, label; bare or
 in MBR/GPT partitions) and, when debugfs (e2fsprogs) is installed and the
 images are raw, file hints: the files of the patched image each changed
-range belongs to, and for each changed ELF file whether its layout (program
-headers, section headers, symbol addresses and sizes) equals the base's.
-The guest agent uses them to pick its policy per file.
+range belongs to, and for each changed ELF file whether its code changed:
+code-unchanged when the program headers, every byte of the executable
+segments and the tables the loader reads at run time equal the base's
+(remapped: running processes fault in the new file), else code-changed
+(pinned: they keep the old image). The guest agent picks its policy per
+file from them.
 
   -o, --output BUNDLE   bundle file to write (replaced atomically)
   --label TEXT          a name for the base image, kept in the manifest

@@ -48,7 +48,7 @@ $(CLI_BUNDLE): build/.tsc-stamp
 	  --banner:js="import { createRequire as __vmsubstRequire } from 'node:module'; const require = __vmsubstRequire(import.meta.url);"
 	@chmod +x $@
 
-guest: build/guest/initramfs.cpio build/disks/base.img build/disks/stress-a.img build/disks/xfs-base.img
+guest: build/guest/initramfs.cpio build/disks/base.img build/disks/stress-a.img build/disks/xfs-base.img build/disks/libvx-v1.img
 build/guest/initramfs.cpio: build/.tsc-stamp agent/build/Release/vmsubst_native.node kmod/vmsubst.ko kmod/tests/abi_test test/guest/init test/guest/build-initramfs.sh .cache/kver
 	@mkdir -p build/guest
 	test/guest/build-initramfs.sh $(KVER) $@
@@ -56,6 +56,8 @@ build/disks/base.img: test/fixtures/build-disks.sh test/fixtures/vprog.c
 	test/fixtures/build-disks.sh build/disks
 build/disks/xfs-base.img: test/fixtures/build-fs-disks.sh build/disks/base.img
 	test/fixtures/build-fs-disks.sh build/disks
+build/disks/libvx-v1.img: test/fixtures/build-libvx-disks.sh test/fixtures/libvx.c test/fixtures/vxprog.c
+	test/fixtures/build-libvx-disks.sh build/disks
 build/disks/stress-a.img: test/fixtures/build-stress-disks.sh test/fixtures/stress.c test/fixtures/vprog.c kmod/include/uapi/linux/vmsubst.h
 	test/fixtures/build-stress-disks.sh build/disks
 

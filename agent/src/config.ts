@@ -66,7 +66,8 @@ export const Config = Type.Object(
     /**
      * What happens to processes mapping a changed file, per file class and per path (see the
      * protocol's Policies); a notification's policies come first. Unset classes: remap for data and
-     * for ELF files whose layout the host found unchanged, pin for the others.
+     * for ELF files in which the host found no executable byte changed (elf-code-unchanged), pin for
+     * the others (elf-code-changed); the older keys elf-same-layout / elf-new-layout are still read.
      */
     policies: Policies,
     /**

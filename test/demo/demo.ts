@@ -64,7 +64,7 @@ async function main(): Promise<void> {
     say(`vmsubst notify (virtio-serial): agent verified, mapped and invalidated in ${report['timings-ms']['total']?.toFixed(0)} ms (${Date.now() - t} ms round trip)`);
     for (const f of report.files) {
       const planned = report.plan?.files.find((p) => p.path === f.path);
-      const why = planned ? ` — policy ${planned.policy} (${planned.class === 'elf-same-layout' ? 'the bundle says the ELF layout is unchanged' : planned.class}, ${planned['policy-from']})` : '';
+      const why = planned ? ` — policy ${planned.policy} (${planned.class === 'elf-code-unchanged' ? 'the bundle says no executable byte of the ELF file changed' : planned.class}, ${planned['policy-from']})` : '';
       say(`  ${f.path}: ${f['pages-dropped']} page(s) dropped; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ') || 'nobody'}${why}`);
     }
     const stages = Object.entries(report['timings-ms']).filter(([k]) => !['total', 'invalidate'].includes(k)).map(([k, v]) => `${k} ${v.toFixed(0)}`);

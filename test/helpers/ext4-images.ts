@@ -2,8 +2,9 @@
  * Real ext4 images for the bundle and hint suites, made on the host with
  * mkfs.ext4 -d and patched with dd and debugfs -w (no mount, no root):
  *
- *   progA, progB  two builds of a tiny C program differing in one constant (same ELF layout)
- *   progC         progA's source plus one function (new layout: sections and symbols move)
+ *   progA, progB  two builds of a tiny C program differing in one string (.rodata only:
+ *                 no executable byte changes, code-unchanged)
+ *   progC         progA's source plus one function (code-changed: code, sections and symbols move)
  *   base.img      /bin/same = progA, /bin/grown = progA, /etc/conf.txt, /share/filler
  *   patched.img   /bin/same rewritten in place with progB (same inode, same blocks),
  *                 /etc/conf.txt rewritten in place, /bin/grown replaced by a new inode
@@ -20,17 +21,16 @@ import { crc32 } from 'node:zlib';
 export const UUID = '6b1f3c1e-0000-4000-8000-00000000b002';
 
 const PROGRAM = `#include <stdio.h>
-static const char banner[] = "vmsubst test program";
-static int factor = FACTOR;
+static const char banner[] = "vmsubst test program " VARIANT;
 #ifdef EXTRA
-__attribute__((noinline)) int extra(int x) { return x * factor + 7; }
+__attribute__((noinline)) int extra(int x) { return x * 3 + 7; }
 #endif
 int main(int argc, char **argv) {
   (void)argv;
 #ifdef EXTRA
   printf("%s %d\\n", banner, extra(argc));
 #else
-  printf("%s %d\\n", banner, argc * factor);
+  printf("%s %d\\n", banner, argc * 3);
 #endif
   return 0;
 }
@@ -50,8 +50,8 @@ export function buildPrograms(dir: string): ElfPrograms {
     execFileSync('gcc', ['-O2', '-Wl,--build-id=none', ...defs, '-o', path, src], { stdio: ['ignore', 'ignore', 'pipe'] });
     return path;
   };
-  const progs = { progA: cc('progA', ['-DFACTOR=3']), progB: cc('progB', ['-DFACTOR=5']), progC: cc('progC', ['-DFACTOR=3', '-DEXTRA']) };
-  if (statSync(progs.progA).size !== statSync(progs.progB).size) throw new Error('progA and progB differ in size: the same-layout fixture needs equal sizes');
+  const progs = { progA: cc('progA', ['-DVARIANT="A"']), progB: cc('progB', ['-DVARIANT="B"']), progC: cc('progC', ['-DVARIANT="A"', '-DEXTRA']) };
+  if (statSync(progs.progA).size !== statSync(progs.progB).size) throw new Error('progA and progB differ in size: the code-unchanged fixture needs equal sizes');
   return progs;
 }
 

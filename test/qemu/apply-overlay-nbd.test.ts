@@ -91,7 +91,7 @@ if (typeof art === 'string') {
       console.log(`  guest overlay apply: paused ${r['pause-ms']} ms`);
       assert.is(r.overlay?.committed, false);
       assert.ok(r.agent['two-phase'], 'prepare/commit were used');
-      // The bundle's hint says the ELF layout is unchanged: the policy is remap, nothing is pinned.
+      // The bundle's hint says no executable byte of vprog changed: the policy is remap, nothing is pinned.
       const planned = r.agent.prepare?.plan.files.find((f) => f.path === PROG);
       assert.is(planned?.policy, 'remap', JSON.stringify(r.agent.prepare));
       assert.ok(planned?.mappers.some((m) => m.pid === C.running), 'prepare saw the running program');

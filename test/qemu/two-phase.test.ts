@@ -1,14 +1,16 @@
 /**
  * The two-phase substitution and the policies, in a real guest. A process
  * runs /bin/vprog (v1). A dry run returns the plan (the file, its class, the
- * process, the default `pin` policy of an ELF file of unknown layout) and
+ * process, the default `pin` policy of an ELF file whose code nobody compared) and
  * changes nothing. `prepare` pins the process while the disk still holds v1;
  * `abort` drops the preparation and a `commit` after it is refused; prepared
  * again, the host writes v2 and `commit`s: the pinned process keeps v1 for its
  * whole life, a process started after prepare moves to v2, a new exec gets v2.
  * A retried commit is answered from the journal. Then the reverse bundle, with
- * a host hint that the ELF layout is unchanged, is substituted in one shot:
- * the policy is `remap` and the unpinned process moves back to v1.
+ * a host hint that no executable byte changed (vprog's versions differ in one
+ * .rodata page), is substituted in one shot: the policy is `remap` and the
+ * unpinned process moves back to v1. An older host's `same-layout` hint is
+ * taken as code-changed: pin.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -67,7 +69,7 @@ if (typeof art === 'string') {
     C.scenario = await guestScenario(art, 'two-phase');
     C.vm = C.scenario.vm;
     C.manifest = await loadManifest(C.scenario.bundle);
-    // Without the bundle's hints: an ELF file of unknown layout gets the default `pin`.
+    // Without the bundle's hints: an ELF file whose code nobody compared gets the default `pin`.
     const { hints: _hints, ...unhinted } = notificationArgs(C.manifest, DISK);
     C.args = unhinted;
     C.conn = await AgentConnection.open(`serial:${C.vm.agentSocket}`);
@@ -92,7 +94,7 @@ if (typeof art === 'string') {
       assert.ok(plan, 'the report carries the plan');
       const f = plan.files.find((x) => x.path === PROG);
       assert.ok(f, JSON.stringify(plan.files));
-      assert.is(f.class, 'elf-new-layout', 'an ELF file without a hint is taken as changed in layout');
+      assert.is(f.class, 'elf-code-changed', 'an ELF file without a hint is taken as changed in code');
       assert.is(f.policy, 'pin');
       assert.is(f['policy-from'], 'default');
       const m = f.mappers.find((x) => x.pid === C.pinned);
@@ -113,11 +115,11 @@ if (typeof art === 'string') {
       assert.ok(pin && pin.status === 'pinned' && pin['bytes-copied'] > 0, JSON.stringify(p.pinned));
       const again = await C.conn!.prepare(C.args!);
       assert.is(again.replayed, true, 'a repeated prepare is answered from the journal');
-      const a = await C.conn!.abort(C.args!.id);
+      const a = await C.conn!.abort(C.args!.id, p.token);
       assert.is(a.status, 'aborted');
       assert.ok(a['pins-kept'].some((x) => x.pid === C.pinned));
       try {
-        await C.conn!.commit(C.args!.id);
+        await C.conn!.commit(C.args!.id, p.token);
         assert.unreachable('commit after abort must be refused');
       } catch (e) {
         assert.instance(e, AgentError);
@@ -133,7 +135,7 @@ if (typeof art === 'string') {
       assert.not.ok(p.replayed, 'prepared anew after the abort');
       C.later = await startProg(vm, 'later');
       await vmsubstJson(['apply', C.scenario!.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
-      const r = await C.conn!.commit(C.args!.id);
+      const r = await C.conn!.commit(C.args!.id, p.token);
       assert.is(r.id, C.args!.id);
       assert.ok(r['verified-bytes'] > 0);
       assert.ok(r.plan?.files.some((f) => f.path === PROG && f.policy === 'pin'));
@@ -145,23 +147,27 @@ if (typeof art === 'string') {
       const pinned = await versions(vm, '/tmp/pinned.out');
       assert.ok(pinned.every((v) => v === 'vprog version v1'), `pinned: ${[...new Set(pinned)]}`);
       assert.is((await vm.run(`kill -0 ${C.pinned}`)).code, 0, 'the pinned process is alive');
-      const retry = await C.conn!.commit(C.args!.id);
+      const retry = await C.conn!.commit(C.args!.id, p.token);
       assert.is(retry.replayed, true, 'a retried commit is answered from the journal');
-      const late = await C.conn!.abort(C.args!.id);
+      const late = await C.conn!.abort(C.args!.id, p.token);
       assert.is(late.status, 'committed');
     }),
   );
 
-  G.test('the reverse bundle with a same-layout hint is remapped: the unpinned process moves back to v1', () =>
+  G.test('the reverse bundle with a code-unchanged hint is remapped: the unpinned process moves back to v1', () =>
     withTimeout(180_000, 'reverse', async () => {
       const vm = C.vm!;
       const back = join(C.scenario!.tmp, 'back.bundle');
       await vmsubstJson(['diff', join(art.disks, 'patched.img'), join(art.disks, 'base.img'), '-o', back]);
       const manifest = await loadManifest(back);
-      const args = { ...notificationArgs(manifest, DISK), hints: [{ path: '/bin/vprog', elf: 'same-layout' as const }] };
+      const args = { ...notificationArgs(manifest, DISK), hints: [{ path: '/bin/vprog', elf: 'code-unchanged' as const }] };
+      const older = (await C.conn!.substitute({ ...args, hints: [{ path: '/bin/vprog', elf: 'same-layout' as const }], 'dry-run': true })).plan!;
+      const o = older.files.find((x) => x.path === PROG)!;
+      assert.is(o.class, 'elf-code-changed', "an older host's same-layout (code not compared) is taken as code-changed");
+      assert.is(o.policy, 'pin');
       const plan = (await C.conn!.substitute({ ...args, 'dry-run': true })).plan!;
       const f = plan.files.find((x) => x.path === PROG)!;
-      assert.is(f.class, 'elf-same-layout');
+      assert.is(f.class, 'elf-code-unchanged');
       assert.is(f.policy, 'remap');
       await vmsubstJson(['apply', back, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
       const r = await C.conn!.substitute(args);
@@ -171,12 +177,12 @@ if (typeof art === 'string') {
     }),
   );
 
-  G.test("the bundle's own hint (computed by diff from the images) says vprog's layout is unchanged: remap", () =>
+  G.test("the bundle's own hint (computed by diff from the images) says vprog's code is unchanged: remap", () =>
     withTimeout(120_000, 'hinted plan', async () => {
       const args = notificationArgs(C.manifest!, DISK, { dryRun: true });
-      assert.ok(args.hints?.some((h) => h.path === '/bin/vprog' && h.elf === 'same-layout'), JSON.stringify(args.hints));
+      assert.ok(args.hints?.some((h) => h.path === '/bin/vprog' && h.elf === 'code-unchanged'), JSON.stringify(args.hints));
       const f = (await C.conn!.substitute(args)).plan!.files.find((x) => x.path === PROG)!;
-      assert.is(f.class, 'elf-same-layout');
+      assert.is(f.class, 'elf-code-unchanged');
       assert.is(f.policy, 'remap');
     }),
   );

@@ -13,8 +13,18 @@ import type { DiskReader } from '../disk/verify.js';
 import { restartReasons, type MetadataPlan } from './metadata.js';
 import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
 
-/** Without configuration: data and ELF files whose layout the host found unchanged are remapped, others pinned. */
-export const DEFAULT_POLICIES: Readonly<Record<FileClass, Policy>> = { data: 'remap', 'elf-same-layout': 'remap', 'elf-new-layout': 'pin' };
+/**
+ * Without configuration: data files and ELF files whose code the host found unchanged are remapped;
+ * ELF files whose code changed, or whose code nobody compared, are pinned: a running process holds
+ * return addresses, saved instruction pointers and code pointers into the old code.
+ */
+export const DEFAULT_POLICIES: Readonly<Record<FileClass, Policy>> = { data: 'remap', 'elf-code-unchanged': 'remap', 'elf-code-changed': 'pin' };
+
+/** The class names of older hosts and configurations, applied where the new name is not given. */
+const OLDER_NAME: Readonly<Partial<Record<FileClass, 'elf-same-layout' | 'elf-new-layout'>>> = {
+  'elf-code-unchanged': 'elf-same-layout',
+  'elf-code-changed': 'elf-new-layout',
+};
 
 /** Blocks classified one by one for the plan; beyond this a range is reported as `unknown`. */
 const MAX_CLASSIFIED_BLOCKS = 1 << 16;
@@ -109,12 +119,21 @@ function relativePath(hit: FileHit): string {
   return hit.file.path.startsWith(mp + '/') ? hit.file.path.slice(mp.length) : hit.file.path;
 }
 
-/** The host's hint decides; without one, an ELF file is taken as changed in layout (the safe side). */
+/**
+ * The host's hint decides; without one, an ELF file is taken as changed in code (the safe side). Only
+ * `code-unchanged` (the host compared the executable bytes) yields remap's class: an older host's
+ * `same-layout` compared headers and symbols, which stay equal when instructions move inside a function.
+ */
+export function hintClass(hint: FileHint): FileClass {
+  if (hint.elf === undefined) return 'data';
+  return hint.elf === 'code-unchanged' ? 'elf-code-unchanged' : 'elf-code-changed';
+}
+
 async function fileClass(hit: FileHit, hints: readonly FileHint[]): Promise<FileClass> {
   const rel = relativePath(hit);
   const hint = hints.find((h) => h.path === rel || h.path === hit.file.path);
-  if (hint) return hint.elf === undefined ? 'data' : hint.elf === 'same-layout' ? 'elf-same-layout' : 'elf-new-layout';
-  return (await isElf(hit.file.path)) ? 'elf-new-layout' : 'data';
+  if (hint) return hintClass(hint);
+  return (await isElf(hit.file.path)) ? 'elf-code-changed' : 'data';
 }
 
 async function isElf(path: string): Promise<boolean> {
@@ -141,9 +160,13 @@ export function choosePolicy(
   if (n) return { policy: n, from: 'notification' };
   const c = byPath(policies.config);
   if (c) return { policy: c, from: 'config' };
-  const nc = policies.notification?.[cls];
+  const byClass = (p: Policies | undefined): Policy | undefined => {
+    const older = OLDER_NAME[cls];
+    return p?.[cls] ?? (older !== undefined ? p?.[older] : undefined);
+  };
+  const nc = byClass(policies.notification);
   if (nc) return { policy: nc, from: 'notification' };
-  const cc = policies.config?.[cls];
+  const cc = byClass(policies.config);
   if (cc) return { policy: cc, from: 'config' };
   return { policy: DEFAULT_POLICIES[cls], from: 'default' };
 }

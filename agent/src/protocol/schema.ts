@@ -128,30 +128,48 @@ export const Policy = Type.Union([Type.Literal('remap'), Type.Literal('pin'), Ty
 export type Policy = Static<typeof Policy>;
 
 /**
- * How a changed file is classed for the default policy: an ELF executable or library whose layout the
- * host found unchanged (program and section headers, symbol addresses and sizes) or changed (or not
- * known), or any other file.
+ * How a changed file is classed for the default policy: an ELF executable or library whose code the
+ * host found unchanged (no byte of an executable segment, nor of the tables the dynamic loader reads
+ * at run time, and the program headers equal: `remap` is safe) or changed (or not known: `pin`), or
+ * any other file. Since 1 (capability "elf-code"; before it, `elf-same-layout` / `elf-new-layout`).
  */
-export const FileClass = Type.Union([Type.Literal('data'), Type.Literal('elf-same-layout'), Type.Literal('elf-new-layout')]);
+export const FileClass = Type.Union([Type.Literal('data'), Type.Literal('elf-code-unchanged'), Type.Literal('elf-code-changed')]);
 export type FileClass = Static<typeof FileClass>;
 
-/** Policy per file class and per path; the notification's override the agent's configuration. */
+/**
+ * Policy per file class and per path; the notification's override the agent's configuration.
+ * The class names of older hosts and configurations are still accepted: `elf-new-layout` applies
+ * to `elf-code-changed` and `elf-same-layout` to `elf-code-unchanged`, each only where the new
+ * name is not given. (An old `elf-same-layout: remap` thus never reaches a file whose code changed.)
+ */
 export const Policies = Type.Object(
   {
     data: Type.Optional(Policy),
-    'elf-same-layout': Type.Optional(Policy),
-    'elf-new-layout': Type.Optional(Policy),
+    'elf-code-unchanged': Type.Optional(Policy),
+    'elf-code-changed': Type.Optional(Policy),
+    'elf-same-layout': Type.Optional({ ...Policy, description: 'older name, applied to elf-code-unchanged' }),
+    'elf-new-layout': Type.Optional({ ...Policy, description: 'older name, applied to elf-code-changed' }),
     files: Type.Optional(Type.Record(Type.String({ pattern: '^/[^\\0]*$', maxLength: 4096 }), Policy, { maxProperties: 4096 })),
   },
   strict,
 );
 export type Policies = Static<typeof Policies>;
 
-/** What the host knows of a changed file from the patched image (debugfs, ELF headers). */
+/**
+ * What the host knows of a changed file from the patched image (debugfs, the ELF files' bytes).
+ * `elf`: code-unchanged or code-changed (elf.ts of the host). The verdicts of older hosts,
+ * same-layout and new-layout, are accepted and both taken as code-changed: same-layout compared
+ * headers and symbols, not the executable bytes, and a function whose instructions moved inside it
+ * keeps every header and symbol (docs/design.md, "Two phases and policies").
+ */
 export const FileHint = Type.Object(
   {
     path: Type.String({ pattern: '^/[^\\0]*$', maxLength: 4096, description: 'path inside its filesystem' }),
-    elf: Type.Optional(Type.Union([Type.Literal('same-layout'), Type.Literal('new-layout')], { description: 'absent: not an ELF file' })),
+    elf: Type.Optional(
+      Type.Union([Type.Literal('code-unchanged'), Type.Literal('code-changed'), Type.Literal('same-layout'), Type.Literal('new-layout')], {
+        description: 'absent: not an ELF file; same-layout and new-layout (older hosts) are taken as code-changed',
+      }),
+    ),
   },
   strict,
 );
@@ -324,7 +342,8 @@ export const PlannedFile = Type.Object(
     path: Type.String(),
     ino: Type.Integer(),
     mount: Type.String(),
-    class: FileClass,
+    /** One of FileClass; an older agent (no capability "elf-code") answers elf-same-layout or elf-new-layout. */
+    class: Type.Union([FileClass, Type.Literal('elf-same-layout'), Type.Literal('elf-new-layout')]),
     policy: Policy,
     /** Where the policy came from. */
     'policy-from': Type.Union([Type.Literal('default'), Type.Literal('config'), Type.Literal('notification')]),

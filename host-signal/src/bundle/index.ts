@@ -17,17 +17,37 @@ export { checkManifestSignature, manifestSignedBytes, requireTrustedSignature, s
 
 /**
  * The manifest's file hints as the agent takes them: each changed file's path
- * inside its filesystem and, for an ELF file, its layout verdict. One hint per
- * path (a path in two filesystems of the disk keeps the more cautious verdict).
+ * inside its filesystem and, for an ELF file, whether its code changed. A
+ * format 2 verdict (same-layout, new-layout: headers compared, not code) is
+ * sent as code-changed. One hint per path (a path in two filesystems of the
+ * disk keeps the more cautious verdict).
  */
 export function fileHints(manifest: Manifest): FileHint[] {
   const byPath = new Map<string, FileHint>();
   for (const f of manifest.files ?? []) {
     const prev = byPath.get(f.path);
-    const hint: FileHint = f.elf !== undefined ? { path: f.path, elf: f.elf } : { path: f.path };
-    if (!prev || (hint.elf === 'new-layout' && prev.elf !== 'new-layout')) byPath.set(f.path, hint);
+    const hint: FileHint = f.elf === undefined ? { path: f.path } : { path: f.path, elf: f.elf === 'code-unchanged' ? 'code-unchanged' : 'code-changed' };
+    if (!prev || (hint.elf === 'code-changed' && prev.elf !== 'code-changed')) byPath.set(f.path, hint);
   }
   return [...byPath.values()];
+}
+
+/**
+ * Hints and policies in the names an agent without the capability "elf-code" (an older agent)
+ * understands: code-unchanged → same-layout (that agent remaps it, right for identical code),
+ * code-changed → new-layout (pinned); the policy keys likewise.
+ */
+export function olderAgentArgs<T extends { hints?: FileHint[] | undefined; policies?: Policies | undefined }>(args: T): T {
+  const out = { ...args };
+  if (args.hints) out.hints = args.hints.map((h) => (h.elf === 'code-unchanged' ? { ...h, elf: 'same-layout' as const } : h.elf === 'code-changed' ? { ...h, elf: 'new-layout' as const } : h));
+  if (args.policies) {
+    const { 'elf-code-unchanged': unchanged, 'elf-code-changed': changedCode, ...rest } = args.policies;
+    const p: Policies = { ...rest };
+    if (unchanged !== undefined) p['elf-same-layout'] = unchanged;
+    if (changedCode !== undefined) p['elf-new-layout'] = changedCode;
+    out.policies = p;
+  }
+  return out;
 }
 
 /** The agent's `substitute` arguments for this manifest and guest disk, validated against the protocol schema. */

@@ -34,6 +34,11 @@ export function manifestProblems(m: Manifest, file: { size: number; dataStart: n
     if (m.base.filesystems !== undefined) problems.push('/base/filesystems: not part of format 1');
     if (m.ranges.some((r) => r.files !== undefined)) problems.push('/ranges: per-range files are not part of format 1');
   }
+  if (m.format < 3) {
+    m.files?.forEach((f, i) => {
+      if (f.elf === 'code-unchanged' || f.elf === 'code-changed') problems.push(`/files/${i}/elf: ${f.elf} is not part of format ${m.format} (format 3 verdict)`);
+    });
+  }
   const nFs = m.base.filesystems?.length ?? 0;
   m.base.filesystems?.forEach((f, i) => {
     if (f.offset + f.size > m.base.size) problems.push(`/base/filesystems/${i}: ends at ${f.offset + f.size}, beyond the base image's ${m.base.size} bytes`);

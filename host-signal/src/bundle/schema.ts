@@ -12,10 +12,13 @@ import { Customization, MAX_RANGES, MAX_RANGE_BYTES } from '../../../agent/src/p
  * Format version written by this vmsubst; also in the file header. Version 2
  * added base filesystems, file hints, ELF verdicts, customization and the
  * signature, all optional; version 1 bundles (none of those) still open.
+ * Version 3 replaced the ELF verdicts same-layout/new-layout by
+ * code-unchanged/code-changed (the executable bytes compared); the older
+ * verdicts still open, and are taken as code-changed.
  */
-export const BUNDLE_FORMAT = 2;
+export const BUNDLE_FORMAT = 3;
 /** Every format version this vmsubst reads. */
-export const READABLE_FORMATS: readonly number[] = [1, 2];
+export const READABLE_FORMATS: readonly number[] = [1, 2, 3];
 /** Most files a manifest describes (the protocol's limit on hints). */
 export const MAX_FILES = 16384;
 
@@ -72,7 +75,7 @@ export type BaseImage = Static<typeof BaseImage>;
 
 /**
  * A changed file, from the patched image (debugfs): its path inside its
- * filesystem and, for an ELF file, whether its layout is the base's.
+ * filesystem and, for an ELF file, whether its code is the base's.
  */
 export const FileEntry = Type.Object(
   {
@@ -81,12 +84,15 @@ export const FileEntry = Type.Object(
     filesystem: Type.Integer({ minimum: 0, maximum: 127 }),
     inode: Type.Integer({ minimum: 1, maximum: 0xffffffff }),
     /**
-     * Absent: not an ELF file. same-layout: program headers, section headers and
-     * symbol addresses and sizes equal the base's file at this path; new-layout:
-     * they differ, or the base has no ELF file there.
+     * Absent: not an ELF file. code-unchanged (format 3): the program headers,
+     * every byte of the executable segments and the tables the dynamic loader
+     * reads at run time equal the base's file at this path; code-changed
+     * (format 3): they differ, the base has no ELF file there, or the file was
+     * not compared. same-layout, new-layout (format 2, older vmsubst): headers
+     * and symbols compared, not the code; both are taken as code-changed.
      */
-    elf: Type.Optional(Type.Union([Type.Literal('same-layout'), Type.Literal('new-layout')])),
-    /** For new-layout: the first difference found, for people. */
+    elf: Type.Optional(Type.Union([Type.Literal('code-unchanged'), Type.Literal('code-changed'), Type.Literal('same-layout'), Type.Literal('new-layout')])),
+    /** For code-changed (and new-layout): the first difference found, for people. */
     'elf-change': Type.Optional(Type.String({ maxLength: 512 })),
   },
   strict,

@@ -1,6 +1,6 @@
 /**
  * File hints: which files of the patched image each changed range belongs
- * to, and for each changed ELF file whether its layout is the base's. All on
+ * to, and for each changed ELF file whether its code is the base's. All on
  * the host, from the image files, with debugfs (no mount, no root):
  *
  *   1. the filesystems: a bare ext4, or ext4 partitions of an MBR or GPT
@@ -14,8 +14,9 @@
  *      large change costs a few debugfs runs, not one icheck per block;
  *   4. paths (ncheck) and types (stat): regular files only;
  *   5. ELF: each changed regular file is dumped from the patched image; an ELF
- *      one is dumped from the base image by path too, and the two layouts are
- *      compared (elf.ts).
+ *      one is dumped from the base image by path too, and the two are compared
+ *      (elf.ts): code-unchanged only when no executable byte (and none of the
+ *      tables the loader reads at run time) changed.
  */
 import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -31,14 +32,14 @@ import { compareElf, isElf } from './elf.js';
 import { ext4At, findFilesystems, type ImageReader } from './partitions.js';
 
 export { Debugfs, debugfsAvailable } from './debugfs.js';
-export { compareElf, elfLayout, isElf, type LayoutVerdict } from './elf.js';
+export { compareElf, elfCode, isElf, type CodeRange, type CodeVerdict, type ElfCode } from './elf.js';
 export { ext4At, findFilesystems, partitions, type ImageReader, type Partition } from './partitions.js';
 
 /** Changed blocks looked at per filesystem at most (16 GiB of 4 KiB blocks). */
 export const MAX_HINT_BLOCKS = 1 << 22;
 /** Samples icheck is asked about per round. */
 const SAMPLES_PER_ROUND = 1000;
-/** Files larger than this are not dumped for the ELF check (their verdict is new-layout). */
+/** Files larger than this are not dumped for the ELF check (their verdict is code-changed). */
 const MAX_ELF_BYTES = 1 << 30;
 
 export interface HintImage {
@@ -131,7 +132,7 @@ export async function computeHints(base: HintImage, patched: HintImage, ranges: 
       for (const [block, ino] of owners) {
         for (const f of byIno.get(ino) ?? []) f.ranges.add(blockRange.get(block)!);
       }
-      options.onProgress?.(`filesystem ${k}: ELF layout of ${regular.length} files`);
+      options.onProgress?.(`filesystem ${k}: ELF code of ${regular.length} files`);
       await elfVerdicts(tmp, k, dfs, new Debugfs(base.path, fs.offset), regular, types, byIno, notes);
     }
   } finally {
@@ -220,10 +221,10 @@ async function elfVerdicts(
   }
   for (const ino of big) {
     for (const f of byIno.get(ino) ?? []) {
-      f.elf = 'new-layout';
+      f.elf = 'code-changed';
       f.change = `larger than ${MAX_ELF_BYTES} bytes: not compared`;
     }
-    notes.push(`filesystem ${k}: inode ${ino} is larger than ${MAX_ELF_BYTES} bytes: not read, taken as an ELF file of new layout (the cautious class)`);
+    notes.push(`filesystem ${k}: inode ${ino} is larger than ${MAX_ELF_BYTES} bytes: not read, taken as an ELF file whose code changed (the cautious class)`);
   }
   const baseItems: (readonly [string, string])[] = [];
   for (const ino of elf) {
@@ -241,8 +242,8 @@ async function elfVerdicts(
     for (const [i, f] of (byIno.get(ino) ?? []).entries()) {
       const was = await readFile(b(ino, i)).catch(() => undefined);
       const v = compareElf(was, now);
-      f.elf = v.layout;
-      if (v.layout === 'new-layout') f.change = v.change;
+      f.elf = v.elf;
+      if (v.elf === 'code-changed') f.change = v.change;
       await rm(b(ino, i), { force: true });
     }
     await rm(p(ino), { force: true });

@@ -7,7 +7,7 @@
 import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
 import type { AbortReport, ArgsOf, CommandName, DiskRef, Envelope, GreetingBody, PhaseArgs, Policies, PrepareArgs, PrepareReport, ReturnOf, SubstituteArgs, SubstituteReport } from '../../../agent/src/protocol/schema.js';
-import { substituteArgs } from '../bundle/index.js';
+import { olderAgentArgs, substituteArgs } from '../bundle/index.js';
 import type { KeyObject } from 'node:crypto';
 import type { Customization } from '../../../agent/src/protocol/schema.js';
 import { MAX_REPORT_PAGE_BYTES } from '../../../agent/src/protocol/schema.js';
@@ -151,8 +151,13 @@ export class AgentConnection {
     return this.agent.capabilities.includes(capability);
   }
 
+  /** The arguments as this agent understands them: an older agent (no "elf-code") gets the older class names. */
+  #forAgent<T extends SubstituteArgs | PrepareArgs>(args: T): T {
+    return this.supports('elf-code') ? args : olderAgentArgs(args);
+  }
+
   async substitute(args: SubstituteArgs): Promise<SubstituteReport> {
-    const report = await this.#run('substitute', this.#sign('substitute', args));
+    const report = await this.#run('substitute', this.#sign('substitute', this.#forAgent(args)));
     if (report.id !== args.id) throw new ProtocolError(`the agent reported on substitution ${report.id}, not ${args.id}`);
     return report;
   }
@@ -161,7 +166,7 @@ export class AgentConnection {
     if (!this.supports('two-phase')) {
       throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) has no two-phase substitution`);
     }
-    const report = await this.#run('prepare', this.#sign('prepare', args));
+    const report = await this.#run('prepare', this.#sign('prepare', this.#forAgent(args)));
     if (report.id !== args.id) throw new ProtocolError(`the agent prepared substitution ${report.id}, not ${args.id}`);
     return report;
   }

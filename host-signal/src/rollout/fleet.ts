@@ -12,7 +12,7 @@
  *         "disk": { "serial": "vmsubst-data" },       optional: how the agent finds the disk
  *         "uuid": "4c4c4544-…",                      optional: the VM's SMBIOS UUID, named in signed requests
  *                                                     (else asked of QEMU: query-uuid)
- *         "policies": { "elf-new-layout": "pin" },    optional, per VM
+ *         "policies": { "elf-code-changed": "pin" },    optional, per VM
  *         "customization": { "hostname": "web-1" } }  optional, per VM
  *     ],
  *     "defaults": { "device": "vblk0", "disk": { "serial": "vmsubst-data" } }   optional

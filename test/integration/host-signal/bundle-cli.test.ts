@@ -39,8 +39,8 @@ Cli('diff writes a bundle with base identity and file hints', async () => {
   const r = await vmsubstJson<Record<string, unknown>>(['diff', C.pair.base, C.pair.patched, '-o', C.bundle, '--label', 'golden-1']);
   assert.is(r['hints'], 'computed');
   assert.is(r['files'], 3);
-  assert.is(r['elf-same-layout'], 1);
-  assert.is(r['elf-new-layout'], 1);
+  assert.is(r['elf-code-unchanged'], 1);
+  assert.is(r['elf-code-changed'], 1);
   assert.ok((r['read-bytes'] as number) < (r['base-size'] as number), 'holes skipped');
 });
 
@@ -51,11 +51,11 @@ Cli('sign, then inspect --json with the trusted key shows everything', async () 
   assert.is(j['data-verified'], true);
   assert.equal(j.signature, { status: 'valid', keyId: s['key-id'] });
   const m = j.manifest;
-  assert.is(m.format, 2);
+  assert.is(m.format, 3);
   assert.is(m.base.label, 'golden-1');
   assert.is(m.base.filesystems![0]!.uuid, UUID);
   const verdicts = Object.fromEntries(m.files!.map((f) => [f.path, f.elf ?? 'data']));
-  assert.equal(verdicts, { '/bin/grown': 'new-layout', '/bin/same': 'same-layout', '/etc/conf.txt': 'data' });
+  assert.equal(verdicts, { '/bin/grown': 'code-changed', '/bin/same': 'code-unchanged', '/etc/conf.txt': 'data' });
   const hinted = new Set(m.ranges.flatMap((r) => r.files ?? []));
   assert.equal([...hinted].sort(), [0, 1, 2]);
 });
@@ -64,8 +64,8 @@ Cli('inspect for people lists the files, the verdicts and the signature', async 
   const r = await vmsubst(['inspect', C.bundle, '--trusted-key', C.pub]);
   assert.is(r.code, 0, r.stderr);
   assert.match(r.stdout, /signature\s+valid, key [0-9a-f]{16} \(trusted\)/);
-  assert.match(r.stdout, /\/bin\/same\s+0\s+\d+\s+\d+\s+same/);
-  assert.match(r.stdout, /\/bin\/grown\s+0\s+\d+\s+\d+\s+new: /);
+  assert.match(r.stdout, /\/bin\/same\s+0\s+\d+\s+\d+\s+unchanged/);
+  assert.match(r.stdout, /\/bin\/grown\s+0\s+\d+\s+\d+\s+changed: /);
   assert.match(r.stdout, /\/etc\/conf.txt\s+0\s+\d+\s+\d+\s+not ELF/);
   assert.match(r.stdout, new RegExp(`filesystems\\s+#0 ext4 ${UUID} "hint-test"`));
 });
@@ -81,7 +81,7 @@ Cli('a tampered manifest is refused by inspect and by apply, and apply writes no
   const file = readFileSync(C.bundle);
   const len = file.readUInt32BE(12);
   const m = JSON.parse(file.subarray(HEADER_BYTES, HEADER_BYTES + len).toString()) as Manifest;
-  m.files![0]!.elf = 'same-layout'; // claim the new-layout binary is safe to remap
+  m.files![0]!.elf = 'code-unchanged'; // claim the binary whose code changed is safe to remap
   m.id = manifestId(m);
   const bytes = Buffer.from(canonicalJson(m));
   const out = Buffer.from(file);

@@ -83,7 +83,7 @@ R('the plan restarts the system sshd only, and reports the user sshd and the age
       unmapped: [],
       metadata: { filesystems: [], ranges: [] },
       changed: [{ offset: 0, length: 4096 }],
-      hints: [{ path: '/usr/sbin/sshd', elf: 'new-layout' }],
+      hints: [{ path: '/usr/sbin/sshd', elf: 'code-changed' }],
       policies: { notification: { files: { '/usr/sbin/sshd': 'restart' } } },
       diskPath: '/dev/null',
       read: async () => Buffer.alloc(0),

@@ -236,9 +236,9 @@ Refused('a bad magic is refused', async () => {
 Refused('an unsupported format version is refused', async () => {
   const { path } = await makeBundle([[B, 1]]);
   const file = readFileSync(path);
-  file.writeUInt32BE(3, 8);
+  file.writeUInt32BE(4, 8);
   writeFileSync(path, file);
-  await refused(path, /unsupported bundle format version 3/);
+  await refused(path, /unsupported bundle format version 4/);
 });
 
 Refused('a truncated bundle is refused', async () => {

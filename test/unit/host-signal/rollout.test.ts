@@ -14,7 +14,7 @@ Fleet('defaults apply, relative paths are taken from the fleet file, addresses p
       defaults: { device: 'vblk0', disk: { serial: 'vmsubst-data' } },
       vms: [
         { name: 'web-1', qmp: 'vm1/qmp.sock', agent: 'serial:vm1/agent.sock' },
-        { name: 'web-2', qmp: '/run/vm2/qmp.sock', node: 'disk0', agent: 'hvsock:/run/vm2/v.sock:5252', policies: { 'elf-new-layout': 'pin' } },
+        { name: 'web-2', qmp: '/run/vm2/qmp.sock', node: 'disk0', agent: 'hvsock:/run/vm2/v.sock:5252', policies: { 'elf-code-changed': 'pin' } },
         { name: 'web-3', qmp: '/run/vm3/qmp.sock', agent: 'vsock:7:5252', customization: { hostname: 'web-3' } },
       ],
     },
@@ -24,7 +24,7 @@ Fleet('defaults apply, relative paths are taken from the fleet file, addresses p
   assert.is(f[1]!.node, 'disk0');
   assert.is(f[1]!.device, undefined, "a VM's node overrides the default device");
   assert.equal(f[1]!.agent, { kind: 'hvsock', path: '/run/vm2/v.sock', port: 5252 });
-  assert.equal(f[1]!.policies, { 'elf-new-layout': 'pin' });
+  assert.equal(f[1]!.policies, { 'elf-code-changed': 'pin' });
   assert.equal(f[2]!.agent, { kind: 'vsock', cid: 7, port: 5252 });
   assert.equal(f[2]!.customization, { hostname: 'web-3' });
 });

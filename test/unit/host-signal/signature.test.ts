@@ -17,6 +17,8 @@ import {
   encodeHeader,
   fileHints,
   manifestId,
+  manifestProblems,
+  olderAgentArgs,
   requireTrustedSignature,
   signBundle,
   substituteArgs,
@@ -33,15 +35,15 @@ const other = generateKeyPairSync('ed25519');
 const trusted = new Map([[keyId(keys.publicKey), keys.publicKey]]);
 let n = 0;
 
-async function bundle(extra: { hints?: boolean } = {}): Promise<{ path: string; manifest: Manifest }> {
+async function bundle(extra: { hints?: boolean; older?: boolean } = {}): Promise<{ path: string; manifest: Manifest }> {
   const base = image(MiB);
   const patched = patch(base, [[4096, 10], [409600, 8192]]);
   const d = await diffSources(bufferSource(base), bufferSource(patched));
   const path = tmp.file(`s${++n}.vsb`);
   const files = extra.hints
     ? [
-        { path: '/usr/bin/tool', filesystem: 0, inode: 12, elf: 'same-layout' as const },
-        { path: '/usr/lib/libx.so', filesystem: 0, inode: 13, elf: 'new-layout' as const, 'elf-change': 'shdr 12 …' },
+        { path: '/usr/bin/tool', filesystem: 0, inode: 12, elf: extra.older ? ('same-layout' as const) : ('code-unchanged' as const) },
+        { path: '/usr/lib/libx.so', filesystem: 0, inode: 13, elf: extra.older ? ('new-layout' as const) : ('code-changed' as const), 'elf-change': 'executable segment …' },
         { path: '/etc/conf', filesystem: 0, inode: 14 },
       ]
     : [];
@@ -215,11 +217,40 @@ Args('substituteArgs carries one hint per changed file, valid for the protocol',
   const { manifest } = await bundle({ hints: true });
   const args = substituteArgs(manifest, { serial: 'vmsubst-data' });
   assert.equal(args.hints, [
+    { path: '/usr/bin/tool', elf: 'code-unchanged' },
+    { path: '/usr/lib/libx.so', elf: 'code-changed' },
+    { path: '/etc/conf' },
+  ]);
+  assert.ok(validateRequest.is({ execute: 'substitute', arguments: args, id: 1 }));
+});
+
+Args("an older vmsubst's verdicts (same-layout, new-layout: code not compared) are sent as code-changed", async () => {
+  const { manifest } = await bundle({ hints: true, older: true });
+  assert.equal(substituteArgs(manifest, { serial: 'vmsubst-data' }).hints, [
+    { path: '/usr/bin/tool', elf: 'code-changed' },
+    { path: '/usr/lib/libx.so', elf: 'code-changed' },
+    { path: '/etc/conf' },
+  ]);
+});
+
+Args('an agent without "elf-code" gets the older names: code-unchanged → same-layout (remapped there), code-changed → new-layout', async () => {
+  const { manifest } = await bundle({ hints: true });
+  const args = substituteArgs(manifest, { serial: 'vmsubst-data' }, { policies: { 'elf-code-changed': 'restart', 'elf-code-unchanged': 'pin', data: 'report' } });
+  const older = olderAgentArgs(args);
+  assert.equal(older.hints, [
     { path: '/usr/bin/tool', elf: 'same-layout' },
     { path: '/usr/lib/libx.so', elf: 'new-layout' },
     { path: '/etc/conf' },
   ]);
-  assert.ok(validateRequest.is({ execute: 'substitute', arguments: args, id: 1 }));
+  assert.equal(older.policies, { data: 'report', 'elf-same-layout': 'pin', 'elf-new-layout': 'restart' });
+  assert.ok(validateRequest.is({ execute: 'substitute', arguments: older, id: 1 }));
+});
+
+Args('a format 2 manifest holding a format 3 verdict is refused', async () => {
+  const { manifest } = await bundle({ hints: true });
+  const m = { ...manifest, format: 2 } as Manifest;
+  const problems = manifestProblems({ ...m, id: manifestId(m) }, { size: Number.MAX_SAFE_INTEGER, dataStart: 0 });
+  assert.ok(problems.some((p) => /\/files\/0\/elf: code-unchanged is not part of format 2/.test(p)), problems.join('; '));
 });
 
 Args('a bundle without hints sends none; its customization travels unless one is given', async () => {

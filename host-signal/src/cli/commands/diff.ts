@@ -19,9 +19,12 @@ BUNDLE. Only where either image holds data is read (holes are skipped).
 The manifest records the base image's ext4 filesystems (UUID, label; bare or
 in MBR/GPT partitions) and, when debugfs (e2fsprogs) is installed and the
 images are raw, file hints: the files of the patched image each changed
-range belongs to, and for each changed ELF file whether its layout (program
-headers, section headers, symbol addresses and sizes) equals the base's.
-The guest agent uses them to pick its policy per file.
+range belongs to, and for each changed ELF file whether its code changed:
+code-unchanged when the program headers, every byte of the executable
+segments and the tables the loader reads at run time equal the base's
+(remapped: running processes fault in the new file), else code-changed
+(pinned: they keep the old image). The guest agent picks its policy per
+file from them.
 
   -o, --output BUNDLE   bundle file to write (replaced atomically)
   --label TEXT          a name for the base image, kept in the manifest
@@ -111,8 +114,8 @@ async function run(args: string[]): Promise<void> {
         filesystems: filesystems.length,
         hints,
         files: files.length,
-        'elf-same-layout': elf.filter((f) => f.elf === 'same-layout').length,
-        'elf-new-layout': elf.filter((f) => f.elf === 'new-layout').length,
+        'elf-code-unchanged': elf.filter((f) => f.elf === 'code-unchanged').length,
+        'elf-code-changed': elf.filter((f) => f.elf !== 'code-unchanged').length,
         notes,
         'elapsed-ms': elapsed,
         'compare-ms': compareMs,
@@ -125,7 +128,7 @@ async function run(args: string[]): Promise<void> {
           `read ${formatBytes(diff.readBytes)} of each image (${formatPercent(diff.size - diff.readBytes, diff.size)} holes skipped)`,
         ];
         if (hints === 'computed') {
-          lines.push(`${plural(files.length, 'changed file')} in ${plural(filesystems.length, 'filesystem')}; ELF: ${elf.filter((f) => f.elf === 'same-layout').length} same layout, ${elf.filter((f) => f.elf === 'new-layout').length} new layout ('vmsubst inspect' lists them)`);
+          lines.push(`${plural(files.length, 'changed file')} in ${plural(filesystems.length, 'filesystem')}; ELF: ${elf.filter((f) => f.elf === 'code-unchanged').length} with code unchanged (remap), ${elf.filter((f) => f.elf !== 'code-unchanged').length} with code changed (pin) ('vmsubst inspect' lists them)`);
         }
         return lines.join('\n');
       },

@@ -8,7 +8,7 @@ const HELP = `Usage: vmsubst inspect BUNDLE [--trusted-key PUB]... [--all] [--js
 Checks a bundle (header, manifest, every range's data against its sha256)
 and shows its manifest: the base image's identity (size, ext4 filesystems
 and their UUIDs), the changed ranges, the changed files each range belongs
-to with the ELF layout verdict of each, the customization and the signature.
+to with the ELF verdict of each (code unchanged, or changed and where), the customization and the signature.
 
   --trusted-key PUB  check the signature with this Ed25519 public key
                      (repeatable); a bundle not validly signed by one of them
@@ -72,7 +72,7 @@ function human(path: string, bundle: Bundle, m: Manifest, signature: SignatureSt
       'files',
       files.length === 0
         ? 'no file hints'
-        : `${plural(files.length, 'changed file')}; ELF: ${elf.filter((f) => f.elf === 'same-layout').length} same layout, ${elf.filter((f) => f.elf === 'new-layout').length} new layout`,
+        : `${plural(files.length, 'changed file')}; ELF: ${elf.filter((f) => f.elf === 'code-unchanged').length} with code unchanged, ${elf.filter((f) => f.elf !== 'code-unchanged').length} with code changed`,
     ]);
   }
   if (m.customization) {
@@ -97,11 +97,18 @@ function human(path: string, bundle: Bundle, m: Manifest, signature: SignatureSt
     out.push(`${table(rows)}${more}`);
   }
   if (files.length > 0) {
-    const rows = [['file', 'fs', 'inode', 'ranges', 'ELF layout']];
+    const rows = [['file', 'fs', 'inode', 'ranges', 'ELF code']];
     const counts = new Map<number, number>();
     for (const r of m.ranges) for (const i of r.files ?? []) counts.set(i, (counts.get(i) ?? 0) + 1);
     for (const [i, f] of files.slice(0, limit).entries()) {
-      const verdict = f.elf === undefined ? 'not ELF' : f.elf === 'same-layout' ? 'same' : `new: ${f['elf-change'] ?? ''}`.trim();
+      const verdict =
+        f.elf === undefined
+          ? 'not ELF'
+          : f.elf === 'code-unchanged'
+            ? 'unchanged'
+            : f.elf === 'same-layout'
+              ? 'same layout (older vmsubst: code not compared, taken as changed)'
+              : `changed: ${f['elf-change'] ?? ''}`.trim();
       rows.push([f.path, String(f.filesystem), String(f.inode), String(counts.get(i) ?? 0), verdict]);
     }
     const more = files.length > limit ? `\n... ${files.length - limit} more files (--all or --json lists all)` : '';

@@ -36,9 +36,12 @@ visible, invalidate the caches that hold the old ones, and report.
                       {"hostname": "...", "files": [{"path", "content", "mode"?,
                       "uid"?, "gid"?}], "sysctl": {"vm.swappiness": 10}}
   --policy WHO=P       what happens to processes mapping changed files; WHO is
-                      a class (data, elf-same-layout, elf-new-layout) or a
-                      path in its filesystem; P is remap, pin, report or
-                      restart (repeatable; overrides the agent's config)
+                      a class (data, elf-code-unchanged: no executable byte
+                      changed, elf-code-changed) or a path in its filesystem;
+                      P is remap, pin, report or restart (repeatable;
+                      overrides the agent's config). The older names
+                      elf-same-layout and elf-new-layout are still taken,
+                      for elf-code-unchanged and elf-code-changed
   --timeout SEC       how long to wait for the agent's report (default 120)
   --attempts N        connections to try when the channel fails (default 3);
                       every try carries the same substitution id, and the
@@ -117,7 +120,7 @@ function notifyHuman({ target, agent, report }: NotifyResult): string {
 }
 
 const POLICY_NAMES = ['remap', 'pin', 'report', 'restart'] as const;
-const CLASSES = ['data', 'elf-same-layout', 'elf-new-layout'] as const;
+const CLASSES = ['data', 'elf-code-unchanged', 'elf-code-changed', 'elf-same-layout', 'elf-new-layout'] as const;
 
 /** `--policy data=report --policy /usr/bin/x=restart` → the protocol's Policies. */
 export function parsePolicies(specs: string[]): Policies {

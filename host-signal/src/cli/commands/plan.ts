@@ -11,8 +11,8 @@ const HELP = `Usage: vmsubst plan FLEET BUNDLE [--json]
        vmsubst plan --to ADDR [--disk-serial S | --disk-path P] BUNDLE [--json]
 
 Asks each guest's agent what the bundle would do there, before anything is
-written: the changed files (path, class: data, ELF with the same layout or a
-new one), the kind of every changed block (file data, inode table, directory,
+written: the changed files (path, class: data, ELF whose code is unchanged
+or changed), the kind of every changed block (file data, inode table, directory,
 free, ...), the processes that map each file, the policy each file gets (remap,
 pin, report, restart) and whether a restart is required. The agent verifies
 nothing and changes nothing (a dry run).

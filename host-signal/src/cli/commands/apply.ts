@@ -274,7 +274,7 @@ function agentHuman(t: GuestOutcome<ApplyResult>): string {
   const r = t.agent.report;
   if (r) {
     const how = t.agent.mode === 'two-phase' ? 'prepare → write → commit' : 'substitute after the write';
-    lines.push(`agent ${t.agent.version} at ${t.agent.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ${r.device}; ${plural(r.files.length, 'file')} affected${r.replayed ? ' (answered from its journal)' : ''}`);
+    lines.push(`agent ${t.agent.version} at ${t.agent.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ${r.device}; ${plural(r.truncated?.counts['files'] ?? r.files.length, 'file')} affected${r.truncated?.counts['files'] !== undefined ? ` (the first ${r.files.length} listed)` : ''}${r.replayed ? ' (answered from its journal)' : ''}`);
     const pinned = t.agent.prepare?.pinned ?? r.pinned ?? [];
     if (pinned.length > 0) lines.push(`  pinned: ${pinned.map((p) => `${p.comm}[${p.pid}] ${p.status}`).join(', ')}`);
     for (const f of r.files) {

@@ -4,6 +4,7 @@ import { diffCommand } from './diff.js';
 import { applyCommand } from './apply.js';
 import { exportCommand } from './export.js';
 import { notifyCommand } from './notify.js';
+import { reportCommand } from './report.js';
 import { inspectCommand } from './inspect.js';
 import { keygenCommand } from './keygen.js';
 import { signCommand } from './sign.js';
@@ -15,6 +16,7 @@ export const COMMANDS: readonly Command[] = [
   applyCommand,
   exportCommand,
   notifyCommand,
+  reportCommand,
   inspectCommand,
   keygenCommand,
   signCommand,

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { planSubstitution, prepareSubstitution, type SubstituteDeps } from '../../../agent/src/commands/substitute.js';
 import { splitAtPartitions } from '../../../agent/src/commands/metadata.js';
 import type { PedigreeService } from '../../../agent/src/pedigree/live.js';
+import { mergeRanges } from '../../../agent/src/pedigree/index.js';
 import type { ByteRange } from '../../../agent/src/protocol/schema.js';
 import { CommandError } from '../../../agent/src/errors.js';
 
@@ -55,7 +56,8 @@ function world(mountOpts: 'rw' | 'ro'): { dir: string; deps: SubstituteDeps; dis
   mkdirSync(join(dir, 'proc/self'), { recursive: true });
   writeFileSync(join(dir, 'proc/self/mountinfo'), `36 25 254:1 / /srv ${mountOpts},relatime shared:1 - ext4 /dev/vda1 ${mountOpts}\n`);
   const pedigree = {
-    lookup: async (_l: unknown, _m: unknown, changed: ByteRange[]) => ({ files: [], unmapped: changed }),
+    // Like the real index: no file here, and adjacent unmapped pieces merged into one range again.
+    lookup: async (_l: unknown, _m: unknown, changed: ByteRange[]) => ({ files: [], unmapped: mergeRanges(changed) }),
     forget: async () => undefined,
   } as unknown as PedigreeService;
   const deps: SubstituteDeps = {

@@ -3,7 +3,7 @@ import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
 import { applyAndTell, applyToImage, applyToQemu, commitApplied, NO_AGENT_ACTIONS, NOT_TOLD, type ApplyPhase, type ApplyResult, type GuestOutcome, type NoAgentAction } from '../../apply/index.js';
 import { agentOutcomeJson } from '../report.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
-import { UsageError } from '../../errors.js';
+import { UsageError, VmsubstError } from '../../errors.js';
 import { makeSigner, notificationArgs, parseAgentTarget } from '../../notify/index.js';
 import { systemReset, vmUuid } from '../../qmp/commands.js';
 import { formatBytes, plural } from '../format.js';
@@ -187,8 +187,11 @@ async function run(args: string[]): Promise<void> {
     await bundle.close();
   }
   if (outcome.status !== 'applied' || !outcome.apply) {
-    for (const n of outcome.notes) if (n !== 'nothing was written') process.stderr.write(`vmsubst: ${n}\n`);
-    throw outcome.cause ?? new Error(outcome.error?.message ?? 'apply failed');
+    const cause = outcome.cause ?? new Error(outcome.error?.message ?? 'apply failed');
+    // "nothing was written" is printed unless the error says it itself (a refusal of the base does).
+    const saysItself = /nothing was written/i.test(`${(cause as Error).message} ${cause instanceof VmsubstError ? (cause.hint ?? '') : ''}`);
+    for (const n of outcome.notes) if (n !== 'nothing was written' || !saysItself) process.stderr.write(`vmsubst: ${n}\n`);
+    throw cause;
   }
   const result = outcome.apply;
   const json = { ...applyJson(result), agent: agentJson(outcome), reset: outcome.reset, notes: outcome.notes };

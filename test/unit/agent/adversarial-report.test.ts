@@ -89,13 +89,17 @@ B('the kept report is 0600 and its pages rebuild it exactly', () => {
 });
 
 B('a request with MAX_RANGES ranges of the widest kind fits in one message', () => {
-  const ranges = Array.from({ length: MAX_RANGES }, (_, i) => ({ offset: Number.MAX_SAFE_INTEGER - (MAX_RANGES - i) * MAX_RANGE_BYTES * 2, length: MAX_RANGE_BYTES, sha256: 'f'.repeat(64) }));
+  // Offsets as long as a number gets, in whole 4 KiB blocks (the schema refuses anything else).
+  const ranges = Array.from({ length: MAX_RANGES }, (_, i) => ({ offset: Math.floor((Number.MAX_SAFE_INTEGER - (MAX_RANGES - i) * MAX_RANGE_BYTES * 2) / 4096) * 4096, length: MAX_RANGE_BYTES, sha256: 'f'.repeat(64) }));
   const args = {
     id: 'a'.repeat(64),
     disk: { serial: 's'.repeat(20) },
     ranges,
     force: true,
-    signature: { 'key-id': '0123456789abcdef', ed25519: 'A'.repeat(86) + '==' },
+    signature: {
+      'key-id': '0123456789abcdef', ed25519: 'A'.repeat(86) + '==', nonce: 'f'.repeat(32), 'issued-at': 2 ** 40, 'expires-at': 2 ** 40,
+      target: { 'vm-uuid': '01234567-89ab-cdef-0123-456789abcdef', 'disk-serial': 's'.repeat(20) },
+    },
   };
   assert.equal(argsValidator('substitute').problems(args), []);
   const req = { execute: 'substitute', arguments: args, id: 'x'.repeat(128) };

@@ -16,8 +16,8 @@ export class VmsubstError extends Error {
 
 /** The agent answered with an error reply. */
 export class AgentError extends VmsubstError {
-  constructor(readonly errorClass: string, desc: string, readonly data?: unknown) {
-    super('E_VMSUBST_AGENT', `agent: ${errorClass}: ${desc}`);
+  constructor(readonly errorClass: string, desc: string, readonly data?: unknown, hint?: string) {
+    super('E_VMSUBST_AGENT', `agent: ${errorClass}: ${desc}`, hint);
   }
 }
 

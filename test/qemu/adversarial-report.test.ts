@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestVm } from '../helpers/vm.js';
 import { guestArtifacts, ROOT } from '../helpers/paths.js';
-import { vmsubstJson } from '../helpers/cli.js';
+import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
 import { withTimeout } from '../helpers/timeout.js';
 import { AgentConnection } from '../../host-signal/src/notify/index.js';
@@ -98,6 +98,23 @@ if (typeof art === 'string') {
       } finally {
         conn.close();
       }
+    }),
+  );
+
+  G.test('notify says how to fetch the rest, and vmsubst report fetches every file', () =>
+    withTimeout(300_000, 'cli', async () => {
+      const to = `serial:${C.vm!.agentSocket}`;
+      const n = await vmsubst(['notify', C.bundle, '--to', to, '--disk-serial', 'vmsubst-data', '--json'], 240_000);
+      assert.is(n.code, 0, n.stderr);
+      const answer = JSON.parse(n.stdout) as SubstituteReport;
+      assert.is(answer.truncated?.counts['files'], FILES);
+      const command = `vmsubst report ${answer.id} --to ${to}`;
+      assert.ok(n.stderr.includes(`fetch it with: ${command}\n`), n.stderr);
+      const r = await vmsubst(['report', answer.id, '--to', to, '--json'], 240_000);
+      assert.is(r.code, 0, r.stderr);
+      const full = JSON.parse(r.stdout) as SubstituteReport;
+      assert.is(full.files.length, FILES);
+      assert.is(full.truncated, undefined);
     }),
   );
 }

@@ -130,6 +130,9 @@ export async function planMetadata(
 ): Promise<MetadataPlan> {
   const filesystems: TouchedFs[] = [];
   const all: ClassifiedRange[] = [];
+  // A range is a filesystem's only when it lies inside its partition: cut at the bounds (a no-op
+  // when the caller did so already).
+  unmapped = splitAtPartitions(unmapped, layout);
   // Whole disk last: a partition claims its ranges first.
   const parts = [...layout.parts].sort((a, b) => Number(a.startBytes === 0 && a.name === layout.name) - Number(b.startBytes === 0 && b.name === layout.name));
   const claimed = new Set<ByteRange>();

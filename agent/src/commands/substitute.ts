@@ -95,9 +95,14 @@ async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, bef
   // A refused filesystem is neither walked nor classified: its ranges are `unsupported` in the plan.
   const refusedDevs = new Set(decisions.filter((d) => d.handling === 'refused').map((d) => d.part.devNum));
   const mounts = allMounts.filter((mt) => !refusedDevs.has(mt.devNum));
-  const { files, unmapped } = deps.pedigree
+  const found = deps.pedigree
     ? await deps.pedigree.lookup(layout, mounts, changed)
     : (await PedigreeIndex.build(layout, mounts, deps.fiemap)).lookup(changed);
+  const { files } = found;
+  // The lookup merges adjacent unmapped pieces (the gap before a partition and its superblock
+  // become one range again): cut them once more, or planMetadata and the plan would see a
+  // range that lies in no partition and count the superblock as "outside any filesystem".
+  const unmapped = splitAtPartitions(found.unmapped, layout);
   const t1 = deps.now();
   const dirHits = files.filter((f) => f.file.kind === 'dir');
   const metadata = await planMetadata(disk, layout, mounts, unmapped, dirHits, deps.readDirect, deps.devRoot);

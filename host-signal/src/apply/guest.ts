@@ -21,7 +21,7 @@
 import { performance } from 'node:perf_hooks';
 import type { PrepareArgs, PrepareReport, SubstituteArgs, SubstituteReport } from '../../../agent/src/protocol/schema.js';
 import { AgentError, BaseMismatchError, CancelledError, UsageError, VmsubstError } from '../errors.js';
-import { AgentConnection, retryable, withAgent, type ConnectOptions } from '../notify/index.js';
+import { AgentConnection, retryable, truncationNote, withAgent, type ConnectOptions } from '../notify/index.js';
 import { formatAgentTarget, type AgentTarget } from '../notify/transport.js';
 import type { Substitution } from './core.js';
 
@@ -114,6 +114,12 @@ export async function applyAndTell<R extends Substitution>(
   try {
     if (options.onNoAgent === 'reset' && !options.reset) throw new UsageError('resetting a guest that cannot be told needs the VM\'s QMP socket', 'give --qmp, or choose --on-no-agent=fail or warn');
     const connectOptions: ConnectOptions = { connectTimeoutMs: 5000, helloTimeoutMs: 10_000, ...options.connect };
+    // An answer cut to fit one message: say how to fetch the whole report (signed like the request was).
+    const signer = connectOptions.signer;
+    const noteCut = (answer: { id: string; truncated?: PrepareReport['truncated'] }): void => {
+      const note = out.agent.target !== undefined ? truncationNote(answer, out.agent.target, signer ? { ...(signer.target['disk-serial'] !== undefined ? { diskSerial: signer.target['disk-serial'] } : {}) } : undefined) : undefined;
+      if (note && !out.notes.includes(note)) out.notes.push(note);
+    };
 
     options.onPhase?.('agent');
     if (options.agent === undefined) {
@@ -143,6 +149,7 @@ export async function applyAndTell<R extends Substitution>(
       options.onPhase?.('prepare');
       const { 'dry-run': _unused, ...prepareArgs } = args;
       out.agent.prepare = await conn.prepare(prepareArgs as PrepareArgs);
+      noteCut(out.agent.prepare);
       prepared = true;
       options.onPhase?.('write');
     };
@@ -187,6 +194,7 @@ export async function applyAndTell<R extends Substitution>(
       out.agent.resends += conn.resends;
       out.agent.told = true;
       out.agent.report = report;
+      noteCut(report);
       if (report.replayed) out.agent.replayed = true;
       if (report.recovered) out.agent.recovered = true;
       if (report.plan?.['restart-required']) out.notes.push(`the guest says a restart is required: ${report.plan.reasons.join('; ')}`);

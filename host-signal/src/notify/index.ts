@@ -193,16 +193,40 @@ export class AgentConnection {
    * fetched page by page with `report` and parsed.
    */
   async fullReport<T = SubstituteReport>(id: string, pageBytes = MAX_REPORT_PAGE_BYTES): Promise<T> {
-    if (!this.supports('report')) throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) keeps no full reports`);
+    const { json } = await this.fullReportBytes(id, pageBytes);
+    return JSON.parse(json.toString('utf8')) as T;
+  }
+
+  /**
+   * The kept report's JSON exactly as the agent stored it, and how many pages it took. Each page
+   * states the report's size: a size that changes between pages (a later step of the same id
+   * replaced the report meanwhile) or pages that do not add up to it fail the read.
+   */
+  async fullReportBytes(id: string, pageBytes = MAX_REPORT_PAGE_BYTES): Promise<{ json: Buffer; pages: number }> {
+    if (!this.supports('report')) {
+      throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) keeps no full reports`, undefined, 'update vmsubst-agent in the guest: an agent that keeps full reports announces the capability "report" in its greeting');
+    }
     const parts: Buffer[] = [];
+    let total: number | undefined;
+    let pages = 0;
     for (let offset = 0; ; ) {
       const page = await this.#run('report', this.#sign('report', { id, offset, limit: pageBytes }));
+      pages++;
+      if (total !== undefined && page.bytes !== total) {
+        throw new ProtocolError(`the report of ${id} changed while it was read (${total} bytes, then ${page.bytes})`, 'a later step of the same substitution replaced it: read it again');
+      }
+      total = page.bytes;
       const data = Buffer.from(page.data, 'base64');
+      if (page.offset !== offset || (data.length === 0 && !page.done)) {
+        throw new ProtocolError(`the agent answered the report page at ${offset} with ${data.length} bytes at ${page.offset}`, 'the agent is misbehaving; read the report again');
+      }
       parts.push(data);
       offset += data.length;
-      if (page.done || data.length === 0) break;
+      if (page.done) break;
     }
-    return JSON.parse(Buffer.concat(parts).toString('utf8')) as T;
+    const json = Buffer.concat(parts);
+    if (json.length !== total) throw new ProtocolError(`the report of ${id} is ${total} bytes, the pages add up to ${json.length}`, 'read the report again');
+    return { json, pages };
   }
 
   close(): void {
@@ -268,6 +292,24 @@ export async function withAgent<T>(
       }
     }
   }
+}
+
+/**
+ * The command that fetches the whole report of an answer the agent cut to fit one message, for the
+ * person reading a `truncated` answer. `signed`: the request that got the answer was signed, so the
+ * fetch must be too (over a channel that is not the hypervisor's side).
+ */
+export function reportFetchCommand(id: string, target: string, signed?: { diskSerial?: string }): string {
+  const sign = signed ? ` --sign KEY${signed.diskSerial !== undefined ? ` --disk-serial ${signed.diskSerial}` : ''}` : '';
+  return `vmsubst report ${id} --to ${target}${sign}`;
+}
+
+/** What to tell the reader of an answer that carries `truncated`; undefined when the answer is whole. */
+export function truncationNote(answer: { id: string; truncated?: { 'report-bytes': number; counts: Record<string, number> } }, target: string, signed?: { diskSerial?: string }): string | undefined {
+  const t = answer.truncated;
+  if (!t) return undefined;
+  const cut = Object.entries(t.counts).map(([path, n]) => `${path} ${n}`).join(', ');
+  return `the agent's answer was cut to fit one message (${cut ? `true lengths: ${cut}; ` : ''}the whole report is ${t['report-bytes']} bytes); fetch it with: ${reportFetchCommand(answer.id, target, signed)}`;
 }
 
 /** One-shot notification: connect, hello, `substitute` (the host has written the blocks already). */

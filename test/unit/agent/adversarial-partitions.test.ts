@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { planSubstitution, prepareSubstitution, type SubstituteDeps } from '../../../agent/src/commands/substitute.js';
 import { splitAtPartitions } from '../../../agent/src/commands/metadata.js';
+import { mergeRanges } from '../../../agent/src/pedigree/index.js';
 import type { ByteRange } from '../../../agent/src/protocol/schema.js';
 import { CommandError } from '../../../agent/src/errors.js';
 
@@ -54,7 +55,8 @@ function world(mountOpts: 'rw' | 'ro'): { dir: string; deps: SubstituteDeps; dis
   writeFileSync(join(sys, 'block/vda/vda1/dev'), '254:1\n');
   mkdirSync(join(dir, 'proc/self'), { recursive: true });
   writeFileSync(join(dir, 'proc/self/mountinfo'), `36 25 254:1 / /srv ${mountOpts},relatime shared:1 - ext4 /dev/vda1 ${mountOpts}\n`);
-  const deps = fakeSubstituteDeps({ dir, sys }, async (_l, _m, changed) => ({ files: [], unmapped: changed as ByteRange[] }), {
+  // Like the real index: no file here, and adjacent unmapped pieces merged into one range again.
+  const deps = fakeSubstituteDeps({ dir, sys }, async (_l, _m, changed) => ({ files: [], unmapped: mergeRanges(changed as ByteRange[]) }), {
     readDirect: async (_p, o, l) => Buffer.from(disk.subarray(o, o + l)),
   });
   return { dir, deps, disk };

@@ -3,8 +3,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { SubstituteArgs, SubstituteReport } from '../../../agent/src/protocol/schema.js';
 import { planBundle } from '../../../host-signal/src/bundle/index.js';
-import { AgentError, TransportError, UsageError } from '../../../host-signal/src/errors.js';
-import { formatAgentTarget, notify, parseAgentTarget } from '../../../host-signal/src/notify/index.js';
+import { AgentError, ProtocolError, TransportError, UsageError } from '../../../host-signal/src/errors.js';
+import { AgentConnection, formatAgentTarget, notify, parseAgentTarget, truncationNote } from '../../../host-signal/src/notify/index.js';
 import { TempDir } from './fixtures.js';
 
 const Parse = suite('notify: agent addresses');
@@ -202,6 +202,71 @@ Agent('an answer from the agent is not retried', async () => {
   });
   await notify(manifest, `unix:${path}`, {}, { retryDelayMs: 10 }).catch(() => undefined);
   assert.is(subs, 1);
+});
+
+const reportHello = { version: '0.1.0', protocol: 1, capabilities: ['substitute', 'report'] };
+const ID = 'ab'.repeat(32);
+
+/** A fake agent serving `report` pages of `full` (or what `sizeOf(call)` says the size is). */
+async function pagingAgent(full: Buffer, sizeOf: (call: number) => number = () => full.length): Promise<{ path: string; asked: { offset: number; limit: number }[] }> {
+  const asked: { offset: number; limit: number }[] = [];
+  const path = await fakeAgent((msg, sock) => {
+    if (msg.execute === 'hello') {
+      answer(sock, msg.id, reportHello);
+      return;
+    }
+    const a = msg.arguments as { id: string; offset: number; limit: number };
+    asked.push({ offset: a.offset, limit: a.limit });
+    const end = Math.min(full.length, a.offset + a.limit);
+    answer(sock, msg.id, { id: a.id, offset: a.offset, bytes: sizeOf(asked.length), data: full.subarray(a.offset, end).toString('base64'), done: end >= full.length });
+  });
+  return { path, asked };
+}
+
+Agent('fullReportBytes reads every page in order and returns the bytes as kept', async () => {
+  const full = Buffer.from(JSON.stringify({ id: ID, files: Array.from({ length: 500 }, (_, i) => `/f${i}`) }));
+  const { path, asked } = await pagingAgent(full);
+  const conn = await AgentConnection.open(`unix:${path}`);
+  try {
+    const got = await conn.fullReportBytes(ID, 1000);
+    assert.ok(got.json.equals(full));
+    assert.is(got.pages, Math.ceil(full.length / 1000));
+    assert.equal(asked.map((a) => a.offset), Array.from({ length: got.pages }, (_, i) => i * 1000));
+  } finally {
+    conn.close();
+  }
+});
+
+Agent('a report whose size changes between pages is refused, not glued together', async () => {
+  const full = Buffer.from(JSON.stringify({ id: ID, pad: 'x'.repeat(3000) }));
+  const { path } = await pagingAgent(full, (call) => (call === 1 ? full.length : full.length + 10));
+  const conn = await AgentConnection.open(`unix:${path}`);
+  try {
+    const err = await conn.fullReportBytes(ID, 1000).catch((e: unknown) => e);
+    assert.instance(err, ProtocolError);
+    assert.match((err as Error).message, /changed while it was read/);
+  } finally {
+    conn.close();
+  }
+});
+
+Agent('an agent without the report capability is told apart, with what to do', async () => {
+  const path = await fakeAgent((msg, sock) => answer(sock, msg.id, helloBody));
+  const conn = await AgentConnection.open(`unix:${path}`);
+  try {
+    const err = await conn.fullReportBytes(ID).catch((e: unknown) => e);
+    assert.instance(err, AgentError);
+    assert.match((err as AgentError).hint ?? '', /capability "report"/);
+  } finally {
+    conn.close();
+  }
+});
+
+Agent('a truncated answer names the command that fetches the rest; a whole one none', () => {
+  const cut = { id: ID, truncated: { counts: { files: 3000 }, 'report-bytes': 1_400_000, detail: '' } };
+  assert.match(truncationNote(cut, 'serial:/run/vm/agent.sock')!, new RegExp(`files 3000.*1400000 bytes.*vmsubst report ${ID} --to serial:/run/vm/agent\\.sock$`));
+  assert.match(truncationNote(cut, 'vsock:3:5252', { diskSerial: 'd1' })!, /--to vsock:3:5252 --sign KEY --disk-serial d1$/);
+  assert.is(truncationNote({ id: ID }, 'serial:/x'), undefined);
 });
 
 Parse.run();

@@ -4,7 +4,7 @@ import { applyAndTell, applyToImage, applyToQemu, commitApplied, NO_AGENT_ACTION
 import { agentOutcomeJson } from '../report.js';
 import { recoveryHuman, recoveryJson } from './recover.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
-import { UsageError } from '../../errors.js';
+import { UsageError, VmsubstError } from '../../errors.js';
 import { makeSigner, notificationArgs, parseAgentTarget } from '../../notify/index.js';
 import { systemReset, vmUuid } from '../../qmp/commands.js';
 import { formatBytes, plural } from '../format.js';
@@ -214,8 +214,11 @@ async function run(args: string[]): Promise<void> {
     await bundle.close();
   }
   if (outcome.status !== 'applied' || !outcome.apply) {
-    for (const n of outcome.notes) if (n !== 'nothing was written') process.stderr.write(`vmsubst: ${n}\n`);
-    throw outcome.cause ?? new Error(outcome.error?.message ?? 'apply failed');
+    const cause = outcome.cause ?? new Error(outcome.error?.message ?? 'apply failed');
+    // "nothing was written" is printed unless the error says it itself (a refusal of the base does).
+    const saysItself = /nothing was written/i.test(`${(cause as Error).message} ${cause instanceof VmsubstError ? (cause.hint ?? '') : ''}`);
+    for (const n of outcome.notes) if (n !== 'nothing was written' || !saysItself) process.stderr.write(`vmsubst: ${n}\n`);
+    throw cause;
   }
   const result = outcome.apply;
   const json = { ...applyJson(result), agent: agentJson(outcome), reset: outcome.reset, notes: outcome.notes };
@@ -303,7 +306,7 @@ function agentHuman(t: GuestOutcome<ApplyResult>): string {
   const r = t.agent.report;
   if (r) {
     const how = t.agent.mode === 'two-phase' ? 'prepare → write → commit' : 'substitute after the write';
-    lines.push(`agent ${t.agent.version} at ${t.agent.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ${r.device}; ${plural(r.files.length, 'file')} affected${r.replayed ? ' (answered from its journal)' : ''}`);
+    lines.push(`agent ${t.agent.version} at ${t.agent.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ${r.device}; ${plural(r.truncated?.counts['files'] ?? r.files.length, 'file')} affected${r.truncated?.counts['files'] !== undefined ? ` (the first ${r.files.length} listed)` : ''}${r.replayed ? ' (answered from its journal)' : ''}`);
     const pinned = t.agent.prepare?.pinned ?? r.pinned ?? [];
     if (pinned.length > 0) lines.push(`  pinned: ${pinned.map((p) => `${p.comm}[${p.pid}] ${p.status}`).join(', ')}`);
     for (const f of r.files) {

@@ -5,6 +5,7 @@ import { applyCommand } from './apply.js';
 import { recoverCommand } from './recover.js';
 import { exportCommand } from './export.js';
 import { notifyCommand } from './notify.js';
+import { reportCommand } from './report.js';
 import { inspectCommand } from './inspect.js';
 import { keygenCommand } from './keygen.js';
 import { signCommand } from './sign.js';
@@ -17,6 +18,7 @@ export const COMMANDS: readonly Command[] = [
   recoverCommand,
   exportCommand,
   notifyCommand,
+  reportCommand,
   inspectCommand,
   keygenCommand,
   signCommand,

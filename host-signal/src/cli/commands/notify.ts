@@ -2,7 +2,7 @@
 import type { DiskRef, Policies, Policy } from '../../../../agent/src/protocol/schema.js';
 import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
-import { makeSigner, notify, parseAgentTarget, type NotifyResult } from '../../notify/index.js';
+import { makeSigner, notify, parseAgentTarget, truncationNote, type NotifyResult } from '../../notify/index.js';
 import { plural } from '../format.js';
 import { formatReport } from '../report.js';
 import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positiveInt, positionals, type Command } from '../common.js';
@@ -111,7 +111,10 @@ async function run(args: string[]): Promise<void> {
     await bundle.close();
   }
   if (result.resends > 0) process.stderr.write(`vmsubst: ${plural(result.resends, 'request')} resent before the agent answered (same substitution id)\n`);
-  // The JSON document is the agent's report itself (the protocol's SubstituteReport).
+  // The JSON document is the agent's report itself (the protocol's SubstituteReport); what to do
+  // about a cut answer goes to stderr, in both modes.
+  const cut = truncationNote(result.report, result.target, signWith ? (disk.serial !== undefined ? { diskSerial: disk.serial } : {}) : undefined);
+  if (cut) process.stderr.write(`vmsubst: ${cut}\n`);
   o.result(result.report, () => notifyHuman(result));
 }
 

@@ -126,7 +126,7 @@ export class Agent {
         if (peer.transport !== 'serial') log.info('connection', { peer: peer.description });
         new Session(stream, peer, this.greeting, {
           dispatch: (name, args) => this.#dispatch(name as CommandName, args, peer),
-          mayAsk: (name) => this.#gate!.mayAsk(name, peer),
+          whyNot: (name) => this.#gate!.whyNot(name, peer),
         }, log, config.idleTimeoutSec * 1000);
       });
       log.info('listening', { on: t.name });

@@ -22,8 +22,8 @@ export type Dispatch = (name: string, args: unknown) => Promise<unknown>;
 
 export interface SessionHandlers {
   dispatch: Dispatch;
-  /** Whether this peer may send the command at all (trust/gate.ts); asked before its arguments are read. */
-  mayAsk(name: string): boolean;
+  /** Why this peer may not send the command at all (trust/gate.ts), or undefined; asked before its arguments are read. */
+  whyNot(name: string): string | undefined;
 }
 
 export class Session {
@@ -110,13 +110,10 @@ export class Session {
       this.#sendError('CommandNotFound', `the command '${name}' does not exist`, id);
       return;
     }
-    if (!this.handlers.mayAsk(name)) {
+    const refused = this.handlers.whyNot(name);
+    if (refused !== undefined) {
       this.log.warn('refused an unauthorized request', { command: name, peer: this.peer.description });
-      this.#sendError(
-        'Unauthorized',
-        `${this.peer.description} is not the hypervisor's side and this agent trusts no signing key: it may only hello and ping`,
-        id,
-      );
+      this.#sendError('Unauthorized', refused, id);
       return;
     }
     const args = req.arguments ?? {};

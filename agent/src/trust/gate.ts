@@ -109,9 +109,12 @@ const READ_ONLY = new Set(['hello', 'ping']);
 export class Gate {
   constructor(private readonly o: GateOptions) {}
 
-  /** Whether `peer` may send `command` at all; checked before the arguments are looked at. */
-  mayAsk(command: string, peer: Peer): boolean {
-    return READ_ONLY.has(command) || this.o.trusted.size > 0 || (!this.o.requireSignature && hypervisorSide(peer, this.o.hypervisorChannels));
+  /** Why `peer` may not send `command` at all (it could neither sign nor speak for the hypervisor), or undefined. */
+  whyNot(command: string, peer: Peer): string | undefined {
+    if (READ_ONLY.has(command) || this.o.trusted.size > 0) return undefined;
+    if (this.o.requireSignature) return `every change must be signed and this agent trusts no key: ${peer.description} may only hello and ping`;
+    if (hypervisorSide(peer, this.o.hypervisorChannels)) return undefined;
+    return `${peer.description} is not the hypervisor's side and this agent trusts no signing key: it may only hello and ping`;
   }
 
   /**

@@ -37,7 +37,7 @@ S('big requests pause the stream once the queued bytes pass the cap, and all are
         await gate; // the first command runs long; the rest queue behind it
         return {};
       },
-      mayAsk: () => true,
+      whyNot: () => undefined,
     },
     createLogger('error', () => undefined),
   );

@@ -11,6 +11,7 @@ import { spawnSync } from 'node:child_process';
 import {
   chmodSync,
   closeSync,
+  copyFileSync,
   fsyncSync,
   lstatSync,
   mkdirSync,
@@ -24,8 +25,9 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fiemap, isNativeError, walkTree, TREE_WALK_DIR, TREE_WALK_FILE, type NativeError, type TreeWalkStep } from '../../../agent/src/native/index.js';
+import { fiemap, isNativeError, nativeAddonPath, walkTree, TREE_WALK_DIR, TREE_WALK_FILE, type NativeError, type TreeWalkStep } from '../../../agent/src/native/index.js';
 import type { Mount } from '../../../agent/src/pedigree/mounts.js';
+import { ROOT } from '../../helpers/paths.js';
 import { walkMount, type Fiemap, type IndexedFile } from '../../../agent/src/pedigree/walk.js';
 
 const Walk = suite('native walk of a filesystem');
@@ -186,8 +188,27 @@ Walk('what the walker may not open is left out the same way (run as nobody)', as
   chmodSync(join(d, 'listable-only'), 0o644);
   chmodSync(join(d, 'secret'), 0o000);
   chmodSync(C.dir, 0o755);
-  const script = fileURLToPath(new URL('../../helpers/walk-compare.js', import.meta.url));
-  const r = spawnSync(process.execPath, [script, d], { uid: 65534, gid: 65534, encoding: 'utf8' });
+  // nobody runs a copy in this world-readable scratch directory: one bundled file and the addon,
+  // so the test does not depend on where the checkout sits (a clone in /root is mode 0700).
+  const runner = join(C.dir, 'runner');
+  mkdirSync(runner, { mode: 0o755 });
+  const script = join(runner, 'walk-compare.mjs');
+  const bundled = spawnSync(join(ROOT, 'node_modules/.bin/esbuild'), [
+    fileURLToPath(new URL('../../helpers/walk-compare.js', import.meta.url)),
+    '--bundle', '--platform=node', '--format=esm', '--log-level=warning', `--outfile=${script}`,
+    "--banner:js=import { createRequire as __r } from 'node:module'; const require = __r(import.meta.url);",
+  ], { encoding: 'utf8' });
+  assert.is(bundled.status, 0, bundled.stderr);
+  copyFileSync(nativeAddonPath, join(runner, 'vmsubst_native.node'));
+  chmodSync(script, 0o644);
+  chmodSync(join(runner, 'vmsubst_native.node'), 0o644);
+  const r = spawnSync(process.execPath, [script, d], {
+    uid: 65534,
+    gid: 65534,
+    encoding: 'utf8',
+    cwd: runner,
+    env: { ...process.env, VMSUBST_NATIVE_PATH: join(runner, 'vmsubst_native.node') },
+  });
   if (r.error || (r.status !== 0 && /EACCES|permission denied/i.test(r.stderr) && !r.stdout)) {
     return skip('unreadable entries', `nobody cannot run node on this checkout (${(r.stderr || String(r.error)).trim().split('\n')[0]})`);
   }

@@ -23,15 +23,16 @@ export interface Scenario {
 export async function guestScenario(
   art: GuestArtifacts,
   name: string,
-  opts: { patched?: string; boot?: Omit<VmOptions, 'disk'> } = {},
+  opts: { base?: string; patched?: string; boot?: Omit<VmOptions, 'disk'> } = {},
 ): Promise<Scenario> {
   const tmp = mkdtempSync(join(tmpdir(), `vmsubst-${name}-`));
   let vm: GuestVm | undefined;
   try {
     const disk = join(tmp, 'disk.img');
-    copyFileSync(join(art.disks, 'base.img'), disk);
+    const base = join(art.disks, opts.base ?? 'base.img');
+    copyFileSync(base, disk);
     const bundle = join(tmp, `${name}.bundle`);
-    await vmsubstJson(['diff', join(art.disks, 'base.img'), join(art.disks, opts.patched ?? 'patched.img'), '-o', bundle]);
+    await vmsubstJson(['diff', base, join(art.disks, opts.patched ?? 'patched.img'), '-o', bundle]);
     vm = await withTimeout(180_000, 'boot', () => GuestVm.boot({ ...opts.boot, disk }));
     const booted = vm;
     return { tmp, disk, bundle, vm: booted, close: () => { booted.kill(); rmSync(tmp, { recursive: true, force: true }); } };

@@ -76,7 +76,7 @@ if (typeof art === 'string') {
       assert.ok(report.readback, JSON.stringify(report));
       assert.ok(report.readback.files >= 1 && report.readback.bytes > 0, JSON.stringify(report.readback));
       assert.not.ok(report.readback.mixed);
-      console.log(`    read-back: ${report.readback.bytes} bytes of ${report.readback.files} file(s) in ${t.readback.toFixed(1)} ms (verify ${t.verify.toFixed(1)}, module ${t.module?.toFixed(1)}, total ${t.total.toFixed(1)} ms)`);
+      console.log(`    read-back: ${report.readback.bytes} bytes of ${report.readback.files} file(s) in ${(t.readback ?? 0).toFixed(1)} ms (verify ${t.verify.toFixed(1)}, module ${t.module?.toFixed(1)}, total ${t.total.toFixed(1)} ms)`);
       assert.match(await vm.sh(PROG), /version v2/);
       const human = await vmsubst(['notify', C.bundle, '--to', `serial:${vm.agentSocket}`]);
       assert.is(human.code, 0, human.stderr);

@@ -32,18 +32,25 @@ export function parseFdinfo(text: string): { pos: number; flags: number } {
 }
 
 /**
- * Whether the open file is the script the process runs: its command line names it (`sh
- * /path/script`, `#!` exec passes the path as an argument), or a shell holds it read-only with a
- * position past its start (it has read into it and will read on).
+ * Whether the open file is the script the process runs: the kernel named the process after it (a
+ * `#!` exec: comm is the script's name), a shell's command line names it (`sh /path/script`), or a
+ * shell holds it read-only with a position past its start (it has read into it and will read on).
+ * Other programs naming a file (`tail -f FILE`, `less FILE`) read data, not code.
  */
 export function isScript(args: readonly string[], cwd: string | undefined, path: string, comm: string, exe: string | undefined, fdinfo: { pos: number; flags: number }): string | undefined {
+  const readOnly = (fdinfo.flags & 3) === 0;
+  if (!readOnly) return undefined;
+  // comm is cut at 15 bytes.
+  if (comm.length > 0 && basename(path).slice(0, 15) === comm && args.slice(1).some((a) => a === path || (cwd !== undefined && resolve(cwd, a) === path))) {
+    return `it runs ${path} (a #! script: the process is named after it)`;
+  }
+  const shell = SHELLS.has(comm) || (exe !== undefined && SHELLS.has(basename(exe)));
+  if (!shell) return undefined;
   for (const a of args.slice(1)) {
     if (a === '' || a.startsWith('-')) continue;
-    if (a === path || (cwd !== undefined && resolve(cwd, a) === path)) return `its command line names ${path}`;
+    if (a === path || (cwd !== undefined && resolve(cwd, a) === path)) return `its command line (${comm}) names ${path}`;
   }
-  const readOnly = (fdinfo.flags & 3) === 0;
-  const shell = SHELLS.has(comm) || (exe !== undefined && SHELLS.has(basename(exe)));
-  if (shell && readOnly && fdinfo.pos > 0) return `a shell (${comm}) holds it open read-only at byte ${fdinfo.pos}`;
+  if (fdinfo.pos > 0) return `a shell (${comm}) holds it open read-only at byte ${fdinfo.pos}`;
   return undefined;
 }
 

@@ -82,7 +82,9 @@ S('fdinfo and the script test: named on the command line, or a shell past byte 0
   assert.match(isScript(['sh', '/mnt/data/bin/loop.sh'], '/', '/mnt/data/bin/loop.sh', 'sh', '/bin/busybox', info) ?? '', /command line/);
   assert.match(isScript(['sh', 'bin/loop.sh'], '/mnt/data', '/mnt/data/bin/loop.sh', 'sh', undefined, info) ?? '', /command line/);
   assert.match(isScript(['bash'], '/', '/x.sh', 'bash', '/usr/bin/bash', info) ?? '', /shell/);
-  assert.is(isScript(['tail', '-f', '/var/log/x'], '/', '/var/log/x', 'tail', '/usr/bin/tail', info), undefined);
+  assert.is(isScript(['tail', '-f', '/var/log/x'], '/', '/var/log/x', 'tail', '/usr/bin/tail', info), undefined, 'a program reading data');
+  assert.match(isScript(['/bin/sh', '/opt/run.sh'], '/', '/opt/run.sh', 'run.sh', '/bin/dash', info) ?? '', /#! script/);
+  assert.is(isScript(['sh', '/x.sh'], '/', '/x.sh', 'sh', '/bin/sh', { pos: 10, flags: 2 }), undefined, 'opened for writing');
   assert.is(isScript(['bash'], '/', '/x.sh', 'bash', undefined, { pos: 0, flags: 0 }), undefined, 'not read into');
 });
 

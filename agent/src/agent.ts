@@ -24,6 +24,7 @@ import { Grants } from './trust/grants.js';
 import type { Peer } from './transport/transport.js';
 import type { SignedCommand } from './protocol/signature.js';
 import { encode } from './protocol/codec.js';
+import { staleProcesses } from './commands/stale.js';
 
 export { loadTrustedKeys };
 
@@ -60,7 +61,7 @@ export class Agent {
   ) {}
 
   get greeting(): GreetingBody {
-    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan', 'envelope-v2', 'report', 'elf-code'] };
+    return { version: AGENT_VERSION, protocol: PROTOCOL_VERSION, capabilities: ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan', 'envelope-v2', 'report', 'elf-code', 'stale', 'readback', 'readers'] };
   }
 
   async start(): Promise<void> {
@@ -161,6 +162,12 @@ export class Agent {
         this.#admitRead('report', a, peer);
         return this.#reports!.page(a.id, a.offset, a.limit);
       }
+      case 'stale': {
+        // Paths and processes of the guest: admitted like `report` (the hypervisor's side, or signed).
+        const a = args as ArgsOf<'stale'>;
+        this.#admitRead('stale', a, peer);
+        return staleProcesses(this.#journal!.recent(64), this.deps.procRoot);
+      }
     }
   }
 
@@ -172,19 +179,19 @@ export class Agent {
   }
 
   /** Admits a request or throws Unauthorized (trust/gate.ts); refusals are logged. */
-  #admit(command: SignedCommand, args: ArgsOf<'substitute'> | ArgsOf<'prepare'> | ArgsOf<'commit'> | ArgsOf<'report'>, peer: Peer): Admission {
+  #admit(command: SignedCommand, args: ArgsOf<'substitute'> | ArgsOf<'prepare'> | ArgsOf<'commit'> | ArgsOf<'report'> | ArgsOf<'stale'>, peer: Peer): Admission {
     try {
       return this.#gate!.admit(command, args, peer);
     } catch (e) {
-      this.log.warn('refused an unauthorized request', { command, peer: peer.description, id: args.id, reason: (e as Error).message });
+      this.log.warn('refused an unauthorized request', { command, peer: peer.description, id: 'id' in args ? args.id : undefined, reason: (e as Error).message });
       throw e;
     }
   }
 
   /** Reading a report (paths, processes) takes what a substitution takes: the hypervisor's side, or a signature. */
-  #admitRead(command: 'report', args: ArgsOf<'report'>, peer: Peer): void {
+  #admitRead(command: 'report' | 'stale', args: ArgsOf<'report'> | ArgsOf<'stale'>, peer: Peer): void {
     const a = this.#admit(command, args, peer);
-    if (a.replayOf) this.#refuseReplay(a, command, args.id, peer);
+    if (a.replayOf) this.#refuseReplay(a, command, 'id' in args ? args.id : command, peer);
     a.commit();
   }
 
@@ -344,7 +351,9 @@ export class Agent {
       ...deps,
       ...(this.#pedigree ? { pedigree: this.#pedigree } : {}),
       policies: config.policies,
-      invalidateRange: (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
+      invalidateRange: process.env['VMSUBST_FAULT'] === 'skip-invalidate'
+        ? async () => ({ pagesCached: 0n, pagesMapped: 0n, pagesDropped: 0n, pagesKept: 0n }) // fault injection: the module is never called (the read-back test)
+        : (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
       queryDirty: (fd, offset, length) => deps.queryDirty(fd, offset, length, config.kmodDevice),
     };
   }

@@ -114,6 +114,7 @@ export class ConfigError extends Error {
 export const USAGE = `Usage: vmsubst-agent [options]
        vmsubst-agent status [--json]     versions and the last substitutions (see status --help)
        vmsubst-agent pin [--json] FILE   keep the processes mapping FILE on its old image (see pin --help)
+       vmsubst-agent stale [--json]      processes still running old content: pinned, old inode, mixed (see stale --help)
 
 The vmsubst guest agent: told by the host that disk blocks were replaced under
 this VM, it verifies them, maps them to files and makes the kernel drop what it

@@ -6,6 +6,9 @@ import { status } from './status.js';
 import { SystemdNotifier } from './systemd.js';
 import { pinCommand } from './pin.js';
 import { mapCommand } from './pedigree/map-command.js';
+import { staleCommand } from './commands/stale.js';
+import { Journal } from './journal/journal.js';
+import { DEFAULT_STATE_DIR } from './config.js';
 import { ConfigError, USAGE, describeTrust, parseCli } from './config.js';
 import { loadTrustedKeys } from './trust/gate.js';
 import { createLogger } from './log.js';
@@ -14,6 +17,13 @@ async function main(): Promise<number> {
   if (process.argv[2] === 'status') return status(process.argv.slice(3), (s) => process.stdout.write(s));
   if (process.argv[2] === 'pin') return pinCommand(process.argv.slice(3), (s) => process.stdout.write(s));
   if (process.argv[2] === 'map') return mapCommand(process.argv.slice(3), (s) => process.stdout.write(s));
+  if (process.argv[2] === 'stale') {
+    return staleCommand(process.argv.slice(3), (s) => process.stdout.write(s), (dir) => {
+      // Read-only: the daemon may be appending.
+      const j = Journal.read(dir ?? DEFAULT_STATE_DIR);
+      return { entries: j.recent(64), close: () => j.close() };
+    });
+  }
   let cli;
   try {
     cli = parseCli(process.argv.slice(2));

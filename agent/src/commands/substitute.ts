@@ -19,6 +19,9 @@ import { applyMetadata, planMetadata, plannedOnly, restartReasons, splitAtPartit
 import { decideFilesystems, describeRefusals, refusalsFor } from '../pedigree/filesystems.js';
 import { buildPlan, type FilePlan, type PlanResult } from './plan.js';
 import type { PinReport } from '../pin.js';
+import { ReadbackCheck, describeStale } from '../disk/readback.js';
+import { addReaders, refuseScriptReaders } from './readers.js';
+import { predictReplaced } from './stale.js';
 
 export interface InvalidateCounts {
   pagesCached: bigint;
@@ -71,6 +74,8 @@ interface Mapped {
   unmapped: ByteRange[];
   mapMs: number;
   classifyMs: number;
+  /** When mapping started (the disk probe before it is verification time). */
+  mapStart: number;
 }
 
 /**
@@ -132,7 +137,12 @@ async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, bef
   });
   planned.plan.filesystems = decisions.map((d) => ({ device: d.part.name, ...(d.mount ? { mount: d.mount } : {}), type: d.type, handling: d.handling, ...(d.reason ? { reason: d.reason } : {}) }));
   planned.plan.unsupported = unsupported;
-  return { disk, layout, mounts, metadata, planned, unmapped, mapMs: t1 - t0, classifyMs: deps.now() - t1 };
+  await addReaders(planned, deps.procRoot, args.force ?? false, beforeWrite ? 'before-write' : 'after-write');
+  if (metadata.filesystems.length > 0 && args.hints?.length) {
+    const stale = await predictReplaced(metadata.filesystems.map((f) => f.mountPoint), args.hints, files, deps.procRoot);
+    if (stale.length > 0) planned.plan.stale = stale;
+  }
+  return { disk, layout, mounts, metadata, planned, unmapped, mapMs: t1 - t0, classifyMs: deps.now() - t1, mapStart: t0 };
 }
 
 function refuseRestartRequired(m: Mapped, force: boolean): void {
@@ -185,6 +195,7 @@ export async function prepareSubstitution(args: ArgsOf<'prepare'>, deps: Substit
   const t0 = deps.now();
   const m = await mapAndPlan(args, deps, true);
   refuseRestartRequired(m, args.force ?? false);
+  refuseScriptReaders(m.planned);
   if (!args.force) await refuseGuestDirty(m.planned.files, deps);
   const t1 = deps.now();
   const pinned = await pinPlanned(m.planned.files, deps, false);
@@ -269,10 +280,13 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
   const t0 = deps.now();
   checkRanges(args.ranges); // before anything is read: one request verifies at most the disk, once
   const probe = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot);
-  const verifiedBytes = await verifyRanges(deps.readDirect, probe.path, args.ranges);
-  const t1 = deps.now();
-
+  // Mapped first (nothing is changed by it), so the verification's O_DIRECT reads can hash each file
+  // piece for the read-back check as they go: nothing is read twice, nothing kept but the hashes.
   const m = await mapAndPlan(args, deps, false);
+  const tv = deps.now();
+  const readback = ReadbackCheck.of(m.planned.files.map((f) => ({ hit: f.hit, policy: f.planned.policy })));
+  const verifiedBytes = await verifyRanges(deps.readDirect, probe.path, args.ranges, (offset, data) => readback.observe(offset, data));
+  const t1 = deps.now();
   const force = args.force ?? false;
   refuseRestartRequired(m, force);
   const files = m.planned.files;
@@ -334,6 +348,20 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
   for (const unit of m.planned.plan.units) restarted.push(await deps.restartUnit(unit));
   const t3 = deps.now();
 
+  // The end-to-end invariant: success only when every changed file range reads back, through the
+  // filesystem, as what was verified on the disk.
+  const rb = await readback.check((path, expect) => openChanged(path, 'file', expect));
+  const tr = deps.now();
+  if (rb.stale.length > 0) {
+    throw new CommandError(
+      'Stale',
+      `after the invalidation ${rb.stale.length} file${rb.stale.length === 1 ? '' : 's'} still read${rb.stale.length === 1 ? 's' : ''} other content than the disk holds, ` +
+        `through the filesystem: ${describeStale(rb.stale)}. the guest sees old content there: the substitution did not take effect. ` +
+        'check that vmsubst.ko is loaded and matches the kernel (vmsubst-agent status), then notify again (same id); a reboot of the guest clears its caches',
+      { files: rb.stale, 'timings-ms': { verify: t1 - tv, map: m.mapMs, module: t3 - t2, readback: tr - t3 } },
+    );
+  }
+
   const inUse = metadata?.inodes['in-use'] ?? [];
   const keys = [...files.map((f) => f.hit.file), ...inUse.map((u) => ({ dev: u.dev, ino: u.ino }))];
   // The plan's scan of /proc already found the files' mappers (invalidation unmaps no vma); scan
@@ -361,13 +389,15 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
     plan: m.planned.plan,
     ...(pins.length > 0 ? { pinned: pins } : {}),
     ...(restarted.length > 0 ? { restarted } : {}),
+    readback: rb.readback,
     'timings-ms': {
-      verify: t1 - t0,
+      verify: t1 - tv + (m.mapStart - t0),
       map: m.mapMs,
       classify: m.classifyMs,
       module: t3 - t2,
+      readback: tr - t3,
       invalidate: m.classifyMs + (t3 - t2),
-      report: t4 - t3,
+      report: t4 - tr,
       total: deps.now() - t0,
     },
   };

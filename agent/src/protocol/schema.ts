@@ -337,6 +337,51 @@ export const PlannedMapper = Type.Object(
 );
 export type PlannedMapper = Static<typeof PlannedMapper>;
 
+/** A process holding a changed file open (not mapped). Since 1 (capability "readers"). */
+export const OpenReader = Type.Object(
+  {
+    pid: Type.Integer(),
+    comm: Type.String(),
+    unit: Type.Optional(Type.String()),
+    fd: Type.Integer({ minimum: 0 }),
+    /** The fd's file position (fdinfo pos): where its next read starts. */
+    pos: Type.Integer({ minimum: 0 }),
+    /** The file is the script the process executes (its command line names it, or a shell holds it read-only past its start). */
+    script: Type.Boolean(),
+    /**
+     * What happens: `none` (not a script: it reads on in the new content), `restart` (its unit is restarted
+     * after the invalidation), `refuse` (prepare refuses the substitution unless forced), `forced` (forced:
+     * the script reads on at its offset in the new content), `reads-on` (the one-shot substitute or a
+     * commit, after the host wrote: nothing can be refused any more; it reads on in the new content).
+     */
+    handling: Type.Union([Type.Literal('none'), Type.Literal('restart'), Type.Literal('refuse'), Type.Literal('forced'), Type.Literal('reads-on')]),
+    detail: Type.Optional(Type.String()),
+  },
+  strict,
+);
+export type OpenReader = Static<typeof OpenReader>;
+
+/** Why a process still runs old content (the `stale` command, and the plan's prediction). Since 1 (capability "stale"). */
+export const StaleProcess = Type.Object(
+  {
+    pid: Type.Integer(),
+    comm: Type.String(),
+    /** The systemd unit owning the process (from /proc/PID/cgroup), when there is one. */
+    unit: Type.Optional(Type.String()),
+    file: Type.String(),
+    /**
+     * pinned: it was given private copies of the old image (the `pin` policy) and runs them until it exits;
+     * old-inode: it maps an inode that is deleted or no longer at its path (replaced by a new tree);
+     * mixed: it maps a file substituted under the `report` policy: its mapped pages may mix old and new content.
+     */
+    why: Type.Union([Type.Literal('pinned'), Type.Literal('old-inode'), Type.Literal('mixed')]),
+    /** The substitution that left it so, when known. */
+    substitution: Type.Optional(Type.String()),
+  },
+  strict,
+);
+export type StaleProcess = Static<typeof StaleProcess>;
+
 export const PlannedFile = Type.Object(
   {
     path: Type.String(),
@@ -351,6 +396,12 @@ export const PlannedFile = Type.Object(
     action: Type.String(),
     ranges: Type.Array(ByteRange),
     mappers: Type.Array(PlannedMapper),
+    /**
+     * Processes that have the file open without mapping it (/proc/PID/fd, fdinfo pos): after the
+     * invalidation they read on at their offset in the new content. A script being executed is
+     * restarted with its unit, or refuses the substitution (ScriptInUse) unless forced.
+     */
+    readers: Type.Optional(Type.Array(OpenReader)),
   },
   strict,
 );
@@ -373,6 +424,11 @@ export const Plan = Type.Object(
     filesystems: Type.Optional(Type.Array(PlannedFilesystem)),
     /** Why prepare/commit refuse this substitution as `Unsupported` (empty: they do not) (Since: 0.4). */
     unsupported: Type.Optional(Type.Array(Type.String())),
+    /**
+     * The processes that will still run old content afterwards: for a metadata substitution, those
+     * mapping an inode the new tree replaces at its path (from the host's file hints).
+     */
+    stale: Type.Optional(Type.Array(StaleProcess)),
   },
   strict,
 );
@@ -403,6 +459,23 @@ export const Truncated = Type.Object(
 );
 export type Truncated = Static<typeof Truncated>;
 
+/** A file's changed ranges as read back (offsets in the file; never content). */
+export const FileRanges = Type.Object({ path: Type.String(), ino: Type.Integer(), ranges: Type.Array(ByteRange) }, strict);
+export type FileRanges = Static<typeof FileRanges>;
+
+export const Readback = Type.Object(
+  {
+    files: Type.Integer({ minimum: 0 }),
+    bytes: Type.Integer({ minimum: 0 }),
+    /** Files under the `report` policy whose mapped pages were kept and still read old: by choice, listed by `stale` as mixed. */
+    mixed: Type.Optional(Type.Array(FileRanges)),
+    /** Ranges not read back, and why (the path names another inode now, or the file got shorter). */
+    skipped: Type.Optional(Type.Array(Type.Object({ path: Type.String(), reason: Type.String() }, strict))),
+  },
+  strict,
+);
+export type Readback = Static<typeof Readback>;
+
 export const SubstituteReport = Type.Object(
   {
     truncated: Type.Optional(Truncated),
@@ -427,13 +500,19 @@ export const SubstituteReport = Type.Object(
     pinned: Type.Optional(Type.Array(PinOutcome)),
     /** Units restarted by the `restart` policy. */
     restarted: Type.Optional(Type.Array(RestartOutcome)),
-    /** Per stage: verify (O_DIRECT + sha256), map (index lookup), classify (plan, block classes, mappers), module (ioctls), report. */
+    /**
+     * The end-to-end check: every changed range of a file read back through the filesystem (buffered,
+     * as a process reads it) and compared with what was verified on the disk. Present when it ran.
+     */
+    readback: Type.Optional(Readback),
+    /** Per stage: verify (O_DIRECT + sha256), map (index lookup), classify (plan, block classes, mappers), module (ioctls), readback, report. */
     'timings-ms': Type.Object(
       {
         verify: Type.Number(),
         map: Type.Number(),
         classify: Type.Optional(Type.Number()),
         module: Type.Optional(Type.Number()),
+        readback: Type.Optional(Type.Number()),
         invalidate: Type.Number({ description: 'classify + module, kept for older hosts' }),
         report: Type.Optional(Type.Number()),
         total: Type.Number(),
@@ -525,6 +604,20 @@ export type ReportPage = Static<typeof ReportPage>;
 
 const NoArgs = Type.Object({}, strict);
 
+/** `stale`: who still runs old content. Read-only, admitted like `report`. Since 1 (capability "stale"). */
+export const StaleArgs = Type.Object({ signature: Type.Optional(Envelope) }, strict);
+export type StaleArgs = Static<typeof StaleArgs>;
+
+export const StaleReport = Type.Object(
+  {
+    processes: Type.Array(StaleProcess),
+    /** What was looked at: pins and `report`-policy files from the journal's last reports, and every process's mappings. */
+    sources: Type.Object({ substitutions: Type.Integer({ minimum: 0 }), processes: Type.Integer({ minimum: 0 }) }, strict),
+  },
+  strict,
+);
+export type StaleReport = Static<typeof StaleReport>;
+
 /**
  * Every command: its arguments and what it returns. Handlers are typed from
  * this table, so adding a command here is what makes it exist.
@@ -545,6 +638,12 @@ export const Commands = {
    * Since 1 (capability "report").
    */
   report: { args: ReportArgs, returns: ReportPage },
+  /**
+   * Every process that still runs old content: pinned to an old image, mapping a deleted or replaced
+   * inode, or mapping a file substituted under the `report` policy (pid, command, unit, file, why).
+   * Read-only; admitted like `report` (the hypervisor's side, or signed). Since 1 (capability "stale").
+   */
+  stale: { args: StaleArgs, returns: StaleReport },
 } as const satisfies Record<string, { args: TSchema; returns: TSchema }>;
 
 export type CommandName = keyof typeof Commands;
@@ -579,6 +678,13 @@ export const ErrorClass = Type.Union([
   Type.Literal('GuestDirty'),
   /** A changed range lies on a filesystem or stacked device vmsubst cannot substitute under (btrfs, zfs, f2fs, device-mapper, reflinked blocks): nothing was done. */
   Type.Literal('Unsupported'),
+  /**
+   * After the invalidation a changed range of a file still reads, through the filesystem, other
+   * content than the disk holds: the guest sees old content. Names the files and ranges, never content.
+   */
+  Type.Literal('Stale'),
+  /** A changed file is a script a process is executing and no systemd unit owns it: refused before anything was written (force to proceed). */
+  Type.Literal('ScriptInUse'),
 ]);
 export type ErrorClass = Static<typeof ErrorClass>;
 

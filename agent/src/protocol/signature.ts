@@ -22,7 +22,7 @@ export const CLOCK_SKEW_SEC = 300;
 export const DEFAULT_ENVELOPE_LIFETIME_SEC = 3600;
 
 /** Commands that carry envelopes. */
-export type SignedCommand = 'substitute' | 'prepare' | 'commit' | 'abort' | 'report';
+export type SignedCommand = 'substitute' | 'prepare' | 'commit' | 'abort' | 'report' | 'stale';
 
 type Signable = { signature?: Envelope | undefined } & Record<string, unknown>;
 type EnvelopeFields = Omit<Envelope, 'key-id' | 'ed25519'>;

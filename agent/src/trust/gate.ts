@@ -1,7 +1,7 @@
 /**
  * Who may do what (docs/design.md, "Trust"). Every host process is vsock CID 2, so the CID alone
  * trusts any host user or container. A request that changes the guest or reads its state
- * (substitute, its dry run, prepare, commit, abort, report) is accepted only
+ * (substitute, its dry run, prepare, commit, abort, report, stale) is accepted only
  *   - signed by a trusted key (an envelope: this command, these arguments, once, in time, this VM), or
  *   - over a channel only the hypervisor's side can open: the virtio-serial port (its host end is the
  *     VMM's chardev), vsock from a privileged source port (< 1024: only CAP_NET_BIND_SERVICE binds
@@ -121,7 +121,7 @@ export class Gate {
    * Admits a state-changing request or throws Unauthorized. `args.signature` is checked when
    * present (a bad envelope is refused even on a trusted channel); otherwise the channel decides.
    */
-  admit(command: SignedCommand, args: { id: string; signature?: Envelope | undefined; customization?: unknown }, peer: Peer): Admission {
+  admit(command: SignedCommand, args: { id?: string; signature?: Envelope | undefined; customization?: unknown }, peer: Peer): Admission {
     const refuse = (why: string): never => {
       throw new CommandError('Unauthorized', why);
     };
@@ -136,7 +136,7 @@ export class Gate {
         signedBy: v.keyId,
         ...(earlier ? { replayOf: earlier } : {}),
         commit: () => {
-          if (!earlier) grants.useNonce(v.nonce, v.expiresAt, args.id, command);
+          if (!earlier) grants.useNonce(v.nonce, v.expiresAt, args.id ?? command, command);
         },
       };
     }

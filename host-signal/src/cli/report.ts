@@ -12,6 +12,9 @@ export function formatPlan(plan: Plan): string {
       rows.push([f.path, f.class, `${f.policy}${f['policy-from'] === 'default' ? '' : ` (${f['policy-from']})`}`, procs, f.action]);
     }
     lines.push(table(rows));
+    for (const f of plan.files) {
+      for (const r of f.readers ?? []) lines.push(`open by ${r.comm}[${r.pid}]${r.unit ? ` (${r.unit})` : ''}: ${f.path} fd ${r.fd} at byte ${r.pos}${r.script ? ', its script' : ''}: ${r.handling}${r.detail ? ` (${r.detail})` : ''}`);
+    }
   } else {
     lines.push('no file data changes');
   }
@@ -20,6 +23,7 @@ export function formatPlan(plan: Plan): string {
   lines.push(`blocks: ${[...byClass].map(([c, n]) => `${c} ${formatBytes(n)}`).join(', ') || 'none'}`);
   if (plan['pin-bytes'] > 0) lines.push(`pinning copies ${formatBytes(plan['pin-bytes'])} of mapped pages`);
   if (plan.units.length > 0) lines.push(`units to restart: ${plan.units.join(', ')}`);
+  for (const p of plan.stale ?? []) lines.push(`will still run old content: ${p.comm}[${p.pid}]${p.unit ? ` (${p.unit})` : ''} maps ${p.file} (${p.why}: the new tree replaces it)`);
   lines.push(plan['restart-required'] ? `RESTART REQUIRED: ${plan.reasons.join('; ')}` : 'no restart required');
   return lines.join('\n');
 }
@@ -35,7 +39,16 @@ export function formatReport(report: SubstituteReport): string {
   }
   for (const p of report.pinned ?? []) lines.push(`  pinned ${p.comm}[${p.pid}] on the old ${p.path}: ${formatBytes(p['bytes-copied'])} copied (${p.status}${p.detail ? `: ${p.detail}` : ''})`);
   for (const r of report.restarted ?? []) lines.push(`  restart ${r.unit}: ${r.status}${r.detail ? ` (${r.detail})` : ''}`);
+  for (const f of report.plan?.files ?? []) {
+    for (const r of f.readers ?? []) if (r.script) lines.push(`  ${f.path} is the script of ${r.comm}[${r.pid}] (fd ${r.fd} at byte ${r.pos}): ${r.handling}${r.detail ? ` (${r.detail})` : ''}`);
+  }
   if (report.unmapped.length > 0) lines.push(`${plural(report.unmapped.length, 'range')} outside any file's data (metadata or free space)`);
+  const rb = report.readback;
+  if (rb) {
+    lines.push(`read back ${formatBytes(rb.bytes)} of ${plural(rb.files, 'file')} through the filesystem: as verified on the disk`);
+    for (const m of rb.mixed ?? []) lines.push(`  ${m.path}: mapped pages kept under the 'report' policy still read old content (${plural(m.ranges.length, 'range')}); see vmsubst stale`);
+    for (const s of rb.skipped ?? []) lines.push(`  not read back: ${s.path}: ${s.reason}`);
+  }
   const stages = Object.entries(t).filter(([k]) => k !== 'total' && k !== 'invalidate').map(([k, v]) => `${k} ${Math.round(v * 10) / 10}`);
   lines.push(`took ${Math.round(t.total)} ms (${stages.join(', ')})`);
   return lines.join('\n');

@@ -78,6 +78,8 @@ export interface NotifyOptions extends ConnectOptions {
   customization?: Customization;
   /** Policies for processes mapping changed files, overriding the agent's configuration. */
   policies?: Policies;
+  /** Proceed where the agent would refuse: metadata under a read-write mount, dirty pages, a script being executed. */
+  force?: boolean;
 }
 
 export interface NotifyResult {
@@ -102,11 +104,12 @@ export interface RetryOptions {
 
 /** The agent's arguments for this bundle, for substitute and prepare alike (signed when sent: Signer). */
 export function notificationArgs(manifest: Manifest, disk: DiskRef, options: Omit<NotifyOptions, keyof ConnectOptions> = {}): SubstituteArgs {
-  return substituteArgs(manifest, disk, {
+  const args = substituteArgs(manifest, disk, {
     ...(options.dryRun ? { dryRun: true } : {}),
     ...(options.customization ? { customization: options.customization } : {}),
     ...(options.policies ? { policies: options.policies } : {}),
   });
+  return options.force ? { ...args, force: true } : args;
 }
 
 /**
@@ -180,7 +183,7 @@ export class AgentConnection {
     return this.#run('abort', this.#sign('abort', { id, ...(token !== undefined ? { token } : {}) }));
   }
 
-  #sign<A extends SubstituteArgs | PrepareArgs | PhaseArgs | ArgsOf<'report'>>(command: SignedCommand, args: A): A {
+  #sign<A extends SubstituteArgs | PrepareArgs | PhaseArgs | ArgsOf<'report'> | ArgsOf<'stale'>>(command: SignedCommand, args: A): A {
     if (!this.signer) return args;
     return signArgs(command, args as A & Record<string, unknown>, this.signer.key, {
       target: this.signer.target,
@@ -227,6 +230,12 @@ export class AgentConnection {
     const json = Buffer.concat(parts);
     if (json.length !== total) throw new ProtocolError(`the report of ${id} is ${total} bytes, the pages add up to ${json.length}`, 'read the report again');
     return { json, pages };
+  }
+
+  /** Every process in the guest still running old content (pinned, old inode, mixed). */
+  async stale(): Promise<ReturnOf<'stale'>> {
+    if (!this.supports('stale')) throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) cannot list processes running old content (no 'stale' capability)`);
+    return this.#run('stale', this.#sign('stale', {}));
   }
 
   close(): void {

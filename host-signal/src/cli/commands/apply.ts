@@ -79,6 +79,10 @@ Telling the guest (two-phase when its agent supports it):
                       keygen); the envelope names the VM by --disk-serial and
                       its SMBIOS UUID (QMP query-uuid)
   --customize FILE    customization to apply after the blocks (see notify)
+  --force             let the agent proceed where it refuses by default (a
+                      script being executed that no service owns, metadata
+                      under a read-write mount, pages the guest has not
+                      written back); the report says what was forced
   --timeout SEC       how long to wait for each agent reply (default 120)
   --on-no-agent ACTION
                       when no agent answers, or no --notify address is given:
@@ -112,6 +116,7 @@ async function run(args: string[]): Promise<void> {
     'disk-path': { type: 'string' },
     sign: { type: 'string' },
     customize: { type: 'string' },
+    force: { type: 'boolean' },
     timeout: { type: 'string' },
     'trusted-key': { type: 'string', multiple: true },
     'on-no-agent': { type: 'string' },
@@ -137,7 +142,7 @@ async function run(args: string[]): Promise<void> {
     return Number(p);
   });
   if (mode !== 'overlay' && (values.overlay !== undefined || values.commit)) throw usage('--overlay and --commit go with --mode overlay');
-  const agentOnly = ['disk-serial', 'disk-path', 'sign', 'customize', 'timeout'] as const;
+  const agentOnly = ['disk-serial', 'disk-path', 'sign', 'customize', 'timeout', 'force'] as const;
   const stray = agentOnly.find((k) => values[k] !== undefined);
   if (values.notify === undefined && stray) throw usage(`--${stray} goes with --notify ADDR`);
   if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined) throw usage('give --disk-serial or --disk-path, not both');
@@ -198,7 +203,7 @@ async function run(args: string[]): Promise<void> {
   let outcome: GuestOutcome<ApplyResult>;
   try {
     outcome = await applyAndTell(doApply, {
-      args: notificationArgs(bundle.manifest, disk, customization ? { customization } : {}),
+      args: notificationArgs(bundle.manifest, disk, { ...(customization ? { customization } : {}), ...(values.force ? { force: true } : {}) }),
       ...(agentTarget !== undefined ? { agent: agentTarget } : { noAgentReason: 'no agent address was given (--notify)' }),
       onNoAgent,
       ...(reset ? { reset } : {}),

@@ -11,6 +11,7 @@ import { keygenCommand } from './keygen.js';
 import { signCommand } from './sign.js';
 import { rolloutCommand } from './rollout.js';
 import { planCommand } from './plan.js';
+import { staleCommand } from './stale.js';
 
 export const COMMANDS: readonly Command[] = [
   diffCommand,
@@ -23,5 +24,6 @@ export const COMMANDS: readonly Command[] = [
   keygenCommand,
   signCommand,
   planCommand,
+  staleCommand,
   rolloutCommand,
 ];

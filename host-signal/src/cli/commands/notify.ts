@@ -7,7 +7,7 @@ import { plural } from '../format.js';
 import { formatReport } from '../report.js';
 import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positiveInt, positionals, type Command } from '../common.js';
 
-const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--policy WHO=P]... [--dry-run] [--json]
+const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--policy WHO=P]... [--force] [--dry-run] [--json]
 
 Asks vmsubst-agent in the guest to verify that the bundle's new blocks are
 visible, invalidate the caches that hold the old ones, and report.
@@ -42,6 +42,10 @@ visible, invalidate the caches that hold the old ones, and report.
                       overrides the agent's config). The older names
                       elf-same-layout and elf-new-layout are still taken,
                       for elf-code-unchanged and elf-code-changed
+  --force             let the agent proceed where it refuses by default (a
+                      script being executed that no service owns, metadata
+                      under a read-write mount, pages the guest has not
+                      written back); the report says what was forced
   --timeout SEC       how long to wait for the agent's report (default 120)
   --attempts N        connections to try when the channel fails (default 3);
                       every try carries the same substitution id, and the
@@ -67,6 +71,7 @@ async function run(args: string[]): Promise<void> {
     attempts: { type: 'string' },
     resend: { type: 'string' },
     policy: { type: 'string', multiple: true },
+    force: { type: 'boolean' },
   });
   if (helpRequested(HELP, values)) return;
   const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
@@ -103,6 +108,7 @@ async function run(args: string[]): Promise<void> {
       ...(signWith ? { signer: makeSigner(signWith, disk) } : {}),
       ...(customization ? { customization } : {}),
       ...(values.policy ? { policies: parsePolicies(values.policy) } : {}),
+      ...(values.force ? { force: true } : {}),
       ...(attempts !== undefined ? { attempts } : {}),
       ...(resendMs !== undefined ? { resendMs } : {}),
       onRetry: (n, e) => process.stderr.write(`vmsubst: attempt ${n} failed (${e.message}); trying again with the same substitution id\n`),

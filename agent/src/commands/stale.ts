@@ -1,0 +1,193 @@
+/**
+ * `stale`: who still runs old content. needrestart and checkrestart find
+ * processes mapping a deleted or replaced file ("(deleted)" in
+ * /proc/PID/maps); a block substitution keeps the inode, so they see nothing
+ * when a file changes in place. This list adds what only the agent knows,
+ * from its journal: the processes it pinned to an old image, and the files it
+ * substituted under the `report` policy (mapped pages may mix old and new).
+ *   pinned    — pinned by a substitution (journal), still alive and mapping the file;
+ *   old-inode — maps an inode that is deleted, or no longer the one at its path;
+ *   mixed     — maps a file the last substitution of it left under `report`.
+ */
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { Plan, ReturnOf, StaleProcess, SubstituteReport, PrepareReport } from '../protocol/schema.js';
+import type { JournalEntry } from '../journal/journal.js';
+import { devToMapsField, findMappers } from '../proc/mappers.js';
+import { restartableUnit } from './plan.js';
+import type { FileHint } from '../protocol/schema.js';
+import type { FileHit } from '../pedigree/index.js';
+import { keyOf } from '../proc/mappers.js';
+
+/** Mappings that are not files a program runs from: shared memory, memfd, SysV segments, devices. */
+const NOT_FILES = [/^\/dev\//, /^\/memfd:/, /^\/SYSV/, /^\/\[/, /^\/proc\//, /^\/sys\//];
+
+/** The journal entries looked at: the newest first. */
+const LOOK_BACK = 64;
+
+interface PinRecord {
+  pid: number;
+  comm: string;
+  path: string;
+  id: string;
+}
+
+/** The unit a process runs in, if any (the service, a user unit, a scope), for people to read. */
+export async function unitName(pid: number, procRoot: string): Promise<string | undefined> {
+  const text = await readFile(`${procRoot}/${pid}/cgroup`, 'utf8').catch(() => '');
+  return restartableUnit(text, '')?.unit;
+}
+
+/** Every process still running old content, from the journal's last reports and every process's mappings. */
+export async function staleProcesses(entries: readonly JournalEntry[], procRoot = '/proc'): Promise<ReturnOf<'stale'>> {
+  const pins: PinRecord[] = [];
+  /** path → [inode, id] of the newest substitution of that path, when its policy was `report`. */
+  const newestByPath = new Map<string, { ino: number; id: string; policy: string }>();
+  const recent = entries.slice(0, LOOK_BACK);
+  for (const e of recent) {
+    const rec = e.last;
+    if (rec.phase !== 'done' && rec.phase !== 'prepared') continue;
+    const report = rec.report as Partial<SubstituteReport & PrepareReport>;
+    for (const p of report.pinned ?? []) if (p.status === 'pinned') pins.push({ pid: p.pid, comm: p.comm, path: p.path, id: e.id });
+    if (rec.phase !== 'done') continue;
+    for (const f of (report.plan as Plan | undefined)?.files ?? []) {
+      if (!newestByPath.has(f.path)) newestByPath.set(f.path, { ino: f.ino, id: e.id, policy: f.policy });
+    }
+  }
+  const out: StaleProcess[] = [];
+  const seen = new Set<string>();
+  const add = (s: Omit<StaleProcess, 'unit'>): void => {
+    const k = `${s.pid} ${s.file} ${s.why}`;
+    if (seen.has(k)) return;
+    seen.add(k);
+    out.push(s);
+  };
+  const atPath = new Map<string, { dev: string; ino: string } | null>();
+  const current = async (path: string): Promise<{ dev: string; ino: string } | null> => {
+    if (!atPath.has(path)) {
+      const st = await stat(path).catch(() => undefined);
+      atPath.set(path, st ? { dev: devToMapsField(Number(st.dev)), ino: String(st.ino) } : null);
+    }
+    return atPath.get(path)!;
+  };
+  let processes = 0;
+  const self = procRoot === '/proc' ? String(process.pid) : '';
+  for (const name of await readdir(procRoot).catch(() => [] as string[])) {
+    if (!/^\d+$/.test(name) || name === self) continue;
+    const maps = await readFile(`${procRoot}/${name}/maps`, 'utf8').catch(() => undefined);
+    if (maps === undefined || maps === '') continue;
+    processes++;
+    const pid = Number(name);
+    let comm: string | undefined;
+    const commOf = async (): Promise<string> => (comm ??= (await readFile(`${procRoot}/${name}/comm`, 'utf8').catch(() => '?')).trim());
+    const files = new Map<string, { dev: string; ino: string; deleted: boolean }>();
+    for (const line of maps.split('\n')) {
+      // start-end perms offset dev inode   path
+      const m = /^\S+\s+\S+\s+\S+\s+(\S+)\s+(\d+)\s+(\/.*)$/.exec(line);
+      if (!m || m[2] === '0') continue;
+      const deleted = m[3]!.endsWith(' (deleted)');
+      const path = deleted ? m[3]!.slice(0, -' (deleted)'.length) : m[3]!;
+      if (NOT_FILES.some((r) => r.test(path))) continue;
+      files.set(`${path}\0${m[1]}\0${m[2]}`, { dev: m[1]!, ino: m[2]!, deleted });
+    }
+    for (const [k, f] of files) {
+      const path = k.slice(0, k.indexOf('\0'));
+      const now = f.deleted ? null : await current(path);
+      if (f.deleted || now === null || now.dev !== f.dev || now.ino !== f.ino) {
+        add({ pid, comm: await commOf(), file: path, why: 'old-inode' });
+        continue;
+      }
+      const pin = pins.find((p) => p.pid === pid && p.path === path);
+      if (pin && pin.comm === (await commOf())) {
+        add({ pid, comm: pin.comm, file: path, why: 'pinned', substitution: pin.id });
+        continue;
+      }
+      const sub = newestByPath.get(path);
+      if (sub && sub.policy === 'report' && String(sub.ino) === f.ino) add({ pid, comm: await commOf(), file: path, why: 'mixed', substitution: sub.id });
+    }
+  }
+  const withUnits: StaleProcess[] = [];
+  for (const s of out.sort((a, b) => a.pid - b.pid || a.file.localeCompare(b.file))) {
+    const unit = await unitName(s.pid, procRoot);
+    withUnits.push({ pid: s.pid, comm: s.comm, ...(unit !== undefined ? { unit } : {}), file: s.file, why: s.why, ...(s.substitution ? { substitution: s.substitution } : {}) });
+  }
+  return { processes: withUnits, sources: { substitutions: recent.length, processes } };
+}
+
+/**
+ * The plan's prediction for a metadata substitution: the processes mapping an inode the new tree
+ * replaces. The host's hints name the new tree's files whose blocks change; a hinted path whose
+ * current inode owns none of the changed blocks gets its new content in other blocks — a new inode
+ * (or new extents), while the running processes keep the old one.
+ */
+export async function predictReplaced(
+  mountPoints: readonly string[],
+  hints: readonly FileHint[],
+  hits: readonly FileHit[],
+  procRoot: string,
+): Promise<StaleProcess[]> {
+  const changedInPlace = new Set(hits.map((h) => keyOf(h.file)));
+  const replaced: { path: string; dev: number; ino: number }[] = [];
+  for (const mp of mountPoints) {
+    for (const h of hints) {
+      const path = mp === '/' ? h.path : join(mp, h.path);
+      const st = await stat(path).catch(() => undefined);
+      if (!st?.isFile()) continue; // absent now: an added file, nobody runs it
+      const key = { dev: Number(st.dev), ino: Number(st.ino) };
+      if (changedInPlace.has(keyOf(key))) continue;
+      replaced.push({ path, ...key });
+    }
+  }
+  if (replaced.length === 0) return [];
+  const mappers = await findMappers(replaced, procRoot);
+  const out: StaleProcess[] = [];
+  for (const r of replaced) {
+    for (const m of mappers.get(keyOf(r)) ?? []) {
+      const unit = await unitName(m.pid, procRoot);
+      out.push({ pid: m.pid, comm: m.comm, ...(unit !== undefined ? { unit } : {}), file: r.path, why: 'old-inode' });
+    }
+  }
+  return out;
+}
+
+export const STALE_USAGE = `Usage: vmsubst-agent stale [--json] [--state-dir DIR]
+
+Lists every process that still runs old content: pid, command, systemd unit,
+file and why — pinned (given private copies of the old image by a substitution),
+old-inode (maps a deleted inode, or one no longer at its path), mixed (maps a
+file substituted under the 'report' policy: old and new pages may mix).
+needrestart cannot see a substitution that keeps the inode; this reads the
+agent's journal for the pins and the 'report' policy.
+Exit status: 0 (listed or not), 2 usage error.
+`;
+
+export async function staleCommand(argv: string[], out: (s: string) => void, readJournal: (stateDir: string | undefined) => { entries: JournalEntry[]; close(): void }): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({ args: argv, strict: true, options: { json: { type: 'boolean' }, 'state-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
+  } catch (e) {
+    out(`vmsubst-agent stale: ${(e as Error).message}\n\n${STALE_USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    out(STALE_USAGE);
+    return 0;
+  }
+  const j = readJournal(values['state-dir']);
+  let r: ReturnOf<'stale'>;
+  try {
+    r = await staleProcesses(j.entries);
+  } finally {
+    j.close();
+  }
+  out(values.json ? JSON.stringify(r, null, 2) + '\n' : formatStale(r));
+  return 0;
+}
+
+export function formatStale(r: ReturnOf<'stale'>): string {
+  if (r.processes.length === 0) return `no process runs old content (${r.sources.processes} processes, ${r.sources.substitutions} substitutions looked at)\n`;
+  const rows = [['PID', 'COMMAND', 'UNIT', 'WHY', 'FILE'], ...r.processes.map((p) => [String(p.pid), p.comm, p.unit ?? '-', p.why, p.file])];
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
+  return rows.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(w[i]!))).join('  ')).join('\n') + '\n';
+}

@@ -15,8 +15,6 @@ OUT=${2:?usage: build-debian-image.sh KVER OUTDIR}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 KROOT=$ROOT/.cache/kernel/$KVER/root
-MIRROR=${VMSUBST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SECURITY=${VMSUBST_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}
 KEY=$( { echo "$KVER"; cat "$0" "$HERE/debian-image/"*; } | sha256sum | cut -c1-16)
 say() { printf '\033[1;34m[debian-guest]\033[0m %s\n' "$*" >&2; }
 mkdir -p "$OUT"
@@ -29,6 +27,13 @@ unavailable() { echo "$*" > "$OUT/unavailable.txt"; echo "debian guest image: $*
 [ "$(id -u)" = 0 ] || unavailable "building the Debian guest needs root (debootstrap, chroot)"
 command -v debootstrap >/dev/null || unavailable "debootstrap is not installed (scripts/setup.sh installs it)"
 [ -d "$KROOT/lib/modules/$KVER" ] || unavailable "no extracted guest kernel at $KROOT (run scripts/setup.sh)"
+# The archives this machine's apt uses (its mirror or proxy), unless given.
+MIRROR=${VMSUBST_DEBIAN_MIRROR:-}
+SECURITY=${VMSUBST_DEBIAN_SECURITY:-}
+[ -n "$MIRROR" ] || MIRROR=$(python3 "$ROOT/scripts/apt-mirror.py" bookworm) \
+  || unavailable "no apt source for bookworm in /etc/apt/sources.list or sources.list.d: add one, or set VMSUBST_DEBIAN_MIRROR"
+[ -n "$SECURITY" ] || SECURITY=$(python3 "$ROOT/scripts/apt-mirror.py" bookworm-security) \
+  || unavailable "no apt source for bookworm-security in /etc/apt/sources.list or sources.list.d: add one, or set VMSUBST_DEBIAN_SECURITY"
 
 WORK=$(mktemp -d "$OUT/build.XXXXXX")
 RFS=$WORK/rootfs

@@ -227,8 +227,10 @@ if (why) {
     const vm = C.vm;
     await vm.sh('export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 TERM=dumb');
     await vm.sh('mkdir -p /mnt/pkgs && mount -o ro /dev/disk/by-id/virtio-vmsubst-extra /mnt/pkgs');
-    // The test volume (fstab, nofail): mounted here if udev was slower than systemd's device timeout.
-    await vm.sh('mountpoint -q /mnt/data || mount /mnt/data');
+    // The test volume (fstab, nofail): systemd mounts it in the background; starting its unit waits
+    // for that mount (or makes it, if udev was slower than the device timeout). A plain `mount` here
+    // raced with systemd's and failed with "already mounted".
+    await vm.sh('systemctl start mnt-data.mount || mountpoint -q /mnt/data', 360_000);
   }));
   Guest.after(() => {
     C.vm?.kill();

@@ -140,7 +140,8 @@ export class XfsDb {
     const paths = new Map<number, string[]>();
     for (let i = 0; i < inodes.length; i += 2000) {
       const batch = inodes.slice(i, i + 2000);
-      const text = await this.run([`ncheck ${batch.map((n) => `-i ${n}`).join(' ')}`]);
+      // `ncheck -i` answers only after `blockget -n` (the names it records).
+      const text = await this.run(['blockget -n', `ncheck ${batch.map((n) => `-i ${n}`).join(' ')}`]);
       for (const line of text.split('\n')) {
         const m = /^\s*(\d+) (.*)$/.exec(line);
         if (!m) continue;

@@ -36,7 +36,7 @@ import type { BlockSource } from '../diff/source.js';
 import type { BaseFilesystem, FileEntry } from '../bundle/schema.js';
 import { MAX_FILES } from '../bundle/schema.js';
 import { HintError } from '../errors.js';
-import { Debugfs, quote } from './debugfs.js';
+import { Debugfs, debugfsAvailable, quote } from './debugfs.js';
 import { compareElf, isElf } from './elf.js';
 import { filesystemAt, findFilesystems, xfsAt, type ImageReader } from './partitions.js';
 import { extractFilesystem, readXfsFile, S_IFMT, S_IFREG, XfsDb, xfsDbAvailable, type XfsInode } from './xfs.js';
@@ -127,6 +127,10 @@ export async function computeHints(base: HintImage, patched: HintImage, ranges: 
       if (fs.type === 'xfs') {
         options.onProgress?.(`filesystem ${k}: xfs_db on ${blockRange.size} blocks`);
         for (const f of await xfsHints(tmp, k, where, fs.offset, base, patched, blockRange, notes)) found.push(f);
+        continue;
+      }
+      if (!(await debugfsAvailable())) {
+        notes.push(`filesystem ${k} (${where}): ext4, and debugfs (e2fsprogs) is not installed: no hints for it`);
         continue;
       }
       options.onProgress?.(`filesystem ${k}: classifying ${blockRange.size} blocks`);

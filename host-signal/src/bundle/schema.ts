@@ -41,18 +41,18 @@ export const BundleRange = Type.Object(
 );
 export type BundleRange = Static<typeof BundleRange>;
 
-/** A filesystem found in the base image: where it starts and its identity (ext4 superblock). */
+/** A filesystem found in the base image: where it starts and its identity (ext4 or XFS superblock). */
 export const BaseFilesystem = Type.Object(
   {
-    type: Type.Literal('ext4'),
+    type: Type.Union([Type.Literal('ext4'), Type.Literal('xfs')]),
     /** Byte offset of the filesystem in the image (0 for a bare filesystem, else the partition start). */
     offset: Offset,
     /** Bytes the filesystem spans (block count × block size). */
     size: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
     'block-size': Type.Integer({ minimum: 1024, maximum: 65536 }),
-    /** s_uuid, lower-case, dashed. */
+    /** s_uuid (XFS: sb_uuid), lower-case, dashed. */
     uuid: Type.String({ pattern: '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' }),
-    /** s_volume_name, when set. */
+    /** s_volume_name (XFS: sb_fname), when set. */
     label: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
     /** 1-based partition number when the image has a partition table. */
     partition: Type.Optional(Type.Integer({ minimum: 1, maximum: 128 })),
@@ -74,7 +74,7 @@ export const BaseImage = Type.Object(
 export type BaseImage = Static<typeof BaseImage>;
 
 /**
- * A changed file, from the patched image (debugfs): its path inside its
+ * A changed file, from the patched image (debugfs, xfs_db): its path inside its
  * filesystem and, for an ELF file, whether its code is the base's.
  */
 export const FileEntry = Type.Object(

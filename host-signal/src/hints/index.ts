@@ -1,11 +1,13 @@
 /**
  * File hints: which files of the patched image each changed range belongs
  * to, and for each changed ELF file whether its code is the base's. All on
- * the host, from the image files, with debugfs (no mount, no root):
+ * the host, from the image files, with debugfs (ext4) and xfs_db (XFS), no
+ * mount, no root:
  *
- *   1. the filesystems: a bare ext4, or ext4 partitions of an MBR or GPT
- *      (partitions.ts), identified by their superblocks' UUIDs;
- *   2. per filesystem, the changed blocks that are file data: superblock,
+ *   1. the filesystems: a bare ext4 or XFS, or such filesystems in the
+ *      partitions of an MBR or GPT (partitions.ts), identified by their
+ *      superblocks' UUIDs;
+ *   2. per ext4 filesystem, the changed blocks that are file data: superblock,
  *      descriptors, bitmaps, inode tables, the journal, extent-tree blocks
  *      and free blocks are set aside by reading the patched filesystem's own
  *      metadata (the agent's Ext4Classifier, the same code the guest runs);
@@ -17,6 +19,13 @@
  *      one is dumped from the base image by path too, and the two are compared
  *      (elf.ts): code-unchanged only when no executable byte (and none of the
  *      tables the loader reads at run time) changed.
+ *
+ * On XFS (xfs.ts) steps 2–4 are one xfs_db run: `blockget -n` then
+ * `blockuse -n` per run of changed blocks gives each block's type and owner
+ * (`data` of an inode; anything else is metadata or free, counted in a note:
+ * the agent refuses XFS metadata changes); `ncheck -i` the paths; each
+ * owner's mode, size and extents (`inode`, `bmap`), and the base file's by
+ * `path`, and the bytes are read from the images through those extents.
  */
 import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -27,13 +36,15 @@ import type { BlockSource } from '../diff/source.js';
 import type { BaseFilesystem, FileEntry } from '../bundle/schema.js';
 import { MAX_FILES } from '../bundle/schema.js';
 import { HintError } from '../errors.js';
-import { Debugfs, quote } from './debugfs.js';
+import { Debugfs, debugfsAvailable, quote } from './debugfs.js';
 import { compareElf, isElf } from './elf.js';
-import { ext4At, findFilesystems, type ImageReader } from './partitions.js';
+import { filesystemAt, findFilesystems, xfsAt, type ImageReader } from './partitions.js';
+import { extractFilesystem, readXfsFile, S_IFMT, S_IFREG, XfsDb, xfsDbAvailable, type XfsInode } from './xfs.js';
 
 export { Debugfs, debugfsAvailable } from './debugfs.js';
 export { compareElf, elfCode, isElf, type CodeRange, type CodeVerdict, type ElfCode } from './elf.js';
-export { ext4At, findFilesystems, partitions, type ImageReader, type Partition } from './partitions.js';
+export { ext4At, filesystemAt, findFilesystems, partitions, xfsAt, type ImageReader, type Partition } from './partitions.js';
+export { XfsDb, xfsDbAvailable } from './xfs.js';
 
 /** Changed blocks looked at per filesystem at most (16 GiB of 4 KiB blocks). */
 export const MAX_HINT_BLOCKS = 1 << 22;
@@ -60,6 +71,8 @@ export interface HintOptions {
   onProgress?: (step: string) => void;
 }
 
+interface Found { fs: number; ino: number; path: string; ranges: Set<number>; elf?: FileEntry['elf']; change?: string }
+
 export function readerOf(source: BlockSource): ImageReader {
   return async (offset, length) => {
     const buf = Buffer.alloc(length);
@@ -78,18 +91,17 @@ export async function computeHints(base: HintImage, patched: HintImage, ranges: 
   const notes: string[] = [];
   const rangeFiles: number[][] = ranges.map(() => []);
   if (filesystems.length === 0) {
-    notes.push('no ext4 filesystem in the base image (bare, or in an MBR/GPT partition): no file hints');
+    notes.push('no ext4 or XFS filesystem in the base image (bare, or in an MBR/GPT partition): no file hints');
     return { filesystems, files: [], rangeFiles, notes };
   }
-  interface Found { fs: number; ino: number; path: string; ranges: Set<number>; elf?: FileEntry['elf']; change?: string }
   const found: Found[] = [];
   const tmp = await mkdtemp(join(tmpdir(), 'vmsubst-hints-'));
   try {
     for (const [k, fs] of filesystems.entries()) {
       const where = fs.partition !== undefined ? `partition ${fs.partition}` : 'the image';
-      const now = await ext4At(readerOf(patched.source), fs.offset);
-      if (!now) {
-        notes.push(`filesystem ${k} (${where}): the patched image has no ext4 there; no hints for it`);
+      const now = await filesystemAt(readerOf(patched.source), fs.offset);
+      if (!now || now.type !== fs.type) {
+        notes.push(`filesystem ${k} (${where}): the patched image has no ${fs.type} there; no hints for it`);
         continue;
       }
       if (now.uuid !== fs.uuid) notes.push(`filesystem ${k} (${where}): UUID ${fs.uuid} in the base, ${now.uuid} in the patched image`);
@@ -112,6 +124,15 @@ export async function computeHints(base: HintImage, patched: HintImage, ranges: 
         continue;
       }
       if (blockRange.size === 0) continue;
+      if (fs.type === 'xfs') {
+        options.onProgress?.(`filesystem ${k}: xfs_db on ${blockRange.size} blocks`);
+        for (const f of await xfsHints(tmp, k, where, fs.offset, base, patched, blockRange, notes)) found.push(f);
+        continue;
+      }
+      if (!(await debugfsAvailable())) {
+        notes.push(`filesystem ${k} (${where}): ext4, and debugfs (e2fsprogs) is not installed: no hints for it`);
+        continue;
+      }
       options.onProgress?.(`filesystem ${k}: classifying ${blockRange.size} blocks`);
       const candidates = await dataCandidates(patched.source, fs.offset, [...blockRange.keys()].sort((a, b) => a - b));
       const dfs = new Debugfs(patched.path, fs.offset);
@@ -152,6 +173,83 @@ export async function computeHints(base: HintImage, patched: HintImage, ranges: 
   });
   for (const list of rangeFiles) list.sort((a, b) => a - b);
   return { filesystems, files, rangeFiles, notes };
+}
+
+/**
+ * One XFS filesystem's changed files: owners and types from the patched
+ * image's block-usage map, ELF verdicts from both images' extents. A
+ * filesystem in a partition is copied out first (xfs_db takes no offset).
+ */
+async function xfsHints(
+  tmp: string,
+  k: number,
+  where: string,
+  offset: number,
+  base: HintImage,
+  patched: HintImage,
+  blockRange: ReadonlyMap<number, number>,
+  notes: string[],
+): Promise<Found[]> {
+  if (!(await xfsDbAvailable())) {
+    notes.push(`filesystem ${k} (${where}): XFS, and xfs_db (xfsprogs) is not installed: no hints for it`);
+    return [];
+  }
+  const readBase = readerOf(base.source);
+  const readPatched = readerOf(patched.source);
+  const geoP = await xfsAt(readPatched, offset);
+  const geoB = await xfsAt(readBase, offset);
+  if (!geoP || !geoB) return [];
+  const imageOf = async (img: HintImage, read: ImageReader, size: number, name: string): Promise<string> => {
+    if (offset === 0) return img.path;
+    const to = join(tmp, `${name}${k}.xfs`);
+    await extractFilesystem(read, offset, size, to);
+    return to;
+  };
+  const dbP = new XfsDb(await imageOf(patched, readPatched, geoP.size, 'p'), { blockSize: geoP['block-size'], agBlocks: geoP.agBlocks, agBlkLog: geoP.agBlkLog });
+  const use = await dbP.blockUse([...blockRange.keys()].sort((a, b) => a - b));
+  const owned = new Map<number, number[]>();
+  const other = new Map<string, number>();
+  for (const [block, u] of use) {
+    if (u.type === 'data' && u.ino !== undefined) owned.set(u.ino, [...(owned.get(u.ino) ?? []), block]);
+    else other.set(u.type, (other.get(u.type) ?? 0) + 1);
+  }
+  const unknown = blockRange.size - use.size;
+  if (unknown > 0) other.set('unreported', unknown);
+  if (other.size > 0) {
+    const list = [...other].sort((a, b) => b[1] - a[1]).map(([t, n]) => `${t} ${n}`).join(', ');
+    notes.push(`filesystem ${k} (${where}): XFS changed blocks that are no regular file's data (${list}): metadata or free space; the agent refuses XFS metadata changes (RestartRequired)`);
+  }
+  const inodes = [...owned.keys()].sort((a, b) => a - b);
+  const info = await dbP.inodes(inodes);
+  const regular = inodes.filter((i) => ((info.get(i)?.mode ?? 0) & S_IFMT) === S_IFREG);
+  const paths = await dbP.paths(regular);
+  const found: Found[] = [];
+  const dbB = new XfsDb(await imageOf(base, readBase, geoB.size, 'b'), { blockSize: geoB['block-size'], agBlocks: geoB.agBlocks, agBlkLog: geoB.agBlkLog });
+  const elfFiles: { f: Found; now: XfsInode }[] = [];
+  for (const ino of regular) {
+    const now = info.get(ino)!;
+    const head = now.size >= 4 ? await readXfsFile(readPatched, offset, geoP['block-size'], now, 4) : undefined;
+    const elf = head !== undefined && isElf(head);
+    for (const path of paths.get(ino) ?? []) {
+      const f: Found = { fs: k, ino, path, ranges: new Set(owned.get(ino)!.map((b) => blockRange.get(b)!)) };
+      found.push(f);
+      if (!elf) continue;
+      if (now.size > MAX_ELF_BYTES) {
+        f.elf = 'code-changed';
+        f.change = `larger than ${MAX_ELF_BYTES} bytes: not compared`;
+        notes.push(`filesystem ${k}: ${path} is larger than ${MAX_ELF_BYTES} bytes: not read, taken as an ELF file whose code changed (the cautious class)`);
+      } else elfFiles.push({ f, now });
+    }
+  }
+  const was = await dbB.inodes(elfFiles.map((e) => e.f.path));
+  for (const { f, now } of elfFiles) {
+    const b = was.get(f.path);
+    const before = b && (b.mode & S_IFMT) === S_IFREG && b.size <= MAX_ELF_BYTES ? await readXfsFile(readBase, offset, geoB['block-size'], b) : undefined;
+    const v = compareElf(before, await readXfsFile(readPatched, offset, geoP['block-size'], now));
+    f.elf = v.elf;
+    if (v.elf === 'code-changed') f.change = v.change;
+  }
+  return found;
 }
 
 /** The blocks (sorted) that may be some file's data: not ext4 metadata, not free, not the journal or an extent tree. */

@@ -1,5 +1,5 @@
 /**
- * Where the ext4 filesystems of a disk image are: a bare filesystem at byte
+ * Where the ext4 and XFS filesystems of a disk image are: a bare filesystem at byte
  * 0, or the primary partitions of an MBR, or the entries of a GPT (512-byte
  * sectors, then 4096-byte). Logical partitions inside an MBR extended
  * partition, LVM and RAID are not looked into (docs/bundle-format.md).
@@ -12,6 +12,7 @@ import type { BaseFilesystem } from '../bundle/schema.js';
 export type ImageReader = (offset: number, length: number) => Promise<Buffer>;
 
 const EXT4_MAGIC = 0xef53;
+const XFS_MAGIC = 0x58465342; // "XFSB", big-endian like all of XFS's superblock
 const INCOMPAT_64BIT = 0x80;
 const MBR_EXTENDED = new Set([0x05, 0x0f, 0x85]);
 const MBR_GPT_PROTECTIVE = 0xee;
@@ -41,6 +42,39 @@ export async function ext4At(read: ImageReader, offset: number): Promise<Omit<Ba
   const nul = rawLabel.indexOf(0);
   const label = rawLabel.subarray(0, nul === -1 ? 16 : nul).toString('utf8');
   return { type: 'ext4', size: blocks * blockSize, 'block-size': blockSize, uuid, ...(label !== '' ? { label } : {}) };
+}
+
+/**
+ * The XFS superblock's identity at byte `offset` (sb_uuid, sb_fname; size =
+ * sb_dblocks × sb_blocksize, the data device), or undefined when there is no
+ * XFS there. `agBlocks`/`agBlkLog` convert linear blocks to XFS fsblocks.
+ */
+export async function xfsAt(read: ImageReader, offset: number): Promise<(Omit<BaseFilesystem, 'offset'> & { agBlocks: number; agBlkLog: number }) | undefined> {
+  const sb = await read(offset, 512);
+  if (sb.length < 512 || sb.readUInt32BE(0) !== XFS_MAGIC) return undefined;
+  const blockSize = sb.readUInt32BE(4);
+  const blocks = Number(sb.readBigUInt64BE(8));
+  const agBlocks = sb.readUInt32BE(84);
+  const agCount = sb.readUInt32BE(88);
+  const agBlkLog = sb[124]!;
+  if (blockSize < 1024 || blockSize > 65536 || (blockSize & (blockSize - 1)) !== 0) return undefined;
+  if (blocks === 0 || agBlocks === 0 || agCount === 0 || agBlkLog > 31 || 2 ** agBlkLog < agBlocks || !Number.isSafeInteger(blocks * blockSize)) return undefined;
+  const u = sb.subarray(32, 48).toString('hex');
+  const uuid = `${u.slice(0, 8)}-${u.slice(8, 12)}-${u.slice(12, 16)}-${u.slice(16, 20)}-${u.slice(20)}`;
+  const rawLabel = sb.subarray(108, 120);
+  const nul = rawLabel.indexOf(0);
+  const label = rawLabel.subarray(0, nul === -1 ? 12 : nul).toString('utf8');
+  return { type: 'xfs', size: blocks * blockSize, 'block-size': blockSize, uuid, ...(label !== '' ? { label } : {}), agBlocks, agBlkLog };
+}
+
+/** The identity of the ext4 or XFS filesystem at byte `offset`, without XFS's geometry. */
+export async function filesystemAt(read: ImageReader, offset: number): Promise<Omit<BaseFilesystem, 'offset'> | undefined> {
+  const ext4 = await ext4At(read, offset);
+  if (ext4) return ext4;
+  const xfs = await xfsAt(read, offset);
+  if (!xfs) return undefined;
+  const { agBlocks: _a, agBlkLog: _l, ...id } = xfs;
+  return id;
 }
 
 /** The partitions of an MBR or GPT partition table; empty when there is none. */
@@ -90,13 +124,13 @@ async function gptPartitions(read: ImageReader, sector: number, imageSize: numbe
   return out;
 }
 
-/** Every ext4 filesystem of the image: bare, or in a partition. */
+/** Every ext4 and XFS filesystem of the image: bare, or in a partition. */
 export async function findFilesystems(read: ImageReader, imageSize: number): Promise<BaseFilesystem[]> {
-  const bare = await ext4At(read, 0);
+  const bare = await filesystemAt(read, 0);
   if (bare) return bare.size <= imageSize ? [{ ...bare, offset: 0 }] : [];
   const found: BaseFilesystem[] = [];
   for (const p of await partitions(read, imageSize)) {
-    const fs = await ext4At(read, p.offset);
+    const fs = await filesystemAt(read, p.offset);
     if (fs && fs.size <= p.size) found.push({ ...fs, offset: p.offset, partition: p.number, 'partition-table': p.table });
   }
   return found;

@@ -249,13 +249,13 @@ for (const table of ['mbr', 'gpt'] as const) {
   });
 }
 
-Parts('an image with neither ext4 nor a partition table has no filesystems', async () => {
+Parts('an image with neither ext4, XFS nor a partition table has no filesystems', async () => {
   const junk = Buffer.alloc(1 << 20, 7);
   assert.equal(await findFilesystems(async (o, l) => junk.subarray(o, o + l), junk.length), []);
   const path = tmp.file('junk.img', junk);
   const { hints } = await hintsFor(path, path);
   assert.equal(hints.filesystems, []);
-  assert.match(hints.notes.join('\n'), /no ext4 filesystem/);
+  assert.match(hints.notes.join('\n'), /no ext4 or XFS filesystem/);
 });
 
 Parts('a GPT with a bad header checksum is not trusted', async () => {

@@ -5,7 +5,7 @@ import { writeBundle, type Manifest } from '../../bundle/index.js';
 import type { BaseFilesystem, FileEntry } from '../../bundle/schema.js';
 import { diffSources, openImage, type ImageSource } from '../../diff/index.js';
 import { UsageError } from '../../errors.js';
-import { baseFilesystems, computeHints, debugfsAvailable } from '../../hints/index.js';
+import { baseFilesystems, computeHints, debugfsAvailable, xfsDbAvailable } from '../../hints/index.js';
 import { formatBytes, formatPercent, plural } from '../format.js';
 import { Output, helpRequested, loadCustomization, parse, positionals, type Command } from '../common.js';
 
@@ -16,15 +16,17 @@ Compares two images of the same size (raw or qcow2) in 4 KiB blocks and
 writes the changed blocks, with the sha256 of their old and new content, to
 BUNDLE. Only where either image holds data is read (holes are skipped).
 
-The manifest records the base image's ext4 filesystems (UUID, label; bare or
-in MBR/GPT partitions) and, when debugfs (e2fsprogs) is installed and the
-images are raw, file hints: the files of the patched image each changed
+The manifest records the base image's ext4 and XFS filesystems (UUID, label;
+bare or in MBR/GPT partitions) and, when the images are raw and debugfs
+(e2fsprogs, for ext4) or xfs_db (xfsprogs, for XFS) is installed, file hints: the files of the patched image each changed
 range belongs to, and for each changed ELF file whether its code changed:
 code-unchanged when the program headers, every byte of the executable
 segments and the tables the loader reads at run time equal the base's
 (remapped: running processes fault in the new file), else code-changed
 (pinned: they keep the old image). The guest agent picks its policy per
-file from them.
+file from them. On XFS only file data is hinted: changed XFS metadata is
+named in a note (the agent refuses it), and an XFS in a partition is copied
+to a sparse temporary file first (xfs_db reads no offset).
 
   -o, --output BUNDLE   bundle file to write (replaced atomically)
   --label TEXT          a name for the base image, kept in the manifest
@@ -35,6 +37,12 @@ file from them.
 
 Sign the bundle afterwards with 'vmsubst sign BUNDLE --key KEY'.
 `;
+
+/** Some filesystem of the base can be read: debugfs for ext4, xfs_db for XFS (the others are noted by computeHints). */
+async function toolsFor(filesystems: readonly BaseFilesystem[]): Promise<boolean> {
+  if (filesystems.some((f) => f.type === 'ext4') && (await debugfsAvailable())) return true;
+  return filesystems.some((f) => f.type === 'xfs') && (await xfsDbAvailable());
+}
 
 async function run(args: string[]): Promise<void> {
   const { values, positionals: pos } = parse('diff', args, {
@@ -69,13 +77,13 @@ async function run(args: string[]): Promise<void> {
     if (values['no-hints'] !== true && diff.ranges.length > 0) {
       if (filesystems.length === 0) {
         hints = 'unavailable';
-        notes.push('no ext4 filesystem in the base image: no file hints');
+        notes.push('no ext4 or XFS filesystem in the base image: no file hints');
       } else if (base.format !== 'raw' || patched.format !== 'raw') {
         hints = 'unavailable';
         notes.push('file hints need raw images (debugfs reads files, not qcow2): convert with `qemu-img convert -O raw`, or pass --no-hints');
-      } else if (!(await debugfsAvailable())) {
+      } else if (!(await toolsFor(filesystems))) {
         hints = 'unavailable';
-        notes.push('debugfs (e2fsprogs) is not installed: no file hints');
+        notes.push(`${[...new Set(filesystems.map((f) => (f.type === 'xfs' ? 'xfs_db (xfsprogs)' : 'debugfs (e2fsprogs)')))].join(' and ')} not installed: no file hints`);
       } else {
         o.progress.clear();
         const h = await computeHints({ path: basePath, source: base }, { path: patchedPath, source: patched }, diff.ranges);

@@ -8,19 +8,15 @@
  * its batches stay small (ICHECK_BATCH); owners are found by asking about a
  * few blocks, then taking each owner's whole block list.
  */
-import { execFile, spawn } from 'node:child_process';
 import { HintError } from '../errors.js';
+import { runTool, toolAvailable } from './tool.js';
 
 const ICHECK_BATCH = 1000;
 const NCHECK_BATCH = 2000;
 const MAX_OUTPUT = 256 << 20;
 
 /** `debugfs -V` works: e2fsprogs is installed. */
-export function debugfsAvailable(): Promise<boolean> {
-  return new Promise((resolve) => {
-    execFile('debugfs', ['-V'], { timeout: 10_000 }, (err) => resolve(!err));
-  });
-}
+export const debugfsAvailable = (): Promise<boolean> => toolAvailable('debugfs');
 
 export interface InodeInfo {
   ino: number;
@@ -41,34 +37,18 @@ export class Debugfs {
   }
 
   /** Runs debugfs with `commands` on stdin (-f -); resolves with stdout. */
-  run(commands: readonly string[]): Promise<string> {
-    return new Promise((resolve, reject) => {
-      const child = spawn('debugfs', ['-f', '-', this.spec], {
-        stdio: ['pipe', 'pipe', 'pipe'],
-        env: { ...process.env, PAGER: '__none__', DEBUGFS_PAGER: '__none__' },
-      });
-      const out: Buffer[] = [];
-      let outBytes = 0;
-      let err = '';
-      child.stdout.on('data', (b: Buffer) => {
-        outBytes += b.length;
-        if (outBytes > MAX_OUTPUT) child.kill('SIGKILL');
-        else out.push(b);
-      });
-      child.stderr.on('data', (b: Buffer) => (err += b.toString('utf8')));
-      child.on('error', (e) => reject(new HintError(`cannot run debugfs: ${e.message}`, 'install e2fsprogs, or pass --no-hints')));
-      child.on('close', (code, signal) => {
-        const stderr = err.replace(/^debugfs [\d.]+ \([^)]*\)\n/, '').trim();
-        if (code !== 0 || signal !== null || /Bad magic|while trying to open|Could not open/.test(stderr)) {
-          const why = outBytes > MAX_OUTPUT ? 'output too large' : stderr.split('\n')[0] || `exit status ${code ?? signal}`;
-          reject(new HintError(`debugfs ${this.spec}: ${why}`));
-          return;
-        }
-        resolve(Buffer.concat(out).toString('utf8'));
-      });
-      child.stdin.on('error', () => undefined);
-      child.stdin.end(commands.join('\n') + '\n');
+  async run(commands: readonly string[]): Promise<string> {
+    const r = await runTool('debugfs', ['-f', '-', this.spec], commands.join('\n') + '\n', {
+      maxOutput: MAX_OUTPUT,
+      install: 'e2fsprogs',
+      env: { ...process.env, PAGER: '__none__', DEBUGFS_PAGER: '__none__' },
     });
+    const stderr = r.stderr.replace(/^debugfs [\d.]+ \([^)]*\)\n/, '').trim();
+    if (r.code !== 0 || r.signal !== null || /Bad magic|while trying to open|Could not open/.test(stderr)) {
+      const why = r.tooLarge ? 'output too large' : stderr.split('\n')[0] || `exit status ${r.code ?? r.signal}`;
+      throw new HintError(`debugfs ${this.spec}: ${why}`);
+    }
+    return r.stdout;
   }
 
   /** block → owning inode for each block asked; blocks no inode owns are left out. */

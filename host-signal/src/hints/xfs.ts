@@ -20,7 +20,7 @@
  * XFS's own fsblock numbers put the AG number above `agblklog` bits; the
  * conversion is done in both directions here.
  */
-import { execFile, spawn } from 'node:child_process';
+import { runTool, toolAvailable } from './tool.js';
 import { open } from 'node:fs/promises';
 import { HintError } from '../errors.js';
 import type { ImageReader } from './partitions.js';
@@ -31,11 +31,7 @@ const RUNS_PER_BATCH = 200_000;
 const MARK = '@@vmsubst';
 
 /** `xfs_db -V` works: xfsprogs is installed. */
-export function xfsDbAvailable(): Promise<boolean> {
-  return new Promise((resolve) => {
-    execFile('xfs_db', ['-V'], { timeout: 10_000 }, (err) => resolve(!err));
-  });
-}
+export const xfsDbAvailable = (): Promise<boolean> => toolAvailable('xfs_db');
 
 /** The XFS geometry the block conversions need (from the superblock). */
 export interface XfsGeometry {
@@ -70,32 +66,14 @@ export class XfsDb {
   ) {}
 
   /** Runs `xfs_db -r image` with `commands` on stdin; resolves with stdout (errors are printed there too). */
-  run(commands: readonly string[]): Promise<string> {
-    return new Promise((resolve, reject) => {
-      const child = spawn('xfs_db', ['-r', this.image], { stdio: ['pipe', 'pipe', 'pipe'] });
-      const out: Buffer[] = [];
-      let outBytes = 0;
-      let err = '';
-      child.stdout.on('data', (b: Buffer) => {
-        outBytes += b.length;
-        if (outBytes > MAX_OUTPUT) child.kill('SIGKILL');
-        else out.push(b);
-      });
-      child.stderr.on('data', (b: Buffer) => (err += b.toString('utf8')));
-      child.on('error', (e) => reject(new HintError(`cannot run xfs_db: ${e.message}`, 'install xfsprogs, or pass --no-hints')));
-      child.on('close', (code, signal) => {
-        const text = Buffer.concat(out).toString('utf8');
-        // xfs_db exits 1 after any command that failed (a path not found); only no output at all is fatal.
-        if (signal !== null || outBytes > MAX_OUTPUT || (code !== 0 && !text.includes(MARK))) {
-          const why = outBytes > MAX_OUTPUT ? 'output too large' : err.trim().split('\n')[0] || text.trim().split('\n')[0] || `exit status ${code ?? signal}`;
-          reject(new HintError(`xfs_db ${this.image}: ${why}`));
-          return;
-        }
-        resolve(text);
-      });
-      child.stdin.on('error', () => undefined);
-      child.stdin.end([...commands, `echo ${MARK} end`].join('\n') + '\n');
-    });
+  async run(commands: readonly string[]): Promise<string> {
+    const r = await runTool('xfs_db', ['-r', this.image], [...commands, `echo ${MARK} end`].join('\n') + '\n', { maxOutput: MAX_OUTPUT, install: 'xfsprogs' });
+    // xfs_db exits 1 after any command that failed (a path not found); only no output at all is fatal.
+    if (r.signal !== null || r.tooLarge || (r.code !== 0 && !r.stdout.includes(MARK))) {
+      const why = r.tooLarge ? 'output too large' : r.stderr.trim().split('\n')[0] || r.stdout.trim().split('\n')[0] || `exit status ${r.code ?? r.signal}`;
+      throw new HintError(`xfs_db ${this.image}: ${why}`);
+    }
+    return r.stdout;
   }
 
   /** Linear block → XFS fsblock number. */

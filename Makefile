@@ -5,7 +5,7 @@ SHELL := /bin/bash
 KVER = $(shell cat .cache/kver 2>/dev/null)
 KDIR = /usr/src/linux-headers-$(KVER)
 
-TS_SOURCES := $(shell find agent/src host-signal/src test -name '*.ts' 2>/dev/null)
+TS_SOURCES := $(shell find common/src agent/src host-signal/src test -name '*.ts' 2>/dev/null)
 
 .PHONY: setup build kmod addon ts guest test test-flavours test-unit test-integration test-qemu test-packaging \
 	deb rpm packages debian-guest demo bench clean help
@@ -39,8 +39,8 @@ agent/build/Release/vmsubst_native.node: agent/binding.gyp $(wildcard agent/nati
 # It sits beside the compiled CLI so its relative paths (the addon, package.json) hold.
 CLI_BUNDLE := build/host-signal/src/cli/vmsubst.mjs
 ts: build/.tsc-stamp $(CLI_BUNDLE)
-build/.tsc-stamp: $(TS_SOURCES) tsconfig.json package-lock.json
-	node_modules/.bin/tsc -p tsconfig.json
+build/.tsc-stamp: $(TS_SOURCES) tsconfig.json tsconfig.base.json common/tsconfig.json package-lock.json
+	node_modules/.bin/tsc -b tsconfig.json
 	@touch $@
 $(CLI_BUNDLE): build/.tsc-stamp
 	node_modules/.bin/esbuild build/host-signal/src/cli.js --bundle --platform=node --format=esm --target=node20 \
@@ -111,5 +111,5 @@ bench: setup
 	@node build/test/bench/bench.js $(BENCH_ARGS)
 
 clean:
-	rm -rf build agent/build
+	rm -rf build agent/build common/dist common/tsconfig.tsbuildinfo
 	-$(MAKE) -C kmod clean

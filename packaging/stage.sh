@@ -11,7 +11,7 @@ set -euo pipefail
 STAGE=${1:?usage: stage.sh STAGEDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ADDON=$ROOT/agent/build/Release/vmsubst_native.node
-for f in "$ROOT/build/agent/src/main.js" "$ADDON"; do
+for f in "$ROOT/build/agent/src/main.js" "$ROOT/common/dist/protocol/schema.js" "$ADDON"; do
   [ -e "$f" ] || { echo "stage.sh: $f is missing; run make build first" >&2; exit 1; }
 done
 rm -rf "$STAGE" && mkdir -p "$STAGE/app/build" "$STAGE/app/agent/build/Release" "$STAGE/app/node_modules" "$STAGE/src"
@@ -32,9 +32,12 @@ strip --strip-unneeded -o "$STAGE/app/agent/build/Release/vmsubst_native.node" "
 chmod 0644 "$STAGE/app/agent/build/Release/vmsubst_native.node"
 (cd "$ROOT" && npm ls --omit=dev --parseable --all 2>/dev/null | tail -n +2) | while read -r dir; do
   rel=${dir#"$ROOT"/}
-  case "$rel" in node_modules/node-addon-api) continue;; esac
+  case "$rel" in node_modules/node-addon-api|node_modules/@vmsubst/*) continue;; node_modules/*) ;; *) continue;; esac
   mkdir -p "$STAGE/app/$(dirname "$rel")"; cp -r "$dir" "$STAGE/app/$rel"
 done
+# The contract package (an npm workspace: a symlink in node_modules): its compiled files.
+mkdir -p "$STAGE/app/node_modules/@vmsubst/common"
+cp -r "$ROOT/common/package.json" "$ROOT/common/dist" "$STAGE/app/node_modules/@vmsubst/common/"
 # Nothing a runtime needs: maps, TypeScript sources and declarations, tests, docs.
 find "$STAGE/app/node_modules" \( -name '*.map' -o -name '*.ts' -o -name '*.md' -o -name '*.markdown' \
   -o -name '.*' -o -name 'tsconfig*.json' \) -type f -delete

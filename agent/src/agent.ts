@@ -5,7 +5,7 @@
 import type { Duplex } from 'node:stream';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
-import { PROTOCOL_VERSION, type CommandName, type GreetingBody } from './protocol/schema.js';
+import { PROTOCOL_VERSION, type CommandName, type GreetingBody } from '@vmsubst/common/protocol/schema';
 import { Session } from './session.js';
 import { planSubstitution, prepareSubstitution, substitute, type SubstituteDeps } from './commands/substitute.js';
 import { customize } from './commands/customize.js';
@@ -13,7 +13,7 @@ import type { Transport } from './transport/transport.js';
 import { UnixTransport } from './transport/unix.js';
 import { SerialTransport, type AdoptStream } from './transport/serial.js';
 import { VsockTransport, type VsockListen } from './transport/vsock.js';
-import type { ArgsOf, ReturnOf } from './protocol/schema.js';
+import type { ArgsOf, ReturnOf } from '@vmsubst/common/protocol/schema';
 import { Journal } from './journal/journal.js';
 import { boundReport, ReportStore } from './journal/reports.js';
 import { PedigreeService } from './pedigree/live.js';
@@ -22,8 +22,8 @@ import { randomBytes, type KeyObject } from 'node:crypto';
 import { Gate, hypervisorSide, loadTrustedKeys, readIdentity, type Admission } from './trust/gate.js';
 import { Grants } from './trust/grants.js';
 import type { Peer } from './transport/transport.js';
-import type { SignedCommand } from './protocol/signature.js';
-import { encode } from './protocol/codec.js';
+import type { SignedCommand } from '@vmsubst/common/protocol/signature';
+import { encode } from '@vmsubst/common/protocol/codec';
 import { staleProcesses } from './commands/stale.js';
 
 export { loadTrustedKeys };

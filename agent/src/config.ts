@@ -5,8 +5,8 @@
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { Type, type Static } from '@sinclair/typebox';
-import { Validator } from './protocol/codec.js';
-import { Policies } from './protocol/schema.js';
+import { Validator } from '@vmsubst/common/protocol/codec';
+import { Policies } from '@vmsubst/common/protocol/schema';
 
 export const DEFAULT_VSOCK_PORT = 5252;
 export const DEFAULT_SERIAL_PATH = '/dev/virtio-ports/org.vmsubst.0';

@@ -3,7 +3,7 @@
  * `{"error": {"class", "desc", "data"}}`; anything else thrown by a handler
  * becomes a GenericError reply.
  */
-import type { ErrorClass } from './protocol/schema.js';
+import type { ErrorClass } from '@vmsubst/common/protocol/schema';
 
 export class CommandError extends Error {
   constructor(

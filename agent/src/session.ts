@@ -4,8 +4,8 @@
  * writes exactly one reply per request.
  */
 import type { Duplex } from 'node:stream';
-import { argsValidator, encode, isCommandName, LineDecoder, validateRequest } from './protocol/codec.js';
-import type { ErrorClass, GreetingBody, Request } from './protocol/schema.js';
+import { argsValidator, encode, isCommandName, LineDecoder, validateRequest } from '@vmsubst/common/protocol/codec';
+import type { ErrorClass, GreetingBody, Request } from '@vmsubst/common/protocol/schema';
 import { CommandError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Peer } from './transport/transport.js';

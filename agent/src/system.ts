@@ -4,7 +4,7 @@
  */
 import type { AgentDeps } from './agent.js';
 import type { MetadataOps } from './commands/metadata.js';
-import type { RestartOutcome } from './protocol/schema.js';
+import type { RestartOutcome } from '@vmsubst/common/protocol/schema';
 import { pinFile } from './pin.js';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';

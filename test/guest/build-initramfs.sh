@@ -49,8 +49,14 @@ cp "${ADDON:-$ROOT/agent/build/Release/vmsubst_native.node}" "$O/agent/build/Rel
 cp "$KMOD_DIR/vmsubst.ko" "$O/vmsubst.ko"
 cp "$KMOD_DIR/tests/abi_test" "$O/abi_test"
 (cd "$ROOT" && npm ls --omit=dev --parseable --all 2>/dev/null | tail -n +2) | while read -r dir; do
-  rel=${dir#"$ROOT"/}; mkdir -p "$O/$(dirname "$rel")"; cp -r "$dir" "$O/$rel"
+  rel=${dir#"$ROOT"/}
+  case "$rel" in node_modules/@vmsubst/*) continue;; node_modules/*) ;; *) continue;; esac  # workspaces: below
+  mkdir -p "$O/$(dirname "$rel")"; cp -r "$dir" "$O/$rel"
 done
+# The contract package (an npm workspace, a symlink in node_modules): its compiled files.
+mkdir -p "$O/node_modules/@vmsubst/common"
+cp -r "$ROOT/common/package.json" "$ROOT/common/dist" "$O/node_modules/@vmsubst/common/"
+find "$O/node_modules/@vmsubst/common" \( -name '*.map' -o -name '*.d.ts' \) -delete
 
 (cd "$STAGE" && find . -print0 | cpio --null -o -H newc --quiet) > "$OUT.tmp"
 mv "$OUT.tmp" "$OUT"

@@ -19,7 +19,7 @@ import { withTimeout } from '../helpers/timeout.js';
 import { AgentConnection } from '../../host-signal/src/notify/index.js';
 import { notificationArgs } from '../../host-signal/src/notify/index.js';
 import { Bundle } from '../../host-signal/src/bundle/index.js';
-import { MAX_MESSAGE_BYTES, type SubstituteReport } from '../../agent/src/protocol/schema.js';
+import { MAX_MESSAGE_BYTES, type SubstituteReport } from '@vmsubst/common/protocol/schema';
 
 const FILES = 3000;
 

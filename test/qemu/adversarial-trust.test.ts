@@ -20,8 +20,8 @@ import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 import { AgentConnection, notificationArgs } from '../../host-signal/src/notify/index.js';
 import { Bundle, type Manifest } from '../../host-signal/src/bundle/index.js';
-import { signArgs } from '../../agent/src/protocol/signature.js';
-import type { SubstituteArgs, SubstituteReport } from '../../agent/src/protocol/schema.js';
+import { signArgs } from '@vmsubst/common/protocol/signature';
+import type { SubstituteArgs, SubstituteReport } from '@vmsubst/common/protocol/schema';
 
 const art = guestArtifacts();
 const A = suite('adversarial: trust in a real guest (vsock ports, envelopes, tokens, no oracle)');

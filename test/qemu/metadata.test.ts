@@ -15,7 +15,7 @@ import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
 import { withTimeout } from '../helpers/timeout.js';
-import type { SubstituteReport } from '../../agent/src/protocol/schema.js';
+import type { SubstituteReport } from '@vmsubst/common/protocol/schema';
 
 const art = guestArtifacts();
 const Meta = suite('metadata substitution: new inode, added file, pinned buffers');

@@ -15,7 +15,7 @@ import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
-import type { SubstituteReport } from '../../agent/src/protocol/schema.js';
+import type { SubstituteReport } from '@vmsubst/common/protocol/schema';
 
 const art = guestArtifacts();
 const Rb = suite('read-back: never success while the guest still reads old content');

@@ -16,7 +16,7 @@ import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
-import type { ReturnOf, SubstituteReport } from '../../agent/src/protocol/schema.js';
+import type { ReturnOf, SubstituteReport } from '@vmsubst/common/protocol/schema';
 
 type Stale = ReturnOf<'stale'>;
 const art = guestArtifacts();

@@ -26,7 +26,7 @@ import { waitFor, withTimeout } from '../helpers/timeout.js';
 import { AgentConnection, notificationArgs } from '../../host-signal/src/notify/index.js';
 import { Bundle, type Manifest } from '../../host-signal/src/bundle/index.js';
 import { AgentError } from '../../host-signal/src/errors.js';
-import type { SubstituteArgs } from '../../agent/src/protocol/schema.js';
+import type { SubstituteArgs } from '@vmsubst/common/protocol/schema';
 
 const art = guestArtifacts();
 const T = suite('two-phase: plan, prepare (pin), abort, commit, policies');

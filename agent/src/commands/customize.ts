@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lstat, mkdir, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join, normalize, isAbsolute, sep } from 'node:path';
-import type { Customization, CustomizationOutcome } from '../protocol/schema.js';
+import type { Customization, CustomizationOutcome } from '@vmsubst/common/protocol/schema';
 import { fsyncDir } from '../journal/journal.js';
 
 export type CustomizationKind = CustomizationOutcome['kind'];

@@ -8,10 +8,10 @@
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { CHANGED_FILE_FLAGS, openChanged } from '../disk/open-changed.js';
-import type { ByteRange, ClassifiedRange, MetadataReport } from '../protocol/schema.js';
+import type { ByteRange, ClassifiedRange, MetadataReport } from '@vmsubst/common/protocol/schema';
 import type { FileHit, IndexedFile } from '../pedigree/index.js';
 import type { DiskLayout } from '../pedigree/mounts.js';
-import { classify, inodesIn, parseDirBlock, readExt4Layout, type Ext4Layout } from '../pedigree/ext4.js';
+import { classify, inodesIn, parseDirBlock, readExt4Layout, type Ext4Layout } from '@vmsubst/common/pedigree/ext4';
 import { CommandError } from '../errors.js';
 import type { DiskReader } from '../disk/verify.js';
 

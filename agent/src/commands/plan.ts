@@ -6,9 +6,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import { openChanged } from '../disk/open-changed.js';
-import type { ByteRange, FileClass, FileHint, Plan, PlannedFile, PlannedMapper, Policies, Policy } from '../protocol/schema.js';
+import type { ByteRange, FileClass, FileHint, Plan, PlannedFile, PlannedMapper, Policies, Policy } from '@vmsubst/common/protocol/schema';
 import type { FileHit } from '../pedigree/index.js';
-import { Ext4Classifier } from '../pedigree/classify.js';
+import { Ext4Classifier } from '@vmsubst/common/pedigree/classify';
 import type { DiskReader } from '../disk/verify.js';
 import { restartReasons, type MetadataPlan } from './metadata.js';
 import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';

@@ -10,7 +10,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { CommandError } from '../errors.js';
-import type { OpenReader } from '../protocol/schema.js';
+import type { OpenReader } from '@vmsubst/common/protocol/schema';
 import { findReaders } from '../proc/readers.js';
 import { keyOf } from '../proc/mappers.js';
 import { restartableUnit } from './plan.js';

@@ -12,13 +12,14 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { Plan, ReturnOf, StaleProcess, SubstituteReport, PrepareReport } from '../protocol/schema.js';
+import type { Plan, ReturnOf, StaleProcess, SubstituteReport, PrepareReport } from '@vmsubst/common/protocol/schema';
 import type { JournalEntry } from '../journal/journal.js';
 import { devToMapsField, findMappers } from '../proc/mappers.js';
 import { restartableUnit } from './plan.js';
-import type { FileHint } from '../protocol/schema.js';
+import type { FileHint } from '@vmsubst/common/protocol/schema';
 import type { FileHit } from '../pedigree/index.js';
 import { keyOf } from '../proc/mappers.js';
+import { formatStale } from '@vmsubst/common/protocol/format';
 
 /** Mappings that are not files a program runs from: shared memory, memfd, SysV segments, devices. */
 const NOT_FILES = [/^\/dev\//, /^\/memfd:/, /^\/SYSV/, /^\/\[/, /^\/proc\//, /^\/sys\//];
@@ -183,11 +184,4 @@ export async function staleCommand(argv: string[], out: (s: string) => void, rea
   }
   out(values.json ? JSON.stringify(r, null, 2) + '\n' : formatStale(r));
   return 0;
-}
-
-export function formatStale(r: ReturnOf<'stale'>): string {
-  if (r.processes.length === 0) return `no process runs old content (${r.sources.processes} processes, ${r.sources.substitutions} substitutions looked at)\n`;
-  const rows = [['PID', 'COMMAND', 'UNIT', 'WHY', 'FILE'], ...r.processes.map((p) => [String(p.pid), p.comm, p.unit ?? '-', p.why, p.file])];
-  const w = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
-  return rows.map((row) => row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(w[i]!))).join('  ')).join('\n') + '\n';
 }

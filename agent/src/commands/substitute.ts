@@ -7,7 +7,7 @@
  * processes fault the new content in and new execs read it.
  */
 import { CommandError, errnoCode } from '../errors.js';
-import type { ArgsOf, ByteRange, FileReport, Mapper, MetadataReport, PinOutcome, Policies, RestartOutcome, ReturnOf } from '../protocol/schema.js';
+import type { ArgsOf, ByteRange, FileReport, Mapper, MetadataReport, PinOutcome, Policies, RestartOutcome, ReturnOf } from '@vmsubst/common/protocol/schema';
 import { PedigreeIndex, mountsOfDisk, type Fiemap } from '../pedigree/index.js';
 import type { PedigreeService } from '../pedigree/live.js';
 import { readDiskLayout, readMounts, type DiskLayout, type Mount } from '../pedigree/mounts.js';

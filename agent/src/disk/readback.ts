@@ -12,7 +12,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
-import type { ByteRange, FileRanges, Policy, Readback } from '../protocol/schema.js';
+import type { ByteRange, FileRanges, Policy, Readback } from '@vmsubst/common/protocol/schema';
 import type { FileHit } from '../pedigree/index.js';
 import { mergeRanges } from '../pedigree/index.js';
 import { SwappedFileError } from './open-changed.js';

@@ -6,7 +6,7 @@
 import { readFile, readdir, realpath, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { CommandError } from '../errors.js';
-import type { DiskRef, HashedRange } from '../protocol/schema.js';
+import type { DiskRef, HashedRange } from '@vmsubst/common/protocol/schema';
 import type { DiskReader } from './verify.js';
 import { hashRange } from './verify.js';
 

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { CommandError } from '../errors.js';
-import type { HashedRange } from '../protocol/schema.js';
+import type { HashedRange } from '@vmsubst/common/protocol/schema';
 
 export type DiskReader = (path: string, offset: number, length: number) => Promise<Buffer>;
 

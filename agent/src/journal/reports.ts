@@ -10,7 +10,7 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { CommandError } from '../errors.js';
-import { MAX_REPORT_PAGE_BYTES, type ReportPage, type Truncated } from '../protocol/schema.js';
+import { MAX_REPORT_PAGE_BYTES, type ReportPage, type Truncated } from '@vmsubst/common/protocol/schema';
 import { fsyncDir } from './journal.js';
 
 /** An answer is cut until its JSON is at most this long: half the message cap, room for the envelope. */

@@ -16,7 +16,7 @@
  */
 import { lstatSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseDirBlock, readExt4Layout, type Ext4Layout, type Reader } from './ext4.js';
+import { parseDirBlock, readExt4Layout, type Ext4Layout, type Reader } from '@vmsubst/common/pedigree/ext4';
 import type { Mount } from './mounts.js';
 import { MAX_FILES, type IndexedFile } from './walk.js';
 

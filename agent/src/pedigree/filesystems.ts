@@ -8,7 +8,7 @@
  * way, never reported as "outside any filesystem".
  */
 import { readFile, readdir } from 'node:fs/promises';
-import type { ByteRange } from '../protocol/schema.js';
+import type { ByteRange } from '@vmsubst/common/protocol/schema';
 import { primaryMount } from './index.js';
 import type { DiskLayout, Mount } from './mounts.js';
 

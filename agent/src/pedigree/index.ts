@@ -3,7 +3,7 @@
  * every filesystem mounted from the disk (or one of its partitions) and asking
  * FIEMAP for each regular file's extents, translated to disk offsets.
  */
-import type { ByteRange } from '../protocol/schema.js';
+import type { ByteRange } from '@vmsubst/common/protocol/schema';
 import type { DiskLayout, Mount } from './mounts.js';
 import { walkMount, type Fiemap, type IndexedFile } from './walk.js';
 

@@ -15,7 +15,7 @@ import { lstatSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
-import type { ByteRange } from '../protocol/schema.js';
+import type { ByteRange } from '@vmsubst/common/protocol/schema';
 import { PedigreeIndex, mergeRanges, mountsOfDisk, primaryMount, type FileHit } from './index.js';
 import { buildExt4Index } from './ext4-index.js';
 import { devicePath, readMounts, type DiskLayout, type Mount } from './mounts.js';

@@ -9,7 +9,7 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { Ext4Classifier, type BlockClass } from './classify.js';
+import { Ext4Classifier, type BlockClass } from '@vmsubst/common/pedigree/classify';
 import { FsIndex, type BuiltWith } from './live.js';
 import { readMounts, type Mount } from './mounts.js';
 

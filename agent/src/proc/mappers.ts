@@ -4,7 +4,7 @@
  * checkrestart/needrestart cannot see these processes; the inode match can.
  */
 import { readdir, readFile } from 'node:fs/promises';
-import type { Mapper } from '../protocol/schema.js';
+import type { Mapper } from '@vmsubst/common/protocol/schema';
 
 /** Linux encodes dev_t as major:minor in hex in /proc/PID/maps. */
 export function devToMapsField(dev: number): string {

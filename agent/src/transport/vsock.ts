@@ -6,7 +6,7 @@
  */
 import type { VsockServer, VsockSocket } from '../native/index.js';
 import type { Logger } from '../log.js';
-import { encode } from '../protocol/codec.js';
+import { encode } from '@vmsubst/common/protocol/codec';
 import type { ConnectionHandler, Transport } from './transport.js';
 
 export interface VsockListen {

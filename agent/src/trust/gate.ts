@@ -14,8 +14,8 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { CommandError } from '../errors.js';
-import { checkEnvelope, keyId, type GuestIdentity, type SignedCommand } from '../protocol/signature.js';
-import type { Envelope } from '../protocol/schema.js';
+import { checkEnvelope, keyId, type GuestIdentity, type SignedCommand } from '@vmsubst/common/protocol/signature';
+import type { Envelope } from '@vmsubst/common/protocol/schema';
 import type { Peer } from '../transport/transport.js';
 import type { Grants } from './grants.js';
 

@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import type { BundleRange, Manifest } from '../bundle/schema.js';
+import type { BundleRange, Manifest } from '@vmsubst/common/bundle/schema';
 import { BaseMismatchError, BundleError, CancelledError, TargetError } from '../errors.js';
 
 /** Bytes read from or written to a target per request. */

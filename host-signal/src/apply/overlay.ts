@@ -12,7 +12,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { relative, dirname, isAbsolute, resolve } from 'node:path';
-import type { Manifest } from '../bundle/schema.js';
+import type { Manifest } from '@vmsubst/common/bundle/schema';
 import { BaseMismatchError, BundleError, TargetError } from '../errors.js';
 import { writeQcow2, type Qcow2Written } from '../qcow2/writer.js';
 import { openImage, readExactly } from '../diff/index.js';

@@ -36,7 +36,7 @@ import { CancelledError, QmpError, TargetError } from '../errors.js';
 import { NbdClient, REQUEST_BYTES } from '../nbd/client.js';
 import { QmpClient } from '../qmp/client.js';
 import { MIGRATION_STATES, Qemu, type BlockInfo, type StatusInfo } from '../qmp/commands.js';
-import type { Manifest } from '../bundle/schema.js';
+import type { Manifest } from '@vmsubst/common/bundle/schema';
 import type { QmpEvent } from '../qmp/client.js';
 import { checkTargetSize, inspectTarget, loadRanges, ms, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type RangeState, type Substitution } from './core.js';
 import { alignedClusterSize, buildOverlay } from './overlay.js';

@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs';
 import { mkdir, open, readFile, realpath, rename, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
-import { Validator } from '../../../agent/src/protocol/codec.js';
+import { Validator } from '@vmsubst/common/protocol/codec';
 import { TargetError } from '../errors.js';
 
 export const DEFAULT_STATE_DIR = '/run/vmsubst';

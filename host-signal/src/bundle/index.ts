@@ -2,17 +2,17 @@
  * Bundles: one file carrying a manifest (which blocks change, their old and
  * new sha256) and the new blocks. See format.ts for the layout.
  */
-import { argsValidator } from '../../../agent/src/protocol/codec.js';
-import { MAX_RANGES, type Customization, type DiskRef, type FileHint, type Policies, type SubstituteArgs } from '../../../agent/src/protocol/schema.js';
-import { canonicalJson } from '../../../agent/src/protocol/canonical.js';
+import { argsValidator } from '@vmsubst/common/protocol/codec';
+import { MAX_RANGES, type Customization, type DiskRef, type FileHint, type Policies, type SubstituteArgs } from '@vmsubst/common/protocol/schema';
+import { canonicalJson } from '@vmsubst/common/protocol/canonical';
 import { createHash } from 'node:crypto';
 import { BundleError } from '../errors.js';
-import type { Manifest } from './schema.js';
+import type { Manifest } from '@vmsubst/common/bundle/schema';
 
 export { Bundle, manifestProblems, manifestSchemaProblems, type OpenBundleOptions } from './reader.js';
 export { planBundle, writeBundle, type BundleInput, type WriteBundleOptions } from './writer.js';
-export { BUNDLE_MAGIC, DATA_ALIGN, HEADER_BYTES, canonicalJson, decodeHeader, encodeHeader, manifestId } from './format.js';
-export { BUNDLE_FORMAT, READABLE_FORMATS, Manifest, BundleRange, BaseFilesystem, FileEntry, type ManifestBody } from './schema.js';
+export { BUNDLE_MAGIC, DATA_ALIGN, HEADER_BYTES, canonicalJson, decodeHeader, encodeHeader, manifestId } from '@vmsubst/common/bundle/format';
+export { BUNDLE_FORMAT, READABLE_FORMATS, Manifest, BundleRange, BaseFilesystem, FileEntry, type ManifestBody } from '@vmsubst/common/bundle/schema';
 export { checkManifestSignature, manifestSignedBytes, requireTrustedSignature, signBundle, signManifest, type SignatureStatus } from './signature.js';
 
 /**

@@ -4,10 +4,10 @@
  */
 import { createHash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
-import { Validator } from '../../../agent/src/protocol/codec.js';
+import { Validator } from '@vmsubst/common/protocol/codec';
 import { BundleError } from '../errors.js';
-import { DATA_ALIGN, HEADER_BYTES, dataStart as dataStartFor, decodeHeader, manifestId } from './format.js';
-import { Manifest, type BundleRange } from './schema.js';
+import { DATA_ALIGN, HEADER_BYTES, dataStart as dataStartFor, decodeHeader, manifestId } from '@vmsubst/common/bundle/format';
+import { Manifest, type BundleRange } from '@vmsubst/common/bundle/schema';
 
 const validateManifest = new Validator(Manifest);
 

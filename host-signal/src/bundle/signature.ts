@@ -14,10 +14,10 @@ import { createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 import { copyFile, open, rename, rm } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
-import { keyId } from '../../../agent/src/protocol/signature.js';
+import { keyId } from '@vmsubst/common/protocol/signature';
 import { BundleError } from '../errors.js';
-import { BUNDLE_FORMAT, type Manifest } from './schema.js';
-import { HEADER_BYTES, canonicalJson, dataStart as dataStartFor, encodeHeader, manifestId } from './format.js';
+import { BUNDLE_FORMAT, type Manifest } from '@vmsubst/common/bundle/schema';
+import { HEADER_BYTES, canonicalJson, dataStart as dataStartFor, encodeHeader, manifestId } from '@vmsubst/common/bundle/format';
 import { Bundle } from './reader.js';
 
 export const MANIFEST_SIGNATURE_CONTEXT = 'vmsubst-manifest-v1\n';

@@ -12,9 +12,9 @@ import type { DiffRange } from '../diff/index.js';
 import type { BlockSource } from '../diff/source.js';
 import { DiffError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
-import type { Customization } from '../../../agent/src/protocol/schema.js';
-import { BUNDLE_FORMAT, type BaseFilesystem, type BundleRange, type FileEntry, type Manifest } from './schema.js';
-import { HEADER_BYTES, encodeHeader, layOut } from './format.js';
+import type { Customization } from '@vmsubst/common/protocol/schema';
+import { BUNDLE_FORMAT, type BaseFilesystem, type BundleRange, type FileEntry, type Manifest } from '@vmsubst/common/bundle/schema';
+import { HEADER_BYTES, encodeHeader, layOut } from '@vmsubst/common/bundle/format';
 
 /** Bytes copied per read from the patched image. */
 const COPY_CHUNK = 4 << 20;

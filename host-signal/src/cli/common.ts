@@ -4,10 +4,10 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
-import { keyId } from '../../../agent/src/protocol/signature.js';
+import { keyId } from '@vmsubst/common/protocol/signature';
 import { readFile } from 'node:fs/promises';
-import { Customization } from '../../../agent/src/protocol/schema.js';
-import { Validator } from '../../../agent/src/protocol/codec.js';
+import { Customization } from '@vmsubst/common/protocol/schema';
+import { Validator } from '@vmsubst/common/protocol/codec';
 import { UsageError } from '../errors.js';
 import { ProgressBar } from './progress.js';
 

@@ -1,5 +1,5 @@
 /** How the agent's plan and report read for people (notify, apply --notify, plan, rollout). */
-import type { Plan, SubstituteReport } from '../../../agent/src/protocol/schema.js';
+import type { Plan, SubstituteReport } from '@vmsubst/common/protocol/schema';
 import { NOT_TOLD, type AgentOutcome, type GuestStatus } from '../apply/index.js';
 import { formatBytes, plural, table } from './format.js';
 

@@ -19,7 +19,7 @@
 import { createHash, hash, type Hash } from 'node:crypto';
 import { readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { MAX_RANGE_BYTES, MAX_RANGES } from '../../../agent/src/protocol/schema.js';
+import { MAX_RANGE_BYTES, MAX_RANGES } from '@vmsubst/common/protocol/schema';
 import { DiffError } from '../errors.js';
 import { FileSource, loadNative, type BlockSource, type NativeDiffModule, type Segment } from './source.js';
 import { Qcow2Source, probeFormat } from './qcow2.js';

@@ -30,11 +30,11 @@
 import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Ext4Classifier } from '../../../agent/src/pedigree/classify.js';
+import { Ext4Classifier } from '@vmsubst/common/pedigree/classify';
 import type { DiffRange } from '../diff/index.js';
 import type { BlockSource } from '../diff/source.js';
-import type { BaseFilesystem, FileEntry } from '../bundle/schema.js';
-import { MAX_FILES } from '../bundle/schema.js';
+import type { BaseFilesystem, FileEntry } from '@vmsubst/common/bundle/schema';
+import { MAX_FILES } from '@vmsubst/common/bundle/schema';
 import { HintError } from '../errors.js';
 import { Debugfs, debugfsAvailable, quote } from './debugfs.js';
 import { compareElf, isElf } from './elf.js';

@@ -6,7 +6,7 @@
  * Each filesystem's identity comes from its superblock: UUID, label, size.
  */
 import { crc32 } from 'node:zlib';
-import type { BaseFilesystem } from '../bundle/schema.js';
+import type { BaseFilesystem } from '@vmsubst/common/bundle/schema';
 
 /** Reads `length` bytes at `offset` (zeros past the end are fine). */
 export type ImageReader = (offset: number, length: number) => Promise<Buffer>;

@@ -8,8 +8,8 @@
  */
 import type { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
-import { LineDecoder, encode, returnValidator, validateReply } from '../../../agent/src/protocol/codec.js';
-import type { ArgsOf, CommandName, GreetingBody, ReturnOf } from '../../../agent/src/protocol/schema.js';
+import { LineDecoder, encode, returnValidator, validateReply } from '@vmsubst/common/protocol/codec';
+import type { ArgsOf, CommandName, GreetingBody, ReturnOf } from '@vmsubst/common/protocol/schema';
 import { AgentError, ProtocolError, TimeoutError } from '../errors.js';
 
 interface Pending {

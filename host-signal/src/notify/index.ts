@@ -6,15 +6,15 @@
  */
 import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
-import type { AbortReport, ArgsOf, CommandName, DiskRef, Envelope, GreetingBody, PhaseArgs, Policies, PrepareArgs, PrepareReport, ReturnOf, SubstituteArgs, SubstituteReport } from '../../../agent/src/protocol/schema.js';
+import type { AbortReport, ArgsOf, CommandName, DiskRef, Envelope, GreetingBody, PhaseArgs, Policies, PrepareArgs, PrepareReport, ReturnOf, SubstituteArgs, SubstituteReport } from '@vmsubst/common/protocol/schema';
 import { olderAgentArgs, substituteArgs } from '../bundle/index.js';
 import type { KeyObject } from 'node:crypto';
-import type { Customization } from '../../../agent/src/protocol/schema.js';
-import { MAX_REPORT_PAGE_BYTES } from '../../../agent/src/protocol/schema.js';
-import { signArgs, type SignedCommand } from '../../../agent/src/protocol/signature.js';
-import type { Manifest } from '../bundle/schema.js';
+import type { Customization } from '@vmsubst/common/protocol/schema';
+import { MAX_REPORT_PAGE_BYTES } from '@vmsubst/common/protocol/schema';
+import { signArgs, type SignedCommand } from '@vmsubst/common/protocol/signature';
+import type { Manifest } from '@vmsubst/common/bundle/schema';
 import { AgentError, ProtocolError, TimeoutError, UsageError } from '../errors.js';
-import { LineDecoder, validateReply } from '../../../agent/src/protocol/codec.js';
+import { LineDecoder, validateReply } from '@vmsubst/common/protocol/codec';
 import { AgentClient } from './client.js';
 import { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget } from './transport.js';
 

@@ -9,7 +9,7 @@
 import { EventEmitter } from 'node:events';
 import { createConnection } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { LineDecoder } from '../../../agent/src/protocol/codec.js';
+import { LineDecoder } from '@vmsubst/common/protocol/codec';
 import { QmpError, TargetError, TimeoutError } from '../errors.js';
 
 /** QMP replies can be large (query-qmp-schema is several MiB). */

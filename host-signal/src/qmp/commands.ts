@@ -4,7 +4,7 @@
  * are allowed here, unlike in vmsubst's own formats).
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
-import { Validator } from '../../../agent/src/protocol/codec.js';
+import { Validator } from '@vmsubst/common/protocol/codec';
 import { QmpError } from '../errors.js';
 import { QmpClient } from './client.js';
 

@@ -21,8 +21,8 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { Type, type Static } from '@sinclair/typebox';
-import { Validator } from '../../../agent/src/protocol/codec.js';
-import { Customization, DiskRef, Envelope, Policies } from '../../../agent/src/protocol/schema.js';
+import { Validator } from '@vmsubst/common/protocol/codec';
+import { Customization, DiskRef, Envelope, Policies } from '@vmsubst/common/protocol/schema';
 import { UsageError } from '../errors.js';
 import { parseAgentTarget, type AgentTarget } from '../notify/transport.js';
 

@@ -6,8 +6,8 @@
  * file, whether a restart is required).
  */
 import type { KeyObject } from 'node:crypto';
-import type { Plan, SubstituteReport } from '../../../agent/src/protocol/schema.js';
-import type { Manifest } from '../bundle/schema.js';
+import type { Plan, SubstituteReport } from '@vmsubst/common/protocol/schema';
+import type { Manifest } from '@vmsubst/common/bundle/schema';
 import { AgentError } from '../errors.js';
 import { makeSigner, notificationArgs, withAgent, type ConnectOptions } from '../notify/index.js';
 import { formatAgentTarget } from '../notify/transport.js';

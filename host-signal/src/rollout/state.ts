@@ -8,7 +8,7 @@
  */
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { Type, type Static } from '@sinclair/typebox';
-import { Validator } from '../../../agent/src/protocol/codec.js';
+import { Validator } from '@vmsubst/common/protocol/codec';
 import { UsageError } from '../errors.js';
 import type { VmOutcome } from './vm.js';
 

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { startAgent, type AgentProcess } from '../../helpers/agent-process.js';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
 import { withTimeout } from '../../helpers/timeout.js';
-import { MAX_REPORT_PAGE_BYTES, type SubstituteReport } from '../../../agent/src/protocol/schema.js';
+import { MAX_REPORT_PAGE_BYTES, type SubstituteReport } from '@vmsubst/common/protocol/schema';
 
 const R = suite('vmsubst report: the full report from the real agent, page by page');
 const ID = 'e7'.repeat(32);

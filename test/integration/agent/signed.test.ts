@@ -16,7 +16,7 @@ import { startAgent, type AgentProcess } from '../../helpers/agent-process.js';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
 import { withTimeout } from '../../helpers/timeout.js';
 import { AgentClient } from '../../../host-signal/src/notify/client.js';
-import { signArgs } from '../../../agent/src/protocol/signature.js';
+import { signArgs } from '@vmsubst/common/protocol/signature';
 
 const S = suite('signed notifications: trusted keys');
 const C = { dir: '', sock: '', bundle: '', agent: undefined as AgentProcess | undefined };

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startAgent, type AgentProcess } from '../../helpers/agent-process.js';
 import { waitFor, withTimeout } from '../../helpers/timeout.js';
-import { LineDecoder } from '../../../agent/src/protocol/codec.js';
+import { LineDecoder } from '@vmsubst/common/protocol/codec';
 import { AgentClient } from '../../../host-signal/src/notify/client.js';
 
 const Agent = suite('vmsubst-agent over a unix socket');

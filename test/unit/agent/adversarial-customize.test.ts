@@ -12,7 +12,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { customize, type CustomizeOptions } from '../../../agent/src/commands/customize.js';
-import { argsValidator } from '../../../agent/src/protocol/codec.js';
+import { argsValidator } from '@vmsubst/common/protocol/codec';
 
 const A = suite('adversarial: customization does not leave its root');
 const C = { dir: '', outside: '', victim: '', o: undefined as unknown as CustomizeOptions };

@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { planSubstitution, prepareSubstitution, type SubstituteDeps } from '../../../agent/src/commands/substitute.js';
 import { splitAtPartitions } from '../../../agent/src/commands/metadata.js';
 import { mergeRanges } from '../../../agent/src/pedigree/index.js';
-import type { ByteRange } from '../../../agent/src/protocol/schema.js';
+import type { ByteRange } from '@vmsubst/common/protocol/schema';
 import { CommandError } from '../../../agent/src/errors.js';
 
 const P = suite('adversarial: ranges straddling partition bounds');

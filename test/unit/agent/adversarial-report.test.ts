@@ -9,8 +9,8 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { boundReport, ReportStore, REPORT_BUDGET_BYTES } from '../../../agent/src/journal/reports.js';
-import { argsValidator, encode, returnValidator, validateRequest } from '../../../agent/src/protocol/codec.js';
-import { MAX_MESSAGE_BYTES, MAX_RANGE_BYTES, MAX_RANGES, type SubstituteReport } from '../../../agent/src/protocol/schema.js';
+import { argsValidator, encode, returnValidator, validateRequest } from '@vmsubst/common/protocol/codec';
+import { MAX_MESSAGE_BYTES, MAX_RANGE_BYTES, MAX_RANGES, type SubstituteReport } from '@vmsubst/common/protocol/schema';
 
 const B = suite('adversarial: bounded reports and consistent limits');
 

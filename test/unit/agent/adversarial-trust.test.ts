@@ -11,10 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Gate, hypervisorSide, HYPERVISOR_CHANNELS } from '../../../agent/src/trust/gate.js';
 import { Grants } from '../../../agent/src/trust/grants.js';
-import { keyId, signArgs, MAX_ENVELOPE_LIFETIME_SEC } from '../../../agent/src/protocol/signature.js';
+import { keyId, signArgs, MAX_ENVELOPE_LIFETIME_SEC } from '@vmsubst/common/protocol/signature';
 import type { Peer } from '../../../agent/src/transport/transport.js';
 import { ConfigError, DEFAULTS, describeTrust, parseCli } from '../../../agent/src/config.js';
-import { argsValidator } from '../../../agent/src/protocol/codec.js';
+import { argsValidator } from '@vmsubst/common/protocol/codec';
 
 const T = suite('adversarial: trust (gate, envelopes, replays)');
 

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Ext4Classifier } from '../../../agent/src/pedigree/classify.js';
+import { Ext4Classifier } from '@vmsubst/common/pedigree/classify';
 import { FsIndex } from '../../../agent/src/pedigree/live.js';
 import { mapBlocks, parseBlocks } from '../../../agent/src/pedigree/map-command.js';
 import { readAt } from '../../helpers/ext4-images.js';

@@ -1,6 +1,6 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LineDecoder, encode, validateRequest, argsValidator } from '../../../agent/src/protocol/codec.js';
+import { LineDecoder, encode, validateRequest, argsValidator } from '@vmsubst/common/protocol/codec';
 
 const Decode = suite('LineDecoder');
 

@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { classify, inodesIn, parseDirBlock, readExt4Layout } from '../../../agent/src/pedigree/ext4.js';
+import { classify, inodesIn, parseDirBlock, readExt4Layout } from '@vmsubst/common/pedigree/ext4';
 import { readAt } from '../../helpers/ext4-images.js';
 
 const Ext4 = suite('ext4 layout');

@@ -1,7 +1,7 @@
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { validateRequest } from '../../../agent/src/protocol/codec.js';
+import { validateRequest } from '@vmsubst/common/protocol/codec';
 import {
   BUNDLE_FORMAT,
   Bundle,

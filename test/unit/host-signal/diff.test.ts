@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { FileSource, bufferSource, diffImages, diffSources, mergeSegments, openImage, type BlockSource, type Segment } from '../../../host-signal/src/diff/index.js';
 import { DiffError } from '../../../host-signal/src/errors.js';
-import { MAX_RANGE_BYTES } from '../../../agent/src/protocol/schema.js';
+import { MAX_RANGE_BYTES } from '@vmsubst/common/protocol/schema';
 import { KiB, MiB, TempDir, image, patch, sha256 } from './fixtures.js';
 
 const Diff = suite('diff');

@@ -42,7 +42,7 @@ export class TempDir {
  */
 export async function writeFormat1Bundle(path: string, base: Buffer, patched: Buffer): Promise<string> {
   const { diffSources, bufferSource } = await import('../../../host-signal/src/diff/index.js');
-  const { layOut, encodeHeader, HEADER_BYTES } = await import('../../../host-signal/src/bundle/format.js');
+  const { layOut, encodeHeader, HEADER_BYTES } = await import('@vmsubst/common/bundle/format');
   const d = await diffSources(bufferSource(base), bufferSource(patched));
   const layout = layOut(
     {

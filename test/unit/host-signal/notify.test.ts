@@ -1,7 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { SubstituteArgs, SubstituteReport } from '../../../agent/src/protocol/schema.js';
+import type { SubstituteArgs, SubstituteReport } from '@vmsubst/common/protocol/schema';
 import { planBundle } from '../../../host-signal/src/bundle/index.js';
 import { AgentError, ProtocolError, TransportError, UsageError } from '../../../host-signal/src/errors.js';
 import { AgentConnection, formatAgentTarget, notify, parseAgentTarget, truncationNote } from '../../../host-signal/src/notify/index.js';

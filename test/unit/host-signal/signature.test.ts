@@ -6,8 +6,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { keyId } from '../../../agent/src/protocol/signature.js';
-import { validateRequest } from '../../../agent/src/protocol/codec.js';
+import { keyId } from '@vmsubst/common/protocol/signature';
+import { validateRequest } from '@vmsubst/common/protocol/codec';
 import {
   BUNDLE_FORMAT,
   Bundle,

@@ -1,5 +1,5 @@
 /** `vmsubst apply`. */
-import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
+import type { DiskRef } from '@vmsubst/common/protocol/schema';
 import { applyAndTell, applyToImage, applyToQemu, commitApplied, NO_AGENT_ACTIONS, NOT_TOLD, type ApplyPhase, type ApplyResult, type GuestOutcome, type NoAgentAction } from '../../apply/index.js';
 import { agentOutcomeJson } from '../report.js';
 import { recoveryHuman, recoveryJson } from './recover.js';

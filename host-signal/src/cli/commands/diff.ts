@@ -2,7 +2,7 @@
 import { resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { writeBundle, type Manifest } from '../../bundle/index.js';
-import type { BaseFilesystem, FileEntry } from '../../bundle/schema.js';
+import type { BaseFilesystem, FileEntry } from '@vmsubst/common/bundle/schema';
 import { diffSources, openImage, type ImageSource } from '../../diff/index.js';
 import { UsageError } from '../../errors.js';
 import { baseFilesystems, computeHints, debugfsAvailable, xfsDbAvailable } from '../../hints/index.js';

@@ -1,7 +1,7 @@
 /** `vmsubst keygen`. */
 import { generateKeyPairSync } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
-import { keyId } from '../../../../agent/src/protocol/signature.js';
+import { keyId } from '@vmsubst/common/protocol/signature';
 import { UsageError } from '../../errors.js';
 import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
 

@@ -1,5 +1,5 @@
 /** `vmsubst notify`. */
-import type { DiskRef, Policies, Policy } from '../../../../agent/src/protocol/schema.js';
+import type { DiskRef, Policies, Policy } from '@vmsubst/common/protocol/schema';
 import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { makeSigner, notify, parseAgentTarget, truncationNote, type NotifyResult } from '../../notify/index.js';

@@ -1,5 +1,5 @@
 /** `vmsubst plan`. */
-import type { DiskRef } from '../../../../agent/src/protocol/schema.js';
+import type { DiskRef } from '@vmsubst/common/protocol/schema';
 import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { parseAgentTarget } from '../../notify/index.js';

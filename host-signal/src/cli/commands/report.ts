@@ -1,6 +1,6 @@
 /** `vmsubst report`: the whole report of a substitution whose answer the agent cut to fit one message. */
 import { writeFile } from 'node:fs/promises';
-import type { PrepareReport, SubstituteReport } from '../../../../agent/src/protocol/schema.js';
+import type { PrepareReport, SubstituteReport } from '@vmsubst/common/protocol/schema';
 import { AgentError, ProtocolError, UsageError } from '../../errors.js';
 import { AgentConnection, makeSigner, parseAgentTarget } from '../../notify/index.js';
 import { formatBytes, plural } from '../format.js';

@@ -30,8 +30,8 @@ export function alignUp(n: number, to = DATA_ALIGN): number {
   return Math.ceil(n / to) * to;
 }
 
-export { canonicalJson } from '../../../agent/src/protocol/canonical.js';
-import { canonicalJson } from '../../../agent/src/protocol/canonical.js';
+export { canonicalJson } from '../protocol/canonical.js';
+import { canonicalJson } from '../protocol/canonical.js';
 
 export function manifestId(manifest: ManifestBody | Manifest): string {
   const { id: _id, signature: _signature, ...body } = manifest as Manifest;

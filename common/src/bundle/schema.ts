@@ -6,7 +6,7 @@
  * read the same as a `substitute` request's.
  */
 import { Type, type Static } from '@sinclair/typebox';
-import { Customization, MAX_RANGES, MAX_RANGE_BYTES } from '../../../agent/src/protocol/schema.js';
+import { Customization, MAX_RANGES, MAX_RANGE_BYTES } from '../protocol/schema.js';
 
 /**
  * Format version written by this vmsubst; also in the file header. Version 2

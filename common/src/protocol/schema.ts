@@ -9,6 +9,8 @@
  * them (see codec.ts).
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
+// Named so that the emitted declarations can refer to them (TS4023).
+import type { Hint, Kind, OptionalKind, ReadonlyKind } from '@sinclair/typebox';
 
 export const PROTOCOL_VERSION = 1;
 /** No line (message) may exceed this many bytes, newline included. */

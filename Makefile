@@ -39,7 +39,13 @@ agent/build/Release/vmsubst_native.node: agent/binding.gyp $(wildcard agent/nati
 # It sits beside the compiled CLI so its relative paths (the addon, package.json) hold.
 CLI_BUNDLE := build/host-signal/src/cli/vmsubst.mjs
 ts: build/.tsc-stamp $(CLI_BUNDLE)
-build/.tsc-stamp: $(TS_SOURCES) tsconfig.json tsconfig.base.json common/tsconfig.json package-lock.json
+# The list of sources as a file that changes when one is added, moved or removed
+# (a move keeps the file's old mtime, which alone would not trigger a build).
+TS_LIST := build/.ts-sources
+$(shell mkdir -p build; echo '$(sort $(TS_SOURCES))' | cmp -s - $(TS_LIST) || echo '$(sort $(TS_SOURCES))' > $(TS_LIST))
+build/.tsc-stamp: $(TS_SOURCES) $(TS_LIST) tsconfig.json tsconfig.base.json common/tsconfig.json package-lock.json
+	@# compiled tests whose source moved or went away would still run: drop them
+	@find build/test -name '*.test.js' 2>/dev/null | while read -r f; do s=$${f#build/}; [ -f "$${s%.js}.ts" ] || rm -f "$$f" "$$f.map"; done
 	node_modules/.bin/tsc -b tsconfig.json
 	@touch $@
 $(CLI_BUNDLE): build/.tsc-stamp

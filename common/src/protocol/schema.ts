@@ -10,6 +10,7 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 // Named so that the emitted declarations can refer to them (TS4023).
+// eslint-disable-next-line @typescript-eslint/no-unused-vars
 import type { Hint, Kind, OptionalKind, ReadonlyKind } from '@sinclair/typebox';
 
 export const PROTOCOL_VERSION = 1;

@@ -89,9 +89,9 @@ static int vmsubst_invalidate_locked(struct file *file,
 	 * zapping them would corrupt it.
 	 */
 	if (zap)
-		unmap_mapping_range(mapping, (loff_t)inv->first << PAGE_SHIFT,
-				    (loff_t)(inv->last - inv->first + 1)
-					    << PAGE_SHIFT, 0);
+		unmap_mapping_range(
+			mapping, (loff_t)inv->first << PAGE_SHIFT,
+			(loff_t)(inv->last - inv->first + 1) << PAGE_SHIFT, 0);
 	if (!drop)
 		return 0;
 	if (!zap)
@@ -124,8 +124,8 @@ static int vmsubst_invalidate_file(struct file *file, u64 start, u64 end,
 	 */
 	inode_lock(inode);
 	filemap_invalidate_lock(mapping);
-	*any = vmsubst_clamp_range(i_size_read(inode), start, end,
-				   &inv->first, &inv->last);
+	*any = vmsubst_clamp_range(i_size_read(inode), start, end, &inv->first,
+				   &inv->last);
 	if (*any)
 		ret = vmsubst_invalidate_locked(file, inv);
 	filemap_invalidate_unlock(mapping);
@@ -193,8 +193,10 @@ int vmsubst_cmd_invalidate_range(struct vmsubst_ucmd *ucmd)
 	int ret;
 
 	/* Neither step named: both, as for callers that predate the flags. */
-	if (!(inv.flags & (VMSUBST_INVALIDATE_F_ZAP | VMSUBST_INVALIDATE_F_DROP)))
-		inv.flags |= VMSUBST_INVALIDATE_F_ZAP | VMSUBST_INVALIDATE_F_DROP;
+	if (!(inv.flags &
+	      (VMSUBST_INVALIDATE_F_ZAP | VMSUBST_INVALIDATE_F_DROP)))
+		inv.flags |= VMSUBST_INVALIDATE_F_ZAP |
+			     VMSUBST_INVALIDATE_F_DROP;
 
 	/*
 	 * A writable filesystem can write its own cached state back over the
@@ -203,15 +205,16 @@ int vmsubst_cmd_invalidate_range(struct vmsubst_ucmd *ucmd)
 	 * holds data of the guest's that is not on the disk yet.
 	 */
 	if (!sb_rdonly(file_inode(file)->i_sb) &&
-	    !(inv.flags & (VMSUBST_INVALIDATE_F_FORCE |
-			   VMSUBST_INVALIDATE_F_UNLESS_DIRTY)))
+	    !(inv.flags &
+	      (VMSUBST_INVALIDATE_F_FORCE | VMSUBST_INVALIDATE_F_UNLESS_DIRTY)))
 		return -EACCES;
 	ret = vmsubst_invalidate_file(file, req->offset, ucmd->end, &inv, &any);
 	if (!ret && any &&
 	    (inv.flags & (VMSUBST_INVALIDATE_F_REFAULT_ASYNC |
 			  VMSUBST_INVALIDATE_F_REFAULT_SYNC))) {
-		refaulted = vmsubst_refault(file, inv.first, inv.last,
-					    inv.flags & VMSUBST_INVALIDATE_F_REFAULT_SYNC);
+		refaulted = vmsubst_refault(
+			file, inv.first, inv.last,
+			inv.flags & VMSUBST_INVALIDATE_F_REFAULT_SYNC);
 		if (refaulted < 0)
 			ret = refaulted;
 	}

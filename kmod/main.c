@@ -45,11 +45,11 @@ struct vmsubst_list_desc {
 
 /* The kind of file a command's fd must be; the dispatcher checks it. */
 enum vmsubst_file_kind {
-	VMSUBST_FILE_NONE,	/* the command takes no fd */
-	VMSUBST_FILE_ANY,	/* any open file (the command checks its sb) */
-	VMSUBST_FILE_REGULAR,	/* vmsubst_check_file() */
-	VMSUBST_FILE_BLOCK,	/* a block device node: ENOTBLK */
-	VMSUBST_FILE_DIR,	/* a directory: ENOTDIR */
+	VMSUBST_FILE_NONE,    /* the command takes no fd */
+	VMSUBST_FILE_ANY,     /* any open file (the command checks its sb) */
+	VMSUBST_FILE_REGULAR, /* vmsubst_check_file() */
+	VMSUBST_FILE_BLOCK,   /* a block device node: ENOTBLK */
+	VMSUBST_FILE_DIR,     /* a directory: ENOTDIR */
 };
 
 /**
@@ -96,19 +96,19 @@ struct vmsubst_ioctl_op {
  * first output member inside the first published struct, and that struct's
  * size where the table's offsetofend() puts it.
  */
-#define VMSUBST_ASSERT_STRUCT(_struct, _ver0, _last_ver0, _first_out)	\
-	static_assert(offsetof(_struct, flags) ==			\
-		      offsetof(struct vmsubst_cmd_hdr, flags));		\
-	static_assert(offsetofend(_struct, _last_ver0) == (_ver0));	\
-	static_assert(sizeof(_struct) >= (_ver0));			\
-	static_assert(sizeof(_struct) % 8 == 0);			\
+#define VMSUBST_ASSERT_STRUCT(_struct, _ver0, _last_ver0, _first_out) \
+	static_assert(offsetof(_struct, flags) ==                     \
+		      offsetof(struct vmsubst_cmd_hdr, flags));       \
+	static_assert(offsetofend(_struct, _last_ver0) == (_ver0));   \
+	static_assert(sizeof(_struct) >= (_ver0));                    \
+	static_assert(sizeof(_struct) % 8 == 0);                      \
 	static_assert(offsetof(_struct, _first_out) < (_ver0))
 
 /* A file-range command: an fd, and a length right after the offset. */
-#define VMSUBST_ASSERT_FILE_RANGE(_struct)				\
-	static_assert(__same_type(((_struct *)0)->fd, __s32));		\
-	static_assert(offsetof(_struct, length) ==			\
-		      offsetofend(_struct, offset));			\
+#define VMSUBST_ASSERT_FILE_RANGE(_struct)                     \
+	static_assert(__same_type(((_struct *)0)->fd, __s32)); \
+	static_assert(offsetof(_struct, length) ==             \
+		      offsetofend(_struct, offset));           \
 	static_assert(__same_type(((_struct *)0)->length, __u64))
 
 VMSUBST_ASSERT_STRUCT(struct vmsubst_version, VMSUBST_VERSION_SIZE_VER0,
@@ -125,10 +125,10 @@ VMSUBST_ASSERT_STRUCT(struct vmsubst_revalidate_dentries,
 		      dropped);
 VMSUBST_ASSERT_STRUCT(struct vmsubst_query_mappers,
 		      VMSUBST_QUERY_MAPPERS_SIZE_VER0, mappers, mappers);
-VMSUBST_ASSERT_STRUCT(struct vmsubst_pin_mappers,
-		      VMSUBST_PIN_MAPPERS_SIZE_VER0, mappings, pinned);
-VMSUBST_ASSERT_STRUCT(struct vmsubst_query_pages,
-		      VMSUBST_QUERY_PAGES_SIZE_VER0, pages_writeback, ranges);
+VMSUBST_ASSERT_STRUCT(struct vmsubst_pin_mappers, VMSUBST_PIN_MAPPERS_SIZE_VER0,
+		      mappings, pinned);
+VMSUBST_ASSERT_STRUCT(struct vmsubst_query_pages, VMSUBST_QUERY_PAGES_SIZE_VER0,
+		      pages_writeback, ranges);
 VMSUBST_ASSERT_FILE_RANGE(struct vmsubst_invalidate_range);
 VMSUBST_ASSERT_FILE_RANGE(struct vmsubst_invalidate_bdev);
 VMSUBST_ASSERT_FILE_RANGE(struct vmsubst_query_mappers);
@@ -157,17 +157,13 @@ static_assert(sizeof_field(struct vmsubst_pin_result, comm) == TASK_COMM_LEN);
 /* The list descriptors store offsets and sizes in 16 bits. */
 static_assert(sizeof(union vmsubst_cmd) <= U16_MAX);
 
-#define VMSUBST_FEATURES						\
-	(VMSUBST_FEATURE_INVALIDATE_RANGE |				\
-	 VMSUBST_FEATURE_INVALIDATE_RANGE_V1 |				\
-	 VMSUBST_FEATURE_INVALIDATE_BDEV |				\
-	 VMSUBST_FEATURE_REVALIDATE_INODES |				\
-	 VMSUBST_FEATURE_REVALIDATE_DENTRIES |				\
-	 VMSUBST_FEATURE_QUERY_MAPPERS |				\
-	 VMSUBST_FEATURE_PIN_MAPPERS |					\
-	 VMSUBST_FEATURE_QUERY_PAGES |					\
-	 VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY |			\
-	 VMSUBST_FEATURE_PIN_CURSOR)
+#define VMSUBST_FEATURES                                                       \
+	(VMSUBST_FEATURE_INVALIDATE_RANGE |                                    \
+	 VMSUBST_FEATURE_INVALIDATE_RANGE_V1 |                                 \
+	 VMSUBST_FEATURE_INVALIDATE_BDEV | VMSUBST_FEATURE_REVALIDATE_INODES | \
+	 VMSUBST_FEATURE_REVALIDATE_DENTRIES | VMSUBST_FEATURE_QUERY_MAPPERS | \
+	 VMSUBST_FEATURE_PIN_MAPPERS | VMSUBST_FEATURE_QUERY_PAGES |           \
+	 VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY | VMSUBST_FEATURE_PIN_CURSOR)
 
 static int vmsubst_cmd_version(struct vmsubst_ucmd *ucmd)
 {
@@ -426,9 +422,8 @@ static int vmsubst_io_prepare(const struct vmsubst_ioctl_op *op,
 			return -E2BIG;
 		if (!a->cap)
 			continue;
-		if (!a->addr ||
-		    !access_ok(u64_to_user_ptr(a->addr),
-			       (size_t)a->cap * d->elem_size))
+		if (!a->addr || !access_ok(u64_to_user_ptr(a->addr),
+					   (size_t)a->cap * d->elem_size))
 			return -EFAULT;
 		/* Zeroed: padding and reserved members go out as 0. */
 		o->items = kvcalloc(a->cap, d->elem_size, GFP_KERNEL);
@@ -560,9 +555,8 @@ static int vmsubst_respond(const struct vmsubst_ioctl_op *op,
 		a = vmsubst_array_at(ucmd, d);
 		a->count = o->count;
 		a->total = o->total;
-		if (o->count &&
-		    copy_to_user(u64_to_user_ptr(a->addr), o->items,
-				 (size_t)o->count * o->elem_size))
+		if (o->count && copy_to_user(u64_to_user_ptr(a->addr), o->items,
+					     (size_t)o->count * o->elem_size))
 			return -EFAULT;
 	}
 
@@ -621,21 +615,22 @@ static long vmsubst_ioctl(struct file *filp, unsigned int cmd,
 }
 
 static const struct file_operations vmsubst_fops = {
-	.owner		= THIS_MODULE,
-	.unlocked_ioctl	= vmsubst_ioctl,
-	.compat_ioctl	= compat_ptr_ioctl,
-	.llseek		= noop_llseek,
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = vmsubst_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = noop_llseek,
 };
 
 static struct miscdevice vmsubst_misc = {
-	.minor	= MISC_DYNAMIC_MINOR,
-	.name	= "vmsubst",
-	.fops	= &vmsubst_fops,
-	.mode	= 0600,
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "vmsubst",
+	.fops = &vmsubst_fops,
+	.mode = 0600,
 };
 module_misc_device(vmsubst_misc);
 
-MODULE_DESCRIPTION("Guest page cache invalidation for live VM block substitution");
+MODULE_DESCRIPTION(
+	"Guest page cache invalidation for live VM block substitution");
 MODULE_AUTHOR("vmsubst developers");
 MODULE_LICENSE("GPL");
 MODULE_VERSION(VMSUBST_MODULE_VERSION);

@@ -32,14 +32,14 @@
 
 struct vmsubst_pin {
 	struct address_space *mapping;
-	u64 budget;		/* pages that may still be copied */
-	u32 status;		/* VMSUBST_PIN_S_* */
+	u64 budget; /* pages that may still be copied */
+	u32 status; /* VMSUBST_PIN_S_* */
 };
 
 /* Pages, summed into a struct vmsubst_pin_result in bytes. */
 struct vmsubst_pin_stats {
 	u64 copied;
-	u64 private;
+	u64 was_private;
 	u64 failed;
 };
 
@@ -67,8 +67,8 @@ static struct vm_area_struct *vmsubst_pin_vma(struct mm_struct *mm,
  * Pins up to VMSUBST_PIN_CHUNK pages from @addr, no further than @end.
  * Returns the pages dealt with (> 0), or 0 when the budget ran out first.
  */
-static unsigned long vmsubst_pin_chunk(struct mm_struct *mm,
-				       unsigned long addr, unsigned long end,
+static unsigned long vmsubst_pin_chunk(struct mm_struct *mm, unsigned long addr,
+				       unsigned long end,
 				       struct vmsubst_pin *pin,
 				       struct vmsubst_pin_stats *st)
 {
@@ -99,7 +99,7 @@ static unsigned long vmsubst_pin_chunk(struct mm_struct *mm,
 
 	for (i = 0; i < got; i = j) {
 		if (anon[i]) {
-			st->private++;
+			st->was_private++;
 			j = i + 1;
 			continue;
 		}
@@ -191,7 +191,7 @@ static int vmsubst_pin_mm(const struct vmsubst_vma_ref *refs, size_t n,
 	mmput(mm);
 
 	res->bytes_copied = st.copied << PAGE_SHIFT;
-	res->bytes_private = st.private << PAGE_SHIFT;
+	res->bytes_private = st.was_private << PAGE_SHIFT;
 	res->bytes_failed = st.failed << PAGE_SHIFT;
 	if (st.failed || (pin->status & VMSUBST_PIN_S_BUDGET))
 		res->flags |= VMSUBST_PIN_R_PARTIAL;

@@ -280,7 +280,8 @@ int vmsubst_cmd_revalidate_dentries_check(const struct vmsubst_ucmd *ucmd)
 
 int vmsubst_cmd_revalidate_dentries(struct vmsubst_ucmd *ucmd)
 {
-	struct vmsubst_revalidate_dentries *req = &ucmd->cmd.revalidate_dentries;
+	struct vmsubst_revalidate_dentries *req =
+		&ucmd->cmd.revalidate_dentries;
 	bool unhash_busy = req->flags & VMSUBST_DENTRIES_F_UNHASH_BUSY;
 	struct vmsubst_dentry_counts c = {};
 	struct file *file = ucmd->file;

@@ -146,8 +146,8 @@ void vmsubst_rmap_report(struct address_space *mapping, pgoff_t first,
 			 pgoff_t last, struct vmsubst_out *mappers);
 u64 vmsubst_mm_key(const struct mm_struct *mm);
 int vmsubst_ref_cmp(const void *a, const void *b);
-size_t vmsubst_rmap_count_private(struct address_space *mapping,
-				  pgoff_t first, pgoff_t last,
+size_t vmsubst_rmap_count_private(struct address_space *mapping, pgoff_t first,
+				  pgoff_t last,
 				  const struct vmsubst_pin_cursor *after);
 size_t vmsubst_rmap_collect_private(struct address_space *mapping,
 				    pgoff_t first, pgoff_t last,

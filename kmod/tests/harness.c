@@ -219,7 +219,9 @@ int main(int argc, char **argv)
 	qsort(tests, ntests, sizeof(*tests), test_cmp);
 	if (list) {
 		for (size_t i = 0; i < ntests; i++)
-			printf("%s\t%s\n", tests[i]->name, tests[i]->desc);
+			if (selected(tests[i], only))
+				printf("%s\t%s\n", tests[i]->name,
+				       tests[i]->desc);
 		return 0;
 	}
 

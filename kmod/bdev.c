@@ -7,7 +7,6 @@
  */
 #include <linux/blkdev.h>
 #include <linux/buffer_head.h>
-#include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/lockdep.h>
 #include <linux/pagemap.h>
@@ -35,40 +34,21 @@ static int vmsubst_invalidate_bdev_locked(struct address_space *mapping,
 	return vmsubst_pages_drop(mapping, first, last, c, kept);
 }
 
-int vmsubst_cmd_invalidate_bdev(union vmsubst_cmd *cmd, struct vmsubst_io *io)
+int vmsubst_cmd_invalidate_bdev(struct vmsubst_ucmd *ucmd)
 {
-	struct vmsubst_invalidate_bdev *req = &cmd->invalidate_bdev;
+	struct vmsubst_invalidate_bdev *req = &ucmd->cmd.invalidate_bdev;
+	struct address_space *mapping = ucmd->file->f_mapping;
 	struct vmsubst_page_counts c = {};
-	struct address_space *mapping;
 	pgoff_t first, last;
-	struct file *file;
-	u64 end;
+	u64 end = ucmd->end;
 	int ret;
 
-	if (req->reserved0)
-		return -EINVAL;
-	ret = vmsubst_check_range(req->offset, req->length, &end);
-	if (ret)
-		return ret;
-
-	file = fget(req->fd);
-	if (!file)
-		return -EBADF;
-	if (!S_ISBLK(file_inode(file)->i_mode)) {
-		ret = -ENOTBLK;
-		goto out;
-	}
-	mapping = file->f_mapping;
 	/* The device's size: its page cache never extends past it. */
-	if (end > i_size_read(mapping->host)) {
-		ret = -ENXIO;
-		goto out;
-	}
+	if (end > i_size_read(mapping->host))
+		return -ENXIO;
 	if (!(req->flags & VMSUBST_BDEV_F_FORCE) &&
-	    vmsubst_bdev_held_writable(vmsubst_file_bdev(file))) {
-		ret = -EACCES;
-		goto out;
-	}
+	    vmsubst_bdev_held_writable(vmsubst_file_bdev(ucmd->file)))
+		return -EACCES;
 	vmsubst_clamp_range(end, req->offset, end, &first, &last);
 
 	/*
@@ -87,15 +67,13 @@ int vmsubst_cmd_invalidate_bdev(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 	 */
 	filemap_invalidate_lock(mapping);
 	ret = vmsubst_invalidate_bdev_locked(mapping, first, last, &c,
-					     &io->out[0]);
+					     &ucmd->io.out[0]);
 	filemap_invalidate_unlock(mapping);
 	if (ret)
-		goto out;
+		return ret;
 
 	req->pages_cached = c.cached;
 	req->pages_dropped = c.dropped;
 	req->pages_kept = c.kept;
-out:
-	fput(file);
-	return ret;
+	return 0;
 }

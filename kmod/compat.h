@@ -15,8 +15,7 @@
 #include <linux/version.h>
 
 /* 6.5 dropped the vmas argument. */
-static inline long vmsubst_gup_remote(struct mm_struct *mm,
-				      unsigned long start,
+static inline long vmsubst_gup_remote(struct mm_struct *mm, unsigned long start,
 				      unsigned long nr_pages,
 				      unsigned int gup_flags,
 				      struct page **pages)

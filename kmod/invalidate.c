@@ -4,7 +4,7 @@
  * blocks, drop the guest's cached copies of them so that running processes
  * fault in, and new readers and execs read, the new contents.
  *
- * Also the range and file checks every file-range command shares.
+ * Also the range clamp every file-range command shares.
  */
 #include <linux/fadvise.h>
 #include <linux/file.h>
@@ -20,15 +20,6 @@
 
 #include "vmsubst.h"
 
-int vmsubst_check_range(u64 offset, u64 length, u64 *end)
-{
-	if (!length)
-		return -EINVAL;
-	if (check_add_overflow(offset, length, end) || *end > LLONG_MAX)
-		return -EOVERFLOW;
-	return 0;
-}
-
 /*
  * The pages of [@start, @end) that lie within @size bytes, widened to whole
  * pages. False when none do.
@@ -42,23 +33,6 @@ bool vmsubst_clamp_range(loff_t size, u64 start, u64 end, pgoff_t *first,
 	*first = start >> PAGE_SHIFT;
 	*last = (end - 1) >> PAGE_SHIFT;
 	return true;
-}
-
-/* A regular file whose blocks can be replaced and whose pages are cached. */
-int vmsubst_check_file(struct file *file)
-{
-	struct inode *inode = file_inode(file);
-
-	if (S_ISDIR(inode->i_mode))
-		return -EISDIR;
-	if (!S_ISREG(inode->i_mode))
-		return -EINVAL;
-	/* Only a block device can have its blocks replaced under us. */
-	if (!inode->i_sb->s_bdev)
-		return -ENOTBLK;
-	if (IS_DAX(inode))
-		return -EMEDIUMTYPE;
-	return 0;
 }
 
 struct vmsubst_invalidate {
@@ -115,9 +89,9 @@ static int vmsubst_invalidate_locked(struct file *file,
 	 * zapping them would corrupt it.
 	 */
 	if (zap)
-		unmap_mapping_range(mapping, (loff_t)inv->first << PAGE_SHIFT,
-				    (loff_t)(inv->last - inv->first + 1)
-					    << PAGE_SHIFT, 0);
+		unmap_mapping_range(
+			mapping, (loff_t)inv->first << PAGE_SHIFT,
+			(loff_t)(inv->last - inv->first + 1) << PAGE_SHIFT, 0);
 	if (!drop)
 		return 0;
 	if (!zap)
@@ -150,8 +124,8 @@ static int vmsubst_invalidate_file(struct file *file, u64 start, u64 end,
 	 */
 	inode_lock(inode);
 	filemap_invalidate_lock(mapping);
-	*any = vmsubst_clamp_range(i_size_read(inode), start, end,
-				   &inv->first, &inv->last);
+	*any = vmsubst_clamp_range(i_size_read(inode), start, end, &inv->first,
+				   &inv->last);
 	if (*any)
 		ret = vmsubst_invalidate_locked(file, inv);
 	filemap_invalidate_unlock(mapping);
@@ -195,58 +169,55 @@ static long vmsubst_refault(struct file *file, pgoff_t first, pgoff_t last,
 	return done;
 }
 
-int vmsubst_cmd_invalidate_range(union vmsubst_cmd *cmd, struct vmsubst_io *io)
+int vmsubst_cmd_invalidate_range_check(const struct vmsubst_ucmd *ucmd)
 {
-	struct vmsubst_invalidate_range *req = &cmd->invalidate_range;
+	u32 flags = ucmd->cmd.invalidate_range.flags;
+
+	if ((flags & VMSUBST_INVALIDATE_F_REFAULT_ASYNC) &&
+	    (flags & VMSUBST_INVALIDATE_F_REFAULT_SYNC))
+		return -EINVAL;
+	return 0;
+}
+
+int vmsubst_cmd_invalidate_range(struct vmsubst_ucmd *ucmd)
+{
+	struct vmsubst_invalidate_range *req = &ucmd->cmd.invalidate_range;
 	struct vmsubst_invalidate inv = {
 		.flags = req->flags,
-		.outcomes = &io->out[0],
-		.mappers = &io->out[1],
+		.outcomes = &ucmd->io.out[0],
+		.mappers = &ucmd->io.out[1],
 	};
-	struct file *file;
+	struct file *file = ucmd->file;
 	long refaulted = 0;
 	bool any = false;
-	u64 end;
 	int ret;
 
-	if (req->reserved0)
-		return -EINVAL;
-	if ((inv.flags & VMSUBST_INVALIDATE_F_REFAULT_ASYNC) &&
-	    (inv.flags & VMSUBST_INVALIDATE_F_REFAULT_SYNC))
-		return -EINVAL;
-	ret = vmsubst_check_range(req->offset, req->length, &end);
-	if (ret)
-		return ret;
 	/* Neither step named: both, as for callers that predate the flags. */
-	if (!(inv.flags & (VMSUBST_INVALIDATE_F_ZAP | VMSUBST_INVALIDATE_F_DROP)))
-		inv.flags |= VMSUBST_INVALIDATE_F_ZAP | VMSUBST_INVALIDATE_F_DROP;
+	if (!(inv.flags &
+	      (VMSUBST_INVALIDATE_F_ZAP | VMSUBST_INVALIDATE_F_DROP)))
+		inv.flags |= VMSUBST_INVALIDATE_F_ZAP |
+			     VMSUBST_INVALIDATE_F_DROP;
 
-	/* fget() refuses O_PATH files: they grant no access to contents. */
-	file = fget(req->fd);
-	if (!file)
-		return -EBADF;
-	ret = vmsubst_check_file(file);
 	/*
 	 * A writable filesystem can write its own cached state back over the
 	 * substituted blocks; only the caller can know that it will not, or
 	 * have the module check, under the locks, that no page of the range
 	 * holds data of the guest's that is not on the disk yet.
 	 */
-	if (!ret && !sb_rdonly(file_inode(file)->i_sb) &&
-	    !(inv.flags & (VMSUBST_INVALIDATE_F_FORCE |
-			   VMSUBST_INVALIDATE_F_UNLESS_DIRTY)))
-		ret = -EACCES;
-	if (!ret)
-		ret = vmsubst_invalidate_file(file, req->offset, end, &inv, &any);
+	if (!sb_rdonly(file_inode(file)->i_sb) &&
+	    !(inv.flags &
+	      (VMSUBST_INVALIDATE_F_FORCE | VMSUBST_INVALIDATE_F_UNLESS_DIRTY)))
+		return -EACCES;
+	ret = vmsubst_invalidate_file(file, req->offset, ucmd->end, &inv, &any);
 	if (!ret && any &&
 	    (inv.flags & (VMSUBST_INVALIDATE_F_REFAULT_ASYNC |
 			  VMSUBST_INVALIDATE_F_REFAULT_SYNC))) {
-		refaulted = vmsubst_refault(file, inv.first, inv.last,
-					    inv.flags & VMSUBST_INVALIDATE_F_REFAULT_SYNC);
+		refaulted = vmsubst_refault(
+			file, inv.first, inv.last,
+			inv.flags & VMSUBST_INVALIDATE_F_REFAULT_SYNC);
 		if (refaulted < 0)
 			ret = refaulted;
 	}
-	fput(file);
 	if (ret)
 		return ret;
 

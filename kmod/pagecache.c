@@ -138,8 +138,9 @@ static void vmsubst_drop_batch(struct address_space *mapping,
 		state = folio_maybe_dma_pinned(folio) ? VMSUBST_PAGE_PINNED : 0;
 		if (!invalidate_inode_pages2_range(mapping, lo, hi)) {
 			c->dropped += hi - lo + 1;
-			vmsubst_outcome_add(oc, lo, hi,
-					    state ? state | VMSUBST_PAGE_DROPPED : 0);
+			vmsubst_outcome_add(
+				oc, lo, hi,
+				state ? state | VMSUBST_PAGE_DROPPED : 0);
 			continue;
 		}
 		/* Still ours to look at: the reason it stayed. */

@@ -12,7 +12,6 @@
  * included, and copies the page; nothing is written to it. The references
  * GUP returns are put at once: the copy is the point, not the reference.
  */
-#include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/lockdep.h>
 #include <linux/minmax.h>
@@ -33,14 +32,14 @@
 
 struct vmsubst_pin {
 	struct address_space *mapping;
-	u64 budget;		/* pages that may still be copied */
-	u32 status;		/* VMSUBST_PIN_S_* */
+	u64 budget; /* pages that may still be copied */
+	u32 status; /* VMSUBST_PIN_S_* */
 };
 
 /* Pages, summed into a struct vmsubst_pin_result in bytes. */
 struct vmsubst_pin_stats {
 	u64 copied;
-	u64 private;
+	u64 was_private;
 	u64 failed;
 };
 
@@ -68,8 +67,8 @@ static struct vm_area_struct *vmsubst_pin_vma(struct mm_struct *mm,
  * Pins up to VMSUBST_PIN_CHUNK pages from @addr, no further than @end.
  * Returns the pages dealt with (> 0), or 0 when the budget ran out first.
  */
-static unsigned long vmsubst_pin_chunk(struct mm_struct *mm,
-				       unsigned long addr, unsigned long end,
+static unsigned long vmsubst_pin_chunk(struct mm_struct *mm, unsigned long addr,
+				       unsigned long end,
 				       struct vmsubst_pin *pin,
 				       struct vmsubst_pin_stats *st)
 {
@@ -100,7 +99,7 @@ static unsigned long vmsubst_pin_chunk(struct mm_struct *mm,
 
 	for (i = 0; i < got; i = j) {
 		if (anon[i]) {
-			st->private++;
+			st->was_private++;
 			j = i + 1;
 			continue;
 		}
@@ -192,7 +191,7 @@ static int vmsubst_pin_mm(const struct vmsubst_vma_ref *refs, size_t n,
 	mmput(mm);
 
 	res->bytes_copied = st.copied << PAGE_SHIFT;
-	res->bytes_private = st.private << PAGE_SHIFT;
+	res->bytes_private = st.was_private << PAGE_SHIFT;
 	res->bytes_failed = st.failed << PAGE_SHIFT;
 	if (st.failed || (pin->status & VMSUBST_PIN_S_BUDGET))
 		res->flags |= VMSUBST_PIN_R_PARTIAL;
@@ -262,14 +261,9 @@ static int vmsubst_pin_file(struct file *file, pgoff_t first, pgoff_t last,
 	return ret;
 }
 
-int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io)
+int vmsubst_cmd_pin_mappers_check(const struct vmsubst_ucmd *ucmd)
 {
-	struct vmsubst_pin_mappers *req = &cmd->pin_mappers;
-	struct vmsubst_pin_cursor cursor = {};
-	pgoff_t first, last;
-	struct file *file;
-	u64 end;
-	int ret;
+	const struct vmsubst_pin_mappers *req = &ucmd->cmd.pin_mappers;
 
 	if (!req->max_pages || req->max_pages > VMSUBST_PIN_PAGES_MAX)
 		return -EINVAL;
@@ -277,6 +271,17 @@ int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 	if ((req->flags & VMSUBST_PIN_F_RESUME) &&
 	    req->size < VMSUBST_PIN_MAPPERS_SIZE_VER1)
 		return -EINVAL;
+	return 0;
+}
+
+int vmsubst_cmd_pin_mappers(struct vmsubst_ucmd *ucmd)
+{
+	struct vmsubst_pin_mappers *req = &ucmd->cmd.pin_mappers;
+	struct vmsubst_pin_cursor cursor = {};
+	struct file *file = ucmd->file;
+	pgoff_t first, last;
+	int ret = 0;
+
 	/* (0, 0), what a call that finished nothing returns, is the start. */
 	if ((req->flags & VMSUBST_PIN_F_RESUME) &&
 	    (req->cursor_mm || req->cursor_addr)) {
@@ -284,29 +289,18 @@ int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 		cursor.key = req->cursor_mm;
 		cursor.addr = req->cursor_addr;
 	}
-	ret = vmsubst_check_range(req->offset, req->length, &end);
-	if (ret)
-		return ret;
-
-	file = fget(req->fd);
-	if (!file)
-		return -EBADF;
-	ret = vmsubst_check_file(file);
-	if (ret)
-		goto out;
 
 	req->bytes_copied = 0;
 	req->bytes_private = 0;
 	req->bytes_failed = 0;
 	req->status = 0;
 	req->mappings = 0;
-	if (vmsubst_clamp_range(i_size_read(file_inode(file)), req->offset, end,
-				&first, &last))
-		ret = vmsubst_pin_file(file, first, last, req, &cursor, io);
+	if (vmsubst_clamp_range(i_size_read(file_inode(file)), req->offset,
+				ucmd->end, &first, &last))
+		ret = vmsubst_pin_file(file, first, last, req, &cursor,
+				       &ucmd->io);
 	/* Where the next call resumes: unchanged when nothing was finished. */
 	req->cursor_mm = cursor.key;
 	req->cursor_addr = cursor.addr;
-out:
-	fput(file);
 	return ret;
 }

@@ -6,62 +6,38 @@
  * VMSUBST_IOC_QUERY_PAGES: what of a range is cached, mapped, dirty or under
  * writeback, from the file's page cache.
  */
-#include <linux/file.h>
 #include <linux/fs.h>
 
 #include "vmsubst.h"
 
-int vmsubst_cmd_query_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io)
+int vmsubst_cmd_query_mappers(struct vmsubst_ucmd *ucmd)
 {
-	struct vmsubst_query_mappers *req = &cmd->query_mappers;
+	struct vmsubst_query_mappers *req = &ucmd->cmd.query_mappers;
+	struct file *file = ucmd->file;
 	pgoff_t first, last;
-	struct file *file;
-	u64 end;
-	int ret;
 
-	if (req->reserved0)
-		return -EINVAL;
-	ret = vmsubst_check_range(req->offset, req->length, &end);
-	if (ret)
-		return ret;
-
-	file = fget(req->fd);
-	if (!file)
-		return -EBADF;
-	ret = vmsubst_check_file(file);
-	if (!ret && vmsubst_clamp_range(i_size_read(file_inode(file)),
-					req->offset, end, &first, &last))
-		vmsubst_rmap_report(file->f_mapping, first, last, &io->out[0]);
-	fput(file);
-	return ret;
+	if (vmsubst_clamp_range(i_size_read(file_inode(file)), req->offset,
+				ucmd->end, &first, &last))
+		vmsubst_rmap_report(file->f_mapping, first, last,
+				    &ucmd->io.out[0]);
+	return 0;
 }
 
-int vmsubst_cmd_query_pages(union vmsubst_cmd *cmd, struct vmsubst_io *io)
+int vmsubst_cmd_query_pages(struct vmsubst_ucmd *ucmd)
 {
-	struct vmsubst_query_pages *req = &cmd->query_pages;
+	struct vmsubst_query_pages *req = &ucmd->cmd.query_pages;
 	struct vmsubst_page_states st = {};
+	struct file *file = ucmd->file;
 	pgoff_t first, last;
-	struct file *file;
-	u64 end;
 	int ret;
 
-	if (req->reserved0)
-		return -EINVAL;
-	ret = vmsubst_check_range(req->offset, req->length, &end);
-	if (ret)
-		return ret;
-
-	file = fget(req->fd);
-	if (!file)
-		return -EBADF;
-	ret = vmsubst_check_file(file);
-	if (!ret && vmsubst_clamp_range(i_size_read(file_inode(file)),
-					req->offset, end, &first, &last))
+	if (vmsubst_clamp_range(i_size_read(file_inode(file)), req->offset,
+				ucmd->end, &first, &last)) {
 		ret = vmsubst_pages_states(file->f_mapping, first, last, &st,
-					   &io->out[0], false);
-	fput(file);
-	if (ret)
-		return ret;
+					   &ucmd->io.out[0], false);
+		if (ret)
+			return ret;
+	}
 
 	req->pages_cached = st.cached;
 	req->pages_mapped = st.mapped;

@@ -129,23 +129,21 @@ static void vmsubst_revalidate_inode(struct super_block *sb, u64 ino,
 	iput(inode);
 }
 
-int vmsubst_cmd_revalidate_inodes(union vmsubst_cmd *cmd,
-				  struct vmsubst_io *io)
+int vmsubst_cmd_revalidate_inodes_check(const struct vmsubst_ucmd *ucmd)
 {
-	struct vmsubst_revalidate_inodes *req = &cmd->revalidate_inodes;
+	return ucmd->cmd.revalidate_inodes.nr_inodes ? 0 : -EINVAL;
+}
+
+int vmsubst_cmd_revalidate_inodes(struct vmsubst_ucmd *ucmd)
+{
+	struct vmsubst_revalidate_inodes *req = &ucmd->cmd.revalidate_inodes;
 	struct vmsubst_inode_counts c = {};
-	const u64 *inos = io->in;
+	struct file *file = ucmd->file;
+	const u64 *inos = ucmd->io.in;
 	struct super_block *sb;
-	struct file *file;
 	u32 i;
 	int ret;
 
-	if (!req->nr_inodes)
-		return -EINVAL;
-
-	file = fget(req->fd);
-	if (!file)
-		return -EBADF;
 	sb = file_inode(file)->i_sb;
 	ret = vmsubst_check_sb(sb, req->flags & VMSUBST_INODES_F_FORCE);
 	/*
@@ -159,12 +157,11 @@ int vmsubst_cmd_revalidate_inodes(union vmsubst_cmd *cmd,
 	/* The open file pins the superblock and its root. */
 	for (i = 0; !ret && i < req->nr_inodes; i++) {
 		vmsubst_revalidate_inode(sb, inos[i], file_inode(file), &c,
-					 &io->out[0]);
+					 &ucmd->io.out[0]);
 		if (fatal_signal_pending(current))
 			ret = -EINTR;
 		cond_resched();
 	}
-	fput(file);
 	if (ret)
 		return ret;
 
@@ -266,39 +263,37 @@ out:
 	dput(dentry);
 }
 
-int vmsubst_cmd_revalidate_dentries(union vmsubst_cmd *cmd,
-				    struct vmsubst_io *io)
+int vmsubst_cmd_revalidate_dentries_check(const struct vmsubst_ucmd *ucmd)
 {
-	struct vmsubst_revalidate_dentries *req = &cmd->revalidate_dentries;
+	const struct vmsubst_revalidate_dentries *req =
+		&ucmd->cmd.revalidate_dentries;
+
+	if (req->nr_names > VMSUBST_NAMES_MAX)
+		return -E2BIG;
+	if (!req->nr_names &&
+	    (req->names_size || (req->flags & VMSUBST_DENTRIES_F_UNHASH_BUSY)))
+		return -EINVAL;
+	/* All names are checked before any is acted on. */
+	return vmsubst_check_names(ucmd->io.in, ucmd->io.in_bytes,
+				   req->nr_names);
+}
+
+int vmsubst_cmd_revalidate_dentries(struct vmsubst_ucmd *ucmd)
+{
+	struct vmsubst_revalidate_dentries *req =
+		&ucmd->cmd.revalidate_dentries;
 	bool unhash_busy = req->flags & VMSUBST_DENTRIES_F_UNHASH_BUSY;
 	struct vmsubst_dentry_counts c = {};
-	const char *name = io->in;
-	struct file *file;
+	struct file *file = ucmd->file;
+	const char *name = ucmd->io.in;
 	size_t len;
 	u32 i;
 	int ret;
 
-	if (req->reserved0)
-		return -EINVAL;
-	if (req->nr_names > VMSUBST_NAMES_MAX)
-		return -E2BIG;
-	if (!req->nr_names && (req->names_size || unhash_busy))
-		return -EINVAL;
-	/* All names are checked before any is acted on. */
-	ret = vmsubst_check_names(name, io->in_bytes, req->nr_names);
+	ret = vmsubst_check_sb(file_inode(file)->i_sb,
+			       req->flags & VMSUBST_DENTRIES_F_FORCE);
 	if (ret)
 		return ret;
-
-	file = fget(req->fd);
-	if (!file)
-		return -EBADF;
-	if (!d_is_dir(file->f_path.dentry))
-		ret = -ENOTDIR;
-	else
-		ret = vmsubst_check_sb(file_inode(file)->i_sb,
-				       req->flags & VMSUBST_DENTRIES_F_FORCE);
-	if (ret)
-		goto out;
 
 	/* Kills only unused dentries, which mounts never are. */
 	if (!req->nr_names)
@@ -309,10 +304,8 @@ int vmsubst_cmd_revalidate_dentries(union vmsubst_cmd *cmd,
 		vmsubst_revalidate_name(&file->f_path, name, len, unhash_busy,
 					&c);
 		name += len + 1;
-		if (fatal_signal_pending(current)) {
-			ret = -EINTR;
-			goto out;
-		}
+		if (fatal_signal_pending(current))
+			return -EINTR;
 		cond_resched();
 	}
 
@@ -320,7 +313,5 @@ int vmsubst_cmd_revalidate_dentries(union vmsubst_cmd *cmd,
 	req->not_cached = c.not_cached;
 	req->busy = c.busy;
 	req->mountpoints = c.mountpoints;
-out:
-	fput(file);
-	return ret;
+	return 0;
 }

@@ -40,7 +40,7 @@ INTERVAL_TREE_DEFINE(struct vm_area_struct, shared.rb, unsigned long,
 		     shared.rb_subtree_last, vmsubst_vma_start_pgoff,
 		     vmsubst_vma_last_pgoff, static inline, vmsubst_vma_it)
 
-#define vmsubst_for_each_vma(vma, mapping, first, last)			\
+#define vmsubst_for_each_vma(vma, mapping, first, last)                        \
 	for (vma = vmsubst_vma_it_iter_first(&(mapping)->i_mmap, first, last); \
 	     vma; vma = vmsubst_vma_it_iter_next(vma, first, last))
 
@@ -157,9 +157,8 @@ static void vmsubst_ref_fill(struct vmsubst_vma_ref *ref,
 static bool vmsubst_ref_after(const struct vmsubst_vma_ref *ref,
 			      const struct vmsubst_pin_cursor *after)
 {
-	return !after->valid ||
-	       vmsubst_pos_cmp(ref->key, ref->start, after->key,
-			       after->addr) > 0;
+	return !after->valid || vmsubst_pos_cmp(ref->key, ref->start,
+						after->key, after->addr) > 0;
 }
 
 /*
@@ -203,8 +202,8 @@ static void vmsubst_heap_sift_up(struct vmsubst_vma_ref *refs, size_t i)
  * How many private mappings of the range there are after @after, for
  * sizing a collection.
  */
-size_t vmsubst_rmap_count_private(struct address_space *mapping,
-				  pgoff_t first, pgoff_t last,
+size_t vmsubst_rmap_count_private(struct address_space *mapping, pgoff_t first,
+				  pgoff_t last,
 				  const struct vmsubst_pin_cursor *after)
 {
 	struct vm_area_struct *vma;

@@ -146,8 +146,8 @@ void vmsubst_rmap_report(struct address_space *mapping, pgoff_t first,
 			 pgoff_t last, struct vmsubst_out *mappers);
 u64 vmsubst_mm_key(const struct mm_struct *mm);
 int vmsubst_ref_cmp(const void *a, const void *b);
-size_t vmsubst_rmap_count_private(struct address_space *mapping,
-				  pgoff_t first, pgoff_t last,
+size_t vmsubst_rmap_count_private(struct address_space *mapping, pgoff_t first,
+				  pgoff_t last,
 				  const struct vmsubst_pin_cursor *after);
 size_t vmsubst_rmap_collect_private(struct address_space *mapping,
 				    pgoff_t first, pgoff_t last,
@@ -157,22 +157,53 @@ size_t vmsubst_rmap_collect_private(struct address_space *mapping,
 void vmsubst_mm_owner(struct mm_struct *mm, __s32 *pid,
 		      char (*comm)[TASK_COMM_LEN]);
 
-/* ---- range and file checks shared by the commands (invalidate.c) -------- */
+/* ---- the range clamp the file-range commands share (invalidate.c) ------- */
 
-int vmsubst_check_range(u64 offset, u64 length, u64 *end);
 bool vmsubst_clamp_range(loff_t size, u64 start, u64 end, pgoff_t *first,
 			 pgoff_t *last);
-int vmsubst_check_file(struct file *file);
 
-/* ---- the commands --------------------------------------------------------- */
+/* ---- the commands (main.c dispatches them) ------------------------------ */
 
-int vmsubst_cmd_invalidate_range(union vmsubst_cmd *cmd, struct vmsubst_io *io);
-int vmsubst_cmd_invalidate_bdev(union vmsubst_cmd *cmd, struct vmsubst_io *io);
-int vmsubst_cmd_revalidate_inodes(union vmsubst_cmd *cmd, struct vmsubst_io *io);
-int vmsubst_cmd_revalidate_dentries(union vmsubst_cmd *cmd,
-				    struct vmsubst_io *io);
-int vmsubst_cmd_query_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io);
-int vmsubst_cmd_pin_mappers(union vmsubst_cmd *cmd, struct vmsubst_io *io);
-int vmsubst_cmd_query_pages(union vmsubst_cmd *cmd, struct vmsubst_io *io);
+/**
+ * struct vmsubst_ucmd - one call of a command, as the dispatcher hands it on
+ * @ubuffer:   the caller's struct
+ * @user_size: its size member: the bytes of it the caller has
+ * @cmd:       the kernel copy of it; members past @user_size read as zero
+ * @file:      the file of the command's fd, of the kind its table entry
+ *             names; NULL for a command without an fd. The dispatcher holds
+ *             the reference and puts it after the reply
+ * @end:       a file-range command's offset + length: no overflow, at most
+ *             LLONG_MAX
+ * @io:        the lists the command receives and reports
+ *
+ * A command reads its arguments from @cmd and writes its results there and
+ * into @io; it never touches user memory.
+ */
+struct vmsubst_ucmd {
+	void __user *ubuffer;
+	u32 user_size;
+	union vmsubst_cmd cmd;
+	struct file *file;
+	u64 end;
+	struct vmsubst_io io;
+};
+
+/*
+ * A command's own argument checks, run by the dispatcher after the common
+ * ones on the struct and before it resolves the fd: a contradiction fails
+ * the call before any file is looked at.
+ */
+int vmsubst_cmd_invalidate_range_check(const struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_revalidate_inodes_check(const struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_revalidate_dentries_check(const struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_pin_mappers_check(const struct vmsubst_ucmd *ucmd);
+
+int vmsubst_cmd_invalidate_range(struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_invalidate_bdev(struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_revalidate_inodes(struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_revalidate_dentries(struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_query_mappers(struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_pin_mappers(struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_query_pages(struct vmsubst_ucmd *ucmd);
 
 #endif /* VMSUBST_H */

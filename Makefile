@@ -7,7 +7,7 @@ KDIR = /usr/src/linux-headers-$(KVER)
 
 TS_SOURCES := $(shell find common/src agent/src host-signal/src test -name '*.ts' 2>/dev/null)
 
-.PHONY: setup build kmod addon ts guest test test-flavours test-unit test-integration test-qemu test-packaging \
+.PHONY: setup build kmod addon ts guest lint test test-flavours test-unit test-integration test-qemu test-packaging \
 	deb rpm packages debian-guest demo bench clean help
 
 help:
@@ -77,6 +77,13 @@ test: setup
 	  while [ ! -f build/debian-guest.rc ]; do sleep 5; done; \
 	  if [ "$$(cat build/debian-guest.rc)" != 0 ]; then echo "the Debian guest image failed to build (build/debian-guest.log):"; tail -n 40 build/debian-guest.log; exit 1; fi; \
 	  $(MAKE) --no-print-directory test-packaging || rc=1; exit $$rc
+
+# Style: eslint (typescript-eslint, and the rule that host and guest share code only
+# through @vmsubst/common), prettier for the TypeScript, the kernel's clang-format for kmod/.
+lint:
+	node_modules/.bin/eslint --max-warnings 0 common/src agent/src host-signal/src test
+	node_modules/.bin/prettier --check --log-level warn 'common/src/**/*.ts' 'agent/src/**/*.ts' 'host-signal/src/**/*.ts' 'test/**/*.ts'
+	@$(MAKE) --no-print-directory -C kmod format-check
 
 test-flavours:
 	@$(MAKE) --no-print-directory -C kmod check-flavours

@@ -7,8 +7,8 @@ import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import { PROTOCOL_VERSION, type CommandName, type GreetingBody } from './protocol/schema.js';
 import { Session } from './session.js';
-import { planSubstitution, prepareSubstitution, substitute, type SubstituteDeps } from './commands/substitute.js';
-import { customize } from './commands/customize.js';
+import { planSubstitution, prepareSubstitution, substitute, type SubstituteDeps } from './substitution/substitute.js';
+import { customize } from './substitution/customize.js';
 import type { Transport } from './transport/transport.js';
 import { UnixTransport } from './transport/unix.js';
 import { SerialTransport, type AdoptStream } from './transport/serial.js';
@@ -24,7 +24,7 @@ import { Grants } from './trust/grants.js';
 import type { Peer } from './transport/transport.js';
 import type { SignedCommand } from './protocol/signature.js';
 import { encode } from './protocol/codec.js';
-import { staleProcesses } from './commands/stale.js';
+import { staleProcesses } from './substitution/stale.js';
 
 export { loadTrustedKeys };
 

@@ -2,11 +2,11 @@
 /** vmsubst-agent: argv → config → Agent; SIGTERM/SIGINT stop it cleanly. */
 import { Agent } from './agent.js';
 import { systemDeps } from './system.js';
-import { status } from './status.js';
+import { status } from './cli/status.js';
 import { SystemdNotifier } from './systemd.js';
-import { pinCommand } from './pin.js';
-import { mapCommand } from './pedigree/map-command.js';
-import { staleCommand } from './commands/stale.js';
+import { pinCommand } from './substitution/pin.js';
+import { mapCommand } from './cli/map.js';
+import { staleCommand } from './substitution/stale.js';
 import { Journal } from './journal/journal.js';
 import { DEFAULT_STATE_DIR } from './config.js';
 import { ConfigError, USAGE, describeTrust, parseCli } from './config.js';

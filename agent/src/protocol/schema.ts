@@ -66,7 +66,7 @@ export type DiskRef = Static<typeof DiskRef>;
 export const ByteRange = Type.Object({ offset: Offset, length: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }) }, strict);
 export type ByteRange = Static<typeof ByteRange>;
 
-/** Whole 4 KiB blocks only (disk/verify.ts RANGE_ALIGN): no answer can be about less. */
+/** Whole 4 KiB blocks only (substitution/verify.ts RANGE_ALIGN): no answer can be about less. */
 export const HashedRange = Type.Object(
   {
     offset: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, multipleOf: 4096 }),

@@ -7,13 +7,13 @@
  */
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { CHANGED_FILE_FLAGS, openChanged } from '../disk/open-changed.js';
+import { CHANGED_FILE_FLAGS, openChanged } from './open-changed.js';
 import type { ByteRange, ClassifiedRange, MetadataReport } from '../protocol/schema.js';
 import type { FileHit, IndexedFile } from '../pedigree/index.js';
 import type { DiskLayout } from '../pedigree/mounts.js';
 import { classify, inodesIn, parseDirBlock, readExt4Layout, type Ext4Layout } from '../pedigree/ext4.js';
 import { CommandError } from '../errors.js';
-import type { DiskReader } from '../disk/verify.js';
+import type { DiskReader } from './verify.js';
 
 /** Upper bound on a directory read back raw (its blocks); bigger ones fall back to dropping all children. */
 const MAX_DIR_BYTES = 64 << 20;

@@ -8,7 +8,7 @@
  */
 import { open } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import type { PinCursor } from './native/index.js';
+import type { PinCursor } from '../native/index.js';
 
 export const PIN_USAGE = `Usage: vmsubst-agent pin [--json] FILE...
 
@@ -49,7 +49,7 @@ export interface PinReport {
   'not-pinned': NotPinned[];
 }
 
-type Native = typeof import('./native/index.js');
+type Native = typeof import('../native/index.js');
 /** What pinFile needs of the native facade (injectable for tests). */
 export type PinNative = Pick<Native, 'pinMappers' | 'queryMappers' | 'kmodVersion' | 'kmodFeatures'>;
 
@@ -148,7 +148,7 @@ export async function pinCommand(argv: string[], out: (s: string) => void): Prom
     out(PIN_USAGE);
     return values.help ? 0 : 2;
   }
-  const native = await import('./native/index.js');
+  const native = await import('../native/index.js');
   const reports: PinReport[] = [];
   for (const p of positionals) reports.push(await pinFile(native, p));
   const incomplete = reports.some((r) => !r.complete);

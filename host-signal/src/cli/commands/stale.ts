@@ -1,7 +1,7 @@
 /** `vmsubst stale`. */
 import { withAgent } from '../../notify/index.js';
 import { UsageError } from '../../errors.js';
-import { formatStale } from '../../../../agent/src/substitution/stale.js';
+import { formatStale } from '../../../../agent/src/cli/stale.js';
 import { makeSigner } from '../../notify/index.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
 

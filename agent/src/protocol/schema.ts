@@ -646,6 +646,21 @@ export const Commands = {
   stale: { args: StaleArgs, returns: StaleReport },
 } as const satisfies Record<string, { args: TSchema; returns: TSchema }>;
 
+/**
+ * Capabilities that are not commands: what an agent does within its commands. The greeting
+ * announces every command of `Commands` by its name, then these; a host checks for a command
+ * by its name (`prepare`, `report`, `stale`) and for a feature by one of these.
+ */
+export const Features = {
+  'two-phase': { description: 'prepare, commit and abort; announced as well for hosts that look for this name rather than the commands', since: 1 },
+  plan: { description: "substitute takes dry-run and answers with the plan (files, block classes, processes, policies)", since: 1 },
+  'envelope-v2': { description: 'signed envelopes bound to a nonce, a validity window and the VM (the `signature` argument)', since: 1 },
+  'elf-code': { description: 'the file classes elf-code-unchanged and elf-code-changed (before: elf-same-layout, elf-new-layout)', since: 1 },
+  readback: { description: "a substitution reads its changed file ranges back through the filesystem (the answer's `readback`; error Stale)", since: 1 },
+  readers: { description: "the plan lists processes holding a changed file open (`readers`; error ScriptInUse)", since: 1 },
+} as const satisfies Record<string, { description: string; since: number }>;
+export type FeatureName = keyof typeof Features;
+
 export type CommandName = keyof typeof Commands;
 export type ArgsOf<C extends CommandName> = Static<(typeof Commands)[C]['args']>;
 export type ReturnOf<C extends CommandName> = Static<(typeof Commands)[C]['returns']>;

@@ -3,6 +3,7 @@
  * (substitution/stale.ts), read from the journal without the daemon.
  */
 import { parseArgs } from 'node:util';
+import { messageOf } from '../errors.js';
 import type { ReturnOf } from '../protocol/schema.js';
 import type { JournalEntry } from '../journal/journal.js';
 import { staleProcesses } from '../substitution/stale.js';
@@ -23,7 +24,7 @@ export async function staleCommand(argv: string[], out: (s: string) => void, rea
   try {
     ({ values } = parseArgs({ args: argv, strict: true, options: { json: { type: 'boolean' }, 'state-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
   } catch (e) {
-    out(`vmsubst-agent stale: ${(e as Error).message}\n\n${STALE_USAGE}`);
+    out(`vmsubst-agent stale: ${messageOf(e)}\n\n${STALE_USAGE}`);
     return 2;
   }
   if (values.help) {

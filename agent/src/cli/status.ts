@@ -4,6 +4,7 @@
  * journal file and the module directly; the daemon need not be running.
  */
 import { parseArgs } from 'node:util';
+import { messageOf } from '../errors.js';
 import { AGENT_VERSION } from '../agent.js';
 import { DEFAULT_STATE_DIR } from '../config.js';
 import { Journal, type JournalEntry } from '../journal/journal.js';
@@ -48,7 +49,7 @@ export async function status(argv: string[], out: (s: string) => void): Promise<
     const v = native.kmodVersion(values['kmod-device'] ?? native.DEFAULT_KMOD_DEVICE);
     module = { loaded: true, abiVersion: v.abiVersion, features: `0x${v.features.toString(16)}`, version: v.moduleVersion };
   } catch (e) {
-    module = { loaded: false, reason: (e as Error).message };
+    module = { loaded: false, reason: messageOf(e) };
   }
   const s: Status = {
     agent: { version: AGENT_VERSION },

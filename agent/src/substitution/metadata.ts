@@ -12,7 +12,7 @@ import type { ByteRange, ClassifiedRange, MetadataReport } from '../protocol/sch
 import type { FileHit, IndexedFile } from '../pedigree/index.js';
 import type { DiskLayout } from '../pedigree/mounts.js';
 import { classify, inodesIn, parseDirBlock, readExt4Layout, type Ext4Layout } from '../pedigree/ext4.js';
-import { CommandError } from '../errors.js';
+import { CommandError, messageOf } from '../errors.js';
 import type { DiskReader } from './verify.js';
 
 /** Upper bound on a directory read back raw (its blocks); bigger ones fall back to dropping all children. */
@@ -190,8 +190,8 @@ export async function applyMetadata(
   const bdevFds = new Map<TouchedFs, Awaited<ReturnType<typeof open>>>();
   try {
     for (const fs of plan.filesystems) {
-      bdevFds.set(fs, await open(fs.devPath, CHANGED_FILE_FLAGS).catch((e: Error) => {
-        throw new CommandError('InvalidateFailed', `cannot open ${fs.devPath}: ${e.message}`);
+      bdevFds.set(fs, await open(fs.devPath, CHANGED_FILE_FLAGS).catch((e: unknown) => {
+        throw new CommandError('InvalidateFailed', `cannot open ${fs.devPath}: ${messageOf(e)}`);
       }));
     }
     const dropBdev = async (final: boolean): Promise<void> => {

@@ -6,7 +6,7 @@
  * blocks are visible and make the kernel forget what it cached, so running
  * processes fault the new content in and new execs read it.
  */
-import { CommandError, errnoCode } from '../errors.js';
+import { CommandError, errnoCode, messageOf, reasonOf } from '../errors.js';
 import type { ArgsOf, ByteRange, FileReport, Mapper, MetadataReport, PinOutcome, Policies, RestartOutcome, ReturnOf } from '../protocol/schema.js';
 import { PedigreeIndex, mountsOfDisk, type Fiemap } from '../pedigree/index.js';
 import type { PedigreeService } from '../pedigree/live.js';
@@ -219,7 +219,7 @@ async function refuseGuestDirty(files: FilePlan[], deps: SubstituteDeps): Promis
   for (const f of files) {
     if (f.hit.file.mount.readOnly) continue;
     const fh = await openChanged(f.hit.file.path, 'file', { dev: f.hit.file.dev, ino: f.hit.file.ino }).catch((e: unknown) => {
-      throw new CommandError('InvalidateFailed', `cannot open ${f.hit.file.path}: ${errnoCode(e) ?? (e as Error).message ?? String(e)}`);
+      throw new CommandError('InvalidateFailed', `cannot open ${f.hit.file.path}: ${reasonOf(e)}`);
     });
     try {
       let d = 0;
@@ -228,7 +228,7 @@ async function refuseGuestDirty(files: FilePlan[], deps: SubstituteDeps): Promis
         const q = await deps.queryDirty(fh.fd, r.offset, r.length).catch((e: unknown) => {
           throw new CommandError(
             errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENODEV' ? 'KmodUnavailable' : 'InvalidateFailed',
-            `cannot ask the module whether the guest wrote ${f.hit.file.path} (${(e as Error).message}); a read-write mount needs vmsubst.ko 0.3.0 or newer`,
+            `cannot ask the module whether the guest wrote ${f.hit.file.path} (${messageOf(e)}); a read-write mount needs vmsubst.ko 0.3.0 or newer`,
           );
         });
         d += q.dirty;
@@ -265,7 +265,7 @@ async function pinPlanned(files: FilePlan[], deps: SubstituteDeps, late: boolean
       }
       for (const s of r['shared-unpinned']) out.push({ pid: s.pid, comm: s.comm, path, 'bytes-copied': 0, status: 'failed', detail: 'maps the file shared: cannot be pinned' });
     } catch (e) {
-      for (const p of f.planned.mappers) out.push({ pid: p.pid, comm: p.comm, path, 'bytes-copied': 0, status: 'failed', detail: (e as Error).message });
+      for (const p of f.planned.mappers) out.push({ pid: p.pid, comm: p.comm, path, 'bytes-copied': 0, status: 'failed', detail: messageOf(e) });
     }
   }
   return out;
@@ -300,7 +300,7 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
       const hit = f.hit;
       const report = reports[i]!;
       const fh = await openChanged(hit.file.path, 'file', { dev: hit.file.dev, ino: hit.file.ino }).catch((e: unknown) => {
-        throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${errnoCode(e) ?? (e as Error).message ?? String(e)}`);
+        throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${reasonOf(e)}`);
       });
       try {
         // Data-only substitution on a read-write mount (the extents were checked above): the module
@@ -317,7 +317,7 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
             if (rw && !force && errnoCode(e) === 'EBUSY') {
               throw new CommandError('GuestDirty', `${hit.file.path}: the guest wrote pages of the changed range at ${r.offset}+${r.length} that are not on the disk yet; its cache was left as it was. let the guest write back (sync) and apply again`, { files: [{ path: hit.file.path }] });
             }
-            throw new CommandError('InvalidateFailed', `invalidating ${hit.file.path} at ${r.offset}+${r.length}: ${(e as Error).message}`);
+            throw new CommandError('InvalidateFailed', `invalidating ${hit.file.path} at ${r.offset}+${r.length}: ${messageOf(e)}`);
           });
           report['pages-cached'] += Number(c.pagesCached);
           report['pages-mapped'] += Number(c.pagesMapped);

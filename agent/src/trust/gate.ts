@@ -13,7 +13,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { CommandError } from '../errors.js';
+import { AgentError, CommandError } from '../errors.js';
 import { checkEnvelope, keyId, type GuestIdentity, type SignedCommand } from '../protocol/signature.js';
 import type { Envelope } from '../protocol/schema.js';
 import type { Peer } from '../transport/transport.js';
@@ -41,7 +41,7 @@ export function loadTrustedKeys(paths: readonly string[], dir?: string): Map<str
   const keys = new Map<string, KeyObject>();
   for (const p of files) {
     const key = createPublicKey(readFileSync(p));
-    if (key.asymmetricKeyType !== 'ed25519') throw new Error(`${p}: an ${key.asymmetricKeyType} key; trusted keys must be Ed25519`);
+    if (key.asymmetricKeyType !== 'ed25519') throw new AgentError('E_VMSUBST_TRUSTED_KEY', `${p}: an ${key.asymmetricKeyType} key; trusted keys must be Ed25519`, 'make the signing key with vmsubst keygen (Ed25519), or remove this file');
     keys.set(keyId(key), key);
   }
   return keys;

@@ -4,7 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
-import { AgentError, messageOf } from './errors.js';
+import { AgentError, errnoCode, messageOf } from './errors.js';
 import { Type, type Static } from '@sinclair/typebox';
 import { Validator } from './protocol/codec.js';
 import { Policies } from './protocol/schema.js';
@@ -214,7 +214,7 @@ function readIfExists(path: string): string | undefined {
   try {
     return readFileSync(path, 'utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if (errnoCode(e) === 'ENOENT') return undefined;
     throw new ConfigError([`${path}: ${messageOf(e)}`]);
   }
 }

@@ -13,7 +13,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { AgentError, CommandError } from '../errors.js';
+import { AgentError, CommandError, errnoCode } from '../errors.js';
 import { checkEnvelope, keyId, type GuestIdentity, type SignedCommand } from '../protocol/signature.js';
 import type { Envelope } from '../protocol/schema.js';
 import type { Peer } from '../transport/transport.js';
@@ -34,7 +34,7 @@ export function loadTrustedKeys(paths: readonly string[], dir?: string): Map<str
     try {
       names = readdirSync(dir).filter((n) => n.endsWith('.pub')).sort();
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      if (errnoCode(e) !== 'ENOENT') throw e;
     }
     files.push(...names.map((n) => join(dir, n)));
   }

@@ -4,6 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
+import { AgentError, errnoCode, messageOf } from './errors.js';
 import { Type, type Static } from '@sinclair/typebox';
 import { Validator } from '@vmsubst/common/protocol/codec';
 import { Policies } from '@vmsubst/common/protocol/schema';
@@ -104,10 +105,9 @@ export const DEFAULTS: Config = {
 const validateConfig = new Validator(Config);
 const validateConfigFile = new Validator(ConfigFile);
 
-export class ConfigError extends Error {
-  readonly code = 'E_VMSUBST_CONFIG';
+export class ConfigError extends AgentError {
   constructor(readonly problems: string[]) {
-    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    super('E_VMSUBST_CONFIG', `invalid configuration:\n  ${problems.join('\n  ')}`);
   }
 }
 
@@ -214,8 +214,8 @@ function readIfExists(path: string): string | undefined {
   try {
     return readFileSync(path, 'utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new ConfigError([`${path}: ${(e as Error).message}`]);
+    if (errnoCode(e) === 'ENOENT') return undefined;
+    throw new ConfigError([`${path}: ${messageOf(e)}`]);
   }
 }
 
@@ -230,7 +230,7 @@ function loadConfigFile(explicit: string | undefined, readText: (path: string) =
   try {
     value = JSON.parse(text);
   } catch (e) {
-    throw new ConfigError([`${path}: not JSON: ${(e as Error).message}`]);
+    throw new ConfigError([`${path}: not JSON: ${messageOf(e)}`]);
   }
   const problems = validateConfigFile.problems(value);
   if (problems.length > 0) throw new ConfigError(problems.map((p) => `${path}${p.startsWith('/') ? '' : ' '}${p}`));

@@ -2,16 +2,17 @@
 /** vmsubst-agent: argv → config → Agent; SIGTERM/SIGINT stop it cleanly. */
 import { Agent } from './agent.js';
 import { systemDeps } from './system.js';
-import { status } from './status.js';
+import { status } from './cli/status.js';
 import { SystemdNotifier } from './systemd.js';
-import { pinCommand } from './pin.js';
-import { mapCommand } from './pedigree/map-command.js';
-import { staleCommand } from './commands/stale.js';
+import { pinCommand } from './cli/pin.js';
+import { mapCommand } from './cli/map.js';
+import { staleCommand } from './cli/stale.js';
 import { Journal } from './journal/journal.js';
 import { DEFAULT_STATE_DIR } from './config.js';
-import { ConfigError, USAGE, describeTrust, parseCli } from './config.js';
+import { USAGE, describeTrust, parseCli } from './config.js';
 import { loadTrustedKeys } from './trust/gate.js';
 import { createLogger } from './log.js';
+import { AgentError, messageOf } from './errors.js';
 
 async function main(): Promise<number> {
   if (process.argv[2] === 'status') return status(process.argv.slice(3), (s) => process.stdout.write(s));
@@ -28,7 +29,7 @@ async function main(): Promise<number> {
   try {
     cli = parseCli(process.argv.slice(2));
   } catch (e) {
-    process.stderr.write(`vmsubst-agent: ${(e as Error).message}\n\n${USAGE}`);
+    process.stderr.write(`vmsubst-agent: ${messageOf(e)}\n\n${USAGE}`);
     return 2;
   }
   if (cli.help) {
@@ -41,7 +42,7 @@ async function main(): Promise<number> {
     try {
       keys = [...loadTrustedKeys(cli.config.trustedKeys, cli.config.trustedKeyDir ?? undefined).keys()];
     } catch (e) {
-      process.stderr.write(`vmsubst-agent: trusted keys: ${(e as Error).message}\n`);
+      process.stderr.write(`vmsubst-agent: trusted keys: ${messageOf(e)}\n`);
     }
     process.stderr.write(describeTrust(cli.config, keys).map((l) => `# ${l}\n`).join(''));
     return 0;
@@ -70,8 +71,9 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (e: unknown) => {
-    if (e instanceof ConfigError) process.stderr.write(`vmsubst-agent: ${e.message}\n`);
-    else process.stderr.write(`vmsubst-agent: ${(e as Error).stack ?? String(e)}\n`);
+    // The agent's own failures say what is wrong (and what to do); anything else is a bug: its stack.
+    if (e instanceof AgentError) process.stderr.write(`vmsubst-agent: ${e.message}\n${e.hint !== undefined ? `vmsubst-agent: ${e.hint}\n` : ''}`);
+    else process.stderr.write(`vmsubst-agent: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
     process.exit(1);
   },
 );

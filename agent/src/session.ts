@@ -4,9 +4,9 @@
  * writes exactly one reply per request.
  */
 import type { Duplex } from 'node:stream';
-import { argsValidator, encode, isCommandName, LineDecoder, validateRequest } from '@vmsubst/common/protocol/codec';
-import type { ErrorClass, GreetingBody, Request } from '@vmsubst/common/protocol/schema';
-import { CommandError } from './errors.js';
+import { encode, isCommandName, LineDecoder, validateRequest, Validator } from '@vmsubst/common/protocol/codec';
+import { Commands, type ArgsOf, type CommandName, type ErrorClass, type GreetingBody, type Request } from '@vmsubst/common/protocol/schema';
+import { CommandError, messageOf } from './errors.js';
 import type { Logger } from './log.js';
 import type { Peer } from './transport/transport.js';
 
@@ -18,7 +18,13 @@ export const MAX_QUEUED = 64;
  */
 export const MAX_QUEUED_BYTES = 4 << 20;
 
-export type Dispatch = (name: string, args: unknown) => Promise<unknown>;
+/** Runs a command whose arguments the session has validated against the schema. */
+export type Dispatch = <C extends CommandName>(name: C, args: ArgsOf<C>) => Promise<unknown>;
+
+/** The validator of a command's arguments, typed by the schema (ajv compiles each schema once and caches it). */
+function argsValidator<C extends CommandName>(name: C): Validator<(typeof Commands)[C]['args']> {
+  return new Validator(Commands[name].args);
+}
 
 export interface SessionHandlers {
   dispatch: Dispatch;
@@ -116,10 +122,13 @@ export class Session {
       this.#sendError('Unauthorized', refused, id);
       return;
     }
-    const args = req.arguments ?? {};
-    const problems = argsValidator(name).problems(args);
-    if (problems.length > 0) {
-      this.#sendError('InvalidArguments', `${name}: ${problems.join('; ')}`, id);
+    await this.#runCommand(name, req.arguments ?? {}, id);
+  }
+
+  async #runCommand<C extends CommandName>(name: C, args: unknown, id: string | number | undefined): Promise<void> {
+    const validator = argsValidator(name);
+    if (!validator.is(args)) {
+      this.#sendError('InvalidArguments', `${name}: ${validator.problems(args).join('; ')}`, id);
       return;
     }
     try {
@@ -131,11 +140,11 @@ export class Session {
       this.#send(id === undefined ? { return: ret } : { return: ret, id });
     } catch (e) {
       if (e instanceof CommandError) {
-        this.log.warn(`${name} failed`, { class: e.errorClass, desc: e.message });
+        this.log.warn(`${name} failed`, { class: e.errorClass, code: e.code, desc: e.message, ...(e.hint !== undefined ? { hint: e.hint } : {}) });
         this.#sendError(e.errorClass, e.message, id, e.data);
       } else {
-        this.log.error(`${name} failed unexpectedly`, { error: (e as Error).stack ?? String(e) });
-        this.#sendError('GenericError', (e as Error).message ?? String(e), id);
+        this.log.error(`${name} failed unexpectedly`, { error: e instanceof Error ? e.stack ?? e.message : String(e) });
+        this.#sendError('GenericError', messageOf(e), id);
       }
     }
   }

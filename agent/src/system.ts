@@ -3,9 +3,9 @@
  * Tests inject their own deps; main.ts uses this.
  */
 import type { AgentDeps } from './agent.js';
-import type { MetadataOps } from './commands/metadata.js';
+import type { MetadataOps } from './substitution/metadata.js';
 import type { RestartOutcome } from '@vmsubst/common/protocol/schema';
-import { pinFile } from './pin.js';
+import { pinFile } from './substitution/pin.js';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 

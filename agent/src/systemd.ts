@@ -48,7 +48,7 @@ export class SystemdNotifier {
     try {
       this.send(this.#socket, message);
     } catch (e) {
-      this.onError(e as Error);
+      this.onError(e instanceof Error ? e : new Error(String(e)));
     }
   }
 }

@@ -3,7 +3,7 @@
  * reader, a scratch /proc and /sys, and inert module calls; override what a test observes.
  */
 import { join } from 'node:path';
-import type { SubstituteDeps } from '../../agent/src/commands/substitute.js';
+import type { SubstituteDeps } from '../../agent/src/substitution/substitute.js';
 import type { PedigreeService } from '../../agent/src/pedigree/live.js';
 
 export function fakeSubstituteDeps(

@@ -14,7 +14,7 @@ import { GuestVm } from '../helpers/vm.js';
 import { guestArtifacts, ROOT } from '../helpers/paths.js';
 import { guard } from '../helpers/guard.js';
 import { withTimeout } from '../helpers/timeout.js';
-import type { MapReport } from '../../agent/src/pedigree/map-command.js';
+import type { MapReport } from '../../agent/src/cli/map.js';
 
 const FILES = 10_000;
 const SAMPLES = 1000;

@@ -13,7 +13,7 @@ import { guestArtifacts } from '../helpers/paths.js';
 import { vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
-import type { PinReport } from '../../agent/src/pin.js';
+import type { PinReport } from '../../agent/src/substitution/pin.js';
 
 const art = guestArtifacts();
 const Pin = suite('pin: a pinned process keeps v1 while others move to v2');

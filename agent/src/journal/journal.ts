@@ -12,6 +12,7 @@
  */
 import { appendFileSync, closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { messageOf } from '../errors.js';
 
 export type JournalRecord =
   | { t: string; id: string; phase: 'prepared'; peer: string; args: unknown; report: unknown }
@@ -115,7 +116,7 @@ export class Journal {
         try {
           rec = JSON.parse(line);
         } catch (e) {
-          return `not JSON: ${(e as Error).message}`;
+          return `not JSON: ${messageOf(e)}`;
         }
         if (!isRecord(rec)) return 'not a journal record (id, t and phase expected)';
         this.#apply(rec);

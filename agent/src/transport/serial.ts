@@ -11,6 +11,7 @@
  */
 import { closeSync, openSync, constants } from 'node:fs';
 import type { Duplex } from 'node:stream';
+import { messageOf } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ConnectionHandler, Transport } from './transport.js';
 
@@ -50,7 +51,7 @@ export class SerialTransport implements Transport {
       fd = this.dup(this.#held);
     } catch (e) {
       if (!this.#missingLogged) {
-        this.log.warn('serial port not available yet; waiting for it', { path: this.path, error: (e as Error).message });
+        this.log.warn('serial port not available yet; waiting for it', { path: this.path, error: messageOf(e) });
         this.#missingLogged = true;
       }
       this.#timer = setTimeout(() => this.#open(onConnection), 1000);

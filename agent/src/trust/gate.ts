@@ -13,7 +13,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { CommandError } from '../errors.js';
+import { AgentError, CommandError, errnoCode } from '../errors.js';
 import { checkEnvelope, keyId, type GuestIdentity, type SignedCommand } from '@vmsubst/common/protocol/signature';
 import type { Envelope } from '@vmsubst/common/protocol/schema';
 import type { Peer } from '../transport/transport.js';
@@ -34,14 +34,14 @@ export function loadTrustedKeys(paths: readonly string[], dir?: string): Map<str
     try {
       names = readdirSync(dir).filter((n) => n.endsWith('.pub')).sort();
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      if (errnoCode(e) !== 'ENOENT') throw e;
     }
     files.push(...names.map((n) => join(dir, n)));
   }
   const keys = new Map<string, KeyObject>();
   for (const p of files) {
     const key = createPublicKey(readFileSync(p));
-    if (key.asymmetricKeyType !== 'ed25519') throw new Error(`${p}: an ${key.asymmetricKeyType} key; trusted keys must be Ed25519`);
+    if (key.asymmetricKeyType !== 'ed25519') throw new AgentError('E_VMSUBST_TRUSTED_KEY', `${p}: an ${key.asymmetricKeyType} key; trusted keys must be Ed25519`, 'make the signing key with vmsubst keygen (Ed25519), or remove this file');
     keys.set(keyId(key), key);
   }
   return keys;

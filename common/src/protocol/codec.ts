@@ -9,7 +9,8 @@ import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { Commands, Greeting, MAX_MESSAGE_BYTES, Reply, Request, type CommandName } from './schema.js';
 
-const ajv = new Ajv({ allErrors: true, strict: true, strictTypes: false });
+// `since`: the protocol version a command or field came with (schema.ts), documentation only.
+const ajv = new Ajv({ allErrors: true, strict: true, strictTypes: false, keywords: ['since'] });
 
 /** A compiled validator that returns "path: message" lines instead of ajv's objects. */
 /**

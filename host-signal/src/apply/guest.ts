@@ -143,7 +143,7 @@ export async function applyAndTell<R extends Substitution>(
 
     // Two-phase: called by apply once the disk is verified and before it changes it.
     let prepared = false;
-    const twoPhase = conn?.supports('two-phase') === true;
+    const twoPhase = conn?.supports('prepare') === true;
     const beforeWrite = async (): Promise<void> => {
       if (!conn || !twoPhase) return;
       options.onPhase?.('prepare');

@@ -9,7 +9,7 @@ import { performance } from 'node:perf_hooks';
 import type { AbortReport, ArgsOf, CommandName, DiskRef, Envelope, GreetingBody, PhaseArgs, Policies, PrepareArgs, PrepareReport, ReturnOf, SubstituteArgs, SubstituteReport } from '@vmsubst/common/protocol/schema';
 import { olderAgentArgs, substituteArgs } from '../bundle/index.js';
 import type { KeyObject } from 'node:crypto';
-import type { Customization } from '@vmsubst/common/protocol/schema';
+import type { Customization, FeatureName } from '@vmsubst/common/protocol/schema';
 import { MAX_REPORT_PAGE_BYTES } from '@vmsubst/common/protocol/schema';
 import { signArgs, type SignedCommand } from '@vmsubst/common/protocol/signature';
 import type { Manifest } from '@vmsubst/common/bundle/schema';
@@ -149,8 +149,11 @@ export class AgentConnection {
     }
   }
 
-  /** Whether the agent announced this capability (e.g. "two-phase"). */
-  supports(capability: string): boolean {
+  /**
+   * Whether the agent announced this capability: a command by its name (`prepare`, `report`,
+   * `stale`), or a feature (`elf-code`; protocol/schema.ts `Features`).
+   */
+  supports(capability: CommandName | FeatureName): boolean {
     return this.agent.capabilities.includes(capability);
   }
 
@@ -166,7 +169,7 @@ export class AgentConnection {
   }
 
   async prepare(args: PrepareArgs): Promise<PrepareReport> {
-    if (!this.supports('two-phase')) {
+    if (!this.supports('prepare')) {
       throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) has no two-phase substitution`);
     }
     const report = await this.#run('prepare', this.#sign('prepare', this.#forAgent(args)));

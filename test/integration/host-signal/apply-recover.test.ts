@@ -82,7 +82,7 @@ async function killedMidWrite(vm: { qmpSocket: string; flush(): Promise<void>; s
 /** A stand-in agent on a unix socket (two-phase capable): records what it is asked and answers substitute. */
 async function fakeAgent(path: string): Promise<{ server: Server; got: { execute: string; id?: string }[] }> {
   const got: { execute: string; id?: string }[] = [];
-  const hello = { version: '0.1.0', protocol: 1, capabilities: ['substitute', 'two-phase'] };
+  const hello = { version: '0.1.0', protocol: 1, capabilities: ['substitute', 'prepare', 'commit', 'abort', 'two-phase'] };
   const server = createServer((sock) => {
     sock.write(JSON.stringify({ vmsubst: hello }) + '\n');
     let buf = '';

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { customize, type CustomizeOptions } from '../../../agent/src/commands/customize.js';
+import { customize, type CustomizeOptions } from '../../../agent/src/substitution/customize.js';
 import { argsValidator } from '@vmsubst/common/protocol/codec';
 
 const A = suite('adversarial: customization does not leave its root');

@@ -11,7 +11,7 @@ import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Journal, KEEP_IDS } from '../../../agent/src/journal/journal.js';
-import { status } from '../../../agent/src/status.js';
+import { status } from '../../../agent/src/cli/status.js';
 
 const J = suite('adversarial: journal torn tail and corrupt lines');
 const C = { dir: '' };

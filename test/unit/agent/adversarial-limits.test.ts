@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, constants, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { substitute, planSubstitution, type SubstituteDeps } from '../../../agent/src/commands/substitute.js';
+import { substitute, planSubstitution, type SubstituteDeps } from '../../../agent/src/substitution/substitute.js';
 import type { FileHit } from '../../../agent/src/pedigree/index.js';
 import { CommandError } from '../../../agent/src/errors.js';
 

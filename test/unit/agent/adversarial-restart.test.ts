@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildPlan, restartableUnit, systemdCgroupPath } from '../../../agent/src/commands/plan.js';
+import { buildPlan, restartableUnit, systemdCgroupPath } from '../../../agent/src/substitution/plan.js';
 import { devToMapsField } from '../../../agent/src/proc/mappers.js';
 
 const R = suite('adversarial: restart policy only restarts system services');

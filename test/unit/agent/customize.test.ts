@@ -4,7 +4,7 @@ import * as assert from 'uvu/assert';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { customize, SYSCTL_FILE, type CustomizeOptions } from '../../../agent/src/commands/customize.js';
+import { customize, SYSCTL_FILE, type CustomizeOptions } from '../../../agent/src/substitution/customize.js';
 
 const Cz = suite('customization');
 const C = { dir: '', o: undefined as unknown as CustomizeOptions };

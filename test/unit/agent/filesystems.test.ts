@@ -1,7 +1,7 @@
 /**
  * Filesystems decided per mount (agent/src/pedigree/filesystems.ts), the walk on filesystems that
  * refuse FIEMAP on directories or share blocks (pedigree/walk.ts, native/walk.c), and the restart
- * reasons of a metadata change (commands/metadata.ts). Fake sysfs trees for the stacking and
+ * reasons of a metadata change (substitution/metadata.ts). Fake sysfs trees for the stacking and
  * btrfs cases; a real XFS image, loop-mounted read-only, for the walk (skipped, with the reason,
  * where it cannot be mounted).
  */
@@ -16,7 +16,7 @@ import { decideFilesystems, describeRefusals, fsVerdict, refusalsFor } from '../
 import type { DiskLayout, Mount } from '../../../agent/src/pedigree/mounts.js';
 import { readMounts } from '../../../agent/src/pedigree/mounts.js';
 import { FIEMAP_EXTENT_SHARED, walkMount, walkOptions, type Fiemap, type IndexedFile } from '../../../agent/src/pedigree/walk.js';
-import { restartReasons, type TouchedFs } from '../../../agent/src/commands/metadata.js';
+import { restartReasons, type TouchedFs } from '../../../agent/src/substitution/metadata.js';
 import { ROOT } from '../../helpers/paths.js';
 
 const MiB = 1 << 20;

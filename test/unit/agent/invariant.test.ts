@@ -9,9 +9,9 @@ import { mkdtempSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ReadbackCheck, describeStale } from '../../../agent/src/disk/readback.js';
+import { ReadbackCheck, describeStale } from '../../../agent/src/substitution/readback.js';
 import { isScript, parseFdinfo } from '../../../agent/src/proc/readers.js';
-import { staleProcesses } from '../../../agent/src/commands/stale.js';
+import { staleProcesses } from '../../../agent/src/substitution/stale.js';
 import { devToMapsField } from '../../../agent/src/proc/mappers.js';
 import type { FileHit } from '../../../agent/src/pedigree/index.js';
 import type { JournalEntry } from '../../../agent/src/journal/journal.js';
@@ -68,7 +68,7 @@ R('a path that names another inode now is skipped, not failed', async () => {
   const c = ReadbackCheck.of([{ hit: w.hit, policy: 'remap' }]);
   feed(c, w.disk, [[3 * 4096, 4096], [8 * 4096, 8192]]);
   const r = await c.check(async () => {
-    const { SwappedFileError } = await import('../../../agent/src/disk/open-changed.js');
+    const { SwappedFileError } = await import('../../../agent/src/substitution/open-changed.js');
     throw new SwappedFileError('replaced');
   });
   assert.equal(r.stale, []);

@@ -1,5 +1,5 @@
 /**
- * The pin loop (agent/src/pin.ts) against a scripted module: PIN_MAPPERS is
+ * The pin loop (agent/src/substitution/pin.ts) against a scripted module: PIN_MAPPERS is
  * called with the cursor until neither BUDGET nor TRUNCATED, every private
  * mapping is counted once, and whatever was not pinned is reported as such,
  * also when the module cannot resume or the call bound is reached. The real
@@ -11,7 +11,7 @@ import * as assert from 'uvu/assert';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pinFile, type PinNative } from '../../../agent/src/pin.js';
+import { pinFile, type PinNative } from '../../../agent/src/substitution/pin.js';
 import type { Mapper, PinCursor, PinMappersOptions, PinMappersResult, QueryMappersResult } from '../../../agent/src/native/index.js';
 
 const Pin = suite('pin loop: cursor, budget, nothing given up silently');

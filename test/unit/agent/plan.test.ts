@@ -1,7 +1,7 @@
 /** Which policy a changed file gets: per path before per class, the notification before the configuration. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { choosePolicy, DEFAULT_POLICIES, hintClass } from '../../../agent/src/commands/plan.js';
+import { choosePolicy, DEFAULT_POLICIES, hintClass } from '../../../agent/src/substitution/plan.js';
 
 test('defaults: remap for data and ELF files whose code is unchanged, pin for ELF files whose code changed', () => {
   assert.equal(DEFAULT_POLICIES, { data: 'remap', 'elf-code-unchanged': 'remap', 'elf-code-changed': 'pin' });

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4Classifier } from '@vmsubst/common/pedigree/classify';
 import { FsIndex } from '../../../agent/src/pedigree/live.js';
-import { mapBlocks, parseBlocks } from '../../../agent/src/pedigree/map-command.js';
+import { mapBlocks, parseBlocks } from '../../../agent/src/cli/map.js';
 import { readAt } from '../../helpers/ext4-images.js';
 
 const C = { dir: '', img: '', mnt: '', loop: '', blocks: 0, mountError: '' };

@@ -4,9 +4,10 @@
  * journal file and the module directly; the daemon need not be running.
  */
 import { parseArgs } from 'node:util';
-import { AGENT_VERSION } from './agent.js';
-import { DEFAULT_STATE_DIR } from './config.js';
-import { Journal, type JournalEntry } from './journal/journal.js';
+import { messageOf } from '../errors.js';
+import { AGENT_VERSION } from '../agent.js';
+import { DEFAULT_STATE_DIR } from '../config.js';
+import { Journal, type JournalEntry } from '../journal/journal.js';
 
 export const STATUS_USAGE = `Usage: vmsubst-agent status [--json] [--state-dir DIR] [--kmod-device PATH] [--last N]
 
@@ -44,11 +45,11 @@ export async function status(argv: string[], out: (s: string) => void): Promise<
   const last = Math.max(1, Math.min(1000, Number(values.last ?? 10) || 10));
   let module: Status['module'];
   try {
-    const native = await import('./native/index.js');
+    const native = await import('../native/index.js');
     const v = native.kmodVersion(values['kmod-device'] ?? native.DEFAULT_KMOD_DEVICE);
     module = { loaded: true, abiVersion: v.abiVersion, features: `0x${v.features.toString(16)}`, version: v.moduleVersion };
   } catch (e) {
-    module = { loaded: false, reason: (e as Error).message };
+    module = { loaded: false, reason: messageOf(e) };
   }
   const s: Status = {
     agent: { version: AGENT_VERSION },

@@ -11,6 +11,7 @@ import { lstat, mkdir, open, readFile, rename, unlink, writeFile } from 'node:fs
 import { dirname, join, normalize, isAbsolute, sep } from 'node:path';
 import type { Customization, CustomizationOutcome } from '@vmsubst/common/protocol/schema';
 import { fsyncDir } from '../journal/journal.js';
+import { AgentError, messageOf } from '../errors.js';
 
 export type CustomizationKind = CustomizationOutcome['kind'];
 
@@ -39,8 +40,7 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
     try {
       out.push({ kind, target, status: await fn() });
     } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      out.push({ kind, target, status: err instanceof RefusedError ? 'refused' : 'failed', detail: err.message });
+      out.push({ kind, target, status: e instanceof RefusedError ? 'refused' : 'failed', detail: messageOf(e) });
     }
   };
 
@@ -84,15 +84,20 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
     }
     if (persisted.size > 0) {
       // Set live already; not persisting is its own outcome, not an exception that loses the others.
-      await persistSysctl(o.root, persisted).catch((e: Error) => {
-        out.push({ kind: 'sysctl', target: SYSCTL_FILE, status: e instanceof RefusedError ? 'refused' : 'failed', detail: `the values are set but not persisted: ${e.message}` });
+      await persistSysctl(o.root, persisted).catch((e: unknown) => {
+        out.push({ kind: 'sysctl', target: SYSCTL_FILE, status: e instanceof RefusedError ? 'refused' : 'failed', detail: `the values are set but not persisted: ${messageOf(e)}` });
       });
     }
   }
   return out;
 }
 
-class RefusedError extends Error {}
+/** A customization item the rules refuse (a path outside what is allowed, a symlink on the way). */
+class RefusedError extends AgentError {
+  constructor(message: string) {
+    super('E_VMSUBST_CUSTOMIZATION_REFUSED', message);
+  }
+}
 
 /** The kernel's HOST_NAME_MAX (__NEW_UTS_LEN): sethostname(2) refuses longer names. */
 export const HOST_NAME_MAX = 64;

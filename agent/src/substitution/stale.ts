@@ -11,7 +11,6 @@
  */
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import type { Plan, ReturnOf, StaleProcess, SubstituteReport, PrepareReport } from '@vmsubst/common/protocol/schema';
 import type { JournalEntry } from '../journal/journal.js';
 import { devToMapsField, findMappers } from '../proc/mappers.js';
@@ -19,7 +18,6 @@ import { restartableUnit } from './plan.js';
 import type { FileHint } from '@vmsubst/common/protocol/schema';
 import type { FileHit } from '../pedigree/index.js';
 import { keyOf } from '../proc/mappers.js';
-import { formatStale } from '@vmsubst/common/protocol/format';
 
 /** Mappings that are not files a program runs from: shared memory, memfd, SysV segments, devices. */
 const NOT_FILES = [/^\/dev\//, /^\/memfd:/, /^\/SYSV/, /^\/\[/, /^\/proc\//, /^\/sys\//];
@@ -150,38 +148,4 @@ export async function predictReplaced(
     }
   }
   return out;
-}
-
-export const STALE_USAGE = `Usage: vmsubst-agent stale [--json] [--state-dir DIR]
-
-Lists every process that still runs old content: pid, command, systemd unit,
-file and why — pinned (given private copies of the old image by a substitution),
-old-inode (maps a deleted inode, or one no longer at its path), mixed (maps a
-file substituted under the 'report' policy: old and new pages may mix).
-needrestart cannot see a substitution that keeps the inode; this reads the
-agent's journal for the pins and the 'report' policy.
-Exit status: 0 (listed or not), 2 usage error.
-`;
-
-export async function staleCommand(argv: string[], out: (s: string) => void, readJournal: (stateDir: string | undefined) => { entries: JournalEntry[]; close(): void }): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({ args: argv, strict: true, options: { json: { type: 'boolean' }, 'state-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
-  } catch (e) {
-    out(`vmsubst-agent stale: ${(e as Error).message}\n\n${STALE_USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    out(STALE_USAGE);
-    return 0;
-  }
-  const j = readJournal(values['state-dir']);
-  let r: ReturnOf<'stale'>;
-  try {
-    r = await staleProcesses(j.entries);
-  } finally {
-    j.close();
-  }
-  out(values.json ? JSON.stringify(r, null, 2) + '\n' : formatStale(r));
-  return 0;
 }

@@ -7,13 +7,13 @@
  */
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { CHANGED_FILE_FLAGS, openChanged } from '../disk/open-changed.js';
+import { CHANGED_FILE_FLAGS, openChanged } from './open-changed.js';
 import type { ByteRange, ClassifiedRange, MetadataReport } from '@vmsubst/common/protocol/schema';
 import type { FileHit, IndexedFile } from '../pedigree/index.js';
 import type { DiskLayout } from '../pedigree/mounts.js';
 import { classify, inodesIn, parseDirBlock, readExt4Layout, type Ext4Layout } from '@vmsubst/common/pedigree/ext4';
-import { CommandError } from '../errors.js';
-import type { DiskReader } from '../disk/verify.js';
+import { CommandError, messageOf } from '../errors.js';
+import type { DiskReader } from './verify.js';
 
 /** Upper bound on a directory read back raw (its blocks); bigger ones fall back to dropping all children. */
 const MAX_DIR_BYTES = 64 << 20;
@@ -190,8 +190,8 @@ export async function applyMetadata(
   const bdevFds = new Map<TouchedFs, Awaited<ReturnType<typeof open>>>();
   try {
     for (const fs of plan.filesystems) {
-      bdevFds.set(fs, await open(fs.devPath, CHANGED_FILE_FLAGS).catch((e: Error) => {
-        throw new CommandError('InvalidateFailed', `cannot open ${fs.devPath}: ${e.message}`);
+      bdevFds.set(fs, await open(fs.devPath, CHANGED_FILE_FLAGS).catch((e: unknown) => {
+        throw new CommandError('InvalidateFailed', `cannot open ${fs.devPath}: ${messageOf(e)}`);
       }));
     }
     const dropBdev = async (final: boolean): Promise<void> => {

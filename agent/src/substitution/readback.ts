@@ -12,6 +12,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
+import { reasonOf } from '../errors.js';
 import type { ByteRange, FileRanges, Policy, Readback } from '@vmsubst/common/protocol/schema';
 import type { FileHit } from '../pedigree/index.js';
 import { mergeRanges } from '../pedigree/index.js';
@@ -103,7 +104,7 @@ export class ReadbackCheck {
       } catch (e) {
         // The path names another inode now (a metadata substitution replaced it), or nothing: the
         // ranges belong to an inode no path reaches; `stale` lists the processes still using it.
-        const why = e instanceof SwappedFileError ? 'the path names another inode now' : `cannot open it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`;
+        const why = e instanceof SwappedFileError ? 'the path names another inode now' : `cannot open it (${reasonOf(e)})`;
         skipped.push({ path: file.path, reason: why });
         continue;
       }

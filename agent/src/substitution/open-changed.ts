@@ -8,10 +8,16 @@
  */
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { AgentError } from '../errors.js';
 
 export const CHANGED_FILE_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY;
 
-export class SwappedFileError extends Error {}
+/** The path names another file than the index says (replaced while the substitution ran). */
+export class SwappedFileError extends AgentError {
+  constructor(message: string) {
+    super('E_VMSUBST_SWAPPED_FILE', message, 'retry: the index is checked again');
+  }
+}
 
 /**
  * Opens `path` expecting the indexed `kind` (and inode, when given). Throws

@@ -5,11 +5,11 @@
  * `prepare` acts on its pins, `commit` and `substitute` follow it.
  */
 import { readFile } from 'node:fs/promises';
-import { openChanged } from '../disk/open-changed.js';
+import { openChanged } from './open-changed.js';
 import type { ByteRange, FileClass, FileHint, Plan, PlannedFile, PlannedMapper, Policies, Policy } from '@vmsubst/common/protocol/schema';
 import type { FileHit } from '../pedigree/index.js';
 import { Ext4Classifier } from '@vmsubst/common/pedigree/classify';
-import type { DiskReader } from '../disk/verify.js';
+import type { DiskReader } from './verify.js';
 import { restartReasons, type MetadataPlan } from './metadata.js';
 import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
 

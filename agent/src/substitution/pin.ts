@@ -1,21 +1,12 @@
 /**
- * `vmsubst-agent pin FILE…`: give every process that maps the files privately
- * its own copy of the mapped pages, while the disk still holds the old blocks,
- * so that it keeps running a consistent old image after a substitution while
- * new execs get the new file. Prints the memory this costs per process.
- * The `prepare` phase of a two-phase substitution does the same for the
- * processes whose policy is `pin`.
+ * Pinning: give every process that maps a file privately its own copy of the
+ * mapped pages, while the disk still holds the old blocks, so that it keeps
+ * running a consistent old image after a substitution while new execs get the
+ * new file. The `prepare` phase of a two-phase substitution pins the processes
+ * whose policy is `pin`; `vmsubst-agent pin FILE…` (cli/pin.ts) does it by hand.
  */
 import { open } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
-import type { PinCursor } from './native/index.js';
-
-export const PIN_USAGE = `Usage: vmsubst-agent pin [--json] FILE...
-
-Gives each process that maps FILE privately its own copy of the mapped pages (the kernel's
-write-fault path; content unchanged), so a later substitution of FILE's blocks leaves it on the
-old image. Reports the bytes copied per process. Run it before the host writes the new blocks.
-`;
+import type { PinCursor } from '../native/index.js';
 
 /** Pages copied per ioctl call; the loop continues while the module reports more work. */
 const PAGES_PER_CALL = 4096;
@@ -49,7 +40,7 @@ export interface PinReport {
   'not-pinned': NotPinned[];
 }
 
-type Native = typeof import('./native/index.js');
+type Native = typeof import('../native/index.js');
 /** What pinFile needs of the native facade (injectable for tests). */
 export type PinNative = Pick<Native, 'pinMappers' | 'queryMappers' | 'kmodVersion' | 'kmodFeatures'>;
 
@@ -140,28 +131,4 @@ export async function pinFile(native: PinNative, path: string, options: PinOptio
   } finally {
     await fh.close();
   }
-}
-
-export async function pinCommand(argv: string[], out: (s: string) => void): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
-  if (values.help || positionals.length === 0) {
-    out(PIN_USAGE);
-    return values.help ? 0 : 2;
-  }
-  const native = await import('./native/index.js');
-  const reports: PinReport[] = [];
-  for (const p of positionals) reports.push(await pinFile(native, p));
-  const incomplete = reports.some((r) => !r.complete);
-  if (values.json) {
-    out(JSON.stringify(reports, null, 2) + '\n');
-  } else {
-    for (const r of reports) {
-      out(`${r.path}: ${r['bytes-copied']} bytes copied\n`);
-      for (const p of r.processes) out(`  ${p.comm}[${p.pid}] ${p['bytes-copied']} bytes copied, ${p['bytes-private']} bytes private${p['bytes-failed'] ? `, ${p['bytes-failed']} failed` : ''}${p.exited ? ' (exited)' : ''}\n`);
-      for (const s of r['shared-unpinned']) out(`  ${s.comm}[${s.pid}] maps it shared: cannot be pinned\n`);
-      for (const n of r['not-pinned'].filter((x) => x.reason === 'not-reached')) out(`  ${n.pid ? `${n.comm}[${n.pid}] ` : ''}not pinned: ${n.detail}\n`);
-      if (!r.complete) out(`  INCOMPLETE: not every private mapping was reached (${r.mappings} in ${r.calls} calls)\n`);
-    }
-  }
-  return incomplete ? 1 : 0;
 }

@@ -6,22 +6,23 @@
  * blocks are visible and make the kernel forget what it cached, so running
  * processes fault the new content in and new execs read it.
  */
-import { CommandError, errnoCode } from '../errors.js';
+import { CommandError, messageOf } from '../errors.js';
 import type { ArgsOf, ByteRange, FileReport, Mapper, MetadataReport, PinOutcome, Policies, RestartOutcome, ReturnOf } from '@vmsubst/common/protocol/schema';
 import { PedigreeIndex, mountsOfDisk, type Fiemap } from '../pedigree/index.js';
 import type { PedigreeService } from '../pedigree/live.js';
 import { readDiskLayout, readMounts, type DiskLayout, type Mount } from '../pedigree/mounts.js';
 import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
-import { resolveDisk, type ResolvedDisk } from '../disk/resolve.js';
-import { checkRanges, verifyRanges, type DiskReader } from '../disk/verify.js';
-import { openChanged } from '../disk/open-changed.js';
+import { resolveDisk, type ResolvedDisk } from './resolve.js';
+import { checkRanges, verifyRanges, type DiskReader } from './verify.js';
+import { openChanged } from './open-changed.js';
 import { applyMetadata, planMetadata, plannedOnly, restartReasons, splitAtPartitions, type AppliedMetadata, type MetadataOps, type MetadataPlan } from './metadata.js';
 import { decideFilesystems, describeRefusals, refusalsFor } from '../pedigree/filesystems.js';
 import { buildPlan, type FilePlan, type PlanResult } from './plan.js';
-import type { PinReport } from '../pin.js';
-import { ReadbackCheck, describeStale } from '../disk/readback.js';
+import type { PinReport } from './pin.js';
+import { ReadbackCheck, describeStale } from './readback.js';
 import { addReaders, refuseScriptReaders } from './readers.js';
 import { predictReplaced } from './stale.js';
+import { invalidateFiles, refuseGuestDirty } from './invalidate.js';
 
 export interface InvalidateCounts {
   pagesCached: bigint;
@@ -208,47 +209,6 @@ export async function prepareSubstitution(args: ArgsOf<'prepare'>, deps: Substit
   };
 }
 
-/**
- * Nothing lost: a changed range of a file on a read-write mount whose pages the guest wrote and has
- * not written back (dirty, or under writeback) would be overwritten by them later, or mix with the
- * new blocks. Asks the module (QUERY_PAGES: no write, no fsync) and refuses with GuestDirty, naming
- * each such file, before anything is written. The module checks again, atomically, at commit.
- */
-async function refuseGuestDirty(files: FilePlan[], deps: SubstituteDeps): Promise<void> {
-  const dirty: { path: string; 'pages-dirty': number; 'pages-writeback': number }[] = [];
-  for (const f of files) {
-    if (f.hit.file.mount.readOnly) continue;
-    const fh = await openChanged(f.hit.file.path, 'file', { dev: f.hit.file.dev, ino: f.hit.file.ino }).catch((e: unknown) => {
-      throw new CommandError('InvalidateFailed', `cannot open ${f.hit.file.path}: ${errnoCode(e) ?? (e as Error).message ?? String(e)}`);
-    });
-    try {
-      let d = 0;
-      let w = 0;
-      for (const r of f.hit.ranges) {
-        const q = await deps.queryDirty(fh.fd, r.offset, r.length).catch((e: unknown) => {
-          throw new CommandError(
-            errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENODEV' ? 'KmodUnavailable' : 'InvalidateFailed',
-            `cannot ask the module whether the guest wrote ${f.hit.file.path} (${(e as Error).message}); a read-write mount needs vmsubst.ko 0.3.0 or newer`,
-          );
-        });
-        d += q.dirty;
-        w += q.writeback;
-      }
-      if (d + w > 0) dirty.push({ path: f.hit.file.path, 'pages-dirty': d, 'pages-writeback': w });
-    } finally {
-      await fh.close();
-    }
-  }
-  if (dirty.length === 0) return;
-  throw new CommandError(
-    'GuestDirty',
-    `${dirty.map((x) => `${x.path} (${x['pages-dirty']} dirty, ${x['pages-writeback']} under writeback)`).join(', ')}: ` +
-      'the guest wrote these files and has not written the pages back: the new blocks would be overwritten by them, or mixed with them. ' +
-      'nothing was done; let the guest write back (sync), or stop the writer, and apply again',
-    { files: dirty },
-  );
-}
-
 async function pinPlanned(files: FilePlan[], deps: SubstituteDeps, late: boolean): Promise<PinOutcome[]> {
   const out: PinOutcome[] = [];
   for (const f of files) {
@@ -265,7 +225,7 @@ async function pinPlanned(files: FilePlan[], deps: SubstituteDeps, late: boolean
       }
       for (const s of r['shared-unpinned']) out.push({ pid: s.pid, comm: s.comm, path, 'bytes-copied': 0, status: 'failed', detail: 'maps the file shared: cannot be pinned' });
     } catch (e) {
-      for (const p of f.planned.mappers) out.push({ pid: p.pid, comm: p.comm, path, 'bytes-copied': 0, status: 'failed', detail: (e as Error).message });
+      for (const p of f.planned.mappers) out.push({ pid: p.pid, comm: p.comm, path, 'bytes-copied': 0, status: 'failed', detail: messageOf(e) });
     }
   }
   return out;
@@ -295,43 +255,7 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
 
   const pins = pinned ?? (await pinPlanned(files, deps, true));
   const reports: FileReport[] = files.map((f) => emptyReport(f, []));
-  const dropFilePages = async (): Promise<void> => {
-    for (const [i, f] of files.entries()) {
-      const hit = f.hit;
-      const report = reports[i]!;
-      const fh = await openChanged(hit.file.path, 'file', { dev: hit.file.dev, ino: hit.file.ino }).catch((e: unknown) => {
-        throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${errnoCode(e) ?? (e as Error).message ?? String(e)}`);
-      });
-      try {
-        // Data-only substitution on a read-write mount (the extents were checked above): the module
-        // refuses it if the guest dirtied a page of the range meanwhile; only the host's force skips that.
-        const rw = !hit.file.mount.readOnly;
-        let flags = !rw ? 0 : force ? deps.forceFlag : deps.unlessDirtyFlag;
-        if (f.planned.policy === 'report') flags |= deps.dropOnlyFlag;
-        else if (f.planned.class !== 'data') flags |= deps.refaultFlag;
-        for (const r of hit.ranges) {
-          const c = await deps.invalidateRange(fh.fd, BigInt(r.offset), BigInt(r.length), flags).catch((e: unknown) => {
-            if (errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENODEV') {
-              throw new CommandError('KmodUnavailable', 'the vmsubst kernel module is not loaded (/dev/vmsubst missing)');
-            }
-            if (rw && !force && errnoCode(e) === 'EBUSY') {
-              throw new CommandError('GuestDirty', `${hit.file.path}: the guest wrote pages of the changed range at ${r.offset}+${r.length} that are not on the disk yet; its cache was left as it was. let the guest write back (sync) and apply again`, { files: [{ path: hit.file.path }] });
-            }
-            throw new CommandError('InvalidateFailed', `invalidating ${hit.file.path} at ${r.offset}+${r.length}: ${(e as Error).message}`);
-          });
-          report['pages-cached'] += Number(c.pagesCached);
-          report['pages-mapped'] += Number(c.pagesMapped);
-          report['pages-dropped'] += Number(c.pagesDropped);
-          report['pages-kept'] += Number(c.pagesKept);
-          if (rw && !force && c.pagesKept > 0n && f.planned.policy !== 'report') {
-            throw new CommandError('GuestDirty', `${hit.file.path}: ${c.pagesKept} pages of the changed range at ${r.offset}+${r.length} could not be dropped (written by the guest while it ran); the guest may see a mix. let it write back (sync) and apply again`, { files: [{ path: hit.file.path, 'pages-kept': Number(c.pagesKept) }] });
-          }
-        }
-      } finally {
-        await fh.close();
-      }
-    }
-  };
+  const dropFilePages = (): Promise<void> => invalidateFiles(files, reports, deps, force);
 
   let metadata: AppliedMetadata | undefined;
   if (m.metadata.filesystems.length > 0) {

@@ -10,8 +10,8 @@
 import { readFileSync, statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Ext4Classifier, type BlockClass } from '@vmsubst/common/pedigree/classify';
-import { FsIndex, type BuiltWith } from './live.js';
-import { readMounts, type Mount } from './mounts.js';
+import { FsIndex, type BuiltWith } from '../pedigree/live.js';
+import { readMounts, type Mount } from '../pedigree/mounts.js';
 
 export const MAP_USAGE = `Usage: vmsubst-agent map --device DEV --blocks A-B[,C-D...] [--json]
 

@@ -1,0 +1,98 @@
+/**
+ * The invalidation: the kernel module drops the cached pages of every changed file range (the
+ * processes mapping them fault the new content in, or keep their pages under the `report` policy),
+ * after a last check that the guest has nothing of its own in those pages.
+ */
+import { CommandError, errnoCode, messageOf, reasonOf } from '../errors.js';
+import type { FileReport } from '@vmsubst/common/protocol/schema';
+import { openChanged } from './open-changed.js';
+import type { FilePlan } from './plan.js';
+import type { SubstituteDeps } from './substitute.js';
+
+/**
+ * Nothing lost: a changed range of a file on a read-write mount whose pages the guest wrote and has
+ * not written back (dirty, or under writeback) would be overwritten by them later, or mix with the
+ * new blocks. Asks the module (QUERY_PAGES: no write, no fsync) and refuses with GuestDirty, naming
+ * each such file, before anything is written. The module checks again, atomically, at commit.
+ */
+export async function refuseGuestDirty(files: readonly FilePlan[], deps: Pick<SubstituteDeps, 'queryDirty'>): Promise<void> {
+  const dirty: { path: string; 'pages-dirty': number; 'pages-writeback': number }[] = [];
+  for (const f of files) {
+    if (f.hit.file.mount.readOnly) continue;
+    const fh = await openChanged(f.hit.file.path, 'file', { dev: f.hit.file.dev, ino: f.hit.file.ino }).catch((e: unknown) => {
+      throw new CommandError('InvalidateFailed', `cannot open ${f.hit.file.path}: ${reasonOf(e)}`);
+    });
+    try {
+      let d = 0;
+      let w = 0;
+      for (const r of f.hit.ranges) {
+        const q = await deps.queryDirty(fh.fd, r.offset, r.length).catch((e: unknown) => {
+          throw new CommandError(
+            errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENODEV' ? 'KmodUnavailable' : 'InvalidateFailed',
+            `cannot ask the module whether the guest wrote ${f.hit.file.path} (${messageOf(e)}); a read-write mount needs vmsubst.ko 0.3.0 or newer`,
+          );
+        });
+        d += q.dirty;
+        w += q.writeback;
+      }
+      if (d + w > 0) dirty.push({ path: f.hit.file.path, 'pages-dirty': d, 'pages-writeback': w });
+    } finally {
+      await fh.close();
+    }
+  }
+  if (dirty.length === 0) return;
+  throw new CommandError(
+    'GuestDirty',
+    `${dirty.map((x) => `${x.path} (${x['pages-dirty']} dirty, ${x['pages-writeback']} under writeback)`).join(', ')}: ` +
+      'the guest wrote these files and has not written the pages back: the new blocks would be overwritten by them, or mixed with them. ' +
+      'nothing was done; let the guest write back (sync), or stop the writer, and apply again',
+    { files: dirty },
+  );
+}
+
+/**
+ * Drops the cached pages of every changed range of the files, adding the module's counts to their
+ * reports. On a read-write mount a page the guest dirtied meanwhile refuses it (GuestDirty), unless forced.
+ */
+export async function invalidateFiles(
+  files: readonly FilePlan[],
+  reports: FileReport[],
+  deps: Pick<SubstituteDeps, 'invalidateRange' | 'forceFlag' | 'unlessDirtyFlag' | 'dropOnlyFlag' | 'refaultFlag'>,
+  force: boolean,
+): Promise<void> {
+  for (const [i, f] of files.entries()) {
+    const hit = f.hit;
+    const report = reports[i]!;
+    const fh = await openChanged(hit.file.path, 'file', { dev: hit.file.dev, ino: hit.file.ino }).catch((e: unknown) => {
+      throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${reasonOf(e)}`);
+    });
+    try {
+      // Data-only substitution on a read-write mount (the extents were checked above): the module
+      // refuses it if the guest dirtied a page of the range meanwhile; only the host's force skips that.
+      const rw = !hit.file.mount.readOnly;
+      let flags = !rw ? 0 : force ? deps.forceFlag : deps.unlessDirtyFlag;
+      if (f.planned.policy === 'report') flags |= deps.dropOnlyFlag;
+      else if (f.planned.class !== 'data') flags |= deps.refaultFlag;
+      for (const r of hit.ranges) {
+        const c = await deps.invalidateRange(fh.fd, BigInt(r.offset), BigInt(r.length), flags).catch((e: unknown) => {
+          if (errnoCode(e) === 'ENOENT' || errnoCode(e) === 'ENODEV') {
+            throw new CommandError('KmodUnavailable', 'the vmsubst kernel module is not loaded (/dev/vmsubst missing)');
+          }
+          if (rw && !force && errnoCode(e) === 'EBUSY') {
+            throw new CommandError('GuestDirty', `${hit.file.path}: the guest wrote pages of the changed range at ${r.offset}+${r.length} that are not on the disk yet; its cache was left as it was. let the guest write back (sync) and apply again`, { files: [{ path: hit.file.path }] });
+          }
+          throw new CommandError('InvalidateFailed', `invalidating ${hit.file.path} at ${r.offset}+${r.length}: ${messageOf(e)}`);
+        });
+        report['pages-cached'] += Number(c.pagesCached);
+        report['pages-mapped'] += Number(c.pagesMapped);
+        report['pages-dropped'] += Number(c.pagesDropped);
+        report['pages-kept'] += Number(c.pagesKept);
+        if (rw && !force && c.pagesKept > 0n && f.planned.policy !== 'report') {
+          throw new CommandError('GuestDirty', `${hit.file.path}: ${c.pagesKept} pages of the changed range at ${r.offset}+${r.length} could not be dropped (written by the guest while it ran); the guest may see a mix. let it write back (sync) and apply again`, { files: [{ path: hit.file.path, 'pages-kept': Number(c.pagesKept) }] });
+        }
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+}

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * AF_VSOCK stream sockets, non-blocking and close-on-exec from birth, so
- * binding.cc can hand them to libuv and no fd leaks into spawned children.
+ * the glue can hand them to libuv and no fd leaks into spawned children.
+ * The listening side is the agent's; the host's addon compiles this file
+ * too, for the socket helpers and addresses, and adds the connecting side
+ * (host-signal/native/vsock_connect.c).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -16,8 +19,7 @@
 
 #include "native.h"
 
-static void vs_vsock_sockaddr(struct sockaddr_vm *sa, uint32_t cid,
-			      uint32_t port)
+void vs_vsock_sockaddr(struct sockaddr_vm *sa, uint32_t cid, uint32_t port)
 {
 	memset(sa, 0, sizeof(*sa));
 	sa->svm_family = AF_VSOCK;
@@ -25,15 +27,14 @@ static void vs_vsock_sockaddr(struct sockaddr_vm *sa, uint32_t cid,
 	sa->svm_port = port;
 }
 
-static int vs_vsock_socket(void)
+int vs_vsock_socket(void)
 {
 	int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
 	return fd < 0 ? -errno : fd;
 }
 
-/* Close fd without letting close() clobber the errno being reported. */
-static int vs_fail(int fd, int err)
+int vs_fail(int fd, int err)
 {
 	close(fd);
 	return err;
@@ -65,84 +66,6 @@ int vs_vsock_listen(uint32_t cid, uint32_t port, int backlog,
 		return vs_fail(fd, err);
 	}
 	return fd;
-}
-
-/* Binds fd to a free reserved port, from the top down, as bindresvport(3) does. */
-static int vs_vsock_bind_reserved(int fd)
-{
-	struct sockaddr_vm sa;
-	uint32_t p;
-
-	for (p = 1023; p >= 512; p--) {
-		vs_vsock_sockaddr(&sa, VMADDR_CID_ANY, p);
-		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
-			return 0;
-		if (errno != EADDRINUSE)
-			return -errno;
-	}
-	return -EADDRINUSE;
-}
-
-int vs_vsock_connect(uint32_t cid, uint32_t port, uint32_t timeout_ms,
-		     uint32_t local_port, const char **failed_syscall)
-{
-	struct sockaddr_vm sa;
-	int fd, err;
-
-	fd = vs_vsock_socket();
-	if (fd < 0) {
-		*failed_syscall = "socket";
-		return fd;
-	}
-	if (local_port == VS_VSOCK_PORT_RESERVED) {
-		err = vs_vsock_bind_reserved(fd);
-		if (err < 0) {
-			*failed_syscall = "bind";
-			return vs_fail(fd, err);
-		}
-	} else if (local_port != VS_VSOCK_PORT_NONE) {
-		vs_vsock_sockaddr(&sa, VMADDR_CID_ANY, local_port);
-		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-			*failed_syscall = "bind";
-			return vs_fail(fd, -errno);
-		}
-	}
-	if (timeout_ms > 0) {
-		struct timeval tv = {
-			.tv_sec = timeout_ms / 1000,
-			.tv_usec = (timeout_ms % 1000) * 1000,
-		};
-
-		if (setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT,
-			       &tv, sizeof(tv)) < 0) {
-			*failed_syscall = "setsockopt";
-			return vs_fail(fd, -errno);
-		}
-	}
-	vs_vsock_sockaddr(&sa, cid, port);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 &&
-	    errno != EINPROGRESS) {
-		*failed_syscall = "connect";
-		return vs_fail(fd, -errno);
-	}
-	return fd;
-}
-
-int vs_sock_connect_result(int fd)
-{
-	struct sockaddr_vm sa;
-	socklen_t len = sizeof(int);
-	int soerr = 0;
-
-	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
-		return -errno;
-	if (soerr != 0)
-		return -soerr;
-	/* Writable without an error can still mean "closed": ask the kernel. */
-	len = sizeof(sa);
-	if (getpeername(fd, (struct sockaddr *)&sa, &len) < 0)
-		return -errno;
-	return 0;
 }
 
 int vs_vsock_accept(int listen_fd, struct vs_vsock_addr *peer)

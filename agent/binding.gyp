@@ -17,6 +17,7 @@
         "native/fiemap.c",
         "native/notify.c",
         "native/vsock.c",
+        "native/vsock_listen.c",
         "native/walk.c"
       ],
       "dependencies": [

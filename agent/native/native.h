@@ -21,12 +21,32 @@
 extern "C" {
 #endif
 
-/* ---- vsock.c: AF_VSOCK stream sockets ------------------------------------ */
+/* ---- vsock.c: AF_VSOCK helpers both addons share ------------------------- */
 
 struct vs_vsock_addr {
 	uint32_t cid;
 	uint32_t port;
 };
+
+struct sockaddr_vm;
+
+/* A zeroed AF_VSOCK address cid:port. */
+void vs_vsock_sockaddr(struct sockaddr_vm *sa, uint32_t cid, uint32_t port);
+/* A non-blocking, close-on-exec AF_VSOCK stream socket, or -errno. */
+int vs_vsock_socket(void);
+/* Closes fd without letting close() clobber the errno being reported: returns err. */
+int vs_fail(int fd, int err);
+
+/* getsockname()/getpeername() of a vsock socket. 0 or -errno. */
+int vs_vsock_local_addr(int fd, struct vs_vsock_addr *addr);
+int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr);
+
+/* close() that retries nothing (Linux closes the fd even on EINTR). */
+int vs_close(int fd);
+/* dup(2), close-on-exec. */
+int vs_dup(int fd);
+
+/* ---- vsock_listen.c: the agent's listening side ---------------------------- */
 
 /*
  * A non-blocking, close-on-exec AF_VSOCK stream socket bound to cid:port and
@@ -37,26 +57,12 @@ struct vs_vsock_addr {
 int vs_vsock_listen(uint32_t cid, uint32_t port, int backlog,
 		    struct vs_vsock_addr *bound, const char **failed_syscall);
 
-struct sockaddr_vm;
-
-/* Shared with the host's addon (host-signal/native/vsock_connect.c). */
-/* A zeroed AF_VSOCK address cid:port. */
-void vs_vsock_sockaddr(struct sockaddr_vm *sa, uint32_t cid, uint32_t port);
-/* A non-blocking, close-on-exec AF_VSOCK stream socket, or -errno. */
-int vs_vsock_socket(void);
-/* Closes fd without letting close() clobber the errno being reported: returns err. */
-int vs_fail(int fd, int err);
-
 /*
  * accept4() one connection from a listening AF_VSOCK socket, non-blocking and
  * close-on-exec. Returns the new fd and the peer's address, or -errno
  * (-EAGAIN when the accept queue is empty).
  */
 int vs_vsock_accept(int listen_fd, struct vs_vsock_addr *peer);
-
-/* getsockname()/getpeername() of a vsock socket. 0 or -errno. */
-int vs_vsock_local_addr(int fd, struct vs_vsock_addr *addr);
-int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr);
 
 /*
  * IOCTL_VM_SOCKETS_GET_LOCAL_CID on dev_path (normally /dev/vsock).
@@ -65,13 +71,10 @@ int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr);
 int vs_vsock_local_cid(const char *dev_path, uint32_t *cid,
 		       const char **failed_syscall);
 
+/* ---- notify.c -------------------------------------------------------------- */
+
 /* One sd_notify(3) datagram to socket_path ("/path" or "@abstract"). 0 or -errno. */
 int vs_sd_notify(const char *socket_path, const char *message, size_t len);
-
-/* close() that retries nothing (Linux closes the fd even on EINTR). */
-int vs_close(int fd);
-/* dup(2), close-on-exec. */
-int vs_dup(int fd);
 
 /* ---- fiemap.c: FS_IOC_FIEMAP ---------------------------------------------- */
 

@@ -2,9 +2,9 @@
 /*
  * AF_VSOCK stream sockets, non-blocking and close-on-exec from birth, so
  * the glue can hand them to libuv and no fd leaks into spawned children.
- * The listening side is the agent's; the host's addon compiles this file
- * too, for the socket helpers and addresses, and adds the connecting side
- * (host-signal/native/vsock_connect.c).
+ * This file has what both sides use (socket helpers, addresses, close,
+ * dup); the listening side is the agent's (vsock_listen.c), the connecting
+ * side the host's (host-signal/native/vsock_connect.c).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,52 +40,6 @@ int vs_fail(int fd, int err)
 	return err;
 }
 
-int vs_vsock_listen(uint32_t cid, uint32_t port, int backlog,
-		    struct vs_vsock_addr *bound, const char **failed_syscall)
-{
-	struct sockaddr_vm sa;
-	int fd, err;
-
-	fd = vs_vsock_socket();
-	if (fd < 0) {
-		*failed_syscall = "socket";
-		return fd;
-	}
-	vs_vsock_sockaddr(&sa, cid, port);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		*failed_syscall = "bind";
-		return vs_fail(fd, -errno);
-	}
-	if (listen(fd, backlog) < 0) {
-		*failed_syscall = "listen";
-		return vs_fail(fd, -errno);
-	}
-	err = vs_vsock_local_addr(fd, bound);
-	if (err < 0) {
-		*failed_syscall = "getsockname";
-		return vs_fail(fd, err);
-	}
-	return fd;
-}
-
-int vs_vsock_accept(int listen_fd, struct vs_vsock_addr *peer)
-{
-	struct sockaddr_vm sa;
-	socklen_t len = sizeof(sa);
-	int fd;
-
-	memset(&sa, 0, sizeof(sa));
-	fd = accept4(listen_fd, (struct sockaddr *)&sa, &len,
-		     SOCK_NONBLOCK | SOCK_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (sa.svm_family != AF_VSOCK)
-		return vs_fail(fd, -EAFNOSUPPORT);
-	peer->cid = sa.svm_cid;
-	peer->port = sa.svm_port;
-	return fd;
-}
-
 static int vs_vsock_name(int fd, struct vs_vsock_addr *addr, int peer)
 {
 	struct sockaddr_vm sa;
@@ -112,27 +66,6 @@ int vs_vsock_local_addr(int fd, struct vs_vsock_addr *addr)
 int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr)
 {
 	return vs_vsock_name(fd, addr, 1);
-}
-
-int vs_vsock_local_cid(const char *dev_path, uint32_t *cid,
-		       const char **failed_syscall)
-{
-	unsigned int value = 0;
-	int fd, ret = 0;
-
-	fd = open(dev_path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		*failed_syscall = "open";
-		return -errno;
-	}
-	if (ioctl(fd, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &value) < 0) {
-		*failed_syscall = "ioctl";
-		ret = -errno;
-	}
-	close(fd);
-	if (ret == 0)
-		*cid = value;
-	return ret;
 }
 
 int vs_close(int fd)

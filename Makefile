@@ -30,13 +30,20 @@ kmod:
 	@$(MAKE) --no-print-directory -C kmod KDIR=$(KDIR)
 	@$(MAKE) --no-print-directory -C kmod tests
 
-addon: agent/build/Release/vmsubst_native.node
-agent/build/Release/vmsubst_native.node: agent/binding.gyp $(wildcard agent/native/*) kmod/include/uapi/linux/vmsubst.h
+# One addon per side: the guest agent's (agent/native) and the host CLI's
+# (host-signal/native: compare, seek, vsock connect), which compiles the glue
+# they share (errors, argument checks, streams) from agent/native/glue.
+HOST_ADDON := host-signal/build/Release/vmsubst_host.node
+SHARED_GLUE := agent/native/native.h agent/native/vsock.c $(addprefix agent/native/glue/,glue.h args.cc errors.cc stream.cc)
+addon: agent/build/Release/vmsubst_native.node $(HOST_ADDON)
+agent/build/Release/vmsubst_native.node: agent/binding.gyp $(wildcard agent/native/* agent/native/glue/*) kmod/include/uapi/linux/vmsubst.h
 	cd agent && npm_config_nodedir=/usr ../node_modules/.bin/node-gyp rebuild --loglevel=warn >/dev/null
+$(HOST_ADDON): host-signal/binding.gyp $(wildcard host-signal/native/* host-signal/native/glue/*) $(SHARED_GLUE)
+	cd host-signal && npm_config_nodedir=/usr ../node_modules/.bin/node-gyp rebuild --loglevel=warn >/dev/null
 
 # The vmsubst command runs from one bundled file (esbuild): node loads it in a fraction
 # of the time the ~400 modules of the compiled tree take (docs/benchmarks.md, "Diff").
-# It sits beside the compiled CLI so its relative paths (the addon, package.json) hold.
+# It sits beside the compiled CLI so its relative paths (the host addon, package.json) hold.
 CLI_BUNDLE := build/host-signal/src/cli/vmsubst.mjs
 ts: build/.tsc-stamp $(CLI_BUNDLE)
 # The list of sources as a file that changes when one is added, moved or removed
@@ -55,7 +62,7 @@ $(CLI_BUNDLE): build/.tsc-stamp
 	@chmod +x $@
 
 guest: build/guest/initramfs.cpio build/disks/base.img build/disks/stress-a.img build/disks/xfs-base.img build/disks/libvx-v1.img
-build/guest/initramfs.cpio: build/.tsc-stamp agent/build/Release/vmsubst_native.node kmod/vmsubst.ko kmod/tests/abi_test test/guest/init test/guest/build-initramfs.sh .cache/kver
+build/guest/initramfs.cpio: build/.tsc-stamp agent/build/Release/vmsubst_native.node $(HOST_ADDON) kmod/vmsubst.ko kmod/tests/abi_test test/guest/init test/guest/build-initramfs.sh .cache/kver
 	@mkdir -p build/guest
 	test/guest/build-initramfs.sh $(KVER) $@
 build/disks/base.img: test/fixtures/build-disks.sh test/fixtures/vprog.c
@@ -124,5 +131,5 @@ bench: setup
 	@node build/test/bench/bench.js $(BENCH_ARGS)
 
 clean:
-	rm -rf build agent/build common/dist common/tsconfig.tsbuildinfo
+	rm -rf build agent/build host-signal/build common/dist common/tsconfig.tsbuildinfo
 	-$(MAKE) -C kmod clean

@@ -3,14 +3,21 @@
     {
       "target_name": "vmsubst_native",
       "sources": [
-        "native/binding.cc",
-        "native/compare.c",
+        "native/glue/binding.cc",
+        "native/glue/args.cc",
+        "native/glue/errors.cc",
+        "native/glue/fs.cc",
+        "native/glue/kmod.cc",
+        "native/glue/stream.cc",
+        "native/glue/uapi.cc",
+        "native/glue/vsock.cc",
+        "native/glue/walk.cc",
         "native/devctl.c",
         "native/direct_io.c",
         "native/fiemap.c",
         "native/notify.c",
-        "native/seek.c",
         "native/vsock.c",
+        "native/vsock_listen.c",
         "native/walk.c"
       ],
       "dependencies": [
@@ -18,6 +25,7 @@
       ],
       "include_dirs": [
         "native",
+        "native/glue",
         "../kmod/include/uapi"
       ],
       "defines": [

@@ -3,9 +3,10 @@
  * The syscall layer of the vmsubst-agent addon.
  *
  * Every function here is plain C, does syscalls only, never allocates a
- * JavaScript value and reports failure as a negative errno. binding.cc is the
- * only caller; it turns -errno into a JavaScript Error with code, syscall and
- * errno, the way node's fs does.
+ * JavaScript value and reports failure as a negative errno. The glue (glue/)
+ * is the only caller; it turns -errno into a JavaScript Error with code,
+ * syscall and errno, the way node's fs does. The host's addon
+ * (host-signal/native) shares the vsock socket helpers.
  *
  * Functions documented as "thread-safe" may run on the libuv thread pool.
  * None of them keep state between calls.
@@ -20,12 +21,32 @@
 extern "C" {
 #endif
 
-/* ---- vsock.c: AF_VSOCK stream sockets ------------------------------------ */
+/* ---- vsock.c: AF_VSOCK helpers both addons share ------------------------- */
 
 struct vs_vsock_addr {
 	uint32_t cid;
 	uint32_t port;
 };
+
+struct sockaddr_vm;
+
+/* A zeroed AF_VSOCK address cid:port. */
+void vs_vsock_sockaddr(struct sockaddr_vm *sa, uint32_t cid, uint32_t port);
+/* A non-blocking, close-on-exec AF_VSOCK stream socket, or -errno. */
+int vs_vsock_socket(void);
+/* Closes fd without letting close() clobber the errno being reported: returns err. */
+int vs_fail(int fd, int err);
+
+/* getsockname()/getpeername() of a vsock socket. 0 or -errno. */
+int vs_vsock_local_addr(int fd, struct vs_vsock_addr *addr);
+int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr);
+
+/* close() that retries nothing (Linux closes the fd even on EINTR). */
+int vs_close(int fd);
+/* dup(2), close-on-exec. */
+int vs_dup(int fd);
+
+/* ---- vsock_listen.c: the agent's listening side ---------------------------- */
 
 /*
  * A non-blocking, close-on-exec AF_VSOCK stream socket bound to cid:port and
@@ -37,39 +58,11 @@ int vs_vsock_listen(uint32_t cid, uint32_t port, int backlog,
 		    struct vs_vsock_addr *bound, const char **failed_syscall);
 
 /*
- * Start a non-blocking connect to cid:port. Returns the fd (the connect is
- * complete or in progress: wait for writability, then call
- * vs_sock_connect_result()), or -errno with *failed_syscall set.
- * timeout_ms > 0 sets the kernel's connect timeout (SO_VM_SOCKETS_CONNECT_TIMEOUT,
- * default 2 s) so that long timeouts are honoured by the transport too.
- */
-/*
- * Binds the socket first when local_port is not VS_VSOCK_PORT_NONE:
- * VS_VSOCK_PORT_RESERVED takes the first free port of 1023 down to 512 (the
- * kernel lets only CAP_NET_BIND_SERVICE bind below 1024: -EACCES otherwise),
- * any other value that port.
- */
-#define VS_VSOCK_PORT_NONE 0xffffffffu
-#define VS_VSOCK_PORT_RESERVED 0xfffffffeu
-int vs_vsock_connect(uint32_t cid, uint32_t port, uint32_t timeout_ms,
-		     uint32_t local_port, const char **failed_syscall);
-
-/*
- * After a non-blocking connect signalled writability or an error: 0 when the
- * socket is connected, else -errno (the pending SO_ERROR, or ENOTCONN).
- */
-int vs_sock_connect_result(int fd);
-
-/*
  * accept4() one connection from a listening AF_VSOCK socket, non-blocking and
  * close-on-exec. Returns the new fd and the peer's address, or -errno
  * (-EAGAIN when the accept queue is empty).
  */
 int vs_vsock_accept(int listen_fd, struct vs_vsock_addr *peer);
-
-/* getsockname()/getpeername() of a vsock socket. 0 or -errno. */
-int vs_vsock_local_addr(int fd, struct vs_vsock_addr *addr);
-int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr);
 
 /*
  * IOCTL_VM_SOCKETS_GET_LOCAL_CID on dev_path (normally /dev/vsock).
@@ -78,13 +71,10 @@ int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr);
 int vs_vsock_local_cid(const char *dev_path, uint32_t *cid,
 		       const char **failed_syscall);
 
+/* ---- notify.c -------------------------------------------------------------- */
+
 /* One sd_notify(3) datagram to socket_path ("/path" or "@abstract"). 0 or -errno. */
 int vs_sd_notify(const char *socket_path, const char *message, size_t len);
-
-/* close() that retries nothing (Linux closes the fd even on EINTR). */
-int vs_close(int fd);
-/* dup(2), close-on-exec. */
-int vs_dup(int fd);
 
 /* ---- fiemap.c: FS_IOC_FIEMAP ---------------------------------------------- */
 
@@ -106,48 +96,6 @@ typedef int (*vs_extent_cb)(void *ctx, const struct vs_extent *extent);
  * Thread-safe.
  */
 int vs_fiemap(int fd, vs_extent_cb cb, void *ctx);
-
-/* ---- seek.c: data segments of a sparse file ------------------------------ */
-
-/* Called for each data segment [offset, offset + length); a non-zero return
- * stops the walk and becomes vs_data_segments()'s return value. */
-typedef int (*vs_segment_cb)(void *ctx, int64_t offset, int64_t length);
-
-/*
- * The data segments of the open file fd within [0, size), found with
- * lseek(SEEK_DATA) and lseek(SEEK_HOLE), in order. A filesystem without
- * SEEK_DATA yields one segment covering everything. 0, -errno of lseek, or
- * the callback's non-zero value. Moves the file offset. Thread-safe.
- */
-int vs_data_segments(int fd, int64_t size, vs_segment_cb cb, void *ctx);
-
-/* ---- compare.c: changed blocks between two files ------------------------ */
-
-/*
- * Bytes read from each file per step: both buffers stay in a core's cache
- * between the read and the memcmp. Measured on the development machine (AMD
- * EPYC, page cache warm), 2 x 792 MiB on one thread: 16 KiB 340 ms, 32 KiB
- * 210 ms, 64 KiB 170 ms, 128 KiB 330 ms, 256 KiB 420 ms, 1 MiB 1370 ms.
- */
-#define VS_COMPARE_BUF (64u * 1024u)
-
-/* A run of differing blocks: [offset, offset + length). */
-struct vs_run {
-	uint64_t offset;
-	uint64_t length;
-};
-
-/*
- * Compares [offset, offset + length) of the open files fd_a and fd_b block by
- * block (block_size divides VS_COMPARE_BUF and length) and stores each run of
- * differing blocks in runs[], in order, adjacent differing blocks merged;
- * *nruns says how many. A span of n blocks has at most (n + 1) / 2 runs.
- * 0, -EINVAL (sizes), -ENOMEM, -errno of pread, -ENODATA when a file ends
- * inside the span, or -E2BIG when more than max_runs runs were found (the
- * first max_runs are stored). Thread-safe; does not move the file offsets.
- */
-int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length, uint32_t block_size,
-		    struct vs_run *runs, size_t max_runs, size_t *nruns);
 
 struct fiemap;
 
@@ -291,146 +239,17 @@ int vs_read_direct(const char *path, uint64_t offset, size_t length,
 /* ---- devctl.c: /dev/vmsubst ioctls ---------------------------------------- */
 
 /*
- * Every function opens dev_path (normally /dev/vmsubst), issues one ioctl and
- * closes it again. 0 or -errno with *failed_syscall set ("open" or "ioctl").
- * All are thread-safe. The errno contract is the kmod's uapi header
- * (kmod/include/uapi/linux/vmsubst.h), which is also where every record type
- * named below is defined.
+ * open(dev_path, O_RDWR | O_CLOEXEC) of the kmod's device (normally
+ * /dev/vmsubst): the fd, or -errno. The caller keeps it for many calls.
  */
-
-struct vs_kmod_version_info {
-	uint32_t abi_version;
-	uint64_t features;
-	char module_version[33];	/* always NUL-terminated */
-};
+int vs_kmod_open(const char *dev_path);
 
 /*
- * A report the kernel fills: cap entries of the command's record type at
- * items (the caller's memory); count entries written, total that exist
- * (total > count: the kernel had more than cap to say).
+ * One ioctl on the device: arg is the command's uapi struct, its size field
+ * set by the caller. 0 or -errno; the errno contract is the uapi header's.
+ * Thread-safe.
  */
-struct vs_report {
-	void *items;
-	uint32_t cap;
-	uint32_t count;
-	uint64_t total;
-};
-
-struct vs_invalidate_result {
-	uint64_t pages_cached;
-	uint64_t pages_mapped;
-	uint64_t pages_dropped;
-	uint64_t pages_kept;
-	uint64_t pages_refaulted;
-};
-
-struct vs_bdev_result {
-	uint64_t pages_cached;
-	uint64_t pages_dropped;
-	uint64_t pages_kept;
-};
-
-struct vs_inodes_result {
-	uint32_t evicted;
-	uint32_t not_cached;
-};
-
-struct vs_dentries_result {
-	uint32_t dropped;
-	uint32_t not_cached;
-	uint32_t busy;
-	uint32_t mountpoints;
-};
-
-struct vs_pin_totals {
-	uint64_t bytes_copied;
-	uint64_t bytes_private;
-	uint64_t bytes_failed;
-	uint32_t status;	/* VMSUBST_PIN_S_* */
-	uint32_t mappings;
-};
-
-/*
- * Where VMSUBST_IOC_PIN_MAPPERS resumes (VMSUBST_PIN_F_RESUME): opaque,
- * passed back as the previous call returned it; { 0, 0 } is the start.
- */
-struct vs_pin_cursor {
-	uint64_t mm;
-	uint64_t addr;
-};
-
-struct vs_pages_result {
-	uint64_t pages_cached;
-	uint64_t pages_mapped;
-	uint64_t pages_dirty;
-	uint64_t pages_writeback;
-};
-
-/* VMSUBST_IOC_VERSION. */
-int vs_kmod_version(const char *dev_path, struct vs_kmod_version_info *out,
-		    const char **failed_syscall);
-
-/*
- * VMSUBST_IOC_INVALIDATE_RANGE for the open file file_fd. outcomes (struct
- * vmsubst_page_range) and mappers (struct vmsubst_mapper, filled with
- * VMSUBST_INVALIDATE_F_REPORT_MAPPERS) may be NULL.
- */
-int vs_invalidate_range(const char *dev_path, int file_fd, uint64_t offset,
-			uint64_t length, uint32_t flags,
-			struct vs_report *outcomes, struct vs_report *mappers,
-			struct vs_invalidate_result *out,
-			const char **failed_syscall);
-
-/* VMSUBST_IOC_INVALIDATE_BDEV; kept (struct vmsubst_page_range) may be NULL. */
-int vs_invalidate_bdev(const char *dev_path, int bdev_fd, uint64_t offset,
-		       uint64_t length, uint32_t flags, struct vs_report *kept,
-		       struct vs_bdev_result *out, const char **failed_syscall);
-
-/*
- * VMSUBST_IOC_REVALIDATE_INODES of nr_inodes numbers through fd (any file on
- * the filesystem); in_use (struct vmsubst_inode_status) may be NULL.
- */
-int vs_revalidate_inodes(const char *dev_path, int fd, const uint64_t *inodes,
-			 uint32_t nr_inodes, uint32_t flags,
-			 struct vs_report *in_use, struct vs_inodes_result *out,
-			 const char **failed_syscall);
-
-/*
- * VMSUBST_IOC_REVALIDATE_DENTRIES in the directory dir_fd: nr_names
- * NUL-terminated names packed into names_size bytes, or none (names NULL,
- * both counts 0) for every unused child.
- */
-int vs_revalidate_dentries(const char *dev_path, int dir_fd, const char *names,
-			   uint32_t nr_names, uint32_t names_size,
-			   uint32_t flags, struct vs_dentries_result *out,
-			   const char **failed_syscall);
-
-/* VMSUBST_IOC_QUERY_MAPPERS; mappers holds struct vmsubst_mapper. */
-int vs_query_mappers(const char *dev_path, int fd, uint64_t offset,
-		     uint64_t length, struct vs_report *mappers,
-		     const char **failed_syscall);
-
-/*
- * VMSUBST_IOC_PIN_MAPPERS; pinned holds struct vmsubst_pin_result, unpinned
- * struct vmsubst_mapper; either may be NULL. Can take long (it copies up to
- * max_pages pages): run it off the event loop. With cursor non-NULL the call
- * resumes after *cursor (VMSUBST_PIN_F_RESUME) and *cursor is updated to
- * where the next call resumes; NULL starts at the first mapping.
- */
-int vs_pin_mappers(const char *dev_path, int fd, uint64_t offset,
-		   uint64_t length, uint32_t max_pages,
-		   struct vs_pin_cursor *cursor,
-		   struct vs_report *pinned, struct vs_report *unpinned,
-		   struct vs_pin_totals *out, const char **failed_syscall);
-
-/*
- * VMSUBST_IOC_QUERY_PAGES: cached, mapped, dirty and writeback pages of a
- * range; ranges (struct vmsubst_page_range of the dirty and writeback runs)
- * may be NULL. Changes nothing.
- */
-int vs_query_pages(const char *dev_path, int fd, uint64_t offset,
-		   uint64_t length, struct vs_report *ranges,
-		   struct vs_pages_result *out, const char **failed_syscall);
+int vs_kmod_ioctl(int dev_fd, unsigned long cmd, void *arg);
 
 #ifdef __cplusplus
 }

@@ -10,27 +10,35 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
 type Native = typeof import('./native/index.js');
+type KmodDevice = import('./native/index.js').KmodDevice;
 
 export async function systemDeps(): Promise<AgentDeps> {
   const native = await import('./native/index.js');
+  // One device per path, opened at its first call and kept until the process exits.
+  const devices = new Map<string, KmodDevice>();
+  const kmod = (path: string = native.DEFAULT_KMOD_DEVICE): KmodDevice => {
+    let device = devices.get(path);
+    if (device === undefined) devices.set(path, (device = new native.KmodDevice(path)));
+    return device;
+  };
   return {
     readDirect: native.readDirect,
     fiemap: native.fiemap,
     // Only the counts are used: no outcome or mapper lists, so neither the addon nor the module
     // allocates and zeroes report arrays at their maximum size (VMSUBST_RANGES_MAX and
     // VMSUBST_MAPPERS_MAX entries, 288 KiB) for every range of every file.
-    invalidateRange: (fd, offset, length, flags, device) => native.invalidateRange(fd, offset, length, flags, device, { outcomesCapacity: 0, mappersCapacity: 0 }),
-    forceFlag: native.INVALIDATE_F_FORCE,
-    unlessDirtyFlag: native.INVALIDATE_F_UNLESS_DIRTY,
+    invalidateRange: (fd, offset, length, flags, device) => kmod(device).invalidateRange(fd, offset, length, { flags, outcomesCapacity: 0, mappersCapacity: 0 }),
+    forceFlag: native.constants.VMSUBST_INVALIDATE_F_FORCE,
+    unlessDirtyFlag: native.constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY,
     queryDirty: async (fd, offset, length, device) => {
-      const r = await native.queryPages(fd, BigInt(offset), BigInt(length), { devPath: device, capacity: 0 });
+      const r = await kmod(device).queryPages(fd, BigInt(offset), BigInt(length), { capacity: 0 });
       return { dirty: Number(r.pagesDirty), writeback: Number(r.pagesWriteback) };
     },
     dropOnlyFlag: native.constants.VMSUBST_INVALIDATE_F_DROP,
     refaultFlag: native.constants.VMSUBST_INVALIDATE_F_REFAULT_ASYNC,
-    pin: (path) => pinFile(native, path),
+    pin: (path) => pinFile(kmod(), path),
     restartUnit,
-    metadata: metadataOps(native),
+    metadata: metadataOps(native, kmod()),
     vsockListen: (port) => native.vsockListen(port),
     adoptStream: native.adoptStream,
     dupFd: native.dupFd,
@@ -42,7 +50,7 @@ export async function systemDeps(): Promise<AgentDeps> {
 }
 
 /** The module's metadata ioctls, through the addon; lists longer than the module takes are split. */
-export function metadataOps(native: Native): MetadataOps {
+export function metadataOps(native: Native, device: KmodDevice): MetadataOps {
   const c = native.constants;
   return {
     async invalidateBdev(fd, ranges, force) {
@@ -51,7 +59,7 @@ export function metadataOps(native: Native): MetadataOps {
       for (const r of ranges) {
         // The kept pages come back as ranges of pages: no more of them than the pages the range spans.
         const keptCapacity = Math.min(c.VMSUBST_RANGES_MAX, pagesSpanned(r.offset, r.length));
-        const res = await native.invalidateBdev(fd, BigInt(r.offset), BigInt(r.length), { flags: force ? c.VMSUBST_BDEV_F_FORCE : 0, keptCapacity });
+        const res = await device.invalidateBdev(fd, BigInt(r.offset), BigInt(r.length), { flags: force ? c.VMSUBST_BDEV_F_FORCE : 0, keptCapacity });
         pagesDropped += Number(res.pagesDropped);
         for (const k of res.kept) kept.push({ offset: Number(k.offset), length: Number(k.length) });
       }
@@ -64,7 +72,7 @@ export function metadataOps(native: Native): MetadataOps {
       const total = { dropped: 0, busy: 0, mountpoints: 0 };
       const batches = names.length === 0 ? [[]] : chunk(names, c.VMSUBST_NAMES_MAX);
       for (const batch of batches) {
-        const r = await native.revalidateDentries(fd, batch, { flags });
+        const r = await device.revalidateDentries(fd, batch, { flags });
         total.dropped += r.dropped;
         total.busy += r.busy;
         total.mountpoints += r.mountpoints;
@@ -74,7 +82,7 @@ export function metadataOps(native: Native): MetadataOps {
     async revalidateInodes(fd, inos, force) {
       const total = { evicted: 0, notCached: 0, inUse: [] as { ino: number; reasons: string[] }[] };
       for (const batch of chunk(inos, c.VMSUBST_INODES_MAX)) {
-        const r = await native.revalidateInodes(fd, batch.map(BigInt), { flags: force ? c.VMSUBST_INODES_F_FORCE : 0 });
+        const r = await device.revalidateInodes(fd, batch.map(BigInt), { flags: force ? c.VMSUBST_INODES_F_FORCE : 0 });
         total.evicted += r.evicted;
         total.notCached += r.notCached;
         for (const u of r.inUse) total.inUse.push({ ino: Number(u.ino), reasons: u.reasonNames });

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test guest's initramfs: busybox, node and its libraries, the
-# agent (compiled TypeScript, production node_modules, the addon), the kernel
-# module, the ABI test, and the guest kernel's modules needed for virtio disks,
+# agent and the host CLI (compiled TypeScript, production node_modules, both
+# addons), the kernel module, the ABI test, and the guest kernel's modules
+# needed for virtio disks,
 # virtio-serial, vsock and loop devices (the ABI test's read-write filesystem),
 # and the filesystems the filesystem suite mounts (xfs, btrfs, overlay)
 # (dependencies from modules.dep, loaded by modprobe).
@@ -42,10 +43,12 @@ depmod -b "$STAGE" "$KVER"
 O=$STAGE/opt/vmsubst
 KMOD_DIR=${KMOD_DIR:-$ROOT/kmod}
 cp "$ROOT/package.json" "$O/"
-mkdir -p "$O/build" "$O/agent/build/Release"
+mkdir -p "$O/build" "$O/agent/build/Release" "$O/host-signal/build/Release"
 cp -r "$ROOT/build/agent" "$ROOT/build/host-signal" "$O/build/"
 find "$O/build" -name '*.map' -delete
 cp "${ADDON:-$ROOT/agent/build/Release/vmsubst_native.node}" "$O/agent/build/Release/"
+# The host CLI runs in the guest too (vsock client tests over CID 1): its addon with it.
+cp "${HOST_ADDON:-$ROOT/host-signal/build/Release/vmsubst_host.node}" "$O/host-signal/build/Release/"
 cp "$KMOD_DIR/vmsubst.ko" "$O/vmsubst.ko"
 cp "$KMOD_DIR/tests/abi_test" "$O/abi_test"
 (cd "$ROOT" && npm ls --omit=dev --parseable --all 2>/dev/null | tail -n +2) | while read -r dir; do

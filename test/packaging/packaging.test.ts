@@ -128,7 +128,7 @@ Pkgs(`the packaged agent and its addon load on this host's node (${process.versi
   assert.is(cfg.serial, '/dev/virtio-ports/org.vmsubst.0');
   assert.is(cfg.stateDir, '/var/lib/vmsubst');
   const native = join(extracted, 'usr/lib/vmsubst/build/agent/src/native/index.js');
-  const path = host(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(native)}); process.stdout.write(m.nativeAddonPath)`]);
+  const path = host(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(native)}); process.stdout.write(m.nativeAddonPath())`]);
   assert.is(path, join(extracted, 'usr/lib/vmsubst/agent/build/Release/vmsubst_native.node'), 'the packaged addon, not the tree');
 });
 

@@ -101,7 +101,7 @@ if (typeof art === 'string') {
   G.test('only root binds the privileged source port the host CLI uses', () =>
     withTimeout(120_000, 'reserved port', async () => {
       const script = (user: string): string =>
-        `node --input-type=module -e "${user} const n = await import('/opt/vmsubst/build/agent/src/native/index.js'); ` +
+        `node --input-type=module -e "${user} const n = await import('/opt/vmsubst/build/host-signal/src/native/index.js'); ` +
         `try { const s = await n.vsockConnect(1, 5252, { localPort: 'reserved' }); console.log('port', s.localPort); s.destroy(); } catch (e) { console.log('error', e.code); }"`;
       assert.match(await C.vm!.sh(script('process.setgid(65534); process.setuid(65534);')), /error EACCES/);
       const root = await C.vm!.sh(script(''));
@@ -116,7 +116,7 @@ if (typeof art === 'string') {
       const rss = async (): Promise<number> => Number(/VmRSS:\s+(\d+)/.exec(await vm.sh('cat /proc/$(cat /run/vmsubst-agent.pid)/status'))![1]) / 1024;
       const before = await rss();
       const flood =
-        `const n = await import('/opt/vmsubst/build/agent/src/native/index.js'); const keep = []; let ok = 0, failed = 0; ` +
+        `const n = await import('/opt/vmsubst/build/host-signal/src/native/index.js'); const keep = []; let ok = 0, failed = 0; ` +
         `for (let i = 0; i < 200; i++) { try { const s = await n.vsockConnect(1, 5252, { timeoutMs: 5000 }); s.on('error', () => {}); s.on('data', () => {}); ` +
         `s.write(Buffer.alloc(512 * 1024, 0x61)); keep.push(s); ok++; } catch { failed++; } } console.log('opened', ok, failed); setTimeout(() => process.exit(0), 120000);`;
       await vm.sh(`node --input-type=module -e "process.setgid(65534); process.setuid(65534); ${flood}" > /tmp/flood.out 2>&1 & echo $! > /tmp/flood.pid`);

@@ -18,9 +18,14 @@ export async function pinCommand(argv: string[], out: (s: string) => void): Prom
     out(PIN_USAGE);
     return values.help ? 0 : 2;
   }
-  const native = await import('../native/index.js');
+  const { KmodDevice } = await import('../native/index.js');
+  const device = new KmodDevice();
   const reports: PinReport[] = [];
-  for (const p of positionals) reports.push(await pinFile(native, p));
+  try {
+    for (const p of positionals) reports.push(await pinFile(device, p));
+  } finally {
+    device.close();
+  }
   const incomplete = reports.some((r) => !r.complete);
   if (values.json) {
     out(JSON.stringify(reports, null, 2) + '\n');

@@ -46,7 +46,13 @@ export async function status(argv: string[], out: (s: string) => void): Promise<
   let module: Status['module'];
   try {
     const native = await import('../native/index.js');
-    const v = native.kmodVersion(values['kmod-device'] ?? native.DEFAULT_KMOD_DEVICE);
+    const device = new native.KmodDevice(values['kmod-device'] ?? native.DEFAULT_KMOD_DEVICE);
+    let v: import('../native/index.js').VersionInfo;
+    try {
+      v = device.version();
+    } finally {
+      device.close();
+    }
     module = { loaded: true, abiVersion: v.abiVersion, features: `0x${v.features.toString(16)}`, version: v.moduleVersion };
   } catch (e) {
     module = { loaded: false, reason: messageOf(e) };

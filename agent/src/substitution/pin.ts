@@ -6,7 +6,7 @@
  * whose policy is `pin`; `vmsubst-agent pin FILE…` (cli/pin.ts) does it by hand.
  */
 import { open } from 'node:fs/promises';
-import type { PinCursor } from '../native/index.js';
+import type { KmodDevice, PinCursor } from '../native/index.js';
 
 /** Pages copied per ioctl call; the loop continues while the module reports more work. */
 const PAGES_PER_CALL = 4096;
@@ -40,12 +40,10 @@ export interface PinReport {
   'not-pinned': NotPinned[];
 }
 
-type Native = typeof import('../native/index.js');
-/** What pinFile needs of the native facade (injectable for tests). */
-export type PinNative = Pick<Native, 'pinMappers' | 'queryMappers' | 'kmodVersion' | 'kmodFeatures'>;
+/** What pinFile needs of the kmod's device (injectable for tests). */
+export type PinNative = Pick<KmodDevice, 'pinMappers' | 'queryMappers' | 'features'>;
 
 export interface PinOptions {
-  devPath?: string;
   /** Whether the module resumes with a cursor (kmod feature 'pinCursor'); asked of the module when absent. */
   resumable?: boolean;
   /** Bound on calls; default MAX_PIN_CALLS. */
@@ -60,8 +58,7 @@ export interface PinOptions {
  * When the loop stops short, the private mappers not reached are named (from QUERY_MAPPERS).
  */
 export async function pinFile(native: PinNative, path: string, options: PinOptions = {}): Promise<PinReport> {
-  const devPath = options.devPath;
-  const resumable = options.resumable ?? native.kmodFeatures(native.kmodVersion(devPath).features).includes('pinCursor');
+  const resumable = options.resumable ?? native.features().includes('pinCursor');
   const maxCalls = options.maxCalls ?? MAX_PIN_CALLS;
   const fh = await open(path, 'r');
   try {
@@ -80,7 +77,7 @@ export async function pinFile(native: PinNative, path: string, options: PinOptio
         incomplete = `stopped after ${calls} calls with work left`;
         break;
       }
-      const r = await native.pinMappers(fh.fd, 0n, length, PAGES_PER_CALL, { ...(devPath ? { devPath } : {}), ...(cursor ? { cursor } : {}) });
+      const r = await native.pinMappers(fh.fd, 0n, length, { maxPages: PAGES_PER_CALL, ...(cursor ? { cursor } : {}) });
       calls++;
       copied += Number(r.bytesCopied);
       mappings += r.mappings;
@@ -107,7 +104,7 @@ export async function pinFile(native: PinNative, path: string, options: PinOptio
       else if (p['bytes-failed'] > 0) notPinned.push({ pid: p.pid, comm: p.comm, reason: 'failed', detail: `${p['bytes-failed']} bytes could not be copied` });
     }
     if (incomplete) {
-      const q = await native.queryMappers(fh.fd, 0n, length, devPath ? { devPath } : {});
+      const q = await native.queryMappers(fh.fd, 0n, length);
       const named = new Set(procs.keys());
       for (const m of q.mappers) {
         if (m.shared || named.has(m.pid)) continue;

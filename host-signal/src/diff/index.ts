@@ -21,7 +21,8 @@ import { readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { MAX_RANGE_BYTES, MAX_RANGES } from '@vmsubst/common/protocol/schema';
 import { DiffError } from '../errors.js';
-import { FileSource, loadNative, type BlockSource, type NativeDiffModule, type Segment } from './source.js';
+import { loadNativeDiff, nativeStatus, type NativeDiff, type NativeStatus } from '../native/index.js';
+import { FileSource, type BlockSource, type Segment } from './source.js';
 import { Qcow2Source, probeFormat } from './qcow2.js';
 
 export { FileSource, bufferSource, readExactly, type BlockSource, type Segment } from './source.js';
@@ -57,6 +58,12 @@ export interface DiffResult {
    * need not read the patched image again. Not enumerable.
    */
   readonly newData?: readonly Buffer[];
+  /**
+   * Whether the native comparison's addon loaded, when two plain files made
+   * it a candidate (absent otherwise); a failure was also warned about on
+   * stderr, and the JavaScript comparison ran instead. Not enumerable.
+   */
+  readonly native?: NativeStatus;
 }
 
 export type Progress = (done: number, total: number) => void;
@@ -77,8 +84,6 @@ export interface DiffOptions {
 /** Bytes of one native comparison job; the jobs run NATIVE_JOBS at a time. */
 const NATIVE_SPAN = 64 << 20;
 const NATIVE_JOBS = Math.max(2, Math.min(4, availableParallelism()));
-/** The largest block size compareSpan takes (its read buffer). */
-const NATIVE_BLOCK_MAX = 64 << 10;
 /** The largest read made to hash a changed range. */
 const HASH_READ = 4 << 20;
 /** The new bytes of the changed ranges kept in memory for the bundle writer, at most (else it reads them again). */
@@ -148,13 +153,16 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
   const union = mergeSegments([await segmentsOf(base), await segmentsOf(patched)], blockSize, size);
   const readBytes = union.reduce((n, [, l]) => n + l, 0);
 
-  const native = options.native !== false && base.fd !== undefined && patched.fd !== undefined && blockSize <= NATIVE_BLOCK_MAX ? await loadNative() : undefined;
-  if (native) {
+  const candidate = options.native !== false && base.fd !== undefined && patched.fd !== undefined;
+  const native = candidate ? loadNativeDiff() : undefined;
+  const status = candidate ? nativeStatus() : undefined;
+  const withStatus = (result: DiffResult): DiffResult => (status ? Object.defineProperty(result, 'native', { value: status, enumerable: false }) : result);
+  if (native && blockSize <= native.blockMax) {
     const found = await diffNative(native, base, patched, union, blockSize, maxRangeBytes, maxRanges, (d) => options.onProgress?.(d, readBytes));
     options.onProgress?.(readBytes, readBytes);
     const result: DiffResult = { size, blockSize, ranges: found.ranges, changedBytes: found.changedBytes, readBytes };
     if (found.newData) Object.defineProperty(result, 'newData', { value: found.newData, enumerable: false });
-    return result;
+    return withStatus(result);
   }
 
   // Two buffer pairs: one being compared, one being filled.
@@ -206,7 +214,7 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
   }
   close();
   if (previousEnd < size || size === 0) options.onProgress?.(size, size);
-  return { size, blockSize, ranges, changedBytes, readBytes };
+  return withStatus({ size, blockSize, ranges, changedBytes, readBytes });
 }
 
 /**
@@ -219,7 +227,7 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
  * The new bytes are kept, up to RETAIN_BYTES in all, for the bundle writer.
  */
 async function diffNative(
-  native: NativeDiffModule,
+  native: NativeDiff,
   base: BlockSource,
   patched: BlockSource,
   union: readonly [number, number][],

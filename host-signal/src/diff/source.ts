@@ -3,6 +3,7 @@
  * target read from. Files in production, buffers in tests.
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import { loadNativeDiff } from '../native/index.js';
 
 /** [offset, length]; sorted, disjoint. */
 export type Segment = readonly [number, number];
@@ -23,28 +24,6 @@ export interface BlockSource {
   /** A file descriptor to read with pread, when the source is a plain file (the native comparison uses it). */
   readonly fd?: number;
   close?(): Promise<void>;
-}
-
-/** The shape of agent/src/native's facade used here: SEEK_DATA/SEEK_HOLE and the block comparison. */
-export interface NativeDiffModule {
-  dataSegments(fd: number, size: number): [number, number][];
-  compareSpan(fdA: number, fdB: number, offset: number, length: number, blockSize: number): Promise<Float64Array>;
-  COMPARE_SPAN_MAX: number;
-}
-const NATIVE_MODULE = '../../../agent/src/native/index.js';
-let nativeModule: Promise<NativeDiffModule | undefined> | undefined;
-
-/**
- * The native addon, when it is built and loads: the differ then skips holes
- * and compares in native code. Without it every byte is read and compared in
- * JavaScript (slower, same result).
- */
-export function loadNative(): Promise<NativeDiffModule | undefined> {
-  nativeModule ??= import(new URL(NATIVE_MODULE, import.meta.url).href).then(
-    (m: Partial<NativeDiffModule>) => (typeof m.dataSegments === 'function' && typeof m.compareSpan === 'function' ? (m as NativeDiffModule) : undefined),
-    () => undefined,
-  );
-  return nativeModule;
 }
 
 /** Reads exactly `length` bytes at `position`, or throws if the source is shorter. */
@@ -97,8 +76,7 @@ export class FileSource implements BlockSource {
 
   /** Data segments by SEEK_DATA/SEEK_HOLE; undefined when the native addon is unavailable. */
   async dataSegments(): Promise<readonly Segment[] | undefined> {
-    const native = await loadNative();
-    return native?.dataSegments(this.handle.fd, this.size);
+    return loadNativeDiff()?.dataSegments(this.handle.fd, this.size);
   }
 
   async readInto(target: Buffer, position: number): Promise<number> {

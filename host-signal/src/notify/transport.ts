@@ -4,8 +4,9 @@
  *   serial:PATH     the host end of a virtio-serial port: the unix socket of the
  *                   QEMU chardev behind `-device virtserialport,name=org.vmsubst.0`
  *   unix:PATH       an agent listening on a unix socket (tests, containers)
- *   vsock:CID:PORT  AF_VSOCK, through the agent's native addon (loaded only here,
- *                   so the rest of the CLI works without it being built)
+ *   vsock:CID:PORT  AF_VSOCK, through the host's native addon (loaded at the
+ *                   first vsock connection, so the rest of the CLI works
+ *                   without it being built)
  *   hvsock:PATH:PORT hybrid vsock: the unix socket of a VMM's vsock muxer
  *                   (Firecracker `uds_path`, Cloud Hypervisor `--vsock socket=`,
  *                   vhost-device-vsock `uds-path`). The host sends
@@ -20,6 +21,7 @@
 import { createConnection, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TimeoutError, TransportError, UsageError } from '../errors.js';
+import { vsockConnect } from '../native/index.js';
 
 export type AgentTarget =
   | { kind: 'serial'; path: string }
@@ -35,12 +37,6 @@ export interface TransportOptions {
 /** The longest reply line a muxer may send to CONNECT ("OK 4294967295\n" is 14 bytes). */
 const MAX_HANDSHAKE_LINE = 64;
 
-/** The shape of agent/src/native's facade that this module uses. */
-interface VsockModule {
-  vsockConnect(cid: number, port: number, opts?: { timeoutMs?: number; localPort?: number | 'reserved' }): Promise<Duplex>;
-}
-
-const NATIVE_MODULE = '../../../agent/src/native/index.js';
 const U32_MAX = 0xffffffff;
 
 export function parseAgentTarget(spec: string): AgentTarget {
@@ -183,24 +179,20 @@ function printable(s: string): string {
 }
 
 async function openVsock(cid: number, port: number, timeoutMs: number): Promise<Duplex> {
-  let mod: VsockModule;
-  try {
-    mod = (await import(new URL(NATIVE_MODULE, import.meta.url).href)) as VsockModule;
-    if (typeof mod.vsockConnect !== 'function') throw new Error('the native module has no vsockConnect');
-  } catch (e) {
-    throw new TransportError(
-      `vsock is unavailable: ${(e as Error).message}`,
-      'vsock needs the native addon (build it with node-gyp, see the README); or reach the agent over serial:PATH',
-      { cause: e },
-    );
-  }
   try {
     // As root, from a port below 1024: the agent knows then that the hypervisor's side (root on
     // the host), not any host process, is speaking, and accepts unsigned changes.
     const privileged = process.getuid?.() === 0;
-    return await mod.vsockConnect(cid, port, { timeoutMs, ...(privileged ? { localPort: 'reserved' as const } : {}) });
+    return await vsockConnect(cid, port, { timeoutMs, ...(privileged ? { localPort: 'reserved' as const } : {}) });
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
+    if (err.code === undefined) {
+      throw new TransportError(
+        `vsock is unavailable: ${err.message}`,
+        "vsock needs the host's native addon (`make addon`, see the README); or reach the agent over serial:PATH",
+        { cause: e },
+      );
+    }
     const hint =
       err.code === 'ENODEV' || err.code === 'EAFNOSUPPORT'
         ? 'this host has no vsock transport: load vhost_vsock (/dev/vhost-vsock) or use serial:PATH'

@@ -46,9 +46,8 @@ function scripted(mappings: Mapping[], perCall: number, resumable: boolean) {
   const calls: (PinCursor | undefined)[] = [];
   const ordered = mappings.filter((m) => !m.shared).sort((a, b) => (a.mm === b.mm ? Number(a.addr - b.addr) : Number(a.mm - b.mm)));
   const native: PinNative = {
-    kmodVersion: () => ({ abiVersion: 1, features: resumable ? 1n << 9n : 0n, moduleVersion: 'scripted' }),
-    kmodFeatures: (f: bigint) => ((f & (1n << 9n)) !== 0n ? ['pinCursor'] : []),
-    async pinMappers(_fd: number, _o: bigint, _l: bigint, _max: number, options: PinMappersOptions = {}): Promise<PinMappersResult> {
+    features: () => (resumable ? ['pinCursor'] : []),
+    async pinMappers(_fd: number, _o: bigint, _l: bigint, options: PinMappersOptions): Promise<PinMappersResult> {
       calls.push(options.cursor);
       const c = resumable && options.cursor && (options.cursor.mm || options.cursor.addr) ? options.cursor : undefined;
       const todo = c ? ordered.filter((m) => after(m, c)) : ordered;

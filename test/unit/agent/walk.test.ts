@@ -199,7 +199,7 @@ Walk('what the walker may not open is left out the same way (run as nobody)', as
     "--banner:js=import { createRequire as __r } from 'node:module'; const require = __r(import.meta.url);",
   ], { encoding: 'utf8' });
   assert.is(bundled.status, 0, bundled.stderr);
-  copyFileSync(nativeAddonPath, join(runner, 'vmsubst_native.node'));
+  copyFileSync(nativeAddonPath(), join(runner, 'vmsubst_native.node'));
   chmodSync(script, 0o644);
   chmodSync(join(runner, 'vmsubst_native.node'), 0o644);
   const r = spawnSync(process.execPath, [script, d], {

@@ -125,6 +125,8 @@ async function run(args: string[]): Promise<void> {
         'elf-code-unchanged': elf.filter((f) => f.elf === 'code-unchanged').length,
         'elf-code-changed': elf.filter((f) => f.elf !== 'code-unchanged').length,
         notes,
+        // Whether the native comparison could be used (two raw files); absent otherwise.
+        ...(diff.native ? { native: diff.native } : {}),
         'elapsed-ms': elapsed,
         'compare-ms': compareMs,
         'hints-ms': hintsMs,

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "native.h"
+#include "host.h"
 
 /* Reads exactly len bytes at off; -ENODATA when the file ends first. */
 static int read_full(int fd, uint8_t *buf, size_t len, uint64_t off)

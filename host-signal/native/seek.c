@@ -9,7 +9,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include "native.h"
+#include "host.h"
 
 int vs_data_segments(int fd, int64_t size, vs_segment_cb cb, void *ctx)
 {

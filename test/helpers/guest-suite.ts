@@ -61,12 +61,13 @@ export interface GuestOptions<X> {
   patched?: string | null;
   /** Writes the data disk in place of the copy of `base` (e.g. a partitioned disk). */
   makeDisk?(ctx: FixtureContext, disk: string): void | Promise<void>;
-  boot?: Omit<VmOptions, 'disk'>;
+  /** How the guest boots (a function: from the scratch directory's content, e.g. an extra disk made in makeDisk). */
+  boot?: Omit<VmOptions, 'disk'> | ((ctx: FixtureContext) => Omit<VmOptions, 'disk'>);
   /** The bound on the boot (default 180 s). */
   bootLimitMs?: number;
   requires?: string[];
   /** The suite's own preparation of the booted guest; what it returns joins the context. */
-  setup?(ctx: GuestContext): Promise<X>;
+  setup?(ctx: GuestContext): Promise<X | void>;
 }
 
 /** A stand-in suite whose every test is counted as skipped (uvu's `skip`). */
@@ -158,9 +159,10 @@ export function withGuest<X extends object = object>(s: Test<any>, opts: GuestOp
         bundle = join(fx.tmp, `${opts.name}.bundle`);
         await vmsubstJson(['diff', base, join(fx.art.disks, opts.patched ?? 'patched.img'), '-o', bundle]);
       }
-      const vm = await bootGuest(fx, { ...opts.boot, disk }, opts.bootLimitMs);
+      const boot = typeof opts.boot === 'function' ? opts.boot(fx) : opts.boot;
+      const vm = await bootGuest(fx, { ...boot, disk }, opts.bootLimitMs);
       const ctx: GuestContext = Object.assign(fx, { disk, bundle, vm });
-      const extra = opts.setup ? await opts.setup(ctx) : ({} as X);
+      const extra = ((opts.setup && (await opts.setup(ctx))) || {}) as X;
       return { disk, bundle, vm, ...extra };
     },
   });

@@ -9,21 +9,16 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import { guestScenario, type Scenario } from '../helpers/scenario.js';
-import { guestArtifacts } from '../helpers/paths.js';
+import { withGuest } from '../helpers/guest-suite.js';
+import type { GuestVm } from '../helpers/vm.js';
 import { vmsubst } from '../helpers/cli.js';
-import { guard } from '../helpers/guard.js';
 import { withTimeout } from '../helpers/timeout.js';
 
-const art = guestArtifacts();
-const D = suite('adversarial: a file the guest wrote and has not written back is never substituted');
-const G = guard(D);
-const C = { scenario: undefined as Scenario | undefined };
 const PROG = '/mnt/data/bin/vprog';
 const MARK = 'GUEST-WROTE-THIS-AND-KEEPS-IT';
 
 /** The guest's sha256 of a file, read through its page cache. */
-const guestSha = async (cmd: string): Promise<string> => (await C.scenario!.vm.sh(cmd)).trim().split(/\s+/)[0]!;
+const guestSha = async (vm: GuestVm, cmd: string): Promise<string> => (await vm.sh(cmd)).trim().split(/\s+/)[0]!;
 /** Does the host's disk image hold these bytes anywhere? */
 function diskHolds(path: string, needle: Buffer): boolean {
   const fd = openSync(path, 'r');
@@ -42,39 +37,29 @@ function diskHolds(path: string, needle: Buffer): boolean {
   }
 }
 
-if (typeof art === 'string') {
-  console.log(`  skipped: ${art}`);
-  D.skip('guest artefacts are missing', () => undefined);
-} else {
-  D.before(G.setup(async () => {
-    C.scenario = await guestScenario(art, 'adversarial-dirty');
-  }));
-  D.after(() => C.scenario?.close());
+const D = withGuest(suite('adversarial: a file the guest wrote and has not written back is never substituted'), { name: 'adversarial-dirty' });
 
-  G.test('prepare refuses with GuestDirty, nothing is written, the guest keeps its data', () =>
-    withTimeout(240_000, 'dirty', async () => {
-      const { vm, disk, bundle } = C.scenario!;
-      // Writeback only when asked: the page stays dirty for the whole test (no periodic flusher,
-      // and no journal commit, which in data=ordered writes the data of the inodes it carries).
-      await vm.sh('mount -o remount,rw,commit=3600 /mnt/data');
-      await vm.sh('echo 0 > /proc/sys/vm/dirty_writeback_centisecs; echo 360000 > /proc/sys/vm/dirty_expire_centisecs');
-      // Into the page the bundle changes (the banner's), beside the banner itself.
-      const at = readFileSync(join(art.disks, 'vprog-v1')).indexOf('vprog version v1') + 64;
-      assert.ok(at > 64);
-      await vm.sh(`printf '${MARK}' | dd of=${PROG} bs=1 seek=${at} conv=notrunc 2>/dev/null`);
-      const written = await guestSha(`sha256sum ${PROG}`);
-      const r = await vmsubst(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'], 180_000);
-      assert.is(r.code, 1, r.stdout + r.stderr);
-      assert.match(r.stdout + r.stderr, /GuestDirty: \/mnt\/data\/bin\/vprog \(\d+ dirty/, r.stdout + r.stderr);
-      assert.match(r.stdout + r.stderr, /nothing was done/);
-      // The guest writes back; its write is on the disk whole, and the file reads as it wrote it.
-      await vm.sh('sync; echo 3 > /proc/sys/vm/drop_caches');
-      assert.is(await guestSha(`sha256sum ${PROG}`), written, 'the guest reads back exactly what it wrote');
-      assert.ok(diskHolds(disk, Buffer.from(MARK)), "the guest's write reached the disk");
-      assert.not.ok(diskHolds(disk, Buffer.from('vprog version v2')), 'not one of the bundle\'s blocks was written');
-      assert.ok(diskHolds(disk, Buffer.from('vprog version v1')));
-    }),
-  );
-}
-
+D('prepare refuses with GuestDirty, nothing is written, the guest keeps its data', ({ art, vm, disk, bundle }) =>
+  withTimeout(240_000, 'dirty', async () => {
+    // Writeback only when asked: the page stays dirty for the whole test (no periodic flusher,
+    // and no journal commit, which in data=ordered writes the data of the inodes it carries).
+    await vm.sh('mount -o remount,rw,commit=3600 /mnt/data');
+    await vm.sh('echo 0 > /proc/sys/vm/dirty_writeback_centisecs; echo 360000 > /proc/sys/vm/dirty_expire_centisecs');
+    // Into the page the bundle changes (the banner's), beside the banner itself.
+    const at = readFileSync(join(art.disks, 'vprog-v1')).indexOf('vprog version v1') + 64;
+    assert.ok(at > 64);
+    await vm.sh(`printf '${MARK}' | dd of=${PROG} bs=1 seek=${at} conv=notrunc 2>/dev/null`);
+    const written = await guestSha(vm, `sha256sum ${PROG}`);
+    const r = await vmsubst(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'], 180_000);
+    assert.is(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stdout + r.stderr, /GuestDirty: \/mnt\/data\/bin\/vprog \(\d+ dirty/, r.stdout + r.stderr);
+    assert.match(r.stdout + r.stderr, /nothing was done/);
+    // The guest writes back; its write is on the disk whole, and the file reads as it wrote it.
+    await vm.sh('sync; echo 3 > /proc/sys/vm/drop_caches');
+    assert.is(await guestSha(vm, `sha256sum ${PROG}`), written, 'the guest reads back exactly what it wrote');
+    assert.ok(diskHolds(disk, Buffer.from(MARK)), "the guest's write reached the disk");
+    assert.not.ok(diskHolds(disk, Buffer.from('vprog version v2')), 'not one of the bundle\'s blocks was written');
+    assert.ok(diskHolds(disk, Buffer.from('vprog version v1')));
+  }),
+);
 D.run();

@@ -14,13 +14,10 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { closeSync, copyFileSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, copyFileSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { GuestVm } from '../helpers/vm.js';
-import { guestArtifacts } from '../helpers/paths.js';
+import { withGuest } from '../helpers/guest-suite.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
-import { guard } from '../helpers/guard.js';
 import { withTimeout } from '../helpers/timeout.js';
 
 const MiB = 1 << 20;
@@ -30,10 +27,6 @@ const MOUNT = '/mnt/part';
 /** What the patch writes into the block before the partition (a boot loader's or table's tail). */
 const GAP_MARK = Buffer.from('vmsubst: a block of the partition gap the patch rewrote');
 
-const art = guestArtifacts();
-const P = suite('adversarial: a changed range straddling a partition start, under a read-write mount');
-const G = guard(P);
-const C = { tmp: '', disk: '', bundle: '', vm: undefined as GuestVm | undefined, diskSha: '' };
 
 /** An MBR with one Linux partition (type 0x83) of `sectors` 512-byte sectors from `startLba`. */
 function mbr(startLba: number, sectors: number): Buffer {
@@ -83,9 +76,9 @@ function readAt(path: string, offset: number, length: number): Buffer {
  * The patched whole disk: `base` with the gap block before the partition rewritten and the
  * partition's superblock changed by debugfs (a new volume label, checksum recomputed).
  */
-function patchDisk(base: string, out: string, partBytes: number): void {
+function patchDisk(tmp: string, base: string, out: string, partBytes: number): void {
   copyFileSync(base, out);
-  const part = join(C.tmp, 'part.img');
+  const part = join(tmp, 'part.img');
   writeFileSync(part, readAt(base, PART_START, partBytes));
   execFileSync('debugfs', ['-w', '-R', 'ssv volume_name vmsubst-v2', part], { stdio: 'pipe' });
   const fd = openSync(out, 'r+');
@@ -100,16 +93,16 @@ function patchDisk(base: string, out: string, partBytes: number): void {
   }
 }
 
-if (typeof art === 'string') {
-  console.log(`  skipped: ${art}`);
-  P.skip('guest artefacts are missing', () => undefined);
-} else {
-  P.before(G.setup(async () => {
-    C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-adv-partitions-'));
-    C.disk = join(C.tmp, 'disk.img');
-    const partBytes = partitionedDisk(join(art.disks, 'base.img'), C.disk);
-    C.vm = await withTimeout(240_000, 'boot', () => GuestVm.boot({ disk: C.disk, bootTimeoutMs: 200_000 }));
-    const vm = C.vm;
+/** The partition's size, from the whole disk the fixture wrote (the MBR's one entry). */
+const partBytes = (disk: string): number => readAt(disk, 446 + 12, 4).readUInt32LE(0) * 512;
+
+const P = withGuest(suite('adversarial: a changed range straddling a partition start, under a read-write mount'), {
+  name: 'adv-partitions',
+  patched: null,
+  makeDisk: ({ art }, disk) => void partitionedDisk(join(art.disks, 'base.img'), disk),
+  boot: { bootTimeoutMs: 200_000 },
+  bootLimitMs: 240_000,
+  async setup({ tmp, disk, vm }) {
     // The guest's init mounts only a bare ext4 data disk; here the filesystem is partition 1.
     const dev = (await vm.sh('for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = vmsubst-data ] && echo ${b##*/}; done')).trim();
     assert.match(dev, /^vd[a-z]$/, `the data disk: '${dev}'`);
@@ -120,56 +113,52 @@ if (typeof art === 'string') {
     assert.match(await vm.sh(`cat ${MOUNT}/etc/motd`), /vmsubst test volume/);
     await vm.sh('sync');
     // The bundle: two whole-disk images, the disk as the VM has it now, and that disk patched.
-    const base = join(C.tmp, 'base.img');
-    copyFileSync(C.disk, base);
-    const patched = join(C.tmp, 'patched.img');
-    patchDisk(base, patched, partBytes);
-    C.bundle = join(C.tmp, 'straddle.bundle');
-    await vmsubstJson(['diff', base, patched, '-o', C.bundle]);
-    C.diskSha = sha256File(base);
-  }));
-  P.after(() => {
-    C.vm?.kill();
-    if (C.tmp) rmSync(C.tmp, { recursive: true, force: true });
-  });
+    const base = join(tmp, 'base.img');
+    copyFileSync(disk, base);
+    const patched = join(tmp, 'patched.img');
+    patchDisk(tmp, base, patched, partBytes(base));
+    const bundle = join(tmp, 'straddle.bundle');
+    await vmsubstJson(['diff', base, patched, '-o', bundle]);
+    return { bundle, diskSha: sha256File(base) };
+  },
+});
 
-  G.test('the bundle has one range from before the partition into its superblock', () =>
-    withTimeout(60_000, 'inspect', async () => {
-      const doc = (await vmsubstJson<{ manifest: { ranges: { offset: number; length: number }[] } }>(["inspect", C.bundle])).manifest;
-      const straddling = doc.ranges.filter((r) => r.offset < PART_START && r.offset + r.length > PART_START + 1024);
-      assert.is(straddling.length, 1, JSON.stringify(doc.ranges));
-      assert.is(straddling[0]!.offset, PART_START - 4096, 'it starts in the block before the partition');
-    }),
-  );
+P('the bundle has one range from before the partition into its superblock', (c) =>
+  withTimeout(60_000, 'inspect', async () => {
+    const doc = (await vmsubstJson<{ manifest: { ranges: { offset: number; length: number }[] } }>(["inspect", c.bundle])).manifest;
+    const straddling = doc.ranges.filter((r) => r.offset < PART_START && r.offset + r.length > PART_START + 1024);
+    assert.is(straddling.length, 1, JSON.stringify(doc.ranges));
+    assert.is(straddling[0]!.offset, PART_START - 4096, 'it starts in the block before the partition');
+  }),
+);
 
-  G.test('the dry run names the superblock under the read-write mount and requires a restart', () =>
-    withTimeout(180_000, 'plan', async () => {
-      const r = await vmsubstJson<{ plan: { 'restart-required': boolean; reasons: string[]; blocks: { offset: number; class: string; mount?: string }[] } }>(
-        ['notify', C.bundle, '--to', `serial:${C.vm!.agentSocket}`, '--disk-serial', 'vmsubst-data', '--dry-run'], 150_000);
-      assert.ok(r.plan['restart-required'], JSON.stringify(r.plan));
-      assert.match(r.plan.reasons.join('; '), new RegExp(`${MOUNT} is mounted read-write`));
-      assert.ok(r.plan.blocks.some((b) => b.class === 'superblock' && b.mount === MOUNT), JSON.stringify(r.plan.blocks));
-      assert.ok(r.plan.blocks.some((b) => b.class === 'outside-filesystems' && b.offset === PART_START - 4096), JSON.stringify(r.plan.blocks));
-    }),
-  );
+P('the dry run names the superblock under the read-write mount and requires a restart', (c) =>
+  withTimeout(180_000, 'plan', async () => {
+    const r = await vmsubstJson<{ plan: { 'restart-required': boolean; reasons: string[]; blocks: { offset: number; class: string; mount?: string }[] } }>(
+      ['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--dry-run'], 150_000);
+    assert.ok(r.plan['restart-required'], JSON.stringify(r.plan));
+    assert.match(r.plan.reasons.join('; '), new RegExp(`${MOUNT} is mounted read-write`));
+    assert.ok(r.plan.blocks.some((b) => b.class === 'superblock' && b.mount === MOUNT), JSON.stringify(r.plan.blocks));
+    assert.ok(r.plan.blocks.some((b) => b.class === 'outside-filesystems' && b.offset === PART_START - 4096), JSON.stringify(r.plan.blocks));
+  }),
+);
 
-  G.test('the two-phase apply is refused with RestartRequired before anything is written', () =>
-    withTimeout(300_000, 'apply', async () => {
-      const vm = C.vm!;
-      assert.is(sha256File(C.disk), C.diskSha, 'the guest wrote nothing since the bundle was made (else the test proves nothing)');
-      const r = await vmsubst(['apply', C.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'], 240_000);
-      const out = r.stdout + r.stderr;
-      assert.is(r.code, 1, out);
-      assert.match(out, /RestartRequired/);
-      assert.match(out, new RegExp(`${MOUNT} is mounted read-write[^\\n]*superblock`));
-      assert.match(out, /nothing was written/);
-      assert.is(sha256File(C.disk), C.diskSha, 'the disk is byte for byte what it was');
-      assert.not.ok(readAt(C.disk, PART_START - 4096, GAP_MARK.length).equals(GAP_MARK), 'the gap block was not written');
-      // The filesystem is still the guest's, read-write and working.
-      await vm.sh(`echo still-mine > ${MOUNT}/etc/after && sync && cat ${MOUNT}/etc/after`);
-      assert.match(await vm.sh('dmesg | grep -i "EXT4-fs error" || echo no-ext4-errors'), /no-ext4-errors/);
-    }),
-  );
-}
+P('the two-phase apply is refused with RestartRequired before anything is written', (c) =>
+  withTimeout(300_000, 'apply', async () => {
+    const { vm } = c;
+    assert.is(sha256File(c.disk), c.diskSha, 'the guest wrote nothing since the bundle was made (else the test proves nothing)');
+    const r = await vmsubst(['apply', c.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'], 240_000);
+    const out = r.stdout + r.stderr;
+    assert.is(r.code, 1, out);
+    assert.match(out, /RestartRequired/);
+    assert.match(out, new RegExp(`${MOUNT} is mounted read-write[^\\n]*superblock`));
+    assert.match(out, /nothing was written/);
+    assert.is(sha256File(c.disk), c.diskSha, 'the disk is byte for byte what it was');
+    assert.not.ok(readAt(c.disk, PART_START - 4096, GAP_MARK.length).equals(GAP_MARK), 'the gap block was not written');
+    // The filesystem is still the guest's, read-write and working.
+    await vm.sh(`echo still-mine > ${MOUNT}/etc/after && sync && cat ${MOUNT}/etc/after`);
+    assert.match(await vm.sh('dmesg | grep -i "EXT4-fs error" || echo no-ext4-errors'), /no-ext4-errors/);
+  }),
+);
 
 P.run();

@@ -9,31 +9,28 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { GuestVm } from '../helpers/vm.js';
-import { guestScenario, type Scenario } from '../helpers/scenario.js';
-import { guestArtifacts } from '../helpers/paths.js';
+import { trustHostKey, withGuest, type GuestContext } from '../helpers/guest-suite.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
-import { guard } from '../helpers/guard.js';
 import { withTimeout } from '../helpers/timeout.js';
 import type { SubstituteReport } from '@vmsubst/common/protocol/schema';
 
-const art = guestArtifacts();
-const Cz = suite('customization carried by a substitution, in the guest');
-const G = guard(Cz);
-const C = { scenario: undefined as Scenario | undefined, tmp: '', bundle: '', spec: '', vm: undefined as GuestVm | undefined, report: undefined as SubstituteReport | undefined };
+type Ctx = GuestContext & { spec: string };
 
-if (typeof art === 'string') {
-  console.log(`  skipped: ${art}`);
-  Cz.skip('guest artefacts are missing', () => undefined);
-} else {
-  Cz.before(G.setup(async () => {
-    const s = await guestScenario(art, 'customize');
-    C.scenario = s;
-    C.tmp = s.tmp;
-    C.bundle = s.bundle;
-    C.vm = s.vm;
-    C.spec = join(C.tmp, 'customize.json');
-    writeFileSync(C.spec, JSON.stringify({
+/** The host's key trusted, customization allowed in agent.json, the agent restarted, and the signed notification's report. */
+const signed = (c: Ctx): Promise<SubstituteReport> =>
+  c.once('signed', async () => {
+    const { vm } = c;
+    const { key } = await trustHostKey(c);
+    await vm.sh(`echo '{"customization":{"allow":["hostname","file","sysctl"],"fileRoots":["/etc"]}}' > /etc/vmsubst/agent.json`);
+    await vm.restartAgent();
+    return vmsubstJson<SubstituteReport>(['notify', c.bundle, '--to', `serial:${vm.agentSocket}`, '--customize', c.spec, '--sign', key, '--disk-serial', 'vmsubst-data']);
+  });
+
+const Cz = withGuest(suite('customization carried by a substitution, in the guest'), {
+  name: 'customize',
+  async setup({ tmp, vm, bundle }) {
+    const spec = join(tmp, 'customize.json');
+    writeFileSync(spec, JSON.stringify({
       hostname: 'clone-0042',
       files: [
         { path: '/etc/app/role.conf', content: 'role=web\n', mode: 0o640 },
@@ -41,52 +38,45 @@ if (typeof art === 'string') {
       ],
       sysctl: { 'vm.swappiness': 13 },
     }));
-    await vmsubstJson(['apply', C.bundle, '--qmp', C.vm.qmpSocket, '--device', 'vblk0']);
-    await vmsubstJson(['keygen', '--out', join(C.tmp, 'host')]);
-  }));
-  Cz.after(() => {
-    C.scenario?.close();
-  });
+    await vmsubstJson(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
+    return { spec };
+  },
+});
 
-  G.test('adversarial: unsigned customization is refused by default, nothing changed', () =>
-    withTimeout(120_000, 'unsigned', async () => {
-      const r = await vmsubst(['notify', C.bundle, '--to', `serial:${C.vm!.agentSocket}`, '--customize', C.spec, '--json']);
-      assert.is(r.code, 1);
-      assert.match(r.stdout + r.stderr, /Unauthorized: customization is accepted only in a signed notification/);
-      assert.is.not((await C.vm!.sh('hostname')).trim(), 'clone-0042');
-    }),
-  );
+Cz('adversarial: unsigned customization is refused by default, nothing changed', (c) =>
+  withTimeout(120_000, 'unsigned', async () => {
+    const r = await vmsubst(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--customize', c.spec, '--json']);
+    assert.is(r.code, 1);
+    assert.match(r.stdout + r.stderr, /Unauthorized: customization is accepted only in a signed notification/);
+    assert.is.not((await c.vm.sh('hostname')).trim(), 'clone-0042');
+  }),
+);
 
-  G.test('signed, with the kinds allowed in agent.json: the report has one outcome per item', () =>
-    withTimeout(180_000, 'notify', async () => {
-      const vm = C.vm!;
-      await vm.sh('mkdir -p /etc/vmsubst/trusted.d');
-      await vm.putFile(join(C.tmp, 'host.pub'), '/etc/vmsubst/trusted.d/host.pub');
-      await vm.sh(`echo '{"customization":{"allow":["hostname","file","sysctl"],"fileRoots":["/etc"]}}' > /etc/vmsubst/agent.json`);
-      await vm.restartAgent();
-      C.report = await vmsubstJson<SubstituteReport>(['notify', C.bundle, '--to', `serial:${vm.agentSocket}`, '--customize', C.spec, '--sign', join(C.tmp, 'host.key'), '--disk-serial', 'vmsubst-data']);
-      assert.equal(C.report.customization?.map((o) => [o.kind, o.target, o.status]), [
-        ['hostname', 'clone-0042', 'applied'],
-        ['file', '/etc/app/role.conf', 'applied'],
-        ['file', '/root/.profile', 'refused'],
-        ['sysctl', 'vm.swappiness', 'applied'],
-      ]);
-      assert.ok(C.report.files.some((f) => f.path === '/mnt/data/bin/vprog'), 'the blocks were substituted too');
-    }),
-  );
+Cz('signed, with the kinds allowed in agent.json: the report has one outcome per item', (c) =>
+  withTimeout(180_000, 'notify', async () => {
+    const report = await signed(c);
+    assert.equal(report.customization?.map((o) => [o.kind, o.target, o.status]), [
+      ['hostname', 'clone-0042', 'applied'],
+      ['file', '/etc/app/role.conf', 'applied'],
+      ['file', '/root/.profile', 'refused'],
+      ['sysctl', 'vm.swappiness', 'applied'],
+    ]);
+    assert.ok(report.files.some((f) => f.path === '/mnt/data/bin/vprog'), 'the blocks were substituted too');
+  }),
+);
 
-  G.test('the settings are live and persisted', () =>
-    withTimeout(60_000, 'persisted', async () => {
-      const vm = C.vm!;
-      assert.is((await vm.sh('hostname')).trim(), 'clone-0042');
-      assert.is((await vm.sh('cat /etc/hostname')).trim(), 'clone-0042');
-      assert.is((await vm.sh('cat /etc/app/role.conf')).trim(), 'role=web');
-      assert.is((await vm.sh('stat -c %a /etc/app/role.conf')).trim(), '640');
-      assert.is((await vm.sh('cat /proc/sys/vm/swappiness')).trim(), '13');
-      assert.match(await vm.sh('cat /etc/sysctl.d/90-vmsubst.conf'), /vm\.swappiness = 13/);
-      assert.is.not((await vm.run('test -e /root/.profile')).code, 0, 'the refused file was not written');
-    }),
-  );
-}
+Cz('the settings are live and persisted', (c) =>
+  withTimeout(240_000, 'persisted', async () => {
+    const { vm } = c;
+    await signed(c);
+    assert.is((await vm.sh('hostname')).trim(), 'clone-0042');
+    assert.is((await vm.sh('cat /etc/hostname')).trim(), 'clone-0042');
+    assert.is((await vm.sh('cat /etc/app/role.conf')).trim(), 'role=web');
+    assert.is((await vm.sh('stat -c %a /etc/app/role.conf')).trim(), '640');
+    assert.is((await vm.sh('cat /proc/sys/vm/swappiness')).trim(), '13');
+    assert.match(await vm.sh('cat /etc/sysctl.d/90-vmsubst.conf'), /vm\.swappiness = 13/);
+    assert.is.not((await vm.run('test -e /root/.profile')).code, 0, 'the refused file was not written');
+  }),
+);
 
 Cz.run();

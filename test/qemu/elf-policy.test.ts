@@ -19,21 +19,15 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
-import { GuestVm } from '../helpers/vm.js';
-import { guestScenario, type Scenario } from '../helpers/scenario.js';
-import { guestArtifacts } from '../helpers/paths.js';
+import type { GuestVm } from '../helpers/vm.js';
+import { startProgram, versions, withGuest, type GuestContext } from '../helpers/guest-suite.js';
 import { vmsubstJson } from '../helpers/cli.js';
-import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 
-const art = guestArtifacts();
-const T = suite('elf-policy: remap only when no executable byte changes');
-const G = guard(T);
 const PROG = '/mnt/data/bin/vxprog';
 const LIB = '/mnt/data/lib/libvx.so';
 /** What the kernel logs when a process dies of a fault or trap in user mode. */
 const FAULT = /trap|segfault|general protection|invalid opcode/;
-const C = { scenario: undefined as Scenario | undefined, vm: undefined as GuestVm | undefined, n: 0 };
 
 interface PlannedJson { path: string; class: string; policy: string; 'policy-from': string; mappers: { pid: number }[] }
 interface ApplyJson {
@@ -45,28 +39,17 @@ interface ApplyJson {
   };
 }
 
-const versions = async (vm: GuestVm, f: string): Promise<string[]> =>
-  (await vm.sh(`cat ${f}`)).split('\n').filter(Boolean).map((l) => l.replace(/ pid=.*/, ''));
 const alive = async (vm: GuestVm, pid: number): Promise<boolean> => (await vm.run(`kill -0 ${pid}`)).code === 0;
 
-/** Starts vxprog printing every 300 ms; returns its pid and output file once it printed. */
-async function start(vm: GuestVm): Promise<{ pid: number; out: string }> {
-  const out = `/tmp/vx${++C.n}.out`;
-  await vm.sh(`${PROG} 300 > ${out} 2>&1 & echo $! > ${out}.pid`);
-  const pid = Number((await vm.sh(`cat ${out}.pid`)).trim());
-  await waitFor(30_000, 'vxprog prints', async () => ((await versions(vm, out)).length > 0 ? true : undefined));
-  return { pid, out };
+/** Starts vxprog printing every 300 ms into /tmp/vx-NAME.out; returns its pid and output file once it printed. */
+async function start(vm: GuestVm, name: string): Promise<{ pid: number; out: string }> {
+  return { pid: await startProgram(vm, `vx-${name}`, `${PROG} 300`), out: `/tmp/vx-${name}.out` };
 }
 
-async function apply(vm: GuestVm, from: string, to: string): Promise<ApplyJson> {
-  const bundle = join(C.scenario!.tmp, `${from}-${to}.bundle`);
-  await vmsubstJson(['diff', join(disks(), `libvx-${from}.img`), join(disks(), `libvx-${to}.img`), '-o', bundle]);
+async function apply({ vm, tmp, art }: GuestContext, from: string, to: string): Promise<ApplyJson> {
+  const bundle = join(tmp, `${from}-${to}.bundle`);
+  await vmsubstJson(['diff', join(art.disks, `libvx-${from}.img`), join(art.disks, `libvx-${to}.img`), '-o', bundle]);
   return vmsubstJson<ApplyJson>(['apply', bundle, '--qmp', vm.qmpSocket, '--mode', 'nbd', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data'], 240_000);
-}
-
-function disks(): string {
-  if (typeof art === 'string') throw new Error(art);
-  return art.disks;
 }
 
 function planned(r: ApplyJson): PlannedJson {
@@ -85,31 +68,31 @@ async function faults(vm: GuestVm): Promise<string[]> {
  * Runs `body` with a vxprog started on v1 and `variant` applied; afterwards kills it and
  * applies the way back to v1 (whatever `body` found), so each case starts from v1.
  */
-async function withVariant(variant: 'rodata' | 'moved' | 'added', body: (pid: number, out: string, r: ApplyJson) => Promise<void>): Promise<void> {
-  const vm = C.vm!;
+async function withVariant(c: GuestContext, variant: 'rodata' | 'moved' | 'added', body: (pid: number, out: string, r: ApplyJson) => Promise<void>): Promise<void> {
+  const { vm } = c;
   await vm.sh('dmesg -c > /dev/null');
-  const { pid, out } = await start(vm);
+  const { pid, out } = await start(vm, variant);
   let applied = false;
   try {
     const before = await versions(vm, out);
     assert.ok(before.every((l) => l === 'libvx version v1'), `vxprog prints v1 before the substitution: ${before.join(', ')}`);
-    const r = await apply(vm, 'v1', variant);
+    const r = await apply(c, 'v1', variant);
     applied = true;
     assert.is(r.status, 'applied');
     await body(pid, out, r);
   } finally {
     await vm.run(`kill ${pid}`);
     if (applied) {
-      await apply(vm, variant, 'v1');
+      await apply(c, variant, 'v1');
       assert.match(await vm.sh(PROG), /libvx version v1/, 'back to v1');
     }
   }
 }
 
 /** A code change under pin: the sleeping process survives and keeps v1; a new exec gets v2. */
-async function codeChange(variant: 'moved' | 'added'): Promise<void> {
-  const vm = C.vm!;
-  await withVariant(variant, async (pid, out, r) => {
+async function codeChange(c: GuestContext, variant: 'moved' | 'added'): Promise<void> {
+  const { vm } = c;
+  await withVariant(c, variant, async (pid, out, r) => {
     assert.match(await vm.sh(PROG), /libvx version v2/, 'a new exec runs the new library');
     // Several wake-ups: each returns from nanosleep into vx_wait's code.
     const seen = (await versions(vm, out)).length;
@@ -126,52 +109,40 @@ async function codeChange(variant: 'moved' | 'added'): Promise<void> {
   });
 }
 
-if (typeof art === 'string') {
-  console.log(`  skipped: ${art}`);
-  T.skip('guest artefacts are missing', () => undefined);
-} else {
-  T.before(G.setup(async () => {
-    C.scenario = await guestScenario(art, 'elf-policy', { base: 'libvx-v1.img', patched: 'libvx-rodata.img' });
-    C.vm = C.scenario.vm;
-  }));
-  T.after(() => {
-    C.scenario?.close();
-  });
+const T = withGuest(suite('elf-policy: remap only when no executable byte changes'), { name: 'elf-policy', base: 'libvx-v1.img', patched: 'libvx-rodata.img' });
 
-  G.test('vxprog runs from the volume with libvx.so loaded by the guest\'s dynamic loader', () =>
-    withTimeout(60_000, 'loader', async () => {
-      const vm = C.vm!;
-      assert.match(await vm.sh(PROG), /^libvx version v1 pid=\d+/);
-      const { pid } = await start(vm);
-      assert.match(await vm.sh(`cat /proc/${pid}/maps`), /r-xp .*\/mnt\/data\/lib\/libvx\.so/, 'libvx.so is mapped executable');
-      await vm.sh(`kill ${pid}`);
-    }),
-  );
+T('vxprog runs from the volume with libvx.so loaded by the guest\'s dynamic loader', (c) =>
+  withTimeout(60_000, 'loader', async () => {
+    const { vm } = c;
+    assert.match(await vm.sh(PROG), /^libvx version v1 pid=\d+/);
+    const { pid } = await start(vm, 'loader');
+    assert.match(await vm.sh(`cat /proc/${pid}/maps`), /r-xp .*\/mnt\/data\/lib\/libvx\.so/, 'libvx.so is mapped executable');
+    await vm.sh(`kill ${pid}`);
+  }),
+);
 
-  G.test('only .rodata changed: code-unchanged, remap; the running process and a new exec print v2', () =>
-    withTimeout(300_000, 'rodata', async () => {
-      const vm = C.vm!;
-      await withVariant('rodata', async (pid, out, r) => {
-        await waitFor(30_000, 'the running process prints v2', async () => ((await versions(vm, out)).at(-1) === 'libvx version v2' ? true : undefined));
-        assert.match(await vm.sh(PROG), /libvx version v2/);
-        assert.ok(await alive(vm, pid), 'the remapped process runs on');
-        const f = planned(r);
-        assert.is(f.class, 'elf-code-unchanged');
-        assert.is(f.policy, 'remap');
-        assert.ok(f.mappers.some((m) => m.pid === pid), 'prepare saw the process mapping libvx.so');
-        assert.equal(r.agent.prepare!.pinned.filter((p) => p.pid === pid), [], 'nothing pinned under remap');
-      });
-    }),
-  );
+T('only .rodata changed: code-unchanged, remap; the running process and a new exec print v2', (c) =>
+  withTimeout(300_000, 'rodata', async () => {
+    const { vm } = c;
+    await withVariant(c, 'rodata', async (pid, out, r) => {
+      await waitFor(30_000, 'the running process prints v2', async () => ((await versions(vm, out)).at(-1) === 'libvx version v2' ? true : undefined));
+      assert.match(await vm.sh(PROG), /libvx version v2/);
+      assert.ok(await alive(vm, pid), 'the remapped process runs on');
+      const f = planned(r);
+      assert.is(f.class, 'elf-code-unchanged');
+      assert.is(f.policy, 'remap');
+      assert.ok(f.mappers.some((m) => m.pid === pid), 'prepare saw the process mapping libvx.so');
+      assert.equal(r.agent.prepare!.pinned.filter((p) => p.pid === pid), [], 'nothing pinned under remap');
+    });
+  }),
+);
 
-  G.test("code moved inside the function a process sleeps in (the user's case): code-changed, pin; it survives on v1", () =>
-    withTimeout(300_000, 'moved', () => codeChange('moved')),
-  );
+T("code moved inside the function a process sleeps in (the user's case): code-changed, pin; it survives on v1", (c) =>
+  withTimeout(300_000, 'moved', () => codeChange(c, 'moved')),
+);
 
-  G.test('a function added before the others: code-changed, pin; the running process survives on v1', () =>
-    withTimeout(300_000, 'added', () => codeChange('added')),
-  );
-
-}
+T('a function added before the others: code-changed, pin; the running process survives on v1', (c) =>
+  withTimeout(300_000, 'added', () => codeChange(c, 'added')),
+);
 
 T.run();

@@ -11,14 +11,11 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { guestScenario, type Scenario } from '../helpers/scenario.js';
-import { guestArtifacts, type GuestArtifacts } from '../helpers/paths.js';
+import { withGuest, type GuestContext } from '../helpers/guest-suite.js';
 import { vmsubst, type CliRun } from '../helpers/cli.js';
-import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 import type { GuestVm } from '../helpers/vm.js';
 
-const art = guestArtifacts();
 const DATA = '/mnt/data/share/data.txt';
 const OV = '/mnt/ov';
 
@@ -35,7 +32,7 @@ async function mountData(vm: GuestVm, type: string, opts: string): Promise<void>
 const sha = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 /** apply with the two-phase notification; the parsed --json answer (or the raw output when it is not JSON). */
-async function applyNotify(s: Scenario): Promise<{ run: CliRun; out: Record<string, any> | undefined }> {
+async function applyNotify(s: GuestContext): Promise<{ run: CliRun; out: Record<string, any> | undefined }> {
   const run = await vmsubst(
     ['apply', s.bundle, '--qmp', s.vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${s.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'],
     300_000,
@@ -49,14 +46,24 @@ async function applyNotify(s: Scenario): Promise<{ run: CliRun; out: Record<stri
   return { run, out };
 }
 
-function xfsData(a: GuestArtifacts): void {
-  const S = suite('filesystems: XFS ro,norecovery, data changed in place: readers see the new content');
-  const G = guard(S);
-  const C = { s: undefined as Scenario | undefined, reader: 0, applied: undefined as Awaited<ReturnType<typeof applyNotify>> | undefined };
-  S.before(G.setup(async () => {
-    C.s = await guestScenario(a, 'fs-xfs-data', { base: 'xfs-base.img', patched: 'xfs-patched.img' });
-    const vm = C.s.vm;
-    await mountData(vm, 'xfs', 'ro,norecovery');
+/** A suite whose guest has FS-base.img mounted at /mnt/data with `opts` (then `more`), and the bundle to `patched`. */
+function fsSuite<X extends object = object>(title: string, name: string, fs: 'xfs' | 'btrfs', patched: string, opts: string, more?: (c: GuestContext) => Promise<X | void>) {
+  return withGuest<X>(suite(title), {
+    name,
+    base: `${fs}-base.img`,
+    patched,
+    async setup(c) {
+      await mountData(c.vm, fs, opts);
+      return more?.(c);
+    },
+  });
+}
+
+/** The two-phase apply of the XFS data suite, made once: the tests read its outcome. */
+const xfsApplied = (c: GuestContext): ReturnType<typeof applyNotify> => c.once('applied', () => applyNotify(c));
+
+function xfsData(): void {
+  const S = fsSuite('filesystems: XFS ro,norecovery, data changed in place: readers see the new content', 'fs-xfs-data', 'xfs', 'xfs-patched.img', 'ro,norecovery', async ({ vm }) => {
     // An overlay whose read-only lower is the XFS mount (Debian overlayroot's shape), upper on tmpfs.
     await vm.sh(`mkdir -p /tmp/ovu /tmp/ovw ${OV} && mount -t overlay ov -o lowerdir=/mnt/data,upperdir=/tmp/ovu,workdir=/tmp/ovw ${OV}`);
     // A reader that holds the file open (through the mount and through the overlay) and re-reads it.
@@ -64,18 +71,17 @@ function xfsData(a: GuestArtifacts): void {
       `node -e "const fs=require('fs');const a=fs.openSync(process.argv[1],'r'),b=fs.openSync(process.argv[2],'r');const x=Buffer.alloc(20),y=Buffer.alloc(20);` +
         `setInterval(()=>{fs.readSync(a,x,0,20,8192);fs.readSync(b,y,0,20,8192);fs.writeFileSync('/tmp/reader.out',x+'|'+y)},200)" ${DATA} ${OV}/share/data.txt > /tmp/reader.log 2>&1 & echo $! > /tmp/reader.pid`,
     );
-    C.reader = Number((await vm.sh('cat /tmp/reader.pid')).trim());
+    const reader = Number((await vm.sh('cat /tmp/reader.pid')).trim());
     await waitFor(60_000, 'reader', async () => (/v1 line.*\|.*v1 line/.test((await vm.run('cat /tmp/reader.out')).out) ? true : undefined));
     // Cached before the write: the old pages must be dropped, not merely never read.
     assert.match(await vm.sh(`cat ${DATA} ${OV}/share/data.txt | head -n 1`), /DATA v1/);
     assert.match(await vm.sh('/mnt/data/bin/vprog'), /version v1/);
-  }));
-  S.after(() => C.s?.close());
+    return { reader };
+  });
 
-  G.test('apply + two-phase notify exits 0 and lists the changed files, on an XFS mount', () =>
+  S('apply + two-phase notify exits 0 and lists the changed files, on an XFS mount', (c) =>
     withTimeout(330_000, 'apply', async () => {
-      C.applied = await applyNotify(C.s!);
-      const { run, out } = C.applied;
+      const { run, out } = await xfsApplied(c);
       assert.is(run.code, 0, run.stdout + run.stderr);
       const report = out?.agent?.report as { files: { path: string }[]; plan: { filesystems?: { mount: string; type: string; handling: string }[] } } | undefined;
       assert.ok(report, run.stdout);
@@ -87,69 +93,57 @@ function xfsData(a: GuestArtifacts): void {
     }),
   );
 
-  G.test('the running reader sees the new content, through the mount and through the overlay', () =>
-    withTimeout(60_000, 'reader', async () => {
-      const vm = C.s!.vm;
+  S('the running reader sees the new content, through the mount and through the overlay', (c) =>
+    withTimeout(390_000, 'reader', async () => {
+      const { vm } = c;
+      await xfsApplied(c);
       await waitFor(30_000, 'reader switches', async () => {
         const r = (await vm.run('cat /tmp/reader.out')).out;
         return /v2 line.*\|.*v2 line/.test(r) ? true : undefined;
       });
-      assert.is((await vm.run(`kill -0 ${C.reader}`)).code, 0, 'the reader is still running');
+      assert.is((await vm.run(`kill -0 ${c.reader}`)).code, 0, 'the reader is still running');
     }),
   );
 
-  G.test('new reads and new execs see the new content', () =>
-    withTimeout(60_000, 'new reads', async () => {
-      const vm = C.s!.vm;
+  S('new reads and new execs see the new content', (c) =>
+    withTimeout(390_000, 'new reads', async () => {
+      const { vm } = c;
+      await xfsApplied(c);
       assert.match(await vm.sh(`head -n 1 ${DATA}`), /DATA v2 line 00001/);
       assert.match(await vm.sh(`head -n 1 ${OV}/share/data.txt`), /DATA v2 line 00001/);
       assert.match(await vm.sh('/mnt/data/bin/vprog'), /version v2/);
       assert.match(await vm.sh(`${OV}/bin/vprog`), /version v2/);
-      assert.is(await vm.sh(`sha256sum ${DATA} | cut -d' ' -f1`).then((x) => x.trim()), sha(`${a.disks}/data-v2.txt`));
+      assert.is(await vm.sh(`sha256sum ${DATA} | cut -d' ' -f1`).then((x) => x.trim()), sha(`${c.art.disks}/data-v2.txt`));
     }),
   );
   S.run();
 }
 
-function xfsAdded(a: GuestArtifacts): void {
-  const S = suite('filesystems: XFS, a file added (metadata): RestartRequired in prepare, nothing written');
-  const G = guard(S);
-  const C = { s: undefined as Scenario | undefined };
-  S.before(G.setup(async () => {
-    C.s = await guestScenario(a, 'fs-xfs-added', { base: 'xfs-base.img', patched: 'xfs-added.img' });
-    await mountData(C.s.vm, 'xfs', 'ro,norecovery');
-  }));
-  S.after(() => C.s?.close());
+function xfsAdded(): void {
+  const S = fsSuite('filesystems: XFS, a file added (metadata): RestartRequired in prepare, nothing written', 'fs-xfs-added', 'xfs', 'xfs-added.img', 'ro,norecovery');
 
-  G.test('prepare refuses with RestartRequired naming XFS metadata; the disk is unchanged', () =>
+  S('prepare refuses with RestartRequired naming XFS metadata; the disk is unchanged', (c) =>
     withTimeout(330_000, 'added', async () => {
-      const before = sha(C.s!.disk);
-      const { run } = await applyNotify(C.s!);
+      const before = sha(c.disk);
+      const { run } = await applyNotify(c);
       assert.is(run.code, 1, run.stdout + run.stderr);
       assert.match(run.stdout + run.stderr, /RestartRequired/, run.stdout + run.stderr);
       assert.match(run.stdout + run.stderr, /XFS/, run.stdout + run.stderr);
       assert.match(run.stdout + run.stderr, /nothing was (written|done)/, run.stdout + run.stderr);
-      assert.is(sha(C.s!.disk), before, 'the disk image is byte for byte what it was');
-      assert.is.not((await C.s!.vm.run('cat /mnt/data/etc/added.conf')).code, 0);
+      assert.is(sha(c.disk), before, 'the disk image is byte for byte what it was');
+      assert.is.not((await c.vm.run('cat /mnt/data/etc/added.conf')).code, 0);
     }),
   );
   S.run();
 }
 
-function btrfs(a: GuestArtifacts): void {
-  const S = suite('filesystems: btrfs (nodatacow file changed in place): Unsupported in prepare, nothing written');
-  const G = guard(S);
-  const C = { s: undefined as Scenario | undefined };
-  S.before(G.setup(async () => {
-    C.s = await guestScenario(a, 'fs-btrfs', { base: 'btrfs-base.img', patched: 'btrfs-patched.img' });
-    await mountData(C.s.vm, 'btrfs', 'ro');
-    assert.match(await C.s.vm.sh('grep " /mnt/data " /proc/self/mountinfo'), / 0:\d+ /, 'btrfs shows an anonymous device');
-  }));
-  S.after(() => C.s?.close());
+function btrfs(): void {
+  const S = fsSuite('filesystems: btrfs (nodatacow file changed in place): Unsupported in prepare, nothing written', 'fs-btrfs', 'btrfs', 'btrfs-patched.img', 'ro', async ({ vm }) => {
+    assert.match(await vm.sh('grep " /mnt/data " /proc/self/mountinfo'), / 0:\d+ /, 'btrfs shows an anonymous device');
+  });
 
-  G.test('prepare refuses with Unsupported and the reason; the disk is unchanged; the dry run shows why', () =>
+  S('prepare refuses with Unsupported and the reason; the disk is unchanged; the dry run shows why', (s) =>
     withTimeout(330_000, 'btrfs', async () => {
-      const s = C.s!;
       const plan = await vmsubst(['notify', s.bundle, '--to', `serial:${s.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--dry-run', '--json'], 120_000);
       assert.match(plan.stdout + plan.stderr, /btrfs/);
       assert.not.match(plan.stdout, /outside-filesystems/);
@@ -166,15 +160,7 @@ function btrfs(a: GuestArtifacts): void {
   S.run();
 }
 
-if (typeof art === 'string') {
-  console.log(`  skipped: ${art}`);
-  const S = suite('filesystems: guest artefacts');
-  S.skip('guest artefacts are missing', () => undefined);
-  S.run();
-} else {
-  const a = art;
-  const only = process.env.VMSUBST_FS_ONLY; // xfs-data | xfs-added | btrfs: one scenario while debugging
-  if (!only || only === 'xfs-data') xfsData(a);
-  if (!only || only === 'xfs-added') xfsAdded(a);
-  if (!only || only === 'btrfs') btrfs(a);
-}
+const only = process.env.VMSUBST_FS_ONLY; // xfs-data | xfs-added | btrfs: one scenario while debugging
+if (!only || only === 'xfs-data') xfsData();
+if (!only || only === 'xfs-added') xfsAdded();
+if (!only || only === 'btrfs') btrfs();

@@ -7,89 +7,80 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { GuestVm } from '../helpers/vm.js';
-import { guestScenario, type Scenario } from '../helpers/scenario.js';
-import { guestArtifacts } from '../helpers/paths.js';
+import { startProgram, versions, withGuest, type GuestContext } from '../helpers/guest-suite.js';
 import { vmsubstJson } from '../helpers/cli.js';
-import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 import type { PinReport } from '../../agent/src/substitution/pin.js';
 
-const art = guestArtifacts();
-const Pin = suite('pin: a pinned process keeps v1 while others move to v2');
-const G = guard(Pin);
-const C = { scenario: undefined as Scenario | undefined, bundle: '', vm: undefined as GuestVm | undefined, pinned: 0, other: 0, pin: undefined as PinReport | undefined };
 const PROG = '/mnt/data/bin/vprog';
-const pidOf = async (vm: GuestVm, f: string): Promise<number> => Number((await vm.sh(`cat ${f}`)).trim());
-const versions = async (vm: GuestVm, f: string): Promise<string[]> =>
-  (await vm.sh(`cat ${f}`)).split('\n').filter(Boolean).map((l) => l.replace(/ pid=.*/, ''));
 
-if (typeof art === 'string') {
-  console.log(`  skipped: ${art}`);
-  Pin.skip('guest artefacts are missing', () => undefined);
-} else {
-  Pin.before(G.setup(async () => {
-    const s = await guestScenario(art, 'pin');
-    C.scenario = s;
-    C.bundle = s.bundle;
-    C.vm = s.vm;
-  }));
-  Pin.after(() => {
-    C.scenario?.close();
+/** A process pinned by hand while the disk holds v1, and one started after the pin. */
+const pinned = (c: GuestContext): Promise<{ pin: PinReport; pinned: number; other: number }> =>
+  c.once('pinned', async () => {
+    const { vm } = c;
+    const pid = await startProgram(vm, 'pinned', `${PROG} 200`);
+    const out = await vm.sh(`node /opt/vmsubst/build/agent/src/main.js pin --json ${PROG}`);
+    const pin = (JSON.parse(out.slice(out.indexOf('['))) as PinReport[])[0]!;
+    // The other process starts after the pin: it is not pinned.
+    await vm.sh(`${PROG} 200 > /tmp/other.out 2>&1 & echo $! > /tmp/other.pid`);
+    const other = Number((await vm.sh('cat /tmp/other.pid')).trim());
+    return { pin, pinned: pid, other };
   });
 
-  G.test('pinning the running process copies its private mappings and reports the cost', () =>
-    withTimeout(120_000, 'pin', async () => {
-      const vm = C.vm!;
-      await vm.sh(`${PROG} 200 > /tmp/pinned.out 2>&1 & echo $! > /tmp/pinned.pid`);
-      C.pinned = await pidOf(vm, '/tmp/pinned.pid');
-      await waitFor(30_000, 'pinned prints', async () => ((await versions(vm, '/tmp/pinned.out')).length > 0 ? true : undefined));
-      const out = await vm.sh(`node /opt/vmsubst/build/agent/src/main.js pin --json ${PROG}`);
-      C.pin = (JSON.parse(out.slice(out.indexOf('['))) as PinReport[])[0];
-      const p = C.pin!.processes.find((x) => x.pid === C.pinned);
-      assert.ok(p, JSON.stringify(C.pin));
-      assert.ok(p['bytes-copied'] > 0 && p['bytes-copied'] % 4096 === 0, `bytes copied: ${p['bytes-copied']}`);
-      // Every private mapping reached (the cursor loop ended on its own), none left unpinned.
-      assert.is(C.pin!.complete, true, JSON.stringify(C.pin));
-      assert.ok(C.pin!.mappings >= 1 && C.pin!.calls >= 1, JSON.stringify(C.pin));
-      assert.equal(C.pin!['not-pinned'], [], JSON.stringify(C.pin));
-      // The other process starts after the pin: it is not pinned.
-      await vm.sh(`${PROG} 200 > /tmp/other.out 2>&1 & echo $! > /tmp/other.pid`);
-      C.other = await pidOf(vm, '/tmp/other.pid');
-    }),
-  );
+/** Pinned, then v2 applied and the agent told (remapping explicitly: the pin under test is the one made by hand). */
+const substituted = (c: GuestContext): Promise<{ pinned: number; other: number }> =>
+  c.once('substituted', async () => {
+    const p = await pinned(c);
+    await vmsubstJson(['apply', c.bundle, '--qmp', c.vm.qmpSocket, '--device', 'vblk0']);
+    await vmsubstJson(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--policy', '/bin/vprog=remap']);
+    return p;
+  });
 
-  G.test('after apply and notify the pinned process still prints v1, the other v2', () =>
-    withTimeout(120_000, 'substitute', async () => {
-      const vm = C.vm!;
-      await vmsubstJson(['apply', C.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
-      // Remap explicitly: the pin under test is the one made by hand above, not the policy's.
-      await vmsubstJson(['notify', C.bundle, '--to', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--policy', '/bin/vprog=remap']);
-      await waitFor(20_000, 'other switches to v2', async () => ((await versions(vm, '/tmp/other.out')).at(-1) === 'vprog version v2' ? true : undefined));
-      await vm.sh('sleep 2');
-      const pinned = await versions(vm, '/tmp/pinned.out');
-      assert.ok(pinned.length > 10, 'the pinned process kept printing');
-      assert.ok(pinned.every((v) => v === 'vprog version v1'), `pinned process output: ${[...new Set(pinned)]}`);
-      assert.is((await vm.run(`kill -0 ${C.pinned}`)).code, 0, 'pinned process alive');
-      assert.is((await vm.run(`kill -0 ${C.other}`)).code, 0, 'other process alive');
-    }),
-  );
+const Pin = withGuest(suite('pin: a pinned process keeps v1 while others move to v2'), { name: 'pin' });
 
-  G.test('a new exec runs v2', () =>
-    withTimeout(60_000, 'new exec', async () => {
-      assert.match(await C.vm!.sh(PROG), /version v2/);
-    }),
-  );
+Pin('pinning the running process copies its private mappings and reports the cost', (c) =>
+  withTimeout(120_000, 'pin', async () => {
+    const { pin, pinned: pid } = await pinned(c);
+    const p = pin.processes.find((x) => x.pid === pid);
+    assert.ok(p, JSON.stringify(pin));
+    assert.ok(p['bytes-copied'] > 0 && p['bytes-copied'] % 4096 === 0, `bytes copied: ${p['bytes-copied']}`);
+    // Every private mapping reached (the cursor loop ended on its own), none left unpinned.
+    assert.is(pin.complete, true, JSON.stringify(pin));
+    assert.ok(pin.mappings >= 1 && pin.calls >= 1, JSON.stringify(pin));
+    assert.equal(pin['not-pinned'], [], JSON.stringify(pin));
+  }),
+);
 
-  G.test('the pinned process never prints v2, to the end of its life', () =>
-    withTimeout(60_000, 'whole life', async () => {
-      const vm = C.vm!;
-      await vm.sh('sleep 3');
-      await vm.sh(`kill ${C.pinned}`);
-      const pinned = await versions(vm, '/tmp/pinned.out');
-      assert.ok(pinned.every((v) => v === 'vprog version v1'), `pinned process output: ${[...new Set(pinned)]}`);
-    }),
-  );
-}
+Pin('after apply and notify the pinned process still prints v1, the other v2', (c) =>
+  withTimeout(240_000, 'substitute', async () => {
+    const { vm } = c;
+    const p = await substituted(c);
+    await waitFor(20_000, 'other switches to v2', async () => ((await versions(vm, '/tmp/other.out')).at(-1) === 'vprog version v2' ? true : undefined));
+    await vm.sh('sleep 2');
+    const out = await versions(vm, '/tmp/pinned.out');
+    assert.ok(out.length > 10, 'the pinned process kept printing');
+    assert.ok(out.every((v) => v === 'vprog version v1'), `pinned process output: ${[...new Set(out)]}`);
+    assert.is((await vm.run(`kill -0 ${p.pinned}`)).code, 0, 'pinned process alive');
+    assert.is((await vm.run(`kill -0 ${p.other}`)).code, 0, 'other process alive');
+  }),
+);
+
+Pin('a new exec runs v2', (c) =>
+  withTimeout(240_000, 'new exec', async () => {
+    await substituted(c);
+    assert.match(await c.vm.sh(PROG), /version v2/);
+  }),
+);
+
+Pin('the pinned process never prints v2, to the end of its life', (c) =>
+  withTimeout(240_000, 'whole life', async () => {
+    const { vm } = c;
+    const p = await substituted(c);
+    await vm.sh('sleep 3');
+    await vm.sh(`kill ${p.pinned}`);
+    const out = await versions(vm, '/tmp/pinned.out');
+    assert.ok(out.every((v) => v === 'vprog version v1'), `pinned process output: ${[...new Set(out)]}`);
+  }),
+);
 
 Pin.run();

@@ -15,11 +15,10 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { GuestVm } from '../helpers/vm.js';
-import { guestArtifacts } from '../helpers/paths.js';
+import type { GuestVm } from '../helpers/vm.js';
+import { withGuest, type GuestContext } from '../helpers/guest-suite.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { withTimeout } from '../helpers/timeout.js';
 
@@ -65,12 +64,9 @@ interface Flip {
   agentMs: number;
   dropped: number;
 }
-interface Ctx {
-  vm?: GuestVm;
-  setupError?: Error;
-  tmp: string;
-  imgA: string;
-  imgB: string;
+type Ctx = GuestContext & { imgA: string; imgB: string };
+/** What one stress run saw. */
+interface Run {
   flips: Flip[];
   /** Requests the notify client had to resend (lost on virtio-serial), over all flips. */
   resends: number;
@@ -83,8 +79,6 @@ interface Ctx {
   workers: Record<string, WorkerResult>;
 }
 
-const C: Ctx = { tmp: '', imgA: '', imgB: '', flips: [], resends: 0, notifiesWithResends: 0, replays: 0, reconnects: 0, workers: {} };
-const Stress = suite(`kmod stress: 4 workers and invalidations while the host flips blocks (${SECONDS} s)`);
 
 /** Parses `stress MODE ok|failed key=N ...`. */
 function parseSummary(out: string): Summary | undefined {
@@ -98,8 +92,8 @@ function parseSummary(out: string): Summary | undefined {
   return { mode: m[1]!, ok: m[2] === 'ok', counts };
 }
 
-function worker(name: string): WorkerResult {
-  const w = C.workers[name];
+function worker(run: Run, name: string): WorkerResult {
+  const w = run.workers[name];
   assert.ok(w, `worker ${name} has a result (the stress run did not complete)`);
   return w;
 }
@@ -110,8 +104,8 @@ function worker(name: string): WorkerResult {
  * the journal without touching the guest, so flipping with the same two bundles would have the
  * agent verify and invalidate only on the first two flips.
  */
-async function makeBundle(n: number, to: 'A' | 'B', imgA: string, imgB: string): Promise<string> {
-  const out = join(C.tmp, `flip-${n}.bundle`);
+async function makeBundle({ tmp, imgA, imgB }: Ctx, n: number, to: 'A' | 'B'): Promise<string> {
+  const out = join(tmp, `flip-${n}.bundle`);
   const [from, into] = to === 'B' ? [imgA, imgB] : [imgB, imgA];
   await vmsubstJson(['diff', from, into, '-o', out, '--label', `stress flip ${n} to ${to}`]);
   return out;
@@ -120,7 +114,7 @@ async function makeBundle(n: number, to: 'A' | 'B', imgA: string, imgB: string):
 const RESENT = /^vmsubst: (\d+) requests? resent before the agent answered/m;
 
 /** One flip: write the other version's blocks under the running guest, then tell the agent. */
-async function flip(vm: GuestVm, to: 'A' | 'B', bundle: string): Promise<Flip> {
+async function flip(vm: GuestVm, run: Run, to: 'A' | 'B', bundle: string): Promise<Flip> {
   const t0 = Date.now();
   const a = await vmsubstJson<ApplyJson>(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
   if (a.status !== 'applied') throw new Error(`apply to ${to}: status ${a.status}, expected applied`);
@@ -131,10 +125,10 @@ async function flip(vm: GuestVm, to: 'A' | 'B', bundle: string): Promise<Flip> {
   if (r.code !== 0) throw new Error(`notify to ${to} failed (${r.code}): ${r.stderr}${r.stdout}`);
   const resent = RESENT.exec(r.stderr);
   if (resent) {
-    C.resends += Number(resent[1]);
-    C.notifiesWithResends++;
+    run.resends += Number(resent[1]);
+    run.notifiesWithResends++;
   }
-  if (/attempt \d+ failed/.test(r.stderr)) C.reconnects++;
+  if (/attempt \d+ failed/.test(r.stderr)) run.reconnects++;
   const n = JSON.parse(r.stdout) as NotifyJson;
   if (n.replayed) throw new Error(`notify to ${to}: the agent answered a new bundle id from its journal`);
   for (const path of [PAGES, VPROG]) {
@@ -151,20 +145,21 @@ async function flip(vm: GuestVm, to: 'A' | 'B', bundle: string): Promise<Flip> {
 }
 
 /** Runs fn; if the guest died meanwhile (a panic reboots it), the error carries the console's tail. */
-async function withConsole<T>(fn: () => Promise<T>): Promise<T> {
+async function withConsole<T>(vm: GuestVm, fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (e) {
-    if (C.vm && /qemu exited|guest not running/.test((e as Error).message)) {
-      (e as Error).message += `\n--- guest console (tail) ---\n${C.vm.console.slice(-8000)}`;
+    if (/qemu exited|guest not running/.test((e as Error).message)) {
+      (e as Error).message += `\n--- guest console (tail) ---\n${vm.console.slice(-8000)}`;
     }
     throw e;
   }
 }
 
 /** Starts the workers in the guest, flips the disk until the end of the run, collects the workers' results. */
-async function runStress(): Promise<void> {
-  const vm = C.vm!;
+async function runStress(c: Ctx): Promise<Run> {
+  const { vm } = c;
+  const run: Run = { flips: [], resends: 0, notifiesWithResends: 0, replays: 0, reconnects: 0, workers: {} };
   assert.match(await vm.sh(`${VPROG}`), /vprog version v1/, 'the guest starts on version A');
   const env = PAUSE !== undefined ? `STRESS_PAUSE_MS=${Number(PAUSE)} ` : '';
   // Niced (STRESS_NICE), so that the agent (node under TCG) and the console get the vCPUs when
@@ -185,18 +180,18 @@ async function runStress(): Promise<void> {
 
   // The next flip's bundle is made while the current flip runs.
   let to: 'A' | 'B' = 'B';
-  let next = makeBundle(1, to, C.imgA, C.imgB);
+  let next = makeBundle(c, 1, to);
   while (running && Date.now() < flipUntil) {
-    const n = C.flips.length + 1;
+    const n = run.flips.length + 1;
     try {
       const bundle = await next;
       const after: 'A' | 'B' = to === 'A' ? 'B' : 'A';
-      next = makeBundle(n + 1, after, C.imgA, C.imgB);
+      next = makeBundle(c, n + 1, after);
       next.catch(() => undefined); // awaited by the next round or below
-      C.flips.push(await flip(vm, to, bundle));
+      run.flips.push(await flip(vm, run, to, bundle));
       to = after;
     } catch (e) {
-      C.flipError = `flip ${n} (to ${to}): ${(e as Error).message}`;
+      run.flipError = `flip ${n} (to ${to}): ${(e as Error).message}`;
       break;
     }
   }
@@ -204,9 +199,9 @@ async function runStress(): Promise<void> {
   await workers;
   // Each resend either duplicated a request the agent had (answered from its journal, logged) or
   // replaced one the channel lost; the difference counts the lost ones, all recovered.
-  C.replays = Number((await vm.run("grep -c 'answered from the journal' /tmp/agent.log")).out.trim()) || 0;
-  if (C.flipError !== undefined) {
-    C.flipError += `\n--- /tmp/agent.log (tail) ---\n${(await vm.run('tail -n 40 /tmp/agent.log')).out}`;
+  run.replays = Number((await vm.run("grep -c 'answered from the journal' /tmp/agent.log")).out.trim()) || 0;
+  if (run.flipError !== undefined) {
+    run.flipError += `\n--- /tmp/agent.log (tail) ---\n${(await vm.run('tail -n 40 /tmp/agent.log')).out}`;
   }
 
   const names = Object.keys(WORKERS);
@@ -216,114 +211,108 @@ async function runStress(): Promise<void> {
     const r: WorkerResult = { rc, out };
     const s = parseSummary(out);
     if (s) r.summary = s;
-    C.workers[name] = r;
+    run.workers[name] = r;
   }
 
   const byWorker = names
     .map((n) => {
-      const c = C.workers[n]?.summary?.counts ?? {};
+      const k = run.workers[n]?.summary?.counts ?? {};
       return n === 'inval'
-        ? `inval ${c['iterations']} rounds/${c['calls']} calls/${c['dropped']} pages dropped`
-        : `${n} ${c['iterations']} iterations (v1 ${c['v1']}, v2 ${c['v2']}${c['remapped'] !== undefined ? `, remapped mid-copy ${c['remapped']}` : ''})`;
+        ? `inval ${k['iterations']} rounds/${k['calls']} calls/${k['dropped']} pages dropped`
+        : `${n} ${k['iterations']} iterations (v1 ${k['v1']}, v2 ${k['v2']}${k['remapped'] !== undefined ? `, remapped mid-copy ${k['remapped']}` : ''})`;
     })
     .join('; ');
   const avg = (f: (x: Flip) => number): number =>
-    C.flips.length ? Math.round(C.flips.reduce((s, x) => s + f(x), 0) / C.flips.length) : 0;
+    run.flips.length ? Math.round(run.flips.reduce((s, x) => s + f(x), 0) / run.flips.length) : 0;
   console.log(
-    `\n  stress: ${Math.round((Date.now() - t0) / 1000)} s, ${C.flips.length} flips ` +
+    `\n  stress: ${Math.round((Date.now() - t0) / 1000)} s, ${run.flips.length} flips ` +
       `(avg ${avg((x) => x.ms)} ms: pause ${avg((x) => x.pauseMs)} ms, agent ${avg((x) => x.agentMs)} ms, ` +
-      `${avg((x) => x.dropped)} pages dropped by notify; ${C.notifiesWithResends} notifies resent ${C.resends} requests ` +
-      `(${C.replays} duplicates answered from the journal, so about ${Math.max(0, C.resends - C.replays)} lost by the channel and recovered), ` +
-      `${C.reconnects} needed a new connection, no notify was repeated); ${byWorker}`,
+      `${avg((x) => x.dropped)} pages dropped by notify; ${run.notifiesWithResends} notifies resent ${run.resends} requests ` +
+      `(${run.replays} duplicates answered from the journal, so about ${Math.max(0, run.resends - run.replays)} lost by the channel and recovered), ` +
+      `${run.reconnects} needed a new connection, no notify was repeated); ${byWorker}`,
   );
 
-  assert.is(C.flipError, undefined, C.flipError);
-  // A flip (diff for the next one, apply, notify: three CLI runs against a loaded TCG guest) takes
-  // 2.5-5 s on this 2-core host, near 10 s while other guests share it; the floor allows for that.
-  const atLeast = Math.max(4, Math.floor(SECONDS / 20));
-  assert.ok(C.flips.length >= atLeast, `only ${C.flips.length} flips in ${SECONDS} s, expected at least ${atLeast}`);
+  return run;
 }
 
-const art = guestArtifacts();
-const missing =
-  typeof art === 'string'
-    ? art
-    : ['stress-a.img', 'stress-b.img']
-        .map((f) => join(art.disks, f))
-        .filter((p) => !existsSync(p))
-        .map((p) => `${p} is missing (run test/fixtures/build-stress-disks.sh build/disks, or make guest)`)[0];
+const Stress = withGuest(suite(`kmod stress: 4 workers and invalidations while the host flips blocks (${SECONDS} s)`), {
+  name: 'stress',
+  base: 'stress-a.img',
+  patched: null,
+  requires: ['stress-b.img'],
+  boot: { bootTimeoutMs: 300_000 },
+  bootLimitMs: 420_000,
+  setup: async ({ art }) => ({ imgA: join(art.disks, 'stress-a.img'), imgB: join(art.disks, 'stress-b.img') }),
+});
 
-if (typeof art === 'string' || missing !== undefined) {
-  console.log(`  skipped: ${missing ?? String(art)}`);
-  Stress.skip('guest artefacts are missing', () => undefined);
-} else {
-  Stress.before(async () => {
-    C.imgA = join(art.disks, 'stress-a.img');
-    C.imgB = join(art.disks, 'stress-b.img');
-    C.tmp = mkdtempSync(join(tmpdir(), 'vmsubst-stress-'));
-    const disk = join(C.tmp, 'disk.img');
-    copyFileSync(C.imgA, disk);
-    try {
-      C.vm = await withTimeout(420_000, 'boot', () => GuestVm.boot({ disk, bootTimeoutMs: 300_000 }));
-    } catch (e) {
-      C.setupError = e as Error;
-    }
-  });
-  // uvu 0.5 drops an error thrown by a before hook and exits 0; every test fails with it instead.
-  Stress.before.each(() => {
-    if (C.setupError) throw C.setupError;
-  });
-  Stress.after(() => {
-    C.vm?.kill();
-    if (C.tmp) rmSync(C.tmp, { recursive: true, force: true });
-  });
+/** The stress run, made once: every test reads what it saw. */
+const stressRun = (c: Ctx): Promise<Run> => c.once('stress', () => withConsole(c.vm, () => runStress(c)));
+const RUN_MS = (SECONDS + 300) * 1000;
 
-  Stress('the host flips the files between A and B for the whole run while the workers run', () =>
-    withTimeout((SECONDS + 300) * 1000, 'stress run', () => withConsole(runStress)),
-  );
-  Stress('every worker exits 0 with its ok line', () => {
+Stress('the host flips the files between A and B for the whole run while the workers run', (c) =>
+  withTimeout(RUN_MS, 'stress run', async () => {
+    const run = await stressRun(c);
+    assert.is(run.flipError, undefined, run.flipError);
+    // A flip (diff for the next one, apply, notify: three CLI runs against a loaded TCG guest) takes
+    // 2.5-5 s on this 2-core host, near 10 s while other guests share it; the floor allows for that.
+    const atLeast = Math.max(4, Math.floor(SECONDS / 20));
+    assert.ok(run.flips.length >= atLeast, `only ${run.flips.length} flips in ${SECONDS} s, expected at least ${atLeast}`);
+  }),
+);
+
+Stress('every worker exits 0 with its ok line', (c) =>
+  withTimeout(RUN_MS, 'stress run', async () => {
+    const run = await stressRun(c);
     for (const name of Object.keys(WORKERS)) {
-      const w = worker(name);
+      const w = worker(run, name);
       assert.ok(w.summary?.ok, `${name} printed no ok line:\n${w.out}`);
       assert.is(w.rc, 0, `${name} exited ${w.rc}:\n${w.out}`);
       assert.is(w.summary!.counts['errors'], 0, `${name}: ${w.out}`);
       assert.ok((w.summary!.counts['iterations'] ?? 0) > 0, `${name} made no iterations: ${w.out}`);
     }
-  });
+  }),
+);
 
-  Stress('read() and mmap readers never see a page mixing the two versions, and see both', () => {
+Stress('read() and mmap readers never see a page mixing the two versions, and see both', (c) =>
+  withTimeout(RUN_MS, 'stress run', async () => {
+    const run = await stressRun(c);
     for (const name of ['read', 'mmap', 'mmap2']) {
-      const w = worker(name);
-      const c = w.summary?.counts ?? {};
-      assert.is(c['mixed'], 0, `${name}: ${w.out}`);
-      assert.ok((c['v1'] ?? 0) > 0 && (c['v2'] ?? 0) > 0, `${name} saw v1 ${c['v1']} and v2 ${c['v2']} pages: ${w.out}`);
-      assert.is((c['v1'] ?? 0) + (c['v2'] ?? 0), c['pages'], `${name}: every page checked is v1 or v2`);
+      const w = worker(run, name);
+      const k = w.summary?.counts ?? {};
+      assert.is(k['mixed'], 0, `${name}: ${w.out}`);
+      assert.ok((k['v1'] ?? 0) > 0 && (k['v2'] ?? 0) > 0, `${name} saw v1 ${k['v1']} and v2 ${k['v2']} pages: ${w.out}`);
+      assert.is((k['v1'] ?? 0) + (k['v2'] ?? 0), k['pages'], `${name}: every page checked is v1 or v2`);
     }
-  });
+  }),
+);
 
-  Stress('every exec of vprog prints exactly one version, and both versions ran', () => {
-    const w = worker('exec');
-    const c = w.summary?.counts ?? {};
-    assert.is(c['mixed'], 0, w.out);
-    assert.is((c['v1'] ?? 0) + (c['v2'] ?? 0), c['iterations'], `every run printed a version: ${w.out}`);
-    assert.ok((c['v1'] ?? 0) > 0 && (c['v2'] ?? 0) > 0, `exec saw v1 ${c['v1']} and v2 ${c['v2']} runs`);
-  });
+Stress('every exec of vprog prints exactly one version, and both versions ran', (c) =>
+  withTimeout(RUN_MS, 'stress run', async () => {
+    const w = worker(await stressRun(c), 'exec');
+    const k = w.summary?.counts ?? {};
+    assert.is(k['mixed'], 0, w.out);
+    assert.is((k['v1'] ?? 0) + (k['v2'] ?? 0), k['iterations'], `every run printed a version: ${w.out}`);
+    assert.ok((k['v1'] ?? 0) > 0 && (k['v2'] ?? 0) > 0, `exec saw v1 ${k['v1']} and v2 ${k['v2']} runs`);
+  }),
+);
 
-  Stress('the invalidation loop runs throughout without an error', () => {
-    const w = worker('inval');
-    const c = w.summary?.counts ?? {};
-    assert.ok((c['calls'] ?? 0) > 0 && (c['dropped'] ?? 0) > 0, w.out);
-    assert.is(c['errors'], 0, w.out);
-  });
+Stress('the invalidation loop runs throughout without an error', (c) =>
+  withTimeout(RUN_MS, 'stress run', async () => {
+    const w = worker(await stressRun(c), 'inval');
+    const k = w.summary?.counts ?? {};
+    assert.ok((k['calls'] ?? 0) > 0 && (k['dropped'] ?? 0) > 0, w.out);
+    assert.is(k['errors'], 0, w.out);
+  }),
+);
 
-  Stress('the kernel logs no oops, BUG, WARNING or call trace', () =>
-    withTimeout(60_000, 'dmesg', async () => {
-      const dmesg = await C.vm!.sh('dmesg');
-      const bad = dmesg.split('\n').filter((l) => KERNEL_TROUBLE.test(l));
-      assert.is(bad.length, 0, `dmesg:\n${bad.slice(0, 20).join('\n')}\n--- full log tail ---\n${dmesg.slice(-4000)}`);
-      assert.ok(C.vm!.console.search(KERNEL_TROUBLE) === -1, 'nothing on the console either');
-    }),
-  );
-}
+Stress('the kernel logs no oops, BUG, WARNING or call trace', (c) =>
+  withTimeout(RUN_MS + 60_000, 'dmesg', async () => {
+    await stressRun(c).catch(() => undefined); // after the run, whatever it found
+    const dmesg = await c.vm.sh('dmesg');
+    const bad = dmesg.split('\n').filter((l) => KERNEL_TROUBLE.test(l));
+    assert.is(bad.length, 0, `dmesg:\n${bad.slice(0, 20).join('\n')}\n--- full log tail ---\n${dmesg.slice(-4000)}`);
+    assert.ok(c.vm.console.search(KERNEL_TROUBLE) === -1, 'nothing on the console either');
+  }),
+);
 
 Stress.run();

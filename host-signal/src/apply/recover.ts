@@ -1,8 +1,9 @@
 /**
- * Removing what an apply created in a VM: the one cleanup helper, used at the
- * end of every apply (removeLeftovers, with what that apply knows it made) and
- * after an apply that died (recoverVm, with what QEMU and the host show is
- * still there of what the state file says it was about to make).
+ * Removing what an apply created in a VM: how each object is removed
+ * (deferRemoval, registered on the apply's UndoStack, undo.ts, the moment
+ * the object exists, and run at the end of every apply), and recovery after
+ * an apply that died (recoverVm: the same removals, of what QEMU and the host
+ * show is still there of what the state file says it was about to make).
  *
  * What an apply makes, in order: the socket directory, QEMU's NBD server on a
  * socket in it, the export, the dirty bitmap on the drive's node, and in
@@ -45,6 +46,7 @@ import { MIGRATION_STATES, type Qemu } from '../qmp/commands.js';
 import { checkTargetSize, inspectTarget, ms, writeRanges, type BlockTarget, type BundleData, type RangeState } from './core.js';
 import { fileOpeners } from './locks.js';
 import { stateDir, type ApplyRecord, type StateStore } from './state-file.js';
+import { UndoStack, type Removal } from './undo.js';
 
 /** Which of an apply's objects exist, so are to be removed. */
 export interface Present {
@@ -56,35 +58,73 @@ export interface Present {
   socketDir: boolean;
 }
 
-export interface Removal {
-  /** What was removed, e.g. "export vmsubst-…". */
-  removed: string[];
-  /** What could not be removed, with QEMU's or the system's reason. */
-  failed: string[];
+/** The names an apply records for what it makes (see state-file.ts). */
+export type RecordedNames = Pick<ApplyRecord, 'node' | 'socket-dir' | 'nbd-socket' | 'export' | 'bitmap' | 'overlay'>;
+
+/** The objects an apply makes, in the order it makes them. */
+const MADE_IN_ORDER: readonly (keyof Present)[] = ['socketDir', 'nbdServer', 'export', 'bitmap', 'overlayFile', 'overlayNode'];
+
+/**
+ * Registers with `undo` how one of the recorded objects is removed, once it
+ * exists (an overlay object only when the record names an overlay). Returns
+ * the function that forgets it again (UndoStack.defer).
+ */
+export function deferRemoval(undo: UndoStack, qemu: Qemu, rec: Omit<RecordedNames, 'nbd-socket'>, made: keyof Present): () => void {
+  const ov = rec.overlay;
+  const dir = rec['socket-dir'];
+  switch (made) {
+    case 'overlayNode':
+      return ov ? undo.defer(`overlay node ${ov.node}`, () => qemu.blockdevDel(ov.node)) : () => undefined;
+    case 'overlayFile':
+      return ov ? undo.defer(`overlay file ${ov.path}`, () => removeOverlayFile(ov.path)) : () => undefined;
+    case 'bitmap':
+      return undo.defer(`dirty bitmap ${rec.node}/${rec.bitmap}`, () => qemu.dirtyBitmapRemove(rec.node, rec.bitmap));
+    case 'export':
+      return undo.defer(`NBD export ${rec.export}`, () => qemu.blockExportDel(rec.export, 'hard'));
+    case 'nbdServer':
+      return undo.defer('NBD server', () => qemu.nbdServerStop());
+    case 'socketDir':
+      return undo.defer(`socket directory ${dir}`, () => rm(dir, { recursive: true, force: true }));
+  }
 }
 
 /** Removes the objects marked present, last made first. Never throws: failures are listed. */
-export async function removeLeftovers(qemu: Qemu, rec: Pick<ApplyRecord, 'node' | 'socket-dir' | 'export' | 'bitmap' | 'overlay'>, present: Present): Promise<Removal> {
-  const out: Removal = { removed: [], failed: [] };
-  const step = async (on: boolean, what: string, fn: () => Promise<unknown>): Promise<void> => {
-    if (!on) return;
-    try {
-      await fn();
-      out.removed.push(what);
-    } catch (e) {
-      out.failed.push(`${what}: ${(e as Error).message}`);
-    }
-  };
-  const ov = rec.overlay;
-  if (ov) {
-    await step(present.overlayNode, `overlay node ${ov.node}`, () => qemu.blockdevDel(ov.node));
-    await step(present.overlayFile, `overlay file ${ov.path}`, () => removeOverlayFile(ov.path));
+export async function removeLeftovers(qemu: Qemu, rec: Omit<RecordedNames, 'nbd-socket'>, present: Present): Promise<Removal> {
+  const undo = new UndoStack();
+  for (const made of MADE_IN_ORDER) if (present[made]) deferRemoval(undo, qemu, rec, made);
+  return undo.unwind();
+}
+
+/** What QEMU's errors at the export mean, for the caller's operator. */
+export interface ExportErrors {
+  /** nbd-server-start failed: QEMU has one NBD server, and another job holds it. */
+  busy: (e: QmpError) => Error;
+  /** block-export-add was refused (a writable export needs share-rw=on); default: QEMU's error as it is. */
+  refused?: (e: QmpError) => Error;
+}
+
+/**
+ * Makes the recorded socket directory, starts QEMU's NBD server on the
+ * recorded socket in it and exports the recorded node under the recorded
+ * name; each registers its removal with `undo` the moment it exists.
+ */
+export async function openExport(qemu: Qemu, rec: RecordedNames, undo: UndoStack, writable: boolean, errors: ExportErrors): Promise<void> {
+  await mkdir(rec['socket-dir'], { mode: 0o700 });
+  deferRemoval(undo, qemu, rec, 'socketDir');
+  try {
+    await qemu.nbdServerStartUnix(rec['nbd-socket']);
+  } catch (e) {
+    if (e instanceof QmpError && /already running/i.test(e.desc)) throw errors.busy(e);
+    throw e;
   }
-  await step(present.bitmap, `dirty bitmap ${rec.node}/${rec.bitmap}`, () => qemu.dirtyBitmapRemove(rec.node, rec.bitmap));
-  await step(present.export, `NBD export ${rec.export}`, () => qemu.blockExportDel(rec.export, 'hard'));
-  await step(present.nbdServer, 'NBD server', () => qemu.nbdServerStop());
-  await step(present.socketDir, `socket directory ${rec['socket-dir']}`, () => rm(rec['socket-dir'], { recursive: true, force: true }));
-  return out;
+  deferRemoval(undo, qemu, rec, 'nbdServer');
+  try {
+    await qemu.blockExportAdd({ id: rec.export, nodeName: rec.node, name: rec.export, writable });
+  } catch (e) {
+    if (errors.refused && e instanceof QmpError && /permission|conflict|share-rw/i.test(e.desc)) throw errors.refused(e);
+    throw e;
+  }
+  deferRemoval(undo, qemu, rec, 'export');
 }
 
 /** The overlay, and the qcow2 writer's temporary file beside it (.NAME.XXXXXXXX.tmp) if a build was cut short. */
@@ -315,52 +355,71 @@ async function completeWrite(qemu: Qemu, qmpPath: string, file: string, store: S
     const left = await findLeftovers(qemu, rec);
     const cleared = await removeLeftovers(qemu, rec, left.present);
     if (cleared.failed.length > 0) throw refuse(`what the apply left could not be removed: ${cleared.failed.join('; ')}`);
-    const made: Present = { overlayNode: false, overlayFile: false, bitmap: false, export: false, nbdServer: false, socketDir: false };
+    const made = new UndoStack();
     try {
-      await mkdir(rec['socket-dir'], { mode: 0o700 });
-      made.socketDir = true;
-      try {
-        await qemu.nbdServerStartUnix(rec['nbd-socket']);
-      } catch (e) {
-        if (e instanceof QmpError && /already running/i.test(e.desc)) throw refuse('another NBD server is running in this QEMU (QEMU has only one): stop it (nbd-server-stop) once its job is done');
-        throw e;
-      }
-      made.nbdServer = true;
-      await qemu.blockExportAdd({ id: rec.export, nodeName: rec.node, name: rec.export, writable: true });
-      made.export = true;
+      const busy = (): Error => refuse('another NBD server is running in this QEMU (QEMU has only one): stop it (nbd-server-stop) once its job is done');
+      await openExport(qemu, rec, made, true, { busy });
       const nbd = await NbdClient.connect(rec['nbd-socket'], { exportName: rec.export });
-      try {
-        checkTargetSize(manifest, nbd.size, `the NBD export of node ${rec.node}`);
-        const target: BlockTarget = { size: nbd.size, read: (o, l) => nbd.read(o, l), write: (o, d) => nbd.write(o, d), flush: () => nbd.flush() };
-        const { states, verifiedBytes } = await inspectTarget(manifest, target);
-        const alreadyNew = states.filter((s) => s === 'new').length;
-        const neither = states.filter((s) => s === 'neither').length;
-        let written = { rangesWritten: 0, bytesWritten: 0 };
-        if (alreadyNew < states.length) {
-          if (status.running) {
-            throw refuse(
-              `the VM is running (it was resumed after the apply was killed) and ${states.length - alreadyNew} of ${states.length} ranges do not hold the new content: vmsubst never writes under a running guest; pause it ({"execute":"stop"}) and recover again to complete the write`,
-            );
-          }
-          // A range holding neither content was cut between two write requests: it is the bundle's to write too.
-          const todo: RangeState[] = states.map((s) => (s === 'new' ? 'new' : 'old'));
-          written = await writeRanges(bundle, target, todo);
-        } else {
-          // The apply may have died before its flush.
-          await nbd.flush();
-        }
-        const after = await inspectTarget(manifest, target);
-        const bad = after.states.filter((s) => s !== 'new').length;
-        if (bad > 0) throw refuse(`after writing, ${bad} of ${states.length} ranges still do not hold the new content (the disk is not what the record says)`);
-        return { bundle: label, ranges: states.length, rangesAlreadyNew: alreadyNew, rangesWritten: written.rangesWritten, rangesNeither: neither, bytesWritten: written.bytesWritten, verifiedBytes: verifiedBytes + after.verifiedBytes, ms: ms(performance.now() - t0) };
-      } finally {
-        await nbd.disconnect().catch(() => nbd.close());
-      }
+      made.defer('NBD connection', () => nbd.disconnect().catch(() => nbd.close()));
+      checkTargetSize(manifest, nbd.size, `the NBD export of node ${rec.node}`);
+      return await completeOver(bundle, nbdTarget(nbd), status.running, refuse, { label, t0, flush: () => nbd.flush() });
     } finally {
       // Removed again in any case; a failure here is found and reported by the clean-up that follows.
-      await removeLeftovers(qemu, rec, made);
+      await made.unwind();
     }
   } finally {
     await close();
   }
+}
+
+/** A BlockTarget over an NBD connection. */
+export function nbdTarget(nbd: NbdClient): BlockTarget {
+  return { size: nbd.size, read: (o, l) => nbd.read(o, l), write: (o, d) => nbd.write(o, d), flush: () => nbd.flush() };
+}
+
+/**
+ * The write of completeWrite, over the re-made export: every range that does
+ * not hold the new content yet gets it (a running VM is refused), then every
+ * range must hold it.
+ */
+async function completeOver(
+  bundle: BundleData,
+  target: BlockTarget,
+  running: boolean,
+  refuse: (why: string) => TargetError,
+  c: { label: string; t0: number; flush: () => Promise<void> },
+): Promise<Completion> {
+  const { manifest } = bundle;
+  const { states, verifiedBytes } = await inspectTarget(manifest, target);
+  const alreadyNew = states.filter((s) => s === 'new').length;
+  const neither = states.filter((s) => s === 'neither').length;
+  const todo = states.length - alreadyNew;
+  if (todo > 0 && running) {
+    throw refuse(
+      `the VM is running (it was resumed after the apply was killed) and ${todo} of ${states.length} ranges ` +
+        'do not hold the new content: vmsubst never writes under a running guest; ' +
+        'pause it ({"execute":"stop"}) and recover again to complete the write',
+    );
+  }
+  // A range holding neither content was cut between two write requests: it is the bundle's to write too.
+  const written =
+    todo > 0
+      ? await writeRanges(bundle, target, states.map((s): RangeState => (s === 'new' ? 'new' : 'old')))
+      : // The apply may have died before its flush.
+        await c.flush().then(() => ({ rangesWritten: 0, bytesWritten: 0 }));
+  const after = await inspectTarget(manifest, target);
+  const bad = after.states.filter((s) => s !== 'new').length;
+  if (bad > 0) {
+    throw refuse(`after writing, ${bad} of ${states.length} ranges still do not hold the new content (the disk is not what the record says)`);
+  }
+  return {
+    bundle: c.label,
+    ranges: states.length,
+    rangesAlreadyNew: alreadyNew,
+    rangesWritten: written.rangesWritten,
+    rangesNeither: neither,
+    bytesWritten: written.bytesWritten,
+    verifiedBytes: verifiedBytes + after.verifiedBytes,
+    ms: ms(performance.now() - c.t0),
+  };
 }

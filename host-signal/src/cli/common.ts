@@ -3,6 +3,7 @@
  * output switch with its progress bar, and loading keys and customization.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { Static, TSchema } from '@sinclair/typebox';
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { keyId } from '../../../agent/src/protocol/signature.js';
 import { readFile } from 'node:fs/promises';
@@ -18,6 +19,8 @@ export interface Command {
   readonly synopsis: string;
   readonly summary: string;
   readonly help: string;
+  /** The schema of its --json document (output.ts). */
+  readonly output: TSchema;
   /** Resolves with the exit status when it is not 0 although the command ran (e.g. a rollout with failed VMs). */
   run(args: string[]): Promise<void | number>;
 }
@@ -32,7 +35,11 @@ export class Output {
   constructor(readonly json: boolean) {
     this.progress = new ProgressBar(process.stderr, !json && process.stderr.isTTY === true);
   }
-  result(value: unknown, human: () => string): void {
+  /**
+   * Prints the result: with --json `value`, a document of `schema` (output.ts;
+   * the compiler checks it against the schema), else the human text.
+   */
+  result<S extends TSchema>(_schema: S, value: Static<S>, human: () => string): void {
     this.progress.clear();
     if (this.json) process.stdout.write(JSON.stringify(value, null, 2) + '\n');
     else process.stdout.write(human() + '\n');

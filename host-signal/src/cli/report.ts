@@ -1,6 +1,7 @@
 /** How the agent's plan and report read for people (notify, apply --notify, plan, rollout). */
 import type { Plan, SubstituteReport } from '../../../agent/src/protocol/schema.js';
 import { NOT_TOLD, type AgentOutcome, type GuestStatus } from '../apply/index.js';
+import type { AgentFields } from './output.js';
 import { formatBytes, plural, table } from './format.js';
 
 export function formatPlan(plan: Plan): string {
@@ -59,10 +60,16 @@ export function formatReport(report: SubstituteReport): string {
  * print it (`targetKey` names the agent's address). A guest the blocks reached
  * without being told gets the meaning of that spelled out.
  */
-export function agentOutcomeJson(a: AgentOutcome, status: GuestStatus, targetKey: string): Record<string, unknown> {
+export function agentOutcomeJson<K extends 'target' | 'agent'>(
+  a: AgentOutcome,
+  status: GuestStatus,
+  targetKey: K,
+): AgentFields & { [P in K]?: string } {
+  // A computed key's type is widened to string: the one cast, to the key given.
+  const address = (a.target !== undefined ? { [targetKey]: a.target } : {}) as { [P in K]?: string };
   return {
     told: a.told,
-    ...(a.target !== undefined ? { [targetKey]: a.target } : {}),
+    ...address,
     ...(a.version !== undefined ? { version: a.version } : {}),
     ...(a.mode !== undefined ? { mode: a.mode } : {}),
     ...(a.unreachable !== undefined ? { unreachable: a.unreachable } : {}),

@@ -16,6 +16,8 @@ import {
   type QemuApplyOptions,
   type QemuApplyResult,
 } from '../../apply/index.js';
+import type { Static } from '@sinclair/typebox';
+import { ApplyOutput, type ApplyJson, type OverlayJson } from '../output.js';
 import { agentOutcomeJson } from '../report.js';
 import { recoveryHuman, recoveryJson } from './recover.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
@@ -270,8 +272,8 @@ async function run(args: string[]): Promise<void> {
   const outcome = await cancellable((signal) => applyBundle(bundle, req, { signal, o, signWith, customization })).finally(() => bundle.close());
   if (outcome.status !== 'applied' || !outcome.apply) throw failure(outcome);
   const result = outcome.apply;
-  const json = { ...applyJson(result), agent: agentJson(outcome), reset: outcome.reset, notes: outcome.notes };
-  o.result(json, () => [applyHuman(result), agentHuman(outcome)].join('\n'));
+  const json: ApplyOutput = { ...applyJson(result), agent: agentJson(outcome), reset: outcome.reset, notes: outcome.notes };
+  o.result(ApplyOutput, json, () => [applyHuman(result), agentHuman(outcome)].join('\n'));
 }
 
 /** The bundle, opened and checked (every range's data), refused unless signed by a --trusted-key. */
@@ -358,7 +360,7 @@ function failure(outcome: GuestOutcome<ApplyResult>): unknown {
 const isQemu = (r: ApplyResult): r is QemuApplyResult => r.target.kind === 'qemu';
 
 /** The substitution's part of the document. */
-function applyJson(r: ApplyResult): Record<string, unknown> {
+function applyJson(r: ApplyResult): ApplyJson {
   const head = { status: r.status, id: r.id };
   const counts = {
     ranges: r.ranges,
@@ -386,7 +388,7 @@ function applyJson(r: ApplyResult): Record<string, unknown> {
   };
 }
 
-function overlayJson({ path, node, clusterSize, backing, committed, commitMs }: OverlayOutcome): Record<string, unknown> {
+function overlayJson({ path, node, clusterSize, backing, committed, commitMs }: OverlayOutcome): Static<typeof OverlayJson> {
   return { path, node, 'cluster-size': clusterSize, backing, committed, ...(commitMs !== undefined ? { 'commit-ms': commitMs } : {}) };
 }
 
@@ -428,7 +430,7 @@ function applyHuman(r: ApplyResult): string {
 }
 
 /** The agent part of the result; `two-phase` and `prepare` on top of what a rollout prints per guest. */
-function agentJson(t: GuestOutcome<ApplyResult>): Record<string, unknown> {
+function agentJson(t: GuestOutcome<ApplyResult>): ApplyOutput['agent'] {
   const a = t.agent;
   return {
     ...agentOutcomeJson(a, t.status, 'target'),
@@ -461,5 +463,6 @@ export const applyCommand: Command = {
   synopsis: 'apply BUNDLE --qmp SOCK',
   summary: "put a bundle's blocks into a running VM's disk:\n--mode nbd|overlay (QEMU), --image PATH --mode raw-file\n(other hypervisors); --notify tells the guest (two-phase)",
   help: HELP,
+  output: ApplyOutput,
   run,
 };

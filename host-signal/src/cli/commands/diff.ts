@@ -8,6 +8,7 @@ import { UsageError } from '../../errors.js';
 import { baseFilesystems, computeHints, debugfsAvailable, xfsDbAvailable } from '../../hints/index.js';
 import { formatBytes, formatPercent, plural } from '../format.js';
 import { Output, helpRequested, loadCustomization, parse, positionals, type Command } from '../common.js';
+import { DiffOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst diff BASE PATCHED -o BUNDLE [--label TEXT] [--no-hints]
                     [--customize FILE] [--json]
@@ -112,6 +113,7 @@ async function run(args: string[]): Promise<void> {
     const elf = files.filter((f) => f.elf !== undefined);
     if (!o.json) for (const n of notes) process.stderr.write(`note: ${n}\n`);
     o.result(
+      DiffOutput,
       {
         bundle: out,
         id: manifest.id,
@@ -147,4 +149,11 @@ async function run(args: string[]): Promise<void> {
   }
 }
 
-export const diffCommand: Command = { name: 'diff', synopsis: 'diff BASE PATCHED -o BUNDLE', summary: 'compute the changed blocks (and file hints) into a bundle', help: HELP, run };
+export const diffCommand: Command = {
+  name: 'diff',
+  synopsis: 'diff BASE PATCHED -o BUNDLE',
+  summary: 'compute the changed blocks (and file hints) into a bundle',
+  help: HELP,
+  output: DiffOutput,
+  run,
+};

@@ -4,6 +4,7 @@ import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes, plural } from '../format.js';
 import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
+import { ExportOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst export BUNDLE --qcow2 OUT --base BASE [--backing NAME | --no-backing]
                       [--cluster-size BYTES] [--json]
@@ -66,6 +67,7 @@ async function run(args: string[]): Promise<void> {
     await bundle.close();
   }
   o.result(
+    ExportOutput,
     {
       id: result.id,
       path: result.path,
@@ -89,5 +91,6 @@ export const exportCommand: Command = {
   synopsis: 'export BUNDLE --qcow2 OUT --base BASE',
   summary: 'write a bundle as a qcow2 overlay holding the changed clusters',
   help: HELP,
+  output: ExportOutput,
   run,
 };

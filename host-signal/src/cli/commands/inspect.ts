@@ -2,6 +2,7 @@
 import { Bundle, checkManifestSignature, requireTrustedSignature, type Manifest, type SignatureStatus } from '../../bundle/index.js';
 import { formatBytes, formatPercent, plural, table } from '../format.js';
 import { Output, helpRequested, loadPublicKeys, parse, positionals, type Command } from '../common.js';
+import { InspectOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst inspect BUNDLE [--trusted-key PUB]... [--all] [--json]
 
@@ -33,7 +34,8 @@ async function run(args: string[]): Promise<void> {
     const m = bundle.manifest;
     const signature = trusted.size > 0 ? requireTrustedSignature(m, trusted, bundlePath) : checkManifestSignature(m, trusted);
     const limit = values.all ? Infinity : LIMIT;
-    o.result({ path: bundlePath, 'file-size': bundle.fileSize, 'data-verified': bundle.verified, signature, manifest: m }, () => human(bundlePath, bundle, m, signature, limit));
+    const json = { path: bundlePath, 'file-size': bundle.fileSize, 'data-verified': bundle.verified, signature, manifest: m };
+    o.result(InspectOutput, json, () => human(bundlePath, bundle, m, signature, limit));
   } finally {
     await bundle.close();
   }
@@ -117,4 +119,11 @@ function human(path: string, bundle: Bundle, m: Manifest, signature: SignatureSt
   return out.join('\n\n');
 }
 
-export const inspectCommand: Command = { name: 'inspect', synopsis: 'inspect BUNDLE', summary: 'verify a bundle and show what it changes', help: HELP, run };
+export const inspectCommand: Command = {
+  name: 'inspect',
+  synopsis: 'inspect BUNDLE',
+  summary: 'verify a bundle and show what it changes',
+  help: HELP,
+  output: InspectOutput,
+  run,
+};

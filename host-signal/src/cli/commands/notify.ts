@@ -6,6 +6,7 @@ import { makeSigner, notify, parseAgentTarget, truncationNote, type NotifyResult
 import { plural } from '../format.js';
 import { formatReport } from '../report.js';
 import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positiveInt, positionals, type Command } from '../common.js';
+import { NotifyOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--policy WHO=P]... [--force] [--dry-run] [--json]
 
@@ -121,7 +122,7 @@ async function run(args: string[]): Promise<void> {
   // about a cut answer goes to stderr, in both modes.
   const cut = truncationNote(result.report, result.target, signWith ? (disk.serial !== undefined ? { diskSerial: disk.serial } : {}) : undefined);
   if (cut) process.stderr.write(`vmsubst: ${cut}\n`);
-  o.result(result.report, () => notifyHuman(result));
+  o.result(NotifyOutput, result.report, () => notifyHuman(result));
 }
 
 function notifyHuman({ target, agent, report }: NotifyResult): string {
@@ -146,4 +147,11 @@ export function parsePolicies(specs: string[]): Policies {
   return out;
 }
 
-export const notifyCommand: Command = { name: 'notify', synopsis: 'notify BUNDLE --to ADDR', summary: 'tell the guest agent to verify and drop stale caches', help: HELP, run };
+export const notifyCommand: Command = {
+  name: 'notify',
+  synopsis: 'notify BUNDLE --to ADDR',
+  summary: 'tell the guest agent to verify and drop stale caches',
+  help: HELP,
+  output: NotifyOutput,
+  run,
+};

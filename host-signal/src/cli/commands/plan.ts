@@ -6,6 +6,7 @@ import { parseAgentTarget } from '../../notify/index.js';
 import { loadFleet, planFleet, type FleetMember, type VmPlan } from '../../rollout/index.js';
 import { formatBytes, plural, table } from '../format.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+import { PlanOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst plan FLEET BUNDLE [--json]
        vmsubst plan --to ADDR [--disk-serial S | --disk-path P] BUNDLE [--json]
@@ -69,7 +70,7 @@ async function run(args: string[]): Promise<number> {
   } finally {
     await bundle.close();
   }
-  o.result({ bundle: bundle.manifest.id, vms: plans }, () => plansHuman(plans));
+  o.result(PlanOutput, { bundle: bundle.manifest.id, vms: plans }, () => plansHuman(plans));
   return plans.every((p) => p.status === 'planned') ? 0 : 1;
 }
 
@@ -117,5 +118,6 @@ export const planCommand: Command = {
   synopsis: 'plan FLEET|--to ADDR BUNDLE',
   summary: "show what a bundle would do in each guest (the agents' dry-run plans)",
   help: HELP,
+  output: PlanOutput,
   run,
 };

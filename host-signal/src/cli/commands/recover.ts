@@ -4,6 +4,7 @@ import { Qemu, QmpClient } from '../../qmp/index.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes } from '../format.js';
 import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
+import { RecoverOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst recover --qmp SOCK [--state-dir DIR] [--bundle PATH | --resume-anyway] [--json]
 
@@ -83,10 +84,10 @@ async function run(args: string[]): Promise<void> {
       qmp.close();
     }
   }
-  o.result(recoveryJson(report), () => recoveryHuman(report));
+  o.result(RecoverOutput, recoveryJson(report), () => recoveryHuman(report));
 }
 
-export function recoveryJson(r: RecoveryReport): Record<string, unknown> {
+export function recoveryJson(r: RecoveryReport): RecoverOutput {
   return {
     status: r.status,
     qmp: r.qmp,
@@ -138,5 +139,6 @@ export const recoverCommand: Command = {
   synopsis: 'recover --qmp SOCK',
   summary: 'clean up after an apply that was killed: complete an\ninterrupted write, remove what it left in the VM, resume\nthe VM if it had paused it',
   help: HELP,
+  output: RecoverOutput,
   run,
 };

@@ -6,6 +6,7 @@ import { AgentConnection, makeSigner, parseAgentTarget } from '../../notify/inde
 import { formatBytes, plural } from '../format.js';
 import { formatPlan, formatReport } from '../report.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+import { ReportOutput, ReportSavedOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst report ID --to ADDR [--sign KEY --disk-serial S] [-o FILE] [--json]
 
@@ -82,12 +83,13 @@ async function run(args: string[]): Promise<void> {
     await writeFile(path, fetched.json, { mode: 0o600 }).catch((e: Error) => {
       throw new UsageError(`report: -o ${path}: ${e.message}`, 'give a file in a directory you can write');
     });
-    o.result({ id, bytes: fetched.json.length, pages: fetched.pages, output: path }, () => `${summary}, written to ${path}\n${formatAny(report)}`);
+    const saved = { id, bytes: fetched.json.length, pages: fetched.pages, output: path };
+    o.result(ReportSavedOutput, saved, () => `${summary}, written to ${path}\n${formatAny(report)}`);
     return;
   }
   // The JSON document is the agent's report itself, as notify --json prints a whole answer.
   if (o.json) process.stdout.write(fetched.json.toString('utf8') + '\n');
-  else o.result(report, () => `${summary}\n${formatAny(report)}`);
+  else o.result(ReportOutput, report, () => `${summary}\n${formatAny(report)}`);
 }
 
 /** A kept report is a substitute or commit answer (its dry run included), or a prepare answer. */
@@ -118,5 +120,6 @@ export const reportCommand: Command = {
   synopsis: 'report ID --to ADDR',
   summary: "fetch the full report of a substitution whose answer\nwas truncated, page by page",
   help: HELP,
+  output: ReportOutput,
   run,
 };

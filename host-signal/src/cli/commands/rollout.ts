@@ -6,6 +6,7 @@ import { fleetFromJson, loadFleet, NOT_TOLD, type FleetMember, NO_AGENT_ACTIONS,
 import { agentOutcomeJson } from '../report.js';
 import { formatBytes, plural, table } from '../format.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, positiveInt, type Command } from '../common.js';
+import { RolloutOutput, type RolloutVmJson } from '../output.js';
 
 const HELP = `Usage: vmsubst rollout FLEET BUNDLE [--concurrency N] [--canary N]
                        [--stop-on-failure | --continue] [--state FILE]
@@ -156,11 +157,11 @@ async function run(args: string[]): Promise<number> {
     process.off('SIGTERM', onSignal);
     await bundle.close();
   }
-  o.result(rolloutJson(result), () => rolloutHuman(result));
+  o.result(RolloutOutput, rolloutJson(result), () => rolloutHuman(result));
   return result.vms.every((v) => v.status === 'applied' || v.status === 'done-before') ? 0 : 1;
 }
 
-export function vmJson(v: VmOutcome): Record<string, unknown> {
+export function vmJson(v: VmOutcome): RolloutVmJson {
   const a = v.apply;
   return {
     name: v.name,
@@ -187,7 +188,7 @@ export function vmJson(v: VmOutcome): Record<string, unknown> {
   };
 }
 
-function rolloutJson(r: RolloutResult): Record<string, unknown> {
+function rolloutJson(r: RolloutResult): RolloutOutput {
   return {
     bundle: r.bundle,
     ok: r.vms.every((v) => v.status === 'applied' || v.status === 'done-before'),
@@ -236,5 +237,6 @@ export const rolloutCommand: Command = {
   synopsis: 'rollout FLEET BUNDLE',
   summary: 'apply a bundle to a fleet of running VMs and tell their agents\n(canary, concurrency, stop on failure, resumable)',
   help: HELP,
+  output: RolloutOutput,
   run,
 };

@@ -4,6 +4,7 @@ import { UsageError } from '../../errors.js';
 import { formatStale } from '../../../../agent/src/commands/stale.js';
 import { makeSigner } from '../../notify/index.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+import { StaleOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst stale --to ADDR [--sign KEY --disk-serial S] [--json]
 
@@ -44,7 +45,7 @@ async function run(args: string[]): Promise<void> {
   const signer = values.sign === undefined ? undefined : makeSigner(await loadPrivateKey(values.sign), values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {});
   const o = new Output(values.json === true);
   const { value } = await withAgent(values.to, { timeoutMs: timeoutSec * 1000, ...(signer ? { signer } : {}) }, (c) => c.stale());
-  o.result(value, () => formatStale(value).trimEnd());
+  o.result(StaleOutput, value, () => formatStale(value).trimEnd());
 }
 
 export const staleCommand: Command = {
@@ -52,5 +53,6 @@ export const staleCommand: Command = {
   synopsis: 'stale --to ADDR',
   summary: 'list the guest processes still running old content (pinned, old inode, mixed)',
   help: HELP,
+  output: StaleOutput,
   run,
 };

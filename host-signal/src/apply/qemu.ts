@@ -38,7 +38,19 @@ import { QmpClient } from '../qmp/client.js';
 import { MIGRATION_STATES, Qemu, type BlockInfo, type StatusInfo } from '../qmp/commands.js';
 import type { Manifest } from '../bundle/schema.js';
 import type { QmpEvent } from '../qmp/client.js';
-import { checkTargetSize, inspectTarget, loadRanges, ms, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type RangeState, type Substitution } from './core.js';
+import {
+  checkTargetSize,
+  inspectTarget,
+  loadRanges,
+  ms,
+  refuseMismatch,
+  writeRanges,
+  type ApplyProgress,
+  type BlockTarget,
+  type BundleData,
+  type RangeState,
+  type Substitution,
+} from './core.js';
 import { alignedClusterSize, buildOverlay } from './overlay.js';
 import { deferRemoval, nbdTarget, openExport, recoverVm, type Present, type RecoveryReport } from './recover.js';
 import { processStart, stateDir, StateStore, type ApplyRecord, type ApplyRecordPhase } from './state-file.js';
@@ -68,9 +80,14 @@ export interface QemuApplyOptions extends DriveSelector {
   onProgress?: ApplyProgress;
   /** Cancels before anything is written; once writing has begun it completes. */
   signal?: AbortSignal;
-  /** Where the private NBD socket directory is made; default os.tmpdir(). QEMU must be able to create a socket there. */
+  /**
+   * Where the private NBD socket directory is made; default os.tmpdir(). QEMU must be able to create a socket there.
+   */
   workDir?: string;
-  /** Where the per-VM state file goes (what the apply is about to make, for recovery after a crash); default VMSUBST_STATE_DIR or /run/vmsubst. */
+  /**
+   * Where the per-VM state file goes (what the apply is about to make, for recovery after a crash); default
+   * VMSUBST_STATE_DIR or /run/vmsubst.
+   */
   stateDir?: string;
   /** QMP connect/greeting timeout; default 10 s. */
   timeoutMs?: number;
@@ -107,11 +124,17 @@ export interface QemuApplyResult extends Substitution {
   target: { kind: 'qemu'; qmp: string; node: string; device?: string };
   /** VM run state before the apply (query-status). */
   vmStatus: string;
-  /** How long the guest was paused (stop sent → cont answered), in ms; null when it was not running and was left as it was. */
+  /**
+   * How long the guest was paused (stop sent → cont answered), in ms; null when it was not running and was left as it
+   * was.
+   */
   pauseMs: number | null;
   /** How long the disk held some new ranges and some old ones: the writes (nbd), 0 for the atomic switch (overlay). */
   windowMs: number | null;
-  /** At the pause: 'clean' (no guest write since the verification) or 'reverified' (there was one: verified again while paused). */
+  /**
+   * At the pause: 'clean' (no guest write since the verification) or 'reverified' (there was one: verified again while
+   * paused).
+   */
   recheck: 'clean' | 'reverified' | null;
   resumed: boolean;
   overlay?: OverlayOutcome;
@@ -139,10 +162,19 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
     const node = nodes.find((n) => n['node-name'] === selector.node);
     if (!node) {
       const names = nodes.map((n) => n['node-name']).filter((n): n is string => !!n && !n.startsWith('#'));
-      throw new TargetError(`QEMU has no block node named '${selector.node}'`, names.length ? `named nodes: ${names.join(', ')}` : 'QEMU reports no named block nodes');
+      throw new TargetError(
+        `QEMU has no block node named '${selector.node}'`,
+        names.length ? `named nodes: ${names.join(', ')}` : 'QEMU reports no named block nodes',
+      );
     }
     const attached = (await qemu.queryBlock()).find((b) => b.inserted?.['node-name'] === selector.node);
-    const drive: ResolvedDrive = { nodeName: selector.node, size: node.image['virtual-size'], readOnly: node.ro, filename: node.file, format: node.drv };
+    const drive: ResolvedDrive = {
+      nodeName: selector.node,
+      size: node.image['virtual-size'],
+      readOnly: node.ro,
+      filename: node.file,
+      format: node.drv,
+    };
     const dev = attached ? deviceId(attached) : undefined;
     if (dev !== undefined) drive.device = dev;
     return drive;
@@ -155,13 +187,20 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
     const id = selector.device;
     chosen = blocks.find((b) => deviceId(b) === id || b.qdev === id || b.device === id);
     if (!chosen) {
-      throw new TargetError(`QEMU has no block device '${id}'`, candidates.length ? `block devices: ${candidates.map(describe).join(', ')}` : 'this VM has no block devices with a medium');
+      throw new TargetError(
+        `QEMU has no block device '${id}'`,
+        candidates.length
+          ? `block devices: ${candidates.map(describe).join(', ')}`
+          : 'this VM has no block devices with a medium',
+      );
     }
     if (!chosen.inserted) throw new TargetError(`block device '${id}' has no medium inserted`);
   } else {
     if (candidates.length !== 1) {
       throw new TargetError(
-        candidates.length === 0 ? 'this VM has no block device with a medium' : `this VM has ${candidates.length} block devices; say which one`,
+        candidates.length === 0
+          ? 'this VM has no block device with a medium'
+          : `this VM has ${candidates.length} block devices; say which one`,
         candidates.length ? `use --device or --node; block devices: ${candidates.map(describe).join(', ')}` : undefined,
       );
     }
@@ -169,8 +208,18 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
   }
   const inserted = chosen.inserted!;
   const nodeName = inserted['node-name'];
-  if (!nodeName) throw new TargetError(`block device '${deviceId(chosen)}' has no node name`, 'use --node with the name of its format node');
-  const drive: ResolvedDrive = { nodeName, size: inserted.image['virtual-size'], readOnly: inserted.ro, filename: inserted.file, format: inserted.drv };
+  if (!nodeName)
+    throw new TargetError(
+      `block device '${deviceId(chosen)}' has no node name`,
+      'use --node with the name of its format node',
+    );
+  const drive: ResolvedDrive = {
+    nodeName,
+    size: inserted.image['virtual-size'],
+    readOnly: inserted.ro,
+    filename: inserted.file,
+    format: inserted.drv,
+  };
   const dev = deviceId(chosen);
   if (dev !== undefined) drive.device = dev;
   return drive;
@@ -180,13 +229,13 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
 export function defaultOverlayPath(drive: ResolvedDrive, id: string): string {
   if (!isAbsolute(drive.filename)) {
     throw new TargetError(
-      `the drive's image is not a local file (${drive.filename.slice(0, 80)}), so there is no default place for the overlay`,
+      `the drive's image is not a local file (${drive.filename.slice(0, 80)}), so there is no default place for ` +
+        `the overlay`,
       'give --overlay PATH, a new file QEMU can open',
     );
   }
   return join(dirname(drive.filename), `${basename(drive.filename)}.vmsubst-${id.slice(0, 12)}.qcow2`);
 }
-
 
 /**
  * A fault-injection point for the crash-recovery tests (VMSUBST_FAULT): the process kills itself there, as a
@@ -282,15 +331,23 @@ class Footprint {
     if (failed.length > 0 || this.keep) {
       this.store.release(this.file);
       if (failed.length > 0) {
-        this.warn(`the state file ${this.file} is kept: run 'vmsubst recover --qmp ${this.record.qmp}' once the cause is fixed`);
+        this.warn(
+          `the state file ${this.file} is kept: run 'vmsubst recover --qmp ${this.record.qmp}' once the cause is fixed`,
+        );
       }
       return;
     }
-    await this.store.remove(this.file).catch((e: Error) => this.warn(`removing the state file ${this.file}: ${e.message}`));
+    await this.store
+      .remove(this.file)
+      .catch((e: Error) => this.warn(`removing the state file ${this.file}: ${e.message}`));
   }
 }
 
-export async function applyToQemu(bundle: BundleData, qmpPath: string, options: QemuApplyOptions = {}): Promise<QemuApplyResult> {
+export async function applyToQemu(
+  bundle: BundleData,
+  qmpPath: string,
+  options: QemuApplyOptions = {},
+): Promise<QemuApplyResult> {
   const started = performance.now();
   const mode = checkRequest(bundle, options);
   const store = new StateStore(stateDir(options.stateDir));
@@ -309,7 +366,8 @@ export async function applyToQemu(bundle: BundleData, qmpPath: string, options: 
 /** The request itself: a verified bundle, and the overlay's options only with the overlay mode. */
 function checkRequest(bundle: BundleData, options: QemuApplyOptions): QemuMode {
   const mode = options.mode ?? 'nbd';
-  if (!bundle.verified) throw new TargetError("the bundle's data has not been verified", 'open the bundle with data verification');
+  if (!bundle.verified)
+    throw new TargetError("the bundle's data has not been verified", 'open the bundle with data verification');
   if (mode !== 'overlay' && (options.overlayPath !== undefined || options.commit)) {
     throw new TargetError('an overlay path and commit go with the overlay mode only');
   }
@@ -336,7 +394,11 @@ async function applyOver(bundle: BundleData, qemu: Qemu, store: StateStore, c: A
 }
 
 /** 2. The VM and the drive: not migrating, the base's size, writable for the nbd mode. */
-async function findDrive(qemu: Qemu, manifest: Manifest, c: ApplyContext): Promise<{ status: StatusInfo; drive: ResolvedDrive; what: string }> {
+async function findDrive(
+  qemu: Qemu,
+  manifest: Manifest,
+  c: ApplyContext,
+): Promise<{ status: StatusInfo; drive: ResolvedDrive; what: string }> {
   const status = await qemu.queryStatus();
   if (MIGRATION_STATES.has(status.status)) {
     throw new TargetError(
@@ -350,18 +412,30 @@ async function findDrive(qemu: Qemu, manifest: Manifest, c: ApplyContext): Promi
   if (drive.readOnly && c.mode === 'nbd') {
     throw new TargetError(
       `${what} is read-only in QEMU`,
-      'attach the disk read-write (the guest may still mount it read-only), or use --mode overlay, which does not write into it',
+      'attach the disk read-write (the guest may still mount it read-only), or use --mode overlay, which does not ' +
+        'write into it',
     );
   }
   return { status, drive, what };
 }
 
 /** The result of an apply that changes nothing; the others add to it. */
-function baseResult(manifest: Manifest, c: ApplyContext, status: StatusInfo, drive: ResolvedDrive, recovery: RecoveryReport): QemuApplyResult {
+function baseResult(
+  manifest: Manifest,
+  c: ApplyContext,
+  status: StatusInfo,
+  drive: ResolvedDrive,
+  recovery: RecoveryReport,
+): QemuApplyResult {
   return {
     id: manifest.id,
     mode: c.mode,
-    target: { kind: 'qemu', qmp: c.qmpPath, node: drive.nodeName, ...(drive.device !== undefined ? { device: drive.device } : {}) },
+    target: {
+      kind: 'qemu',
+      qmp: c.qmpPath,
+      node: drive.nodeName,
+      ...(drive.device !== undefined ? { device: drive.device } : {}),
+    },
     vmStatus: status.status,
     status: 'no-changes',
     ranges: manifest.ranges.length,
@@ -384,7 +458,12 @@ function baseResult(manifest: Manifest, c: ApplyContext, status: StatusInfo, dri
 async function newOverlayPath(manifest: Manifest, c: ApplyContext, drive: ResolvedDrive): Promise<string | undefined> {
   if (c.mode !== 'overlay') return undefined;
   const path = c.overlayPath ?? defaultOverlayPath(drive, manifest.id);
-  if (await lstat(path).then(() => true, () => false)) {
+  if (
+    await lstat(path).then(
+      () => true,
+      () => false,
+    )
+  ) {
     throw new TargetError(
       `${path} exists already`,
       'an overlay is a new file, never a replaced one: choose another --overlay path, or remove this one',
@@ -404,7 +483,12 @@ interface ChangeContext extends ApplyContext {
 }
 
 /** Steps 3 to 8: record, export, verify, prepare, pause and change, finish; then clean up (docs/apply-modes.md). */
-async function changeDrive(bundle: BundleData, qemu: Qemu, store: StateStore, c: ChangeContext): Promise<QemuApplyResult> {
+async function changeDrive(
+  bundle: BundleData,
+  qemu: Qemu,
+  store: StateStore,
+  c: ChangeContext,
+): Promise<QemuApplyResult> {
   // 3. The record of everything the apply is about to make, before it makes any of it.
   const fp = await Footprint.record(qemu, store, await applyRecord(bundle, qemu, c));
   try {
@@ -449,7 +533,13 @@ async function changeRecorded(bundle: BundleData, fp: Footprint, c: ChangeContex
   const live = await verifyRanges(manifest, s.target, c.onProgress);
   if (countOf(live.states, 'new') === manifest.ranges.length) {
     const timingsMs = { verify: live.verifyMs, write: 0 };
-    return { ...c.base, status: 'already-applied', rangesAlreadyNew: manifest.ranges.length, verifiedBytes: live.verifiedBytes, timingsMs };
+    return {
+      ...c.base,
+      status: 'already-applied',
+      rangesAlreadyNew: manifest.ranges.length,
+      verifiedBytes: live.verifiedBytes,
+      timingsMs,
+    };
   }
   if (c.signal?.aborted) throw new CancelledError();
   if (c.beforeWrite) await c.beforeWrite();
@@ -484,7 +574,12 @@ interface Verified {
   verifyMs: number;
 }
 
-async function verifyRanges(manifest: Manifest, target: BlockTarget, onProgress?: ApplyProgress, spentMs = 0): Promise<Verified> {
+async function verifyRanges(
+  manifest: Manifest,
+  target: BlockTarget,
+  onProgress?: ApplyProgress,
+  spentMs = 0,
+): Promise<Verified> {
   const t = performance.now();
   const { states, verifiedBytes } = await inspectTarget(manifest, target, onProgress);
   const verifyMs = ms(spentMs + performance.now() - t);
@@ -493,7 +588,12 @@ async function verifyRanges(manifest: Manifest, target: BlockTarget, onProgress?
 }
 
 /** 4. nbd-server-start in the recorded directory, block-export-add, block-dirty-bitmap-add, and the NBD connection. */
-async function exportDrive(fp: Footprint, manifest: Manifest, what: string, writable: boolean): Promise<{ target: BlockTarget; nbd: NbdClient }> {
+async function exportDrive(
+  fp: Footprint,
+  manifest: Manifest,
+  what: string,
+  writable: boolean,
+): Promise<{ target: BlockTarget; nbd: NbdClient }> {
   const { qemu, record: rec } = fp;
   await openExport(qemu, rec, fp.undo, writable, {
     busy: (e) =>
@@ -534,7 +634,9 @@ interface Ready {
 /** 6. The overlay made and opened, or the data read ahead; and QEMU's drives flushed. */
 async function prepareChange({ bundle, fp, c, nbd }: Steps, live: Verified): Promise<Ready> {
   const ready: Ready =
-    c.mode === 'overlay' ? { overlay: await addOverlay(bundle, fp, c.drive) } : { preloaded: await loadRanges(bundle, live.states) };
+    c.mode === 'overlay'
+      ? { overlay: await addOverlay(bundle, fp, c.drive) }
+      : { preloaded: await loadRanges(bundle, live.states) };
   if (ready.overlay) faultPoint('crash-after-overlay-add');
   // `stop` flushes every drive of the VM: flushing now, while the guest runs, leaves that flush
   // little to write. (A read-only export may not offer flush; then the pause pays for it.)
@@ -546,11 +648,16 @@ async function prepareChange({ bundle, fp, c, nbd }: Steps, live: Verified): Pro
  * Writes the overlay file beside its destination and opens it as a node (blockdev-add, no backing yet).
  * `handOver` forgets their removal once the overlay is the drive's top layer.
  */
-async function addOverlay(bundle: BundleData, fp: Footprint, drive: ResolvedDrive): Promise<NonNullable<Ready['overlay']>> {
+async function addOverlay(
+  bundle: BundleData,
+  fp: Footprint,
+  drive: ResolvedDrive,
+): Promise<NonNullable<Ready['overlay']>> {
   const ov = fp.record.overlay!;
   const clusterSize = alignedClusterSize(bundle.manifest);
   const backing = { name: drive.filename, format: drive.format };
-  const forgetFile = fp.made('overlayFile'); // buildOverlay removes what it wrote if it fails; a crash leaves it for recover
+  // buildOverlay removes what it wrote if it fails; a crash leaves it for recover
+  const forgetFile = fp.made('overlayFile');
   await buildOverlay(bundle, ov.path, { clusterSize, backing });
   await fp.qemu.blockdevAddQcow2(ov.node, ov.path);
   const forgetNode = fp.made('overlayNode');
@@ -585,7 +692,11 @@ interface Changed {
  * 7. Pauses the guest (when it runs), changes the disk, resumes it. A write
  * that failed part-way leaves the VM held, with the record, for recover.
  */
-async function pauseAndChange(s: Steps, live: Verified, ready: Ready): Promise<Changed & { pauseMs: number | null; resumed: boolean }> {
+async function pauseAndChange(
+  s: Steps,
+  live: Verified,
+  ready: Ready,
+): Promise<Changed & { pauseMs: number | null; resumed: boolean }> {
   const { fp, c } = s;
   const running = c.status.running;
   if (running) await fp.setPaused(true);
@@ -655,7 +766,8 @@ async function resume(fp: Footprint, c: ChangeContext, pausedAt: number, change:
     const before = !change.ok && change.error instanceof Error ? ` (after: ${change.error.message})` : '';
     throw new TargetError(
       `could not resume the VM: ${(e as Error).message}${before}`,
-      `the VM is paused: resume it with {"execute":"cont"} on ${c.qmpPath}, or run 'vmsubst recover --qmp ${c.qmpPath}'`,
+      `the VM is paused: resume it with {"execute":"cont"} on ${c.qmpPath}, or run 'vmsubst recover --qmp ` +
+        `${c.qmpPath}'`,
       { cause: e },
     );
   }
@@ -703,7 +815,11 @@ async function finish(
  * over `qemu` or a new connection to the result's QMP socket. A failure is
  * added to the result's warnings: the overlay stays in use, which is consistent.
  */
-export async function commitApplied(qemu: Qemu | undefined, result: QemuApplyResult, timeoutMs = 600_000): Promise<void> {
+export async function commitApplied(
+  qemu: Qemu | undefined,
+  result: QemuApplyResult,
+  timeoutMs = 600_000,
+): Promise<void> {
   const overlay = result.overlay;
   if (!overlay || overlay.committed) return;
   let own: QmpClient | undefined;
@@ -718,7 +834,8 @@ export async function commitApplied(qemu: Qemu | undefined, result: QemuApplyRes
     overlay.commitMs = ms(performance.now() - t);
   } catch (e) {
     result.warnings.push(
-      `commit: ${(e as Error).message}; the overlay stays in use (the guest sees the new blocks either way): commit it later with block-commit, see docs/apply-modes.md`,
+      `commit: ${(e as Error).message}; the overlay stays in use (the guest sees the new blocks either way): ` +
+        `commit it later with block-commit, see docs/apply-modes.md`,
     );
   } finally {
     own?.close();
@@ -731,7 +848,12 @@ export async function commitApplied(qemu: Qemu | undefined, result: QemuApplyRes
  * drive back to that node (block-job-complete), deletes the overlay node and
  * removes its file. A failure leaves the overlay in use, which is consistent.
  */
-export async function commitOverlay(qemu: Qemu, overlay: OverlayOutcome, baseNode: string, timeoutMs: number): Promise<void> {
+export async function commitOverlay(
+  qemu: Qemu,
+  overlay: OverlayOutcome,
+  baseNode: string,
+  timeoutMs: number,
+): Promise<void> {
   const job = `${overlay.node}-commit`;
   const events = jobEvents(qemu, job, timeoutMs);
   try {
@@ -749,7 +871,11 @@ export async function commitOverlay(qemu: Qemu, overlay: OverlayOutcome, baseNod
 }
 
 /** Collects a block job's events from the moment it is called, so none is missed between commands. */
-function jobEvents(qemu: Qemu, job: string, timeoutMs: number): { next(name: string): Promise<QmpEvent>; close(): void } {
+function jobEvents(
+  qemu: Qemu,
+  job: string,
+  timeoutMs: number,
+): { next(name: string): Promise<QmpEvent>; close(): void } {
   const seen: QmpEvent[] = [];
   let wake: (() => void) | undefined;
   const onEvent = (e: QmpEvent): void => {
@@ -762,17 +888,29 @@ function jobEvents(qemu: Qemu, job: string, timeoutMs: number): { next(name: str
   return {
     async next(name) {
       for (;;) {
-        const i = seen.findIndex((e) => e.event === name || e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_CANCELLED' || e.event === 'BLOCK_JOB_ERROR');
+        const i = seen.findIndex(
+          (e) =>
+            e.event === name ||
+            e.event === 'BLOCK_JOB_COMPLETED' ||
+            e.event === 'BLOCK_JOB_CANCELLED' ||
+            e.event === 'BLOCK_JOB_ERROR',
+        );
         if (i >= 0) {
           const e = seen.splice(i, 1)[0]!;
           if (e.event !== name) {
             const error = e.data?.['error'];
-            throw new TargetError(`block job ${job}: ${e.event}${typeof error === 'string' ? `: ${error}` : ''} while waiting for ${name}`);
+            throw new TargetError(
+              `block job ${job}: ${e.event}${typeof error === 'string' ? `: ${error}` : ''} while waiting for ${name}`,
+            );
           }
           return e;
         }
         const left = deadline - Date.now();
-        if (left <= 0) throw new TargetError(`block job ${job}: no ${name} within ${timeoutMs} ms`, `the job is still running: see query-block-jobs; cancel it with block-job-cancel ${job}`);
+        if (left <= 0)
+          throw new TargetError(
+            `block job ${job}: no ${name} within ${timeoutMs} ms`,
+            `the job is still running: see query-block-jobs; cancel it with block-job-cancel ${job}`,
+          );
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, left);
           wake = () => {

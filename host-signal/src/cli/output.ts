@@ -82,7 +82,10 @@ export const ExportOutput = Type.Object(
     'cluster-size': Count,
     'data-clusters': Count,
     'changed-bytes': Count,
-    'filled-bytes': Type.Integer({ minimum: 0, description: 'unchanged bytes of changed clusters, copied from the base' }),
+    'filled-bytes': Type.Integer({
+      minimum: 0,
+      description: 'unchanged bytes of changed clusters, copied from the base',
+    }),
     backing: Nullable(Type.Object({ name: Type.String(), format: Literals('raw', 'qcow2') }, strict)),
   },
   strict,
@@ -228,7 +231,10 @@ export const ImageApplyJson = Type.Object(
     mode: Type.Literal('raw-file'),
     target: Type.Object({ kind: Type.Literal('image'), path: Type.String() }, strict),
     openers: Type.Array(
-      Type.Object({ pid: Type.Integer(), comm: Type.String(), direct: Type.Boolean(), writable: Type.Boolean() }, strict),
+      Type.Object(
+        { pid: Type.Integer(), comm: Type.String(), direct: Type.Boolean(), writable: Type.Boolean() },
+        strict,
+      ),
     ),
   },
   strict,

@@ -36,20 +36,63 @@ Args('--qmp: the nbd mode by default, the drive selector and state directory pas
 });
 
 Args('--mode overlay takes --overlay and --commit', () => {
-  const r = request(['b.vsb', '--qmp', 'q', '--mode', 'overlay', '--node', 'disk0', '--overlay', '/o.qcow2', '--commit', '--json']);
-  assert.equal(r.target, { kind: 'qemu', qmp: 'q', options: { mode: 'overlay', node: 'disk0', overlayPath: '/o.qcow2' }, commit: true });
+  const r = request([
+    'b.vsb',
+    '--qmp',
+    'q',
+    '--mode',
+    'overlay',
+    '--node',
+    'disk0',
+    '--overlay',
+    '/o.qcow2',
+    '--commit',
+    '--json',
+  ]);
+  assert.equal(r.target, {
+    kind: 'qemu',
+    qmp: 'q',
+    options: { mode: 'overlay', node: 'disk0', overlayPath: '/o.qcow2' },
+    commit: true,
+  });
   assert.ok(r.json);
 });
 
 Args('--image: the raw-file mode, with the writers allowed', () => {
-  const r = request(['b.vsb', '--image', 'd.img', '--allow-writer', '42', '--allow-writer', '7', '--trusted-key', 'k.pub']);
+  const r = request([
+    'b.vsb',
+    '--image',
+    'd.img',
+    '--allow-writer',
+    '42',
+    '--allow-writer',
+    '7',
+    '--trusted-key',
+    'k.pub',
+  ]);
   assert.equal(r.target, { kind: 'image', path: 'd.img', allowWriters: [42, 7] });
   assert.equal(r.trustedKeys, ['k.pub']);
 });
 
 Args('--notify: the agent address parsed, the disk, key, customization, force and timeout gathered', () => {
-  const r = request(['b.vsb', '--qmp', 'q', '--notify', 'serial:/a.sock', '--disk-serial', 'data', '--sign', 'k.key',
-    '--customize', 'c.json', '--force', '--timeout', '1.5', '--on-no-agent', 'reset']);
+  const r = request([
+    'b.vsb',
+    '--qmp',
+    'q',
+    '--notify',
+    'serial:/a.sock',
+    '--disk-serial',
+    'data',
+    '--sign',
+    'k.key',
+    '--customize',
+    'c.json',
+    '--force',
+    '--timeout',
+    '1.5',
+    '--on-no-agent',
+    'reset',
+  ]);
   assert.equal(r.notify, {
     agent: { kind: 'serial', path: '/a.sock' },
     disk: { serial: 'data' },
@@ -75,15 +118,24 @@ Args('wrong combinations are usage errors with a hint', () => {
   refused(['b.vsb', '--qmp', 'q', '--commit'], /--overlay and --commit go with --mode overlay/);
   refused(['b.vsb', '--image', 'i', '--overlay', 'o'], /--overlay and --commit go with --mode overlay/);
   refused(['b.vsb', '--qmp', 'q', '--sign', 'k'], /--sign goes with --notify ADDR/);
-  refused(['b.vsb', '--qmp', 'q', '--notify', 'unix:/a', '--disk-serial', 's', '--disk-path', 'p'], /--disk-serial or --disk-path/);
+  refused(
+    ['b.vsb', '--qmp', 'q', '--notify', 'unix:/a', '--disk-serial', 's', '--disk-path', 'p'],
+    /--disk-serial or --disk-path/,
+  );
   refused(['b.vsb', '--qmp', 'q', '--notify', 'unix:/a', '--timeout', '0'], /--timeout 0: expected a positive number/);
   refused(['b.vsb', '--qmp', 'q', '--on-no-agent', 'shrug'], /--on-no-agent shrug: expected fail, warn or reset/);
-  refused(['b.vsb', '--image', 'i', '--on-no-agent', 'reset'], /--on-no-agent=reset restarts the VM with QMP system_reset/);
+  refused(
+    ['b.vsb', '--image', 'i', '--on-no-agent', 'reset'],
+    /--on-no-agent=reset restarts the VM with QMP system_reset/,
+  );
   refused(['--qmp', 'q'], /apply: missing BUNDLE/);
 });
 
 Args('a malformed agent address is a usage error', () => {
-  assert.throws(() => request(['b.vsb', '--qmp', 'q', '--notify', 'tcp:1.2.3.4:5']), (e: unknown) => e instanceof UsageError);
+  assert.throws(
+    () => request(['b.vsb', '--qmp', 'q', '--notify', 'tcp:1.2.3.4:5']),
+    (e: unknown) => e instanceof UsageError,
+  );
 });
 
 Args.run();

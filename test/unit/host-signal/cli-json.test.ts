@@ -31,7 +31,10 @@ Json.after(() => {
 });
 
 const base = image(2 * MiB);
-const patched = patch(base, [[4096, 1], [MiB, 10000]]);
+const patched = patch(base, [
+  [4096, 1],
+  [MiB, 10000],
+]);
 const basePath = tmp.file('base.img', base);
 const patchedPath = tmp.file('patched.img', patched);
 const bundle = tmp.file('p.vsb');
@@ -42,7 +45,11 @@ const schemaOf = (command: string): TSchema => COMMANDS.find((c) => c.name === c
 const checked = new Set<string>();
 
 /** Runs `vmsubst ARGS --json`, expects `code`, validates the document against `schema`. */
-async function document(args: string[], schema: TSchema = schemaOf(args[0]!), code = 0): Promise<Record<string, unknown>> {
+async function document(
+  args: string[],
+  schema: TSchema = schemaOf(args[0]!),
+  code = 0,
+): Promise<Record<string, unknown>> {
   const r = await vmsubst([...args, '--json']);
   assert.is(r.code, code, `${args.join(' ')}: ${r.stderr}`);
   const doc = JSON.parse(r.stdout) as Record<string, unknown>;
@@ -65,7 +72,15 @@ Json('diff, inspect, sign, keygen and export', async () => {
   assert.equal(valid['signature'], { status: 'valid', keyId: keys['key-id'] });
   const e = await document(['export', bundle, '--qcow2', tmp.file('o.qcow2'), '--base', basePath]);
   assert.equal(e['backing'], { name: basePath, format: 'raw' });
-  const bare = await document(['export', bundle, '--qcow2', tmp.file('bare.qcow2'), '--base', basePath, '--no-backing']);
+  const bare = await document([
+    'export',
+    bundle,
+    '--qcow2',
+    tmp.file('bare.qcow2'),
+    '--base',
+    basePath,
+    '--no-backing',
+  ]);
   assert.is(bare['backing'], null);
 });
 
@@ -116,7 +131,10 @@ Json('stale and report, from the real agent on a unix socket', async () => {
 });
 
 Json('notify and apply --qmp where nothing listens: the error document', async () => {
-  for (const args of [['notify', bundle, '--to', `unix:${nowhere}`], ['apply', bundle, '--qmp', nowhere]]) {
+  for (const args of [
+    ['notify', bundle, '--to', `unix:${nowhere}`],
+    ['apply', bundle, '--qmp', nowhere],
+  ]) {
     const doc = await document(args, ErrorOutput, 1);
     assert.match((doc['error'] as { code: string }).code, /^E_VMSUBST_/);
   }
@@ -151,7 +169,8 @@ Json('docs/cli.md documents every top-level field of every command document', ()
   for (const c of COMMANDS) {
     const section = doc.split(/^### /m).find((s) => s.startsWith(`\`vmsubst ${c.name}`));
     assert.ok(section, `docs/cli.md has a section "### \`vmsubst ${c.name} …\`"`);
-    for (const f of fieldsOf(c.output)) assert.ok(section.includes(`\`${f}\``), `docs/cli.md, ${c.name}: field \`${f}\``);
+    for (const f of fieldsOf(c.output))
+      assert.ok(section.includes(`\`${f}\``), `docs/cli.md, ${c.name}: field \`${f}\``);
   }
 });
 

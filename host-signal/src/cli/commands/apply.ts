@@ -192,29 +192,44 @@ const usage = (msg: string): UsageError => new UsageError(`apply: ${msg}`, "see 
  */
 export function applyRequest(values: ApplyValues, pos: string[]): ApplyRequest {
   const [bundlePath] = positionals('apply', pos, ['BUNDLE']) as [string];
-  if ((values.qmp === undefined) === (values.image === undefined)) throw usage('give exactly one of --qmp SOCK or --image PATH');
+  if ((values.qmp === undefined) === (values.image === undefined))
+    throw usage('give exactly one of --qmp SOCK or --image PATH');
   const mode = (values.mode ?? (values.qmp !== undefined ? 'nbd' : 'raw-file')) as Mode;
   if (!MODES.includes(mode)) throw usage(`--mode ${values.mode}: expected one of ${MODES.join(', ')}`);
-  const target = values.qmp !== undefined ? qemuTarget(values, values.qmp, mode) : imageTarget(values, values.image!, mode);
+  const target =
+    values.qmp !== undefined ? qemuTarget(values, values.qmp, mode) : imageTarget(values, values.image!, mode);
   const notify = notifyRequest(values);
   const onNoAgent = (values['on-no-agent'] ?? 'warn') as NoAgentAction;
-  if (!NO_AGENT_ACTIONS.includes(onNoAgent)) throw usage(`--on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`);
+  if (!NO_AGENT_ACTIONS.includes(onNoAgent))
+    throw usage(`--on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`);
   if (onNoAgent === 'reset' && target.kind !== 'qemu') {
     throw usage(
       '--on-no-agent=reset restarts the VM with QMP system_reset: give --qmp SOCK ' +
         '(for another hypervisor, restart the VM through its own API)',
     );
   }
-  return { bundlePath, target, ...(notify ? { notify } : {}), onNoAgent, trustedKeys: values['trusted-key'] ?? [], json: values.json === true };
+  return {
+    bundlePath,
+    target,
+    ...(notify ? { notify } : {}),
+    onNoAgent,
+    trustedKeys: values['trusted-key'] ?? [],
+    json: values.json === true,
+  };
 }
 
 function qemuTarget(values: ApplyValues, qmp: string, mode: Mode): ApplyTarget {
   if (mode === 'raw-file') {
-    throw usage('--mode raw-file writes an image file (--image PATH); a running QEMU must be written through QMP (--mode nbd or overlay)');
+    throw usage(
+      '--mode raw-file writes an image file (--image PATH); a running QEMU must be written through QMP (--mode nbd ' +
+        'or overlay)',
+    );
   }
   if (values.device !== undefined && values.node !== undefined) throw usage('give --device or --node, not both');
-  if (values['allow-writer'] !== undefined) throw usage('--allow-writer goes with --image (QEMU is written through QMP)');
-  if (mode !== 'overlay' && (values.overlay !== undefined || values.commit)) throw usage('--overlay and --commit go with --mode overlay');
+  if (values['allow-writer'] !== undefined)
+    throw usage('--allow-writer goes with --image (QEMU is written through QMP)');
+  if (mode !== 'overlay' && (values.overlay !== undefined || values.commit))
+    throw usage('--overlay and --commit go with --mode overlay');
   const options = {
     mode,
     ...(values.device !== undefined ? { device: values.device } : {}),
@@ -227,8 +242,10 @@ function qemuTarget(values: ApplyValues, qmp: string, mode: Mode): ApplyTarget {
 
 function imageTarget(values: ApplyValues, path: string, mode: Mode): ApplyTarget {
   if (mode !== 'raw-file') throw usage(`--mode ${mode} writes through QEMU: give --qmp SOCK, not --image`);
-  if (values.device !== undefined || values.node !== undefined) throw usage('--device and --node go with --qmp, not --image');
-  if (values['state-dir'] !== undefined) throw usage('--state-dir goes with --qmp (the raw-file mode makes nothing in a VM)');
+  if (values.device !== undefined || values.node !== undefined)
+    throw usage('--device and --node go with --qmp, not --image');
+  if (values['state-dir'] !== undefined)
+    throw usage('--state-dir goes with --qmp (the raw-file mode makes nothing in a VM)');
   const allowWriters = (values['allow-writer'] ?? []).map((p) => {
     if (!/^[1-9]\d*$/.test(p)) throw usage(`--allow-writer ${p}: expected a process id`);
     return Number(p);
@@ -245,9 +262,11 @@ function notifyRequest(values: ApplyValues): ApplyNotify | undefined {
     if (stray) throw usage(`--${stray} goes with --notify ADDR`);
     return undefined;
   }
-  if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined) throw usage('give --disk-serial or --disk-path, not both');
+  if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined)
+    throw usage('give --disk-serial or --disk-path, not both');
   const sec = values.timeout === undefined ? undefined : Number(values.timeout);
-  if (sec !== undefined && !(sec > 0)) throw usage(`--timeout ${values.timeout}: expected a positive number of seconds`);
+  if (sec !== undefined && !(sec > 0))
+    throw usage(`--timeout ${values.timeout}: expected a positive number of seconds`);
   return {
     agent: parseAgentTarget(values.notify),
     disk: {
@@ -269,10 +288,17 @@ async function run(args: string[]): Promise<void> {
   const customization = req.notify?.customize === undefined ? undefined : await loadCustomization(req.notify.customize);
   const o = new Output(req.json);
   const bundle = await openTrusted(req, o);
-  const outcome = await cancellable((signal) => applyBundle(bundle, req, { signal, o, signWith, customization })).finally(() => bundle.close());
+  const outcome = await cancellable((signal) =>
+    applyBundle(bundle, req, { signal, o, signWith, customization }),
+  ).finally(() => bundle.close());
   if (outcome.status !== 'applied' || !outcome.apply) throw failure(outcome);
   const result = outcome.apply;
-  const json: ApplyOutput = { ...applyJson(result), agent: agentJson(outcome), reset: outcome.reset, notes: outcome.notes };
+  const json: ApplyOutput = {
+    ...applyJson(result),
+    agent: agentJson(outcome),
+    reset: outcome.reset,
+    notes: outcome.notes,
+  };
   o.result(ApplyOutput, json, () => [applyHuman(result), agentHuman(outcome)].join('\n'));
 }
 
@@ -293,7 +319,8 @@ async function openTrusted(req: ApplyRequest, o: Output): Promise<Bundle> {
 async function cancellable<T>(work: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => {
-    if (!controller.signal.aborted) process.stderr.write(`\nvmsubst: ${sig}: cancelling; a running write completes and the VM is resumed\n`);
+    if (!controller.signal.aborted)
+      process.stderr.write(`\nvmsubst: ${sig}: cancelling; a running write completes and the VM is resumed\n`);
     controller.abort();
   };
   process.on('SIGINT', onSignal);
@@ -313,7 +340,9 @@ interface ApplyInputs {
   customization: Customization | undefined;
 }
 
-/** Writes the blocks and tells the guest (applyAndTell); with --commit and --notify, commits after the agent's commit. */
+/**
+ * Writes the blocks and tells the guest (applyAndTell); with --commit and --notify, commits after the agent's commit.
+ */
 async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInputs): Promise<GuestOutcome<ApplyResult>> {
   const { target, notify } = req;
   const { signal, o } = inputs;
@@ -323,7 +352,11 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
     const common = { onProgress, signal, ...(beforeWrite ? { beforeWrite } : {}) };
     return target.kind === 'qemu'
       ? // With --notify the guest is told first and the overlay committed after (below).
-        applyToQemu(bundle, target.qmp, { ...common, ...target.options, ...(target.commit && !notify ? { commit: true } : {}) })
+        applyToQemu(bundle, target.qmp, {
+          ...common,
+          ...target.options,
+          ...(target.commit && !notify ? { commit: true } : {}),
+        })
       : applyToImage(bundle, target.path, { ...common, allowWriters: target.allowWriters });
   };
   const qmpPath = target.kind === 'qemu' ? target.qmp : undefined;
@@ -339,7 +372,9 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
     ...(notify ? { agent: notify.agent } : { noAgentReason: 'no agent address was given (--notify)' }),
     onNoAgent: req.onNoAgent,
     ...(qmpPath !== undefined ? { reset: () => systemReset(qmpPath) } : {}),
-    ...(timeoutMs !== undefined || signer ? { connect: { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(signer ? { signer } : {}) } } : {}),
+    ...(timeoutMs !== undefined || signer
+      ? { connect: { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(signer ? { signer } : {}) } }
+      : {}),
     signal,
   });
   const applied = outcome.apply;
@@ -352,8 +387,11 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
 /** The error of an apply that did not apply, after its notes ("nothing was written" unless the error says it). */
 function failure(outcome: GuestOutcome<ApplyResult>): unknown {
   const cause = outcome.cause ?? new Error(outcome.error?.message ?? 'apply failed');
-  const saysItself = /nothing was written/i.test(`${(cause as Error).message} ${cause instanceof VmsubstError ? (cause.hint ?? '') : ''}`);
-  for (const n of outcome.notes) if (n !== 'nothing was written' || !saysItself) process.stderr.write(`vmsubst: ${n}\n`);
+  const saysItself = /nothing was written/i.test(
+    `${(cause as Error).message} ${cause instanceof VmsubstError ? (cause.hint ?? '') : ''}`,
+  );
+  for (const n of outcome.notes)
+    if (n !== 'nothing was written' || !saysItself) process.stderr.write(`vmsubst: ${n}\n`);
   return cause;
 }
 
@@ -388,12 +426,27 @@ function applyJson(r: ApplyResult): ApplyJson {
   };
 }
 
-function overlayJson({ path, node, clusterSize, backing, committed, commitMs }: OverlayOutcome): Static<typeof OverlayJson> {
-  return { path, node, 'cluster-size': clusterSize, backing, committed, ...(commitMs !== undefined ? { 'commit-ms': commitMs } : {}) };
+function overlayJson({
+  path,
+  node,
+  clusterSize,
+  backing,
+  committed,
+  commitMs,
+}: OverlayOutcome): Static<typeof OverlayJson> {
+  return {
+    path,
+    node,
+    'cluster-size': clusterSize,
+    backing,
+    committed,
+    ...(commitMs !== undefined ? { 'commit-ms': commitMs } : {}),
+  };
 }
 
 function applyHuman(r: ApplyResult): string {
-  const where = r.target.kind === 'image' ? r.target.path : `${r.target.device ?? r.target.node} (node ${r.target.node})`;
+  const where =
+    r.target.kind === 'image' ? r.target.path : `${r.target.device ?? r.target.node} (node ${r.target.node})`;
   const lines: string[] = [];
   if ('recovered' in r && r.recovered) lines.push(`recovered first: ${recoveryHuman(r.recovered).trimStart()}`);
   switch (r.status) {
@@ -406,20 +459,31 @@ function applyHuman(r: ApplyResult): string {
     case 'applied': {
       const partial = r.rangesAlreadyNew > 0 ? ` (${r.rangesAlreadyNew} already held the new content)` : '';
       const into = 'overlay' in r && r.overlay ? ` into overlay ${r.overlay.path}` : '';
-      lines.push(`${where}: ${r.mode}: wrote ${plural(r.rangesWritten, 'range')}, ${formatBytes(r.bytesWritten)}${into}${partial}`);
+      lines.push(
+        `${where}: ${r.mode}: wrote ${plural(r.rangesWritten, 'range')}, ` +
+          `${formatBytes(r.bytesWritten)}${into}${partial}`,
+      );
     }
   }
   const phases = `verify ${r.timingsMs.verify} ms, write ${r.timingsMs.write} ms`;
   if (isQemu(r)) {
     if (r.status === 'applied') {
-      const recheck = r.recheck === 'reverified' ? '; the guest wrote during the verification, so it was verified again while paused' : '';
-      lines.push(r.pauseMs !== null ? `guest paused for ${r.pauseMs} ms (${phases}), resumed${recheck}` : `VM was ${r.vmStatus}; left as it was (${phases})`);
+      const recheck =
+        r.recheck === 'reverified'
+          ? '; the guest wrote during the verification, so it was verified again while paused'
+          : '';
+      lines.push(
+        r.pauseMs !== null
+          ? `guest paused for ${r.pauseMs} ms (${phases}), resumed${recheck}`
+          : `VM was ${r.vmStatus}; left as it was (${phases})`,
+      );
     }
     if (r.overlay) {
       lines.push(
         r.overlay.committed
           ? `overlay committed into node ${r.target.node} in ${r.overlay.commitMs} ms and removed`
-          : `overlay node ${r.overlay.node} is now the drive's top layer (backing ${r.overlay.backing.name}); commit it with block-commit when convenient (docs/apply-modes.md)`,
+          : `overlay node ${r.overlay.node} is now the drive's top layer (backing ${r.overlay.backing.name}); ` +
+              `commit it with block-commit when convenient (docs/apply-modes.md)`,
       );
     }
   } else if (r.status === 'applied') {
@@ -444,11 +508,18 @@ function agentHuman(t: GuestOutcome<ApplyResult>): string {
   const r = t.agent.report;
   if (r) {
     const how = t.agent.mode === 'two-phase' ? 'prepare → write → commit' : 'substitute after the write';
-    lines.push(`agent ${t.agent.version} at ${t.agent.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ${r.device}; ${plural(r.truncated?.counts['files'] ?? r.files.length, 'file')} affected${r.truncated?.counts['files'] !== undefined ? ` (the first ${r.files.length} listed)` : ''}${r.replayed ? ' (answered from its journal)' : ''}`);
+    lines.push(
+      `agent ${t.agent.version} at ${t.agent.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ` +
+        `${r.device}; ${plural(r.truncated?.counts['files'] ?? r.files.length, 'file')} ` +
+        'affected' +
+        (r.truncated?.counts['files'] !== undefined ? ` (the first ${r.files.length} listed)` : '') +
+        (r.replayed ? ' (answered from its journal)' : ''),
+    );
     const pinned = t.agent.prepare?.pinned ?? r.pinned ?? [];
     if (pinned.length > 0) lines.push(`  pinned: ${pinned.map((p) => `${p.comm}[${p.pid}] ${p.status}`).join(', ')}`);
     for (const f of r.files) {
-      const mappers = f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
+      const mappers =
+        f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
       lines.push(`  ${f.path}: ${f['pages-dropped']} pages dropped, ${f['pages-kept']} kept${mappers}`);
     }
   } else if (t.apply?.status !== 'no-changes') {
@@ -461,7 +532,9 @@ function agentHuman(t: GuestOutcome<ApplyResult>): string {
 export const applyCommand: Command = {
   name: 'apply',
   synopsis: 'apply BUNDLE --qmp SOCK',
-  summary: "put a bundle's blocks into a running VM's disk:\n--mode nbd|overlay (QEMU), --image PATH --mode raw-file\n(other hypervisors); --notify tells the guest (two-phase)",
+  summary:
+    "put a bundle's blocks into a running VM's disk:\n--mode nbd|overlay (QEMU), --image PATH --mode " +
+    'raw-file\n(other hypervisors); --notify tells the guest (two-phase)',
   help: HELP,
   output: ApplyOutput,
   run,

@@ -81,13 +81,21 @@ async function run(args: string[]): Promise<void> {
         notes.push('no ext4 or XFS filesystem in the base image: no file hints');
       } else if (base.format !== 'raw' || patched.format !== 'raw') {
         hints = 'unavailable';
-        notes.push('file hints need raw images (debugfs reads files, not qcow2): convert with `qemu-img convert -O raw`, or pass --no-hints');
+        notes.push(
+          'file hints need raw images (debugfs reads files, not qcow2): convert with `qemu-img convert -O raw`, or ' +
+            'pass --no-hints',
+        );
       } else if (!(await toolsFor(filesystems))) {
         hints = 'unavailable';
-        notes.push(`${[...new Set(filesystems.map((f) => (f.type === 'xfs' ? 'xfs_db (xfsprogs)' : 'debugfs (e2fsprogs)')))].join(' and ')} not installed: no file hints`);
+        const tools = new Set(filesystems.map((f) => (f.type === 'xfs' ? 'xfs_db (xfsprogs)' : 'debugfs (e2fsprogs)')));
+        notes.push(`${[...tools].join(' and ')} not installed: no file hints`);
       } else {
         o.progress.clear();
-        const h = await computeHints({ path: basePath, source: base }, { path: patchedPath, source: patched }, diff.ranges);
+        const h = await computeHints(
+          { path: basePath, source: base },
+          { path: patchedPath, source: patched },
+          diff.ranges,
+        );
         ({ filesystems, files, rangeFiles } = h);
         notes.push(...h.notes);
         hints = 'computed';
@@ -132,13 +140,22 @@ async function run(args: string[]): Promise<void> {
         'hints-ms': hintsMs,
       },
       () => {
-        if (diff.ranges.length === 0) return `${out}: the images are identical; the bundle changes nothing (id ${manifest.id.slice(0, 16)})`;
+        if (diff.ranges.length === 0)
+          return `${out}: the images are identical; the bundle changes nothing (id ${manifest.id.slice(0, 16)})`;
         const lines = [
-          `${out}: ${plural(diff.ranges.length, 'range')}, ${formatBytes(diff.changedBytes)} changed of ${formatBytes(diff.size)} (${formatPercent(diff.changedBytes, diff.size)}), id ${manifest.id.slice(0, 16)} (${elapsed} ms)`,
-          `read ${formatBytes(diff.readBytes)} of each image (${formatPercent(diff.size - diff.readBytes, diff.size)} holes skipped)`,
+          `${out}: ${plural(diff.ranges.length, 'range')}, ${formatBytes(diff.changedBytes)} changed of ` +
+            `${formatBytes(diff.size)} (${formatPercent(diff.changedBytes, diff.size)}), id ` +
+            `${manifest.id.slice(0, 16)} (${elapsed} ms)`,
+          `read ${formatBytes(diff.readBytes)} of each image ` +
+            `(${formatPercent(diff.size - diff.readBytes, diff.size)} holes skipped)`,
         ];
         if (hints === 'computed') {
-          lines.push(`${plural(files.length, 'changed file')} in ${plural(filesystems.length, 'filesystem')}; ELF: ${elf.filter((f) => f.elf === 'code-unchanged').length} with code unchanged (remap), ${elf.filter((f) => f.elf !== 'code-unchanged').length} with code changed (pin) ('vmsubst inspect' lists them)`);
+          lines.push(
+            `${plural(files.length, 'changed file')} in ${plural(filesystems.length, 'filesystem')}; ELF: ` +
+              `${elf.filter((f) => f.elf === 'code-unchanged').length} with code unchanged (remap), ` +
+              `${elf.filter((f) => f.elf !== 'code-unchanged').length} with code changed (pin) ('vmsubst inspect' ` +
+              `lists them)`,
+          );
         }
         return lines.join('\n');
       },

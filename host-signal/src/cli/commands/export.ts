@@ -47,9 +47,15 @@ async function run(args: string[]): Promise<void> {
   });
   if (helpRequested(HELP, values)) return;
   const [bundlePath] = positionals('export', pos, ['BUNDLE']) as [string];
-  if (values.qcow2 === undefined) throw new UsageError('export: --qcow2 OUT is required', "see 'vmsubst export --help'");
-  if (values.base === undefined) throw new UsageError('export: --base BASE is required: it is checked against the bundle and fills partly changed clusters', "see 'vmsubst export --help'");
-  if (values.backing !== undefined && values['no-backing']) throw new UsageError('export: give --backing or --no-backing, not both');
+  if (values.qcow2 === undefined)
+    throw new UsageError('export: --qcow2 OUT is required', "see 'vmsubst export --help'");
+  if (values.base === undefined)
+    throw new UsageError(
+      'export: --base BASE is required: it is checked against the bundle and fills partly changed clusters',
+      "see 'vmsubst export --help'",
+    );
+  if (values.backing !== undefined && values['no-backing'])
+    throw new UsageError('export: give --backing or --no-backing, not both');
   const clusterSize = values['cluster-size'] === undefined ? undefined : parseSize(values['cluster-size']);
 
   const o = new Output(values.json === true);
@@ -80,7 +86,9 @@ async function run(args: string[]): Promise<void> {
     },
     () =>
       [
-        `${result.path}: qcow2 overlay, ${plural(result.dataClusters, 'cluster')} of ${formatBytes(result.clusterSize)} (${formatBytes(result.changedBytes)} changed, ${formatBytes(result.filledBytes)} copied from the base), ${formatBytes(result.fileSize)}`,
+        `${result.path}: qcow2 overlay, ${plural(result.dataClusters, 'cluster')} of ` +
+          `${formatBytes(result.clusterSize)} (${formatBytes(result.changedBytes)} changed, ` +
+          `${formatBytes(result.filledBytes)} copied from the base), ${formatBytes(result.fileSize)}`,
         result.backing ? `backing file: ${result.backing.name} (${result.backing.format})` : 'no backing file recorded',
       ].join('\n'),
   );

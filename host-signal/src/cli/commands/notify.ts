@@ -5,7 +5,16 @@ import { UsageError } from '../../errors.js';
 import { makeSigner, notify, parseAgentTarget, truncationNote, type NotifyResult } from '../../notify/index.js';
 import { plural } from '../format.js';
 import { formatReport } from '../report.js';
-import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positiveInt, positionals, type Command } from '../common.js';
+import {
+  Output,
+  helpRequested,
+  loadCustomization,
+  loadPrivateKey,
+  parse,
+  positiveInt,
+  positionals,
+  type Command,
+} from '../common.js';
 import { NotifyOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--policy WHO=P]... [--force] [--dry-run] [--json]
@@ -112,15 +121,25 @@ async function run(args: string[]): Promise<void> {
       ...(values.force ? { force: true } : {}),
       ...(attempts !== undefined ? { attempts } : {}),
       ...(resendMs !== undefined ? { resendMs } : {}),
-      onRetry: (n, e) => process.stderr.write(`vmsubst: attempt ${n} failed (${e.message}); trying again with the same substitution id\n`),
+      onRetry: (n, e) =>
+        process.stderr.write(
+          `vmsubst: attempt ${n} failed (${e.message}); trying again with the same substitution id\n`,
+        ),
     });
   } finally {
     await bundle.close();
   }
-  if (result.resends > 0) process.stderr.write(`vmsubst: ${plural(result.resends, 'request')} resent before the agent answered (same substitution id)\n`);
+  if (result.resends > 0)
+    process.stderr.write(
+      `vmsubst: ${plural(result.resends, 'request')} resent before the agent answered (same substitution id)\n`,
+    );
   // The JSON document is the agent's report itself (the protocol's SubstituteReport); what to do
   // about a cut answer goes to stderr, in both modes.
-  const cut = truncationNote(result.report, result.target, signWith ? (disk.serial !== undefined ? { diskSerial: disk.serial } : {}) : undefined);
+  const cut = truncationNote(
+    result.report,
+    result.target,
+    signWith ? (disk.serial !== undefined ? { diskSerial: disk.serial } : {}) : undefined,
+  );
   if (cut) process.stderr.write(`vmsubst: ${cut}\n`);
   o.result(NotifyOutput, result.report, () => notifyHuman(result));
 }
@@ -139,10 +158,14 @@ export function parsePolicies(specs: string[]): Policies {
     const eq = spec.lastIndexOf('=');
     const who = spec.slice(0, eq);
     const policy = spec.slice(eq + 1) as Policy;
-    if (eq <= 0 || !POLICY_NAMES.includes(policy)) throw new UsageError(`--policy ${spec}: expected WHO=POLICY with POLICY one of ${POLICY_NAMES.join(', ')}`);
+    if (eq <= 0 || !POLICY_NAMES.includes(policy))
+      throw new UsageError(`--policy ${spec}: expected WHO=POLICY with POLICY one of ${POLICY_NAMES.join(', ')}`);
     if ((CLASSES as readonly string[]).includes(who)) out[who as (typeof CLASSES)[number]] = policy;
     else if (who.startsWith('/')) (out.files ??= {})[who] = policy;
-    else throw new UsageError(`--policy ${spec}: '${who}' is neither a class (${CLASSES.join(', ')}) nor an absolute path`);
+    else
+      throw new UsageError(
+        `--policy ${spec}: '${who}' is neither a class (${CLASSES.join(', ')}) nor an absolute path`,
+      );
   }
   return out;
 }

@@ -41,10 +41,19 @@ async function run(args: string[]): Promise<void> {
   positionals('stale', pos, []);
   if (values.to === undefined) throw new UsageError('stale: --to ADDR is required', "see 'vmsubst stale --help'");
   const timeoutSec = values.timeout === undefined ? 60 : Number(values.timeout);
-  if (!(timeoutSec > 0)) throw new UsageError(`stale: --timeout ${values.timeout}: expected a positive number of seconds`);
-  const signer = values.sign === undefined ? undefined : makeSigner(await loadPrivateKey(values.sign), values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {});
+  if (!(timeoutSec > 0))
+    throw new UsageError(`stale: --timeout ${values.timeout}: expected a positive number of seconds`);
+  const signer =
+    values.sign === undefined
+      ? undefined
+      : makeSigner(
+          await loadPrivateKey(values.sign),
+          values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {},
+        );
   const o = new Output(values.json === true);
-  const { value } = await withAgent(values.to, { timeoutMs: timeoutSec * 1000, ...(signer ? { signer } : {}) }, (c) => c.stale());
+  const { value } = await withAgent(values.to, { timeoutMs: timeoutSec * 1000, ...(signer ? { signer } : {}) }, (c) =>
+    c.stale(),
+  );
   o.result(StaleOutput, value, () => formatStale(value).trimEnd());
 }
 

@@ -11,10 +11,13 @@
 import { UsageError, VmsubstError } from './errors.js';
 import { TOOL_VERSION } from './version.js';
 import { COMMANDS } from './cli/commands/index.js';
+import type { ErrorOutput } from './cli/output.js';
 
 function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.synopsis.length)) + 2;
-  const list = COMMANDS.map((c) => `  ${c.synopsis.padEnd(width)}${c.summary.replace(/\n/g, '\n' + ' '.repeat(width + 2))}`).join('\n');
+  const list = COMMANDS.map(
+    (c) => `  ${c.synopsis.padEnd(width)}${c.summary.replace(/\n/g, '\n' + ' '.repeat(width + 2))}`,
+  ).join('\n');
   return `Usage: vmsubst <command> [options]
 
 Live block substitution for running virtual machines: patch a golden image
@@ -62,7 +65,10 @@ function reportError(e: unknown, json: boolean): number {
   if (err?.hint) process.stderr.write(`hint: ${err.hint}\n`);
   if (!err && process.env['VMSUBST_DEBUG'] && e instanceof Error) process.stderr.write(`${e.stack ?? ''}\n`);
   if (json) {
-    process.stdout.write(JSON.stringify({ error: { code: err?.code ?? 'E_VMSUBST_INTERNAL', message, ...(err?.hint ? { hint: err.hint } : {}) } }, null, 2) + '\n');
+    const doc: ErrorOutput = {
+      error: { code: err?.code ?? 'E_VMSUBST_INTERNAL', message, ...(err?.hint ? { hint: err.hint } : {}) },
+    };
+    process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
   }
   return err instanceof UsageError ? 2 : 1;
 }

@@ -16,7 +16,12 @@ export class VmsubstError extends Error {
 
 /** The agent answered with an error reply. */
 export class AgentError extends VmsubstError {
-  constructor(readonly errorClass: string, desc: string, readonly data?: unknown, hint?: string) {
+  constructor(
+    readonly errorClass: string,
+    desc: string,
+    readonly data?: unknown,
+    hint?: string,
+  ) {
     super('E_VMSUBST_AGENT', `agent: ${errorClass}: ${desc}`, hint);
   }
 }
@@ -79,7 +84,11 @@ export class QmpError extends VmsubstError {
 
 /** The NBD server refused the handshake or a request. `errno` is the protocol's error name. */
 export class NbdError extends VmsubstError {
-  constructor(message: string, readonly errno?: string, hint?: string) {
+  constructor(
+    message: string,
+    readonly errno?: string,
+    hint?: string,
+  ) {
     super('E_VMSUBST_NBD', message, hint);
   }
 }
@@ -92,7 +101,8 @@ export class BaseMismatchError extends VmsubstError {
   constructor(
     message: string,
     readonly ranges: readonly { offset: number; length: number }[] = [],
-    hint = 'was this VM cloned from the image the bundle was made from, and has the guest not written to these blocks? Nothing was written',
+    hint = 'was this VM cloned from the image the bundle was made from, and has the guest not written to these ' +
+      'blocks? Nothing was written',
   ) {
     super('E_VMSUBST_BASE_MISMATCH', message, hint);
   }

@@ -1,6 +1,7 @@
 /** Runs the real `vmsubst` CLI (compiled) as a child process. */
 import { execFile } from 'node:child_process';
 import { CLI } from './paths.js';
+import { jsonOutputProblems } from './json-output.js';
 
 export interface CliRun {
   code: number;
@@ -11,13 +12,23 @@ export interface CliRun {
   ms: number;
 }
 
-/** `env` is added to this process's environment. */
+/**
+ * `env` is added to this process's environment. With --json, the document
+ * printed is checked against the command's schema (json-output.ts): one that
+ * does not conform rejects, naming the problems.
+ */
 export function vmsubst(args: string[], timeoutMs = 120_000, env?: Record<string, string>): Promise<CliRun> {
   const t0 = Date.now();
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     execFile(process.execPath, [CLI, ...args], { timeout: timeoutMs, maxBuffer: 64 << 20, ...(env ? { env: { ...process.env, ...env } } : {}) }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, signal: (err?.signal as NodeJS.Signals | undefined) ?? null, stdout, stderr, ms: Date.now() - t0 });
+      const signal = (err?.signal as NodeJS.Signals | undefined) ?? null;
+      const problems = signal === null ? jsonOutputProblems(args, stdout) : [];
+      if (problems.length > 0) {
+        reject(new Error(`vmsubst ${args.join(' ')}: the --json document does not match its schema: ${problems.join('; ')}\n${stdout}`));
+        return;
+      }
+      resolve({ code, signal, stdout, stderr, ms: Date.now() - t0 });
     });
   });
 }

@@ -72,7 +72,8 @@ export interface SubstituteOptions {
 export function checkTargetSize(manifest: Manifest, size: number, what: string): void {
   if (size !== manifest.base.size) {
     throw new BaseMismatchError(
-      `target is not based on this bundle's base: ${what} is ${size} bytes, the base image was ${manifest.base.size} bytes`,
+      `target is not based on this bundle's base: ${what} is ${size} bytes, the base image was ` +
+        `${manifest.base.size} bytes`,
       [],
       'apply the bundle to a disk cloned from the image it was made from; nothing was written',
     );
@@ -80,10 +81,15 @@ export function checkTargetSize(manifest: Manifest, size: number, what: string):
 }
 
 /** Reads every range of the target and classifies it against the manifest's hashes. */
-export async function inspectTarget(manifest: Manifest, target: BlockTarget, onProgress?: ApplyProgress): Promise<Inspection> {
+export async function inspectTarget(
+  manifest: Manifest,
+  target: BlockTarget,
+  onProgress?: ApplyProgress,
+): Promise<Inspection> {
   const jobs: { range: number; offset: number; length: number }[] = [];
   manifest.ranges.forEach((r, range) => {
-    for (let pos = 0; pos < r.length; pos += IO_CHUNK) jobs.push({ range, offset: r.offset + pos, length: Math.min(IO_CHUNK, r.length - pos) });
+    for (let pos = 0; pos < r.length; pos += IO_CHUNK)
+      jobs.push({ range, offset: r.offset + pos, length: Math.min(IO_CHUNK, r.length - pos) });
   });
   const total = jobs.reduce((n, j) => n + j.length, 0);
   const hashes = manifest.ranges.map(() => createHash('sha256'));
@@ -117,7 +123,8 @@ export function refuseMismatch(manifest: Manifest, states: readonly RangeState[]
   const shown = bad.slice(0, 4).map((r) => `${r.length} bytes at offset ${r.offset}`);
   if (bad.length > shown.length) shown.push(`and ${bad.length - shown.length} more`);
   throw new BaseMismatchError(
-    `target is not based on this bundle's base: ${bad.length} of ${manifest.ranges.length} ranges hold neither the old nor the new content (${shown.join(', ')}); nothing was written`,
+    `target is not based on this bundle's base: ${bad.length} of ${manifest.ranges.length} ranges hold neither the ` +
+      `old nor the new content (${shown.join(', ')}); nothing was written`,
     bad.map((r) => ({ offset: r.offset, length: r.length })),
   );
 }
@@ -125,8 +132,15 @@ export function refuseMismatch(manifest: Manifest, states: readonly RangeState[]
 /** Most bundle data held in memory so that a pause covers only the writes (larger bundles are read while paused). */
 export const PRELOAD_MAX = 256 << 20;
 
-/** Reads and checks the data of the ranges marked 'old', so writing it later needs no reads; undefined when it is too large. */
-export async function loadRanges(bundle: BundleData, states: readonly RangeState[], max = PRELOAD_MAX): Promise<Map<BundleRange, Buffer> | undefined> {
+/**
+ * Reads and checks the data of the ranges marked 'old', so writing it later needs no reads; undefined when it is too
+ * large.
+ */
+export async function loadRanges(
+  bundle: BundleData,
+  states: readonly RangeState[],
+  max = PRELOAD_MAX,
+): Promise<Map<BundleRange, Buffer> | undefined> {
   const todo = bundle.manifest.ranges.filter((_r, i) => states[i] === 'old');
   if (todo.reduce((n, r) => n + r.length, 0) > max) return undefined;
   const out = new Map<BundleRange, Buffer>();
@@ -137,7 +151,11 @@ export async function loadRanges(bundle: BundleData, states: readonly RangeState
 async function checkedData(bundle: BundleData, r: BundleRange): Promise<Buffer> {
   const data = await bundle.readData(r);
   if (createHash('sha256').update(data).digest('hex') !== r['new-sha256']) {
-    throw new BundleError(`the bundle's data for the range at offset ${r.offset} changed after it was verified`, [], 'do not modify a bundle while it is being applied; re-run apply');
+    throw new BundleError(
+      `the bundle's data for the range at offset ${r.offset} changed after it was verified`,
+      [],
+      'do not modify a bundle while it is being applied; re-run apply',
+    );
   }
   return data;
 }
@@ -170,21 +188,25 @@ export async function writeRanges(
   const inflight = new Set<Promise<void>>();
   let failure: unknown;
   const submit = async (offset: number, chunk: Buffer): Promise<void> => {
-    while (inflight.size >= WRITE_DEPTH || (inflight.size > 0 && bytesInFlight + chunk.length > WRITE_BYTES_IN_FLIGHT)) await Promise.race(inflight);
+    while (inflight.size >= WRITE_DEPTH || (inflight.size > 0 && bytesInFlight + chunk.length > WRITE_BYTES_IN_FLIGHT))
+      await Promise.race(inflight);
     if (failure !== undefined) return;
     bytesInFlight += chunk.length;
-    const p: Promise<void> = target.write(offset, chunk).then(
-      () => {
-        bytesWritten += chunk.length;
-        onProgress?.('write', bytesWritten, total);
-      },
-      (e: unknown) => {
-        failure ??= e;
-      },
-    ).finally(() => {
-      bytesInFlight -= chunk.length;
-      inflight.delete(p);
-    });
+    const p: Promise<void> = target
+      .write(offset, chunk)
+      .then(
+        () => {
+          bytesWritten += chunk.length;
+          onProgress?.('write', bytesWritten, total);
+        },
+        (e: unknown) => {
+          failure ??= e;
+        },
+      )
+      .finally(() => {
+        bytesInFlight -= chunk.length;
+        inflight.delete(p);
+      });
     inflight.add(p);
   };
   for (const r of todo) {
@@ -205,7 +227,8 @@ export async function writeRanges(
     if (bytesWritten === 0) throw failure;
     throw new TargetError(
       `writing failed after ${bytesWritten} of ${total} bytes: ${(failure as Error).message}`,
-      'the disk now holds some new ranges and some old ones; once the cause is fixed, apply the same bundle again to write the rest',
+      'the disk now holds some new ranges and some old ones; once the cause is fixed, apply the same bundle again ' +
+        'to write the rest',
       { cause: failure },
     );
   }
@@ -214,13 +237,26 @@ export async function writeRanges(
 }
 
 /** Verify, then write what is needed. The caller holds the target still (VM paused, or image not in use). */
-export async function substitute(bundle: BundleData, target: BlockTarget, options: SubstituteOptions = {}): Promise<Substitution> {
+export async function substitute(
+  bundle: BundleData,
+  target: BlockTarget,
+  options: SubstituteOptions = {},
+): Promise<Substitution> {
   const { manifest } = bundle;
-  if (!bundle.verified) throw new BundleError('the bundle\'s data has not been verified', [], 'open the bundle with data verification');
+  if (!bundle.verified)
+    throw new BundleError("the bundle's data has not been verified", [], 'open the bundle with data verification');
   checkTargetSize(manifest, target.size, 'the target');
   const ranges = manifest.ranges.length;
   if (ranges === 0) {
-    return { status: 'no-changes', ranges, rangesWritten: 0, rangesAlreadyNew: 0, bytesWritten: 0, verifiedBytes: 0, timingsMs: { verify: 0, write: 0 } };
+    return {
+      status: 'no-changes',
+      ranges,
+      rangesWritten: 0,
+      rangesAlreadyNew: 0,
+      bytesWritten: 0,
+      verifiedBytes: 0,
+      timingsMs: { verify: 0, write: 0 },
+    };
   }
   const t0 = performance.now();
   const { states, verifiedBytes } = await inspectTarget(manifest, target, options.onProgress);
@@ -228,12 +264,33 @@ export async function substitute(bundle: BundleData, target: BlockTarget, option
   refuseMismatch(manifest, states);
   const rangesAlreadyNew = states.filter((s) => s === 'new').length;
   if (rangesAlreadyNew === ranges) {
-    return { status: 'already-applied', ranges, rangesWritten: 0, rangesAlreadyNew, bytesWritten: 0, verifiedBytes, timingsMs: { verify, write: 0 } };
+    return {
+      status: 'already-applied',
+      ranges,
+      rangesWritten: 0,
+      rangesAlreadyNew,
+      bytesWritten: 0,
+      verifiedBytes,
+      timingsMs: { verify, write: 0 },
+    };
   }
   if (options.signal?.aborted) throw new CancelledError('cancelled before writing');
   const t1 = performance.now();
-  const { rangesWritten, bytesWritten } = await writeRanges(bundle, target, states, options.onProgress ? { onProgress: options.onProgress } : {});
-  return { status: 'applied', ranges, rangesWritten, rangesAlreadyNew, bytesWritten, verifiedBytes, timingsMs: { verify, write: ms(performance.now() - t1) } };
+  const { rangesWritten, bytesWritten } = await writeRanges(
+    bundle,
+    target,
+    states,
+    options.onProgress ? { onProgress: options.onProgress } : {},
+  );
+  return {
+    status: 'applied',
+    ranges,
+    rangesWritten,
+    rangesAlreadyNew,
+    bytesWritten,
+    verifiedBytes,
+    timingsMs: { verify, write: ms(performance.now() - t1) },
+  };
 }
 
 /** Milliseconds to one decimal, as results report them. */

@@ -19,7 +19,12 @@
  * applyAndTell does not throw.
  */
 import { performance } from 'node:perf_hooks';
-import type { PrepareArgs, PrepareReport, SubstituteArgs, SubstituteReport } from '@vmsubst/common/protocol/schema';
+import type {
+  PrepareArgs,
+  PrepareReport,
+  SubstituteArgs,
+  SubstituteReport,
+} from '@vmsubst/common/protocol/schema';
 import { AgentError, BaseMismatchError, CancelledError, UsageError, VmsubstError } from '../errors.js';
 import { AgentConnection, retryable, truncationNote, withAgent, type ConnectOptions } from '../notify/index.js';
 import { formatAgentTarget, type AgentTarget } from '../notify/transport.js';
@@ -42,7 +47,9 @@ export type GuestStatus =
 
 /** What an unenlightened guest means, said in every result that concerns one. */
 export const NOT_TOLD =
-  'the guest was not told: it keeps serving cached copies of the changed files (page cache, running programs) until they are evicted (memory pressure, drop_caches) or it restarts; new reads of uncached blocks see the new content';
+  'the guest was not told: it keeps serving cached copies of the changed files (page cache, running programs) ' +
+  'until they are evicted (memory pressure, drop_caches) or it restarts; new reads of uncached blocks see the ' +
+  'new content';
 
 export interface AgentOutcome {
   /** The guest's agent was told and answered with its report. */
@@ -109,15 +116,37 @@ export async function applyAndTell<R extends Substitution>(
 ): Promise<GuestOutcome<R>> {
   const started = performance.now();
   const { args } = options;
-  const out: GuestOutcome<R> = { status: 'failed', id: args.id, agent: { told: false, resends: 0, retries: 0 }, reset: false, notes: [], elapsedMs: 0 };
+  const out: GuestOutcome<R> = {
+    status: 'failed',
+    id: args.id,
+    agent: { told: false, resends: 0, retries: 0 },
+    reset: false,
+    notes: [],
+    elapsedMs: 0,
+  };
   let conn: AgentConnection | undefined;
   try {
-    if (options.onNoAgent === 'reset' && !options.reset) throw new UsageError('resetting a guest that cannot be told needs the VM\'s QMP socket', 'give --qmp, or choose --on-no-agent=fail or warn');
+    if (options.onNoAgent === 'reset' && !options.reset)
+      throw new UsageError(
+        "resetting a guest that cannot be told needs the VM's QMP socket",
+        'give --qmp, or choose --on-no-agent=fail or warn',
+      );
     const connectOptions: ConnectOptions = { connectTimeoutMs: 5000, helloTimeoutMs: 10_000, ...options.connect };
     // An answer cut to fit one message: say how to fetch the whole report (signed like the request was).
     const signer = connectOptions.signer;
     const noteCut = (answer: { id: string; truncated?: PrepareReport['truncated'] }): void => {
-      const note = out.agent.target !== undefined ? truncationNote(answer, out.agent.target, signer ? { ...(signer.target['disk-serial'] !== undefined ? { diskSerial: signer.target['disk-serial'] } : {}) } : undefined) : undefined;
+      const note =
+        out.agent.target !== undefined
+          ? truncationNote(
+              answer,
+              out.agent.target,
+              signer
+                ? {
+                    ...(signer.target['disk-serial'] !== undefined ? { diskSerial: signer.target['disk-serial'] } : {}),
+                  }
+                : undefined,
+            )
+          : undefined;
       if (note && !out.notes.includes(note)) out.notes.push(note);
     };
 
@@ -161,14 +190,17 @@ export async function applyAndTell<R extends Substitution>(
       if (prepared && conn) {
         try {
           const a = await conn.abort(args.id, out.agent.prepare?.token);
-          out.notes.push(`the agent dropped the prepared substitution (${a.status})${a['pins-kept'].length ? `; ${a['pins-kept'].length} pinned processes keep their private copies` : ''}`);
+          const kept = a['pins-kept'].length;
+          const pins = kept ? `; ${kept} pinned processes keep their private copies` : '';
+          out.notes.push(`the agent dropped the prepared substitution (${a.status})${pins}`);
         } catch (abortError) {
           out.notes.push(`abort after the failed write also failed: ${(abortError as Error).message}`);
         }
       }
       throw e;
     }
-    if (out.apply.status === 'already-applied' && !options.resumed) out.notes.push('the disk already held the new blocks; nothing written');
+    if (out.apply.status === 'already-applied' && !options.resumed)
+      out.notes.push('the disk already held the new blocks; nothing written');
 
     if (options.resumed && !conn && out.apply.status === 'already-applied') {
       out.status = 'done-before';
@@ -178,7 +210,8 @@ export async function applyAndTell<R extends Substitution>(
     if (conn && options.agent) {
       options.onPhase?.('notify');
       out.agent.mode = prepared ? 'two-phase' : 'substitute';
-      const tell = (c: AgentConnection): Promise<SubstituteReport> => (prepared ? c.commit(args.id, out.agent.prepare?.token) : c.substitute(args));
+      const tell = (c: AgentConnection): Promise<SubstituteReport> =>
+        prepared ? c.commit(args.id, out.agent.prepare?.token) : c.substitute(args);
       let report: SubstituteReport;
       try {
         report = await tell(conn);
@@ -197,7 +230,8 @@ export async function applyAndTell<R extends Substitution>(
       noteCut(report);
       if (report.replayed) out.agent.replayed = true;
       if (report.recovered) out.agent.recovered = true;
-      if (report.plan?.['restart-required']) out.notes.push(`the guest says a restart is required: ${report.plan.reasons.join('; ')}`);
+      if (report.plan?.['restart-required'])
+        out.notes.push(`the guest says a restart is required: ${report.plan.reasons.join('; ')}`);
     } else if (out.apply.status !== 'no-changes') {
       out.notes.push(NOT_TOLD);
       if (options.onNoAgent === 'reset') {
@@ -214,7 +248,11 @@ export async function applyAndTell<R extends Substitution>(
     Object.defineProperty(out, 'cause', { value: e, enumerable: false });
     // A refusal says itself that nothing was written.
     if (!out.apply && out.status === 'failed') out.notes.push('nothing was written');
-    else if (out.apply && out.status === 'failed' && !out.agent.told) out.notes.push('the blocks were written, but the guest was not told: apply again (same substitution id) once the agent answers');
+    else if (out.apply && out.status === 'failed' && !out.agent.told)
+      out.notes.push(
+        'the blocks were written, but the guest was not told: apply again (same substitution id) once the agent ' +
+          'answers',
+      );
   } finally {
     conn?.close();
     out.elapsedMs = Math.round(performance.now() - started);
@@ -228,7 +266,11 @@ export async function applyAndTell<R extends Substitution>(
  * with no agent, apply's verification of the disk does (every range already
  * new, nothing written). True when confirmed; false means do it again.
  */
-async function confirmDone<R extends Substitution>(conn: AgentConnection | undefined, args: SubstituteArgs, out: GuestOutcome<R>): Promise<boolean> {
+async function confirmDone<R extends Substitution>(
+  conn: AgentConnection | undefined,
+  args: SubstituteArgs,
+  out: GuestOutcome<R>,
+): Promise<boolean> {
   if (!conn) return false;
   try {
     const report = await conn.substitute(args);
@@ -238,10 +280,17 @@ async function confirmDone<R extends Substitution>(conn: AgentConnection | undef
     out.agent.report = report;
     out.agent.resends += conn.resends;
     if (report.replayed) out.agent.replayed = true;
-    out.notes.push(report.replayed ? 'done by an earlier run: the agent answered from its journal' : 'done by an earlier run: the agent verified the blocks again');
+    out.notes.push(
+      report.replayed
+        ? 'done by an earlier run: the agent answered from its journal'
+        : 'done by an earlier run: the agent verified the blocks again',
+    );
     return true;
   } catch (e) {
-    out.notes.push(`an earlier run recorded this as done, but the agent did not confirm it (${(e as Error).message}); doing it again`);
+    out.notes.push(
+      `an earlier run recorded this as done, but the agent did not confirm it (${(e as Error).message}); doing it ` +
+        `again`,
+    );
     return false;
   }
 }
@@ -249,7 +298,12 @@ async function confirmDone<R extends Substitution>(conn: AgentConnection | undef
 /** No agent answered and onNoAgent is 'fail'. */
 export class NoAgentError extends VmsubstError {
   constructor(message: string) {
-    super('E_VMSUBST_NO_AGENT', message, 'start vmsubst-agent in the guest, or choose --on-no-agent=warn (write anyway; the guest keeps stale caches) or --on-no-agent=reset (write, then reset the VM)');
+    super(
+      'E_VMSUBST_NO_AGENT',
+      message,
+      'start vmsubst-agent in the guest, or choose --on-no-agent=warn (write anyway; the guest keeps stale caches) ' +
+        'or --on-no-agent=reset (write, then reset the VM)',
+    );
   }
 }
 

@@ -25,13 +25,27 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { CancelledError, TargetError } from '../errors.js';
 import { probeFormat } from '../diff/index.js';
-import { checkTargetSize, inspectTarget, loadRanges, ms, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type Substitution } from './core.js';
+import {
+  checkTargetSize,
+  inspectTarget,
+  loadRanges,
+  ms,
+  refuseMismatch,
+  writeRanges,
+  type ApplyProgress,
+  type BlockTarget,
+  type BundleData,
+  type Substitution,
+} from './core.js';
 import { fileLocks, fileOpeners, isQemuLock, type FileOpener } from './locks.js';
 
 export interface ImageApplyOptions {
   onProgress?: ApplyProgress;
   signal?: AbortSignal;
-  /** Apply even if QEMU appears to use the image (default false). Only for a QEMU known to be stopped with its file closed. */
+  /**
+   * Apply even if QEMU appears to use the image (default false). Only for a QEMU known to be stopped with its file
+   * closed.
+   */
   ignoreLocks?: boolean;
   /** Runs once the ranges are verified, before the first write (the two-phase `prepare`). */
   beforeWrite?: () => Promise<void>;
@@ -49,7 +63,10 @@ export interface ImageApplyResult extends Substitution {
   target: { kind: 'image'; path: string };
   /** Never paused: vmsubst has no hold on these hypervisors. */
   pauseMs: null;
-  /** The write window: first pwrite to last, during which the guest could read a mix of old and new ranges (the fdatasync follows). */
+  /**
+   * The write window: first pwrite to last, during which the guest could read a mix of old and new ranges (the
+   * fdatasync follows).
+   */
   windowMs: number | null;
   /** Other processes that had the image open (the VMM), as /proc shows them. */
   openers: FileOpener[];
@@ -57,15 +74,24 @@ export interface ImageApplyResult extends Substitution {
   warnings: string[];
 }
 
-export async function applyToImage(bundle: BundleData, path: string, options: ImageApplyOptions = {}): Promise<ImageApplyResult> {
+export async function applyToImage(
+  bundle: BundleData,
+  path: string,
+  options: ImageApplyOptions = {},
+): Promise<ImageApplyResult> {
   const started = performance.now();
   const { manifest } = bundle;
-  if (!bundle.verified) throw new TargetError('the bundle\'s data has not been verified', 'open the bundle with data verification');
+  if (!bundle.verified)
+    throw new TargetError("the bundle's data has not been verified", 'open the bundle with data verification');
   let handle: FileHandle;
   try {
     handle = await open(path, 'r+');
   } catch (e) {
-    throw new TargetError(`cannot open image ${path}: ${(e as Error).message}`, 'give the path of a raw disk image you may write', { cause: e });
+    throw new TargetError(
+      `cannot open image ${path}: ${(e as Error).message}`,
+      'give the path of a raw disk image you may write',
+      { cause: e },
+    );
   }
   const warnings: string[] = [];
   try {
@@ -74,7 +100,10 @@ export async function applyToImage(bundle: BundleData, path: string, options: Im
       throw new TargetError(`${path} is not a regular file`, 'only raw image files are supported by --image');
     }
     if ((await probeFormat(path)) === 'qcow2') {
-      throw new TargetError(`${path} is a qcow2 image`, 'the raw-file mode writes raw images only; a qcow2 image must be written through QEMU (--qmp)');
+      throw new TargetError(
+        `${path} is a qcow2 image`,
+        'the raw-file mode writes raw images only; a qcow2 image must be written through QEMU (--qmp)',
+      );
     }
     const openers = await fileOpeners(path);
     if (!options.ignoreLocks) {
@@ -94,18 +123,41 @@ export async function applyToImage(bundle: BundleData, path: string, options: Im
       const who = writers.map((o) => `${o.comm}[${o.pid}]`).join(', ');
       throw new TargetError(
         `image ${path} is open for writing by another process: ${who}; nothing was written`,
-        `a writer could overwrite the new blocks or keep the old ones in a cache of its own (vmsubst recognises only QEMU as a VMM). Stop it or have it open the image read-only; if it is this VM's VMM and the guest does not write the changed blocks (a read-only filesystem), accept it with --allow-writer ${writers[0]!.pid}`,
+        `a writer could overwrite the new blocks or keep the old ones in a cache of its own (vmsubst recognises ` +
+          `only QEMU as a VMM). Stop it or have it open the image read-only; if it is this VM's VMM and the guest ` +
+          `does not write the changed blocks (a read-only filesystem), accept it with --allow-writer ` +
+          `${writers[0]!.pid}`,
       );
     }
     for (const o of openers.filter((x) => x.direct)) {
-      warnings.push(`${o.comm}[${o.pid}] has the image open with O_DIRECT: it sees the new blocks only once they are written back (after the fdatasync), and must keep no cache of its own`);
+      warnings.push(
+        `${o.comm}[${o.pid}] has the image open with O_DIRECT: it sees the new blocks only once they are written ` +
+          `back (after the fdatasync), and must keep no cache of its own`,
+      );
     }
     checkTargetSize(manifest, st.size, `image ${path}`);
     const target = fileTarget(handle, st.size);
-    const base = { id: manifest.id, mode: 'raw-file' as const, target: { kind: 'image' as const, path }, pauseMs: null, openers, warnings, ranges: manifest.ranges.length, elapsedMs: 0 };
+    const base = {
+      id: manifest.id,
+      mode: 'raw-file' as const,
+      target: { kind: 'image' as const, path },
+      pauseMs: null,
+      openers,
+      warnings,
+      ranges: manifest.ranges.length,
+      elapsedMs: 0,
+    };
     const none = { rangesWritten: 0, rangesAlreadyNew: 0, bytesWritten: 0 };
     if (manifest.ranges.length === 0) {
-      return { ...base, ...none, status: 'no-changes', verifiedBytes: 0, windowMs: null, timingsMs: { verify: 0, write: 0 }, elapsedMs: ms(performance.now() - started) };
+      return {
+        ...base,
+        ...none,
+        status: 'no-changes',
+        verifiedBytes: 0,
+        windowMs: null,
+        timingsMs: { verify: 0, write: 0 },
+        elapsedMs: ms(performance.now() - started),
+      };
     }
     const t0 = performance.now();
     const { states, verifiedBytes } = await inspectTarget(manifest, target, options.onProgress);
@@ -113,13 +165,26 @@ export async function applyToImage(bundle: BundleData, path: string, options: Im
     refuseMismatch(manifest, states);
     const rangesAlreadyNew = states.filter((s) => s === 'new').length;
     if (rangesAlreadyNew === manifest.ranges.length) {
-      return { ...base, ...none, rangesAlreadyNew, status: 'already-applied', verifiedBytes, windowMs: null, timingsMs: { verify, write: 0 }, elapsedMs: ms(performance.now() - started) };
+      return {
+        ...base,
+        ...none,
+        rangesAlreadyNew,
+        status: 'already-applied',
+        verifiedBytes,
+        windowMs: null,
+        timingsMs: { verify, write: 0 },
+        elapsedMs: ms(performance.now() - started),
+      };
     }
     if (options.signal?.aborted) throw new CancelledError('cancelled before writing');
     if (options.beforeWrite) await options.beforeWrite();
     const preloaded = await loadRanges(bundle, states);
     const t1 = performance.now();
-    const written = await writeRanges(bundle, target, states, { flush: false, ...(preloaded ? { preloaded } : {}), ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
+    const written = await writeRanges(bundle, target, states, {
+      flush: false,
+      ...(preloaded ? { preloaded } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    });
     // The guest can see a mix of old and new ranges only until the last pwrite lands in the page
     // cache; the fdatasync after it is for durability (a host crash), not for what the VMM reads.
     const windowMs = ms(performance.now() - t1);
@@ -138,7 +203,6 @@ export async function applyToImage(bundle: BundleData, path: string, options: Im
     await handle.close();
   }
 }
-
 
 /** A raw file as a BlockTarget: positional reads and writes through the page cache, fdatasync to flush. */
 export function fileTarget(handle: FileHandle, size: number): BlockTarget {

@@ -3,7 +3,21 @@
  * or a raw image file (applyToImage). Both verify every range first and write
  * nothing unless the disk holds the bundle's base.
  */
-export { applyToQemu, type ApplyFault, commitApplied, commitOverlay, defaultOverlayPath, resolveDrive, deviceId, type DriveSelector, type OverlayOutcome, type QemuMode, type QemuApplyOptions, type QemuApplyResult, type ResolvedDrive } from './qemu.js';
+export {
+  applyToQemu,
+  type ApplyFault,
+  commitApplied,
+  commitOverlay,
+  defaultOverlayPath,
+  resolveDrive,
+  deviceId,
+  type DriveSelector,
+  type OverlayOutcome,
+  type QemuMode,
+  type QemuApplyOptions,
+  type QemuApplyResult,
+  type ResolvedDrive,
+} from './qemu.js';
 export { applyToImage, type ImageApplyOptions, type ImageApplyResult } from './image.js';
 export {
   IO_CHUNK,
@@ -21,8 +35,28 @@ export {
   type Substitution,
   type SubstitutionStatus,
 } from './core.js';
-export { alignedClusterSize, buildOverlay, changedClusters, exportOverlay, DEFAULT_CLUSTER_SIZE, type ExportOptions, type ExportResult } from './overlay.js';
-export { applyAndTell, errorJson, NoAgentError, NOT_TOLD, NO_AGENT_ACTIONS, type AgentOutcome, type ApplyAndTellOptions, type GuestOutcome, type GuestPhase, type GuestStatus, type NoAgentAction } from './guest.js';
+export {
+  alignedClusterSize,
+  buildOverlay,
+  changedClusters,
+  exportOverlay,
+  DEFAULT_CLUSTER_SIZE,
+  type ExportOptions,
+  type ExportResult,
+} from './overlay.js';
+export {
+  applyAndTell,
+  errorJson,
+  NoAgentError,
+  NOT_TOLD,
+  NO_AGENT_ACTIONS,
+  type AgentOutcome,
+  type ApplyAndTellOptions,
+  type GuestOutcome,
+  type GuestPhase,
+  type GuestStatus,
+  type NoAgentAction,
+} from './guest.js';
 export { recoverVm, removeLeftovers, findLeftovers, type Present, type RecoveryReport } from './recover.js';
 export { StateStore, stateDir, DEFAULT_STATE_DIR, type ApplyRecord } from './state-file.js';
 export { fileLocks, fileOpeners, isQemuLock, locksOn, type FileLock, type FileOpener } from './locks.js';

@@ -17,7 +17,10 @@ export interface FileLock {
   end: number;
 }
 
-/** QEMU's image locks: one byte per permission at 100 + bit and 200 + bit (block/file-posix.c), adjacent ones merged by the kernel. */
+/**
+ * QEMU's image locks: one byte per permission at 100 + bit and 200 + bit (block/file-posix.c), adjacent ones merged by
+ * the kernel.
+ */
 export function isQemuLock(l: FileLock): boolean {
   return l.kind === 'OFDLCK' && l.start >= 100 && l.end < 300;
 }
@@ -36,13 +39,22 @@ export function locksOn(procLocks: string, dev: bigint, ino: bigint): FileLock[]
   const found: FileLock[] = [];
   for (const line of procLocks.split('\n')) {
     // "1: OFDLCK ADVISORY  READ  -1 fd:01:1837 100 100"; blocked waiters carry a "->" token.
-    const fields = line.trim().split(/\s+/).filter((f) => f !== '->');
+    const fields = line
+      .trim()
+      .split(/\s+/)
+      .filter((f) => f !== '->');
     const [, kind, , access, pid, where, start, end] = fields;
     if (kind === undefined || access === undefined || pid === undefined || where === undefined) continue;
     const m = /^([0-9a-f]+):([0-9a-f]+):(\d+)$/.exec(where);
     if (!m) continue;
     if (BigInt(`0x${m[1]!}`) === major && BigInt(`0x${m[2]!}`) === minor && BigInt(m[3]!) === ino) {
-      found.push({ kind, access, pid: Number(pid), start: Number(start ?? 0), end: end === undefined || end === 'EOF' ? Infinity : Number(end) });
+      found.push({
+        kind,
+        access,
+        pid: Number(pid),
+        start: Number(start ?? 0),
+        end: end === undefined || end === 'EOF' ? Infinity : Number(end),
+      });
     }
   }
   return found;
@@ -98,7 +110,12 @@ export async function fileOpeners(path: string, proc = '/proc'): Promise<FileOpe
         if (`${s.dev}:${s.ino}` !== want) continue;
         const info = await readFile(`${proc}/${pid}/fdinfo/${fd}`, 'utf8');
         const flags = parseInt(/^flags:\s*([0-7]+)/m.exec(info)?.[1] ?? '0', 8);
-        found ??= { pid: Number(pid), comm: (await readFile(`${proc}/${pid}/comm`, 'utf8').catch(() => '?')).trim(), direct: false, writable: false };
+        found ??= {
+          pid: Number(pid),
+          comm: (await readFile(`${proc}/${pid}/comm`, 'utf8').catch(() => '?')).trim(),
+          direct: false,
+          writable: false,
+        };
         found.direct ||= (flags & O_DIRECT) !== 0;
         found.writable ||= (flags & O_ACCMODE) !== 0;
       } catch {

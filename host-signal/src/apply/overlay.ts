@@ -16,7 +16,14 @@ import type { Manifest } from '@vmsubst/common/bundle/schema';
 import { BaseMismatchError, BundleError, TargetError } from '../errors.js';
 import { writeQcow2, type Qcow2Written } from '../qcow2/writer.js';
 import { openImage, readExactly } from '../diff/index.js';
-import { checkTargetSize, inspectTarget, refuseMismatch, type ApplyProgress, type BlockTarget, type BundleData } from './core.js';
+import {
+  checkTargetSize,
+  inspectTarget,
+  refuseMismatch,
+  type ApplyProgress,
+  type BlockTarget,
+  type BundleData,
+} from './core.js';
 
 /** QEMU's default qcow2 cluster size, and the largest the overlay mode uses. */
 export const DEFAULT_CLUSTER_SIZE = 64 << 10;
@@ -56,7 +63,11 @@ export interface BuildOverlayOptions {
 }
 
 /** Writes the overlay; each range's data is hashed again as it is copied. */
-export async function buildOverlay(bundle: BundleData, path: string, options: BuildOverlayOptions): Promise<Qcow2Written> {
+export async function buildOverlay(
+  bundle: BundleData,
+  path: string,
+  options: BuildOverlayOptions,
+): Promise<Qcow2Written> {
   const { manifest } = bundle;
   const cs = options.clusterSize;
   const ranges = manifest.ranges;
@@ -78,7 +89,8 @@ export async function buildOverlay(bundle: BundleData, path: string, options: Bu
       covered += b - a;
     }
     if (covered < end - start) {
-      if (!options.fill) throw new TargetError(`the cluster at ${start} is only partly changed and no base was given to fill it`);
+      if (!options.fill)
+        throw new TargetError(`the cluster at ${start} is only partly changed and no base was given to fill it`);
       (await options.fill(start, end - start)).copy(buf, 0);
     }
     for (const p of parts) {
@@ -90,7 +102,11 @@ export async function buildOverlay(bundle: BundleData, path: string, options: Bu
       if (p.from + p.length === r.length) {
         hashes.delete(p.index);
         if (h.digest('hex') !== r['new-sha256']) {
-          throw new BundleError(`the bundle's data for the range at offset ${r.offset} changed after it was verified`, [], 'do not modify a bundle while it is being used; run the command again');
+          throw new BundleError(
+            `the bundle's data for the range at offset ${r.offset} changed after it was verified`,
+            [],
+            'do not modify a bundle while it is being used; run the command again',
+          );
         }
       }
       data.copy(buf, p.at);
@@ -117,7 +133,9 @@ export function backingName(backing: string, overlayPath: string): string {
 }
 
 export interface ExportOptions {
-  /** The bundle's base image (raw or qcow2): checked against the old hashes, and the source of partly changed clusters. */
+  /**
+   * The bundle's base image (raw or qcow2): checked against the old hashes, and the source of partly changed clusters.
+   */
   base: string;
   /** What the overlay names as its backing file; default the base image (see backingName). */
   backing?: string;
@@ -138,7 +156,8 @@ export interface ExportResult extends Qcow2Written {
 /** `vmsubst export --qcow2`: checks the base holds every range's old content, then writes the overlay. */
 export async function exportOverlay(bundle: BundleData, out: string, options: ExportOptions): Promise<ExportResult> {
   const { manifest } = bundle;
-  if (!bundle.verified) throw new BundleError('the bundle\'s data has not been verified', [], 'open the bundle with data verification');
+  if (!bundle.verified)
+    throw new BundleError("the bundle's data has not been verified", [], 'open the bundle with data verification');
   const source = await openImage(options.base, 'base'); // raw, or qcow2 read through qemu-nbd
   try {
     checkTargetSize(manifest, source.size, `base image ${options.base}`);
@@ -153,13 +172,16 @@ export async function exportOverlay(bundle: BundleData, out: string, options: Ex
     const alreadyNew = manifest.ranges.filter((_r, i) => states[i] === 'new');
     if (alreadyNew.length > 0) {
       throw new BaseMismatchError(
-        `${options.base} is not this bundle's base: ${alreadyNew.length} of ${manifest.ranges.length} ranges already hold the new content (is it the patched image?)`,
+        `${options.base} is not this bundle's base: ${alreadyNew.length} of ${manifest.ranges.length} ranges ` +
+          `already hold the new content (is it the patched image?)`,
         alreadyNew.map((r) => ({ offset: r.offset, length: r.length })),
         'give the image the bundle was made from; nothing was written',
       );
     }
     const clusterSize = options.clusterSize ?? DEFAULT_CLUSTER_SIZE;
-    const backing = options.noBacking ? null : { name: backingName(options.backing ?? options.base, out), format: source.format };
+    const backing = options.noBacking
+      ? null
+      : { name: backingName(options.backing ?? options.base, out), format: source.format };
     const written = await buildOverlay(bundle, out, {
       clusterSize,
       ...(backing ? { backing } : {}),
@@ -167,7 +189,10 @@ export async function exportOverlay(bundle: BundleData, out: string, options: Ex
       ...(options.onProgress ? { onProgress: (d: number, t: number) => options.onProgress!('write', d, t) } : {}),
     });
     const changedBytes = manifest.ranges.reduce((n, r) => n + r.length, 0);
-    const allocated = changedClusters(manifest, clusterSize).reduce((n, c) => n + Math.min(clusterSize, manifest.base.size - c * clusterSize), 0);
+    const allocated = changedClusters(manifest, clusterSize).reduce(
+      (n, c) => n + Math.min(clusterSize, manifest.base.size - c * clusterSize),
+      0,
+    );
     return { ...written, id: manifest.id, backing, filledBytes: allocated - changedBytes, changedBytes };
   } finally {
     await source.close?.();

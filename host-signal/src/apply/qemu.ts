@@ -28,20 +28,33 @@
  * next apply on the VM, which recovers first.
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, realpath, unlink } from 'node:fs/promises';
+import { lstat, realpath, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CancelledError, QmpError, TargetError } from '../errors.js';
+import { CancelledError, TargetError } from '../errors.js';
 import { NbdClient, REQUEST_BYTES } from '../nbd/client.js';
 import { QmpClient } from '../qmp/client.js';
 import { MIGRATION_STATES, Qemu, type BlockInfo, type StatusInfo } from '../qmp/commands.js';
 import type { Manifest } from '@vmsubst/common/bundle/schema';
 import type { QmpEvent } from '../qmp/client.js';
-import { checkTargetSize, inspectTarget, loadRanges, ms, refuseMismatch, writeRanges, type ApplyProgress, type BlockTarget, type BundleData, type RangeState, type Substitution } from './core.js';
+import {
+  checkTargetSize,
+  inspectTarget,
+  loadRanges,
+  ms,
+  refuseMismatch,
+  writeRanges,
+  type ApplyProgress,
+  type BlockTarget,
+  type BundleData,
+  type RangeState,
+  type Substitution,
+} from './core.js';
 import { alignedClusterSize, buildOverlay } from './overlay.js';
-import { recoverVm, removeLeftovers, type Present, type RecoveryReport } from './recover.js';
+import { deferRemoval, nbdTarget, openExport, recoverVm, type Present, type RecoveryReport } from './recover.js';
 import { processStart, stateDir, StateStore, type ApplyRecord, type ApplyRecordPhase } from './state-file.js';
+import { UndoStack } from './undo.js';
 
 export interface DriveSelector {
   /** qdev id of the device (`-device virtio-blk-pci,id=vblk0`) or a legacy -drive id. */
@@ -67,9 +80,14 @@ export interface QemuApplyOptions extends DriveSelector {
   onProgress?: ApplyProgress;
   /** Cancels before anything is written; once writing has begun it completes. */
   signal?: AbortSignal;
-  /** Where the private NBD socket directory is made; default os.tmpdir(). QEMU must be able to create a socket there. */
+  /**
+   * Where the private NBD socket directory is made; default os.tmpdir(). QEMU must be able to create a socket there.
+   */
   workDir?: string;
-  /** Where the per-VM state file goes (what the apply is about to make, for recovery after a crash); default VMSUBST_STATE_DIR or /run/vmsubst. */
+  /**
+   * Where the per-VM state file goes (what the apply is about to make, for recovery after a crash); default
+   * VMSUBST_STATE_DIR or /run/vmsubst.
+   */
   stateDir?: string;
   /** QMP connect/greeting timeout; default 10 s. */
   timeoutMs?: number;
@@ -106,11 +124,17 @@ export interface QemuApplyResult extends Substitution {
   target: { kind: 'qemu'; qmp: string; node: string; device?: string };
   /** VM run state before the apply (query-status). */
   vmStatus: string;
-  /** How long the guest was paused (stop sent → cont answered), in ms; null when it was not running and was left as it was. */
+  /**
+   * How long the guest was paused (stop sent → cont answered), in ms; null when it was not running and was left as it
+   * was.
+   */
   pauseMs: number | null;
   /** How long the disk held some new ranges and some old ones: the writes (nbd), 0 for the atomic switch (overlay). */
   windowMs: number | null;
-  /** At the pause: 'clean' (no guest write since the verification) or 'reverified' (there was one: verified again while paused). */
+  /**
+   * At the pause: 'clean' (no guest write since the verification) or 'reverified' (there was one: verified again while
+   * paused).
+   */
   recheck: 'clean' | 'reverified' | null;
   resumed: boolean;
   overlay?: OverlayOutcome;
@@ -138,10 +162,19 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
     const node = nodes.find((n) => n['node-name'] === selector.node);
     if (!node) {
       const names = nodes.map((n) => n['node-name']).filter((n): n is string => !!n && !n.startsWith('#'));
-      throw new TargetError(`QEMU has no block node named '${selector.node}'`, names.length ? `named nodes: ${names.join(', ')}` : 'QEMU reports no named block nodes');
+      throw new TargetError(
+        `QEMU has no block node named '${selector.node}'`,
+        names.length ? `named nodes: ${names.join(', ')}` : 'QEMU reports no named block nodes',
+      );
     }
     const attached = (await qemu.queryBlock()).find((b) => b.inserted?.['node-name'] === selector.node);
-    const drive: ResolvedDrive = { nodeName: selector.node, size: node.image['virtual-size'], readOnly: node.ro, filename: node.file, format: node.drv };
+    const drive: ResolvedDrive = {
+      nodeName: selector.node,
+      size: node.image['virtual-size'],
+      readOnly: node.ro,
+      filename: node.file,
+      format: node.drv,
+    };
     const dev = attached ? deviceId(attached) : undefined;
     if (dev !== undefined) drive.device = dev;
     return drive;
@@ -154,13 +187,20 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
     const id = selector.device;
     chosen = blocks.find((b) => deviceId(b) === id || b.qdev === id || b.device === id);
     if (!chosen) {
-      throw new TargetError(`QEMU has no block device '${id}'`, candidates.length ? `block devices: ${candidates.map(describe).join(', ')}` : 'this VM has no block devices with a medium');
+      throw new TargetError(
+        `QEMU has no block device '${id}'`,
+        candidates.length
+          ? `block devices: ${candidates.map(describe).join(', ')}`
+          : 'this VM has no block devices with a medium',
+      );
     }
     if (!chosen.inserted) throw new TargetError(`block device '${id}' has no medium inserted`);
   } else {
     if (candidates.length !== 1) {
       throw new TargetError(
-        candidates.length === 0 ? 'this VM has no block device with a medium' : `this VM has ${candidates.length} block devices; say which one`,
+        candidates.length === 0
+          ? 'this VM has no block device with a medium'
+          : `this VM has ${candidates.length} block devices; say which one`,
         candidates.length ? `use --device or --node; block devices: ${candidates.map(describe).join(', ')}` : undefined,
       );
     }
@@ -168,8 +208,18 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
   }
   const inserted = chosen.inserted!;
   const nodeName = inserted['node-name'];
-  if (!nodeName) throw new TargetError(`block device '${deviceId(chosen)}' has no node name`, 'use --node with the name of its format node');
-  const drive: ResolvedDrive = { nodeName, size: inserted.image['virtual-size'], readOnly: inserted.ro, filename: inserted.file, format: inserted.drv };
+  if (!nodeName)
+    throw new TargetError(
+      `block device '${deviceId(chosen)}' has no node name`,
+      'use --node with the name of its format node',
+    );
+  const drive: ResolvedDrive = {
+    nodeName,
+    size: inserted.image['virtual-size'],
+    readOnly: inserted.ro,
+    filename: inserted.file,
+    format: inserted.drv,
+  };
   const dev = deviceId(chosen);
   if (dev !== undefined) drive.device = dev;
   return drive;
@@ -179,17 +229,18 @@ export async function resolveDrive(qemu: Qemu, selector: DriveSelector): Promise
 export function defaultOverlayPath(drive: ResolvedDrive, id: string): string {
   if (!isAbsolute(drive.filename)) {
     throw new TargetError(
-      `the drive's image is not a local file (${drive.filename.slice(0, 80)}), so there is no default place for the overlay`,
+      `the drive's image is not a local file (${drive.filename.slice(0, 80)}), so there is no default place for ` +
+        `the overlay`,
       'give --overlay PATH, a new file QEMU can open',
     );
   }
   return join(dirname(drive.filename), `${basename(drive.filename)}.vmsubst-${id.slice(0, 12)}.qcow2`);
 }
 
-
 /**
- * A fault-injection point for the crash-recovery tests (VMSUBST_FAULT): the process kills itself there, as a SIGKILL from outside would.
- * crash-mid-write: the first NBD write request (REQUEST_BYTES at most) is written, then the process dies; no other write is sent.
+ * A fault-injection point for the crash-recovery tests (VMSUBST_FAULT): the process kills itself there, as a
+ * SIGKILL from outside would. crash-mid-write: the first NBD write request (REQUEST_BYTES at most) is written,
+ * then the process dies; no other write is sent.
  */
 export type ApplyFault = 'crash-while-paused' | 'crash-after-overlay-add' | 'crash-mid-write';
 
@@ -197,7 +248,10 @@ function faultPoint(at: ApplyFault): void {
   if (process.env['VMSUBST_FAULT'] === at) process.kill(process.pid, 'SIGKILL');
 }
 
-/** The target, or with VMSUBST_FAULT=crash-mid-write one that dies after its first write request (the others wait for that). */
+/**
+ * The target, or with VMSUBST_FAULT=crash-mid-write one that dies after its first write request (the others
+ * wait for that).
+ */
 function faultedWrites(target: BlockTarget): BlockTarget {
   if (process.env['VMSUBST_FAULT'] !== 'crash-mid-write') return target;
   let first = true;
@@ -214,26 +268,45 @@ function faultedWrites(target: BlockTarget): BlockTarget {
 
 /**
  * One apply's footprint in the VM: the record of what it is about to make
- * (written before it makes any of it, see state-file.ts), which of those
- * things exist so far, and the one clean-up that removes them.
+ * (written before it makes any of it, see state-file.ts) and the undo stack
+ * on which each of those things registers its removal the moment it exists.
+ * The state file's own removal is registered first, so it runs last: the file
+ * stays when anything could not be removed, or when the VM must not simply
+ * run on (keepRecord), so that `vmsubst recover` can finish the job.
  */
 class Footprint {
-  readonly present: Present = { overlayNode: false, overlayFile: false, bitmap: false, export: false, nbdServer: false, socketDir: false };
-  nbd: NbdClient | undefined;
-  /** Keep the state file whatever the clean-up does (the VM could not be resumed). */
-  keepRecord = false;
+  readonly undo = new UndoStack();
+  private readonly warnings: string[] = [];
+  private keep = false;
 
   private constructor(
-    private readonly qemu: Qemu,
+    readonly qemu: Qemu,
     private readonly store: StateStore,
     readonly file: string,
     readonly record: ApplyRecord,
-  ) {}
+  ) {
+    this.undo.defer('state file', (failed) => this.removeRecord(failed));
+  }
 
   static async record(qemu: Qemu, store: StateStore, record: ApplyRecord): Promise<Footprint> {
     const file = await store.fileFor(record.qmp);
     await store.write(file, record);
     return new Footprint(qemu, store, file, record);
+  }
+
+  /** Registers the removal of one of the recorded objects, just made (see deferRemoval). */
+  made(what: keyof Present): () => void {
+    return deferRemoval(this.undo, this.qemu, this.record, what);
+  }
+
+  /** A problem of the clean-up that does not affect the result. */
+  warn(text: string): void {
+    this.warnings.push(text);
+  }
+
+  /** Keep the state file whatever the clean-up does (the VM was left paused, or could not be resumed). */
+  keepRecord(): void {
+    this.keep = true;
   }
 
   /** Records that the apply has (or no longer has) the VM paused. */
@@ -248,317 +321,493 @@ class Footprint {
     await this.store.write(this.file, this.record, { durable });
   }
 
-  /**
-   * Removes what exists of the footprint (the overlay only when the apply
-   * failed: after a success it is the drive's top layer), then the state file;
-   * what cannot be removed is returned as warnings and the state file stays,
-   * so that `vmsubst recover` can finish the job.
-   */
-  async cleanUp(succeeded: boolean): Promise<string[]> {
-    const warnings: string[] = [];
-    if (this.nbd) await this.nbd.disconnect().catch((e: Error) => warnings.push(`NBD disconnect: ${e.message}`));
-    const present = succeeded ? { ...this.present, overlayNode: false, overlayFile: false } : this.present;
-    const { failed } = await removeLeftovers(this.qemu, this.record, present);
-    warnings.push(...failed);
-    if (failed.length > 0 || this.keepRecord) {
+  /** Undoes what exists of the footprint, last made first; what could not be undone comes back as warnings. */
+  async cleanUp(): Promise<string[]> {
+    const { failed } = await this.undo.unwind();
+    return [...failed, ...this.warnings];
+  }
+
+  private async removeRecord(failed: readonly string[]): Promise<void> {
+    if (failed.length > 0 || this.keep) {
       this.store.release(this.file);
-      if (failed.length > 0) warnings.push(`the state file ${this.file} is kept: run 'vmsubst recover --qmp ${this.record.qmp}' once the cause is fixed`);
-    } else {
-      await this.store.remove(this.file).catch((e: Error) => warnings.push(`removing the state file ${this.file}: ${e.message}`));
+      if (failed.length > 0) {
+        this.warn(
+          `the state file ${this.file} is kept: run 'vmsubst recover --qmp ${this.record.qmp}' once the cause is fixed`,
+        );
+      }
+      return;
     }
-    return warnings;
+    await this.store
+      .remove(this.file)
+      .catch((e: Error) => this.warn(`removing the state file ${this.file}: ${e.message}`));
   }
 }
 
-export async function applyToQemu(bundle: BundleData, qmpPath: string, options: QemuApplyOptions = {}): Promise<QemuApplyResult> {
+export async function applyToQemu(
+  bundle: BundleData,
+  qmpPath: string,
+  options: QemuApplyOptions = {},
+): Promise<QemuApplyResult> {
   const started = performance.now();
-  const mode = options.mode ?? 'nbd';
-  const { manifest } = bundle;
-  if (!bundle.verified) throw new TargetError('the bundle\'s data has not been verified', 'open the bundle with data verification');
-  if (mode !== 'overlay' && (options.overlayPath !== undefined || options.commit)) {
-    throw new TargetError('an overlay path and commit go with the overlay mode only');
-  }
+  const mode = checkRequest(bundle, options);
   const store = new StateStore(stateDir(options.stateDir));
   const qmp = await QmpClient.connect(qmpPath, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {});
   const qemu = new Qemu(qmp);
-  let keepOpen = false;
-  let result: QemuApplyResult;
   try {
-    // 1. What an earlier apply on this VM left behind (it was killed) goes first.
-    // An interrupted write of this very bundle is completed with it (already open and verified).
-    const recovery = await recoverVm(qemu, qmpPath, store, { bundle });
-    const recovered = recovery.status === 'nothing-to-do' ? undefined : recovery;
-
-    // 2. The VM and the drive.
-    const status = await qemu.queryStatus();
-    if (MIGRATION_STATES.has(status.status)) {
-      throw new TargetError(`the VM is in state '${status.status}'; its disk must not be written now`, 'apply before or after the migration, on the host where the VM runs');
-    }
-    const drive = await resolveDrive(qemu, options);
-    const what = `drive ${drive.device ?? drive.nodeName}`;
-    if (drive.size !== undefined) checkTargetSize(manifest, drive.size, what);
-    if (drive.readOnly && mode === 'nbd') {
-      throw new TargetError(`${what} is read-only in QEMU`, 'attach the disk read-write (the guest may still mount it read-only), or use --mode overlay, which does not write into it');
-    }
-    const base: QemuApplyResult = {
-      id: manifest.id,
-      mode,
-      target: { kind: 'qemu', qmp: qmpPath, node: drive.nodeName, ...(drive.device !== undefined ? { device: drive.device } : {}) },
-      vmStatus: status.status,
-      status: 'no-changes',
-      ranges: manifest.ranges.length,
-      rangesWritten: 0,
-      rangesAlreadyNew: 0,
-      bytesWritten: 0,
-      verifiedBytes: 0,
-      timingsMs: { verify: 0, write: 0 },
-      pauseMs: null,
-      windowMs: null,
-      recheck: null,
-      resumed: false,
-      elapsedMs: 0,
-      warnings: [],
-      ...(recovered ? { recovered } : {}),
-    };
-    if (manifest.ranges.length === 0) {
-      result = base;
-    } else {
-      const overlayPath = mode === 'overlay' ? (options.overlayPath ?? defaultOverlayPath(drive, manifest.id)) : undefined;
-      if (overlayPath !== undefined && (await lstat(overlayPath).then(() => true, () => false))) {
-        throw new TargetError(`${overlayPath} exists already`, 'an overlay is a new file, never a replaced one: choose another --overlay path, or remove this one');
-      }
-      if (options.signal?.aborted) throw new CancelledError();
-      result = await changeDrive(bundle, qemu, store, { ...options, qmpPath, mode, drive, status, base, overlayPath });
-      keepOpen = result.overlay !== undefined && options.commit === true;
-    }
+    const result = await applyOver(bundle, qemu, store, { ...options, qmpPath, mode });
+    // --commit: merged over the same connection, once the apply has removed what it made.
+    if (result.overlay && options.commit) await commitApplied(qemu, result, options.commitTimeoutMs);
+    return { ...result, elapsedMs: Math.round(performance.now() - started) };
   } finally {
-    if (!keepOpen) qmp.close();
+    qmp.close();
   }
-  if (result.overlay && options.commit) {
-    try {
-      await commitApplied(qemu, result, options.commitTimeoutMs);
-    } finally {
-      qmp.close();
-    }
-  }
-  result.elapsedMs = Math.round(performance.now() - started);
-  return result;
 }
 
-interface ChangeContext extends QemuApplyOptions {
+/** The request itself: a verified bundle, and the overlay's options only with the overlay mode. */
+function checkRequest(bundle: BundleData, options: QemuApplyOptions): QemuMode {
+  const mode = options.mode ?? 'nbd';
+  if (!bundle.verified)
+    throw new TargetError("the bundle's data has not been verified", 'open the bundle with data verification');
+  if (mode !== 'overlay' && (options.overlayPath !== undefined || options.commit)) {
+    throw new TargetError('an overlay path and commit go with the overlay mode only');
+  }
+  return mode;
+}
+
+interface ApplyContext extends QemuApplyOptions {
   qmpPath: string;
   mode: QemuMode;
+}
+
+/** Steps 1 and 2 (recover, find the drive), then the change, over an open QMP connection. */
+async function applyOver(bundle: BundleData, qemu: Qemu, store: StateStore, c: ApplyContext): Promise<QemuApplyResult> {
+  const { manifest } = bundle;
+  // 1. What an earlier apply on this VM left behind (it was killed) goes first.
+  // An interrupted write of this very bundle is completed with it (already open and verified).
+  const recovery = await recoverVm(qemu, c.qmpPath, store, { bundle });
+  const { status, drive, what } = await findDrive(qemu, manifest, c);
+  const base = baseResult(manifest, c, status, drive, recovery);
+  if (manifest.ranges.length === 0) return base;
+  const overlayPath = await newOverlayPath(manifest, c, drive);
+  if (c.signal?.aborted) throw new CancelledError();
+  return changeDrive(bundle, qemu, store, { ...c, drive, what, status, base, overlayPath });
+}
+
+/** 2. The VM and the drive: not migrating, the base's size, writable for the nbd mode. */
+async function findDrive(
+  qemu: Qemu,
+  manifest: Manifest,
+  c: ApplyContext,
+): Promise<{ status: StatusInfo; drive: ResolvedDrive; what: string }> {
+  const status = await qemu.queryStatus();
+  if (MIGRATION_STATES.has(status.status)) {
+    throw new TargetError(
+      `the VM is in state '${status.status}'; its disk must not be written now`,
+      'apply before or after the migration, on the host where the VM runs',
+    );
+  }
+  const drive = await resolveDrive(qemu, c);
+  const what = `drive ${drive.device ?? drive.nodeName}`;
+  if (drive.size !== undefined) checkTargetSize(manifest, drive.size, what);
+  if (drive.readOnly && c.mode === 'nbd') {
+    throw new TargetError(
+      `${what} is read-only in QEMU`,
+      'attach the disk read-write (the guest may still mount it read-only), or use --mode overlay, which does not ' +
+        'write into it',
+    );
+  }
+  return { status, drive, what };
+}
+
+/** The result of an apply that changes nothing; the others add to it. */
+function baseResult(
+  manifest: Manifest,
+  c: ApplyContext,
+  status: StatusInfo,
+  drive: ResolvedDrive,
+  recovery: RecoveryReport,
+): QemuApplyResult {
+  return {
+    id: manifest.id,
+    mode: c.mode,
+    target: {
+      kind: 'qemu',
+      qmp: c.qmpPath,
+      node: drive.nodeName,
+      ...(drive.device !== undefined ? { device: drive.device } : {}),
+    },
+    vmStatus: status.status,
+    status: 'no-changes',
+    ranges: manifest.ranges.length,
+    rangesWritten: 0,
+    rangesAlreadyNew: 0,
+    bytesWritten: 0,
+    verifiedBytes: 0,
+    timingsMs: { verify: 0, write: 0 },
+    pauseMs: null,
+    windowMs: null,
+    recheck: null,
+    resumed: false,
+    elapsedMs: 0,
+    warnings: [],
+    ...(recovery.status !== 'nothing-to-do' ? { recovered: recovery } : {}),
+  };
+}
+
+/** The overlay mode's new file: --overlay, or beside the drive's image; never one that exists. */
+async function newOverlayPath(manifest: Manifest, c: ApplyContext, drive: ResolvedDrive): Promise<string | undefined> {
+  if (c.mode !== 'overlay') return undefined;
+  const path = c.overlayPath ?? defaultOverlayPath(drive, manifest.id);
+  if (
+    await lstat(path).then(
+      () => true,
+      () => false,
+    )
+  ) {
+    throw new TargetError(
+      `${path} exists already`,
+      'an overlay is a new file, never a replaced one: choose another --overlay path, or remove this one',
+    );
+  }
+  return path;
+}
+
+interface ChangeContext extends ApplyContext {
   drive: ResolvedDrive;
+  /** "drive ID", for messages. */
+  what: string;
   status: StatusInfo;
+  /** The result so far; the clean-up's warnings are added to its `warnings`. */
   base: QemuApplyResult;
   overlayPath: string | undefined;
 }
 
-/** Steps 3 to 7: record, export, verify, prepare, pause and change, clean up (docs/apply-modes.md). */
-async function changeDrive(bundle: BundleData, qemu: Qemu, store: StateStore, c: ChangeContext): Promise<QemuApplyResult> {
-  const { manifest } = bundle;
-  const { drive, status, base, mode } = c;
-  const what = `drive ${drive.device ?? drive.nodeName}`;
+/** Steps 3 to 8: record, export, verify, prepare, pause and change, finish; then clean up (docs/apply-modes.md). */
+async function changeDrive(
+  bundle: BundleData,
+  qemu: Qemu,
+  store: StateStore,
+  c: ChangeContext,
+): Promise<QemuApplyResult> {
+  // 3. The record of everything the apply is about to make, before it makes any of it.
+  const fp = await Footprint.record(qemu, store, await applyRecord(bundle, qemu, c));
+  try {
+    return await changeRecorded(bundle, fp, c);
+  } finally {
+    c.base.warnings.push(...(await fp.cleanUp()));
+  }
+}
+
+/** What the apply is about to make (state-file.ts), under fresh names. */
+async function applyRecord(bundle: BundleData, qemu: Qemu, c: ChangeContext): Promise<ApplyRecord> {
   const tag = `vmsubst-${randomBytes(6).toString('hex')}`;
   const socketDir = join(c.workDir ?? tmpdir(), `${tag}.d`);
-
-  // 3. The record of everything the apply is about to make, before it makes any of it.
-  const fp = await Footprint.record(qemu, store, {
+  return {
     format: 1,
     pid: process.pid,
     'pid-start': processStart(process.pid) ?? '?',
     'started-at': new Date().toISOString(),
     qmp: await realpath(c.qmpPath).catch(() => resolve(c.qmpPath)),
     uuid: await qemu.queryUuid(),
-    bundle: { id: manifest.id, ...(bundle.path !== undefined ? { path: resolve(bundle.path) } : {}) },
-    mode,
-    node: drive.nodeName,
+    bundle: { id: bundle.manifest.id, ...(bundle.path !== undefined ? { path: resolve(bundle.path) } : {}) },
+    mode: c.mode,
+    node: c.drive.nodeName,
     'socket-dir': socketDir,
     'nbd-socket': join(socketDir, 'nbd.sock'),
     export: tag,
     bitmap: tag,
     ...(c.overlayPath !== undefined ? { overlay: { node: `${tag}-overlay`, path: c.overlayPath } } : {}),
-    'was-running': status.running,
+    'was-running': c.status.running,
     paused: false,
     phase: 'verifying',
-  });
-  let succeeded = false;
-  try {
-    // 4. The private NBD server and export, and the bitmap that watches guest writes.
-    const { target, nbd } = await exportDrive(qemu, fp, manifest, what, mode === 'nbd');
-
-    // 5. Verify while the guest runs.
-    const t0 = performance.now();
-    let { states, verifiedBytes } = await inspectTarget(manifest, target, c.onProgress);
-    let verify = ms(performance.now() - t0);
-    refuseMismatch(manifest, states);
-    const alreadyNew = (s: readonly RangeState[]): number => s.filter((x) => x === 'new').length;
-    if (alreadyNew(states) === manifest.ranges.length) {
-      succeeded = true;
-      return { ...base, status: 'already-applied', rangesAlreadyNew: manifest.ranges.length, verifiedBytes, timingsMs: { verify, write: 0 } };
-    }
-    if (c.signal?.aborted) throw new CancelledError();
-    if (c.beforeWrite) await c.beforeWrite();
-
-    // 6. Everything the pause needs, made ready while the guest runs.
-    let overlay: OverlayOutcome | undefined;
-    let preloaded: Awaited<ReturnType<typeof loadRanges>>;
-    if (mode === 'overlay') {
-      overlay = await addOverlay(bundle, qemu, fp, drive);
-      faultPoint('crash-after-overlay-add');
-    } else {
-      preloaded = await loadRanges(bundle, states);
-    }
-    // `stop` flushes every drive of the VM: flushing now, while the guest runs, leaves that flush
-    // little to write. (A read-only export may not offer flush; then the pause pays for it.)
-    if (nbd.canFlush) await nbd.flush();
-
-    // 7. The pause: confirm the verification still holds, then change the disk.
-    if (status.running) await fp.setPaused(true);
-    let pausedAt: number | undefined;
-    let pauseMs: number | null = null;
-    let windowMs: number | null = null;
-    let recheck: 'clean' | 'reverified' | null = null;
-    let written = { rangesWritten: 0, bytesWritten: 0 };
-    let failure: unknown;
-    let t1 = 0;
-    try {
-      // QMP runs one monitor's commands in order, so the bitmap is read after `stop` has
-      // drained the guest's I/O; sending both at once saves a round trip inside the pause.
-      if (status.running) pausedAt = performance.now();
-      const [, dirty] = await Promise.all([status.running ? qemu.stop() : Promise.resolve(), qemu.dirtyBytes(drive.nodeName, fp.record.bitmap)]);
-      faultPoint('crash-while-paused');
-      if (dirty === 0) {
-        recheck = 'clean';
-      } else {
-        // The guest wrote to the disk since the verification: verify again, now that it cannot.
-        recheck = 'reverified';
-        const t = performance.now();
-        ({ states, verifiedBytes } = await inspectTarget(manifest, target));
-        verify = ms(verify + performance.now() - t);
-        refuseMismatch(manifest, states);
-      }
-      t1 = performance.now();
-      if (overlay) {
-        await qemu.blockdevSnapshot(drive.nodeName, overlay.node);
-        windowMs = 0;
-        written = { rangesWritten: states.filter((x) => x === 'old').length, bytesWritten: 0 };
-      } else if (alreadyNew(states) < manifest.ranges.length) {
-        // From here the disk may hold a mix: recorded before the first write request, so that
-        // recovery completes the write before it resumes the guest (one rename, no fsync).
-        await fp.setPhase('writing', false);
-        written = await writeRanges(bundle, faultedWrites(target), states, { flush: false, ...(preloaded ? { preloaded } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
-        windowMs = ms(performance.now() - t1);
-      }
-    } catch (e) {
-      failure = e;
-    }
-    if (failure !== undefined && fp.record.phase === 'writing') {
-      // The disk may hold a mix of old and new ranges: the guest must not run on it. Left as it is
-      // (paused), with the record, for recover to complete the write with the bundle.
-      fp.keepRecord = true;
-      throw new TargetError(
-        `the write into ${what} failed part-way: ${(failure as Error).message}; the disk may hold some of the bundle's new ranges and some old ones, so the VM was ${pausedAt !== undefined ? 'left paused' : 'left as it was (not running)'}`,
-        `once the cause is fixed, run 'vmsubst recover --qmp ${c.qmpPath}${c.stateDir !== undefined ? ` --state-dir ${c.stateDir}` : ''}': it completes the write with the bundle, then resumes the VM (or apply the same bundle again, which recovers first)`,
-        { cause: failure },
-      );
-    }
-    if (pausedAt !== undefined) {
-      try {
-        await qemu.cont();
-      } catch (e) {
-        fp.keepRecord = true;
-        const before = failure instanceof Error ? ` (after: ${failure.message})` : '';
-        throw new TargetError(`could not resume the VM: ${(e as Error).message}${before}`, `the VM is paused: resume it with {"execute":"cont"} on ${c.qmpPath}, or run 'vmsubst recover --qmp ${c.qmpPath}'`, { cause: e });
-      }
-      pauseMs = ms(performance.now() - pausedAt);
-      await fp.setPaused(false);
-    }
-    if (failure !== undefined) throw failure;
-    // Durability: the guest reads the new blocks from QEMU already; the flush only makes them survive a host crash.
-    if (mode === 'nbd' && written.rangesWritten > 0) {
-      await nbd.flush();
-      await fp.setPhase('written');
-    }
-    const write = ms(performance.now() - t1);
-    if (overlay) {
-      // Into the overlay, which the drive now reads first.
-      written.bytesWritten = manifest.ranges.filter((_r, i) => states[i] === 'old').reduce((n, r) => n + r.length, 0);
-    }
-    succeeded = true;
-    return {
-      ...base,
-      status: 'applied',
-      rangesWritten: written.rangesWritten,
-      rangesAlreadyNew: alreadyNew(states),
-      bytesWritten: written.bytesWritten,
-      verifiedBytes,
-      timingsMs: { verify, write },
-      pauseMs,
-      windowMs,
-      recheck,
-      resumed: pausedAt !== undefined,
-      ...(overlay ? { overlay } : {}),
-    };
-  } finally {
-    base.warnings.push(...(await fp.cleanUp(succeeded)));
-  }
+  };
 }
 
-/** nbd-server-start in the recorded directory, block-export-add, block-dirty-bitmap-add, and the NBD connection. */
-async function exportDrive(qemu: Qemu, fp: Footprint, manifest: Manifest, what: string, writable: boolean): Promise<{ target: BlockTarget; nbd: NbdClient }> {
-  const rec = fp.record;
-  await mkdir(rec['socket-dir'], { mode: 0o700 });
-  fp.present.socketDir = true;
-  try {
-    await qemu.nbdServerStartUnix(rec['nbd-socket']);
-  } catch (e) {
-    if (e instanceof QmpError && /already running/i.test(e.desc)) {
-      throw new TargetError(
+/** Steps 4 to 8, each making things that `fp` undoes. */
+async function changeRecorded(bundle: BundleData, fp: Footprint, c: ChangeContext): Promise<QemuApplyResult> {
+  const { manifest } = bundle;
+  // 4. The private NBD server and export, and the bitmap that watches guest writes.
+  const s: Steps = { bundle, fp, c, ...(await exportDrive(fp, manifest, c.what, c.mode === 'nbd')) };
+
+  // 5. Verify while the guest runs.
+  const live = await verifyRanges(manifest, s.target, c.onProgress);
+  if (countOf(live.states, 'new') === manifest.ranges.length) {
+    const timingsMs = { verify: live.verifyMs, write: 0 };
+    return {
+      ...c.base,
+      status: 'already-applied',
+      rangesAlreadyNew: manifest.ranges.length,
+      verifiedBytes: live.verifiedBytes,
+      timingsMs,
+    };
+  }
+  if (c.signal?.aborted) throw new CancelledError();
+  if (c.beforeWrite) await c.beforeWrite();
+
+  // 6. Everything the pause needs, made ready while the guest runs.
+  const ready = await prepareChange(s, live);
+
+  // 7. The pause: confirm the verification still holds, change the disk, resume.
+  const changed = await pauseAndChange(s, live, ready);
+
+  // 8. Durability and the result.
+  return finish(s, changed, ready);
+}
+
+/** What every step from the export on works with. */
+interface Steps {
+  bundle: BundleData;
+  fp: Footprint;
+  c: ChangeContext;
+  /** The drive, through the NBD export. */
+  target: BlockTarget;
+  nbd: NbdClient;
+}
+
+const countOf = (states: readonly RangeState[], state: RangeState): number => states.filter((s) => s === state).length;
+
+/** The ranges' states as read from the target, checked to be old or new. */
+interface Verified {
+  states: RangeState[];
+  verifiedBytes: number;
+  /** Time spent verifying, this and any earlier verification of the same apply. */
+  verifyMs: number;
+}
+
+async function verifyRanges(
+  manifest: Manifest,
+  target: BlockTarget,
+  onProgress?: ApplyProgress,
+  spentMs = 0,
+): Promise<Verified> {
+  const t = performance.now();
+  const { states, verifiedBytes } = await inspectTarget(manifest, target, onProgress);
+  const verifyMs = ms(spentMs + performance.now() - t);
+  refuseMismatch(manifest, states);
+  return { states, verifiedBytes, verifyMs };
+}
+
+/** 4. nbd-server-start in the recorded directory, block-export-add, block-dirty-bitmap-add, and the NBD connection. */
+async function exportDrive(
+  fp: Footprint,
+  manifest: Manifest,
+  what: string,
+  writable: boolean,
+): Promise<{ target: BlockTarget; nbd: NbdClient }> {
+  const { qemu, record: rec } = fp;
+  await openExport(qemu, rec, fp.undo, writable, {
+    busy: (e) =>
+      new TargetError(
         'an NBD server is already running in this QEMU (QEMU has only one), so vmsubst cannot export the drive',
-        'another job (a backup, a migration, another vmsubst) is using it: wait for it to finish, or stop it with nbd-server-stop if it is stale',
+        'another job (a backup, a migration, another vmsubst) is using it: wait for it to finish, or stop it with ' +
+          'nbd-server-stop if it is stale',
         { cause: e },
-      );
-    }
-    throw e;
-  }
-  fp.present.nbdServer = true;
-  try {
-    await qemu.blockExportAdd({ id: rec.export, nodeName: rec.node, name: rec.export, writable });
-  } catch (e) {
-    if (e instanceof QmpError && /permission|conflict|share-rw/i.test(e.desc)) {
-      throw new TargetError(
+      ),
+    refused: (e) =>
+      new TargetError(
         `QEMU refused a writable export of ${what}: ${e.desc}`,
-        'the virtio-blk device must share write access: start it with share-rw=on (-device virtio-blk-pci,drive=…,share-rw=on), or hot-plug it again with that property; or use --mode overlay, which does not write into the drive',
+        'the virtio-blk device must share write access: start it with share-rw=on ' +
+          '(-device virtio-blk-pci,drive=…,share-rw=on), or hot-plug it again with that property; ' +
+          'or use --mode overlay, which does not write into the drive',
         { cause: e },
-      );
-    }
-    throw e;
-  }
-  fp.present.export = true;
+      ),
+  });
   await qemu.dirtyBitmapAdd(rec.node, rec.bitmap);
-  fp.present.bitmap = true;
+  fp.made('bitmap');
   // The same query is made inside the pause: made once now, its reply's validator is compiled
   // (tens of ms on the first use in a process) while the guest runs.
   await qemu.dirtyBytes(rec.node, rec.bitmap);
 
   const nbd = await NbdClient.connect(rec['nbd-socket'], { exportName: rec.export });
-  fp.nbd = nbd;
+  fp.undo.defer('NBD connection', () => nbd.disconnect().catch((e: Error) => fp.warn(`NBD disconnect: ${e.message}`)));
   checkTargetSize(manifest, nbd.size, `the NBD export of ${what}`);
   if (writable && nbd.readOnly) throw new TargetError(`QEMU exported ${what} read-only`);
-  return { nbd, target: { size: nbd.size, read: (o, l) => nbd.read(o, l), write: (o, d) => nbd.write(o, d), flush: () => nbd.flush() } };
+  return { nbd, target: nbdTarget(nbd) };
 }
 
-/** Writes the overlay file beside its destination and opens it as a node (blockdev-add, no backing yet). */
-async function addOverlay(bundle: BundleData, qemu: Qemu, fp: Footprint, drive: ResolvedDrive): Promise<OverlayOutcome> {
+/** What the pause needs: the overlay node (overlay mode), or the new bytes read ahead when they are few (nbd). */
+interface Ready {
+  overlay?: { outcome: OverlayOutcome; handOver: () => void };
+  preloaded?: Awaited<ReturnType<typeof loadRanges>>;
+}
+
+/** 6. The overlay made and opened, or the data read ahead; and QEMU's drives flushed. */
+async function prepareChange({ bundle, fp, c, nbd }: Steps, live: Verified): Promise<Ready> {
+  const ready: Ready =
+    c.mode === 'overlay'
+      ? { overlay: await addOverlay(bundle, fp, c.drive) }
+      : { preloaded: await loadRanges(bundle, live.states) };
+  if (ready.overlay) faultPoint('crash-after-overlay-add');
+  // `stop` flushes every drive of the VM: flushing now, while the guest runs, leaves that flush
+  // little to write. (A read-only export may not offer flush; then the pause pays for it.)
+  if (nbd.canFlush) await nbd.flush();
+  return ready;
+}
+
+/**
+ * Writes the overlay file beside its destination and opens it as a node (blockdev-add, no backing yet).
+ * `handOver` forgets their removal once the overlay is the drive's top layer.
+ */
+async function addOverlay(
+  bundle: BundleData,
+  fp: Footprint,
+  drive: ResolvedDrive,
+): Promise<NonNullable<Ready['overlay']>> {
   const ov = fp.record.overlay!;
   const clusterSize = alignedClusterSize(bundle.manifest);
   const backing = { name: drive.filename, format: drive.format };
-  fp.present.overlayFile = true; // buildOverlay removes what it wrote if it fails; a crash leaves it for recover
+  // buildOverlay removes what it wrote if it fails; a crash leaves it for recover
+  const forgetFile = fp.made('overlayFile');
   await buildOverlay(bundle, ov.path, { clusterSize, backing });
-  await qemu.blockdevAddQcow2(ov.node, ov.path);
-  fp.present.overlayNode = true;
-  return { path: ov.path, node: ov.node, clusterSize, backing, committed: false };
+  await fp.qemu.blockdevAddQcow2(ov.node, ov.path);
+  const forgetNode = fp.made('overlayNode');
+  return {
+    outcome: { path: ov.path, node: ov.node, clusterSize, backing, committed: false },
+    handOver: () => {
+      forgetNode();
+      forgetFile();
+    },
+  };
+}
+
+type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
+const settle = <T>(p: Promise<T>): Promise<Settled<T>> =>
+  p.then(
+    (value): Settled<T> => ({ ok: true, value }),
+    (error: unknown): Settled<T> => ({ ok: false, error }),
+  );
+
+/** What the pause did to the disk. */
+interface Changed {
+  /** The verification the change relied on: the one made while the guest ran, or again inside the pause. */
+  verified: Verified;
+  recheck: 'clean' | 'reverified';
+  written: { rangesWritten: number; bytesWritten: number };
+  windowMs: number | null;
+  /** When the change began (performance.now()). */
+  changeStart: number;
+}
+
+/**
+ * 7. Pauses the guest (when it runs), changes the disk, resumes it. A write
+ * that failed part-way leaves the VM held, with the record, for recover.
+ */
+async function pauseAndChange(
+  s: Steps,
+  live: Verified,
+  ready: Ready,
+): Promise<Changed & { pauseMs: number | null; resumed: boolean }> {
+  const { fp, c } = s;
+  const running = c.status.running;
+  if (running) await fp.setPaused(true);
+  const pausedAt = running ? performance.now() : undefined;
+  const change = await settle(changePaused(s, live, ready));
+  if (!change.ok && fp.record.phase === 'writing') {
+    // The disk may hold a mix of old and new ranges: the guest must not run on it. Left as it is
+    // (paused), with the record, for recover to complete the write with the bundle.
+    fp.keepRecord();
+    throw partWay(c, change.error, pausedAt !== undefined);
+  }
+  const pauseMs = pausedAt !== undefined ? await resume(fp, c, pausedAt, change) : null;
+  if (!change.ok) throw change.error;
+  return { ...change.value, pauseMs, resumed: pausedAt !== undefined };
+}
+
+/** Inside the pause: the bitmap says whether the verification still holds; then the switch, or the write. */
+async function changePaused({ bundle, fp, c, target }: Steps, live: Verified, ready: Ready): Promise<Changed> {
+  const { manifest } = bundle;
+  // QMP runs one monitor's commands in order, so the bitmap is read after `stop` has
+  // drained the guest's I/O; sending both at once saves a round trip inside the pause.
+  const stop = c.status.running ? fp.qemu.stop() : Promise.resolve();
+  const [, dirty] = await Promise.all([stop, fp.qemu.dirtyBytes(c.drive.nodeName, fp.record.bitmap)]);
+  faultPoint('crash-while-paused');
+  // The guest wrote to the disk since the verification: verify again, now that it cannot.
+  const recheck = dirty === 0 ? 'clean' : 'reverified';
+  const verified = dirty === 0 ? live : await verifyRanges(manifest, target, undefined, live.verifyMs);
+  const changeStart = performance.now();
+  const unchanged = { verified, recheck, changeStart } as const;
+  if (ready.overlay) {
+    await fp.qemu.blockdevSnapshot(c.drive.nodeName, ready.overlay.outcome.node);
+    ready.overlay.handOver();
+    return { ...unchanged, windowMs: 0, written: { rangesWritten: countOf(verified.states, 'old'), bytesWritten: 0 } };
+  }
+  if (countOf(verified.states, 'new') === manifest.ranges.length) {
+    return { ...unchanged, windowMs: null, written: { rangesWritten: 0, bytesWritten: 0 } };
+  }
+  // From here the disk may hold a mix: recorded before the first write request, so that
+  // recovery completes the write before it resumes the guest (one rename, no fsync).
+  await fp.setPhase('writing', false);
+  const written = await writeRanges(bundle, faultedWrites(target), verified.states, {
+    flush: false,
+    ...(ready.preloaded ? { preloaded: ready.preloaded } : {}),
+    ...(c.onProgress ? { onProgress: c.onProgress } : {}),
+  });
+  return { ...unchanged, windowMs: ms(performance.now() - changeStart), written };
+}
+
+/** The error of a write that failed part-way, the VM held. */
+function partWay(c: ChangeContext, failure: unknown, paused: boolean): TargetError {
+  const stateDirOption = c.stateDir !== undefined ? ` --state-dir ${c.stateDir}` : '';
+  return new TargetError(
+    `the write into ${c.what} failed part-way: ${(failure as Error).message}; the disk may hold some of the ` +
+      `bundle's new ranges and some old ones, so the VM was ${paused ? 'left paused' : 'left as it was (not running)'}`,
+    `once the cause is fixed, run 'vmsubst recover --qmp ${c.qmpPath}${stateDirOption}': it completes the write ` +
+      'with the bundle, then resumes the VM (or apply the same bundle again, which recovers first)',
+    { cause: failure },
+  );
+}
+
+/** `cont`, then the record says the VM runs again; returns how long it was paused. A failure keeps the record. */
+async function resume(fp: Footprint, c: ChangeContext, pausedAt: number, change: Settled<unknown>): Promise<number> {
+  try {
+    await fp.qemu.cont();
+  } catch (e) {
+    fp.keepRecord();
+    const before = !change.ok && change.error instanceof Error ? ` (after: ${change.error.message})` : '';
+    throw new TargetError(
+      `could not resume the VM: ${(e as Error).message}${before}`,
+      `the VM is paused: resume it with {"execute":"cont"} on ${c.qmpPath}, or run 'vmsubst recover --qmp ` +
+        `${c.qmpPath}'`,
+      { cause: e },
+    );
+  }
+  const pauseMs = ms(performance.now() - pausedAt);
+  await fp.setPaused(false);
+  return pauseMs;
+}
+
+/** 8. The nbd mode's flush (durability: the guest reads the new blocks from QEMU already), and the result. */
+async function finish(
+  { bundle, fp, c, nbd }: Steps,
+  changed: Changed & { pauseMs: number | null; resumed: boolean },
+  ready: Ready,
+): Promise<QemuApplyResult> {
+  const { manifest } = bundle;
+  const { verified, written } = changed;
+  if (c.mode === 'nbd' && written.rangesWritten > 0) {
+    await nbd.flush();
+    await fp.setPhase('written');
+  }
+  const write = ms(performance.now() - changed.changeStart);
+  const overlay = ready.overlay?.outcome;
+  // Overlay: the bytes went into the overlay, which the drive now reads first.
+  const bytesWritten = overlay
+    ? manifest.ranges.filter((_r, i) => verified.states[i] === 'old').reduce((n, r) => n + r.length, 0)
+    : written.bytesWritten;
+  return {
+    ...c.base,
+    status: 'applied',
+    rangesWritten: written.rangesWritten,
+    rangesAlreadyNew: countOf(verified.states, 'new'),
+    bytesWritten,
+    verifiedBytes: verified.verifiedBytes,
+    timingsMs: { verify: verified.verifyMs, write },
+    pauseMs: changed.pauseMs,
+    windowMs: changed.windowMs,
+    recheck: changed.recheck,
+    resumed: changed.resumed,
+    ...(overlay ? { overlay } : {}),
+  };
 }
 
 /**
@@ -566,7 +815,11 @@ async function addOverlay(bundle: BundleData, qemu: Qemu, fp: Footprint, drive: 
  * over `qemu` or a new connection to the result's QMP socket. A failure is
  * added to the result's warnings: the overlay stays in use, which is consistent.
  */
-export async function commitApplied(qemu: Qemu | undefined, result: QemuApplyResult, timeoutMs = 600_000): Promise<void> {
+export async function commitApplied(
+  qemu: Qemu | undefined,
+  result: QemuApplyResult,
+  timeoutMs = 600_000,
+): Promise<void> {
   const overlay = result.overlay;
   if (!overlay || overlay.committed) return;
   let own: QmpClient | undefined;
@@ -581,7 +834,8 @@ export async function commitApplied(qemu: Qemu | undefined, result: QemuApplyRes
     overlay.commitMs = ms(performance.now() - t);
   } catch (e) {
     result.warnings.push(
-      `commit: ${(e as Error).message}; the overlay stays in use (the guest sees the new blocks either way): commit it later with block-commit, see docs/apply-modes.md`,
+      `commit: ${(e as Error).message}; the overlay stays in use (the guest sees the new blocks either way): ` +
+        `commit it later with block-commit, see docs/apply-modes.md`,
     );
   } finally {
     own?.close();
@@ -594,7 +848,12 @@ export async function commitApplied(qemu: Qemu | undefined, result: QemuApplyRes
  * drive back to that node (block-job-complete), deletes the overlay node and
  * removes its file. A failure leaves the overlay in use, which is consistent.
  */
-export async function commitOverlay(qemu: Qemu, overlay: OverlayOutcome, baseNode: string, timeoutMs: number): Promise<void> {
+export async function commitOverlay(
+  qemu: Qemu,
+  overlay: OverlayOutcome,
+  baseNode: string,
+  timeoutMs: number,
+): Promise<void> {
   const job = `${overlay.node}-commit`;
   const events = jobEvents(qemu, job, timeoutMs);
   try {
@@ -612,7 +871,11 @@ export async function commitOverlay(qemu: Qemu, overlay: OverlayOutcome, baseNod
 }
 
 /** Collects a block job's events from the moment it is called, so none is missed between commands. */
-function jobEvents(qemu: Qemu, job: string, timeoutMs: number): { next(name: string): Promise<QmpEvent>; close(): void } {
+function jobEvents(
+  qemu: Qemu,
+  job: string,
+  timeoutMs: number,
+): { next(name: string): Promise<QmpEvent>; close(): void } {
   const seen: QmpEvent[] = [];
   let wake: (() => void) | undefined;
   const onEvent = (e: QmpEvent): void => {
@@ -625,17 +888,29 @@ function jobEvents(qemu: Qemu, job: string, timeoutMs: number): { next(name: str
   return {
     async next(name) {
       for (;;) {
-        const i = seen.findIndex((e) => e.event === name || e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_CANCELLED' || e.event === 'BLOCK_JOB_ERROR');
+        const i = seen.findIndex(
+          (e) =>
+            e.event === name ||
+            e.event === 'BLOCK_JOB_COMPLETED' ||
+            e.event === 'BLOCK_JOB_CANCELLED' ||
+            e.event === 'BLOCK_JOB_ERROR',
+        );
         if (i >= 0) {
           const e = seen.splice(i, 1)[0]!;
           if (e.event !== name) {
             const error = e.data?.['error'];
-            throw new TargetError(`block job ${job}: ${e.event}${typeof error === 'string' ? `: ${error}` : ''} while waiting for ${name}`);
+            throw new TargetError(
+              `block job ${job}: ${e.event}${typeof error === 'string' ? `: ${error}` : ''} while waiting for ${name}`,
+            );
           }
           return e;
         }
         const left = deadline - Date.now();
-        if (left <= 0) throw new TargetError(`block job ${job}: no ${name} within ${timeoutMs} ms`, `the job is still running: see query-block-jobs; cancel it with block-job-cancel ${job}`);
+        if (left <= 0)
+          throw new TargetError(
+            `block job ${job}: no ${name} within ${timeoutMs} ms`,
+            `the job is still running: see query-block-jobs; cancel it with block-job-cancel ${job}`,
+          );
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, left);
           wake = () => {

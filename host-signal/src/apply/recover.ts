@@ -1,8 +1,9 @@
 /**
- * Removing what an apply created in a VM: the one cleanup helper, used at the
- * end of every apply (removeLeftovers, with what that apply knows it made) and
- * after an apply that died (recoverVm, with what QEMU and the host show is
- * still there of what the state file says it was about to make).
+ * Removing what an apply created in a VM: how each object is removed
+ * (deferRemoval, registered on the apply's UndoStack, undo.ts, the moment
+ * the object exists, and run at the end of every apply), and recovery after
+ * an apply that died (recoverVm: the same removals, of what QEMU and the host
+ * show is still there of what the state file says it was about to make).
  *
  * What an apply makes, in order: the socket directory, QEMU's NBD server on a
  * socket in it, the export, the dirty bitmap on the drive's node, and in
@@ -42,9 +43,18 @@ import { Bundle } from '../bundle/reader.js';
 import { QmpError, TargetError } from '../errors.js';
 import { NbdClient } from '../nbd/client.js';
 import { MIGRATION_STATES, type Qemu } from '../qmp/commands.js';
-import { checkTargetSize, inspectTarget, ms, writeRanges, type BlockTarget, type BundleData, type RangeState } from './core.js';
+import {
+  checkTargetSize,
+  inspectTarget,
+  ms,
+  writeRanges,
+  type BlockTarget,
+  type BundleData,
+  type RangeState,
+} from './core.js';
 import { fileOpeners } from './locks.js';
 import { stateDir, type ApplyRecord, type StateStore } from './state-file.js';
+import { UndoStack, type Removal } from './undo.js';
 
 /** Which of an apply's objects exist, so are to be removed. */
 export interface Present {
@@ -56,35 +66,96 @@ export interface Present {
   socketDir: boolean;
 }
 
-export interface Removal {
-  /** What was removed, e.g. "export vmsubst-…". */
-  removed: string[];
-  /** What could not be removed, with QEMU's or the system's reason. */
-  failed: string[];
+/** The names an apply records for what it makes (see state-file.ts). */
+export type RecordedNames = Pick<ApplyRecord, 'node' | 'socket-dir' | 'nbd-socket' | 'export' | 'bitmap' | 'overlay'>;
+
+/** The objects an apply makes, in the order it makes them. */
+const MADE_IN_ORDER: readonly (keyof Present)[] = [
+  'socketDir',
+  'nbdServer',
+  'export',
+  'bitmap',
+  'overlayFile',
+  'overlayNode',
+];
+
+/**
+ * Registers with `undo` how one of the recorded objects is removed, once it
+ * exists (an overlay object only when the record names an overlay). Returns
+ * the function that forgets it again (UndoStack.defer).
+ */
+export function deferRemoval(
+  undo: UndoStack,
+  qemu: Qemu,
+  rec: Omit<RecordedNames, 'nbd-socket'>,
+  made: keyof Present,
+): () => void {
+  const ov = rec.overlay;
+  const dir = rec['socket-dir'];
+  switch (made) {
+    case 'overlayNode':
+      return ov ? undo.defer(`overlay node ${ov.node}`, () => qemu.blockdevDel(ov.node)) : () => undefined;
+    case 'overlayFile':
+      return ov ? undo.defer(`overlay file ${ov.path}`, () => removeOverlayFile(ov.path)) : () => undefined;
+    case 'bitmap':
+      return undo.defer(`dirty bitmap ${rec.node}/${rec.bitmap}`, () => qemu.dirtyBitmapRemove(rec.node, rec.bitmap));
+    case 'export':
+      return undo.defer(`NBD export ${rec.export}`, () => qemu.blockExportDel(rec.export, 'hard'));
+    case 'nbdServer':
+      return undo.defer('NBD server', () => qemu.nbdServerStop());
+    case 'socketDir':
+      return undo.defer(`socket directory ${dir}`, () => rm(dir, { recursive: true, force: true }));
+  }
 }
 
 /** Removes the objects marked present, last made first. Never throws: failures are listed. */
-export async function removeLeftovers(qemu: Qemu, rec: Pick<ApplyRecord, 'node' | 'socket-dir' | 'export' | 'bitmap' | 'overlay'>, present: Present): Promise<Removal> {
-  const out: Removal = { removed: [], failed: [] };
-  const step = async (on: boolean, what: string, fn: () => Promise<unknown>): Promise<void> => {
-    if (!on) return;
-    try {
-      await fn();
-      out.removed.push(what);
-    } catch (e) {
-      out.failed.push(`${what}: ${(e as Error).message}`);
-    }
-  };
-  const ov = rec.overlay;
-  if (ov) {
-    await step(present.overlayNode, `overlay node ${ov.node}`, () => qemu.blockdevDel(ov.node));
-    await step(present.overlayFile, `overlay file ${ov.path}`, () => removeOverlayFile(ov.path));
+export async function removeLeftovers(
+  qemu: Qemu,
+  rec: Omit<RecordedNames, 'nbd-socket'>,
+  present: Present,
+): Promise<Removal> {
+  const undo = new UndoStack();
+  for (const made of MADE_IN_ORDER) if (present[made]) deferRemoval(undo, qemu, rec, made);
+  return undo.unwind();
+}
+
+/** What QEMU's errors at the export mean, for the caller's operator. */
+export interface ExportErrors {
+  /** nbd-server-start failed: QEMU has one NBD server, and another job holds it. */
+  busy: (e: QmpError) => Error;
+  /** block-export-add was refused (a writable export needs share-rw=on); default: QEMU's error as it is. */
+  refused?: (e: QmpError) => Error;
+}
+
+/**
+ * Makes the recorded socket directory, starts QEMU's NBD server on the
+ * recorded socket in it and exports the recorded node under the recorded
+ * name; each registers its removal with `undo` the moment it exists.
+ */
+export async function openExport(
+  qemu: Qemu,
+  rec: RecordedNames,
+  undo: UndoStack,
+  writable: boolean,
+  errors: ExportErrors,
+): Promise<void> {
+  await mkdir(rec['socket-dir'], { mode: 0o700 });
+  deferRemoval(undo, qemu, rec, 'socketDir');
+  try {
+    await qemu.nbdServerStartUnix(rec['nbd-socket']);
+  } catch (e) {
+    if (e instanceof QmpError && /already running/i.test(e.desc)) throw errors.busy(e);
+    throw e;
   }
-  await step(present.bitmap, `dirty bitmap ${rec.node}/${rec.bitmap}`, () => qemu.dirtyBitmapRemove(rec.node, rec.bitmap));
-  await step(present.export, `NBD export ${rec.export}`, () => qemu.blockExportDel(rec.export, 'hard'));
-  await step(present.nbdServer, 'NBD server', () => qemu.nbdServerStop());
-  await step(present.socketDir, `socket directory ${rec['socket-dir']}`, () => rm(rec['socket-dir'], { recursive: true, force: true }));
-  return out;
+  deferRemoval(undo, qemu, rec, 'nbdServer');
+  try {
+    await qemu.blockExportAdd({ id: rec.export, nodeName: rec.node, name: rec.export, writable });
+  } catch (e) {
+    if (errors.refused && e instanceof QmpError && /permission|conflict|share-rw/i.test(e.desc))
+      throw errors.refused(e);
+    throw e;
+  }
+  deferRemoval(undo, qemu, rec, 'export');
 }
 
 /** The overlay, and the qcow2 writer's temporary file beside it (.NAME.XXXXXXXX.tmp) if a build was cut short. */
@@ -99,14 +170,27 @@ async function removeOverlayFile(path: string): Promise<void> {
 async function writerTemporaries(path: string): Promise<string[]> {
   const prefix = `.${basename(path)}.`;
   const names = await readdir(dirname(path)).catch(() => [] as string[]);
-  return names.filter((n) => n.startsWith(prefix) && /^[0-9a-f]{8}\.tmp$/.test(n.slice(prefix.length))).map((n) => join(dirname(path), n));
+  return names
+    .filter((n) => n.startsWith(prefix) && /^[0-9a-f]{8}\.tmp$/.test(n.slice(prefix.length)))
+    .map((n) => join(dirname(path), n));
 }
 
-const exists = (path: string): Promise<boolean> => lstat(path).then(() => true, () => false);
-const isSocket = (path: string): Promise<boolean> => lstat(path).then((s) => s.isSocket(), () => false);
+const exists = (path: string): Promise<boolean> =>
+  lstat(path).then(
+    () => true,
+    () => false,
+  );
+const isSocket = (path: string): Promise<boolean> =>
+  lstat(path).then(
+    (s) => s.isSocket(),
+    () => false,
+  );
 
 /** What of the record's objects QEMU and the host still show; `kept` says what stays on purpose, and why. */
-export async function findLeftovers(qemu: Qemu, rec: ApplyRecord): Promise<{ present: Present; kept: string[]; switched: boolean }> {
+export async function findLeftovers(
+  qemu: Qemu,
+  rec: ApplyRecord,
+): Promise<{ present: Present; kept: string[]; switched: boolean }> {
   const kept: string[] = [];
   const nodes = await qemu.queryNamedBlockNodes();
   const exportsNow = await qemu.queryBlockExports();
@@ -125,12 +209,18 @@ export async function findLeftovers(qemu: Qemu, rec: ApplyRecord): Promise<{ pre
     const inUse = (await qemu.queryBlock()).some((b) => b.inserted?.['node-name'] === ov.node);
     if (inUse) {
       switched = true;
-      kept.push(`overlay node ${ov.node} (${ov.path}): it is the drive's top layer (the switch completed), so it stays; commit it as after any overlay apply (docs/apply-modes.md)`);
+      kept.push(
+        `overlay node ${ov.node} (${ov.path}): it is the drive's top layer (the switch completed), so it stays; ` +
+          `commit it as after any overlay apply (docs/apply-modes.md)`,
+      );
     } else {
       present.overlayNode = nodes.some((n) => n['node-name'] === ov.node);
       // QEMU holds the file while the node exists; anyone else holding it keeps it.
-      const held = (await exists(ov.path)) ? (await fileOpeners(ov.path)).filter((o) => !(present.overlayNode && o.comm.startsWith('qemu'))) : [];
-      if (held.length > 0) kept.push(`overlay file ${ov.path}: open in ${held.map((o) => `${o.comm}[${o.pid}]`).join(', ')}, so it stays`);
+      const held = (await exists(ov.path))
+        ? (await fileOpeners(ov.path)).filter((o) => !(present.overlayNode && o.comm.startsWith('qemu')))
+        : [];
+      if (held.length > 0)
+        kept.push(`overlay file ${ov.path}: open in ${held.map((o) => `${o.comm}[${o.pid}]`).join(', ')}, so it stays`);
       else present.overlayFile = (await exists(ov.path)) || (await writerTemporaries(ov.path)).length > 0;
     }
   }
@@ -154,21 +244,36 @@ export interface Completion {
 }
 
 export interface RecoverOptions {
-  /** The bundle to complete an interrupted write with, when it is the recorded one (the next apply's own, already open and verified). */
+  /**
+   * The bundle to complete an interrupted write with, when it is the recorded one (the next apply's own, already open
+   * and verified).
+   */
   bundle?: BundleData;
   /** Where the recorded bundle is, instead of the path in the record. */
   bundlePath?: string;
-  /** Do not complete an interrupted write: clean up and resume with the disk as it is (it may hold a mix). Dangerous. */
+  /**
+   * Do not complete an interrupted write: clean up and resume with the disk as it is (it may hold a mix). Dangerous.
+   */
   resumeAnyway?: boolean;
 }
 
 export interface RecoveryReport {
-  /** nothing-to-do: no record; recovered: leftovers removed (or none found) and the record removed; stale: the record was for a VM no longer at this socket. */
+  /**
+   * nothing-to-do: no record; recovered: leftovers removed (or none found) and the record removed; stale: the record
+   * was for a VM no longer at this socket.
+   */
   status: 'nothing-to-do' | 'recovered' | 'stale';
   qmp: string;
   stateFile: string;
   /** The interrupted apply, as recorded. */
-  interrupted?: { pid: number; startedAt: string; bundle: { id: string; path?: string }; mode: 'nbd' | 'overlay'; node: string; phase: ApplyRecord['phase'] };
+  interrupted?: {
+    pid: number;
+    startedAt: string;
+    bundle: { id: string; path?: string };
+    mode: 'nbd' | 'overlay';
+    node: string;
+    phase: ApplyRecord['phase'];
+  };
   /** The interrupted write, completed before the VM was resumed. */
   completed?: Completion;
   removed: string[];
@@ -187,12 +292,32 @@ export interface RecoveryReport {
  * connection). Throws TargetError when that apply is still running, or when
  * something could not be removed (the record is then kept, for another try).
  */
-export async function recoverVm(qemu: Qemu, qmpPath: string, store: StateStore, options: RecoverOptions = {}): Promise<RecoveryReport> {
+export async function recoverVm(
+  qemu: Qemu,
+  qmpPath: string,
+  store: StateStore,
+  options: RecoverOptions = {},
+): Promise<RecoveryReport> {
   const found = await store.read(qmpPath);
-  const report: RecoveryReport = { status: 'nothing-to-do', qmp: qmpPath, stateFile: found?.file ?? (await store.fileFor(qmpPath)), removed: [], kept: [], resumed: false, notes: [] };
+  const report: RecoveryReport = {
+    status: 'nothing-to-do',
+    qmp: qmpPath,
+    stateFile: found?.file ?? (await store.fileFor(qmpPath)),
+    removed: [],
+    kept: [],
+    resumed: false,
+    notes: [],
+  };
   if (!found) return report;
   const { file, record: rec } = found;
-  report.interrupted = { pid: rec.pid, startedAt: rec['started-at'], bundle: rec.bundle, mode: rec.mode, node: rec.node, phase: rec.phase };
+  report.interrupted = {
+    pid: rec.pid,
+    startedAt: rec['started-at'],
+    bundle: rec.bundle,
+    mode: rec.mode,
+    node: rec.node,
+    phase: rec.phase,
+  };
   if (store.isLive(file, rec)) {
     throw new TargetError(
       `an apply (pid ${rec.pid}, started ${rec['started-at']}) is still working on the VM at ${qmpPath}`,
@@ -204,7 +329,10 @@ export async function recoverVm(qemu: Qemu, qmpPath: string, store: StateStore, 
     await store.remove(file);
     report.status = 'stale';
     report.vmStatus = (await qemu.queryStatus()).status;
-    report.notes.push(`the VM at this socket (UUID ${uuid}) is not the one the interrupted apply worked on (UUID ${rec.uuid}): what it made went with that VM; the state file was removed`);
+    report.notes.push(
+      `the VM at this socket (UUID ${uuid}) is not the one the interrupted apply worked on (UUID ${rec.uuid}): ` +
+        `what it made went with that VM; the state file was removed`,
+    );
     return report;
   }
   report.status = 'recovered';
@@ -228,31 +356,51 @@ export async function recoverVm(qemu: Qemu, qmpPath: string, store: StateStore, 
       await qemu.cont();
       report.resumed = true;
     } else if (rec.paused && rec['was-running']) {
-      report.notes.push(`the apply had paused the VM; it is '${status.status}' now (resumed by someone else), so it was left as it is`);
+      report.notes.push(
+        `the apply had paused the VM; it is '${status.status}' now (resumed by someone else), so it was left as it is`,
+      );
     }
     report.vmStatus = (await qemu.queryStatus()).status;
   }
-  const again = rec.bundle.path !== undefined ? `apply ${rec.bundle.path} (bundle ${rec.bundle.id.slice(0, 12)}) again` : `apply bundle ${rec.bundle.id.slice(0, 12)} again`;
-  const tell = `tell the guest: ${again} (it finds every range new, writes nothing and notifies the agent with --notify), or vmsubst notify`;
+  const again =
+    rec.bundle.path !== undefined
+      ? `apply ${rec.bundle.path} (bundle ${rec.bundle.id.slice(0, 12)}) again`
+      : `apply bundle ${rec.bundle.id.slice(0, 12)} again`;
+  const tell =
+    `tell the guest: ${again} (it finds every range new, writes nothing and notifies the agent with ` +
+    `--notify), or vmsubst notify`;
   if (report.completed) {
     const c = report.completed;
     report.notes.push(
-      `the apply was killed while it wrote: recovery completed the write before resuming: ${c.rangesWritten} of ${c.ranges} ranges written (${c.bytesWritten} bytes${c.rangesNeither ? `, ${c.rangesNeither} of them cut part-way` : ''}), ${c.rangesAlreadyNew} already new; every range now holds the bundle's new content; ${tell}`,
+      `the apply was killed while it wrote: recovery completed the write before resuming: ${c.rangesWritten} of ` +
+        `${c.ranges} ranges written (${c.bytesWritten} ` +
+        `bytes${c.rangesNeither ? `, ${c.rangesNeither} of them cut part-way` : ''}), ${c.rangesAlreadyNew} ` +
+        `already new; every range now holds the bundle's new content; ${tell}`,
     );
   } else if (interruptedWrite) {
     report.notes.push(
-      `DANGER: the apply was killed while it wrote and the write was NOT completed (--resume-anyway): the disk may hold some of the bundle's new ranges, some old ones and one cut part-way, and the running guest can read a mix of them. ${again} completes it if no range holds neither content; otherwise restart the VM from a good image`,
+      `DANGER: the apply was killed while it wrote and the write was NOT completed (--resume-anyway): the disk may ` +
+        `hold some of the bundle's new ranges, some old ones and one cut part-way, and the running guest can read ` +
+        `a mix of them. ${again} completes it if no range holds neither content; otherwise restart the VM from a ` +
+        `good image`,
     );
   } else if (rec.mode === 'nbd' && rec.phase === 'written') {
-    report.notes.push(`the apply had written and flushed every range before it was killed: the disk holds the bundle's new content; ${tell}`);
+    report.notes.push(
+      `the apply had written and flushed every range before it was killed: the disk holds the bundle's new ` +
+        `content; ${tell}`,
+    );
   } else if (switched) {
-    report.notes.push('the overlay switch had completed: the bundle\'s blocks are in place; tell the guest (vmsubst notify)');
+    report.notes.push(
+      "the overlay switch had completed: the bundle's blocks are in place; tell the guest (vmsubst notify)",
+    );
   } else {
     report.notes.push('the interrupted apply had not changed the disk');
   }
   if (removal.failed.length > 0) {
     throw new TargetError(
-      `recovery of the VM at ${qmpPath} could not remove: ${removal.failed.join('; ')}${report.removed.length ? ` (removed: ${report.removed.join(', ')})` : ''}${report.resumed ? '; the VM was resumed' : ''}`,
+      `recovery of the VM at ${qmpPath} could not remove: ${removal.failed.join('; ')}` +
+        (report.removed.length ? ` (removed: ${report.removed.join(', ')})` : '') +
+        (report.resumed ? '; the VM was resumed' : ''),
       `the state file ${file} is kept: fix the cause and run 'vmsubst recover --qmp ${qmpPath}' again`,
     );
   }
@@ -260,17 +408,30 @@ export async function recoverVm(qemu: Qemu, qmpPath: string, store: StateStore, 
   return report;
 }
 
-
 /** The error that leaves the VM held and the record kept, with the ways on (the bundle, or the dangerous resume). */
-function cannotComplete(qmpPath: string, file: string, store: StateStore, rec: ApplyRecord, vmStatus: string, why: string): TargetError {
+function cannotComplete(
+  qmpPath: string,
+  file: string,
+  store: StateStore,
+  rec: ApplyRecord,
+  vmStatus: string,
+  why: string,
+): TargetError {
   const dir = store.dir !== stateDir() ? ` --state-dir ${store.dir}` : '';
   return new TargetError(
-    `the apply of bundle ${rec.bundle.id.slice(0, 12)} on ${qmpPath} was killed while it wrote, and recovery cannot complete the write: ${why}. Nothing was changed: the VM is left ${vmStatus} and the state file ${file} is kept`,
-    `give the bundle (id ${rec.bundle.id}): 'vmsubst recover --qmp ${qmpPath}${dir} --bundle PATH'; or, DANGEROUS, 'vmsubst recover --qmp ${qmpPath}${dir} --resume-anyway' resumes the guest on a disk that may hold a mix of old and new content, which it can read inconsistently`,
+    `the apply of bundle ${rec.bundle.id.slice(0, 12)} on ${qmpPath} was killed while it wrote, and recovery ` +
+      `cannot complete the write: ${why}. Nothing was changed: the VM is left ${vmStatus} and the state file ` +
+      `${file} is kept`,
+    `give the bundle (id ${rec.bundle.id}): 'vmsubst recover --qmp ${qmpPath}${dir} --bundle PATH'; or, DANGEROUS, ` +
+      `'vmsubst recover --qmp ${qmpPath}${dir} --resume-anyway' resumes the guest on a disk that may hold a mix of ` +
+      `old and new content, which it can read inconsistently`,
   );
 }
 
-/** The recorded bundle: the caller's own when it is the recorded one, else opened (data verified) from --bundle or the recorded path, and checked to be the recorded id. */
+/**
+ * The recorded bundle: the caller's own when it is the recorded one, else opened (data verified) from --bundle or the
+ * recorded path, and checked to be the recorded id.
+ */
 async function recordedBundle(
   rec: ApplyRecord,
   options: RecoverOptions,
@@ -286,7 +447,9 @@ async function recordedBundle(
   try {
     b = await Bundle.open(path);
   } catch (e) {
-    throw refuse(`the bundle ${options.bundlePath !== undefined ? 'given' : 'recorded'} cannot be used: ${(e as Error).message}`);
+    throw refuse(
+      `the bundle ${options.bundlePath !== undefined ? 'given' : 'recorded'} cannot be used: ${(e as Error).message}`,
+    );
   }
   if (b.manifest.id !== id) {
     await b.close();
@@ -303,64 +466,108 @@ async function recordedBundle(
  * never writes under a running guest. Throws with the record kept on any
  * failure; what it made in the VM is removed again.
  */
-async function completeWrite(qemu: Qemu, qmpPath: string, file: string, store: StateStore, rec: ApplyRecord, options: RecoverOptions): Promise<Completion> {
+async function completeWrite(
+  qemu: Qemu,
+  qmpPath: string,
+  file: string,
+  store: StateStore,
+  rec: ApplyRecord,
+  options: RecoverOptions,
+): Promise<Completion> {
   const t0 = performance.now();
   const status = await qemu.queryStatus();
   const refuse = (why: string): TargetError => cannotComplete(qmpPath, file, store, rec, status.status, why);
-  if (MIGRATION_STATES.has(status.status)) throw refuse(`the VM is in state '${status.status}': its disk must not be written now`);
+  if (MIGRATION_STATES.has(status.status))
+    throw refuse(`the VM is in state '${status.status}': its disk must not be written now`);
   const { bundle, label, close } = await recordedBundle(rec, options, refuse);
   const { manifest } = bundle;
   try {
-    // What the killed apply left (export, server, bitmap, directory) goes; the export is made again under the same names.
+    // What the killed apply left (export, server, bitmap, directory) goes; the export is made again under the same
+    // names.
     const left = await findLeftovers(qemu, rec);
     const cleared = await removeLeftovers(qemu, rec, left.present);
-    if (cleared.failed.length > 0) throw refuse(`what the apply left could not be removed: ${cleared.failed.join('; ')}`);
-    const made: Present = { overlayNode: false, overlayFile: false, bitmap: false, export: false, nbdServer: false, socketDir: false };
+    if (cleared.failed.length > 0)
+      throw refuse(`what the apply left could not be removed: ${cleared.failed.join('; ')}`);
+    const made = new UndoStack();
     try {
-      await mkdir(rec['socket-dir'], { mode: 0o700 });
-      made.socketDir = true;
-      try {
-        await qemu.nbdServerStartUnix(rec['nbd-socket']);
-      } catch (e) {
-        if (e instanceof QmpError && /already running/i.test(e.desc)) throw refuse('another NBD server is running in this QEMU (QEMU has only one): stop it (nbd-server-stop) once its job is done');
-        throw e;
-      }
-      made.nbdServer = true;
-      await qemu.blockExportAdd({ id: rec.export, nodeName: rec.node, name: rec.export, writable: true });
-      made.export = true;
+      const busy = (): Error =>
+        refuse(
+          'another NBD server is running in this QEMU (QEMU has only one): stop it (nbd-server-stop) once its job ' +
+            'is done',
+        );
+      await openExport(qemu, rec, made, true, { busy });
       const nbd = await NbdClient.connect(rec['nbd-socket'], { exportName: rec.export });
-      try {
-        checkTargetSize(manifest, nbd.size, `the NBD export of node ${rec.node}`);
-        const target: BlockTarget = { size: nbd.size, read: (o, l) => nbd.read(o, l), write: (o, d) => nbd.write(o, d), flush: () => nbd.flush() };
-        const { states, verifiedBytes } = await inspectTarget(manifest, target);
-        const alreadyNew = states.filter((s) => s === 'new').length;
-        const neither = states.filter((s) => s === 'neither').length;
-        let written = { rangesWritten: 0, bytesWritten: 0 };
-        if (alreadyNew < states.length) {
-          if (status.running) {
-            throw refuse(
-              `the VM is running (it was resumed after the apply was killed) and ${states.length - alreadyNew} of ${states.length} ranges do not hold the new content: vmsubst never writes under a running guest; pause it ({"execute":"stop"}) and recover again to complete the write`,
-            );
-          }
-          // A range holding neither content was cut between two write requests: it is the bundle's to write too.
-          const todo: RangeState[] = states.map((s) => (s === 'new' ? 'new' : 'old'));
-          written = await writeRanges(bundle, target, todo);
-        } else {
-          // The apply may have died before its flush.
-          await nbd.flush();
-        }
-        const after = await inspectTarget(manifest, target);
-        const bad = after.states.filter((s) => s !== 'new').length;
-        if (bad > 0) throw refuse(`after writing, ${bad} of ${states.length} ranges still do not hold the new content (the disk is not what the record says)`);
-        return { bundle: label, ranges: states.length, rangesAlreadyNew: alreadyNew, rangesWritten: written.rangesWritten, rangesNeither: neither, bytesWritten: written.bytesWritten, verifiedBytes: verifiedBytes + after.verifiedBytes, ms: ms(performance.now() - t0) };
-      } finally {
-        await nbd.disconnect().catch(() => nbd.close());
-      }
+      made.defer('NBD connection', () => nbd.disconnect().catch(() => nbd.close()));
+      checkTargetSize(manifest, nbd.size, `the NBD export of node ${rec.node}`);
+      return await completeOver(bundle, nbdTarget(nbd), status.running, refuse, {
+        label,
+        t0,
+        flush: () => nbd.flush(),
+      });
     } finally {
       // Removed again in any case; a failure here is found and reported by the clean-up that follows.
-      await removeLeftovers(qemu, rec, made);
+      await made.unwind();
     }
   } finally {
     await close();
   }
+}
+
+/** A BlockTarget over an NBD connection. */
+export function nbdTarget(nbd: NbdClient): BlockTarget {
+  return { size: nbd.size, read: (o, l) => nbd.read(o, l), write: (o, d) => nbd.write(o, d), flush: () => nbd.flush() };
+}
+
+/**
+ * The write of completeWrite, over the re-made export: every range that does
+ * not hold the new content yet gets it (a running VM is refused), then every
+ * range must hold it.
+ */
+async function completeOver(
+  bundle: BundleData,
+  target: BlockTarget,
+  running: boolean,
+  refuse: (why: string) => TargetError,
+  c: { label: string; t0: number; flush: () => Promise<void> },
+): Promise<Completion> {
+  const { manifest } = bundle;
+  const { states, verifiedBytes } = await inspectTarget(manifest, target);
+  const alreadyNew = states.filter((s) => s === 'new').length;
+  const neither = states.filter((s) => s === 'neither').length;
+  const todo = states.length - alreadyNew;
+  if (todo > 0 && running) {
+    throw refuse(
+      `the VM is running (it was resumed after the apply was killed) and ${todo} of ${states.length} ranges ` +
+        'do not hold the new content: vmsubst never writes under a running guest; ' +
+        'pause it ({"execute":"stop"}) and recover again to complete the write',
+    );
+  }
+  // A range holding neither content was cut between two write requests: it is the bundle's to write too.
+  const written =
+    todo > 0
+      ? await writeRanges(
+          bundle,
+          target,
+          states.map((s): RangeState => (s === 'new' ? 'new' : 'old')),
+        )
+      : // The apply may have died before its flush.
+        await c.flush().then(() => ({ rangesWritten: 0, bytesWritten: 0 }));
+  const after = await inspectTarget(manifest, target);
+  const bad = after.states.filter((s) => s !== 'new').length;
+  if (bad > 0) {
+    throw refuse(
+      `after writing, ${bad} of ${states.length} ranges still do not hold the new content (the disk is not what ` +
+        `the record says)`,
+    );
+  }
+  return {
+    bundle: c.label,
+    ranges: states.length,
+    rangesAlreadyNew: alreadyNew,
+    rangesWritten: written.rangesWritten,
+    rangesNeither: neither,
+    bytesWritten: written.bytesWritten,
+    verifiedBytes: verifiedBytes + after.verifiedBytes,
+    ms: ms(performance.now() - c.t0),
+  };
 }

@@ -29,7 +29,10 @@ export function stateDir(option?: string): string {
 export const ApplyRecord = Type.Object(
   {
     format: Type.Literal(1),
-    /** The vmsubst process that wrote it, and that process's start time (/proc/PID/stat field 22), so a reused pid is not taken for it. */
+    /**
+     * The vmsubst process that wrote it, and that process's start time (/proc/PID/stat field 22), so a reused pid is
+     * not taken for it.
+     */
     pid: Type.Integer({ minimum: 1 }),
     'pid-start': Type.String(),
     'started-at': Type.String(),
@@ -97,21 +100,36 @@ export class StateStore {
       text = await readFile(file, 'utf8');
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw new TargetError(`cannot read the apply state file ${file}: ${(e as Error).message}`, 'run as the user that runs vmsubst apply (root), or give the same --state-dir', { cause: e });
+      throw new TargetError(
+        `cannot read the apply state file ${file}: ${(e as Error).message}`,
+        'run as the user that runs vmsubst apply (root), or give the same --state-dir',
+        { cause: e },
+      );
     }
     let value: unknown;
     try {
       value = JSON.parse(text);
     } catch (e) {
-      throw new TargetError(`the apply state file ${file} is not JSON: ${(e as Error).message}`, 'it was not written by vmsubst: look at it, check the VM by hand (query-block-exports, query-status), then remove it');
+      throw new TargetError(
+        `the apply state file ${file} is not JSON: ${(e as Error).message}`,
+        'it was not written by vmsubst: look at it, check the VM by hand (query-block-exports, query-status), then ' +
+          'remove it',
+      );
     }
     const problems = validate.problems(value);
     if (problems.length > 0) {
-      throw new TargetError(`the apply state file ${file} is not valid: ${problems.slice(0, 3).join('; ')}`, 'it was written by another vmsubst version or by hand: check the VM by hand (query-block-exports, query-status), then remove it');
+      throw new TargetError(
+        `the apply state file ${file} is not valid: ${problems.slice(0, 3).join('; ')}`,
+        'it was written by another vmsubst version or by hand: check the VM by hand (query-block-exports, ' +
+          'query-status), then remove it',
+      );
     }
     const record = value as ApplyRecord;
     if (record.qmp !== (await realpath(qmpPath).catch(() => resolve(qmpPath)))) {
-      throw new TargetError(`the apply state file ${file} is for ${record.qmp}, not ${qmpPath}`, 'two QMP sockets hash to one name, or the file was copied: check it by hand, then remove it');
+      throw new TargetError(
+        `the apply state file ${file} is for ${record.qmp}, not ${qmpPath}`,
+        'two QMP sockets hash to one name, or the file was copied: check it by hand, then remove it',
+      );
     }
     return { file, record };
   }
@@ -134,7 +152,12 @@ export class StateStore {
     try {
       await mkdir(this.dir, { recursive: true, mode: 0o700 });
     } catch (e) {
-      throw new TargetError(`cannot create the apply state directory ${this.dir}: ${(e as Error).message}`, 'an apply records what it creates in the VM there, so a crash leaves nothing unknown: run as root, or set VMSUBST_STATE_DIR (or --state-dir) to a directory you can write', { cause: e });
+      throw new TargetError(
+        `cannot create the apply state directory ${this.dir}: ${(e as Error).message}`,
+        'an apply records what it creates in the VM there, so a crash leaves nothing unknown: run as root, or set ' +
+          'VMSUBST_STATE_DIR (or --state-dir) to a directory you can write',
+        { cause: e },
+      );
     }
     const tmp = `${file}.${process.pid}.tmp`;
     const h = await open(tmp, 'w', 0o600);

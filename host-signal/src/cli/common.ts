@@ -3,6 +3,7 @@
  * output switch with its progress bar, and loading keys and customization.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { Static, TSchema } from '@sinclair/typebox';
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { keyId } from '@vmsubst/common/protocol/signature';
 import { readFile } from 'node:fs/promises';
@@ -18,6 +19,8 @@ export interface Command {
   readonly synopsis: string;
   readonly summary: string;
   readonly help: string;
+  /** The schema of its --json document (output.ts). */
+  readonly output: TSchema;
   /** Resolves with the exit status when it is not 0 although the command ran (e.g. a rollout with failed VMs). */
   run(args: string[]): Promise<void | number>;
 }
@@ -32,7 +35,11 @@ export class Output {
   constructor(readonly json: boolean) {
     this.progress = new ProgressBar(process.stderr, !json && process.stderr.isTTY === true);
   }
-  result(value: unknown, human: () => string): void {
+  /**
+   * Prints the result: with --json `value`, a document of `schema` (output.ts;
+   * the compiler checks it against the schema), else the human text.
+   */
+  result<S extends TSchema>(_schema: S, value: Static<S>, human: () => string): void {
     this.progress.clear();
     if (this.json) process.stdout.write(JSON.stringify(value, null, 2) + '\n');
     else process.stdout.write(human() + '\n');
@@ -43,13 +50,19 @@ export function parse<O extends ParseArgsConfig['options']>(command: string, arg
   try {
     return parseArgs({ args, options: { ...COMMON, ...options }, allowPositionals: true, strict: true });
   } catch (e) {
-    throw new UsageError(`${command}: ${(e as Error).message.replace(/\. To specify a positional argument.*$/s, '')}`, `see 'vmsubst ${command} --help'`);
+    throw new UsageError(
+      `${command}: ${(e as Error).message.replace(/\. To specify a positional argument.*$/s, '')}`,
+      `see 'vmsubst ${command} --help'`,
+    );
   }
 }
 
 export function positionals(command: string, got: string[], names: string[]): string[] {
   if (got.length !== names.length) {
-    const which = got.length < names.length ? `missing ${names.slice(got.length).join(' ')}` : `unexpected argument '${got[names.length]!}'`;
+    const which =
+      got.length < names.length
+        ? `missing ${names.slice(got.length).join(' ')}`
+        : `unexpected argument '${got[names.length]!}'`;
     throw new UsageError(`${command}: ${which}`, `see 'vmsubst ${command} --help'`);
   }
   return got;
@@ -58,7 +71,11 @@ export function positionals(command: string, got: string[], names: string[]): st
 /** A positive integer option value, or a usage error naming the option. */
 export function positiveInt(command: string, option: string, value: string): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${command}: ${option} ${value}: expected a positive whole number`, `see 'vmsubst ${command} --help'`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new UsageError(
+      `${command}: ${option} ${value}: expected a positive whole number`,
+      `see 'vmsubst ${command} --help'`,
+    );
   return n;
 }
 
@@ -74,14 +91,21 @@ export async function loadPrivateKey(path: string, option = '--sign'): Promise<K
   try {
     key = createPrivateKey(await readFile(path));
   } catch (e) {
-    throw new UsageError(`${option} ${path}: not a readable private key (${(e as Error).message})`, "make one with 'vmsubst keygen --out PREFIX'");
+    throw new UsageError(
+      `${option} ${path}: not a readable private key (${(e as Error).message})`,
+      "make one with 'vmsubst keygen --out PREFIX'",
+    );
   }
-  if (key.asymmetricKeyType !== 'ed25519') throw new UsageError(`${option} ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
+  if (key.asymmetricKeyType !== 'ed25519')
+    throw new UsageError(`${option} ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
   return key;
 }
 
 /** Public keys (PEM, from vmsubst keygen) by key id, for --trusted-key. */
-export async function loadPublicKeys(paths: readonly string[], option = '--trusted-key'): Promise<Map<string, KeyObject>> {
+export async function loadPublicKeys(
+  paths: readonly string[],
+  option = '--trusted-key',
+): Promise<Map<string, KeyObject>> {
   const keys = new Map<string, KeyObject>();
   for (const path of paths) {
     let key: KeyObject;
@@ -90,9 +114,13 @@ export async function loadPublicKeys(paths: readonly string[], option = '--trust
       if (pem.includes('PRIVATE KEY')) throw new Error('this is a private key; give the public half (PREFIX.pub)');
       key = createPublicKey(pem);
     } catch (e) {
-      throw new UsageError(`${option} ${path}: not a readable public key (${(e as Error).message})`, "give the PREFIX.pub written by 'vmsubst keygen'");
+      throw new UsageError(
+        `${option} ${path}: not a readable public key (${(e as Error).message})`,
+        "give the PREFIX.pub written by 'vmsubst keygen'",
+      );
     }
-    if (key.asymmetricKeyType !== 'ed25519') throw new UsageError(`${option} ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
+    if (key.asymmetricKeyType !== 'ed25519')
+      throw new UsageError(`${option} ${path}: an ${key.asymmetricKeyType} key; Ed25519 is required`);
     keys.set(keyId(key), key);
   }
   return keys;
@@ -108,6 +136,7 @@ export async function loadCustomization(path: string): Promise<Customization> {
     throw new UsageError(`--customize ${path}: ${(e as Error).message}`);
   }
   const problems = validateCustomization.problems(value);
-  if (problems.length > 0) throw new UsageError(`--customize ${path}: ${problems.join('; ')}`, "see 'vmsubst notify --help'");
+  if (problems.length > 0)
+    throw new UsageError(`--customize ${path}: ${problems.join('; ')}`, "see 'vmsubst notify --help'");
   return value as Customization;
 }

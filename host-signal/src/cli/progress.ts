@@ -20,7 +20,9 @@ export class ProgressBar {
     this.#last = now;
     const fraction = total > 0 ? Math.min(1, done / total) : 1;
     const prefix = `${label.padEnd(8)} `;
-    const suffix = ` ${String(Math.floor(fraction * 100)).padStart(3)}%  ${text ?? `${formatBytes(done)} / ${formatBytes(total)}`}`;
+    const suffix =
+      ` ${String(Math.floor(fraction * 100)).padStart(3)}%  ` +
+      `${text ?? `${formatBytes(done)} / ${formatBytes(total)}`}`;
     const width = Math.max(10, Math.min(40, (this.stream.columns || 80) - prefix.length - suffix.length - 3));
     const filled = Math.round(fraction * width);
     this.stream.write(`\r${prefix}[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]${suffix}\x1b[K`);

@@ -1,6 +1,12 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { isQemuLock, locksOn, substitute, type BlockTarget, type BundleData } from '../../../host-signal/src/apply/index.js';
+import {
+  isQemuLock,
+  locksOn,
+  substitute,
+  type BlockTarget,
+  type BundleData,
+} from '../../../host-signal/src/apply/index.js';
 import { planBundle, type BundleRange } from '../../../host-signal/src/bundle/index.js';
 import { bufferSource, diffSources } from '../../../host-signal/src/diff/index.js';
 import { BaseMismatchError, BundleError, CancelledError, TargetError } from '../../../host-signal/src/errors.js';
@@ -43,7 +49,11 @@ function memoryTarget(disk: Buffer): BlockTarget & { writes: [number, number][];
 }
 
 const Core = suite('apply: verify then write');
-const EDITS: [number, number][] = [[B, 1], [10 * B, 2 * B], [40 * B, 1]];
+const EDITS: [number, number][] = [
+  [B, 1],
+  [10 * B, 2 * B],
+  [40 * B, 1],
+];
 
 Core('writes exactly the changed ranges, then flushes', async () => {
   const base = image(SIZE);
@@ -52,7 +62,11 @@ Core('writes exactly the changed ranges, then flushes', async () => {
   const target = memoryTarget(disk);
   const r = await substitute(await memoryBundle(base, patched), target);
   assert.is(r.status, 'applied');
-  assert.equal(target.writes, [[B, B], [10 * B, 2 * B], [40 * B, B]]);
+  assert.equal(target.writes, [
+    [B, B],
+    [10 * B, 2 * B],
+    [40 * B, B],
+  ]);
   assert.is(target.flushes, 1);
   assert.is(r.bytesWritten, 4 * B);
   assert.is(r.rangesWritten, 3);
@@ -78,7 +92,10 @@ Core('a range holding neither old nor new content refuses the whole bundle and w
   const target = memoryTarget(disk);
   const err = await substitute(await memoryBundle(base, patched), target).catch((e: unknown) => e);
   assert.instance(err, BaseMismatchError);
-  assert.match((err as Error).message, /not based on this bundle's base: 1 of 3 ranges hold neither.*8192 bytes at offset 40960/);
+  assert.match(
+    (err as Error).message,
+    /not based on this bundle's base: 1 of 3 ranges hold neither.*8192 bytes at offset 40960/,
+  );
   assert.equal((err as BaseMismatchError).ranges, [{ offset: 10 * B, length: 2 * B }]);
   assert.equal(target.writes, []);
   assert.ok(disk.equals(before));
@@ -93,7 +110,10 @@ Core('a partly applied disk gets only the ranges still holding old content', asy
   const r = await substitute(await memoryBundle(base, patched), target);
   assert.is(r.status, 'applied');
   assert.is(r.rangesAlreadyNew, 1);
-  assert.equal(target.writes, [[10 * B, 2 * B], [40 * B, B]]);
+  assert.equal(target.writes, [
+    [10 * B, 2 * B],
+    [40 * B, B],
+  ]);
   assert.ok(disk.equals(patched));
 });
 
@@ -105,13 +125,19 @@ Core('a target of another size is refused before anything is read', async () => 
   target.read = (o, l) => (reads++, read(o, l));
   const err = await substitute(await memoryBundle(base, patch(base, EDITS)), target).catch((e: unknown) => e);
   assert.instance(err, BaseMismatchError);
-  assert.match((err as Error).message, /target is not based on this bundle's base: the target is 524288 bytes, the base image was 262144 bytes/);
+  assert.match(
+    (err as Error).message,
+    /target is not based on this bundle's base: the target is 524288 bytes, the base image was 262144 bytes/,
+  );
   assert.is(reads, 0);
 });
 
 Core('an unverified bundle is refused', async () => {
   const base = image(SIZE);
-  const err = await substitute(await memoryBundle(base, patch(base, EDITS), false), memoryTarget(Buffer.from(base))).catch((e: unknown) => e);
+  const err = await substitute(
+    await memoryBundle(base, patch(base, EDITS), false),
+    memoryTarget(Buffer.from(base)),
+  ).catch((e: unknown) => e);
   assert.instance(err, BundleError);
 });
 
@@ -119,7 +145,12 @@ Core('bundle data that no longer matches its hash is never written', async () =>
   const base = image(SIZE);
   const patched = patch(base, EDITS);
   const bundle = await memoryBundle(base, patched);
-  const evil: BundleData = { ...bundle, manifest: bundle.manifest, verified: true, readData: async (r) => Buffer.alloc(r.length, 7) };
+  const evil: BundleData = {
+    ...bundle,
+    manifest: bundle.manifest,
+    verified: true,
+    readData: async (r) => Buffer.alloc(r.length, 7),
+  };
   const target = memoryTarget(Buffer.from(base));
   const err = await substitute(evil, target).catch((e: unknown) => e);
   assert.instance(err, BundleError);
@@ -153,7 +184,9 @@ Core('cancellation before writing writes nothing', async () => {
   const target = memoryTarget(Buffer.from(base));
   const ac = new AbortController();
   ac.abort();
-  const err = await substitute(await memoryBundle(base, patch(base, EDITS)), target, { signal: ac.signal }).catch((e: unknown) => e);
+  const err = await substitute(await memoryBundle(base, patch(base, EDITS)), target, { signal: ac.signal }).catch(
+    (e: unknown) => e,
+  );
   assert.instance(err, CancelledError);
   assert.equal(target.writes, []);
 });
@@ -177,12 +210,15 @@ const dev = (major: number, minor: number): bigint => BigInt((major << 8) | mino
 
 Locks('finds OFD locks on the file by device and inode', () => {
   const text = '1: OFDLCK ADVISORY  READ  -1 fe:00:2154772 100 101\n2: POSIX  ADVISORY  WRITE 812 08:01:99 0 EOF\n';
-  assert.equal(locksOn(text, dev(0xfe, 0), 2154772n), [{ kind: 'OFDLCK', access: 'READ', pid: -1, start: 100, end: 101 }]);
+  assert.equal(locksOn(text, dev(0xfe, 0), 2154772n), [
+    { kind: 'OFDLCK', access: 'READ', pid: -1, start: 100, end: 101 },
+  ]);
   assert.equal(locksOn(text, dev(8, 1), 99n), [{ kind: 'POSIX', access: 'WRITE', pid: 812, start: 0, end: Infinity }]);
 });
 
 Locks("tells QEMU's permission-byte locks from other locks", () => {
-  const text = '1: OFDLCK ADVISORY  READ  -1 fe:00:7 100 101\n2: OFDLCK ADVISORY  WRITE -1 fe:00:7 0 EOF\n3: POSIX  ADVISORY  READ 9 fe:00:7 100 100\n';
+  const text =
+    '1: OFDLCK ADVISORY  READ  -1 fe:00:7 100 101\n2: OFDLCK ADVISORY  WRITE -1 fe:00:7 0 EOF\n3: POSIX  ADVISORY  READ 9 fe:00:7 100 100\n';
   assert.equal(locksOn(text, dev(0xfe, 0), 7n).map(isQemuLock), [true, false, false]);
 });
 

@@ -9,7 +9,10 @@ const tmp = new TempDir();
 Cli.after(() => tmp.remove());
 
 const base = image(2 * MiB);
-const patched = patch(base, [[4096, 1], [MiB, 10000]]);
+const patched = patch(base, [
+  [4096, 1],
+  [MiB, 10000],
+]);
 const basePath = tmp.file('base.img', base);
 const patchedPath = tmp.file('patched.img', patched);
 
@@ -72,7 +75,10 @@ Cli('diff, inspect and apply --image work end to end with --json', async () => {
   assert.is(applied['written'], 4 * 4096);
   assert.ok(readFileSync(disk).equals(patched));
 
-  const again = JSON.parse((await vmsubst(['apply', bundle, '--image', disk, '--json'])).stdout) as Record<string, unknown>;
+  const again = JSON.parse((await vmsubst(['apply', bundle, '--image', disk, '--json'])).stdout) as Record<
+    string,
+    unknown
+  >;
   assert.is(again['status'], 'already-applied');
   assert.is(again['written'], 0);
 });
@@ -93,7 +99,14 @@ Cli('failures print "vmsubst:" and "hint:" and exit 1', async () => {
 });
 
 Cli('with --json a failure is one JSON error document on stdout', async () => {
-  const r = await vmsubst(['diff', basePath, tmp.file('short.img', Buffer.alloc(4096)), '-o', tmp.file('x.vsb'), '--json']);
+  const r = await vmsubst([
+    'diff',
+    basePath,
+    tmp.file('short.img', Buffer.alloc(4096)),
+    '-o',
+    tmp.file('x.vsb'),
+    '--json',
+  ]);
   assert.is(r.code, 1);
   const doc = JSON.parse(r.stdout) as { error: { code: string; message: string; hint: string } };
   assert.is(doc.error.code, 'E_VMSUBST_DIFF');

@@ -6,14 +6,24 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { alignedClusterSize, buildOverlay, changedClusters, type BundleData } from '../../../host-signal/src/apply/index.js';
+import {
+  alignedClusterSize,
+  buildOverlay,
+  changedClusters,
+  type BundleData,
+} from '../../../host-signal/src/apply/index.js';
 import { planBundle, type BundleRange, type Manifest } from '../../../host-signal/src/bundle/index.js';
 import { bufferSource, diffSources } from '../../../host-signal/src/diff/index.js';
 import { BundleError, TargetError } from '../../../host-signal/src/errors.js';
 import { KiB, TempDir, image, patch } from './fixtures.js';
 
 const SIZE = 1024 * KiB;
-const EDITS: [number, number][] = [[100, 1], [68 * KiB, 8 * KiB], [512 * KiB, 1], [SIZE - 1, 1]];
+const EDITS: [number, number][] = [
+  [100, 1],
+  [68 * KiB, 8 * KiB],
+  [512 * KiB, 1],
+  [SIZE - 1, 1],
+];
 
 async function memoryBundle(base: Buffer, patched: Buffer, tamper = false): Promise<BundleData> {
   const d = await diffSources(bufferSource(base), bufferSource(patched));
@@ -101,7 +111,8 @@ O('the overlay allocates exactly the changed clusters; each reads as PATCHED, fi
     assert.is(q.backing, 'base.img');
     assert.equal([...q.clusters.keys()], changedClusters(bundle.manifest, cs));
     assert.is(w.dataClusters, q.clusters.size);
-    for (const [c, data] of q.clusters) assert.ok(data.equals(patched.subarray(c * cs, (c + 1) * cs)), `cluster ${c} of ${cs}`);
+    for (const [c, data] of q.clusters)
+      assert.ok(data.equals(patched.subarray(c * cs, (c + 1) * cs)), `cluster ${c} of ${cs}`);
   }
 });
 
@@ -115,7 +126,7 @@ O('a partly changed cluster without a fill source is an error, and no file is le
   assert.equal(readdirSync(tmp.path), []);
 });
 
-O("bundle data that no longer matches its hash is refused, and no file is left", async () => {
+O('bundle data that no longer matches its hash is refused, and no file is left', async () => {
   const base = image(SIZE);
   const bundle = await memoryBundle(base, patch(base, EDITS), true);
   const path = tmp.file('tampered.qcow2');
@@ -124,12 +135,25 @@ O("bundle data that no longer matches its hash is refused, and no file is left",
 });
 
 O('the overlay mode cluster size: the largest power of two up to 64K every range starts and ends on', () => {
-  const m = (ranges: [number, number][], size = SIZE): Manifest => ({ base: { size }, ranges: ranges.map(([offset, length]) => ({ offset, length })) }) as unknown as Manifest;
+  const m = (ranges: [number, number][], size = SIZE): Manifest =>
+    ({ base: { size }, ranges: ranges.map(([offset, length]) => ({ offset, length })) }) as unknown as Manifest;
   assert.is(alignedClusterSize(m([[0, 64 * KiB]])), 64 * KiB);
   assert.is(alignedClusterSize(m([[8 * KiB, 64 * KiB]])), 8 * KiB);
-  assert.is(alignedClusterSize(m([[4 * KiB, 4 * KiB], [128 * KiB, 64 * KiB]])), 4 * KiB);
+  assert.is(
+    alignedClusterSize(
+      m([
+        [4 * KiB, 4 * KiB],
+        [128 * KiB, 64 * KiB],
+      ]),
+    ),
+    4 * KiB,
+  );
   assert.is(alignedClusterSize(m([[SIZE - 4 * KiB, 4 * KiB]])), 4 * KiB);
-  assert.is(alignedClusterSize(m([[16 * KiB, 1000]], 16 * KiB + 1000)), 16 * KiB, 'a range ending the disk may end anywhere');
+  assert.is(
+    alignedClusterSize(m([[16 * KiB, 1000]], 16 * KiB + 1000)),
+    16 * KiB,
+    'a range ending the disk may end anywhere',
+  );
 });
 
 O.run();

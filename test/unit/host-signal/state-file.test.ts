@@ -16,9 +16,23 @@ S.after.each(() => rmSync(dir, { recursive: true, force: true }));
 
 function record(qmp: string, over: Partial<ApplyRecord> = {}): ApplyRecord {
   return {
-    format: 1, pid: 999_999_999, 'pid-start': '1', 'started-at': '2026-12-05T00:00:00.000Z', qmp, uuid: '00000000-0000-0000-0000-000000000000',
-    bundle: { id: 'ab'.repeat(32) }, mode: 'nbd', node: 'disk0', 'socket-dir': '/tmp/x.d', 'nbd-socket': '/tmp/x.d/nbd.sock',
-    export: 'vmsubst-0', bitmap: 'vmsubst-0', 'was-running': true, paused: false, phase: 'verifying', ...over,
+    format: 1,
+    pid: 999_999_999,
+    'pid-start': '1',
+    'started-at': '2026-12-05T00:00:00.000Z',
+    qmp,
+    uuid: '00000000-0000-0000-0000-000000000000',
+    bundle: { id: 'ab'.repeat(32) },
+    mode: 'nbd',
+    node: 'disk0',
+    'socket-dir': '/tmp/x.d',
+    'nbd-socket': '/tmp/x.d/nbd.sock',
+    export: 'vmsubst-0',
+    bitmap: 'vmsubst-0',
+    'was-running': true,
+    paused: false,
+    phase: 'verifying',
+    ...over,
   };
 }
 

@@ -1,14 +1,40 @@
 /** `vmsubst apply`. */
-import type { DiskRef } from '@vmsubst/common/protocol/schema';
-import { applyAndTell, applyToImage, applyToQemu, commitApplied, NO_AGENT_ACTIONS, NOT_TOLD, type ApplyPhase, type ApplyResult, type GuestOutcome, type NoAgentAction } from '../../apply/index.js';
+import type { KeyObject } from 'node:crypto';
+import type { Customization, DiskRef } from '@vmsubst/common/protocol/schema';
+import {
+  applyAndTell,
+  applyToImage,
+  applyToQemu,
+  commitApplied,
+  NO_AGENT_ACTIONS,
+  NOT_TOLD,
+  type ApplyPhase,
+  type ApplyResult,
+  type GuestOutcome,
+  type NoAgentAction,
+  type OverlayOutcome,
+  type QemuApplyOptions,
+  type QemuApplyResult,
+} from '../../apply/index.js';
+import type { Static } from '@sinclair/typebox';
+import { ApplyOutput, type ApplyJson, type OverlayJson } from '../output.js';
 import { agentOutcomeJson } from '../report.js';
 import { recoveryHuman, recoveryJson } from './recover.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
 import { UsageError, VmsubstError } from '../../errors.js';
-import { makeSigner, notificationArgs, parseAgentTarget } from '../../notify/index.js';
+import { makeSigner, notificationArgs, parseAgentTarget, type AgentTarget } from '../../notify/index.js';
 import { systemReset, vmUuid } from '../../qmp/commands.js';
 import { formatBytes, plural } from '../format.js';
-import { Output, helpRequested, loadCustomization, loadPrivateKey, loadPublicKeys, parse, positionals, type Command } from '../common.js';
+import {
+  Output,
+  helpRequested,
+  loadCustomization,
+  loadPrivateKey,
+  loadPublicKeys,
+  parse,
+  positionals,
+  type Command,
+} from '../common.js';
 
 const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--mode nbd|overlay] [--device ID | --node NAME]
                      [--overlay PATH] [--commit] [--state-dir DIR] [--notify ADDR ...]
@@ -99,143 +125,282 @@ Telling the guest (two-phase when its agent supports it):
   --json              print the result as JSON
 `;
 
+/** The options of `vmsubst apply` (parseArgs), besides --json and --help. */
+export const APPLY_OPTIONS = {
+  qmp: { type: 'string' },
+  device: { type: 'string' },
+  node: { type: 'string' },
+  image: { type: 'string' },
+  mode: { type: 'string' },
+  overlay: { type: 'string' },
+  commit: { type: 'boolean' },
+  notify: { type: 'string' },
+  'disk-serial': { type: 'string' },
+  'disk-path': { type: 'string' },
+  sign: { type: 'string' },
+  customize: { type: 'string' },
+  force: { type: 'boolean' },
+  timeout: { type: 'string' },
+  'trusted-key': { type: 'string', multiple: true },
+  'on-no-agent': { type: 'string' },
+  'state-dir': { type: 'string' },
+  'allow-writer': { type: 'string', multiple: true },
+} as const;
+
 type Mode = 'nbd' | 'overlay' | 'raw-file';
 const MODES: readonly Mode[] = ['nbd', 'overlay', 'raw-file'];
 
-async function run(args: string[]): Promise<void> {
-  const { values, positionals: pos } = parse('apply', args, {
-    qmp: { type: 'string' },
-    device: { type: 'string' },
-    node: { type: 'string' },
-    image: { type: 'string' },
-    mode: { type: 'string' },
-    overlay: { type: 'string' },
-    commit: { type: 'boolean' },
-    notify: { type: 'string' },
-    'disk-serial': { type: 'string' },
-    'disk-path': { type: 'string' },
-    sign: { type: 'string' },
-    customize: { type: 'string' },
-    force: { type: 'boolean' },
-    timeout: { type: 'string' },
-    'trusted-key': { type: 'string', multiple: true },
-    'on-no-agent': { type: 'string' },
-    'state-dir': { type: 'string' },
-    'allow-writer': { type: 'string', multiple: true },
-  });
-  if (helpRequested(HELP, values)) return;
+/** Where the blocks go: a running QEMU (through QMP), or a raw image file. */
+export type ApplyTarget =
+  | {
+      kind: 'qemu';
+      qmp: string;
+      options: Pick<QemuApplyOptions, 'mode' | 'device' | 'node' | 'overlayPath' | 'stateDir'>;
+      /** --commit: merge the overlay (after the agent's commit when the guest is told). */
+      commit: boolean;
+    }
+  | { kind: 'image'; path: string; allowWriters: number[] };
+
+/** The guest's agent, when --notify gives its address; the files named here are read by run(). */
+export interface ApplyNotify {
+  agent: AgentTarget;
+  disk: DiskRef;
+  signKey?: string;
+  customize?: string;
+  force: boolean;
+  timeoutMs?: number;
+}
+
+/** `vmsubst apply`'s command line, checked: every option and combination resolved. */
+export interface ApplyRequest {
+  bundlePath: string;
+  target: ApplyTarget;
+  notify?: ApplyNotify;
+  onNoAgent: NoAgentAction;
+  trustedKeys: string[];
+  json: boolean;
+}
+
+type ApplyValues = ReturnType<typeof parse<typeof APPLY_OPTIONS>>['values'];
+
+const usage = (msg: string): UsageError => new UsageError(`apply: ${msg}`, "see 'vmsubst apply --help'");
+
+/**
+ * Checks `vmsubst apply`'s options and returns what they ask for; a wrong
+ * combination is a UsageError (E_VMSUBST_USAGE, exit status 2) with a hint.
+ * Reads no file: keys and customization are loaded by run().
+ */
+export function applyRequest(values: ApplyValues, pos: string[]): ApplyRequest {
   const [bundlePath] = positionals('apply', pos, ['BUNDLE']) as [string];
-  const usage = (msg: string): UsageError => new UsageError(`apply: ${msg}`, "see 'vmsubst apply --help'");
-  if ((values.qmp === undefined) === (values.image === undefined)) throw usage('give exactly one of --qmp SOCK or --image PATH');
+  if ((values.qmp === undefined) === (values.image === undefined))
+    throw usage('give exactly one of --qmp SOCK or --image PATH');
   const mode = (values.mode ?? (values.qmp !== undefined ? 'nbd' : 'raw-file')) as Mode;
   if (!MODES.includes(mode)) throw usage(`--mode ${values.mode}: expected one of ${MODES.join(', ')}`);
-  if (values.image !== undefined && mode !== 'raw-file') throw usage(`--mode ${mode} writes through QEMU: give --qmp SOCK, not --image`);
-  if (values.qmp !== undefined && mode === 'raw-file') {
-    throw usage('--mode raw-file writes an image file (--image PATH); a running QEMU must be written through QMP (--mode nbd or overlay)');
+  const target =
+    values.qmp !== undefined ? qemuTarget(values, values.qmp, mode) : imageTarget(values, values.image!, mode);
+  const notify = notifyRequest(values);
+  const onNoAgent = (values['on-no-agent'] ?? 'warn') as NoAgentAction;
+  if (!NO_AGENT_ACTIONS.includes(onNoAgent))
+    throw usage(`--on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`);
+  if (onNoAgent === 'reset' && target.kind !== 'qemu') {
+    throw usage(
+      '--on-no-agent=reset restarts the VM with QMP system_reset: give --qmp SOCK ' +
+        '(for another hypervisor, restart the VM through its own API)',
+    );
   }
-  if (values.image !== undefined && (values.device !== undefined || values.node !== undefined)) throw usage('--device and --node go with --qmp, not --image');
+  return {
+    bundlePath,
+    target,
+    ...(notify ? { notify } : {}),
+    onNoAgent,
+    trustedKeys: values['trusted-key'] ?? [],
+    json: values.json === true,
+  };
+}
+
+function qemuTarget(values: ApplyValues, qmp: string, mode: Mode): ApplyTarget {
+  if (mode === 'raw-file') {
+    throw usage(
+      '--mode raw-file writes an image file (--image PATH); a running QEMU must be written through QMP (--mode nbd ' +
+        'or overlay)',
+    );
+  }
   if (values.device !== undefined && values.node !== undefined) throw usage('give --device or --node, not both');
-  if (values.image !== undefined && values['state-dir'] !== undefined) throw usage('--state-dir goes with --qmp (the raw-file mode makes nothing in a VM)');
-  if (values.qmp !== undefined && values['allow-writer'] !== undefined) throw usage('--allow-writer goes with --image (QEMU is written through QMP)');
+  if (values['allow-writer'] !== undefined)
+    throw usage('--allow-writer goes with --image (QEMU is written through QMP)');
+  if (mode !== 'overlay' && (values.overlay !== undefined || values.commit))
+    throw usage('--overlay and --commit go with --mode overlay');
+  const options = {
+    mode,
+    ...(values.device !== undefined ? { device: values.device } : {}),
+    ...(values.node !== undefined ? { node: values.node } : {}),
+    ...(values.overlay !== undefined ? { overlayPath: values.overlay } : {}),
+    ...(values['state-dir'] !== undefined ? { stateDir: values['state-dir'] } : {}),
+  };
+  return { kind: 'qemu', qmp, options, commit: values.commit === true };
+}
+
+function imageTarget(values: ApplyValues, path: string, mode: Mode): ApplyTarget {
+  if (mode !== 'raw-file') throw usage(`--mode ${mode} writes through QEMU: give --qmp SOCK, not --image`);
+  if (values.device !== undefined || values.node !== undefined)
+    throw usage('--device and --node go with --qmp, not --image');
+  if (values['state-dir'] !== undefined)
+    throw usage('--state-dir goes with --qmp (the raw-file mode makes nothing in a VM)');
   const allowWriters = (values['allow-writer'] ?? []).map((p) => {
     if (!/^[1-9]\d*$/.test(p)) throw usage(`--allow-writer ${p}: expected a process id`);
     return Number(p);
   });
-  if (mode !== 'overlay' && (values.overlay !== undefined || values.commit)) throw usage('--overlay and --commit go with --mode overlay');
-  const agentOnly = ['disk-serial', 'disk-path', 'sign', 'customize', 'timeout', 'force'] as const;
-  const stray = agentOnly.find((k) => values[k] !== undefined);
-  if (values.notify === undefined && stray) throw usage(`--${stray} goes with --notify ADDR`);
-  if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined) throw usage('give --disk-serial or --disk-path, not both');
-  let timeoutMs: number | undefined;
-  if (values.timeout !== undefined) {
-    const sec = Number(values.timeout);
-    if (!(sec > 0)) throw usage(`--timeout ${values.timeout}: expected a positive number of seconds`);
-    timeoutMs = sec * 1000;
-  }
-  const onNoAgent = (values['on-no-agent'] ?? 'warn') as NoAgentAction;
-  if (!NO_AGENT_ACTIONS.includes(onNoAgent)) throw usage(`--on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`);
-  if (onNoAgent === 'reset' && values.qmp === undefined) {
-    throw usage('--on-no-agent=reset restarts the VM with QMP system_reset: give --qmp SOCK (for another hypervisor, restart the VM through its own API)');
-  }
-  const agentTarget = values.notify === undefined ? undefined : parseAgentTarget(values.notify);
-  const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
-  const customization = values.customize === undefined ? undefined : await loadCustomization(values.customize);
-  const disk: DiskRef = {};
-  if (values['disk-serial'] !== undefined) disk.serial = values['disk-serial'];
-  if (values['disk-path'] !== undefined) disk.path = values['disk-path'];
+  if (values.overlay !== undefined || values.commit) throw usage('--overlay and --commit go with --mode overlay');
+  return { kind: 'image', path, allowWriters };
+}
 
-  const o = new Output(values.json === true);
-  const trusted = await loadPublicKeys(values['trusted-key'] ?? []);
-  const bundle = await Bundle.open(bundlePath, { onProgress: (d, t) => o.progress.update('check', d, t) });
+const AGENT_ONLY = ['disk-serial', 'disk-path', 'sign', 'customize', 'timeout', 'force'] as const;
+
+function notifyRequest(values: ApplyValues): ApplyNotify | undefined {
+  const stray = AGENT_ONLY.find((k) => values[k] !== undefined);
+  if (values.notify === undefined) {
+    if (stray) throw usage(`--${stray} goes with --notify ADDR`);
+    return undefined;
+  }
+  if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined)
+    throw usage('give --disk-serial or --disk-path, not both');
+  const sec = values.timeout === undefined ? undefined : Number(values.timeout);
+  if (sec !== undefined && !(sec > 0))
+    throw usage(`--timeout ${values.timeout}: expected a positive number of seconds`);
+  return {
+    agent: parseAgentTarget(values.notify),
+    disk: {
+      ...(values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {}),
+      ...(values['disk-path'] !== undefined ? { path: values['disk-path'] } : {}),
+    },
+    ...(values.sign !== undefined ? { signKey: values.sign } : {}),
+    ...(values.customize !== undefined ? { customize: values.customize } : {}),
+    force: values.force === true,
+    ...(sec !== undefined ? { timeoutMs: sec * 1000 } : {}),
+  };
+}
+
+async function run(args: string[]): Promise<void> {
+  const { values, positionals: pos } = parse('apply', args, APPLY_OPTIONS);
+  if (helpRequested(HELP, values)) return;
+  const req = applyRequest(values, pos);
+  const signWith = req.notify?.signKey === undefined ? undefined : await loadPrivateKey(req.notify.signKey);
+  const customization = req.notify?.customize === undefined ? undefined : await loadCustomization(req.notify.customize);
+  const o = new Output(req.json);
+  const bundle = await openTrusted(req, o);
+  const outcome = await cancellable((signal) =>
+    applyBundle(bundle, req, { signal, o, signWith, customization }),
+  ).finally(() => bundle.close());
+  if (outcome.status !== 'applied' || !outcome.apply) throw failure(outcome);
+  const result = outcome.apply;
+  const json: ApplyOutput = {
+    ...applyJson(result),
+    agent: agentJson(outcome),
+    reset: outcome.reset,
+    notes: outcome.notes,
+  };
+  o.result(ApplyOutput, json, () => [applyHuman(result), agentHuman(outcome)].join('\n'));
+}
+
+/** The bundle, opened and checked (every range's data), refused unless signed by a --trusted-key. */
+async function openTrusted(req: ApplyRequest, o: Output): Promise<Bundle> {
+  const trusted = await loadPublicKeys(req.trustedKeys);
+  const bundle = await Bundle.open(req.bundlePath, { onProgress: (d, t) => o.progress.update('check', d, t) });
   try {
-    requireTrustedSignature(bundle.manifest, trusted, bundlePath);
+    requireTrustedSignature(bundle.manifest, trusted, req.bundlePath);
   } catch (e) {
     await bundle.close();
     throw e;
   }
+  return bundle;
+}
+
+/** Runs `work` with a signal that SIGINT and SIGTERM abort (before anything is written). */
+async function cancellable<T>(work: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => {
-    if (!controller.signal.aborted) process.stderr.write(`\nvmsubst: ${sig}: cancelling; a running write completes and the VM is resumed\n`);
+    if (!controller.signal.aborted)
+      process.stderr.write(`\nvmsubst: ${sig}: cancelling; a running write completes and the VM is resumed\n`);
     controller.abort();
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const labels: Record<ApplyPhase, string> = { verify: 'verify', write: 'write' };
-  const onProgress = (phase: ApplyPhase, d: number, t: number): void => o.progress.update(labels[phase], d, t);
-  const doApply = (beforeWrite?: () => Promise<void>): Promise<ApplyResult> => {
-    const common = { onProgress, signal: controller.signal, ...(beforeWrite ? { beforeWrite } : {}) };
-    return values.qmp !== undefined
-      ? applyToQemu(bundle, values.qmp, {
-          ...common,
-          mode: mode as 'nbd' | 'overlay',
-          ...(values.device !== undefined ? { device: values.device } : {}),
-          ...(values.node !== undefined ? { node: values.node } : {}),
-          ...(values.overlay !== undefined ? { overlayPath: values.overlay } : {}),
-          ...(values['state-dir'] !== undefined ? { stateDir: values['state-dir'] } : {}),
-          // With --notify the guest is told first and the overlay committed after (below).
-          ...(values.commit && agentTarget === undefined ? { commit: true } : {}),
-        })
-      : applyToImage(bundle, values.image!, { ...common, allowWriters });
-  };
-  const qmpPath = values.qmp;
-  const signer = signWith ? makeSigner(signWith, disk, qmpPath !== undefined ? await vmUuid(qmpPath).catch(() => undefined) : undefined) : undefined;
-  const reset = qmpPath !== undefined ? () => systemReset(qmpPath) : undefined;
-  let outcome: GuestOutcome<ApplyResult>;
   try {
-    outcome = await applyAndTell(doApply, {
-      args: notificationArgs(bundle.manifest, disk, { ...(customization ? { customization } : {}), ...(values.force ? { force: true } : {}) }),
-      ...(agentTarget !== undefined ? { agent: agentTarget } : { noAgentReason: 'no agent address was given (--notify)' }),
-      onNoAgent,
-      ...(reset ? { reset } : {}),
-      ...(timeoutMs !== undefined || signer ? { connect: { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(signer ? { signer } : {}) } } : {}),
-      signal: controller.signal,
-    });
-    if (outcome.apply && values.commit && agentTarget !== undefined && outcome.agent.told && outcome.apply.target.kind === 'qemu') {
-      await commitApplied(undefined, outcome.apply as Extract<ApplyResult, { vmStatus: string }>);
-    }
+    return await work(controller.signal);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    await bundle.close();
   }
-  if (outcome.status !== 'applied' || !outcome.apply) {
-    const cause = outcome.cause ?? new Error(outcome.error?.message ?? 'apply failed');
-    // "nothing was written" is printed unless the error says it itself (a refusal of the base does).
-    const saysItself = /nothing was written/i.test(`${(cause as Error).message} ${cause instanceof VmsubstError ? (cause.hint ?? '') : ''}`);
-    for (const n of outcome.notes) if (n !== 'nothing was written' || !saysItself) process.stderr.write(`vmsubst: ${n}\n`);
-    throw cause;
-  }
-  const result = outcome.apply;
-  const json = { ...applyJson(result), agent: agentJson(outcome), reset: outcome.reset, notes: outcome.notes };
-  o.result(json, () => [applyHuman(result), agentHuman(outcome)].join('\n'));
 }
 
-function applyJson(r: ApplyResult): Record<string, unknown> {
-  const common: Record<string, unknown> = {
-    status: r.status,
-    id: r.id,
-    mode: r.mode,
-    target: r.target,
+interface ApplyInputs {
+  signal: AbortSignal;
+  o: Output;
+  signWith: KeyObject | undefined;
+  customization: Customization | undefined;
+}
+
+/**
+ * Writes the blocks and tells the guest (applyAndTell); with --commit and --notify, commits after the agent's commit.
+ */
+async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInputs): Promise<GuestOutcome<ApplyResult>> {
+  const { target, notify } = req;
+  const { signal, o } = inputs;
+  const labels: Record<ApplyPhase, string> = { verify: 'verify', write: 'write' };
+  const onProgress = (phase: ApplyPhase, d: number, t: number): void => o.progress.update(labels[phase], d, t);
+  const doApply = (beforeWrite?: () => Promise<void>): Promise<ApplyResult> => {
+    const common = { onProgress, signal, ...(beforeWrite ? { beforeWrite } : {}) };
+    return target.kind === 'qemu'
+      ? // With --notify the guest is told first and the overlay committed after (below).
+        applyToQemu(bundle, target.qmp, {
+          ...common,
+          ...target.options,
+          ...(target.commit && !notify ? { commit: true } : {}),
+        })
+      : applyToImage(bundle, target.path, { ...common, allowWriters: target.allowWriters });
+  };
+  const qmpPath = target.kind === 'qemu' ? target.qmp : undefined;
+  const disk = notify?.disk ?? {};
+  const vm = qmpPath !== undefined && inputs.signWith ? await vmUuid(qmpPath).catch(() => undefined) : undefined;
+  const signer = inputs.signWith ? makeSigner(inputs.signWith, disk, vm) : undefined;
+  const timeoutMs = notify?.timeoutMs;
+  const outcome = await applyAndTell(doApply, {
+    args: notificationArgs(bundle.manifest, disk, {
+      ...(inputs.customization ? { customization: inputs.customization } : {}),
+      ...(notify?.force ? { force: true } : {}),
+    }),
+    ...(notify ? { agent: notify.agent } : { noAgentReason: 'no agent address was given (--notify)' }),
+    onNoAgent: req.onNoAgent,
+    ...(qmpPath !== undefined ? { reset: () => systemReset(qmpPath) } : {}),
+    ...(timeoutMs !== undefined || signer
+      ? { connect: { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(signer ? { signer } : {}) } }
+      : {}),
+    signal,
+  });
+  const applied = outcome.apply;
+  if (applied && isQemu(applied) && target.kind === 'qemu' && target.commit && notify && outcome.agent.told) {
+    await commitApplied(undefined, applied);
+  }
+  return outcome;
+}
+
+/** The error of an apply that did not apply, after its notes ("nothing was written" unless the error says it). */
+function failure(outcome: GuestOutcome<ApplyResult>): unknown {
+  const cause = outcome.cause ?? new Error(outcome.error?.message ?? 'apply failed');
+  const saysItself = /nothing was written/i.test(
+    `${(cause as Error).message} ${cause instanceof VmsubstError ? (cause.hint ?? '') : ''}`,
+  );
+  for (const n of outcome.notes)
+    if (n !== 'nothing was written' || !saysItself) process.stderr.write(`vmsubst: ${n}\n`);
+  return cause;
+}
+
+const isQemu = (r: ApplyResult): r is QemuApplyResult => r.target.kind === 'qemu';
+
+/** The substitution's part of the document. */
+function applyJson(r: ApplyResult): ApplyJson {
+  const head = { status: r.status, id: r.id };
+  const counts = {
     ranges: r.ranges,
     'ranges-written': r.rangesWritten,
     'ranges-already-new': r.rangesAlreadyNew,
@@ -247,19 +412,41 @@ function applyJson(r: ApplyResult): Record<string, unknown> {
     'elapsed-ms': r.elapsedMs,
     warnings: r.warnings,
   };
-  if (r.target.kind === 'image') return { ...common, openers: 'openers' in r ? r.openers : [] };
-  const q = r as Extract<ApplyResult, { vmStatus: string }>;
-  const out: Record<string, unknown> = { ...common, 'vm-status': q.vmStatus, resumed: q.resumed, recheck: q.recheck };
-  if (q.recovered) out['recovered'] = recoveryJson(q.recovered);
-  if (q.overlay) {
-    const { path, node, clusterSize, backing, committed, commitMs } = q.overlay;
-    out['overlay'] = { path, node, 'cluster-size': clusterSize, backing, committed, ...(commitMs !== undefined ? { 'commit-ms': commitMs } : {}) };
-  }
-  return out;
+  if (!isQemu(r)) return { ...head, mode: r.mode, target: r.target, ...counts, openers: r.openers };
+  return {
+    ...head,
+    mode: r.mode,
+    target: r.target,
+    ...counts,
+    'vm-status': r.vmStatus,
+    resumed: r.resumed,
+    recheck: r.recheck,
+    ...(r.recovered ? { recovered: recoveryJson(r.recovered) } : {}),
+    ...(r.overlay ? { overlay: overlayJson(r.overlay) } : {}),
+  };
+}
+
+function overlayJson({
+  path,
+  node,
+  clusterSize,
+  backing,
+  committed,
+  commitMs,
+}: OverlayOutcome): Static<typeof OverlayJson> {
+  return {
+    path,
+    node,
+    'cluster-size': clusterSize,
+    backing,
+    committed,
+    ...(commitMs !== undefined ? { 'commit-ms': commitMs } : {}),
+  };
 }
 
 function applyHuman(r: ApplyResult): string {
-  const where = r.target.kind === 'image' ? r.target.path : `${r.target.device ?? r.target.node} (node ${r.target.node})`;
+  const where =
+    r.target.kind === 'image' ? r.target.path : `${r.target.device ?? r.target.node} (node ${r.target.node})`;
   const lines: string[] = [];
   if ('recovered' in r && r.recovered) lines.push(`recovered first: ${recoveryHuman(r.recovered).trimStart()}`);
   switch (r.status) {
@@ -272,21 +459,31 @@ function applyHuman(r: ApplyResult): string {
     case 'applied': {
       const partial = r.rangesAlreadyNew > 0 ? ` (${r.rangesAlreadyNew} already held the new content)` : '';
       const into = 'overlay' in r && r.overlay ? ` into overlay ${r.overlay.path}` : '';
-      lines.push(`${where}: ${r.mode}: wrote ${plural(r.rangesWritten, 'range')}, ${formatBytes(r.bytesWritten)}${into}${partial}`);
+      lines.push(
+        `${where}: ${r.mode}: wrote ${plural(r.rangesWritten, 'range')}, ` +
+          `${formatBytes(r.bytesWritten)}${into}${partial}`,
+      );
     }
   }
   const phases = `verify ${r.timingsMs.verify} ms, write ${r.timingsMs.write} ms`;
-  if (r.target.kind === 'qemu') {
-    const q = r as Extract<ApplyResult, { vmStatus: string }>;
+  if (isQemu(r)) {
     if (r.status === 'applied') {
-      const recheck = q.recheck === 'reverified' ? '; the guest wrote during the verification, so it was verified again while paused' : '';
-      lines.push(q.pauseMs !== null ? `guest paused for ${q.pauseMs} ms (${phases}), resumed${recheck}` : `VM was ${q.vmStatus}; left as it was (${phases})`);
-    }
-    if (q.overlay) {
+      const recheck =
+        r.recheck === 'reverified'
+          ? '; the guest wrote during the verification, so it was verified again while paused'
+          : '';
       lines.push(
-        q.overlay.committed
-          ? `overlay committed into node ${r.target.node} in ${q.overlay.commitMs} ms and removed`
-          : `overlay node ${q.overlay.node} is now the drive's top layer (backing ${q.overlay.backing.name}); commit it with block-commit when convenient (docs/apply-modes.md)`,
+        r.pauseMs !== null
+          ? `guest paused for ${r.pauseMs} ms (${phases}), resumed${recheck}`
+          : `VM was ${r.vmStatus}; left as it was (${phases})`,
+      );
+    }
+    if (r.overlay) {
+      lines.push(
+        r.overlay.committed
+          ? `overlay committed into node ${r.target.node} in ${r.overlay.commitMs} ms and removed`
+          : `overlay node ${r.overlay.node} is now the drive's top layer (backing ${r.overlay.backing.name}); ` +
+              `commit it with block-commit when convenient (docs/apply-modes.md)`,
       );
     }
   } else if (r.status === 'applied') {
@@ -297,7 +494,7 @@ function applyHuman(r: ApplyResult): string {
 }
 
 /** The agent part of the result; `two-phase` and `prepare` on top of what a rollout prints per guest. */
-function agentJson(t: GuestOutcome<ApplyResult>): Record<string, unknown> {
+function agentJson(t: GuestOutcome<ApplyResult>): ApplyOutput['agent'] {
   const a = t.agent;
   return {
     ...agentOutcomeJson(a, t.status, 'target'),
@@ -311,11 +508,18 @@ function agentHuman(t: GuestOutcome<ApplyResult>): string {
   const r = t.agent.report;
   if (r) {
     const how = t.agent.mode === 'two-phase' ? 'prepare → write → commit' : 'substitute after the write';
-    lines.push(`agent ${t.agent.version} at ${t.agent.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ${r.device}; ${plural(r.truncated?.counts['files'] ?? r.files.length, 'file')} affected${r.truncated?.counts['files'] !== undefined ? ` (the first ${r.files.length} listed)` : ''}${r.replayed ? ' (answered from its journal)' : ''}`);
+    lines.push(
+      `agent ${t.agent.version} at ${t.agent.target} (${how}): verified ${formatBytes(r['verified-bytes'])} on ` +
+        `${r.device}; ${plural(r.truncated?.counts['files'] ?? r.files.length, 'file')} ` +
+        'affected' +
+        (r.truncated?.counts['files'] !== undefined ? ` (the first ${r.files.length} listed)` : '') +
+        (r.replayed ? ' (answered from its journal)' : ''),
+    );
     const pinned = t.agent.prepare?.pinned ?? r.pinned ?? [];
     if (pinned.length > 0) lines.push(`  pinned: ${pinned.map((p) => `${p.comm}[${p.pid}] ${p.status}`).join(', ')}`);
     for (const f of r.files) {
-      const mappers = f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
+      const mappers =
+        f.mappers.length > 0 ? `; mapped by ${f.mappers.map((m) => `${m.comm}[${m.pid}]`).join(', ')}` : '';
       lines.push(`  ${f.path}: ${f['pages-dropped']} pages dropped, ${f['pages-kept']} kept${mappers}`);
     }
   } else if (t.apply?.status !== 'no-changes') {
@@ -328,7 +532,10 @@ function agentHuman(t: GuestOutcome<ApplyResult>): string {
 export const applyCommand: Command = {
   name: 'apply',
   synopsis: 'apply BUNDLE --qmp SOCK',
-  summary: "put a bundle's blocks into a running VM's disk:\n--mode nbd|overlay (QEMU), --image PATH --mode raw-file\n(other hypervisors); --notify tells the guest (two-phase)",
+  summary:
+    "put a bundle's blocks into a running VM's disk:\n--mode nbd|overlay (QEMU), --image PATH --mode " +
+    'raw-file\n(other hypervisors); --notify tells the guest (two-phase)',
   help: HELP,
+  output: ApplyOutput,
   run,
 };

@@ -8,6 +8,7 @@ import { UsageError } from '../../errors.js';
 import { baseFilesystems, computeHints, debugfsAvailable, xfsDbAvailable } from '../../hints/index.js';
 import { formatBytes, formatPercent, plural } from '../format.js';
 import { Output, helpRequested, loadCustomization, parse, positionals, type Command } from '../common.js';
+import { DiffOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst diff BASE PATCHED -o BUNDLE [--label TEXT] [--no-hints]
                     [--customize FILE] [--json]
@@ -80,13 +81,21 @@ async function run(args: string[]): Promise<void> {
         notes.push('no ext4 or XFS filesystem in the base image: no file hints');
       } else if (base.format !== 'raw' || patched.format !== 'raw') {
         hints = 'unavailable';
-        notes.push('file hints need raw images (debugfs reads files, not qcow2): convert with `qemu-img convert -O raw`, or pass --no-hints');
+        notes.push(
+          'file hints need raw images (debugfs reads files, not qcow2): convert with `qemu-img convert -O raw`, or ' +
+            'pass --no-hints',
+        );
       } else if (!(await toolsFor(filesystems))) {
         hints = 'unavailable';
-        notes.push(`${[...new Set(filesystems.map((f) => (f.type === 'xfs' ? 'xfs_db (xfsprogs)' : 'debugfs (e2fsprogs)')))].join(' and ')} not installed: no file hints`);
+        const tools = new Set(filesystems.map((f) => (f.type === 'xfs' ? 'xfs_db (xfsprogs)' : 'debugfs (e2fsprogs)')));
+        notes.push(`${[...tools].join(' and ')} not installed: no file hints`);
       } else {
         o.progress.clear();
-        const h = await computeHints({ path: basePath, source: base }, { path: patchedPath, source: patched }, diff.ranges);
+        const h = await computeHints(
+          { path: basePath, source: base },
+          { path: patchedPath, source: patched },
+          diff.ranges,
+        );
         ({ filesystems, files, rangeFiles } = h);
         notes.push(...h.notes);
         hints = 'computed';
@@ -112,6 +121,7 @@ async function run(args: string[]): Promise<void> {
     const elf = files.filter((f) => f.elf !== undefined);
     if (!o.json) for (const n of notes) process.stderr.write(`note: ${n}\n`);
     o.result(
+      DiffOutput,
       {
         bundle: out,
         id: manifest.id,
@@ -132,13 +142,22 @@ async function run(args: string[]): Promise<void> {
         'hints-ms': hintsMs,
       },
       () => {
-        if (diff.ranges.length === 0) return `${out}: the images are identical; the bundle changes nothing (id ${manifest.id.slice(0, 16)})`;
+        if (diff.ranges.length === 0)
+          return `${out}: the images are identical; the bundle changes nothing (id ${manifest.id.slice(0, 16)})`;
         const lines = [
-          `${out}: ${plural(diff.ranges.length, 'range')}, ${formatBytes(diff.changedBytes)} changed of ${formatBytes(diff.size)} (${formatPercent(diff.changedBytes, diff.size)}), id ${manifest.id.slice(0, 16)} (${elapsed} ms)`,
-          `read ${formatBytes(diff.readBytes)} of each image (${formatPercent(diff.size - diff.readBytes, diff.size)} holes skipped)`,
+          `${out}: ${plural(diff.ranges.length, 'range')}, ${formatBytes(diff.changedBytes)} changed of ` +
+            `${formatBytes(diff.size)} (${formatPercent(diff.changedBytes, diff.size)}), id ` +
+            `${manifest.id.slice(0, 16)} (${elapsed} ms)`,
+          `read ${formatBytes(diff.readBytes)} of each image ` +
+            `(${formatPercent(diff.size - diff.readBytes, diff.size)} holes skipped)`,
         ];
         if (hints === 'computed') {
-          lines.push(`${plural(files.length, 'changed file')} in ${plural(filesystems.length, 'filesystem')}; ELF: ${elf.filter((f) => f.elf === 'code-unchanged').length} with code unchanged (remap), ${elf.filter((f) => f.elf !== 'code-unchanged').length} with code changed (pin) ('vmsubst inspect' lists them)`);
+          lines.push(
+            `${plural(files.length, 'changed file')} in ${plural(filesystems.length, 'filesystem')}; ELF: ` +
+              `${elf.filter((f) => f.elf === 'code-unchanged').length} with code unchanged (remap), ` +
+              `${elf.filter((f) => f.elf !== 'code-unchanged').length} with code changed (pin) ('vmsubst inspect' ` +
+              `lists them)`,
+          );
         }
         return lines.join('\n');
       },
@@ -149,4 +168,11 @@ async function run(args: string[]): Promise<void> {
   }
 }
 
-export const diffCommand: Command = { name: 'diff', synopsis: 'diff BASE PATCHED -o BUNDLE', summary: 'compute the changed blocks (and file hints) into a bundle', help: HELP, run };
+export const diffCommand: Command = {
+  name: 'diff',
+  synopsis: 'diff BASE PATCHED -o BUNDLE',
+  summary: 'compute the changed blocks (and file hints) into a bundle',
+  help: HELP,
+  output: DiffOutput,
+  run,
+};

@@ -4,6 +4,7 @@ import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes, plural } from '../format.js';
 import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
+import { ExportOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst export BUNDLE --qcow2 OUT --base BASE [--backing NAME | --no-backing]
                       [--cluster-size BYTES] [--json]
@@ -46,9 +47,15 @@ async function run(args: string[]): Promise<void> {
   });
   if (helpRequested(HELP, values)) return;
   const [bundlePath] = positionals('export', pos, ['BUNDLE']) as [string];
-  if (values.qcow2 === undefined) throw new UsageError('export: --qcow2 OUT is required', "see 'vmsubst export --help'");
-  if (values.base === undefined) throw new UsageError('export: --base BASE is required: it is checked against the bundle and fills partly changed clusters', "see 'vmsubst export --help'");
-  if (values.backing !== undefined && values['no-backing']) throw new UsageError('export: give --backing or --no-backing, not both');
+  if (values.qcow2 === undefined)
+    throw new UsageError('export: --qcow2 OUT is required', "see 'vmsubst export --help'");
+  if (values.base === undefined)
+    throw new UsageError(
+      'export: --base BASE is required: it is checked against the bundle and fills partly changed clusters',
+      "see 'vmsubst export --help'",
+    );
+  if (values.backing !== undefined && values['no-backing'])
+    throw new UsageError('export: give --backing or --no-backing, not both');
   const clusterSize = values['cluster-size'] === undefined ? undefined : parseSize(values['cluster-size']);
 
   const o = new Output(values.json === true);
@@ -66,6 +73,7 @@ async function run(args: string[]): Promise<void> {
     await bundle.close();
   }
   o.result(
+    ExportOutput,
     {
       id: result.id,
       path: result.path,
@@ -78,7 +86,9 @@ async function run(args: string[]): Promise<void> {
     },
     () =>
       [
-        `${result.path}: qcow2 overlay, ${plural(result.dataClusters, 'cluster')} of ${formatBytes(result.clusterSize)} (${formatBytes(result.changedBytes)} changed, ${formatBytes(result.filledBytes)} copied from the base), ${formatBytes(result.fileSize)}`,
+        `${result.path}: qcow2 overlay, ${plural(result.dataClusters, 'cluster')} of ` +
+          `${formatBytes(result.clusterSize)} (${formatBytes(result.changedBytes)} changed, ` +
+          `${formatBytes(result.filledBytes)} copied from the base), ${formatBytes(result.fileSize)}`,
         result.backing ? `backing file: ${result.backing.name} (${result.backing.format})` : 'no backing file recorded',
       ].join('\n'),
   );
@@ -89,5 +99,6 @@ export const exportCommand: Command = {
   synopsis: 'export BUNDLE --qcow2 OUT --base BASE',
   summary: 'write a bundle as a qcow2 overlay holding the changed clusters',
   help: HELP,
+  output: ExportOutput,
   run,
 };

@@ -1,7 +1,14 @@
 /** `vmsubst inspect`. */
-import { Bundle, checkManifestSignature, requireTrustedSignature, type Manifest, type SignatureStatus } from '../../bundle/index.js';
+import {
+  Bundle,
+  checkManifestSignature,
+  requireTrustedSignature,
+  type Manifest,
+  type SignatureStatus,
+} from '../../bundle/index.js';
 import { formatBytes, formatPercent, plural, table } from '../format.js';
 import { Output, helpRequested, loadPublicKeys, parse, positionals, type Command } from '../common.js';
+import { InspectOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst inspect BUNDLE [--trusted-key PUB]... [--all] [--json]
 
@@ -31,9 +38,17 @@ async function run(args: string[]): Promise<void> {
   const bundle = await Bundle.open(bundlePath, { onProgress: (d, t) => o.progress.update('check', d, t) });
   try {
     const m = bundle.manifest;
-    const signature = trusted.size > 0 ? requireTrustedSignature(m, trusted, bundlePath) : checkManifestSignature(m, trusted);
+    const signature =
+      trusted.size > 0 ? requireTrustedSignature(m, trusted, bundlePath) : checkManifestSignature(m, trusted);
     const limit = values.all ? Infinity : LIMIT;
-    o.result({ path: bundlePath, 'file-size': bundle.fileSize, 'data-verified': bundle.verified, signature, manifest: m }, () => human(bundlePath, bundle, m, signature, limit));
+    const json = {
+      path: bundlePath,
+      'file-size': bundle.fileSize,
+      'data-verified': bundle.verified,
+      signature,
+      manifest: m,
+    };
+    o.result(InspectOutput, json, () => human(bundlePath, bundle, m, signature, limit));
   } finally {
     await bundle.close();
   }
@@ -59,20 +74,34 @@ function human(path: string, bundle: Bundle, m: Manifest, signature: SignatureSt
     ['bundle', `${path} (${formatBytes(bundle.fileSize)}), data verified`],
     ['id', m.id],
     ['format', `${m.format}, block size ${m['block-size']}, made by vmsubst ${m['tool-version']} at ${m.created}`],
-    ['base', `${formatBytes(m.base.size)} (${m.base.size} bytes)${m.base.label !== undefined ? `, ${m.base.label}` : ''}`],
+    [
+      'base',
+      `${formatBytes(m.base.size)} (${m.base.size} bytes)${m.base.label !== undefined ? `, ${m.base.label}` : ''}`,
+    ],
   ];
   for (const [i, f] of (m.base.filesystems ?? []).entries()) {
-    const where = f.partition !== undefined ? `partition ${f.partition} (${f['partition-table']}) at ${f.offset}` : `at ${f.offset}`;
-    head.push([i === 0 ? 'filesystems' : '', `#${i} ${f.type} ${f.uuid}${f.label !== undefined ? ` "${f.label}"` : ''}, ${formatBytes(f.size)} ${where}`]);
+    const where =
+      f.partition !== undefined
+        ? `partition ${f.partition} (${f['partition-table']}) at ${f.offset}`
+        : `at ${f.offset}`;
+    head.push([
+      i === 0 ? 'filesystems' : '',
+      `#${i} ${f.type} ${f.uuid}${f.label !== undefined ? ` "${f.label}"` : ''}, ${formatBytes(f.size)} ${where}`,
+    ]);
   }
-  head.push(['changes', `${plural(m.ranges.length, 'range')}, ${formatBytes(changed)} (${formatPercent(changed, m.base.size)} of the base)`]);
+  head.push([
+    'changes',
+    `${plural(m.ranges.length, 'range')}, ${formatBytes(changed)} (${formatPercent(changed, m.base.size)} of the base)`,
+  ]);
   if (m.format >= 2) {
     const elf = files.filter((f) => f.elf !== undefined);
     head.push([
       'files',
       files.length === 0
         ? 'no file hints'
-        : `${plural(files.length, 'changed file')}; ELF: ${elf.filter((f) => f.elf === 'code-unchanged').length} with code unchanged, ${elf.filter((f) => f.elf !== 'code-unchanged').length} with code changed`,
+        : `${plural(files.length, 'changed file')}; ELF: ` +
+          `${elf.filter((f) => f.elf === 'code-unchanged').length} with code unchanged, ` +
+          `${elf.filter((f) => f.elf !== 'code-unchanged').length} with code changed`,
     ]);
   }
   if (m.customization) {
@@ -91,9 +120,16 @@ function human(path: string, bundle: Bundle, m: Manifest, signature: SignatureSt
     for (const r of m.ranges.slice(0, limit)) {
       const names = (r.files ?? []).map((i) => files[i]?.path ?? `#${i}`);
       const shown = names.length > 3 ? `${names.slice(0, 3).join(', ')} +${names.length - 3}` : names.join(', ');
-      rows.push([String(r.offset), String(r.length), r['old-sha256'].slice(0, 16), r['new-sha256'].slice(0, 16), shown || '-']);
+      rows.push([
+        String(r.offset),
+        String(r.length),
+        r['old-sha256'].slice(0, 16),
+        r['new-sha256'].slice(0, 16),
+        shown || '-',
+      ]);
     }
-    const more = m.ranges.length > limit ? `\n... ${m.ranges.length - limit} more ranges (--all or --json lists all)` : '';
+    const more =
+      m.ranges.length > limit ? `\n... ${m.ranges.length - limit} more ranges (--all or --json lists all)` : '';
     out.push(`${table(rows)}${more}`);
   }
   if (files.length > 0) {
@@ -117,4 +153,11 @@ function human(path: string, bundle: Bundle, m: Manifest, signature: SignatureSt
   return out.join('\n\n');
 }
 
-export const inspectCommand: Command = { name: 'inspect', synopsis: 'inspect BUNDLE', summary: 'verify a bundle and show what it changes', help: HELP, run };
+export const inspectCommand: Command = {
+  name: 'inspect',
+  synopsis: 'inspect BUNDLE',
+  summary: 'verify a bundle and show what it changes',
+  help: HELP,
+  output: InspectOutput,
+  run,
+};

@@ -5,7 +5,17 @@ import { UsageError } from '../../errors.js';
 import { makeSigner, notify, parseAgentTarget, truncationNote, type NotifyResult } from '../../notify/index.js';
 import { plural } from '../format.js';
 import { formatReport } from '../report.js';
-import { Output, helpRequested, loadCustomization, loadPrivateKey, parse, positiveInt, positionals, type Command } from '../common.js';
+import {
+  Output,
+  helpRequested,
+  loadCustomization,
+  loadPrivateKey,
+  parse,
+  positiveInt,
+  positionals,
+  type Command,
+} from '../common.js';
+import { NotifyOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--policy WHO=P]... [--force] [--dry-run] [--json]
 
@@ -111,17 +121,27 @@ async function run(args: string[]): Promise<void> {
       ...(values.force ? { force: true } : {}),
       ...(attempts !== undefined ? { attempts } : {}),
       ...(resendMs !== undefined ? { resendMs } : {}),
-      onRetry: (n, e) => process.stderr.write(`vmsubst: attempt ${n} failed (${e.message}); trying again with the same substitution id\n`),
+      onRetry: (n, e) =>
+        process.stderr.write(
+          `vmsubst: attempt ${n} failed (${e.message}); trying again with the same substitution id\n`,
+        ),
     });
   } finally {
     await bundle.close();
   }
-  if (result.resends > 0) process.stderr.write(`vmsubst: ${plural(result.resends, 'request')} resent before the agent answered (same substitution id)\n`);
+  if (result.resends > 0)
+    process.stderr.write(
+      `vmsubst: ${plural(result.resends, 'request')} resent before the agent answered (same substitution id)\n`,
+    );
   // The JSON document is the agent's report itself (the protocol's SubstituteReport); what to do
   // about a cut answer goes to stderr, in both modes.
-  const cut = truncationNote(result.report, result.target, signWith ? (disk.serial !== undefined ? { diskSerial: disk.serial } : {}) : undefined);
+  const cut = truncationNote(
+    result.report,
+    result.target,
+    signWith ? (disk.serial !== undefined ? { diskSerial: disk.serial } : {}) : undefined,
+  );
   if (cut) process.stderr.write(`vmsubst: ${cut}\n`);
-  o.result(result.report, () => notifyHuman(result));
+  o.result(NotifyOutput, result.report, () => notifyHuman(result));
 }
 
 function notifyHuman({ target, agent, report }: NotifyResult): string {
@@ -138,12 +158,23 @@ export function parsePolicies(specs: string[]): Policies {
     const eq = spec.lastIndexOf('=');
     const who = spec.slice(0, eq);
     const policy = spec.slice(eq + 1) as Policy;
-    if (eq <= 0 || !POLICY_NAMES.includes(policy)) throw new UsageError(`--policy ${spec}: expected WHO=POLICY with POLICY one of ${POLICY_NAMES.join(', ')}`);
+    if (eq <= 0 || !POLICY_NAMES.includes(policy))
+      throw new UsageError(`--policy ${spec}: expected WHO=POLICY with POLICY one of ${POLICY_NAMES.join(', ')}`);
     if ((CLASSES as readonly string[]).includes(who)) out[who as (typeof CLASSES)[number]] = policy;
     else if (who.startsWith('/')) (out.files ??= {})[who] = policy;
-    else throw new UsageError(`--policy ${spec}: '${who}' is neither a class (${CLASSES.join(', ')}) nor an absolute path`);
+    else
+      throw new UsageError(
+        `--policy ${spec}: '${who}' is neither a class (${CLASSES.join(', ')}) nor an absolute path`,
+      );
   }
   return out;
 }
 
-export const notifyCommand: Command = { name: 'notify', synopsis: 'notify BUNDLE --to ADDR', summary: 'tell the guest agent to verify and drop stale caches', help: HELP, run };
+export const notifyCommand: Command = {
+  name: 'notify',
+  synopsis: 'notify BUNDLE --to ADDR',
+  summary: 'tell the guest agent to verify and drop stale caches',
+  help: HELP,
+  output: NotifyOutput,
+  run,
+};

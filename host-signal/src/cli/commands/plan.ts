@@ -6,6 +6,7 @@ import { parseAgentTarget } from '../../notify/index.js';
 import { loadFleet, planFleet, type FleetMember, type VmPlan } from '../../rollout/index.js';
 import { formatBytes, plural, table } from '../format.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+import { PlanOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst plan FLEET BUNDLE [--json]
        vmsubst plan --to ADDR [--disk-serial S | --disk-path P] BUNDLE [--json]
@@ -43,19 +44,22 @@ async function run(args: string[]): Promise<number> {
   let bundlePath: string;
   if (values.to !== undefined) {
     [bundlePath] = positionals('plan', pos, ['BUNDLE']) as [string];
-    if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined) throw new UsageError('plan: give --disk-serial or --disk-path, not both');
+    if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined)
+      throw new UsageError('plan: give --disk-serial or --disk-path, not both');
     const disk: DiskRef = {};
     if (values['disk-serial'] !== undefined) disk.serial = values['disk-serial'];
     if (values['disk-path'] !== undefined) disk.path = values['disk-path'];
     fleet = [{ name: values.to, agent: parseAgentTarget(values.to), disk }];
   } else {
-    if (values['disk-serial'] !== undefined || values['disk-path'] !== undefined) throw new UsageError('plan: --disk-serial and --disk-path go with --to; a fleet file gives each VM its disk');
+    if (values['disk-serial'] !== undefined || values['disk-path'] !== undefined)
+      throw new UsageError('plan: --disk-serial and --disk-path go with --to; a fleet file gives each VM its disk');
     const [fleetPath, b] = positionals('plan', pos, ['FLEET', 'BUNDLE']) as [string, string];
     bundlePath = b;
     fleet = await loadFleet(fleetPath);
   }
   const concurrency = values.concurrency === undefined ? 8 : Number(values.concurrency);
-  if (!Number.isInteger(concurrency) || concurrency < 1) throw new UsageError(`plan: --concurrency ${values.concurrency}: expected a positive whole number`);
+  if (!Number.isInteger(concurrency) || concurrency < 1)
+    throw new UsageError(`plan: --concurrency ${values.concurrency}: expected a positive whole number`);
   const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
   const o = new Output(values.json === true);
   const bundle = await Bundle.open(bundlePath, { verifyData: false });
@@ -69,7 +73,7 @@ async function run(args: string[]): Promise<number> {
   } finally {
     await bundle.close();
   }
-  o.result({ bundle: bundle.manifest.id, vms: plans }, () => plansHuman(plans));
+  o.result(PlanOutput, { bundle: bundle.manifest.id, vms: plans }, () => plansHuman(plans));
   return plans.every((p) => p.status === 'planned') ? 0 : 1;
 }
 
@@ -78,19 +82,31 @@ function plansHuman(plans: VmPlan[]): string {
   for (const p of plans) {
     const head = `${p.name}${p.target && p.target !== p.name ? ` (${p.target})` : ''}`;
     if (p.status === 'no-agent' || p.status === 'failed') {
-      out.push(`${head}: ${p.status === 'no-agent' ? 'no agent answered' : 'the agent refused'}: ${p.error?.message ?? ''}`);
-      if (p.status === 'no-agent') out.push('  the guest cannot be told: it would keep cached copies of the changed files until they are evicted; see --on-no-agent');
+      out.push(
+        `${head}: ${p.status === 'no-agent' ? 'no agent answered' : 'the agent refused'}: ${p.error?.message ?? ''}`,
+      );
+      if (p.status === 'no-agent')
+        out.push(
+          '  the guest cannot be told: it would keep cached copies of the changed files until they are evicted; ' +
+            'see --on-no-agent',
+        );
       out.push('');
       continue;
     }
     if (!p.plan) {
       const files = p.report?.files ?? [];
-      out.push(`${head}: agent ${p.agentVersion ?? '?'} returned no plan (it predates plans); files affected: ${files.length ? files.map((f) => f.path).join(', ') : 'none'}`);
+      out.push(
+        `${head}: agent ${p.agentVersion ?? '?'} returned no plan (it predates plans); files affected: ` +
+          `${files.length ? files.map((f) => f.path).join(', ') : 'none'}`,
+      );
       out.push('');
       continue;
     }
     const plan = p.plan;
-    out.push(`${head}: agent ${p.agentVersion ?? '?'}, ${plural(plan.files.length, 'file')}${plan['restart-required'] ? ', RESTART REQUIRED' : ''}`);
+    out.push(
+      `${head}: agent ${p.agentVersion ?? '?'}, ` +
+        `${plural(plan.files.length, 'file')}${plan['restart-required'] ? ', RESTART REQUIRED' : ''}`,
+    );
     if (plan.files.length > 0) {
       const rows = [['  FILE', 'CLASS', 'POLICY', 'FROM', 'PROCESSES', 'ACTION']];
       for (const f of plan.files) {
@@ -117,5 +133,6 @@ export const planCommand: Command = {
   synopsis: 'plan FLEET|--to ADDR BUNDLE',
   summary: "show what a bundle would do in each guest (the agents' dry-run plans)",
   help: HELP,
+  output: PlanOutput,
   run,
 };

@@ -4,6 +4,7 @@ import { Qemu, QmpClient } from '../../qmp/index.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes } from '../format.js';
 import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
+import { RecoverOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst recover --qmp SOCK [--state-dir DIR] [--bundle PATH | --resume-anyway] [--json]
 
@@ -64,14 +65,25 @@ async function run(args: string[]): Promise<void> {
   positionals('recover', pos, []);
   if (values.qmp === undefined) throw new UsageError('recover: --qmp SOCK is required', "see 'vmsubst recover --help'");
   if (values.bundle !== undefined && values['resume-anyway']) {
-    throw new UsageError('recover: give --bundle PATH (complete the write) or --resume-anyway (do not), not both', "see 'vmsubst recover --help'");
+    throw new UsageError(
+      'recover: give --bundle PATH (complete the write) or --resume-anyway (do not), not both',
+      "see 'vmsubst recover --help'",
+    );
   }
   const o = new Output(values.json === true);
   const store = new StateStore(stateDir(values['state-dir']));
   let report: RecoveryReport;
   if (!(await store.read(values.qmp))) {
     // Nothing recorded: QEMU need not even be asked.
-    report = { status: 'nothing-to-do', qmp: values.qmp, stateFile: await store.fileFor(values.qmp), removed: [], kept: [], resumed: false, notes: [] };
+    report = {
+      status: 'nothing-to-do',
+      qmp: values.qmp,
+      stateFile: await store.fileFor(values.qmp),
+      removed: [],
+      kept: [],
+      resumed: false,
+      notes: [],
+    };
   } else {
     const qmp = await QmpClient.connect(values.qmp);
     try {
@@ -83,16 +95,25 @@ async function run(args: string[]): Promise<void> {
       qmp.close();
     }
   }
-  o.result(recoveryJson(report), () => recoveryHuman(report));
+  o.result(RecoverOutput, recoveryJson(report), () => recoveryHuman(report));
 }
 
-export function recoveryJson(r: RecoveryReport): Record<string, unknown> {
+export function recoveryJson(r: RecoveryReport): RecoverOutput {
   return {
     status: r.status,
     qmp: r.qmp,
     'state-file': r.stateFile,
     ...(r.interrupted
-      ? { interrupted: { pid: r.interrupted.pid, 'started-at': r.interrupted.startedAt, bundle: r.interrupted.bundle, mode: r.interrupted.mode, node: r.interrupted.node, phase: r.interrupted.phase } }
+      ? {
+          interrupted: {
+            pid: r.interrupted.pid,
+            'started-at': r.interrupted.startedAt,
+            bundle: r.interrupted.bundle,
+            mode: r.interrupted.mode,
+            node: r.interrupted.node,
+            phase: r.interrupted.phase,
+          },
+        }
       : {}),
     ...(r.completed
       ? {
@@ -119,16 +140,25 @@ export function recoveryJson(r: RecoveryReport): Record<string, unknown> {
 export function recoveryHuman(r: RecoveryReport): string {
   if (r.status === 'nothing-to-do') return `${r.qmp}: no interrupted apply recorded (${r.stateFile}): nothing to do`;
   const i = r.interrupted!;
-  const lines = [`${r.qmp}: an apply of bundle ${i.bundle.id.slice(0, 12)} (pid ${i.pid}, ${i.mode} mode, started ${i.startedAt}, ${i.phase}) was interrupted`];
+  const lines = [
+    `${r.qmp}: an apply of bundle ${i.bundle.id.slice(0, 12)} (pid ${i.pid}, ${i.mode} mode, started ` +
+      `${i.startedAt}, ${i.phase}) was interrupted`,
+  ];
   const c = r.completed;
   if (c) {
     lines.push(
-      `  completed the write with ${c.bundle}: ${c.rangesWritten} of ${c.ranges} ranges written (${formatBytes(c.bytesWritten)}${c.rangesNeither ? `, ${c.rangesNeither} cut part-way` : ''}), ${c.rangesAlreadyNew} already new; every range verified new`,
+      `  completed the write with ${c.bundle}: ${c.rangesWritten} of ${c.ranges} ranges written ` +
+        `(${formatBytes(c.bytesWritten)}${c.rangesNeither ? `, ${c.rangesNeither} cut part-way` : ''}), ` +
+        `${c.rangesAlreadyNew} already new; every range verified new`,
     );
   }
   lines.push(r.removed.length > 0 ? `  removed: ${r.removed.join(', ')}` : '  nothing of it was left in the VM');
   for (const k of r.kept) lines.push(`  kept: ${k}`);
-  lines.push(r.resumed ? '  resumed the VM (the apply had paused it)' : `  the VM was not resumed by recover (it is ${r.vmStatus ?? '?'})`);
+  lines.push(
+    r.resumed
+      ? '  resumed the VM (the apply had paused it)'
+      : `  the VM was not resumed by recover (it is ${r.vmStatus ?? '?'})`,
+  );
   for (const n of r.notes) lines.push(`  ${n}`);
   return lines.join('\n');
 }
@@ -136,7 +166,10 @@ export function recoveryHuman(r: RecoveryReport): string {
 export const recoverCommand: Command = {
   name: 'recover',
   synopsis: 'recover --qmp SOCK',
-  summary: 'clean up after an apply that was killed: complete an\ninterrupted write, remove what it left in the VM, resume\nthe VM if it had paused it',
+  summary:
+    'clean up after an apply that was killed: complete an\ninterrupted write, remove what it left in the VM, ' +
+    'resume\nthe VM if it had paused it',
   help: HELP,
+  output: RecoverOutput,
   run,
 };

@@ -6,6 +6,7 @@ import { AgentConnection, makeSigner, parseAgentTarget } from '../../notify/inde
 import { formatBytes, plural } from '../format.js';
 import { formatPlan, formatReport } from '../report.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+import { ReportOutput, ReportSavedOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst report ID --to ADDR [--sign KEY --disk-serial S] [-o FILE] [--json]
 
@@ -47,10 +48,17 @@ async function run(args: string[]): Promise<void> {
   if (helpRequested(HELP, values)) return;
   const [id] = positionals('report', pos, ['ID']) as [string];
   const usage = (msg: string): UsageError => new UsageError(`report: ${msg}`, "see 'vmsubst report --help'");
-  if (!ID.test(id)) throw usage(`${id.slice(0, 80)}: not a substitution id (16 to 64 lowercase hex digits, the "id" of the agent's answer)`);
+  if (!ID.test(id))
+    throw usage(
+      `${id.slice(0, 80)}: not a substitution id (16 to 64 lowercase hex digits, the "id" of the agent's answer)`,
+    );
   if (values.to === undefined) throw usage('--to ADDR is required');
-  if (values['disk-serial'] !== undefined && values.sign === undefined) throw usage('--disk-serial names the VM of a signed request: it goes with --sign KEY');
-  if (values.sign !== undefined && values['disk-serial'] === undefined) throw usage('--sign needs --disk-serial S: a signed request names the VM it is for (the virtio serial of its disk)');
+  if (values['disk-serial'] !== undefined && values.sign === undefined)
+    throw usage('--disk-serial names the VM of a signed request: it goes with --sign KEY');
+  if (values.sign !== undefined && values['disk-serial'] === undefined)
+    throw usage(
+      '--sign needs --disk-serial S: a signed request names the VM it is for (the virtio serial of its disk)',
+    );
   let timeoutMs: number | undefined;
   if (values.timeout !== undefined) {
     const sec = Number(values.timeout);
@@ -58,10 +66,16 @@ async function run(args: string[]): Promise<void> {
     timeoutMs = sec * 1000;
   }
   const target = parseAgentTarget(values.to);
-  const signer = values.sign === undefined ? undefined : makeSigner(await loadPrivateKey(values.sign), { serial: values['disk-serial']! });
+  const signer =
+    values.sign === undefined
+      ? undefined
+      : makeSigner(await loadPrivateKey(values.sign), { serial: values['disk-serial']! });
   const o = new Output(values.json === true);
 
-  const conn = await AgentConnection.open(target, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(signer ? { signer } : {}) });
+  const conn = await AgentConnection.open(target, {
+    ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    ...(signer ? { signer } : {}),
+  });
   let fetched: { json: Buffer; pages: number };
   try {
     fetched = await conn.fullReportBytes(id);
@@ -74,27 +88,37 @@ async function run(args: string[]): Promise<void> {
   try {
     report = JSON.parse(fetched.json.toString('utf8')) as typeof report;
   } catch (e) {
-    throw new ProtocolError(`the report of ${id} the agent sent is not JSON (${(e as Error).message})`, 'read it again; if it stays broken, the file in the agent\'s state directory (reports/ID.json) is damaged');
+    throw new ProtocolError(
+      `the report of ${id} the agent sent is not JSON (${(e as Error).message})`,
+      "read it again; if it stays broken, the file in the agent's state directory (reports/ID.json) is damaged",
+    );
   }
-  const summary = `report of ${id} from the agent at ${conn.target} (${formatBytes(fetched.json.length)} in ${plural(fetched.pages, 'page')})`;
+  const summary =
+    `report of ${id} from the agent at ${conn.target} (${formatBytes(fetched.json.length)} in ` +
+    `${plural(fetched.pages, 'page')})`;
   if (values.output !== undefined) {
     const path = values.output;
     await writeFile(path, fetched.json, { mode: 0o600 }).catch((e: Error) => {
       throw new UsageError(`report: -o ${path}: ${e.message}`, 'give a file in a directory you can write');
     });
-    o.result({ id, bytes: fetched.json.length, pages: fetched.pages, output: path }, () => `${summary}, written to ${path}\n${formatAny(report)}`);
+    const saved = { id, bytes: fetched.json.length, pages: fetched.pages, output: path };
+    o.result(ReportSavedOutput, saved, () => `${summary}, written to ${path}\n${formatAny(report)}`);
     return;
   }
   // The JSON document is the agent's report itself, as notify --json prints a whole answer.
   if (o.json) process.stdout.write(fetched.json.toString('utf8') + '\n');
-  else o.result(report, () => `${summary}\n${formatAny(report)}`);
+  else o.result(ReportOutput, report, () => `${summary}\n${formatAny(report)}`);
 }
 
 /** A kept report is a substitute or commit answer (its dry run included), or a prepare answer. */
 function formatAny(report: SubstituteReport | Omit<PrepareReport, 'token'>): string {
   if ('verified-bytes' in report) return formatReport(report);
   const lines = [`prepared on ${report.device}:`, formatPlan(report.plan)];
-  for (const p of report.pinned) lines.push(`  pinned ${p.comm}[${p.pid}] on the old ${p.path}: ${formatBytes(p['bytes-copied'])} copied (${p.status}${p.detail ? `: ${p.detail}` : ''})`);
+  for (const p of report.pinned)
+    lines.push(
+      `  pinned ${p.comm}[${p.pid}] on the old ${p.path}: ${formatBytes(p['bytes-copied'])} copied ` +
+        `(${p.status}${p.detail ? `: ${p.detail}` : ''})`,
+    );
   return lines.join('\n');
 }
 
@@ -103,12 +127,25 @@ function explain(e: unknown, id: string, target: string, signed: boolean): unkno
   if (!(e instanceof AgentError)) return e;
   const desc = e.message.replace(/^agent: [A-Za-z]+: /, '');
   if (e.errorClass === 'Unauthorized') {
-    return new AgentError(e.errorClass, desc, e.data, signed
-      ? 'the agent does not accept this signature: is the public key in the guest\'s /etc/vmsubst/trusted.d/, and --disk-serial the serial of a disk of this VM?'
-      : `a report names guest paths and processes: ask over the hypervisor's side (serial:PATH, or vsock as root), or sign the request: vmsubst report ${id} --to ${target} --sign KEY --disk-serial SERIAL`);
+    return new AgentError(
+      e.errorClass,
+      desc,
+      e.data,
+      signed
+        ? "the agent does not accept this signature: is the public key in the guest's /etc/vmsubst/trusted.d/, " +
+            'and --disk-serial the serial of a disk of this VM?'
+        : `a report names guest paths and processes: ask over the hypervisor's side (serial:PATH, or vsock as ` +
+            `root), or sign the request: vmsubst report ${id} --to ${target} --sign KEY --disk-serial SERIAL`,
+    );
   }
   if (e.errorClass === 'InvalidArguments' && /no full report is kept/.test(desc)) {
-    return new AgentError(e.errorClass, desc, e.data, 'an answer that was not truncated is whole already (notify --json prints it); the agent keeps only the newest 64 full reports');
+    return new AgentError(
+      e.errorClass,
+      desc,
+      e.data,
+      'an answer that was not truncated is whole already (notify --json prints it); the agent keeps only the ' +
+        'newest 64 full reports',
+    );
   }
   return e;
 }
@@ -116,7 +153,8 @@ function explain(e: unknown, id: string, target: string, signed: boolean): unkno
 export const reportCommand: Command = {
   name: 'report',
   synopsis: 'report ID --to ADDR',
-  summary: "fetch the full report of a substitution whose answer\nwas truncated, page by page",
+  summary: 'fetch the full report of a substitution whose answer\nwas truncated, page by page',
   help: HELP,
+  output: ReportOutput,
   run,
 };

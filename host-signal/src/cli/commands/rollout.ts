@@ -2,10 +2,21 @@
 import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { resolve } from 'node:path';
-import { fleetFromJson, loadFleet, NOT_TOLD, type FleetMember, NO_AGENT_ACTIONS, rollout, type NoAgentAction, type RolloutResult, type VmOutcome } from '../../rollout/index.js';
+import {
+  fleetFromJson,
+  loadFleet,
+  NOT_TOLD,
+  type FleetMember,
+  NO_AGENT_ACTIONS,
+  rollout,
+  type NoAgentAction,
+  type RolloutResult,
+  type VmOutcome,
+} from '../../rollout/index.js';
 import { agentOutcomeJson } from '../report.js';
 import { formatBytes, plural, table } from '../format.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, positiveInt, type Command } from '../common.js';
+import { RolloutOutput, type RolloutVmJson } from '../output.js';
 
 const HELP = `Usage: vmsubst rollout FLEET BUNDLE [--concurrency N] [--canary N]
                        [--stop-on-failure | --continue] [--state FILE]
@@ -86,36 +97,59 @@ async function run(args: string[]): Promise<number> {
     if (values.node !== undefined) one['node'] = values.node;
     if (values.to !== undefined) one['agent'] = values.to;
     if (values['disk-serial'] !== undefined || values['disk-path'] !== undefined) {
-      one['disk'] = { ...(values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {}), ...(values['disk-path'] !== undefined ? { path: values['disk-path'] } : {}) };
+      one['disk'] = {
+        ...(values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {}),
+        ...(values['disk-path'] !== undefined ? { path: values['disk-path'] } : {}),
+      };
     }
     fleet = fleetFromJson({ vms: [one] }, process.cwd(), 'rollout');
   } else {
     for (const o of ['device', 'node', 'to', 'disk-serial', 'disk-path'] as const) {
-      if (values[o] !== undefined) throw new UsageError(`rollout: --${o} goes with --qmp; a fleet file gives each VM its own`, "see 'vmsubst rollout --help'");
+      if (values[o] !== undefined)
+        throw new UsageError(
+          `rollout: --${o} goes with --qmp; a fleet file gives each VM its own`,
+          "see 'vmsubst rollout --help'",
+        );
     }
     const [fleetPath, b] = positionals('rollout', pos, ['FLEET', 'BUNDLE']) as [string, string];
     bundlePath = b;
     fleet = await loadFleet(fleetPath);
   }
-  if (values['stop-on-failure'] && values.continue) throw new UsageError('rollout: give --stop-on-failure or --continue, not both', "see 'vmsubst rollout --help'");
+  if (values['stop-on-failure'] && values.continue)
+    throw new UsageError('rollout: give --stop-on-failure or --continue, not both', "see 'vmsubst rollout --help'");
   const onNoAgent = (values['on-no-agent'] ?? 'warn') as NoAgentAction;
-  if (!NO_AGENT_ACTIONS.includes(onNoAgent)) throw new UsageError(`rollout: --on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`, "see 'vmsubst rollout --help'");
-  const concurrency = values.concurrency === undefined ? 4 : positiveInt('rollout', '--concurrency', values.concurrency);
-  const canary = values.canary === undefined ? 0 : values.canary === '0' ? 0 : positiveInt('rollout', '--canary', values.canary);
+  if (!NO_AGENT_ACTIONS.includes(onNoAgent))
+    throw new UsageError(
+      `rollout: --on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`,
+      "see 'vmsubst rollout --help'",
+    );
+  const concurrency =
+    values.concurrency === undefined ? 4 : positiveInt('rollout', '--concurrency', values.concurrency);
+  const canary =
+    values.canary === undefined ? 0 : values.canary === '0' ? 0 : positiveInt('rollout', '--canary', values.canary);
   let timeoutMs: number | undefined;
   if (values['agent-timeout'] !== undefined) {
     const sec = Number(values['agent-timeout']);
-    if (!(sec > 0)) throw new UsageError(`rollout: --agent-timeout ${values['agent-timeout']}: expected a positive number of seconds`, "see 'vmsubst rollout --help'");
+    if (!(sec > 0))
+      throw new UsageError(
+        `rollout: --agent-timeout ${values['agent-timeout']}: expected a positive number of seconds`,
+        "see 'vmsubst rollout --help'",
+      );
     timeoutMs = sec * 1000;
   }
   const signWith = values.sign === undefined ? undefined : await loadPrivateKey(values.sign);
-  if (canary > fleet.length) throw new UsageError(`rollout: --canary ${canary}: the fleet has only ${plural(fleet.length, 'VM')}`, "see 'vmsubst rollout --help'");
+  if (canary > fleet.length)
+    throw new UsageError(
+      `rollout: --canary ${canary}: the fleet has only ${plural(fleet.length, 'VM')}`,
+      "see 'vmsubst rollout --help'",
+    );
 
   const o = new Output(values.json === true);
   const bundle = await Bundle.open(bundlePath, { onProgress: (d, t) => o.progress.update('check', d, t) });
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => {
-    if (!controller.signal.aborted) process.stderr.write(`\nvmsubst: ${sig}: no further VM starts; those under way finish\n`);
+    if (!controller.signal.aborted)
+      process.stderr.write(`\nvmsubst: ${sig}: no further VM starts; those under way finish\n`);
     controller.abort();
   };
   process.on('SIGINT', onSignal);
@@ -124,7 +158,12 @@ async function run(args: string[]): Promise<number> {
   let finished = 0;
   const show = (): void => {
     const running = [...phases].map(([n, p]) => `${n} ${p}`).join(', ');
-    o.progress.update('rollout', finished, fleet.length, `${finished}/${fleet.length} VMs${running ? `; ${running}` : ''}`);
+    o.progress.update(
+      'rollout',
+      finished,
+      fleet.length,
+      `${finished}/${fleet.length} VMs${running ? `; ${running}` : ''}`,
+    );
   };
   let result: RolloutResult;
   try {
@@ -156,11 +195,11 @@ async function run(args: string[]): Promise<number> {
     process.off('SIGTERM', onSignal);
     await bundle.close();
   }
-  o.result(rolloutJson(result), () => rolloutHuman(result));
+  o.result(RolloutOutput, rolloutJson(result), () => rolloutHuman(result));
   return result.vms.every((v) => v.status === 'applied' || v.status === 'done-before') ? 0 : 1;
 }
 
-export function vmJson(v: VmOutcome): Record<string, unknown> {
+export function vmJson(v: VmOutcome): RolloutVmJson {
   const a = v.apply;
   return {
     name: v.name,
@@ -187,7 +226,7 @@ export function vmJson(v: VmOutcome): Record<string, unknown> {
   };
 }
 
-function rolloutJson(r: RolloutResult): Record<string, unknown> {
+function rolloutJson(r: RolloutResult): RolloutOutput {
   return {
     bundle: r.bundle,
     ok: r.vms.every((v) => v.status === 'applied' || v.status === 'done-before'),
@@ -203,9 +242,11 @@ function rolloutJson(r: RolloutResult): Record<string, unknown> {
 function guestColumn(v: VmOutcome): string {
   if (v.agent.told) {
     const files = v.agent.report ? `, ${plural(v.agent.report.files.length, 'file')}` : '';
-    return `told${v.agent.replayed ? ' (journal)' : ''}${files}${v.agent.resends ? `, ${plural(v.agent.resends, 'resend')}` : ''}`;
+    const resends = v.agent.resends ? `, ${plural(v.agent.resends, 'resend')}` : '';
+    return `told${v.agent.replayed ? ' (journal)' : ''}${files}${resends}`;
   }
-  if (v.status === 'applied' || v.status === 'done-before') return v.reset ? 'NOT TOLD; VM reset' : 'NOT TOLD (no agent)';
+  if (v.status === 'applied' || v.status === 'done-before')
+    return v.reset ? 'NOT TOLD; VM reset' : 'NOT TOLD (no agent)';
   return v.agent.unreachable !== undefined ? 'no agent' : '-';
 }
 
@@ -227,14 +268,17 @@ function rolloutHuman(r: RolloutResult): string {
   const parts = (Object.keys(c) as (keyof typeof c)[]).filter((k) => c[k] > 0).map((k) => `${c[k]} ${k}`);
   lines.push(`${plural(r.vms.length, 'VM')}: ${parts.join(', ')} in ${(r.elapsedMs / 1000).toFixed(1)} s`);
   if (r.halted !== undefined) lines.push(`halted: ${r.halted}`);
-  if (r.vms.some((v) => (v.status === 'applied' || v.status === 'done-before') && !v.agent.told)) lines.push(`NOT TOLD: ${NOT_TOLD}`);
+  if (r.vms.some((v) => (v.status === 'applied' || v.status === 'done-before') && !v.agent.told))
+    lines.push(`NOT TOLD: ${NOT_TOLD}`);
   return lines.filter((l, i, all) => !(l === '' && all[i + 1] === undefined)).join('\n');
 }
 
 export const rolloutCommand: Command = {
   name: 'rollout',
   synopsis: 'rollout FLEET BUNDLE',
-  summary: 'apply a bundle to a fleet of running VMs and tell their agents\n(canary, concurrency, stop on failure, resumable)',
+  summary:
+    'apply a bundle to a fleet of running VMs and tell their agents\n(canary, concurrency, stop on failure, resumable)',
   help: HELP,
+  output: RolloutOutput,
   run,
 };

@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { signBundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+import { SignOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst sign BUNDLE --key KEY [-o OUT] [--json]
 
@@ -27,18 +28,28 @@ async function run(args: string[]): Promise<void> {
   });
   if (helpRequested(HELP, values)) return;
   const [bundlePath] = positionals('sign', pos, ['BUNDLE']) as [string];
-  if (values.key === undefined) throw new UsageError('sign: --key KEY is required', "make a key pair with 'vmsubst keygen --out PREFIX'");
-  if (values.output !== undefined && resolve(values.output) === resolve(values.key)) throw new UsageError('sign: the output must not overwrite the key');
+  if (values.key === undefined)
+    throw new UsageError('sign: --key KEY is required', "make a key pair with 'vmsubst keygen --out PREFIX'");
+  if (values.output !== undefined && resolve(values.output) === resolve(values.key))
+    throw new UsageError('sign: the output must not overwrite the key');
   const key = await loadPrivateKey(values.key, '--key');
   const o = new Output(values.json === true);
   const out = values.output ?? bundlePath;
   const { manifest, previousId } = await signBundle(bundlePath, key, out);
   const keyId = manifest.signature!['key-id'];
-  o.result({ bundle: out, id: manifest.id, 'previous-id': previousId, 'key-id': keyId }, () =>
+  o.result(SignOutput, { bundle: out, id: manifest.id, 'previous-id': previousId, 'key-id': keyId }, () =>
     manifest.id === previousId
       ? `${out}: signed with key ${keyId}; id ${manifest.id.slice(0, 16)} unchanged`
-      : `${out}: signed with key ${keyId}; the id changed from ${previousId.slice(0, 16)} to ${manifest.id.slice(0, 16)} (format 1 bundle upgraded, or its data moved to make room)`,
+      : `${out}: signed with key ${keyId}; the id changed from ${previousId.slice(0, 16)} to ` +
+        `${manifest.id.slice(0, 16)} (format 1 bundle upgraded, or its data moved to make room)`,
   );
 }
 
-export const signCommand: Command = { name: 'sign', synopsis: 'sign BUNDLE --key KEY', summary: 'sign a bundle with an Ed25519 key', help: HELP, run };
+export const signCommand: Command = {
+  name: 'sign',
+  synopsis: 'sign BUNDLE --key KEY',
+  summary: 'sign a bundle with an Ed25519 key',
+  help: HELP,
+  output: SignOutput,
+  run,
+};

@@ -4,6 +4,7 @@ import { UsageError } from '../../errors.js';
 import { formatStale } from '@vmsubst/common/protocol/format';
 import { makeSigner } from '../../notify/index.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
+import { StaleOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst stale --to ADDR [--sign KEY --disk-serial S] [--json]
 
@@ -40,11 +41,20 @@ async function run(args: string[]): Promise<void> {
   positionals('stale', pos, []);
   if (values.to === undefined) throw new UsageError('stale: --to ADDR is required', "see 'vmsubst stale --help'");
   const timeoutSec = values.timeout === undefined ? 60 : Number(values.timeout);
-  if (!(timeoutSec > 0)) throw new UsageError(`stale: --timeout ${values.timeout}: expected a positive number of seconds`);
-  const signer = values.sign === undefined ? undefined : makeSigner(await loadPrivateKey(values.sign), values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {});
+  if (!(timeoutSec > 0))
+    throw new UsageError(`stale: --timeout ${values.timeout}: expected a positive number of seconds`);
+  const signer =
+    values.sign === undefined
+      ? undefined
+      : makeSigner(
+          await loadPrivateKey(values.sign),
+          values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {},
+        );
   const o = new Output(values.json === true);
-  const { value } = await withAgent(values.to, { timeoutMs: timeoutSec * 1000, ...(signer ? { signer } : {}) }, (c) => c.stale());
-  o.result(value, () => formatStale(value).trimEnd());
+  const { value } = await withAgent(values.to, { timeoutMs: timeoutSec * 1000, ...(signer ? { signer } : {}) }, (c) =>
+    c.stale(),
+  );
+  o.result(StaleOutput, value, () => formatStale(value).trimEnd());
 }
 
 export const staleCommand: Command = {
@@ -52,5 +62,6 @@ export const staleCommand: Command = {
   synopsis: 'stale --to ADDR',
   summary: 'list the guest processes still running old content (pinned, old inode, mixed)',
   help: HELP,
+  output: StaleOutput,
   run,
 };

@@ -48,6 +48,16 @@ export const DiffOutput = Type.Object(
     'elf-code-unchanged': Count,
     'elf-code-changed': Count,
     notes: Strings,
+    native: Type.Optional(
+      Type.Object(
+        {
+          loaded: Type.Boolean({ description: "whether the host's addon loaded (else the comparison ran in JavaScript)" }),
+          path: Type.Optional(Type.String({ description: 'the .node file loaded' })),
+          error: Type.Optional(Type.String({ description: 'why it did not load' })),
+        },
+        { ...strict, description: 'the native comparison, when both images are plain files' },
+      ),
+    ),
     'elapsed-ms': Ms,
     'compare-ms': Ms,
     'hints-ms': Ms,

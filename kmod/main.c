@@ -141,7 +141,8 @@ static_assert(sizeof(union vmsubst_cmd) <= U16_MAX);
 	 VMSUBST_FEATURE_PIN_MAPPERS |					\
 	 VMSUBST_FEATURE_QUERY_PAGES |					\
 	 VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY |			\
-	 VMSUBST_FEATURE_PIN_CURSOR)
+	 VMSUBST_FEATURE_PIN_CURSOR |					\
+	 VMSUBST_FEATURE_REVALIDATE_REPLACED)
 
 static int vmsubst_cmd_version(union vmsubst_cmd *cmd, struct vmsubst_io *io)
 {

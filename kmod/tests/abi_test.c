@@ -488,7 +488,8 @@ static void t_ver_reserved(struct ctx *c, const char *desc)
 	 VMSUBST_FEATURE_QUERY_MAPPERS | VMSUBST_FEATURE_PIN_MAPPERS |	\
 	 VMSUBST_FEATURE_QUERY_PAGES |					\
 	 VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY |			\
-	 VMSUBST_FEATURE_PIN_CURSOR)
+	 VMSUBST_FEATURE_PIN_CURSOR |					\
+	 VMSUBST_FEATURE_REVALIDATE_REPLACED)
 
 static void t_ver_ok(struct ctx *c, const char *desc)
 {

@@ -112,7 +112,8 @@ export type KmodFeature =
   | 'pinMappers'
   | 'queryPages'
   | 'invalidateUnlessDirty'
-  | 'pinCursor';
+  | 'pinCursor'
+  | 'revalidateReplaced';
 
 /** VMSUBST_PAGE_* bits by name: why a page range was not simply dropped. */
 export type PageState = 'dropped' | 'dirty' | 'writeback' | 'locked' | 'pinned' | 'mapped' | 'busy';
@@ -345,6 +346,7 @@ export interface NativeConstants {
   readonly VMSUBST_FEATURE_QUERY_PAGES: bigint;
   readonly VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY: bigint;
   readonly VMSUBST_FEATURE_PIN_CURSOR: bigint;
+  readonly VMSUBST_FEATURE_REVALIDATE_REPLACED: bigint;
   readonly VMSUBST_INVALIDATE_F_FORCE: number;
   readonly VMSUBST_INVALIDATE_F_ZAP: number;
   readonly VMSUBST_INVALIDATE_F_DROP: number;
@@ -356,6 +358,7 @@ export interface NativeConstants {
   readonly VMSUBST_INVALIDATE_F_ALL: number;
   readonly VMSUBST_BDEV_F_FORCE: number;
   readonly VMSUBST_INODES_F_FORCE: number;
+  readonly VMSUBST_INODES_F_UNHASH_BUSY: number;
   readonly VMSUBST_DENTRIES_F_FORCE: number;
   readonly VMSUBST_DENTRIES_F_UNHASH_BUSY: number;
   readonly VMSUBST_PAGE_DROPPED: number;
@@ -835,6 +838,7 @@ export function kmodFeatures(features: bigint): KmodFeature[] {
     ['queryPages', constants.VMSUBST_FEATURE_QUERY_PAGES],
     ['invalidateUnlessDirty', constants.VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY],
     ['pinCursor', constants.VMSUBST_FEATURE_PIN_CURSOR],
+    ['revalidateReplaced', constants.VMSUBST_FEATURE_REVALIDATE_REPLACED],
   ];
   return names.filter(([, bit]) => (features & bit) === bit).map(([name]) => name);
 }

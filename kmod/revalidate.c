@@ -80,7 +80,7 @@ struct vmsubst_inode_counts {
 };
 
 static void vmsubst_revalidate_inode(struct super_block *sb, u64 ino,
-				     struct inode *caller,
+				     struct inode *caller, bool unhash_busy,
 				     struct vmsubst_inode_counts *c,
 				     struct vmsubst_out *in_use)
 {
@@ -113,6 +113,14 @@ static void vmsubst_revalidate_inode(struct super_block *sb, u64 ino,
 		 */
 		d_mark_dontcache(inode);
 	}
+
+	/*
+	 * Its users keep it (an unhashed inode is evicted at its last iput(),
+	 * generic_drop_inode()); iget of the number reads it anew.
+	 */
+	if (reasons && unhash_busy && !S_ISDIR(inode->i_mode) &&
+	    reasons != VMSUBST_INODE_ROOT && reasons != VMSUBST_INODE_CALLER)
+		remove_inode_hash(inode);
 
 	if (reasons) {
 		/* Not counting the reference ilookup() gave us. */
@@ -156,8 +164,10 @@ int vmsubst_cmd_revalidate_inodes(struct vmsubst_ucmd *ucmd)
 
 	/* The open file pins the superblock and its root. */
 	for (i = 0; !ret && i < req->nr_inodes; i++) {
-		vmsubst_revalidate_inode(sb, inos[i], file_inode(file), &c,
-					 &ucmd->io.out[0]);
+		vmsubst_revalidate_inode(sb, inos[i], file_inode(file),
+					 req->flags &
+						 VMSUBST_INODES_F_UNHASH_BUSY,
+					 &c, &ucmd->io.out[0]);
 		if (fatal_signal_pending(current))
 			ret = -EINTR;
 		cond_resched();
@@ -171,6 +181,24 @@ int vmsubst_cmd_revalidate_inodes(struct vmsubst_ucmd *ucmd)
 }
 
 /* ---- dentries ------------------------------------------------------------- */
+
+/*
+ * Where names may be revalidated: a filesystem vmsubst_check_sb() accepts,
+ * or an overlay mount. An overlay's dentry holds its lower dentry and inode
+ * (ovl_entry, ovl_inode), and an ext4 lower never asks to be revalidated
+ * (no DCACHE_OP_REVALIDATE): the overlay's dentry of a replaced lower file
+ * would name the old inode for good and keep the lower dentry busy. The
+ * caller unhashes those first, as memory pressure or a failed
+ * ovl_dentry_revalidate() would; the next lookup goes down to the lower
+ * layer again, and an upper (copied-up) entry still wins there. Nothing of
+ * the upper layer is touched, so a writable overlay needs no force.
+ */
+static int vmsubst_check_dentries_sb(struct super_block *sb, bool force)
+{
+	if (sb->s_magic == OVERLAYFS_SUPER_MAGIC)
+		return 0;
+	return vmsubst_check_sb(sb, force);
+}
 
 static bool vmsubst_name_ok(const char *name, size_t len)
 {
@@ -290,8 +318,8 @@ int vmsubst_cmd_revalidate_dentries(struct vmsubst_ucmd *ucmd)
 	u32 i;
 	int ret;
 
-	ret = vmsubst_check_sb(file_inode(file)->i_sb,
-			       req->flags & VMSUBST_DENTRIES_F_FORCE);
+	ret = vmsubst_check_dentries_sb(file_inode(file)->i_sb,
+					req->flags & VMSUBST_DENTRIES_F_FORCE);
 	if (ret)
 		return ret;
 

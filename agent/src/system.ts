@@ -79,10 +79,19 @@ export function metadataOps(native: Native, device: KmodDevice): MetadataOps {
       }
       return total;
     },
-    async revalidateInodes(fd, inos, force) {
+    revalidatesReplaced() {
+      try {
+        return device.features().includes('revalidateReplaced');
+      } catch {
+        return false; // no module: nothing is revalidated at all, and the substitution says so
+      }
+    },
+    async revalidateInodes(fd, inos, force, unhashBusy) {
       const total = { evicted: 0, notCached: 0, inUse: [] as { ino: number; reasons: string[] }[] };
       for (const batch of chunk(inos, c.VMSUBST_INODES_MAX)) {
-        const r = await device.revalidateInodes(fd, batch.map(BigInt), { flags: force ? c.VMSUBST_INODES_F_FORCE : 0 });
+        const r = await device.revalidateInodes(fd, batch.map(BigInt), {
+          flags: (force ? c.VMSUBST_INODES_F_FORCE : 0) | (unhashBusy ? c.VMSUBST_INODES_F_UNHASH_BUSY : 0),
+        });
         total.evicted += r.evicted;
         total.notCached += r.notCached;
         for (const u of r.inUse) total.inUse.push({ ino: Number(u.ino), reasons: u.reasonNames });

@@ -18,6 +18,7 @@ import { vmsubstJson } from '../helpers/cli.js';
 import { guard } from '../helpers/guard.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 import { QmpClient } from '../../host-signal/src/qmp/index.js';
+import { liveUpgradeTests } from './live-upgrade.js';
 
 const PKG = join(ROOT, 'build/packaging');
 const IMAGE = join(CACHE, 'debian-guest');
@@ -363,6 +364,15 @@ if (why) {
       assert.is((await vm.run(`kill -0 ${C.pid}`)).code, 0, 'the substituted program still runs');
     }),
   );
+
+  liveUpgradeTests(G, () => ({
+    vm: C.vm!,
+    tmp: C.tmp,
+    restartAgent: async () => {
+      await C.vm!.sh(`systemctl restart ${UNIT}`, 120_000);
+      await waitActive(C.vm!, 'agent active with its new configuration');
+    },
+  }), times);
 
   G.test('purge removes every file of both packages, the journal and the DKMS build, and unloads the module', () =>
     withTimeout(600_000, 'purge', async () => {

@@ -42,6 +42,7 @@ export interface NativeConstants {
   readonly VMSUBST_FEATURE_QUERY_PAGES: bigint;
   readonly VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY: bigint;
   readonly VMSUBST_FEATURE_PIN_CURSOR: bigint;
+  readonly VMSUBST_FEATURE_REVALIDATE_REPLACED: bigint;
   readonly VMSUBST_INVALIDATE_F_FORCE: number;
   readonly VMSUBST_INVALIDATE_F_ZAP: number;
   readonly VMSUBST_INVALIDATE_F_DROP: number;
@@ -53,6 +54,7 @@ export interface NativeConstants {
   readonly VMSUBST_INVALIDATE_F_ALL: number;
   readonly VMSUBST_BDEV_F_FORCE: number;
   readonly VMSUBST_INODES_F_FORCE: number;
+  readonly VMSUBST_INODES_F_UNHASH_BUSY: number;
   readonly VMSUBST_DENTRIES_F_FORCE: number;
   readonly VMSUBST_DENTRIES_F_UNHASH_BUSY: number;
   readonly VMSUBST_PAGE_DROPPED: number;

@@ -34,7 +34,8 @@ export type KmodFeature =
   | 'pinMappers'
   | 'queryPages'
   | 'invalidateUnlessDirty'
-  | 'pinCursor';
+  | 'pinCursor'
+  | 'revalidateReplaced';
 
 /** VMSUBST_PAGE_* bits by name: why a page range was not simply dropped. */
 export type PageState = 'dropped' | 'dirty' | 'writeback' | 'locked' | 'pinned' | 'mapped' | 'busy';
@@ -297,6 +298,7 @@ export function kmodFeatures(features: bigint): KmodFeature[] {
     ['queryPages', constants.VMSUBST_FEATURE_QUERY_PAGES],
     ['invalidateUnlessDirty', constants.VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY],
     ['pinCursor', constants.VMSUBST_FEATURE_PIN_CURSOR],
+    ['revalidateReplaced', constants.VMSUBST_FEATURE_REVALIDATE_REPLACED],
   ];
   return names.filter(([, bit]) => (features & bit) === bit).map(([name]) => name);
 }

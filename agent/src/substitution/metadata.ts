@@ -14,6 +14,8 @@ import type { DiskLayout } from '../pedigree/mounts.js';
 import { classify, inodesIn, parseDirBlock, readExt4Layout, type Ext4Layout } from '@vmsubst/common/pedigree/ext4';
 import { CommandError, messageOf } from '../errors.js';
 import type { DiskReader } from './verify.js';
+import { overlayLowers, revalidateOverlayViews, type OverlayLower } from './overlay.js';
+import { detachReused } from './inodes-reused.js';
 
 /** Upper bound on a directory read back raw (its blocks); bigger ones fall back to dropping all children. */
 const MAX_DIR_BYTES = 64 << 20;
@@ -38,7 +40,13 @@ export interface DentryResult {
 export interface MetadataOps {
   invalidateBdev(bdevFd: number, ranges: ByteRange[], force: boolean): Promise<BdevResult>;
   revalidateDentries(dirFd: number, names: string[], force: boolean): Promise<DentryResult>;
-  revalidateInodes(fsFd: number, inos: number[], force: boolean): Promise<InodeResult>;
+  /** `unhashBusy`: an inode that stays in use no longer answers to its number (inodes-reused.ts). */
+  revalidateInodes(fsFd: number, inos: number[], force: boolean, unhashBusy?: boolean): Promise<InodeResult>;
+  /**
+   * Whether revalidateDentries takes a directory of an overlay mount and revalidateInodes takes
+   * `unhashBusy` (the module's feature).
+   */
+  revalidatesReplaced?(): Promise<boolean> | boolean;
 }
 
 interface InUseInode {
@@ -59,6 +67,10 @@ export interface TouchedFs {
   ext4?: Ext4Layout;
   /** Overlay mounts whose lower layer lies in this filesystem (they keep their own dentries of it). */
   overlays: string[];
+  /** Those overlays' lowerdirs in this filesystem. */
+  overlayLowers?: OverlayLower[];
+  /** The agent revalidates the overlays' dentries too (overlay.ts): they need no restart. */
+  overlaysFollow?: boolean;
   /** Disk-relative metadata ranges inside this partition. */
   ranges: ClassifiedRange[];
   dirs: FileHit[];
@@ -75,7 +87,7 @@ const kindsOf = (fs: TouchedFs): string => [...new Set(fs.ranges.flatMap((r) => 
  * Why this filesystem's metadata change needs a restart (none: the agent applies it): a read-write
  * mount (unless the host forces it); XFS always (its metadata lives in its own buffer cache, which
  * nothing outside XFS can make re-read); an overlay over it (its dentries of the lower files are its
- * own, and the module does not revalidate them).
+ * own) unless the module revalidates those too (`overlaysFollow`, overlay.ts).
  */
 export function restartReasons(fs: TouchedFs, force: boolean): string[] {
   if (fs.ranges.length === 0 && fs.dirs.length === 0) return [];
@@ -88,7 +100,7 @@ export function restartReasons(fs: TouchedFs, force: boolean): string[] {
   }
   const out: string[] = [];
   if (!fs.readOnly && !force) out.push(`${fs.mountPoint} is mounted read-write and its metadata changes (${kindsOf(fs)})`);
-  for (const ov of fs.overlays) {
+  for (const ov of fs.overlaysFollow ? [] : fs.overlays) {
     out.push(`the overlay at ${ov} has its lower layer in ${fs.mountPoint}, whose metadata changes (${kindsOf(fs)}): the overlay keeps its own dentries of the lower files, so a replaced or added file would not be seen through it`);
   }
   return out;
@@ -150,9 +162,8 @@ export async function planMetadata(
     }
     all.push(...classified);
     const under = (p: string): boolean => mounts.some((x) => x.devNum === part.devNum && (p === x.mountPoint || p.startsWith(x.mountPoint === '/' ? '/' : x.mountPoint + '/')));
-    const overlays = mounts
-      .filter((o) => o.fsType === 'overlay' && (o.superOptions ?? []).some((opt) => opt.startsWith('lowerdir=') && opt.slice(9).split(':').some(under)))
-      .map((o) => o.mountPoint);
+    const lowers = overlayLowers(mounts, under);
+    const overlays = [...new Set(lowers.map((l) => l.overlay))];
     filesystems.push({
       part,
       devPath: `${devRoot}/${part.name}`,
@@ -160,6 +171,7 @@ export async function planMetadata(
       readOnly: mount.readOnly,
       fsType: mount.fsType ?? 'unknown',
       overlays,
+      overlayLowers: lowers,
       ...(ext4 ? { ext4 } : {}),
       ranges: classified,
       dirs,
@@ -225,6 +237,8 @@ export async function applyMetadata(
         const fh = await openChanged(dir.path, 'dir').catch(() => undefined);
         if (!fh) continue; // the directory itself went away: its parent's entry covers it
         try {
+          // The overlays' dentries first: each holds the lower one, which would stay busy.
+          report.dentries.push(...(await revalidateOverlayViews(fs, dir.path, names.all, ops)));
           const r = await ops.revalidateDentries(fh.fd, names.all, force && !fs.readOnly);
           report.dentries.push({ dir: dir.path, names: names.all, dropped: r.dropped, busy: r.busy, mountpoints: r.mountpoints });
         } finally {
@@ -252,6 +266,7 @@ export async function applyMetadata(
         report.inodes.evicted += r.evicted;
         report.inodes['not-cached'] += r.notCached;
         const st = await root.stat();
+        await detachReused(fs, root.fd, r.inUse, mine, newOwners, ops, force);
         for (const u of r.inUse) {
           const path = mine.find((s) => s.ino === u.ino)?.path;
           const reusedBy = newOwners.get(`${fs.part.devNum}:${u.ino}`);

@@ -23,6 +23,8 @@ import { ReadbackCheck, describeStale } from './readback.js';
 import { addReaders, refuseScriptReaders } from './readers.js';
 import { predictReplaced } from './stale.js';
 import { invalidateFiles, refuseGuestDirty } from './invalidate.js';
+import { followOverlays } from './overlay.js';
+import { restartsForReplaced } from './replaced.js';
 
 export interface InvalidateCounts {
   pagesCached: bigint;
@@ -112,6 +114,7 @@ async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, bef
   const t1 = deps.now();
   const dirHits = files.filter((f) => f.file.kind === 'dir');
   const metadata = await planMetadata(disk, layout, mounts, unmapped, dirHits, deps.readDirect, deps.devRoot);
+  await followOverlays(metadata.filesystems, deps.metadata);
   const planned = await buildPlan({
     files,
     unmapped,
@@ -142,6 +145,8 @@ async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, bef
   if (metadata.filesystems.length > 0 && args.hints?.length) {
     const stale = await predictReplaced(metadata.filesystems.map((f) => f.mountPoint), args.hints, files, deps.procRoot);
     if (stale.length > 0) planned.plan.stale = stale;
+    const units = await restartsForReplaced(stale, args.hints, metadata.filesystems.map((f) => f.mountPoint), { notification: args.policies, config: deps.policies }, deps.procRoot);
+    if (units.length > 0) planned.plan.units = [...new Set([...planned.plan.units, ...units])].sort();
   }
   return { disk, layout, mounts, metadata, planned, unmapped, mapMs: t1 - t0, classifyMs: deps.now() - t1, mapStart: t0 };
 }

@@ -135,7 +135,7 @@ const touched = (over: Partial<TouchedFs>): TouchedFs => ({
   dirs: [],
   ...over,
 });
-Reasons('read-only ext4 applies it; XFS never does, read-only or forced; an overlay over it refuses', () => {
+Reasons('read-only ext4 applies it; XFS never does, read-only or forced; an overlay over it refuses without the module\'s feature', () => {
   assert.equal(restartReasons(touched({}), false), []);
   assert.match(restartReasons(touched({ readOnly: false }), false)[0]!, /read-write/);
   assert.equal(restartReasons(touched({ readOnly: false }), true), []);
@@ -143,6 +143,11 @@ Reasons('read-only ext4 applies it; XFS never does, read-only or forced; an over
   assert.is(restartReasons(touched({ fsType: 'xfs' }), true).length, 1, 'force does not make XFS re-read its metadata');
   assert.match(restartReasons(touched({ overlays: ['/'] }), false)[0]!, /overlay at \/ has its lower layer in \/a/);
   assert.equal(restartReasons(touched({ fsType: 'xfs', ranges: [] }), false), [], 'no metadata range, nothing to restart for');
+});
+Reasons('an overlay over it: no reason once the module revalidates the overlay\'s dentries (overlaysFollow)', () => {
+  assert.equal(restartReasons(touched({ overlays: ['/'], overlaysFollow: true }), false), []);
+  assert.is(restartReasons(touched({ overlays: ['/'], overlaysFollow: false }), false).length, 1, 'an older module: still refused');
+  assert.match(restartReasons(touched({ overlays: ['/'], overlaysFollow: true, readOnly: false }), false)[0]!, /read-write/, 'the lower mount still counts');
 });
 Reasons.run();
 

@@ -145,6 +145,11 @@ struct vmsubst_version {
 #define VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY	(1ULL << 8)
 /* VMSUBST_PIN_F_RESUME and the VER1 cursor of struct vmsubst_pin_mappers. */
 #define VMSUBST_FEATURE_PIN_CURSOR		(1ULL << 9)
+/*
+ * VMSUBST_IOC_REVALIDATE_DENTRIES takes a directory of an overlay mount;
+ * VMSUBST_IOC_REVALIDATE_INODES takes VMSUBST_INODES_F_UNHASH_BUSY.
+ */
+#define VMSUBST_FEATURE_REVALIDATE_REPLACED	(1ULL << 10)
 
 /* ---- report records shared by several commands --------------------------- */
 
@@ -362,7 +367,15 @@ struct vmsubst_invalidate_bdev {
 
 /* Allow it on a read-write mount. */
 #define VMSUBST_INODES_F_FORCE	(1U << 0)
-#define VMSUBST_INODES_F_ALL	(VMSUBST_INODES_F_FORCE)
+/*
+ * Take a non-directory inode that stays in use out of the inode hash: its
+ * users keep it, the next lookup of the number reads the inode table again.
+ * For numbers the new image gives to another file (the old file was
+ * replaced and its number reused): without it, a lookup of the new name
+ * would find the old in-core inode. VMSUBST_FEATURE_REVALIDATE_REPLACED.
+ */
+#define VMSUBST_INODES_F_UNHASH_BUSY	(1U << 1)
+#define VMSUBST_INODES_F_ALL	(VMSUBST_INODES_F_FORCE | VMSUBST_INODES_F_UNHASH_BUSY)
 
 #define VMSUBST_INODES_MAX 1024	/* cap of @nr_inodes and of @in_use */
 
@@ -446,7 +459,10 @@ struct vmsubst_revalidate_inodes {
  * struct vmsubst_revalidate_dentries - VMSUBST_IOC_REVALIDATE_DENTRIES
  * @size:        in: sizeof(struct vmsubst_revalidate_dentries)
  * @flags:       in: VMSUBST_DENTRIES_F_*
- * @fd:          in: an open directory on the mounted filesystem
+ * @fd:          in: an open directory on the mounted filesystem, or on an
+ *               overlay mount (VMSUBST_FEATURE_REVALIDATE_REPLACED): there
+ *               the overlay's own dentries of those names go, F_FORCE is not
+ *               needed (its upper layer is the guest's, and is not replaced)
  * @nr_names:    in: names at @names, 0..VMSUBST_NAMES_MAX; 0 drops every
  *               unused child of the directory, negative ones included, and
  *               leaves all counts 0

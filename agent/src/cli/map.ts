@@ -46,7 +46,7 @@ export interface MapReport {
 }
 
 export function parseBlocks(spec: string, blockSize: number): [number, number][] {
-  const toBlock = (s: string, end: boolean): number => {
+  const toBlock = (s: string, _end: boolean): number => {
     const m = /^(\d+)([bB]?)$/.exec(s.trim());
     if (!m) throw new Error(`not a block number: '${s}'`);
     const n = Number(m[1]);

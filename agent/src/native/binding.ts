@@ -27,7 +27,7 @@ import type {
   RevalidateInodesResult,
   VersionInfo,
 } from './kmod.js';
-import type { Connector, Listener, StreamHandleClass } from '@vmsubst/common/native/stream';
+import type { Listener, StreamHandleClass } from '@vmsubst/common/native/stream';
 
 /** Constants taken from the kernel headers by the compiler, never restated here. */
 export interface NativeConstants {

@@ -51,7 +51,7 @@ export class PedigreeIndex {
     if (next) {
       for (const p of PedigreeIndex.piecesOf([next])) {
         // A stale owner of the same blocks (freed, then reused) is dropped: blocks have one owner.
-        let i = this.#firstEndingAfter(p.diskStart);
+        const i = this.#firstEndingAfter(p.diskStart);
         while (i < this.#pieces.length && this.#pieces[i]!.diskStart < p.diskEnd) this.#pieces.splice(i, 1);
         this.#pieces.splice(i, 0, p);
       }

@@ -75,6 +75,7 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
         const path = join(o.procSys, ...key.split('.'));
         const want = String(value);
         // The schema refuses them too: a newline would add a second line (a second key) to the sysctl.d file.
+        // eslint-disable-next-line no-control-regex -- control characters are what it looks for
         if (/[\x00-\x1f\x7f]/.test(want)) throw new RefusedError(`${key}: the value contains control characters; send it on one line, fields separated by spaces`);
         const before = (await readFile(path, 'utf8')).trim();
         if (before !== want) await writeFile(path, want);

@@ -9,7 +9,7 @@
  */
 import { Duplex } from 'node:stream';
 
-import { isNativeError, nativeError, checkFd, type NativeError } from './errors.js';
+import { isNativeError, nativeError, type NativeError } from './errors.js';
 
 type ErrorCallback = (err: NativeError | null) => void;
 

@@ -45,7 +45,6 @@ const Id = Type.Union([Type.String({ maxLength: 128 }), Type.Integer()], {
 });
 const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$', ...doc('sha256 of the content, 64 lowercase hex digits') });
 const Offset = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, ...doc('byte offset') });
-const Length = Type.Integer({ minimum: 1, maximum: MAX_RANGE_BYTES, ...doc('length in bytes') });
 const Pid = Type.Integer(doc('process id'));
 const Comm = Type.String(doc("the process's command name (/proc/PID/comm)"));
 const Unit = Type.String(doc('the systemd unit owning the process, from /proc/PID/cgroup'));

@@ -13,7 +13,7 @@ import * as assert from 'uvu/assert';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
 import { withTimeout } from '../../helpers/timeout.js';
 import { FirmwareVm, whyNoQemu } from '../../helpers/firmware-vm.js';
-import { MiB, applyWorld, assertNbdServerFree, deviceWrite, firmwareSuite, qemuState, rangesNew, rejected, sha, type ApplyWorld } from '../../helpers/apply-world.js';
+import { MiB, applyWorld, assertNbdServerFree, deviceWrite, firmwareSuite, qemuState, rejected, sha, type ApplyWorld } from '../../helpers/apply-world.js';
 import { applyToQemu } from '../../../host-signal/src/apply/index.js';
 import { BaseMismatchError } from '../../../host-signal/src/errors.js';
 import { NbdClient } from '../../../host-signal/src/nbd/index.js';

@@ -2,13 +2,13 @@
  * `vmsubst apply` against real QEMU (firmware only, no guest OS) and against
  * raw image files. Every QEMU test starts its own VM and kills it afterwards.
  */
-import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { vmsubstJson } from '../../helpers/cli.js';
 import { withTimeout } from '../../helpers/timeout.js';
-import { applyToImage, applyToQemu, type QemuApplyResult } from '../../../host-signal/src/apply/index.js';
+import { applyToImage, applyToQemu } from '../../../host-signal/src/apply/index.js';
 import { BaseMismatchError, TargetError } from '../../../host-signal/src/errors.js';
 import { whyNoQemu } from '../../helpers/firmware-vm.js';
 import { MiB, applyWorld, diskCopy, firmwareSuite, rejected, sha, type ApplyWorld } from '../../helpers/apply-world.js';

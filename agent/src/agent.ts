@@ -6,7 +6,13 @@ import type { Duplex } from 'node:stream';
 import type { KeyObject } from 'node:crypto';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
-import { PROTOCOL_VERSION, type ArgsOf, type CommandName, type GreetingBody, type ReturnOf } from '@vmsubst/common/protocol/schema';
+import {
+  PROTOCOL_VERSION,
+  type ArgsOf,
+  type CommandName,
+  type GreetingBody,
+  type ReturnOf,
+} from '@vmsubst/common/protocol/schema';
 import { encode } from '@vmsubst/common/protocol/codec';
 import { Session } from './session.js';
 import type { SubstituteDeps } from './substitution/substitute.js';
@@ -28,7 +34,13 @@ export const AGENT_VERSION = '0.1.0';
 
 /** The system as the agent sees it: the real implementations live in native/ and are wired in main.ts. */
 export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange' | 'queryDirty'> {
-  invalidateRange(fd: number, offset: bigint, length: bigint, flags: number, device: string): ReturnType<SubstituteDeps['invalidateRange']>;
+  invalidateRange(
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    flags: number,
+    device: string,
+  ): ReturnType<SubstituteDeps['invalidateRange']>;
   queryDirty(fd: number, offset: number, length: number, device: string): ReturnType<SubstituteDeps['queryDirty']>;
   vsockListen?: VsockListen;
   adoptStream?: AdoptStream;
@@ -66,7 +78,11 @@ export class Agent {
     this.#trusted = loadTrustedKeys(config.trustedKeys, config.trustedKeyDir ?? undefined);
     this.#journal = Journal.open(config.stateDir);
     this.#grants = new Grants(config.stateDir);
-    if (this.#grants.corrupt.length > 0) log.warn('unreadable lines in the replay record; they were skipped', { file: this.#grants.path, lines: this.#grants.corrupt });
+    if (this.#grants.corrupt.length > 0)
+      log.warn('unreadable lines in the replay record; they were skipped', {
+        file: this.#grants.path,
+        lines: this.#grants.corrupt,
+      });
     this.#gate = new Gate({
       trusted: this.#trusted,
       hypervisorChannels: config.trust.hypervisorChannels,
@@ -74,7 +90,11 @@ export class Agent {
       grants: this.#grants,
       identity: () => readIdentity(deps.sysRoot),
     });
-    log.info('trust', { keys: [...this.#trusted.keys()], unsignedFrom: config.trust.requireSignature ? [] : config.trust.hypervisorChannels, customization: config.customization.allow });
+    log.info('trust', {
+      keys: [...this.#trusted.keys()],
+      unsignedFrom: config.trust.requireSignature ? [] : config.trust.hypervisorChannels,
+      customization: config.customization.allow,
+    });
     this.#services = {
       greeting: this.greeting,
       config,
@@ -91,20 +111,44 @@ export class Agent {
       onBuilt: (mount, how) => log.info('pedigree index built', { mountPoint: mount.mountPoint, ...how }),
     });
     for (const c of this.#journal.corrupt) {
-      log.error('the journal has a corrupt line; its record is ignored (vmsubst-agent status lists it)', { journal: this.#journal.path, line: c.line, reason: c.reason, excerpt: c.excerpt });
+      log.error('the journal has a corrupt line; its record is ignored (vmsubst-agent status lists it)', {
+        journal: this.#journal.path,
+        line: c.line,
+        reason: c.reason,
+        excerpt: c.excerpt,
+      });
     }
-    if (this.#journal.tornBytes > 0) log.warn('the journal ended in a torn line (a write cut short); it was cut off', { journal: this.#journal.path, bytes: this.#journal.tornBytes });
+    if (this.#journal.tornBytes > 0)
+      log.warn('the journal ended in a torn line (a write cut short); it was cut off', {
+        journal: this.#journal.path,
+        bytes: this.#journal.tornBytes,
+      });
     for (const id of this.#journal.interrupted) {
-      log.warn('a substitution was interrupted; the host\'s retry will complete it', { id });
+      log.warn("a substitution was interrupted; the host's retry will complete it", { id });
     }
     if (config.unix) this.#transports.push(new UnixTransport(config.unix));
     if (config.vsock) {
-      if (!deps.vsockListen) throw new AgentError('E_VMSUBST_TRANSPORT', 'vsock requested but no vsock support is available', 'is the native addon built? or start with --no-vsock');
+      if (!deps.vsockListen)
+        throw new AgentError(
+          'E_VMSUBST_TRANSPORT',
+          'vsock requested but no vsock support is available',
+          'is the native addon built? or start with --no-vsock',
+        );
       this.#transports.push(new VsockTransport(config.vsock.port, config.vsock.allowCids, deps.vsockListen, log));
     }
     if (config.serial) {
-      if (!deps.adoptStream) throw new AgentError('E_VMSUBST_TRANSPORT', 'virtio-serial requested but stream adoption is unavailable', 'is the native addon built? or start with --no-serial');
-      if (!deps.dupFd) throw new AgentError('E_VMSUBST_TRANSPORT', 'virtio-serial requested but dup() is unavailable', 'is the native addon built? or start with --no-serial');
+      if (!deps.adoptStream)
+        throw new AgentError(
+          'E_VMSUBST_TRANSPORT',
+          'virtio-serial requested but stream adoption is unavailable',
+          'is the native addon built? or start with --no-serial',
+        );
+      if (!deps.dupFd)
+        throw new AgentError(
+          'E_VMSUBST_TRANSPORT',
+          'virtio-serial requested but dup() is unavailable',
+          'is the native addon built? or start with --no-serial',
+        );
       this.#transports.push(new SerialTransport(config.serial, deps.adoptStream, log, deps.dupFd));
     }
     for (const mountPoint of config.indexAtStart) {
@@ -112,7 +156,11 @@ export class Agent {
       const started = deps.now();
       this.#pedigree.warm(mountPoint, deps.sysRoot, deps.procRoot).then(
         () => log.info('index ready at start', { mountPoint, ms: Math.round(deps.now() - started) }),
-        (e: unknown) => log.warn('could not build the index at start; it will be built on first use', { mountPoint, error: messageOf(e) }),
+        (e: unknown) =>
+          log.warn('could not build the index at start; it will be built on first use', {
+            mountPoint,
+            error: messageOf(e),
+          }),
       );
     }
     for (const t of this.#transports) {
@@ -121,7 +169,11 @@ export class Agent {
         const pool = hypervisorSide(peer, config.trust.hypervisorChannels) ? 'hypervisor' : 'other';
         if (peer.transport !== 'serial' && this.#connections[pool] >= config.maxConnections) {
           log.warn('refused a connection: too many open', { peer: peer.description, max: config.maxConnections, pool });
-          stream.end(encode({ error: { class: 'Busy', desc: `${config.maxConnections} connections are open already; retry later` } }));
+          stream.end(
+            encode({
+              error: { class: 'Busy', desc: `${config.maxConnections} connections are open already; retry later` },
+            }),
+          );
           setTimeout(() => stream.destroy(), 1000).unref();
           return;
         }
@@ -132,10 +184,17 @@ export class Agent {
           if (peer.transport !== 'serial') this.#connections[pool]--;
         });
         if (peer.transport !== 'serial') log.info('connection', { peer: peer.description });
-        new Session(stream, peer, this.greeting, {
-          dispatch: (name, args) => this.#dispatch(name, args, peer),
-          whyNot: (name) => this.#gate!.whyNot(name, peer),
-        }, log, config.idleTimeoutSec * 1000);
+        new Session(
+          stream,
+          peer,
+          this.greeting,
+          {
+            dispatch: (name, args) => this.#dispatch(name, args, peer),
+            whyNot: (name) => this.#gate!.whyNot(name, peer),
+          },
+          log,
+          config.idleTimeoutSec * 1000,
+        );
       });
       log.info('listening', { on: t.name });
     }
@@ -170,9 +229,10 @@ export class Agent {
       ...deps,
       ...(this.#pedigree ? { pedigree: this.#pedigree } : {}),
       policies: config.policies,
-      invalidateRange: process.env['VMSUBST_FAULT'] === 'skip-invalidate'
-        ? async () => ({ pagesCached: 0n, pagesMapped: 0n, pagesDropped: 0n, pagesKept: 0n }) // fault injection: the module is never called (the read-back test)
-        : (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
+      invalidateRange:
+        process.env['VMSUBST_FAULT'] === 'skip-invalidate'
+          ? async () => ({ pagesCached: 0n, pagesMapped: 0n, pagesDropped: 0n, pagesKept: 0n }) // fault injection: the module is never called (the read-back test)
+          : (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
       queryDirty: (fd, offset, length) => deps.queryDirty(fd, offset, length, config.kmodDevice),
     };
   }

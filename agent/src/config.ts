@@ -43,7 +43,10 @@ export const Config = Type.Object(
      */
     trust: Type.Object(
       {
-        hypervisorChannels: Type.Array(Type.Union([Type.Literal('serial'), Type.Literal('vsock-privileged-port'), Type.Literal('unix')]), { uniqueItems: true }),
+        hypervisorChannels: Type.Array(
+          Type.Union([Type.Literal('serial'), Type.Literal('vsock-privileged-port'), Type.Literal('unix')]),
+          { uniqueItems: true },
+        ),
         requireSignature: Type.Boolean(),
       },
       { additionalProperties: false },
@@ -59,7 +62,9 @@ export const Config = Type.Object(
     /** Which customization a signed substitution may carry (none by default), and where files may be written. */
     customization: Type.Object(
       {
-        allow: Type.Array(Type.Union([Type.Literal('hostname'), Type.Literal('file'), Type.Literal('sysctl')]), { uniqueItems: true }),
+        allow: Type.Array(Type.Union([Type.Literal('hostname'), Type.Literal('file'), Type.Literal('sysctl')]), {
+          uniqueItems: true,
+        }),
         fileRoots: Type.Array(Type.String({ pattern: '^/' })),
       },
       { additionalProperties: false },
@@ -191,7 +196,8 @@ export function parseCli(argv: string[], readText: (path: string) => string | un
     const base = c.vsock ?? DEFAULTS.vsock!;
     c.vsock = {
       port: values['vsock-port'] !== undefined ? int(values['vsock-port'], '--vsock-port') : base.port,
-      allowCids: values['allow-cid'] !== undefined ? values['allow-cid'].map((v) => int(v, '--allow-cid')) : base.allowCids,
+      allowCids:
+        values['allow-cid'] !== undefined ? values['allow-cid'].map((v) => int(v, '--allow-cid')) : base.allowCids,
     };
   }
   if (values['no-serial']) c.serial = null;
@@ -200,7 +206,8 @@ export function parseCli(argv: string[], readText: (path: string) => string | un
   if (values['kmod-device'] !== undefined) c.kmodDevice = values['kmod-device'];
   if (values['state-dir'] !== undefined) c.stateDir = values['state-dir'];
   if (values['trusted-key'] !== undefined) c.trustedKeys = values['trusted-key'];
-  if (values['trusted-key-dir'] !== undefined) c.trustedKeyDir = values['trusted-key-dir'] === '' ? null : values['trusted-key-dir'];
+  if (values['trusted-key-dir'] !== undefined)
+    c.trustedKeyDir = values['trusted-key-dir'] === '' ? null : values['trusted-key-dir'];
   if (values['require-signature']) c.trust = { ...c.trust, requireSignature: true };
   if (values['log-level'] !== undefined) c.logLevel = values['log-level'] as Config['logLevel'];
   if (values['idle-timeout'] !== undefined) c.idleTimeoutSec = int(values['idle-timeout'], '--idle-timeout');
@@ -243,10 +250,16 @@ export function describeTrust(c: Config, keyIds: readonly string[]): string[] {
   const lines = [
     c.trust.requireSignature
       ? 'unsigned state-changing requests: refused on every channel (requireSignature)'
-      : `unsigned state-changing requests (substitute, dry run, prepare, commit, abort): accepted from ${ch.length ? ch.map((x) => ({ serial: 'the virtio-serial port (the VMM\'s chardev)', 'vsock-privileged-port': 'vsock peers bound to a source port below 1024 (root on the host)', unix: 'the unix socket (root in the guest)' })[x]).join(', ') : 'no channel'}`,
-    keyIds.length ? `signed requests: accepted from any channel when signed by ${keyIds.join(', ')} (once each, unexpired, for this VM)` : 'signed requests: no key is trusted, so none is accepted',
-    c.vsock ? `vsock: connections only from CIDs ${c.vsock.allowCids.join(', ')}; an unprivileged port may only hello and ping` : 'vsock: off',
-    c.customization.allow.length ? `customization: ${c.customization.allow.join(', ')}, only in signed requests, files under ${c.customization.fileRoots.join(', ')}` : 'customization: off',
+      : `unsigned state-changing requests (substitute, dry run, prepare, commit, abort): accepted from ${ch.length ? ch.map((x) => ({ serial: "the virtio-serial port (the VMM's chardev)", 'vsock-privileged-port': 'vsock peers bound to a source port below 1024 (root on the host)', unix: 'the unix socket (root in the guest)' })[x]).join(', ') : 'no channel'}`,
+    keyIds.length
+      ? `signed requests: accepted from any channel when signed by ${keyIds.join(', ')} (once each, unexpired, for this VM)`
+      : 'signed requests: no key is trusted, so none is accepted',
+    c.vsock
+      ? `vsock: connections only from CIDs ${c.vsock.allowCids.join(', ')}; an unprivileged port may only hello and ping`
+      : 'vsock: off',
+    c.customization.allow.length
+      ? `customization: ${c.customization.allow.join(', ')}, only in signed requests, files under ${c.customization.fileRoots.join(', ')}`
+      : 'customization: off',
     `at most ${c.maxConnections} stream connections at once from the hypervisor's side, and as many from other peers`,
   ];
   return lines;

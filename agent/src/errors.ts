@@ -29,7 +29,8 @@ const HINTS: Partial<Record<ErrorClass, string>> = {
   KmodUnavailable: 'load the module: modprobe vmsubst (package vmsubst-dkms)',
   VerifyMismatch: 'the disk does not hold the new blocks yet: write them (vmsubst apply), then notify again',
   GuestDirty: 'nothing was done: let the guest sync (or unmount) the filesystem, then notify again',
-  Unsupported: 'nothing was done: the filesystem cannot take block substitution; rebuild or reboot the VM from the new image',
+  Unsupported:
+    'nothing was done: the filesystem cannot take block substitution; rebuild or reboot the VM from the new image',
   RestartRequired: 'restart the VM (or the listed units) to use the new blocks',
   Stale: 'the named files still read old content: restart what uses them, or reboot the VM',
   ScriptInUse: 'restart the process running the script, or send the notification with --force',
@@ -48,7 +49,12 @@ export class CommandError extends AgentError {
     readonly data?: unknown,
     options: { hint?: string; cause?: unknown } = {},
   ) {
-    super(codeOf(errorClass), message, options.hint ?? HINTS[errorClass], options.cause === undefined ? undefined : { cause: options.cause });
+    super(
+      codeOf(errorClass),
+      message,
+      options.hint ?? HINTS[errorClass],
+      options.cause === undefined ? undefined : { cause: options.cause },
+    );
   }
 }
 

@@ -19,11 +19,15 @@ async function main(): Promise<number> {
   if (process.argv[2] === 'pin') return pinCommand(process.argv.slice(3), (s) => process.stdout.write(s));
   if (process.argv[2] === 'map') return mapCommand(process.argv.slice(3), (s) => process.stdout.write(s));
   if (process.argv[2] === 'stale') {
-    return staleCommand(process.argv.slice(3), (s) => process.stdout.write(s), (dir) => {
-      // Read-only: the daemon may be appending.
-      const j = Journal.read(dir ?? DEFAULT_STATE_DIR);
-      return { entries: j.recent(64), close: () => j.close() };
-    });
+    return staleCommand(
+      process.argv.slice(3),
+      (s) => process.stdout.write(s),
+      (dir) => {
+        // Read-only: the daemon may be appending.
+        const j = Journal.read(dir ?? DEFAULT_STATE_DIR);
+        return { entries: j.recent(64), close: () => j.close() };
+      },
+    );
   }
   let cli;
   try {
@@ -44,7 +48,11 @@ async function main(): Promise<number> {
     } catch (e) {
       process.stderr.write(`vmsubst-agent: trusted keys: ${messageOf(e)}\n`);
     }
-    process.stderr.write(describeTrust(cli.config, keys).map((l) => `# ${l}\n`).join(''));
+    process.stderr.write(
+      describeTrust(cli.config, keys)
+        .map((l) => `# ${l}\n`)
+        .join(''),
+    );
     return 0;
   }
   const log = createLogger(cli.config.logLevel);
@@ -53,7 +61,9 @@ async function main(): Promise<number> {
   await agent.start();
   const { sdNotify } = await import('./native/index.js');
   const systemd = new SystemdNotifier(process.env, sdNotify, (e) => log.warn('sd_notify failed', { error: e.message }));
-  systemd.ready(`serving ${cli.config.vsock ? `vsock:${cli.config.vsock.port} ` : ''}${cli.config.serial ?? ''}`.trim());
+  systemd.ready(
+    `serving ${cli.config.vsock ? `vsock:${cli.config.vsock.port} ` : ''}${cli.config.serial ?? ''}`.trim(),
+  );
   log.info('ready', { version: agent.greeting.version, systemd: systemd.active });
   await new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
@@ -72,8 +82,9 @@ main().then(
   (code) => process.exit(code),
   (e: unknown) => {
     // The agent's own failures say what is wrong (and what to do); anything else is a bug: its stack.
-    if (e instanceof AgentError) process.stderr.write(`vmsubst-agent: ${e.message}\n${e.hint !== undefined ? `vmsubst-agent: ${e.hint}\n` : ''}`);
-    else process.stderr.write(`vmsubst-agent: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+    if (e instanceof AgentError)
+      process.stderr.write(`vmsubst-agent: ${e.message}\n${e.hint !== undefined ? `vmsubst-agent: ${e.hint}\n` : ''}`);
+    else process.stderr.write(`vmsubst-agent: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
     process.exit(1);
   },
 );

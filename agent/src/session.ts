@@ -5,7 +5,14 @@
  */
 import type { Duplex } from 'node:stream';
 import { encode, isCommandName, LineDecoder, validateRequest, Validator } from '@vmsubst/common/protocol/codec';
-import { Commands, type ArgsOf, type CommandName, type ErrorClass, type GreetingBody, type Request } from '@vmsubst/common/protocol/schema';
+import {
+  Commands,
+  type ArgsOf,
+  type CommandName,
+  type ErrorClass,
+  type GreetingBody,
+  type Request,
+} from '@vmsubst/common/protocol/schema';
 import { CommandError, messageOf } from './errors.js';
 import type { Logger } from './log.js';
 import type { Peer } from './transport/transport.js';
@@ -64,7 +71,10 @@ export class Session {
       const problems = validateRequest.problems(frame.value);
       if (problems.length > 0) {
         const id = idOf(frame.value);
-        this.#enqueue(async () => this.#sendError('InvalidMessage', `not a valid request: ${problems.join('; ')}`, id), frame.bytes);
+        this.#enqueue(
+          async () => this.#sendError('InvalidMessage', `not a valid request: ${problems.join('; ')}`, id),
+          frame.bytes,
+        );
         continue;
       }
       const req = frame.value as Request;
@@ -76,13 +86,17 @@ export class Session {
   #watchIdle(idleMs: number): void {
     let last = Date.now();
     this.stream.on('data', () => (last = Date.now()));
-    const timer = setInterval(() => {
-      if (this.#pending > 0) last = Date.now(); // a long substitution is not idleness
-      else if (Date.now() - last >= idleMs) {
-        this.log.info('closing an idle connection', { peer: this.peer.description, idleSec: idleMs / 1000 });
-        this.stream.destroy();
-      }
-    }, Math.min(idleMs, 1000));
+    const timer = setInterval(
+      () => {
+        if (this.#pending > 0)
+          last = Date.now(); // a long substitution is not idleness
+        else if (Date.now() - last >= idleMs) {
+          this.log.info('closing an idle connection', { peer: this.peer.description, idleSec: idleMs / 1000 });
+          this.stream.destroy();
+        }
+      },
+      Math.min(idleMs, 1000),
+    );
     timer.unref();
     this.stream.once('close', () => clearInterval(timer));
   }
@@ -140,10 +154,17 @@ export class Session {
       this.#send(id === undefined ? { return: ret } : { return: ret, id });
     } catch (e) {
       if (e instanceof CommandError) {
-        this.log.warn(`${name} failed`, { class: e.errorClass, code: e.code, desc: e.message, ...(e.hint !== undefined ? { hint: e.hint } : {}) });
+        this.log.warn(`${name} failed`, {
+          class: e.errorClass,
+          code: e.code,
+          desc: e.message,
+          ...(e.hint !== undefined ? { hint: e.hint } : {}),
+        });
         this.#sendError(e.errorClass, e.message, id, e.data);
       } else {
-        this.log.error(`${name} failed unexpectedly`, { error: e instanceof Error ? e.stack ?? e.message : String(e) });
+        this.log.error(`${name} failed unexpectedly`, {
+          error: e instanceof Error ? (e.stack ?? e.message) : String(e),
+        });
         this.#sendError('GenericError', messageOf(e), id);
       }
     }

@@ -27,7 +27,8 @@ export async function systemDeps(): Promise<AgentDeps> {
     // Only the counts are used: no outcome or mapper lists, so neither the addon nor the module
     // allocates and zeroes report arrays at their maximum size (VMSUBST_RANGES_MAX and
     // VMSUBST_MAPPERS_MAX entries, 288 KiB) for every range of every file.
-    invalidateRange: (fd, offset, length, flags, device) => kmod(device).invalidateRange(fd, offset, length, { flags, outcomesCapacity: 0, mappersCapacity: 0 }),
+    invalidateRange: (fd, offset, length, flags, device) =>
+      kmod(device).invalidateRange(fd, offset, length, { flags, outcomesCapacity: 0, mappersCapacity: 0 }),
     forceFlag: native.constants.VMSUBST_INVALIDATE_F_FORCE,
     unlessDirtyFlag: native.constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY,
     queryDirty: async (fd, offset, length, device) => {
@@ -59,7 +60,10 @@ export function metadataOps(native: Native, device: KmodDevice): MetadataOps {
       for (const r of ranges) {
         // The kept pages come back as ranges of pages: no more of them than the pages the range spans.
         const keptCapacity = Math.min(c.VMSUBST_RANGES_MAX, pagesSpanned(r.offset, r.length));
-        const res = await device.invalidateBdev(fd, BigInt(r.offset), BigInt(r.length), { flags: force ? c.VMSUBST_BDEV_F_FORCE : 0, keptCapacity });
+        const res = await device.invalidateBdev(fd, BigInt(r.offset), BigInt(r.length), {
+          flags: force ? c.VMSUBST_BDEV_F_FORCE : 0,
+          keptCapacity,
+        });
         pagesDropped += Number(res.pagesDropped);
         for (const k of res.kept) kept.push({ offset: Number(k.offset), length: Number(k.length) });
       }
@@ -68,7 +72,8 @@ export function metadataOps(native: Native, device: KmodDevice): MetadataOps {
     async revalidateDentries(fd, names, force) {
       // Named entries are unhashed even when in use: a running program keeps its old file, the
       // next lookup of the name reads the directory's new block.
-      const flags = (force ? c.VMSUBST_DENTRIES_F_FORCE : 0) | (names.length > 0 ? c.VMSUBST_DENTRIES_F_UNHASH_BUSY : 0);
+      const flags =
+        (force ? c.VMSUBST_DENTRIES_F_FORCE : 0) | (names.length > 0 ? c.VMSUBST_DENTRIES_F_UNHASH_BUSY : 0);
       const total = { dropped: 0, busy: 0, mountpoints: 0 };
       const batches = names.length === 0 ? [[]] : chunk(names, c.VMSUBST_NAMES_MAX);
       for (const batch of batches) {
@@ -109,10 +114,15 @@ function chunk<T>(items: readonly T[], size: number): T[][] {
 
 /** `systemctl restart UNIT`, bounded in time; on a system not run by systemd, says so. */
 export function restartUnit(unit: string): Promise<RestartOutcome> {
-  if (!existsSync('/run/systemd/system')) return Promise.resolve({ unit, status: 'no-systemd', detail: 'this system is not run by systemd' });
+  if (!existsSync('/run/systemd/system'))
+    return Promise.resolve({ unit, status: 'no-systemd', detail: 'this system is not run by systemd' });
   return new Promise((resolve) => {
     execFile('systemctl', ['restart', '--', unit], { timeout: 90_000 }, (err, _out, stderr) => {
-      resolve(err ? { unit, status: 'failed', detail: (stderr.trim() || err.message).slice(0, 500) } : { unit, status: 'restarted' });
+      resolve(
+        err
+          ? { unit, status: 'failed', detail: (stderr.trim() || err.message).slice(0, 500) }
+          : { unit, status: 'restarted' },
+      );
     });
   });
 }

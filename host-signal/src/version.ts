@@ -6,7 +6,10 @@ function readVersion(): string {
   // (Makefile, target ts) -> package.json at the project root.
   for (const rel of ['../../../package.json', '../../../../package.json', '../../package.json']) {
     try {
-      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: unknown; version?: unknown };
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as {
+        name?: unknown;
+        version?: unknown;
+      };
       if (pkg.name === 'vmsubst' && typeof pkg.version === 'string') return pkg.version;
     } catch {
       // try the next candidate

@@ -57,10 +57,15 @@ async function main(): Promise<number> {
     return 0;
   }
   const onlyArg = values.only ?? (process.env['BENCH_ONLY'] ? [process.env['BENCH_ONLY']] : []);
-  const only = onlyArg.flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+  const only = onlyArg
+    .flatMap((s) => s.split(','))
+    .map((s) => s.trim())
+    .filter(Boolean);
   const unknown = only.filter((n) => !BENCHMARKS.some((b) => b.name === n));
   if (unknown.length) {
-    console.error(`bench: no benchmark named ${unknown.join(', ')}; known: ${BENCHMARKS.map((b) => b.name).join(', ')}`);
+    console.error(
+      `bench: no benchmark named ${unknown.join(', ')}; known: ${BENCHMARKS.map((b) => b.name).join(', ')}`,
+    );
     return 2;
   }
   const runs = Number(values.runs ?? process.env['BENCH_RUNS'] ?? 5);
@@ -78,7 +83,11 @@ async function main(): Promise<number> {
     const startLoad = loadavg();
     console.error(`\n== ${b.name}: ${b.summary}`);
     try {
-      const s = await b.run({ tmp, runs, log: (m) => console.error(`  [${b.name} ${((Date.now() - t0) / 1000).toFixed(0)} s] ${m}`) });
+      const s = await b.run({
+        tmp,
+        runs,
+        log: (m) => console.error(`  [${b.name} ${((Date.now() - t0) / 1000).toFixed(0)} s] ${m}`),
+      });
       for (const t of s.tables) console.log(`\n${textTable(t, tmp)}`);
       console.error(`== ${b.name} done in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
       if (!values['no-doc']) {
@@ -97,8 +106,15 @@ async function main(): Promise<number> {
   }
   if (!values['no-doc'] && fresh.size > 0) {
     const full = chosen.length === BENCHMARKS.length && fresh.size === BENCHMARKS.length;
-    const summary = full ? `Last full run: ${new Date(runStart).toISOString().slice(0, 16).replace('T', ' ')} UTC, ${((Date.now() - runStart) / 60000).toFixed(1)} min for every benchmark, ${runs} runs per median.` : undefined;
-    writeDoc(join(ROOT, 'docs/benchmarks.md'), BENCHMARKS.map((b) => b.name), fresh, summary);
+    const summary = full
+      ? `Last full run: ${new Date(runStart).toISOString().slice(0, 16).replace('T', ' ')} UTC, ${((Date.now() - runStart) / 60000).toFixed(1)} min for every benchmark, ${runs} runs per median.`
+      : undefined;
+    writeDoc(
+      join(ROOT, 'docs/benchmarks.md'),
+      BENCHMARKS.map((b) => b.name),
+      fresh,
+      summary,
+    );
     console.error(`\ndocs/benchmarks.md: ${[...fresh.keys()].join(', ')} rewritten`);
   }
   return failed ? 1 : 0;

@@ -12,7 +12,17 @@ import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { GuestVm } from '../helpers/vm.js';
-import { applyInto, artifacts, bootGuest, buildVolume, bundlePair, notifyGuest, patchInPlace, stageTable, versionOf } from './guest.js';
+import {
+  applyInto,
+  artifacts,
+  bootGuest,
+  buildVolume,
+  bundlePair,
+  notifyGuest,
+  patchInPlace,
+  stageTable,
+  versionOf,
+} from './guest.js';
 import { fmtMs, fmtPct, fmtStats, fmtStatsMs, stats, type Benchmark, type Section } from './table.js';
 
 const VPROG = '/mnt/data/bin/vprog';
@@ -38,7 +48,10 @@ interface Method {
 const METHODS: Method[] = [
   { name: 'vmsubst notify', act: async (vm, fwd, tmp) => (await notifyGuest(vm, fwd, tmp)).report['timings-ms'] },
   { name: 'echo 3 > drop_caches', act: async (vm) => void (await vm.sh('echo 3 > /proc/sys/vm/drop_caches')) },
-  { name: 'vmtouch -e (POSIX_FADV_DONTNEED) on the touched file', act: async (vm) => void (await vm.sh(`${VMTOUCH} -e -q ${VPROG}`)) },
+  {
+    name: 'vmtouch -e (POSIX_FADV_DONTNEED) on the touched file',
+    act: async (vm) => void (await vm.sh(`${VMTOUCH} -e -q ${VPROG}`)),
+  },
 ];
 
 interface Sample {
@@ -58,7 +71,7 @@ export const collateral: Benchmark = {
     const art = artifacts();
     const nFiles = Number(process.env['BENCH_COLLATERAL_FILES'] ?? 2000);
     const kib = Number(process.env['BENCH_COLLATERAL_KIB'] ?? 100);
-    const img = buildVolume(ctx.tmp, 'collateral', Math.ceil((nFiles * kib) / 1024 * 1.15 + 64), (root) => {
+    const img = buildVolume(ctx.tmp, 'collateral', Math.ceil(((nFiles * kib) / 1024) * 1.15 + 64), (root) => {
       for (let i = 0; i < nFiles; i++) {
         const d = join(root, 'files', `d${String(Math.floor(i / 100)).padStart(3, '0')}`);
         if (i % 100 === 0) mkdirSync(d, { recursive: true });
@@ -73,7 +86,8 @@ export const collateral: Benchmark = {
     const vm = await bootGuest({ disk, memoryMiB: 1024 + Math.ceil((nFiles * kib) / 1024) });
     const samples = new Map<string, Sample[]>(METHODS.map((m) => [m.name, []]));
     const stages: Array<Record<string, number>> = [];
-    const resident = async (path: string): Promise<{ resident: number; total: number; ms: number }> => parseVmtouch(await vm.sh(`${VMTOUCH} ${path}`, 600_000));
+    const resident = async (path: string): Promise<{ resident: number; total: number; ms: number }> =>
+      parseVmtouch(await vm.sh(`${VMTOUCH} ${path}`, 600_000));
     try {
       ctx.log(`booted (agent ready after ${fmtMs(vm.agentReadyMs)}); ${nFiles} files of ${kib} KiB`);
       // One substitution back and forth first: the agent builds its index of the volume once.
@@ -94,7 +108,17 @@ export const collateral: Benchmark = {
           const exec = versionOf(await vm.sh(VPROG));
           const inst = await vm.run('sleep 0.5; tail -n 1 /tmp/run.out');
           const reread = parseVmtouch(await vm.sh(`${VMTOUCH} -t ${FILES}`, 600_000));
-          samples.get(m.name)!.push({ untouched: after.resident, total: after.total, rereadMs: reread.ms, touchedResident: touched.resident, touchedTotal: touched.total, exec, instance: versionOf(inst.out) });
+          samples
+            .get(m.name)!
+            .push({
+              untouched: after.resident,
+              total: after.total,
+              rereadMs: reread.ms,
+              touchedResident: touched.resident,
+              touchedTotal: touched.total,
+              exec,
+              instance: versionOf(inst.out),
+            });
           // Back to v1: stop the program, write the old blocks, drop what is cached of vprog.
           await vm.sh('P=$(cat /tmp/run.pid); kill $P; wait $P 2>/dev/null; true');
           await applyInto(vm, rev);
@@ -102,7 +126,9 @@ export const collateral: Benchmark = {
           else await vm.sh(`${VMTOUCH} -e -q ${VPROG}`);
           const back = versionOf(await vm.sh(VPROG));
           if (back !== 'v1') throw new Error(`after restoring, vprog prints ${back}`);
-          ctx.log(`run ${i + 1}, ${m.name}: untouched resident ${after.resident}/${after.total}, reread ${fmtMs(reread.ms)}, new exec ${exec}`);
+          ctx.log(
+            `run ${i + 1}, ${m.name}: untouched resident ${after.resident}/${after.total}, reread ${fmtMs(reread.ms)}, new exec ${exec}`,
+          );
         }
       }
     } finally {
@@ -113,7 +139,10 @@ export const collateral: Benchmark = {
       const xs = samples.get(m.name)!;
       return [
         m.name,
-        fmtStats(xs.map((x) => x.untouched / x.total), fmtPct),
+        fmtStats(
+          xs.map((x) => x.untouched / x.total),
+          fmtPct,
+        ),
         fmtStatsMs(xs.map((x) => x.rereadMs)),
         `${stats(xs.map((x) => x.touchedResident)).median}/${xs[0]?.touchedTotal ?? '?'} pages`,
         uniq(xs.map((x) => x.exec)),
@@ -142,11 +171,23 @@ the three methods interleaved; each round re-warms the cache and restores v1 (ch
       tables: [
         {
           title: `Untouched files and the touched file after the substitution, ${ctx.runs} rounds`,
-          command: 'vmsubst apply collateral.fwd.bundle …; then notify | drop_caches | vmtouch -e /mnt/data/bin/vprog; vmtouch /mnt/data/files; vmtouch -t /mnt/data/files',
-          columns: ['method', 'untouched files still cached', 'reading them again', 'touched file cached afterwards', 'new exec prints', 'running instance prints'],
+          command:
+            'vmsubst apply collateral.fwd.bundle …; then notify | drop_caches | vmtouch -e /mnt/data/bin/vprog; vmtouch /mnt/data/files; vmtouch -t /mnt/data/files',
+          columns: [
+            'method',
+            'untouched files still cached',
+            'reading them again',
+            'touched file cached afterwards',
+            'new exec prints',
+            'running instance prints',
+          ],
           rows,
         },
-        stageTable('Agent report: per-stage timings of the vmsubst rounds (timings-ms)', 'vmsubst notify collateral.fwd.bundle --json | .["timings-ms"]', stages),
+        stageTable(
+          'Agent report: per-stage timings of the vmsubst rounds (timings-ms)',
+          'vmsubst notify collateral.fwd.bundle --json | .["timings-ms"]',
+          stages,
+        ),
       ],
       reading: [
         `drop_caches empties the cache of every untouched file: reading them again costs ${ratio.toFixed(1)}× what it costs after the vmsubst substitution, which leaves them cached.`,
@@ -154,7 +195,7 @@ the three methods interleaved; each round re-warms the cache and restores v1 (ch
           const xs = samples.get(m.name)!;
           return `${m.name}: a new exec printed ${uniq(xs.map((x) => x.exec))}; ${stats(xs.map((x) => x.touchedResident)).median} of the touched file's ${xs[0]?.touchedTotal ?? '?'} pages stayed cached — the ones the running vprog maps, which neither drop_caches nor POSIX_FADV_DONTNEED can drop, so the old code stays in the cache.`;
         }),
-        'With vmsubst the touched file\'s cached pages afterwards are new ones: the module zapped the mappings of the changed range (even_cows = 0) and dropped it, and the running instance and the exec read it back from the new blocks.',
+        "With vmsubst the touched file's cached pages afterwards are new ones: the module zapped the mappings of the changed range (even_cows = 0) and dropped it, and the running instance and the exec read it back from the new blocks.",
       ],
     };
   },

@@ -33,7 +33,10 @@ interface Inval {
 }
 
 function parse<T>(out: string): T[] {
-  return out.split('\n').filter((l) => l.startsWith('CURVE ')).map((l) => JSON.parse(l.slice(6)) as T);
+  return out
+    .split('\n')
+    .filter((l) => l.startsWith('CURVE '))
+    .map((l) => JSON.parse(l.slice(6)) as T);
 }
 
 /** The two report-capacity settings of the files curve, as the table names them. */
@@ -54,7 +57,13 @@ export const curves: Benchmark = {
       mkdirSync(join(root, 'big'));
       mkdirSync(join(root, 'small'));
       mkdirSync(join(root, 'bench'));
-      execFileSync('dd', ['if=/dev/urandom', `of=${join(root, 'big/file')}`, 'bs=1M', `count=${maxMiB}`, 'status=none']);
+      execFileSync('dd', [
+        'if=/dev/urandom',
+        `of=${join(root, 'big/file')}`,
+        'bs=1M',
+        `count=${maxMiB}`,
+        'status=none',
+      ]);
       writeFileSync(join(root, 'small/file'), randomBytes(1 << 20));
       copyFileSync(join(ROOT, 'test/bench/guest-curve.mjs'), join(root, 'bench/curve.mjs'));
       for (let i = 0; i < maxFiles; i++) {
@@ -96,21 +105,44 @@ export const curves: Benchmark = {
     const pagesT: Table = {
       title: `Invalidation time against cached pages, ${ctx.runs} runs per size`,
       command: `node /mnt/data/bench/curve.mjs pages /mnt/data/big/file /mnt/data/small/file ${ctx.runs} ${mibs.join(' ')} (in the guest)`,
-      columns: ['read of the file', 'pages dropped (readahead included)', 'whole-file invalidation', 'per page', 'a 1 MiB file, the same cache beside it'],
+      columns: [
+        'read of the file',
+        'pages dropped (readahead included)',
+        'whole-file invalidation',
+        'per page',
+        'a 1 MiB file, the same cache beside it',
+      ],
       rows: [],
     };
-    const pagesPlot: Plot = { file: 'curve-pages', title: 'Invalidation time against cached pages (guest under TCG)', xlabel: 'MiB of the file in the page cache (pages dropped × 4 KiB)', ylabel: 'ms (median)', logx: true, logy: true, series: [] };
+    const pagesPlot: Plot = {
+      file: 'curve-pages',
+      title: 'Invalidation time against cached pages (guest under TCG)',
+      xlabel: 'MiB of the file in the page cache (pages dropped × 4 KiB)',
+      ylabel: 'ms (median)',
+      logx: true,
+      logy: true,
+      series: [],
+    };
     const bigPts: Array<[number, number]> = [];
     const smallPts: Array<[number, number]> = [];
     for (const [mib, xs] of by(pages, (x) => x.mib)) {
       const bms = xs.map((x) => x.big.ms);
       const dropped = xs.map((x) => x.big.dropped);
-      pagesT.rows.push([`${mib} MiB`, String(stats(dropped).median), fmtStatsMs(bms), perPage(bms, dropped), fmtStatsMs(xs.map((x) => x.small.ms))]);
+      pagesT.rows.push([
+        `${mib} MiB`,
+        String(stats(dropped).median),
+        fmtStatsMs(bms),
+        perPage(bms, dropped),
+        fmtStatsMs(xs.map((x) => x.small.ms)),
+      ]);
       const droppedMiB = (stats(dropped).median * 4096) / 2 ** 20;
       bigPts.push([droppedMiB, stats(bms).median]);
       smallPts.push([droppedMiB, stats(xs.map((x) => x.small.ms)).median]);
     }
-    pagesPlot.series.push({ name: 'the file, this much cached', points: bigPts }, { name: 'a 1 MiB file, this much of another file cached', points: smallPts });
+    pagesPlot.series.push(
+      { name: 'the file, this much cached', points: bigPts },
+      { name: 'a 1 MiB file, this much of another file cached', points: smallPts },
+    );
 
     const procT: Table = {
       title: `Invalidation time against processes mapping the file, ${ctx.runs} runs per count`,
@@ -121,7 +153,13 @@ export const curves: Benchmark = {
     const procPts: Array<[number, number]> = [];
     for (const [n, xs] of by(mappers, (x) => x.n)) {
       const ms = xs.map((x) => x.ms);
-      procT.rows.push([String(n), String(stats(xs.map((x) => x.dropped)).median), String(stats(xs.map((x) => x.mapped)).median), fmtStatsMs(ms), fmtMs(stats(ms).median / n)]);
+      procT.rows.push([
+        String(n),
+        String(stats(xs.map((x) => x.dropped)).median),
+        String(stats(xs.map((x) => x.mapped)).median),
+        fmtStatsMs(ms),
+        fmtMs(stats(ms).median / n),
+      ]);
       procPts.push([n, stats(ms).median]);
     }
     const filesT: Table = {
@@ -133,9 +171,20 @@ export const curves: Benchmark = {
     const fileSeries = new Map<string, Array<[number, number]>>();
     for (const xs of by(many, (x) => `${x.caps} ${x.k}`).values()) {
       const k = xs[0]!.k;
-      const caps = xs[0]!.caps === 'default' ? MAX_CAPS : xs[0]!.caps === 0 ? AGENT_CAPS : `${xs[0]!.caps} outcomes, ${xs[0]!.caps} mappers`;
+      const caps =
+        xs[0]!.caps === 'default'
+          ? MAX_CAPS
+          : xs[0]!.caps === 0
+            ? AGENT_CAPS
+            : `${xs[0]!.caps} outcomes, ${xs[0]!.caps} mappers`;
       const ms = xs.map((x) => x.ms);
-      filesT.rows.push([String(k), caps, String(stats(xs.map((x) => x.dropped)).median), fmtStatsMs(ms), fmtMs(stats(ms).median / k)]);
+      filesT.rows.push([
+        String(k),
+        caps,
+        String(stats(xs.map((x) => x.dropped)).median),
+        fmtStatsMs(ms),
+        fmtMs(stats(ms).median / k),
+      ]);
       fileSeries.set(caps, [...(fileSeries.get(caps) ?? []), [k, stats(ms).median]]);
     }
     const filePts = fileSeries.get(AGENT_CAPS) ?? [];
@@ -174,8 +223,24 @@ addon, close) and times them with \`performance.now()\`; every sample re-warms w
       tables: [pagesT, procT, filesT],
       plots: [
         pagesPlot,
-        { file: 'curve-mappers', title: 'Invalidation time against processes mapping the file (guest under TCG)', xlabel: 'processes mapping /bin/vprog', ylabel: 'ms (median)', logx: true, logy: true, series: [{ name: 'whole-file invalidation of vprog', points: procPts }] },
-        { file: 'curve-files', title: 'Invalidation time against files in one substitution (guest under TCG)', xlabel: 'files (one cached page each)', ylabel: 'ms (median)', logx: true, logy: true, series: [...fileSeries].map(([name, points]) => ({ name: `report capacities: ${name}`, points })) },
+        {
+          file: 'curve-mappers',
+          title: 'Invalidation time against processes mapping the file (guest under TCG)',
+          xlabel: 'processes mapping /bin/vprog',
+          ylabel: 'ms (median)',
+          logx: true,
+          logy: true,
+          series: [{ name: 'whole-file invalidation of vprog', points: procPts }],
+        },
+        {
+          file: 'curve-files',
+          title: 'Invalidation time against files in one substitution (guest under TCG)',
+          xlabel: 'files (one cached page each)',
+          ylabel: 'ms (median)',
+          logx: true,
+          logy: true,
+          series: [...fileSeries].map(([name, points]) => ({ name: `report capacities: ${name}`, points })),
+        },
       ],
       reading: [
         (() => {

@@ -61,7 +61,11 @@ const fmtStats = (xs: number[]): string => {
 };
 
 /** A sparse image pair: data in 8 MiB segments spread over the image; the patched one differs in scattered blocks, one segment more and one fewer. */
-export function makePair(dir: string, sizeMiB: number, dataMiB: number): { base: string; patched: string; changedMiB: number } {
+export function makePair(
+  dir: string,
+  sizeMiB: number,
+  dataMiB: number,
+): { base: string; patched: string; changedMiB: number } {
   const base = join(dir, 'bench-base.img');
   const patched = join(dir, 'bench-patched.img');
   const seg = 8 * MiB;
@@ -78,13 +82,14 @@ export function makePair(dir: string, sizeMiB: number, dataMiB: number): { base:
   try {
     for (let i = 0; i < nSeg; i++) {
       const at = i * stride;
-      const data = pool.subarray((i * 4 * MiB) % (56 * MiB), (i * 4 * MiB) % (56 * MiB) + seg);
+      const data = pool.subarray((i * 4 * MiB) % (56 * MiB), ((i * 4 * MiB) % (56 * MiB)) + seg);
       if (i !== 1) writeSync(fb, data, 0, seg, at); // segment 1: only in the patched image (a hole before)
       if (i === 2) continue; // segment 2: only in the base image (a hole after)
       const copy = Buffer.from(data);
       if (i % 4 === 0) {
         // Scattered block changes: 16 blocks per fourth segment.
-        for (let k = 0; k < 16; k++) copy[(k * 131 + i) * 4096 % seg + 17] = copy[(k * 131 + i) * 4096 % seg + 17]! ^ 0xff;
+        for (let k = 0; k < 16; k++)
+          copy[(((k * 131 + i) * 4096) % seg) + 17] = copy[(((k * 131 + i) * 4096) % seg) + 17]! ^ 0xff;
         changed += 16 * 4096;
       }
       writeSync(fp, copy, 0, seg, at);
@@ -131,23 +136,43 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
     {
       name: 'vmsubst diff',
       command: `vmsubst diff BASE PATCHED -o BUNDLE --no-hints --json`,
-      run: () => timeCmd(process.execPath, [CLI, 'diff', base, patched, '-o', bundle, '--no-hints', '--json'], (out) => (lastCompareMs = (JSON.parse(out) as { 'compare-ms': number })['compare-ms'])),
+      run: () =>
+        timeCmd(
+          process.execPath,
+          [CLI, 'diff', base, patched, '-o', bundle, '--no-hints', '--json'],
+          (out) => (lastCompareMs = (JSON.parse(out) as { 'compare-ms': number })['compare-ms']),
+        ),
     },
     // What node itself costs to start (every vmsubst time includes it and the module loading).
     { name: 'node -e 0', command: 'node -e 0', run: () => timeCmd(process.execPath, ['-e', '0']) },
     // Node plus loading the (bundled) CLI: the floor under every vmsubst command.
-    { name: 'vmsubst start-up', command: 'vmsubst --version', run: () => timeCmd(process.execPath, [CLI, '--version']) },
+    {
+      name: 'vmsubst start-up',
+      command: 'vmsubst --version',
+      run: () => timeCmd(process.execPath, [CLI, '--version']),
+    },
     {
       name: 'qemu-img delta',
       command: 'qemu-img create -f qcow2 -b PATCHED -F raw d.qcow2 && qemu-img rebase -b BASE -F raw d.qcow2',
       run: () => {
         rmSync(delta, { force: true });
-        return timeCmd('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', patched, '-F', 'raw', delta]) + timeCmd('qemu-img', ['rebase', '-b', base, '-F', 'raw', delta]);
+        return (
+          timeCmd('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', patched, '-F', 'raw', delta]) +
+          timeCmd('qemu-img', ['rebase', '-b', base, '-F', 'raw', delta])
+        );
       },
     },
     // Into a pipe: GNU cmp writing to /dev/null stops at the first difference, like cmp -s.
-    { name: 'cmp -l', command: 'cmp -l BASE PATCHED | wc -l', run: () => timeCmd('sh', ['-c', `cmp -l "${base}" "${patched}" | wc -l > /dev/null`]) },
-    { name: 'cat both', command: 'cat BASE PATCHED > /dev/null', run: () => timeCmd('sh', ['-c', `cat "${base}" "${patched}" > /dev/null`]) },
+    {
+      name: 'cmp -l',
+      command: 'cmp -l BASE PATCHED | wc -l',
+      run: () => timeCmd('sh', ['-c', `cmp -l "${base}" "${patched}" | wc -l > /dev/null`]),
+    },
+    {
+      name: 'cat both',
+      command: 'cat BASE PATCHED > /dev/null',
+      run: () => timeCmd('sh', ['-c', `cat "${base}" "${patched}" > /dev/null`]),
+    },
   ];
   const canDrop = dropCaches();
   const times = new Map<string, { cold: number[]; warm: number[] }>(tools.map((t) => [t.name, { cold: [], warm: [] }]));
@@ -162,10 +187,16 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
       t.run(); // warms the cache for the next
       times.get(t.name)!.warm.push(t.run());
       if (t.name === 'vmsubst diff') compare.warm.push(lastCompareMs);
-      ctx.log(`diff: run ${run + 1}/${ctx.runs} ${t.name}: warm ${fmtS(times.get(t.name)!.warm.at(-1)!)}${canDrop ? `, cold ${fmtS(times.get(t.name)!.cold.at(-1)!)}` : ''}`);
+      ctx.log(
+        `diff: run ${run + 1}/${ctx.runs} ${t.name}: warm ${fmtS(times.get(t.name)!.warm.at(-1)!)}${canDrop ? `, cold ${fmtS(times.get(t.name)!.cold.at(-1)!)}` : ''}`,
+      );
     }
   }
-  const summary = JSON.parse(execFileSync(process.execPath, [CLI, 'diff', base, patched, '-o', bundle, '--no-hints', '--json'], { encoding: 'utf8' })) as Record<string, number>;
+  const summary = JSON.parse(
+    execFileSync(process.execPath, [CLI, 'diff', base, patched, '-o', bundle, '--no-hints', '--json'], {
+      encoding: 'utf8',
+    }),
+  ) as Record<string, number>;
   const med = (name: string, which: 'cold' | 'warm'): number => stats(times.get(name)![which]).median;
   const rows = tools.map((t) => [
     t.name,
@@ -183,7 +214,11 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
   const cmpRatio = (b: string, w: 'cold' | 'warm'): string => (stats(compare[w]).median / med(b, w)).toFixed(2);
   const reading = [
     `warm: vmsubst diff / qemu-img delta = ${ratio('vmsubst diff', 'qemu-img delta', 'warm')} (target ≤ 1), vmsubst diff / cat both = ${ratio('vmsubst diff', 'cat both', 'warm')} (target ≤ 1.3)`,
-    ...(canDrop ? [`cold: vmsubst diff / qemu-img delta = ${ratio('vmsubst diff', 'qemu-img delta', 'cold')}, vmsubst diff / cat both = ${ratio('vmsubst diff', 'cat both', 'cold')}`] : []),
+    ...(canDrop
+      ? [
+          `cold: vmsubst diff / qemu-img delta = ${ratio('vmsubst diff', 'qemu-img delta', 'cold')}, vmsubst diff / cat both = ${ratio('vmsubst diff', 'cat both', 'cold')}`,
+        ]
+      : []),
     `the comparison alone (compare-ms): / qemu-img delta = ${cmpRatio('qemu-img delta', 'warm')} warm${canDrop ? `, ${cmpRatio('qemu-img delta', 'cold')} cold` : ''}; / cat both = ${cmpRatio('cat both', 'warm')} warm${canDrop ? `, ${cmpRatio('cat both', 'cold')} cold` : ''}`,
     `without its start-up (vmsubst diff − vmsubst --version, warm): / cat both = ${((med('vmsubst diff', 'warm') - med('vmsubst start-up', 'warm')) / med('cat both', 'warm')).toFixed(2)}`,
     `vmsubst diff read ${(summary['read-bytes']! / MiB).toFixed(0)} MiB of each image (the union of their data), compared in ${summary['compare-ms']} ms of its ${summary['elapsed-ms']} ms (the rest: writing the ${(summary['changed-bytes']! / MiB).toFixed(1)} MiB bundle); node's start-up is in every vmsubst time`,
@@ -195,10 +230,21 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
   return {
     title: 'Diff: vmsubst diff against a qemu-img delta, cmp and cat',
     about: `A ${sizeMiB} MiB sparse raw pair with ${Math.round(allocBase)} / ${Math.round(allocPatched)} MiB allocated (8 MiB data segments; the patched image has scattered 4 KiB changes, one segment the base lacks and lacks one the base has). Median of ${ctx.runs} runs (min – max); the tools run interleaved. Cold: \`echo 3 > /proc/sys/vm/drop_caches\` before each command.`,
-    tables: [{ title: `Time to compute the change (${ctx.runs} runs)`, command: 'test/bench/diff.ts', columns: ['tool', 'warm', 'cold', 'command'], rows }],
+    tables: [
+      {
+        title: `Time to compute the change (${ctx.runs} runs)`,
+        command: 'test/bench/diff.ts',
+        columns: ['tool', 'warm', 'cold', 'command'],
+        rows,
+      },
+    ],
     reading,
   };
 }
 
 /** The benchmark as the bench modules declare themselves (name, summary, run). */
-export const diff = { name: 'diff', summary: 'vmsubst diff vs qemu-img rebase delta, cmp -l and cat, cold and warm, 2 GiB sparse pair', run: runDiffBench };
+export const diff = {
+  name: 'diff',
+  summary: 'vmsubst diff vs qemu-img rebase delta, cmp -l and cat, cold and warm, 2 GiB sparse pair',
+  run: runDiffBench,
+};

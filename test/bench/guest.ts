@@ -32,7 +32,9 @@ export function buildVolume(tmp: string, name: string, sizeMiB: number, fill: (r
   copyFileSync('/usr/bin/vmtouch', join(tree, 'bin/vmtouch'));
   fill(tree);
   const img = join(tmp, `${name}.img`);
-  execFileSync('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'root_owner=0:0', '-d', tree, img, `${sizeMiB}M`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  execFileSync('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'root_owner=0:0', '-d', tree, img, `${sizeMiB}M`], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   execFileSync('rm', ['-rf', tree]);
   return img;
 }
@@ -40,16 +42,36 @@ export function buildVolume(tmp: string, name: string, sizeMiB: number, fill: (r
 /** A copy of `img` whose file `path` has its blocks rewritten in place with `content` (same size, same extents). */
 export function patchInPlace(img: string, out: string, path: string, content: string): void {
   copyFileSync(img, out);
-  const blocks = execFileSync('debugfs', ['-R', `blocks ${path}`, img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
-    .trim().split(/\s+/).filter((b) => /^\d+$/.test(b)).map(Number);
+  const blocks = execFileSync('debugfs', ['-R', `blocks ${path}`, img], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+  })
+    .trim()
+    .split(/\s+/)
+    .filter((b) => /^\d+$/.test(b))
+    .map(Number);
   if (blocks.length === 0) throw new Error(`debugfs lists no blocks for ${path} in ${img}`);
   for (const [i, b] of blocks.entries()) {
-    execFileSync('dd', [`if=${content}`, `of=${out}`, 'bs=4096', `skip=${i}`, `seek=${b}`, 'count=1', 'conv=notrunc', 'status=none']);
+    execFileSync('dd', [
+      `if=${content}`,
+      `of=${out}`,
+      'bs=4096',
+      `skip=${i}`,
+      `seek=${b}`,
+      'count=1',
+      'conv=notrunc',
+      'status=none',
+    ]);
   }
 }
 
 /** Bundles from `a` to `b` and back. */
-export async function bundlePair(tmp: string, name: string, a: string, b: string): Promise<{ fwd: string; rev: string }> {
+export async function bundlePair(
+  tmp: string,
+  name: string,
+  a: string,
+  b: string,
+): Promise<{ fwd: string; rev: string }> {
   const fwd = join(tmp, `${name}.fwd.bundle`);
   const rev = join(tmp, `${name}.rev.bundle`);
   await vmsubstJson(['diff', a, b, '-o', fwd], 600_000);
@@ -70,7 +92,10 @@ export async function applyInto(vm: GuestVm, bundle: string): Promise<{ ms: numb
 
 export interface NotifyResult {
   ms: number;
-  report: { 'timings-ms': Record<string, number>; files: Array<{ path: string; 'pages-dropped': number; 'pages-kept': number }> };
+  report: {
+    'timings-ms': Record<string, number>;
+    files: Array<{ path: string; 'pages-dropped': number; 'pages-kept': number }>;
+  };
 }
 
 let customizeSeq = 0;
@@ -104,8 +129,26 @@ async function trustedKey(vm: GuestVm, tmp: string): Promise<string> {
 export async function notifyGuest(vm: GuestVm, bundle: string, tmp: string): Promise<NotifyResult> {
   const key = await trustedKey(vm, tmp);
   const c = join(tmp, `customize-${++customizeSeq}.json`);
-  writeFileSync(c, JSON.stringify({ files: [{ path: '/etc/vmsubst-bench-run', content: `run ${customizeSeq} ${Date.now()}\n` }] }));
-  const r = await vmsubst(['notify', bundle, '--to', `serial:${vm.agentSocket}`, '--customize', c, '--sign', key, '--disk-serial', 'vmsubst-data', '--json'], 900_000);
+  writeFileSync(
+    c,
+    JSON.stringify({ files: [{ path: '/etc/vmsubst-bench-run', content: `run ${customizeSeq} ${Date.now()}\n` }] }),
+  );
+  const r = await vmsubst(
+    [
+      'notify',
+      bundle,
+      '--to',
+      `serial:${vm.agentSocket}`,
+      '--customize',
+      c,
+      '--sign',
+      key,
+      '--disk-serial',
+      'vmsubst-data',
+      '--json',
+    ],
+    900_000,
+  );
   if (r.code !== 0) throw new Error(`vmsubst notify ${bundle} exited ${r.code}: ${r.stderr}\n${r.stdout}`);
   return { ms: r.ms, report: JSON.parse(r.stdout) as NotifyResult['report'] };
 }

@@ -70,7 +70,12 @@ export const newcode: Benchmark = {
           const e = await timeAsync(() => vm.sh(VPROG));
           const total = performance.now() - t0;
           stages.push(n.report['timings-ms']);
-          live.push({ total, parts: { apply: a.ms, notify: n.ms, exec: e.ms }, exec: versionOf(e.value), instance: await instanceVersion(vm) });
+          live.push({
+            total,
+            parts: { apply: a.ms, notify: n.ms, exec: e.ms },
+            exec: versionOf(e.value),
+            instance: await instanceVersion(vm),
+          });
         }
         await vm.sh(KILL);
         await applyInto(vm, rev);
@@ -84,7 +89,12 @@ export const newcode: Benchmark = {
           const a = await applyInto(vm, fwd);
           const g = await timeAsync(() => vm.sh(`${KILL}; echo 3 > /proc/sys/vm/drop_caches; ${VPROG}`));
           const total = performance.now() - t0;
-          nomod.push({ total, parts: { apply: a.ms, 'kill + drop_caches + exec': g.ms }, exec: versionOf(g.value), instance: 'killed' });
+          nomod.push({
+            total,
+            parts: { apply: a.ms, 'kill + drop_caches + exec': g.ms },
+            exec: versionOf(g.value),
+            instance: 'killed',
+          });
         }
         await applyInto(vm, rev);
         await vm.sh('echo 3 > /proc/sys/vm/drop_caches');
@@ -98,12 +108,24 @@ export const newcode: Benchmark = {
           const r = await vm.reset();
           const e = await timeAsync(() => vm.sh(VPROG));
           const total = performance.now() - t0;
-          reboot.push({ total, parts: { apply: a.ms, 'reset → console': r.consoleMs, 'console → agent ready': r.agentMs - r.consoleMs, exec: e.ms }, exec: versionOf(e.value), instance: 'gone (rebooted)' });
+          reboot.push({
+            total,
+            parts: {
+              apply: a.ms,
+              'reset → console': r.consoleMs,
+              'console → agent ready': r.agentMs - r.consoleMs,
+              exec: e.ms,
+            },
+            exec: versionOf(e.value),
+            instance: 'gone (rebooted)',
+          });
         }
         await applyInto(vm, rev);
         await notifyGuest(vm, rev, ctx.tmp);
         await check('v1');
-        ctx.log(`run ${i + 1}: live ${fmtMs(live[i]!.total)}, no module ${fmtMs(nomod[i]!.total)}, reboot ${fmtMs(reboot[i]!.total)}`);
+        ctx.log(
+          `run ${i + 1}: live ${fmtMs(live[i]!.total)}, no module ${fmtMs(nomod[i]!.total)}, reboot ${fmtMs(reboot[i]!.total)}`,
+        );
       }
       // The order an operator may try first: drop_caches while the program still maps the file.
       await startInstance(vm);
@@ -116,7 +138,9 @@ export const newcode: Benchmark = {
     const ratio = (xs: Sample[]): number[] => xs.map((x, i) => x.total / live[i]!.total);
     const r2 = (x: number): string => `${x.toFixed(1)}×`;
     const partsOf = (xs: Sample[]): string =>
-      Object.keys(xs[0]?.parts ?? {}).map((k) => `${k} ${fmtMs(stats(xs.map((x) => x.parts[k]!)).median)}`).join(' + ');
+      Object.keys(xs[0]?.parts ?? {})
+        .map((k) => `${k} ${fmtMs(stats(xs.map((x) => x.parts[k]!)).median)}`)
+        .join(' + ');
     const outcome = (xs: Sample[], f: (s: Sample) => string): string => [...new Set(xs.map(f))].join(', ');
     const row = (name: string, xs: Sample[], keepsRunning: string): string[] => [
       name,
@@ -149,7 +173,8 @@ customization so that its id is new (the agent answers a repeated id from its jo
       tables: [
         {
           title: `Host decision → new exec prints v2, ${ctx.runs} interleaved rounds`,
-          command: 'vmsubst apply vprog.fwd.bundle --qmp SOCK --device vblk0 --json; vmsubst notify vprog.fwd.bundle --to serial:SOCK --json | QMP system_reset | kill; echo 3 > /proc/sys/vm/drop_caches; /mnt/data/bin/vprog',
+          command:
+            'vmsubst apply vprog.fwd.bundle --qmp SOCK --device vblk0 --json; vmsubst notify vprog.fwd.bundle --to serial:SOCK --json | QMP system_reset | kill; echo 3 > /proc/sys/vm/drop_caches; /mnt/data/bin/vprog',
           columns: ['method', 'time to new code', 'parts (medians)', 'new exec prints', 'running instance afterwards'],
           rows: [
             row('live (apply + notify)', live, ' (kept running; its next fault reads the new page)'),
@@ -167,12 +192,16 @@ customization so that its id is new (the agent answers a repeated id from its jo
             ['no module / live', fmtStats(ratio(nomod), r2)],
           ],
         },
-        stageTable(`Agent report: per-stage timings of the live runs (timings-ms)`, 'vmsubst notify … --json | .["timings-ms"]', stages),
+        stageTable(
+          `Agent report: per-stage timings of the live runs (timings-ms)`,
+          'vmsubst notify … --json | .["timings-ms"]',
+          stages,
+        ),
       ],
       reading: [
         `A reboot costs ${bOverA.median.toFixed(1)}× the live substitution here (per-round ratio, median), and it ends every running process; the live substitution leaves the running instance running, printing ${outcome(live, (s) => s.instance)} from its next fault on (the \`remap\` policy: vprog's layout did not change).`,
         `The no-module recipe took ${stats(ratio(nomod)).median.toFixed(1)}× the live time on this tiny volume, but it kills the program, and drop_caches drops the page cache of every file in the guest (the collateral benchmark shows what reading them again costs). Done in the order an operator may try first (drop_caches while the program still runs), a new exec printed ${wrongOrder}: the pages a process maps are not dropped.`,
-        'Under TCG node itself is slow: much of the live time is the two CLI runs and the agent\'s work around the module calls (the stage table shows the agent\'s own share). The reboot time is the kernel and node starting, which KVM also shortens, but not to zero.',
+        "Under TCG node itself is slow: much of the live time is the two CLI runs and the agent's work around the module calls (the stage table shows the agent's own share). The reboot time is the kernel and node starting, which KVM also shortens, but not to zero.",
       ],
     };
   },

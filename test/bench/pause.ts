@@ -27,18 +27,29 @@ interface ApplyMode {
   noVm?: boolean;
 }
 
-const hasMode = (mode: string) => (help: string): string | undefined =>
-  new RegExp(`--mode[^\\n]*${mode}`).test(help) ? undefined : `this vmsubst apply has no --mode ${mode}`;
+const hasMode =
+  (mode: string) =>
+  (help: string): string | undefined =>
+    new RegExp(`--mode[^\\n]*${mode}`).test(help) ? undefined : `this vmsubst apply has no --mode ${mode}`;
 
 /** Every apply mode; a mode the CLI does not offer is listed as skipped. */
 export const APPLY_MODES: ApplyMode[] = [
   // A writable NBD export of the drive, written by the CLI (the default mode).
   { name: 'nbd', args: (vm) => ['--qmp', vm.qmpSocket, '--device', 'vblk0'], missing: () => undefined },
   // A qcow2 delta inserted over the drive with blockdev-snapshot.
-  { name: 'overlay', args: (vm) => ['--qmp', vm.qmpSocket, '--device', 'vblk0', '--mode', 'overlay'], missing: hasMode('overlay') },
+  {
+    name: 'overlay',
+    args: (vm) => ['--qmp', vm.qmpSocket, '--device', 'vblk0', '--mode', 'overlay'],
+    missing: hasMode('overlay'),
+  },
   // The raw image file written through the page cache, as for Firecracker or Cloud Hypervisor: no
   // QEMU holds it (vmsubst refuses an image QEMU has open), nothing is paused; its write window is the figure.
-  { name: 'raw-file', args: (_vm, image) => ['--image', image, '--mode', 'raw-file'], missing: hasMode('raw-file'), noVm: true },
+  {
+    name: 'raw-file',
+    args: (_vm, image) => ['--image', image, '--mode', 'raw-file'],
+    missing: hasMode('raw-file'),
+    noVm: true,
+  },
 ];
 
 const KiB = 1024;
@@ -62,7 +73,8 @@ export const pause: Benchmark = {
       const patched = join(ctx.tmp, 'pause-patched.img');
       copyFileSync(base, patched);
       const fd = openSync(patched, 'r+');
-      for (let off = 0; off < size; off += MiB) writeSync(fd, randomBytes(Math.min(MiB, size - off)), 0, Math.min(MiB, size - off), 8 * MiB + off);
+      for (let off = 0; off < size; off += MiB)
+        writeSync(fd, randomBytes(Math.min(MiB, size - off)), 0, Math.min(MiB, size - off), 8 * MiB + off);
       closeSync(fd);
       const fwd = join(ctx.tmp, `pause-${size}.fwd.bundle`);
       const rev = join(ctx.tmp, `pause-${size}.rev.bundle`);
@@ -72,7 +84,15 @@ export const pause: Benchmark = {
     }
     const help = (await vmsubst(['apply', '--help'])).stdout;
     const rows: string[][] = [];
-    const plot: Plot = { file: 'pause-vs-bundle', title: 'VM pause window of vmsubst apply against bundle size (QEMU TCG)', xlabel: 'changed bytes in the bundle (KiB)', ylabel: 'pause-ms (median)', logx: true, logy: true, series: [] };
+    const plot: Plot = {
+      file: 'pause-vs-bundle',
+      title: 'VM pause window of vmsubst apply against bundle size (QEMU TCG)',
+      xlabel: 'changed bytes in the bundle (KiB)',
+      ylabel: 'pause-ms (median)',
+      logx: true,
+      logy: true,
+      series: [],
+    };
     const skipped: string[] = [];
     const fourMiB: Array<[string, number]> = [];
     for (const mode of APPLY_MODES) {
@@ -93,7 +113,8 @@ export const pause: Benchmark = {
           for (let i = 0; i < ctx.runs; i++) {
             const b = bundles.get(size)![i % 2];
             const r = await vmsubst(['apply', b!, ...mode.args(vm!, image), '--json'], 900_000);
-            if (r.code !== 0) throw new Error(`vmsubst apply (${mode.name}, ${fmtBytes(size)}) exited ${r.code}: ${r.stderr}`);
+            if (r.code !== 0)
+              throw new Error(`vmsubst apply (${mode.name}, ${fmtBytes(size)}) exited ${r.code}: ${r.stderr}`);
             const j = JSON.parse(r.stdout) as { 'pause-ms': number | null; 'window-ms'?: number };
             pauses.push(j['pause-ms'] ?? j['window-ms'] ?? NaN);
             walls.push(r.ms);
@@ -102,7 +123,13 @@ export const pause: Benchmark = {
           vm?.kill();
         }
         ctx.log(`${mode.name} ${fmtBytes(size)}: pause ${fmtStatsMs(pauses)}, wall ${fmtStatsMs(walls)}`);
-        rows.push([mode.name, fmtBytes(size), fmtStatsMs(pauses), fmtStatsMs(walls), (size / MiB / (stats(pauses).median / 1000)).toFixed(1)]);
+        rows.push([
+          mode.name,
+          fmtBytes(size),
+          fmtStatsMs(pauses),
+          fmtStatsMs(walls),
+          (size / MiB / (stats(pauses).median / 1000)).toFixed(1),
+        ]);
         points.push([size / KiB, stats(pauses).median]);
         if (size === 4 * MiB && !mode.noVm) fourMiB.push([mode.name, stats(pauses).median]);
       }
@@ -135,7 +162,7 @@ a sample. Modes: ${APPLY_MODES.map((m) => `\`${m.name}\``).join(', ')} (the ones
       reading: [
         'In `nbd` mode the pause is a fixed cost (stop, one QMP query of the dirty bitmap, cont: about 8 ms under TCG) plus the writes over the private NBD export, which grow with the changed bytes. The writes go out in 256 KiB NBD requests, all at once (host-signal/src/nbd/client.ts, REQUEST_BYTES); before the pause the drive is flushed, so the flush `stop` does finds little to write.',
         'In `overlay` mode the pause is flat: the overlay is written and added before the pause, which covers only the switch; the price is the overlay file until it is committed (`--commit`, block-commit while the guest runs).',
-        '`raw-file` pauses nothing; its write window grows with the bytes at the page cache\'s rate.',
+        "`raw-file` pauses nothing; its write window grows with the bytes at the page cache's rate.",
         `Target, a pause of at most 20 ms for a 4 MiB bundle: ${target4MiB(fourMiB)}.`,
       ],
     };
@@ -145,5 +172,7 @@ a sample. Modes: ${APPLY_MODES.map((m) => `\`${m.name}\``).join(', ')} (the ones
 /** Says, per QEMU mode, whether the median pause for 4 MiB met the 20 ms target. */
 function target4MiB(fourMiB: ReadonlyArray<[string, number]>): string {
   if (fourMiB.length === 0) return 'no 4 MiB row (BENCH_PAUSE_MAX_MIB below 4)';
-  return fourMiB.map(([mode, median]) => `\`${mode}\` ${median <= 20 ? 'meets it' : 'misses it'} (median ${median.toFixed(1)} ms)`).join('; ');
+  return fourMiB
+    .map(([mode, median]) => `\`${mode}\` ${median <= 20 ? 'meets it' : 'misses it'} (median ${median.toFixed(1)} ms)`)
+    .join('; ');
 }

@@ -14,7 +14,10 @@ import { fmtBytes, fmtMs, fmtStats, fmtStatsMs, stats, type Benchmark, type Sect
 /** Runs the CLI under GNU time; returns wall ms, peak RSS KiB and stdout. */
 export function timedCli(args: string[]): { ms: number; rssKiB: number; stdout: string } {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, CLI, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, CLI, ...args], {
+    encoding: 'utf8',
+    maxBuffer: 64 << 20,
+  });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   if (r.status !== 0) throw new Error(`vmsubst ${args.join(' ')} failed:\n${r.stderr}`);
   const rssKiB = Number(r.stderr.trim().split('\n').pop());
@@ -25,7 +28,8 @@ export function timedCli(args: string[]): { ms: number; rssKiB: number; stdout: 
 export function scatterBlocks(path: string, blocks: number, count: number): void {
   const fd = openSync(path, 'r+');
   try {
-    for (let i = 0; i < count; i++) writeSync(fd, randomBytes(4096), 0, 4096, Math.floor(((i + 0.5) / count) * (blocks - 1)) * 4096);
+    for (let i = 0; i < count; i++)
+      writeSync(fd, randomBytes(4096), 0, 4096, Math.floor(((i + 0.5) / count) * (blocks - 1)) * 4096);
   } finally {
     closeSync(fd);
   }
@@ -56,7 +60,11 @@ export const pipeline: Benchmark = {
       return timedCli(['apply', bundle, '--image', img, '--json']);
     });
     ctx.log(`apply --image: ${fmtStatsMs(applies.map((a) => a.ms))}`);
-    const rss = (xs: typeof diffs): string => fmtStats(xs.map((x) => x.rssKiB / 1024), (m) => `${m.toFixed(0)} MiB`);
+    const rss = (xs: typeof diffs): string =>
+      fmtStats(
+        xs.map((x) => x.rssKiB / 1024),
+        (m) => `${m.toFixed(0)} MiB`,
+      );
     const rate = stats(diffs.map((x) => mib / (x.ms / 1000)));
     return {
       title: 'Host pipeline: diff and apply into an image',
@@ -74,7 +82,10 @@ bundle into a fresh copy of the base each run. Peak RSS from GNU time.`,
             ['diff: wall time (warm cache)', fmtStatsMs(diffs.map((x) => x.ms))],
             ['diff: scan rate', `${rate.median.toFixed(0)} MiB/s (${rate.min.toFixed(0)} – ${rate.max.toFixed(0)})`],
             ['diff: peak RSS', rss(diffs)],
-            ['diff: result', `${d.ranges} ranges, ${fmtBytes(d['changed-bytes'])} changed, bundle ${fmtBytes(statSync(bundle).size)}`],
+            [
+              'diff: result',
+              `${d.ranges} ranges, ${fmtBytes(d['changed-bytes'])} changed, bundle ${fmtBytes(statSync(bundle).size)}`,
+            ],
             ['apply --image: wall time', fmtStatsMs(applies.map((x) => x.ms))],
             ['apply --image: peak RSS', rss(applies)],
           ],

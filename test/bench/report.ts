@@ -24,7 +24,10 @@ then the absolute values, which a guest under KVM divides by a large factor.
 
 /** One line describing where and when the numbers were measured. */
 export function machineLine(startLoad: number[]): string {
-  const qemu = spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).stdout?.split('\n')[0]?.replace(/^QEMU emulator version /, '') ?? '?';
+  const qemu =
+    spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' })
+      .stdout?.split('\n')[0]
+      ?.replace(/^QEMU emulator version /, '') ?? '?';
   const cpu = cpus()[0]?.model.trim() ?? '?';
   const accel = process.env['VMSUBST_ACCEL'] === 'kvm' ? 'KVM' : 'TCG (no KVM)';
   const load = (l: number[]): string => l.map((x) => x.toFixed(1)).join(' ');
@@ -38,7 +41,15 @@ export function machineLine(startLoad: number[]): string {
 
 export function sectionMarkdown(name: string, s: Section, machine: string, tmp: string, seconds: number): string {
   const took = seconds >= 120 ? `${(seconds / 60).toFixed(1)} min` : `${seconds.toFixed(0)} s`;
-  const out = [`<!-- bench:${name} -->`, `## ${s.title}`, '', `_Measured ${machine}. The benchmark took ${took}. Rerun: \`node build/test/bench/bench.js --only ${name}\`._`, '', s.about.trim(), ''];
+  const out = [
+    `<!-- bench:${name} -->`,
+    `## ${s.title}`,
+    '',
+    `_Measured ${machine}. The benchmark took ${took}. Rerun: \`node build/test/bench/bench.js --only ${name}\`._`,
+    '',
+    s.about.trim(),
+    '',
+  ];
   for (const t of s.tables) out.push(markdownTable(t, tmp), '');
   for (const p of s.plots ?? []) out.push(`![${p.title}](img/${p.file}.png)`, '');
   if (s.reading?.length) out.push('Reading the numbers:', '', ...s.reading.map((r) => `- ${r}`), '');
@@ -84,9 +95,12 @@ export function renderPlot(p: Plot, dir: string): string | undefined {
     p.logx ? 'set logscale x 2' : '',
     p.logy ? 'set logscale y 10' : '',
     `plot ${series.map((s) => `'-' using 1:2 with linespoints lw 2 pt 7 title "${esc(s.name)}"`).join(', ')}`,
-  ].filter(Boolean).join('\n');
+  ]
+    .filter(Boolean)
+    .join('\n');
   const r = spawnSync('gnuplot', [], { input: `${script}\n${data}`, encoding: 'utf8' });
-  if (r.error) return `gnuplot not available (${(r.error as NodeJS.ErrnoException).code ?? r.error.message}; scripts/setup.sh installs gnuplot-nox)`;
+  if (r.error)
+    return `gnuplot not available (${(r.error as NodeJS.ErrnoException).code ?? r.error.message}; scripts/setup.sh installs gnuplot-nox)`;
   if (r.status !== 0) return `gnuplot failed: ${r.stderr.trim()}`;
   return undefined;
 }

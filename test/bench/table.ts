@@ -97,7 +97,15 @@ export function fmtStats(xs: readonly number[], f: (x: number) => string): strin
 // ---- formats -----------------------------------------------------------------
 
 export const fmtMs = (ms: number): string =>
-  !Number.isFinite(ms) ? '–' : ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : ms >= 10 ? `${ms.toFixed(1)} ms` : ms >= 0.1 ? `${ms.toFixed(2)} ms` : `${(ms * 1000).toFixed(1)} µs`;
+  !Number.isFinite(ms)
+    ? '–'
+    : ms >= 1000
+      ? `${(ms / 1000).toFixed(2)} s`
+      : ms >= 10
+        ? `${ms.toFixed(1)} ms`
+        : ms >= 0.1
+          ? `${ms.toFixed(2)} ms`
+          : `${(ms * 1000).toFixed(1)} µs`;
 
 export function fmtBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB'];
@@ -140,7 +148,14 @@ export function markdownTable(t: Table, tmp?: string): string {
   const rows = [t.columns, ...t.rows].map((r) => r.map((c) => cell(scrub(c))));
   const widths = t.columns.map((_, i) => Math.max(3, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (r: string[]): string => `| ${widths.map((w, i) => (r[i] ?? '').padEnd(w)).join(' | ')} |`;
-  const out = [`**${t.title}**`, '', `Command: \`${scrub(t.command)}\``, '', line(rows[0]!), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`];
+  const out = [
+    `**${t.title}**`,
+    '',
+    `Command: \`${scrub(t.command)}\``,
+    '',
+    line(rows[0]!),
+    `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
+  ];
   for (const r of rows.slice(1)) out.push(line(r));
   for (const n of t.notes ?? []) out.push('', scrub(n));
   return out.join('\n');

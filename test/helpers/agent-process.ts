@@ -17,9 +17,22 @@ export interface AgentProcess {
 }
 
 /** Starts the agent with its socket and state in `dir`; resolves once it listens. */
-export async function startAgent(dir: string, extraArgs: string[] = [], env: NodeJS.ProcessEnv = process.env): Promise<AgentProcess> {
+export async function startAgent(
+  dir: string,
+  extraArgs: string[] = [],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<AgentProcess> {
   const sock = join(dir, 'agent.sock');
-  const args = [join(ROOT, 'build/agent/src/main.js'), '--no-vsock', '--no-serial', '--unix', sock, '--state-dir', join(dir, 'state'), ...extraArgs];
+  const args = [
+    join(ROOT, 'build/agent/src/main.js'),
+    '--no-vsock',
+    '--no-serial',
+    '--unix',
+    sock,
+    '--state-dir',
+    join(dir, 'state'),
+    ...extraArgs,
+  ];
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
   let log = '';
   proc.stderr!.on('data', (d: Buffer) => (log += d.toString()));

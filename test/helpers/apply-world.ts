@@ -45,7 +45,17 @@ export async function applyWorld(name: string, size: number, edits: readonly [nu
   writeFileSync(basePath, base);
   writeFileSync(patchedPath, patched);
   const bundle = await Bundle.open(bundlePath);
-  return { dir, base, patched, basePath, patchedPath, bundlePath, bundle, manifest: bundle.manifest, changedBytes: d.changedBytes };
+  return {
+    dir,
+    base,
+    patched,
+    basePath,
+    patchedPath,
+    bundlePath,
+    bundle,
+    manifest: bundle.manifest,
+    changedBytes: d.changedBytes,
+  };
 }
 
 /** A fresh disk image holding `content`, in its own directory (sockets go there too). */
@@ -76,7 +86,10 @@ export async function qemuState(q: Qemu): Promise<QemuState> {
   return {
     exports: (await q.queryBlockExports()).map((e) => e.id),
     // Automatically named nodes (#blockNNN) are children of named ones.
-    nodes: nodes.map((n) => n['node-name'] ?? '').filter((n) => !n.startsWith('#')).sort(),
+    nodes: nodes
+      .map((n) => n['node-name'] ?? '')
+      .filter((n) => !n.startsWith('#'))
+      .sort(),
     bitmaps: nodes.flatMap((n) => (n['dirty-bitmaps'] ?? []).map((b) => `${n['node-name']}/${b.name}`)),
     jobs: (await q.queryBlockJobs()).map((j) => j.device),
   };
@@ -114,7 +127,14 @@ export async function rejected(p: Promise<unknown>): Promise<Error> {
 export function firmwareSuite(
   s: Test,
   make: () => Promise<ApplyWorld>,
-): { world(): ApplyWorld; startVm(name: string, content: Buffer, opts?: { shareRw?: boolean; paused?: boolean }): Promise<{ vm: FirmwareVm; image: string; dir: string }> } {
+): {
+  world(): ApplyWorld;
+  startVm(
+    name: string,
+    content: Buffer,
+    opts?: { shareRw?: boolean; paused?: boolean },
+  ): Promise<{ vm: FirmwareVm; image: string; dir: string }>;
+} {
   let w: ApplyWorld | undefined;
   let vms: FirmwareVm[] = [];
   s.before(async () => {

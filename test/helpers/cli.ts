@@ -20,21 +20,34 @@ export interface CliRun {
 export function vmsubst(args: string[], timeoutMs = 120_000, env?: Record<string, string>): Promise<CliRun> {
   const t0 = Date.now();
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, [CLI, ...args], { timeout: timeoutMs, maxBuffer: 64 << 20, ...(env ? { env: { ...process.env, ...env } } : {}) }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      const signal = (err?.signal as NodeJS.Signals | undefined) ?? null;
-      const problems = signal === null ? jsonOutputProblems(args, stdout) : [];
-      if (problems.length > 0) {
-        reject(new Error(`vmsubst ${args.join(' ')}: the --json document does not match its schema: ${problems.join('; ')}\n${stdout}`));
-        return;
-      }
-      resolve({ code, signal, stdout, stderr, ms: Date.now() - t0 });
-    });
+    execFile(
+      process.execPath,
+      [CLI, ...args],
+      { timeout: timeoutMs, maxBuffer: 64 << 20, ...(env ? { env: { ...process.env, ...env } } : {}) },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+        const signal = (err?.signal as NodeJS.Signals | undefined) ?? null;
+        const problems = signal === null ? jsonOutputProblems(args, stdout) : [];
+        if (problems.length > 0) {
+          reject(
+            new Error(
+              `vmsubst ${args.join(' ')}: the --json document does not match its schema: ${problems.join('; ')}\n${stdout}`,
+            ),
+          );
+          return;
+        }
+        resolve({ code, signal, stdout, stderr, ms: Date.now() - t0 });
+      },
+    );
   });
 }
 
 /** Runs with --json and returns the parsed document; throws with stderr when the command fails. */
-export async function vmsubstJson<T = Record<string, unknown>>(args: string[], timeoutMs?: number, env?: Record<string, string>): Promise<T> {
+export async function vmsubstJson<T = Record<string, unknown>>(
+  args: string[],
+  timeoutMs?: number,
+  env?: Record<string, string>,
+): Promise<T> {
   const r = await vmsubst([...args, '--json'], timeoutMs, env);
   if (r.code !== 0) throw new Error(`vmsubst ${args.join(' ')} exited ${r.code}\n${r.stderr}\n${r.stdout}`);
   return JSON.parse(r.stdout) as T;

@@ -14,7 +14,17 @@
  * hand here because no partitioning tool is installed on these machines.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  copyFileSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 
@@ -47,21 +57,37 @@ export function buildPrograms(dir: string): ElfPrograms {
   writeFileSync(src, PROGRAM);
   const cc = (out: string, defs: string[]): string => {
     const path = join(dir, out);
-    execFileSync('gcc', ['-O2', '-Wl,--build-id=none', ...defs, '-o', path, src], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync('gcc', ['-O2', '-Wl,--build-id=none', ...defs, '-o', path, src], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     return path;
   };
-  const progs = { progA: cc('progA', ['-DVARIANT="A"']), progB: cc('progB', ['-DVARIANT="B"']), progC: cc('progC', ['-DVARIANT="A"', '-DEXTRA']) };
-  if (statSync(progs.progA).size !== statSync(progs.progB).size) throw new Error('progA and progB differ in size: the code-unchanged fixture needs equal sizes');
+  const progs = {
+    progA: cc('progA', ['-DVARIANT="A"']),
+    progB: cc('progB', ['-DVARIANT="B"']),
+    progC: cc('progC', ['-DVARIANT="A"', '-DEXTRA']),
+  };
+  if (statSync(progs.progA).size !== statSync(progs.progB).size)
+    throw new Error('progA and progB differ in size: the code-unchanged fixture needs equal sizes');
   return progs;
 }
 
 export const debugfs = (image: string, cmd: string): string =>
-  execFileSync('debugfs', ['-R', cmd, image], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 26 });
+  execFileSync('debugfs', ['-R', cmd, image], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+    maxBuffer: 1 << 26,
+  });
 
 /** Overwrites a file's blocks inside an ext4 image with `content` (same size), as an in-place patch lands. */
 export function rewriteInPlace(image: string, path: string, content: Buffer): void {
-  const blocks = debugfs(image, `blocks ${path}`).trim().split(/\s+/).filter((w) => /^\d+$/.test(w)).map(Number);
-  if (blocks.length !== Math.ceil(content.length / 4096)) throw new Error(`${path}: ${blocks.length} blocks for ${content.length} bytes`);
+  const blocks = debugfs(image, `blocks ${path}`)
+    .trim()
+    .split(/\s+/)
+    .filter((w) => /^\d+$/.test(w))
+    .map(Number);
+  if (blocks.length !== Math.ceil(content.length / 4096))
+    throw new Error(`${path}: ${blocks.length} blocks for ${content.length} bytes`);
   const fd = openSync(image, 'r+');
   try {
     blocks.forEach((b, i) => writeSync(fd, content, i * 4096, Math.min(4096, content.length - i * 4096), b * 4096));
@@ -89,7 +115,11 @@ export function buildExt4Pair(dir: string, sizeMiB = 24): Ext4Pair {
   writeFileSync(join(tree, 'share', 'filler'), Buffer.alloc(300 * 1024, 'x'));
   const base = join(dir, 'base.img');
   const patched = join(dir, 'patched.img');
-  execFileSync('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', 'hint-test', '-U', UUID, '-E', 'root_owner=0:0', '-d', tree, base, `${sizeMiB}M`], { stdio: 'ignore' });
+  execFileSync(
+    'mkfs.ext4',
+    ['-q', '-F', '-b', '4096', '-L', 'hint-test', '-U', UUID, '-E', 'root_owner=0:0', '-d', tree, base, `${sizeMiB}M`],
+    { stdio: 'ignore' },
+  );
   execFileSync('cp', ['--sparse=always', base, patched]);
   rewriteInPlace(patched, '/bin/same', readFileSync(progs.progB));
   rewriteInPlace(patched, '/etc/conf.txt', Buffer.from('setting = 2\n'));

@@ -37,17 +37,31 @@ export class FirmwareVm {
   #proc: ChildProcess;
   #stderr = '';
 
-  private constructor(readonly opts: FirmwareVmOptions, name: string) {
+  private constructor(
+    readonly opts: FirmwareVmOptions,
+    name: string,
+  ) {
     this.qmpSocket = join(opts.dir, `${name}.qmp`);
     this.monitorSocket = join(opts.dir, `${name}.mon`);
     const accel = process.env['VMSUBST_ACCEL'] ?? 'tcg';
     const args = [
-      '-accel', accel, '-nodefaults', '-display', 'none', '-m', '64',
-      '-blockdev', `driver=file,filename=${opts.image},node-name=file0`,
-      '-blockdev', 'driver=raw,file=file0,node-name=disk0',
-      '-device', `virtio-blk-pci,drive=disk0,id=vblk0${opts.shareRw === false ? '' : ',share-rw=on'}`,
-      '-qmp', `unix:${this.qmpSocket},server=on,wait=off`,
-      '-qmp', `unix:${this.monitorSocket},server=on,wait=off`,
+      '-accel',
+      accel,
+      '-nodefaults',
+      '-display',
+      'none',
+      '-m',
+      '64',
+      '-blockdev',
+      `driver=file,filename=${opts.image},node-name=file0`,
+      '-blockdev',
+      'driver=raw,file=file0,node-name=disk0',
+      '-device',
+      `virtio-blk-pci,drive=disk0,id=vblk0${opts.shareRw === false ? '' : ',share-rw=on'}`,
+      '-qmp',
+      `unix:${this.qmpSocket},server=on,wait=off`,
+      '-qmp',
+      `unix:${this.monitorSocket},server=on,wait=off`,
       ...(opts.paused ? ['-S'] : []),
     ];
     this.#proc = spawn(QEMU_BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -57,19 +71,29 @@ export class FirmwareVm {
   static async start(opts: FirmwareVmOptions, name = 'vm'): Promise<FirmwareVm> {
     const vm = new FirmwareVm(opts, name);
     try {
-      await waitFor(15_000, 'QEMU QMP sockets', () => {
-        if (vm.#proc.exitCode !== null) throw new Error(`QEMU exited ${vm.#proc.exitCode}: ${vm.#stderr}`);
-        return existsSync(vm.qmpSocket) && existsSync(vm.monitorSocket) ? true : undefined;
-      }, 50);
+      await waitFor(
+        15_000,
+        'QEMU QMP sockets',
+        () => {
+          if (vm.#proc.exitCode !== null) throw new Error(`QEMU exited ${vm.#proc.exitCode}: ${vm.#stderr}`);
+          return existsSync(vm.qmpSocket) && existsSync(vm.monitorSocket) ? true : undefined;
+        },
+        50,
+      );
       // The socket file appears just before QEMU listens on it: a refused connect is retried.
-      const qmp = await waitFor(15_000, 'QEMU monitor', async () => {
-        try {
-          return await QmpClient.connect(vm.monitorSocket);
-        } catch (e) {
-          if (vm.#proc.exitCode === null && /nothing listens/.test((e as Error).message)) return undefined;
-          throw e;
-        }
-      }, 50);
+      const qmp = await waitFor(
+        15_000,
+        'QEMU monitor',
+        async () => {
+          try {
+            return await QmpClient.connect(vm.monitorSocket);
+          } catch (e) {
+            if (vm.#proc.exitCode === null && /nothing listens/.test((e as Error).message)) return undefined;
+            throw e;
+          }
+        },
+        50,
+      );
       vm.monitor = new Qemu(qmp);
     } catch (e) {
       vm.kill();

@@ -186,7 +186,12 @@ export const GUEST_AGENT = 'node /opt/vmsubst/build/agent/src/main.js --no-vsock
  */
 export async function startAgent(vm: GuestVm, opts: { env?: string; log: string; args?: string }): Promise<void> {
   await vm.sh(`${opts.env ?? ''} ${GUEST_AGENT} ${opts.args ?? ''} > ${opts.log} 2>&1 & echo $! > /tmp/agent.pid`);
-  await waitFor(60_000, 'agent ready', async () => ((await vm.run(`grep -q "info: ready" ${opts.log}`)).code === 0 ? true : undefined), 200);
+  await waitFor(
+    60_000,
+    'agent ready',
+    async () => ((await vm.run(`grep -q "info: ready" ${opts.log}`)).code === 0 ? true : undefined),
+    200,
+  );
 }
 
 /** Stops the agent startAgent started and waits until it has exited. */
@@ -196,7 +201,10 @@ export async function stopAgent(vm: GuestVm): Promise<void> {
 
 /** The versions a program printed into `file` in the guest, one a line, without their pid. */
 export async function versions(vm: GuestVm, file: string): Promise<string[]> {
-  return (await vm.sh(`cat ${file}`)).split('\n').filter(Boolean).map((l) => l.replace(/ pid=.*/, ''));
+  return (await vm.sh(`cat ${file}`))
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.replace(/ pid=.*/, ''));
 }
 
 /**
@@ -206,6 +214,8 @@ export async function versions(vm: GuestVm, file: string): Promise<string[]> {
 export async function startProgram(vm: GuestVm, name: string, cmd: string): Promise<number> {
   await vm.sh(`${cmd} > /tmp/${name}.out 2>&1 & echo $! > /tmp/${name}.pid`);
   const pid = Number((await vm.sh(`cat /tmp/${name}.pid`)).trim());
-  await waitFor(30_000, `${name} prints`, async () => ((await versions(vm, `/tmp/${name}.out`)).length > 0 ? true : undefined));
+  await waitFor(30_000, `${name} prints`, async () =>
+    (await versions(vm, `/tmp/${name}.out`)).length > 0 ? true : undefined,
+  );
   return pid;
 }

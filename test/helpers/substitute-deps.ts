@@ -23,7 +23,8 @@ export function fakeSubstituteDeps(
     queryDirty: async () => ({ dirty: 0, writeback: 0 }),
     dropOnlyFlag: 2,
     refaultFlag: 4,
-    pin: async () => ({ processes: [], 'shared-unpinned': [] }) as unknown as Awaited<ReturnType<SubstituteDeps['pin']>>,
+    pin: async () =>
+      ({ processes: [], 'shared-unpinned': [] }) as unknown as Awaited<ReturnType<SubstituteDeps['pin']>>,
     restartUnit: async (unit) => ({ unit, status: 'no-systemd' }),
     procRoot: join(root.dir, 'proc'),
     sysRoot: root.sys,

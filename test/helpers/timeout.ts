@@ -21,7 +21,12 @@ export async function withTimeout<T>(limitMs: number, what: string, fn: () => Pr
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Polls `probe` until it returns a value (not undefined) or the deadline passes. */
-export async function waitFor<T>(limitMs: number, what: string, probe: () => Promise<T | undefined> | T | undefined, everyMs = 200): Promise<T> {
+export async function waitFor<T>(
+  limitMs: number,
+  what: string,
+  probe: () => Promise<T | undefined> | T | undefined,
+  everyMs = 200,
+): Promise<T> {
   const ms = limitMs * TIMEOUT_SCALE;
   const deadline = Date.now() + ms;
   for (;;) {

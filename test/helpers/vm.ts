@@ -109,17 +109,27 @@ export class GuestVm {
     } finally {
       qmp.close();
     }
-    await waitFor(120_000, 'guest reboot', () => {
-      if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
-      return this.#console.split('VMSUBST-GUEST-READY').length > readyBefore ? true : undefined;
-    }, 25);
+    await waitFor(
+      120_000,
+      'guest reboot',
+      () => {
+        if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
+        return this.#console.split('VMSUBST-GUEST-READY').length > readyBefore ? true : undefined;
+      },
+      25,
+    );
     const consoleMs = Date.now() - t0;
     if (!this.opts.noAgent) await this.#agentReady();
     return { consoleMs, agentMs: Date.now() - t0 };
   }
 
   #agentReady(): Promise<true> {
-    return waitFor(this.opts.bootTimeoutMs ?? 90_000, 'agent ready', async () => ((await this.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined), 100);
+    return waitFor(
+      this.opts.bootTimeoutMs ?? 90_000,
+      'agent ready',
+      async () => ((await this.run('grep -q "info: ready" /tmp/agent.log')).code === 0 ? true : undefined),
+      100,
+    );
   }
 
   get console(): string {
@@ -138,30 +148,59 @@ export class GuestVm {
     if (this.opts.agentArgs?.length) append.push(`vmsubst.agent=${this.opts.agentArgs.join(',')}`);
     const args = [
       ...(kvm ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
-      '-m', String(this.opts.memoryMiB ?? 1024), '-smp', '2', '-uuid', this.uuid,
-      '-nodefaults', '-display', 'none', ...(this.opts.reboot ? [] : ['-no-reboot']),
-      '-kernel', art.kernel, '-initrd', sys?.initrd ?? art.initramfs, '-append', append.join(' '),
-      '-chardev', 'stdio,id=con,signal=off', '-serial', 'chardev:con',
-      '-qmp', `unix:${this.qmpSocket},server=on,wait=off`,
-      '-blockdev', `driver=file,filename=${this.opts.disk},node-name=file0,cache.direct=off`,
-      '-blockdev', 'driver=raw,file=file0,node-name=disk0',
-      '-device', 'virtio-blk-pci,drive=disk0,id=vblk0,serial=vmsubst-data,share-rw=on',
-      '-device', 'virtio-serial-pci,id=vser0',
-      '-chardev', `socket,id=agent0,path=${this.agentSocket},server=on,wait=off`,
-      '-device', 'virtserialport,chardev=agent0,name=org.vmsubst.0,id=vport0',
+      '-m',
+      String(this.opts.memoryMiB ?? 1024),
+      '-smp',
+      '2',
+      '-uuid',
+      this.uuid,
+      '-nodefaults',
+      '-display',
+      'none',
+      ...(this.opts.reboot ? [] : ['-no-reboot']),
+      '-kernel',
+      art.kernel,
+      '-initrd',
+      sys?.initrd ?? art.initramfs,
+      '-append',
+      append.join(' '),
+      '-chardev',
+      'stdio,id=con,signal=off',
+      '-serial',
+      'chardev:con',
+      '-qmp',
+      `unix:${this.qmpSocket},server=on,wait=off`,
+      '-blockdev',
+      `driver=file,filename=${this.opts.disk},node-name=file0,cache.direct=off`,
+      '-blockdev',
+      'driver=raw,file=file0,node-name=disk0',
+      '-device',
+      'virtio-blk-pci,drive=disk0,id=vblk0,serial=vmsubst-data,share-rw=on',
+      '-device',
+      'virtio-serial-pci,id=vser0',
+      '-chardev',
+      `socket,id=agent0,path=${this.agentSocket},server=on,wait=off`,
+      '-device',
+      'virtserialport,chardev=agent0,name=org.vmsubst.0,id=vport0',
     ];
     if (sys) {
       args.push(
-        '-blockdev', `driver=file,filename=${sys.rootImage},node-name=rootfile`,
-        '-blockdev', `driver=${sys.rootFormat},file=rootfile,node-name=root0`,
-        '-device', 'virtio-blk-pci,drive=root0,id=vblkroot,serial=vmsubst-root',
+        '-blockdev',
+        `driver=file,filename=${sys.rootImage},node-name=rootfile`,
+        '-blockdev',
+        `driver=${sys.rootFormat},file=rootfile,node-name=root0`,
+        '-device',
+        'virtio-blk-pci,drive=root0,id=vblkroot,serial=vmsubst-root',
       );
     }
     if (this.opts.extraDisk) {
       args.push(
-        '-blockdev', `driver=file,filename=${this.opts.extraDisk},node-name=file1,read-only=on`,
-        '-blockdev', 'driver=raw,file=file1,node-name=disk1,read-only=on',
-        '-device', 'virtio-blk-pci,drive=disk1,id=vblk1,serial=vmsubst-extra',
+        '-blockdev',
+        `driver=file,filename=${this.opts.extraDisk},node-name=file1,read-only=on`,
+        '-blockdev',
+        'driver=raw,file=file1,node-name=disk1,read-only=on',
+        '-device',
+        'virtio-blk-pci,drive=disk1,id=vblk1,serial=vmsubst-extra',
       );
     }
     if (this.opts.vsockCid !== undefined) args.push('-device', `vhost-vsock-pci,guest-cid=${this.opts.vsockCid}`);
@@ -184,10 +223,15 @@ export class GuestVm {
     proc.on('exit', (code, sig) => {
       this.#exited = `qemu exited (code ${code}, signal ${sig})`;
     });
-    return waitFor(this.opts.bootTimeoutMs ?? 120_000, 'guest boot', () => {
-      if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
-      return this.#console.includes('VMSUBST-GUEST-READY') ? true : undefined;
-    }, 50).then(() => {
+    return waitFor(
+      this.opts.bootTimeoutMs ?? 120_000,
+      'guest boot',
+      () => {
+        if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
+        return this.#console.includes('VMSUBST-GUEST-READY') ? true : undefined;
+      },
+      50,
+    ).then(() => {
       this.bootMs = Date.now() - t0;
     });
   }
@@ -199,10 +243,15 @@ export class GuestVm {
 
   /** Waits until the guest has come up `n` times in all (after a reset), and its agent too unless it has none. */
   async waitForBoot(n: number, timeoutMs = 180_000): Promise<void> {
-    await waitFor(timeoutMs, `guest boot #${n}`, () => {
-      if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
-      return this.boots >= n ? true : undefined;
-    }, 100);
+    await waitFor(
+      timeoutMs,
+      `guest boot #${n}`,
+      () => {
+        if (this.#exited) throw new Error(`${this.#exited}; console:\n${this.#console.slice(-3000)}`);
+        return this.boots >= n ? true : undefined;
+      },
+      100,
+    );
   }
 
   /** Runs a shell command on the guest console; resolves with its output and exit status. */
@@ -213,10 +262,15 @@ export class GuestVm {
     const endRe = new RegExp(`__VMS_END_${n}_(\\d+)__`);
     const from = this.#console.length;
     this.#proc.stdin!.write(`echo ${start}; ${cmd}\necho __VMS_END_${n}_$?__\n`);
-    const m = await waitFor(timeoutMs, `guest command '${cmd.slice(0, 80)}'`, () => {
-      if (this.#exited) throw new Error(this.#exited);
-      return endRe.exec(this.#console.slice(from)) ?? undefined;
-    }, 25);
+    const m = await waitFor(
+      timeoutMs,
+      `guest command '${cmd.slice(0, 80)}'`,
+      () => {
+        if (this.#exited) throw new Error(this.#exited);
+        return endRe.exec(this.#console.slice(from)) ?? undefined;
+      },
+      25,
+    );
     const text = this.#console.slice(from);
     const begin = text.indexOf(start + '\n');
     const out = text.slice(begin === -1 ? 0 : begin + start.length + 1, text.indexOf(m[0]));
@@ -235,8 +289,12 @@ export class GuestVm {
    * the boot's; the settings files a test wrote into the guest are read anew); resolves once ready.
    */
   async restartAgent(args: string[] = this.opts.agentArgs ?? []): Promise<void> {
-    await this.sh('kill $(cat /run/vmsubst-agent.pid) 2>/dev/null; while kill -0 $(cat /run/vmsubst-agent.pid) 2>/dev/null; do sleep 0.1; done; true');
-    await this.sh(`: > /tmp/agent.log; node /opt/vmsubst/build/agent/src/main.js ${args.join(' ')} >/tmp/agent.log 2>&1 & echo $! > /run/vmsubst-agent.pid`);
+    await this.sh(
+      'kill $(cat /run/vmsubst-agent.pid) 2>/dev/null; while kill -0 $(cat /run/vmsubst-agent.pid) 2>/dev/null; do sleep 0.1; done; true',
+    );
+    await this.sh(
+      `: > /tmp/agent.log; node /opt/vmsubst/build/agent/src/main.js ${args.join(' ')} >/tmp/agent.log 2>&1 & echo $! > /run/vmsubst-agent.pid`,
+    );
     await this.#agentReady();
   }
 
@@ -261,5 +319,7 @@ export class GuestVm {
 
 /** Why a vhost-vsock guest cannot run here, or undefined when it can. */
 export function vhostVsockUnavailable(): string | undefined {
-  return existsSync('/dev/vhost-vsock') ? undefined : 'no /dev/vhost-vsock on this host (the vhost_vsock module is not available), so QEMU cannot give the guest a host-reachable vsock';
+  return existsSync('/dev/vhost-vsock')
+    ? undefined
+    : 'no /dev/vhost-vsock on this host (the vhost_vsock module is not available), so QEMU cannot give the guest a host-reachable vsock';
 }

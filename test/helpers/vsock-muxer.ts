@@ -25,7 +25,11 @@ export interface Muxer {
 }
 
 /** `ports` maps a guest vsock port to the unix socket that stands for its listener. */
-export async function startMuxer(path: string, ports: Map<number, string>, behaviour: MuxerBehaviour = 'ok'): Promise<Muxer> {
+export async function startMuxer(
+  path: string,
+  ports: Map<number, string>,
+  behaviour: MuxerBehaviour = 'ok',
+): Promise<Muxer> {
   const connects: string[] = [];
   const sockets = new Set<Socket>();
   let nextHostPort = 1 << 30;

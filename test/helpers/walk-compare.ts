@@ -15,7 +15,9 @@ const mount = { mountPoint: dir, devNum: '0:0', root: '/', fsType: 'ext4', readO
 async function walk(fm: Fiemap): Promise<Map<string, unknown>> {
   const files: IndexedFile[] = [];
   await walkMount(mount, 0, fm, (f) => files.push(f));
-  return new Map(files.map((f) => [f.path, { ...f, mount: undefined, entries: f.entries ? [...f.entries].sort() : undefined }]));
+  return new Map(
+    files.map((f) => [f.path, { ...f, mount: undefined, entries: f.entries ? [...f.entries].sort() : undefined }]),
+  );
 }
 
 const native = await walk(fiemap);

@@ -37,7 +37,9 @@ function diskHolds(path: string, needle: Buffer): boolean {
   }
 }
 
-const D = withGuest(suite('adversarial: a file the guest wrote and has not written back is never substituted'), { name: 'adversarial-dirty' });
+const D = withGuest(suite('adversarial: a file the guest wrote and has not written back is never substituted'), {
+  name: 'adversarial-dirty',
+});
 
 D('prepare refuses with GuestDirty, nothing is written, the guest keeps its data', ({ art, vm, disk, bundle }) =>
   withTimeout(240_000, 'dirty', async () => {
@@ -50,7 +52,22 @@ D('prepare refuses with GuestDirty, nothing is written, the guest keeps its data
     assert.ok(at > 64);
     await vm.sh(`printf '${MARK}' | dd of=${PROG} bs=1 seek=${at} conv=notrunc 2>/dev/null`);
     const written = await guestSha(vm, `sha256sum ${PROG}`);
-    const r = await vmsubst(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'], 180_000);
+    const r = await vmsubst(
+      [
+        'apply',
+        bundle,
+        '--qmp',
+        vm.qmpSocket,
+        '--device',
+        'vblk0',
+        '--notify',
+        `serial:${vm.agentSocket}`,
+        '--disk-serial',
+        'vmsubst-data',
+        '--json',
+      ],
+      180_000,
+    );
     assert.is(r.code, 1, r.stdout + r.stderr);
     assert.match(r.stdout + r.stderr, /GuestDirty: \/mnt\/data\/bin\/vprog \(\d+ dirty/, r.stdout + r.stderr);
     assert.match(r.stdout + r.stderr, /nothing was done/);
@@ -58,7 +75,7 @@ D('prepare refuses with GuestDirty, nothing is written, the guest keeps its data
     await vm.sh('sync; echo 3 > /proc/sys/vm/drop_caches');
     assert.is(await guestSha(vm, `sha256sum ${PROG}`), written, 'the guest reads back exactly what it wrote');
     assert.ok(diskHolds(disk, Buffer.from(MARK)), "the guest's write reached the disk");
-    assert.not.ok(diskHolds(disk, Buffer.from('vprog version v2')), 'not one of the bundle\'s blocks was written');
+    assert.not.ok(diskHolds(disk, Buffer.from('vprog version v2')), "not one of the bundle's blocks was written");
     assert.ok(diskHolds(disk, Buffer.from('vprog version v1')));
   }),
 );

@@ -27,7 +27,6 @@ const MOUNT = '/mnt/part';
 /** What the patch writes into the block before the partition (a boot loader's or table's tail). */
 const GAP_MARK = Buffer.from('vmsubst: a block of the partition gap the patch rewrote');
 
-
 /** An MBR with one Linux partition (type 0x83) of `sectors` 512-byte sectors from `startLba`. */
 function mbr(startLba: number, sectors: number): Buffer {
   const b = Buffer.alloc(512);
@@ -104,12 +103,22 @@ const P = withGuest(suite('adversarial: a changed range straddling a partition s
   bootLimitMs: 240_000,
   async setup({ tmp, disk, vm }) {
     // The guest's init mounts only a bare ext4 data disk; here the filesystem is partition 1.
-    const dev = (await vm.sh('for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = vmsubst-data ] && echo ${b##*/}; done')).trim();
+    const dev = (
+      await vm.sh(
+        'for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = vmsubst-data ] && echo ${b##*/}; done',
+      )
+    ).trim();
     assert.match(dev, /^vd[a-z]$/, `the data disk: '${dev}'`);
-    assert.is((await vm.sh(`cat /sys/block/${dev}/${dev}1/start`)).trim(), String(PART_START / 512), 'the guest sees partition 1 where the MBR puts it');
+    assert.is(
+      (await vm.sh(`cat /sys/block/${dev}/${dev}1/start`)).trim(),
+      String(PART_START / 512),
+      'the guest sees partition 1 where the MBR puts it',
+    );
     // Read-write; noinit_itable and noatime: the guest writes nothing of its own after this
     // point, so the disk the bundle is diffed from stays the disk the VM has.
-    await vm.sh(`mkdir -p ${MOUNT} && mount -t ext4 -o rw,noatime,noinit_itable /dev/${dev}1 ${MOUNT} && grep " ${MOUNT} " /proc/mounts | grep -q " rw," && sync`);
+    await vm.sh(
+      `mkdir -p ${MOUNT} && mount -t ext4 -o rw,noatime,noinit_itable /dev/${dev}1 ${MOUNT} && grep " ${MOUNT} " /proc/mounts | grep -q " rw," && sync`,
+    );
     assert.match(await vm.sh(`cat ${MOUNT}/etc/motd`), /vmsubst test volume/);
     await vm.sh('sync');
     // The bundle: two whole-disk images, the disk as the VM has it now, and that disk patched.
@@ -125,7 +134,9 @@ const P = withGuest(suite('adversarial: a changed range straddling a partition s
 
 P('the bundle has one range from before the partition into its superblock', (c) =>
   withTimeout(60_000, 'inspect', async () => {
-    const doc = (await vmsubstJson<{ manifest: { ranges: { offset: number; length: number }[] } }>(["inspect", c.bundle])).manifest;
+    const doc = (
+      await vmsubstJson<{ manifest: { ranges: { offset: number; length: number }[] } }>(['inspect', c.bundle])
+    ).manifest;
     const straddling = doc.ranges.filter((r) => r.offset < PART_START && r.offset + r.length > PART_START + 1024);
     assert.is(straddling.length, 1, JSON.stringify(doc.ranges));
     assert.is(straddling[0]!.offset, PART_START - 4096, 'it starts in the block before the partition');
@@ -134,20 +145,53 @@ P('the bundle has one range from before the partition into its superblock', (c) 
 
 P('the dry run names the superblock under the read-write mount and requires a restart', (c) =>
   withTimeout(180_000, 'plan', async () => {
-    const r = await vmsubstJson<{ plan: { 'restart-required': boolean; reasons: string[]; blocks: { offset: number; class: string; mount?: string }[] } }>(
-      ['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--dry-run'], 150_000);
+    const r = await vmsubstJson<{
+      plan: {
+        'restart-required': boolean;
+        reasons: string[];
+        blocks: { offset: number; class: string; mount?: string }[];
+      };
+    }>(
+      ['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--dry-run'],
+      150_000,
+    );
     assert.ok(r.plan['restart-required'], JSON.stringify(r.plan));
     assert.match(r.plan.reasons.join('; '), new RegExp(`${MOUNT} is mounted read-write`));
-    assert.ok(r.plan.blocks.some((b) => b.class === 'superblock' && b.mount === MOUNT), JSON.stringify(r.plan.blocks));
-    assert.ok(r.plan.blocks.some((b) => b.class === 'outside-filesystems' && b.offset === PART_START - 4096), JSON.stringify(r.plan.blocks));
+    assert.ok(
+      r.plan.blocks.some((b) => b.class === 'superblock' && b.mount === MOUNT),
+      JSON.stringify(r.plan.blocks),
+    );
+    assert.ok(
+      r.plan.blocks.some((b) => b.class === 'outside-filesystems' && b.offset === PART_START - 4096),
+      JSON.stringify(r.plan.blocks),
+    );
   }),
 );
 
 P('the two-phase apply is refused with RestartRequired before anything is written', (c) =>
   withTimeout(300_000, 'apply', async () => {
     const { vm } = c;
-    assert.is(sha256File(c.disk), c.diskSha, 'the guest wrote nothing since the bundle was made (else the test proves nothing)');
-    const r = await vmsubst(['apply', c.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'], 240_000);
+    assert.is(
+      sha256File(c.disk),
+      c.diskSha,
+      'the guest wrote nothing since the bundle was made (else the test proves nothing)',
+    );
+    const r = await vmsubst(
+      [
+        'apply',
+        c.bundle,
+        '--qmp',
+        vm.qmpSocket,
+        '--device',
+        'vblk0',
+        '--notify',
+        `serial:${vm.agentSocket}`,
+        '--disk-serial',
+        'vmsubst-data',
+        '--json',
+      ],
+      240_000,
+    );
     const out = r.stdout + r.stderr;
     assert.is(r.code, 1, out);
     assert.match(out, /RestartRequired/);

@@ -30,25 +30,31 @@ async function manifestOf(path: string): Promise<Bundle['manifest']> {
   }
 }
 
-const R = withGuest(suite(`adversarial: a ${FILES}-file substitution answers within one message, the full report in pages`), {
-  name: 'adv-report',
-  patched: null,
-  makeDisk({ tmp }, disk) {
-    const base = join(tmp, 'base.img');
-    const patched = join(tmp, 'patched.img');
-    execFileSync(join(ROOT, 'test/fixtures/build-many-files.sh'), [base, String(FILES), '64M'], { stdio: 'ignore' });
-    execFileSync(join(ROOT, 'test/fixtures/build-many-files.sh'), [patched, String(FILES), '64M'], { stdio: 'ignore', env: { ...process.env, MANY_FILES_TAG: 'FILE' } });
-    copyFileSync(base, disk);
+const R = withGuest(
+  suite(`adversarial: a ${FILES}-file substitution answers within one message, the full report in pages`),
+  {
+    name: 'adv-report',
+    patched: null,
+    makeDisk({ tmp }, disk) {
+      const base = join(tmp, 'base.img');
+      const patched = join(tmp, 'patched.img');
+      execFileSync(join(ROOT, 'test/fixtures/build-many-files.sh'), [base, String(FILES), '64M'], { stdio: 'ignore' });
+      execFileSync(join(ROOT, 'test/fixtures/build-many-files.sh'), [patched, String(FILES), '64M'], {
+        stdio: 'ignore',
+        env: { ...process.env, MANY_FILES_TAG: 'FILE' },
+      });
+      copyFileSync(base, disk);
+    },
+    boot: { bootTimeoutMs: 200_000 },
+    bootLimitMs: 240_000,
+    async setup({ tmp, vm }) {
+      const bundle = join(tmp, 'many.bundle');
+      await vmsubstJson(['diff', join(tmp, 'base.img'), join(tmp, 'patched.img'), '-o', bundle]);
+      await vmsubstJson(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
+      return { bundle };
+    },
   },
-  boot: { bootTimeoutMs: 200_000 },
-  bootLimitMs: 240_000,
-  async setup({ tmp, vm }) {
-    const bundle = join(tmp, 'many.bundle');
-    await vmsubstJson(['diff', join(tmp, 'base.img'), join(tmp, 'patched.img'), '-o', bundle]);
-    await vmsubstJson(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
-    return { bundle };
-  },
-});
+);
 
 /** The substitution asked for over a connection of its own: whether the agent announced `report`, its answer and that answer's size on the wire. */
 const answered = (c: GuestContext): Promise<{ supportsReport: boolean; report: SubstituteReport; bytes: number }> =>
@@ -56,7 +62,11 @@ const answered = (c: GuestContext): Promise<{ supportsReport: boolean; report: S
     const conn = await AgentConnection.open(`serial:${c.vm.agentSocket}`, { timeoutMs: 420_000 });
     try {
       const report = await conn.substitute(notificationArgs(await manifestOf(c.bundle), { serial: 'vmsubst-data' }));
-      return { supportsReport: conn.supports('report'), report, bytes: Buffer.byteLength(JSON.stringify({ return: report, id: 1 })) + 1 };
+      return {
+        supportsReport: conn.supports('report'),
+        report,
+        bytes: Buffer.byteLength(JSON.stringify({ return: report, id: 1 })) + 1,
+      };
     } finally {
       conn.close();
     }
@@ -70,8 +80,13 @@ R('the answer arrives, under the message cap, truncated with the true counts', (
     assert.ok(report.truncated, 'marked truncated');
     assert.is(report.truncated!.counts['files'], FILES, JSON.stringify(report.truncated!.counts));
     assert.ok(report.files.length < FILES);
-    assert.ok(report.truncated!['report-bytes'] > MAX_MESSAGE_BYTES, `the full report is ${report.truncated!['report-bytes']} bytes`);
-    console.log(`  answer ${bytes} bytes listing ${report.files.length} of ${FILES} files; full report ${report.truncated!['report-bytes']} bytes`);
+    assert.ok(
+      report.truncated!['report-bytes'] > MAX_MESSAGE_BYTES,
+      `the full report is ${report.truncated!['report-bytes']} bytes`,
+    );
+    console.log(
+      `  answer ${bytes} bytes listing ${report.files.length} of ${FILES} files; full report ${report.truncated!['report-bytes']} bytes`,
+    );
     assert.match(await c.vm.sh('head -c 9 /mnt/data/d000/e29/f002999'), /FILE 2999/);
   }),
 );
@@ -90,7 +105,11 @@ R('the pages of the full report return every file, and a retry gets the same bou
       const again = await conn.substitute(notificationArgs(manifest, { serial: 'vmsubst-data' }));
       assert.is(again.replayed, true);
       assert.is(again.truncated?.counts['files'], FILES);
-      const mode = (await c.vm.sh(`stat -c %a /var/lib/vmsubst/reports/${id}.json 2>/dev/null || find / -name '${id}.json' -exec stat -c %a {} \\; 2>/dev/null`)).trim();
+      const mode = (
+        await c.vm.sh(
+          `stat -c %a /var/lib/vmsubst/reports/${id}.json 2>/dev/null || find / -name '${id}.json' -exec stat -c %a {} \\; 2>/dev/null`,
+        )
+      ).trim();
       assert.match(mode, /^600/, `the kept report's mode: ${mode}`);
     } finally {
       conn.close();

@@ -20,7 +20,6 @@ import { Bundle, type Manifest } from '../../host-signal/src/bundle/index.js';
 import { signArgs } from '@vmsubst/common/protocol/signature';
 import type { SubstituteArgs, SubstituteReport } from '@vmsubst/common/protocol/schema';
 
-
 const DISK = { serial: 'vmsubst-data' };
 const GUEST_CLI = '/opt/vmsubst/build/host-signal/src/cli.js';
 type Ctx = GuestContext & { key: KeyObject; fwd: Manifest; rev: Manifest; reverse: string };
@@ -51,7 +50,10 @@ const refusal = async (f: () => Promise<unknown>): Promise<string> => {
 const rootSubstituted = (c: Ctx): Promise<SubstituteReport> =>
   c.once('root over vsock', async () => {
     await vmsubstJson(['apply', c.bundle, '--qmp', c.vm.qmpSocket, '--device', 'vblk0']);
-    const out = await c.vm.sh(`node ${GUEST_CLI} notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --json`, 120_000);
+    const out = await c.vm.sh(
+      `node ${GUEST_CLI} notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --json`,
+      120_000,
+    );
     return JSON.parse(out.slice(out.indexOf('{'))) as SubstituteReport;
   });
 
@@ -59,10 +61,16 @@ const rootSubstituted = (c: Ctx): Promise<SubstituteReport> =>
 const signedTwice = (c: Ctx): Promise<{ first: SubstituteArgs; report: SubstituteReport; again: SubstituteReport }> =>
   c.once('signed', async () => {
     await rootSubstituted(c);
-    const first = signArgs('substitute', notificationArgs(c.fwd, DISK), c.key, { target: { 'vm-uuid': c.vm.uuid, 'disk-serial': 'vmsubst-data' } });
+    const first = signArgs('substitute', notificationArgs(c.fwd, DISK), c.key, {
+      target: { 'vm-uuid': c.vm.uuid, 'disk-serial': 'vmsubst-data' },
+    });
     const conn = await serial(c);
     try {
-      return { first, report: await conn.client.execute('substitute', first), again: await conn.client.execute('substitute', first) };
+      return {
+        first,
+        report: await conn.client.execute('substitute', first),
+        again: await conn.client.execute('substitute', first),
+      };
     } finally {
       conn.close();
     }
@@ -89,11 +97,17 @@ A('an unprivileged vsock peer gets neither a dry run nor a substitution; the dis
   withTimeout(180_000, 'unprivileged', async () => {
     const vm = c.vm;
     const before = sha(c.disk);
-    const plan = await vm.run(asNobody('notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --dry-run --json'), 120_000);
+    const plan = await vm.run(
+      asNobody('notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --dry-run --json'),
+      120_000,
+    );
     assert.is.not(plan.code, 0, plan.out);
     assert.match(plan.out, /Unauthorized: vsock 1:\d+ is not the hypervisor's side/);
     assert.not.match(plan.out, /\/mnt\/data/, 'no path of the guest in the answer');
-    const sub = await vm.run(asNobody('notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --json'), 120_000);
+    const sub = await vm.run(
+      asNobody('notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --json'),
+      120_000,
+    );
     assert.is.not(sub.code, 0, sub.out);
     assert.match(sub.out, /Unauthorized/);
     assert.match(await vm.sh('cat /tmp/agent.log'), /refused an unauthorized request/);
@@ -116,19 +130,32 @@ A('only root binds the privileged source port the host CLI uses', (c) =>
 A('a flood of unprivileged connections: bounded memory, refused beyond the limit, the host still served', (c) =>
   withTimeout(240_000, 'flood', async () => {
     const vm = c.vm;
-    const rss = async (): Promise<number> => Number(/VmRSS:\s+(\d+)/.exec(await vm.sh('cat /proc/$(cat /run/vmsubst-agent.pid)/status'))![1]) / 1024;
+    const rss = async (): Promise<number> =>
+      Number(/VmRSS:\s+(\d+)/.exec(await vm.sh('cat /proc/$(cat /run/vmsubst-agent.pid)/status'))![1]) / 1024;
     const before = await rss();
     const flood =
       `const n = await import('/opt/vmsubst/build/host-signal/src/native/index.js'); const keep = []; let ok = 0, failed = 0; ` +
       `for (let i = 0; i < 200; i++) { try { const s = await n.vsockConnect(1, 5252, { timeoutMs: 5000 }); s.on('error', () => {}); s.on('data', () => {}); ` +
       `s.write(Buffer.alloc(512 * 1024, 0x61)); keep.push(s); ok++; } catch { failed++; } } console.log('opened', ok, failed); setTimeout(() => process.exit(0), 120000);`;
-    await vm.sh(`node --input-type=module -e "process.setgid(65534); process.setuid(65534); ${flood}" > /tmp/flood.out 2>&1 & echo $! > /tmp/flood.pid`);
-    await waitFor(120_000, 'flood opened', async () => (/opened/.test(await vm.sh('cat /tmp/flood.out')) ? true : undefined), 500);
+    await vm.sh(
+      `node --input-type=module -e "process.setgid(65534); process.setuid(65534); ${flood}" > /tmp/flood.out 2>&1 & echo $! > /tmp/flood.pid`,
+    );
+    await waitFor(
+      120_000,
+      'flood opened',
+      async () => (/opened/.test(await vm.sh('cat /tmp/flood.out')) ? true : undefined),
+      500,
+    );
     const during = await rss();
-    console.log(`  flood: 200 connections of 512 KiB each from nobody; agent RSS ${before.toFixed(0)} MiB → ${during.toFixed(0)} MiB`);
+    console.log(
+      `  flood: 200 connections of 512 KiB each from nobody; agent RSS ${before.toFixed(0)} MiB → ${during.toFixed(0)} MiB`,
+    );
     assert.ok(during - before < 64, `RSS grew by ${(during - before).toFixed(0)} MiB`);
     assert.match(await vm.sh('cat /tmp/agent.log'), /too many open/);
-    const out = await vm.sh(`node ${GUEST_CLI} notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --dry-run --json`, 120_000);
+    const out = await vm.sh(
+      `node ${GUEST_CLI} notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --dry-run --json`,
+      120_000,
+    );
     assert.match(out, /"dry-run": true/, 'root on vsock is still served');
     const conn = await serial(c);
     try {
@@ -153,10 +180,18 @@ A('no oracle: 1-byte ranges are invalid, a mismatch names ranges and nothing the
     const conn = await serial(c);
     try {
       const args = notificationArgs(c.fwd, DISK);
-      const tiny = await refusal(() => conn.client.execute('substitute', { ...args, id: 'ee'.repeat(32), ranges: [{ offset: 0, length: 1, sha256: '0'.repeat(64) }] }));
+      const tiny = await refusal(() =>
+        conn.client.execute('substitute', {
+          ...args,
+          id: 'ee'.repeat(32),
+          ranges: [{ offset: 0, length: 1, sha256: '0'.repeat(64) }],
+        }),
+      );
       assert.match(tiny, /InvalidArguments.*multiple of 4096|InvalidArguments.*>= 4096/);
       const r0 = args.ranges[0]!;
-      const err = (await conn.client.execute('substitute', { ...args, id: 'ef'.repeat(32), ranges: [{ ...r0, sha256: '0'.repeat(64) }] }).catch((e: unknown) => e)) as { errorClass?: string; data?: unknown };
+      const err = (await conn.client
+        .execute('substitute', { ...args, id: 'ef'.repeat(32), ranges: [{ ...r0, sha256: '0'.repeat(64) }] })
+        .catch((e: unknown) => e)) as { errorClass?: string; data?: unknown };
       assert.is(err.errorClass, 'VerifyMismatch', String(err));
       assert.equal(err.data, { mismatches: [{ offset: r0.offset, length: r0.length }] });
       assert.not.match(JSON.stringify(err), /[0-9a-f]{64}/, 'no hash in the answer');
@@ -178,7 +213,18 @@ A('a signed envelope for this VM (its real SMBIOS UUID and disk) is accepted', (
 A('a replayed envelope is refused once the guest moved on; expired, other-VM and repurposed ones too', (c) =>
   withTimeout(480_000, 'envelopes', async () => {
     const { first } = await signedTwice(c);
-    await vmsubstJson(['apply', c.reverse, '--qmp', c.vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data']);
+    await vmsubstJson([
+      'apply',
+      c.reverse,
+      '--qmp',
+      c.vm.qmpSocket,
+      '--device',
+      'vblk0',
+      '--notify',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+    ]);
     assert.match(await c.vm.sh('/mnt/data/bin/vprog'), /version v1/);
     const conn = await serial(c);
     try {
@@ -186,11 +232,30 @@ A('a replayed envelope is refused once the guest moved on; expired, other-VM and
       assert.match(await refusal(() => conn.client.execute('substitute', first)), /Unauthorized: replayed envelope/);
       const revArgs = notificationArgs(c.rev, DISK);
       const old = Math.floor(Date.now() / 1000) - 7200;
-      assert.match(await refusal(() => conn.client.execute('substitute', signArgs('substitute', revArgs, c.key, { target, now: old, lifetimeSec: 3600 }))), /Unauthorized: the envelope expired/);
-      assert.match(await refusal(() => conn.client.execute('substitute', signArgs('substitute', revArgs, c.key, { target: { 'vm-uuid': randomUUID() } }))), /Unauthorized: the envelope is for VM/);
+      assert.match(
+        await refusal(() =>
+          conn.client.execute(
+            'substitute',
+            signArgs('substitute', revArgs, c.key, { target, now: old, lifetimeSec: 3600 }),
+          ),
+        ),
+        /Unauthorized: the envelope expired/,
+      );
+      assert.match(
+        await refusal(() =>
+          conn.client.execute(
+            'substitute',
+            signArgs('substitute', revArgs, c.key, { target: { 'vm-uuid': randomUUID() } }),
+          ),
+        ),
+        /Unauthorized: the envelope is for VM/,
+      );
       const { 'dry-run': _d, ...prepareArgs } = revArgs;
       const forPrepare = signArgs('prepare', prepareArgs, c.key, { target });
-      assert.match(await refusal(() => conn.client.execute('substitute', forPrepare)), /Unauthorized: bad signature.*'substitute'/);
+      assert.match(
+        await refusal(() => conn.client.execute('substitute', forPrepare)),
+        /Unauthorized: bad signature.*'substitute'/,
+      );
     } finally {
       conn.close();
     }
@@ -225,7 +290,7 @@ A('nothing lost: a request sent the moment the host reconnects is answered (the 
   }),
 );
 
-A('commit and abort from another connection need prepare\'s token', (c) =>
+A("commit and abort from another connection need prepare's token", (c) =>
   withTimeout(180_000, 'tokens', async () => {
     const { 'dry-run': _d, ...prepareArgs } = notificationArgs(c.fwd, DISK);
     const a = await serial(c);
@@ -239,7 +304,10 @@ A('commit and abort from another connection need prepare\'s token', (c) =>
     const b = await serial(c);
     try {
       assert.match(await refusal(() => b.commit(prepareArgs.id)), /Unauthorized: commit must carry the token/);
-      assert.match(await refusal(() => b.abort(prepareArgs.id, 'f'.repeat(32))), /Unauthorized: the token does not belong/);
+      assert.match(
+        await refusal(() => b.abort(prepareArgs.id, 'f'.repeat(32))),
+        /Unauthorized: the token does not belong/,
+      );
       const r = await b.abort(prepareArgs.id, token);
       assert.is(r.status, 'aborted');
     } finally {

@@ -21,23 +21,39 @@ const signed = (c: Ctx): Promise<SubstituteReport> =>
   c.once('signed', async () => {
     const { vm } = c;
     const { key } = await trustHostKey(c);
-    await vm.sh(`echo '{"customization":{"allow":["hostname","file","sysctl"],"fileRoots":["/etc"]}}' > /etc/vmsubst/agent.json`);
+    await vm.sh(
+      `echo '{"customization":{"allow":["hostname","file","sysctl"],"fileRoots":["/etc"]}}' > /etc/vmsubst/agent.json`,
+    );
     await vm.restartAgent();
-    return vmsubstJson<SubstituteReport>(['notify', c.bundle, '--to', `serial:${vm.agentSocket}`, '--customize', c.spec, '--sign', key, '--disk-serial', 'vmsubst-data']);
+    return vmsubstJson<SubstituteReport>([
+      'notify',
+      c.bundle,
+      '--to',
+      `serial:${vm.agentSocket}`,
+      '--customize',
+      c.spec,
+      '--sign',
+      key,
+      '--disk-serial',
+      'vmsubst-data',
+    ]);
   });
 
 const Cz = withGuest(suite('customization carried by a substitution, in the guest'), {
   name: 'customize',
   async setup({ tmp, vm, bundle }) {
     const spec = join(tmp, 'customize.json');
-    writeFileSync(spec, JSON.stringify({
-      hostname: 'clone-0042',
-      files: [
-        { path: '/etc/app/role.conf', content: 'role=web\n', mode: 0o640 },
-        { path: '/root/.profile', content: 'nope\n' },
-      ],
-      sysctl: { 'vm.swappiness': 13 },
-    }));
+    writeFileSync(
+      spec,
+      JSON.stringify({
+        hostname: 'clone-0042',
+        files: [
+          { path: '/etc/app/role.conf', content: 'role=web\n', mode: 0o640 },
+          { path: '/root/.profile', content: 'nope\n' },
+        ],
+        sysctl: { 'vm.swappiness': 13 },
+      }),
+    );
     await vmsubstJson(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
     return { spec };
   },
@@ -45,7 +61,15 @@ const Cz = withGuest(suite('customization carried by a substitution, in the gues
 
 Cz('adversarial: unsigned customization is refused by default, nothing changed', (c) =>
   withTimeout(120_000, 'unsigned', async () => {
-    const r = await vmsubst(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--customize', c.spec, '--json']);
+    const r = await vmsubst([
+      'notify',
+      c.bundle,
+      '--to',
+      `serial:${c.vm.agentSocket}`,
+      '--customize',
+      c.spec,
+      '--json',
+    ]);
     assert.is(r.code, 1);
     assert.match(r.stdout + r.stderr, /Unauthorized: customization is accepted only in a signed notification/);
     assert.is.not((await c.vm.sh('hostname')).trim(), 'clone-0042');
@@ -55,13 +79,19 @@ Cz('adversarial: unsigned customization is refused by default, nothing changed',
 Cz('signed, with the kinds allowed in agent.json: the report has one outcome per item', (c) =>
   withTimeout(180_000, 'notify', async () => {
     const report = await signed(c);
-    assert.equal(report.customization?.map((o) => [o.kind, o.target, o.status]), [
-      ['hostname', 'clone-0042', 'applied'],
-      ['file', '/etc/app/role.conf', 'applied'],
-      ['file', '/root/.profile', 'refused'],
-      ['sysctl', 'vm.swappiness', 'applied'],
-    ]);
-    assert.ok(report.files.some((f) => f.path === '/mnt/data/bin/vprog'), 'the blocks were substituted too');
+    assert.equal(
+      report.customization?.map((o) => [o.kind, o.target, o.status]),
+      [
+        ['hostname', 'clone-0042', 'applied'],
+        ['file', '/etc/app/role.conf', 'applied'],
+        ['file', '/root/.profile', 'refused'],
+        ['sysctl', 'vm.swappiness', 'applied'],
+      ],
+    );
+    assert.ok(
+      report.files.some((f) => f.path === '/mnt/data/bin/vprog'),
+      'the blocks were substituted too',
+    );
   }),
 );
 

@@ -17,13 +17,21 @@ import type { MapReport } from '../../agent/src/cli/map.js';
 const FILES = 10_000;
 const SAMPLES = 1000;
 const debugfs = (img: string, cmd: string): string =>
-  execFileSync('debugfs', ['-R', cmd, img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 26 });
+  execFileSync('debugfs', ['-R', cmd, img], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+    maxBuffer: 1 << 26,
+  });
 
 /** Runs several debugfs requests in one process; returns each request's output. */
 function debugfsMany(img: string, cmds: string[]): string[] {
   const file = join(dirname(img), 'cmds');
   writeFileSync(file, cmds.join('\n') + '\n');
-  const out = execFileSync('debugfs', ['-f', file, img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 26 });
+  const out = execFileSync('debugfs', ['-f', file, img], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+    maxBuffer: 1 << 26,
+  });
   return out.split(/^debugfs: .*$/m).slice(1);
 }
 
@@ -45,7 +53,9 @@ const Dfs = withGuest(suite('pedigree index in the guest agrees with debugfs'), 
   name: 'dfs',
   patched: null,
   makeDisk({ art, tmp }, disk) {
-    execFileSync(join(ROOT, 'test/fixtures/build-many-files.sh'), [join(tmp, 'many.img'), String(FILES)], { stdio: 'ignore' });
+    execFileSync(join(ROOT, 'test/fixtures/build-many-files.sh'), [join(tmp, 'many.img'), String(FILES)], {
+      stdio: 'ignore',
+    });
     copyFileSync(join(art.disks, 'base.img'), disk);
   },
   boot: ({ tmp }) => ({ extraDisk: join(tmp, 'many.img'), noAgent: true }),
@@ -63,7 +73,10 @@ const mapped = (c: Ctx): Promise<MapReport> =>
     const { vm } = c;
     await vm.putFile(join(c.tmp, 'blocks'), '/tmp/blocks');
     const dev = (await vm.sh('grep " /mnt/extra " /proc/mounts | cut -d" " -f1')).trim();
-    await vm.sh(`node /opt/vmsubst/build/agent/src/main.js map --device ${dev} --blocks @/tmp/blocks --json > /tmp/map.json`, 240_000);
+    await vm.sh(
+      `node /opt/vmsubst/build/agent/src/main.js map --device ${dev} --blocks @/tmp/blocks --json > /tmp/map.json`,
+      240_000,
+    );
     return JSON.parse((await vm.sh('cat /tmp/map.json', 120_000)).trim()) as MapReport;
   });
 
@@ -77,21 +90,38 @@ Dfs(`the guest maps ${SAMPLES} random blocks of a ${FILES}-file volume`, (c) =>
     assert.is(report.mountPoint, '/mnt/extra');
     // The volume is mounted read-only: the index comes from its ext4 metadata, not a walk.
     assert.equal(report.index, { builder: 'ext4-raw' });
-    assert.is(report.rows.reduce((n, r) => n + r.count, 0), SAMPLES);
+    assert.is(
+      report.rows.reduce((n, r) => n + r.count, 0),
+      SAMPLES,
+    );
   }),
 );
 
 Dfs('every answer agrees with debugfs icheck, ncheck, bmap and testb', (c) =>
   withTimeout(420_000, 'oracle', async () => {
-    const rows = (await mapped(c)).rows.flatMap((r) => Array.from({ length: r.count }, (_, i) => ({ ...r, block: r.block + i, offset: r.offset === undefined ? undefined : r.offset + i * 4096 })));
-    assert.equal(rows.map((r) => r.block), c.blocks);
+    const rows = (await mapped(c)).rows.flatMap((r) =>
+      Array.from({ length: r.count }, (_, i) => ({
+        ...r,
+        block: r.block + i,
+        offset: r.offset === undefined ? undefined : r.offset + i * 4096,
+      })),
+    );
+    assert.equal(
+      rows.map((r) => r.block),
+      c.blocks,
+    );
     const owner = new Map<number, number | undefined>();
-    for (const line of debugfs(c.img, `icheck ${c.blocks.join(' ')}`).split('\n').slice(1)) {
+    for (const line of debugfs(c.img, `icheck ${c.blocks.join(' ')}`)
+      .split('\n')
+      .slice(1)) {
       const m = /^(\d+)\s+(\d+|<block not found>)/.exec(line.trim());
       if (m) owner.set(Number(m[1]), m[2]!.startsWith('<') ? undefined : Number(m[2]));
     }
     const used = new Set<number>([0]);
-    const tb = debugfsMany(c.img, c.blocks.filter((b) => b > 0).map((b) => `testb ${b}`));
+    const tb = debugfsMany(
+      c.img,
+      c.blocks.filter((b) => b > 0).map((b) => `testb ${b}`),
+    );
     for (const t of tb) {
       const m = /Block (\d+) marked in use/.exec(t);
       if (m) used.add(Number(m[1]));
@@ -99,11 +129,16 @@ Dfs('every answer agrees with debugfs icheck, ncheck, bmap and testb', (c) =>
     const fileRows = rows.filter((r) => r.path !== undefined);
     const inos = [...new Set(fileRows.map((r) => r.ino!))];
     const paths = new Map<number, string>();
-    for (const line of debugfs(c.img, `ncheck ${inos.join(' ')}`).split('\n').slice(1)) {
+    for (const line of debugfs(c.img, `ncheck ${inos.join(' ')}`)
+      .split('\n')
+      .slice(1)) {
       const m = /^(\d+)\s+(.*)$/.exec(line.trim());
       if (m) paths.set(Number(m[1]), m[2]!.replace(/\/+/g, '/')); // ncheck prints "//lost+found" for the root's entries
     }
-    const bmaps = debugfsMany(c.img, fileRows.map((r) => `bmap <${r.ino}> ${r.offset! / 4096}`)).map((t) => Number(t.trim()));
+    const bmaps = debugfsMany(
+      c.img,
+      fileRows.map((r) => `bmap <${r.ino}> ${r.offset! / 4096}`),
+    ).map((t) => Number(t.trim()));
     const counts: Record<string, number> = {};
     for (const r of rows) {
       counts[r.class] = (counts[r.class] ?? 0) + 1;
@@ -121,8 +156,13 @@ Dfs('every answer agrees with debugfs icheck, ncheck, bmap and testb', (c) =>
       }
     }
     fileRows.forEach((r, i) => assert.is(bmaps[i], r.block, `bmap of inode ${r.ino} at ${r.offset}`));
-    for (const b of c.blocks) if (!used.has(b)) assert.ok(rows.find((r) => r.block === b)!.class === 'free', `block ${b} is free`);
-    console.log(`  ${SAMPLES} blocks: ${Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    for (const b of c.blocks)
+      if (!used.has(b)) assert.ok(rows.find((r) => r.block === b)!.class === 'free', `block ${b} is free`);
+    console.log(
+      `  ${SAMPLES} blocks: ${Object.entries(counts)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}`,
+    );
     assert.ok((counts['file'] ?? 0) > 300, 'enough file blocks sampled');
   }),
 );

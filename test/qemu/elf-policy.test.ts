@@ -29,7 +29,13 @@ const LIB = '/mnt/data/lib/libvx.so';
 /** What the kernel logs when a process dies of a fault or trap in user mode. */
 const FAULT = /trap|segfault|general protection|invalid opcode/;
 
-interface PlannedJson { path: string; class: string; policy: string; 'policy-from': string; mappers: { pid: number }[] }
+interface PlannedJson {
+  path: string;
+  class: string;
+  policy: string;
+  'policy-from': string;
+  mappers: { pid: number }[];
+}
 interface ApplyJson {
   status: string;
   agent: {
@@ -49,7 +55,21 @@ async function start(vm: GuestVm, name: string): Promise<{ pid: number; out: str
 async function apply({ vm, tmp, art }: GuestContext, from: string, to: string): Promise<ApplyJson> {
   const bundle = join(tmp, `${from}-${to}.bundle`);
   await vmsubstJson(['diff', join(art.disks, `libvx-${from}.img`), join(art.disks, `libvx-${to}.img`), '-o', bundle]);
-  return vmsubstJson<ApplyJson>(['apply', bundle, '--qmp', vm.qmpSocket, '--mode', 'nbd', '--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data'], 240_000);
+  return vmsubstJson<ApplyJson>(
+    [
+      'apply',
+      bundle,
+      '--qmp',
+      vm.qmpSocket,
+      '--mode',
+      'nbd',
+      '--notify',
+      `serial:${vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+    ],
+    240_000,
+  );
 }
 
 function planned(r: ApplyJson): PlannedJson {
@@ -68,14 +88,21 @@ async function faults(vm: GuestVm): Promise<string[]> {
  * Runs `body` with a vxprog started on v1 and `variant` applied; afterwards kills it and
  * applies the way back to v1 (whatever `body` found), so each case starts from v1.
  */
-async function withVariant(c: GuestContext, variant: 'rodata' | 'moved' | 'added', body: (pid: number, out: string, r: ApplyJson) => Promise<void>): Promise<void> {
+async function withVariant(
+  c: GuestContext,
+  variant: 'rodata' | 'moved' | 'added',
+  body: (pid: number, out: string, r: ApplyJson) => Promise<void>,
+): Promise<void> {
   const { vm } = c;
   await vm.sh('dmesg -c > /dev/null');
   const { pid, out } = await start(vm, variant);
   let applied = false;
   try {
     const before = await versions(vm, out);
-    assert.ok(before.every((l) => l === 'libvx version v1'), `vxprog prints v1 before the substitution: ${before.join(', ')}`);
+    assert.ok(
+      before.every((l) => l === 'libvx version v1'),
+      `vxprog prints v1 before the substitution: ${before.join(', ')}`,
+    );
     const r = await apply(c, 'v1', variant);
     applied = true;
     assert.is(r.status, 'applied');
@@ -96,27 +123,46 @@ async function codeChange(c: GuestContext, variant: 'moved' | 'added'): Promise<
     assert.match(await vm.sh(PROG), /libvx version v2/, 'a new exec runs the new library');
     // Several wake-ups: each returns from nanosleep into vx_wait's code.
     const seen = (await versions(vm, out)).length;
-    await waitFor(30_000, 'vxprog wakes up five more times, or dies', async () => ((await versions(vm, out)).length >= seen + 5 || !(await alive(vm, pid)) ? true : undefined));
+    await waitFor(30_000, 'vxprog wakes up five more times, or dies', async () =>
+      (await versions(vm, out)).length >= seen + 5 || !(await alive(vm, pid)) ? true : undefined,
+    );
     assert.equal(await faults(vm), [], 'the kernel logged no fault of vxprog');
-    assert.ok(await alive(vm, pid), `the process sleeping in vx_wait survived (its output: ${(await versions(vm, out)).join(', ')})`);
+    assert.ok(
+      await alive(vm, pid),
+      `the process sleeping in vx_wait survived (its output: ${(await versions(vm, out)).join(', ')})`,
+    );
     const lines = await versions(vm, out);
-    assert.ok(lines.every((l) => l === 'libvx version v1'), `the pinned process keeps v1: ${[...new Set(lines)].join(', ')}`);
+    assert.ok(
+      lines.every((l) => l === 'libvx version v1'),
+      `the pinned process keeps v1: ${[...new Set(lines)].join(', ')}`,
+    );
     const f = planned(r);
     assert.is(f.class, 'elf-code-changed', `the host's hint for ${variant}`);
     assert.is(f.policy, 'pin');
     assert.is(f['policy-from'], 'default');
-    assert.ok(r.agent.prepare!.pinned.some((p) => p.pid === pid && p.status === 'pinned'), JSON.stringify(r.agent.prepare!.pinned));
+    assert.ok(
+      r.agent.prepare!.pinned.some((p) => p.pid === pid && p.status === 'pinned'),
+      JSON.stringify(r.agent.prepare!.pinned),
+    );
   });
 }
 
-const T = withGuest(suite('elf-policy: remap only when no executable byte changes'), { name: 'elf-policy', base: 'libvx-v1.img', patched: 'libvx-rodata.img' });
+const T = withGuest(suite('elf-policy: remap only when no executable byte changes'), {
+  name: 'elf-policy',
+  base: 'libvx-v1.img',
+  patched: 'libvx-rodata.img',
+});
 
-T('vxprog runs from the volume with libvx.so loaded by the guest\'s dynamic loader', (c) =>
+T("vxprog runs from the volume with libvx.so loaded by the guest's dynamic loader", (c) =>
   withTimeout(60_000, 'loader', async () => {
     const { vm } = c;
     assert.match(await vm.sh(PROG), /^libvx version v1 pid=\d+/);
     const { pid } = await start(vm, 'loader');
-    assert.match(await vm.sh(`cat /proc/${pid}/maps`), /r-xp .*\/mnt\/data\/lib\/libvx\.so/, 'libvx.so is mapped executable');
+    assert.match(
+      await vm.sh(`cat /proc/${pid}/maps`),
+      /r-xp .*\/mnt\/data\/lib\/libvx\.so/,
+      'libvx.so is mapped executable',
+    );
     await vm.sh(`kill ${pid}`);
   }),
 );
@@ -125,14 +171,23 @@ T('only .rodata changed: code-unchanged, remap; the running process and a new ex
   withTimeout(300_000, 'rodata', async () => {
     const { vm } = c;
     await withVariant(c, 'rodata', async (pid, out, r) => {
-      await waitFor(30_000, 'the running process prints v2', async () => ((await versions(vm, out)).at(-1) === 'libvx version v2' ? true : undefined));
+      await waitFor(30_000, 'the running process prints v2', async () =>
+        (await versions(vm, out)).at(-1) === 'libvx version v2' ? true : undefined,
+      );
       assert.match(await vm.sh(PROG), /libvx version v2/);
       assert.ok(await alive(vm, pid), 'the remapped process runs on');
       const f = planned(r);
       assert.is(f.class, 'elf-code-unchanged');
       assert.is(f.policy, 'remap');
-      assert.ok(f.mappers.some((m) => m.pid === pid), 'prepare saw the process mapping libvx.so');
-      assert.equal(r.agent.prepare!.pinned.filter((p) => p.pid === pid), [], 'nothing pinned under remap');
+      assert.ok(
+        f.mappers.some((m) => m.pid === pid),
+        'prepare saw the process mapping libvx.so',
+      );
+      assert.equal(
+        r.agent.prepare!.pinned.filter((p) => p.pid === pid),
+        [],
+        'nothing pinned under remap',
+      );
     });
   }),
 );

@@ -34,7 +34,19 @@ const sha = (path: string): string => createHash('sha256').update(readFileSync(p
 /** apply with the two-phase notification; the parsed --json answer (or the raw output when it is not JSON). */
 async function applyNotify(s: GuestContext): Promise<{ run: CliRun; out: Record<string, any> | undefined }> {
   const run = await vmsubst(
-    ['apply', s.bundle, '--qmp', s.vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${s.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--json'],
+    [
+      'apply',
+      s.bundle,
+      '--qmp',
+      s.vm.qmpSocket,
+      '--device',
+      'vblk0',
+      '--notify',
+      `serial:${s.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+      '--json',
+    ],
     300_000,
   );
   let out: Record<string, any> | undefined;
@@ -47,7 +59,14 @@ async function applyNotify(s: GuestContext): Promise<{ run: CliRun; out: Record<
 }
 
 /** A suite whose guest has FS-base.img mounted at /mnt/data with `opts` (then `more`), and the bundle to `patched`. */
-function fsSuite<X extends object = object>(title: string, name: string, fs: 'xfs' | 'btrfs', patched: string, opts: string, more?: (c: GuestContext) => Promise<X | void>) {
+function fsSuite<X extends object = object>(
+  title: string,
+  name: string,
+  fs: 'xfs' | 'btrfs',
+  patched: string,
+  opts: string,
+  more?: (c: GuestContext) => Promise<X | void>,
+) {
   return withGuest<X>(suite(title), {
     name,
     base: `${fs}-base.img`,
@@ -63,27 +82,40 @@ function fsSuite<X extends object = object>(title: string, name: string, fs: 'xf
 const xfsApplied = (c: GuestContext): ReturnType<typeof applyNotify> => c.once('applied', () => applyNotify(c));
 
 function xfsData(): void {
-  const S = fsSuite('filesystems: XFS ro,norecovery, data changed in place: readers see the new content', 'fs-xfs-data', 'xfs', 'xfs-patched.img', 'ro,norecovery', async ({ vm }) => {
-    // An overlay whose read-only lower is the XFS mount (Debian overlayroot's shape), upper on tmpfs.
-    await vm.sh(`mkdir -p /tmp/ovu /tmp/ovw ${OV} && mount -t overlay ov -o lowerdir=/mnt/data,upperdir=/tmp/ovu,workdir=/tmp/ovw ${OV}`);
-    // A reader that holds the file open (through the mount and through the overlay) and re-reads it.
-    await vm.sh(
-      `node -e "const fs=require('fs');const a=fs.openSync(process.argv[1],'r'),b=fs.openSync(process.argv[2],'r');const x=Buffer.alloc(20),y=Buffer.alloc(20);` +
-        `setInterval(()=>{fs.readSync(a,x,0,20,8192);fs.readSync(b,y,0,20,8192);fs.writeFileSync('/tmp/reader.out',x+'|'+y)},200)" ${DATA} ${OV}/share/data.txt > /tmp/reader.log 2>&1 & echo $! > /tmp/reader.pid`,
-    );
-    const reader = Number((await vm.sh('cat /tmp/reader.pid')).trim());
-    await waitFor(60_000, 'reader', async () => (/v1 line.*\|.*v1 line/.test((await vm.run('cat /tmp/reader.out')).out) ? true : undefined));
-    // Cached before the write: the old pages must be dropped, not merely never read.
-    assert.match(await vm.sh(`cat ${DATA} ${OV}/share/data.txt | head -n 1`), /DATA v1/);
-    assert.match(await vm.sh('/mnt/data/bin/vprog'), /version v1/);
-    return { reader };
-  });
+  const S = fsSuite(
+    'filesystems: XFS ro,norecovery, data changed in place: readers see the new content',
+    'fs-xfs-data',
+    'xfs',
+    'xfs-patched.img',
+    'ro,norecovery',
+    async ({ vm }) => {
+      // An overlay whose read-only lower is the XFS mount (Debian overlayroot's shape), upper on tmpfs.
+      await vm.sh(
+        `mkdir -p /tmp/ovu /tmp/ovw ${OV} && mount -t overlay ov -o lowerdir=/mnt/data,upperdir=/tmp/ovu,workdir=/tmp/ovw ${OV}`,
+      );
+      // A reader that holds the file open (through the mount and through the overlay) and re-reads it.
+      await vm.sh(
+        `node -e "const fs=require('fs');const a=fs.openSync(process.argv[1],'r'),b=fs.openSync(process.argv[2],'r');const x=Buffer.alloc(20),y=Buffer.alloc(20);` +
+          `setInterval(()=>{fs.readSync(a,x,0,20,8192);fs.readSync(b,y,0,20,8192);fs.writeFileSync('/tmp/reader.out',x+'|'+y)},200)" ${DATA} ${OV}/share/data.txt > /tmp/reader.log 2>&1 & echo $! > /tmp/reader.pid`,
+      );
+      const reader = Number((await vm.sh('cat /tmp/reader.pid')).trim());
+      await waitFor(60_000, 'reader', async () =>
+        /v1 line.*\|.*v1 line/.test((await vm.run('cat /tmp/reader.out')).out) ? true : undefined,
+      );
+      // Cached before the write: the old pages must be dropped, not merely never read.
+      assert.match(await vm.sh(`cat ${DATA} ${OV}/share/data.txt | head -n 1`), /DATA v1/);
+      assert.match(await vm.sh('/mnt/data/bin/vprog'), /version v1/);
+      return { reader };
+    },
+  );
 
   S('apply + two-phase notify exits 0 and lists the changed files, on an XFS mount', (c) =>
     withTimeout(330_000, 'apply', async () => {
       const { run, out } = await xfsApplied(c);
       assert.is(run.code, 0, run.stdout + run.stderr);
-      const report = out?.agent?.report as { files: { path: string }[]; plan: { filesystems?: { mount: string; type: string; handling: string }[] } } | undefined;
+      const report = out?.agent?.report as
+        | { files: { path: string }[]; plan: { filesystems?: { mount: string; type: string; handling: string }[] } }
+        | undefined;
       assert.ok(report, run.stdout);
       const paths = report.files.map((f) => f.path);
       assert.ok(paths.includes(DATA), `files: ${JSON.stringify(paths)}`);
@@ -113,14 +145,23 @@ function xfsData(): void {
       assert.match(await vm.sh(`head -n 1 ${OV}/share/data.txt`), /DATA v2 line 00001/);
       assert.match(await vm.sh('/mnt/data/bin/vprog'), /version v2/);
       assert.match(await vm.sh(`${OV}/bin/vprog`), /version v2/);
-      assert.is(await vm.sh(`sha256sum ${DATA} | cut -d' ' -f1`).then((x) => x.trim()), sha(`${c.art.disks}/data-v2.txt`));
+      assert.is(
+        await vm.sh(`sha256sum ${DATA} | cut -d' ' -f1`).then((x) => x.trim()),
+        sha(`${c.art.disks}/data-v2.txt`),
+      );
     }),
   );
   S.run();
 }
 
 function xfsAdded(): void {
-  const S = fsSuite('filesystems: XFS, a file added (metadata): RestartRequired in prepare, nothing written', 'fs-xfs-added', 'xfs', 'xfs-added.img', 'ro,norecovery');
+  const S = fsSuite(
+    'filesystems: XFS, a file added (metadata): RestartRequired in prepare, nothing written',
+    'fs-xfs-added',
+    'xfs',
+    'xfs-added.img',
+    'ro,norecovery',
+  );
 
   S('prepare refuses with RestartRequired naming XFS metadata; the disk is unchanged', (c) =>
     withTimeout(330_000, 'added', async () => {
@@ -138,13 +179,36 @@ function xfsAdded(): void {
 }
 
 function btrfs(): void {
-  const S = fsSuite('filesystems: btrfs (nodatacow file changed in place): Unsupported in prepare, nothing written', 'fs-btrfs', 'btrfs', 'btrfs-patched.img', 'ro', async ({ vm }) => {
-    assert.match(await vm.sh('grep " /mnt/data " /proc/self/mountinfo'), / 0:\d+ /, 'btrfs shows an anonymous device');
-  });
+  const S = fsSuite(
+    'filesystems: btrfs (nodatacow file changed in place): Unsupported in prepare, nothing written',
+    'fs-btrfs',
+    'btrfs',
+    'btrfs-patched.img',
+    'ro',
+    async ({ vm }) => {
+      assert.match(
+        await vm.sh('grep " /mnt/data " /proc/self/mountinfo'),
+        / 0:\d+ /,
+        'btrfs shows an anonymous device',
+      );
+    },
+  );
 
   S('prepare refuses with Unsupported and the reason; the disk is unchanged; the dry run shows why', (s) =>
     withTimeout(330_000, 'btrfs', async () => {
-      const plan = await vmsubst(['notify', s.bundle, '--to', `serial:${s.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--dry-run', '--json'], 120_000);
+      const plan = await vmsubst(
+        [
+          'notify',
+          s.bundle,
+          '--to',
+          `serial:${s.vm.agentSocket}`,
+          '--disk-serial',
+          'vmsubst-data',
+          '--dry-run',
+          '--json',
+        ],
+        120_000,
+      );
       assert.match(plan.stdout + plan.stderr, /btrfs/);
       assert.not.match(plan.stdout, /outside-filesystems/);
       const before = sha(s.disk);

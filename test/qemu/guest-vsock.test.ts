@@ -27,7 +27,8 @@ const Guest = withGuest(suite('agent over vsock in the guest, refusals, module A
     // A bundle made against another base: its old blocks are on neither image the VM could hold.
     const other = join(tmp, 'other.img');
     copyFileSync(join(art.disks, 'base.img'), other);
-    const changed = (await vmsubstJson<{ manifest: { ranges: { offset: number }[] } }>(['inspect', bundle])).manifest.ranges[0]!.offset;
+    const changed = (await vmsubstJson<{ manifest: { ranges: { offset: number }[] } }>(['inspect', bundle])).manifest
+      .ranges[0]!.offset;
     const fd = openSync(other, 'r+');
     writeSync(fd, Buffer.alloc(4096, 0xab), 0, 4096, changed);
     closeSync(fd);
@@ -55,7 +56,10 @@ Guest('the agent answers substitute over AF_VSOCK (CID 1) inside the guest', (c)
     const { vm } = c;
     await vm.sh('/mnt/data/bin/vprog 200 > /tmp/vprog.out 2>&1 & echo $! > /tmp/vprog.pid');
     await vmsubstJson(['apply', c.bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
-    const out = await vm.sh(`${GUEST_CLI} notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --json`, 120_000);
+    const out = await vm.sh(
+      `${GUEST_CLI} notify /tmp/fwd.bundle --to vsock:1:5252 --disk-serial vmsubst-data --json`,
+      120_000,
+    );
     const report = JSON.parse(out.slice(out.indexOf('{'))) as { files: { path: string; mappers: { pid: number }[] }[] };
     const pid = Number((await vm.sh('cat /tmp/vprog.pid')).trim());
     const file = report.files.find((f) => f.path === '/mnt/data/bin/vprog');
@@ -80,15 +84,25 @@ Guest('the kernel module ABI test passes in the guest (TAP)', (c) =>
   withTimeout(420_000, 'abi test', async () => {
     // A read-write ext filesystem on a loop device, for the dirty-page cases:
     // the page query, F_UNLESS_DIRTY, F_FORCE keeping dirty pages.
-    await c.vm.sh('mkdir -p /mnt/rw && truncate -s 32M /tmp/rw.img && mke2fs -F /tmp/rw.img >/dev/null 2>&1 && '
-      + 'mount -t ext4 -o loop /tmp/rw.img /mnt/rw && echo rw > /mnt/rw/file');
-    const r = await c.vm.run('echo scratch > /tmp/abi-scratch; /opt/vmsubst/abi_test /mnt/data/share/filler /tmp/abi-scratch /mnt/rw/file', 400_000);
+    await c.vm.sh(
+      'mkdir -p /mnt/rw && truncate -s 32M /tmp/rw.img && mke2fs -F /tmp/rw.img >/dev/null 2>&1 && ' +
+        'mount -t ext4 -o loop /tmp/rw.img /mnt/rw && echo rw > /mnt/rw/file',
+    );
+    const r = await c.vm.run(
+      'echo scratch > /tmp/abi-scratch; /opt/vmsubst/abi_test /mnt/data/share/filler /tmp/abi-scratch /mnt/rw/file',
+      400_000,
+    );
     const lines = r.out.split('\n');
     for (const l of lines.filter((x) => /^# (pin|module_version)/.test(x))) console.log(`  ${l}`);
     // The cases of this suite's file kinds ran, not skipped.
-    for (const name of [/query pages: written without fsync/, /F_UNLESS_DIRTY: EBUSY with dirty pages/,
-      /F_UNLESS_DIRTY drops a clean file/, /private mappings, F_RESUME reaches and pins every one/,
-      /F_RESUME after BUDGET/, /F_FORCE keeps dirty pages/]) {
+    for (const name of [
+      /query pages: written without fsync/,
+      /F_UNLESS_DIRTY: EBUSY with dirty pages/,
+      /F_UNLESS_DIRTY drops a clean file/,
+      /private mappings, F_RESUME reaches and pins every one/,
+      /F_RESUME after BUDGET/,
+      /F_FORCE keeps dirty pages/,
+    ]) {
       const line = lines.find((l) => name.test(l));
       assert.ok(line && /^ok \d+/.test(line) && !line.includes('# SKIP'), `${String(name)}: ${line ?? 'missing'}`);
     }

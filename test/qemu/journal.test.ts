@@ -16,7 +16,15 @@ import type { SubstituteReport } from '@vmsubst/common/protocol/schema';
 const crashed = (c: GuestContext): Promise<{ notify: CliRun; status: RunResult }> =>
   c.once('crashed', async () => {
     await startAgent(c.vm, { env: 'VMSUBST_FAULT=crash-after-begin', log: '/tmp/agent-crash.log' });
-    const notify = await vmsubst(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--timeout', '20', '--json']);
+    const notify = await vmsubst([
+      'notify',
+      c.bundle,
+      '--to',
+      `serial:${c.vm.agentSocket}`,
+      '--timeout',
+      '20',
+      '--json',
+    ]);
     return { notify, status: await c.vm.run('node /opt/vmsubst/build/agent/src/main.js status --json') };
   });
 
@@ -26,7 +34,10 @@ const recovered = (c: GuestContext): Promise<{ startLog: string; report: Substit
     await crashed(c);
     await startAgent(c.vm, { log: '/tmp/agent.log', args: '--index /mnt/data' });
     const startLog = await c.vm.sh('cat /tmp/agent.log');
-    return { startLog, report: await vmsubstJson<SubstituteReport>(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`]) };
+    return {
+      startLog,
+      report: await vmsubstJson<SubstituteReport>(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`]),
+    };
   });
 
 const Jr = withGuest(suite('journal: crash recovery and idempotent answers in the guest'), {

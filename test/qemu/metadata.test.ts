@@ -20,14 +20,24 @@ type Ctx = GuestContext & { pid: number; oldIno: number };
 const applied = (c: Ctx): Promise<{ exec: string; addedCode: number }> =>
   c.once('applied', async () => {
     await vmsubstJson(['apply', c.bundle, '--qmp', c.vm.qmpSocket, '--device', 'vblk0']);
-    return { exec: await c.vm.sh('/mnt/data/bin/tool'), addedCode: (await c.vm.run('cat /mnt/data/etc/added.conf')).code };
+    return {
+      exec: await c.vm.sh('/mnt/data/bin/tool'),
+      addedCode: (await c.vm.run('cat /mnt/data/etc/added.conf')).code,
+    };
   });
 
 /** Applied, then the agent told: its report. */
 const notified = (c: Ctx): Promise<SubstituteReport> =>
   c.once('notified', async () => {
     await applied(c);
-    return vmsubstJson<SubstituteReport>(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data']);
+    return vmsubstJson<SubstituteReport>([
+      'notify',
+      c.bundle,
+      '--to',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+    ]);
   });
 
 const Meta = withGuest(suite('metadata substitution: new inode, added file, pinned buffers'), {
@@ -57,7 +67,8 @@ Meta('notify runs the bottom-up sequence and reports metadata', (c) =>
     const m = report.metadata;
     assert.ok(m, JSON.stringify(report));
     const kinds = new Set(m.ranges.flatMap((r) => r.kinds));
-    for (const k of ['superblock-or-descriptors', 'inode-table', 'directory'] as const) assert.ok(kinds.has(k), `classified ${k}: ${[...kinds]}`);
+    for (const k of ['superblock-or-descriptors', 'inode-table', 'directory'] as const)
+      assert.ok(kinds.has(k), `classified ${k}: ${[...kinds]}`);
     const bin = m.dentries.find((d) => d.dir === '/mnt/data/bin');
     assert.ok(bin && bin.names.includes('tool'), JSON.stringify(m.dentries));
     const etc = m.dentries.find((d) => d.dir === '/mnt/data/etc');
@@ -89,14 +100,20 @@ Meta('a process holding the old inode keeps running v1 and is reported as using 
     assert.match(await vm.sh('tail -n 1 /tmp/tool.out'), /version v1/);
     const inUse = report.metadata!.inodes['in-use'].find((u) => u.ino === c.oldIno);
     assert.ok(inUse, JSON.stringify(report.metadata!.inodes));
-    assert.ok(inUse.mappers.some((p) => p.pid === c.pid), JSON.stringify(inUse));
+    assert.ok(
+      inUse.mappers.some((p) => p.pid === c.pid),
+      JSON.stringify(inUse),
+    );
   }),
 );
 
 Meta('superblock and group-descriptor buffers come back as pinned, never silently dropped', (c) =>
   withTimeout(180_000, 'pinned buffers', async () => {
     const pinned = (await notified(c)).metadata!.pinned;
-    assert.ok(pinned.some((r) => r.kinds.includes('superblock-or-descriptors')), JSON.stringify(pinned));
+    assert.ok(
+      pinned.some((r) => r.kinds.includes('superblock-or-descriptors')),
+      JSON.stringify(pinned),
+    );
   }),
 );
 

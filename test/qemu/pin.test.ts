@@ -32,7 +32,16 @@ const substituted = (c: GuestContext): Promise<{ pinned: number; other: number }
   c.once('substituted', async () => {
     const p = await pinned(c);
     await vmsubstJson(['apply', c.bundle, '--qmp', c.vm.qmpSocket, '--device', 'vblk0']);
-    await vmsubstJson(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--policy', '/bin/vprog=remap']);
+    await vmsubstJson([
+      'notify',
+      c.bundle,
+      '--to',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+      '--policy',
+      '/bin/vprog=remap',
+    ]);
     return p;
   });
 
@@ -55,11 +64,16 @@ Pin('after apply and notify the pinned process still prints v1, the other v2', (
   withTimeout(240_000, 'substitute', async () => {
     const { vm } = c;
     const p = await substituted(c);
-    await waitFor(20_000, 'other switches to v2', async () => ((await versions(vm, '/tmp/other.out')).at(-1) === 'vprog version v2' ? true : undefined));
+    await waitFor(20_000, 'other switches to v2', async () =>
+      (await versions(vm, '/tmp/other.out')).at(-1) === 'vprog version v2' ? true : undefined,
+    );
     await vm.sh('sleep 2');
     const out = await versions(vm, '/tmp/pinned.out');
     assert.ok(out.length > 10, 'the pinned process kept printing');
-    assert.ok(out.every((v) => v === 'vprog version v1'), `pinned process output: ${[...new Set(out)]}`);
+    assert.ok(
+      out.every((v) => v === 'vprog version v1'),
+      `pinned process output: ${[...new Set(out)]}`,
+    );
     assert.is((await vm.run(`kill -0 ${p.pinned}`)).code, 0, 'pinned process alive');
     assert.is((await vm.run(`kill -0 ${p.other}`)).code, 0, 'other process alive');
   }),
@@ -79,7 +93,10 @@ Pin('the pinned process never prints v2, to the end of its life', (c) =>
     await vm.sh('sleep 3');
     await vm.sh(`kill ${p.pinned}`);
     const out = await versions(vm, '/tmp/pinned.out');
-    assert.ok(out.every((v) => v === 'vprog version v1'), `pinned process output: ${[...new Set(out)]}`);
+    assert.ok(
+      out.every((v) => v === 'vprog version v1'),
+      `pinned process output: ${[...new Set(out)]}`,
+    );
   }),
 );
 

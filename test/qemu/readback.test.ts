@@ -32,7 +32,14 @@ Rb('an invalidation that silently does nothing: notify fails with Stale naming t
     const { vm } = c;
     await startAgent(vm, { env: 'VMSUBST_FAULT=skip-invalidate', log: '/tmp/agent-fault.log' });
     try {
-      const r = await vmsubst(['notify', c.bundle, '--to', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data']);
+      const r = await vmsubst([
+        'notify',
+        c.bundle,
+        '--to',
+        `serial:${vm.agentSocket}`,
+        '--disk-serial',
+        'vmsubst-data',
+      ]);
       assert.is.not(r.code, 0, `notify must fail:\n${r.stdout}\n${r.stderr}`);
       assert.match(r.stderr, /Stale/);
       assert.match(r.stderr, /\/mnt\/data\/bin\/vprog \(inode \d+\) at \d+\+\d+/);
@@ -53,13 +60,22 @@ Rb('without the fault the same bundle succeeds and reports the read-back stage',
     const { vm } = c;
     await startAgent(vm, { log: '/tmp/agent.log' });
     try {
-      const report = await vmsubstJson<SubstituteReport>(['notify', c.bundle, '--to', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data']);
+      const report = await vmsubstJson<SubstituteReport>([
+        'notify',
+        c.bundle,
+        '--to',
+        `serial:${vm.agentSocket}`,
+        '--disk-serial',
+        'vmsubst-data',
+      ]);
       const t = report['timings-ms'];
       assert.type(t.readback, 'number');
       assert.ok(report.readback, JSON.stringify(report));
       assert.ok(report.readback.files >= 1 && report.readback.bytes > 0, JSON.stringify(report.readback));
       assert.not.ok(report.readback.mixed);
-      console.log(`    read-back: ${report.readback.bytes} bytes of ${report.readback.files} file(s) in ${(t.readback ?? 0).toFixed(1)} ms (verify ${t.verify.toFixed(1)}, module ${t.module?.toFixed(1)}, total ${t.total.toFixed(1)} ms)`);
+      console.log(
+        `    read-back: ${report.readback.bytes} bytes of ${report.readback.files} file(s) in ${(t.readback ?? 0).toFixed(1)} ms (verify ${t.verify.toFixed(1)}, module ${t.module?.toFixed(1)}, total ${t.total.toFixed(1)} ms)`,
+      );
       assert.match(await vm.sh(PROG), /version v2/);
       const human = await vmsubst(['notify', c.bundle, '--to', `serial:${vm.agentSocket}`]);
       assert.is(human.code, 0, human.stderr);

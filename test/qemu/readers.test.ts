@@ -25,14 +25,24 @@ const Rd = withGuest(suite('readers: a script being executed is not rewritten un
   async setup({ vm }) {
     await vm.sh(`sh ${SCRIPT} > /dev/null 2>&1 & echo $! > /tmp/loop.pid`);
     const pid = Number((await vm.sh('cat /tmp/loop.pid')).trim());
-    await waitFor(30_000, 'the loop runs', async () => ((await vm.run('grep -q "loop v1" /tmp/loop.out')).code === 0 ? true : undefined));
+    await waitFor(30_000, 'the loop runs', async () =>
+      (await vm.run('grep -q "loop v1" /tmp/loop.out')).code === 0 ? true : undefined,
+    );
     return { pid };
   },
 });
 
 Rd('the plan shows the shell reading the script, and that prepare will refuse it', (c) =>
   withTimeout(120_000, 'plan', async () => {
-    const r = await vmsubstJson<SubstituteReport>(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--dry-run']);
+    const r = await vmsubstJson<SubstituteReport>([
+      'notify',
+      c.bundle,
+      '--to',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+      '--dry-run',
+    ]);
     const f = r.plan?.files.find((x) => x.path === SCRIPT);
     assert.ok(f, JSON.stringify(r.plan));
     const reader = f.readers?.find((x) => x.pid === c.pid);
@@ -46,7 +56,18 @@ Rd('the plan shows the shell reading the script, and that prepare will refuse it
 Rd('two-phase apply is refused in prepare with ScriptInUse, and nothing is written', (c) =>
   withTimeout(180_000, 'refused', async () => {
     const before = sha(c.disk);
-    const r = await vmsubst(['apply', c.bundle, '--qmp', c.vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data']);
+    const r = await vmsubst([
+      'apply',
+      c.bundle,
+      '--qmp',
+      c.vm.qmpSocket,
+      '--device',
+      'vblk0',
+      '--notify',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+    ]);
     assert.is.not(r.code, 0, `${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout + r.stderr, /ScriptInUse/);
     assert.match(r.stdout + r.stderr, /loop\.sh is a script being executed by sh\[\d+\]/);
@@ -58,7 +79,20 @@ Rd('two-phase apply is refused in prepare with ScriptInUse, and nothing is writt
 
 Rd('with --force it proceeds and says so', (c) =>
   withTimeout(180_000, 'forced', async () => {
-    const r = await vmsubst(['apply', c.bundle, '--qmp', c.vm.qmpSocket, '--device', 'vblk0', '--notify', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--force', '--json']);
+    const r = await vmsubst([
+      'apply',
+      c.bundle,
+      '--qmp',
+      c.vm.qmpSocket,
+      '--device',
+      'vblk0',
+      '--notify',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+      '--force',
+      '--json',
+    ]);
     assert.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
     const out = JSON.parse(r.stdout) as { agent: { report: SubstituteReport } };
     const f = out.agent.report.plan?.files.find((x) => x.path === SCRIPT);

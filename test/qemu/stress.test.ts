@@ -79,7 +79,6 @@ interface Run {
   workers: Record<string, WorkerResult>;
 }
 
-
 /** Parses `stress MODE ok|failed key=N ...`. */
 function parseSummary(out: string): Summary | undefined {
   const m = /^stress (\w+) (ok|failed) ((?:\w+=\d+ ?)+)$/m.exec(out);
@@ -121,7 +120,20 @@ async function flip(vm: GuestVm, run: Run, to: 'A' | 'B', bundle: string): Promi
   // One notify, never repeated here: a request the virtio-serial channel loses (the guest drops
   // what arrives while the agent reopens the port) is resent by the client itself, with the same
   // substitution id, and the journal answers a repeat; the resends are counted and printed.
-  const r = await vmsubst(['notify', bundle, '--to', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data', '--timeout', '60', '--json'], 180_000);
+  const r = await vmsubst(
+    [
+      'notify',
+      bundle,
+      '--to',
+      `serial:${vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+      '--timeout',
+      '60',
+      '--json',
+    ],
+    180_000,
+  );
   if (r.code !== 0) throw new Error(`notify to ${to} failed (${r.code}): ${r.stderr}${r.stdout}`);
   const resent = RESENT.exec(r.stderr);
   if (resent) {
@@ -132,7 +144,8 @@ async function flip(vm: GuestVm, run: Run, to: 'A' | 'B', bundle: string): Promi
   const n = JSON.parse(r.stdout) as NotifyJson;
   if (n.replayed) throw new Error(`notify to ${to}: the agent answered a new bundle id from its journal`);
   for (const path of [PAGES, VPROG]) {
-    if (!n.files.some((f) => f.path === path)) throw new Error(`notify to ${to}: the report does not name ${path}: ${JSON.stringify(n.files)}`);
+    if (!n.files.some((f) => f.path === path))
+      throw new Error(`notify to ${to}: the report does not name ${path}: ${JSON.stringify(n.files)}`);
   }
   rmSync(bundle, { force: true });
   return {
@@ -165,7 +178,10 @@ async function runStress(c: Ctx): Promise<Run> {
   // Niced (STRESS_NICE), so that the agent (node under TCG) and the console get the vCPUs when
   // they need them; the workers still take every cycle left over.
   const start = Object.entries(WORKERS)
-    .map(([name, args]) => `( ${env}STRESS_NICE=${NICE} ${STRESS} ${args} > /tmp/stress-${name}.out 2>&1; echo $? > /tmp/stress-${name}.rc ) &`)
+    .map(
+      ([name, args]) =>
+        `( ${env}STRESS_NICE=${NICE} ${STRESS} ${args} > /tmp/stress-${name}.out 2>&1; echo $? > /tmp/stress-${name}.rc ) &`,
+    )
     .join(' ');
   // One foreground command starts the workers and waits for them: the console shell is the
   // guest's PID 1 and must not be left reading the console while its children exit.
@@ -256,7 +272,10 @@ Stress('the host flips the files between A and B for the whole run while the wor
     // A flip (diff for the next one, apply, notify: three CLI runs against a loaded TCG guest) takes
     // 2.5-5 s on this 2-core host, near 10 s while other guests share it; the floor allows for that.
     const atLeast = Math.max(4, Math.floor(SECONDS / 20));
-    assert.ok(run.flips.length >= atLeast, `only ${run.flips.length} flips in ${SECONDS} s, expected at least ${atLeast}`);
+    assert.ok(
+      run.flips.length >= atLeast,
+      `only ${run.flips.length} flips in ${SECONDS} s, expected at least ${atLeast}`,
+    );
   }),
 );
 
@@ -280,7 +299,10 @@ Stress('read() and mmap readers never see a page mixing the two versions, and se
       const w = worker(run, name);
       const k = w.summary?.counts ?? {};
       assert.is(k['mixed'], 0, `${name}: ${w.out}`);
-      assert.ok((k['v1'] ?? 0) > 0 && (k['v2'] ?? 0) > 0, `${name} saw v1 ${k['v1']} and v2 ${k['v2']} pages: ${w.out}`);
+      assert.ok(
+        (k['v1'] ?? 0) > 0 && (k['v2'] ?? 0) > 0,
+        `${name} saw v1 ${k['v1']} and v2 ${k['v2']} pages: ${w.out}`,
+      );
       assert.is((k['v1'] ?? 0) + (k['v2'] ?? 0), k['pages'], `${name}: every page checked is v1 or v2`);
     }
   }),

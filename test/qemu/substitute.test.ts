@@ -34,7 +34,14 @@ const applied = (c: Ctx): Promise<{ written: number; exec: string; running: stri
 const notified = (c: Ctx): Promise<Report> =>
   c.once('notified', async () => {
     await applied(c);
-    return vmsubstJson<Report>(['notify', c.bundle, '--to', `serial:${c.vm.agentSocket}`, '--disk-serial', 'vmsubst-data']);
+    return vmsubstJson<Report>([
+      'notify',
+      c.bundle,
+      '--to',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+    ]);
   });
 
 const Live = withGuest(suite('live substitution in a QEMU guest'), {
@@ -82,7 +89,10 @@ Live('the running process keeps its pid and prints v2 from its next page fault',
     assert.is((await vm.run(`kill -0 ${pid}`)).code, 0, 'still running');
     const out = await vm.sh('cat /tmp/vprog.out');
     assert.not.match(out, /Segmentation|Bus error/);
-    const versions = out.split('\n').filter(Boolean).map((l) => l.replace(/ pid=.*/, ''));
+    const versions = out
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.replace(/ pid=.*/, ''));
     const firstV2 = versions.indexOf('vprog version v2');
     assert.ok(firstV2 > 0 && versions.slice(firstV2).every((v) => v === 'vprog version v2'), 'v1 then only v2');
   }),

@@ -65,7 +65,10 @@ const aborted = (c: Ctx): Promise<{ p: Prepared; again: Prepared; a: Aborted; re
     const p = await c.conn.prepare(c.args);
     const again = await c.conn.prepare(c.args);
     const a = await c.conn.abort(c.args.id, p.token);
-    const refusal = await c.conn.commit(c.args.id, p.token).then(() => undefined, (e: unknown) => e);
+    const refusal = await c.conn.commit(c.args.id, p.token).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     return { p, again, a, refusal };
   });
 
@@ -100,11 +103,19 @@ T('a dry run returns the plan and changes nothing', (c) =>
     const m = f.mappers.find((x) => x.pid === pinned);
     assert.ok(m && m['mapped-bytes'] > 0, JSON.stringify(f.mappers));
     assert.ok(plan['pin-bytes'] >= m['mapped-bytes']);
-    assert.ok(plan.blocks.some((b) => b.class === 'file-data'), JSON.stringify(plan.blocks));
+    assert.ok(
+      plan.blocks.some((b) => b.class === 'file-data'),
+      JSON.stringify(plan.blocks),
+    );
     assert.is(plan['restart-required'], false);
     assert.is(sha(c.disk), before, 'the disk is unchanged');
-    const status = JSON.parse(await vm.sh('node /opt/vmsubst/build/agent/src/main.js status --json')) as { substitutions: { id: string }[] };
-    assert.not.ok(status.substitutions.some((s) => s.id === args.id), 'a dry run is not journaled');
+    const status = JSON.parse(await vm.sh('node /opt/vmsubst/build/agent/src/main.js status --json')) as {
+      substitutions: { id: string }[];
+    };
+    assert.not.ok(
+      status.substitutions.some((s) => s.id === args.id),
+      'a dry run is not journaled',
+    );
   }),
 );
 
@@ -132,13 +143,22 @@ T('prepare, write, commit: the pinned process keeps v1, a later one and a new ex
     assert.is(r.id, args.id);
     assert.ok(r['verified-bytes'] > 0);
     assert.ok(r.plan?.files.some((f) => f.path === PROG && f.policy === 'pin'));
-    assert.ok(r.pinned?.some((x) => x.pid === pinnedPid), 'the report carries prepare\'s pins');
-    for (const k of ['verify', 'map', 'classify', 'module', 'report', 'total'] as const) assert.type(r['timings-ms'][k], 'number', k);
-    await waitFor(30_000, 'later switches to v2', async () => ((await versions(vm, '/tmp/later.out')).at(-1) === 'vprog version v2' ? true : undefined));
+    assert.ok(
+      r.pinned?.some((x) => x.pid === pinnedPid),
+      "the report carries prepare's pins",
+    );
+    for (const k of ['verify', 'map', 'classify', 'module', 'report', 'total'] as const)
+      assert.type(r['timings-ms'][k], 'number', k);
+    await waitFor(30_000, 'later switches to v2', async () =>
+      (await versions(vm, '/tmp/later.out')).at(-1) === 'vprog version v2' ? true : undefined,
+    );
     assert.match(await vm.sh(PROG), /version v2/);
     await vm.sh('sleep 2');
     const pinned = await versions(vm, '/tmp/pinned.out');
-    assert.ok(pinned.every((v) => v === 'vprog version v1'), `pinned: ${[...new Set(pinned)]}`);
+    assert.ok(
+      pinned.every((v) => v === 'vprog version v1'),
+      `pinned: ${[...new Set(pinned)]}`,
+    );
     assert.is((await vm.run(`kill -0 ${pinnedPid}`)).code, 0, 'the pinned process is alive');
     const retry = await conn.commit(args.id, p.token);
     assert.is(retry.replayed, true, 'a retried commit is answered from the journal');
@@ -154,8 +174,13 @@ T('the reverse bundle with a code-unchanged hint is remapped: the unpinned proce
     const back = join(c.tmp, 'back.bundle');
     await vmsubstJson(['diff', join(c.art.disks, 'patched.img'), join(c.art.disks, 'base.img'), '-o', back]);
     const manifest = await loadManifest(back);
-    const args = { ...notificationArgs(manifest, DISK), hints: [{ path: '/bin/vprog', elf: 'code-unchanged' as const }] };
-    const older = (await conn.substitute({ ...args, hints: [{ path: '/bin/vprog', elf: 'same-layout' as const }], 'dry-run': true })).plan!;
+    const args = {
+      ...notificationArgs(manifest, DISK),
+      hints: [{ path: '/bin/vprog', elf: 'code-unchanged' as const }],
+    };
+    const older = (
+      await conn.substitute({ ...args, hints: [{ path: '/bin/vprog', elf: 'same-layout' as const }], 'dry-run': true })
+    ).plan!;
     const o = older.files.find((x) => x.path === PROG)!;
     assert.is(o.class, 'elf-code-changed', "an older host's same-layout (code not compared) is taken as code-changed");
     assert.is(o.policy, 'pin');
@@ -166,7 +191,9 @@ T('the reverse bundle with a code-unchanged hint is remapped: the unpinned proce
     await vmsubstJson(['apply', back, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
     const r = await conn.substitute(args);
     assert.not.ok(r.pinned, 'nothing pinned under remap');
-    await waitFor(30_000, 'later switches back to v1', async () => ((await versions(vm, '/tmp/later.out')).at(-1) === 'vprog version v1' ? true : undefined));
+    await waitFor(30_000, 'later switches back to v1', async () =>
+      (await versions(vm, '/tmp/later.out')).at(-1) === 'vprog version v1' ? true : undefined,
+    );
     assert.match(await vm.sh(PROG), /version v1/);
   }),
 );
@@ -175,7 +202,10 @@ T("the bundle's own hint (computed by diff from the images) says vprog's code is
   withTimeout(120_000, 'hinted plan', async () => {
     const { conn } = c;
     const args = notificationArgs(c.manifest, DISK, { dryRun: true });
-    assert.ok(args.hints?.some((h) => h.path === '/bin/vprog' && h.elf === 'code-unchanged'), JSON.stringify(args.hints));
+    assert.ok(
+      args.hints?.some((h) => h.path === '/bin/vprog' && h.elf === 'code-unchanged'),
+      JSON.stringify(args.hints),
+    );
     const f = (await conn.substitute(args)).plan!.files.find((x) => x.path === PROG)!;
     assert.is(f.class, 'elf-code-unchanged');
     assert.is(f.policy, 'remap');

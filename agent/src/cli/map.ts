@@ -78,18 +78,27 @@ export async function mapBlocks(device: string, spec: string, deps: MapDeps): Pr
   const cls = await Ext4Classifier.open(read, 0).catch(() => undefined);
   const blockSize = cls?.blockSize ?? 4096;
   const ranges = parseBlocks(spec, blockSize);
-  if (ranges.reduce((n, [a, b]) => n + b - a + 1, 0) > MAX_BLOCKS) throw new Error(`more than ${MAX_BLOCKS} blocks asked for`);
+  if (ranges.reduce((n, [a, b]) => n + b - a + 1, 0) > MAX_BLOCKS)
+    throw new Error(`more than ${MAX_BLOCKS} blocks asked for`);
   const st = statSync(device);
   if (!st.isBlockDevice()) throw new Error(`${device} is not a block device`);
   const devNum = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
   const mounts = await readMounts(deps.procRoot);
-  const mount: Mount | undefined = mounts.filter((m) => m.devNum === devNum).sort((a, b) => Number(b.root === '/') - Number(a.root === '/'))[0];
-  const fs = mount ? await FsIndex.build(mount, 0, deps.fiemap, { watch: false, readDirect: deps.readDirect, device, mounts }) : undefined;
+  const mount: Mount | undefined = mounts
+    .filter((m) => m.devNum === devNum)
+    .sort((a, b) => Number(b.root === '/') - Number(a.root === '/'))[0];
+  const fs = mount
+    ? await FsIndex.build(mount, 0, deps.fiemap, { watch: false, readDirect: deps.readDirect, device, mounts })
+    : undefined;
   const rows: MapRow[] = [];
   const push = (row: MapRow): void => {
     const last = rows[rows.length - 1];
     if (
-      last && last.block + last.count === row.block && last.class === row.class && last.path === row.path && last.ino === row.ino &&
+      last &&
+      last.block + last.count === row.block &&
+      last.class === row.class &&
+      last.path === row.path &&
+      last.ino === row.ino &&
       (last.offset === undefined || last.offset + last.count * blockSize === row.offset)
     ) {
       last.count++;
@@ -102,7 +111,14 @@ export async function mapBlocks(device: string, spec: string, deps: MapDeps): Pr
       const hit = fs?.index.lookup([{ offset: b * blockSize, length: blockSize }]).files[0];
       if (hit) {
         const f = hit.file;
-        push({ block: b, count: 1, class: f.kind === 'dir' ? 'directory' : 'file', path: f.path, ino: f.ino, offset: hit.ranges[0]!.offset });
+        push({
+          block: b,
+          count: 1,
+          class: f.kind === 'dir' ? 'directory' : 'file',
+          path: f.path,
+          ino: f.ino,
+          offset: hit.ranges[0]!.offset,
+        });
         continue;
       }
       const c = cls ? await cls.classify(b) : { class: 'unknown' as const };
@@ -113,13 +129,23 @@ export async function mapBlocks(device: string, spec: string, deps: MapDeps): Pr
 }
 
 export function formatMap(r: MapReport): string {
-  const how = r.index?.builder === 'ext4-raw' ? ' (index read from the ext4 metadata)' : r.index?.fallback ? ` (index walked: ${r.index.fallback})` : r.index ? ' (index walked)' : '';
-  const lines = [`${r.device}: ${r.blockSize}-byte blocks${r.mountPoint ? `, mounted at ${r.mountPoint}${how}` : ', not mounted (no file owners)'}`];
+  const how =
+    r.index?.builder === 'ext4-raw'
+      ? ' (index read from the ext4 metadata)'
+      : r.index?.fallback
+        ? ` (index walked: ${r.index.fallback})`
+        : r.index
+          ? ' (index walked)'
+          : '';
+  const lines = [
+    `${r.device}: ${r.blockSize}-byte blocks${r.mountPoint ? `, mounted at ${r.mountPoint}${how}` : ', not mounted (no file owners)'}`,
+  ];
   for (const row of r.rows) {
     const blocks = row.count === 1 ? `${row.block}` : `${row.block}-${row.block + row.count - 1}`;
-    const what = row.path !== undefined
-      ? `${row.path} (inode ${row.ino}) bytes ${row.offset}-${row.offset! + row.count * r.blockSize - 1}${row.class === 'directory' ? ' [directory]' : ''}`
-      : `${row.class}${row.ino !== undefined ? ` (inode ${row.ino})` : ''}`;
+    const what =
+      row.path !== undefined
+        ? `${row.path} (inode ${row.ino}) bytes ${row.offset}-${row.offset! + row.count * r.blockSize - 1}${row.class === 'directory' ? ' [directory]' : ''}`
+        : `${row.class}${row.ino !== undefined ? ` (inode ${row.ino})` : ''}`;
     lines.push(`${blocks.padStart(12)}  ${what}`);
   }
   return lines.join('\n') + '\n';
@@ -129,7 +155,12 @@ export async function mapCommand(argv: string[], out: (s: string) => void): Prom
   const { values } = parseArgs({
     args: argv,
     strict: true,
-    options: { device: { type: 'string' }, blocks: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      device: { type: 'string' },
+      blocks: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
   if (values.help) {
     out(MAP_USAGE);
@@ -140,7 +171,9 @@ export async function mapCommand(argv: string[], out: (s: string) => void): Prom
     return 2;
   }
   const native = await import('../native/index.js');
-  const spec = values.blocks.startsWith('@') ? readFileSync(values.blocks.slice(1), 'utf8').replace(/\s+/g, ',') : values.blocks;
+  const spec = values.blocks.startsWith('@')
+    ? readFileSync(values.blocks.slice(1), 'utf8').replace(/\s+/g, ',')
+    : values.blocks;
   const report = await mapBlocks(values.device, spec, { readDirect: native.readDirect, fiemap: native.fiemap });
   out(values.json ? JSON.stringify(report) + '\n' : formatMap(report));
   return 0;

@@ -13,7 +13,12 @@ old image. Reports the bytes copied per process. Run it before the host writes t
 `;
 
 export async function pinCommand(argv: string[], out: (s: string) => void): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
+  const { values, positionals } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: true,
+    options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+  });
   if (values.help || positionals.length === 0) {
     out(PIN_USAGE);
     return values.help ? 0 : 2;
@@ -32,9 +37,13 @@ export async function pinCommand(argv: string[], out: (s: string) => void): Prom
   } else {
     for (const r of reports) {
       out(`${r.path}: ${r['bytes-copied']} bytes copied\n`);
-      for (const p of r.processes) out(`  ${p.comm}[${p.pid}] ${p['bytes-copied']} bytes copied, ${p['bytes-private']} bytes private${p['bytes-failed'] ? `, ${p['bytes-failed']} failed` : ''}${p.exited ? ' (exited)' : ''}\n`);
+      for (const p of r.processes)
+        out(
+          `  ${p.comm}[${p.pid}] ${p['bytes-copied']} bytes copied, ${p['bytes-private']} bytes private${p['bytes-failed'] ? `, ${p['bytes-failed']} failed` : ''}${p.exited ? ' (exited)' : ''}\n`,
+        );
       for (const s of r['shared-unpinned']) out(`  ${s.comm}[${s.pid}] maps it shared: cannot be pinned\n`);
-      for (const n of r['not-pinned'].filter((x) => x.reason === 'not-reached')) out(`  ${n.pid ? `${n.comm}[${n.pid}] ` : ''}not pinned: ${n.detail}\n`);
+      for (const n of r['not-pinned'].filter((x) => x.reason === 'not-reached'))
+        out(`  ${n.pid ? `${n.comm}[${n.pid}] ` : ''}not pinned: ${n.detail}\n`);
       if (!r.complete) out(`  INCOMPLETE: not every private mapping was reached (${r.mappings} in ${r.calls} calls)\n`);
     }
   }

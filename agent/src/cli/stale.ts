@@ -20,10 +20,18 @@ agent's journal for the pins and the 'report' policy.
 Exit status: 0 (listed or not), 2 usage error.
 `;
 
-export async function staleCommand(argv: string[], out: (s: string) => void, readJournal: (stateDir: string | undefined) => { entries: JournalEntry[]; close(): void }): Promise<number> {
+export async function staleCommand(
+  argv: string[],
+  out: (s: string) => void,
+  readJournal: (stateDir: string | undefined) => { entries: JournalEntry[]; close(): void },
+): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({ args: argv, strict: true, options: { json: { type: 'boolean' }, 'state-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: { json: { type: 'boolean' }, 'state-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    }));
   } catch (e) {
     out(`vmsubst-agent stale: ${messageOf(e)}\n\n${STALE_USAGE}`);
     return 2;

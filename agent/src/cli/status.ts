@@ -20,7 +20,12 @@ interface Status {
   module: { loaded: true; abiVersion: number; features: string; version: string } | { loaded: false; reason: string };
   journal: string;
   /** Lines of the journal that are not records (reported, never dropped silently), and lines earlier compactions quarantined. */
-  'journal-problems': { corrupt: { line: number; reason: string; excerpt: string }[]; 'torn-tail-bytes': number; quarantined: number; 'quarantine-file': string };
+  'journal-problems': {
+    corrupt: { line: number; reason: string; excerpt: string }[];
+    'torn-tail-bytes': number;
+    quarantined: number;
+    'quarantine-file': string;
+  };
   substitutions: { id: string; state: JournalEntry['state']; time: string; files?: number; error?: string }[];
 }
 
@@ -53,7 +58,12 @@ export async function status(argv: string[], out: (s: string) => void): Promise<
     } finally {
       device.close();
     }
-    module = { loaded: true, abiVersion: v.abiVersion, features: `0x${v.features.toString(16)}`, version: v.moduleVersion };
+    module = {
+      loaded: true,
+      abiVersion: v.abiVersion,
+      features: `0x${v.features.toString(16)}`,
+      version: v.moduleVersion,
+    };
   } catch (e) {
     module = { loaded: false, reason: messageOf(e) };
   }
@@ -69,7 +79,8 @@ export async function status(argv: string[], out: (s: string) => void): Promise<
     },
     substitutions: journal.recent(last).map((e) => {
       const base = { id: e.id, state: e.state, time: e.last.t };
-      if (e.last.phase === 'done') return { ...base, files: ((e.last.report as { files?: unknown[] }).files ?? []).length };
+      if (e.last.phase === 'done')
+        return { ...base, files: ((e.last.report as { files?: unknown[] }).files ?? []).length };
       if (e.last.phase === 'failed') return { ...base, error: `${e.last.error.class}: ${e.last.error.desc}` };
       return base;
     }),
@@ -79,15 +90,28 @@ export async function status(argv: string[], out: (s: string) => void): Promise<
     out(JSON.stringify(s, null, 2) + '\n');
   } else {
     out(`agent   vmsubst-agent ${s.agent.version}\n`);
-    out(s.module.loaded ? `module  vmsubst.ko ${s.module.version} (ABI ${s.module.abiVersion}, features ${s.module.features})\n` : `module  unavailable: ${s.module.reason}\n`);
+    out(
+      s.module.loaded
+        ? `module  vmsubst.ko ${s.module.version} (ABI ${s.module.abiVersion}, features ${s.module.features})\n`
+        : `module  unavailable: ${s.module.reason}\n`,
+    );
     out(`journal ${s.journal}\n`);
     const jp = s['journal-problems'];
-    for (const c of jp.corrupt) out(`journal CORRUPT line ${c.line}: ${c.reason} (${JSON.stringify(c.excerpt)}); the record is unreadable: its substitution's outcome is unknown, check it on the host\n`);
-    if (jp['torn-tail-bytes'] > 0) out(`journal torn last line (${jp['torn-tail-bytes']} bytes, a write cut short); the agent cuts it at its next start\n`);
-    if (jp.quarantined > 0) out(`journal ${jp.quarantined} corrupt line(s) moved to ${jp['quarantine-file']} by compaction\n`);
+    for (const c of jp.corrupt)
+      out(
+        `journal CORRUPT line ${c.line}: ${c.reason} (${JSON.stringify(c.excerpt)}); the record is unreadable: its substitution's outcome is unknown, check it on the host\n`,
+      );
+    if (jp['torn-tail-bytes'] > 0)
+      out(
+        `journal torn last line (${jp['torn-tail-bytes']} bytes, a write cut short); the agent cuts it at its next start\n`,
+      );
+    if (jp.quarantined > 0)
+      out(`journal ${jp.quarantined} corrupt line(s) moved to ${jp['quarantine-file']} by compaction\n`);
     if (s.substitutions.length === 0) out('no substitutions yet\n');
     for (const x of s.substitutions) {
-      out(`${x.time}  ${x.id.slice(0, 16)}  ${x.state.padEnd(11)}  ${x.files !== undefined ? `${x.files} file(s)` : (x.error ?? '')}\n`);
+      out(
+        `${x.time}  ${x.id.slice(0, 16)}  ${x.state.padEnd(11)}  ${x.files !== undefined ? `${x.files} file(s)` : (x.error ?? '')}\n`,
+      );
     }
   }
   if (!s.module.loaded) return 1;

@@ -19,10 +19,24 @@ export const abort: Handler<'abort'> = {
         id,
         status: 'aborted',
         'pins-kept': pins,
-        detail: pins.length > 0 ? 'pinned processes keep their private copies of the old pages (the same content as the disk); freed when they exit' : 'nothing had been changed',
+        detail:
+          pins.length > 0
+            ? 'pinned processes keep their private copies of the old pages (the same content as the disk); freed when they exit'
+            : 'nothing had been changed',
       };
     }
-    if (last?.phase === 'done' || last?.phase === 'begin') return { id, status: 'committed', 'pins-kept': [], detail: 'already committed: the new blocks are in use; apply the reverse bundle to undo' };
-    return { id, status: 'not-prepared', 'pins-kept': [], detail: last?.phase === 'aborted' ? 'already aborted' : 'nothing was prepared under this id' };
+    if (last?.phase === 'done' || last?.phase === 'begin')
+      return {
+        id,
+        status: 'committed',
+        'pins-kept': [],
+        detail: 'already committed: the new blocks are in use; apply the reverse bundle to undo',
+      };
+    return {
+      id,
+      status: 'not-prepared',
+      'pins-kept': [],
+      detail: last?.phase === 'aborted' ? 'already aborted' : 'nothing was prepared under this id',
+    };
   },
 };

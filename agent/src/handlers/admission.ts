@@ -17,13 +17,22 @@ export function admit(ctx: HandlerContext, command: SignedCommand, args: Admitte
   try {
     return ctx.gate.admit(command, args, ctx.peer);
   } catch (e) {
-    ctx.log.warn('refused an unauthorized request', { command, peer: ctx.peer.description, id: 'id' in args ? args.id : undefined, reason: messageOf(e) });
+    ctx.log.warn('refused an unauthorized request', {
+      command,
+      peer: ctx.peer.description,
+      id: 'id' in args ? args.id : undefined,
+      reason: messageOf(e),
+    });
     throw e;
   }
 }
 
 /** Reading a report (paths, processes) takes what a substitution takes: the hypervisor's side, or a signature. */
-export function admitRead(ctx: HandlerContext, command: 'report' | 'stale', args: ArgsOf<'report'> | ArgsOf<'stale'>): void {
+export function admitRead(
+  ctx: HandlerContext,
+  command: 'report' | 'stale',
+  args: ArgsOf<'report'> | ArgsOf<'stale'>,
+): void {
   const a = admit(ctx, command, args);
   if (a.replayOf) refuseReplay(ctx, a, command, 'id' in args ? args.id : command);
   a.commit();
@@ -41,9 +50,10 @@ export function admitPhase(ctx: HandlerContext, command: 'commit' | 'abort', arg
   const a = admit(ctx, command, args);
   if (a.signedBy !== undefined) return a;
   if (args.token !== undefined && ctx.grants.tokenMatches(args.id, args.token)) return a;
-  const why = args.token === undefined
-    ? `${command} must carry the token prepare returned (or be signed)`
-    : `the token does not belong to the prepare of ${args.id}`;
+  const why =
+    args.token === undefined
+      ? `${command} must carry the token prepare returned (or be signed)`
+      : `the token does not belong to the prepare of ${args.id}`;
   ctx.log.warn('refused an unauthorized request', { command, peer: ctx.peer.description, id: args.id, reason: why });
   throw new CommandError('Unauthorized', why);
 }

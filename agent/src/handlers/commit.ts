@@ -26,7 +26,12 @@ export const commit: Handler<'commit'> = {
       ctx.log.info('commit answered from the journal', { id });
       return { ...doneReport(entry.last), replayed: true };
     }
-    const why = last === undefined ? 'was never prepared' : last.phase === 'aborted' ? 'was aborted' : `is ${entry!.state}, not prepared`;
+    const why =
+      last === undefined
+        ? 'was never prepared'
+        : last.phase === 'aborted'
+          ? 'was aborted'
+          : `is ${entry!.state}, not prepared`;
     throw new CommandError('NotPrepared', `substitution ${id} ${why}; send prepare first`);
   },
 };

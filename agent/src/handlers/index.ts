@@ -18,7 +18,16 @@ import { substitute } from './substitute.js';
 
 export type { AgentServices, Handler, HandlerContext } from './handler.js';
 
-export const handlers: { readonly [C in CommandName]: Handler<C> } = { hello, ping, substitute, prepare, commit, abort, report, stale };
+export const handlers: { readonly [C in CommandName]: Handler<C> } = {
+  hello,
+  ping,
+  substitute,
+  prepare,
+  commit,
+  abort,
+  report,
+  stale,
+};
 
 /** What the greeting announces: every command by its name, then the features. */
 export const CAPABILITIES: readonly string[] = [...Object.keys(handlers), ...Object.keys(Features)];

@@ -18,13 +18,20 @@ export type PreparedReport = Omit<ReturnOf<'prepare'>, 'token'>;
  * The journal stores what these handlers gave it (journal.prepared, begin, done) as JSON; the
  * readers below give those records back their types. Nothing else writes the journal.
  */
-export const preparedArgs = (rec: Extract<JournalRecord, { phase: 'prepared' }>): ArgsOf<'prepare'> => rec.args as ArgsOf<'prepare'>;
-export const preparedReport = (rec: Extract<JournalRecord, { phase: 'prepared' }>): PreparedReport => rec.report as PreparedReport;
-export const begunArgs = (rec: Extract<JournalRecord, { phase: 'begin' }>): ArgsOf<'prepare'> | undefined => rec.args as ArgsOf<'prepare'> | undefined;
-export const doneReport = (rec: Extract<JournalRecord, { phase: 'done' }>): ReturnOf<'substitute'> => rec.report as ReturnOf<'substitute'>;
+export const preparedArgs = (rec: Extract<JournalRecord, { phase: 'prepared' }>): ArgsOf<'prepare'> =>
+  rec.args as ArgsOf<'prepare'>;
+export const preparedReport = (rec: Extract<JournalRecord, { phase: 'prepared' }>): PreparedReport =>
+  rec.report as PreparedReport;
+export const begunArgs = (rec: Extract<JournalRecord, { phase: 'begin' }>): ArgsOf<'prepare'> | undefined =>
+  rec.args as ArgsOf<'prepare'> | undefined;
+export const doneReport = (rec: Extract<JournalRecord, { phase: 'done' }>): ReturnOf<'substitute'> =>
+  rec.report as ReturnOf<'substitute'>;
 
 /** The entry is the newest in the journal and done: a repeat of its id is a retry, answered from the journal. */
-export function isLatestDone(ctx: HandlerContext, entry: JournalEntry | undefined): entry is JournalEntry & { last: { phase: 'done' } } {
+export function isLatestDone(
+  ctx: HandlerContext,
+  entry: JournalEntry | undefined,
+): entry is JournalEntry & { last: { phase: 'done' } } {
   return entry?.last.phase === 'done' && ctx.journal.latest() === entry;
 }
 
@@ -33,7 +40,11 @@ export function bounded<T extends object>(ctx: HandlerContext, id: string, repor
   const b = boundReport(report);
   if (b.truncated) {
     ctx.reports.save(id, b.full);
-    ctx.log.info('report truncated to fit one message; the full report is kept', { id, bytes: b.full.length, dir: ctx.reports.dir });
+    ctx.log.info('report truncated to fit one message; the full report is kept', {
+      id,
+      bytes: b.full.length,
+      dir: ctx.reports.dir,
+    });
   }
   return b.answer;
 }
@@ -42,7 +53,11 @@ export function bounded<T extends object>(ctx: HandlerContext, id: string, repor
  * Answers a known id from the journal; otherwise runs the substitution between begin and
  * done/failed records. `pinned`: prepare's pins (a commit), undefined for the one-shot substitute.
  */
-export async function journaled(ctx: HandlerContext, args: ArgsOf<'substitute'>, pinned: ReturnOf<'prepare'>['pinned'] | undefined): Promise<ReturnOf<'substitute'>> {
+export async function journaled(
+  ctx: HandlerContext,
+  args: ArgsOf<'substitute'>,
+  pinned: ReturnOf<'prepare'>['pinned'] | undefined,
+): Promise<ReturnOf<'substitute'>> {
   const { journal, log } = ctx;
   const entry = journal.get(args.id);
   // Only a retry of the latest substitution is answered from the journal. The same bundle
@@ -58,13 +73,25 @@ export async function journaled(ctx: HandlerContext, args: ArgsOf<'substitute'>,
     const substituted = await substitute(args, ctx.substituteDeps(), pinned);
     // Customization comes after the blocks, so a file it writes is not overwritten by them.
     const report = args.customization
-      ? { ...substituted, customization: await customize(args.customization, { ...ctx.config.customization, root: '/', procSys: '/proc/sys' }) }
+      ? {
+          ...substituted,
+          customization: await customize(args.customization, {
+            ...ctx.config.customization,
+            root: '/',
+            procSys: '/proc/sys',
+          }),
+        }
       : substituted;
     const final = bounded(ctx, args.id, entry?.state === 'interrupted' ? { ...report, recovered: true } : report);
     journal.done(args.id, final);
     return final;
   } catch (e) {
-    journal.failed(args.id, e instanceof CommandError ? { class: e.errorClass, desc: e.message } : { class: 'GenericError', desc: messageOf(e) });
+    journal.failed(
+      args.id,
+      e instanceof CommandError
+        ? { class: e.errorClass, desc: e.message }
+        : { class: 'GenericError', desc: messageOf(e) },
+    );
     throw e;
   }
 }

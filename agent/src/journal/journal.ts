@@ -10,7 +10,19 @@
  * A two-phase substitution first writes `prepared` (its arguments and answer),
  * then `begin` (with the arguments again) at commit, or `aborted`.
  */
-import { appendFileSync, closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import {
+  appendFileSync,
+  closeSync,
+  existsSync,
+  fstatSync,
+  fsyncSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  writeSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { messageOf } from '../errors.js';
 
@@ -92,7 +104,9 @@ export class Journal {
   /** Lines quarantined by earlier compactions. */
   quarantined(): number {
     if (!existsSync(this.quarantinePath)) return 0;
-    return readFileSync(this.quarantinePath, 'utf8').split('\n').filter((l) => l !== '').length;
+    return readFileSync(this.quarantinePath, 'utf8')
+      .split('\n')
+      .filter((l) => l !== '').length;
   }
 
   #load(bytes: Buffer): void {
@@ -123,7 +137,8 @@ export class Journal {
         this.#records++;
         return undefined;
       })();
-      if (problem !== undefined) this.corrupt.push({ line: lineNo, offset, reason: problem, excerpt: line.slice(0, 80) });
+      if (problem !== undefined)
+        this.corrupt.push({ line: lineNo, offset, reason: problem, excerpt: line.slice(0, 80) });
     }
     for (const e of this.#entries.values()) {
       if (e.state === 'running') {
@@ -195,10 +210,22 @@ export class Journal {
     if (this.corrupt.length > 0) {
       // Corrupt lines leave the journal here; they go to the quarantine file, not away.
       const text = readFileSync(this.path, 'utf8').split('\n');
-      const lines = this.corrupt.map((c) => JSON.stringify({ t: new Date().toISOString(), line: c.line, reason: c.reason, text: text[c.line - 1] ?? c.excerpt }) + '\n');
+      const lines = this.corrupt.map(
+        (c) =>
+          JSON.stringify({
+            t: new Date().toISOString(),
+            line: c.line,
+            reason: c.reason,
+            text: text[c.line - 1] ?? c.excerpt,
+          }) + '\n',
+      );
       appendFileSync(this.quarantinePath, lines.join(''), { mode: 0o600 });
       const qfd = openSync(this.quarantinePath, 'r');
-      try { fsyncSync(qfd); } finally { closeSync(qfd); }
+      try {
+        fsyncSync(qfd);
+      } finally {
+        closeSync(qfd);
+      }
       this.corrupt.length = 0;
     }
     const tmp = `${this.path}.tmp`;
@@ -236,7 +263,12 @@ const PHASES = new Set(['prepared', 'aborted', 'begin', 'done', 'failed']);
 function isRecord(v: unknown): v is JournalRecord {
   if (typeof v !== 'object' || v === null) return false;
   const r = v as Record<string, unknown>;
-  return typeof r['id'] === 'string' && typeof r['t'] === 'string' && typeof r['phase'] === 'string' && PHASES.has(r['phase']);
+  return (
+    typeof r['id'] === 'string' &&
+    typeof r['t'] === 'string' &&
+    typeof r['phase'] === 'string' &&
+    PHASES.has(r['phase'])
+  );
 }
 
 /** fsync of a directory: makes a create or rename in it durable. */

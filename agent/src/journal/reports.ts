@@ -7,7 +7,19 @@
  * the full report is kept in the state directory (reports/ID.json, 0600,
  * written atomically) and the `report` command returns it page by page.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { CommandError } from '../errors.js';
 import { MAX_REPORT_PAGE_BYTES, type ReportPage, type Truncated } from '@vmsubst/common/protocol/schema';
@@ -71,7 +83,10 @@ function arraysAt(root: unknown, path: string): { get: () => unknown[]; set: (v:
  * The answer for `report`: itself when its JSON fits REPORT_BUDGET_BYTES, else a copy with each
  * list cut to its first entries (fewer until it fits) and `truncated` saying what was cut.
  */
-export function boundReport<T extends object>(report: T, budget = REPORT_BUDGET_BYTES): { answer: T; full: string; truncated: boolean } {
+export function boundReport<T extends object>(
+  report: T,
+  budget = REPORT_BUDGET_BYTES,
+): { answer: T; full: string; truncated: boolean } {
   const full = JSON.stringify(report);
   if (Buffer.byteLength(full) <= budget) return { answer: report, full, truncated: false };
   for (let top = 1000, nested = 32; ; top = Math.floor(top / 2), nested = Math.max(1, Math.floor(nested / 2))) {
@@ -94,7 +109,8 @@ export function boundReport<T extends object>(report: T, budget = REPORT_BUDGET_
       detail: `lists cut to their first ${top} entries (${nested} for lists inside entries); the full report: the 'report' command (id, offset, limit) returns it in pages`,
     };
     copy['truncated'] = truncated;
-    if (Buffer.byteLength(JSON.stringify(copy)) <= budget || top === 0) return { answer: copy as T, full, truncated: true };
+    if (Buffer.byteLength(JSON.stringify(copy)) <= budget || top === 0)
+      return { answer: copy as T, full, truncated: true };
   }
 }
 
@@ -105,7 +121,8 @@ export class ReportStore {
   }
 
   #path(id: string): string {
-    if (!/^[0-9a-f]{16,64}$/.test(id)) throw new CommandError('InvalidArguments', `report id ${id.slice(0, 80)}: not a substitution id`);
+    if (!/^[0-9a-f]{16,64}$/.test(id))
+      throw new CommandError('InvalidArguments', `report id ${id.slice(0, 80)}: not a substitution id`);
     return join(this.dir, `${id}.json`);
   }
 
@@ -123,7 +140,9 @@ export class ReportStore {
     }
     renameSync(tmp, path);
     fsyncDir(this.dir);
-    const files = readdirSync(this.dir).filter((f) => f.endsWith('.json')).map((f) => ({ f, t: statSync(join(this.dir, f)).mtimeMs }));
+    const files = readdirSync(this.dir)
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => ({ f, t: statSync(join(this.dir, f)).mtimeMs }));
     files.sort((a, b) => b.t - a.t);
     for (const { f } of files.slice(KEEP_REPORTS)) unlinkSync(join(this.dir, f));
   }
@@ -132,11 +151,21 @@ export class ReportStore {
   page(id: string, offset: number, limit: number): ReportPage {
     const path = this.#path(id);
     if (!existsSync(path)) {
-      throw new CommandError('InvalidArguments', `no full report is kept for ${id}: only answers that were truncated are kept, the newest ${KEEP_REPORTS}`);
+      throw new CommandError(
+        'InvalidArguments',
+        `no full report is kept for ${id}: only answers that were truncated are kept, the newest ${KEEP_REPORTS}`,
+      );
     }
     const bytes = readFileSync(path);
-    if (offset > bytes.length) throw new CommandError('InvalidArguments', `offset ${offset} is past the report's end (${bytes.length} bytes)`);
+    if (offset > bytes.length)
+      throw new CommandError('InvalidArguments', `offset ${offset} is past the report's end (${bytes.length} bytes)`);
     const n = Math.min(limit, MAX_REPORT_PAGE_BYTES, bytes.length - offset);
-    return { id, offset, bytes: bytes.length, data: bytes.subarray(offset, offset + n).toString('base64'), done: offset + n >= bytes.length };
+    return {
+      id,
+      offset,
+      bytes: bytes.length,
+      data: bytes.subarray(offset, offset + n).toString('base64'),
+      done: offset + n >= bytes.length,
+    };
   }
 }

@@ -117,11 +117,47 @@ export interface NativeBinding {
   readDirect(path: string, offset: number, length: number): Promise<Buffer>;
   kmodOpen(devPath: string): number;
   kmodVersion(devFd: number, devPath: string): VersionInfo;
-  invalidateRange(devFd: number, devPath: string, fd: number, offset: bigint, length: bigint, flags: number, outcomesCap: number, mappersCap: number): Promise<InvalidateResult>;
-  invalidateBdev(devFd: number, devPath: string, fd: number, offset: bigint, length: bigint, flags: number, keptCap: number): Promise<InvalidateBdevResult>;
-  revalidateInodes(devFd: number, devPath: string, fd: number, inodes: readonly bigint[], flags: number): Promise<RevalidateInodesResult>;
-  revalidateDentries(devFd: number, devPath: string, fd: number, names: readonly string[], flags: number): Promise<RevalidateDentriesResult>;
-  queryMappers(devFd: number, devPath: string, fd: number, offset: bigint, length: bigint, mappersCap: number): Promise<QueryMappersResult>;
+  invalidateRange(
+    devFd: number,
+    devPath: string,
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    flags: number,
+    outcomesCap: number,
+    mappersCap: number,
+  ): Promise<InvalidateResult>;
+  invalidateBdev(
+    devFd: number,
+    devPath: string,
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    flags: number,
+    keptCap: number,
+  ): Promise<InvalidateBdevResult>;
+  revalidateInodes(
+    devFd: number,
+    devPath: string,
+    fd: number,
+    inodes: readonly bigint[],
+    flags: number,
+  ): Promise<RevalidateInodesResult>;
+  revalidateDentries(
+    devFd: number,
+    devPath: string,
+    fd: number,
+    names: readonly string[],
+    flags: number,
+  ): Promise<RevalidateDentriesResult>;
+  queryMappers(
+    devFd: number,
+    devPath: string,
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    mappersCap: number,
+  ): Promise<QueryMappersResult>;
   pinMappers(
     devFd: number,
     devPath: string,
@@ -133,7 +169,14 @@ export interface NativeBinding {
     unpinnedCap: number,
     cursor?: PinCursor,
   ): Promise<PinMappersResult>;
-  queryPages(devFd: number, devPath: string, fd: number, offset: bigint, length: bigint, rangesCap: number): Promise<QueryPagesResult>;
+  queryPages(
+    devFd: number,
+    devPath: string,
+    fd: number,
+    offset: bigint,
+    length: bigint,
+    rangesCap: number,
+  ): Promise<QueryPagesResult>;
   vsockListen(cid: number, port: number, backlog: number): { fd: number; cid: number; port: number };
   vsockAddresses(fd: number): { localCid: number; localPort: number; remoteCid: number; remotePort: number };
   localCid(devPath: string): number;
@@ -141,7 +184,10 @@ export interface NativeBinding {
   closeFd(fd: number): void;
   dupFd(fd: number): number;
   StreamHandle: StreamHandleClass;
-  Listener: new (fd: number, onconnection: (err: NativeError | null, fd?: number, cid?: number, port?: number) => void) => Listener;
+  Listener: new (
+    fd: number,
+    onconnection: (err: NativeError | null, fd?: number, cid?: number, port?: number) => void,
+  ) => Listener;
   constants: NativeConstants;
 }
 
@@ -217,7 +263,9 @@ function load(): Loaded {
     };
   }
   if (!isBinding(value)) {
-    return { error: new Error(`vmsubst: ${path} is not the expected addon (missing exports); rebuild it with \`make addon\``) };
+    return {
+      error: new Error(`vmsubst: ${path} is not the expected addon (missing exports); rebuild it with \`make addon\``),
+    };
   }
   value.setErrorClass(NativeError);
   return { binding: value, path };

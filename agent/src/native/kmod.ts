@@ -370,7 +370,12 @@ export class KmodDevice {
    * constants.VMSUBST_INVALIDATE_F_* (0: zap and drop); the errno contract
    * (EACCES on a read-write mount without INVALIDATE_F_FORCE, ...) is the uapi header's.
    */
-  async invalidateRange(fileFd: number, offset: bigint, length: bigint, options: InvalidateRangeOptions = {}): Promise<InvalidateResult> {
+  async invalidateRange(
+    fileFd: number,
+    offset: bigint,
+    length: bigint,
+    options: InvalidateRangeOptions = {},
+  ): Promise<InvalidateResult> {
     checkRange(fileFd, offset, length);
     const flags = flagsOf(options);
     const outcomesCap = capacity('outcomesCapacity', options.outcomesCapacity, constants.VMSUBST_RANGES_MAX);
@@ -384,7 +389,12 @@ export class KmodDevice {
    * from its buffer cache, where filesystems keep metadata; report what stayed.
    * On a device a read-write filesystem holds it needs constants.VMSUBST_BDEV_F_FORCE.
    */
-  async invalidateBdev(bdevFd: number, offset: bigint, length: bigint, options: InvalidateBdevOptions = {}): Promise<InvalidateBdevResult> {
+  async invalidateBdev(
+    bdevFd: number,
+    offset: bigint,
+    length: bigint,
+    options: InvalidateBdevOptions = {},
+  ): Promise<InvalidateBdevResult> {
     checkRange(bdevFd, offset, length);
     const flags = flagsOf(options);
     const keptCap = capacity('keptCapacity', options.keptCapacity, constants.VMSUBST_RANGES_MAX);
@@ -397,7 +407,11 @@ export class KmodDevice {
    * are read from the disk again; the ones in use are reported with why.
    * 1..constants.VMSUBST_INODES_MAX numbers.
    */
-  async revalidateInodes(fd: number, inodes: readonly bigint[], options: KmodCallOptions = {}): Promise<RevalidateInodesResult> {
+  async revalidateInodes(
+    fd: number,
+    inodes: readonly bigint[],
+    options: KmodCallOptions = {},
+  ): Promise<RevalidateInodesResult> {
     checkFd(fd);
     if (!Array.isArray(inodes)) throw new TypeError('inodes must be an array of bigint');
     checkInteger('inodes.length', inodes.length, 1, constants.VMSUBST_INODES_MAX);
@@ -412,7 +426,11 @@ export class KmodDevice {
    * the directory from the disk; with no names, every unused entry. Entries in
    * use stay unless constants.VMSUBST_DENTRIES_F_UNHASH_BUSY; mount points never go.
    */
-  async revalidateDentries(dirFd: number, names: readonly string[] = [], options: KmodCallOptions = {}): Promise<RevalidateDentriesResult> {
+  async revalidateDentries(
+    dirFd: number,
+    names: readonly string[] = [],
+    options: KmodCallOptions = {},
+  ): Promise<RevalidateDentriesResult> {
     checkFd(dirFd);
     if (!Array.isArray(names)) throw new TypeError('names must be an array of strings');
     checkInteger('names.length', names.length, 0, constants.VMSUBST_NAMES_MAX);
@@ -428,7 +446,12 @@ export class KmodDevice {
    * VMSUBST_IOC_QUERY_MAPPERS: every mapping of [offset, offset + length) of
    * the open file `fileFd`, with the owning process; a snapshot.
    */
-  async queryMappers(fileFd: number, offset: bigint, length: bigint, options: QueryMappersOptions = {}): Promise<QueryMappersResult> {
+  async queryMappers(
+    fileFd: number,
+    offset: bigint,
+    length: bigint,
+    options: QueryMappersOptions = {},
+  ): Promise<QueryMappersResult> {
     checkRange(fileFd, offset, length);
     const cap = capacity('capacity', options.capacity, constants.VMSUBST_MAPPERS_MAX);
     return binding().queryMappers(this.#devFd(), this.path, fileFd, offset, length, cap);
@@ -443,7 +466,12 @@ export class KmodDevice {
    * the previous result's `cursor` (start with PIN_CURSOR_START) so that
    * mappings beyond the first constants.VMSUBST_PIN_VMAS_MAX are reached too.
    */
-  async pinMappers(fileFd: number, offset: bigint, length: bigint, options: PinMappersOptions): Promise<PinMappersResult> {
+  async pinMappers(
+    fileFd: number,
+    offset: bigint,
+    length: bigint,
+    options: PinMappersOptions,
+  ): Promise<PinMappersResult> {
     checkRange(fileFd, offset, length);
     checkInteger('maxPages', options.maxPages, 1, constants.VMSUBST_PIN_PAGES_MAX);
     const pinnedCap = capacity('pinnedCapacity', options.pinnedCapacity, constants.VMSUBST_PIN_RESULTS_MAX);
@@ -453,7 +481,17 @@ export class KmodDevice {
       checkU64('cursor.mm', cursor.mm);
       checkU64('cursor.addr', cursor.addr);
     }
-    return binding().pinMappers(this.#devFd(), this.path, fileFd, offset, length, options.maxPages, pinnedCap, unpinnedCap, cursor);
+    return binding().pinMappers(
+      this.#devFd(),
+      this.path,
+      fileFd,
+      offset,
+      length,
+      options.maxPages,
+      pinnedCap,
+      unpinnedCap,
+      cursor,
+    );
   }
 
   /**
@@ -463,7 +501,12 @@ export class KmodDevice {
    * writes, `unwritten` means the guest wrote the range without fsync: a
    * substitution there would lose the guest's data or be overwritten by it.
    */
-  async queryPages(fileFd: number, offset: bigint, length: bigint, options: QueryPagesOptions = {}): Promise<QueryPagesResult> {
+  async queryPages(
+    fileFd: number,
+    offset: bigint,
+    length: bigint,
+    options: QueryPagesOptions = {},
+  ): Promise<QueryPagesResult> {
     checkRange(fileFd, offset, length);
     const cap = capacity('capacity', options.capacity, constants.VMSUBST_RANGES_MAX);
     return binding().queryPages(this.#devFd(), this.path, fileFd, offset, length, cap);

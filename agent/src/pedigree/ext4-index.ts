@@ -38,9 +38,17 @@ const INCOMPAT_CSUM_SEED = 0x2000;
 const INCOMPAT_LARGEDIR = 0x4000;
 /** Incompatible features whose metadata this reader understands (not: compression, recover, journal_dev, meta_bg, dirdata, inline_data, encrypt, casefold). */
 const INCOMPAT_SUPPORTED =
-  INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_MMP | INCOMPAT_FLEX_BG | INCOMPAT_EA_INODE | INCOMPAT_CSUM_SEED | INCOMPAT_LARGEDIR;
+  INCOMPAT_FILETYPE |
+  INCOMPAT_EXTENTS |
+  INCOMPAT_64BIT |
+  INCOMPAT_MMP |
+  INCOMPAT_FLEX_BG |
+  INCOMPAT_EA_INODE |
+  INCOMPAT_CSUM_SEED |
+  INCOMPAT_LARGEDIR;
 /** Read-only-compatible features that do not change how files are found (everything known but bigalloc 0x200). */
-const RO_COMPAT_SUPPORTED = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x100 | 0x400 | 0x1000 | 0x2000 | 0x8000 | 0x10000;
+const RO_COMPAT_SUPPORTED =
+  0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x100 | 0x400 | 0x1000 | 0x2000 | 0x8000 | 0x10000;
 const RO_COMPAT_GDT_CSUM = 0x10;
 const RO_COMPAT_METADATA_CSUM = 0x400;
 const BG_INODE_UNINIT = 0x1;
@@ -72,8 +80,12 @@ const small = (v: number): number => (v <= 0x3fff_ffff ? v | 0 : v);
 export function unsupportedFeatures(layout: Ext4Layout): string[] {
   const out: string[] = [];
   const { incompat, roCompat } = layout.features;
-  if (incompat & ~INCOMPAT_SUPPORTED) out.push(`incompat features 0x${(incompat & ~INCOMPAT_SUPPORTED).toString(16)} (inline_data, encryption, casefold, meta_bg, a journal to replay, …)`);
-  if (roCompat & ~RO_COMPAT_SUPPORTED) out.push(`ro_compat features 0x${(roCompat & ~RO_COMPAT_SUPPORTED).toString(16)} (bigalloc, …)`);
+  if (incompat & ~INCOMPAT_SUPPORTED)
+    out.push(
+      `incompat features 0x${(incompat & ~INCOMPAT_SUPPORTED).toString(16)} (inline_data, encryption, casefold, meta_bg, a journal to replay, …)`,
+    );
+  if (roCompat & ~RO_COMPAT_SUPPORTED)
+    out.push(`ro_compat features 0x${(roCompat & ~RO_COMPAT_SUPPORTED).toString(16)} (bigalloc, …)`);
   return out;
 }
 
@@ -100,11 +112,12 @@ async function readTables(read: Reader, layout: Ext4Layout): Promise<Tables> {
   }
   const tables: (Buffer | undefined)[] = new Array(layout.groups.length).fill(undefined);
   spans.sort((a, b) => a.offset - b.offset);
-  for (let i = 0; i < spans.length; ) {
+  for (let i = 0; i < spans.length;) {
     // One read for a run of tables that follow each other on the disk.
     let j = i + 1;
     let end = spans[i]!.offset + spans[i]!.length;
-    while (j < spans.length && spans[j]!.offset === end && end - spans[i]!.offset + spans[j]!.length <= TABLE_READ) end += spans[j++]!.length;
+    while (j < spans.length && spans[j]!.offset === end && end - spans[i]!.offset + spans[j]!.length <= TABLE_READ)
+      end += spans[j++]!.length;
     const buf = await read(spans[i]!.offset, end - spans[i]!.offset);
     for (let k = i; k < j; k++) {
       const s = spans[k]!;
@@ -130,7 +143,12 @@ function extentLeavesNow(node: Buffer, off: number, out: Leaf[] = []): Leaf[] {
     const unwritten = length > 32768;
     if (unwritten) length -= 32768;
     if (length === 0) continue;
-    out.push({ logical: node.readUInt32LE(e), physical: node.readUInt16LE(e + 6) * 2 ** 32 + node.readUInt32LE(e + 8), length, unwritten });
+    out.push({
+      logical: node.readUInt32LE(e),
+      physical: node.readUInt16LE(e + 6) * 2 ** 32 + node.readUInt32LE(e + 8),
+      length,
+      unwritten,
+    });
   }
   return out;
 }
@@ -146,7 +164,8 @@ export async function extentLeaves(
   if (node.readUInt16LE(off) !== EXTENT_MAGIC) throw new RawIndexError('extent tree: bad magic');
   const entries = node.readUInt16LE(off + 2);
   const d = node.readUInt16LE(off + 6);
-  if (depth > MAX_EXTENT_DEPTH || d > MAX_EXTENT_DEPTH || entries > MAX_NODE_ENTRIES) throw new RawIndexError('extent tree: too deep or too wide');
+  if (depth > MAX_EXTENT_DEPTH || d > MAX_EXTENT_DEPTH || entries > MAX_NODE_ENTRIES)
+    throw new RawIndexError('extent tree: too deep or too wide');
   if (d === 0) return extentLeavesNow(node, off, out);
   for (let i = 0; i < entries; i++) {
     const e = off + 12 + i * 12;
@@ -200,7 +219,8 @@ export async function buildExt4Index(
     const g = Math.floor((ino - 1) / ipg);
     const o = ((ino - 1) % ipg) * inodeSize;
     const t = tables[g];
-    if (!t || o + inodeSize > t.length) throw new RawIndexError(`inode ${ino} is in an unused part of its group's table`);
+    if (!t || o + inodeSize > t.length)
+      throw new RawIndexError(`inode ${ino} is in an unused part of its group's table`);
     return { t, o };
   };
   const mode = (ino: number): number => {
@@ -222,7 +242,13 @@ export async function buildExt4Index(
     if (leaves.length === 1) {
       // Most files have one extent: an array literal is allocated at its size, a push would reserve room for 17.
       const l = leaves[0]!;
-      return [{ diskStart: small(partStart + l.physical * bs), fileOffset: small(l.logical * bs), length: small(l.length * bs) }];
+      return [
+        {
+          diskStart: small(partStart + l.physical * bs),
+          fileOffset: small(l.logical * bs),
+          length: small(l.length * bs),
+        },
+      ];
     }
     const out: Extent[] = [];
     let last: Extent | undefined;
@@ -245,7 +271,8 @@ export async function buildExt4Index(
     if (flags & EXT4_INLINE_DATA_FL) throw new RawIndexError(`inode ${ino}: inline data`);
     if (!(flags & EXT4_EXTENTS_FL)) {
       // A block-mapped (ext2/3) inode: only an empty one is understood here.
-      for (let i = 0; i < 15; i++) if (t.readUInt32LE(o + 0x28 + i * 4) !== 0) throw new RawIndexError(`inode ${ino}: block-mapped (no extents)`);
+      for (let i = 0; i < 15; i++)
+        if (t.readUInt32LE(o + 0x28 + i * 4) !== 0) throw new RawIndexError(`inode ${ino}: block-mapped (no extents)`);
       return [];
     }
     if (t.readUInt16LE(o + 0x28 + 6) === 0) return toExtents(extentLeavesNow(t, o + 0x28));
@@ -258,7 +285,8 @@ export async function buildExt4Index(
     let bytes = 0;
     for (const e of extents) {
       bytes += e.length;
-      if (e.diskStart - partStart + e.length > layout.blocksCount * bs) throw new RawIndexError(`directory inode ${ino}: blocks past the filesystem's end`);
+      if (e.diskStart - partStart + e.length > layout.blocksCount * bs)
+        throw new RawIndexError(`directory inode ${ino}: blocks past the filesystem's end`);
       if (bytes > MAX_DIR_BYTES) throw new RawIndexError(`directory inode ${ino} larger than ${MAX_DIR_BYTES} bytes`);
       const buf = await read(e.diskStart - partStart, e.length);
       for (let b = 0; b + bs <= buf.length; b += bs) parseDirBlock(buf.subarray(b, b + bs), entries, true);
@@ -279,7 +307,9 @@ export async function buildExt4Index(
 
   // A directory is visited once: a second visit is a loop (directories have one parent).
   const visited = new Set<number>();
-  const stack: { ino: number; path: string; prefix: string }[] = [{ ino: rootIno, path: mount.mountPoint, prefix: under }];
+  const stack: { ino: number; path: string; prefix: string }[] = [
+    { ino: rootIno, path: mount.mountPoint, prefix: under },
+  ];
   let seen = 0;
   while (stack.length > 0) {
     const { ino, path, prefix } = stack.pop()!;
@@ -288,7 +318,17 @@ export async function buildExt4Index(
     const { t, o } = inode(ino);
     const extents = await extentsOf(ino, t, o);
     const entries = await entriesOf(ino, extents);
-    const dir: IndexedFile = { path, dev, ino: small(ino), mount, kind: 'dir', entries, extents, ctimeNs: ctimeNs(t, o), size: sizeOf(t, o) };
+    const dir: IndexedFile = {
+      path,
+      dev,
+      ino: small(ino),
+      mount,
+      kind: 'dir',
+      entries,
+      extents,
+      ctimeNs: ctimeNs(t, o),
+      size: sizeOf(t, o),
+    };
     for (const [name, child] of entries) {
       if (++seen > MAX_FILES) throw new RawIndexError(`more than ${MAX_FILES} entries under ${mount.mountPoint}`);
       const childPath = prefix + name;
@@ -304,7 +344,16 @@ export async function buildExt4Index(
       } else if (m === S_IFREG) {
         const c = inode(child);
         const ex = extentsOf(child, c.t, c.o);
-        emit({ path: childPath, dev, ino: small(child), mount, kind: 'file', extents: Array.isArray(ex) ? ex : await ex, ctimeNs: ctimeNs(c.t, c.o), size: sizeOf(c.t, c.o) });
+        emit({
+          path: childPath,
+          dev,
+          ino: small(child),
+          mount,
+          kind: 'file',
+          extents: Array.isArray(ex) ? ex : await ex,
+          ctimeNs: ctimeNs(c.t, c.o),
+          size: sizeOf(c.t, c.o),
+        });
       }
     }
     emit(dir);

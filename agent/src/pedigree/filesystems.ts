@@ -34,10 +34,15 @@ export function fsVerdict(fsType: string): FsVerdict {
   if (fsType === 'xfs') {
     return {
       handling: 'data-only',
-      reason: "XFS: file data only; XFS keeps its metadata in its own buffer cache (not the block device's page cache), so a metadata change needs a restart",
+      reason:
+        "XFS: file data only; XFS keeps its metadata in its own buffer cache (not the block device's page cache), so a metadata change needs a restart",
     };
   }
-  return { handling: 'refused', reason: REFUSED[fsType] ?? `${fsType}: not a filesystem vmsubst understands (ext2/3/4 data and metadata, XFS data are)` };
+  return {
+    handling: 'refused',
+    reason:
+      REFUSED[fsType] ?? `${fsType}: not a filesystem vmsubst understands (ext2/3/4 data and metadata, XFS data are)`,
+  };
 }
 
 /** One filesystem (or stacked device) of the disk and how a substitution goes under it. */
@@ -78,7 +83,11 @@ async function btrfsDevices(sysRoot: string): Promise<Map<string, string[]>> {
  * its handling; `changed` selects which refusals matter (a refused filesystem no changed range
  * touches is listed, not refused).
  */
-export async function decideFilesystems(layout: DiskLayout, mounts: Mount[], opts: DecideOptions): Promise<FsDecision[]> {
+export async function decideFilesystems(
+  layout: DiskLayout,
+  mounts: Mount[],
+  opts: DecideOptions,
+): Promise<FsDecision[]> {
   const out: FsDecision[] = [];
   const btrfs = await btrfsDevices(opts.sysRoot);
   for (const part of layout.parts) {
@@ -90,7 +99,11 @@ export async function decideFilesystems(layout: DiskLayout, mounts: Mount[], opt
       const dmName = (await readFile(`${opts.sysRoot}/block/${h}/dm/name`, 'utf8').catch(() => '')).trim();
       const hDev = (await readFile(`${opts.sysRoot}/block/${h}/dev`, 'utf8').catch(() => '')).trim();
       const m = hDev ? primaryMount(mounts, hDev) : undefined;
-      const what = dmName ? `device-mapper device ${h} (${dmName})` : h.startsWith('md') ? `md RAID device ${h}` : `block device ${h}`;
+      const what = dmName
+        ? `device-mapper device ${h} (${dmName})`
+        : h.startsWith('md')
+          ? `md RAID device ${h}`
+          : `block device ${h}`;
       out.push({
         part,
         ...(m ? { mount: m.mountPoint } : {}),
@@ -113,7 +126,11 @@ export async function decideFilesystems(layout: DiskLayout, mounts: Mount[], opt
     const uuid = [...btrfs].find(([, devs]) => devs.includes(part.name))?.[0];
     if (byName || uuid) {
       const type = byName?.fsType ?? 'btrfs';
-      const mp = byName?.mountPoint ?? mounts.find((x) => x.fsType === 'btrfs' && anonymous(x.devNum) && btrfs.get(uuid!)?.some((d) => x.source === `/dev/${d}`))?.mountPoint;
+      const mp =
+        byName?.mountPoint ??
+        mounts.find(
+          (x) => x.fsType === 'btrfs' && anonymous(x.devNum) && btrfs.get(uuid!)?.some((d) => x.source === `/dev/${d}`),
+        )?.mountPoint;
       out.push({ part, ...(mp ? { mount: mp } : {}), type, ...fsVerdict(type) });
       continue;
     }
@@ -121,14 +138,20 @@ export async function decideFilesystems(layout: DiskLayout, mounts: Mount[], opt
     if (mounts.some((x) => x.fsType === 'btrfs' && anonymous(x.devNum)) && part.sizeBytes >= 65536 + 4096) {
       const sb = await opts.read(part.startBytes + 65536, 4096).catch(() => undefined);
       if (sb && sb.subarray(0x40, 0x48).equals(BTRFS_MAGIC)) {
-        out.push({ part, type: 'btrfs', handling: 'refused', reason: `${REFUSED.btrfs} (${part.name} holds a btrfs superblock and a btrfs is mounted whose device the agent cannot tell)` });
+        out.push({
+          part,
+          type: 'btrfs',
+          handling: 'refused',
+          reason: `${REFUSED.btrfs} (${part.name} holds a btrfs superblock and a btrfs is mounted whose device the agent cannot tell)`,
+        });
       }
     }
   }
   return out;
 }
 
-const inside = (r: ByteRange, part: DiskLayout['parts'][number]): boolean => r.offset < part.startBytes + part.sizeBytes && r.offset + r.length > part.startBytes;
+const inside = (r: ByteRange, part: DiskLayout['parts'][number]): boolean =>
+  r.offset < part.startBytes + part.sizeBytes && r.offset + r.length > part.startBytes;
 
 /** The refusals that `changed` runs into. */
 export function refusalsFor(decisions: FsDecision[], changed: ByteRange[]): FsDecision[] {

@@ -31,7 +31,9 @@ export class PedigreeIndex {
   /** The index's pieces for `files` (one per extent). */
   static piecesOf(files: Iterable<IndexedFile>): Piece[] {
     const out: Piece[] = [];
-    for (const file of files) for (const e of file.extents) out.push({ diskStart: e.diskStart, diskEnd: e.diskStart + e.length, fileOffset: e.fileOffset, file });
+    for (const file of files)
+      for (const e of file.extents)
+        out.push({ diskStart: e.diskStart, diskEnd: e.diskStart + e.length, fileOffset: e.fileOffset, file });
     return out;
   }
 
@@ -113,13 +115,17 @@ export class PedigreeIndex {
   /** Indexes every filesystem mounted from `disk` (whole or partition). */
   static async build(disk: DiskLayout, mounts: Mount[], fiemap: Fiemap): Promise<PedigreeIndex> {
     const files: IndexedFile[] = [];
-    for (const { mount, startBytes } of mountsOfDisk(disk, mounts)) await walkMount(mount, startBytes, fiemap, (f) => files.push(f));
+    for (const { mount, startBytes } of mountsOfDisk(disk, mounts))
+      await walkMount(mount, startBytes, fiemap, (f) => files.push(f));
     return new PedigreeIndex(PedigreeIndex.piecesOf(files));
   }
 }
 
 /** One mount per filesystem of `disk`, preferring a mount of the filesystem's root (every file reachable). */
-export function mountsOfDisk(disk: DiskLayout, mounts: Mount[]): { mount: Mount; startBytes: number; sizeBytes: number }[] {
+export function mountsOfDisk(
+  disk: DiskLayout,
+  mounts: Mount[],
+): { mount: Mount; startBytes: number; sizeBytes: number }[] {
   const out: { mount: Mount; startBytes: number; sizeBytes: number }[] = [];
   const done = new Set<string>();
   for (const part of disk.parts) {

@@ -80,7 +80,13 @@ export class FsIndex {
       try {
         const device = opts.device ?? (await devicePath(mount.devNum));
         if (!device) throw new Error(`no device node for ${mount.devNum}`);
-        await buildExt4Index((o, l) => readDirect(device, o, l), mount, partStart, opts.mounts ?? (await readMounts()), (f) => files.push(f));
+        await buildExt4Index(
+          (o, l) => readDirect(device, o, l),
+          mount,
+          partStart,
+          opts.mounts ?? (await readMounts()),
+          (f) => files.push(f),
+        );
         fs.builtWith = { builder: 'ext4-raw' };
       } catch (err) {
         files = [];
@@ -101,7 +107,12 @@ export class FsIndex {
   }
 
   async #watch(): Promise<void> {
-    const w = watch(this.mount.mountPoint, { ignoreInitial: true, followSymlinks: false, persistent: false, alwaysStat: false });
+    const w = watch(this.mount.mountPoint, {
+      ignoreInitial: true,
+      followSymlinks: false,
+      persistent: false,
+      alwaysStat: false,
+    });
     this.#watcher = w;
     const remap = (path: string): void => {
       this.remap(path);
@@ -252,7 +263,11 @@ export class PedigreeService {
   }
 
   /** Maps changed disk ranges to files through the live indexes of `disk`'s filesystems. */
-  async lookup(disk: DiskLayout, mounts: Mount[], changed: ByteRange[]): Promise<{ files: FileHit[]; unmapped: ByteRange[] }> {
+  async lookup(
+    disk: DiskLayout,
+    mounts: Mount[],
+    changed: ByteRange[],
+  ): Promise<{ files: FileHit[]; unmapped: ByteRange[] }> {
     const parts = mountsOfDisk(disk, mounts);
     const files: FileHit[] = [];
     let rest = changed.map((r) => ({ ...r }));

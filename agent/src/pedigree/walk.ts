@@ -16,7 +16,14 @@
  */
 import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
-import { TREE_WALK_DIR, TREE_WALK_ENTRY, TREE_WALK_EXTENT_SHARED, type TreeWalkStep, type WalkOptions, type WalkTree } from '../native/index.js';
+import {
+  TREE_WALK_DIR,
+  TREE_WALK_ENTRY,
+  TREE_WALK_EXTENT_SHARED,
+  type TreeWalkStep,
+  type WalkOptions,
+  type WalkTree,
+} from '../native/index.js';
 import type { Mount } from './mounts.js';
 
 export interface ExtentInfo {
@@ -82,7 +89,11 @@ const yieldNow = (): Promise<void> => new Promise((r) => setImmediate(r));
 export function addExtents(file: IndexedFile, fd: number, partStart: number, fiemap: Fiemap): void {
   for (const e of fiemap(fd)) {
     if (e.flags & NOT_ON_DISK) continue;
-    const x: IndexedFile['extents'][number] = { diskStart: partStart + Number(e.physical), fileOffset: Number(e.logical), length: Number(e.length) };
+    const x: IndexedFile['extents'][number] = {
+      diskStart: partStart + Number(e.physical),
+      fileOffset: Number(e.logical),
+      length: Number(e.length),
+    };
     if (e.flags & FIEMAP_EXTENT_SHARED) x.shared = true;
     file.extents.push(x);
   }
@@ -102,7 +113,14 @@ function addDirExtents(dir: IndexedFile, fd: number, partStart: number, fiemap: 
  * Maps one path (file or directory itself, not its children): undefined when
  * it is gone, not a file or directory, or on another filesystem than `dev`.
  */
-export function mapPath(path: string, mount: Mount, dev: number, partStart: number, fiemap: Fiemap, withEntries = true): IndexedFile | undefined {
+export function mapPath(
+  path: string,
+  mount: Mount,
+  dev: number,
+  partStart: number,
+  fiemap: Fiemap,
+  withEntries = true,
+): IndexedFile | undefined {
   let fd: number;
   try {
     fd = openSync(path, OPEN_FLAGS);
@@ -114,7 +132,16 @@ export function mapPath(path: string, mount: Mount, dev: number, partStart: numb
     if (Number(st.dev) !== dev) return undefined;
     const kind = st.isFile() ? 'file' : st.isDirectory() ? 'dir' : undefined;
     if (!kind) return undefined;
-    const file: IndexedFile = { path, dev, ino: Number(st.ino), mount, kind, extents: [], ctimeNs: st.ctimeNs, size: Number(st.size) };
+    const file: IndexedFile = {
+      path,
+      dev,
+      ino: Number(st.ino),
+      mount,
+      kind,
+      extents: [],
+      ctimeNs: st.ctimeNs,
+      size: Number(st.size),
+    };
     if (kind === 'dir') {
       file.entries = withEntries ? readEntries(path) : new Map();
       addDirExtents(file, fd, partStart, fiemap);
@@ -147,7 +174,12 @@ export function readEntries(dir: string): Map<string, number> {
  * Walks one mounted filesystem, never crossing into another mount, calling
  * `emit` for every regular file and directory mapped.
  */
-export async function walkMount(mount: Mount, partStart: number, fiemap: Fiemap, emit: (f: IndexedFile) => void): Promise<number> {
+export async function walkMount(
+  mount: Mount,
+  partStart: number,
+  fiemap: Fiemap,
+  emit: (f: IndexedFile) => void,
+): Promise<number> {
   const root = lstatSync(mount.mountPoint);
   const dev = root.dev;
   if (fiemap.walkTree) return walkNative(fiemap.walkTree, mount, dev, partStart, emit);
@@ -170,7 +202,17 @@ export async function walkMount(mount: Mount, partStart: number, fiemap: Fiemap,
       if (parent) parent.set(name!, Number(st.ino));
       if (Number(st.dev) !== dev) continue;
       list = readdirSync(dir, { withFileTypes: true });
-      dirFile = { path: dir, dev, ino: Number(st.ino), mount, kind: 'dir', entries: new Map(), extents: [], ctimeNs: st.ctimeNs, size: Number(st.size) };
+      dirFile = {
+        path: dir,
+        dev,
+        ino: Number(st.ino),
+        mount,
+        kind: 'dir',
+        entries: new Map(),
+        extents: [],
+        ctimeNs: st.ctimeNs,
+        size: Number(st.size),
+      };
       addDirExtents(dirFile, dfd, partStart, fiemap);
     } catch {
       continue;
@@ -202,7 +244,16 @@ export async function walkMount(mount: Mount, partStart: number, fiemap: Fiemap,
         const ino = Number(st.ino);
         entries.set(entry.name, ino);
         if (Number(st.dev) !== dev || !st.isFile()) continue;
-        const file: IndexedFile = { path, dev, ino, mount, kind: 'file', extents: [], ctimeNs: st.ctimeNs, size: Number(st.size) };
+        const file: IndexedFile = {
+          path,
+          dev,
+          ino,
+          mount,
+          kind: 'file',
+          extents: [],
+          ctimeNs: st.ctimeNs,
+          size: Number(st.size),
+        };
         addExtents(file, fd, partStart, fiemap);
         emit(file);
       } catch {
@@ -230,7 +281,13 @@ interface WalkedDir {
  * walkMount through the addon: steps of WALK_STEP records, the next one
  * running on the thread pool while this one becomes IndexedFiles.
  */
-async function walkNative(walkTree: WalkTree, mount: Mount, dev: number, partStart: number, emit: (f: IndexedFile) => void): Promise<number> {
+async function walkNative(
+  walkTree: WalkTree,
+  mount: Mount,
+  dev: number,
+  partStart: number,
+  emit: (f: IndexedFile) => void,
+): Promise<number> {
   const walk = walkTree(mount.mountPoint, dev, MAX_FILES, walkOptions(mount));
   const dirs: WalkedDir[] = [];
   // What join(root, name) gives, without a join per file (the root may be given unnormalized).
@@ -261,7 +318,15 @@ async function walkNative(walkTree: WalkTree, mount: Mount, dev: number, partSta
  */
 const small = (v: number): number => (v <= 0x3fff_ffff ? v | 0 : v);
 
-function addStep(s: TreeWalkStep, dirs: WalkedDir[], mount: Mount, dev: number, partStart: number, rootPrefix: string, emit: (f: IndexedFile) => void): void {
+function addStep(
+  s: TreeWalkStep,
+  dirs: WalkedDir[],
+  mount: Mount,
+  dev: number,
+  partStart: number,
+  rootPrefix: string,
+  emit: (f: IndexedFile) => void,
+): void {
   const { records, ctimeNs, extents } = s;
   const names = s.names.split('\0');
   const n = records.length / 5;
@@ -282,12 +347,22 @@ function addStep(s: TreeWalkStep, dirs: WalkedDir[], mount: Mount, dev: number, 
     const count = records[r + 4]!;
     let fileExtents: IndexedFile['extents'];
     if (count === 1 && !(extents[x + 3]! & TREE_WALK_EXTENT_SHARED)) {
-      fileExtents = [{ diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) }];
+      fileExtents = [
+        {
+          diskStart: small(partStart + extents[x]!),
+          fileOffset: small(extents[x + 1]!),
+          length: small(extents[x + 2]!),
+        },
+      ];
       x += 4;
     } else {
       fileExtents = [];
       for (let e = 0; e < count; e++, x += 4) {
-        const ext: IndexedFile['extents'][number] = { diskStart: small(partStart + extents[x]!), fileOffset: small(extents[x + 1]!), length: small(extents[x + 2]!) };
+        const ext: IndexedFile['extents'][number] = {
+          diskStart: small(partStart + extents[x]!),
+          fileOffset: small(extents[x + 1]!),
+          length: small(extents[x + 2]!),
+        };
         if (extents[x + 3]! & TREE_WALK_EXTENT_SHARED) ext.shared = true;
         fileExtents.push(ext);
       }
@@ -295,7 +370,17 @@ function addStep(s: TreeWalkStep, dirs: WalkedDir[], mount: Mount, dev: number, 
     const size = small(records[r + 3]!);
     let file: IndexedFile;
     if (kind === TREE_WALK_DIR) {
-      file = { path, dev, ino, mount, kind: 'dir', entries: new Map(), extents: fileExtents, ctimeNs: ctimeNs[i]!, size };
+      file = {
+        path,
+        dev,
+        ino,
+        mount,
+        kind: 'dir',
+        entries: new Map(),
+        extents: fileExtents,
+        ctimeNs: ctimeNs[i]!,
+        size,
+      };
       dirs.push({ file, prefix: parent ? path + '/' : rootPrefix });
     } else {
       file = { path, dev, ino, mount, kind: 'file', extents: fileExtents, ctimeNs: ctimeNs[i]!, size };

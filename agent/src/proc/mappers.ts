@@ -8,7 +8,7 @@ import type { Mapper } from '@vmsubst/common/protocol/schema';
 
 /** Linux encodes dev_t as major:minor in hex in /proc/PID/maps. */
 export function devToMapsField(dev: number): string {
-  const major = ((dev >>> 8) & 0xfff) | Math.floor(dev / 2 ** 32) & ~0xfff;
+  const major = ((dev >>> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
   const minor = (dev & 0xff) | ((dev >>> 12) & ~0xff);
   return `${major.toString(16).padStart(2, '0')}:${minor.toString(16).padStart(2, '0')}`;
 }

@@ -37,18 +37,30 @@ export function parseFdinfo(text: string): { pos: number; flags: number } {
  * shell holds it read-only with a position past its start (it has read into it and will read on).
  * Other programs naming a file (`tail -f FILE`, `less FILE`) read data, not code.
  */
-export function isScript(args: readonly string[], cwd: string | undefined, path: string, comm: string, exe: string | undefined, fdinfo: { pos: number; flags: number }): string | undefined {
+export function isScript(
+  args: readonly string[],
+  cwd: string | undefined,
+  path: string,
+  comm: string,
+  exe: string | undefined,
+  fdinfo: { pos: number; flags: number },
+): string | undefined {
   const readOnly = (fdinfo.flags & 3) === 0;
   if (!readOnly) return undefined;
   // comm is cut at 15 bytes.
-  if (comm.length > 0 && basename(path).slice(0, 15) === comm && args.slice(1).some((a) => a === path || (cwd !== undefined && resolve(cwd, a) === path))) {
+  if (
+    comm.length > 0 &&
+    basename(path).slice(0, 15) === comm &&
+    args.slice(1).some((a) => a === path || (cwd !== undefined && resolve(cwd, a) === path))
+  ) {
     return `it runs ${path} (a #! script: the process is named after it)`;
   }
   const shell = SHELLS.has(comm) || (exe !== undefined && SHELLS.has(basename(exe)));
   if (!shell) return undefined;
   for (const a of args.slice(1)) {
     if (a === '' || a.startsWith('-')) continue;
-    if (a === path || (cwd !== undefined && resolve(cwd, a) === path)) return `its command line (${comm}) names ${path}`;
+    if (a === path || (cwd !== undefined && resolve(cwd, a) === path))
+      return `its command line (${comm}) names ${path}`;
   }
   if (fdinfo.pos > 0) return `a shell (${comm}) holds it open read-only at byte ${fdinfo.pos}`;
   return undefined;
@@ -58,7 +70,11 @@ export function isScript(args: readonly string[], cwd: string | undefined, path:
  * For each file (by dev:ino), the processes with an fd open on it, except `skip` (pids that map it:
  * the policies handle those). One pass over /proc; an fd is stat'ed only when its link is a path.
  */
-export async function findReaders(files: readonly (FileKey & { path: string })[], procRoot = '/proc', skip: ReadonlyMap<string, ReadonlySet<number>> = new Map()): Promise<Map<string, FileReader[]>> {
+export async function findReaders(
+  files: readonly (FileKey & { path: string })[],
+  procRoot = '/proc',
+  skip: ReadonlyMap<string, ReadonlySet<number>> = new Map(),
+): Promise<Map<string, FileReader[]>> {
   const wanted = new Map(files.map((f) => [keyOf(f), f]));
   const out = new Map<string, FileReader[]>();
   if (wanted.size === 0) return out;
@@ -81,7 +97,14 @@ export async function findReaders(files: readonly (FileKey & { path: string })[]
       const exe = await readlink(`${procRoot}/${pid}/exe`).catch(() => undefined);
       const because = isScript(args, cwd, file.path, comm, exe, info);
       const list = out.get(key) ?? [];
-      list.push({ pid: Number(pid), comm, fd: Number(fd), pos: info.pos, script: because !== undefined, ...(because ? { because } : {}) });
+      list.push({
+        pid: Number(pid),
+        comm,
+        fd: Number(fd),
+        pos: info.pos,
+        script: because !== undefined,
+        ...(because ? { because } : {}),
+      });
       out.set(key, list);
     }
   }

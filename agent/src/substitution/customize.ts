@@ -32,10 +32,19 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
   const out: CustomizationOutcome[] = [];
   const refuse = (kind: CustomizationKind, target: string): boolean => {
     if (o.allow.includes(kind)) return false;
-    out.push({ kind, target, status: 'refused', detail: `customization of kind '${kind}' is not allowed on this guest` });
+    out.push({
+      kind,
+      target,
+      status: 'refused',
+      detail: `customization of kind '${kind}' is not allowed on this guest`,
+    });
     return true;
   };
-  const attempt = async (kind: CustomizationKind, target: string, fn: () => Promise<'applied' | 'unchanged'>): Promise<void> => {
+  const attempt = async (
+    kind: CustomizationKind,
+    target: string,
+    fn: () => Promise<'applied' | 'unchanged'>,
+  ): Promise<void> => {
     if (refuse(kind, target)) return;
     try {
       out.push({ kind, target, status: await fn() });
@@ -49,7 +58,9 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
     await attempt('hostname', name, async () => {
       // The schema says so too; this holds for callers that bypass it. The kernel's limit is 64 bytes.
       if (Buffer.byteLength(name) > HOST_NAME_MAX || !/^[A-Za-z0-9.-]+$/.test(name)) {
-        throw new RefusedError(`hostname '${name.slice(0, 80)}': at most ${HOST_NAME_MAX} bytes of letters, digits, '-' and '.' (the kernel's limit)`);
+        throw new RefusedError(
+          `hostname '${name.slice(0, 80)}': at most ${HOST_NAME_MAX} bytes of letters, digits, '-' and '.' (the kernel's limit)`,
+        );
       }
       const dir = await safeDir(o.root, '/etc', 1);
       const changed = await writeIfChanged(dir, join(dir, 'hostname'), `${name}\n`);
@@ -76,7 +87,10 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
         const want = String(value);
         // The schema refuses them too: a newline would add a second line (a second key) to the sysctl.d file.
         // eslint-disable-next-line no-control-regex -- control characters are what it looks for
-        if (/[\x00-\x1f\x7f]/.test(want)) throw new RefusedError(`${key}: the value contains control characters; send it on one line, fields separated by spaces`);
+        if (/[\x00-\x1f\x7f]/.test(want))
+          throw new RefusedError(
+            `${key}: the value contains control characters; send it on one line, fields separated by spaces`,
+          );
         const before = (await readFile(path, 'utf8')).trim();
         if (before !== want) await writeFile(path, want);
         persisted.set(key, want);
@@ -86,7 +100,12 @@ export async function customize(c: Customization, o: CustomizeOptions): Promise<
     if (persisted.size > 0) {
       // Set live already; not persisting is its own outcome, not an exception that loses the others.
       await persistSysctl(o.root, persisted).catch((e: unknown) => {
-        out.push({ kind: 'sysctl', target: SYSCTL_FILE, status: e instanceof RefusedError ? 'refused' : 'failed', detail: `the values are set but not persisted: ${messageOf(e)}` });
+        out.push({
+          kind: 'sysctl',
+          target: SYSCTL_FILE,
+          status: e instanceof RefusedError ? 'refused' : 'failed',
+          detail: `the values are set but not persisted: ${messageOf(e)}`,
+        });
       });
     }
   }
@@ -131,7 +150,10 @@ async function safeDir(root: string, dir: string, createFrom: number): Promise<s
       });
       st = await lstat(at);
     }
-    if (st.isSymbolicLink()) throw new RefusedError(`${'/' + parts.slice(0, i + 1).join('/')} is a symlink: customization does not follow symlinks`);
+    if (st.isSymbolicLink())
+      throw new RefusedError(
+        `${'/' + parts.slice(0, i + 1).join('/')} is a symlink: customization does not follow symlinks`,
+      );
     if (!st.isDirectory()) throw new RefusedError(`${'/' + parts.slice(0, i + 1).join('/')} is not a directory`);
   }
   return at;
@@ -140,15 +162,18 @@ async function safeDir(root: string, dir: string, createFrom: number): Promise<s
 /** Checks `path` against the allowed roots and returns its (checked) directory and target under o.root. */
 async function allowedPath(path: string, o: CustomizeOptions): Promise<{ dir: string; target: string }> {
   const clean = normalize(path);
-  if (clean !== path || !isAbsolute(clean) || clean.endsWith(sep)) throw new RefusedError(`${path}: not a normalized absolute path`);
+  if (clean !== path || !isAbsolute(clean) || clean.endsWith(sep))
+    throw new RefusedError(`${path}: not a normalized absolute path`);
   const root = o.fileRoots.find((r) => clean === r || clean.startsWith(r.endsWith('/') ? r : r + '/'));
-  if (!root || clean === root) throw new RefusedError(`${path}: outside the directories customization may write (${o.fileRoots.join(', ')})`);
+  if (!root || clean === root)
+    throw new RefusedError(`${path}: outside the directories customization may write (${o.fileRoots.join(', ')})`);
   // The allowed root must exist; directories below it may be created, each checked first.
   const rootDepth = root.split('/').filter(Boolean).length;
   const dir = await safeDir(o.root, dirname(clean), rootDepth);
   const target = join(dir, clean.slice(clean.lastIndexOf('/') + 1));
   const st = await lstat(target).catch(() => undefined);
-  if (st && !st.isFile()) throw new RefusedError(`${path}: exists and is not a regular file${st.isSymbolicLink() ? ' (a symlink)' : ''}`);
+  if (st && !st.isFile())
+    throw new RefusedError(`${path}: exists and is not a regular file${st.isSymbolicLink() ? ' (a symlink)' : ''}`);
   return { dir, target };
 }
 
@@ -160,7 +185,12 @@ const NOFOLLOW_READ = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NO
  * owner set on the descriptor (fchmod, fchown: nothing follows a path), fsync, rename over the
  * target, fsync of the directory. Returns whether content, mode or owner changed.
  */
-async function writeIfChanged(dir: string, target: string, content: string, want: { mode?: number | undefined; uid?: number | undefined; gid?: number | undefined } = {}): Promise<boolean> {
+async function writeIfChanged(
+  dir: string,
+  target: string,
+  content: string,
+  want: { mode?: number | undefined; uid?: number | undefined; gid?: number | undefined } = {},
+): Promise<boolean> {
   const cur = await open(target, NOFOLLOW_READ).catch(() => undefined);
   let old: { content: string; mode: number; uid: number; gid: number } | undefined;
   if (cur) {
@@ -175,7 +205,14 @@ async function writeIfChanged(dir: string, target: string, content: string, want
   const mode = want.mode ?? old?.mode ?? 0o644;
   const uid = want.uid ?? old?.uid;
   const gid = want.gid ?? old?.gid;
-  if (old && old.content === content && old.mode === mode && (uid === undefined || uid === old.uid) && (gid === undefined || gid === old.gid)) return false;
+  if (
+    old &&
+    old.content === content &&
+    old.mode === mode &&
+    (uid === undefined || uid === old.uid) &&
+    (gid === undefined || gid === old.gid)
+  )
+    return false;
   const tmp = join(dir, `.${target.slice(dir.length + 1)}.vmsubst-${randomBytes(6).toString('hex')}`);
   const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   let renamed = false;
@@ -207,6 +244,9 @@ async function persistSysctl(root: string, values: Map<string, string>): Promise
     if (m) lines.set(m[1]!, m[2]!);
   }
   for (const [k, v] of values) lines.set(k, v);
-  const text = '# written by vmsubst-agent: sysctl values from substitutions\n' + [...lines].map(([k, v]) => `${k} = ${v}`).join('\n') + '\n';
+  const text =
+    '# written by vmsubst-agent: sysctl values from substitutions\n' +
+    [...lines].map(([k, v]) => `${k} = ${v}`).join('\n') +
+    '\n';
   await writeIfChanged(dir, path, text);
 }

@@ -41,5 +41,10 @@ export async function detachReused(
       { files: reused.map((u) => ({ path: newOwners.get(`${fs.part.devNum}:${u.ino}`)! })) },
     );
   }
-  await ops.revalidateInodes(rootFd, reused.map((u) => u.ino), force && !fs.readOnly, true);
+  await ops.revalidateInodes(
+    rootFd,
+    reused.map((u) => u.ino),
+    force && !fs.readOnly,
+    true,
+  );
 }

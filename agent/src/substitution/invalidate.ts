@@ -15,13 +15,18 @@ import type { SubstituteDeps } from './substitute.js';
  * new blocks. Asks the module (QUERY_PAGES: no write, no fsync) and refuses with GuestDirty, naming
  * each such file, before anything is written. The module checks again, atomically, at commit.
  */
-export async function refuseGuestDirty(files: readonly FilePlan[], deps: Pick<SubstituteDeps, 'queryDirty'>): Promise<void> {
+export async function refuseGuestDirty(
+  files: readonly FilePlan[],
+  deps: Pick<SubstituteDeps, 'queryDirty'>,
+): Promise<void> {
   const dirty: { path: string; 'pages-dirty': number; 'pages-writeback': number }[] = [];
   for (const f of files) {
     if (f.hit.file.mount.readOnly) continue;
-    const fh = await openChanged(f.hit.file.path, 'file', { dev: f.hit.file.dev, ino: f.hit.file.ino }).catch((e: unknown) => {
-      throw new CommandError('InvalidateFailed', `cannot open ${f.hit.file.path}: ${reasonOf(e)}`);
-    });
+    const fh = await openChanged(f.hit.file.path, 'file', { dev: f.hit.file.dev, ino: f.hit.file.ino }).catch(
+      (e: unknown) => {
+        throw new CommandError('InvalidateFailed', `cannot open ${f.hit.file.path}: ${reasonOf(e)}`);
+      },
+    );
     try {
       let d = 0;
       let w = 0;
@@ -63,9 +68,11 @@ export async function invalidateFiles(
   for (const [i, f] of files.entries()) {
     const hit = f.hit;
     const report = reports[i]!;
-    const fh = await openChanged(hit.file.path, 'file', { dev: hit.file.dev, ino: hit.file.ino }).catch((e: unknown) => {
-      throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${reasonOf(e)}`);
-    });
+    const fh = await openChanged(hit.file.path, 'file', { dev: hit.file.dev, ino: hit.file.ino }).catch(
+      (e: unknown) => {
+        throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${reasonOf(e)}`);
+      },
+    );
     try {
       // Data-only substitution on a read-write mount (the extents were checked above): the module
       // refuses it if the guest dirtied a page of the range meanwhile; only the host's force skips that.
@@ -79,16 +86,27 @@ export async function invalidateFiles(
             throw new CommandError('KmodUnavailable', 'the vmsubst kernel module is not loaded (/dev/vmsubst missing)');
           }
           if (rw && !force && errnoCode(e) === 'EBUSY') {
-            throw new CommandError('GuestDirty', `${hit.file.path}: the guest wrote pages of the changed range at ${r.offset}+${r.length} that are not on the disk yet; its cache was left as it was. let the guest write back (sync) and apply again`, { files: [{ path: hit.file.path }] });
+            throw new CommandError(
+              'GuestDirty',
+              `${hit.file.path}: the guest wrote pages of the changed range at ${r.offset}+${r.length} that are not on the disk yet; its cache was left as it was. let the guest write back (sync) and apply again`,
+              { files: [{ path: hit.file.path }] },
+            );
           }
-          throw new CommandError('InvalidateFailed', `invalidating ${hit.file.path} at ${r.offset}+${r.length}: ${messageOf(e)}`);
+          throw new CommandError(
+            'InvalidateFailed',
+            `invalidating ${hit.file.path} at ${r.offset}+${r.length}: ${messageOf(e)}`,
+          );
         });
         report['pages-cached'] += Number(c.pagesCached);
         report['pages-mapped'] += Number(c.pagesMapped);
         report['pages-dropped'] += Number(c.pagesDropped);
         report['pages-kept'] += Number(c.pagesKept);
         if (rw && !force && c.pagesKept > 0n && f.planned.policy !== 'report') {
-          throw new CommandError('GuestDirty', `${hit.file.path}: ${c.pagesKept} pages of the changed range at ${r.offset}+${r.length} could not be dropped (written by the guest while it ran); the guest may see a mix. let it write back (sync) and apply again`, { files: [{ path: hit.file.path, 'pages-kept': Number(c.pagesKept) }] });
+          throw new CommandError(
+            'GuestDirty',
+            `${hit.file.path}: ${c.pagesKept} pages of the changed range at ${r.offset}+${r.length} could not be dropped (written by the guest while it ran); the guest may see a mix. let it write back (sync) and apply again`,
+            { files: [{ path: hit.file.path, 'pages-kept': Number(c.pagesKept) }] },
+          );
         }
       }
     } finally {

@@ -99,9 +99,12 @@ export function restartReasons(fs: TouchedFs, force: boolean): string[] {
     ];
   }
   const out: string[] = [];
-  if (!fs.readOnly && !force) out.push(`${fs.mountPoint} is mounted read-write and its metadata changes (${kindsOf(fs)})`);
+  if (!fs.readOnly && !force)
+    out.push(`${fs.mountPoint} is mounted read-write and its metadata changes (${kindsOf(fs)})`);
   for (const ov of fs.overlaysFollow ? [] : fs.overlays) {
-    out.push(`the overlay at ${ov} has its lower layer in ${fs.mountPoint}, whose metadata changes (${kindsOf(fs)}): the overlay keeps its own dentries of the lower files, so a replaced or added file would not be seen through it`);
+    out.push(
+      `the overlay at ${ov} has its lower layer in ${fs.mountPoint}, whose metadata changes (${kindsOf(fs)}): the overlay keeps its own dentries of the lower files, so a replaced or added file would not be seen through it`,
+    );
   }
   return out;
 }
@@ -114,7 +117,13 @@ export function restartReasons(fs: TouchedFs, force: boolean): string[] {
  * metadata change under a read-write mount would pass as "outside any filesystem".
  */
 export function splitAtPartitions<R extends ByteRange>(ranges: readonly R[], layout: DiskLayout): R[] {
-  const cuts = [...new Set(layout.parts.filter((p) => !(p.startBytes === 0 && p.name === layout.name)).flatMap((p) => [p.startBytes, p.startBytes + p.sizeBytes]))].sort((a, b) => a - b);
+  const cuts = [
+    ...new Set(
+      layout.parts
+        .filter((p) => !(p.startBytes === 0 && p.name === layout.name))
+        .flatMap((p) => [p.startBytes, p.startBytes + p.sizeBytes]),
+    ),
+  ].sort((a, b) => a - b);
   const out: R[] = [];
   for (const r of ranges) {
     let offset = r.offset;
@@ -134,7 +143,14 @@ export function splitAtPartitions<R extends ByteRange>(ranges: readonly R[], lay
 export async function planMetadata(
   disk: { path: string },
   layout: DiskLayout,
-  mounts: { devNum: string; mountPoint: string; readOnly: boolean; root: string; fsType?: string; superOptions?: string[] }[],
+  mounts: {
+    devNum: string;
+    mountPoint: string;
+    readOnly: boolean;
+    root: string;
+    fsType?: string;
+    superOptions?: string[];
+  }[],
   unmapped: ByteRange[],
   dirHits: FileHit[],
   read: DiskReader,
@@ -146,22 +162,35 @@ export async function planMetadata(
   // when the caller did so already).
   unmapped = splitAtPartitions(unmapped, layout);
   // Whole disk last: a partition claims its ranges first.
-  const parts = [...layout.parts].sort((a, b) => Number(a.startBytes === 0 && a.name === layout.name) - Number(b.startBytes === 0 && b.name === layout.name));
+  const parts = [...layout.parts].sort(
+    (a, b) =>
+      Number(a.startBytes === 0 && a.name === layout.name) - Number(b.startBytes === 0 && b.name === layout.name),
+  );
   const claimed = new Set<ByteRange>();
   for (const part of parts) {
-    const mount = mounts.find((m) => m.devNum === part.devNum && m.root === '/') ?? mounts.find((m) => m.devNum === part.devNum);
-    const inPart = (r: { offset: number; length: number }): boolean => r.offset >= part.startBytes && r.offset + r.length <= part.startBytes + part.sizeBytes;
+    const mount =
+      mounts.find((m) => m.devNum === part.devNum && m.root === '/') ?? mounts.find((m) => m.devNum === part.devNum);
+    const inPart = (r: { offset: number; length: number }): boolean =>
+      r.offset >= part.startBytes && r.offset + r.length <= part.startBytes + part.sizeBytes;
     const ranges = unmapped.filter((r) => !claimed.has(r) && inPart(r));
     ranges.forEach((r) => claimed.add(r));
     const dirs = dirHits.filter((d) => d.file.mount.devNum === part.devNum);
     if (!mount || (ranges.length === 0 && dirs.length === 0)) continue;
     const ext4 = await readExt4Layout((o, l) => read(disk.path, o, l), part.startBytes).catch(() => undefined);
-    const classified = ranges.map((r) => ({ ...r, kinds: ext4 ? classify(ext4, r) : (['other'] as ClassifiedRange['kinds']) }));
+    const classified = ranges.map((r) => ({
+      ...r,
+      kinds: ext4 ? classify(ext4, r) : (['other'] as ClassifiedRange['kinds']),
+    }));
     for (const d of dirs) {
       for (const e of d.file.extents) classified.push({ offset: e.diskStart, length: e.length, kinds: ['directory'] });
     }
     all.push(...classified);
-    const under = (p: string): boolean => mounts.some((x) => x.devNum === part.devNum && (p === x.mountPoint || p.startsWith(x.mountPoint === '/' ? '/' : x.mountPoint + '/')));
+    const under = (p: string): boolean =>
+      mounts.some(
+        (x) =>
+          x.devNum === part.devNum &&
+          (p === x.mountPoint || p.startsWith(x.mountPoint === '/' ? '/' : x.mountPoint + '/')),
+      );
     const lowers = overlayLowers(mounts, under);
     const overlays = [...new Set(lowers.map((l) => l.overlay))];
     filesystems.push({
@@ -191,7 +220,11 @@ export async function applyMetadata(
   diskPath: string,
   force: boolean,
   dropFilePages: () => Promise<void>,
-): Promise<{ report: Omit<MetadataReport, 'inodes'> & { inodes: Omit<MetadataReport['inodes'], 'in-use'> & { 'in-use': InUseInode[] } } }> {
+): Promise<{
+  report: Omit<MetadataReport, 'inodes'> & {
+    inodes: Omit<MetadataReport['inodes'], 'in-use'> & { 'in-use': InUseInode[] };
+  };
+}> {
   const report = {
     ranges: plan.ranges,
     'bdev-pages-dropped': 0,
@@ -202,9 +235,12 @@ export async function applyMetadata(
   const bdevFds = new Map<TouchedFs, Awaited<ReturnType<typeof open>>>();
   try {
     for (const fs of plan.filesystems) {
-      bdevFds.set(fs, await open(fs.devPath, CHANGED_FILE_FLAGS).catch((e: unknown) => {
-        throw new CommandError('InvalidateFailed', `cannot open ${fs.devPath}: ${messageOf(e)}`);
-      }));
+      bdevFds.set(
+        fs,
+        await open(fs.devPath, CHANGED_FILE_FLAGS).catch((e: unknown) => {
+          throw new CommandError('InvalidateFailed', `cannot open ${fs.devPath}: ${messageOf(e)}`);
+        }),
+      );
     }
     const dropBdev = async (final: boolean): Promise<void> => {
       for (const fs of plan.filesystems) {
@@ -215,7 +251,11 @@ export async function applyMetadata(
         if (final) {
           for (const k of r.kept) {
             const offset = k.offset + fs.part.startBytes;
-            report.pinned.push({ offset, length: k.length, kinds: fs.ext4 ? classify(fs.ext4, { offset, length: k.length }) : ['other'] });
+            report.pinned.push({
+              offset,
+              length: k.length,
+              kinds: fs.ext4 ? classify(fs.ext4, { offset, length: k.length }) : ['other'],
+            });
           }
         }
       }
@@ -231,7 +271,8 @@ export async function applyMetadata(
       for (const hit of fs.dirs) {
         const dir = hit.file;
         const names = await changedNames(dir, read, diskPath);
-        for (const n of names.replaced) staleInodes.set(`${fs.part.devNum}:${n.ino}`, { fs, ino: n.ino, path: `${dir.path}/${n.name}` });
+        for (const n of names.replaced)
+          staleInodes.set(`${fs.part.devNum}:${n.ino}`, { fs, ino: n.ino, path: `${dir.path}/${n.name}` });
         for (const n of names.added) newOwners.set(`${fs.part.devNum}:${n.ino}`, `${dir.path}/${n.name}`);
         staleInodes.set(`${fs.part.devNum}:${dir.ino}`, { fs, ino: dir.ino, path: dir.path });
         const fh = await openChanged(dir.path, 'dir').catch(() => undefined);
@@ -240,7 +281,13 @@ export async function applyMetadata(
           // The overlays' dentries first: each holds the lower one, which would stay busy.
           report.dentries.push(...(await revalidateOverlayViews(fs, dir.path, names.all, ops)));
           const r = await ops.revalidateDentries(fh.fd, names.all, force && !fs.readOnly);
-          report.dentries.push({ dir: dir.path, names: names.all, dropped: r.dropped, busy: r.busy, mountpoints: r.mountpoints });
+          report.dentries.push({
+            dir: dir.path,
+            names: names.all,
+            dropped: r.dropped,
+            busy: r.busy,
+            mountpoints: r.mountpoints,
+          });
         } finally {
           await fh.close();
         }
@@ -262,7 +309,11 @@ export async function applyMetadata(
       if (mine.length === 0) continue;
       const root = await open(fs.mountPoint, CHANGED_FILE_FLAGS | constants.O_DIRECTORY);
       try {
-        const r = await ops.revalidateInodes(root.fd, mine.map((s) => s.ino), force && !fs.readOnly);
+        const r = await ops.revalidateInodes(
+          root.fd,
+          mine.map((s) => s.ino),
+          force && !fs.readOnly,
+        );
         report.inodes.evicted += r.evicted;
         report.inodes['not-cached'] += r.notCached;
         const st = await root.stat();
@@ -271,7 +322,13 @@ export async function applyMetadata(
           const path = mine.find((s) => s.ino === u.ino)?.path;
           const reusedBy = newOwners.get(`${fs.part.devNum}:${u.ino}`);
           const reused = reusedBy !== undefined && reusedBy !== path ? { 'number-reused-by': reusedBy } : {};
-          report.inodes['in-use'].push({ ino: u.ino, ...(path ? { path } : {}), reasons: u.reasons, ...reused, dev: st.dev });
+          report.inodes['in-use'].push({
+            ino: u.ino,
+            ...(path ? { path } : {}),
+            reasons: u.reasons,
+            ...reused,
+            dev: st.dev,
+          });
         }
       } finally {
         await root.close();
@@ -327,5 +384,11 @@ export type AppliedMetadata = Awaited<ReturnType<typeof applyMetadata>>['report'
 
 /** What a dry run reports: the classified ranges, nothing done. */
 export function plannedOnly(plan: MetadataPlan): AppliedMetadata {
-  return { ranges: plan.ranges, 'bdev-pages-dropped': 0, pinned: [], dentries: [], inodes: { evicted: 0, 'not-cached': 0, 'in-use': [] } };
+  return {
+    ranges: plan.ranges,
+    'bdev-pages-dropped': 0,
+    pinned: [],
+    dentries: [],
+    inodes: { evicted: 0, 'not-cached': 0, 'in-use': [] },
+  };
 }

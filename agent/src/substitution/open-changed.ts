@@ -23,13 +23,30 @@ export class SwappedFileError extends AgentError {
  * Opens `path` expecting the indexed `kind` (and inode, when given). Throws
  * the open's error, or SwappedFileError when the path now names something else.
  */
-export async function openChanged(path: string, kind: 'file' | 'dir', expect?: { dev?: number; ino: number }): Promise<FileHandle> {
+export async function openChanged(
+  path: string,
+  kind: 'file' | 'dir',
+  expect?: { dev?: number; ino: number },
+): Promise<FileHandle> {
   const fh = await open(path, CHANGED_FILE_FLAGS | (kind === 'dir' ? constants.O_DIRECTORY : 0));
   try {
     const st = await fh.stat();
-    const what = st.isFIFO() ? 'a FIFO' : st.isSymbolicLink() ? 'a symlink' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : st.isSocket() ? 'a socket' : st.isDirectory() ? 'a directory' : 'a regular file';
+    const what = st.isFIFO()
+      ? 'a FIFO'
+      : st.isSymbolicLink()
+        ? 'a symlink'
+        : st.isCharacterDevice() || st.isBlockDevice()
+          ? 'a device'
+          : st.isSocket()
+            ? 'a socket'
+            : st.isDirectory()
+              ? 'a directory'
+              : 'a regular file';
     const okKind = kind === 'dir' ? st.isDirectory() : st.isFile();
-    if (!okKind || (expect !== undefined && (st.ino !== expect.ino || (expect.dev !== undefined && st.dev !== expect.dev)))) {
+    if (
+      !okKind ||
+      (expect !== undefined && (st.ino !== expect.ino || (expect.dev !== undefined && st.dev !== expect.dev)))
+    ) {
       throw new SwappedFileError(
         `${path} is no longer the indexed ${kind === 'dir' ? 'directory' : 'file'}${expect ? ` (inode ${expect.ino})` : ''}: it is now ${what}, inode ${st.ino}; ` +
           'it was replaced while the substitution ran: retry (the index is checked again)',

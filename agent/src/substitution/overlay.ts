@@ -53,10 +53,12 @@ export function overlayLowers(mounts: readonly MountLike[], under: (path: string
 
 /** The paths under which the overlays show `dir`, a directory of the lower filesystem. */
 export function overlayViews(lowers: readonly OverlayLower[], dir: string): string[] {
-  const views = lowers.filter((l) => inside(dir, l.lower)).map((l) => {
-    const rest = dir.slice(l.lower.length).replace(/^\/+/, '');
-    return rest === '' ? l.overlay : `${l.overlay === '/' ? '' : l.overlay}/${rest}`;
-  });
+  const views = lowers
+    .filter((l) => inside(dir, l.lower))
+    .map((l) => {
+      const rest = dir.slice(l.lower.length).replace(/^\/+/, '');
+      return rest === '' ? l.overlay : `${l.overlay === '/' ? '' : l.overlay}/${rest}`;
+    });
   return [...new Set(views)];
 }
 
@@ -64,7 +66,10 @@ export function overlayViews(lowers: readonly OverlayLower[], dir: string): stri
  * Whether the agent can follow the overlays over this plan's filesystems (the module's feature);
  * sets `overlaysFollow` on each filesystem that has overlays, so `restartReasons` leaves them out.
  */
-export async function followOverlays(filesystems: readonly TouchedFs[], ops: Pick<MetadataOps, 'revalidatesReplaced'>): Promise<void> {
+export async function followOverlays(
+  filesystems: readonly TouchedFs[],
+  ops: Pick<MetadataOps, 'revalidatesReplaced'>,
+): Promise<void> {
   if (!filesystems.some((fs) => fs.overlays.length > 0)) return;
   const ok = (await ops.revalidatesReplaced?.()) ?? false;
   for (const fs of filesystems) if (fs.overlays.length > 0) fs.overlaysFollow = ok;

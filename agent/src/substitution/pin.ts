@@ -27,7 +27,14 @@ export interface NotPinned {
 export interface PinReport {
   path: string;
   /** Every process with a private mapping the module visited; `bytes-private` is at least what was private before. */
-  processes: { pid: number; comm: string; 'bytes-copied': number; 'bytes-private': number; 'bytes-failed': number; exited: boolean }[];
+  processes: {
+    pid: number;
+    comm: string;
+    'bytes-copied': number;
+    'bytes-private': number;
+    'bytes-failed': number;
+    exited: boolean;
+  }[];
   'bytes-copied': number;
   'shared-unpinned': { pid: number; comm: string }[];
   /** Private mappings the module finished, over all calls (each once when it can resume). */
@@ -82,7 +89,14 @@ export async function pinFile(native: PinNative, path: string, options: PinOptio
       copied += Number(r.bytesCopied);
       mappings += r.mappings;
       for (const p of r.pinned) {
-        const e = procs.get(p.pid) ?? { pid: p.pid, comm: p.comm, 'bytes-copied': 0, 'bytes-private': 0, 'bytes-failed': 0, exited: false };
+        const e = procs.get(p.pid) ?? {
+          pid: p.pid,
+          comm: p.comm,
+          'bytes-copied': 0,
+          'bytes-private': 0,
+          'bytes-failed': 0,
+          exited: false,
+        };
         e['bytes-copied'] += Number(p.bytesCopied);
         e['bytes-private'] = Math.max(e['bytes-private'], Number(p.bytesPrivate));
         e['bytes-failed'] += Number(p.bytesFailed);
@@ -98,10 +112,18 @@ export async function pinFile(native: PinNative, path: string, options: PinOptio
       }
     }
     const notPinned: NotPinned[] = [];
-    for (const [pid, comm] of shared) notPinned.push({ pid, comm, reason: 'shared', detail: 'maps the file shared: cannot be pinned' });
+    for (const [pid, comm] of shared)
+      notPinned.push({ pid, comm, reason: 'shared', detail: 'maps the file shared: cannot be pinned' });
     for (const p of procs.values()) {
-      if (p.exited) notPinned.push({ pid: p.pid, comm: p.comm, reason: 'exited', detail: 'exited before it could be pinned' });
-      else if (p['bytes-failed'] > 0) notPinned.push({ pid: p.pid, comm: p.comm, reason: 'failed', detail: `${p['bytes-failed']} bytes could not be copied` });
+      if (p.exited)
+        notPinned.push({ pid: p.pid, comm: p.comm, reason: 'exited', detail: 'exited before it could be pinned' });
+      else if (p['bytes-failed'] > 0)
+        notPinned.push({
+          pid: p.pid,
+          comm: p.comm,
+          reason: 'failed',
+          detail: `${p['bytes-failed']} bytes could not be copied`,
+        });
     }
     if (incomplete) {
       const q = await native.queryMappers(fh.fd, 0n, length);
@@ -112,7 +134,12 @@ export async function pinFile(native: PinNative, path: string, options: PinOptio
         notPinned.push({ pid: m.pid, comm: m.comm, reason: 'not-reached', detail: incomplete });
       }
       if (q.mappersTotal > BigInt(q.mappers.length)) {
-        notPinned.push({ pid: 0, comm: '', reason: 'not-reached', detail: `${incomplete}; ${q.mappersTotal - BigInt(q.mappers.length)} more mappings not listed` });
+        notPinned.push({
+          pid: 0,
+          comm: '',
+          reason: 'not-reached',
+          detail: `${incomplete}; ${q.mappersTotal - BigInt(q.mappers.length)} more mappings not listed`,
+        });
       }
     }
     return {

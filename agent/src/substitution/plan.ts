@@ -6,7 +6,16 @@
  */
 import { readFile } from 'node:fs/promises';
 import { openChanged } from './open-changed.js';
-import type { ByteRange, FileClass, FileHint, Plan, PlannedFile, PlannedMapper, Policies, Policy } from '@vmsubst/common/protocol/schema';
+import type {
+  ByteRange,
+  FileClass,
+  FileHint,
+  Plan,
+  PlannedFile,
+  PlannedMapper,
+  Policies,
+  Policy,
+} from '@vmsubst/common/protocol/schema';
 import type { FileHit } from '../pedigree/index.js';
 import { Ext4Classifier } from '@vmsubst/common/pedigree/classify';
 import type { DiskReader } from './verify.js';
@@ -18,7 +27,11 @@ import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
  * ELF files whose code changed, or whose code nobody compared, are pinned: a running process holds
  * return addresses, saved instruction pointers and code pointers into the old code.
  */
-export const DEFAULT_POLICIES: Readonly<Record<FileClass, Policy>> = { data: 'remap', 'elf-code-unchanged': 'remap', 'elf-code-changed': 'pin' };
+export const DEFAULT_POLICIES: Readonly<Record<FileClass, Policy>> = {
+  data: 'remap',
+  'elf-code-unchanged': 'remap',
+  'elf-code-changed': 'pin',
+};
 
 /** The class names of older hosts and configurations, applied where the new name is not given. */
 const OLDER_NAME: Readonly<Partial<Record<FileClass, 'elf-same-layout' | 'elf-new-layout'>>> = {
@@ -56,7 +69,10 @@ export interface PlanResult {
 
 export async function buildPlan(input: PlanInput): Promise<PlanResult> {
   const fileHits = input.files.filter((f) => f.file.kind === 'file');
-  const mappers = await findMappers(fileHits.map((f) => f.file), input.procRoot);
+  const mappers = await findMappers(
+    fileHits.map((f) => f.file),
+    input.procRoot,
+  );
   const units = new Map<number, UnitVerdict | undefined>();
   const self = await readFile(`${input.procRoot}/self/cgroup`, 'utf8').catch(() => '');
   const files: FilePlan[] = [];
@@ -95,7 +111,8 @@ export async function buildPlan(input: PlanInput): Promise<PlanResult> {
   let pinBytes = 0;
   for (const f of files) {
     for (const m of f.planned.mappers) {
-      if (f.planned.policy === 'restart' && m.unit !== undefined && m['not-restartable'] === undefined) restartUnits.add(m.unit);
+      if (f.planned.policy === 'restart' && m.unit !== undefined && m['not-restartable'] === undefined)
+        restartUnits.add(m.unit);
       if (f.planned.policy === 'pin') pinBytes += m['mapped-bytes'];
     }
   }
@@ -176,20 +193,28 @@ function describe(policy: Policy, procs: PlannedMapper[]): string {
   const who = `${n} process${n === 1 ? '' : 'es'}`;
   switch (policy) {
     case 'remap':
-      return n === 0 ? 'cached pages dropped; no process maps it' : `cached pages dropped; ${who} fault in the new content`;
+      return n === 0
+        ? 'cached pages dropped; no process maps it'
+        : `cached pages dropped; ${who} fault in the new content`;
     case 'pin':
       return n === 0
         ? 'nothing to pin (no process maps it); cached pages dropped'
         : `${who} keep the old image (${procs.reduce((s, p) => s + p['mapped-bytes'], 0)} bytes mapped, copied by prepare); new execs get the new file`;
     case 'report':
-      return n === 0 ? 'cached pages dropped; no process maps it' : `pages nobody maps dropped; ${who} keep mapped pages that may mix old and new content: reported`;
+      return n === 0
+        ? 'cached pages dropped; no process maps it'
+        : `pages nobody maps dropped; ${who} keep mapped pages that may mix old and new content: reported`;
     case 'restart': {
-      const units = [...new Set(procs.flatMap((p) => (p.unit !== undefined && p['not-restartable'] === undefined ? [p.unit] : [])))];
+      const units = [
+        ...new Set(procs.flatMap((p) => (p.unit !== undefined && p['not-restartable'] === undefined ? [p.unit] : []))),
+      ];
       const refused = procs.filter((p) => p['not-restartable'] !== undefined);
       const loose = procs.filter((p) => p.unit === undefined && p['not-restartable'] === undefined).length;
       return (
         `cached pages dropped; ${units.length > 0 ? `units restarted: ${units.join(', ')}` : 'no unit to restart'}` +
-        (refused.length > 0 ? `; not restarted (fault in the new content): ${refused.map((p) => `pid ${p.pid}: ${p['not-restartable']}`).join('; ')}` : '') +
+        (refused.length > 0
+          ? `; not restarted (fault in the new content): ${refused.map((p) => `pid ${p.pid}: ${p['not-restartable']}`).join('; ')}`
+          : '') +
         (loose > 0 ? `; ${loose} process${loose === 1 ? '' : 'es'} outside any service fault in the new content` : '')
       );
     }
@@ -222,22 +247,30 @@ export function restartableUnit(cgroupText: string, selfCgroupText: string): Uni
   if (parts[0] !== 'system.slice') {
     const named = [...parts].reverse().find((c) => c.endsWith('.service') || c.endsWith('.scope'));
     const where = parts[0] === 'user.slice' ? 'a user session or user service' : `${parts[0]}`;
-    return { ...(named ? { unit: named } : {}), refused: `runs in ${where} (cgroup ${path}), not a system service: only units under /system.slice are restarted` };
+    return {
+      ...(named ? { unit: named } : {}),
+      refused: `runs in ${where} (cgroup ${path}), not a system service: only units under /system.slice are restarted`,
+    };
   }
   let i = 1;
   while (i < parts.length && parts[i]!.endsWith('.slice')) i++;
   const unit = parts[i];
   if (unit === undefined) return undefined;
-  if (!unit.endsWith('.service')) return { unit, refused: `runs in ${unit} (cgroup ${path}), which is not a service: a scope cannot be restarted` };
+  if (!unit.endsWith('.service'))
+    return { unit, refused: `runs in ${unit} (cgroup ${path}), which is not a service: a scope cannot be restarted` };
   const self = systemdCgroupPath(selfCgroupText);
-  const selfUnit = self !== undefined ? ((): string | undefined => {
-    const sp = self.split('/').filter(Boolean);
-    if (sp[0] !== 'system.slice') return undefined;
-    let j = 1;
-    while (j < sp.length && sp[j]!.endsWith('.slice')) j++;
-    return sp[j];
-  })() : undefined;
-  if (selfUnit === unit) return { unit, refused: `${unit} is the agent's own unit: restarting it would stop this substitution` };
+  const selfUnit =
+    self !== undefined
+      ? ((): string | undefined => {
+          const sp = self.split('/').filter(Boolean);
+          if (sp[0] !== 'system.slice') return undefined;
+          let j = 1;
+          while (j < sp.length && sp[j]!.endsWith('.slice')) j++;
+          return sp[j];
+        })()
+      : undefined;
+  if (selfUnit === unit)
+    return { unit, refused: `${unit} is the agent's own unit: restarting it would stop this substitution` };
   return { unit };
 }
 
@@ -260,18 +293,25 @@ async function blockClasses(input: PlanInput): Promise<BlockRow[]> {
     });
   for (const hit of input.files) {
     const cls = hit.file.kind === 'dir' ? 'directory' : 'file-data';
-    for (const e of hit.file.extents) for (const r of clip(e.diskStart, e.length)) rows.push({ ...r, class: cls, mount: hit.file.mount.mountPoint });
+    for (const e of hit.file.extents)
+      for (const r of clip(e.diskStart, e.length)) rows.push({ ...r, class: cls, mount: hit.file.mount.mountPoint });
   }
   let budget = MAX_CLASSIFIED_BLOCKS;
   const classifiers = new Map<number, Ext4Classifier | undefined>();
   for (const r of input.unmapped) {
-    const fs = input.metadata.filesystems.find((f) => r.offset >= f.part.startBytes && r.offset + r.length <= f.part.startBytes + f.part.sizeBytes);
+    const fs = input.metadata.filesystems.find(
+      (f) => r.offset >= f.part.startBytes && r.offset + r.length <= f.part.startBytes + f.part.sizeBytes,
+    );
     if (!fs) {
       rows.push({ ...r, class: 'outside-filesystems' });
       continue;
     }
     const start = fs.part.startBytes;
-    if (!classifiers.has(start)) classifiers.set(start, await Ext4Classifier.open((o, l) => input.read(input.diskPath, o, l), start).catch(() => undefined));
+    if (!classifiers.has(start))
+      classifiers.set(
+        start,
+        await Ext4Classifier.open((o, l) => input.read(input.diskPath, o, l), start).catch(() => undefined),
+      );
     const cls = classifiers.get(start);
     const bs = cls?.blockSize ?? 4096;
     if (!cls || r.length / bs > budget || (r.offset - start) % bs !== 0) {
@@ -283,7 +323,8 @@ async function blockClasses(input: PlanInput): Promise<BlockRow[]> {
       const c = await cls.classify((off - start) / bs);
       const klass = c.class === 'directory' ? 'directory' : c.class;
       const last = rows[rows.length - 1];
-      if (last && last.class === klass && last.offset + last.length === off && last.mount === fs.mountPoint) last.length += bs;
+      if (last && last.class === klass && last.offset + last.length === off && last.mount === fs.mountPoint)
+        last.length += bs;
       else rows.push({ offset: off, length: bs, class: klass, mount: fs.mountPoint });
     }
   }

@@ -61,7 +61,15 @@ export class ReadbackCheck {
           const a = Math.max(r.offset, e.fileOffset);
           const b = Math.min(r.offset + r.length, e.fileOffset + e.length, size);
           if (b <= a) continue;
-          pieces.push({ file: hit.file, policy, fileOffset: a, diskOffset: e.diskStart + (a - e.fileOffset), length: b - a, hash: createHash('sha256'), seen: 0 });
+          pieces.push({
+            file: hit.file,
+            policy,
+            fileOffset: a,
+            diskOffset: e.diskStart + (a - e.fileOffset),
+            length: b - a,
+            hash: createHash('sha256'),
+            seen: 0,
+          });
         }
       }
     }
@@ -75,7 +83,8 @@ export class ReadbackCheck {
   /** Feeds the bytes of one verified disk range (ranges come in disk order, as the bundle sorts them). */
   observe(offset: number, data: Buffer): void {
     const end = offset + data.length;
-    while (this.#next < this.#pieces.length && this.#pieces[this.#next]!.diskOffset < end) this.#active.push(this.#pieces[this.#next++]!);
+    while (this.#next < this.#pieces.length && this.#pieces[this.#next]!.diskOffset < end)
+      this.#active.push(this.#pieces[this.#next++]!);
     for (const p of this.#active) {
       // The piece's next unhashed byte must lie in this range: ranges are disjoint and sorted.
       const from = p.diskOffset + p.seen;
@@ -104,7 +113,8 @@ export class ReadbackCheck {
       } catch (e) {
         // The path names another inode now (a metadata substitution replaced it), or nothing: the
         // ranges belong to an inode no path reaches; `stale` lists the processes still using it.
-        const why = e instanceof SwappedFileError ? 'the path names another inode now' : `cannot open it (${reasonOf(e)})`;
+        const why =
+          e instanceof SwappedFileError ? 'the path names another inode now' : `cannot open it (${reasonOf(e)})`;
         skipped.push({ path: file.path, reason: why });
         continue;
       }
@@ -114,15 +124,21 @@ export class ReadbackCheck {
         files++;
         for (const p of pieces) {
           if (p.seen !== p.length) {
-            skipped.push({ path: file.path, reason: `bytes ${p.fileOffset}+${p.length} were not all read by the verification` });
+            skipped.push({
+              path: file.path,
+              reason: `bytes ${p.fileOffset}+${p.length} were not all read by the verification`,
+            });
             continue;
           }
           if (p.fileOffset + p.length > size) {
-            skipped.push({ path: file.path, reason: `bytes ${p.fileOffset}+${p.length} lie past its end now (${size} bytes)` });
+            skipped.push({
+              path: file.path,
+              reason: `bytes ${p.fileOffset}+${p.length} lie past its end now (${size} bytes)`,
+            });
             continue;
           }
           const h = createHash('sha256');
-          for (let off = 0; off < p.length; ) {
+          for (let off = 0; off < p.length;) {
             const n = Math.min(READ_CHUNK, p.length - off);
             const { bytesRead } = await fh.read(buf, 0, n, p.fileOffset + off);
             if (bytesRead === 0) break;
@@ -143,15 +159,28 @@ export class ReadbackCheck {
     }
     return {
       stale,
-      readback: { files, bytes, ...(mixed.length > 0 ? { mixed } : {}), ...(skipped.length > 0 ? { skipped: skipped.slice(0, 64) } : {}) },
+      readback: {
+        files,
+        bytes,
+        ...(mixed.length > 0 ? { mixed } : {}),
+        ...(skipped.length > 0 ? { skipped: skipped.slice(0, 64) } : {}),
+      },
     };
   }
 }
 
 /** "path at 0+4096, 8192+4096; path2 at …": where, never what. */
 export function describeStale(stale: readonly FileRanges[]): string {
-  return stale
-    .slice(0, 8)
-    .map((f) => `${f.path} (inode ${f.ino}) at ${f.ranges.slice(0, 4).map((r) => `${r.offset}+${r.length}`).join(', ')}${f.ranges.length > 4 ? `, … (${f.ranges.length} ranges)` : ''}`)
-    .join('; ') + (stale.length > 8 ? `; and ${stale.length - 8} more files` : '');
+  return (
+    stale
+      .slice(0, 8)
+      .map(
+        (f) =>
+          `${f.path} (inode ${f.ino}) at ${f.ranges
+            .slice(0, 4)
+            .map((r) => `${r.offset}+${r.length}`)
+            .join(', ')}${f.ranges.length > 4 ? `, … (${f.ranges.length} ranges)` : ''}`,
+      )
+      .join('; ') + (stale.length > 8 ? `; and ${stale.length - 8} more files` : '')
+  );
 }

@@ -34,7 +34,14 @@ export async function addReaders(planned: PlanResult, procRoot: string, force: b
     for (const r of list) {
       const verdict = restartableUnit(await readFile(`${procRoot}/${r.pid}/cgroup`, 'utf8').catch(() => ''), self);
       const unit = verdict?.unit;
-      const base = { pid: r.pid, comm: r.comm, ...(unit !== undefined ? { unit } : {}), fd: r.fd, pos: r.pos, script: r.script };
+      const base = {
+        pid: r.pid,
+        comm: r.comm,
+        ...(unit !== undefined ? { unit } : {}),
+        fd: r.fd,
+        pos: r.pos,
+        script: r.script,
+      };
       if (!r.script) {
         out.push({ ...base, handling: 'none', detail: `reads on from byte ${r.pos} in the new content` });
       } else if (verdict && unit !== undefined && !('refused' in verdict)) {
@@ -62,7 +69,9 @@ export async function addReaders(planned: PlanResult, procRoot: string, force: b
 
 /** Refuses (ScriptInUse) when a changed file is a script being executed that nothing restarts. Before anything is written. */
 export function refuseScriptReaders(planned: PlanResult): void {
-  const refused = planned.files.flatMap((f) => (f.planned.readers ?? []).filter((r) => r.handling === 'refuse').map((r) => ({ path: f.planned.path, r })));
+  const refused = planned.files.flatMap((f) =>
+    (f.planned.readers ?? []).filter((r) => r.handling === 'refuse').map((r) => ({ path: f.planned.path, r })),
+  );
   if (refused.length === 0) return;
   throw new CommandError(
     'ScriptInUse',

@@ -28,7 +28,9 @@ export async function restartsForReplaced(
   const units = new Set<string>();
   for (const s of stale) {
     if (s.why !== 'old-inode') continue;
-    const mp = [...mountPoints].sort((a, b) => b.length - a.length).find((m) => m === '/' || s.file.startsWith(m + '/'));
+    const mp = [...mountPoints]
+      .sort((a, b) => b.length - a.length)
+      .find((m) => m === '/' || s.file.startsWith(m + '/'));
     if (mp === undefined) continue;
     const rel = mp === '/' ? s.file : s.file.slice(mp.length);
     const hint = hints.find((h) => h.path === rel || h.path === s.file);

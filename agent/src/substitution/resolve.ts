@@ -39,19 +39,38 @@ export async function resolveDisk(
       const serial = (await readFile(`${sysRoot}/block/${n}/serial`, 'utf8').catch(() => '')).trim();
       if (serial === ref.serial) disk = await diskInfo(n, sysRoot, devRoot);
     }
-    if (!disk) throw new CommandError('DeviceNotFound', `no disk with serial '${ref.serial}' (looked at ${names.join(', ') || 'nothing'})`);
+    if (!disk)
+      throw new CommandError(
+        'DeviceNotFound',
+        `no disk with serial '${ref.serial}' (looked at ${names.join(', ') || 'nothing'})`,
+      );
   } else if (ref.path !== undefined) {
     const real = await realpath(ref.path).catch(() => undefined);
     const st = real ? await stat(real).catch(() => undefined) : undefined;
     if (!real || !st?.isBlockDevice()) throw new CommandError('DeviceNotFound', `${ref.path} is not a block device`);
     const n = basename(real);
-    if (!names.includes(n)) throw new CommandError('DeviceNotFound', `${ref.path} is not a whole disk (a partition?); name the disk`);
+    if (!names.includes(n))
+      throw new CommandError('DeviceNotFound', `${ref.path} is not a whole disk (a partition?); name the disk`);
     disk = await diskInfo(n, sysRoot, devRoot);
   } else {
     const first = ranges[0]!;
     const end = Math.max(...ranges.map((r) => r.offset + r.length));
-    names.splice(0, names.length, ...(await Promise.all(names.map(async (n) => ((await diskInfo(n, sysRoot, devRoot).catch(() => undefined))?.sizeBytes ?? 0) >= end ? n : ''))).filter(Boolean));
-    if (names.length === 0) throw new CommandError('InvalidArguments', `ranges end at byte ${end}, beyond every disk of this guest; is the bundle for this VM? nothing was read`);
+    names.splice(
+      0,
+      names.length,
+      ...(
+        await Promise.all(
+          names.map(async (n) =>
+            ((await diskInfo(n, sysRoot, devRoot).catch(() => undefined))?.sizeBytes ?? 0) >= end ? n : '',
+          ),
+        )
+      ).filter(Boolean),
+    );
+    if (names.length === 0)
+      throw new CommandError(
+        'InvalidArguments',
+        `ranges end at byte ${end}, beyond every disk of this guest; is the bundle for this VM? nothing was read`,
+      );
     for (const n of names) {
       const candidate = await diskInfo(n, sysRoot, devRoot);
       if (candidate.sizeBytes < first.offset + first.length) continue;
@@ -68,13 +87,21 @@ export async function resolveDisk(
         if (candidate.sizeBytes >= first.offset + first.length) fits.push(candidate);
       }
       if (fits.length === 1) disk = fits[0];
-      else if (fits.length > 1) throw new CommandError('DeviceNotFound', `before the write, ${fits.map((d) => d.name).join(', ')} could all be the disk; name it by serial or path`);
+      else if (fits.length > 1)
+        throw new CommandError(
+          'DeviceNotFound',
+          `before the write, ${fits.map((d) => d.name).join(', ')} could all be the disk; name it by serial or path`,
+        );
     }
-    if (!disk) throw new CommandError('DeviceNotFound', 'no disk holds the announced blocks; name the disk by serial or path');
+    if (!disk)
+      throw new CommandError('DeviceNotFound', 'no disk holds the announced blocks; name the disk by serial or path');
   }
   const end = Math.max(...ranges.map((r) => r.offset + r.length));
   if (end > disk.sizeBytes) {
-    throw new CommandError('InvalidArguments', `ranges end at byte ${end}, beyond ${disk.path} (${disk.sizeBytes} bytes); is the bundle for this disk? nothing was read`);
+    throw new CommandError(
+      'InvalidArguments',
+      `ranges end at byte ${end}, beyond ${disk.path} (${disk.sizeBytes} bytes); is the bundle for this disk? nothing was read`,
+    );
   }
   return disk;
 }

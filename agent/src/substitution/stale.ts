@@ -48,7 +48,8 @@ export async function staleProcesses(entries: readonly JournalEntry[], procRoot 
     const rec = e.last;
     if (rec.phase !== 'done' && rec.phase !== 'prepared') continue;
     const report = rec.report as Partial<SubstituteReport & PrepareReport>;
-    for (const p of report.pinned ?? []) if (p.status === 'pinned') pins.push({ pid: p.pid, comm: p.comm, path: p.path, id: e.id });
+    for (const p of report.pinned ?? [])
+      if (p.status === 'pinned') pins.push({ pid: p.pid, comm: p.comm, path: p.path, id: e.id });
     if (rec.phase !== 'done') continue;
     for (const f of (report.plan as Plan | undefined)?.files ?? []) {
       if (!newestByPath.has(f.path)) newestByPath.set(f.path, { ino: f.ino, id: e.id, policy: f.policy });
@@ -79,7 +80,8 @@ export async function staleProcesses(entries: readonly JournalEntry[], procRoot 
     processes++;
     const pid = Number(name);
     let comm: string | undefined;
-    const commOf = async (): Promise<string> => (comm ??= (await readFile(`${procRoot}/${name}/comm`, 'utf8').catch(() => '?')).trim());
+    const commOf = async (): Promise<string> =>
+      (comm ??= (await readFile(`${procRoot}/${name}/comm`, 'utf8').catch(() => '?')).trim());
     const files = new Map<string, { dev: string; ino: string; deleted: boolean }>();
     for (const line of maps.split('\n')) {
       // start-end perms offset dev inode   path
@@ -103,13 +105,21 @@ export async function staleProcesses(entries: readonly JournalEntry[], procRoot 
         continue;
       }
       const sub = newestByPath.get(path);
-      if (sub && sub.policy === 'report' && String(sub.ino) === f.ino) add({ pid, comm: await commOf(), file: path, why: 'mixed', substitution: sub.id });
+      if (sub && sub.policy === 'report' && String(sub.ino) === f.ino)
+        add({ pid, comm: await commOf(), file: path, why: 'mixed', substitution: sub.id });
     }
   }
   const withUnits: StaleProcess[] = [];
   for (const s of out.sort((a, b) => a.pid - b.pid || a.file.localeCompare(b.file))) {
     const unit = await unitName(s.pid, procRoot);
-    withUnits.push({ pid: s.pid, comm: s.comm, ...(unit !== undefined ? { unit } : {}), file: s.file, why: s.why, ...(s.substitution ? { substitution: s.substitution } : {}) });
+    withUnits.push({
+      pid: s.pid,
+      comm: s.comm,
+      ...(unit !== undefined ? { unit } : {}),
+      file: s.file,
+      why: s.why,
+      ...(s.substitution ? { substitution: s.substitution } : {}),
+    });
   }
   return { processes: withUnits, sources: { substitutions: recent.length, processes } };
 }

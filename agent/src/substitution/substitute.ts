@@ -7,7 +7,17 @@
  * processes fault the new content in and new execs read it.
  */
 import { CommandError, messageOf } from '../errors.js';
-import type { ArgsOf, ByteRange, FileReport, Mapper, MetadataReport, PinOutcome, Policies, RestartOutcome, ReturnOf } from '@vmsubst/common/protocol/schema';
+import type {
+  ArgsOf,
+  ByteRange,
+  FileReport,
+  Mapper,
+  MetadataReport,
+  PinOutcome,
+  Policies,
+  RestartOutcome,
+  ReturnOf,
+} from '@vmsubst/common/protocol/schema';
 import { PedigreeIndex, mountsOfDisk, type Fiemap } from '../pedigree/index.js';
 import type { PedigreeService } from '../pedigree/live.js';
 import { readDiskLayout, readMounts, type DiskLayout, type Mount } from '../pedigree/mounts.js';
@@ -15,7 +25,16 @@ import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
 import { resolveDisk, type ResolvedDisk } from './resolve.js';
 import { checkRanges, verifyRanges, type DiskReader } from './verify.js';
 import { openChanged } from './open-changed.js';
-import { applyMetadata, planMetadata, plannedOnly, restartReasons, splitAtPartitions, type AppliedMetadata, type MetadataOps, type MetadataPlan } from './metadata.js';
+import {
+  applyMetadata,
+  planMetadata,
+  plannedOnly,
+  restartReasons,
+  splitAtPartitions,
+  type AppliedMetadata,
+  type MetadataOps,
+  type MetadataPlan,
+} from './metadata.js';
 import { decideFilesystems, describeRefusals, refusalsFor } from '../pedigree/filesystems.js';
 import { buildPlan, type FilePlan, type PlanResult } from './plan.js';
 import type { PinReport } from './pin.js';
@@ -87,18 +106,31 @@ interface Mapped {
  * device-mapper, ..., reflinked blocks) fails the command as `Unsupported` before anything is done;
  * a dry run lists it in the plan instead.
  */
-async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, beforeWrite: boolean, refuse = true): Promise<Mapped> {
+async function mapAndPlan(
+  args: Omit<Args, 'dry-run'>,
+  deps: SubstituteDeps,
+  beforeWrite: boolean,
+  refuse = true,
+): Promise<Mapped> {
   checkRanges(args.ranges);
   const t0 = deps.now();
   const disk = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot, beforeWrite);
   const layout = await readDiskLayout(disk.name, deps.sysRoot);
   const allMounts = await readMounts(deps.procRoot);
   // Cut at partition bounds first: each piece then belongs to one filesystem (metadata.ts).
-  const changed = splitAtPartitions(args.ranges.map(({ offset, length }) => ({ offset, length })), layout);
-  const decisions = await decideFilesystems(layout, allMounts, { sysRoot: deps.sysRoot, read: (o, l) => deps.readDirect(disk.path, o, l) });
+  const changed = splitAtPartitions(
+    args.ranges.map(({ offset, length }) => ({ offset, length })),
+    layout,
+  );
+  const decisions = await decideFilesystems(layout, allMounts, {
+    sysRoot: deps.sysRoot,
+    read: (o, l) => deps.readDirect(disk.path, o, l),
+  });
   const refused = refusalsFor(decisions, changed);
   if (refuse && refused.length > 0) {
-    throw new CommandError('Unsupported', describeRefusals(refused), { filesystems: refused.map((d) => ({ device: d.part.name, mount: d.mount, type: d.type, reason: d.reason })) });
+    throw new CommandError('Unsupported', describeRefusals(refused), {
+      filesystems: refused.map((d) => ({ device: d.part.name, mount: d.mount, type: d.type, reason: d.reason })),
+    });
   }
   // A refused filesystem is neither walked nor classified: its ranges are `unsupported` in the plan.
   const refusedDevs = new Set(decisions.filter((d) => d.handling === 'refused').map((d) => d.part.devNum));
@@ -128,27 +160,68 @@ async function mapAndPlan(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, bef
   });
   // Reflinked (shared) blocks: writing them changes every file that shares them.
   const shared = files.flatMap((f) =>
-    f.file.extents.some((e) => e.shared && f.ranges.some((r) => r.offset < e.fileOffset + e.length && r.offset + r.length > e.fileOffset))
-      ? [`${f.file.path}: its changed blocks are shared with other files or snapshots (reflink, FIEMAP_EXTENT_SHARED); writing them would change every file that shares them`]
+    f.file.extents.some(
+      (e) => e.shared && f.ranges.some((r) => r.offset < e.fileOffset + e.length && r.offset + r.length > e.fileOffset),
+    )
+      ? [
+          `${f.file.path}: its changed blocks are shared with other files or snapshots (reflink, FIEMAP_EXTENT_SHARED); writing them would change every file that shares them`,
+        ]
       : [],
   );
-  if (refuse && shared.length > 0) throw new CommandError('Unsupported', `${shared.join('; ')}. nothing was done; unshare the file (copy it) in the golden image`);
-  const unsupported = [...refused.map((d) => `${d.part.name}${d.mount ? ` (${d.mount})` : ''}: ${d.reason}`), ...shared];
-  const inRefused = (off: number): (typeof refused)[number] | undefined => refused.find((d) => off >= d.part.startBytes && off < d.part.startBytes + d.part.sizeBytes);
+  if (refuse && shared.length > 0)
+    throw new CommandError(
+      'Unsupported',
+      `${shared.join('; ')}. nothing was done; unshare the file (copy it) in the golden image`,
+    );
+  const unsupported = [
+    ...refused.map((d) => `${d.part.name}${d.mount ? ` (${d.mount})` : ''}: ${d.reason}`),
+    ...shared,
+  ];
+  const inRefused = (off: number): (typeof refused)[number] | undefined =>
+    refused.find((d) => off >= d.part.startBytes && off < d.part.startBytes + d.part.sizeBytes);
   planned.plan.blocks = planned.plan.blocks.map((b) => {
     const d = b.class === 'outside-filesystems' || b.class === 'unknown' ? inRefused(b.offset) : undefined;
-    return d ? { offset: b.offset, length: b.length, class: 'unsupported' as const, ...(d.mount ? { mount: d.mount } : {}) } : b;
+    return d
+      ? { offset: b.offset, length: b.length, class: 'unsupported' as const, ...(d.mount ? { mount: d.mount } : {}) }
+      : b;
   });
-  planned.plan.filesystems = decisions.map((d) => ({ device: d.part.name, ...(d.mount ? { mount: d.mount } : {}), type: d.type, handling: d.handling, ...(d.reason ? { reason: d.reason } : {}) }));
+  planned.plan.filesystems = decisions.map((d) => ({
+    device: d.part.name,
+    ...(d.mount ? { mount: d.mount } : {}),
+    type: d.type,
+    handling: d.handling,
+    ...(d.reason ? { reason: d.reason } : {}),
+  }));
   planned.plan.unsupported = unsupported;
   await addReaders(planned, deps.procRoot, args.force ?? false, beforeWrite ? 'before-write' : 'after-write');
   if (metadata.filesystems.length > 0 && args.hints?.length) {
-    const stale = await predictReplaced(metadata.filesystems.map((f) => f.mountPoint), args.hints, files, deps.procRoot);
+    const stale = await predictReplaced(
+      metadata.filesystems.map((f) => f.mountPoint),
+      args.hints,
+      files,
+      deps.procRoot,
+    );
     if (stale.length > 0) planned.plan.stale = stale;
-    const units = await restartsForReplaced(stale, args.hints, metadata.filesystems.map((f) => f.mountPoint), { notification: args.policies, config: deps.policies }, deps.procRoot);
+    const units = await restartsForReplaced(
+      stale,
+      args.hints,
+      metadata.filesystems.map((f) => f.mountPoint),
+      { notification: args.policies, config: deps.policies },
+      deps.procRoot,
+    );
     if (units.length > 0) planned.plan.units = [...new Set([...planned.plan.units, ...units])].sort();
   }
-  return { disk, layout, mounts, metadata, planned, unmapped, mapMs: t1 - t0, classifyMs: deps.now() - t1, mapStart: t0 };
+  return {
+    disk,
+    layout,
+    mounts,
+    metadata,
+    planned,
+    unmapped,
+    mapMs: t1 - t0,
+    classifyMs: deps.now() - t1,
+    mapStart: t0,
+  };
 }
 
 function refuseRestartRequired(m: Mapped, force: boolean): void {
@@ -160,7 +233,10 @@ function refuseRestartRequired(m: Mapped, force: boolean): void {
       'RestartRequired',
       rw
         ? `${fs.mountPoint} is mounted read-write and the substitution changes its metadata ` +
-            `(${fs.ranges.flatMap((r) => r.kinds).filter((k, i, a) => a.indexOf(k) === i).join(', ')}); ` +
+            `(${fs.ranges
+              .flatMap((r) => r.kinds)
+              .filter((k, i, a) => a.indexOf(k) === i)
+              .join(', ')}); ` +
             'the guest must be restarted (or remounted read-only), or the host must force it'
         : `${reasons.join('; ')}. nothing was done`,
       { mount: fs.mountPoint, plan: m.planned.plan },
@@ -169,7 +245,16 @@ function refuseRestartRequired(m: Mapped, force: boolean): void {
 }
 
 function emptyReport(f: FilePlan, mappers: Mapper[]): FileReport {
-  return { path: f.hit.file.path, ino: f.hit.file.ino, ranges: f.hit.ranges, 'pages-cached': 0, 'pages-mapped': 0, 'pages-dropped': 0, 'pages-kept': 0, mappers };
+  return {
+    path: f.hit.file.path,
+    ino: f.hit.file.ino,
+    ranges: f.hit.ranges,
+    'pages-cached': 0,
+    'pages-mapped': 0,
+    'pages-dropped': 0,
+    'pages-kept': 0,
+    mappers,
+  };
 }
 
 /** Before anything is done no inode is found in use. */
@@ -197,7 +282,10 @@ export async function planSubstitution(args: Args, deps: SubstituteDeps): Promis
 }
 
 /** Phase one: plan, and pin the processes whose policy is `pin` while the disk still holds the old blocks. */
-export async function prepareSubstitution(args: ArgsOf<'prepare'>, deps: SubstituteDeps): Promise<Omit<ReturnOf<'prepare'>, 'token'>> {
+export async function prepareSubstitution(
+  args: ArgsOf<'prepare'>,
+  deps: SubstituteDeps,
+): Promise<Omit<ReturnOf<'prepare'>, 'token'>> {
   const t0 = deps.now();
   const m = await mapAndPlan(args, deps, true);
   refuseRestartRequired(m, args.force ?? false);
@@ -224,13 +312,33 @@ async function pinPlanned(files: FilePlan[], deps: SubstituteDeps, late: boolean
       for (const p of r.processes) {
         const detail = [
           p['bytes-failed'] > 0 ? `${p['bytes-failed']} bytes could not be copied` : '',
-          late ? 'pinned after the host wrote: pages that were not cached come from the new blocks (use prepare/commit)' : '',
-        ].filter(Boolean).join('; ');
-        out.push({ pid: p.pid, comm: p.comm, path, 'bytes-copied': p['bytes-copied'], status: p.exited ? 'exited' : 'pinned', ...(detail ? { detail } : {}) });
+          late
+            ? 'pinned after the host wrote: pages that were not cached come from the new blocks (use prepare/commit)'
+            : '',
+        ]
+          .filter(Boolean)
+          .join('; ');
+        out.push({
+          pid: p.pid,
+          comm: p.comm,
+          path,
+          'bytes-copied': p['bytes-copied'],
+          status: p.exited ? 'exited' : 'pinned',
+          ...(detail ? { detail } : {}),
+        });
       }
-      for (const s of r['shared-unpinned']) out.push({ pid: s.pid, comm: s.comm, path, 'bytes-copied': 0, status: 'failed', detail: 'maps the file shared: cannot be pinned' });
+      for (const s of r['shared-unpinned'])
+        out.push({
+          pid: s.pid,
+          comm: s.comm,
+          path,
+          'bytes-copied': 0,
+          status: 'failed',
+          detail: 'maps the file shared: cannot be pinned',
+        });
     } catch (e) {
-      for (const p of f.planned.mappers) out.push({ pid: p.pid, comm: p.comm, path, 'bytes-copied': 0, status: 'failed', detail: messageOf(e) });
+      for (const p of f.planned.mappers)
+        out.push({ pid: p.pid, comm: p.comm, path, 'bytes-copied': 0, status: 'failed', detail: messageOf(e) });
     }
   }
   return out;
@@ -241,7 +349,11 @@ async function pinPlanned(files: FilePlan[], deps: SubstituteDeps, late: boolean
  * the bottom-up order → restart units → report. `pinned` comes from prepare; without it (one-shot
  * substitute) the `pin` policy is applied here, late.
  */
-export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDeps, pinned?: PinOutcome[]): Promise<ReturnOf<'substitute'>> {
+export async function substitute(
+  args: Omit<Args, 'dry-run'>,
+  deps: SubstituteDeps,
+  pinned?: PinOutcome[],
+): Promise<ReturnOf<'substitute'>> {
   const t0 = deps.now();
   checkRanges(args.ranges); // before anything is read: one request verifies at most the disk, once
   const probe = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot);
@@ -250,7 +362,9 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
   const m = await mapAndPlan(args, deps, false);
   const tv = deps.now();
   const readback = ReadbackCheck.of(m.planned.files.map((f) => ({ hit: f.hit, policy: f.planned.policy })));
-  const verifiedBytes = await verifyRanges(deps.readDirect, probe.path, args.ranges, (offset, data) => readback.observe(offset, data));
+  const verifiedBytes = await verifyRanges(deps.readDirect, probe.path, args.ranges, (offset, data) =>
+    readback.observe(offset, data),
+  );
   const t1 = deps.now();
   const force = args.force ?? false;
   refuseRestartRequired(m, force);
@@ -265,7 +379,8 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
   let metadata: AppliedMetadata | undefined;
   if (m.metadata.filesystems.length > 0) {
     try {
-      metadata = (await applyMetadata(m.metadata, deps.metadata, deps.readDirect, m.disk.path, force, dropFilePages)).report;
+      metadata = (await applyMetadata(m.metadata, deps.metadata, deps.readDirect, m.disk.path, force, dropFilePages))
+        .report;
     } finally {
       // Inodes and directories were rewritten under the index: rebuild it on next use.
       for (const p of mountsOfDisk(m.layout, m.mounts)) await deps.pedigree?.forget(p.mount.devNum);
@@ -303,7 +418,10 @@ export async function substitute(args: Omit<Args, 'dry-run'>, deps: SubstituteDe
     ...metadata,
     inodes: {
       ...metadata.inodes,
-      'in-use': inUse.map(({ dev, ...u }) => ({ ...u, mappers: plainMappers(mappers.get(keyOf({ dev, ino: u.ino }))) })),
+      'in-use': inUse.map(({ dev, ...u }) => ({
+        ...u,
+        mappers: plainMappers(mappers.get(keyOf({ dev, ino: u.ino }))),
+      })),
     },
   };
   const t4 = deps.now();

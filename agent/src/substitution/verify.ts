@@ -10,8 +10,14 @@ import type { HashedRange } from '@vmsubst/common/protocol/schema';
 
 export type DiskReader = (path: string, offset: number, length: number) => Promise<Buffer>;
 
-export async function hashRange(read: DiskReader, path: string, r: { offset: number; length: number }): Promise<string> {
-  return createHash('sha256').update(await read(path, r.offset, r.length)).digest('hex');
+export async function hashRange(
+  read: DiskReader,
+  path: string,
+  r: { offset: number; length: number },
+): Promise<string> {
+  return createHash('sha256')
+    .update(await read(path, r.offset, r.length))
+    .digest('hex');
 }
 
 /**
@@ -25,7 +31,10 @@ export function checkRanges(ranges: readonly { offset: number; length: number }[
     const cur = ranges[i]!;
     const prevEnd = prev.offset + prev.length;
     if (cur.offset < prevEnd) {
-      const what = cur.offset < prev.offset ? 'is not sorted: it starts before range ' + (i - 1) : `overlaps range ${i - 1}, which ends at byte ${prevEnd}`;
+      const what =
+        cur.offset < prev.offset
+          ? 'is not sorted: it starts before range ' + (i - 1)
+          : `overlaps range ${i - 1}, which ends at byte ${prevEnd}`;
       throw new CommandError(
         'InvalidArguments',
         `range ${i} (offset ${cur.offset}, ${cur.length} bytes) ${what}; ranges must be sorted by offset and must not overlap, ` +
@@ -53,7 +62,12 @@ export const RANGE_ALIGN = 4096;
  * every range's bytes as read (in disk order), before they are dropped: the read-back check hashes
  * the file pieces it needs from them, so nothing is read twice and nothing is kept.
  */
-export async function verifyRanges(read: DiskReader, path: string, ranges: HashedRange[], observe?: (offset: number, data: Buffer) => void): Promise<number> {
+export async function verifyRanges(
+  read: DiskReader,
+  path: string,
+  ranges: HashedRange[],
+  observe?: (offset: number, data: Buffer) => void,
+): Promise<number> {
   const mismatches: Mismatch[] = [];
   let bytes = 0;
   for (const r of ranges) {

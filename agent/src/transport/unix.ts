@@ -12,7 +12,9 @@ export class UnixTransport implements Transport {
 
   async start(onConnection: ConnectionHandler): Promise<void> {
     await unlink(this.path).catch(() => undefined);
-    const server = createServer((sock) => onConnection(sock, { transport: 'unix', description: `unix ${this.path}`, greets: true }));
+    const server = createServer((sock) =>
+      onConnection(sock, { transport: 'unix', description: `unix ${this.path}`, greets: true }),
+    );
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.path, () => resolve());

@@ -31,10 +31,20 @@ export class VsockTransport implements Transport {
       const who = `vsock ${sock.remoteCid}:${sock.remotePort}`;
       if (!this.allowCids.includes(sock.remoteCid)) {
         this.log.warn('refused connection from a CID not in the allow-list', { peer: who, allow: this.allowCids });
-        sock.end(encode({ error: { class: 'GenericError', desc: `CID ${sock.remoteCid} is not allowed to talk to this agent` } }));
+        sock.end(
+          encode({
+            error: { class: 'GenericError', desc: `CID ${sock.remoteCid} is not allowed to talk to this agent` },
+          }),
+        );
         return;
       }
-      onConnection(sock, { transport: 'vsock', description: who, greets: true, cid: sock.remoteCid, port: sock.remotePort });
+      onConnection(sock, {
+        transport: 'vsock',
+        description: who,
+        greets: true,
+        cid: sock.remoteCid,
+        port: sock.remotePort,
+      });
     });
     server.on('error', (err: Error) => this.log.error('vsock listener failed', { error: err.message }));
     this.#server = server;

@@ -32,7 +32,9 @@ export function loadTrustedKeys(paths: readonly string[], dir?: string): Map<str
   if (dir !== undefined) {
     let names: string[] = [];
     try {
-      names = readdirSync(dir).filter((n) => n.endsWith('.pub')).sort();
+      names = readdirSync(dir)
+        .filter((n) => n.endsWith('.pub'))
+        .sort();
     } catch (e) {
       if (errnoCode(e) !== 'ENOENT') throw e;
     }
@@ -41,7 +43,12 @@ export function loadTrustedKeys(paths: readonly string[], dir?: string): Map<str
   const keys = new Map<string, KeyObject>();
   for (const p of files) {
     const key = createPublicKey(readFileSync(p));
-    if (key.asymmetricKeyType !== 'ed25519') throw new AgentError('E_VMSUBST_TRUSTED_KEY', `${p}: an ${key.asymmetricKeyType} key; trusted keys must be Ed25519`, 'make the signing key with vmsubst keygen (Ed25519), or remove this file');
+    if (key.asymmetricKeyType !== 'ed25519')
+      throw new AgentError(
+        'E_VMSUBST_TRUSTED_KEY',
+        `${p}: an ${key.asymmetricKeyType} key; trusted keys must be Ed25519`,
+        'make the signing key with vmsubst keygen (Ed25519), or remove this file',
+      );
     keys.set(keyId(key), key);
   }
   return keys;
@@ -112,7 +119,8 @@ export class Gate {
   /** Why `peer` may not send `command` at all (it could neither sign nor speak for the hypervisor), or undefined. */
   whyNot(command: string, peer: Peer): string | undefined {
     if (READ_ONLY.has(command) || this.o.trusted.size > 0) return undefined;
-    if (this.o.requireSignature) return `every change must be signed and this agent trusts no key: ${peer.description} may only hello and ping`;
+    if (this.o.requireSignature)
+      return `every change must be signed and this agent trusts no key: ${peer.description} may only hello and ping`;
     if (hypervisorSide(peer, this.o.hypervisorChannels)) return undefined;
     return `${peer.description} is not the hypervisor's side and this agent trusts no signing key: it may only hello and ping`;
   }
@@ -121,14 +129,25 @@ export class Gate {
    * Admits a state-changing request or throws Unauthorized. `args.signature` is checked when
    * present (a bad envelope is refused even on a trusted channel); otherwise the channel decides.
    */
-  admit(command: SignedCommand, args: { id?: string; signature?: Envelope | undefined; customization?: unknown }, peer: Peer): Admission {
+  admit(
+    command: SignedCommand,
+    args: { id?: string; signature?: Envelope | undefined; customization?: unknown },
+    peer: Peer,
+  ): Admission {
     const refuse = (why: string): never => {
       throw new CommandError('Unauthorized', why);
     };
     const nowSec = this.o.nowSec ?? (() => Math.floor(Date.now() / 1000));
     if (args.signature !== undefined) {
-      if (this.o.trusted.size === 0) refuse('the request is signed but this agent trusts no key (add its public key to /etc/vmsubst/trusted.d/)');
-      const v = checkEnvelope(command, args as Record<string, unknown> & { signature: Envelope }, this.o.trusted, this.o.identity(), nowSec());
+      if (this.o.trusted.size === 0)
+        refuse('the request is signed but this agent trusts no key (add its public key to /etc/vmsubst/trusted.d/)');
+      const v = checkEnvelope(
+        command,
+        args as Record<string, unknown> & { signature: Envelope },
+        this.o.trusted,
+        this.o.identity(),
+        nowSec(),
+      );
       if (!v.ok) return refuse(v.reason);
       const earlier = this.o.grants.seen(v.nonce);
       const grants = this.o.grants;
@@ -140,14 +159,16 @@ export class Gate {
         },
       };
     }
-    if (this.o.requireSignature) refuse(`the request is not signed and this agent requires a signature on every channel (requireSignature)`);
+    if (this.o.requireSignature)
+      refuse(`the request is not signed and this agent requires a signature on every channel (requireSignature)`);
     if (!hypervisorSide(peer, this.o.hypervisorChannels)) {
       refuse(
         `${peer.description} is not the hypervisor's side (${peer.transport === 'vsock' ? 'source port not below 1024: any host process can open it' : `channel '${peer.transport}' is not trusted by the configuration`}); ` +
           `unsigned it may only hello and ping: sign the request (vmsubst notify --sign KEY) or send it as root on the host`,
       );
     }
-    if (args.customization !== undefined) refuse('customization is accepted only in a signed notification (vmsubst notify --sign KEY)');
+    if (args.customization !== undefined)
+      refuse('customization is accepted only in a signed notification (vmsubst notify --sign KEY)');
     return { commit: () => undefined };
   }
 }

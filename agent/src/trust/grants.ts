@@ -7,13 +7,22 @@
  * last line (crash mid-write) is cut off before the next append. Rewritten (write, fsync, rename,
  * fsync the directory) when it holds twice as many records as are live.
  */
-import { closeSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, writeSync, existsSync } from 'node:fs';
+import {
+  closeSync,
+  fsyncSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  writeSync,
+  existsSync,
+} from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
 
 type Rec =
-  | { k: 'nonce'; nonce: string; exp: number; id: string; command: string }
-  | { k: 'token'; id: string; sha256: string };
+  { k: 'nonce'; nonce: string; exp: number; id: string; command: string } | { k: 'token'; id: string; sha256: string };
 
 /** Unexpired nonces beyond this refuse new envelopes: only key holders can make them. */
 export const MAX_LIVE_NONCES = 100_000;
@@ -34,7 +43,10 @@ export class Grants {
   /** Lines that were not records (reported by status and the log; the rest is kept). */
   readonly corrupt: number[] = [];
 
-  constructor(stateDir: string, private readonly nowSec: () => number = () => Math.floor(Date.now() / 1000)) {
+  constructor(
+    stateDir: string,
+    private readonly nowSec: () => number = () => Math.floor(Date.now() / 1000),
+  ) {
     this.path = join(stateDir, 'grants.jsonl');
     mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
     let text = existsSync(this.path) ? readFileSync(this.path, 'utf8') : '';
@@ -58,7 +70,8 @@ export class Grants {
   }
 
   #apply(r: Rec): void {
-    if (r.k === 'nonce' && typeof r.nonce === 'string') this.#nonces.set(r.nonce, { exp: r.exp, id: r.id, command: r.command });
+    if (r.k === 'nonce' && typeof r.nonce === 'string')
+      this.#nonces.set(r.nonce, { exp: r.exp, id: r.id, command: r.command });
     else if (r.k === 'token' && typeof r.id === 'string' && typeof r.sha256 === 'string') {
       const had = this.#tokens.get(r.id) ?? [];
       this.#tokens.delete(r.id); // keep insertion order = recency
@@ -112,7 +125,9 @@ export class Grants {
     while (this.#tokens.size > KEEP_TOKENS) this.#tokens.delete(this.#tokens.keys().next().value as string);
     const lines = [
       ...[...this.#nonces].map(([nonce, v]) => JSON.stringify({ k: 'nonce', nonce, ...v })),
-      ...[...this.#tokens].flatMap(([id, hashes]) => hashes.map((sha256) => JSON.stringify({ k: 'token', id, sha256 }))),
+      ...[...this.#tokens].flatMap(([id, hashes]) =>
+        hashes.map((sha256) => JSON.stringify({ k: 'token', id, sha256 })),
+      ),
     ];
     const tmp = `${this.path}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);

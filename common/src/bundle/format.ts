@@ -60,7 +60,8 @@ export function decodeHeader(buf: Buffer): Header | string {
     return `unsupported bundle format version ${version} (this vmsubst reads versions ${READABLE_FORMATS.join(', ')}); use a newer vmsubst`;
   }
   const manifestLength = buf.readUInt32BE(12);
-  if (manifestLength === 0 || manifestLength > MAX_MANIFEST_BYTES) return `manifest length ${manifestLength} out of bounds`;
+  if (manifestLength === 0 || manifestLength > MAX_MANIFEST_BYTES)
+    return `manifest length ${manifestLength} out of bounds`;
   return { version, manifestLength };
 }
 

@@ -91,7 +91,14 @@ export const FileEntry = Type.Object(
      * not compared. same-layout, new-layout (format 2, older vmsubst): headers
      * and symbols compared, not the code; both are taken as code-changed.
      */
-    elf: Type.Optional(Type.Union([Type.Literal('code-unchanged'), Type.Literal('code-changed'), Type.Literal('same-layout'), Type.Literal('new-layout')])),
+    elf: Type.Optional(
+      Type.Union([
+        Type.Literal('code-unchanged'),
+        Type.Literal('code-changed'),
+        Type.Literal('same-layout'),
+        Type.Literal('new-layout'),
+      ]),
+    ),
     /** For code-changed (and new-layout): the first difference found, for people. */
     'elf-change': Type.Optional(Type.String({ maxLength: 512 })),
   },

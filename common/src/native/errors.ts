@@ -32,7 +32,10 @@ export class NativeError extends Error implements NativeErrorFields {
    * The glue calls it with the message alone and sets the fields after; a
    * facade passes them here.
    */
-  constructor(message: string, fields: NativeErrorFields = { code: 'EIO', errno: -osConstants.errno.EIO, syscall: '' }) {
+  constructor(
+    message: string,
+    fields: NativeErrorFields = { code: 'EIO', errno: -osConstants.errno.EIO, syscall: '' },
+  ) {
     super(message);
     this.name = 'NativeError';
     this.code = fields.code;

@@ -24,7 +24,10 @@ export interface StreamHandle {
   unref(): void;
 }
 
-export type StreamHandleClass = new (fd: number, onread: (err: NativeError | null, chunk: Buffer | null) => void) => StreamHandle;
+export type StreamHandleClass = new (
+  fd: number,
+  onread: (err: NativeError | null, chunk: Buffer | null) => void,
+) => StreamHandle;
 
 /** The glue's uv_poll_t wrap of a listening vsock socket (Listener in vsock.cc). */
 export interface Listener {
@@ -162,7 +165,6 @@ export class NativeStream extends Duplex {
     return this;
   }
 }
-
 
 export interface VsockAddresses {
   localCid: number;

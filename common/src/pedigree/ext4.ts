@@ -44,7 +44,8 @@ export async function readExt4Layout(read: Reader, start: number): Promise<Ext4L
   const sb = await read(start + 1024, 1024);
   if (sb.readUInt16LE(0x38) !== EXT4_SUPER_MAGIC) return undefined;
   const blockSize = 1024 << sb.readUInt32LE(0x18);
-  const blocksCount = sb.readUInt32LE(0x04) + (sb.readUInt32LE(0x60) & INCOMPAT_64BIT ? sb.readUInt32LE(0x150) * 2 ** 32 : 0);
+  const blocksCount =
+    sb.readUInt32LE(0x04) + (sb.readUInt32LE(0x60) & INCOMPAT_64BIT ? sb.readUInt32LE(0x150) * 2 ** 32 : 0);
   const firstDataBlock = sb.readUInt32LE(0x14);
   const blocksPerGroup = sb.readUInt32LE(0x20);
   const inodesPerGroup = sb.readUInt32LE(0x28);
@@ -101,7 +102,8 @@ export function classify(layout: Ext4Layout, r: ByteRange): MetadataKind[] {
     return r.offset < s + count * bs && s < r.offset + r.length;
   };
   const gdtBlocks = Math.ceil((layout.groups.length * layout.descSize) / bs);
-  if (r.offset < layout.start + 1024 + 1024 || hit(layout.firstDataBlock, 1 + gdtBlocks)) kinds.add('superblock-or-descriptors');
+  if (r.offset < layout.start + 1024 + 1024 || hit(layout.firstDataBlock, 1 + gdtBlocks))
+    kinds.add('superblock-or-descriptors');
   const tableBlocks = Math.ceil((layout.inodesPerGroup * layout.inodeSize) / bs);
   for (const g of layout.groups) {
     if (hit(g.blockBitmap, 1)) kinds.add('block-bitmap');

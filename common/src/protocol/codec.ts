@@ -77,8 +77,7 @@ export function encode(message: unknown): Buffer {
 
 /** `bytes`: the line's length, for bounding what a session holds queued. */
 export type Frame =
-  | { kind: 'message'; value: unknown; bytes: number }
-  | { kind: 'invalid'; reason: string; bytes: number };
+  { kind: 'message'; value: unknown; bytes: number } | { kind: 'invalid'; reason: string; bytes: number };
 
 /**
  * Splits a byte stream into lines and parses each as JSON. Feed it chunks;
@@ -123,7 +122,9 @@ export class LineDecoder {
 
   #finish(): Frame | undefined {
     const bytes = this.#size;
-    const text = Buffer.concat(this.#parts, this.#size).toString('utf8').replace(/^[\s\uFFFD]+|\s+$/g, '');
+    const text = Buffer.concat(this.#parts, this.#size)
+      .toString('utf8')
+      .replace(/^[\s\uFFFD]+|\s+$/g, '');
     if (text === '') return undefined;
     try {
       return { kind: 'message', value: JSON.parse(text) as unknown, bytes };

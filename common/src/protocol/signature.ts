@@ -30,7 +30,11 @@ type EnvelopeFields = Omit<Envelope, 'key-id' | 'ed25519'>;
 export function signedBytes(command: SignedCommand, args: Signable, fields: EnvelopeFields): Buffer {
   const { signature: _omit, ...rest } = args;
   const { nonce, 'issued-at': issuedAt, 'expires-at': expiresAt, target } = fields;
-  return Buffer.from(SIGNATURE_CONTEXT + canonicalJson({ command, args: rest, nonce, 'issued-at': issuedAt, 'expires-at': expiresAt, target }), 'utf8');
+  return Buffer.from(
+    SIGNATURE_CONTEXT +
+      canonicalJson({ command, args: rest, nonce, 'issued-at': issuedAt, 'expires-at': expiresAt, target }),
+    'utf8',
+  );
 }
 
 /** Short, stable name of a public key: the first 16 hex digits of the sha256 of its raw bytes. */
@@ -50,7 +54,12 @@ export interface SignOptions {
 }
 
 /** Returns `args` with a fresh envelope for `command`. */
-export function signArgs<A extends Signable>(command: SignedCommand, args: A, privateKey: KeyObject, options: SignOptions): A & { signature: Envelope } {
+export function signArgs<A extends Signable>(
+  command: SignedCommand,
+  args: A,
+  privateKey: KeyObject,
+  options: SignOptions,
+): A & { signature: Envelope } {
   const now = options.now ?? Math.floor(Date.now() / 1000);
   const lifetime = Math.min(options.lifetimeSec ?? DEFAULT_ENVELOPE_LIFETIME_SEC, MAX_ENVELOPE_LIFETIME_SEC);
   const fields: EnvelopeFields = {
@@ -61,7 +70,10 @@ export function signArgs<A extends Signable>(command: SignedCommand, args: A, pr
   };
   const { signature: _old, ...rest } = args;
   const sig = sign(null, signedBytes(command, rest, fields), privateKey);
-  return { ...rest, signature: { 'key-id': keyId(createPublicKey(privateKey)), ed25519: sig.toString('base64'), ...fields } } as A & { signature: Envelope };
+  return {
+    ...rest,
+    signature: { 'key-id': keyId(createPublicKey(privateKey)), ed25519: sig.toString('base64'), ...fields },
+  } as A & { signature: Envelope };
 }
 
 /** What the guest knows of itself, to check an envelope's target. */
@@ -90,21 +102,42 @@ export function checkEnvelope(
   const key = trusted.get(s['key-id']);
   if (!key) return { ok: false, reason: `signed with key ${s['key-id']}, which this agent does not trust` };
   if (!verify(null, signedBytes(command, args, s), key, Buffer.from(s.ed25519, 'base64'))) {
-    return { ok: false, reason: `bad signature for key ${s['key-id']} (altered, or signed for another command than '${command}')` };
+    return {
+      ok: false,
+      reason: `bad signature for key ${s['key-id']} (altered, or signed for another command than '${command}')`,
+    };
   }
   if (s['expires-at'] - s['issued-at'] > MAX_ENVELOPE_LIFETIME_SEC || s['expires-at'] < s['issued-at']) {
-    return { ok: false, reason: `the envelope's validity window is longer than ${MAX_ENVELOPE_LIFETIME_SEC} s or inverted` };
+    return {
+      ok: false,
+      reason: `the envelope's validity window is longer than ${MAX_ENVELOPE_LIFETIME_SEC} s or inverted`,
+    };
   }
-  if (s['issued-at'] > nowSec + CLOCK_SKEW_SEC) return { ok: false, reason: `the envelope is issued in the future (${s['issued-at'] - nowSec} s ahead of the guest's clock)` };
+  if (s['issued-at'] > nowSec + CLOCK_SKEW_SEC)
+    return {
+      ok: false,
+      reason: `the envelope is issued in the future (${s['issued-at'] - nowSec} s ahead of the guest's clock)`,
+    };
   if (s['expires-at'] < nowSec) return { ok: false, reason: `the envelope expired ${nowSec - s['expires-at']} s ago` };
   const t = s.target;
   if (t['vm-uuid'] !== undefined && t['vm-uuid'].toLowerCase() !== identity.vmUuid) {
-    return { ok: false, reason: `the envelope is for VM ${t['vm-uuid']}, not this one${identity.vmUuid ? '' : ' (this guest has no SMBIOS UUID)'}` };
+    return {
+      ok: false,
+      reason: `the envelope is for VM ${t['vm-uuid']}, not this one${identity.vmUuid ? '' : ' (this guest has no SMBIOS UUID)'}`,
+    };
   }
   if (t['disk-serial'] !== undefined) {
-    if (!identity.diskSerials.has(t['disk-serial'])) return { ok: false, reason: `the envelope is for disk serial '${t['disk-serial']}', which this guest does not have` };
+    if (!identity.diskSerials.has(t['disk-serial']))
+      return {
+        ok: false,
+        reason: `the envelope is for disk serial '${t['disk-serial']}', which this guest does not have`,
+      };
     const disk = (args as { disk?: { serial?: string } }).disk;
-    if (disk?.serial !== undefined && disk.serial !== t['disk-serial']) return { ok: false, reason: `the envelope is for disk serial '${t['disk-serial']}' but the request names '${disk.serial}'` };
+    if (disk?.serial !== undefined && disk.serial !== t['disk-serial'])
+      return {
+        ok: false,
+        reason: `the envelope is for disk serial '${t['disk-serial']}' but the request names '${disk.serial}'`,
+      };
   }
   return { ok: true, keyId: s['key-id'], nonce: s.nonce, expiresAt: s['expires-at'] };
 }

@@ -19,12 +19,7 @@
  * applyAndTell does not throw.
  */
 import { performance } from 'node:perf_hooks';
-import type {
-  PrepareArgs,
-  PrepareReport,
-  SubstituteArgs,
-  SubstituteReport,
-} from '@vmsubst/common/protocol/schema';
+import type { PrepareArgs, PrepareReport, SubstituteArgs, SubstituteReport } from '@vmsubst/common/protocol/schema';
 import { AgentError, BaseMismatchError, CancelledError, UsageError, VmsubstError } from '../errors.js';
 import { AgentConnection, retryable, truncationNote, withAgent, type ConnectOptions } from '../notify/index.js';
 import { formatAgentTarget, type AgentTarget } from '../notify/transport.js';

@@ -6,7 +6,13 @@ import { createHash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
 import { Validator } from '@vmsubst/common/protocol/codec';
 import { BundleError } from '../errors.js';
-import { DATA_ALIGN, HEADER_BYTES, dataStart as dataStartFor, decodeHeader, manifestId } from '@vmsubst/common/bundle/format';
+import {
+  DATA_ALIGN,
+  HEADER_BYTES,
+  dataStart as dataStartFor,
+  decodeHeader,
+  manifestId,
+} from '@vmsubst/common/bundle/format';
 import { Manifest, type BundleRange } from '@vmsubst/common/bundle/schema';
 
 const validateManifest = new Validator(Manifest);
@@ -28,24 +34,31 @@ export function manifestProblems(m: Manifest, file: { size: number; dataStart: n
   const problems: string[] = [];
   const id = manifestId(m);
   if (id !== m.id) problems.push(`/id: does not match the manifest's content (expected ${id})`);
-  if (file.version !== undefined && file.version !== m.format) problems.push(`/format: ${m.format}, but the file header says version ${file.version}`);
+  if (file.version !== undefined && file.version !== m.format)
+    problems.push(`/format: ${m.format}, but the file header says version ${file.version}`);
   if (m.format === 1) {
-    for (const field of ['files', 'customization', 'signature'] as const) if (m[field] !== undefined) problems.push(`/${field}: not part of format 1`);
+    for (const field of ['files', 'customization', 'signature'] as const)
+      if (m[field] !== undefined) problems.push(`/${field}: not part of format 1`);
     if (m.base.filesystems !== undefined) problems.push('/base/filesystems: not part of format 1');
     if (m.ranges.some((r) => r.files !== undefined)) problems.push('/ranges: per-range files are not part of format 1');
   }
   if (m.format < 3) {
     m.files?.forEach((f, i) => {
-      if (f.elf === 'code-unchanged' || f.elf === 'code-changed') problems.push(`/files/${i}/elf: ${f.elf} is not part of format ${m.format} (format 3 verdict)`);
+      if (f.elf === 'code-unchanged' || f.elf === 'code-changed')
+        problems.push(`/files/${i}/elf: ${f.elf} is not part of format ${m.format} (format 3 verdict)`);
     });
   }
   const nFs = m.base.filesystems?.length ?? 0;
   m.base.filesystems?.forEach((f, i) => {
-    if (f.offset + f.size > m.base.size) problems.push(`/base/filesystems/${i}: ends at ${f.offset + f.size}, beyond the base image's ${m.base.size} bytes`);
+    if (f.offset + f.size > m.base.size)
+      problems.push(
+        `/base/filesystems/${i}: ends at ${f.offset + f.size}, beyond the base image's ${m.base.size} bytes`,
+      );
   });
   const nFiles = m.files?.length ?? 0;
   m.files?.forEach((f, i) => {
-    if (f.filesystem >= nFs) problems.push(`/files/${i}/filesystem: ${f.filesystem}, but the base has ${nFs} filesystems`);
+    if (f.filesystem >= nFs)
+      problems.push(`/files/${i}/filesystem: ${f.filesystem}, but the base has ${nFs} filesystems`);
   });
   const bs = m['block-size'];
   if ((bs & (bs - 1)) !== 0) problems.push(`/block-size: ${bs} is not a power of two`);
@@ -56,14 +69,18 @@ export function manifestProblems(m: Manifest, file: { size: number; dataStart: n
     const end = r.offset + r.length;
     if (r.offset % bs !== 0) problems.push(`${at}/offset: ${r.offset} is not a multiple of the block size ${bs}`);
     if (r.length % bs !== 0 && end !== m.base.size) {
-      problems.push(`${at}/length: ${r.length} is not a multiple of the block size ${bs} and the range does not end the image`);
+      problems.push(
+        `${at}/length: ${r.length} is not a multiple of the block size ${bs} and the range does not end the image`,
+      );
     }
     if (end > m.base.size) problems.push(`${at}: ends at ${end}, beyond the base image's ${m.base.size} bytes`);
-    if (i > 0 && r.offset < prevEnd) problems.push(`${at}: overlaps or precedes the previous range (ranges must be sorted and disjoint)`);
+    if (i > 0 && r.offset < prevEnd)
+      problems.push(`${at}: overlaps or precedes the previous range (ranges must be sorted and disjoint)`);
     const d = r['data-offset'];
     if (d % DATA_ALIGN !== 0) problems.push(`${at}/data-offset: ${d} is not ${DATA_ALIGN}-byte aligned`);
     if (d < prevDataEnd) problems.push(`${at}/data-offset: ${d} overlaps the manifest or the previous range's data`);
-    if (d + r.length > file.size) problems.push(`${at}/data-offset: data ends at ${d + r.length}, beyond the end of the file (${file.size} bytes)`);
+    if (d + r.length > file.size)
+      problems.push(`${at}/data-offset: data ends at ${d + r.length}, beyond the end of the file (${file.size} bytes)`);
     const bad = r.files?.find((f) => f >= nFiles);
     if (bad !== undefined) problems.push(`${at}/files: index ${bad}, but the manifest lists ${nFiles} files`);
     prevEnd = Math.max(prevEnd, end);
@@ -110,7 +127,9 @@ export class Bundle {
       const header = decodeHeader(head.subarray(0, bytesRead));
       if (typeof header === 'string') throw new BundleError(`${path}: ${header}`);
       if (HEADER_BYTES + header.manifestLength > st.size) {
-        throw new BundleError(`${path}: truncated: the manifest (${header.manifestLength} bytes) runs past the end of the file (${st.size} bytes)`);
+        throw new BundleError(
+          `${path}: truncated: the manifest (${header.manifestLength} bytes) runs past the end of the file (${st.size} bytes)`,
+        );
       }
       const raw = Buffer.alloc(header.manifestLength);
       await readFull(handle, raw, HEADER_BYTES);
@@ -160,7 +179,8 @@ export class Bundle {
         done += chunk.length;
         onProgress?.(done, total);
       }
-      if (hash.digest('hex') !== r['new-sha256']) bad.push(`/ranges/${i}: data does not match new-sha256 (offset ${r.offset}, ${r.length} bytes)`);
+      if (hash.digest('hex') !== r['new-sha256'])
+        bad.push(`/ranges/${i}: data does not match new-sha256 (offset ${r.offset}, ${r.length} bytes)`);
     }
     if (bad.length > 0) {
       const shown = bad.length > 5 ? [...bad.slice(0, 5), `... and ${bad.length - 5} more`] : bad;

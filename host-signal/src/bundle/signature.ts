@@ -17,7 +17,13 @@ import { basename, dirname, join } from 'node:path';
 import { keyId } from '@vmsubst/common/protocol/signature';
 import { BundleError } from '../errors.js';
 import { BUNDLE_FORMAT, type Manifest } from '@vmsubst/common/bundle/schema';
-import { HEADER_BYTES, canonicalJson, dataStart as dataStartFor, encodeHeader, manifestId } from '@vmsubst/common/bundle/format';
+import {
+  HEADER_BYTES,
+  canonicalJson,
+  dataStart as dataStartFor,
+  encodeHeader,
+  manifestId,
+} from '@vmsubst/common/bundle/format';
 import { Bundle } from './reader.js';
 
 export const MANIFEST_SIGNATURE_CONTEXT = 'vmsubst-manifest-v1\n';
@@ -53,23 +59,40 @@ export function checkManifestSignature(m: Manifest, trusted: ReadonlyMap<string,
     return {
       status: 'unverified',
       keyId: s['key-id'],
-      reason: trusted.size === 0 ? 'no trusted key given (--trusted-key)' : `signed with key ${s['key-id']}, which is not among the trusted keys`,
+      reason:
+        trusted.size === 0
+          ? 'no trusted key given (--trusted-key)'
+          : `signed with key ${s['key-id']}, which is not among the trusted keys`,
     };
   }
   const good = verify(null, manifestSignedBytes(m), key, Buffer.from(s.ed25519, 'base64'));
-  return good ? { status: 'valid', keyId: s['key-id'] } : { status: 'invalid', keyId: s['key-id'], reason: `bad signature for key ${s['key-id']}: the manifest was altered after signing` };
+  return good
+    ? { status: 'valid', keyId: s['key-id'] }
+    : {
+        status: 'invalid',
+        keyId: s['key-id'],
+        reason: `bad signature for key ${s['key-id']}: the manifest was altered after signing`,
+      };
 }
 
 /**
  * Throws unless the manifest is validly signed by one of `trusted`. With no
  * trusted keys nothing is required (the caller decides whether to ask).
  */
-export function requireTrustedSignature(m: Manifest, trusted: ReadonlyMap<string, KeyObject>, path: string): SignatureStatus {
+export function requireTrustedSignature(
+  m: Manifest,
+  trusted: ReadonlyMap<string, KeyObject>,
+  path: string,
+): SignatureStatus {
   const v = checkManifestSignature(m, trusted);
   if (trusted.size === 0) return v;
   if (v.status === 'valid') return v;
   const why = v.status === 'unsigned' ? 'it is not signed' : v.reason;
-  throw new BundleError(`${path}: refused: ${why}`, [], "sign it with 'vmsubst sign BUNDLE --key KEY' using a key whose public half is given to --trusted-key");
+  throw new BundleError(
+    `${path}: refused: ${why}`,
+    [],
+    "sign it with 'vmsubst sign BUNDLE --key KEY' using a key whose public half is given to --trusted-key",
+  );
 }
 
 /**
@@ -81,7 +104,11 @@ export function requireTrustedSignature(m: Manifest, trusted: ReadonlyMap<string
  * bundle written without room for a signature) the data is moved and the id
  * changes with the data offsets; the result gives the previous id.
  */
-export async function signBundle(path: string, privateKey: KeyObject, output = path): Promise<{ manifest: Manifest; moved: boolean; previousId: string }> {
+export async function signBundle(
+  path: string,
+  privateKey: KeyObject,
+  output = path,
+): Promise<{ manifest: Manifest; moved: boolean; previousId: string }> {
   const bundle = await Bundle.open(path);
   let tmp = '';
   try {
@@ -99,7 +126,8 @@ export async function signBundle(path: string, privateKey: KeyObject, output = p
       const shifted = { ...body, ranges } as Manifest;
       signed = signManifest({ ...shifted, id: manifestId(shifted) }, privateKey);
       bytes = Buffer.from(canonicalJson(signed), 'utf8');
-      if (dataStartFor(bytes.length) > ranges[0]!['data-offset']) throw new Error('internal: signed manifest does not fit after shifting the data');
+      if (dataStartFor(bytes.length) > ranges[0]!['data-offset'])
+        throw new Error('internal: signed manifest does not fit after shifting the data');
       moved = true;
     }
     const start = first === undefined ? dataStartFor(bytes.length) : signed.ranges[0]!['data-offset'];

@@ -13,7 +13,13 @@ import type { BlockSource } from '../diff/source.js';
 import { DiffError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
 import type { Customization } from '@vmsubst/common/protocol/schema';
-import { BUNDLE_FORMAT, type BaseFilesystem, type BundleRange, type FileEntry, type Manifest } from '@vmsubst/common/bundle/schema';
+import {
+  BUNDLE_FORMAT,
+  type BaseFilesystem,
+  type BundleRange,
+  type FileEntry,
+  type Manifest,
+} from '@vmsubst/common/bundle/schema';
 import { HEADER_BYTES, encodeHeader, layOut } from '@vmsubst/common/bundle/format';
 
 /** Bytes copied per read from the patched image. */
@@ -47,7 +53,8 @@ const WRITEV_BUFFERS = 512;
 export function planBundle(input: BundleInput): ReturnType<typeof layOut> {
   const base: Manifest['base'] = { size: input.base.size };
   if (input.base.label !== undefined) base.label = input.base.label;
-  if (input.base.filesystems !== undefined && input.base.filesystems.length > 0) base.filesystems = input.base.filesystems;
+  if (input.base.filesystems !== undefined && input.base.filesystems.length > 0)
+    base.filesystems = input.base.filesystems;
   return layOut({
     ...(input.files !== undefined && input.files.length > 0 ? { files: [...input.files] } : {}),
     ...(input.customization !== undefined ? { customization: input.customization } : {}),
@@ -70,7 +77,12 @@ export function planBundle(input: BundleInput): ReturnType<typeof layOut> {
  * Writes the bundle for `input` to `path`, copying each range's new bytes
  * from `patched`. Returns the manifest written.
  */
-export async function writeBundle(path: string, input: BundleInput, patched: BlockSource, options: WriteBundleOptions = {}): Promise<Manifest> {
+export async function writeBundle(
+  path: string,
+  input: BundleInput,
+  patched: BlockSource,
+  options: WriteBundleOptions = {},
+): Promise<Manifest> {
   if (patched.size !== input.base.size) {
     throw new DiffError(`the patched image is ${patched.size} bytes, the base ${input.base.size}`);
   }
@@ -85,7 +97,10 @@ export async function writeBundle(path: string, input: BundleInput, patched: Blo
     await writeFull(out, layout.manifestBytes, HEADER_BYTES);
     const preloaded = options.newData;
     if (preloaded !== undefined) {
-      if (preloaded.length !== manifest.ranges.length || preloaded.some((d, i) => d.length !== manifest.ranges[i]!.length)) {
+      if (
+        preloaded.length !== manifest.ranges.length ||
+        preloaded.some((d, i) => d.length !== manifest.ranges[i]!.length)
+      ) {
         throw new RangeError('newData does not match the ranges');
       }
       await writeContiguous(out, manifest.ranges, preloaded, (done) => options.onProgress?.(done, total));
@@ -104,7 +119,12 @@ export async function writeBundle(path: string, input: BundleInput, patched: Blo
 }
 
 /** Copies each range's bytes from the patched image to its data-offset, checking them against new-sha256 on the way. */
-async function copyRanges(out: FileHandle, ranges: readonly BundleRange[], patched: BlockSource, onProgress: (done: number) => void): Promise<void> {
+async function copyRanges(
+  out: FileHandle,
+  ranges: readonly BundleRange[],
+  patched: BlockSource,
+  onProgress: (done: number) => void,
+): Promise<void> {
   const total = ranges.reduce((n, r) => n + r.length, 0);
   const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, Math.max(total, 1)));
   let done = 0;
@@ -129,9 +149,14 @@ async function copyRanges(out: FileHandle, ranges: readonly BundleRange[], patch
 }
 
 /** Writes the ranges' bytes at their data-offsets, ranges whose data follow each other in one writev. */
-async function writeContiguous(out: FileHandle, ranges: readonly BundleRange[], data: readonly Buffer[], onProgress: (done: number) => void): Promise<void> {
+async function writeContiguous(
+  out: FileHandle,
+  ranges: readonly BundleRange[],
+  data: readonly Buffer[],
+  onProgress: (done: number) => void,
+): Promise<void> {
   let done = 0;
-  for (let i = 0; i < ranges.length; ) {
+  for (let i = 0; i < ranges.length;) {
     const start = ranges[i]!['data-offset'];
     const group: Buffer[] = [];
     let end = start;

@@ -51,7 +51,9 @@ export const DiffOutput = Type.Object(
     native: Type.Optional(
       Type.Object(
         {
-          loaded: Type.Boolean({ description: "whether the host's addon loaded (else the comparison ran in JavaScript)" }),
+          loaded: Type.Boolean({
+            description: "whether the host's addon loaded (else the comparison ran in JavaScript)",
+          }),
           path: Type.Optional(Type.String({ description: 'the .node file loaded' })),
           error: Type.Optional(Type.String({ description: 'why it did not load' })),
         },

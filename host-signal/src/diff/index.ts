@@ -97,7 +97,11 @@ interface OpenRange {
   new: Hash;
 }
 
-export async function diffSources(base: BlockSource, patched: BlockSource, options: DiffOptions = {}): Promise<DiffResult> {
+export async function diffSources(
+  base: BlockSource,
+  patched: BlockSource,
+  options: DiffOptions = {},
+): Promise<DiffResult> {
   const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const maxRangeBytes = options.maxRangeBytes ?? MAX_RANGE_BYTES;
@@ -109,7 +113,9 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
     throw new RangeError(`chunk size ${chunkSize} is not a multiple of the block size ${blockSize}`);
   }
   if (maxRangeBytes < blockSize || maxRangeBytes % blockSize !== 0 || maxRangeBytes > MAX_RANGE_BYTES) {
-    throw new RangeError(`range cap ${maxRangeBytes} must be a multiple of ${blockSize} and at most ${MAX_RANGE_BYTES}`);
+    throw new RangeError(
+      `range cap ${maxRangeBytes} must be a multiple of ${blockSize} and at most ${MAX_RANGE_BYTES}`,
+    );
   }
   if (base.size !== patched.size) {
     throw new DiffError(
@@ -156,9 +162,12 @@ export async function diffSources(base: BlockSource, patched: BlockSource, optio
   const candidate = options.native !== false && base.fd !== undefined && patched.fd !== undefined;
   const native = candidate ? loadNativeDiff() : undefined;
   const status = candidate ? nativeStatus() : undefined;
-  const withStatus = (result: DiffResult): DiffResult => (status ? Object.defineProperty(result, 'native', { value: status, enumerable: false }) : result);
+  const withStatus = (result: DiffResult): DiffResult =>
+    status ? Object.defineProperty(result, 'native', { value: status, enumerable: false }) : result;
   if (native && blockSize <= native.blockMax) {
-    const found = await diffNative(native, base, patched, union, blockSize, maxRangeBytes, maxRanges, (d) => options.onProgress?.(d, readBytes));
+    const found = await diffNative(native, base, patched, union, blockSize, maxRangeBytes, maxRanges, (d) =>
+      options.onProgress?.(d, readBytes),
+    );
     options.onProgress?.(readBytes, readBytes);
     const result: DiffResult = { size, blockSize, ranges: found.ranges, changedBytes: found.changedBytes, readBytes };
     if (found.newData) Object.defineProperty(result, 'newData', { value: found.newData, enumerable: false });
@@ -263,7 +272,10 @@ async function diffNative(
       throw e;
     }
     if (whole < length) {
-      const [a, b] = await Promise.all([readTail(base, offset + whole, length - whole), readTail(patched, offset + whole, length - whole)]);
+      const [a, b] = await Promise.all([
+        readTail(base, offset + whole, length - whole),
+        readTail(patched, offset + whole, length - whole),
+      ]);
       if (!a.equals(b)) runs = Float64Array.from([...runs, offset + whole, length - whole]);
     }
     return runs;
@@ -335,9 +347,16 @@ async function diffNative(
  * microseconds less per range than a Hash object, which shows with
  * thousands of small ranges.
  */
-function hashRange(fdA: number, fdB: number, offset: number, length: number, scratch: Buffer, keep: Buffer | undefined): { old: string; new: string; data?: Buffer } {
+function hashRange(
+  fdA: number,
+  fdB: number,
+  offset: number,
+  length: number,
+  scratch: Buffer,
+  keep: Buffer | undefined,
+): { old: string; new: string; data?: Buffer } {
   const readFull = (fd: number, buf: Buffer, position: number): Buffer => {
-    for (let done = 0; done < buf.length; ) {
+    for (let done = 0; done < buf.length;) {
       const n = readSync(fd, buf, done, buf.length - done, position + done);
       if (n === 0) throw shrank(position + done);
       done += n;
@@ -407,9 +426,21 @@ async function segmentsOf(source: BlockSource): Promise<readonly Segment[] | und
  * The union of several segment lists (undefined: all of [0, size)), widened
  * to whole blocks, clipped to the size, overlapping and touching ones merged.
  */
-export function mergeSegments(lists: readonly (readonly Segment[] | undefined)[], blockSize: number, size: number): [number, number][] {
+export function mergeSegments(
+  lists: readonly (readonly Segment[] | undefined)[],
+  blockSize: number,
+  size: number,
+): [number, number][] {
   if (lists.some((l) => l === undefined)) return size > 0 ? [[0, size]] : [];
-  const all = lists.flatMap((l) => l!).map(([o, l]) => [Math.floor(o / blockSize) * blockSize, Math.min(size, Math.ceil((o + l) / blockSize) * blockSize)] as [number, number]);
+  const all = lists
+    .flatMap((l) => l!)
+    .map(
+      ([o, l]) =>
+        [Math.floor(o / blockSize) * blockSize, Math.min(size, Math.ceil((o + l) / blockSize) * blockSize)] as [
+          number,
+          number,
+        ],
+    );
   all.sort((x, y) => x[0] - y[0]);
   const out: [number, number][] = [];
   for (const [start, end] of all) {
@@ -425,7 +456,11 @@ export function mergeSegments(lists: readonly (readonly Segment[] | undefined)[]
 export type ImageSource = (FileSource | Qcow2Source) & { readonly format: 'raw' | 'qcow2' };
 
 /** Compares two image files (raw or qcow2, in any combination). */
-export async function diffImages(basePath: string, patchedPath: string, options: DiffOptions = {}): Promise<DiffResult> {
+export async function diffImages(
+  basePath: string,
+  patchedPath: string,
+  options: DiffOptions = {},
+): Promise<DiffResult> {
   const base = await openImage(basePath, 'base');
   try {
     const patched = await openImage(patchedPath, 'patched');
@@ -445,12 +480,20 @@ export async function openImage(path: string, role: string): Promise<ImageSource
   try {
     format = await probeFormat(path);
   } catch (e) {
-    throw new DiffError(`cannot open the ${role} image: ${(e as Error).message}`, 'give the path of a raw or qcow2 image file', { cause: e });
+    throw new DiffError(
+      `cannot open the ${role} image: ${(e as Error).message}`,
+      'give the path of a raw or qcow2 image file',
+      { cause: e },
+    );
   }
   if (format === 'qcow2') return Object.assign(await Qcow2Source.open(path), { format } as const);
   try {
     return Object.assign(await FileSource.open(path), { format } as const);
   } catch (e) {
-    throw new DiffError(`cannot open the ${role} image: ${(e as Error).message}`, 'give the path of a raw or qcow2 image file', { cause: e });
+    throw new DiffError(
+      `cannot open the ${role} image: ${(e as Error).message}`,
+      'give the path of a raw or qcow2 image file',
+      { cause: e },
+    );
   }
 }

@@ -42,7 +42,13 @@ interface MapEntry {
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     execFile(cmd, args, { maxBuffer: 256 << 20, timeout: 120_000 }, (err, stdout, stderr) => {
-      if (err) reject(new DiffError(`${cmd} ${args.join(' ')}: ${(stderr || err.message).trim().split('\n')[0]}`, 'is qemu-utils installed and the image a readable qcow2?'));
+      if (err)
+        reject(
+          new DiffError(
+            `${cmd} ${args.join(' ')}: ${(stderr || err.message).trim().split('\n')[0]}`,
+            'is qemu-utils installed and the image a readable qcow2?',
+          ),
+        );
       else resolve(stdout);
     });
   });
@@ -67,17 +73,30 @@ export class Qcow2Source implements BlockSource {
     const dir = await mkdtemp(join(tmpdir(), 'vmsubst-qcow2-'));
     const sock = join(dir, 'nbd.sock');
     // -r read-only; --shared=1 one client; it exits when we disconnect.
-    const child = spawn('qemu-nbd', ['--read-only', '--format=qcow2', `--socket=${sock}`, '--shared=1', path], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn('qemu-nbd', ['--read-only', '--format=qcow2', `--socket=${sock}`, '--shared=1', path], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let stderr = '';
     child.stderr!.on('data', (b: Buffer) => (stderr += b.toString('utf8')));
     let exited: string | undefined;
-    child.on('exit', (code, signal) => (exited = `qemu-nbd exited (${code ?? signal})${stderr ? `: ${stderr.trim().split('\n')[0]}` : ''}`));
+    child.on(
+      'exit',
+      (code, signal) =>
+        (exited = `qemu-nbd exited (${code ?? signal})${stderr ? `: ${stderr.trim().split('\n')[0]}` : ''}`),
+    );
     child.on('error', (e) => (exited = `cannot run qemu-nbd: ${e.message}`));
     try {
       const deadline = Date.now() + START_TIMEOUT_MS;
       for (;;) {
-        if (exited) throw new DiffError(`${path}: ${exited}`, 'is qemu-utils installed and the image a readable qcow2?');
-        if (await stat(sock).then(() => true, () => false)) break;
+        if (exited)
+          throw new DiffError(`${path}: ${exited}`, 'is qemu-utils installed and the image a readable qcow2?');
+        if (
+          await stat(sock).then(
+            () => true,
+            () => false,
+          )
+        )
+          break;
         if (Date.now() > deadline) throw new DiffError(`${path}: qemu-nbd did not start within ${START_TIMEOUT_MS} ms`);
         await new Promise((r) => setTimeout(r, 20));
       }
@@ -87,7 +106,10 @@ export class Qcow2Source implements BlockSource {
       } catch (e) {
         // qemu-nbd listens before it has opened the image: its own message says why it closed.
         await new Promise((r) => setTimeout(r, 200));
-        throw new DiffError(`${path}: ${exited ?? `cannot read it through qemu-nbd: ${(e as Error).message}`}`, 'is it a readable qcow2 image? (`qemu-img check` tells)');
+        throw new DiffError(
+          `${path}: ${exited ?? `cannot read it through qemu-nbd: ${(e as Error).message}`}`,
+          'is it a readable qcow2 image? (`qemu-img check` tells)',
+        );
       }
       return new Qcow2Source(path, nbd, child, dir);
     } catch (e) {
@@ -123,7 +145,9 @@ export class Qcow2Source implements BlockSource {
 
   async close(): Promise<void> {
     await this.nbd.disconnect().catch(() => this.nbd.close());
-    const done = new Promise((r) => (this.child.exitCode !== null || this.child.signalCode !== null ? r(undefined) : this.child.once('exit', r)));
+    const done = new Promise((r) =>
+      this.child.exitCode !== null || this.child.signalCode !== null ? r(undefined) : this.child.once('exit', r),
+    );
     const timer = setTimeout(() => this.child.kill('SIGKILL'), 5_000);
     await done;
     clearTimeout(timer);

@@ -32,7 +32,8 @@ export class Debugfs {
     readonly image: string,
     readonly offset = 0,
   ) {
-    if (image.includes('?')) throw new HintError(`${image}: debugfs cannot open a path containing '?'`, 'rename the image');
+    if (image.includes('?'))
+      throw new HintError(`${image}: debugfs cannot open a path containing '?'`, 'rename the image');
     this.spec = offset > 0 ? `${image}?offset=${offset}` : image;
   }
 

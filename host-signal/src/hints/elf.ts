@@ -82,7 +82,8 @@ export function elfCode(file: Buffer): ElfCode {
   const is64 = cls === 2;
   const le = data === 1;
   const need = (off: number, n: number, what: string): void => {
-    if (off < 0 || n < 0 || off + n > file.length) throw new ElfFormatError(`${what} at ${off}+${n} runs past the end of the file (${file.length} bytes)`);
+    if (off < 0 || n < 0 || off + n > file.length)
+      throw new ElfFormatError(`${what} at ${off}+${n} runs past the end of the file (${file.length} bytes)`);
   };
   const u16 = (o: number): number => (le ? file.readUInt16LE(o) : file.readUInt16BE(o));
   const u32 = (o: number): number => (le ? file.readUInt32LE(o) : file.readUInt32BE(o));
@@ -90,7 +91,8 @@ export function elfCode(file: Buffer): ElfCode {
   const addr = (o: number): string => (is64 ? u64(o) : BigInt(u32(o))).toString(16);
   const off = (o: number): number => {
     const v = is64 ? u64(o) : BigInt(u32(o));
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new ElfFormatError(`offset or size 0x${v.toString(16)} at ${o} is out of range`);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER))
+      throw new ElfFormatError(`offset or size 0x${v.toString(16)} at ${o} is out of range`);
     return Number(v);
   };
   need(0, is64 ? 64 : 52, 'ELF header');
@@ -102,7 +104,9 @@ export function elfCode(file: Buffer): ElfCode {
   const shentsize = u16(is64 ? 58 : 46);
   const shnum = u16(is64 ? 60 : 48);
   const shstrndx = u16(is64 ? 62 : 50);
-  const headers = [`elf class=${is64 ? 64 : 32} data=${le ? 'le' : 'be'} type=${u16(16)} machine=${u16(18)} entry=${addr(24)} phoff=${phoff.toString(16)} phentsize=${phentsize} phnum=${phnum}`];
+  const headers = [
+    `elf class=${is64 ? 64 : 32} data=${le ? 'le' : 'be'} type=${u16(16)} machine=${u16(18)} entry=${addr(24)} phoff=${phoff.toString(16)} phentsize=${phentsize} phnum=${phnum}`,
+  ];
   const ranges: CodeRange[] = [];
   let dynamic = false;
 
@@ -119,7 +123,9 @@ export function elfCode(file: Buffer): ElfCode {
       const f = is64
         ? [addr(p + 16), addr(p + 24), addr(p + 40), addr(p + 48)]
         : [addr(p + 8), addr(p + 12), addr(p + 20), addr(p + 28)];
-      headers.push(`phdr ${i} type=${type} flags=${flags} offset=${offset.toString(16)} vaddr=${f[0]} paddr=${f[1]} filesz=${filesz.toString(16)} memsz=${f[2]} align=${f[3]}`);
+      headers.push(
+        `phdr ${i} type=${type} flags=${flags} offset=${offset.toString(16)} vaddr=${f[0]} paddr=${f[1]} filesz=${filesz.toString(16)} memsz=${f[2]} align=${f[3]}`,
+      );
       if (type === PT_DYNAMIC) dynamic = true;
       if (type === PT_LOAD && (flags & PF_X) !== 0) {
         need(offset, filesz, `executable segment (program header ${i})`);
@@ -129,16 +135,40 @@ export function elfCode(file: Buffer): ElfCode {
   }
 
   if (shnum === 0) {
-    return { class: is64 ? 64 : 32, headers, ranges, ...(dynamic ? { opaque: 'dynamically linked, without section headers: the tables the loader reads at run time cannot be located' } : {}) };
+    return {
+      class: is64 ? 64 : 32,
+      headers,
+      ranges,
+      ...(dynamic
+        ? {
+            opaque:
+              'dynamically linked, without section headers: the tables the loader reads at run time cannot be located',
+          }
+        : {}),
+    };
   }
   if (shentsize < (is64 ? 64 : 40)) throw new ElfFormatError(`section header entry size ${shentsize} too small`);
   need(shoff, shnum * shentsize, 'section headers');
-  interface Section { name: number; type: number; flags: bigint; offset: number; size: number; link: number }
+  interface Section {
+    name: number;
+    type: number;
+    flags: bigint;
+    offset: number;
+    size: number;
+    link: number;
+  }
   const sections: Section[] = Array.from({ length: shnum }, (_, i) => {
     const s = shoff + i * shentsize;
     return is64
       ? { name: u32(s), type: u32(s + 4), flags: u64(s + 8), offset: off(s + 24), size: off(s + 32), link: u32(s + 40) }
-      : { name: u32(s), type: u32(s + 4), flags: BigInt(u32(s + 8)), offset: off(s + 16), size: off(s + 20), link: u32(s + 24) };
+      : {
+          name: u32(s),
+          type: u32(s + 4),
+          flags: BigInt(u32(s + 8)),
+          offset: off(s + 16),
+          size: off(s + 20),
+          link: u32(s + 24),
+        };
   });
   const strtab = sections[shstrndx];
   const nameOf = (at: number): string => {
@@ -146,7 +176,11 @@ export function elfCode(file: Buffer): ElfCode {
     const start = strtab.offset + at;
     need(start, 1, 'section name table');
     const end = file.indexOf(0, start);
-    return file.toString('latin1', start, end === -1 || end > strtab.offset + strtab.size ? strtab.offset + strtab.size : end);
+    return file.toString(
+      'latin1',
+      start,
+      end === -1 || end > strtab.offset + strtab.size ? strtab.offset + strtab.size : end,
+    );
   };
   const dynstr = new Set(sections.filter((s) => s.type === 11).map((s) => s.link));
   sections.forEach((s, i) => {
@@ -195,16 +229,24 @@ export function compareElf(base: Buffer | undefined, patched: Buffer): CodeVerdi
     return changed(`patched: ${(e as Error).message}`);
   }
   for (let i = 0; i < Math.max(a.headers.length, b.headers.length); i++) {
-    if (a.headers[i] !== b.headers[i]) return changed(`program headers: ${a.headers[i] ?? '(none)'} → ${b.headers[i] ?? '(none)'}`);
+    if (a.headers[i] !== b.headers[i])
+      return changed(`program headers: ${a.headers[i] ?? '(none)'} → ${b.headers[i] ?? '(none)'}`);
   }
   if (b.opaque !== undefined) return changed(b.opaque);
   const key = (r: CodeRange): string => `${r.what} at ${hex(r.offset)}+${hex(r.size)}`;
   for (let i = 0; i < Math.max(a.ranges.length, b.ranges.length); i++) {
     const ra = a.ranges[i];
     const rb = b.ranges[i];
-    if (!ra || !rb || key(ra) !== key(rb)) return changed(`placement: ${ra ? key(ra) : '(none)'} → ${rb ? key(rb) : '(none)'}`);
-    const at = firstDifference(base.subarray(ra.offset, ra.offset + ra.size), patched.subarray(rb.offset, rb.offset + rb.size));
-    if (at >= 0) return changed(`${rb.what}: bytes differ from file offset ${hex(rb.offset + at)} (range ${hex(rb.offset)}+${hex(rb.size)})`);
+    if (!ra || !rb || key(ra) !== key(rb))
+      return changed(`placement: ${ra ? key(ra) : '(none)'} → ${rb ? key(rb) : '(none)'}`);
+    const at = firstDifference(
+      base.subarray(ra.offset, ra.offset + ra.size),
+      patched.subarray(rb.offset, rb.offset + rb.size),
+    );
+    if (at >= 0)
+      return changed(
+        `${rb.what}: bytes differ from file offset ${hex(rb.offset + at)} (range ${hex(rb.offset)}+${hex(rb.size)})`,
+      );
   }
   return { elf: 'code-unchanged' };
 }

@@ -43,7 +43,15 @@ import { extractFilesystem, readXfsFile, S_IFMT, S_IFREG, XfsDb, xfsDbAvailable,
 
 export { Debugfs, debugfsAvailable } from './debugfs.js';
 export { compareElf, elfCode, isElf, type CodeRange, type CodeVerdict, type ElfCode } from './elf.js';
-export { ext4At, filesystemAt, findFilesystems, partitions, xfsAt, type ImageReader, type Partition } from './partitions.js';
+export {
+  ext4At,
+  filesystemAt,
+  findFilesystems,
+  partitions,
+  xfsAt,
+  type ImageReader,
+  type Partition,
+} from './partitions.js';
 export { XfsDb, xfsDbAvailable } from './xfs.js';
 
 /** Changed blocks looked at per filesystem at most (16 GiB of 4 KiB blocks). */
@@ -71,7 +79,14 @@ export interface HintOptions {
   onProgress?: (step: string) => void;
 }
 
-interface Found { fs: number; ino: number; path: string; ranges: Set<number>; elf?: FileEntry['elf']; change?: string }
+interface Found {
+  fs: number;
+  ino: number;
+  path: string;
+  ranges: Set<number>;
+  elf?: FileEntry['elf'];
+  change?: string;
+}
 
 export function readerOf(source: BlockSource): ImageReader {
   return async (offset, length) => {
@@ -86,7 +101,12 @@ export function baseFilesystems(base: BlockSource): Promise<BaseFilesystem[]> {
   return findFilesystems(readerOf(base), base.size);
 }
 
-export async function computeHints(base: HintImage, patched: HintImage, ranges: readonly DiffRange[], options: HintOptions = {}): Promise<Hints> {
+export async function computeHints(
+  base: HintImage,
+  patched: HintImage,
+  ranges: readonly DiffRange[],
+  options: HintOptions = {},
+): Promise<Hints> {
   const filesystems = await baseFilesystems(base.source);
   const notes: string[] = [];
   const rangeFiles: number[][] = ranges.map(() => []);
@@ -104,7 +124,8 @@ export async function computeHints(base: HintImage, patched: HintImage, ranges: 
         notes.push(`filesystem ${k} (${where}): the patched image has no ${fs.type} there; no hints for it`);
         continue;
       }
-      if (now.uuid !== fs.uuid) notes.push(`filesystem ${k} (${where}): UUID ${fs.uuid} in the base, ${now.uuid} in the patched image`);
+      if (now.uuid !== fs.uuid)
+        notes.push(`filesystem ${k} (${where}): UUID ${fs.uuid} in the base, ${now.uuid} in the patched image`);
       const bs = now['block-size'];
       // Changed blocks inside this filesystem, and the range each belongs to.
       const blockRange = new Map<number, number>();
@@ -134,7 +155,11 @@ export async function computeHints(base: HintImage, patched: HintImage, ranges: 
         continue;
       }
       options.onProgress?.(`filesystem ${k}: classifying ${blockRange.size} blocks`);
-      const candidates = await dataCandidates(patched.source, fs.offset, [...blockRange.keys()].sort((a, b) => a - b));
+      const candidates = await dataCandidates(
+        patched.source,
+        fs.offset,
+        [...blockRange.keys()].sort((a, b) => a - b),
+      );
       const dfs = new Debugfs(patched.path, fs.offset);
       options.onProgress?.(`filesystem ${k}: owners of ${candidates.length} blocks`);
       const owners = await owningInodes(dfs, candidates);
@@ -205,7 +230,11 @@ async function xfsHints(
     await extractFilesystem(read, offset, size, to);
     return to;
   };
-  const dbP = new XfsDb(await imageOf(patched, readPatched, geoP.size, 'p'), { blockSize: geoP['block-size'], agBlocks: geoP.agBlocks, agBlkLog: geoP.agBlkLog });
+  const dbP = new XfsDb(await imageOf(patched, readPatched, geoP.size, 'p'), {
+    blockSize: geoP['block-size'],
+    agBlocks: geoP.agBlocks,
+    agBlkLog: geoP.agBlkLog,
+  });
   const use = await dbP.blockUse([...blockRange.keys()].sort((a, b) => a - b));
   const owned = new Map<number, number[]>();
   const other = new Map<string, number>();
@@ -216,15 +245,24 @@ async function xfsHints(
   const unknown = blockRange.size - use.size;
   if (unknown > 0) other.set('unreported', unknown);
   if (other.size > 0) {
-    const list = [...other].sort((a, b) => b[1] - a[1]).map(([t, n]) => `${t} ${n}`).join(', ');
-    notes.push(`filesystem ${k} (${where}): XFS changed blocks that are no regular file's data (${list}): metadata or free space; the agent refuses XFS metadata changes (RestartRequired)`);
+    const list = [...other]
+      .sort((a, b) => b[1] - a[1])
+      .map(([t, n]) => `${t} ${n}`)
+      .join(', ');
+    notes.push(
+      `filesystem ${k} (${where}): XFS changed blocks that are no regular file's data (${list}): metadata or free space; the agent refuses XFS metadata changes (RestartRequired)`,
+    );
   }
   const inodes = [...owned.keys()].sort((a, b) => a - b);
   const info = await dbP.inodes(inodes);
   const regular = inodes.filter((i) => ((info.get(i)?.mode ?? 0) & S_IFMT) === S_IFREG);
   const paths = await dbP.paths(regular);
   const found: Found[] = [];
-  const dbB = new XfsDb(await imageOf(base, readBase, geoB.size, 'b'), { blockSize: geoB['block-size'], agBlocks: geoB.agBlocks, agBlkLog: geoB.agBlkLog });
+  const dbB = new XfsDb(await imageOf(base, readBase, geoB.size, 'b'), {
+    blockSize: geoB['block-size'],
+    agBlocks: geoB.agBlocks,
+    agBlkLog: geoB.agBlkLog,
+  });
   const elfFiles: { f: Found; now: XfsInode }[] = [];
   for (const ino of regular) {
     const now = info.get(ino)!;
@@ -237,14 +275,19 @@ async function xfsHints(
       if (now.size > MAX_ELF_BYTES) {
         f.elf = 'code-changed';
         f.change = `larger than ${MAX_ELF_BYTES} bytes: not compared`;
-        notes.push(`filesystem ${k}: ${path} is larger than ${MAX_ELF_BYTES} bytes: not read, taken as an ELF file whose code changed (the cautious class)`);
+        notes.push(
+          `filesystem ${k}: ${path} is larger than ${MAX_ELF_BYTES} bytes: not read, taken as an ELF file whose code changed (the cautious class)`,
+        );
       } else elfFiles.push({ f, now });
     }
   }
   const was = await dbB.inodes(elfFiles.map((e) => e.f.path));
   for (const { f, now } of elfFiles) {
     const b = was.get(f.path);
-    const before = b && (b.mode & S_IFMT) === S_IFREG && b.size <= MAX_ELF_BYTES ? await readXfsFile(readBase, offset, geoB['block-size'], b) : undefined;
+    const before =
+      b && (b.mode & S_IFMT) === S_IFREG && b.size <= MAX_ELF_BYTES
+        ? await readXfsFile(readBase, offset, geoB['block-size'], b)
+        : undefined;
     const v = compareElf(before, await readXfsFile(readPatched, offset, geoP['block-size'], now));
     f.elf = v.elf;
     if (v.elf === 'code-changed') f.change = v.change;
@@ -278,7 +321,8 @@ async function owningInodes(dfs: Debugfs, blocks: readonly number[]): Promise<Ma
     if (sample.length < SAMPLES_PER_ROUND) {
       const step = Math.max(1, Math.floor(unresolved.length / (SAMPLES_PER_ROUND - sample.length)));
       const have = new Set(sample);
-      for (let i = step; i < unresolved.length && sample.length < SAMPLES_PER_ROUND; i += step) if (!have.has(unresolved[i]!)) sample.push(unresolved[i]!);
+      for (let i = step; i < unresolved.length && sample.length < SAMPLES_PER_ROUND; i += step)
+        if (!have.has(unresolved[i]!)) sample.push(unresolved[i]!);
     }
     const got = await dfs.icheck(sample);
     const fresh = [...new Set(got.values())].filter((ino) => !known.has(ino));
@@ -306,7 +350,9 @@ async function elfVerdicts(
   byIno: ReadonlyMap<number, { path: string; elf?: FileEntry['elf']; change?: string }[]>,
   notes: string[],
 ): Promise<void> {
-  const small = regular.filter((ino) => (types.get(ino)?.size ?? 0) <= MAX_ELF_BYTES && (types.get(ino)?.size ?? 0) >= 4);
+  const small = regular.filter(
+    (ino) => (types.get(ino)?.size ?? 0) <= MAX_ELF_BYTES && (types.get(ino)?.size ?? 0) >= 4,
+  );
   const big = regular.filter((ino) => (types.get(ino)?.size ?? 0) > MAX_ELF_BYTES);
   const p = (ino: number): string => join(tmp, `p${k}-${ino}`);
   const b = (ino: number, i: number): string => join(tmp, `b${k}-${ino}-${i}`);
@@ -322,7 +368,9 @@ async function elfVerdicts(
       f.elf = 'code-changed';
       f.change = `larger than ${MAX_ELF_BYTES} bytes: not compared`;
     }
-    notes.push(`filesystem ${k}: inode ${ino} is larger than ${MAX_ELF_BYTES} bytes: not read, taken as an ELF file whose code changed (the cautious class)`);
+    notes.push(
+      `filesystem ${k}: inode ${ino} is larger than ${MAX_ELF_BYTES} bytes: not read, taken as an ELF file whose code changed (the cautious class)`,
+    );
   }
   const baseItems: (readonly [string, string])[] = [];
   for (const ino of elf) {

@@ -49,7 +49,10 @@ export async function ext4At(read: ImageReader, offset: number): Promise<Omit<Ba
  * sb_dblocks × sb_blocksize, the data device), or undefined when there is no
  * XFS there. `agBlocks`/`agBlkLog` convert linear blocks to XFS fsblocks.
  */
-export async function xfsAt(read: ImageReader, offset: number): Promise<(Omit<BaseFilesystem, 'offset'> & { agBlocks: number; agBlkLog: number }) | undefined> {
+export async function xfsAt(
+  read: ImageReader,
+  offset: number,
+): Promise<(Omit<BaseFilesystem, 'offset'> & { agBlocks: number; agBlkLog: number }) | undefined> {
   const sb = await read(offset, 512);
   if (sb.length < 512 || sb.readUInt32BE(0) !== XFS_MAGIC) return undefined;
   const blockSize = sb.readUInt32BE(4);
@@ -58,17 +61,36 @@ export async function xfsAt(read: ImageReader, offset: number): Promise<(Omit<Ba
   const agCount = sb.readUInt32BE(88);
   const agBlkLog = sb[124]!;
   if (blockSize < 1024 || blockSize > 65536 || (blockSize & (blockSize - 1)) !== 0) return undefined;
-  if (blocks === 0 || agBlocks === 0 || agCount === 0 || agBlkLog > 31 || 2 ** agBlkLog < agBlocks || !Number.isSafeInteger(blocks * blockSize)) return undefined;
+  if (
+    blocks === 0 ||
+    agBlocks === 0 ||
+    agCount === 0 ||
+    agBlkLog > 31 ||
+    2 ** agBlkLog < agBlocks ||
+    !Number.isSafeInteger(blocks * blockSize)
+  )
+    return undefined;
   const u = sb.subarray(32, 48).toString('hex');
   const uuid = `${u.slice(0, 8)}-${u.slice(8, 12)}-${u.slice(12, 16)}-${u.slice(16, 20)}-${u.slice(20)}`;
   const rawLabel = sb.subarray(108, 120);
   const nul = rawLabel.indexOf(0);
   const label = rawLabel.subarray(0, nul === -1 ? 12 : nul).toString('utf8');
-  return { type: 'xfs', size: blocks * blockSize, 'block-size': blockSize, uuid, ...(label !== '' ? { label } : {}), agBlocks, agBlkLog };
+  return {
+    type: 'xfs',
+    size: blocks * blockSize,
+    'block-size': blockSize,
+    uuid,
+    ...(label !== '' ? { label } : {}),
+    agBlocks,
+    agBlkLog,
+  };
 }
 
 /** The identity of the ext4 or XFS filesystem at byte `offset`, without XFS's geometry. */
-export async function filesystemAt(read: ImageReader, offset: number): Promise<Omit<BaseFilesystem, 'offset'> | undefined> {
+export async function filesystemAt(
+  read: ImageReader,
+  offset: number,
+): Promise<Omit<BaseFilesystem, 'offset'> | undefined> {
   const ext4 = await ext4At(read, offset);
   if (ext4) return ext4;
   const xfs = await xfsAt(read, offset);
@@ -93,7 +115,9 @@ export async function partitions(read: ImageReader, imageSize: number): Promise<
     return [];
   }
   return entries
-    .filter((e) => e.type !== 0 && !MBR_EXTENDED.has(e.type) && e.sectors > 0 && (e.start + e.sectors) * 512 <= imageSize)
+    .filter(
+      (e) => e.type !== 0 && !MBR_EXTENDED.has(e.type) && e.sectors > 0 && (e.start + e.sectors) * 512 <= imageSize,
+    )
     .map((e) => ({ number: e.number, table: 'mbr' as const, offset: e.start * 512, size: e.sectors * 512 }));
 }
 
@@ -131,7 +155,8 @@ export async function findFilesystems(read: ImageReader, imageSize: number): Pro
   const found: BaseFilesystem[] = [];
   for (const p of await partitions(read, imageSize)) {
     const fs = await filesystemAt(read, p.offset);
-    if (fs && fs.size <= p.size) found.push({ ...fs, offset: p.offset, partition: p.number, 'partition-table': p.table });
+    if (fs && fs.size <= p.size)
+      found.push({ ...fs, offset: p.offset, partition: p.number, 'partition-table': p.table });
   }
   return found;
 }

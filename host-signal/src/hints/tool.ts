@@ -39,9 +39,17 @@ export function runTool(
       else out.push(b);
     });
     child.stderr.on('data', (b: Buffer) => (err += b.toString('utf8')));
-    child.on('error', (e) => reject(new HintError(`cannot run ${tool}: ${e.message}`, `install ${options.install}, or pass --no-hints`)));
+    child.on('error', (e) =>
+      reject(new HintError(`cannot run ${tool}: ${e.message}`, `install ${options.install}, or pass --no-hints`)),
+    );
     child.on('close', (code, signal) =>
-      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: err, tooLarge: outBytes > options.maxOutput }),
+      resolve({
+        code,
+        signal,
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: err,
+        tooLarge: outBytes > options.maxOutput,
+      }),
     );
     child.stdin.on('error', () => undefined);
     child.stdin.end(input);

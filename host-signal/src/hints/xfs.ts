@@ -67,10 +67,15 @@ export class XfsDb {
 
   /** Runs `xfs_db -r image` with `commands` on stdin; resolves with stdout (errors are printed there too). */
   async run(commands: readonly string[]): Promise<string> {
-    const r = await runTool('xfs_db', ['-r', this.image], [...commands, `echo ${MARK} end`].join('\n') + '\n', { maxOutput: MAX_OUTPUT, install: 'xfsprogs' });
+    const r = await runTool('xfs_db', ['-r', this.image], [...commands, `echo ${MARK} end`].join('\n') + '\n', {
+      maxOutput: MAX_OUTPUT,
+      install: 'xfsprogs',
+    });
     // xfs_db exits 1 after any command that failed (a path not found); only no output at all is fatal.
     if (r.signal !== null || r.tooLarge || (r.code !== 0 && !r.stdout.includes(MARK))) {
-      const why = r.tooLarge ? 'output too large' : r.stderr.trim().split('\n')[0] || r.stdout.trim().split('\n')[0] || `exit status ${r.code ?? r.signal}`;
+      const why = r.tooLarge
+        ? 'output too large'
+        : r.stderr.trim().split('\n')[0] || r.stdout.trim().split('\n')[0] || `exit status ${r.code ?? r.signal}`;
       throw new HintError(`xfs_db ${this.image}: ${why}`);
     }
     return r.stdout;
@@ -94,12 +99,18 @@ export class XfsDb {
     const runs: [number, number][] = [];
     for (const b of blocks) {
       const last = runs[runs.length - 1];
-      if (last && last[0] + last[1] === b && Math.floor(b / this.geometry.agBlocks) === Math.floor(last[0] / this.geometry.agBlocks)) last[1]++;
+      if (
+        last &&
+        last[0] + last[1] === b &&
+        Math.floor(b / this.geometry.agBlocks) === Math.floor(last[0] / this.geometry.agBlocks)
+      )
+        last[1]++;
       else runs.push([b, 1]);
     }
     for (let i = 0; i < runs.length; i += RUNS_PER_BATCH) {
       const cmds = ['blockget -n'];
-      for (const [start, count] of runs.slice(i, i + RUNS_PER_BATCH)) cmds.push(`fsblock ${this.fsblock(start)}`, `blockuse -n -c ${count}`);
+      for (const [start, count] of runs.slice(i, i + RUNS_PER_BATCH))
+        cmds.push(`fsblock ${this.fsblock(start)}`, `blockuse -n -c ${count}`);
       const text = await this.run(cmds);
       for (const line of text.split('\n')) {
         // block 32792 (1/24) type data inode 262273 bin/t
@@ -143,7 +154,12 @@ export class XfsDb {
     for (const w of what) {
       if (typeof w === 'string' && (/\s/.test(w) || !w.startsWith('/'))) continue;
       asked.push(w);
-      cmds.push(`echo ${MARK} ${asked.length - 1}`, typeof w === 'number' ? `inode ${w}` : `path ${w}`, 'print core.mode core.size', 'bmap');
+      cmds.push(
+        `echo ${MARK} ${asked.length - 1}`,
+        typeof w === 'number' ? `inode ${w}` : `path ${w}`,
+        'print core.mode core.size',
+        'bmap',
+      );
     }
     const text = await this.run(cmds);
     let cur: { key: number | string; node: XfsInode; bad: boolean } | undefined;
@@ -154,7 +170,19 @@ export class XfsDb {
       const mark = new RegExp(`^${MARK} (\\d+|end)`).exec(line);
       if (mark) {
         flush();
-        cur = mark[1] === 'end' ? undefined : { key: asked[Number(mark[1])]!, node: { ino: typeof asked[Number(mark[1])] === 'number' ? (asked[Number(mark[1])] as number) : 0, mode: 0, size: 0, extents: [] }, bad: false };
+        cur =
+          mark[1] === 'end'
+            ? undefined
+            : {
+                key: asked[Number(mark[1])]!,
+                node: {
+                  ino: typeof asked[Number(mark[1])] === 'number' ? (asked[Number(mark[1])] as number) : 0,
+                  mode: 0,
+                  size: 0,
+                  extents: [],
+                },
+                bad: false,
+              };
         continue;
       }
       if (!cur) continue;
@@ -162,7 +190,12 @@ export class XfsDb {
       if ((m = /^core\.mode = (0[0-7]*)/.exec(line))) cur.node.mode = parseInt(m[1]!, 8);
       else if ((m = /^core\.size = (\d+)/.exec(line))) cur.node.size = Number(m[1]);
       else if ((m = /^data offset (\d+) startblock \d+ \((\d+)\/(\d+)\) count (\d+) flag (\d)/.exec(line))) {
-        if (m[5] === '0') cur.node.extents.push({ fileBlock: Number(m[1]), block: this.linear(Number(m[2]), Number(m[3])), count: Number(m[4]) });
+        if (m[5] === '0')
+          cur.node.extents.push({
+            fileBlock: Number(m[1]),
+            block: this.linear(Number(m[2]), Number(m[3])),
+            count: Number(m[4]),
+          });
       } else if (/: No such file|Not a directory|bad inode|not a valid|unknown|[Ee]rror/.test(line)) cur.bad = true;
     }
     flush();
@@ -171,7 +204,13 @@ export class XfsDb {
 }
 
 /** Reads a file's first `length` bytes (or all of it) through its extents; holes read as zeros. */
-export async function readXfsFile(read: ImageReader, fsOffset: number, blockSize: number, node: XfsInode, length = node.size): Promise<Buffer> {
+export async function readXfsFile(
+  read: ImageReader,
+  fsOffset: number,
+  blockSize: number,
+  node: XfsInode,
+  length = node.size,
+): Promise<Buffer> {
   const n = Math.min(length, node.size);
   const buf = Buffer.alloc(n);
   for (const e of node.extents) {

@@ -27,7 +27,12 @@ export interface HostBinding {
   vsockAddresses(fd: number): { localCid: number; localPort: number; remoteCid: number; remotePort: number };
   closeFd(fd: number): void;
   StreamHandle: StreamHandleClass;
-  Connector: new (fd: number, cid: number, port: number, oncomplete: (err: NativeError | null, fd?: number) => void) => Connector;
+  Connector: new (
+    fd: number,
+    cid: number,
+    port: number,
+    oncomplete: (err: NativeError | null, fd?: number) => void,
+  ) => Connector;
   constants: { readonly COMPARE_BLOCK_MAX: number };
 }
 
@@ -80,11 +85,16 @@ function load(): Loaded {
   } catch (cause) {
     // The first line: node's "Require stack" that follows says nothing about the addon.
     const reason = (cause instanceof Error ? cause.message : String(cause)).split('\n')[0];
-    return { error: new Error(`cannot load the host's native addon (tried ${candidates.join(', ')}): ${reason}`, { cause }) };
+    return {
+      error: new Error(`cannot load the host's native addon (tried ${candidates.join(', ')}): ${reason}`, { cause }),
+    };
   }
   const record = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
   const missing = BINDING_FUNCTIONS.filter((name) => typeof record[name] !== 'function');
-  if (missing.length > 0) return { error: new Error(`${path} is not the expected addon (no ${missing.join(', ')}); rebuild it with \`make addon\``) };
+  if (missing.length > 0)
+    return {
+      error: new Error(`${path} is not the expected addon (no ${missing.join(', ')}); rebuild it with \`make addon\``),
+    };
   const binding = value as HostBinding;
   binding.setErrorClass(NativeError);
   return { binding, path };
@@ -106,7 +116,9 @@ export function nativeStatus(): NativeStatus {
  * The addon for a caller that has a JavaScript fallback: undefined when it
  * cannot be loaded, after one warning line through `warn` (stderr) per process.
  */
-export function optionalHostBinding(warn: (line: string) => void = (l) => process.stderr.write(l)): HostBinding | undefined {
+export function optionalHostBinding(
+  warn: (line: string) => void = (l) => process.stderr.write(l),
+): HostBinding | undefined {
   try {
     return hostBinding();
   } catch (e) {

@@ -31,11 +31,7 @@ const VSOCK_PORT_RESERVED = 0xfffffffe;
 const KERNEL_TIMEOUT_SLACK_MS = 1000;
 
 /** Connect to cid:port without blocking the event loop. */
-export function vsockConnect(
-  cid: number,
-  port: number,
-  opts: VsockConnectOptions = {},
-): Promise<VsockSocket> {
+export function vsockConnect(cid: number, port: number, opts: VsockConnectOptions = {}): Promise<VsockSocket> {
   return new Promise<VsockSocket>((resolve, reject) => {
     const { timeoutMs } = opts;
     let fd: number;

@@ -120,11 +120,21 @@ export class NbdClient {
   #failed: Error | undefined;
   #disconnecting = false;
 
-  private constructor(stream: Duplex, reader: ByteReader, readonly info: ExportInfo, readonly exportName: string, requestTimeoutMs: number, requestBytes: number) {
+  private constructor(
+    stream: Duplex,
+    reader: ByteReader,
+    readonly info: ExportInfo,
+    readonly exportName: string,
+    requestTimeoutMs: number,
+    requestBytes: number,
+  ) {
     this.#stream = stream;
     this.#reader = reader;
     this.#requestTimeoutMs = requestTimeoutMs;
-    this.#requestBytes = Math.max(info.minBlock, Math.min(info.maxPayload, requestBytes - (requestBytes % info.minBlock)));
+    this.#requestBytes = Math.max(
+      info.minBlock,
+      Math.min(info.maxPayload, requestBytes - (requestBytes % info.minBlock)),
+    );
     void this.#replyLoop();
   }
 
@@ -135,7 +145,9 @@ export class NbdClient {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         socket.destroy();
-        reject(new TimeoutError(`no connection to NBD socket ${path} within ${timeoutMs} ms`, 'is the NBD server running?'));
+        reject(
+          new TimeoutError(`no connection to NBD socket ${path} within ${timeoutMs} ms`, 'is the NBD server running?'),
+        );
       }, timeoutMs);
       socket.once('connect', () => {
         clearTimeout(timer);
@@ -164,7 +176,14 @@ export class NbdClient {
     }, timeoutMs);
     try {
       const info = await negotiate(stream, reader, exportName);
-      return new NbdClient(stream, reader, info, exportName, options.requestTimeoutMs ?? 60_000, options.requestBytes ?? REQUEST_BYTES);
+      return new NbdClient(
+        stream,
+        reader,
+        info,
+        exportName,
+        options.requestTimeoutMs ?? 60_000,
+        options.requestBytes ?? REQUEST_BYTES,
+      );
     } catch (e) {
       stream.destroy();
       throw e;
@@ -209,7 +228,15 @@ export class NbdClient {
     const max = this.#requestBytes;
     const parts: Promise<unknown>[] = [];
     for (let pos = 0; pos < data.length; pos += max) {
-      parts.push(this.#request(C.CMD_WRITE, flags, offset + pos, Math.min(max, data.length - pos), data.subarray(pos, pos + max)));
+      parts.push(
+        this.#request(
+          C.CMD_WRITE,
+          flags,
+          offset + pos,
+          Math.min(max, data.length - pos),
+          data.subarray(pos, pos + max),
+        ),
+      );
     }
     await Promise.all(parts);
   }
@@ -249,12 +276,24 @@ export class NbdClient {
   }
 
   #checkBounds(offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.info.size) {
-      throw new NbdError(`request of ${length} bytes at ${offset} is outside the export (${this.info.size} bytes)`, 'EINVAL');
+    if (
+      !Number.isSafeInteger(offset) ||
+      !Number.isSafeInteger(length) ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > this.info.size
+    ) {
+      throw new NbdError(
+        `request of ${length} bytes at ${offset} is outside the export (${this.info.size} bytes)`,
+        'EINVAL',
+      );
     }
     const min = this.info.minBlock;
     if (offset % min !== 0 || (length % min !== 0 && offset + length !== this.info.size)) {
-      throw new NbdError(`request of ${length} bytes at ${offset} is not aligned to the export's ${min}-byte minimum block size`, 'EINVAL');
+      throw new NbdError(
+        `request of ${length} bytes at ${offset} is not aligned to the export's ${min}-byte minimum block size`,
+        'EINVAL',
+      );
     }
   }
 
@@ -264,7 +303,10 @@ export class NbdClient {
     const handle = ++this.#handle;
     const promise = new Promise<Buffer | undefined>((resolve, reject) => {
       const timer = setTimeout(() => {
-        const err = new TimeoutError(`NBD ${commandName(type)} of ${length} bytes at ${offset}: no reply within ${this.#requestTimeoutMs} ms`, 'the NBD server (QEMU) may be hung');
+        const err = new TimeoutError(
+          `NBD ${commandName(type)} of ${length} bytes at ${offset}: no reply within ${this.#requestTimeoutMs} ms`,
+          'the NBD server (QEMU) may be hung',
+        );
         this.#fail(err);
         this.#stream.destroy();
       }, this.#requestTimeoutMs);
@@ -283,7 +325,8 @@ export class NbdClient {
       for (;;) {
         const head = await this.#reader.read(C.SIMPLE_REPLY_BYTES);
         const magic = head.readUInt32BE(0);
-        if (magic === C.STRUCTURED_REPLY_MAGIC) throw new NbdError('the server sent a structured reply, which was not negotiated');
+        if (magic === C.STRUCTURED_REPLY_MAGIC)
+          throw new NbdError('the server sent a structured reply, which was not negotiated');
         if (magic !== C.SIMPLE_REPLY_MAGIC) throw new NbdError(`bad reply magic 0x${magic.toString(16)}`);
         const error = head.readUInt32BE(4);
         const handle = head.readBigUInt64BE(8);
@@ -321,9 +364,11 @@ export class NbdClient {
 async function negotiate(stream: Duplex, reader: ByteReader, exportName: string): Promise<ExportInfo> {
   const hello = await reader.read(18);
   if (hello.readBigUInt64BE(0) !== C.NBDMAGIC) throw new NbdError('not an NBD server (bad magic)');
-  if (hello.readBigUInt64BE(8) !== C.IHAVEOPT) throw new NbdError('the server speaks the old-style NBD handshake, which is not supported');
+  if (hello.readBigUInt64BE(8) !== C.IHAVEOPT)
+    throw new NbdError('the server speaks the old-style NBD handshake, which is not supported');
   const serverFlags = hello.readUInt16BE(16);
-  if ((serverFlags & C.FLAG_FIXED_NEWSTYLE) === 0) throw new NbdError('the server does not support the fixed-newstyle NBD handshake');
+  if ((serverFlags & C.FLAG_FIXED_NEWSTYLE) === 0)
+    throw new NbdError('the server does not support the fixed-newstyle NBD handshake');
   const noZeroes = (serverFlags & C.FLAG_NO_ZEROES) !== 0;
   const clientFlags = Buffer.alloc(4);
   clientFlags.writeUInt32BE(C.FLAG_C_FIXED_NEWSTYLE | (noZeroes ? C.FLAG_C_NO_ZEROES : 0));
@@ -380,10 +425,21 @@ async function negotiate(stream: Duplex, reader: ByteReader, exportName: string)
   }
 }
 
-async function exportNameFallback(stream: Duplex, reader: ByteReader, name: Buffer, noZeroes: boolean): Promise<ExportInfo> {
+async function exportNameFallback(
+  stream: Duplex,
+  reader: ByteReader,
+  name: Buffer,
+  noZeroes: boolean,
+): Promise<ExportInfo> {
   stream.write(encodeOption(C.OPT_EXPORT_NAME, name));
   const reply = await reader.read(noZeroes ? 10 : 134);
-  return { size: toSafeNumber(reply.readBigUInt64BE(0)), flags: reply.readUInt16BE(8), minBlock: 1, preferredBlock: 4096, maxPayload: C.DEFAULT_MAX_PAYLOAD };
+  return {
+    size: toSafeNumber(reply.readBigUInt64BE(0)),
+    flags: reply.readUInt16BE(8),
+    minBlock: 1,
+    preferredBlock: 4096,
+    maxPayload: C.DEFAULT_MAX_PAYLOAD,
+  };
 }
 
 function encodeOption(option: number, data: Buffer): Buffer {
@@ -416,6 +472,7 @@ function commandName(type: number): string {
 
 function replyError(type: number, errno: number): NbdError {
   const name = C.ERRNO_NAMES[errno] ?? `errno ${errno}`;
-  const hint = errno === 1 ? 'the export is not writable' : errno === 28 ? 'the disk behind the export is full' : undefined;
+  const hint =
+    errno === 1 ? 'the export is not writable' : errno === 28 ? 'the disk behind the export is full' : undefined;
   return new NbdError(`NBD ${commandName(type)} failed: ${name}`, name, hint);
 }

@@ -48,7 +48,10 @@ export class AgentClient {
   /** Torn or garbled lines the agent reported without an id (a lossy channel). */
   garbled = 0;
 
-  constructor(stream: Duplex, private readonly defaultTimeoutMs = 60_000) {
+  constructor(
+    stream: Duplex,
+    private readonly defaultTimeoutMs = 60_000,
+  ) {
     this.#stream = stream;
     stream.on('data', (chunk: Buffer) => this.#onData(chunk));
     stream.on('error', (err: Error) => this.#fail(err));
@@ -74,9 +77,14 @@ export class AgentClient {
     }
   }
 
-  execute<C extends CommandName>(command: C, args: ArgsOf<C>, options: number | ExecuteOptions = {}): Promise<ReturnOf<C>> {
+  execute<C extends CommandName>(
+    command: C,
+    args: ArgsOf<C>,
+    options: number | ExecuteOptions = {},
+  ): Promise<ReturnOf<C>> {
     if (this.#closed) return Promise.reject(this.#closed);
-    const { timeoutMs = this.defaultTimeoutMs, resendMs } = typeof options === 'number' ? { timeoutMs: options } : options;
+    const { timeoutMs = this.defaultTimeoutMs, resendMs } =
+      typeof options === 'number' ? { timeoutMs: options } : options;
     const id = `${this.#prefix}-${++this.#seq}`;
     const line = encode({ execute: command, arguments: args, id });
     return new Promise<ReturnOf<C>>((resolve, reject) => {

@@ -6,7 +6,21 @@
  */
 import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
-import type { AbortReport, ArgsOf, CommandName, DiskRef, Envelope, GreetingBody, PhaseArgs, Policies, PrepareArgs, PrepareReport, ReturnOf, SubstituteArgs, SubstituteReport } from '@vmsubst/common/protocol/schema';
+import type {
+  AbortReport,
+  ArgsOf,
+  CommandName,
+  DiskRef,
+  Envelope,
+  GreetingBody,
+  PhaseArgs,
+  Policies,
+  PrepareArgs,
+  PrepareReport,
+  ReturnOf,
+  SubstituteArgs,
+  SubstituteReport,
+} from '@vmsubst/common/protocol/schema';
 import { olderAgentArgs, substituteArgs } from '../bundle/index.js';
 import type { KeyObject } from 'node:crypto';
 import type { Customization, FeatureName } from '@vmsubst/common/protocol/schema';
@@ -19,7 +33,13 @@ import { AgentClient } from './client.js';
 import { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget } from './transport.js';
 
 export { AgentClient } from './client.js';
-export { formatAgentTarget, openAgentStream, parseAgentTarget, type AgentTarget, type TransportOptions } from './transport.js';
+export {
+  formatAgentTarget,
+  openAgentStream,
+  parseAgentTarget,
+  type AgentTarget,
+  type TransportOptions,
+} from './transport.js';
 
 export interface ConnectOptions {
   /** Connect timeout; default 10 s. */
@@ -103,7 +123,11 @@ export interface RetryOptions {
 }
 
 /** The agent's arguments for this bundle, for substitute and prepare alike (signed when sent: Signer). */
-export function notificationArgs(manifest: Manifest, disk: DiskRef, options: Omit<NotifyOptions, keyof ConnectOptions> = {}): SubstituteArgs {
+export function notificationArgs(
+  manifest: Manifest,
+  disk: DiskRef,
+  options: Omit<NotifyOptions, keyof ConnectOptions> = {},
+): SubstituteArgs {
   const args = substituteArgs(manifest, disk, {
     ...(options.dryRun ? { dryRun: true } : {}),
     ...(options.customization ? { customization: options.customization } : {}),
@@ -135,7 +159,10 @@ export class AgentConnection {
 
   static async open(target: string | AgentTarget, options: ConnectOptions = {}): Promise<AgentConnection> {
     const where = typeof target === 'string' ? parseAgentTarget(target) : target;
-    const connect = options.connect ?? ((t: AgentTarget) => openAgentStream(t, options.connectTimeoutMs !== undefined ? { timeoutMs: options.connectTimeoutMs } : {}));
+    const connect =
+      options.connect ??
+      ((t: AgentTarget) =>
+        openAgentStream(t, options.connectTimeoutMs !== undefined ? { timeoutMs: options.connectTimeoutMs } : {}));
     const stream = await connect(where);
     const client = new AgentClient(stream, options.timeoutMs ?? 120_000);
     const refusal = watchRefusal(stream);
@@ -164,13 +191,17 @@ export class AgentConnection {
 
   async substitute(args: SubstituteArgs): Promise<SubstituteReport> {
     const report = await this.#run('substitute', this.#sign('substitute', this.#forAgent(args)));
-    if (report.id !== args.id) throw new ProtocolError(`the agent reported on substitution ${report.id}, not ${args.id}`);
+    if (report.id !== args.id)
+      throw new ProtocolError(`the agent reported on substitution ${report.id}, not ${args.id}`);
     return report;
   }
 
   async prepare(args: PrepareArgs): Promise<PrepareReport> {
     if (!this.supports('prepare')) {
-      throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) has no two-phase substitution`);
+      throw new AgentError(
+        'CommandNotFound',
+        `the agent at ${this.target} (version ${this.agent.version}) has no two-phase substitution`,
+      );
     }
     const report = await this.#run('prepare', this.#sign('prepare', this.#forAgent(args)));
     if (report.id !== args.id) throw new ProtocolError(`the agent prepared substitution ${report.id}, not ${args.id}`);
@@ -186,7 +217,10 @@ export class AgentConnection {
     return this.#run('abort', this.#sign('abort', { id, ...(token !== undefined ? { token } : {}) }));
   }
 
-  #sign<A extends SubstituteArgs | PrepareArgs | PhaseArgs | ArgsOf<'report'> | ArgsOf<'stale'>>(command: SignedCommand, args: A): A {
+  #sign<A extends SubstituteArgs | PrepareArgs | PhaseArgs | ArgsOf<'report'> | ArgsOf<'stale'>>(
+    command: SignedCommand,
+    args: A,
+  ): A {
     if (!this.signer) return args;
     return signArgs(command, args as A & Record<string, unknown>, this.signer.key, {
       target: this.signer.target,
@@ -210,34 +244,53 @@ export class AgentConnection {
    */
   async fullReportBytes(id: string, pageBytes = MAX_REPORT_PAGE_BYTES): Promise<{ json: Buffer; pages: number }> {
     if (!this.supports('report')) {
-      throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) keeps no full reports`, undefined, 'update vmsubst-agent in the guest: an agent that keeps full reports announces the capability "report" in its greeting');
+      throw new AgentError(
+        'CommandNotFound',
+        `the agent at ${this.target} (version ${this.agent.version}) keeps no full reports`,
+        undefined,
+        'update vmsubst-agent in the guest: an agent that keeps full reports announces the capability "report" in its greeting',
+      );
     }
     const parts: Buffer[] = [];
     let total: number | undefined;
     let pages = 0;
-    for (let offset = 0; ; ) {
+    for (let offset = 0; ;) {
       const page = await this.#run('report', this.#sign('report', { id, offset, limit: pageBytes }));
       pages++;
       if (total !== undefined && page.bytes !== total) {
-        throw new ProtocolError(`the report of ${id} changed while it was read (${total} bytes, then ${page.bytes})`, 'a later step of the same substitution replaced it: read it again');
+        throw new ProtocolError(
+          `the report of ${id} changed while it was read (${total} bytes, then ${page.bytes})`,
+          'a later step of the same substitution replaced it: read it again',
+        );
       }
       total = page.bytes;
       const data = Buffer.from(page.data, 'base64');
       if (page.offset !== offset || (data.length === 0 && !page.done)) {
-        throw new ProtocolError(`the agent answered the report page at ${offset} with ${data.length} bytes at ${page.offset}`, 'the agent is misbehaving; read the report again');
+        throw new ProtocolError(
+          `the agent answered the report page at ${offset} with ${data.length} bytes at ${page.offset}`,
+          'the agent is misbehaving; read the report again',
+        );
       }
       parts.push(data);
       offset += data.length;
       if (page.done) break;
     }
     const json = Buffer.concat(parts);
-    if (json.length !== total) throw new ProtocolError(`the report of ${id} is ${total} bytes, the pages add up to ${json.length}`, 'read the report again');
+    if (json.length !== total)
+      throw new ProtocolError(
+        `the report of ${id} is ${total} bytes, the pages add up to ${json.length}`,
+        'read the report again',
+      );
     return { json, pages };
   }
 
   /** Every process in the guest still running old content (pinned, old inode, mixed). */
   async stale(): Promise<ReturnOf<'stale'>> {
-    if (!this.supports('stale')) throw new AgentError('CommandNotFound', `the agent at ${this.target} (version ${this.agent.version}) cannot list processes running old content (no 'stale' capability)`);
+    if (!this.supports('stale'))
+      throw new AgentError(
+        'CommandNotFound',
+        `the agent at ${this.target} (version ${this.agent.version}) cannot list processes running old content (no 'stale' capability)`,
+      );
     return this.#run('stale', this.#sign('stale', {}));
   }
 
@@ -246,11 +299,16 @@ export class AgentConnection {
   }
 
   #run<C extends CommandName>(command: C, args: ArgsOf<C>): Promise<ReturnOf<C>> {
-    return AgentConnection.#explain(this.refusal, () => this.client.execute(command, args, this.resendMs > 0 ? { resendMs: this.resendMs } : {}));
+    return AgentConnection.#explain(this.refusal, () =>
+      this.client.execute(command, args, this.resendMs > 0 ? { resendMs: this.resendMs } : {}),
+    );
   }
 
   /** An agent that refuses a connection says why in an error line without an id, then closes: report that rather than "connection closed". */
-  static async #explain<T>(refusal: () => { class: string; desc: string } | undefined, f: () => Promise<T>): Promise<T> {
+  static async #explain<T>(
+    refusal: () => { class: string; desc: string } | undefined,
+    f: () => Promise<T>,
+  ): Promise<T> {
     try {
       return await f();
     } catch (e) {
@@ -312,15 +370,23 @@ export async function withAgent<T>(
  * fetch must be too (over a channel that is not the hypervisor's side).
  */
 export function reportFetchCommand(id: string, target: string, signed?: { diskSerial?: string }): string {
-  const sign = signed ? ` --sign KEY${signed.diskSerial !== undefined ? ` --disk-serial ${signed.diskSerial}` : ''}` : '';
+  const sign = signed
+    ? ` --sign KEY${signed.diskSerial !== undefined ? ` --disk-serial ${signed.diskSerial}` : ''}`
+    : '';
   return `vmsubst report ${id} --to ${target}${sign}`;
 }
 
 /** What to tell the reader of an answer that carries `truncated`; undefined when the answer is whole. */
-export function truncationNote(answer: { id: string; truncated?: { 'report-bytes': number; counts: Record<string, number> } }, target: string, signed?: { diskSerial?: string }): string | undefined {
+export function truncationNote(
+  answer: { id: string; truncated?: { 'report-bytes': number; counts: Record<string, number> } },
+  target: string,
+  signed?: { diskSerial?: string },
+): string | undefined {
   const t = answer.truncated;
   if (!t) return undefined;
-  const cut = Object.entries(t.counts).map(([path, n]) => `${path} ${n}`).join(', ');
+  const cut = Object.entries(t.counts)
+    .map(([path, n]) => `${path} ${n}`)
+    .join(', ');
   return `the agent's answer was cut to fit one message (${cut ? `true lengths: ${cut}; ` : ''}the whole report is ${t['report-bytes']} bytes); fetch it with: ${reportFetchCommand(answer.id, target, signed)}`;
 }
 
@@ -335,7 +401,14 @@ export async function notify(
   const manifest = 'manifest' in source ? source.manifest : source;
   const args = notificationArgs(manifest, disk, options);
   const { value: report, conn, attempts, resends } = await withAgent(target, options, (c) => c.substitute(args));
-  return { target: conn.target, agent: conn.agent, report, elapsedMs: Math.round(performance.now() - started), attempts, resends };
+  return {
+    target: conn.target,
+    agent: conn.agent,
+    report,
+    elapsedMs: Math.round(performance.now() - started),
+    attempts,
+    resends,
+  };
 }
 
 /** Remembers the last error reply without an id seen on `stream`. */
@@ -346,7 +419,8 @@ function watchRefusal(stream: Duplex): () => { class: string; desc: string } | u
     for (const frame of decoder.push(chunk)) {
       if (frame.kind !== 'message') continue;
       const msg = frame.value;
-      if (validateReply.is(msg) && 'error' in msg && msg.id === undefined) last = { class: msg.error.class, desc: msg.error.desc };
+      if (validateReply.is(msg) && 'error' in msg && msg.id === undefined)
+        last = { class: msg.error.class, desc: msg.error.desc };
     }
   });
   return () => last;

@@ -53,14 +53,19 @@ export function parseAgentTarget(spec: string): AgentTarget {
       const m = /^(\d+):(\d+)$/.exec(rest);
       const cid = m ? Number(m[1]) : NaN;
       const port = m ? Number(m[2]) : NaN;
-      if (!m || cid > U32_MAX || port > U32_MAX) throw new UsageError(`'${spec}': expected vsock:CID:PORT with decimal numbers`, syntax);
+      if (!m || cid > U32_MAX || port > U32_MAX)
+        throw new UsageError(`'${spec}': expected vsock:CID:PORT with decimal numbers`, syntax);
       return { kind: 'vsock', cid, port };
     }
     case 'hvsock': {
       // The path may itself hold colons: the port is after the last one.
       const m = /^(.+):(\d+)$/.exec(rest);
       const port = m ? Number(m[2]) : NaN;
-      if (!m || port > U32_MAX) throw new UsageError(`'${spec}': expected hvsock:PATH:PORT (the VMM's vsock unix socket and the guest's vsock port)`, syntax);
+      if (!m || port > U32_MAX)
+        throw new UsageError(
+          `'${spec}': expected hvsock:PATH:PORT (the VMM's vsock unix socket and the guest's vsock port)`,
+          syntax,
+        );
       return { kind: 'hvsock', path: m[1]!, port };
     }
     default:
@@ -118,7 +123,11 @@ function connectUnix(target: Exclude<AgentTarget, { kind: 'vsock' }>, timeoutMs:
  * Bytes after that line already belong to the guest's stream (an agent greets
  * at once), so they are put back in front of it.
  */
-function hybridHandshake(socket: Socket, target: Extract<AgentTarget, { kind: 'hvsock' }>, timeoutMs: number): Promise<void> {
+function hybridHandshake(
+  socket: Socket,
+  target: Extract<AgentTarget, { kind: 'hvsock' }>,
+  timeoutMs: number,
+): Promise<void> {
   const where = formatAgentTarget(target);
   return new Promise<void>((resolve, reject) => {
     let got = Buffer.alloc(0);
@@ -131,14 +140,21 @@ function hybridHandshake(socket: Socket, target: Extract<AgentTarget, { kind: 'h
       else resolve();
     };
     const timer = setTimeout(
-      () => done(new TimeoutError(`${where}: no answer to 'CONNECT ${target.port}' within ${timeoutMs} ms`, `is ${target.path} the vsock socket of the VM's hypervisor (Firecracker uds_path, Cloud Hypervisor --vsock socket=)?`)),
+      () =>
+        done(
+          new TimeoutError(
+            `${where}: no answer to 'CONNECT ${target.port}' within ${timeoutMs} ms`,
+            `is ${target.path} the vsock socket of the VM's hypervisor (Firecracker uds_path, Cloud Hypervisor --vsock socket=)?`,
+          ),
+        ),
       timeoutMs,
     );
     const onData = (chunk: Buffer): void => {
       got = Buffer.concat([got, chunk]);
       const nl = got.indexOf(0x0a);
       if (nl === -1) {
-        if (got.length > MAX_HANDSHAKE_LINE) done(refused(target, `an over-long reply to CONNECT (${got.length} bytes without a newline)`));
+        if (got.length > MAX_HANDSHAKE_LINE)
+          done(refused(target, `an over-long reply to CONNECT (${got.length} bytes without a newline)`));
         return;
       }
       const line = got.subarray(0, nl).toString('latin1').replace(/\r$/, '');
@@ -207,13 +223,18 @@ function socketError(target: Exclude<AgentTarget, { kind: 'vsock' }>, err: NodeJ
     return new TransportError(
       `no socket at ${target.path}`,
       target.kind === 'serial'
-        ? 'give the path of the chardev socket behind the VM\'s virtserialport: -chardev socket,id=vmsubst0,path=PATH,server=on,wait=off -device virtserialport,chardev=vmsubst0,name=org.vmsubst.0'
+        ? "give the path of the chardev socket behind the VM's virtserialport: -chardev socket,id=vmsubst0,path=PATH,server=on,wait=off -device virtserialport,chardev=vmsubst0,name=org.vmsubst.0"
         : target.kind === 'hvsock'
           ? "give the VM's hybrid vsock socket (Firecracker: vsock.uds_path; Cloud Hypervisor: --vsock socket=PATH)"
           : 'is vmsubst-agent listening on that unix socket?',
     );
   }
-  if (err.code === 'ECONNREFUSED') return new TransportError(`nothing listens on ${where}`, 'is the VM (or the agent) running?');
-  if (err.code === 'EACCES') return new TransportError(`permission denied connecting to ${where}`, 'run vmsubst as the user that owns the socket, or as root');
+  if (err.code === 'ECONNREFUSED')
+    return new TransportError(`nothing listens on ${where}`, 'is the VM (or the agent) running?');
+  if (err.code === 'EACCES')
+    return new TransportError(
+      `permission denied connecting to ${where}`,
+      'run vmsubst as the user that owns the socket, or as root',
+    );
   return new TransportError(`cannot connect to ${where}: ${err.message}`);
 }

@@ -57,7 +57,9 @@ export interface Qcow2Written {
 export function clusterBits(size: number): number {
   const bits = Math.log2(size);
   if (!Number.isInteger(bits) || bits < MIN_CLUSTER_BITS || bits > MAX_CLUSTER_BITS) {
-    throw new TargetError(`cluster size ${size} is not a power of two between ${1 << MIN_CLUSTER_BITS} and ${1 << MAX_CLUSTER_BITS}`);
+    throw new TargetError(
+      `cluster size ${size} is not a power of two between ${1 << MIN_CLUSTER_BITS} and ${1 << MAX_CLUSTER_BITS}`,
+    );
   }
   return bits;
 }
@@ -129,11 +131,16 @@ function header(spec: Qcow2Spec, bits: number, l: Layout): Buffer {
   if (spec.backing) {
     const name = Buffer.from(spec.backing.name, 'utf8');
     const format = Buffer.from(spec.backing.format, 'utf8');
-    if (name.length === 0 || name.length > MAX_BACKING_NAME) throw new TargetError(`backing file name of ${name.length} bytes; 1 to ${MAX_BACKING_NAME} are allowed`);
+    if (name.length === 0 || name.length > MAX_BACKING_NAME)
+      throw new TargetError(`backing file name of ${name.length} bytes; 1 to ${MAX_BACKING_NAME} are allowed`);
     h.writeUInt32BE(EXT_BACKING_FORMAT, pos);
     h.writeUInt32BE(format.length, pos + 4);
     pos += 8;
-    if (pos + format.length + 8 + name.length > cs) throw new TargetError(`the backing file name does not fit in a ${cs}-byte header cluster`, 'use a larger cluster size or a shorter backing name');
+    if (pos + format.length + 8 + name.length > cs)
+      throw new TargetError(
+        `the backing file name does not fit in a ${cs}-byte header cluster`,
+        'use a larger cluster size or a shorter backing name',
+      );
     format.copy(h, pos);
     pos += Math.ceil(format.length / 8) * 8;
     pos += 8; // end-of-extensions marker: type 0, length 0
@@ -151,7 +158,9 @@ export async function writeQcow2(path: string, spec: Qcow2Spec): Promise<Qcow2Wr
   for (let i = 0; i < spec.clusters.length; i++) {
     const c = spec.clusters[i]!;
     if (!Number.isSafeInteger(c) || c < 0 || c * cs >= spec.virtualSize || (i > 0 && c <= spec.clusters[i - 1]!)) {
-      throw new TargetError(`cluster list is not ascending inside the ${spec.virtualSize}-byte disk (at index ${i}: ${c})`);
+      throw new TargetError(
+        `cluster list is not ascending inside the ${spec.virtualSize}-byte disk (at index ${i}: ${c})`,
+      );
     }
   }
   const l = layout(spec);
@@ -180,7 +189,7 @@ export async function writeQcow2(path: string, spec: Qcow2Spec): Promise<Qcow2Wr
     // Data clusters, in runs of consecutive virtual clusters.
     const perChunk = Math.max(1, WRITE_CHUNK / cs);
     const total = spec.clusters.length * cs;
-    for (let i = 0; i < spec.clusters.length; ) {
+    for (let i = 0; i < spec.clusters.length;) {
       let n = 1;
       while (i + n < spec.clusters.length && n < perChunk && spec.clusters[i + n] === spec.clusters[i]! + n) n++;
       const data = await spec.content(spec.clusters[i]!, n);

@@ -51,7 +51,10 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
   #greetingWaiter: ((msg: Message) => void) | undefined;
   #greeting: QmpGreeting | undefined;
 
-  private constructor(stream: Duplex, private readonly commandTimeoutMs: number) {
+  private constructor(
+    stream: Duplex,
+    private readonly commandTimeoutMs: number,
+  ) {
     super();
     this.#stream = stream;
     stream.on('data', (chunk: Buffer) => this.#onData(chunk));
@@ -68,7 +71,16 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
     const socket = createConnection({ path });
     try {
       await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new TimeoutError(`no connection to QMP socket ${path} within ${timeoutMs} ms`, 'is QEMU running with -qmp unix:PATH,server=on,wait=off?')), timeoutMs);
+        const timer = setTimeout(
+          () =>
+            reject(
+              new TimeoutError(
+                `no connection to QMP socket ${path} within ${timeoutMs} ms`,
+                'is QEMU running with -qmp unix:PATH,server=on,wait=off?',
+              ),
+            ),
+          timeoutMs,
+        );
         socket.once('connect', () => {
           clearTimeout(timer);
           resolve();
@@ -93,10 +105,12 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
       const greeting = await new Promise<Message>((resolve, reject) => {
         const timer = setTimeout(() => {
           client.#greetingWaiter = undefined;
-          reject(new TimeoutError(
-            `no QMP greeting within ${timeoutMs} ms`,
-            'QEMU serves one client per QMP socket: is another client (libvirt, another vmsubst) connected? Give this VM a second -qmp socket',
-          ));
+          reject(
+            new TimeoutError(
+              `no QMP greeting within ${timeoutMs} ms`,
+              'QEMU serves one client per QMP socket: is another client (libvirt, another vmsubst) connected? Give this VM a second -qmp socket',
+            ),
+          );
         }, timeoutMs);
         client.#greetingWaiter = (msg) => {
           clearTimeout(timer);
@@ -194,7 +208,9 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
     clearTimeout(pending.timer);
     if ('error' in msg) {
       const err = msg['error'] as { class?: unknown; desc?: unknown } | null;
-      pending.reject(new QmpError(String(err?.class ?? 'GenericError'), String(err?.desc ?? 'unknown error'), pending.command));
+      pending.reject(
+        new QmpError(String(err?.class ?? 'GenericError'), String(err?.desc ?? 'unknown error'), pending.command),
+      );
     } else {
       pending.resolve(msg['return']);
     }
@@ -220,11 +236,17 @@ function isGreeting(v: unknown): v is QmpGreeting {
 function connectError(path: string, err: NodeJS.ErrnoException): Error {
   switch (err.code) {
     case 'ENOENT':
-      return new TargetError(`no QMP socket at ${path}`, 'start QEMU with -qmp unix:PATH,server=on,wait=off and pass that PATH to --qmp');
+      return new TargetError(
+        `no QMP socket at ${path}`,
+        'start QEMU with -qmp unix:PATH,server=on,wait=off and pass that PATH to --qmp',
+      );
     case 'ECONNREFUSED':
       return new TargetError(`nothing listens on ${path}`, 'the VM is not running, or its QMP socket path is stale');
     case 'EACCES':
-      return new TargetError(`permission denied connecting to ${path}`, 'run vmsubst as the user that owns the VM, or as root');
+      return new TargetError(
+        `permission denied connecting to ${path}`,
+        'run vmsubst as the user that owns the VM, or as root',
+      );
     default:
       return new TargetError(`cannot connect to QMP socket ${path}: ${err.message}`);
   }

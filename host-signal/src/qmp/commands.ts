@@ -55,12 +55,20 @@ function check<S extends TSchema>(schema: S, command: string, value: unknown): S
   let v = validators.get(schema);
   if (!v) validators.set(schema, (v = new Validator(schema)));
   const problems = v.problems(value);
-  if (problems.length > 0) throw new QmpError('ProtocolError', `unexpected reply: ${problems.slice(0, 3).join('; ')}`, command);
+  if (problems.length > 0)
+    throw new QmpError('ProtocolError', `unexpected reply: ${problems.slice(0, 3).join('; ')}`, command);
   return value as Static<S>;
 }
 
 /** The VM states in which a disk must not be written (the VM lives, or is about to live, elsewhere). */
-export const MIGRATION_STATES: ReadonlySet<string> = new Set(['inmigrate', 'postmigrate', 'finish-migrate', 'save-vm', 'restore-vm', 'colo']);
+export const MIGRATION_STATES: ReadonlySet<string> = new Set([
+  'inmigrate',
+  'postmigrate',
+  'finish-migrate',
+  'save-vm',
+  'restore-vm',
+  'colo',
+]);
 
 export class Qemu {
   constructor(readonly qmp: QmpClient) {}
@@ -79,7 +87,11 @@ export class Qemu {
   }
 
   async queryNamedBlockNodes(): Promise<BlockDeviceInfo[]> {
-    return check(BlockDeviceInfoList, 'query-named-block-nodes', await this.qmp.execute('query-named-block-nodes', { flat: true }));
+    return check(
+      BlockDeviceInfoList,
+      'query-named-block-nodes',
+      await this.qmp.execute('query-named-block-nodes', { flat: true }),
+    );
   }
 
   async queryBlockExports(): Promise<BlockExportInfo[]> {
@@ -104,8 +116,20 @@ export class Qemu {
     await this.qmp.execute('nbd-server-stop');
   }
 
-  async blockExportAdd(args: { id: string; nodeName: string; name: string; writable: boolean; writethrough?: boolean }): Promise<void> {
-    const a: Record<string, unknown> = { type: 'nbd', id: args.id, 'node-name': args.nodeName, name: args.name, writable: args.writable };
+  async blockExportAdd(args: {
+    id: string;
+    nodeName: string;
+    name: string;
+    writable: boolean;
+    writethrough?: boolean;
+  }): Promise<void> {
+    const a: Record<string, unknown> = {
+      type: 'nbd',
+      id: args.id,
+      'node-name': args.nodeName,
+      name: args.name,
+      writable: args.writable,
+    };
     if (args.writethrough !== undefined) a['writethrough'] = args.writethrough;
     await this.qmp.execute('block-export-add', a);
   }
@@ -128,13 +152,19 @@ export class Qemu {
   async dirtyBytes(node: string, name: string): Promise<number> {
     const info = (await this.queryNamedBlockNodes()).find((n) => n['node-name'] === node);
     const bitmap = info?.['dirty-bitmaps']?.find((b) => b.name === name);
-    if (!bitmap) throw new QmpError('ProtocolError', `node '${node}' has no dirty bitmap '${name}'`, 'query-named-block-nodes');
+    if (!bitmap)
+      throw new QmpError('ProtocolError', `node '${node}' has no dirty bitmap '${name}'`, 'query-named-block-nodes');
     return bitmap.count;
   }
 
   /** Opens a qcow2 image as a new node with no backing yet (blockdev-snapshot supplies it). */
   async blockdevAddQcow2(nodeName: string, filename: string): Promise<void> {
-    await this.qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': nodeName, file: { driver: 'file', filename }, backing: null });
+    await this.qmp.execute('blockdev-add', {
+      driver: 'qcow2',
+      'node-name': nodeName,
+      file: { driver: 'file', filename },
+      backing: null,
+    });
   }
 
   async blockdevDel(nodeName: string): Promise<void> {

@@ -1,2 +1,9 @@
 export { QmpClient, type QmpConnectOptions, type QmpEvent, type QmpGreeting } from './client.js';
-export { Qemu, MIGRATION_STATES, type BlockDeviceInfo, type BlockExportInfo, type BlockInfo, type StatusInfo } from './commands.js';
+export {
+  Qemu,
+  MIGRATION_STATES,
+  type BlockDeviceInfo,
+  type BlockExportInfo,
+  type BlockInfo,
+  type StatusInfo,
+} from './commands.js';

@@ -38,9 +38,14 @@ const VmSettings = {
 
 export const FleetVm = Type.Object(
   {
-    name: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$', description: 'unique in the fleet; names the VM in results and the state file' }),
+    name: Type.String({
+      pattern: '^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$',
+      description: 'unique in the fleet; names the VM in results and the state file',
+    }),
     qmp: Type.String({ minLength: 1 }),
-    agent: Type.Optional(Type.String({ minLength: 1, description: 'serial:PATH, vsock:CID:PORT, hvsock:PATH:PORT or unix:PATH' })),
+    agent: Type.Optional(
+      Type.String({ minLength: 1, description: 'serial:PATH, vsock:CID:PORT, hvsock:PATH:PORT or unix:PATH' }),
+    ),
     uuid: Type.Optional(Envelope.properties.target.properties['vm-uuid']),
     ...VmSettings,
   },
@@ -75,17 +80,23 @@ const validateFleet = new Validator(FleetFile);
 /** Checks a parsed fleet document; `base` is the directory relative paths are taken from. */
 export function fleetFromJson(value: unknown, base: string, what = 'fleet'): FleetMember[] {
   const problems = validateFleet.problems(value);
-  if (problems.length > 0) throw new UsageError(`${what}: ${problems.slice(0, 8).join('; ')}`, 'see docs/rollout.md for the fleet file format');
+  if (problems.length > 0)
+    throw new UsageError(
+      `${what}: ${problems.slice(0, 8).join('; ')}`,
+      'see docs/rollout.md for the fleet file format',
+    );
   const file = value as FleetFile;
   const seen = new Set<string>();
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
   return file.vms.map((vm, i) => {
-    if (seen.has(vm.name)) throw new UsageError(`${what}: /vms/${i}/name: '${vm.name}' appears twice; names must be unique`);
+    if (seen.has(vm.name))
+      throw new UsageError(`${what}: /vms/${i}/name: '${vm.name}' appears twice; names must be unique`);
     seen.add(vm.name);
     const d = file.defaults ?? {};
     const device = vm.device ?? (vm.node === undefined ? d.device : undefined);
     const node = vm.node ?? (vm.device === undefined ? d.node : undefined);
-    if (device !== undefined && node !== undefined) throw new UsageError(`${what}: /vms/${i}: give device or node, not both`);
+    if (device !== undefined && node !== undefined)
+      throw new UsageError(`${what}: /vms/${i}: give device or node, not both`);
     const member: FleetMember = { name: vm.name, qmp: abs(vm.qmp), disk: { ...(vm.disk ?? d.disk ?? {}) } };
     if (device !== undefined) member.device = device;
     if (vm.uuid !== undefined) member.uuid = vm.uuid.toLowerCase();
@@ -113,13 +124,18 @@ export async function loadFleet(path: string): Promise<FleetMember[]> {
   try {
     text = await readFile(path, 'utf8');
   } catch (e) {
-    throw new UsageError(`fleet file ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+    throw new UsageError(
+      `fleet file ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`,
+    );
   }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (e) {
-    throw new UsageError(`fleet file ${path}: not JSON: ${(e as Error).message}`, 'see docs/rollout.md for the fleet file format');
+    throw new UsageError(
+      `fleet file ${path}: not JSON: ${(e as Error).message}`,
+      'see docs/rollout.md for the fleet file format',
+    );
   }
   return fleetFromJson(value, dirname(resolve(path)), `fleet file ${path}`);
 }

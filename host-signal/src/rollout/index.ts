@@ -59,14 +59,22 @@ export function succeeded(o: VmOutcome): boolean {
   return OK.has(o.status);
 }
 
-export async function rollout(bundle: BundleData, fleet: readonly FleetMember[], options: RolloutOptions = {}): Promise<RolloutResult> {
+export async function rollout(
+  bundle: BundleData,
+  fleet: readonly FleetMember[],
+  options: RolloutOptions = {},
+): Promise<RolloutResult> {
   const started = performance.now();
   const concurrency = options.concurrency ?? 4;
   const canary = options.canary ?? 0;
-  if (!Number.isInteger(concurrency) || concurrency < 1) throw new UsageError(`rollout: concurrency ${concurrency}: expected a whole number ≥ 1`);
-  if (!Number.isInteger(canary) || canary < 0 || canary > fleet.length) throw new UsageError(`rollout: canary ${canary}: expected 0 to ${fleet.length} (the fleet's size)`);
-  if (bundle.manifest.ranges.length === 0) throw new UsageError('rollout: the bundle changes no blocks; there is nothing to roll out', 'nothing to do');
-  const state = options.statePath !== undefined ? await StateFile.open(options.statePath, bundle.manifest.id) : undefined;
+  if (!Number.isInteger(concurrency) || concurrency < 1)
+    throw new UsageError(`rollout: concurrency ${concurrency}: expected a whole number ≥ 1`);
+  if (!Number.isInteger(canary) || canary < 0 || canary > fleet.length)
+    throw new UsageError(`rollout: canary ${canary}: expected 0 to ${fleet.length} (the fleet's size)`);
+  if (bundle.manifest.ranges.length === 0)
+    throw new UsageError('rollout: the bundle changes no blocks; there is nothing to roll out', 'nothing to do');
+  const state =
+    options.statePath !== undefined ? await StateFile.open(options.statePath, bundle.manifest.id) : undefined;
   const stopOnFailure = options.stopOnFailure ?? true;
 
   const outcomes = new Map<string, VmOutcome>();
@@ -74,7 +82,11 @@ export async function rollout(bundle: BundleData, fleet: readonly FleetMember[],
   let finished = 0;
   const runOne = async (vm: FleetMember): Promise<VmOutcome> => {
     options.onStart?.(vm.name);
-    const id = notificationArgs(bundle.manifest, vm.disk, vm.customization ? { customization: vm.customization } : {}).id;
+    const id = notificationArgs(
+      bundle.manifest,
+      vm.disk,
+      vm.customization ? { customization: vm.customization } : {},
+    ).id;
     const o = await rolloutVm(bundle, vm, {
       onNoAgent: options.onNoAgent ?? 'warn',
       ...(options.signWith ? { signWith: options.signWith } : {}),
@@ -109,8 +121,11 @@ export async function rollout(bundle: BundleData, fleet: readonly FleetMember[],
   if (canary > 0) {
     const first = fleet.slice(0, canary);
     await batch(first, concurrency, cancelled);
-    const bad = first.map((vm) => outcomes.get(vm.name)).filter((o): o is VmOutcome => o !== undefined && !succeeded(o));
-    if (bad.length > 0) halted = `the canary batch failed (${bad.map((o) => `${o.name}: ${o.status}`).join(', ')}); no other VM was touched`;
+    const bad = first
+      .map((vm) => outcomes.get(vm.name))
+      .filter((o): o is VmOutcome => o !== undefined && !succeeded(o));
+    if (bad.length > 0)
+      halted = `the canary batch failed (${bad.map((o) => `${o.name}: ${o.status}`).join(', ')}); no other VM was touched`;
   }
   if (halted === undefined) {
     await batch(fleet.slice(canary), concurrency, () => {
@@ -139,7 +154,8 @@ export async function rollout(bundle: BundleData, fleet: readonly FleetMember[],
   const counts = { applied: 0, 'done-before': 0, refused: 0, failed: 0, 'not-started': 0 } as RolloutResult['counts'];
   for (const o of vms) counts[o.status]++;
   // A failure in the last batch halts nothing, but still says the rollout did not complete.
-  if (halted === undefined && stopOnFailure && failedOnes().length > 0 && counts['not-started'] > 0) halted = 'stopped on failure';
+  if (halted === undefined && stopOnFailure && failedOnes().length > 0 && counts['not-started'] > 0)
+    halted = 'stopped on failure';
   return {
     bundle: bundle.manifest.id,
     ...(halted !== undefined ? { halted } : {}),

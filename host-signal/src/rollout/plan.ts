@@ -33,13 +33,23 @@ export interface VmPlan {
 export async function planFleet(
   manifest: Manifest,
   fleet: readonly Pick<FleetMember, 'name' | 'agent' | 'disk' | 'policies' | 'customization' | 'uuid'>[],
-  options: { concurrency?: number; signWith?: KeyObject; agent?: ConnectOptions; onDone?: (p: VmPlan, done: number, total: number) => void } = {},
+  options: {
+    concurrency?: number;
+    signWith?: KeyObject;
+    agent?: ConnectOptions;
+    onDone?: (p: VmPlan, done: number, total: number) => void;
+  } = {},
 ): Promise<VmPlan[]> {
   const results: VmPlan[] = new Array(fleet.length);
   let next = 0;
   let done = 0;
   const one = async (vm: (typeof fleet)[number]): Promise<VmPlan> => {
-    if (!vm.agent) return { name: vm.name, status: 'no-agent', error: { code: 'E_VMSUBST_NO_AGENT', message: 'the fleet file gives no agent address' } };
+    if (!vm.agent)
+      return {
+        name: vm.name,
+        status: 'no-agent',
+        error: { code: 'E_VMSUBST_NO_AGENT', message: 'the fleet file gives no agent address' },
+      };
     const target = formatAgentTarget(vm.agent);
     const args = notificationArgs(manifest, vm.disk, {
       dryRun: true,
@@ -47,7 +57,17 @@ export async function planFleet(
       ...(vm.customization ? { customization: vm.customization } : {}),
     });
     try {
-      const { value: report, conn } = await withAgent(vm.agent, { connectTimeoutMs: 5000, helloTimeoutMs: 10_000, attempts: 2, ...options.agent, ...(options.signWith ? { signer: makeSigner(options.signWith, vm.disk, vm.uuid) } : {}) }, (c) => c.substitute(args));
+      const { value: report, conn } = await withAgent(
+        vm.agent,
+        {
+          connectTimeoutMs: 5000,
+          helloTimeoutMs: 10_000,
+          attempts: 2,
+          ...options.agent,
+          ...(options.signWith ? { signer: makeSigner(options.signWith, vm.disk, vm.uuid) } : {}),
+        },
+        (c) => c.substitute(args),
+      );
       return {
         name: vm.name,
         target,

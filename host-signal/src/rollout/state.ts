@@ -42,7 +42,10 @@ export const DONE: ReadonlySet<string> = new Set(['applied', 'done-before']);
 export class StateFile {
   #writes: Promise<void> = Promise.resolve();
 
-  private constructor(readonly path: string, readonly state: RolloutState) {}
+  private constructor(
+    readonly path: string,
+    readonly state: RolloutState,
+  ) {}
 
   /** Opens (or starts) the state of a rollout of `bundleId`; a state file of another bundle is refused. */
   static async open(path: string, bundleId: string): Promise<StateFile> {
@@ -50,17 +53,25 @@ export class StateFile {
     try {
       text = await readFile(path, 'utf8');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new UsageError(`--state ${path}: ${(e as Error).message}`);
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+        throw new UsageError(`--state ${path}: ${(e as Error).message}`);
     }
     if (text === undefined) return new StateFile(path, { format: STATE_FORMAT, bundle: bundleId, vms: {} });
     let value: unknown;
     try {
       value = JSON.parse(text);
     } catch (e) {
-      throw new UsageError(`--state ${path}: not a rollout state file (${(e as Error).message})`, 'give a new path, or remove the file to start over');
+      throw new UsageError(
+        `--state ${path}: not a rollout state file (${(e as Error).message})`,
+        'give a new path, or remove the file to start over',
+      );
     }
     const problems = validateState.problems(value);
-    if (problems.length > 0) throw new UsageError(`--state ${path}: not a rollout state file: ${problems.slice(0, 4).join('; ')}`, 'give a new path, or remove the file to start over');
+    if (problems.length > 0)
+      throw new UsageError(
+        `--state ${path}: not a rollout state file: ${problems.slice(0, 4).join('; ')}`,
+        'give a new path, or remove the file to start over',
+      );
     const state = value as RolloutState;
     if (state.bundle !== bundleId) {
       throw new UsageError(
@@ -80,7 +91,12 @@ export class StateFile {
   /** Records a VM's outcome and rewrites the file (writes are serialised). */
   record(o: VmOutcome): Promise<void> {
     if (o.status === 'not-started') return this.#writes;
-    this.state.vms[o.name] = { status: o.status, id: o.id, at: new Date().toISOString(), ...(o.error ? { error: o.error.message } : {}) };
+    this.state.vms[o.name] = {
+      status: o.status,
+      id: o.id,
+      at: new Date().toISOString(),
+      ...(o.error ? { error: o.error.message } : {}),
+    };
     const text = JSON.stringify(this.state, null, 2) + '\n';
     this.#writes = this.#writes.then(async () => {
       const tmp = `${this.path}.tmp-${process.pid}`;

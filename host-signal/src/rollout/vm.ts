@@ -5,7 +5,15 @@
  * what happened.
  */
 import type { KeyObject } from 'node:crypto';
-import { applyAndTell, applyToQemu, type BundleData, type GuestOutcome, type GuestPhase, type NoAgentAction, type QemuApplyResult } from '../apply/index.js';
+import {
+  applyAndTell,
+  applyToQemu,
+  type BundleData,
+  type GuestOutcome,
+  type GuestPhase,
+  type NoAgentAction,
+  type QemuApplyResult,
+} from '../apply/index.js';
 import { makeSigner, notificationArgs, type ConnectOptions, type Signer } from '../notify/index.js';
 import { systemReset, vmUuid } from '../qmp/commands.js';
 import type { FleetMember } from './fleet.js';
@@ -39,9 +47,19 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
       ...(vm.policies ? { policies: vm.policies } : {}),
       ...(vm.customization ? { customization: vm.customization } : {}),
     });
-    if (options.signWith) signer = makeSigner(options.signWith, vm.disk, vm.uuid ?? (await vmUuid(vm.qmp).catch(() => undefined)));
+    if (options.signWith)
+      signer = makeSigner(options.signWith, vm.disk, vm.uuid ?? (await vmUuid(vm.qmp).catch(() => undefined)));
   } catch (e) {
-    return { name: vm.name, status: 'failed', id: bundle.manifest.id, agent: { told: false, resends: 0, retries: 0 }, reset: false, notes: ['nothing was written'], error: { code: 'E_VMSUBST_INTERNAL', message: (e as Error).message }, elapsedMs: 0 };
+    return {
+      name: vm.name,
+      status: 'failed',
+      id: bundle.manifest.id,
+      agent: { told: false, resends: 0, retries: 0 },
+      reset: false,
+      notes: ['nothing was written'],
+      error: { code: 'E_VMSUBST_INTERNAL', message: (e as Error).message },
+      elapsedMs: 0,
+    };
   }
   const outcome = await applyAndTell(
     (beforeWrite) =>
@@ -66,8 +84,13 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
   if (outcome.apply) outcome.notes.unshift(...outcome.apply.warnings);
   const rec = outcome.apply?.recovered;
   if (rec) {
-    const did = [rec.removed.length > 0 ? `removed ${rec.removed.join(', ')}` : 'nothing of it was left', ...(rec.resumed ? ['resumed the VM'] : [])];
-    outcome.notes.unshift(`recovered first: an interrupted apply (pid ${rec.interrupted?.pid ?? '?'}) had been killed: ${did.join('; ')}`);
+    const did = [
+      rec.removed.length > 0 ? `removed ${rec.removed.join(', ')}` : 'nothing of it was left',
+      ...(rec.resumed ? ['resumed the VM'] : []),
+    ];
+    outcome.notes.unshift(
+      `recovered first: an interrupted apply (pid ${rec.interrupted?.pid ?? '?'}) had been killed: ${did.join('; ')}`,
+    );
   }
   return { name: vm.name, ...outcome };
 }

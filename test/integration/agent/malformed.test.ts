@@ -25,18 +25,53 @@ function* badMessages(n: number): Generator<{ line: string; expect: string[] }> 
   const big = 'x'.repeat((1 << 20) + 10);
   for (let i = 0; i < n; i++) {
     switch (i % 12) {
-      case 0: yield { line: `{"execute":"ping"${'}'.repeat(i % 3)}`, expect: ['InvalidMessage'] }; break; // unbalanced
-      case 1: yield { line: `not json ${i}`, expect: ['InvalidMessage'] }; break;
-      case 2: yield { line: `[1,2,${i}]`, expect: ['InvalidMessage'] }; break; // not an object
-      case 3: yield { line: `{"execute":${i}}`, expect: ['InvalidMessage'] }; break; // wrong type
-      case 4: yield { line: `{"execute":"ping","arguments":"${i}"}`, expect: ['InvalidMessage'] }; break;
-      case 5: yield { line: `{"execute":"ping","id":{"nested":${i}}}`, expect: ['InvalidMessage'] }; break;
-      case 6: yield { line: `{"execute":"no-such-${i}"}`, expect: ['CommandNotFound'] }; break;
-      case 7: yield { line: JSON.stringify({ execute: 'substitute', arguments: { id: i, disk: [], ranges: 'all' } }), expect: ['InvalidArguments'] }; break;
-      case 8: yield { line: JSON.stringify({ execute: 'substitute', arguments: { id: 'ab'.repeat(16), disk: {}, ranges: [{ offset: -i, length: 0, sha256: 'z' }] } }), expect: ['InvalidArguments'] }; break;
-      case 9: yield { line: JSON.stringify({ execute: 'ping', arguments: { extra: i } }), expect: ['InvalidArguments'] }; break;
-      case 10: yield { line: '\u0000\u0001\u0002' + String.fromCharCode(0xd800) + i, expect: ['InvalidMessage'] }; break;
-      default: yield { line: i % 120 === 11 ? `{"pad":"${big}"}` : `{"execute":"ping","unknown":${i}}`, expect: ['InvalidMessage'] };
+      case 0:
+        yield { line: `{"execute":"ping"${'}'.repeat(i % 3)}`, expect: ['InvalidMessage'] };
+        break; // unbalanced
+      case 1:
+        yield { line: `not json ${i}`, expect: ['InvalidMessage'] };
+        break;
+      case 2:
+        yield { line: `[1,2,${i}]`, expect: ['InvalidMessage'] };
+        break; // not an object
+      case 3:
+        yield { line: `{"execute":${i}}`, expect: ['InvalidMessage'] };
+        break; // wrong type
+      case 4:
+        yield { line: `{"execute":"ping","arguments":"${i}"}`, expect: ['InvalidMessage'] };
+        break;
+      case 5:
+        yield { line: `{"execute":"ping","id":{"nested":${i}}}`, expect: ['InvalidMessage'] };
+        break;
+      case 6:
+        yield { line: `{"execute":"no-such-${i}"}`, expect: ['CommandNotFound'] };
+        break;
+      case 7:
+        yield {
+          line: JSON.stringify({ execute: 'substitute', arguments: { id: i, disk: [], ranges: 'all' } }),
+          expect: ['InvalidArguments'],
+        };
+        break;
+      case 8:
+        yield {
+          line: JSON.stringify({
+            execute: 'substitute',
+            arguments: { id: 'ab'.repeat(16), disk: {}, ranges: [{ offset: -i, length: 0, sha256: 'z' }] },
+          }),
+          expect: ['InvalidArguments'],
+        };
+        break;
+      case 9:
+        yield { line: JSON.stringify({ execute: 'ping', arguments: { extra: i } }), expect: ['InvalidArguments'] };
+        break;
+      case 10:
+        yield { line: '\u0000\u0001\u0002' + String.fromCharCode(0xd800) + i, expect: ['InvalidMessage'] };
+        break;
+      default:
+        yield {
+          line: i % 120 === 11 ? `{"pad":"${big}"}` : `{"execute":"ping","unknown":${i}}`,
+          expect: ['InvalidMessage'],
+        };
     }
   }
 }
@@ -83,7 +118,9 @@ M('answers every one of 12,000 malformed messages with an error class, RSS bound
     sock.write('{"execute":"ping","id":"alive"}\n');
     await waitFor(5000, 'ping after the storm', () => (replies.some((r) => r['id'] === 'alive') ? true : undefined));
     const growthMiB = (rssMax - rssStart) / 1024;
-    console.log(`  malformed: ${N} messages, RSS ${(rssStart / 1024).toFixed(0)} MiB → max ${(rssMax / 1024).toFixed(0)} MiB`);
+    console.log(
+      `  malformed: ${N} messages, RSS ${(rssStart / 1024).toFixed(0)} MiB → max ${(rssMax / 1024).toFixed(0)} MiB`,
+    );
     assert.ok(growthMiB < 64, `RSS grew by ${growthMiB.toFixed(1)} MiB`);
     assert.is(C.agent!.proc.exitCode, null, 'the agent is still running');
     sock.destroy();

@@ -30,15 +30,36 @@ function bigReport(): SubstituteReport {
     path: `/mnt/data/d000/e${String(Math.floor(i / 100)).padStart(2, '0')}/f${String(i).padStart(6, '0')}`,
     ino: 100 + i,
     ranges: [{ offset: i * 4096, length: 4096 }],
-    'pages-cached': 1, 'pages-mapped': 0, 'pages-dropped': 1, 'pages-kept': 0,
+    'pages-cached': 1,
+    'pages-mapped': 0,
+    'pages-dropped': 1,
+    'pages-kept': 0,
     mappers: [{ pid: 1000 + i, comm: 'reader' }],
   }));
   return {
-    id: ID, device: '/dev/vdb', 'dry-run': false, 'verified-bytes': FILES * 4096, files, unmapped: [],
+    id: ID,
+    device: '/dev/vdb',
+    'dry-run': false,
+    'verified-bytes': FILES * 4096,
+    files,
+    unmapped: [],
     plan: {
-      files: files.map((f) => ({ path: f.path, ino: f.ino, mount: '/mnt/data', class: 'data' as const, policy: 'remap' as const, 'policy-from': 'default' as const, action: 'mapping zapped; the process faults the new content in', ranges: f.ranges, mappers: f.mappers.map((m) => ({ ...m, 'mapped-bytes': 4096 })) })),
+      files: files.map((f) => ({
+        path: f.path,
+        ino: f.ino,
+        mount: '/mnt/data',
+        class: 'data' as const,
+        policy: 'remap' as const,
+        'policy-from': 'default' as const,
+        action: 'mapping zapped; the process faults the new content in',
+        ranges: f.ranges,
+        mappers: f.mappers.map((m) => ({ ...m, 'mapped-bytes': 4096 })),
+      })),
       blocks: files.map((f) => ({ ...f.ranges[0]!, class: 'file-data' as const, mount: '/mnt/data' })),
-      'restart-required': false, reasons: [], units: [], 'pin-bytes': 0,
+      'restart-required': false,
+      reasons: [],
+      units: [],
+      'pin-bytes': 0,
     },
     'timings-ms': { verify: 12, map: 3, invalidate: 40, total: 60 },
   };
@@ -77,7 +98,14 @@ R.before(async () => {
   // Here the unix socket is an ordinary peer: only a signature opens it.
   const config = join(C.dir, 'unprivileged.json');
   writeFileSync(config, JSON.stringify({ trust: { hypervisorChannels: ['serial'], requireSignature: false } }));
-  C.unprivileged = await startAgent(join(C.dir, 'unprivileged'), ['--config', config, '--trusted-key', join(C.dir, 'key.pub'), '--trusted-key-dir', '']);
+  C.unprivileged = await startAgent(join(C.dir, 'unprivileged'), [
+    '--config',
+    config,
+    '--trusted-key',
+    join(C.dir, 'key.pub'),
+    '--trusted-key-dir',
+    '',
+  ]);
 });
 R.after(() => {
   C.trusted?.kill();
@@ -99,8 +127,20 @@ R('--json prints the whole report, byte for byte as the agent kept it', () =>
 R('-o FILE writes the report (0600) and says how many pages it took', () =>
   withTimeout(30_000, 'output', async () => {
     const out = join(C.dir, 'out.json');
-    const r = await vmsubstJson<{ id: string; bytes: number; pages: number; output: string }>(['report', ID, '--to', `unix:${C.trusted!.sock}`, '-o', out]);
-    assert.equal(r, { id: ID, bytes: C.full.length, pages: Math.ceil(C.full.length / MAX_REPORT_PAGE_BYTES), output: out });
+    const r = await vmsubstJson<{ id: string; bytes: number; pages: number; output: string }>([
+      'report',
+      ID,
+      '--to',
+      `unix:${C.trusted!.sock}`,
+      '-o',
+      out,
+    ]);
+    assert.equal(r, {
+      id: ID,
+      bytes: C.full.length,
+      pages: Math.ceil(C.full.length / MAX_REPORT_PAGE_BYTES),
+      output: out,
+    });
     assert.is(readFileSync(out, 'utf8'), C.full);
     assert.is(statSync(out).mode & 0o777, 0o600);
   }),
@@ -110,9 +150,17 @@ R('without --json, a summary of the whole report', () =>
   withTimeout(30_000, 'human', async () => {
     const r = await vmsubst(['report', ID, '--to', `unix:${C.trusted!.sock}`]);
     assert.is(r.code, 0, r.stderr);
-    assert.match(r.stdout, new RegExp(`^report of ${ID} from the agent at unix:.* in ${Math.ceil(C.full.length / MAX_REPORT_PAGE_BYTES)} pages\\)`));
+    assert.match(
+      r.stdout,
+      new RegExp(
+        `^report of ${ID} from the agent at unix:.* in ${Math.ceil(C.full.length / MAX_REPORT_PAGE_BYTES)} pages\\)`,
+      ),
+    );
     assert.match(r.stdout, /verified 12 MiB on \/dev\/vdb; 3000 files affected/);
-    assert.match(r.stdout, /\/mnt\/data\/d000\/e29\/f002999: 1 pages dropped, 0 kept \(policy remap\); mapped by reader\[3999\]/);
+    assert.match(
+      r.stdout,
+      /\/mnt\/data\/d000\/e29\/f002999: 1 pages dropped, 0 kept \(policy remap\); mapped by reader\[3999\]/,
+    );
   }),
 );
 
@@ -155,7 +203,17 @@ R('the same channel reads it whole when the request is signed by a trusted key',
       console.log('  skipped (signed read): this machine has no disk with a serial for the envelope to name');
       return;
     }
-    const r = await vmsubst(['report', ID, '--to', `unix:${C.unprivileged!.sock}`, '--sign', join(C.dir, 'key.key'), '--disk-serial', serial, '--json']);
+    const r = await vmsubst([
+      'report',
+      ID,
+      '--to',
+      `unix:${C.unprivileged!.sock}`,
+      '--sign',
+      join(C.dir, 'key.key'),
+      '--disk-serial',
+      serial,
+      '--json',
+    ]);
     assert.is(r.code, 0, r.stderr);
     assert.is(r.stdout.trimEnd(), C.full);
   }),

@@ -32,7 +32,13 @@ S.before(async () => {
   await vmsubstJson(['diff', join(C.dir, 'a.img'), join(C.dir, 'b.img'), '-o', C.bundle]);
   await vmsubstJson(['keygen', '--out', join(C.dir, 'trusted')]);
   await vmsubstJson(['keygen', '--out', join(C.dir, 'other')]);
-  C.agent = await startAgent(C.dir, ['--trusted-key', join(C.dir, 'trusted.pub'), '--require-signature', '--trusted-key-dir', '']);
+  C.agent = await startAgent(C.dir, [
+    '--trusted-key',
+    join(C.dir, 'trusted.pub'),
+    '--require-signature',
+    '--trusted-key-dir',
+    '',
+  ]);
   C.sock = C.agent.sock;
 });
 S.after(() => {
@@ -56,7 +62,17 @@ S('an unsigned notification is refused and the refusal logged', () =>
 
 S('a notification signed by an untrusted key is refused', () =>
   withTimeout(20_000, 'other key', async () => {
-    const r = await vmsubst(['notify', C.bundle, '--to', `unix:${C.sock}`, '--disk-serial', 'vmsubst-data', '--sign', join(C.dir, 'other.key'), '--json']);
+    const r = await vmsubst([
+      'notify',
+      C.bundle,
+      '--to',
+      `unix:${C.sock}`,
+      '--disk-serial',
+      'vmsubst-data',
+      '--sign',
+      join(C.dir, 'other.key'),
+      '--json',
+    ]);
     assert.is(r.code, 1);
     assert.match(r.stderr + r.stdout, /does not trust/);
   }),
@@ -65,10 +81,17 @@ S('a notification signed by an untrusted key is refused', () =>
 S('a signed notification altered after signing is refused', () =>
   withTimeout(20_000, 'tampered', async () => {
     const key = createPrivateKey(readFileSync(join(C.dir, 'trusted.key')));
-    const args = signArgs('substitute', { id: 'ab'.repeat(32), disk: {}, ranges: [{ offset: 8192, length: 4096, sha256: '0'.repeat(64) }] }, key, { target: { 'disk-serial': 'x' } });
+    const args = signArgs(
+      'substitute',
+      { id: 'ab'.repeat(32), disk: {}, ranges: [{ offset: 8192, length: 4096, sha256: '0'.repeat(64) }] },
+      key,
+      { target: { 'disk-serial': 'x' } },
+    );
     const client = new AgentClient(connect(C.sock));
     await client.hello();
-    const err = await client.execute('substitute', { ...args, ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }] }).catch((e: Error) => e);
+    const err = await client
+      .execute('substitute', { ...args, ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }] })
+      .catch((e: Error) => e);
     assert.match(String(err), /Unauthorized: bad signature/);
     client.close();
   }),
@@ -78,9 +101,22 @@ S('a notification signed by the trusted key is accepted', () =>
   withTimeout(20_000, 'trusted', async () => {
     // This machine has no disk with a serial, so the envelope names a VM UUID: the agent must
     // refuse it as another VM's unless it is this machine's own.
-    const r = await vmsubst(['notify', C.bundle, '--to', `unix:${C.sock}`, '--disk-serial', 'vmsubst-data', '--sign', join(C.dir, 'trusted.key'), '--json']);
+    const r = await vmsubst([
+      'notify',
+      C.bundle,
+      '--to',
+      `unix:${C.sock}`,
+      '--disk-serial',
+      'vmsubst-data',
+      '--sign',
+      join(C.dir, 'trusted.key'),
+      '--json',
+    ]);
     assert.is(r.code, 1);
-    assert.match(r.stderr + r.stdout, /Unauthorized: the envelope is for disk serial 'vmsubst-data', which this guest does not have/);
+    assert.match(
+      r.stderr + r.stdout,
+      /Unauthorized: the envelope is for disk serial 'vmsubst-data', which this guest does not have/,
+    );
   }),
 );
 

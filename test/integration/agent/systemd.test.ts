@@ -13,7 +13,13 @@ import { startAgent } from '../../helpers/agent-process.js';
 import { waitFor, withTimeout } from '../../helpers/timeout.js';
 
 const Sd = suite('agent: systemd notify protocol');
-const C = { dir: '', notify: '', rx: undefined as ChildProcess | undefined, agent: undefined as ChildProcess | undefined, got: '' };
+const C = {
+  dir: '',
+  notify: '',
+  rx: undefined as ChildProcess | undefined,
+  agent: undefined as ChildProcess | undefined,
+  got: '',
+};
 const RECEIVER = `
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -49,7 +55,9 @@ if (noPython) {
       await waitFor(10_000, 'READY=1', () => (C.got.includes('READY=1') ? true : undefined));
       assert.ok(existsSync(agent.sock), 'READY only after the channel listens');
       assert.match(C.got, new RegExp(`MAINPID=${C.agent.pid}`));
-      await waitFor(5_000, 'two watchdog pings', () => ((C.got.match(/WATCHDOG=1/g) ?? []).length >= 2 ? true : undefined));
+      await waitFor(5_000, 'two watchdog pings', () =>
+        (C.got.match(/WATCHDOG=1/g) ?? []).length >= 2 ? true : undefined,
+      );
       const exited = new Promise<number | null>((r) => C.agent!.once('exit', (code) => r(code)));
       C.agent.kill('SIGTERM');
       assert.is(await exited, 0);

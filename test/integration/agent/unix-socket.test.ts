@@ -72,7 +72,7 @@ Agent('reports malformed JSON as InvalidMessage and keeps serving', async () => 
   const raw = await Raw.open(C.sock);
   await raw.next();
   raw.sock.write('{not json\n');
-  assert.equal((await raw.next(2) as { error: { class: string } }).error.class, 'InvalidMessage');
+  assert.equal(((await raw.next(2)) as { error: { class: string } }).error.class, 'InvalidMessage');
   raw.sock.write('{"execute":"ping","id":7}\n');
   assert.equal(await raw.next(3), { return: {}, id: 7 });
   raw.sock.destroy();
@@ -100,7 +100,9 @@ Agent('answers an unknown command with CommandNotFound', async () => {
 Agent('answers bad arguments with InvalidArguments naming the field', async () => {
   const raw = await Raw.open(C.sock);
   await raw.next();
-  raw.sock.write(JSON.stringify({ execute: 'substitute', id: 2, arguments: { id: 'zz', disk: {}, ranges: [] } }) + '\n');
+  raw.sock.write(
+    JSON.stringify({ execute: 'substitute', id: 2, arguments: { id: 'zz', disk: {}, ranges: [] } }) + '\n',
+  );
   const r = (await raw.next(2)) as { error: { class: string; desc: string } };
   assert.is(r.error.class, 'InvalidArguments');
   assert.match(r.error.desc, /\/ranges/);
@@ -124,7 +126,11 @@ Agent('a substitute naming a disk that does not exist fails with DeviceNotFound'
     const client = new AgentClient(connect(C.sock));
     await client.hello();
     const err = await client
-      .execute('substitute', { id: 'ab'.repeat(16), disk: { serial: 'no-such-disk' }, ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }] })
+      .execute('substitute', {
+        id: 'ab'.repeat(16),
+        disk: { serial: 'no-such-disk' },
+        ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }],
+      })
       .catch((e: Error) => e);
     assert.instance(err, Error);
     assert.match((err as Error).message, /DeviceNotFound/);

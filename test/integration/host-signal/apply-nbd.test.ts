@@ -11,14 +11,27 @@ import * as assert from 'uvu/assert';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
 import { withTimeout } from '../../helpers/timeout.js';
 import { whyNoQemu } from '../../helpers/firmware-vm.js';
-import { MiB, applyWorld, assertNbdServerFree, deviceWrite, firmwareSuite, qemuState, rangesNew, rejected, type ApplyWorld } from '../../helpers/apply-world.js';
+import {
+  MiB,
+  applyWorld,
+  assertNbdServerFree,
+  deviceWrite,
+  firmwareSuite,
+  qemuState,
+  rangesNew,
+  rejected,
+  type ApplyWorld,
+} from '../../helpers/apply-world.js';
 import { applyToQemu } from '../../../host-signal/src/apply/index.js';
 import { BaseMismatchError } from '../../../host-signal/src/errors.js';
 
 const SIZE = 64 * MiB;
 const TEST_TIMEOUT = 90_000;
 /** 4 MiB in 64 ranges of 64 KiB, one per MiB, plus a one-byte change in the last block. */
-const EDITS: [number, number][] = [...Array.from({ length: 64 }, (_, i): [number, number] => [i * MiB + 8192, 64 << 10]), [SIZE - 1, 1]];
+const EDITS: [number, number][] = [
+  ...Array.from({ length: 64 }, (_, i): [number, number] => [i * MiB + 8192, 64 << 10]),
+  [SIZE - 1, 1],
+];
 /** A block no range touches. */
 const UNCHANGED = 32 * MiB + 512 * 1024;
 
@@ -45,8 +58,13 @@ if (noQemu) {
       assert.ok(W.changedBytes >= 4 * MiB);
       assert.is(r.recheck, 'clean', 'the firmware wrote nothing during the verification');
       assert.ok(typeof r.pauseMs === 'number' && r.pauseMs > 0, `pause ${r.pauseMs}`);
-      assert.ok(typeof r.windowMs === 'number' && r.windowMs <= r.pauseMs, `window ${r.windowMs} inside the pause ${r.pauseMs}`);
-      console.log(`  nbd: ${(W.changedBytes / MiB).toFixed(2)} MiB in ${r.rangesWritten} ranges: guest paused ${r.pauseMs} ms, writes ${r.windowMs} ms, verify (guest running) ${r.timingsMs.verify} ms, total ${r.elapsedMs} ms (QEMU TCG, loaded host)`);
+      assert.ok(
+        typeof r.windowMs === 'number' && r.windowMs <= r.pauseMs,
+        `window ${r.windowMs} inside the pause ${r.pauseMs}`,
+      );
+      console.log(
+        `  nbd: ${(W.changedBytes / MiB).toFixed(2)} MiB in ${r.rangesWritten} ranges: guest paused ${r.pauseMs} ms, writes ${r.windowMs} ms, verify (guest running) ${r.timingsMs.verify} ms, total ${r.elapsedMs} ms (QEMU TCG, loaded host)`,
+      );
       assert.ok((await vm.status()).running);
       await vm.flush();
       assert.ok(rangesNew(W.manifest, image).every(Boolean), 'sha256 of every range is its new-sha256');
@@ -71,7 +89,9 @@ if (noQemu) {
   S('a guest write elsewhere during the verification is seen at the pause: verified again, then written', () =>
     withTimeout(TEST_TIMEOUT, 'reverify', async () => {
       const { vm, image } = await startVm('guestwrite', W.base);
-      const r = await applyToQemu(W.bundle, vm.qmpSocket, { beforeWrite: () => deviceWrite(vm.monitor, UNCHANGED, 4096, 0x33) });
+      const r = await applyToQemu(W.bundle, vm.qmpSocket, {
+        beforeWrite: () => deviceWrite(vm.monitor, UNCHANGED, 4096, 0x33),
+      });
       assert.is(r.status, 'applied');
       assert.is(r.recheck, 'reverified');
       await vm.flush();
@@ -86,9 +106,14 @@ if (noQemu) {
       const { vm, image, dir } = await startVm('race', W.base);
       const before = await qemuState(vm.monitor);
       const target = W.manifest.ranges[5]!.offset;
-      const err = await rejected(applyToQemu(W.bundle, vm.qmpSocket, { beforeWrite: () => deviceWrite(vm.monitor, target, 4096, 0x44) }));
+      const err = await rejected(
+        applyToQemu(W.bundle, vm.qmpSocket, { beforeWrite: () => deviceWrite(vm.monitor, target, 4096, 0x44) }),
+      );
       assert.instance(err, BaseMismatchError);
-      assert.match(err.message, new RegExp(`1 of ${W.manifest.ranges.length} ranges hold neither.*at offset ${target}`));
+      assert.match(
+        err.message,
+        new RegExp(`1 of ${W.manifest.ranges.length} ranges hold neither.*at offset ${target}`),
+      );
       assert.ok((await vm.status()).running, 'resumed');
       assert.equal(await qemuState(vm.monitor), before);
       await assertNbdServerFree(vm.monitor, dir);
@@ -135,7 +160,14 @@ if (noQemu) {
   S('the CLI reports the mode, pause-ms and window-ms in JSON; a second apply writes nothing and does not pause', () =>
     withTimeout(TEST_TIMEOUT, 'cli', async () => {
       const { vm, image } = await startVm('cli', W.base);
-      const r = await vmsubstJson<Record<string, unknown>>(['apply', W.bundlePath, '--qmp', vm.qmpSocket, '--mode', 'nbd']);
+      const r = await vmsubstJson<Record<string, unknown>>([
+        'apply',
+        W.bundlePath,
+        '--qmp',
+        vm.qmpSocket,
+        '--mode',
+        'nbd',
+      ]);
       assert.is(r['mode'], 'nbd');
       assert.is(r['status'], 'applied');
       assert.is(typeof r['pause-ms'], 'number');
@@ -149,35 +181,52 @@ if (noQemu) {
     }),
   );
 
-  S('no agent: apply writes, and the result says the guest was not told and what that means (--on-no-agent=warn, the default)', () =>
-    withTimeout(TEST_TIMEOUT, 'not told', async () => {
-      const { vm, image, dir } = await startVm('nottold', W.base);
-      const plain = await vmsubst(['apply', W.bundlePath, '--qmp', vm.qmpSocket]);
-      assert.is(plain.code, 0, plain.stderr);
-      assert.match(plain.stdout, /NOT TOLD \(no agent address was given \(--notify\)\): the guest was not told: it keeps serving cached copies/);
-      // Silent agent address: a unix socket nobody listens on.
-      const { vm: vm2, image: image2 } = await startVm('nottold2', W.base);
-      const r = await vmsubstJson<{ status: string; agent: { told: boolean; target: string; unreachable: string; meaning: string }; reset: boolean }>([
-        'apply', W.bundlePath, '--qmp', vm2.qmpSocket, '--notify', `unix:${join(dir, 'nobody.sock')}`,
-      ]);
-      assert.is(r.status, 'applied');
-      assert.is(r.agent.told, false);
-      assert.match(r.agent.target, /nobody\.sock/);
-      assert.match(r.agent.unreachable, /nobody\.sock/);
-      assert.match(r.agent.meaning, /cached copies .* until they are evicted/);
-      assert.is(r.reset, false);
-      await vm.flush();
-      await vm2.flush();
-      assert.ok(readFileSync(image).equals(W.patched));
-      assert.ok(readFileSync(image2).equals(W.patched));
-    }),
+  S(
+    'no agent: apply writes, and the result says the guest was not told and what that means (--on-no-agent=warn, the default)',
+    () =>
+      withTimeout(TEST_TIMEOUT, 'not told', async () => {
+        const { vm, image, dir } = await startVm('nottold', W.base);
+        const plain = await vmsubst(['apply', W.bundlePath, '--qmp', vm.qmpSocket]);
+        assert.is(plain.code, 0, plain.stderr);
+        assert.match(
+          plain.stdout,
+          /NOT TOLD \(no agent address was given \(--notify\)\): the guest was not told: it keeps serving cached copies/,
+        );
+        // Silent agent address: a unix socket nobody listens on.
+        const { vm: vm2, image: image2 } = await startVm('nottold2', W.base);
+        const r = await vmsubstJson<{
+          status: string;
+          agent: { told: boolean; target: string; unreachable: string; meaning: string };
+          reset: boolean;
+        }>(['apply', W.bundlePath, '--qmp', vm2.qmpSocket, '--notify', `unix:${join(dir, 'nobody.sock')}`]);
+        assert.is(r.status, 'applied');
+        assert.is(r.agent.told, false);
+        assert.match(r.agent.target, /nobody\.sock/);
+        assert.match(r.agent.unreachable, /nobody\.sock/);
+        assert.match(r.agent.meaning, /cached copies .* until they are evicted/);
+        assert.is(r.reset, false);
+        await vm.flush();
+        await vm2.flush();
+        assert.ok(readFileSync(image).equals(W.patched));
+        assert.ok(readFileSync(image2).equals(W.patched));
+      }),
   );
 
   S('no agent, --on-no-agent=fail: an error, nothing written, QEMU state unchanged', () =>
     withTimeout(TEST_TIMEOUT, 'no agent fail', async () => {
       const { vm, image, dir } = await startVm('noagentfail', W.base);
       const before = await qemuState(vm.monitor);
-      const r = await vmsubst(['apply', W.bundlePath, '--qmp', vm.qmpSocket, '--notify', `unix:${join(dir, 'nobody.sock')}`, '--on-no-agent', 'fail', '--json']);
+      const r = await vmsubst([
+        'apply',
+        W.bundlePath,
+        '--qmp',
+        vm.qmpSocket,
+        '--notify',
+        `unix:${join(dir, 'nobody.sock')}`,
+        '--on-no-agent',
+        'fail',
+        '--json',
+      ]);
       assert.is(r.code, 1, r.stderr);
       const doc = JSON.parse(r.stdout) as { error: { code: string; message: string; hint: string } };
       assert.is(doc.error.code, 'E_VMSUBST_NO_AGENT');
@@ -194,10 +243,20 @@ if (noQemu) {
       const { vm, image } = await startVm('noagentreset', W.base);
       const events: string[] = [];
       vm.monitor.qmp.on('event', (e) => events.push(e.event));
-      const r = await vmsubstJson<{ status: string; reset: boolean; notes: string[] }>(['apply', W.bundlePath, '--qmp', vm.qmpSocket, '--on-no-agent', 'reset']);
+      const r = await vmsubstJson<{ status: string; reset: boolean; notes: string[] }>([
+        'apply',
+        W.bundlePath,
+        '--qmp',
+        vm.qmpSocket,
+        '--on-no-agent',
+        'reset',
+      ]);
       assert.is(r.status, 'applied');
       assert.is(r.reset, true);
-      assert.ok(r.notes.some((n) => /reset \(QMP system_reset\)/.test(n)), JSON.stringify(r.notes));
+      assert.ok(
+        r.notes.some((n) => /reset \(QMP system_reset\)/.test(n)),
+        JSON.stringify(r.notes),
+      );
       assert.ok(events.includes('RESET'), `QMP events: ${events.join(', ')}`);
       assert.ok((await vm.status()).running);
       await vm.flush();
@@ -224,12 +283,18 @@ Usage('wrong combinations of target and mode are usage errors (exit 2) and touch
     [['--image', img, '--mode', 'nbd'], /--mode nbd writes through QEMU/],
     [['--image', img, '--mode', 'overlay'], /--mode overlay writes through QEMU/],
     [['--qmp', '/nonexistent.qmp', '--commit'], /--overlay and --commit go with --mode overlay/],
-    [['--qmp', '/nonexistent.qmp', '--mode', 'nbd', '--overlay', '/tmp/x.qcow2'], /--overlay and --commit go with --mode overlay/],
+    [
+      ['--qmp', '/nonexistent.qmp', '--mode', 'nbd', '--overlay', '/tmp/x.qcow2'],
+      /--overlay and --commit go with --mode overlay/,
+    ],
     [['--qmp', '/nonexistent.qmp', '--mode', 'fast'], /--mode fast: expected one of nbd, overlay, raw-file/],
     [['--image', img, '--disk-serial', 'x'], /--disk-serial goes with --notify/],
     [['--image', img, '--qmp', '/nonexistent.qmp'], /exactly one of --qmp SOCK or --image PATH/],
     [['--image', img, '--device', 'vblk0'], /--device and --node go with --qmp/],
-    [['--image', img, '--on-no-agent', 'reset'], /--on-no-agent=reset restarts the VM with QMP system_reset: give --qmp/],
+    [
+      ['--image', img, '--on-no-agent', 'reset'],
+      /--on-no-agent=reset restarts the VM with QMP system_reset: give --qmp/,
+    ],
     [['--image', img, '--on-no-agent', 'maybe'], /--on-no-agent maybe: expected fail, warn or reset/],
   ];
   for (const [args, message] of cases) {

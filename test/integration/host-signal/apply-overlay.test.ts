@@ -13,7 +13,17 @@ import * as assert from 'uvu/assert';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
 import { withTimeout } from '../../helpers/timeout.js';
 import { FirmwareVm, whyNoQemu } from '../../helpers/firmware-vm.js';
-import { MiB, applyWorld, assertNbdServerFree, deviceWrite, firmwareSuite, qemuState, rejected, sha, type ApplyWorld } from '../../helpers/apply-world.js';
+import {
+  MiB,
+  applyWorld,
+  assertNbdServerFree,
+  deviceWrite,
+  firmwareSuite,
+  qemuState,
+  rejected,
+  sha,
+  type ApplyWorld,
+} from '../../helpers/apply-world.js';
 import { applyToQemu } from '../../../host-signal/src/apply/index.js';
 import { BaseMismatchError } from '../../../host-signal/src/errors.js';
 import { NbdClient } from '../../../host-signal/src/nbd/index.js';
@@ -45,7 +55,8 @@ function allocated(overlay: string): [number, number][] {
 /** The changed clusters of a cluster size, merged into runs. */
 function expectedRuns(w: ApplyWorld, cs: number): [number, number][] {
   const clusters = new Set<number>();
-  for (const r of w.manifest.ranges) for (let c = Math.floor(r.offset / cs); c <= Math.floor((r.offset + r.length - 1) / cs); c++) clusters.add(c);
+  for (const r of w.manifest.ranges)
+    for (let c = Math.floor(r.offset / cs); c <= Math.floor((r.offset + r.length - 1) / cs); c++) clusters.add(c);
   const runs: [number, number][] = [];
   for (const c of [...clusters].sort((a, b) => a - b)) {
     const last = runs.at(-1);
@@ -89,22 +100,35 @@ if (noQemuImg) {
   Export.skip('export --qcow2 (needs qemu-img)', () => undefined);
 } else {
   for (const cs of [64 * K, 4 * K]) {
-    Export(`cluster size ${cs / K}K: the overlay reads identical to PATCHED and allocates exactly the changed clusters`, () =>
-      withTimeout(60_000, 'export', async () => {
-        const out = join(W.dir, `delta-${cs}.qcow2`);
-        const r = await vmsubstJson<Record<string, unknown>>(['export', W.bundlePath, '--qcow2', out, '--base', W.basePath, '--cluster-size', String(cs)]);
-        assert.is(r['cluster-size'], cs);
-        assert.equal(r['backing'], { name: W.basePath, format: 'raw' }, 'the base, as given');
-        const check = qemuImg(['check', out]);
-        assert.is(check.code, 0, check.out);
-        const cmp = qemuImg(['compare', out, W.patchedPath]);
-        assert.is(cmp.code, 0, cmp.out);
-        assert.match(cmp.out, /Images are identical/);
-        assert.equal(allocated(out), expectedRuns(W, cs));
-        if (cs === 4 * K) assert.is(r['filled-bytes'], 0, 'block-sized clusters hold only changed bytes');
-        else assert.ok((r['filled-bytes'] as number) > 0, 'partly changed clusters were filled from the base');
-        console.log(`  export ${cs / K}K clusters: ${r['data-clusters']} clusters, ${r['filled-bytes']} bytes filled from the base, file ${r['file-size']} bytes`);
-      }),
+    Export(
+      `cluster size ${cs / K}K: the overlay reads identical to PATCHED and allocates exactly the changed clusters`,
+      () =>
+        withTimeout(60_000, 'export', async () => {
+          const out = join(W.dir, `delta-${cs}.qcow2`);
+          const r = await vmsubstJson<Record<string, unknown>>([
+            'export',
+            W.bundlePath,
+            '--qcow2',
+            out,
+            '--base',
+            W.basePath,
+            '--cluster-size',
+            String(cs),
+          ]);
+          assert.is(r['cluster-size'], cs);
+          assert.equal(r['backing'], { name: W.basePath, format: 'raw' }, 'the base, as given');
+          const check = qemuImg(['check', out]);
+          assert.is(check.code, 0, check.out);
+          const cmp = qemuImg(['compare', out, W.patchedPath]);
+          assert.is(cmp.code, 0, cmp.out);
+          assert.match(cmp.out, /Images are identical/);
+          assert.equal(allocated(out), expectedRuns(W, cs));
+          if (cs === 4 * K) assert.is(r['filled-bytes'], 0, 'block-sized clusters hold only changed bytes');
+          else assert.ok((r['filled-bytes'] as number) > 0, 'partly changed clusters were filled from the base');
+          console.log(
+            `  export ${cs / K}K clusters: ${r['data-clusters']} clusters, ${r['filled-bytes']} bytes filled from the base, file ${r['file-size']} bytes`,
+          );
+        }),
     );
   }
 
@@ -122,7 +146,7 @@ if (noQemuImg) {
     }),
   );
 
-  Export('a base that is not the bundle\'s is refused and no file is written', () =>
+  Export("a base that is not the bundle's is refused and no file is written", () =>
     withTimeout(60_000, 'bad base', async () => {
       const diverged = join(W.dir, 'diverged.img');
       const content = Buffer.from(W.base);
@@ -144,7 +168,11 @@ if (noQemuImg) {
       assert.is(r.code, 1);
       assert.match(r.stderr, /is 1048576 bytes, the base image was 67108864 bytes/);
       assert.not.ok(existsSync(out));
-      assert.equal(readdirSync(W.dir).filter((f) => f.includes('refused')), [], 'no temporary file either');
+      assert.equal(
+        readdirSync(W.dir).filter((f) => f.includes('refused')),
+        [],
+        'no temporary file either',
+      );
     }),
   );
 
@@ -167,42 +195,59 @@ if (whyNoQemu()) {
   console.log(`apply-overlay.test: QEMU suite skipped: ${whyNoQemu()}`);
   Live.skip('overlay mode (needs QEMU)', () => undefined);
 } else {
-  Live('the overlay goes on top of the running drive: it reads the new content, its own image is untouched, the pause is reported', () =>
-    withTimeout(TEST_TIMEOUT, 'overlay', async () => {
-      const { vm, image, dir } = await startVm('fresh', W.base);
-      const before = await qemuState(vm.monitor);
-      const r = await applyToQemu(W.bundle, vm.qmpSocket, { mode: 'overlay', device: 'vblk0' });
-      assert.is(r.mode, 'overlay');
-      assert.is(r.status, 'applied');
-      assert.is(r.recheck, 'clean');
-      assert.is(r.windowMs, 0, 'the switch is atomic');
-      assert.ok(typeof r.pauseMs === 'number' && r.pauseMs > 0);
-      console.log(`  overlay: ${(W.changedBytes / MiB).toFixed(2)} MiB: guest paused ${r.pauseMs} ms for the switch, verify ${r.timingsMs.verify} ms, total ${r.elapsedMs} ms (QEMU TCG, loaded host)`);
-      const ov = r.overlay!;
-      assert.is(ov.path, `${image}.vmsubst-${W.manifest.id.slice(0, 12)}.qcow2`);
-      assert.equal(ov.backing, { name: image, format: 'raw' });
-      assert.is(ov.clusterSize, 4096, 'block-aligned clusters: nothing filled from the live disk');
-      assert.not.ok(ov.committed);
-      const top = (await vm.monitor.queryBlock()).find((b) => b.qdev?.includes('vblk0'))!.inserted!;
-      assert.is(top['node-name'], ov.node);
-      assert.is(top.drv, 'qcow2');
-      const after = await qemuState(vm.monitor);
-      assert.equal(after, { ...before, nodes: [...before.nodes, ov.node].sort() }, 'only the overlay node was added');
-      assert.ok((await driveRangesNew(vm, dir)).every(Boolean), 'the drive reads the new content');
-      assert.ok((await vm.status()).running);
-      await vm.flush();
-      assert.ok(readFileSync(image).equals(W.base), "the drive's own image is not written");
-      const cmp = qemuImg(['compare', '-U', ov.path, W.patchedPath]);
-      assert.is(cmp.code, 0, cmp.out);
-      assert.equal(readdirSync(dir).sort(), ['disk.img', `disk.img.vmsubst-${W.manifest.id.slice(0, 12)}.qcow2`, 'vm.mon', 'vm.qmp']);
-    }),
+  Live(
+    'the overlay goes on top of the running drive: it reads the new content, its own image is untouched, the pause is reported',
+    () =>
+      withTimeout(TEST_TIMEOUT, 'overlay', async () => {
+        const { vm, image, dir } = await startVm('fresh', W.base);
+        const before = await qemuState(vm.monitor);
+        const r = await applyToQemu(W.bundle, vm.qmpSocket, { mode: 'overlay', device: 'vblk0' });
+        assert.is(r.mode, 'overlay');
+        assert.is(r.status, 'applied');
+        assert.is(r.recheck, 'clean');
+        assert.is(r.windowMs, 0, 'the switch is atomic');
+        assert.ok(typeof r.pauseMs === 'number' && r.pauseMs > 0);
+        console.log(
+          `  overlay: ${(W.changedBytes / MiB).toFixed(2)} MiB: guest paused ${r.pauseMs} ms for the switch, verify ${r.timingsMs.verify} ms, total ${r.elapsedMs} ms (QEMU TCG, loaded host)`,
+        );
+        const ov = r.overlay!;
+        assert.is(ov.path, `${image}.vmsubst-${W.manifest.id.slice(0, 12)}.qcow2`);
+        assert.equal(ov.backing, { name: image, format: 'raw' });
+        assert.is(ov.clusterSize, 4096, 'block-aligned clusters: nothing filled from the live disk');
+        assert.not.ok(ov.committed);
+        const top = (await vm.monitor.queryBlock()).find((b) => b.qdev?.includes('vblk0'))!.inserted!;
+        assert.is(top['node-name'], ov.node);
+        assert.is(top.drv, 'qcow2');
+        const after = await qemuState(vm.monitor);
+        assert.equal(after, { ...before, nodes: [...before.nodes, ov.node].sort() }, 'only the overlay node was added');
+        assert.ok((await driveRangesNew(vm, dir)).every(Boolean), 'the drive reads the new content');
+        assert.ok((await vm.status()).running);
+        await vm.flush();
+        assert.ok(readFileSync(image).equals(W.base), "the drive's own image is not written");
+        const cmp = qemuImg(['compare', '-U', ov.path, W.patchedPath]);
+        assert.is(cmp.code, 0, cmp.out);
+        assert.equal(readdirSync(dir).sort(), [
+          'disk.img',
+          `disk.img.vmsubst-${W.manifest.id.slice(0, 12)}.qcow2`,
+          'vm.mon',
+          'vm.qmp',
+        ]);
+      }),
   );
 
   Live('--commit merges the overlay into the drive while the guest runs, then removes its node and file', () =>
     withTimeout(TEST_TIMEOUT, 'commit', async () => {
       const { vm, image, dir } = await startVm('commit', W.base);
       const before = await qemuState(vm.monitor);
-      const r = await vmsubstJson<Record<string, unknown>>(['apply', W.bundlePath, '--qmp', vm.qmpSocket, '--mode', 'overlay', '--commit']);
+      const r = await vmsubstJson<Record<string, unknown>>([
+        'apply',
+        W.bundlePath,
+        '--qmp',
+        vm.qmpSocket,
+        '--mode',
+        'overlay',
+        '--commit',
+      ]);
       const ov = r['overlay'] as { committed: boolean; path: string; 'commit-ms': number };
       assert.ok(ov.committed, JSON.stringify(r));
       assert.equal(r['warnings'], []);
@@ -236,21 +281,28 @@ if (whyNoQemu()) {
     }),
   );
 
-  Live('a guest write into a changed range after the verification is refused at the pause; the overlay is removed', () =>
-    withTimeout(TEST_TIMEOUT, 'race', async () => {
-      const { vm, image, dir } = await startVm('race', W.base);
-      const before = await qemuState(vm.monitor);
-      const target = W.manifest.ranges[7]!.offset;
-      const err = await rejected(applyToQemu(W.bundle, vm.qmpSocket, { mode: 'overlay', beforeWrite: () => deviceWrite(vm.monitor, target, 4096, 0x55) }));
-      assert.instance(err, BaseMismatchError);
-      assert.ok((await vm.status()).running);
-      assert.equal(await qemuState(vm.monitor), before);
-      assert.equal(readdirSync(dir).sort(), ['disk.img', 'vm.mon', 'vm.qmp']);
-      await vm.flush();
-      const expect = Buffer.from(W.base);
-      expect.fill(0x55, target, target + 4096);
-      assert.ok(readFileSync(image).equals(expect));
-    }),
+  Live(
+    'a guest write into a changed range after the verification is refused at the pause; the overlay is removed',
+    () =>
+      withTimeout(TEST_TIMEOUT, 'race', async () => {
+        const { vm, image, dir } = await startVm('race', W.base);
+        const before = await qemuState(vm.monitor);
+        const target = W.manifest.ranges[7]!.offset;
+        const err = await rejected(
+          applyToQemu(W.bundle, vm.qmpSocket, {
+            mode: 'overlay',
+            beforeWrite: () => deviceWrite(vm.monitor, target, 4096, 0x55),
+          }),
+        );
+        assert.instance(err, BaseMismatchError);
+        assert.ok((await vm.status()).running);
+        assert.equal(await qemuState(vm.monitor), before);
+        assert.equal(readdirSync(dir).sort(), ['disk.img', 'vm.mon', 'vm.qmp']);
+        await vm.flush();
+        const expect = Buffer.from(W.base);
+        expect.fill(0x55, target, target + 4096);
+        assert.ok(readFileSync(image).equals(expect));
+      }),
   );
 
   Live('works on a device without share-rw=on (the drive itself is never written)', () =>

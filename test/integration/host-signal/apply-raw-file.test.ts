@@ -20,7 +20,10 @@ import { applyToImage } from '../../../host-signal/src/apply/index.js';
 import { BaseMismatchError, TargetError } from '../../../host-signal/src/errors.js';
 
 const SIZE = 64 * MiB;
-const EDITS: [number, number][] = [...Array.from({ length: 64 }, (_, i): [number, number] => [i * MiB + 8192, 64 << 10]), [SIZE - 1, 1]];
+const EDITS: [number, number][] = [
+  ...Array.from({ length: 64 }, (_, i): [number, number] => [i * MiB + 8192, 64 << 10]),
+  [SIZE - 1, 1],
+];
 
 /**
  * The stand-in VMM: opens the image read-only (a read-only drive) or
@@ -45,7 +48,9 @@ class StandInVmm {
   readonly #lines: string[] = [];
   #wake: (() => void) | undefined;
   constructor(script: string, image: string, access: 'ro' | 'rw', direct = false) {
-    this.proc = spawn(process.execPath, [script, image, access, direct ? 'direct' : ''], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.proc = spawn(process.execPath, [script, image, access, direct ? 'direct' : ''], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
     createInterface({ input: this.proc.stdout! }).on('line', (l) => {
       this.#lines.push(l);
       this.#wake?.();
@@ -96,26 +101,31 @@ async function vmm(image: string, access: 'ro' | 'rw' = 'ro', direct = false): P
   return v;
 }
 
-S('the running VMM (read-write, accepted with allowWriters) reads the new blocks on its open fd; the write window is reported, nothing is paused', () =>
-  withTimeout(60_000, 'raw-file', async () => {
-    const { image } = diskCopy(W, 'live', W.base);
-    const v = await vmm(image, 'rw');
-    const r = await applyToImage(W.bundle, image, { allowWriters: [v.proc.pid!] });
-    assert.is(r.mode, 'raw-file');
-    assert.is(r.status, 'applied');
-    assert.is(r.bytesWritten, W.changedBytes);
-    assert.is(r.pauseMs, null);
-    assert.ok(typeof r.windowMs === 'number' && r.windowMs > 0);
-    console.log(`  raw-file: ${(W.changedBytes / MiB).toFixed(2)} MiB: write window (pwrites) ${r.windowMs} ms, with fdatasync ${r.timingsMs.write} ms, verify ${r.timingsMs.verify} ms (loaded host)`);
-    const me = r.openers.find((o) => o.pid === v.proc.pid);
-    assert.ok(me, `the VMM is reported as an opener: ${JSON.stringify(r.openers)}`);
-    assert.is(me.direct, false);
-    assert.is(me.writable, true);
-    assert.equal(r.warnings, []);
-    for (const range of W.manifest.ranges) assert.is(await v.sha(range.offset, range.length), range['new-sha256'], `range at ${range.offset}`);
-    assert.ok(rangesNew(W.manifest, image).every(Boolean));
-    assert.ok(readFileSync(image).equals(W.patched));
-  }),
+S(
+  'the running VMM (read-write, accepted with allowWriters) reads the new blocks on its open fd; the write window is reported, nothing is paused',
+  () =>
+    withTimeout(60_000, 'raw-file', async () => {
+      const { image } = diskCopy(W, 'live', W.base);
+      const v = await vmm(image, 'rw');
+      const r = await applyToImage(W.bundle, image, { allowWriters: [v.proc.pid!] });
+      assert.is(r.mode, 'raw-file');
+      assert.is(r.status, 'applied');
+      assert.is(r.bytesWritten, W.changedBytes);
+      assert.is(r.pauseMs, null);
+      assert.ok(typeof r.windowMs === 'number' && r.windowMs > 0);
+      console.log(
+        `  raw-file: ${(W.changedBytes / MiB).toFixed(2)} MiB: write window (pwrites) ${r.windowMs} ms, with fdatasync ${r.timingsMs.write} ms, verify ${r.timingsMs.verify} ms (loaded host)`,
+      );
+      const me = r.openers.find((o) => o.pid === v.proc.pid);
+      assert.ok(me, `the VMM is reported as an opener: ${JSON.stringify(r.openers)}`);
+      assert.is(me.direct, false);
+      assert.is(me.writable, true);
+      assert.equal(r.warnings, []);
+      for (const range of W.manifest.ranges)
+        assert.is(await v.sha(range.offset, range.length), range['new-sha256'], `range at ${range.offset}`);
+      assert.ok(rangesNew(W.manifest, image).every(Boolean));
+      assert.ok(readFileSync(image).equals(W.patched));
+    }),
 );
 
 S('a VMM with the image open O_DIRECT is reported with a warning', () =>
@@ -158,7 +168,12 @@ S('a range outside the image is refused before anything is written', () =>
     const m = W.bundle.manifest;
     const last = m.ranges.at(-1)!;
     // A manifest the reader would refuse, handed to the library directly: the last range moved past the end.
-    const bad = { ...W.bundle, manifest: { ...m, ranges: [...m.ranges.slice(0, -1), { ...last, offset: SIZE + 4096 }] }, verified: true, readData: W.bundle.readData.bind(W.bundle) };
+    const bad = {
+      ...W.bundle,
+      manifest: { ...m, ranges: [...m.ranges.slice(0, -1), { ...last, offset: SIZE + 4096 }] },
+      verified: true,
+      readData: W.bundle.readData.bind(W.bundle),
+    };
     const err = await rejected(applyToImage(bad, image));
     assert.instance(err, TargetError);
     assert.match(err.message, /short read/);
@@ -187,13 +202,21 @@ S('an image QEMU holds is refused with a pointer to --qmp', () =>
 async function holder(image: string, redirect: '<>' | '<'): Promise<ChildProcess> {
   const p = spawn('sh', ['-c', `exec 3${redirect}"$1"; exec sleep 300`, 'sh', image], { stdio: 'ignore' });
   holders.push(p);
-  await waitFor(5000, 'the holder has the image open as sleep', () => {
-    try {
-      return readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep' && readlinkSync(`/proc/${p.pid}/fd/3`) === image ? true : undefined;
-    } catch {
-      return undefined;
-    }
-  }, 20);
+  await waitFor(
+    5000,
+    'the holder has the image open as sleep',
+    () => {
+      try {
+        return readFileSync(`/proc/${p.pid}/comm`, 'utf8').trim() === 'sleep' &&
+          readlinkSync(`/proc/${p.pid}/fd/3`) === image
+          ? true
+          : undefined;
+      } catch {
+        return undefined;
+      }
+    },
+    20,
+  );
   return p;
 }
 let holders: ChildProcess[] = [];
@@ -202,33 +225,46 @@ S.after.each(() => {
   holders = [];
 });
 
-S('another process holding the image open for writing is refused, named, with nothing written; read-only it is allowed', () =>
-  withTimeout(60_000, 'writer', async () => {
-    const { image } = diskCopy(W, 'writer', W.base);
-    const before = sha(readFileSync(image));
-    const rw = await holder(image, '<>');
-    const r = await vmsubst(['apply', W.bundlePath, '--image', image, '--json']);
-    assert.is(r.code, 1, r.stderr);
-    const doc = JSON.parse(r.stdout) as { error: { code: string; message: string; hint: string } };
-    assert.is(doc.error.code, 'E_VMSUBST_TARGET');
-    assert.match(doc.error.message, new RegExp(`open for writing by another process: sleep\\[${rw.pid}\\]; nothing was written`));
-    assert.match(doc.error.hint, new RegExp(`only QEMU as a VMM.*--allow-writer ${rw.pid}`));
-    assert.is(sha(readFileSync(image)), before, 'image unchanged');
-    // Through another name (a hard link): the same inode, so the same refusal.
-    const alias = join(dirname(image), 'alias.img');
-    linkSync(image, alias);
-    const viaAlias = await vmsubst(['apply', W.bundlePath, '--image', alias]);
-    assert.is(viaAlias.code, 1);
-    assert.match(viaAlias.stderr, new RegExp(`sleep\\[${rw.pid}\\]`));
-    assert.is(sha(readFileSync(image)), before, 'image unchanged');
-    rw.kill('SIGKILL');
+S(
+  'another process holding the image open for writing is refused, named, with nothing written; read-only it is allowed',
+  () =>
+    withTimeout(60_000, 'writer', async () => {
+      const { image } = diskCopy(W, 'writer', W.base);
+      const before = sha(readFileSync(image));
+      const rw = await holder(image, '<>');
+      const r = await vmsubst(['apply', W.bundlePath, '--image', image, '--json']);
+      assert.is(r.code, 1, r.stderr);
+      const doc = JSON.parse(r.stdout) as { error: { code: string; message: string; hint: string } };
+      assert.is(doc.error.code, 'E_VMSUBST_TARGET');
+      assert.match(
+        doc.error.message,
+        new RegExp(`open for writing by another process: sleep\\[${rw.pid}\\]; nothing was written`),
+      );
+      assert.match(doc.error.hint, new RegExp(`only QEMU as a VMM.*--allow-writer ${rw.pid}`));
+      assert.is(sha(readFileSync(image)), before, 'image unchanged');
+      // Through another name (a hard link): the same inode, so the same refusal.
+      const alias = join(dirname(image), 'alias.img');
+      linkSync(image, alias);
+      const viaAlias = await vmsubst(['apply', W.bundlePath, '--image', alias]);
+      assert.is(viaAlias.code, 1);
+      assert.match(viaAlias.stderr, new RegExp(`sleep\\[${rw.pid}\\]`));
+      assert.is(sha(readFileSync(image)), before, 'image unchanged');
+      rw.kill('SIGKILL');
 
-    const ro = await holder(image, '<');
-    const ok = await vmsubstJson<{ status: string; openers: { pid: number; comm: string; writable: boolean }[] }>(['apply', W.bundlePath, '--image', image]);
-    assert.is(ok.status, 'applied');
-    assert.equal(ok.openers.find((o) => o.pid === ro.pid), { pid: ro.pid!, comm: 'sleep', direct: false, writable: false });
-    assert.is(sha(readFileSync(image)), sha(W.patched));
-  }),
+      const ro = await holder(image, '<');
+      const ok = await vmsubstJson<{ status: string; openers: { pid: number; comm: string; writable: boolean }[] }>([
+        'apply',
+        W.bundlePath,
+        '--image',
+        image,
+      ]);
+      assert.is(ok.status, 'applied');
+      assert.equal(
+        ok.openers.find((o) => o.pid === ro.pid),
+        { pid: ro.pid!, comm: 'sleep', direct: false, writable: false },
+      );
+      assert.is(sha(readFileSync(image)), sha(W.patched));
+    }),
 );
 
 S('a writer named with --allow-writer is accepted; --allow-writer goes with --image only', () =>
@@ -239,7 +275,14 @@ S('a writer named with --allow-writer is accepted; --allow-writer goes with --im
     assert.instance(lib, TargetError);
     assert.match(lib.message, /open for writing by another process/);
     assert.is(sha(readFileSync(image)), sha(W.base));
-    const r = await vmsubstJson<{ status: string }>(['apply', W.bundlePath, '--image', image, '--allow-writer', String(v.proc.pid)]);
+    const r = await vmsubstJson<{ status: string }>([
+      'apply',
+      W.bundlePath,
+      '--image',
+      image,
+      '--allow-writer',
+      String(v.proc.pid),
+    ]);
     assert.is(r.status, 'applied');
     for (const range of W.manifest.ranges) assert.is(await v.sha(range.offset, range.length), range['new-sha256']);
     const u = await vmsubst(['apply', W.bundlePath, '--qmp', '/nonexistent.qmp', '--allow-writer', '1']);

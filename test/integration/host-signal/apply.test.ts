@@ -98,7 +98,10 @@ if (noQemu) {
       const { vm, image } = await F.startVm('small', content);
       const err = await rejected(applyToQemu(W.bundle, vm.qmpSocket, { device: 'vblk0' }));
       assert.instance(err, BaseMismatchError);
-      assert.match(err.message, /target is not based on this bundle's base: drive vblk0 is 8388608 bytes, the base image was 16777216 bytes/);
+      assert.match(
+        err.message,
+        /target is not based on this bundle's base: drive vblk0 is 8388608 bytes, the base image was 16777216 bytes/,
+      );
       assert.ok((await vm.status()).running);
       assert.ok(readFileSync(image).equals(content));
     }),
@@ -170,7 +173,14 @@ if (noQemu) {
   Live('the CLI applies through QMP and reports JSON', () =>
     withTimeout(TEST_TIMEOUT, 'cli apply', async () => {
       const { vm, image } = await F.startVm('cli', W.base);
-      const r = await vmsubstJson<Record<string, unknown>>(['apply', W.bundlePath, '--qmp', vm.qmpSocket, '--device', 'vblk0']);
+      const r = await vmsubstJson<Record<string, unknown>>([
+        'apply',
+        W.bundlePath,
+        '--qmp',
+        vm.qmpSocket,
+        '--device',
+        'vblk0',
+      ]);
       assert.is(r['status'], 'applied');
       assert.is(r['written'], W.changedBytes);
       assert.is(typeof r['pause-ms'], 'number');

@@ -11,7 +11,13 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { vmsubst, vmsubstJson } from '../../helpers/cli.js';
 import { buildExt4Pair, UUID, type Ext4Pair } from '../../helpers/ext4-images.js';
-import { HEADER_BYTES, canonicalJson, encodeHeader, manifestId, type Manifest } from '../../../host-signal/src/bundle/index.js';
+import {
+  HEADER_BYTES,
+  canonicalJson,
+  encodeHeader,
+  manifestId,
+  type Manifest,
+} from '../../../host-signal/src/bundle/index.js';
 import { TempDir, image, patch, writeFormat1Bundle } from '../../unit/host-signal/fixtures.js';
 
 const tmp = new TempDir();
@@ -36,7 +42,15 @@ Cli.before(async () => {
 });
 
 Cli('diff writes a bundle with base identity and file hints', async () => {
-  const r = await vmsubstJson<Record<string, unknown>>(['diff', C.pair.base, C.pair.patched, '-o', C.bundle, '--label', 'golden-1']);
+  const r = await vmsubstJson<Record<string, unknown>>([
+    'diff',
+    C.pair.base,
+    C.pair.patched,
+    '-o',
+    C.bundle,
+    '--label',
+    'golden-1',
+  ]);
   assert.is(r['hints'], 'computed');
   assert.is(r['files'], 3);
   assert.is(r['elf-code-unchanged'], 1);
@@ -45,7 +59,12 @@ Cli('diff writes a bundle with base identity and file hints', async () => {
 });
 
 Cli('sign, then inspect --json with the trusted key shows everything', async () => {
-  const s = await vmsubstJson<{ id: string; 'previous-id': string; 'key-id': string }>(['sign', C.bundle, '--key', C.key]);
+  const s = await vmsubstJson<{ id: string; 'previous-id': string; 'key-id': string }>([
+    'sign',
+    C.bundle,
+    '--key',
+    C.key,
+  ]);
   assert.is(s.id, s['previous-id']);
   const j = await vmsubstJson<InspectJson>(['inspect', C.bundle, '--trusted-key', C.pub]);
   assert.is(j['data-verified'], true);
@@ -148,7 +167,11 @@ Cli('bad input: clear errors, nothing written', async () => {
   const cases: [string[], RegExp, number][] = [
     [['diff', C.pair.base, tmp.file('missing.img'), '-o', tmp.file('x.vsb')], /cannot open the patched image/, 1],
     [['diff', C.pair.base, tmp.file('small.img', Buffer.alloc(4096)), '-o', tmp.file('x.vsb')], /differ in size/, 1],
-    [['diff', C.pair.base, C.pair.patched, '-o', tmp.file('x.vsb'), '--customize', tmp.file('nope.json')], /--customize/, 2],
+    [
+      ['diff', C.pair.base, C.pair.patched, '-o', tmp.file('x.vsb'), '--customize', tmp.file('nope.json')],
+      /--customize/,
+      2,
+    ],
     [['sign', C.bundle], /--key KEY is required/, 2],
     [['sign', C.bundle, '--key', C.pub], /not a readable private key/, 2],
     [['sign', tmp.file('small.img'), '--key', C.key], /bad magic|too short/, 1],

@@ -24,7 +24,10 @@ const Hv = suite('hybrid-vsock: CONNECT/OK through a stand-in for the VMM muxer,
 const C = { dir: '', agent: undefined as AgentProcess | undefined, mux: undefined as Muxer | undefined, bundle: '' };
 
 async function rejection(p: Promise<unknown>): Promise<Error> {
-  const e = await p.then(() => undefined, (err: unknown) => err);
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
   assert.ok(e instanceof Error, 'expected a rejection');
   return e as Error;
 }
@@ -38,7 +41,11 @@ Hv.before(async () => {
   patched.fill(2, 8192, 12288);
   const d = await diffSources(bufferSource(base), bufferSource(patched));
   C.bundle = join(C.dir, 'p.vsb');
-  await writeBundle(C.bundle, { base: { size: base.length }, blockSize: d.blockSize, ranges: d.ranges }, bufferSource(patched));
+  await writeBundle(
+    C.bundle,
+    { base: { size: base.length }, blockSize: d.blockSize, ranges: d.ranges },
+    bufferSource(patched),
+  );
 });
 Hv.after(async () => {
   await C.mux?.close();
@@ -69,7 +76,15 @@ Hv('vmsubst notify over hvsock: the agent answers the substitution and the CLI r
   withTimeout(30_000, 'notify', async () => {
     // The agent runs on the host here, with no such disk: its answer (DeviceNotFound) comes back
     // through the muxer and is rendered as the agent's error.
-    const r = await vmsubst(['notify', C.bundle, '--to', `hvsock:${C.mux!.path}:${PORT}`, '--disk-path', '/dev/vmsubst-absent', '--json']);
+    const r = await vmsubst([
+      'notify',
+      C.bundle,
+      '--to',
+      `hvsock:${C.mux!.path}:${PORT}`,
+      '--disk-path',
+      '/dev/vmsubst-absent',
+      '--json',
+    ]);
     assert.is(r.code, 1, r.stderr);
     const doc = JSON.parse(r.stdout) as { error: { code: string; message: string } };
     assert.is(doc.error.code, 'E_VMSUBST_AGENT');
@@ -127,14 +142,18 @@ Hv('a handshake that times out is retried on a new connection; the second one ge
   withTimeout(20_000, 'retry', async () => {
     C.mux!.behaviour = 'silent';
     const retries: string[] = [];
-    const r = await withAgent(`hvsock:${C.mux!.path}:${PORT}`, {
-      connectTimeoutMs: 1500,
-      retryDelayMs: 10,
-      onRetry: (_n, e) => {
-        retries.push(e.message);
-        C.mux!.behaviour = 'ok';
+    const r = await withAgent(
+      `hvsock:${C.mux!.path}:${PORT}`,
+      {
+        connectTimeoutMs: 1500,
+        retryDelayMs: 10,
+        onRetry: (_n, e) => {
+          retries.push(e.message);
+          C.mux!.behaviour = 'ok';
+        },
       },
-    }, (conn) => conn.client.execute('ping', {}));
+      (conn) => conn.client.execute('ping', {}),
+    );
     assert.is(r.attempts, 2);
     assert.equal(r.value, {});
     assert.match(retries[0]!, /no answer to 'CONNECT/);

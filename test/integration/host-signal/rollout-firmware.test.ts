@@ -38,7 +38,17 @@ async function member(name: string, content: Buffer): Promise<Member> {
   const image = join(dir, 'disk.img');
   writeFileSync(image, content);
   const vm = await FirmwareVm.start({ image, dir });
-  const m = { vm, image, member: { name, qmp: vm.qmpSocket, device: 'vblk0', disk: {}, agent: { kind: 'serial' as const, path: join(dir, 'no-agent.sock') } } };
+  const m = {
+    vm,
+    image,
+    member: {
+      name,
+      qmp: vm.qmpSocket,
+      device: 'vblk0',
+      disk: {},
+      agent: { kind: 'serial' as const, path: join(dir, 'no-agent.sock') },
+    },
+  };
   started.push(m);
   return m;
 }
@@ -85,39 +95,52 @@ if (noQemu) {
   console.log(`rollout-firmware.test: skipped: ${noQemu}`);
   Fleet.skip('rollout against QEMU (needs QEMU)', () => undefined);
 } else {
-  Fleet('three at once with --continue: the diverged VM is refused and untouched, the others applied and marked not told', () =>
-    withTimeout(T, 'continue', async () => {
-      const ms = await Promise.all([member('a', W.base), member('bad', diverged()), member('c', W.base)]);
-      const badBefore = sha(await image(ms[1]!));
-      const running: number[] = [];
-      let inFlight = 0;
-      const r = await rollout(W.bundle!, ms.map((m) => m.member), {
-        concurrency: 3,
-        stopOnFailure: false,
-        onStart: () => running.push(++inFlight),
-        onDone: () => inFlight--,
-      });
-      assert.equal(status(r), { a: 'applied', bad: 'refused', c: 'applied' });
-      assert.ok(Math.max(...running) >= 2, `VMs ran concurrently (at most ${Math.max(...running)} at once)`);
-      assert.is(r.halted, undefined);
-      assert.is(r.vms[1]!.error?.code, 'E_VMSUBST_BASE_MISMATCH');
-      assert.match(r.vms[1]!.error?.message ?? '', /nothing was written/);
-      assert.is(r.vms[1]!.apply, undefined);
-      assert.is(sha(await image(ms[1]!)), badBefore);
-      for (const i of [0, 2]) {
-        assert.ok((await image(ms[i]!)).equals(W.patched), `${ms[i]!.member.name} holds the patched image`);
-        const v = r.vms[i]!;
-        assert.is(v.agent.told, false);
-        assert.ok(v.agent.unreachable, 'says why no agent answered');
-        assert.ok(v.notes.some((n) => /not told: .*cached copies/.test(n)), v.notes.join('|'));
-      }
-    }),
+  Fleet(
+    'three at once with --continue: the diverged VM is refused and untouched, the others applied and marked not told',
+    () =>
+      withTimeout(T, 'continue', async () => {
+        const ms = await Promise.all([member('a', W.base), member('bad', diverged()), member('c', W.base)]);
+        const badBefore = sha(await image(ms[1]!));
+        const running: number[] = [];
+        let inFlight = 0;
+        const r = await rollout(
+          W.bundle!,
+          ms.map((m) => m.member),
+          {
+            concurrency: 3,
+            stopOnFailure: false,
+            onStart: () => running.push(++inFlight),
+            onDone: () => inFlight--,
+          },
+        );
+        assert.equal(status(r), { a: 'applied', bad: 'refused', c: 'applied' });
+        assert.ok(Math.max(...running) >= 2, `VMs ran concurrently (at most ${Math.max(...running)} at once)`);
+        assert.is(r.halted, undefined);
+        assert.is(r.vms[1]!.error?.code, 'E_VMSUBST_BASE_MISMATCH');
+        assert.match(r.vms[1]!.error?.message ?? '', /nothing was written/);
+        assert.is(r.vms[1]!.apply, undefined);
+        assert.is(sha(await image(ms[1]!)), badBefore);
+        for (const i of [0, 2]) {
+          assert.ok((await image(ms[i]!)).equals(W.patched), `${ms[i]!.member.name} holds the patched image`);
+          const v = r.vms[i]!;
+          assert.is(v.agent.told, false);
+          assert.ok(v.agent.unreachable, 'says why no agent answered');
+          assert.ok(
+            v.notes.some((n) => /not told: .*cached copies/.test(n)),
+            v.notes.join('|'),
+          );
+        }
+      }),
   );
 
   Fleet('stop on failure (the default), one at a time: nothing starts after the refused VM', () =>
     withTimeout(T, 'stop', async () => {
       const ms = await Promise.all([member('a', W.base), member('bad', diverged()), member('c', W.base)]);
-      const r = await rollout(W.bundle!, ms.map((m) => m.member), { concurrency: 1 });
+      const r = await rollout(
+        W.bundle!,
+        ms.map((m) => m.member),
+        { concurrency: 1 },
+      );
       assert.equal(status(r), { a: 'applied', bad: 'refused', c: 'not-started' });
       assert.match(r.halted ?? '', /bad: refused/);
       assert.ok((await image(ms[2]!)).equals(W.base), 'c was not touched');
@@ -127,7 +150,11 @@ if (noQemu) {
   Fleet('a failed canary halts even with --continue; the others are not touched', () =>
     withTimeout(T, 'canary', async () => {
       const ms = await Promise.all([member('a', W.base), member('bad', diverged()), member('c', W.base)]);
-      const r = await rollout(W.bundle!, ms.map((m) => m.member), { canary: 2, concurrency: 3, stopOnFailure: false });
+      const r = await rollout(
+        W.bundle!,
+        ms.map((m) => m.member),
+        { canary: 2, concurrency: 3, stopOnFailure: false },
+      );
       assert.equal(status(r), { a: 'applied', bad: 'refused', c: 'not-started' });
       assert.match(r.halted ?? '', /canary/);
       assert.ok((await image(ms[2]!)).equals(W.base));
@@ -158,39 +185,62 @@ if (noQemu) {
     }),
   );
 
-  Fleet('the CLI, one VM without a fleet file: applied, and the JSON says the guest was not told and what that means', () =>
-    withTimeout(T, 'cli', async () => {
-      const m = await member('a', W.base);
-      const r = await vmsubst(['rollout', '--qmp', m.vm.qmpSocket, '--device', 'vblk0', W.bundle!.path, '--json']);
-      assert.is(r.code, 0, r.stderr);
-      const doc = JSON.parse(r.stdout) as { ok: boolean; vms: { name: string; status: string; guest: { told: boolean; meaning?: string }; apply?: { written: number } }[] };
-      assert.is(doc.ok, true);
-      assert.is(doc.vms[0]!.name, 'vm');
-      assert.is(doc.vms[0]!.status, 'applied');
-      assert.is(doc.vms[0]!.guest.told, false);
-      assert.match(doc.vms[0]!.guest.meaning ?? '', /cached copies/);
-      assert.ok(doc.vms[0]!.apply!.written > 0);
-      assert.ok((await image(m)).equals(W.patched));
-    }),
+  Fleet(
+    'the CLI, one VM without a fleet file: applied, and the JSON says the guest was not told and what that means',
+    () =>
+      withTimeout(T, 'cli', async () => {
+        const m = await member('a', W.base);
+        const r = await vmsubst(['rollout', '--qmp', m.vm.qmpSocket, '--device', 'vblk0', W.bundle!.path, '--json']);
+        assert.is(r.code, 0, r.stderr);
+        const doc = JSON.parse(r.stdout) as {
+          ok: boolean;
+          vms: {
+            name: string;
+            status: string;
+            guest: { told: boolean; meaning?: string };
+            apply?: { written: number };
+          }[];
+        };
+        assert.is(doc.ok, true);
+        assert.is(doc.vms[0]!.name, 'vm');
+        assert.is(doc.vms[0]!.status, 'applied');
+        assert.is(doc.vms[0]!.guest.told, false);
+        assert.match(doc.vms[0]!.guest.meaning ?? '', /cached copies/);
+        assert.ok(doc.vms[0]!.apply!.written > 0);
+        assert.ok((await image(m)).equals(W.patched));
+      }),
   );
 
-  Fleet('an interrupted rollout resumes from its state file: done VMs are confirmed by their disks, not written again', () =>
-    withTimeout(T, 'resume', async () => {
-      const ms = await Promise.all([member('a', W.base), member('b', W.base)]);
-      const state = join(W.dir, `state-${randomBytes(3).toString('hex')}.json`);
-      const controller = new AbortController();
-      // The first run is cancelled once one VM is done (as Ctrl-C does): b never starts.
-      const first = await rollout(W.bundle!, ms.map((m) => m.member), { concurrency: 1, statePath: state, signal: controller.signal, onDone: () => controller.abort() });
-      assert.equal(status(first), { a: 'applied', b: 'not-started' });
-      assert.is(first.halted, 'cancelled');
-      const second = await rollout(W.bundle!, ms.map((m) => m.member), { concurrency: 2, statePath: state });
-      assert.equal(status(second), { a: 'done-before', b: 'applied' });
-      assert.is(second.vms[0]!.apply?.status, 'already-applied');
-      assert.is(second.vms[0]!.apply?.bytesWritten, 0);
-      for (const m of ms) assert.ok((await image(m)).equals(W.patched));
-      const recorded = JSON.parse(readFileSync(state, 'utf8')) as { vms: Record<string, { status: string }> };
-      assert.equal(Object.fromEntries(Object.entries(recorded.vms).map(([k, v]) => [k, v.status])), { a: 'done-before', b: 'applied' });
-    }),
+  Fleet(
+    'an interrupted rollout resumes from its state file: done VMs are confirmed by their disks, not written again',
+    () =>
+      withTimeout(T, 'resume', async () => {
+        const ms = await Promise.all([member('a', W.base), member('b', W.base)]);
+        const state = join(W.dir, `state-${randomBytes(3).toString('hex')}.json`);
+        const controller = new AbortController();
+        // The first run is cancelled once one VM is done (as Ctrl-C does): b never starts.
+        const first = await rollout(
+          W.bundle!,
+          ms.map((m) => m.member),
+          { concurrency: 1, statePath: state, signal: controller.signal, onDone: () => controller.abort() },
+        );
+        assert.equal(status(first), { a: 'applied', b: 'not-started' });
+        assert.is(first.halted, 'cancelled');
+        const second = await rollout(
+          W.bundle!,
+          ms.map((m) => m.member),
+          { concurrency: 2, statePath: state },
+        );
+        assert.equal(status(second), { a: 'done-before', b: 'applied' });
+        assert.is(second.vms[0]!.apply?.status, 'already-applied');
+        assert.is(second.vms[0]!.apply?.bytesWritten, 0);
+        for (const m of ms) assert.ok((await image(m)).equals(W.patched));
+        const recorded = JSON.parse(readFileSync(state, 'utf8')) as { vms: Record<string, { status: string }> };
+        assert.equal(Object.fromEntries(Object.entries(recorded.vms).map(([k, v]) => [k, v.status])), {
+          a: 'done-before',
+          b: 'applied',
+        });
+      }),
   );
 }
 

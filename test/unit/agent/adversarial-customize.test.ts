@@ -8,7 +8,18 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { customize, type CustomizeOptions } from '../../../agent/src/substitution/customize.js';
@@ -35,7 +46,8 @@ A.before.each(() => {
 });
 A.after.each(() => rmSync(C.dir, { recursive: true, force: true }));
 
-const fingerprint = (p: string): string => `${createHash('sha256').update(readFileSync(p)).digest('hex')} ${(statSync(p).mode & 0o7777).toString(8)}`;
+const fingerprint = (p: string): string =>
+  `${createHash('sha256').update(readFileSync(p)).digest('hex')} ${(statSync(p).mode & 0o7777).toString(8)}`;
 
 A('a symlink planted at the temp file name is not followed (content and mode outside unchanged)', async () => {
   const before = fingerprint(C.victim);
@@ -78,7 +90,12 @@ A('a target that is a symlink is refused', async () => {
 });
 
 A('sysctl values with control characters are refused by the schema and by the code', async () => {
-  const bad = { id: 'ab'.repeat(16), disk: {}, ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }], customization: { sysctl: { 'vm.swappiness': '10\nkernel.modprobe = /tmp/x' } } };
+  const bad = {
+    id: 'ab'.repeat(16),
+    disk: {},
+    ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }],
+    customization: { sysctl: { 'vm.swappiness': '10\nkernel.modprobe = /tmp/x' } },
+  };
   assert.ok(argsValidator('substitute').problems(bad).length > 0, 'the schema refuses a newline');
   const tab = { ...bad, customization: { sysctl: { 'vm.swappiness': '10\u0001' } } };
   assert.ok(argsValidator('substitute').problems(tab).length > 0, 'and other control characters');
@@ -90,7 +107,12 @@ A('sysctl values with control characters are refused by the schema and by the co
 
 A('a hostname over 64 bytes is refused by the schema and by the code', async () => {
   const long = `${'a'.repeat(40)}.${'b'.repeat(40)}`;
-  const args = { id: 'ab'.repeat(16), disk: {}, ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }], customization: { hostname: long } };
+  const args = {
+    id: 'ab'.repeat(16),
+    disk: {},
+    ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }],
+    customization: { hostname: long },
+  };
   assert.ok(argsValidator('substitute').problems(args).length > 0);
   assert.equal(argsValidator('substitute').problems({ ...args, customization: { hostname: 'a'.repeat(63) } }), []);
   const out = await customize({ hostname: long }, C.o);

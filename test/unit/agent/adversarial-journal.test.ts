@@ -86,7 +86,9 @@ J('status shows corrupt lines in text and JSON and does not change the file', as
   assert.match(text, /torn last line/);
   let json = '';
   await status(['--json', '--state-dir', C.dir, '--kmod-device', join(C.dir, 'no-such-device')], (s) => (json += s));
-  const st = JSON.parse(json) as { 'journal-problems': { corrupt: { line: number; reason: string }[]; 'torn-tail-bytes': number } };
+  const st = JSON.parse(json) as {
+    'journal-problems': { corrupt: { line: number; reason: string }[]; 'torn-tail-bytes': number };
+  };
   assert.is(st['journal-problems'].corrupt.length, 1);
   assert.is(st['journal-problems'].corrupt[0]!.line, 2);
   assert.ok(st['journal-problems']['torn-tail-bytes'] > 0);

@@ -72,7 +72,15 @@ async function refused(p: Promise<unknown>): Promise<CommandError> {
 L('overlapping ranges are refused before anything is read', async () => {
   const w = world();
   try {
-    const e = await refused(substitute(args([{ offset: 0, length: 65536 }, { offset: 4096, length: 65536 }]), w.deps));
+    const e = await refused(
+      substitute(
+        args([
+          { offset: 0, length: 65536 },
+          { offset: 4096, length: 65536 },
+        ]),
+        w.deps,
+      ),
+    );
     assert.is(e.errorClass, 'InvalidArguments');
     assert.match(e.message, /range 1 .* overlaps range 0/);
     assert.is(w.reads, 0, 'nothing read');
@@ -88,7 +96,10 @@ L('overlapping ranges are refused before anything is read', async () => {
 L('unsorted ranges are refused before anything is read, in every phase', async () => {
   const w = world();
   try {
-    const a = args([{ offset: 8192, length: 4096 }, { offset: 0, length: 4096 }]);
+    const a = args([
+      { offset: 8192, length: 4096 },
+      { offset: 0, length: 4096 },
+    ]);
     for (const p of [substitute(a, w.deps), planSubstitution(a, w.deps)]) {
       const e = await refused(p);
       assert.is(e.errorClass, 'InvalidArguments');
@@ -121,7 +132,19 @@ L('a FIFO swapped in for a changed file does not hang the substitution and is no
   execFileSync('mkfifo', [fifo]);
   const mount = { mountPoint: w.dir, devNum: '254:0', root: '/', fsType: 'ext4', readOnly: true };
   // Indexed as a regular file (inode 12); a FIFO has taken its name since. No hint: the ELF probe opens it too.
-  w.hits = [{ file: { path: fifo, dev: 1, ino: 12, mount, kind: 'file', extents: [{ diskStart: 0, fileOffset: 0, length: 4096 }] }, ranges: [{ offset: 0, length: 4096 }] }];
+  w.hits = [
+    {
+      file: {
+        path: fifo,
+        dev: 1,
+        ino: 12,
+        mount,
+        kind: 'file',
+        extents: [{ diskStart: 0, fileOffset: 0, length: 4096 }],
+      },
+      ranges: [{ offset: 0, length: 4096 }],
+    },
+  ];
   let timer: NodeJS.Timeout | undefined;
   try {
     const run = substitute(args([{ offset: 0, length: 4096 }]), w.deps).then(

@@ -14,7 +14,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { planSubstitution, prepareSubstitution, type SubstituteDeps } from '../../../agent/src/substitution/substitute.js';
+import {
+  planSubstitution,
+  prepareSubstitution,
+  type SubstituteDeps,
+} from '../../../agent/src/substitution/substitute.js';
 import { splitAtPartitions } from '../../../agent/src/substitution/metadata.js';
 import { mergeRanges } from '../../../agent/src/pedigree/index.js';
 import type { ByteRange } from '@vmsubst/common/protocol/schema';
@@ -27,15 +31,23 @@ const PART_BYTES = 8 * MiB;
 const DISK_BYTES = PART_START + PART_BYTES + MiB;
 
 P('splitAtPartitions cuts at every partition start and end, and nowhere else', () => {
-  const layout = { name: 'vda', devNum: '254:0', sizeBytes: DISK_BYTES, parts: [
-    { name: 'vda', devNum: '254:0', startBytes: 0, sizeBytes: DISK_BYTES },
-    { name: 'vda1', devNum: '254:1', startBytes: PART_START, sizeBytes: PART_BYTES },
-  ] };
+  const layout = {
+    name: 'vda',
+    devNum: '254:0',
+    sizeBytes: DISK_BYTES,
+    parts: [
+      { name: 'vda', devNum: '254:0', startBytes: 0, sizeBytes: DISK_BYTES },
+      { name: 'vda1', devNum: '254:1', startBytes: PART_START, sizeBytes: PART_BYTES },
+    ],
+  };
   assert.equal(splitAtPartitions([{ offset: PART_START - 4096, length: 3 * 4096 }], layout), [
     { offset: PART_START - 4096, length: 4096 },
     { offset: PART_START, length: 8192 },
   ]);
-  assert.equal(splitAtPartitions([{ offset: 0, length: DISK_BYTES }], layout).map((r) => r.offset), [0, PART_START, PART_START + PART_BYTES]);
+  assert.equal(
+    splitAtPartitions([{ offset: 0, length: DISK_BYTES }], layout).map((r) => r.offset),
+    [0, PART_START, PART_START + PART_BYTES],
+  );
   assert.equal(splitAtPartitions([{ offset: 4096, length: 4096 }], layout), [{ offset: 4096, length: 4096 }]);
 });
 
@@ -54,11 +66,18 @@ function world(mountOpts: 'rw' | 'ro'): { dir: string; deps: SubstituteDeps; dis
   writeFileSync(join(sys, 'block/vda/vda1/size'), `${PART_BYTES / 512}\n`);
   writeFileSync(join(sys, 'block/vda/vda1/dev'), '254:1\n');
   mkdirSync(join(dir, 'proc/self'), { recursive: true });
-  writeFileSync(join(dir, 'proc/self/mountinfo'), `36 25 254:1 / /srv ${mountOpts},relatime shared:1 - ext4 /dev/vda1 ${mountOpts}\n`);
+  writeFileSync(
+    join(dir, 'proc/self/mountinfo'),
+    `36 25 254:1 / /srv ${mountOpts},relatime shared:1 - ext4 /dev/vda1 ${mountOpts}\n`,
+  );
   // Like the real index: no file here, and adjacent unmapped pieces merged into one range again.
-  const deps = fakeSubstituteDeps({ dir, sys }, async (_l, _m, changed) => ({ files: [], unmapped: mergeRanges(changed as ByteRange[]) }), {
-    readDirect: async (_p, o, l) => Buffer.from(disk.subarray(o, o + l)),
-  });
+  const deps = fakeSubstituteDeps(
+    { dir, sys },
+    async (_l, _m, changed) => ({ files: [], unmapped: mergeRanges(changed as ByteRange[]) }),
+    {
+      readDirect: async (_p, o, l) => Buffer.from(disk.subarray(o, o + l)),
+    },
+  );
   return { dir, deps, disk };
 }
 
@@ -66,7 +85,19 @@ function world(mountOpts: 'rw' | 'ro'): { dir: string; deps: SubstituteDeps; dis
 const straddling = (disk: Buffer) => {
   const offset = PART_START - 4096;
   const length = 3 * 4096;
-  return { id: 'cd'.repeat(16), disk: { serial: 'vmsubst-data' }, ranges: [{ offset, length, sha256: createHash('sha256').update(disk.subarray(offset, offset + length)).digest('hex') }] };
+  return {
+    id: 'cd'.repeat(16),
+    disk: { serial: 'vmsubst-data' },
+    ranges: [
+      {
+        offset,
+        length,
+        sha256: createHash('sha256')
+          .update(disk.subarray(offset, offset + length))
+          .digest('hex'),
+      },
+    ],
+  };
 };
 
 P('a straddling range over the superblock of a read-write mount answers RestartRequired', async () => {
@@ -79,7 +110,10 @@ P('a straddling range over the superblock of a read-write mount answers RestartR
     assert.match((err as Error).message, /\/srv is mounted read-write .*superblock/);
     const plan = await planSubstitution(straddling(w.disk), w.deps);
     assert.ok(plan.plan?.['restart-required'], 'the plan says so');
-    assert.ok(plan.plan?.blocks.some((b) => b.class === 'superblock' && b.mount === '/srv'), JSON.stringify(plan.plan?.blocks));
+    assert.ok(
+      plan.plan?.blocks.some((b) => b.class === 'superblock' && b.mount === '/srv'),
+      JSON.stringify(plan.plan?.blocks),
+    );
     assert.ok(plan.plan?.blocks.some((b) => b.class === 'outside-filesystems' && b.offset === PART_START - 4096));
   } finally {
     rmSync(w.dir, { recursive: true, force: true });
@@ -91,7 +125,10 @@ P('the same range under a read-only mount is that filesystem\'s metadata, not "o
   try {
     const plan = await planSubstitution(straddling(w.disk), w.deps);
     assert.not.ok(plan.plan?.['restart-required']);
-    assert.ok(plan.metadata?.ranges.some((r) => r.offset === PART_START && r.kinds.includes('superblock-or-descriptors')), JSON.stringify(plan.metadata));
+    assert.ok(
+      plan.metadata?.ranges.some((r) => r.offset === PART_START && r.kinds.includes('superblock-or-descriptors')),
+      JSON.stringify(plan.metadata),
+    );
   } finally {
     rmSync(w.dir, { recursive: true, force: true });
   }

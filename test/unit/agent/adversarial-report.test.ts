@@ -19,15 +19,41 @@ function bigReport(n: number): SubstituteReport {
     path: `/mnt/data/d000/e${String(Math.floor(i / 100)).padStart(2, '0')}/f${String(i).padStart(6, '0')}`,
     ino: 100 + i,
     ranges: [{ offset: 0, length: 4096 }],
-    'pages-cached': 1, 'pages-mapped': 0, 'pages-dropped': 1, 'pages-kept': 0,
+    'pages-cached': 1,
+    'pages-mapped': 0,
+    'pages-dropped': 1,
+    'pages-kept': 0,
     mappers: Array.from({ length: i === 0 ? 50 : 1 }, (_, k) => ({ pid: 1000 + k, comm: 'reader' })),
   }));
   return {
-    id: 'ef'.repeat(32), device: '/dev/vda', 'dry-run': false, 'verified-bytes': n * 4096, files, unmapped: [],
+    id: 'ef'.repeat(32),
+    device: '/dev/vda',
+    'dry-run': false,
+    'verified-bytes': n * 4096,
+    files,
+    unmapped: [],
     plan: {
-      files: files.map((f) => ({ path: f.path, ino: f.ino, mount: '/mnt/data', class: 'data' as const, policy: 'remap' as const, 'policy-from': 'default' as const, action: 'cached pages dropped; no process maps it', ranges: f.ranges, mappers: [] })),
-      blocks: files.map((f, i) => ({ offset: i * 4096, length: 4096, class: 'file-data' as const, mount: '/mnt/data' })),
-      'restart-required': false, reasons: [], units: [], 'pin-bytes': 0,
+      files: files.map((f) => ({
+        path: f.path,
+        ino: f.ino,
+        mount: '/mnt/data',
+        class: 'data' as const,
+        policy: 'remap' as const,
+        'policy-from': 'default' as const,
+        action: 'cached pages dropped; no process maps it',
+        ranges: f.ranges,
+        mappers: [],
+      })),
+      blocks: files.map((f, i) => ({
+        offset: i * 4096,
+        length: 4096,
+        class: 'file-data' as const,
+        mount: '/mnt/data',
+      })),
+      'restart-required': false,
+      reasons: [],
+      units: [],
+      'pin-bytes': 0,
     },
     'timings-ms': { verify: 1, map: 1, invalidate: 1, total: 3 },
   };
@@ -90,7 +116,11 @@ B('the kept report is 0600 and its pages rebuild it exactly', () => {
 
 B('a request with MAX_RANGES ranges of the widest kind fits in one message', () => {
   // Offsets as long as whole 4 KiB blocks allow.
-  const ranges = Array.from({ length: MAX_RANGES }, (_, i) => ({ offset: Math.floor((Number.MAX_SAFE_INTEGER - (MAX_RANGES - i) * MAX_RANGE_BYTES * 2) / 4096) * 4096, length: MAX_RANGE_BYTES, sha256: 'f'.repeat(64) }));
+  const ranges = Array.from({ length: MAX_RANGES }, (_, i) => ({
+    offset: Math.floor((Number.MAX_SAFE_INTEGER - (MAX_RANGES - i) * MAX_RANGE_BYTES * 2) / 4096) * 4096,
+    length: MAX_RANGE_BYTES,
+    sha256: 'f'.repeat(64),
+  }));
   const args = {
     id: 'a'.repeat(64),
     disk: { serial: 's'.repeat(20) },

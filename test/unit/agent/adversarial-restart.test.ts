@@ -17,11 +17,15 @@ const AGENT = '0::/system.slice/vmsubst-agent.service\n';
 
 R('a system service is restartable', () => {
   assert.equal(restartableUnit('0::/system.slice/sshd.service\n', AGENT), { unit: 'sshd.service' });
-  assert.equal(restartableUnit('0::/system.slice/system-getty.slice/getty@tty1.service\n', AGENT), { unit: 'getty@tty1.service' });
+  assert.equal(restartableUnit('0::/system.slice/system-getty.slice/getty@tty1.service\n', AGENT), {
+    unit: 'getty@tty1.service',
+  });
 });
 
 R('a delegated subgroup of a system service is its service, not the deepest .service name', () => {
-  assert.equal(restartableUnit('0::/system.slice/containerd.service/inner/sshd.service\n', AGENT), { unit: 'containerd.service' });
+  assert.equal(restartableUnit('0::/system.slice/containerd.service/inner/sshd.service\n', AGENT), {
+    unit: 'containerd.service',
+  });
 });
 
 R('a user unit named like a system service is not restartable, with the reason', () => {
@@ -46,7 +50,8 @@ R("the agent's own unit is never restarted", () => {
 });
 
 R('cgroup v1: the name=systemd line decides', () => {
-  const text = '12:memory:/system.slice/foo.service\n1:name=systemd:/user.slice/user-1000.slice/user@1000.service/foo.service\n';
+  const text =
+    '12:memory:/system.slice/foo.service\n1:name=systemd:/user.slice/user-1000.slice/user@1000.service/foo.service\n';
   assert.is(systemdCgroupPath(text), '/user.slice/user-1000.slice/user@1000.service/foo.service');
   const v = restartableUnit(text, AGENT);
   assert.ok(v && 'refused' in v);
@@ -77,7 +82,14 @@ R('the plan restarts the system sshd only, and reports the user sshd and the age
     mkdirSync(join(proc, 'self'));
     writeFileSync(join(proc, 'self', 'cgroup'), AGENT);
     const mount = { mountPoint: '/', devNum: '253:1', root: '/', fsType: 'ext4', readOnly: true };
-    const file = { path: '/usr/sbin/sshd', dev, ino, mount, kind: 'file' as const, extents: [{ diskStart: 0, fileOffset: 0, length: 4096 }] };
+    const file = {
+      path: '/usr/sbin/sshd',
+      dev,
+      ino,
+      mount,
+      kind: 'file' as const,
+      extents: [{ diskStart: 0, fileOffset: 0, length: 4096 }],
+    };
     const r = await buildPlan({
       files: [{ file, ranges: [{ offset: 0, length: 4096 }] }],
       unmapped: [],

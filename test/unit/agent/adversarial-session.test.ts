@@ -42,7 +42,8 @@ S('big requests pause the stream once the queued bytes pass the cap, and all are
     createLogger('error', () => undefined),
   );
   // Arguments are checked in the queue, after the read-ahead: 900 KB requests, each refused in turn.
-  const line = (i: number): string => JSON.stringify({ execute: 'ping', id: i, arguments: { pad: 'x'.repeat(900_000) } }) + '\n';
+  const line = (i: number): string =>
+    JSON.stringify({ execute: 'ping', id: i, arguments: { pad: 'x'.repeat(900_000) } }) + '\n';
   const first = JSON.stringify({ execute: 'ping', id: 0 }) + '\n';
   stream.push(first);
   for (let i = 1; i <= 20; i++) stream.push(line(i));
@@ -53,9 +54,17 @@ S('big requests pause the stream once the queued bytes pass the cap, and all are
   assert.ok(q.bytes <= MAX_QUEUED_BYTES + 1_000_000, `${q.bytes} bytes queued`);
   release();
   await new Promise((r) => setTimeout(r, 500));
-  const replies = stream.written.join('').trim().split('\n').map((l) => JSON.parse(l) as { id: number; error?: { class: string } });
+  const replies = stream.written
+    .join('')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { id: number; error?: { class: string } });
   assert.is(replies.length, 21, 'every request answered');
-  assert.equal(replies.map((r) => r.id), Array.from({ length: 21 }, (_, i) => i), 'in order');
+  assert.equal(
+    replies.map((r) => r.id),
+    Array.from({ length: 21 }, (_, i) => i),
+    'in order',
+  );
   assert.is(replies[1]!.error?.class, 'InvalidArguments');
   assert.is(calls, 1);
   assert.not.ok(session.queued.paused, 'resumed');

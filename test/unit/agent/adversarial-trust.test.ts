@@ -25,13 +25,31 @@ const UUID = '6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b';
 const identity = { vmUuid: UUID, diskSerials: new Set(['vmsubst-data']) };
 const NOW = 1_800_000_000;
 
-const vsockPeer = (port: number): Peer => ({ transport: 'vsock', description: `vsock 2:${port}`, greets: true, cid: 2, port });
+const vsockPeer = (port: number): Peer => ({
+  transport: 'vsock',
+  description: `vsock 2:${port}`,
+  greets: true,
+  cid: 2,
+  port,
+});
 const serial: Peer = { transport: 'serial', description: 'serial /dev/virtio-ports/org.vmsubst.0', greets: false };
-const args = (id = 'ab'.repeat(32)) => ({ id, disk: { serial: 'vmsubst-data' }, ranges: [{ offset: 8192, length: 4096, sha256: '0'.repeat(64) }] });
+const args = (id = 'ab'.repeat(32)) => ({
+  id,
+  disk: { serial: 'vmsubst-data' },
+  ranges: [{ offset: 8192, length: 4096, sha256: '0'.repeat(64) }],
+});
 
 let dir = '';
 const gate = (over: Partial<ConstructorParameters<typeof Gate>[0]> = {}): Gate =>
-  new Gate({ trusted, hypervisorChannels: HYPERVISOR_CHANNELS, requireSignature: false, grants: new Grants(dir, () => NOW), identity: () => identity, nowSec: () => NOW, ...over });
+  new Gate({
+    trusted,
+    hypervisorChannels: HYPERVISOR_CHANNELS,
+    requireSignature: false,
+    grants: new Grants(dir, () => NOW),
+    identity: () => identity,
+    nowSec: () => NOW,
+    ...over,
+  });
 const refused = (f: () => unknown, re: RegExp): void => {
   try {
     f();
@@ -60,23 +78,39 @@ T('an unprivileged peer may hello and ping, nothing else, unsigned', () => {
   const g = gate({ trusted: new Map() });
   assert.is(g.whyNot('hello', vsockPeer(40000)), undefined);
   assert.is(g.whyNot('ping', vsockPeer(40000)), undefined);
-  for (const c of ['substitute', 'prepare', 'commit', 'abort', 'report']) assert.match(g.whyNot(c, vsockPeer(40000)) ?? '', /not the hypervisor's side.*only hello and ping/, c);
-  assert.match(gate({ trusted: new Map(), requireSignature: true }).whyNot('substitute', serial) ?? '', /every change must be signed and this agent trusts no key/);
-  refused(() => g.admit('substitute', { ...args(), 'dry-run': true } as never, vsockPeer(40000)), /not the hypervisor's side.*only hello and ping/);
+  for (const c of ['substitute', 'prepare', 'commit', 'abort', 'report'])
+    assert.match(g.whyNot(c, vsockPeer(40000)) ?? '', /not the hypervisor's side.*only hello and ping/, c);
+  assert.match(
+    gate({ trusted: new Map(), requireSignature: true }).whyNot('substitute', serial) ?? '',
+    /every change must be signed and this agent trusts no key/,
+  );
+  refused(
+    () => g.admit('substitute', { ...args(), 'dry-run': true } as never, vsockPeer(40000)),
+    /not the hypervisor's side.*only hello and ping/,
+  );
   assert.ok(g.admit('substitute', args(), vsockPeer(700)), 'root on the host (a privileged port) is');
 });
 
 T('unsigned customization is refused even from the hypervisor side', () => {
-  refused(() => gate().admit('substitute', { ...args(), customization: { hostname: 'x' } } as never, serial), /customization is accepted only in a signed/);
+  refused(
+    () => gate().admit('substitute', { ...args(), customization: { hostname: 'x' } } as never, serial),
+    /customization is accepted only in a signed/,
+  );
 });
 
 T('requireSignature refuses unsigned requests on every channel', () => {
-  refused(() => gate({ requireSignature: true }).admit('prepare', args(), serial), /requires a signature on every channel/);
+  refused(
+    () => gate({ requireSignature: true }).admit('prepare', args(), serial),
+    /requires a signature on every channel/,
+  );
 });
 
 T('a good envelope is accepted from any peer, once', () => {
   const g = gate();
-  const signed = signArgs('substitute', args(), privateKey, { target: { 'vm-uuid': UUID, 'disk-serial': 'vmsubst-data' }, now: NOW });
+  const signed = signArgs('substitute', args(), privateKey, {
+    target: { 'vm-uuid': UUID, 'disk-serial': 'vmsubst-data' },
+    now: NOW,
+  });
   const a = g.admit('substitute', signed, vsockPeer(40000));
   assert.is(a.signedBy, keyId(publicKey));
   assert.is(a.replayOf, undefined);
@@ -117,32 +151,82 @@ T('a corrupt line in the replay record is counted, not hidden', () => {
 
 T('an expired, future, or overlong envelope is refused', () => {
   const t = { target: { 'disk-serial': 'vmsubst-data' } };
-  refused(() => gate().admit('substitute', signArgs('substitute', args(), privateKey, { ...t, now: NOW - 7200, lifetimeSec: 3600 }), serial), /expired 3600 s ago/);
-  refused(() => gate().admit('substitute', signArgs('substitute', args(), privateKey, { ...t, now: NOW + 3600 }), serial), /issued in the future/);
+  refused(
+    () =>
+      gate().admit(
+        'substitute',
+        signArgs('substitute', args(), privateKey, { ...t, now: NOW - 7200, lifetimeSec: 3600 }),
+        serial,
+      ),
+    /expired 3600 s ago/,
+  );
+  refused(
+    () => gate().admit('substitute', signArgs('substitute', args(), privateKey, { ...t, now: NOW + 3600 }), serial),
+    /issued in the future/,
+  );
   const long = signArgs('substitute', args(), privateKey, { ...t, now: NOW });
   long.signature['expires-at'] = NOW + MAX_ENVELOPE_LIFETIME_SEC * 2;
   refused(() => gate().admit('substitute', long, serial), /bad signature/);
 });
 
 T("another VM's envelope is refused", () => {
-  refused(() => gate().admit('substitute', signArgs('substitute', args(), privateKey, { target: { 'vm-uuid': '00112233-4455-4677-8899-aabbccddeeff' }, now: NOW }), serial), /is for VM 00112233/);
-  refused(() => gate().admit('substitute', signArgs('substitute', args(), privateKey, { target: { 'disk-serial': 'other-disk' }, now: NOW }), serial), /disk serial 'other-disk'/);
-  const mixed = signArgs('substitute', { ...args(), disk: { serial: 'vmsubst-root' } }, privateKey, { target: { 'disk-serial': 'vmsubst-data' }, now: NOW });
+  refused(
+    () =>
+      gate().admit(
+        'substitute',
+        signArgs('substitute', args(), privateKey, {
+          target: { 'vm-uuid': '00112233-4455-4677-8899-aabbccddeeff' },
+          now: NOW,
+        }),
+        serial,
+      ),
+    /is for VM 00112233/,
+  );
+  refused(
+    () =>
+      gate().admit(
+        'substitute',
+        signArgs('substitute', args(), privateKey, { target: { 'disk-serial': 'other-disk' }, now: NOW }),
+        serial,
+      ),
+    /disk serial 'other-disk'/,
+  );
+  const mixed = signArgs('substitute', { ...args(), disk: { serial: 'vmsubst-root' } }, privateKey, {
+    target: { 'disk-serial': 'vmsubst-data' },
+    now: NOW,
+  });
   refused(() => gate().admit('substitute', mixed, serial), /request names 'vmsubst-root'/);
 });
 
 T('a prepare signature is not a substitute one, and back', () => {
   const t = { target: { 'disk-serial': 'vmsubst-data' }, now: NOW };
-  refused(() => gate().admit('substitute', signArgs('prepare', args(), privateKey, t), serial), /bad signature.*another command than 'substitute'/);
-  refused(() => gate().admit('prepare', signArgs('substitute', args(), privateKey, t), serial), /bad signature.*'prepare'/);
+  refused(
+    () => gate().admit('substitute', signArgs('prepare', args(), privateKey, t), serial),
+    /bad signature.*another command than 'substitute'/,
+  );
+  refused(
+    () => gate().admit('prepare', signArgs('substitute', args(), privateKey, t), serial),
+    /bad signature.*'prepare'/,
+  );
   refused(() => gate().admit('commit', signArgs('abort', { id: args().id }, privateKey, t), serial), /bad signature/);
 });
 
 T('an untrusted key, an altered request and a signature with no trusted keys are refused', () => {
   const t = { target: { 'disk-serial': 'vmsubst-data' }, now: NOW };
-  refused(() => gate().admit('substitute', signArgs('substitute', args(), other.privateKey, t), serial), /does not trust/);
+  refused(
+    () => gate().admit('substitute', signArgs('substitute', args(), other.privateKey, t), serial),
+    /does not trust/,
+  );
   const s = signArgs('substitute', args(), privateKey, t);
-  refused(() => gate().admit('substitute', { ...s, ranges: [{ offset: 0, length: 4096, sha256: '1'.repeat(64) }] } as typeof s, serial), /bad signature/);
+  refused(
+    () =>
+      gate().admit(
+        'substitute',
+        { ...s, ranges: [{ offset: 0, length: 4096, sha256: '1'.repeat(64) }] } as typeof s,
+        serial,
+      ),
+    /bad signature/,
+  );
   refused(() => gate({ trusted: new Map() }).admit('substitute', s, serial), /trusts no key/);
 });
 
@@ -155,7 +239,10 @@ T('ranges smaller than a 4 KiB block, or off its boundary, are invalid arguments
 
 T('defaults: customization off, unsigned changes only from the hypervisor side; --print-config says so', () => {
   assert.equal(DEFAULTS.customization.allow, []);
-  assert.equal(DEFAULTS.trust, { hypervisorChannels: ['serial', 'vsock-privileged-port', 'unix'], requireSignature: false });
+  assert.equal(DEFAULTS.trust, {
+    hypervisorChannels: ['serial', 'vsock-privileged-port', 'unix'],
+    requireSignature: false,
+  });
   const c = parseCli(['--require-signature', '--trusted-key-dir', ''], () => undefined).config;
   assert.is(c.trust.requireSignature, true);
   assert.is(c.trustedKeyDir, null);
@@ -163,7 +250,10 @@ T('defaults: customization off, unsigned changes only from the hypervisor side; 
   assert.match(words, /source port below 1024/);
   assert.match(words, /customization: off/);
   assert.match(words, /no key is trusted/);
-  assert.throws(() => parseCli(['--config', '/x'], () => '{"trust":{"hypervisorChannels":["tcp"],"requireSignature":false}}'), (e: ConfigError) => /hypervisorChannels/.test(e.problems.join()));
+  assert.throws(
+    () => parseCli(['--config', '/x'], () => '{"trust":{"hypervisorChannels":["tcp"],"requireSignature":false}}'),
+    (e: ConfigError) => /hypervisorChannels/.test(e.problems.join()),
+  );
 });
 
 T.run();

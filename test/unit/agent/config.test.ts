@@ -3,14 +3,23 @@ import * as assert from 'uvu/assert';
 import { ConfigError, DEFAULTS, parseCli } from '../../../agent/src/config.js';
 
 const Cfg = suite('agent config');
-const files = (map: Record<string, string>) => (p: string): string | undefined => map[p];
+const files =
+  (map: Record<string, string>) =>
+  (p: string): string | undefined =>
+    map[p];
 
 Cfg('defaults when there is neither file nor option', () => {
   assert.equal(parseCli([], files({})).config, DEFAULTS);
 });
 
 Cfg('a config file overrides defaults, options override the file', () => {
-  const read = files({ '/etc/vmsubst/agent.json': JSON.stringify({ stateDir: '/srv/state', idleTimeoutSec: 10, vsock: { port: 7000, allowCids: [2, 3] } }) });
+  const read = files({
+    '/etc/vmsubst/agent.json': JSON.stringify({
+      stateDir: '/srv/state',
+      idleTimeoutSec: 10,
+      vsock: { port: 7000, allowCids: [2, 3] },
+    }),
+  });
   const c = parseCli(['--idle-timeout', '20'], read).config;
   assert.is(c.stateDir, '/srv/state');
   assert.is(c.idleTimeoutSec, 20);
@@ -31,7 +40,10 @@ Cfg('unknown keys in the file are errors naming the file and the key', () => {
 
 Cfg('a wrongly typed value is an error with its path', () => {
   const read = files({ '/x.json': '{"vsock":{"port":"5252","allowCids":[2]}}' });
-  assert.throws(() => parseCli(['--config', '/x.json'], read), (e: ConfigError) => /\/vsock\/port/.test(e.problems.join()));
+  assert.throws(
+    () => parseCli(['--config', '/x.json'], read),
+    (e: ConfigError) => /\/vsock\/port/.test(e.problems.join()),
+  );
 });
 
 Cfg('an explicit config file that does not exist is an error', () => {
@@ -58,7 +70,10 @@ Cfg('indexAtStart: from the file, replaced by --index; a relative path is refuse
   const read = files({ '/etc/vmsubst/agent.json': JSON.stringify({ indexAtStart: ['/srv'] }) });
   assert.equal(parseCli([], read).config.indexAtStart, ['/srv']);
   assert.equal(parseCli(['--index', '/mnt/data', '--index', '/'], read).config.indexAtStart, ['/mnt/data', '/']);
-  assert.throws(() => parseCli(['--index', 'mnt'], files({})), (e: ConfigError) => /indexAtStart/.test(e.problems.join()));
+  assert.throws(
+    () => parseCli(['--index', 'mnt'], files({})),
+    (e: ConfigError) => /indexAtStart/.test(e.problems.join()),
+  );
 });
 
 Cfg.run();

@@ -10,7 +10,18 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { closeSync, copyFileSync, linkSync, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  copyFileSync,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fiemap, readDirect } from '../../../agent/src/native/index.js';
@@ -63,13 +74,16 @@ function buildTree(tree: string): void {
   mkdirSync(p, { recursive: true });
   writeFileSync(join(p, 'bottom'), 'deep');
   mkdirSync(join(tree, 'wide'));
-  for (let i = 0; i < 3000; i++) writeFileSync(join(tree, 'wide', `entry-with-a-longer-name-${i}`), i % 5 === 0 ? '' : `${i}`);
+  for (let i = 0; i < 3000; i++)
+    writeFileSync(join(tree, 'wide', `entry-with-a-longer-name-${i}`), i % 5 === 0 ? '' : `${i}`);
 }
 
 /** An image of the tree with mkfs options `opts`; directories indexed (htree) by e2fsck -D. */
 function makeImage(name: string, opts: string[]): string {
   const img = join(C.dir, `${name}.img`);
-  execFileSync('mkfs.ext4', ['-q', '-F', '-b', '4096', ...opts, '-E', 'root_owner=0:0', '-d', C.tree, img, '64M'], { stdio: 'ignore' });
+  execFileSync('mkfs.ext4', ['-q', '-F', '-b', '4096', ...opts, '-E', 'root_owner=0:0', '-d', C.tree, img, '64M'], {
+    stdio: 'ignore',
+  });
   execFileSync('sh', ['-c', `e2fsck -fyD "${img}" >/dev/null 2>&1; [ $? -le 1 ]`]);
   // A preallocated (unwritten) extent, which FIEMAP reports and the index keeps.
   spawnSync('debugfs', ['-w', '-R', 'fallocate /empty 0 15', img], { stdio: 'ignore' });
@@ -82,7 +96,10 @@ function makeImage(name: string, opts: string[]): string {
 function mountRo(img: string): Mount {
   const mnt = join(C.dir, `mnt-${C.mounted.length}`);
   mkdirSync(mnt);
-  const loop = execFileSync('losetup', ['-f', '--show', '-r', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  const loop = execFileSync('losetup', ['-f', '--show', '-r', img], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  }).trim();
   try {
     execFileSync('mount', ['-t', 'ext4', '-o', 'ro', loop, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (e) {
@@ -104,14 +121,21 @@ function coalesced(extents: IndexedFile['extents']): IndexedFile['extents'] {
   const out: IndexedFile['extents'] = [];
   for (const e of extents) {
     const last = out[out.length - 1];
-    if (last && last.fileOffset + last.length === e.fileOffset && last.diskStart + last.length === e.diskStart) last.length += e.length;
+    if (last && last.fileOffset + last.length === e.fileOffset && last.diskStart + last.length === e.diskStart)
+      last.length += e.length;
     else out.push({ ...e });
   }
   return out;
 }
 
 function view(f: IndexedFile): unknown {
-  return { ...f, mount: undefined, extents: coalesced(f.extents), ctimeNs: String(f.ctimeNs), entries: f.entries ? [...f.entries].sort() : undefined };
+  return {
+    ...f,
+    mount: undefined,
+    extents: coalesced(f.extents),
+    ctimeNs: String(f.ctimeNs),
+    entries: f.entries ? [...f.entries].sort() : undefined,
+  };
 }
 
 function byPath(files: Iterable<IndexedFile>): Map<string, IndexedFile> {
@@ -159,20 +183,32 @@ for (const [name, opts] of [
     const mount = await mountInfo(mountRo(img).mountPoint);
     const partStart = 1 << 30;
     const files: IndexedFile[] = [];
-    await buildExt4Index((o, l) => readDirect(C.mounted[C.mounted.length - 1]!.loop, o, l), mount, partStart, await readMounts(), (f) => files.push(f));
+    await buildExt4Index(
+      (o, l) => readDirect(C.mounted[C.mounted.length - 1]!.loop, o, l),
+      mount,
+      partStart,
+      await readMounts(),
+      (f) => files.push(f),
+    );
     const raw = byPath(files);
     const walk = await walked(mount, partStart);
     assertSame(raw, walk);
     const m = mount.mountPoint;
     // What the tree holds is there: hard links under both names, no symlink or fifo, the htree directory whole.
     assert.is(raw.get(join(m, 'sub', 'hardlink'))!.ino, raw.get(join(m, 'small'))!.ino);
-    assert.equal(coalesced(raw.get(join(m, 'sub', 'hardlink'))!.extents), coalesced(raw.get(join(m, 'small'))!.extents));
+    assert.equal(
+      coalesced(raw.get(join(m, 'sub', 'hardlink'))!.extents),
+      coalesced(raw.get(join(m, 'small'))!.extents),
+    );
     for (const n of ['link-to-file', 'link-to-dir', 'slow-symlink', 'fifo']) {
       assert.not.ok(raw.has(join(m, n)), n);
       assert.ok(raw.get(m)!.entries!.has(n), n);
     }
     assert.is(raw.get(join(m, 'wide'))!.entries!.size, 3000);
-    assert.equal(raw.get(join(m, 'sparse'))!.extents.map((e) => [e.fileOffset, e.length]), [[1 << 20, 4096]]);
+    assert.equal(
+      raw.get(join(m, 'sparse'))!.extents.map((e) => [e.fileOffset, e.length]),
+      [[1 << 20, 4096]],
+    );
     assert.is(raw.get(join(m, 'sub', 'fragmented'))!.extents.length, 12);
     assert.ok(raw.has(join(m, 'deep', ...Array.from({ length: 60 }, (_, i) => `level${i}`), 'bottom')));
     assert.ok(raw.has(join(m, 'zürich ✓')));
@@ -227,7 +263,17 @@ Raw('a bad superblock: RawIndexError, and FsIndex.build falls back to the walk w
     if (o <= 1024 + 0x38 && o + l > 1024 + 0x38) b.writeUInt16LE(0, 1024 + 0x38 - o);
     return b;
   };
-  await rejectsRaw(() => buildExt4Index((o, l) => zeroSuper(C.mounted[0]!.loop, o, l), mount, 0, [], () => undefined), /superblock/);
+  await rejectsRaw(
+    () =>
+      buildExt4Index(
+        (o, l) => zeroSuper(C.mounted[0]!.loop, o, l),
+        mount,
+        0,
+        [],
+        () => undefined,
+      ),
+    /superblock/,
+  );
   const fs = await FsIndex.build(mount, 0, fiemap, { readDirect: zeroSuper });
   assert.is(fs.builtWith.builder, 'walk');
   assert.match(fs.builtWith.fallback ?? '', /superblock/);
@@ -241,7 +287,17 @@ Raw('a directory loop on the disk: RawIndexError, not a hang', async () => {
   execFileSync('debugfs', ['-w', '-R', 'link /sub /sub/inner/back', img], { stdio: 'ignore' });
   const mount: Mount = { mountPoint: C.dir, devNum: '0:0', root: '/', fsType: 'ext4', readOnly: true };
   let n = 0;
-  await rejectsRaw(() => buildExt4Index(async (o, l) => readAt(img, o, l), mount, 0, [], () => n++), /loop/);
+  await rejectsRaw(
+    () =>
+      buildExt4Index(
+        async (o, l) => readAt(img, o, l),
+        mount,
+        0,
+        [],
+        () => n++,
+      ),
+    /loop/,
+  );
   assert.ok(n < 10_000);
 });
 
@@ -249,7 +305,17 @@ Raw('an ext2 filesystem (block-mapped files) is refused', async () => {
   const img = join(C.dir, 'ext2.img');
   execFileSync('mkfs.ext2', ['-q', '-F', '-b', '4096', '-d', C.tree, img, '64M'], { stdio: 'ignore' });
   const mount: Mount = { mountPoint: C.dir, devNum: '0:0', root: '/', fsType: 'ext2', readOnly: true };
-  await rejectsRaw(() => buildExt4Index(async (o, l) => readAt(img, o, l), mount, 0, [], () => undefined), /block-mapped/);
+  await rejectsRaw(
+    () =>
+      buildExt4Index(
+        async (o, l) => readAt(img, o, l),
+        mount,
+        0,
+        [],
+        () => undefined,
+      ),
+    /block-mapped/,
+  );
 });
 
 Raw.run();

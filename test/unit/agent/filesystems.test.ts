@@ -8,14 +8,35 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fstatSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fiemap } from '../../../agent/src/native/index.js';
-import { decideFilesystems, describeRefusals, fsVerdict, refusalsFor } from '../../../agent/src/pedigree/filesystems.js';
+import {
+  decideFilesystems,
+  describeRefusals,
+  fsVerdict,
+  refusalsFor,
+} from '../../../agent/src/pedigree/filesystems.js';
 import type { DiskLayout, Mount } from '../../../agent/src/pedigree/mounts.js';
 import { readMounts } from '../../../agent/src/pedigree/mounts.js';
-import { FIEMAP_EXTENT_SHARED, walkMount, walkOptions, type Fiemap, type IndexedFile } from '../../../agent/src/pedigree/walk.js';
+import {
+  FIEMAP_EXTENT_SHARED,
+  walkMount,
+  walkOptions,
+  type Fiemap,
+  type IndexedFile,
+} from '../../../agent/src/pedigree/walk.js';
 import { restartReasons, type TouchedFs } from '../../../agent/src/substitution/metadata.js';
 import { ROOT } from '../../helpers/paths.js';
 
@@ -30,7 +51,14 @@ const layout: DiskLayout = {
     { name: 'vdb2', devNum: '254:18', startBytes: 128 * MiB, sizeBytes: 128 * MiB },
   ],
 };
-const mount = (devNum: string, mountPoint: string, fsType: string, source = ''): Mount => ({ devNum, mountPoint, fsType, root: '/', readOnly: true, source });
+const mount = (devNum: string, mountPoint: string, fsType: string, source = ''): Mount => ({
+  devNum,
+  mountPoint,
+  fsType,
+  root: '/',
+  readOnly: true,
+  source,
+});
 const noRead = (): Promise<Buffer> => Promise.reject(new Error('not read'));
 
 function sysTree(files: Record<string, string>): string {
@@ -60,8 +88,17 @@ const Decide = suite('filesystems: each filesystem of the disk tied to its devic
 Decide('mounted partitions: ext4 and XFS by device number', async () => {
   const sys = sysTree({ 'block/vdb/': '' });
   try {
-    const d = await decideFilesystems(layout, [mount('254:17', '/a', 'ext4'), mount('254:18', '/b', 'xfs')], { sysRoot: sys, read: noRead });
-    assert.equal(d.map((x) => [x.part.name, x.mount, x.handling]), [['vdb1', '/a', 'data-and-metadata'], ['vdb2', '/b', 'data-only']]);
+    const d = await decideFilesystems(layout, [mount('254:17', '/a', 'ext4'), mount('254:18', '/b', 'xfs')], {
+      sysRoot: sys,
+      read: noRead,
+    });
+    assert.equal(
+      d.map((x) => [x.part.name, x.mount, x.handling]),
+      [
+        ['vdb1', '/a', 'data-and-metadata'],
+        ['vdb2', '/b', 'data-only'],
+      ],
+    );
     assert.equal(refusalsFor(d, [{ offset: 2 * MiB, length: 4096 }]), []);
   } finally {
     rmSync(sys, { recursive: true });
@@ -97,7 +134,10 @@ Decide('btrfs with neither sysfs nor a device source: tied by the superblock mag
       return Promise.resolve(o === layout.parts[1]!.startBytes + 65536 ? sb : Buffer.alloc(4096));
     };
     const d = await decideFilesystems(layout, [mount('0:40', '/data', 'btrfs', 'none')], { sysRoot: sys, read });
-    assert.equal(d.map((x) => [x.part.name, x.type, x.handling]), [['vdb1', 'btrfs', 'refused']]);
+    assert.equal(
+      d.map((x) => [x.part.name, x.type, x.handling]),
+      [['vdb1', 'btrfs', 'refused']],
+    );
     assert.match(d[0]!.reason!, /btrfs superblock/);
     // Without a mounted btrfs nothing is read.
     reads.length = 0;
@@ -109,7 +149,11 @@ Decide('btrfs with neither sysfs nor a device source: tied by the superblock mag
 });
 
 Decide('a device-mapper device stacked on a partition is refused, naming it', async () => {
-  const sys = sysTree({ 'block/vdb/vdb1/holders/dm-0': '', 'block/dm-0/dm/name': 'vg-root\n', 'block/dm-0/dev': '253:0\n' });
+  const sys = sysTree({
+    'block/vdb/vdb1/holders/dm-0': '',
+    'block/dm-0/dm/name': 'vg-root\n',
+    'block/dm-0/dev': '253:0\n',
+  });
   try {
     const d = await decideFilesystems(layout, [mount('253:0', '/srv', 'ext4')], { sysRoot: sys, read: noRead });
     assert.is(d.length, 1);
@@ -135,19 +179,41 @@ const touched = (over: Partial<TouchedFs>): TouchedFs => ({
   dirs: [],
   ...over,
 });
-Reasons('read-only ext4 applies it; XFS never does, read-only or forced; an overlay over it refuses without the module\'s feature', () => {
-  assert.equal(restartReasons(touched({}), false), []);
-  assert.match(restartReasons(touched({ readOnly: false }), false)[0]!, /read-write/);
-  assert.equal(restartReasons(touched({ readOnly: false }), true), []);
-  assert.match(restartReasons(touched({ fsType: 'xfs' }), false)[0]!, /XFS keeps its metadata in its own buffer cache/);
-  assert.is(restartReasons(touched({ fsType: 'xfs' }), true).length, 1, 'force does not make XFS re-read its metadata');
-  assert.match(restartReasons(touched({ overlays: ['/'] }), false)[0]!, /overlay at \/ has its lower layer in \/a/);
-  assert.equal(restartReasons(touched({ fsType: 'xfs', ranges: [] }), false), [], 'no metadata range, nothing to restart for');
-});
-Reasons('an overlay over it: no reason once the module revalidates the overlay\'s dentries (overlaysFollow)', () => {
+Reasons(
+  "read-only ext4 applies it; XFS never does, read-only or forced; an overlay over it refuses without the module's feature",
+  () => {
+    assert.equal(restartReasons(touched({}), false), []);
+    assert.match(restartReasons(touched({ readOnly: false }), false)[0]!, /read-write/);
+    assert.equal(restartReasons(touched({ readOnly: false }), true), []);
+    assert.match(
+      restartReasons(touched({ fsType: 'xfs' }), false)[0]!,
+      /XFS keeps its metadata in its own buffer cache/,
+    );
+    assert.is(
+      restartReasons(touched({ fsType: 'xfs' }), true).length,
+      1,
+      'force does not make XFS re-read its metadata',
+    );
+    assert.match(restartReasons(touched({ overlays: ['/'] }), false)[0]!, /overlay at \/ has its lower layer in \/a/);
+    assert.equal(
+      restartReasons(touched({ fsType: 'xfs', ranges: [] }), false),
+      [],
+      'no metadata range, nothing to restart for',
+    );
+  },
+);
+Reasons("an overlay over it: no reason once the module revalidates the overlay's dentries (overlaysFollow)", () => {
   assert.equal(restartReasons(touched({ overlays: ['/'], overlaysFollow: true }), false), []);
-  assert.is(restartReasons(touched({ overlays: ['/'], overlaysFollow: false }), false).length, 1, 'an older module: still refused');
-  assert.match(restartReasons(touched({ overlays: ['/'], overlaysFollow: true, readOnly: false }), false)[0]!, /read-write/, 'the lower mount still counts');
+  assert.is(
+    restartReasons(touched({ overlays: ['/'], overlaysFollow: false }), false).length,
+    1,
+    'an older module: still refused',
+  );
+  assert.match(
+    restartReasons(touched({ overlays: ['/'], overlaysFollow: true, readOnly: false }), false)[0]!,
+    /read-write/,
+    'the lower mount still counts',
+  );
 });
 Reasons.run();
 
@@ -171,7 +237,9 @@ const xfsLike: Fiemap = (fd) => {
 
 async function walk(fsType: string, fm: Fiemap): Promise<Map<string, IndexedFile>> {
   const out = new Map<string, IndexedFile>();
-  await walkMount({ mountPoint: C.dir, devNum: '0:0', root: '/', fsType, readOnly: true }, 0, fm, (f) => out.set(f.path, f));
+  await walkMount({ mountPoint: C.dir, devNum: '0:0', root: '/', fsType, readOnly: true }, 0, fm, (f) =>
+    out.set(f.path, f),
+  );
   return out;
 }
 
@@ -224,7 +292,10 @@ Real.before(() => {
   }
   R.mnt = mkdtempSync(join(tmpdir(), 'vmsubst-xfs-'));
   try {
-    R.loop = execFileSync('losetup', ['-f', '--show', '-r', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+    R.loop = execFileSync('losetup', ['-f', '--show', '-r', img], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }).trim();
     execFileSync('mount', ['-t', 'xfs', '-o', 'ro,norecovery', R.loop, R.mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (e) {
     R.skip = `cannot loop-mount XFS here: ${(e as Error).message.split('\n')[0]}`;
@@ -244,7 +315,10 @@ Real('the walk indexes every file of an XFS mount and its extents hold the file 
     const files = new Map<string, IndexedFile>();
     await walkMount(m, 0, fm, (f) => files.set(f.path, f));
     const data = files.get(join(R.mnt, 'share/data.txt'));
-    assert.ok(data && files.has(join(R.mnt, 'bin/vprog')) && files.has(join(R.mnt, 'etc/motd')), [...files.keys()].join(' '));
+    assert.ok(
+      data && files.has(join(R.mnt, 'bin/vprog')) && files.has(join(R.mnt, 'etc/motd')),
+      [...files.keys()].join(' '),
+    );
     assert.equal(files.get(R.mnt)!.extents, [], 'the root directory is indexed, without extents');
     const fd = openSync(join(ROOT, 'build/disks/xfs-base.img'), 'r');
     try {

@@ -14,7 +14,10 @@ H('every command of the schema has a handler, and every handler a command', () =
 });
 
 H('the substitution steps run one at a time; hello, ping and the read-only commands do not queue', () => {
-  const exclusive = Object.entries(handlers).filter(([, h]) => h.exclusive).map(([name]) => name).sort();
+  const exclusive = Object.entries(handlers)
+    .filter(([, h]) => h.exclusive)
+    .map(([name]) => name)
+    .sort();
   assert.equal(exclusive, ['abort', 'commit', 'prepare', 'substitute']);
 });
 
@@ -24,7 +27,22 @@ H('the greeting announces every command by its name, then the features', () => {
 });
 
 H('an older host finds every capability it looks for (two-phase, plan, envelope-v2, elf-code, report, stale)', () => {
-  const announcedBefore = ['hello', 'ping', 'substitute', 'prepare', 'commit', 'abort', 'two-phase', 'plan', 'envelope-v2', 'report', 'elf-code', 'stale', 'readback', 'readers'];
+  const announcedBefore = [
+    'hello',
+    'ping',
+    'substitute',
+    'prepare',
+    'commit',
+    'abort',
+    'two-phase',
+    'plan',
+    'envelope-v2',
+    'report',
+    'elf-code',
+    'stale',
+    'readback',
+    'readers',
+  ];
   assert.equal([...CAPABILITIES].sort(), announcedBefore.sort());
 });
 

@@ -28,7 +28,18 @@ function world(content: Buffer): { hit: FileHit; disk: Buffer; path: string } {
   const disk = Buffer.alloc(16 * 4096, 0xee);
   content.subarray(0, 8192).copy(disk, 8 * 4096); // file blocks 0-1 at disk blocks 8-9
   content.subarray(8192).copy(disk, 3 * 4096); // file block 2 (short: 100 bytes) at disk block 3
-  const file = { path, dev: Number(st.dev), ino: Number(st.ino), kind: 'file' as const, size: content.length, mount: { mountPoint: dir } as never, extents: [{ diskStart: 8 * 4096, fileOffset: 0, length: 8192 }, { diskStart: 3 * 4096, fileOffset: 8192, length: 4096 }] };
+  const file = {
+    path,
+    dev: Number(st.dev),
+    ino: Number(st.ino),
+    kind: 'file' as const,
+    size: content.length,
+    mount: { mountPoint: dir } as never,
+    extents: [
+      { diskStart: 8 * 4096, fileOffset: 0, length: 8192 },
+      { diskStart: 3 * 4096, fileOffset: 8192, length: 4096 },
+    ],
+  };
   return { hit: { file, ranges: [{ offset: 4096, length: 8192 }] }, disk, path };
 }
 const feed = (c: ReadbackCheck, disk: Buffer, ranges: [number, number][]): void => {
@@ -41,7 +52,10 @@ R('the file reads back as the disk: nothing stale, bytes counted up to the file 
   const w = world(content);
   const c = ReadbackCheck.of([{ hit: w.hit, policy: 'remap' }]);
   assert.is(c.pieces, 2);
-  feed(c, w.disk, [[3 * 4096, 4096], [8 * 4096, 8192]]);
+  feed(c, w.disk, [
+    [3 * 4096, 4096],
+    [8 * 4096, 8192],
+  ]);
   const r = await c.check(openIno);
   assert.equal(r.stale, []);
   assert.equal(r.readback, { files: 1, bytes: 4096 + 100 });
@@ -52,12 +66,18 @@ R('a page that still reads old content is stale: named by file range, no content
   const w = world(content);
   const c = ReadbackCheck.of([{ hit: w.hit, policy: 'remap' }]);
   w.disk[9 * 4096 + 7] = 9; // the disk holds new bytes the file (its cache) does not show
-  feed(c, w.disk, [[3 * 4096, 4096], [8 * 4096, 8192]]);
+  feed(c, w.disk, [
+    [3 * 4096, 4096],
+    [8 * 4096, 8192],
+  ]);
   const r = await c.check(openIno);
   assert.equal(r.stale, [{ path: w.path, ino: w.hit.file.ino, ranges: [{ offset: 4096, length: 4096 }] }]);
   assert.match(describeStale(r.stale), new RegExp(`inode ${w.hit.file.ino}\\) at 4096\\+4096`));
   const again = ReadbackCheck.of([{ hit: w.hit, policy: 'report' }]);
-  feed(again, w.disk, [[3 * 4096, 4096], [8 * 4096, 8192]]);
+  feed(again, w.disk, [
+    [3 * 4096, 4096],
+    [8 * 4096, 8192],
+  ]);
   const m = await again.check(openIno);
   assert.equal(m.stale, [], 'under report the kept pages are expected');
   assert.is(m.readback.mixed?.[0]?.path, w.path);
@@ -66,7 +86,10 @@ R('a page that still reads old content is stale: named by file range, no content
 R('a path that names another inode now is skipped, not failed', async () => {
   const w = world(Buffer.alloc(8292, 1));
   const c = ReadbackCheck.of([{ hit: w.hit, policy: 'remap' }]);
-  feed(c, w.disk, [[3 * 4096, 4096], [8 * 4096, 8192]]);
+  feed(c, w.disk, [
+    [3 * 4096, 4096],
+    [8 * 4096, 8192],
+  ]);
   const r = await c.check(async () => {
     const { SwappedFileError } = await import('../../../agent/src/substitution/open-changed.js');
     throw new SwappedFileError('replaced');
@@ -79,12 +102,29 @@ const S = suite('readers and stale processes');
 S('fdinfo and the script test: named on the command line, or a shell past byte 0', () => {
   assert.equal(parseFdinfo('pos:\t57\nflags:\t0100000\nmnt_id:\t30\n'), { pos: 57, flags: 0o100000 });
   const info = { pos: 57, flags: 0o100000 };
-  assert.match(isScript(['sh', '/mnt/data/bin/loop.sh'], '/', '/mnt/data/bin/loop.sh', 'sh', '/bin/busybox', info) ?? '', /command line/);
-  assert.match(isScript(['sh', 'bin/loop.sh'], '/mnt/data', '/mnt/data/bin/loop.sh', 'sh', undefined, info) ?? '', /command line/);
+  assert.match(
+    isScript(['sh', '/mnt/data/bin/loop.sh'], '/', '/mnt/data/bin/loop.sh', 'sh', '/bin/busybox', info) ?? '',
+    /command line/,
+  );
+  assert.match(
+    isScript(['sh', 'bin/loop.sh'], '/mnt/data', '/mnt/data/bin/loop.sh', 'sh', undefined, info) ?? '',
+    /command line/,
+  );
   assert.match(isScript(['bash'], '/', '/x.sh', 'bash', '/usr/bin/bash', info) ?? '', /shell/);
-  assert.is(isScript(['tail', '-f', '/var/log/x'], '/', '/var/log/x', 'tail', '/usr/bin/tail', info), undefined, 'a program reading data');
-  assert.match(isScript(['/bin/sh', '/opt/run.sh'], '/', '/opt/run.sh', 'run.sh', '/bin/dash', info) ?? '', /#! script/);
-  assert.is(isScript(['sh', '/x.sh'], '/', '/x.sh', 'sh', '/bin/sh', { pos: 10, flags: 2 }), undefined, 'opened for writing');
+  assert.is(
+    isScript(['tail', '-f', '/var/log/x'], '/', '/var/log/x', 'tail', '/usr/bin/tail', info),
+    undefined,
+    'a program reading data',
+  );
+  assert.match(
+    isScript(['/bin/sh', '/opt/run.sh'], '/', '/opt/run.sh', 'run.sh', '/bin/dash', info) ?? '',
+    /#! script/,
+  );
+  assert.is(
+    isScript(['sh', '/x.sh'], '/', '/x.sh', 'sh', '/bin/sh', { pos: 10, flags: 2 }),
+    undefined,
+    'opened for writing',
+  );
   assert.is(isScript(['bash'], '/', '/x.sh', 'bash', undefined, { pos: 0, flags: 0 }), undefined, 'not read into');
 });
 
@@ -95,7 +135,8 @@ S('stale over a fake /proc: pinned from the journal, old inode, mixed under repo
   for (const n of ['prog', 'data', 'lib']) writeFileSync(join(files, n), n);
   const st = (n: string) => statSync(join(files, n));
   const dev = devToMapsField(Number(st('prog').dev));
-  const line = (n: string, ino: number | bigint, suffix = '') => `00400000-00401000 r-xp 00000000 ${dev} ${ino}   ${join(files, n)}${suffix}`;
+  const line = (n: string, ino: number | bigint, suffix = '') =>
+    `00400000-00401000 r-xp 00000000 ${dev} ${ino}   ${join(files, n)}${suffix}`;
   const mk = (pid: number, comm: string, maps: string[]): void => {
     mkdirSync(join(proc, String(pid)), { recursive: true });
     writeFileSync(join(proc, String(pid), 'maps'), maps.join('\n') + '\n');
@@ -107,12 +148,42 @@ S('stale over a fake /proc: pinned from the journal, old inode, mixed under repo
   mk(12, 'old', [line('lib', 999999), line('gone', 5, ' (deleted)')]);
   mk(13, 'clean', [line('lib', st('lib').ino), '7f00-7f10 rw-s 00000000 00:01 77   /dev/shm/x (deleted)']);
   const entries: JournalEntry[] = [
-    { id: 'b'.repeat(16), state: 'done', last: { t: '', id: 'b'.repeat(16), phase: 'done', report: { plan: { files: [{ path: join(files, 'data'), ino: Number(st('data').ino), policy: 'report' }] }, pinned: [] } } },
-    { id: 'a'.repeat(16), state: 'done', last: { t: '', id: 'a'.repeat(16), phase: 'done', report: { pinned: [{ pid: 10, comm: 'prog', path: join(files, 'prog'), 'bytes-copied': 4096, status: 'pinned' }] } } },
+    {
+      id: 'b'.repeat(16),
+      state: 'done',
+      last: {
+        t: '',
+        id: 'b'.repeat(16),
+        phase: 'done',
+        report: {
+          plan: { files: [{ path: join(files, 'data'), ino: Number(st('data').ino), policy: 'report' }] },
+          pinned: [],
+        },
+      },
+    },
+    {
+      id: 'a'.repeat(16),
+      state: 'done',
+      last: {
+        t: '',
+        id: 'a'.repeat(16),
+        phase: 'done',
+        report: {
+          pinned: [{ pid: 10, comm: 'prog', path: join(files, 'prog'), 'bytes-copied': 4096, status: 'pinned' }],
+        },
+      },
+    },
   ];
   const r = await staleProcesses(entries, proc);
-  const rows = r.processes.map((p) => `${p.pid} ${p.comm} ${p.why} ${p.file.slice(files.length)}${p.unit ? ` ${p.unit}` : ''}`);
-  assert.equal(rows, ['10 prog pinned /prog prog.service', '11 reader mixed /data', '12 old old-inode /gone', '12 old old-inode /lib']);
+  const rows = r.processes.map(
+    (p) => `${p.pid} ${p.comm} ${p.why} ${p.file.slice(files.length)}${p.unit ? ` ${p.unit}` : ''}`,
+  );
+  assert.equal(rows, [
+    '10 prog pinned /prog prog.service',
+    '11 reader mixed /data',
+    '12 old old-inode /gone',
+    '12 old old-inode /lib',
+  ]);
   assert.is(r.sources.processes, 4);
 });
 

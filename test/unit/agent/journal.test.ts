@@ -58,7 +58,10 @@ J('lists recent entries newest first', () => {
   const j = Journal.open(C.dir);
   for (const id of ['x', 'y', 'z']) j.done(id, {});
   j.done('x', {});
-  assert.equal(j.recent(3).map((e) => e.id), ['x', 'z', 'y']);
+  assert.equal(
+    j.recent(3).map((e) => e.id),
+    ['x', 'z', 'y'],
+  );
   j.close();
 });
 

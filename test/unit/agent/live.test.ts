@@ -5,7 +5,16 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { mkdirSync, mkdtempSync, renameSync, rmSync, unlinkSync, writeFileSync, statSync, appendFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  renameSync,
+  rmSync,
+  unlinkSync,
+  writeFileSync,
+  statSync,
+  appendFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FsIndex } from '../../../agent/src/pedigree/live.js';
@@ -59,7 +68,10 @@ Live('a written file is mapped, with its directory entry', async () => {
   const fs = C.fs!;
   const p = join(C.dir, 'sub', 'new.bin');
   writeFileSync(p, Buffer.alloc(16384, 7));
-  await until('new.bin indexed', () => (fs.byPath.get(p)?.size === 16384 && fs.byPath.get(p)!.extents.length > 0) || undefined);
+  await until(
+    'new.bin indexed',
+    () => (fs.byPath.get(p)?.size === 16384 && fs.byPath.get(p)!.extents.length > 0) || undefined,
+  );
   assert.is(ownerOfFirstBlock(fs, p), p);
   assert.is(fs.byPath.get(join(C.dir, 'sub'))!.entries!.get('new.bin'), statSync(p).ino);
 });
@@ -83,7 +95,10 @@ Live('a removed file leaves the index: its blocks map to nothing', async () => {
   unlinkSync(p);
   await until('removal indexed', () => !fs.byPath.has(p) || undefined);
   const r = fs.index.lookup([{ offset: disk, length: 4096 }]);
-  assert.equal(r.files.filter((f) => f.file.path === p), []);
+  assert.equal(
+    r.files.filter((f) => f.file.path === p),
+    [],
+  );
 });
 
 Live('fresh() catches changes no event has delivered yet', async () => {

@@ -389,7 +389,6 @@ ReadDirect.run();
 
 // ---- /dev/vmsubst ----------------------------------------------------------------------------
 
-
 const Kmod = suite('native: kmod ioctls');
 
 Kmod.before(makeTmp);
@@ -403,13 +402,17 @@ Kmod('version() throws an ENOENT NativeError when the device is missing', () => 
     'open',
   );
   assert.is(err.path, dev);
-  assert.instance(err, NativeError, 'the glue makes the facade\'s class');
+  assert.instance(err, NativeError, "the glue makes the facade's class");
 });
 
 Kmod('version() throws ENOTTY from the ioctl on a device without it', () => {
   const device = new KmodDevice('/dev/null');
   try {
-    const err = assertNativeError(thrown(() => device.version()), 'ENOTTY', 'ioctl');
+    const err = assertNativeError(
+      thrown(() => device.version()),
+      'ENOTTY',
+      'ioctl',
+    );
     assert.match(err.message, /VMSUBST_IOC_VERSION/);
     assert.is(err.path, '/dev/null');
   } finally {
@@ -419,13 +422,14 @@ Kmod('version() throws ENOTTY from the ioctl on a device without it', () => {
 
 Kmod('a KmodDevice opens the device once for all its calls and closes it on close()', async () => {
   const device = new KmodDevice('/dev/null');
-  const fds = (): string[] => fs.readdirSync('/proc/self/fd').filter((fd) => {
-    try {
-      return fs.readlinkSync(`/proc/self/fd/${fd}`) === '/dev/null';
-    } catch {
-      return false;
-    }
-  });
+  const fds = (): string[] =>
+    fs.readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`) === '/dev/null';
+      } catch {
+        return false;
+      }
+    });
   const before = fds().length;
   assert.is(device.isOpen, false, 'opened at the first call, not before');
   thrown(() => device.version());
@@ -453,7 +457,10 @@ Kmod('invalidateRange rejects report capacities above the kernel maximum with Ra
   const device = new KmodDevice('/dev/null');
   const over = constants.VMSUBST_RANGES_MAX + 1;
   assert.instance(await rejection(device.invalidateRange(0, 0n, 1n, { outcomesCapacity: over })), RangeError);
-  assert.instance(await rejection(device.invalidateRange(0, 0n, 1n, { mappersCapacity: constants.VMSUBST_MAPPERS_MAX + 1 })), RangeError);
+  assert.instance(
+    await rejection(device.invalidateRange(0, 0n, 1n, { mappersCapacity: constants.VMSUBST_MAPPERS_MAX + 1 })),
+    RangeError,
+  );
   assert.instance(await rejection(device.invalidateRange(0, 0n, 1n, { flags: -1 })), RangeError);
 });
 
@@ -467,10 +474,21 @@ Kmod('constants carry every flag, limit and feature of the uapi header', () => {
     constants.VMSUBST_INVALIDATE_F_REPORT_MAPPERS,
     constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY,
   ];
-  assert.is(bits.reduce((a, b) => a | b, 0), constants.VMSUBST_INVALIDATE_F_ALL);
+  assert.is(
+    bits.reduce((a, b) => a | b, 0),
+    constants.VMSUBST_INVALIDATE_F_ALL,
+  );
   assert.is(new Set(bits).size, bits.length);
-  for (const name of ['VMSUBST_RANGES_MAX', 'VMSUBST_MAPPERS_MAX', 'VMSUBST_INODES_MAX', 'VMSUBST_NAMES_MAX',
-    'VMSUBST_NAMES_SIZE_MAX', 'VMSUBST_PIN_PAGES_MAX', 'VMSUBST_PIN_RESULTS_MAX', 'VMSUBST_PIN_VMAS_MAX'] as const) {
+  for (const name of [
+    'VMSUBST_RANGES_MAX',
+    'VMSUBST_MAPPERS_MAX',
+    'VMSUBST_INODES_MAX',
+    'VMSUBST_NAMES_MAX',
+    'VMSUBST_NAMES_SIZE_MAX',
+    'VMSUBST_PIN_PAGES_MAX',
+    'VMSUBST_PIN_RESULTS_MAX',
+    'VMSUBST_PIN_VMAS_MAX',
+  ] as const) {
     assert.ok(Number.isInteger(constants[name]) && constants[name] > 0, name);
   }
   assert.is(constants.VMSUBST_DENTRIES_F_UNHASH_BUSY & constants.VMSUBST_DENTRIES_F_FORCE, 0);
@@ -497,7 +515,10 @@ Kmod('kmodFeatures names the feature bits', () => {
     constants.VMSUBST_FEATURE_PIN_CURSOR,
   ].reduce((a, b) => a | b, 0n);
   assert.is(kmodFeatures(all).length, 10);
-  assert.equal(kmodFeatures(constants.VMSUBST_FEATURE_QUERY_PAGES | constants.VMSUBST_FEATURE_PIN_CURSOR), ['queryPages', 'pinCursor']);
+  assert.equal(kmodFeatures(constants.VMSUBST_FEATURE_QUERY_PAGES | constants.VMSUBST_FEATURE_PIN_CURSOR), [
+    'queryPages',
+    'pinCursor',
+  ]);
   assert.equal(kmodFeatures(constants.VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY), ['invalidateUnlessDirty']);
 });
 
@@ -515,14 +536,25 @@ async function withFile<T>(fn: (fd: number) => Promise<T>, dir = false): Promise
 
 /** [ioctl, call, name of the case when one ioctl has several]. */
 const KMOD_CALLS: Array<[string, (device: KmodDevice, fd: number) => Promise<unknown>, string?]> = [
-  ['VMSUBST_IOC_INVALIDATE_RANGE', (d, fd) => d.invalidateRange(fd, 0n, 4096n, { flags: constants.VMSUBST_INVALIDATE_F_FORCE })],
-  ['VMSUBST_IOC_INVALIDATE_RANGE', (d, fd) => d.invalidateRange(fd, 0n, 4096n, { flags: constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY }), 'VMSUBST_IOC_INVALIDATE_RANGE with F_UNLESS_DIRTY'],
+  [
+    'VMSUBST_IOC_INVALIDATE_RANGE',
+    (d, fd) => d.invalidateRange(fd, 0n, 4096n, { flags: constants.VMSUBST_INVALIDATE_F_FORCE }),
+  ],
+  [
+    'VMSUBST_IOC_INVALIDATE_RANGE',
+    (d, fd) => d.invalidateRange(fd, 0n, 4096n, { flags: constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY }),
+    'VMSUBST_IOC_INVALIDATE_RANGE with F_UNLESS_DIRTY',
+  ],
   ['VMSUBST_IOC_INVALIDATE_BDEV', (d, fd) => d.invalidateBdev(fd, 0n, 4096n)],
   ['VMSUBST_IOC_REVALIDATE_INODES', (d, fd) => d.revalidateInodes(fd, [2n])],
   ['VMSUBST_IOC_REVALIDATE_DENTRIES', (d, fd) => d.revalidateDentries(fd, ['a', 'b'])],
   ['VMSUBST_IOC_QUERY_MAPPERS', (d, fd) => d.queryMappers(fd, 0n, 4096n)],
   ['VMSUBST_IOC_PIN_MAPPERS', (d, fd) => d.pinMappers(fd, 0n, 4096n, { maxPages: 16 })],
-  ['VMSUBST_IOC_PIN_MAPPERS', (d, fd) => d.pinMappers(fd, 0n, 4096n, { maxPages: 16, cursor: { mm: 1n << 63n, addr: 4096n } }), 'VMSUBST_IOC_PIN_MAPPERS with a cursor'],
+  [
+    'VMSUBST_IOC_PIN_MAPPERS',
+    (d, fd) => d.pinMappers(fd, 0n, 4096n, { maxPages: 16, cursor: { mm: 1n << 63n, addr: 4096n } }),
+    'VMSUBST_IOC_PIN_MAPPERS with a cursor',
+  ],
   ['VMSUBST_IOC_QUERY_PAGES', (d, fd) => d.queryPages(fd, 0n, 4096n)],
 ];
 
@@ -591,12 +623,18 @@ Kmod('revalidateDentries reaches the ioctl with no names and with a 255-byte nam
 });
 
 Kmod('queryMappers rejects a capacity above the maximum with RangeError', async () => {
-  assert.instance(await rejection(device.queryMappers(0, 0n, 1n, { capacity: constants.VMSUBST_MAPPERS_MAX + 1 })), RangeError);
+  assert.instance(
+    await rejection(device.queryMappers(0, 0n, 1n, { capacity: constants.VMSUBST_MAPPERS_MAX + 1 })),
+    RangeError,
+  );
 });
 
 Kmod('pinMappers wants 1..VMSUBST_PIN_PAGES_MAX pages and capacities within the maximum', async () => {
   assert.instance(await rejection(device.pinMappers(0, 0n, 1n, { maxPages: 0 })), RangeError);
-  assert.instance(await rejection(device.pinMappers(0, 0n, 1n, { maxPages: constants.VMSUBST_PIN_PAGES_MAX + 1 })), RangeError);
+  assert.instance(
+    await rejection(device.pinMappers(0, 0n, 1n, { maxPages: constants.VMSUBST_PIN_PAGES_MAX + 1 })),
+    RangeError,
+  );
   assert.instance(await rejection(device.pinMappers(0, 0n, 1n, { maxPages: 1.5 })), TypeError);
   const pinnedCapacity = constants.VMSUBST_PIN_RESULTS_MAX + 1;
   assert.instance(await rejection(device.pinMappers(0, 0n, 1n, { maxPages: 1, pinnedCapacity })), RangeError);
@@ -605,13 +643,25 @@ Kmod('pinMappers wants 1..VMSUBST_PIN_PAGES_MAX pages and capacities within the 
 Kmod('pinMappers takes a cursor of two u64 bigints; PIN_CURSOR_START is (0, 0)', async () => {
   assert.equal({ ...PIN_CURSOR_START }, { mm: 0n, addr: 0n });
   assert.ok(Object.isFrozen(PIN_CURSOR_START));
-  assert.instance(await rejection(device.pinMappers(0, 0n, 1n, { maxPages: 1, cursor: { mm: -1n, addr: 0n } })), RangeError);
-  assert.instance(await rejection(device.pinMappers(0, 0n, 1n, { maxPages: 1, cursor: { mm: 0n, addr: 1n << 64n } })), RangeError);
-  assert.instance(await rejection(device.pinMappers(0, 0n, 1n, { maxPages: 1, cursor: { mm: 0n, addr: 1 as unknown as bigint } })), TypeError);
+  assert.instance(
+    await rejection(device.pinMappers(0, 0n, 1n, { maxPages: 1, cursor: { mm: -1n, addr: 0n } })),
+    RangeError,
+  );
+  assert.instance(
+    await rejection(device.pinMappers(0, 0n, 1n, { maxPages: 1, cursor: { mm: 0n, addr: 1n << 64n } })),
+    RangeError,
+  );
+  assert.instance(
+    await rejection(device.pinMappers(0, 0n, 1n, { maxPages: 1, cursor: { mm: 0n, addr: 1 as unknown as bigint } })),
+    TypeError,
+  );
 });
 
 Kmod('queryPages rejects a capacity above the maximum and bad ranges', async () => {
-  assert.instance(await rejection(device.queryPages(0, 0n, 1n, { capacity: constants.VMSUBST_RANGES_MAX + 1 })), RangeError);
+  assert.instance(
+    await rejection(device.queryPages(0, 0n, 1n, { capacity: constants.VMSUBST_RANGES_MAX + 1 })),
+    RangeError,
+  );
   assert.instance(await rejection(device.queryPages(0, -1n, 1n)), RangeError);
   assert.instance(await rejection(device.queryPages(-1, 0n, 1n)), RangeError);
 });
@@ -733,11 +783,7 @@ Adopt('reads a FIFO until its writer closes', async () => {
   await fs.promises.writeFile(fifo, payload);
   const got = await withTimeout(received, 10_000, 'fifo read');
   assert.ok(got.equals(payload));
-  await withTimeout(
-    stream.destroyed ? Promise.resolve([]) : once(stream, 'close'),
-    10_000,
-    'close after EOF',
-  );
+  await withTimeout(stream.destroyed ? Promise.resolve([]) : once(stream, 'close'), 10_000, 'close after EOF');
 });
 
 Adopt('end() on a non-socket fd flushes the data and finishes', async () => {
@@ -823,7 +869,11 @@ Vsock('vsockListen listens on a free port, or throws a NativeError without AF_VS
   try {
     server = vsockListen(constants.VMADDR_PORT_ANY);
   } catch (err) {
-    assertNativeError(err, ['EAFNOSUPPORT', 'ENODEV', 'EPROTONOSUPPORT', 'ESOCKTNOSUPPORT', 'EPERM', 'EACCES'], 'socket');
+    assertNativeError(
+      err,
+      ['EAFNOSUPPORT', 'ENODEV', 'EPROTONOSUPPORT', 'ESOCKTNOSUPPORT', 'EPERM', 'EACCES'],
+      'socket',
+    );
     return;
   }
   assert.type(server.port, 'number');

@@ -18,16 +18,22 @@ const index = new PedigreeIndex([
 
 Lookup('maps a changed block to the file range it holds', () => {
   const r = index.lookup([{ offset: 45056, length: 4096 }]);
-  assert.equal(r.files.map((f) => [f.file.path, f.ranges]), [['/mnt/a', [{ offset: 4096, length: 4096 }]]]);
+  assert.equal(
+    r.files.map((f) => [f.file.path, f.ranges]),
+    [['/mnt/a', [{ offset: 4096, length: 4096 }]]],
+  );
   assert.equal(r.unmapped, []);
 });
 
 Lookup('splits a range spanning two files and a gap', () => {
   const r = index.lookup([{ offset: 8192, length: 40960 - 8192 + 4096 }]);
-  assert.equal(r.files.map((f) => [f.file.path, f.ranges]), [
-    ['/mnt/a', [{ offset: 0, length: 4096 }]],
-    ['/mnt/b', [{ offset: 4096, length: 4096 }]],
-  ]);
+  assert.equal(
+    r.files.map((f) => [f.file.path, f.ranges]),
+    [
+      ['/mnt/a', [{ offset: 0, length: 4096 }]],
+      ['/mnt/b', [{ offset: 4096, length: 4096 }]],
+    ],
+  );
   assert.equal(r.unmapped, [{ offset: 12288, length: 40960 - 12288 }]);
 });
 
@@ -38,10 +44,18 @@ Lookup.run();
 
 const Merge = suite('mergeRanges');
 Merge('coalesces touching and overlapping ranges', () => {
-  assert.equal(mergeRanges([{ offset: 8, length: 4 }, { offset: 0, length: 8 }, { offset: 20, length: 1 }, { offset: 10, length: 5 }]), [
-    { offset: 0, length: 15 },
-    { offset: 20, length: 1 },
-  ]);
+  assert.equal(
+    mergeRanges([
+      { offset: 8, length: 4 },
+      { offset: 0, length: 8 },
+      { offset: 20, length: 1 },
+      { offset: 10, length: 5 },
+    ]),
+    [
+      { offset: 0, length: 15 },
+      { offset: 20, length: 1 },
+    ],
+  );
 });
 Merge.run();
 
@@ -52,8 +66,24 @@ Mounts('reads device, mount point, read-only flag and unescapes names', () => {
       '23 1 0:21 / /tmp rw,nosuid - tmpfs tmp rw\n',
   );
   assert.equal(m, [
-    { devNum: '254:0', root: '/', mountPoint: '/mnt/my data', fsType: 'ext4', readOnly: true, source: '/dev/vda', superOptions: ['ro'] },
-    { devNum: '0:21', root: '/', mountPoint: '/tmp', fsType: 'tmpfs', readOnly: false, source: 'tmp', superOptions: ['rw'] },
+    {
+      devNum: '254:0',
+      root: '/',
+      mountPoint: '/mnt/my data',
+      fsType: 'ext4',
+      readOnly: true,
+      source: '/dev/vda',
+      superOptions: ['ro'],
+    },
+    {
+      devNum: '0:21',
+      root: '/',
+      mountPoint: '/tmp',
+      fsType: 'tmpfs',
+      readOnly: false,
+      source: 'tmp',
+      superOptions: ['rw'],
+    },
   ]);
 });
 Mounts.run();

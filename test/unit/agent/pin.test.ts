@@ -12,7 +12,13 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pinFile, type PinNative } from '../../../agent/src/substitution/pin.js';
-import type { Mapper, PinCursor, PinMappersOptions, PinMappersResult, QueryMappersResult } from '../../../agent/src/native/index.js';
+import type {
+  Mapper,
+  PinCursor,
+  PinMappersOptions,
+  PinMappersResult,
+  QueryMappersResult,
+} from '../../../agent/src/native/index.js';
 
 const Pin = suite('pin loop: cursor, budget, nothing given up silently');
 const C = { dir: '', file: '' };
@@ -33,7 +39,18 @@ interface Mapping {
 }
 
 function mapper(m: Mapping): Mapper {
-  return { pid: m.pid, comm: `p${m.pid}`, start: m.addr, end: m.addr + 4096n, offset: 0n, flags: m.shared ? 2 : 0, exec: false, shared: !!m.shared, locked: false, write: false };
+  return {
+    pid: m.pid,
+    comm: `p${m.pid}`,
+    start: m.addr,
+    end: m.addr + 4096n,
+    offset: 0n,
+    flags: m.shared ? 2 : 0,
+    exec: false,
+    shared: !!m.shared,
+    locked: false,
+    write: false,
+  };
 }
 
 const after = (m: Mapping, c: PinCursor): boolean => m.mm > c.mm || (m.mm === c.mm && m.addr > c.addr);
@@ -44,7 +61,9 @@ const after = (m: Mapping, c: PinCursor): boolean => m.mm > c.mm || (m.mm === c.
  */
 function scripted(mappings: Mapping[], perCall: number, resumable: boolean) {
   const calls: (PinCursor | undefined)[] = [];
-  const ordered = mappings.filter((m) => !m.shared).sort((a, b) => (a.mm === b.mm ? Number(a.addr - b.addr) : Number(a.mm - b.mm)));
+  const ordered = mappings
+    .filter((m) => !m.shared)
+    .sort((a, b) => (a.mm === b.mm ? Number(a.addr - b.addr) : Number(a.mm - b.mm)));
   const native: PinNative = {
     features: () => (resumable ? ['pinCursor'] : []),
     async pinMappers(_fd: number, _o: bigint, _l: bigint, options: PinMappersOptions): Promise<PinMappersResult> {
@@ -60,13 +79,30 @@ function scripted(mappings: Mapping[], perCall: number, resumable: boolean) {
         e.failed += BigInt(m.failed ?? 0);
         byPid.set(m.pid, e);
       }
-      const pinned = [...byPid].map(([pid, e]) => ({ pid, comm: e.comm, flags: e.failed ? 2 : 0, exited: false, partial: e.failed > 0n, bytesCopied: e.copied, bytesPrivate: 0n, bytesFailed: e.failed }));
+      const pinned = [...byPid].map(([pid, e]) => ({
+        pid,
+        comm: e.comm,
+        flags: e.failed ? 2 : 0,
+        exited: false,
+        partial: e.failed > 0n,
+        bytesCopied: e.copied,
+        bytesPrivate: 0n,
+        bytesFailed: e.failed,
+      }));
       const shared = mappings.filter((m) => m.shared).map(mapper);
       const truncated = todo.length > now.length;
       return {
-        pinned, pinnedTotal: BigInt(pinned.length), unpinned: shared, unpinnedTotal: BigInt(shared.length),
-        bytesCopied: pinned.reduce((a, p) => a + p.bytesCopied, 0n), bytesPrivate: 0n, bytesFailed: pinned.reduce((a, p) => a + p.bytesFailed, 0n),
-        status: truncated ? 2 : 0, budgetExhausted: false, truncated, mappings: now.length,
+        pinned,
+        pinnedTotal: BigInt(pinned.length),
+        unpinned: shared,
+        unpinnedTotal: BigInt(shared.length),
+        bytesCopied: pinned.reduce((a, p) => a + p.bytesCopied, 0n),
+        bytesPrivate: 0n,
+        bytesFailed: pinned.reduce((a, p) => a + p.bytesFailed, 0n),
+        status: truncated ? 2 : 0,
+        budgetExhausted: false,
+        truncated,
+        mappings: now.length,
         ...(options.cursor ? { cursor: last ? { mm: last.mm, addr: last.addr } : options.cursor } : {}),
       };
     },
@@ -78,7 +114,11 @@ function scripted(mappings: Mapping[], perCall: number, resumable: boolean) {
 }
 
 const many = (n: number, pids: number): Mapping[] =>
-  Array.from({ length: n }, (_, i) => ({ pid: 100 + (i % pids), mm: BigInt(1 + (i % pids)), addr: BigInt(0x10000 + i * 4096) }));
+  Array.from({ length: n }, (_, i) => ({
+    pid: 100 + (i % pids),
+    mm: BigInt(1 + (i % pids)),
+    addr: BigInt(0x10000 + i * 4096),
+  }));
 
 Pin('resumes with each cursor until no TRUNCATED: every mapping once, complete', async () => {
   const { native, calls } = scripted(many(7, 2), 3, true);
@@ -100,7 +140,10 @@ Pin('a module without the cursor: TRUNCATED cannot clear, the unreached mappers 
   assert.is(calls.length, 1, 'no useless repeat of the same first mappings');
   assert.is(calls[0], undefined, 'no cursor passed to a module that cannot take it');
   assert.is(r.complete, false);
-  const unreached = r['not-pinned'].filter((n) => n.reason === 'not-reached').map((n) => n.pid).sort();
+  const unreached = r['not-pinned']
+    .filter((n) => n.reason === 'not-reached')
+    .map((n) => n.pid)
+    .sort();
   assert.equal(unreached, [103, 104]);
   assert.match(r['not-pinned'][0]!.detail, /cannot resume/);
 });
@@ -123,7 +166,13 @@ Pin('shared mappers and pages that failed are reported as not pinned', async () 
   const { native } = scripted(maps, 10, true);
   const r = await pinFile(native, C.file);
   assert.is(r.complete, true);
-  assert.equal(r['not-pinned'].map((n) => [n.pid, n.reason]), [[7, 'shared'], [8, 'failed']]);
+  assert.equal(
+    r['not-pinned'].map((n) => [n.pid, n.reason]),
+    [
+      [7, 'shared'],
+      [8, 'failed'],
+    ],
+  );
   assert.equal(r['shared-unpinned'], [{ pid: 7, comm: 'p7' }]);
 });
 

@@ -20,7 +20,10 @@ test("the hint's class: only code-unchanged is remap's class; an older host's sa
 
 test('a class policy from the configuration replaces the default; the notification beats both', () => {
   assert.equal(choosePolicy('/a', '/a', 'data', { config: { data: 'report' } }), { policy: 'report', from: 'config' });
-  assert.equal(choosePolicy('/a', '/a', 'data', { config: { data: 'report' }, notification: { data: 'restart' } }), { policy: 'restart', from: 'notification' });
+  assert.equal(choosePolicy('/a', '/a', 'data', { config: { data: 'report' }, notification: { data: 'restart' } }), {
+    policy: 'restart',
+    from: 'notification',
+  });
 });
 
 test('the older class names apply where the new name is not given: elf-new-layout to code-changed, elf-same-layout to code-unchanged', () => {
@@ -28,16 +31,34 @@ test('the older class names apply where the new name is not given: elf-new-layou
   assert.equal(choosePolicy('/a', '/a', 'elf-code-changed', { config: older }), { policy: 'restart', from: 'config' });
   assert.equal(choosePolicy('/a', '/a', 'elf-code-unchanged', { config: older }), { policy: 'remap', from: 'config' });
   // An older `elf-same-layout: remap` never reaches a file whose code changed.
-  assert.equal(choosePolicy('/a', '/a', 'elf-code-changed', { config: { 'elf-same-layout': 'remap' } }), { policy: 'pin', from: 'default' });
-  assert.equal(choosePolicy('/a', '/a', 'elf-code-changed', { config: { ...older, 'elf-code-changed': 'pin' } }), { policy: 'pin', from: 'config' });
+  assert.equal(choosePolicy('/a', '/a', 'elf-code-changed', { config: { 'elf-same-layout': 'remap' } }), {
+    policy: 'pin',
+    from: 'default',
+  });
+  assert.equal(choosePolicy('/a', '/a', 'elf-code-changed', { config: { ...older, 'elf-code-changed': 'pin' } }), {
+    policy: 'pin',
+    from: 'config',
+  });
 });
 
 test('a path policy beats every class policy, by absolute or filesystem-relative path', () => {
   const config = { files: { '/bin/a': 'restart' as const } };
   const notification = { 'elf-code-changed': 'remap' as const };
-  assert.equal(choosePolicy('/mnt/bin/a', '/bin/a', 'elf-code-changed', { config, notification }), { policy: 'restart', from: 'config' });
-  assert.equal(choosePolicy('/mnt/bin/a', '/bin/a', 'elf-code-changed', { notification: { files: { '/mnt/bin/a': 'report' } }, config }), { policy: 'report', from: 'notification' });
-  assert.equal(choosePolicy('/mnt/bin/b', '/bin/b', 'elf-code-changed', { config, notification }), { policy: 'remap', from: 'notification' });
+  assert.equal(choosePolicy('/mnt/bin/a', '/bin/a', 'elf-code-changed', { config, notification }), {
+    policy: 'restart',
+    from: 'config',
+  });
+  assert.equal(
+    choosePolicy('/mnt/bin/a', '/bin/a', 'elf-code-changed', {
+      notification: { files: { '/mnt/bin/a': 'report' } },
+      config,
+    }),
+    { policy: 'report', from: 'notification' },
+  );
+  assert.equal(choosePolicy('/mnt/bin/b', '/bin/b', 'elf-code-changed', { config, notification }), {
+    policy: 'remap',
+    from: 'notification',
+  });
 });
 
 test.run();

@@ -25,7 +25,16 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fiemap, isNativeError, nativeAddonPath, walkTree, TREE_WALK_DIR, TREE_WALK_FILE, type NativeError, type TreeWalkStep } from '../../../agent/src/native/index.js';
+import {
+  fiemap,
+  isNativeError,
+  nativeAddonPath,
+  walkTree,
+  TREE_WALK_DIR,
+  TREE_WALK_FILE,
+  type NativeError,
+  type TreeWalkStep,
+} from '../../../agent/src/native/index.js';
 import type { Mount } from '../../../agent/src/pedigree/mounts.js';
 import { ROOT } from '../../helpers/paths.js';
 import { walkMount, type Fiemap, type IndexedFile } from '../../../agent/src/pedigree/walk.js';
@@ -37,7 +46,13 @@ function skip(test: string, reason: string): void {
   console.log(`  skipped: ${test}: ${reason}`);
 }
 
-const mountOf = (dir: string): Mount => ({ mountPoint: dir, devNum: '0:0', root: '/', fsType: 'ext4', readOnly: false });
+const mountOf = (dir: string): Mount => ({
+  mountPoint: dir,
+  devNum: '0:0',
+  root: '/',
+  fsType: 'ext4',
+  readOnly: false,
+});
 /** FIEMAP alone: walkMount takes the JavaScript walk. */
 const jsOnly: Fiemap = (fd) => fiemap(fd);
 
@@ -98,10 +113,19 @@ Walk('files, empty and sparse files, symlinks and a fifo: the same index as the 
   symlinkSync('nowhere', join(d, 'dangling'));
   spawnSync('mkfifo', [join(d, 'fifo')]);
   const idx = await assertSameAsJs(d, 1 << 30);
-  assert.equal([...idx.values()].filter((f) => f.kind === 'file').map((f) => f.path).sort(), ['big', 'empty', 'small', 'sparse'].map((n) => join(d, n === 'big' ? 'sub/big' : n)).sort());
+  assert.equal(
+    [...idx.values()]
+      .filter((f) => f.kind === 'file')
+      .map((f) => f.path)
+      .sort(),
+    ['big', 'empty', 'small', 'sparse'].map((n) => join(d, n === 'big' ? 'sub/big' : n)).sort(),
+  );
   assert.equal(idx.get(join(d, 'empty'))!.extents, []);
   const sparse = idx.get(join(d, 'sparse'))!;
-  assert.equal(sparse.extents.map((e) => [e.fileOffset, e.length]), [[1 << 20, 4096]]);
+  assert.equal(
+    sparse.extents.map((e) => [e.fileOffset, e.length]),
+    [[1 << 20, 4096]],
+  );
   const fd = openSync(join(d, 'sparse'), 'r');
   try {
     assert.is(sparse.extents[0]!.diskStart, (1 << 30) + Number(fiemap(fd)[0]!.physical));
@@ -109,9 +133,13 @@ Walk('files, empty and sparse files, symlinks and a fifo: the same index as the 
     closeSync(fd);
   }
   const entries = idx.get(d)!.entries!;
-  for (const n of ['link-to-file', 'link-to-dir', 'dangling', 'fifo', 'sub', 'small']) assert.is(entries.get(n), lstatSync(join(d, n)).ino, n);
+  for (const n of ['link-to-file', 'link-to-dir', 'dangling', 'fifo', 'sub', 'small'])
+    assert.is(entries.get(n), lstatSync(join(d, n)).ino, n);
   assert.is(idx.get(join(d, 'sub'))!.extents.length > 0, true);
-  assert.is(idx.get(join(d, 'sub', 'big'))!.extents.reduce((n, e) => n + e.length, 0), 3 << 20);
+  assert.is(
+    idx.get(join(d, 'sub', 'big'))!.extents.reduce((n, e) => n + e.length, 0),
+    3 << 20,
+  );
 });
 
 Walk('a file written a moment ago (delayed allocation) is mapped to its blocks', async () => {
@@ -120,7 +148,10 @@ Walk('a file written a moment ago (delayed allocation) is mapped to its blocks',
   writeFileSync(join(d, 'new'), Buffer.alloc(256 << 10, 3)); // no fsync: the blocks are not allocated yet
   const idx = await walkWith(d, fiemap);
   const f = idx.get(join(d, 'new'))!;
-  assert.is(f.extents.reduce((n, e) => n + e.length, 0), 256 << 10);
+  assert.is(
+    f.extents.reduce((n, e) => n + e.length, 0),
+    256 << 10,
+  );
   await assertSameAsJs(d);
 });
 
@@ -139,29 +170,33 @@ Walk('a deep tree and a wide directory', async () => {
   assert.is([...idx.keys()].filter((k) => k.startsWith(wide + '/')).length, 5000);
 });
 
-Walk('names with newlines and non-ASCII are indexed; names that are not UTF-8 are left out, as by the JavaScript walk', async () => {
-  const d = join(C.dir, 'names');
-  mkdirSync(d);
-  writeFileSync(join(d, 'two\nlines'), 'x');
-  writeFileSync(join(d, 'zürich ✓'), 'x');
-  mkdirSync(join(d, 'dir\nwith newline'));
-  writeFileSync(join(d, 'dir\nwith newline', 'inner'), 'x');
-  // Latin-1 bytes: not UTF-8.
-  writeFileSync(Buffer.concat([Buffer.from(d + '/bad-'), Buffer.from([0xe9, 0xff])]), 'x');
-  mkdirSync(Buffer.concat([Buffer.from(d + '/baddir-'), Buffer.from([0xc0, 0xaf])]));
-  const idx = await assertSameAsJs(d);
-  assert.ok(idx.has(join(d, 'two\nlines')));
-  assert.ok(idx.has(join(d, 'zürich ✓')));
-  assert.ok(idx.has(join(d, 'dir\nwith newline', 'inner')));
-  assert.equal([...idx.get(d)!.entries!.keys()].sort(), ['dir\nwith newline', 'two\nlines', 'zürich ✓']);
-});
+Walk(
+  'names with newlines and non-ASCII are indexed; names that are not UTF-8 are left out, as by the JavaScript walk',
+  async () => {
+    const d = join(C.dir, 'names');
+    mkdirSync(d);
+    writeFileSync(join(d, 'two\nlines'), 'x');
+    writeFileSync(join(d, 'zürich ✓'), 'x');
+    mkdirSync(join(d, 'dir\nwith newline'));
+    writeFileSync(join(d, 'dir\nwith newline', 'inner'), 'x');
+    // Latin-1 bytes: not UTF-8.
+    writeFileSync(Buffer.concat([Buffer.from(d + '/bad-'), Buffer.from([0xe9, 0xff])]), 'x');
+    mkdirSync(Buffer.concat([Buffer.from(d + '/baddir-'), Buffer.from([0xc0, 0xaf])]));
+    const idx = await assertSameAsJs(d);
+    assert.ok(idx.has(join(d, 'two\nlines')));
+    assert.ok(idx.has(join(d, 'zürich ✓')));
+    assert.ok(idx.has(join(d, 'dir\nwith newline', 'inner')));
+    assert.equal([...idx.get(d)!.entries!.keys()].sort(), ['dir\nwith newline', 'two\nlines', 'zürich ✓']);
+  },
+);
 
 Walk('another filesystem mounted inside is not walked', async () => {
   const d = join(C.dir, 'mnt-outer');
   mkdirSync(join(d, 'inner'), { recursive: true });
   writeFileSync(join(d, 'outside'), 'x');
   const r = spawnSync('mount', ['-t', 'tmpfs', 'vmsubst-walk-test', join(d, 'inner')], { encoding: 'utf8' });
-  if (r.status !== 0) return skip('mount-point boundary', `cannot mount a tmpfs here (${(r.stderr || String(r.error)).trim()})`);
+  if (r.status !== 0)
+    return skip('mount-point boundary', `cannot mount a tmpfs here (${(r.stderr || String(r.error)).trim()})`);
   C.mounted = join(d, 'inner');
   writeFileSync(join(d, 'inner', 'on-tmpfs'), 'x');
   try {
@@ -193,11 +228,19 @@ Walk('what the walker may not open is left out the same way (run as nobody)', as
   const runner = join(C.dir, 'runner');
   mkdirSync(runner, { mode: 0o755 });
   const script = join(runner, 'walk-compare.mjs');
-  const bundled = spawnSync(join(ROOT, 'node_modules/.bin/esbuild'), [
-    fileURLToPath(new URL('../../helpers/walk-compare.js', import.meta.url)),
-    '--bundle', '--platform=node', '--format=esm', '--log-level=warning', `--outfile=${script}`,
-    "--banner:js=import { createRequire as __r } from 'node:module'; const require = __r(import.meta.url);",
-  ], { encoding: 'utf8' });
+  const bundled = spawnSync(
+    join(ROOT, 'node_modules/.bin/esbuild'),
+    [
+      fileURLToPath(new URL('../../helpers/walk-compare.js', import.meta.url)),
+      '--bundle',
+      '--platform=node',
+      '--format=esm',
+      '--log-level=warning',
+      `--outfile=${script}`,
+      "--banner:js=import { createRequire as __r } from 'node:module'; const require = __r(import.meta.url);",
+    ],
+    { encoding: 'utf8' },
+  );
   assert.is(bundled.status, 0, bundled.stderr);
   copyFileSync(nativeAddonPath(), join(runner, 'vmsubst_native.node'));
   chmodSync(script, 0o644);
@@ -210,7 +253,10 @@ Walk('what the walker may not open is left out the same way (run as nobody)', as
     env: { ...process.env, VMSUBST_NATIVE_PATH: join(runner, 'vmsubst_native.node') },
   });
   if (r.error || (r.status !== 0 && /EACCES|permission denied/i.test(r.stderr) && !r.stdout)) {
-    return skip('unreadable entries', `nobody cannot run node on this checkout (${(r.stderr || String(r.error)).trim().split('\n')[0]})`);
+    return skip(
+      'unreadable entries',
+      `nobody cannot run node on this checkout (${(r.stderr || String(r.error)).trim().split('\n')[0]})`,
+    );
   }
   assert.is(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout) as { same: boolean; paths: string[]; entries: string[] };
@@ -259,7 +305,13 @@ Walk('steps: bounded, one at a time, directories before what they hold, nothing 
     if (s.done) break;
   }
   assert.is(dirs, 6);
-  assert.is(steps.reduce((n, s) => n + [...s.records.filter((_, i) => i % 5 === 0)].filter((k) => k === TREE_WALK_FILE).length, 0), 250);
+  assert.is(
+    steps.reduce(
+      (n, s) => n + [...s.records.filter((_, i) => i % 5 === 0)].filter((k) => k === TREE_WALK_FILE).length,
+      0,
+    ),
+    250,
+  );
   assert.is(steps[steps.length - 1]!.seen, 255);
   w.close();
   assert.throws(() => w.next(20), /closed/);

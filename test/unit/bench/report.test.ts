@@ -38,7 +38,15 @@ s('writeDoc: replaces the sections that ran, keeps the others in order', () => {
   const path = join(tmp, 'benchmarks.md');
   const sec = (name: string, text: string): string =>
     sectionMarkdown(name, { title: name, about: text, tables: [] }, 'here', tmp, 1);
-  writeDoc(path, ['a', 'b'], new Map([['a', sec('a', 'first a')], ['b', sec('b', 'first b')]]), 'Last full run: then.');
+  writeDoc(
+    path,
+    ['a', 'b'],
+    new Map([
+      ['a', sec('a', 'first a')],
+      ['b', sec('b', 'first b')],
+    ]),
+    'Last full run: then.',
+  );
   writeDoc(path, ['a', 'b'], new Map([['b', sec('b', 'second b')]]));
   const doc = readFileSync(path, 'utf8');
   assert.match(doc, 'first a');
@@ -53,12 +61,33 @@ s('renderPlot: a PNG from gnuplot', () => {
     console.log('  skipped: gnuplot is not installed (scripts/setup.sh installs gnuplot-nox)');
     return;
   }
-  const why = renderPlot({ file: 'p', title: 't', xlabel: 'x', ylabel: 'y', logx: true, series: [{ name: 's', points: [[1, 2], [4, 8]] }] }, tmp);
+  const why = renderPlot(
+    {
+      file: 'p',
+      title: 't',
+      xlabel: 'x',
+      ylabel: 'y',
+      logx: true,
+      series: [
+        {
+          name: 's',
+          points: [
+            [1, 2],
+            [4, 8],
+          ],
+        },
+      ],
+    },
+    tmp,
+  );
   assert.is(why, undefined);
   const png = readFileSync(join(tmp, 'p.png'));
   assert.equal([...png.subarray(1, 4)], [0x50, 0x4e, 0x47]);
   assert.ok(statSync(join(tmp, 'p.png')).size > 1000);
-  assert.is(renderPlot({ file: 'q', title: 't', xlabel: 'x', ylabel: 'y', series: [{ name: 's', points: [] }] }, tmp), 'no points');
+  assert.is(
+    renderPlot({ file: 'q', title: 't', xlabel: 'x', ylabel: 'y', series: [{ name: 's', points: [] }] }, tmp),
+    'no points',
+  );
 });
 
 s.run();

@@ -18,7 +18,12 @@ import { readAt } from '../../helpers/ext4-images.js';
 const C = { dir: '', img: '', mnt: '', loop: '', blocks: 0, mountError: '' };
 const Cls = suite('ext4 block classification (debugfs as oracle)');
 
-const debugfs = (cmd: string): string => execFileSync('debugfs', ['-R', cmd, C.img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 26 });
+const debugfs = (cmd: string): string =>
+  execFileSync('debugfs', ['-R', cmd, C.img], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+    maxBuffer: 1 << 26,
+  });
 
 /** icheck for every block: block → inode (undefined: no inode owns it). */
 function icheckAll(blocks: number[]): Map<number, number | undefined> {
@@ -47,7 +52,8 @@ Cls.before(() => {
   const tree = join(C.dir, 'tree');
   for (let d = 0; d < 8; d++) {
     mkdirSync(join(tree, `d${d}`), { recursive: true });
-    for (let i = 0; i < 60; i++) writeFileSync(join(tree, `d${d}`, `f${i}`), Buffer.alloc(100 + ((d * 60 + i) * 331) % 20000, d + i));
+    for (let i = 0; i < 60; i++)
+      writeFileSync(join(tree, `d${d}`, `f${i}`), Buffer.alloc(100 + (((d * 60 + i) * 331) % 20000), d + i));
   }
   // A sparse file with more data extents than fit in the inode: an extent tree with an index block.
   const fd = openSync(join(tree, 'sparse.bin'), 'w');
@@ -59,7 +65,10 @@ Cls.before(() => {
   C.mnt = join(C.dir, 'mnt');
   mkdirSync(C.mnt);
   try {
-    C.loop = execFileSync('losetup', ['-f', '--show', '-r', C.img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+    C.loop = execFileSync('losetup', ['-f', '--show', '-r', C.img], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }).trim();
     execFileSync('mount', ['-t', 'ext4', '-o', 'ro', C.loop, C.mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (e) {
     C.mountError = `loop mount unavailable: ${(e as Error).message.split('\n')[0]}`;
@@ -95,12 +104,21 @@ Cls('every block: free, metadata or inode-owned exactly where debugfs says', asy
       assert.is(ino, c.ino, `block ${b} (${c.class})`);
     } else if (c.class === 'unknown') {
       // file or directory data: the classifier leaves it to the index
-      assert.ok(ino !== undefined && ino > 10 || ino === 2, `block ${b} unknown but icheck says ${ino}`);
+      assert.ok((ino !== undefined && ino > 10) || ino === 2, `block ${b} unknown but icheck says ${ino}`);
     } else {
       assert.is(ino, undefined, `block ${b} (${c.class}) is owned by inode ${ino}`);
     }
   }
-  for (const k of ['superblock', 'group-descriptors', 'block-bitmap', 'inode-bitmap', 'inode-table', 'journal', 'extent-tree', 'free']) {
+  for (const k of [
+    'superblock',
+    'group-descriptors',
+    'block-bitmap',
+    'inode-bitmap',
+    'inode-table',
+    'journal',
+    'extent-tree',
+    'free',
+  ]) {
     assert.ok(seen.has(k), `no ${k} block found`);
   }
 });
@@ -130,7 +148,10 @@ Cls('the index names the inode debugfs finds for every data block', async () => 
   const sparse = fs.byPath.get(join(C.mnt, 'sparse.bin'))!;
   const third = sparse.extents.find((e) => e.fileOffset === 2 * 3 * 4096)!;
   const r = fs.index.lookup([{ offset: third.diskStart, length: 4096 }]);
-  assert.equal(r.files.map((f) => [f.file.path, f.ranges]), [[sparse.path, [{ offset: 6 * 4096, length: 4096 }]]]);
+  assert.equal(
+    r.files.map((f) => [f.file.path, f.ranges]),
+    [[sparse.path, [{ offset: 6 * 4096, length: 4096 }]]],
+  );
 });
 
 Cls('map on the loop device: owners and classes, byte suffix', async () => {
@@ -145,11 +166,17 @@ Cls('map on the loop device: owners and classes, byte suffix', async () => {
   const f = Number(/Inode: (\d+)/.exec(debugfs('stat /d3/f7'))![1]);
   const blk = Number(debugfs('blocks /d3/f7').trim().split(/\s+/)[0]);
   const byBytes = await mapBlocks(C.loop, `${blk * 4096}B-${blk * 4096 + 4095}B`, native);
-  assert.equal(byBytes.rows, [{ block: blk, count: 1, class: 'file', path: join(C.mnt, 'd3', 'f7'), ino: f, offset: 0 }]);
+  assert.equal(byBytes.rows, [
+    { block: blk, count: 1, class: 'file', path: join(C.mnt, 'd3', 'f7'), ino: f, offset: 0 },
+  ]);
 });
 
 Cls('parses block lists', () => {
-  assert.equal(parseBlocks('1-3,7,8192B-12287B', 4096), [[1, 3], [7, 7], [2, 2]]);
+  assert.equal(parseBlocks('1-3,7,8192B-12287B', 4096), [
+    [1, 3],
+    [7, 7],
+    [2, 2],
+  ]);
   assert.throws(() => parseBlocks('5-2', 4096));
   assert.throws(() => parseBlocks('x', 4096));
 });

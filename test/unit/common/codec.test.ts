@@ -31,7 +31,9 @@ Decode('discards an over-long line once and resynchronises at its newline', () =
 
 Decode('ignores blank lines and a leading 0xff resync byte', () => {
   const d = new LineDecoder();
-  assert.equal(d.push(Buffer.concat([Buffer.from([0xff]), Buffer.from('\n\n{"z":0}\n')])), [{ kind: 'message', value: { z: 0 }, bytes: 7 }]);
+  assert.equal(d.push(Buffer.concat([Buffer.from([0xff]), Buffer.from('\n\n{"z":0}\n')])), [
+    { kind: 'message', value: { z: 0 }, bytes: 7 },
+  ]);
 });
 
 Decode.run();
@@ -54,10 +56,17 @@ Schema('rejects unknown fields with their path', () => {
 });
 Schema('validates substitute arguments strictly', () => {
   const v = argsValidator('substitute');
-  const good = { id: 'ab'.repeat(16), disk: { serial: 'x' }, ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }] };
+  const good = {
+    id: 'ab'.repeat(16),
+    disk: { serial: 'x' },
+    ranges: [{ offset: 0, length: 4096, sha256: '0'.repeat(64) }],
+  };
   assert.equal(v.problems(good), []);
   assert.ok(v.problems({ ...good, ranges: [] }).length > 0, 'empty ranges');
-  assert.ok(v.problems({ ...good, ranges: [{ offset: -1, length: 4096, sha256: '0'.repeat(64) }] }).length > 0, 'negative offset');
+  assert.ok(
+    v.problems({ ...good, ranges: [{ offset: -1, length: 4096, sha256: '0'.repeat(64) }] }).length > 0,
+    'negative offset',
+  );
   assert.ok(v.problems({ ...good, ranges: [{ offset: 0, length: 4096, sha256: 'XYZ' }] }).length > 0, 'bad hash');
   assert.ok(v.problems({ ...good, disk: { path: '/etc/passwd; rm' } }).length > 0, 'bad path');
 });

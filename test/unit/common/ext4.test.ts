@@ -11,7 +11,8 @@ import { readAt } from '../../helpers/ext4-images.js';
 const Ext4 = suite('ext4 layout');
 const C = { dir: '', img: '' };
 
-const debugfs = (cmd: string): string => execFileSync('debugfs', ['-R', cmd, C.img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+const debugfs = (cmd: string): string =>
+  execFileSync('debugfs', ['-R', cmd, C.img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
 
 Ext4.before(() => {
   C.dir = mkdtempSync(join(tmpdir(), 'vmsubst-ext4-'));

@@ -28,7 +28,11 @@ async function makeBundle(edits: [number, number][], size = 1 * MiB, label?: str
   const patched = patch(base, edits);
   const d = await diffSources(bufferSource(base), bufferSource(patched));
   const path = tmp.file(`b${++n}.vsb`);
-  const manifest = await writeBundle(path, { base: label ? { size, label } : { size }, blockSize: d.blockSize, ranges: d.ranges }, bufferSource(patched));
+  const manifest = await writeBundle(
+    path,
+    { base: label ? { size, label } : { size }, blockSize: d.blockSize, ranges: d.ranges },
+    bufferSource(patched),
+  );
   return { path, base, patched, manifest };
 }
 
@@ -46,7 +50,11 @@ function dissect(path: string): { manifest: Manifest; data: Buffer[] } {
  * recomputed and the data laid out afresh unless told otherwise, so a test
  * breaks exactly one thing.
  */
-function rewrite(path: string, mutate: (m: Record<string, any>) => void, opts: { keepId?: boolean; keepOffsets?: boolean } = {}): void {
+function rewrite(
+  path: string,
+  mutate: (m: Record<string, any>) => void,
+  opts: { keepId?: boolean; keepOffsets?: boolean } = {},
+): void {
   const { manifest, data } = dissect(path);
   const m = structuredClone(manifest) as Record<string, any>;
   mutate(m);
@@ -69,7 +77,9 @@ function rewrite(path: string, mutate: (m: Record<string, any>) => void, opts: {
   const ranges = m['ranges'] as { length: number; 'data-offset': number }[];
   const dataStart = Math.ceil((HEADER_BYTES + bytes.length) / DATA_ALIGN) * DATA_ALIGN;
   // Data is placed only where it fits the file sensibly; the reader must catch the rest.
-  const placed = ranges.flatMap((r, i) => (data[i] && r['data-offset'] >= dataStart && r['data-offset'] < 1 << 30 ? [{ r, d: data[i]! }] : []));
+  const placed = ranges.flatMap((r, i) =>
+    data[i] && r['data-offset'] >= dataStart && r['data-offset'] < 1 << 30 ? [{ r, d: data[i]! }] : [],
+  );
   const end = Math.max(dataStart, ...placed.map(({ r }) => r['data-offset'] + r.length));
   const out = Buffer.alloc(end);
   encodeHeader(bytes.length).copy(out, 0);
@@ -88,9 +98,15 @@ async function refused(path: string, pattern: RegExp): Promise<BundleError> {
 
 const RoundTrip = suite('bundle: round trip');
 
-
 RoundTrip('a written bundle opens with the same manifest and data', async () => {
-  const { path, patched, manifest } = await makeBundle([[B, 1], [10 * B, 3 * B]], 1 * MiB, 'golden-2026-11');
+  const { path, patched, manifest } = await makeBundle(
+    [
+      [B, 1],
+      [10 * B, 3 * B],
+    ],
+    1 * MiB,
+    'golden-2026-11',
+  );
   const bundle = await Bundle.open(path);
   try {
     assert.ok(bundle.verified);
@@ -98,7 +114,13 @@ RoundTrip('a written bundle opens with the same manifest and data', async () => 
     assert.is(bundle.manifest.format, BUNDLE_FORMAT);
     assert.is(bundle.manifest['block-size'], B);
     assert.equal(bundle.manifest.base, { size: 1 * MiB, label: 'golden-2026-11' });
-    assert.equal(bundle.manifest.ranges.map((r) => [r.offset, r.length]), [[B, B], [10 * B, 3 * B]]);
+    assert.equal(
+      bundle.manifest.ranges.map((r) => [r.offset, r.length]),
+      [
+        [B, B],
+        [10 * B, 3 * B],
+      ],
+    );
     for (const r of bundle.manifest.ranges) {
       assert.ok((await bundle.readData(r)).equals(patched.subarray(r.offset, r.offset + r.length)));
       assert.is(r['data-offset'] % DATA_ALIGN, 0);
@@ -145,7 +167,11 @@ RoundTrip('a patched image that changes while the bundle is written is refused a
   const d = await diffSources(bufferSource(base), bufferSource(patched));
   patched[5] = patched[5]! ^ 1;
   const path = tmp.file('changed.vsb');
-  const err = await writeBundle(path, { base: { size: 1 * MiB }, blockSize: B, ranges: d.ranges }, bufferSource(patched)).catch((e: unknown) => e);
+  const err = await writeBundle(
+    path,
+    { base: { size: 1 * MiB }, blockSize: B, ranges: d.ranges },
+    bufferSource(patched),
+  ).catch((e: unknown) => e);
   assert.instance(err, DiffError);
   assert.match((err as Error).message, /changed while the bundle was written/);
   assert.not.ok(readdirSync(tmp.path).some((f) => f.includes('changed.vsb')));
@@ -154,7 +180,10 @@ RoundTrip('a patched image that changes while the bundle is written is refused a
 const Refused = suite('bundle: refused');
 
 Refused('corrupt range data is refused before anything is written', async () => {
-  const { path, manifest } = await makeBundle([[B, 1], [20 * B, 1]]);
+  const { path, manifest } = await makeBundle([
+    [B, 1],
+    [20 * B, 1],
+  ]);
   const file = readFileSync(path);
   const at = manifest.ranges[1]!['data-offset'] + 7;
   file[at] = file[at]! ^ 0xff;
@@ -211,7 +240,10 @@ Refused('data overlapping the manifest is refused', async () => {
 });
 
 Refused('overlapping ranges are refused', async () => {
-  const { path } = await makeBundle([[B, 1], [3 * B, 1]]);
+  const { path } = await makeBundle([
+    [B, 1],
+    [3 * B, 1],
+  ]);
   rewrite(path, (m) => {
     m['ranges'][1]['offset'] = 0;
     m['ranges'][1]['length'] = 2 * B;
@@ -220,7 +252,10 @@ Refused('overlapping ranges are refused', async () => {
 });
 
 Refused('unsorted ranges are refused', async () => {
-  const { path } = await makeBundle([[B, 1], [3 * B, 1]]);
+  const { path } = await makeBundle([
+    [B, 1],
+    [3 * B, 1],
+  ]);
   rewrite(path, (m) => (m['ranges'] = [m['ranges'][1], m['ranges'][0]]));
   await refused(path, /sorted/);
 });
@@ -266,7 +301,10 @@ const Args = suite('bundle: substituteArgs');
 Args.after(() => tmp.remove()); // the last suite of this file
 
 Args('builds valid protocol arguments from the manifest', async () => {
-  const { manifest } = await makeBundle([[B, 1], [10 * B, 2 * B]]);
+  const { manifest } = await makeBundle([
+    [B, 1],
+    [10 * B, 2 * B],
+  ]);
   const args = substituteArgs(manifest, { serial: 'vmsubst-data' });
   assert.equal(args, {
     id: manifest.id,
@@ -283,12 +321,18 @@ Args('carries dry-run when asked', async () => {
 
 Args('refuses a bundle without ranges', async () => {
   const { manifest } = await makeBundle([]);
-  assert.throws(() => substituteArgs(manifest, {}), (e: unknown) => e instanceof BundleError && /nothing to notify/.test(e.message));
+  assert.throws(
+    () => substituteArgs(manifest, {}),
+    (e: unknown) => e instanceof BundleError && /nothing to notify/.test(e.message),
+  );
 });
 
 Args('refuses a disk path the protocol does not accept', async () => {
   const { manifest } = await makeBundle([[B, 1]]);
-  assert.throws(() => substituteArgs(manifest, { path: 'vdb' }), (e: unknown) => e instanceof BundleError && /\/disk\/path/.test(e.message));
+  assert.throws(
+    () => substituteArgs(manifest, { path: 'vdb' }),
+    (e: unknown) => e instanceof BundleError && /\/disk\/path/.test(e.message),
+  );
 });
 
 RoundTrip.run();

@@ -51,7 +51,12 @@ export async function writeFormat1Bundle(path: string, base: Buffer, patched: Bu
       base: { size: d.size, label: 'format one' },
       created: '2026-11-01T00:00:00.000Z',
       'tool-version': '0.0.9',
-      ranges: d.ranges.map((r) => ({ offset: r.offset, length: r.length, 'old-sha256': r.oldSha256, 'new-sha256': r.newSha256 })),
+      ranges: d.ranges.map((r) => ({
+        offset: r.offset,
+        length: r.length,
+        'old-sha256': r.oldSha256,
+        'new-sha256': r.newSha256,
+      })),
     },
     0,
   );

@@ -10,7 +10,14 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT } from '../../helpers/paths.js';
 import { diffImages, FileSource } from '../../../host-signal/src/diff/index.js';
-import { baseFilesystems, compareElf, computeHints, elfCode, findFilesystems, type Hints } from '../../../host-signal/src/hints/index.js';
+import {
+  baseFilesystems,
+  compareElf,
+  computeHints,
+  elfCode,
+  findFilesystems,
+  type Hints,
+} from '../../../host-signal/src/hints/index.js';
 import type { DiffResult } from '../../../host-signal/src/diff/index.js';
 import { UUID, buildExt4Pair, debugfs, partitioned, type Ext4Pair } from '../../helpers/ext4-images.js';
 import { TempDir } from './fixtures.js';
@@ -30,7 +37,8 @@ async function hintsFor(base: string, patched: string): Promise<{ diff: DiffResu
   }
 }
 
-const readelf = (args: string[], file: string): string => execFileSync('readelf', ['-W', ...args, file], { encoding: 'utf8' });
+const readelf = (args: string[], file: string): string =>
+  execFileSync('readelf', ['-W', ...args, file], { encoding: 'utf8' });
 
 // ---- ELF code verdicts -------------------------------------------------------------
 
@@ -39,10 +47,19 @@ function buildLibvx(dir: string): Record<'v1' | 'rodata' | 'moved' | 'added', st
   const src = join(ROOT, 'test/fixtures/libvx.c');
   const cc = (name: string, defs: string[]): string => {
     const out = join(dir, `libvx-${name}.so`);
-    execFileSync('gcc', ['-shared', '-fPIC', '-O2', '-s', '-Wl,--build-id=none', '-Wl,-soname,libvx.so', ...defs, '-o', out, src], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync(
+      'gcc',
+      ['-shared', '-fPIC', '-O2', '-s', '-Wl,--build-id=none', '-Wl,-soname,libvx.so', ...defs, '-o', out, src],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     return out;
   };
-  return { v1: cc('v1', ['-DVX_VERSION=v1']), rodata: cc('rodata', ['-DVX_VERSION=v2']), moved: cc('moved', ['-DVX_VERSION=v2', '-DMOVED']), added: cc('added', ['-DVX_VERSION=v2', '-DADDED']) };
+  return {
+    v1: cc('v1', ['-DVX_VERSION=v1']),
+    rodata: cc('rodata', ['-DVX_VERSION=v2']),
+    moved: cc('moved', ['-DVX_VERSION=v2', '-DMOVED']),
+    added: cc('added', ['-DVX_VERSION=v2', '-DADDED']),
+  };
 }
 
 /** readelf's executable PT_LOADs: [offset, filesz]. */
@@ -67,8 +84,11 @@ Elf('the parser finds the executable segments readelf lists, and the run-time ta
     const segs = code.ranges.filter((r) => r.what.startsWith('executable segment')).map((r) => [r.offset, r.size]);
     assert.equal(segs, executableSegments(f), f);
     assert.ok(segs.length >= 1, `${f}: no executable segment`);
-    const tables = code.ranges.filter((r) => r.what.startsWith('section ')).map((r) => /^section (\S+)/.exec(r.what)![1]);
-    for (const name of ['.dynamic', '.dynsym', '.dynstr', '.gnu.hash', '.eh_frame']) assert.ok(tables.includes(name), `${f}: ${name} missing from ${tables.join(' ')}`);
+    const tables = code.ranges
+      .filter((r) => r.what.startsWith('section '))
+      .map((r) => /^section (\S+)/.exec(r.what)![1]);
+    for (const name of ['.dynamic', '.dynsym', '.dynstr', '.gnu.hash', '.eh_frame'])
+      assert.ok(tables.includes(name), `${f}: ${name} missing from ${tables.join(' ')}`);
     assert.not.ok(tables.includes('.rodata') || tables.includes('.data'), '.rodata and .data may change under remap');
   }
 });
@@ -82,20 +102,25 @@ Elf('only a string changed (.rodata): code-unchanged', () => {
   assert.equal(compareElf(readFileSync(progA), readFileSync(progB)), { elf: 'code-unchanged' });
 });
 
-Elf("instructions moved inside a function (same sections, symbols, sizes: the user's case): code-changed, at the first moved byte", () => {
-  // What the older verdict compared is equal: the layout is the same.
-  assert.is(readelf(['-S', '-l', '--dyn-syms'], L.lib.v1), readelf(['-S', '-l', '--dyn-syms'], L.lib.moved));
-  const [a, b] = [readFileSync(L.lib.v1), readFileSync(L.lib.moved)];
-  const v = compareElf(a, b);
-  assert.is(v.elf, 'code-changed');
-  const at = Number(/bytes differ from file offset (0x[0-9a-f]+)/.exec(v.elf === 'code-changed' ? v.change : '')?.[1]);
-  assert.match(v.elf === 'code-changed' ? v.change : '', /^executable segment/);
-  let first = 0;
-  while (a[first] === b[first]) first++;
-  assert.is(at, first, 'the first differing byte of the file, which lies in the executable segment');
-  const [[off, size]] = executableSegments(L.lib.v1) as [[number, number]];
-  assert.ok(at >= off && at < off + size);
-});
+Elf(
+  "instructions moved inside a function (same sections, symbols, sizes: the user's case): code-changed, at the first moved byte",
+  () => {
+    // What the older verdict compared is equal: the layout is the same.
+    assert.is(readelf(['-S', '-l', '--dyn-syms'], L.lib.v1), readelf(['-S', '-l', '--dyn-syms'], L.lib.moved));
+    const [a, b] = [readFileSync(L.lib.v1), readFileSync(L.lib.moved)];
+    const v = compareElf(a, b);
+    assert.is(v.elf, 'code-changed');
+    const at = Number(
+      /bytes differ from file offset (0x[0-9a-f]+)/.exec(v.elf === 'code-changed' ? v.change : '')?.[1],
+    );
+    assert.match(v.elf === 'code-changed' ? v.change : '', /^executable segment/);
+    let first = 0;
+    while (a[first] === b[first]) first++;
+    assert.is(at, first, 'the first differing byte of the file, which lies in the executable segment');
+    const [[off, size]] = executableSegments(L.lib.v1) as [[number, number]];
+    assert.ok(at >= off && at < off + size);
+  },
+);
 
 Elf('a function added before the others: code-changed', () => {
   const v = compareElf(readFileSync(L.lib.v1), readFileSync(L.lib.added));
@@ -105,24 +130,30 @@ Elf('a function added before the others: code-changed', () => {
   assert.is(p.elf, 'code-changed');
 });
 
-Elf('one byte flipped: in the code → changed there; in .dynstr (lazy binding reads it) → changed; in .rodata → unchanged', () => {
-  const a = readFileSync(L.lib.v1);
-  const code = elfCode(a);
-  const seg = code.ranges.find((r) => r.what.startsWith('executable segment'))!;
-  const flip = (at: number): Buffer => {
-    const b = Buffer.from(a);
-    b[at] = b[at]! ^ 0xff;
-    return b;
-  };
-  const inCode = compareElf(a, flip(seg.offset + 5));
-  assert.equal(inCode, { elf: 'code-changed', change: `${seg.what}: bytes differ from file offset 0x${(seg.offset + 5).toString(16)} (range 0x${seg.offset.toString(16)}+0x${seg.size.toString(16)})` });
-  const dynstr = code.ranges.find((r) => r.what.startsWith('section .dynstr'))!;
-  const inDynstr = compareElf(a, flip(dynstr.offset + 1));
-  assert.is(inDynstr.elf, 'code-changed');
-  assert.match(inDynstr.elf === 'code-changed' ? inDynstr.change : '', /^section \.dynstr/);
-  const rodata = /\.rodata\s+PROGBITS\s+[0-9a-f]+\s+([0-9a-f]+)/.exec(readelf(['-S'], L.lib.v1))!;
-  assert.equal(compareElf(a, flip(parseInt(rodata[1]!, 16))), { elf: 'code-unchanged' });
-});
+Elf(
+  'one byte flipped: in the code → changed there; in .dynstr (lazy binding reads it) → changed; in .rodata → unchanged',
+  () => {
+    const a = readFileSync(L.lib.v1);
+    const code = elfCode(a);
+    const seg = code.ranges.find((r) => r.what.startsWith('executable segment'))!;
+    const flip = (at: number): Buffer => {
+      const b = Buffer.from(a);
+      b[at] = b[at]! ^ 0xff;
+      return b;
+    };
+    const inCode = compareElf(a, flip(seg.offset + 5));
+    assert.equal(inCode, {
+      elf: 'code-changed',
+      change: `${seg.what}: bytes differ from file offset 0x${(seg.offset + 5).toString(16)} (range 0x${seg.offset.toString(16)}+0x${seg.size.toString(16)})`,
+    });
+    const dynstr = code.ranges.find((r) => r.what.startsWith('section .dynstr'))!;
+    const inDynstr = compareElf(a, flip(dynstr.offset + 1));
+    assert.is(inDynstr.elf, 'code-changed');
+    assert.match(inDynstr.elf === 'code-changed' ? inDynstr.change : '', /^section \.dynstr/);
+    const rodata = /\.rodata\s+PROGBITS\s+[0-9a-f]+\s+([0-9a-f]+)/.exec(readelf(['-S'], L.lib.v1))!;
+    assert.equal(compareElf(a, flip(parseInt(rodata[1]!, 16))), { elf: 'code-unchanged' });
+  },
+);
 
 Elf('a changed program header is code-changed, even with the same bytes', () => {
   const a = readFileSync(L.lib.v1);
@@ -137,21 +168,24 @@ Elf('a changed program header is code-changed, even with the same bytes', () => 
   assert.match(v.elf === 'code-changed' ? v.change : '', /^program headers: phdr /);
 });
 
-Elf('a dynamically linked file without section headers is taken as changed; a static one is judged by its segments', () => {
-  const strip = (buf: Buffer): Buffer => {
-    const b = Buffer.from(buf);
-    b.writeUInt16LE(0, 60); // e_shnum
-    return b;
-  };
-  const a = strip(readFileSync(L.lib.v1));
-  const v = compareElf(a, strip(readFileSync(L.lib.rodata)));
-  assert.is(v.elf, 'code-changed');
-  assert.match(v.elf === 'code-changed' ? v.change : '', /without section headers/);
-  const vprog = join(tmp.path, 'vprog-static');
-  execFileSync('gcc', ['-static', '-O2', '-DVERSION="v1"', '-o', vprog, join(ROOT, 'test/fixtures/vprog.c')]);
-  const s = strip(readFileSync(vprog));
-  assert.equal(compareElf(s, Buffer.from(s)), { elf: 'code-unchanged' });
-});
+Elf(
+  'a dynamically linked file without section headers is taken as changed; a static one is judged by its segments',
+  () => {
+    const strip = (buf: Buffer): Buffer => {
+      const b = Buffer.from(buf);
+      b.writeUInt16LE(0, 60); // e_shnum
+      return b;
+    };
+    const a = strip(readFileSync(L.lib.v1));
+    const v = compareElf(a, strip(readFileSync(L.lib.rodata)));
+    assert.is(v.elf, 'code-changed');
+    assert.match(v.elf === 'code-changed' ? v.change : '', /without section headers/);
+    const vprog = join(tmp.path, 'vprog-static');
+    execFileSync('gcc', ['-static', '-O2', '-DVERSION="v1"', '-o', vprog, join(ROOT, 'test/fixtures/vprog.c')]);
+    const s = strip(readFileSync(vprog));
+    assert.equal(compareElf(s, Buffer.from(s)), { elf: 'code-unchanged' });
+  },
+);
 
 Elf('a truncated or foreign file is code-changed with the reason', () => {
   const a = readFileSync(C.pair.progs.progA);
@@ -159,7 +193,10 @@ Elf('a truncated or foreign file is code-changed with the reason', () => {
   assert.is(v.elf, 'code-changed');
   assert.match(v.elf === 'code-changed' ? v.change : '', /patched: .*past the end/);
   assert.equal(compareElf(undefined, a), { elf: 'code-changed', change: 'not in the base image' });
-  assert.equal(compareElf(Buffer.from('#!/bin/sh\n'), a), { elf: 'code-changed', change: 'not an ELF file in the base image' });
+  assert.equal(compareElf(Buffer.from('#!/bin/sh\n'), a), {
+    elf: 'code-changed',
+    change: 'not an ELF file in the base image',
+  });
 });
 
 Elf.run();
@@ -173,7 +210,9 @@ Bare.before(async () => {
 });
 
 Bare('the base identity is the superblock UUID and label', () => {
-  assert.equal(C.hints.filesystems, [{ type: 'ext4', offset: 0, size: 24 << 20, 'block-size': 4096, uuid: UUID, label: 'hint-test' }]);
+  assert.equal(C.hints.filesystems, [
+    { type: 'ext4', offset: 0, size: 24 << 20, 'block-size': 4096, uuid: UUID, label: 'hint-test' },
+  ]);
   assert.match(debugfs(C.pair.base, 'stats'), new RegExp(`Filesystem UUID:\\s+${UUID}`));
 });
 
@@ -194,7 +233,9 @@ Bare('every range maps to exactly the regular files debugfs icheck/ncheck name f
   for (const [i, r] of C.diff.ranges.entries()) {
     const blocks = Array.from({ length: r.length / 4096 }, (_, k) => r.offset / 4096 + k);
     const inodes = new Set<number>();
-    for (const line of debugfs(C.pair.patched, `icheck ${blocks.join(' ')}`).split('\n').slice(1)) {
+    for (const line of debugfs(C.pair.patched, `icheck ${blocks.join(' ')}`)
+      .split('\n')
+      .slice(1)) {
       const m = /^\d+\s+(\d+)\s*$/.exec(line.trim());
       if (m && Number(m[1]) >= 11) inodes.add(Number(m[1]));
     }
@@ -237,12 +278,29 @@ for (const table of ['mbr', 'gpt'] as const) {
     const src = await FileSource.open(base);
     try {
       const fss = await baseFilesystems(src);
-      assert.equal(fss, [{ type: 'ext4', offset, size: 24 << 20, 'block-size': 4096, uuid: UUID, label: 'hint-test', partition: 1, 'partition-table': table }]);
+      assert.equal(fss, [
+        {
+          type: 'ext4',
+          offset,
+          size: 24 << 20,
+          'block-size': 4096,
+          uuid: UUID,
+          label: 'hint-test',
+          partition: 1,
+          'partition-table': table,
+        },
+      ]);
     } finally {
       await src.close();
     }
     // debugfs reads the same filesystem at that offset.
-    assert.match(execFileSync('debugfs', ['-R', 'stats', `${base}?offset=${offset}`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }), new RegExp(UUID));
+    assert.match(
+      execFileSync('debugfs', ['-R', 'stats', `${base}?offset=${offset}`], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }),
+      new RegExp(UUID),
+    );
     const { hints } = await hintsFor(base, patched);
     const verdicts = Object.fromEntries(hints.files.map((f) => [f.path, f.elf ?? 'data']));
     assert.equal(verdicts, { '/bin/grown': 'code-changed', '/bin/same': 'code-unchanged', '/etc/conf.txt': 'data' });

@@ -166,7 +166,10 @@ Nbd('requests larger than the advertised maximum payload are split', async () =>
   const { client, log } = await open(disk, { maxPayload: 64 << 10 });
   const data = image(200 << 10);
   await client.write(0, data);
-  assert.equal(log.filter((l) => l.cmd === 1).map((l) => l.length), [65536, 65536, 65536, 8192]);
+  assert.equal(
+    log.filter((l) => l.cmd === 1).map((l) => l.length),
+    [65536, 65536, 65536, 8192],
+  );
   assert.ok((await client.read(0, 200 << 10)).equals(data));
   await client.disconnect();
 });
@@ -174,7 +177,10 @@ Nbd('requests larger than the advertised maximum payload are split', async () =>
 Nbd('soft disconnect sends NBD_CMD_DISC', async () => {
   const { client, log } = await open(Buffer.alloc(4096));
   await client.disconnect();
-  assert.equal(log.map((l) => l.cmd), [2]);
+  assert.equal(
+    log.map((l) => l.cmd),
+    [2],
+  );
 });
 
 Nbd('an error reply maps to NbdError with the errno name', async () => {
@@ -188,7 +194,7 @@ Nbd('an error reply maps to NbdError with the errno name', async () => {
   await client.disconnect();
 });
 
-Nbd('an unknown export is refused with the server\'s reason', async () => {
+Nbd("an unknown export is refused with the server's reason", async () => {
   const f = await fakeNbd(tmp, Buffer.alloc(4096));
   servers.push(f.server);
   const err = await NbdClient.connect(f.path, { exportName: 'other' }).catch((e: unknown) => e);

@@ -4,7 +4,13 @@ import * as assert from 'uvu/assert';
 import type { SubstituteArgs, SubstituteReport } from '@vmsubst/common/protocol/schema';
 import { planBundle } from '../../../host-signal/src/bundle/index.js';
 import { AgentError, ProtocolError, TransportError, UsageError } from '../../../host-signal/src/errors.js';
-import { AgentConnection, formatAgentTarget, notify, parseAgentTarget, truncationNote } from '../../../host-signal/src/notify/index.js';
+import {
+  AgentConnection,
+  formatAgentTarget,
+  notify,
+  parseAgentTarget,
+  truncationNote,
+} from '../../../host-signal/src/notify/index.js';
 import { TempDir } from './fixtures.js';
 
 const Parse = suite('notify: agent addresses');
@@ -21,12 +27,28 @@ Parse('hvsock:PATH:PORT parses, the port after the last colon', () => {
 });
 
 Parse('addresses format back to their text', () => {
-  for (const s of ['serial:/a', 'unix:/b', 'vsock:42:1', 'hvsock:/c:7']) assert.is(formatAgentTarget(parseAgentTarget(s)), s);
+  for (const s of ['serial:/a', 'unix:/b', 'vsock:42:1', 'hvsock:/c:7'])
+    assert.is(formatAgentTarget(parseAgentTarget(s)), s);
 });
 
 Parse('malformed addresses are usage errors', () => {
-  for (const s of ['/tmp/x.sock', 'tcp:1.2.3.4:5', 'vsock:3', 'vsock:x:1', 'vsock:1:99999999999', 'serial:', 'hvsock:/x', 'hvsock::5', 'hvsock:/x:99999999999', 'hvsock:/x:p']) {
-    assert.throws(() => parseAgentTarget(s), (e: unknown) => e instanceof UsageError, s);
+  for (const s of [
+    '/tmp/x.sock',
+    'tcp:1.2.3.4:5',
+    'vsock:3',
+    'vsock:x:1',
+    'vsock:1:99999999999',
+    'serial:',
+    'hvsock:/x',
+    'hvsock::5',
+    'hvsock:/x:99999999999',
+    'hvsock:/x:p',
+  ]) {
+    assert.throws(
+      () => parseAgentTarget(s),
+      (e: unknown) => e instanceof UsageError,
+      s,
+    );
   }
 });
 
@@ -59,7 +81,11 @@ Agent.after(() => {
 });
 
 /** A stand-in agent on a unix socket: greets, then answers as `behave` says. */
-async function fakeAgent(behave: AgentBehaviour, onConnect?: (sock: Socket) => void, onEachConnection?: () => void): Promise<string> {
+async function fakeAgent(
+  behave: AgentBehaviour,
+  onConnect?: (sock: Socket) => void,
+  onEachConnection?: () => void,
+): Promise<string> {
   const path = tmp.file(`agent-${Math.random().toString(16).slice(2)}.sock`);
   const server = createServer((sock) => {
     onEachConnection?.();
@@ -83,7 +109,7 @@ async function fakeAgent(behave: AgentBehaviour, onConnect?: (sock: Socket) => v
 const answer = (sock: Socket, id: unknown, ret: unknown) => sock.write(JSON.stringify({ return: ret, id }) + '\n');
 const helloBody = { version: '0.1.0', protocol: 1, capabilities: ['substitute'] };
 
-Agent('notify says hello, then sends substitute with the bundle\'s ranges and new hashes', async () => {
+Agent("notify says hello, then sends substitute with the bundle's ranges and new hashes", async () => {
   const got: string[] = [];
   let sent: SubstituteArgs | undefined;
   const path = await fakeAgent((msg, sock) => {
@@ -96,7 +122,11 @@ Agent('notify says hello, then sends substitute with the bundle\'s ranges and ne
   });
   const r = await notify(manifest, `unix:${path}`, { serial: 'vmsubst-data' });
   assert.equal(got, ['hello', 'substitute']);
-  assert.equal(sent, { id: manifest.id, disk: { serial: 'vmsubst-data' }, ranges: [{ offset: 8192, length: 4096, sha256: 'b'.repeat(64) }] });
+  assert.equal(sent, {
+    id: manifest.id,
+    disk: { serial: 'vmsubst-data' },
+    ranges: [{ offset: 8192, length: 4096, sha256: 'b'.repeat(64) }],
+  });
   assert.is(r.report.device, '/dev/vdb');
   assert.equal(r.agent, helloBody);
   assert.is(r.target, `unix:${path}`);
@@ -114,7 +144,13 @@ Agent('dry-run is passed to the agent', async () => {
 Agent('an error reply from the agent is an AgentError', async () => {
   const path = await fakeAgent((msg, sock) => {
     if (msg.execute === 'hello') answer(sock, msg.id, helloBody);
-    else sock.write(JSON.stringify({ error: { class: 'VerifyMismatch', desc: 'range 0 does not hash to its sha256' }, id: msg.id }) + '\n');
+    else
+      sock.write(
+        JSON.stringify({
+          error: { class: 'VerifyMismatch', desc: 'range 0 does not hash to its sha256' },
+          id: msg.id,
+        }) + '\n',
+      );
   });
   const err = await notify(manifest, `unix:${path}`, {}).catch((e: unknown) => e);
   assert.instance(err, AgentError);
@@ -122,9 +158,14 @@ Agent('an error reply from the agent is an AgentError', async () => {
 });
 
 Agent('an agent that refuses the connection is reported with its reason', async () => {
-  const path = await fakeAgent(() => undefined, (sock) => {
-    sock.end(JSON.stringify({ error: { class: 'GenericError', desc: 'CID 1 is not allowed to talk to this agent' } }) + '\n');
-  });
+  const path = await fakeAgent(
+    () => undefined,
+    (sock) => {
+      sock.end(
+        JSON.stringify({ error: { class: 'GenericError', desc: 'CID 1 is not allowed to talk to this agent' } }) + '\n',
+      );
+    },
+  );
   const err = await notify(manifest, `unix:${path}`, {}).catch((e: unknown) => e);
   assert.instance(err, AgentError);
   assert.match((err as Error).message, /CID 1 is not allowed/);
@@ -173,16 +214,20 @@ Agent('an unanswered substitute is resent with the same substitution id until th
 Agent('a channel that closes mid-request is retried on a new connection with the same id', async () => {
   let connections = 0;
   const ids: string[] = [];
-  const path = await fakeAgent((msg, sock) => {
-    if (msg.execute === 'hello') {
-      answer(sock, msg.id, helloBody);
-      return;
-    }
-    const args = msg.arguments as SubstituteArgs;
-    ids.push(args.id);
-    if (connections === 1) sock.destroy();
-    else answer(sock, msg.id, report(args));
-  }, undefined, () => connections++);
+  const path = await fakeAgent(
+    (msg, sock) => {
+      if (msg.execute === 'hello') {
+        answer(sock, msg.id, helloBody);
+        return;
+      }
+      const args = msg.arguments as SubstituteArgs;
+      ids.push(args.id);
+      if (connections === 1) sock.destroy();
+      else answer(sock, msg.id, report(args));
+    },
+    undefined,
+    () => connections++,
+  );
   const retried: number[] = [];
   const r = await notify(manifest, `unix:${path}`, {}, { retryDelayMs: 10, onRetry: (n) => retried.push(n) });
   assert.is(r.attempts, 2);
@@ -208,7 +253,10 @@ const reportHello = { version: '0.1.0', protocol: 1, capabilities: ['substitute'
 const ID = 'ab'.repeat(32);
 
 /** A fake agent serving `report` pages of `full` (or what `sizeOf(call)` says the size is). */
-async function pagingAgent(full: Buffer, sizeOf: (call: number) => number = () => full.length): Promise<{ path: string; asked: { offset: number; limit: number }[] }> {
+async function pagingAgent(
+  full: Buffer,
+  sizeOf: (call: number) => number = () => full.length,
+): Promise<{ path: string; asked: { offset: number; limit: number }[] }> {
   const asked: { offset: number; limit: number }[] = [];
   const path = await fakeAgent((msg, sock) => {
     if (msg.execute === 'hello') {
@@ -218,7 +266,13 @@ async function pagingAgent(full: Buffer, sizeOf: (call: number) => number = () =
     const a = msg.arguments as { id: string; offset: number; limit: number };
     asked.push({ offset: a.offset, limit: a.limit });
     const end = Math.min(full.length, a.offset + a.limit);
-    answer(sock, msg.id, { id: a.id, offset: a.offset, bytes: sizeOf(asked.length), data: full.subarray(a.offset, end).toString('base64'), done: end >= full.length });
+    answer(sock, msg.id, {
+      id: a.id,
+      offset: a.offset,
+      bytes: sizeOf(asked.length),
+      data: full.subarray(a.offset, end).toString('base64'),
+      done: end >= full.length,
+    });
   });
   return { path, asked };
 }
@@ -231,7 +285,10 @@ Agent('fullReportBytes reads every page in order and returns the bytes as kept',
     const got = await conn.fullReportBytes(ID, 1000);
     assert.ok(got.json.equals(full));
     assert.is(got.pages, Math.ceil(full.length / 1000));
-    assert.equal(asked.map((a) => a.offset), Array.from({ length: got.pages }, (_, i) => i * 1000));
+    assert.equal(
+      asked.map((a) => a.offset),
+      Array.from({ length: got.pages }, (_, i) => i * 1000),
+    );
   } finally {
     conn.close();
   }
@@ -264,8 +321,14 @@ Agent('an agent without the report capability is told apart, with what to do', a
 
 Agent('a truncated answer names the command that fetches the rest; a whole one none', () => {
   const cut = { id: ID, truncated: { counts: { files: 3000 }, 'report-bytes': 1_400_000, detail: '' } };
-  assert.match(truncationNote(cut, 'serial:/run/vm/agent.sock')!, new RegExp(`files 3000.*1400000 bytes.*vmsubst report ${ID} --to serial:/run/vm/agent\\.sock$`));
-  assert.match(truncationNote(cut, 'vsock:3:5252', { diskSerial: 'd1' })!, /--to vsock:3:5252 --sign KEY --disk-serial d1$/);
+  assert.match(
+    truncationNote(cut, 'serial:/run/vm/agent.sock')!,
+    new RegExp(`files 3000.*1400000 bytes.*vmsubst report ${ID} --to serial:/run/vm/agent\\.sock$`),
+  );
+  assert.match(
+    truncationNote(cut, 'vsock:3:5252', { diskSerial: 'd1' })!,
+    /--to vsock:3:5252 --sign KEY --disk-serial d1$/,
+  );
   assert.is(truncationNote({ id: ID }, 'serial:/x'), undefined);
 });
 

@@ -8,10 +8,16 @@ import { TempDir } from './fixtures.js';
 
 type Handler = (cmd: { execute: string; arguments?: Record<string, unknown>; id?: unknown }, sock: Socket) => void;
 
-const GREETING = { QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: 'test' }, capabilities: ['oob'] } };
+const GREETING = {
+  QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: 'test' }, capabilities: ['oob'] },
+};
 
 /** A fake QMP server: greets (unless told not to), then hands each command to `handler`. */
-async function fakeQemu(dir: TempDir, handler: Handler, greet = true): Promise<{ path: string; server: Server; seen: string[] }> {
+async function fakeQemu(
+  dir: TempDir,
+  handler: Handler,
+  greet = true,
+): Promise<{ path: string; server: Server; seen: string[] }> {
   const path = dir.file(`qmp-${Math.random().toString(16).slice(2)}.sock`);
   const seen: string[] = [];
   const server = createServer((sock) => {
@@ -74,7 +80,9 @@ Qmp('replies are matched to commands by id, whatever their order', async () => {
 });
 
 Qmp('an error reply rejects with QmpError carrying class, desc and command', async () => {
-  const { qmp } = await connect((cmd, sock) => reply(sock, { error: { class: 'GenericError', desc: 'NBD server already running' }, id: cmd.id }));
+  const { qmp } = await connect((cmd, sock) =>
+    reply(sock, { error: { class: 'GenericError', desc: 'NBD server already running' }, id: cmd.id }),
+  );
   const err = await qmp.execute('nbd-server-start', {}).catch((e: unknown) => e);
   assert.instance(err, QmpError);
   const q = err as QmpError;
@@ -92,7 +100,10 @@ Qmp('events are emitted and never taken for replies', async () => {
   const events: QmpEvent[] = [];
   qmp.on('event', (e) => events.push(e));
   assert.equal(await qmp.execute('stop'), {});
-  assert.equal(events.map((e) => e.event), ['STOP']);
+  assert.equal(
+    events.map((e) => e.event),
+    ['STOP'],
+  );
 });
 
 Qmp('a closed connection rejects the pending command', async () => {

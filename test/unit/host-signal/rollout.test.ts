@@ -14,13 +14,25 @@ Fleet('defaults apply, relative paths are taken from the fleet file, addresses p
       defaults: { device: 'vblk0', disk: { serial: 'vmsubst-data' } },
       vms: [
         { name: 'web-1', qmp: 'vm1/qmp.sock', agent: 'serial:vm1/agent.sock' },
-        { name: 'web-2', qmp: '/run/vm2/qmp.sock', node: 'disk0', agent: 'hvsock:/run/vm2/v.sock:5252', policies: { 'elf-code-changed': 'pin' } },
+        {
+          name: 'web-2',
+          qmp: '/run/vm2/qmp.sock',
+          node: 'disk0',
+          agent: 'hvsock:/run/vm2/v.sock:5252',
+          policies: { 'elf-code-changed': 'pin' },
+        },
         { name: 'web-3', qmp: '/run/vm3/qmp.sock', agent: 'vsock:7:5252', customization: { hostname: 'web-3' } },
       ],
     },
     '/etc/fleets',
   );
-  assert.equal(f[0], { name: 'web-1', qmp: '/etc/fleets/vm1/qmp.sock', device: 'vblk0', disk: { serial: 'vmsubst-data' }, agent: { kind: 'serial', path: '/etc/fleets/vm1/agent.sock' } });
+  assert.equal(f[0], {
+    name: 'web-1',
+    qmp: '/etc/fleets/vm1/qmp.sock',
+    device: 'vblk0',
+    disk: { serial: 'vmsubst-data' },
+    agent: { kind: 'serial', path: '/etc/fleets/vm1/agent.sock' },
+  });
   assert.is(f[1]!.node, 'disk0');
   assert.is(f[1]!.device, undefined, "a VM's node overrides the default device");
   assert.equal(f[1]!.agent, { kind: 'hvsock', path: '/run/vm2/v.sock', port: 5252 });
@@ -40,13 +52,25 @@ Fleet('bad fleets are usage errors that say where', () => {
     [{ vms: [] }, /\/vms: must NOT have fewer than 1 items/],
     [{ vms: [{ name: 'a' }] }, /\/vms\/0: must have required property 'qmp'/],
     [{ vms: [{ name: 'a', qmp: '/q', colour: 'red' }] }, /unknown field 'colour'/],
-    [{ vms: [{ name: 'a', qmp: '/q' }, { name: 'a', qmp: '/r' }] }, /'a' appears twice/],
+    [
+      {
+        vms: [
+          { name: 'a', qmp: '/q' },
+          { name: 'a', qmp: '/r' },
+        ],
+      },
+      /'a' appears twice/,
+    ],
     [{ vms: [{ name: 'a', qmp: '/q', agent: 'tcp:1:2' }] }, /\/vms\/0\/agent: 'tcp:1:2': unknown agent address/],
     [{ vms: [{ name: 'a b', qmp: '/q' }] }, /\/vms\/0\/name/],
     [{ vms: [{ name: 'a', qmp: '/q', device: 'x', node: 'y' }] }, /device or node, not both/],
   ];
   for (const [value, re] of cases) {
-    assert.throws(() => fleetFromJson(value, '/'), (e: unknown) => e instanceof UsageError && re.test((e as Error).message), JSON.stringify(value));
+    assert.throws(
+      () => fleetFromJson(value, '/'),
+      (e: unknown) => e instanceof UsageError && re.test((e as Error).message),
+      JSON.stringify(value),
+    );
   }
 });
 
@@ -67,7 +91,13 @@ Fleet('loadFleet names the file in its errors', async () => {
 const State = suite('rollout: state file');
 
 const outcome = (name: string, status: VmOutcome['status'], id = 'a'.repeat(64)): VmOutcome => ({
-  name, status, id, agent: { told: true, resends: 0, retries: 0 }, reset: false, notes: [], elapsedMs: 1,
+  name,
+  status,
+  id,
+  agent: { told: true, resends: 0, retries: 0 },
+  reset: false,
+  notes: [],
+  elapsedMs: 1,
 });
 
 State('records outcomes, and a reopened state knows which VMs are done with which id', async () => {

@@ -37,20 +37,49 @@ let n = 0;
 
 async function bundle(extra: { hints?: boolean; older?: boolean } = {}): Promise<{ path: string; manifest: Manifest }> {
   const base = image(MiB);
-  const patched = patch(base, [[4096, 10], [409600, 8192]]);
+  const patched = patch(base, [
+    [4096, 10],
+    [409600, 8192],
+  ]);
   const d = await diffSources(bufferSource(base), bufferSource(patched));
   const path = tmp.file(`s${++n}.vsb`);
   const files = extra.hints
     ? [
-        { path: '/usr/bin/tool', filesystem: 0, inode: 12, elf: extra.older ? ('same-layout' as const) : ('code-unchanged' as const) },
-        { path: '/usr/lib/libx.so', filesystem: 0, inode: 13, elf: extra.older ? ('new-layout' as const) : ('code-changed' as const), 'elf-change': 'executable segment …' },
+        {
+          path: '/usr/bin/tool',
+          filesystem: 0,
+          inode: 12,
+          elf: extra.older ? ('same-layout' as const) : ('code-unchanged' as const),
+        },
+        {
+          path: '/usr/lib/libx.so',
+          filesystem: 0,
+          inode: 13,
+          elf: extra.older ? ('new-layout' as const) : ('code-changed' as const),
+          'elf-change': 'executable segment …',
+        },
         { path: '/etc/conf', filesystem: 0, inode: 14 },
       ]
     : [];
   const manifest = await writeBundle(
     path,
     {
-      base: { size: d.size, ...(extra.hints ? { filesystems: [{ type: 'ext4' as const, offset: 0, size: d.size, 'block-size': 4096, uuid: '6b1f3c1e-0000-4000-8000-00000000b002' }] } : {}) },
+      base: {
+        size: d.size,
+        ...(extra.hints
+          ? {
+              filesystems: [
+                {
+                  type: 'ext4' as const,
+                  offset: 0,
+                  size: d.size,
+                  'block-size': 4096,
+                  uuid: '6b1f3c1e-0000-4000-8000-00000000b002',
+                },
+              ],
+            }
+          : {}),
+      },
       blockSize: d.blockSize,
       ranges: d.ranges.map((r, i) => ({ ...r, files: extra.hints ? (i === 0 ? [0, 2] : [1]) : [] })),
       files,
@@ -91,7 +120,10 @@ Sign('signing keeps the id and the data offsets; the signature verifies with the
   try {
     assert.equal(checkManifestSignature(b.manifest, trusted), { status: 'valid', keyId: keyId(keys.publicKey) });
     assert.is(checkManifestSignature(b.manifest, new Map()).status, 'unverified');
-    assert.is(checkManifestSignature(b.manifest, new Map([[keyId(other.publicKey), other.publicKey]])).status, 'unverified');
+    assert.is(
+      checkManifestSignature(b.manifest, new Map([[keyId(other.publicKey), other.publicKey]])).status,
+      'unverified',
+    );
   } finally {
     await b.close();
   }
@@ -108,7 +140,10 @@ Sign('an altered manifest (id recomputed) no longer verifies and is refused', as
   try {
     const v = checkManifestSignature(b.manifest, trusted);
     assert.is(v.status, 'invalid');
-    assert.throws(() => requireTrustedSignature(b.manifest, trusted, path), (e: unknown) => e instanceof BundleError && /altered/.test(e.message));
+    assert.throws(
+      () => requireTrustedSignature(b.manifest, trusted, path),
+      (e: unknown) => e instanceof BundleError && /altered/.test(e.message),
+    );
   } finally {
     await b.close();
   }
@@ -233,24 +268,34 @@ Args("an older vmsubst's verdicts (same-layout, new-layout: code not compared) a
   ]);
 });
 
-Args('an agent without "elf-code" gets the older names: code-unchanged → same-layout (remapped there), code-changed → new-layout', async () => {
-  const { manifest } = await bundle({ hints: true });
-  const args = substituteArgs(manifest, { serial: 'vmsubst-data' }, { policies: { 'elf-code-changed': 'restart', 'elf-code-unchanged': 'pin', data: 'report' } });
-  const older = olderAgentArgs(args);
-  assert.equal(older.hints, [
-    { path: '/usr/bin/tool', elf: 'same-layout' },
-    { path: '/usr/lib/libx.so', elf: 'new-layout' },
-    { path: '/etc/conf' },
-  ]);
-  assert.equal(older.policies, { data: 'report', 'elf-same-layout': 'pin', 'elf-new-layout': 'restart' });
-  assert.ok(validateRequest.is({ execute: 'substitute', arguments: older, id: 1 }));
-});
+Args(
+  'an agent without "elf-code" gets the older names: code-unchanged → same-layout (remapped there), code-changed → new-layout',
+  async () => {
+    const { manifest } = await bundle({ hints: true });
+    const args = substituteArgs(
+      manifest,
+      { serial: 'vmsubst-data' },
+      { policies: { 'elf-code-changed': 'restart', 'elf-code-unchanged': 'pin', data: 'report' } },
+    );
+    const older = olderAgentArgs(args);
+    assert.equal(older.hints, [
+      { path: '/usr/bin/tool', elf: 'same-layout' },
+      { path: '/usr/lib/libx.so', elf: 'new-layout' },
+      { path: '/etc/conf' },
+    ]);
+    assert.equal(older.policies, { data: 'report', 'elf-same-layout': 'pin', 'elf-new-layout': 'restart' });
+    assert.ok(validateRequest.is({ execute: 'substitute', arguments: older, id: 1 }));
+  },
+);
 
 Args('a format 2 manifest holding a format 3 verdict is refused', async () => {
   const { manifest } = await bundle({ hints: true });
   const m = { ...manifest, format: 2 } as Manifest;
   const problems = manifestProblems({ ...m, id: manifestId(m) }, { size: Number.MAX_SAFE_INTEGER, dataStart: 0 });
-  assert.ok(problems.some((p) => /\/files\/0\/elf: code-unchanged is not part of format 2/.test(p)), problems.join('; '));
+  assert.ok(
+    problems.some((p) => /\/files\/0\/elf: code-unchanged is not part of format 2/.test(p)),
+    problems.join('; '),
+  );
 });
 
 Args('a bundle without hints sends none; its customization travels unless one is given', async () => {
@@ -258,7 +303,9 @@ Args('a bundle without hints sends none; its customization travels unless one is
   assert.is(substituteArgs(manifest, {}).hints, undefined);
   const withCustom = { ...manifest, customization: { hostname: 'from-bundle' } } as Manifest;
   assert.equal(substituteArgs(withCustom, {}).customization, { hostname: 'from-bundle' });
-  assert.equal(substituteArgs(withCustom, {}, { customization: { hostname: 'given' } }).customization, { hostname: 'given' });
+  assert.equal(substituteArgs(withCustom, {}, { customization: { hostname: 'given' } }).customization, {
+    hostname: 'given',
+  });
 });
 
 Args.after(() => tmp.remove());

@@ -80,7 +80,7 @@ test: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest
 	@mkdir -p build && rm -f build/debian-guest.rc && \
 	  ( $(MAKE) --no-print-directory debian-guest > build/debian-guest.log 2>&1; echo $$? > build/debian-guest.rc ) &
-	@rc=0; $(MAKE) -k --no-print-directory test-flavours test-unit test-integration test-qemu || rc=1; \
+	@rc=0; $(MAKE) -k --no-print-directory lint test-flavours test-unit test-integration test-qemu || rc=1; \
 	  while [ ! -f build/debian-guest.rc ]; do sleep 5; done; \
 	  if [ "$$(cat build/debian-guest.rc)" != 0 ]; then echo "the Debian guest image failed to build (build/debian-guest.log):"; tail -n 40 build/debian-guest.log; exit 1; fi; \
 	  $(MAKE) --no-print-directory test-packaging || rc=1; exit $$rc

@@ -1,0 +1,80 @@
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Journal, KEEP_IDS } from '../../../../agent/src/journal/journal.js';
+
+const J = suite('Journal');
+const C = { dir: '' };
+J.before.each(() => {
+  C.dir = mkdtempSync(join(tmpdir(), 'vmsubst-journal-'));
+});
+J.after.each(() => rmSync(C.dir, { recursive: true, force: true }));
+
+J('remembers a done substitution across reopen', () => {
+  const j = Journal.open(C.dir);
+  j.begin('a1', 'test');
+  j.done('a1', { files: [] });
+  j.close();
+  const k = Journal.open(C.dir);
+  assert.is(k.get('a1')?.state, 'done');
+  assert.equal(k.interrupted, []);
+  k.close();
+});
+
+J('reports a begin without an outcome as interrupted', () => {
+  const j = Journal.open(C.dir);
+  j.begin('b2', 'test');
+  j.close();
+  const k = Journal.open(C.dir);
+  assert.is(k.get('b2')?.state, 'interrupted');
+  assert.equal(k.interrupted, ['b2']);
+  k.close();
+});
+
+J('survives a torn last line', () => {
+  const j = Journal.open(C.dir);
+  j.begin('c3', 'test');
+  j.failed('c3', { class: 'VerifyMismatch', desc: 'x' });
+  j.close();
+  appendFileSync(join(C.dir, 'journal.jsonl'), '{"t":"2026-');
+  const k = Journal.open(C.dir);
+  assert.is(k.get('c3')?.state, 'failed');
+  k.close();
+});
+
+J('knows the latest entry, so only a retry of it is a replay', () => {
+  const j = Journal.open(C.dir);
+  j.done('ab', {});
+  assert.is(j.latest()?.id, 'ab');
+  j.done('ba', {});
+  assert.is(j.latest()?.id, 'ba');
+  assert.is.not(j.latest(), j.get('ab'));
+  j.close();
+});
+
+J('lists recent entries newest first', () => {
+  const j = Journal.open(C.dir);
+  for (const id of ['x', 'y', 'z']) j.done(id, {});
+  j.done('x', {});
+  assert.equal(
+    j.recent(3).map((e) => e.id),
+    ['x', 'z', 'y'],
+  );
+  j.close();
+});
+
+J('compacts to the newest ids, keeping their outcome', () => {
+  const j = Journal.open(C.dir);
+  for (let i = 0; i < 4 * KEEP_IDS; i++) j.done(`id${i}`, { n: i });
+  j.close();
+  const lines = readFileSync(join(C.dir, 'journal.jsonl'), 'utf8').trim().split('\n');
+  assert.is(lines.length, KEEP_IDS);
+  const k = Journal.open(C.dir);
+  assert.is(k.get('id0'), undefined);
+  assert.is(k.get(`id${4 * KEEP_IDS - 1}`)?.state, 'done');
+  k.close();
+});
+
+J.run();

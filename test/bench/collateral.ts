@@ -108,17 +108,15 @@ export const collateral: Benchmark = {
           const exec = versionOf(await vm.sh(VPROG));
           const inst = await vm.run('sleep 0.5; tail -n 1 /tmp/run.out');
           const reread = parseVmtouch(await vm.sh(`${VMTOUCH} -t ${FILES}`, 600_000));
-          samples
-            .get(m.name)!
-            .push({
-              untouched: after.resident,
-              total: after.total,
-              rereadMs: reread.ms,
-              touchedResident: touched.resident,
-              touchedTotal: touched.total,
-              exec,
-              instance: versionOf(inst.out),
-            });
+          samples.get(m.name)!.push({
+            untouched: after.resident,
+            total: after.total,
+            rereadMs: reread.ms,
+            touchedResident: touched.resident,
+            touchedTotal: touched.total,
+            exec,
+            instance: versionOf(inst.out),
+          });
           // Back to v1: stop the program, write the old blocks, drop what is cached of vprog.
           await vm.sh('P=$(cat /tmp/run.pid); kill $P; wait $P 2>/dev/null; true');
           await applyInto(vm, rev);

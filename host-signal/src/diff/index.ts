@@ -90,18 +90,16 @@ const HASH_READ = 4 << 20;
 const RETAIN_BYTES = 64 << 20;
 const SLAB_BYTES = 4 << 20;
 
-interface OpenRange {
-  offset: number;
-  length: number;
-  old: Hash;
-  new: Hash;
+/** The options of one diff, checked, with their defaults filled in. */
+interface Settings {
+  blockSize: number;
+  chunkSize: number;
+  maxRangeBytes: number;
+  maxRanges: number;
 }
 
-export async function diffSources(
-  base: BlockSource,
-  patched: BlockSource,
-  options: DiffOptions = {},
-): Promise<DiffResult> {
+/** Checks the options against each other and the two images against each other. */
+function settingsFor(base: BlockSource, patched: BlockSource, options: DiffOptions): Settings {
   const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const maxRangeBytes = options.maxRangeBytes ?? MAX_RANGE_BYTES;
@@ -123,38 +121,17 @@ export async function diffSources(
       'block substitution needs a patched image of exactly the base size; patch a copy of the base without resizing it',
     );
   }
+  return { blockSize, chunkSize, maxRangeBytes, maxRanges };
+}
 
+export async function diffSources(
+  base: BlockSource,
+  patched: BlockSource,
+  options: DiffOptions = {},
+): Promise<DiffResult> {
+  const settings = settingsFor(base, patched, options);
+  const { blockSize } = settings;
   const size = base.size;
-  const ranges: DiffRange[] = [];
-  let changedBytes = 0;
-  let open: OpenRange | undefined;
-
-  const close = (): void => {
-    if (!open) return;
-    ranges.push({
-      offset: open.offset,
-      length: open.length,
-      oldSha256: open.old.digest('hex'),
-      newSha256: open.new.digest('hex'),
-    });
-    open = undefined;
-    if (ranges.length > maxRanges) {
-      throw tooScattered(maxRanges);
-    }
-  };
-
-  const changed = (offset: number, a: Buffer, b: Buffer): void => {
-    changedBytes += a.length;
-    if (open && open.offset + open.length === offset && open.length + a.length <= maxRangeBytes) {
-      open.length += a.length;
-    } else {
-      close();
-      open = { offset, length: a.length, old: createHash('sha256'), new: createHash('sha256') };
-    }
-    open.old.update(a);
-    open.new.update(b);
-  };
-
   // The chunks to read: the union of both images' data, block aligned.
   const union = mergeSegments([await segmentsOf(base), await segmentsOf(patched)], blockSize, size);
   const readBytes = union.reduce((n, [, l]) => n + l, 0);
@@ -165,16 +142,73 @@ export async function diffSources(
   const withStatus = (result: DiffResult): DiffResult =>
     status ? Object.defineProperty(result, 'native', { value: status, enumerable: false }) : result;
   if (native && blockSize <= native.blockMax) {
-    const found = await diffNative(native, base, patched, union, blockSize, maxRangeBytes, maxRanges, (d) =>
-      options.onProgress?.(d, readBytes),
-    );
+    const found = await diffNative(native, base, patched, union, settings, (d) => options.onProgress?.(d, readBytes));
     options.onProgress?.(readBytes, readBytes);
     const result: DiffResult = { size, blockSize, ranges: found.ranges, changedBytes: found.changedBytes, readBytes };
     if (found.newData) Object.defineProperty(result, 'newData', { value: found.newData, enumerable: false });
     return withStatus(result);
   }
+  const found = await diffInJs(base, patched, union, settings, options.onProgress);
+  return withStatus({ size, blockSize, ranges: found.ranges, changedBytes: found.changedBytes, readBytes });
+}
 
-  // Two buffer pairs: one being compared, one being filled.
+/**
+ * Runs of changed blocks into ranges: a run grows while the blocks abut and
+ * the range stays under the cap, each range hashing its old and new bytes.
+ */
+class RangeBuilder {
+  readonly ranges: DiffRange[] = [];
+  changedBytes = 0;
+  #open: { offset: number; length: number; old: Hash; new: Hash } | undefined;
+
+  constructor(
+    private readonly maxRangeBytes: number,
+    private readonly maxRanges: number,
+  ) {}
+
+  /** The blocks at `offset` differ: `a` is the old content, `b` the new. */
+  changed(offset: number, a: Buffer, b: Buffer): void {
+    this.changedBytes += a.length;
+    const open = this.#open;
+    if (open && open.offset + open.length === offset && open.length + a.length <= this.maxRangeBytes) {
+      open.length += a.length;
+    } else {
+      this.close();
+      this.#open = { offset, length: a.length, old: createHash('sha256'), new: createHash('sha256') };
+    }
+    this.#open!.old.update(a);
+    this.#open!.new.update(b);
+  }
+
+  /** Equal bytes (or a common hole) come next: the open range, if any, ends. */
+  close(): void {
+    const open = this.#open;
+    if (!open) return;
+    this.ranges.push({
+      offset: open.offset,
+      length: open.length,
+      oldSha256: open.old.digest('hex'),
+      newSha256: open.new.digest('hex'),
+    });
+    this.#open = undefined;
+    if (this.ranges.length > this.maxRanges) throw tooScattered(this.maxRanges);
+  }
+}
+
+/**
+ * The JavaScript comparison: chunk by chunk through two buffer pairs, the
+ * next pair read while the current one is compared; an equal chunk costs one
+ * memcmp, a different one is compared block by block.
+ */
+async function diffInJs(
+  base: BlockSource,
+  patched: BlockSource,
+  union: readonly [number, number][],
+  { blockSize, chunkSize, maxRangeBytes, maxRanges }: Settings,
+  onProgress: Progress | undefined,
+): Promise<{ ranges: DiffRange[]; changedBytes: number }> {
+  const size = base.size;
+  const builder = new RangeBuilder(maxRangeBytes, maxRanges);
   const pairs = [0, 1].map(() => [Buffer.allocUnsafe(chunkSize), Buffer.allocUnsafe(chunkSize)] as const);
   const chunks: [number, number][] = [];
   for (const [start, length] of union) {
@@ -205,139 +239,195 @@ export async function diffSources(
     next?.catch(() => undefined);
     slot ^= 1;
     // A hole common to both images lies between: equal, so it ends any open range.
-    if (position !== previousEnd) close();
+    if (position !== previousEnd) builder.close();
     previousEnd = position + length;
-
-    if (a.equals(b)) {
-      close();
-    } else {
-      for (let o = 0; o < a.length; o += blockSize) {
-        const end = Math.min(o + blockSize, a.length);
-        const blockA = a.subarray(o, end);
-        const blockB = b.subarray(o, end);
-        if (blockA.equals(blockB)) close();
-        else changed(position + o, blockA, blockB);
-      }
-    }
-    options.onProgress?.(position + length, size);
+    compareChunk(builder, position, a, b, blockSize);
+    onProgress?.(position + length, size);
   }
-  close();
-  if (previousEnd < size || size === 0) options.onProgress?.(size, size);
-  return withStatus({ size, blockSize, ranges, changedBytes, readBytes });
+  builder.close();
+  if (previousEnd < size || size === 0) onProgress?.(size, size);
+  return { ranges: builder.ranges, changedBytes: builder.changedBytes };
+}
+
+/** One chunk pair: equal as a whole (one memcmp), else block by block. */
+function compareChunk(builder: RangeBuilder, position: number, a: Buffer, b: Buffer, blockSize: number): void {
+  if (a.equals(b)) {
+    builder.close();
+    return;
+  }
+  for (let o = 0; o < a.length; o += blockSize) {
+    const end = Math.min(o + blockSize, a.length);
+    const blockA = a.subarray(o, end);
+    const blockB = b.subarray(o, end);
+    if (blockA.equals(blockB)) builder.close();
+    else builder.changed(position + o, blockA, blockB);
+  }
 }
 
 /**
  * The native comparison: the union of data segments is cut into jobs of at
- * most NATIVE_SPAN bytes, NATIVE_JOBS compared at once on the thread pool.
- * The main thread takes the jobs' runs in order while the later jobs are
- * still being compared: merges runs that abut across a job boundary, cuts
- * them at maxRangeBytes and hashes each range, reading both files again
- * (synchronously: the blocks were just read and come from the page cache).
- * The new bytes are kept, up to RETAIN_BYTES in all, for the bundle writer.
+ * most NATIVE_SPAN bytes, NATIVE_JOBS compared at once on the thread pool
+ * (nativeJobs). The main thread takes the jobs' runs in order while the later
+ * jobs are still being compared: merges runs that abut across a job boundary,
+ * cuts them at maxRangeBytes and hashes each range (NativeRanges).
  */
 async function diffNative(
   native: NativeDiff,
   base: BlockSource,
   patched: BlockSource,
   union: readonly [number, number][],
-  blockSize: number,
-  maxRangeBytes: number,
-  maxRanges: number,
+  { blockSize, maxRangeBytes, maxRanges }: Settings,
   onProgress: (done: number) => void,
 ): Promise<{ ranges: DiffRange[]; changedBytes: number; newData?: Buffer[] }> {
   const jobs: [number, number][] = [];
   for (const [start, length] of union) {
     for (let p = start; p < start + length; p += NATIVE_SPAN) jobs.push([p, Math.min(NATIVE_SPAN, start + length - p)]);
   }
-  const results = jobs.map(() => {
-    let settle!: { resolve: (runs: Float64Array) => void; reject: (e: unknown) => void };
-    const promise = new Promise<Float64Array>((resolve, reject) => (settle = { resolve, reject }));
-    promise.catch(() => undefined); // awaited in order below; a later job's failure must not go unhandled meanwhile
-    return { promise, ...settle };
+  const compared = nativeJobs(jobs, (offset, length) => compareJob(native, base, patched, offset, length, blockSize));
+  const out = new NativeRanges(base.fd!, patched.fd!, maxRangeBytes, maxRanges);
+  let done = 0;
+  try {
+    for (let i = 0; i < jobs.length; i++) {
+      const runs = await compared.results[i]!;
+      for (let k = 0; k < runs.length; k += 2) out.run(runs[k]!, runs[k + 1]!);
+      done += jobs[i]![1];
+      onProgress(done);
+    }
+    out.flush();
+  } finally {
+    await compared.stop();
+  }
+  return out.result();
+}
+
+/** One job of the native comparison: the changed runs of [offset, offset + length), as offset/length pairs. */
+async function compareJob(
+  native: NativeDiff,
+  base: BlockSource,
+  patched: BlockSource,
+  offset: number,
+  length: number,
+  blockSize: number,
+): Promise<Float64Array> {
+  // Only the image's last block can be partial (its size is not a multiple of the block size): compared here.
+  const whole = length - (length % blockSize);
+  let runs: Float64Array;
+  try {
+    runs = await native.compareSpan(base.fd!, patched.fd!, offset, whole, blockSize);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'EIO' && /short read/.test((e as Error).message)) {
+      throw shrank(offset);
+    }
+    throw e;
+  }
+  if (whole < length) {
+    const [a, b] = await Promise.all([
+      readTail(base, offset + whole, length - whole),
+      readTail(patched, offset + whole, length - whole),
+    ]);
+    if (!a.equals(b)) runs = Float64Array.from([...runs, offset + whole, length - whole]);
+  }
+  return runs;
+}
+
+/**
+ * Runs `work` over the jobs, NATIVE_JOBS at a time, in order of start; each
+ * job's result is a promise awaited in order by the caller. After a failure
+ * no further job starts and every later result rejects with it. `stop()`
+ * starts no more jobs and waits for those running.
+ */
+function nativeJobs<T>(
+  jobs: readonly [number, number][],
+  work: (offset: number, length: number) => Promise<T>,
+): { results: Promise<T>[]; stop(): Promise<void> } {
+  const settles: { resolve: (v: T) => void; reject: (e: unknown) => void }[] = [];
+  const results = jobs.map((_, i) => {
+    const promise = new Promise<T>((resolve, reject) => (settles[i] = { resolve, reject }));
+    promise.catch(() => undefined); // awaited in order; a later job's failure must not go unhandled meanwhile
+    return promise;
   });
   let next = 0;
-  let failed = false;
-  let done = 0;
-  const compareJob = async (i: number): Promise<Float64Array> => {
-    const [offset, length] = jobs[i]!;
-    // Only the image's last block can be partial (its size is not a multiple of the block size): compared here.
-    const whole = length - (length % blockSize);
-    let runs: Float64Array;
-    try {
-      runs = await native.compareSpan(base.fd!, patched.fd!, offset, whole, blockSize);
-    } catch (e) {
-      if ((e as { code?: string }).code === 'EIO' && /short read/.test((e as Error).message)) {
-        throw shrank(offset);
-      }
-      throw e;
-    }
-    if (whole < length) {
-      const [a, b] = await Promise.all([
-        readTail(base, offset + whole, length - whole),
-        readTail(patched, offset + whole, length - whole),
-      ]);
-      if (!a.equals(b)) runs = Float64Array.from([...runs, offset + whole, length - whole]);
-    }
-    return runs;
-  };
+  let stopped = false;
   const worker = async (): Promise<void> => {
-    while (next < jobs.length && !failed) {
+    while (next < jobs.length && !stopped) {
       const i = next++;
       try {
-        results[i]!.resolve(await compareJob(i));
+        settles[i]!.resolve(await work(...jobs[i]!));
       } catch (e) {
-        failed = true;
-        results[i]!.reject(e);
-        for (let k = next; k < jobs.length; k++) results[k]!.reject(e);
+        stopped = true;
+        for (let k = i; k < jobs.length; k++) settles[k]!.reject(e);
         next = jobs.length;
       }
     }
   };
   const workers = Promise.all(Array.from({ length: Math.min(NATIVE_JOBS, jobs.length) }, worker));
-
-  const ranges: DiffRange[] = [];
-  let changedBytes = 0;
-  let newData: Buffer[] | undefined = [];
-  const retained = new Retained();
-  const scratch = Buffer.allocUnsafe(HASH_READ);
-  const emit = (offset: number, length: number): void => {
-    for (let p = 0; p < length; p += maxRangeBytes) {
-      if (ranges.length === maxRanges) {
-        throw tooScattered(maxRanges);
-      }
-      const r = { offset: offset + p, length: Math.min(maxRangeBytes, length - p) };
-      const keep = newData !== undefined ? retained.take(r.length) : undefined;
-      if (keep === undefined) newData = undefined;
-      const hashes = hashRange(base.fd!, patched.fd!, r.offset, r.length, scratch, keep);
-      ranges.push({ ...r, oldSha256: hashes.old, newSha256: hashes.new });
-      changedBytes += r.length;
-      newData?.push(hashes.data!);
-    }
+  return {
+    results,
+    async stop() {
+      stopped = true;
+      await workers;
+    },
   };
-  // The last run seen; it may go on in the next job.
-  let open: [number, number] | undefined;
-  try {
-    for (let i = 0; i < jobs.length; i++) {
-      const runs = await results[i]!.promise;
-      for (let k = 0; k < runs.length; k += 2) {
-        const offset = runs[k]!;
-        const length = runs[k + 1]!;
-        if (open && open[0] + open[1] === offset) {
-          open[1] += length;
-          continue;
-        }
-        if (open) emit(open[0], open[1]);
-        open = [offset, length];
-      }
-      done += jobs[i]![1];
-      onProgress(done);
+}
+
+/**
+ * The native comparison's runs into ranges: abutting runs merge (they may
+ * continue across a job boundary), each range is cut at the cap and hashed by
+ * reading both files again (synchronously: the blocks were just read and come
+ * from the page cache). The new bytes are kept, up to RETAIN_BYTES in all, for
+ * the bundle writer.
+ */
+class NativeRanges {
+  readonly #ranges: DiffRange[] = [];
+  #changedBytes = 0;
+  #newData: Buffer[] | undefined = [];
+  readonly #retained = new Retained();
+  readonly #scratch = Buffer.allocUnsafe(HASH_READ);
+  /** The last run seen; it may go on in the next job. */
+  #open: [number, number] | undefined;
+
+  constructor(
+    private readonly fdA: number,
+    private readonly fdB: number,
+    private readonly maxRangeBytes: number,
+    private readonly maxRanges: number,
+  ) {}
+
+  run(offset: number, length: number): void {
+    const open = this.#open;
+    if (open && open[0] + open[1] === offset) {
+      open[1] += length;
+      return;
     }
-    if (open) emit(open[0], open[1]);
-  } finally {
-    failed = true;
-    await workers;
+    if (open) this.#emit(open[0], open[1]);
+    this.#open = [offset, length];
   }
-  return { ranges, changedBytes, ...(newData ? { newData } : {}) };
+
+  flush(): void {
+    if (this.#open) this.#emit(this.#open[0], this.#open[1]);
+    this.#open = undefined;
+  }
+
+  result(): { ranges: DiffRange[]; changedBytes: number; newData?: Buffer[] } {
+    return {
+      ranges: this.#ranges,
+      changedBytes: this.#changedBytes,
+      ...(this.#newData ? { newData: this.#newData } : {}),
+    };
+  }
+
+  #emit(offset: number, length: number): void {
+    for (let p = 0; p < length; p += this.maxRangeBytes) {
+      if (this.#ranges.length === this.maxRanges) throw tooScattered(this.maxRanges);
+      const r = { offset: offset + p, length: Math.min(this.maxRangeBytes, length - p) };
+      const keep = this.#newData !== undefined ? this.#retained.take(r.length) : undefined;
+      if (keep === undefined) this.#newData = undefined;
+      const hashes = hashRange(this.fdA, this.fdB, r.offset, r.length, this.#scratch, keep);
+      this.#ranges.push({ ...r, oldSha256: hashes.old, newSha256: hashes.new });
+      this.#changedBytes += r.length;
+      this.#newData?.push(hashes.data!);
+    }
+  }
 }
 
 /**

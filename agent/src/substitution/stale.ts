@@ -18,6 +18,8 @@ import { restartableUnit } from './plan.js';
 import type { FileHint } from '@vmsubst/common/protocol/schema';
 import type { FileHit } from '../pedigree/index.js';
 import { keyOf } from '../proc/mappers.js';
+import { readMounts, type Mount } from '../pedigree/mounts.js';
+import { overlayLowers } from './overlay.js';
 
 /** Mappings that are not files a program runs from: shared memory, memfd, SysV segments, devices. */
 const NOT_FILES = [/^\/dev\//, /^\/memfd:/, /^\/SYSV/, /^\/\[/, /^\/proc\//, /^\/sys\//];
@@ -71,6 +73,18 @@ export async function staleProcesses(entries: readonly JournalEntry[], procRoot 
     }
     return atPath.get(path)!;
   };
+  const underneath = overlayResolver(await readMounts(procRoot).catch(() => [] as Mount[]));
+  /** Whether `path` holds the inode a mapping names: itself, or the lower file an overlay shows there. */
+  const holds = async (path: string, f: { dev: string; ino: string }): Promise<boolean> => {
+    const now = await current(path);
+    if (now !== null && now.dev === f.dev && now.ino === f.ino) return true;
+    // A file opened through an overlay is mapped as its real (lower) file: the maps line has the lower
+    // filesystem's device, while stat() of the overlay path answers with the overlay's.
+    const lower = await underneath(path);
+    if (lower === undefined) return false;
+    const real = await current(lower);
+    return real !== null && real.dev === f.dev && real.ino === f.ino;
+  };
   let processes = 0;
   const self = procRoot === '/proc' ? String(process.pid) : '';
   for (const name of await readdir(procRoot).catch(() => [] as string[])) {
@@ -94,8 +108,7 @@ export async function staleProcesses(entries: readonly JournalEntry[], procRoot 
     }
     for (const [k, f] of files) {
       const path = k.slice(0, k.indexOf('\0'));
-      const now = f.deleted ? null : await current(path);
-      if (f.deleted || now === null || now.dev !== f.dev || now.ino !== f.ino) {
+      if (f.deleted || !(await holds(path, f))) {
         add({ pid, comm: await commOf(), file: path, why: 'old-inode' });
         continue;
       }
@@ -122,6 +135,34 @@ export async function staleProcesses(entries: readonly JournalEntry[], procRoot 
     });
   }
   return { processes: withUnits, sources: { substitutions: recent.length, processes } };
+}
+
+/**
+ * For a path on an overlay mount that was not copied up (or created) in the upper layer: the file of
+ * the topmost lower layer that has it, else undefined. Paths on other mounts give undefined.
+ */
+function overlayResolver(mounts: readonly Mount[]): (path: string) => Promise<string | undefined> {
+  const within = (path: string, dir: string): boolean => path === dir || path.startsWith(dir === '/' ? '/' : dir + '/');
+  const exists = (p: string): Promise<boolean> =>
+    stat(p).then(
+      () => true,
+      () => false,
+    );
+  return async (path) => {
+    // The mount that holds the path: the last of the longest mount points (mounted over the others).
+    let mount: Mount | undefined;
+    for (const m of mounts)
+      if (within(path, m.mountPoint) && (!mount || m.mountPoint.length >= mount.mountPoint.length)) mount = m;
+    if (!mount || mount.fsType !== 'overlay') return undefined;
+    const rest = path.slice(mount.mountPoint.length).replace(/^\/+/, '');
+    const upper = mount.superOptions?.find((o) => o.startsWith('upperdir='))?.slice('upperdir='.length);
+    if (upper !== undefined && (await exists(join(upper, rest)))) return undefined;
+    for (const { lower } of overlayLowers([mount], () => true)) {
+      const candidate = join(lower, rest);
+      if (await exists(candidate)) return candidate;
+    }
+    return undefined;
+  };
 }
 
 /**

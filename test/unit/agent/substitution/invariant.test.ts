@@ -187,5 +187,43 @@ S('stale over a fake /proc: pinned from the journal, old inode, mixed under repo
   assert.is(r.sources.processes, 4);
 });
 
+S(
+  'stale through an overlay: a file mapped from the lower layer is current there; one copied up or replaced is not',
+  async () => {
+    const proc = join(dir, 'proc-ovl');
+    const [ovl, lower, upper] = ['ovl', 'lower', 'upper'].map((n) => join(dir, n, 'bin'));
+    for (const d of [ovl, lower, upper]) mkdirSync(d!, { recursive: true });
+    // The overlay's own view (a stat of it answers with the overlay's device), and the layers under it.
+    for (const n of ['x', 'y', 'z']) writeFileSync(join(ovl!, n), `view ${n}`);
+    for (const n of ['x', 'y', 'z']) writeFileSync(join(lower!, n), `lower ${n}`);
+    writeFileSync(join(upper!, 'y'), 'copied up');
+    const lowerOf = (n: string) => statSync(join(lower!, n));
+    const dev = devToMapsField(Number(lowerOf('x').dev));
+    mkdirSync(join(proc, 'self'), { recursive: true });
+    writeFileSync(
+      join(proc, 'self', 'mountinfo'),
+      `40 1 0:99 / ${join(dir, 'ovl')} ro,relatime - overlay overlay rw,lowerdir=${join(dir, 'lower')},` +
+        `upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}\n`,
+    );
+    const mk = (pid: number, n: string, ino: number | bigint): void => {
+      mkdirSync(join(proc, String(pid)), { recursive: true });
+      writeFileSync(
+        join(proc, String(pid), 'maps'),
+        `00400000-00401000 r-xp 00000000 ${dev} ${ino}   ${join(ovl!, n)}\n`,
+      );
+      writeFileSync(join(proc, String(pid), 'comm'), `p${n}\n`);
+      writeFileSync(join(proc, String(pid), 'cgroup'), '0::/\n');
+    };
+    mk(20, 'x', lowerOf('x').ino); // maps the lower file the overlay still shows
+    mk(21, 'y', lowerOf('y').ino); // maps the lower file, but the overlay now shows the copied-up one
+    mk(22, 'z', 999999); // maps a lower inode no longer at that path
+    const r = await staleProcesses([], proc);
+    assert.equal(
+      r.processes.map((p) => `${p.pid} ${p.why} ${p.file.slice(ovl!.length)}`),
+      ['21 old-inode /y', '22 old-inode /z'],
+    );
+  },
+);
+
 R.run();
 S.run();

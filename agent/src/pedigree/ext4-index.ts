@@ -18,13 +18,13 @@ import { lstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseDirBlock, readExt4Layout, type Ext4Layout, type Reader } from '@vmsubst/common/pedigree/ext4';
 import type { Mount } from './mounts.js';
+import { AgentError } from '../errors.js';
 import { MAX_FILES, type IndexedFile } from './walk.js';
 
-export class RawIndexError extends Error {
-  readonly code = 'E_VMSUBST_RAW_INDEX';
+/** The raw build cannot read this filesystem's metadata; the caller falls back to the FIEMAP walk. */
+export class RawIndexError extends AgentError {
   constructor(message: string) {
-    super(message);
-    this.name = 'RawIndexError';
+    super('E_VMSUBST_RAW_INDEX', message, 'the index is built by walking the mount instead (slower, same result)');
   }
 }
 

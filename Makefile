@@ -91,6 +91,7 @@ lint:
 	node_modules/.bin/eslint --max-warnings 0 common/src agent/src host-signal/src test
 	node_modules/.bin/prettier --check --log-level warn 'common/src/**/*.ts' 'agent/src/**/*.ts' 'host-signal/src/**/*.ts' 'test/**/*.ts'
 	@$(MAKE) --no-print-directory -C kmod format-check
+	clang-format --dry-run --Werror agent/native/*.[ch] host-signal/native/*.[ch]
 
 test-flavours:
 	@$(MAKE) --no-print-directory -C kmod check-flavours

@@ -75,7 +75,7 @@ int vs_read_direct(const char *path, uint64_t offset, size_t length,
 			return err;
 		}
 		if (n == 0)
-			break;	/* end of file or device */
+			break; /* end of file or device */
 		done += (size_t)n;
 		/* A partial block means end of file; the next pread would be
 		 * unaligned and fail with EINVAL rather than return 0. */
@@ -87,6 +87,7 @@ int vs_read_direct(const char *path, uint64_t offset, size_t length,
 	out->base = base;
 	out->skip = (size_t)(offset - span_start);
 	if (done > out->skip)
-		out->got = done - out->skip < length ? done - out->skip : length;
+		out->got = done - out->skip < length ? done - out->skip :
+						       length;
 	return 0;
 }

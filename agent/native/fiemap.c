@@ -77,7 +77,8 @@ int vs_fiemap(int fd, vs_extent_cb cb, void *ctx)
 	if (!fm)
 		return -ENOMEM;
 	/* SYNC on every batch: delayed allocations get their blocks. */
-	ret = vs_fiemap_batched(fd, FIEMAP_FLAG_SYNC, fm, VS_FIEMAP_BATCH, cb, ctx);
+	ret = vs_fiemap_batched(fd, FIEMAP_FLAG_SYNC, fm, VS_FIEMAP_BATCH, cb,
+				ctx);
 	free(fm);
 	return ret;
 }

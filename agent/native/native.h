@@ -134,22 +134,23 @@ int vs_fiemap_batched(int fd, uint32_t flags, struct fiemap *fm, uint32_t batch,
  */
 
 enum vs_walk_kind {
-	VS_WALK_ENTRY = 0,	/* only a name → inode entry of its directory */
-	VS_WALK_FILE = 1,	/* a mapped regular file (and its entry) */
-	VS_WALK_DIR = 2,	/* a mapped directory (and its entry, unless the root) */
+	VS_WALK_ENTRY = 0, /* only a name → inode entry of its directory */
+	VS_WALK_FILE = 1,  /* a mapped regular file (and its entry) */
+	VS_WALK_DIR =
+		2, /* a mapped directory (and its entry, unless the root) */
 };
 
-#define VS_WALK_NO_PARENT UINT32_MAX
+#define VS_WALK_NO_PARENT   UINT32_MAX
 #define VS_WALK_MAX_THREADS 8u
 
 struct vs_walk_record {
 	uint64_t ino;
 	uint64_t size;
 	int64_t ctime_ns;
-	uint32_t kind;		/* enum vs_walk_kind */
-	uint32_t parent;	/* directory number of the directory holding it */
-	uint32_t extents;	/* extents of this record, next in the chunk's extent array */
-	uint32_t name_len;	/* bytes of the name, next in the chunk's names (NUL after each) */
+	uint32_t kind;	 /* enum vs_walk_kind */
+	uint32_t parent; /* directory number of the directory holding it */
+	uint32_t extents; /* extents of this record, next in the chunk's extent array */
+	uint32_t name_len; /* bytes of the name, next in the chunk's names (NUL after each) */
 };
 
 /* vs_walk_open flags. */
@@ -157,7 +158,7 @@ struct vs_walk_record {
 #define VS_WALK_F_NO_DIR_FIEMAP 0x1u
 /* Every file is mapped with FIEMAP_FLAG_SYNC (XFS: delayed allocations get their blocks first). */
 #define VS_WALK_F_SYNC 0x2u
-#define VS_WALK_F_ALL (VS_WALK_F_NO_DIR_FIEMAP | VS_WALK_F_SYNC)
+#define VS_WALK_F_ALL  (VS_WALK_F_NO_DIR_FIEMAP | VS_WALK_F_SYNC)
 
 /* vs_walk_extent flags. */
 /* FIEMAP_EXTENT_SHARED: the blocks are shared with another file (reflink) or snapshot. */
@@ -167,7 +168,7 @@ struct vs_walk_extent {
 	uint64_t physical;
 	uint64_t logical;
 	uint64_t length;
-	uint32_t flags;		/* VS_WALK_EXTENT_* */
+	uint32_t flags; /* VS_WALK_EXTENT_* */
 	uint32_t pad;
 };
 
@@ -195,8 +196,8 @@ struct vs_walk;
  * using up to threads (1..VS_WALK_MAX_THREADS) threads per step, with
  * flags VS_WALK_F_*. 0 with *out set, -EINVAL for an unknown flag, or -ENOMEM.
  */
-int vs_walk_open(const char *root, uint64_t dev, uint64_t max_entries, unsigned threads,
-		 unsigned flags, struct vs_walk **out);
+int vs_walk_open(const char *root, uint64_t dev, uint64_t max_entries,
+		 unsigned threads, unsigned flags, struct vs_walk **out);
 
 /*
  * Walks on until chunk holds about max_records records or the tree ends;
@@ -204,7 +205,8 @@ int vs_walk_open(const char *root, uint64_t dev, uint64_t max_entries, unsigned 
  * 0 when the walk is complete, -E2BIG past max_entries, -ENOMEM, or the
  * -errno of pthread_create. One thread at a time may step a given walk.
  */
-int vs_walk_next(struct vs_walk *w, struct vs_walk_chunk *chunk, size_t max_records);
+int vs_walk_next(struct vs_walk *w, struct vs_walk_chunk *chunk,
+		 size_t max_records);
 
 /* Directory entries seen so far (max_entries bounds it). */
 uint64_t vs_walk_seen(const struct vs_walk *w);
@@ -213,7 +215,6 @@ uint64_t vs_walk_seen(const struct vs_walk *w);
 void vs_walk_close(struct vs_walk *w);
 void vs_walk_chunk_free(struct vs_walk_chunk *chunk);
 
-
 /* ---- direct_io.c: O_DIRECT reads ------------------------------------------ */
 
 /* Alignment of O_DIRECT reads: offset, length and memory. 4096 covers both
@@ -221,9 +222,9 @@ void vs_walk_chunk_free(struct vs_walk_chunk *chunk);
 #define VS_DIRECT_ALIGN 4096u
 
 struct vs_direct_read {
-	void *base;	/* posix_memalign()ed; free() it; NULL if nothing read */
-	size_t skip;	/* offset of the first requested byte in base */
-	size_t got;	/* requested bytes that were read (< length: short read) */
+	void *base;  /* posix_memalign()ed; free() it; NULL if nothing read */
+	size_t skip; /* offset of the first requested byte in base */
+	size_t got;  /* requested bytes that were read (< length: short read) */
 };
 
 /*

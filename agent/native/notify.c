@@ -34,7 +34,8 @@ int vs_sd_notify(const char *socket_path, const char *message, size_t len)
 	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	n = sendto(fd, message, len, MSG_NOSIGNAL, (struct sockaddr *)&addr, alen);
+	n = sendto(fd, message, len, MSG_NOSIGNAL, (struct sockaddr *)&addr,
+		   alen);
 	if (n < 0)
 		err = -errno;
 	else if ((size_t)n != len)

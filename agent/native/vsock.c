@@ -29,7 +29,8 @@ void vs_vsock_sockaddr(struct sockaddr_vm *sa, uint32_t cid, uint32_t port)
 
 int vs_vsock_socket(void)
 {
-	int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd =
+		socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
 	return fd < 0 ? -errno : fd;
 }
@@ -47,8 +48,8 @@ static int vs_vsock_name(int fd, struct vs_vsock_addr *addr, int peer)
 	int ret;
 
 	memset(&sa, 0, sizeof(sa));
-	ret = peer ? getpeername(fd, (struct sockaddr *)&sa, &len)
-		   : getsockname(fd, (struct sockaddr *)&sa, &len);
+	ret = peer ? getpeername(fd, (struct sockaddr *)&sa, &len) :
+		     getsockname(fd, (struct sockaddr *)&sa, &len);
 	if (ret < 0)
 		return -errno;
 	if (sa.svm_family != AF_VSOCK)

@@ -41,13 +41,15 @@
 
 /* Extents per FIEMAP call: nearly every file fits in one call. */
 #define VS_WALK_FIEMAP_BATCH 512u
-#define VS_NOT_ON_DISK \
-	(FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_DATA_INLINE)
-#define VS_OPEN_FLAGS (O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+#define VS_NOT_ON_DISK                                    \
+	(FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | \
+	 FIEMAP_EXTENT_DATA_INLINE)
+#define VS_OPEN_FLAGS \
+	(O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
 /* Directories one step may hold open. */
 #define VS_WALK_STEP_DIRS 256u
 /* Tasks a thread claims at a time, and the fewest tasks worth another thread. */
-#define VS_WALK_CLAIM 32u
+#define VS_WALK_CLAIM		 32u
 #define VS_WALK_TASKS_PER_THREAD 256u
 
 enum { VS_ITEM_SKIP = 255 };
@@ -62,15 +64,15 @@ struct vs_walk_item {
 	uint64_t ino;
 	uint64_t size;
 	int64_t ctime_ns;
-	uint32_t dir;		/* the open directory (w->open) a task is relative to */
-	uint32_t parent;	/* directory number of the directory holding it */
-	uint32_t name_off;	/* in w->names */
+	uint32_t dir; /* the open directory (w->open) a task is relative to */
+	uint32_t parent;   /* directory number of the directory holding it */
+	uint32_t name_off; /* in w->names */
 	uint32_t name_len;
-	uint32_t ext_start;	/* in the extents of worker `worker` */
+	uint32_t ext_start; /* in the extents of worker `worker` */
 	uint32_t ext_count;
 	uint8_t worker;
-	uint8_t task;		/* 0: complete; else the d_type to map in phase 2 */
-	uint8_t kind;		/* enum vs_walk_kind or VS_ITEM_SKIP */
+	uint8_t task; /* 0: complete; else the d_type to map in phase 2 */
+	uint8_t kind; /* enum vs_walk_kind or VS_ITEM_SKIP */
 };
 
 struct vs_walk_worker {
@@ -84,8 +86,8 @@ struct vs_walk_worker {
 
 struct vs_walk_pending {
 	char *path;
-	uint32_t parent;	/* directory number of the directory holding it */
-	uint32_t name_off;	/* where its name starts in path */
+	uint32_t parent;   /* directory number of the directory holding it */
+	uint32_t name_off; /* where its name starts in path */
 };
 
 struct vs_walk {
@@ -94,7 +96,7 @@ struct vs_walk {
 	uint64_t seen;
 	uint32_t next_dir;
 	unsigned threads;
-	unsigned flags;		/* VS_WALK_F_* */
+	unsigned flags; /* VS_WALK_F_* */
 	/* Cleared after an EPERM from O_NOATIME (not the owner, no CAP_FOWNER). Atomic. */
 	bool noatime;
 
@@ -119,7 +121,7 @@ struct vs_walk {
 	size_t nr_items, items_cap, nr_tasks;
 	char *names;
 	size_t names_len, names_cap;
-	size_t next_task;	/* atomic: the next unclaimed item in phase 2 */
+	size_t next_task; /* atomic: the next unclaimed item in phase 2 */
 
 	struct vs_walk_worker workers[VS_WALK_MAX_THREADS];
 };
@@ -190,10 +192,12 @@ static void set_stat(struct vs_walk_item *it, const struct stat *st)
 {
 	it->ino = st->st_ino;
 	it->size = (uint64_t)st->st_size;
-	it->ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
+	it->ctime_ns =
+		(int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
 }
 
-static int open_noatime(struct vs_walk *w, int dirfd, const char *path, int flags)
+static int open_noatime(struct vs_walk *w, int dirfd, const char *path,
+			int flags)
 {
 	int fd;
 
@@ -230,7 +234,9 @@ static int collect_extent(void *ctx, const struct vs_extent *e)
 		.physical = e->physical,
 		.logical = e->logical,
 		.length = e->length,
-		.flags = (e->flags & FIEMAP_EXTENT_SHARED) ? VS_WALK_EXTENT_SHARED : 0,
+		.flags = (e->flags & FIEMAP_EXTENT_SHARED) ?
+				 VS_WALK_EXTENT_SHARED :
+				 0,
 	};
 	return 0;
 }
@@ -249,19 +255,23 @@ static void no_extents(struct vs_walk_worker *wk, struct vs_walk_item *it)
  * it would write back every file's dirty pages and wait, and on ext4 only
  * delayed allocations need it.
  */
-static int map_extents(struct vs_walk_worker *wk, struct vs_walk_item *it, int fd)
+static int map_extents(struct vs_walk_worker *wk, struct vs_walk_item *it,
+		       int fd)
 {
 	const size_t before = wk->ext.n;
 	struct extent_sink sink = { .out = &wk->ext };
-	const uint32_t first = (wk->w->flags & VS_WALK_F_SYNC) ? FIEMAP_FLAG_SYNC : 0;
+	const uint32_t first =
+		(wk->w->flags & VS_WALK_F_SYNC) ? FIEMAP_FLAG_SYNC : 0;
 	int ret;
 
-	ret = vs_fiemap_batched(fd, first, wk->fm, VS_WALK_FIEMAP_BATCH, collect_extent, &sink);
+	ret = vs_fiemap_batched(fd, first, wk->fm, VS_WALK_FIEMAP_BATCH,
+				collect_extent, &sink);
 	if (ret == 1 && sink.delalloc) {
 		wk->ext.n = before;
 		sink.delalloc = false;
-		ret = vs_fiemap_batched(fd, FIEMAP_FLAG_SYNC, wk->fm, VS_WALK_FIEMAP_BATCH,
-					collect_extent, &sink);
+		ret = vs_fiemap_batched(fd, FIEMAP_FLAG_SYNC, wk->fm,
+					VS_WALK_FIEMAP_BATCH, collect_extent,
+					&sink);
 		/* Still delayed after a sync (a racing writer): those have no place yet. */
 		if (ret == 1 && sink.delalloc)
 			ret = 0;
@@ -278,13 +288,15 @@ static int map_extents(struct vs_walk_worker *wk, struct vs_walk_item *it, int f
 
 /* ---- phase 1: plan -------------------------------------------------------------------- */
 
-static struct vs_walk_item *add_item(struct vs_walk *w, uint32_t parent, const char *name,
-				     size_t name_len)
+static struct vs_walk_item *add_item(struct vs_walk *w, uint32_t parent,
+				     const char *name, size_t name_len)
 {
 	struct vs_walk_item *it;
 
-	if (grow((void **)&w->items, &w->items_cap, w->nr_items + 1, sizeof(*it)) ||
-	    grow((void **)&w->names, &w->names_cap, w->names_len + name_len + 1, 1))
+	if (grow((void **)&w->items, &w->items_cap, w->nr_items + 1,
+		 sizeof(*it)) ||
+	    grow((void **)&w->names, &w->names_cap, w->names_len + name_len + 1,
+		 1))
 		return NULL;
 	it = &w->items[w->nr_items++];
 	memset(it, 0, sizeof(*it));
@@ -298,15 +310,16 @@ static struct vs_walk_item *add_item(struct vs_walk *w, uint32_t parent, const c
 	return it;
 }
 
-static int push_dir(struct vs_walk *w, const char *dir, const char *name, size_t name_len,
-		    uint32_t parent)
+static int push_dir(struct vs_walk *w, const char *dir, const char *name,
+		    size_t name_len, uint32_t parent)
 {
 	const size_t dir_len = strlen(dir);
 	const size_t sep = dir_len > 0 && dir[dir_len - 1] == '/' ? 0 : 1;
 	struct vs_walk_pending *p;
 	char *path;
 
-	if (grow((void **)&w->stack, &w->stack_cap, w->depth + 1, sizeof(*w->stack)))
+	if (grow((void **)&w->stack, &w->stack_cap, w->depth + 1,
+		 sizeof(*w->stack)))
 		return -ENOMEM;
 	path = malloc(dir_len + sep + name_len + 1);
 	if (!path)
@@ -337,10 +350,12 @@ static int read_entries(struct vs_walk *w, DIR *d)
 		if (!de)
 			return errno ? -errno : 0;
 		if (de->d_name[0] == '.' &&
-		    (de->d_name[1] == '\0' || (de->d_name[1] == '.' && de->d_name[2] == '\0')))
+		    (de->d_name[1] == '\0' ||
+		     (de->d_name[1] == '.' && de->d_name[2] == '\0')))
 			continue;
 		len = strlen(de->d_name);
-		if (grow((void **)&w->dents, &w->dents_cap, w->dents_len + len + 2, 1))
+		if (grow((void **)&w->dents, &w->dents_cap,
+			 w->dents_len + len + 2, 1))
 			return -ENOMEM;
 		w->dents[w->dents_len] = (char)de->d_type;
 		memcpy(w->dents + w->dents_len + 1, de->d_name, len + 1);
@@ -376,7 +391,8 @@ static int visit_dir(struct vs_walk *w)
 		goto out;
 	}
 	it = add_item(w, p.parent, name, strlen(name));
-	if (!it || grow((void **)&w->open, &w->open_cap, w->nr_open + 1, sizeof(*w->open))) {
+	if (!it || grow((void **)&w->open, &w->open_cap, w->nr_open + 1,
+			sizeof(*w->open))) {
 		closedir(d);
 		ret = -ENOMEM;
 		goto out;
@@ -386,7 +402,8 @@ static int visit_dir(struct vs_walk *w)
 		closedir(d);
 		w->dents_len = 0;
 		/* The root has no entry to keep. */
-		it->kind = p.parent == VS_WALK_NO_PARENT ? VS_ITEM_SKIP : VS_WALK_ENTRY;
+		it->kind = p.parent == VS_WALK_NO_PARENT ? VS_ITEM_SKIP :
+							   VS_WALK_ENTRY;
 		goto out;
 	}
 	/* A directory FIEMAP refuses (XFS: EOPNOTSUPP) is still walked: its files are what matter. */
@@ -432,9 +449,12 @@ static int plan_entry(struct vs_walk *w)
 		return 0;
 	if (type == DT_UNKNOWN) {
 		/* A filesystem without d_type: the type decides what is planned. */
-		if (fstatat(dirfd(w->open[w->cur]), name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		if (fstatat(dirfd(w->open[w->cur]), name, &st,
+			    AT_SYMLINK_NOFOLLOW) < 0)
 			return 0;
-		type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : DT_LNK;
+		type = S_ISDIR(st.st_mode) ? DT_DIR :
+		       S_ISREG(st.st_mode) ? DT_REG :
+					     DT_LNK;
 	}
 	if (type == DT_DIR)
 		return push_dir(w, w->dir_path, name, name_len, w->dir_num);
@@ -474,7 +494,8 @@ static int plan(struct vs_walk *w, size_t max_records)
 		}
 		if (w->depth == 0)
 			return 0;
-		if (w->nr_items >= max_records || w->nr_open >= VS_WALK_STEP_DIRS)
+		if (w->nr_items >= max_records ||
+		    w->nr_open >= VS_WALK_STEP_DIRS)
 			return 1;
 		ret = visit_dir(w);
 		if (ret < 0)
@@ -528,12 +549,14 @@ static void *map_tasks(void *arg)
 	struct vs_walk *w = wk->w;
 
 	for (;;) {
-		const size_t first = __atomic_fetch_add(&w->next_task, VS_WALK_CLAIM, __ATOMIC_RELAXED);
+		const size_t first = __atomic_fetch_add(
+			&w->next_task, VS_WALK_CLAIM, __ATOMIC_RELAXED);
 		size_t i;
 
 		if (first >= w->nr_items)
 			return NULL;
-		for (i = first; i < first + VS_WALK_CLAIM && i < w->nr_items; i++) {
+		for (i = first; i < first + VS_WALK_CLAIM && i < w->nr_items;
+		     i++) {
 			if (!w->items[i].task)
 				continue;
 			wk->err = map_task(wk, &w->items[i]);
@@ -559,8 +582,9 @@ static int map_all(struct vs_walk *w)
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	for (i = 1; i < want; i++) {
-		if (pthread_create(&w->workers[i].thread, NULL, map_tasks, &w->workers[i]) != 0)
-			break;	/* fewer threads do the same work */
+		if (pthread_create(&w->workers[i].thread, NULL, map_tasks,
+				   &w->workers[i]) != 0)
+			break; /* fewer threads do the same work */
 		started++;
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -586,15 +610,19 @@ static int assemble(struct vs_walk *w, struct vs_walk_chunk *c)
 
 		if (it->kind == VS_ITEM_SKIP)
 			continue;
-		if (grow((void **)&c->records, &c->records_cap, c->count + 1, sizeof(*r)) ||
-		    grow((void **)&c->names, &c->names_cap, c->names_len + it->name_len + 1, 1) ||
-		    grow((void **)&c->extents, &c->extents_cap, c->nr_extents + it->ext_count,
-			 sizeof(*c->extents)))
+		if (grow((void **)&c->records, &c->records_cap, c->count + 1,
+			 sizeof(*r)) ||
+		    grow((void **)&c->names, &c->names_cap,
+			 c->names_len + it->name_len + 1, 1) ||
+		    grow((void **)&c->extents, &c->extents_cap,
+			 c->nr_extents + it->ext_count, sizeof(*c->extents)))
 			return -ENOMEM;
-		memcpy(c->names + c->names_len, w->names + it->name_off, it->name_len + 1);
+		memcpy(c->names + c->names_len, w->names + it->name_off,
+		       it->name_len + 1);
 		c->names_len += it->name_len + 1;
 		if (it->ext_count)
-			memcpy(c->extents + c->nr_extents, ext->v + it->ext_start,
+			memcpy(c->extents + c->nr_extents,
+			       ext->v + it->ext_start,
 			       it->ext_count * sizeof(*c->extents));
 		c->nr_extents += it->ext_count;
 		r = &c->records[c->count++];
@@ -633,8 +661,8 @@ static void end_step(struct vs_walk *w)
 
 /* ---- the interface ---------------------------------------------------------------------- */
 
-int vs_walk_open(const char *root, uint64_t dev, uint64_t max_entries, unsigned threads,
-		 unsigned flags, struct vs_walk **out)
+int vs_walk_open(const char *root, uint64_t dev, uint64_t max_entries,
+		 unsigned threads, unsigned flags, struct vs_walk **out)
 {
 	struct vs_walk *w;
 	unsigned i;
@@ -648,12 +676,15 @@ int vs_walk_open(const char *root, uint64_t dev, uint64_t max_entries, unsigned 
 	w->flags = flags;
 	w->max_entries = max_entries;
 	w->noatime = true;
-	w->threads = threads < 1 ? 1 : threads > VS_WALK_MAX_THREADS ? VS_WALK_MAX_THREADS : threads;
+	w->threads = threads < 1		   ? 1 :
+		     threads > VS_WALK_MAX_THREADS ? VS_WALK_MAX_THREADS :
+						     threads;
 	for (i = 0; i < w->threads; i++) {
 		w->workers[i].w = w;
 		w->workers[i].index = i;
 		w->workers[i].fm = malloc(sizeof(struct fiemap) +
-					  VS_WALK_FIEMAP_BATCH * sizeof(struct fiemap_extent));
+					  VS_WALK_FIEMAP_BATCH *
+						  sizeof(struct fiemap_extent));
 		if (!w->workers[i].fm) {
 			vs_walk_close(w);
 			return -ENOMEM;

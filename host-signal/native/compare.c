@@ -35,8 +35,9 @@ static int read_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length, uint32_t block_size,
-		    struct vs_run *runs, size_t max_runs, size_t *nruns)
+int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length,
+		    uint32_t block_size, struct vs_run *runs, size_t max_runs,
+		    size_t *nruns)
 {
 	uint8_t *a, *b;
 	uint64_t pos = 0;
@@ -45,7 +46,8 @@ int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length, uint32
 	int ret = 0;
 
 	*nruns = 0;
-	if (block_size == 0 || VS_COMPARE_BUF % block_size != 0 || length % block_size != 0)
+	if (block_size == 0 || VS_COMPARE_BUF % block_size != 0 ||
+	    length % block_size != 0)
 		return -EINVAL;
 	if (posix_memalign((void **)&a, 4096, VS_COMPARE_BUF))
 		return -ENOMEM;
@@ -58,11 +60,15 @@ int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length, uint32
 	 * kernel then reads ahead of the loop below instead of at its pace.
 	 * Advice only: its failure changes nothing.
 	 */
-	(void)posix_fadvise(fd_a, (off_t)offset, (off_t)length, POSIX_FADV_WILLNEED);
-	(void)posix_fadvise(fd_b, (off_t)offset, (off_t)length, POSIX_FADV_WILLNEED);
+	(void)posix_fadvise(fd_a, (off_t)offset, (off_t)length,
+			    POSIX_FADV_WILLNEED);
+	(void)posix_fadvise(fd_b, (off_t)offset, (off_t)length,
+			    POSIX_FADV_WILLNEED);
 	/* Each step reads VS_COMPARE_BUF bytes (less at the end): at most length / VS_COMPARE_BUF + 1 steps. */
 	while (pos < length) {
-		const size_t want = length - pos < VS_COMPARE_BUF ? (size_t)(length - pos) : VS_COMPARE_BUF;
+		const size_t want = length - pos < VS_COMPARE_BUF ?
+					    (size_t)(length - pos) :
+					    VS_COMPARE_BUF;
 
 		ret = read_full(fd_a, a, want, offset + pos);
 		if (!ret)

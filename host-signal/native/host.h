@@ -29,7 +29,7 @@ extern "C" {
  * kernel lets only CAP_NET_BIND_SERVICE bind below 1024: -EACCES otherwise),
  * any other value that port.
  */
-#define VS_VSOCK_PORT_NONE 0xffffffffu
+#define VS_VSOCK_PORT_NONE     0xffffffffu
 #define VS_VSOCK_PORT_RESERVED 0xfffffffeu
 int vs_vsock_connect(uint32_t cid, uint32_t port, uint32_t timeout_ms,
 		     uint32_t local_port, const char **failed_syscall);
@@ -79,8 +79,9 @@ struct vs_run {
  * inside the span, or -E2BIG when more than max_runs runs were found (the
  * first max_runs are stored). Thread-safe; does not move the file offsets.
  */
-int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length, uint32_t block_size,
-		    struct vs_run *runs, size_t max_runs, size_t *nruns);
+int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length,
+		    uint32_t block_size, struct vs_run *runs, size_t max_runs,
+		    size_t *nruns);
 
 #ifdef __cplusplus
 }

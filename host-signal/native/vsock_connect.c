@@ -60,8 +60,8 @@ int vs_vsock_connect(uint32_t cid, uint32_t port, uint32_t timeout_ms,
 			.tv_usec = (timeout_ms % 1000) * 1000,
 		};
 
-		if (setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT,
-			       &tv, sizeof(tv)) < 0) {
+		if (setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv,
+			       sizeof(tv)) < 0) {
 			*failed_syscall = "setsockopt";
 			return vs_fail(fd, -errno);
 		}

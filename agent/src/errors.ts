@@ -8,19 +8,11 @@
  * the wire format has no place for it); anything else thrown by a handler
  * becomes a GenericError reply.
  */
+import { CodedError } from '@vmsubst/common/errors';
 import type { ErrorClass } from '@vmsubst/common/protocol/schema';
 
-export class AgentError extends Error {
-  constructor(
-    readonly code: `E_VMSUBST_${string}`,
-    message: string,
-    readonly hint?: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-    this.name = new.target.name;
-  }
-}
+/** The agent's errors: the shared model (@vmsubst/common/errors). */
+export class AgentError extends CodedError {}
 
 /** What to do next, per error class; a CommandError may carry its own. */
 const HINTS: Partial<Record<ErrorClass, string>> = {

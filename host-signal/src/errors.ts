@@ -2,17 +2,10 @@
  * Error families of the host CLI and library. Each has a stable `code` that
  * scripts can match and a `hint` telling the operator what to do next.
  */
-export class VmsubstError extends Error {
-  constructor(
-    readonly code: `E_VMSUBST_${string}`,
-    message: string,
-    readonly hint?: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-    this.name = new.target.name;
-  }
-}
+import { CodedError } from '@vmsubst/common/errors';
+
+/** The host's errors: the shared model (@vmsubst/common/errors). */
+export class VmsubstError extends CodedError {}
 
 /** The agent answered with an error reply. */
 export class AgentError extends VmsubstError {

@@ -18,7 +18,7 @@ import { restartableUnit } from './plan.js';
 import type { FileHint } from '@vmsubst/common/protocol/schema';
 import type { FileHit } from '../pedigree/index.js';
 import { keyOf } from '../proc/mappers.js';
-import { readMounts, type Mount } from '../pedigree/mounts.js';
+import { parseMountinfo, readMounts, type Mount } from '../pedigree/mounts.js';
 import { overlayLowers } from './overlay.js';
 
 /** Mappings that are not files a program runs from: shared memory, memfd, SysV segments, devices. */
@@ -73,17 +73,41 @@ export async function staleProcesses(entries: readonly JournalEntry[], procRoot 
     }
     return atPath.get(path)!;
   };
-  const underneath = overlayResolver(await readMounts(procRoot).catch(() => [] as Mount[]));
-  /** Whether `path` holds the inode a mapping names: itself, or the lower file an overlay shows there. */
-  const holds = async (path: string, f: { dev: string; ino: string }): Promise<boolean> => {
-    const now = await current(path);
+  const ownMounts = await readMounts(procRoot).catch(() => [] as Mount[]);
+  const noRootLink = new Map<string, boolean>();
+  /**
+   * Whether `path` (as the process's maps name it: from its own root, in its own mount namespace)
+   * holds the inode the mapping names: the file at that path as the process sees it, or the lower
+   * file an overlay there shows.
+   */
+  const holds = async (pid: number, path: string, f: { dev: string; ino: string }): Promise<boolean> => {
+    const root = `${procRoot}/${pid}/root`;
+    // A process in another root or mount namespace (systemd's RootDirectory=, a container) names
+    // its files from there; a fake /proc of the tests has no root links: the agent's own view.
+    if (!noRootLink.has(root))
+      noRootLink.set(
+        root,
+        !(await stat(root).then(
+          () => true,
+          () => false,
+        )),
+      );
+    const view = noRootLink.get(root) ? path : join(root, path);
+    const now = await current(view);
     if (now !== null && now.dev === f.dev && now.ino === f.ino) return true;
     // A file opened through an overlay is mapped as its real (lower) file: the maps line has the lower
-    // filesystem's device, while stat() of the overlay path answers with the overlay's.
-    const lower = await underneath(path);
-    if (lower === undefined) return false;
-    const real = await current(lower);
-    return real !== null && real.dev === f.dev && real.ino === f.ino;
+    // filesystem's device, while stat() through the overlay answers with the overlay's.
+    const mounts = noRootLink.get(root)
+      ? ownMounts
+      : await readFile(`${procRoot}/${pid}/mountinfo`, 'utf8').then(parseMountinfo, () => ownMounts);
+    for (const lower of await overlayResolver(mounts)(path)) {
+      // The layer paths are the mounter's: tried as the agent sees them, then from the process's root.
+      for (const candidate of noRootLink.get(root) ? [lower] : [lower, join(root, lower)]) {
+        const real = await current(candidate);
+        if (real !== null) return real.dev === f.dev && real.ino === f.ino;
+      }
+    }
+    return false;
   };
   let processes = 0;
   const self = procRoot === '/proc' ? String(process.pid) : '';
@@ -108,7 +132,7 @@ export async function staleProcesses(entries: readonly JournalEntry[], procRoot 
     }
     for (const [k, f] of files) {
       const path = k.slice(0, k.indexOf('\0'));
-      if (f.deleted || !(await holds(path, f))) {
+      if (f.deleted || !(await holds(pid, path, f))) {
         add({ pid, comm: await commOf(), file: path, why: 'old-inode' });
         continue;
       }
@@ -138,10 +162,10 @@ export async function staleProcesses(entries: readonly JournalEntry[], procRoot 
 }
 
 /**
- * For a path on an overlay mount that was not copied up (or created) in the upper layer: the file of
- * the topmost lower layer that has it, else undefined. Paths on other mounts give undefined.
+ * For a path on an overlay mount that was not copied up (or created) in the upper layer: where the
+ * lower layers would hold it, topmost first; none for paths on other mounts.
  */
-function overlayResolver(mounts: readonly Mount[]): (path: string) => Promise<string | undefined> {
+function overlayResolver(mounts: readonly Mount[]): (path: string) => Promise<string[]> {
   const within = (path: string, dir: string): boolean => path === dir || path.startsWith(dir === '/' ? '/' : dir + '/');
   const exists = (p: string): Promise<boolean> =>
     stat(p).then(
@@ -153,15 +177,11 @@ function overlayResolver(mounts: readonly Mount[]): (path: string) => Promise<st
     let mount: Mount | undefined;
     for (const m of mounts)
       if (within(path, m.mountPoint) && (!mount || m.mountPoint.length >= mount.mountPoint.length)) mount = m;
-    if (!mount || mount.fsType !== 'overlay') return undefined;
+    if (!mount || mount.fsType !== 'overlay') return [];
     const rest = path.slice(mount.mountPoint.length).replace(/^\/+/, '');
     const upper = mount.superOptions?.find((o) => o.startsWith('upperdir='))?.slice('upperdir='.length);
-    if (upper !== undefined && (await exists(join(upper, rest)))) return undefined;
-    for (const { lower } of overlayLowers([mount], () => true)) {
-      const candidate = join(lower, rest);
-      if (await exists(candidate)) return candidate;
-    }
-    return undefined;
+    if (upper !== undefined && (await exists(join(upper, rest)))) return [];
+    return overlayLowers([mount], () => true).map(({ lower }) => join(lower, rest));
   };
 }
 

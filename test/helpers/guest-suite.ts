@@ -219,3 +219,15 @@ export async function startProgram(vm: GuestVm, name: string, cmd: string): Prom
   );
   return pid;
 }
+
+/** `vmsubst notify` of the suite's bundle to the agent over virtio-serial, for the data disk: the agent's report. */
+export function notifySerial<R>(ctx: Pick<GuestContext, 'bundle' | 'vm'>): Promise<R> {
+  return vmsubstJson<R>([
+    'notify',
+    ctx.bundle,
+    '--to',
+    `serial:${ctx.vm.agentSocket}`,
+    '--disk-serial',
+    'vmsubst-data',
+  ]);
+}

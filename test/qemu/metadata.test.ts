@@ -9,7 +9,7 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { withGuest, type GuestContext } from '../helpers/guest-suite.js';
+import { withGuest, type GuestContext, notifySerial } from '../helpers/guest-suite.js';
 import { vmsubstJson } from '../helpers/cli.js';
 import { withTimeout } from '../helpers/timeout.js';
 import type { SubstituteReport } from '@vmsubst/common/protocol/schema';
@@ -30,14 +30,7 @@ const applied = (c: Ctx): Promise<{ exec: string; addedCode: number }> =>
 const notified = (c: Ctx): Promise<SubstituteReport> =>
   c.once('notified', async () => {
     await applied(c);
-    return vmsubstJson<SubstituteReport>([
-      'notify',
-      c.bundle,
-      '--to',
-      `serial:${c.vm.agentSocket}`,
-      '--disk-serial',
-      'vmsubst-data',
-    ]);
+    return notifySerial<SubstituteReport>(c);
   });
 
 const Meta = withGuest(suite('metadata substitution: new inode, added file, pinned buffers'), {

@@ -7,7 +7,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { GuestVm } from '../helpers/vm.js';
-import { withGuest, type GuestContext } from '../helpers/guest-suite.js';
+import { withGuest, type GuestContext, notifySerial } from '../helpers/guest-suite.js';
 import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 
@@ -34,14 +34,7 @@ const applied = (c: Ctx): Promise<{ written: number; exec: string; running: stri
 const notified = (c: Ctx): Promise<Report> =>
   c.once('notified', async () => {
     await applied(c);
-    return vmsubstJson<Report>([
-      'notify',
-      c.bundle,
-      '--to',
-      `serial:${c.vm.agentSocket}`,
-      '--disk-serial',
-      'vmsubst-data',
-    ]);
+    return notifySerial<Report>(c);
   });
 
 const Live = withGuest(suite('live substitution in a QEMU guest'), {

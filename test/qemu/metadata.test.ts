@@ -5,7 +5,10 @@
  * inodes → file pages → buffers again) the new file shows at its path, the
  * added one is visible although the guest had cached its absence, a process
  * still running the old inode keeps running and is reported, and the ext4
- * superblock/group-descriptor buffers come back as pinned.
+ * superblock/group-descriptor buffers come back as pinned. /etc/motd is
+ * replaced too, by a new inode on the old one's block (a data range of the
+ * old inode changes while its name leaves it): its new content shows, and the
+ * old inode's range is left to the inode step instead of failing the commit.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -14,7 +17,7 @@ import { vmsubstJson } from '../helpers/cli.js';
 import { withTimeout } from '../helpers/timeout.js';
 import type { SubstituteReport } from '@vmsubst/common/protocol/schema';
 
-type Ctx = GuestContext & { pid: number; oldIno: number };
+type Ctx = GuestContext & { pid: number; oldIno: number; oldMotd: number };
 
 /** After apply alone, before notify: what a new exec prints and whether the added file opens. */
 const applied = (c: Ctx): Promise<{ exec: string; addedCode: number }> =>
@@ -42,7 +45,10 @@ const Meta = withGuest(suite('metadata substitution: new inode, added file, pinn
     const oldIno = Number((await vm.sh('stat -c %i /mnt/data/bin/tool')).trim());
     // The guest caches the absence of the file the patch adds (a negative dentry).
     assert.is.not((await vm.run('cat /mnt/data/etc/added.conf')).code, 0);
-    return { pid, oldIno };
+    // The file the patch replaces on its own block, cached (dentry, inode and page) as it was.
+    assert.is((await vm.sh('cat /mnt/data/etc/motd')).trim(), 'vmsubst test volume');
+    const oldMotd = Number((await vm.sh('stat -c %i /mnt/data/etc/motd')).trim());
+    return { pid, oldIno, oldMotd };
   },
 });
 
@@ -74,6 +80,29 @@ Meta('the replaced file shows its new inode and content at its path', (c) =>
     await notified(c);
     assert.match(await c.vm.sh('/mnt/data/bin/tool'), /version v2/);
     assert.is.not(Number((await c.vm.sh('stat -c %i /mnt/data/bin/tool')).trim()), c.oldIno);
+  }),
+);
+
+Meta('a file replaced by a new inode on its old block: new content, the old range left to the inode step', (c) =>
+  withTimeout(180_000, 'reused block', async () => {
+    const report = await notified(c);
+    assert.is((await c.vm.sh('cat /mnt/data/etc/motd')).trim(), 'vmsubst test volume, patched');
+    assert.is.not(Number((await c.vm.sh('stat -c %i /mnt/data/etc/motd')).trim()), c.oldMotd);
+    // The old inode's block changed: it is a changed file of the report, its pages not dropped by
+    // range (its path names the new inode), and the read-back says why it skipped it.
+    const f = report.files.find((x) => x.ino === c.oldMotd);
+    assert.ok(f, JSON.stringify(report.files));
+    assert.is(f.path, '/mnt/data/etc/motd');
+    assert.is(f['pages-dropped'], 0);
+    assert.ok(
+      report.readback?.skipped?.some((s) => s.path === '/mnt/data/etc/motd' && /another inode/.test(s.reason)),
+      JSON.stringify(report.readback),
+    );
+    // Nobody holds it: the inode step evicted it, it is not reported in use.
+    assert.not.ok(
+      report.metadata!.inodes['in-use'].some((u) => u.ino === c.oldMotd),
+      JSON.stringify(report.metadata!.inodes),
+    );
   }),
 );
 

@@ -5,7 +5,8 @@
  */
 import { CommandError, errnoCode, messageOf, reasonOf } from '../errors.js';
 import type { FileReport } from '@vmsubst/common/protocol/schema';
-import { openChanged } from './open-changed.js';
+import { openChanged, SwappedFileError } from './open-changed.js';
+import { goneKey } from './metadata.js';
 import type { FilePlan } from './plan.js';
 import type { SubstituteDeps } from './substitute.js';
 
@@ -58,21 +59,30 @@ export async function refuseGuestDirty(
 /**
  * Drops the cached pages of every changed range of the files, adding the module's counts to their
  * reports. On a read-write mount a page the guest dirtied meanwhile refuses it (GuestDirty), unless forced.
+ *
+ * `gone` (metadata.ts, goneKey): the files whose name the new directory blocks give to another inode
+ * or to none. Such a file's path reaches the new inode now (or nothing): its old inode is skipped.
+ * The inode step evicted it when unused; a process still holding it keeps its cached pages (its
+ * blocks may belong to another file now) and is reported in use, and by `stale`.
  */
 export async function invalidateFiles(
   files: readonly FilePlan[],
   reports: FileReport[],
   deps: Pick<SubstituteDeps, 'invalidateRange' | 'forceFlag' | 'unlessDirtyFlag' | 'dropOnlyFlag' | 'refaultFlag'>,
   force: boolean,
+  gone: ReadonlySet<string> = new Set(),
 ): Promise<void> {
   for (const [i, f] of files.entries()) {
     const hit = f.hit;
     const report = reports[i]!;
+    const left = gone.has(goneKey(hit.file.path, hit.file.ino));
     const fh = await openChanged(hit.file.path, 'file', { dev: hit.file.dev, ino: hit.file.ino }).catch(
       (e: unknown) => {
+        if (left && (e instanceof SwappedFileError || errnoCode(e) === 'ENOENT')) return undefined;
         throw new CommandError('InvalidateFailed', `cannot open ${hit.file.path}: ${reasonOf(e)}`);
       },
     );
+    if (!fh) continue;
     try {
       // Data-only substitution on a read-write mount (the extents were checked above): the module
       // refuses it if the guest dirtied a page of the range meanwhile; only the host's force skips that.

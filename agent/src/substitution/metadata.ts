@@ -212,14 +212,17 @@ export async function planMetadata(
   return { filesystems, ranges: all.sort((a, b) => a.offset - b.offset) };
 }
 
-/** Runs the metadata steps around `dropFilePages`, which the caller supplies (step 4). */
+/**
+ * Runs the metadata steps around `dropFilePages`, which the caller supplies (step 4). It gets the
+ * indexed files (`goneKey`) whose name the new directory blocks give to another inode, or to none.
+ */
 export async function applyMetadata(
   plan: MetadataPlan,
   ops: MetadataOps,
   read: DiskReader,
   diskPath: string,
   force: boolean,
-  dropFilePages: () => Promise<void>,
+  dropFilePages: (gone: ReadonlySet<string>) => Promise<void>,
 ): Promise<{
   report: Omit<MetadataReport, 'inodes'> & {
     inodes: Omit<MetadataReport['inodes'], 'in-use'> & { 'in-use': InUseInode[] };
@@ -267,12 +270,15 @@ export async function applyMetadata(
     // 2. Dentries of changed directories, by name, from the directory's new blocks on disk.
     const staleInodes = new Map<string, { fs: TouchedFs; ino: number; path?: string }>();
     const newOwners = new Map<string, string>(); // inode number → the path that names it now
+    const gone = new Set<string>(); // goneKey of the indexed files whose name left them
     for (const fs of plan.filesystems) {
       for (const hit of fs.dirs) {
         const dir = hit.file;
         const names = await changedNames(dir, read, diskPath);
-        for (const n of names.replaced)
+        for (const n of names.replaced) {
           staleInodes.set(`${fs.part.devNum}:${n.ino}`, { fs, ino: n.ino, path: `${dir.path}/${n.name}` });
+          gone.add(goneKey(`${dir.path}/${n.name}`, n.ino));
+        }
         for (const n of names.added) newOwners.set(`${fs.part.devNum}:${n.ino}`, `${dir.path}/${n.name}`);
         staleInodes.set(`${fs.part.devNum}:${dir.ino}`, { fs, ino: dir.ino, path: dir.path });
         const fh = await openChanged(dir.path, 'dir').catch(() => undefined);
@@ -336,7 +342,7 @@ export async function applyMetadata(
     }
 
     // 4. File pages.
-    await dropFilePages();
+    await dropFilePages(gone);
 
     // 5. Buffers again: a lookup racing with steps 2-3 may have read a block back in.
     await dropBdev(true);
@@ -345,6 +351,9 @@ export async function applyMetadata(
   }
   return { report };
 }
+
+/** The key of an indexed file (its path and inode) in the set `dropFilePages` gets. */
+export const goneKey = (path: string, ino: number): string => `${ino}:${path}`;
 
 /**
  * Names in a directory whose entry changed: read the directory's blocks raw

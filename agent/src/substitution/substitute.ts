@@ -374,7 +374,8 @@ export async function substitute(
 
   const pins = pinned ?? (await pinPlanned(files, deps, true));
   const reports: FileReport[] = files.map((f) => emptyReport(f, []));
-  const dropFilePages = (): Promise<void> => invalidateFiles(files, reports, deps, force);
+  const dropFilePages = (gone?: ReadonlySet<string>): Promise<void> =>
+    invalidateFiles(files, reports, deps, force, gone);
 
   let metadata: AppliedMetadata | undefined;
   if (m.metadata.filesystems.length > 0) {

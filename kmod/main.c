@@ -129,6 +129,8 @@ VMSUBST_ASSERT_STRUCT(struct vmsubst_pin_mappers, VMSUBST_PIN_MAPPERS_SIZE_VER0,
 		      mappings, pinned);
 VMSUBST_ASSERT_STRUCT(struct vmsubst_query_pages, VMSUBST_QUERY_PAGES_SIZE_VER0,
 		      pages_writeback, ranges);
+VMSUBST_ASSERT_STRUCT(struct vmsubst_query_openers,
+		      VMSUBST_QUERY_OPENERS_SIZE_VER0, openers, tasks);
 VMSUBST_ASSERT_FILE_RANGE(struct vmsubst_invalidate_range);
 VMSUBST_ASSERT_FILE_RANGE(struct vmsubst_invalidate_bdev);
 VMSUBST_ASSERT_FILE_RANGE(struct vmsubst_query_mappers);
@@ -152,6 +154,9 @@ static_assert(sizeof(struct vmsubst_page_range) == 24);
 static_assert(sizeof(struct vmsubst_mapper) == 48);
 static_assert(sizeof(struct vmsubst_inode_status) == 16);
 static_assert(sizeof(struct vmsubst_pin_result) == 48);
+static_assert(sizeof(struct vmsubst_opener) == 40);
+static_assert(sizeof_field(struct vmsubst_opener, comm) == TASK_COMM_LEN);
+static_assert(__same_type(((struct vmsubst_query_openers *)0)->nr_fds, __u32));
 static_assert(sizeof_field(struct vmsubst_mapper, comm) == TASK_COMM_LEN);
 static_assert(sizeof_field(struct vmsubst_pin_result, comm) == TASK_COMM_LEN);
 /* The list descriptors store offsets and sizes in 16 bits. */
@@ -164,7 +169,8 @@ static_assert(sizeof(union vmsubst_cmd) <= U16_MAX);
 	 VMSUBST_FEATURE_REVALIDATE_DENTRIES | VMSUBST_FEATURE_QUERY_MAPPERS | \
 	 VMSUBST_FEATURE_PIN_MAPPERS | VMSUBST_FEATURE_QUERY_PAGES |           \
 	 VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY |                             \
-	 VMSUBST_FEATURE_PIN_CURSOR | VMSUBST_FEATURE_REVALIDATE_REPLACED)
+	 VMSUBST_FEATURE_PIN_CURSOR | VMSUBST_FEATURE_REVALIDATE_REPLACED |    \
+	 VMSUBST_FEATURE_QUERY_OPENERS)
 
 static int vmsubst_cmd_version(struct vmsubst_ucmd *ucmd)
 {
@@ -357,6 +363,28 @@ static const struct vmsubst_ioctl_op vmsubst_ops[] = {
 			},
 		},
 		.execute = vmsubst_cmd_query_pages,
+	},
+	[_IOC_NR(VMSUBST_IOC_QUERY_OPENERS) - VMSUBST_CMD_BASE] = {
+		.ioctl_num = VMSUBST_IOC_QUERY_OPENERS,
+		.size = sizeof(struct vmsubst_query_openers),
+		.min_size = offsetofend(struct vmsubst_query_openers, openers),
+		.out_offset = offsetof(struct vmsubst_query_openers, tasks),
+		.in = {
+			.offset = offsetof(struct vmsubst_query_openers, fds),
+			.count = offsetof(struct vmsubst_query_openers, nr_fds),
+			.elem_size = sizeof(__s32),
+			.max = VMSUBST_OPENERS_FILES_MAX,
+		},
+		.out = {
+			{
+				.offset = offsetof(struct vmsubst_query_openers,
+						   openers),
+				.elem_size = sizeof(struct vmsubst_opener),
+				.max = VMSUBST_OPENERS_MAX,
+			},
+		},
+		.check = vmsubst_cmd_query_openers_check,
+		.execute = vmsubst_cmd_query_openers,
 	},
 };
 

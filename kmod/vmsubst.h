@@ -34,6 +34,7 @@ union vmsubst_cmd {
 	struct vmsubst_query_mappers query_mappers;
 	struct vmsubst_pin_mappers pin_mappers;
 	struct vmsubst_query_pages query_pages;
+	struct vmsubst_query_openers query_openers;
 };
 
 /**
@@ -197,6 +198,7 @@ int vmsubst_cmd_invalidate_range_check(const struct vmsubst_ucmd *ucmd);
 int vmsubst_cmd_revalidate_inodes_check(const struct vmsubst_ucmd *ucmd);
 int vmsubst_cmd_revalidate_dentries_check(const struct vmsubst_ucmd *ucmd);
 int vmsubst_cmd_pin_mappers_check(const struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_query_openers_check(const struct vmsubst_ucmd *ucmd);
 
 int vmsubst_cmd_invalidate_range(struct vmsubst_ucmd *ucmd);
 int vmsubst_cmd_invalidate_bdev(struct vmsubst_ucmd *ucmd);
@@ -205,5 +207,6 @@ int vmsubst_cmd_revalidate_dentries(struct vmsubst_ucmd *ucmd);
 int vmsubst_cmd_query_mappers(struct vmsubst_ucmd *ucmd);
 int vmsubst_cmd_pin_mappers(struct vmsubst_ucmd *ucmd);
 int vmsubst_cmd_query_pages(struct vmsubst_ucmd *ucmd);
+int vmsubst_cmd_query_openers(struct vmsubst_ucmd *ucmd);
 
 #endif /* VMSUBST_H */

@@ -30,6 +30,7 @@
 #include <ftw.h>
 #include <limits.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -104,6 +105,7 @@ enum abi_family {
 	ABI_FAMILY_REVALIDATE,
 	ABI_FAMILY_QUERY,
 	ABI_FAMILY_PIN,
+	ABI_FAMILY_OPENERS,
 };
 
 /**
@@ -247,6 +249,7 @@ union anyarg {
 	struct vmsubst_query_mappers qm;
 	struct vmsubst_pin_mappers pm;
 	struct vmsubst_query_pages qp;
+	struct vmsubst_query_openers qo;
 	uint64_t align[32];
 };
 
@@ -286,6 +289,7 @@ extern const struct cmd_desc CMD_DENTRIES;
 extern const struct cmd_desc CMD_QUERY;
 extern const struct cmd_desc CMD_PIN;
 extern const struct cmd_desc CMD_QPAGES;
+extern const struct cmd_desc CMD_OPENERS;
 
 /* ---- ioctl.c: thin wrappers of each command, and the generic cases ---- */
 

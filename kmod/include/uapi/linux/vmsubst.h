@@ -150,6 +150,8 @@ struct vmsubst_version {
  * VMSUBST_IOC_REVALIDATE_INODES takes VMSUBST_INODES_F_UNHASH_BUSY.
  */
 #define VMSUBST_FEATURE_REVALIDATE_REPLACED	(1ULL << 10)
+/* VMSUBST_IOC_QUERY_OPENERS. */
+#define VMSUBST_FEATURE_QUERY_OPENERS		(1ULL << 11)
 
 /* ---- report records shared by several commands --------------------------- */
 
@@ -701,6 +703,64 @@ struct vmsubst_pin_mappers {
 #define VMSUBST_PIN_MAPPERS_SIZE_VER0 112
 #define VMSUBST_PIN_MAPPERS_SIZE_VER1 128 /* + cursor */
 
+/* ---- VMSUBST_IOC_QUERY_OPENERS ------------------------------------------- */
+
+#define VMSUBST_OPENERS_FILES_MAX 1024	/* cap of nr_fds */
+#define VMSUBST_OPENERS_MAX 65536	/* cap of any array of vmsubst_opener */
+
+/**
+ * struct vmsubst_opener - a descriptor of another process that refers to one
+ * of the files
+ * @pid:     thread-group id of the process, in the caller's pid namespace
+ * @file:    index in the caller's list of the (first) fd of that file
+ * @fd:      the descriptor's number in that process
+ * @f_flags: the open file's flags (O_ACCMODE, O_APPEND, ...), as
+ *           /proc/PID/fdinfo shows them
+ * @pos:     the open file's position: where its next read(2) starts
+ * @comm:    the name of the task whose table holds the descriptor
+ */
+struct vmsubst_opener {
+	__s32 pid;
+	__u32 file;
+	__s32 fd;
+	__u32 f_flags;
+	__u64 pos;
+	char comm[16];
+};
+
+/**
+ * struct vmsubst_query_openers - VMSUBST_IOC_QUERY_OPENERS
+ * @size:    in: sizeof(struct vmsubst_query_openers)
+ * @flags:   in: must be 0
+ * @fds:     in: user address of @nr_fds __s32, each an open regular file
+ * @nr_fds:  in: 1..VMSUBST_OPENERS_FILES_MAX (EINVAL for 0, E2BIG above)
+ * @tasks:   out: descriptor tables read (one per thread group, and one per
+ *           thread that unshared its table)
+ * @openers: out: struct vmsubst_opener of every descriptor, of any process
+ *           but the caller's, whose open file is one of the files' inodes;
+ *           cap <= VMSUBST_OPENERS_MAX
+ *
+ * Who holds a file open: the question /proc/PID/fd answers one process and
+ * one descriptor at a time, asked in one call for many files. One pass over
+ * the tasks of the caller's pid namespace, in pid order, each descriptor
+ * table read under its task's lock; between tasks nothing is held. The
+ * caller's own thread group is not reported (it holds the fds passed in).
+ * A file opened through an overlay mount is the overlay's inode, not the
+ * lower file's: pass the overlay's file to find those. A snapshot: a
+ * descriptor opened or closed during the pass may or may not be reported.
+ * Changes nothing; needs no F_FORCE.
+ */
+struct vmsubst_query_openers {
+	__u32 size;
+	__u32 flags;
+	__u64 fds;
+	__u32 nr_fds;
+	__u32 tasks;
+	struct vmsubst_array openers;
+};
+
+#define VMSUBST_QUERY_OPENERS_SIZE_VER0 48
+
 /* ---- command numbers ----------------------------------------------------- */
 
 #define VMSUBST_IOC_VERSION \
@@ -726,5 +786,7 @@ struct vmsubst_pin_mappers {
 	     VMSUBST_PIN_MAPPERS_SIZE_VER0)
 #define VMSUBST_IOC_QUERY_PAGES \
 	_IOWR(VMSUBST_IOC_MAGIC, 0x07, struct vmsubst_query_pages)
+#define VMSUBST_IOC_QUERY_OPENERS \
+	_IOWR(VMSUBST_IOC_MAGIC, 0x08, struct vmsubst_query_openers)
 
 #endif /* _UAPI_LINUX_VMSUBST_H */

@@ -6,6 +6,7 @@ import type { AgentDeps } from './agent.js';
 import type { MetadataOps } from './substitution/metadata.js';
 import type { RestartOutcome } from '@vmsubst/common/protocol/schema';
 import { pinFile } from './substitution/pin.js';
+import { moduleUsers, procUsers, type UsersOps } from './proc/users.js';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
@@ -29,6 +30,7 @@ export async function systemDeps(): Promise<AgentDeps> {
     // VMSUBST_MAPPERS_MAX entries, 288 KiB) for every range of every file.
     invalidateRange: (fd, offset, length, flags, device) =>
       kmod(device).invalidateRange(fd, offset, length, { flags, outcomesCapacity: 0, mappersCapacity: 0 }),
+    invalidateBatch: (files, device) => kmod(device).invalidateFiles(files),
     forceFlag: native.constants.VMSUBST_INVALIDATE_F_FORCE,
     unlessDirtyFlag: native.constants.VMSUBST_INVALIDATE_F_UNLESS_DIRTY,
     queryDirty: async (fd, offset, length, device) => {
@@ -38,6 +40,7 @@ export async function systemDeps(): Promise<AgentDeps> {
     dropOnlyFlag: native.constants.VMSUBST_INVALIDATE_F_DROP,
     refaultFlag: native.constants.VMSUBST_INVALIDATE_F_REFAULT_ASYNC,
     pin: (path) => pinFile(kmod(), path),
+    users: moduleUsers(usersOps(native, kmod()), procUsers('/proc')),
     restartUnit,
     metadata: metadataOps(native, kmod()),
     vsockListen: (port) => native.vsockListen(port),
@@ -102,6 +105,39 @@ export function metadataOps(native: Native, device: KmodDevice): MetadataOps {
         for (const u of r.inUse) total.inUse.push({ ino: Number(u.ino), reasons: u.reasonNames });
       }
       return total;
+    },
+  };
+}
+
+/**
+ * QUERY_MAPPERS and QUERY_OPENERS for users.ts. Reports start small (the kernel allocates and
+ * zeroes the capacity asked for) and are asked again at their full size when truncated.
+ */
+export function usersOps(native: Native, device: KmodDevice): UsersOps {
+  const c = native.constants;
+  const sized = async <T>(first: number, max: number, ask: (cap: number) => Promise<{ items: T[]; total: bigint }>) => {
+    const r = await ask(first);
+    if (r.total <= BigInt(r.items.length)) return r.items;
+    const again = await ask(Math.min(max, Number(r.total) + 64));
+    if (again.total > BigInt(again.items.length))
+      throw new Error(`the module reports ${again.total} entries, more than ${max}`);
+    return again.items;
+  };
+  return {
+    maxFiles: c.VMSUBST_OPENERS_FILES_MAX,
+    async queryMappers(fd, length) {
+      const items = await sized(64, c.VMSUBST_MAPPERS_MAX, async (capacity) => {
+        const r = await device.queryMappers(fd, 0n, BigInt(Math.max(1, length)), { capacity });
+        return { items: r.mappers, total: r.mappersTotal };
+      });
+      return items.map((m) => ({ pid: m.pid, comm: m.comm, start: Number(m.start), end: Number(m.end) }));
+    },
+    async queryOpeners(fds) {
+      const items = await sized(256, c.VMSUBST_OPENERS_MAX, async (capacity) => {
+        const r = await device.queryOpeners(fds, { capacity });
+        return { items: r.openers, total: r.openersTotal };
+      });
+      return items.map((o) => ({ ...o, pos: Number(o.pos) }));
     },
   };
 }

@@ -8,8 +8,11 @@
 // (bits decoded by name too): a kernel result is named once here and typed
 // once in agent/src/native/kmod.ts.
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <functional>
@@ -108,6 +111,17 @@ Napi::Object PinResultObject(Napi::Env env, const vmsubst_pin_result& p) {
   o.Set("bytesPrivate", U64(env, p.bytes_private));
   o.Set("bytesFailed", U64(env, p.bytes_failed));
   return o;
+}
+
+Napi::Object OpenerObject(Napi::Env env, const vmsubst_opener& o) {
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("pid", Napi::Number::New(env, o.pid));
+  r.Set("comm", Napi::String::New(env, CommString(o.comm)));
+  r.Set("file", Napi::Number::New(env, o.file));
+  r.Set("fd", Napi::Number::New(env, o.fd));
+  r.Set("flags", Napi::Number::New(env, o.f_flags));
+  r.Set("pos", U64(env, o.pos));
+  return r;
 }
 
 // Room for `cap` records of the uapi type T that an ioctl's struct
@@ -267,6 +281,190 @@ Napi::Value InvalidateRange(const Napi::CallbackInfo& info) {
   });
 }
 
+uint64_t MemberU64(Napi::Env env, Napi::Object o, const char* arg, const char* name);
+
+// One file of invalidateFiles: where it is and which inode it must be, its
+// ranges, the command's flags, and whether pages kept end the batch.
+struct BatchFile {
+  std::string path;
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  uint32_t flags = 0;
+  bool stop_if_kept = false;
+  // What became of it.
+  enum State { kPending, kDone, kOpenFailed, kSwapped, kIoctlFailed } state = kPending;
+  int err = 0;
+  uint32_t range = 0;  // the range whose ioctl failed, or that kept pages
+  uint32_t now_mode = 0;
+  uint64_t now_ino = 0;
+  uint64_t cached = 0, mapped = 0, dropped = 0, kept = 0;
+};
+
+// invalidateFiles(devFd, devPath, files): for each file in order, on one
+// thread-pool job, what the agent otherwise does in four round trips per file:
+// open it by its path (O_NOFOLLOW | O_NONBLOCK | O_NOCTTY), check with fstat
+// that it is the indexed regular file, VMSUBST_IOC_INVALIDATE_RANGE each of its
+// ranges (no report arrays: the counts only), close it. The batch ends at the
+// first file that cannot be opened, is another inode now, fails an ioctl, or
+// (stopIfKept) keeps pages: the files after it stay "pending", untouched.
+class InvalidateFilesWorker : public Napi::AsyncWorker {
+ public:
+  InvalidateFilesWorker(Napi::Env env, int dev_fd, std::vector<BatchFile> files)
+      : Napi::AsyncWorker(env, "vmsubst:invalidateFiles"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        dev_fd_(dev_fd),
+        files_(std::move(files)) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    for (BatchFile& f : files_) {
+      if (!Run(f)) break;
+    }
+  }
+
+  void OnOK() override {
+    static const char* const kStates[] = {"pending", "done", "open-failed", "swapped", "ioctl-failed"};
+    Napi::Env env = Env();
+    Napi::Array out = Napi::Array::New(env, files_.size());
+    for (size_t i = 0; i < files_.size(); i++) {
+      const BatchFile& f = files_[i];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("state", Napi::String::New(env, kStates[f.state]));
+      if (f.state == BatchFile::kOpenFailed) {
+        o.Set("error", MakeError(env, f.err, "open", Quoted(f.path), f.path.c_str()).Value());
+      } else if (f.state == BatchFile::kIoctlFailed) {
+        o.Set("error",
+              MakeError(env, f.err, "ioctl", "VMSUBST_IOC_INVALIDATE_RANGE " + Quoted(f.path), f.path.c_str()).Value());
+      } else if (f.state == BatchFile::kSwapped) {
+        o.Set("nowMode", Napi::Number::New(env, f.now_mode));
+        o.Set("nowIno", Napi::Number::New(env, static_cast<double>(f.now_ino)));
+      }
+      o.Set("range", Napi::Number::New(env, f.range));
+      o.Set("pagesCached", U64(env, f.cached));
+      o.Set("pagesMapped", U64(env, f.mapped));
+      o.Set("pagesDropped", U64(env, f.dropped));
+      o.Set("pagesKept", U64(env, f.kept));
+      out.Set(static_cast<uint32_t>(i), o);
+    }
+    deferred_.Resolve(out);
+  }
+
+ private:
+  // One file; false ends the batch.
+  bool Run(BatchFile& f) {
+    const int fd = open(f.path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+      f.state = BatchFile::kOpenFailed;
+      f.err = -errno;
+      return false;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+      f.state = BatchFile::kOpenFailed;
+      f.err = -errno;
+      close(fd);
+      return false;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_ino != f.ino || st.st_dev != f.dev) {
+      f.state = BatchFile::kSwapped;
+      f.now_mode = st.st_mode;
+      f.now_ino = st.st_ino;
+      close(fd);
+      return false;
+    }
+    for (uint32_t r = 0; r < f.ranges.size(); r++) {
+      vmsubst_invalidate_range arg{};
+      arg.size = sizeof(arg);
+      arg.flags = f.flags;
+      arg.fd = fd;
+      arg.offset = f.ranges[r].first;
+      arg.length = f.ranges[r].second;
+      const int err = vs_kmod_ioctl(dev_fd_, VMSUBST_IOC_INVALIDATE_RANGE, &arg);
+      if (err < 0) {
+        f.state = BatchFile::kIoctlFailed;
+        f.err = err;
+        f.range = r;
+        close(fd);
+        return false;
+      }
+      f.cached += arg.pages_cached;
+      f.mapped += arg.pages_mapped;
+      f.dropped += arg.pages_dropped;
+      f.kept += arg.pages_kept;
+      if (f.stop_if_kept && arg.pages_kept > 0) {
+        f.range = r;
+        break;
+      }
+    }
+    close(fd);
+    f.state = BatchFile::kDone;
+    return !(f.stop_if_kept && f.kept > 0);
+  }
+
+  Napi::Promise::Deferred deferred_;
+  int dev_fd_;
+  std::vector<BatchFile> files_;
+};
+
+// What one invalidateFiles call takes at most: bounds the job and its results.
+constexpr uint32_t kMaxBatchFiles = 4096;
+constexpr uint32_t kMaxBatchRanges = 1 << 16;
+
+uint64_t MemberInteger(Napi::Env env, Napi::Object o, const char* name, double max) {
+  Napi::Value n = o.Get(name);
+  const double d = n.IsNumber() ? n.As<Napi::Number>().DoubleValue() : -1;
+  if (!(d >= 0 && d <= max) || d != static_cast<double>(static_cast<uint64_t>(d)))
+    throw Napi::TypeError::New(env, std::string("files[].") + name + " must be an integer in [0, " +
+                                        std::to_string(static_cast<uint64_t>(max)) + "]");
+  return static_cast<uint64_t>(d);
+}
+
+// invalidateFiles(devFd, devPath, files: {path, dev, ino, ranges: [bigint, bigint][], flags, stopIfKept}[])
+Napi::Value InvalidateFiles(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int dev_fd = ArgFd(info, 0);
+  ArgString(info, 1, "devPath");
+  if (info.Length() <= 2 || !info[2].IsArray()) throw Napi::TypeError::New(env, "files must be an array");
+  Napi::Array list = info[2].As<Napi::Array>();
+  if (list.Length() > kMaxBatchFiles) throw Napi::RangeError::New(env, "too many files in one batch (4096 at most)");
+  std::vector<BatchFile> files(list.Length());
+  uint32_t ranges = 0;
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value v = list.Get(i);
+    if (!v.IsObject()) throw Napi::TypeError::New(env, "files[] must be objects");
+    Napi::Object o = v.As<Napi::Object>();
+    BatchFile& f = files[i];
+    Napi::Value path = o.Get("path");
+    if (!path.IsString()) throw Napi::TypeError::New(env, "files[].path must be a string");
+    f.path = path.As<Napi::String>().Utf8Value();
+    if (f.path.empty() || f.path.find('\0') != std::string::npos)
+      throw Napi::TypeError::New(env, "files[].path must be a non-empty path without NUL");
+    f.dev = MemberInteger(env, o, "dev", 9007199254740991.0);
+    f.ino = MemberInteger(env, o, "ino", 9007199254740991.0);
+    f.flags = static_cast<uint32_t>(MemberInteger(env, o, "flags", 4294967295.0));
+    f.stop_if_kept = o.Get("stopIfKept").ToBoolean().Value();
+    Napi::Value rs = o.Get("ranges");
+    if (!rs.IsArray()) throw Napi::TypeError::New(env, "files[].ranges must be an array");
+    Napi::Array ra = rs.As<Napi::Array>();
+    ranges += ra.Length();
+    if (ra.Length() == 0 || ranges > kMaxBatchRanges)
+      throw Napi::RangeError::New(env, "files[].ranges: at least one per file, 65536 in one batch");
+    for (uint32_t j = 0; j < ra.Length(); j++) {
+      Napi::Value pair = ra.Get(j);
+      if (!pair.IsArray() || pair.As<Napi::Array>().Length() != 2)
+        throw Napi::TypeError::New(env, "files[].ranges[] must be [offset, length] bigints");
+      f.ranges.emplace_back(MemberU64(env, pair.As<Napi::Object>(), "range", "0"),
+                            MemberU64(env, pair.As<Napi::Object>(), "range", "1"));
+    }
+  }
+  auto* worker = new InvalidateFilesWorker(env, dev_fd, std::move(files));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
 // invalidateBdev(devFd, devPath, fd, offset, length, flags, keptCap)
 Napi::Value InvalidateBdev(const Napi::CallbackInfo& info) {
   Target target = ArgTarget(info);
@@ -380,6 +578,37 @@ Napi::Value QueryMappers(const Napi::CallbackInfo& info) {
   });
 }
 
+// queryOpeners(devFd, devPath, fds: number[], openersCap): the descriptors of
+// other processes that refer to those files (the first fd names them in
+// messages).
+Napi::Value QueryOpeners(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= 2 || !info[2].IsArray()) throw Napi::TypeError::New(env, "fds must be an array of fds");
+  Napi::Array list = info[2].As<Napi::Array>();
+  if (list.Length() == 0) throw Napi::RangeError::New(env, "fds must not be empty");
+  if (list.Length() > kMaxReportCap) throw Napi::RangeError::New(env, "too many fds");
+  auto fds = std::make_shared<std::vector<int32_t>>(list.Length());
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value v = list.Get(i);
+    if (!v.IsNumber()) throw Napi::TypeError::New(env, "fds must be an array of fds");
+    const double d = v.As<Napi::Number>().DoubleValue();
+    if (d != static_cast<int32_t>(d) || d < 0) throw Napi::RangeError::New(env, "fds must be non-negative integers");
+    (*fds)[i] = static_cast<int32_t>(d);
+  }
+  Target target{ArgFd(info, 0), ArgString(info, 1, "devPath"), (*fds)[0]};
+  auto openers = std::make_shared<Report<vmsubst_opener>>(ArgCap(info, 3, "openersCap"));
+  auto* call = VS_KMOD_CALL(env, VMSUBST_IOC_QUERY_OPENERS, vmsubst_query_openers, target);
+  call->arg.fds = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(fds->data()));
+  call->arg.nr_fds = static_cast<uint32_t>(fds->size());
+  openers->In(&call->arg.openers);
+  return call->Start([fds, openers](Napi::Env e, const vmsubst_query_openers& r) -> Napi::Value {
+    Napi::Object o = Napi::Object::New(e);
+    o.Set("tasks", Napi::Number::New(e, r.tasks));
+    SetReport(e, o, "openers", r.openers, *openers, OpenerObject);
+    return o;
+  });
+}
+
 // A u64 member of an object argument, as a bigint.
 uint64_t MemberU64(Napi::Env env, Napi::Object o, const char* arg, const char* name) {
   Napi::Value v = o.Get(name);
@@ -480,6 +709,8 @@ void RegisterKmod(Napi::Env env, Napi::Object exports, Napi::Object constants) {
   exports.Set("queryMappers", Napi::Function::New<QueryMappers>(env, "queryMappers"));
   exports.Set("pinMappers", Napi::Function::New<PinMappers>(env, "pinMappers"));
   exports.Set("queryPages", Napi::Function::New<QueryPages>(env, "queryPages"));
+  exports.Set("queryOpeners", Napi::Function::New<QueryOpeners>(env, "queryOpeners"));
+  exports.Set("invalidateFiles", Napi::Function::New<InvalidateFiles>(env, "invalidateFiles"));
 }
 
 }  // namespace vs

@@ -22,6 +22,9 @@ import type {
   PinCursor,
   PinMappersResult,
   QueryMappersResult,
+  QueryOpenersResult,
+  InvalidateFile,
+  InvalidateFileResult,
   QueryPagesResult,
   RevalidateDentriesResult,
   RevalidateInodesResult,
@@ -43,6 +46,7 @@ export interface NativeConstants {
   readonly VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY: bigint;
   readonly VMSUBST_FEATURE_PIN_CURSOR: bigint;
   readonly VMSUBST_FEATURE_REVALIDATE_REPLACED: bigint;
+  readonly VMSUBST_FEATURE_QUERY_OPENERS: bigint;
   readonly VMSUBST_INVALIDATE_F_FORCE: number;
   readonly VMSUBST_INVALIDATE_F_ZAP: number;
   readonly VMSUBST_INVALIDATE_F_DROP: number;
@@ -83,6 +87,8 @@ export interface NativeConstants {
   readonly VMSUBST_PIN_F_RESUME: number;
   readonly VMSUBST_RANGES_MAX: number;
   readonly VMSUBST_MAPPERS_MAX: number;
+  readonly VMSUBST_OPENERS_MAX: number;
+  readonly VMSUBST_OPENERS_FILES_MAX: number;
   readonly VMSUBST_INODES_MAX: number;
   readonly VMSUBST_NAMES_MAX: number;
   readonly VMSUBST_NAMES_SIZE_MAX: number;
@@ -177,6 +183,8 @@ export interface NativeBinding {
     length: bigint,
     rangesCap: number,
   ): Promise<QueryPagesResult>;
+  queryOpeners(devFd: number, devPath: string, fds: readonly number[], openersCap: number): Promise<QueryOpenersResult>;
+  invalidateFiles(devFd: number, devPath: string, files: readonly InvalidateFile[]): Promise<InvalidateFileResult[]>;
   vsockListen(cid: number, port: number, backlog: number): { fd: number; cid: number; port: number };
   vsockAddresses(fd: number): { localCid: number; localPort: number; remoteCid: number; remotePort: number };
   localCid(devPath: string): number;
@@ -205,6 +213,8 @@ const BINDING_FUNCTIONS = [
   'queryMappers',
   'pinMappers',
   'queryPages',
+  'queryOpeners',
+  'invalidateFiles',
   'vsockListen',
   'vsockAddresses',
   'localCid',

@@ -35,7 +35,8 @@ export type KmodFeature =
   | 'queryPages'
   | 'invalidateUnlessDirty'
   | 'pinCursor'
-  | 'revalidateReplaced';
+  | 'revalidateReplaced'
+  | 'queryOpeners';
 
 /** VMSUBST_PAGE_* bits by name: why a page range was not simply dropped. */
 export type PageState = 'dropped' | 'dirty' | 'writeback' | 'locked' | 'pinned' | 'mapped' | 'busy';
@@ -144,6 +145,58 @@ export interface QueryMappersResult {
   mappersTotal: bigint;
 }
 
+/** A descriptor of another process that refers to one of the files asked about; struct vmsubst_opener. */
+export interface Opener {
+  /** Thread-group id, in the agent's pid namespace. */
+  pid: number;
+  comm: string;
+  /** Index in the fds asked about of the (first) fd of that file. */
+  file: number;
+  /** The descriptor's number in that process. */
+  fd: number;
+  /** The open file's flags (O_ACCMODE, O_APPEND, ...). */
+  flags: number;
+  /** Where its next read starts. */
+  pos: bigint;
+}
+
+export interface QueryOpenersResult {
+  /** Descriptor tables the module read. */
+  tasks: number;
+  openers: Opener[];
+  openersTotal: bigint;
+}
+
+/** One file of KmodDevice.invalidateFiles. */
+export interface InvalidateFile {
+  path: string;
+  /** The indexed inode the path must still name (st_dev, st_ino). */
+  dev: number;
+  ino: number;
+  /** [offset, length] byte ranges, one VMSUBST_IOC_INVALIDATE_RANGE each. */
+  ranges: [bigint, bigint][];
+  /** VMSUBST_INVALIDATE_F_* (constants). */
+  flags: number;
+  /** Pages kept by a range end the batch after this file. */
+  stopIfKept?: boolean;
+}
+
+/** What became of one file of a batch; the batch ends at the first file that is not `done` (or kept pages). */
+export interface InvalidateFileResult {
+  state: 'pending' | 'done' | 'open-failed' | 'swapped' | 'ioctl-failed';
+  /** open-failed, ioctl-failed: the error (errno, code, syscall). */
+  error?: Error;
+  /** ioctl-failed: the range whose ioctl failed; done with stopIfKept: the range that kept pages. */
+  range: number;
+  /** swapped: the st_mode and inode number the path names now. */
+  nowMode?: number;
+  nowIno?: number;
+  pagesCached: bigint;
+  pagesMapped: bigint;
+  pagesDropped: bigint;
+  pagesKept: bigint;
+}
+
 /** What pinning did to one process; struct vmsubst_pin_result. */
 export interface PinnedProcess {
   pid: number;
@@ -232,6 +285,11 @@ export interface QueryMappersOptions {
   capacity?: number;
 }
 
+export interface QueryOpenersOptions {
+  /** Room for `openers`; default and most constants.VMSUBST_OPENERS_MAX. */
+  capacity?: number;
+}
+
 export interface PinMappersOptions {
   /** Copies made by this call at most, 1..constants.VMSUBST_PIN_PAGES_MAX. */
   maxPages: number;
@@ -299,6 +357,7 @@ export function kmodFeatures(features: bigint): KmodFeature[] {
     ['invalidateUnlessDirty', constants.VMSUBST_FEATURE_INVALIDATE_UNLESS_DIRTY],
     ['pinCursor', constants.VMSUBST_FEATURE_PIN_CURSOR],
     ['revalidateReplaced', constants.VMSUBST_FEATURE_REVALIDATE_REPLACED],
+    ['queryOpeners', constants.VMSUBST_FEATURE_QUERY_OPENERS],
   ];
   return names.filter(([, bit]) => (features & bit) === bit).map(([name]) => name);
 }
@@ -455,6 +514,35 @@ export class KmodDevice {
     checkRange(fileFd, offset, length);
     const cap = capacity('capacity', options.capacity, constants.VMSUBST_MAPPERS_MAX);
     return binding().queryMappers(this.#devFd(), this.path, fileFd, offset, length, cap);
+  }
+
+  /**
+   * Open (by path, checked to be the indexed inode), VMSUBST_IOC_INVALIDATE_RANGE each range (the
+   * counts only), close: for up to 4096 files in one job on the thread pool, in order, stopping at
+   * the first that fails (its result says how; the files after it are `pending`).
+   */
+  async invalidateFiles(files: readonly InvalidateFile[]): Promise<InvalidateFileResult[]> {
+    checkInteger('files.length', files.length, 0, 4096);
+    for (const f of files) {
+      checkInteger('flags', f.flags, 0, U32_MAX);
+      for (const [offset, length] of f.ranges) {
+        checkU64('offset', offset);
+        checkU64('length', length);
+      }
+    }
+    return binding().invalidateFiles(this.#devFd(), this.path, files);
+  }
+
+  /**
+   * VMSUBST_IOC_QUERY_OPENERS: the descriptors of every other process that
+   * refer to the files open as `fileFds` (1..constants.VMSUBST_OPENERS_FILES_MAX
+   * of them), in one pass over the processes; a snapshot.
+   */
+  async queryOpeners(fileFds: readonly number[], options: QueryOpenersOptions = {}): Promise<QueryOpenersResult> {
+    checkInteger('fileFds.length', fileFds.length, 1, constants.VMSUBST_OPENERS_FILES_MAX);
+    fileFds.forEach((fd) => checkFd(fd));
+    const cap = capacity('capacity', options.capacity, constants.VMSUBST_OPENERS_MAX);
+    return binding().queryOpeners(this.#devFd(), this.path, fileFds, cap);
   }
 
   /**

@@ -66,42 +66,75 @@ export function isScript(
   return undefined;
 }
 
+/** A descriptor of a process that refers to a file; `flags` are its open flags. */
+export interface OpenFd {
+  pid: number;
+  comm: string;
+  fd: number;
+  pos: number;
+  flags: number;
+}
+
 /**
- * For each file (by dev:ino), the processes with an fd open on it, except `skip` (pids that map it:
- * the policies handle those). One pass over /proc; an fd is stat'ed only when its link is a path.
+ * For each file (by dev:ino), the descriptors other processes hold on it, from /proc: one pass over
+ * every process; an fd is stat'ed only when its link is a path. The module answers the same question
+ * without the per-descriptor cost (users.ts).
  */
-export async function findReaders(
-  files: readonly (FileKey & { path: string })[],
-  procRoot = '/proc',
-  skip: ReadonlyMap<string, ReadonlySet<number>> = new Map(),
-): Promise<Map<string, FileReader[]>> {
-  const wanted = new Map(files.map((f) => [keyOf(f), f]));
-  const out = new Map<string, FileReader[]>();
+export async function scanOpenFds(files: readonly FileKey[], procRoot = '/proc'): Promise<Map<string, OpenFd[]>> {
+  const wanted = new Set(files.map(keyOf));
+  const out = new Map<string, OpenFd[]>();
   if (wanted.size === 0) return out;
   const self = procRoot === '/proc' ? String(process.pid) : '';
   for (const pid of await readdir(procRoot).catch(() => [] as string[])) {
     if (!/^\d+$/.test(pid) || pid === self) continue;
     const fds = await readdir(`${procRoot}/${pid}/fd`).catch(() => [] as string[]);
+    let comm: string | undefined;
     for (const fd of fds) {
       const link = await readlink(`${procRoot}/${pid}/fd/${fd}`).catch(() => '');
       if (!link.startsWith('/')) continue; // sockets, pipes, anon inodes
       const st = await stat(`${procRoot}/${pid}/fd/${fd}`).catch(() => undefined);
       if (!st || !st.isFile()) continue;
       const key = keyOf({ dev: Number(st.dev), ino: Number(st.ino) });
-      const file = wanted.get(key);
-      if (!file || skip.get(key)?.has(Number(pid))) continue;
+      if (!wanted.has(key)) continue;
       const info = parseFdinfo(await readFile(`${procRoot}/${pid}/fdinfo/${fd}`, 'utf8').catch(() => ''));
-      const comm = (await readFile(`${procRoot}/${pid}/comm`, 'utf8').catch(() => '?')).trim();
-      const args = (await readFile(`${procRoot}/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-      const cwd = await readlink(`${procRoot}/${pid}/cwd`).catch(() => undefined);
-      const exe = await readlink(`${procRoot}/${pid}/exe`).catch(() => undefined);
-      const because = isScript(args, cwd, file.path, comm, exe, info);
+      comm ??= (await readFile(`${procRoot}/${pid}/comm`, 'utf8').catch(() => '?')).trim();
+      const list = out.get(key) ?? [];
+      list.push({ pid: Number(pid), comm, fd: Number(fd), pos: info.pos, flags: info.flags });
+      out.set(key, list);
+    }
+  }
+  return out;
+}
+
+/**
+ * For each file (by dev:ino), the processes with an fd open on it, except `skip` (pids that map it:
+ * the policies handle those), and whether each runs the file as its script. `openFds` finds the
+ * descriptors (the module, or the /proc scan); only their processes' command lines are read.
+ */
+export async function findReaders(
+  files: readonly (FileKey & { path: string })[],
+  procRoot = '/proc',
+  skip: ReadonlyMap<string, ReadonlySet<number>> = new Map(),
+  openFds: (files: readonly FileKey[]) => Promise<Map<string, OpenFd[]>> = (f) => scanOpenFds(f, procRoot),
+): Promise<Map<string, FileReader[]>> {
+  const out = new Map<string, FileReader[]>();
+  if (files.length === 0) return out;
+  const found = await openFds(files);
+  for (const file of files) {
+    const key = keyOf(file);
+    for (const o of found.get(key) ?? []) {
+      if (skip.get(key)?.has(o.pid)) continue;
+      const dir = `${procRoot}/${o.pid}`;
+      const args = (await readFile(`${dir}/cmdline`, 'utf8').catch(() => '')).split('\0');
+      const cwd = await readlink(`${dir}/cwd`).catch(() => undefined);
+      const exe = await readlink(`${dir}/exe`).catch(() => undefined);
+      const because = isScript(args, cwd, file.path, o.comm, exe, { pos: o.pos, flags: o.flags });
       const list = out.get(key) ?? [];
       list.push({
-        pid: Number(pid),
-        comm,
-        fd: Number(fd),
-        pos: info.pos,
+        pid: o.pid,
+        comm: o.comm,
+        fd: o.fd,
+        pos: o.pos,
         script: because !== undefined,
         ...(because ? { because } : {}),
       });

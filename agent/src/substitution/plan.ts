@@ -20,7 +20,8 @@ import type { FileHit } from '../pedigree/index.js';
 import { Ext4Classifier } from '@vmsubst/common/pedigree/classify';
 import type { DiskReader } from './verify.js';
 import { restartReasons, type MetadataPlan } from './metadata.js';
-import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
+import { keyOf, type MapperInfo } from '../proc/mappers.js';
+import { procUsers, type FileUsers } from '../proc/users.js';
 
 /**
  * Without configuration: data files and ELF files whose code the host found unchanged are remapped;
@@ -54,6 +55,8 @@ export interface PlanInput {
   diskPath: string;
   read: DiskReader;
   procRoot: string;
+  /** Who maps the files (the module); default a /proc scan of procRoot. */
+  users?: FileUsers;
 }
 
 export interface FilePlan {
@@ -69,10 +72,7 @@ export interface PlanResult {
 
 export async function buildPlan(input: PlanInput): Promise<PlanResult> {
   const fileHits = input.files.filter((f) => f.file.kind === 'file');
-  const mappers = await findMappers(
-    fileHits.map((f) => f.file),
-    input.procRoot,
-  );
+  const mappers = await (input.users ?? procUsers(input.procRoot)).mappers(fileHits.map((f) => f.file));
   const units = new Map<number, UnitVerdict | undefined>();
   const self = await readFile(`${input.procRoot}/self/cgroup`, 'utf8').catch(() => '');
   const files: FilePlan[] = [];

@@ -13,6 +13,7 @@ import { CommandError } from '../errors.js';
 import type { OpenReader } from '@vmsubst/common/protocol/schema';
 import { findReaders } from '../proc/readers.js';
 import { keyOf } from '../proc/mappers.js';
+import { procUsers, type FileUsers } from '../proc/users.js';
 import { restartableUnit } from './plan.js';
 import type { PlanResult } from './plan.js';
 
@@ -20,10 +21,16 @@ import type { PlanResult } from './plan.js';
 export type Moment = 'before-write' | 'after-write';
 
 /** Adds each file's open readers to the plan, with what happens to them; restartable units join `plan.units`. */
-export async function addReaders(planned: PlanResult, procRoot: string, force: boolean, moment: Moment): Promise<void> {
+export async function addReaders(
+  planned: PlanResult,
+  procRoot: string,
+  force: boolean,
+  moment: Moment,
+  users: FileUsers = procUsers(procRoot),
+): Promise<void> {
   const files = planned.files.map((f) => ({ ...f.hit.file, path: f.hit.file.path }));
   const mapping = new Map([...planned.mappers].map(([k, ms]) => [k, new Set(ms.map((m) => m.pid))]));
-  const readers = await findReaders(files, procRoot, mapping);
+  const readers = await findReaders(files, procRoot, mapping, () => users.openFds(files));
   if (readers.size === 0) return;
   const self = await readFile(`${procRoot}/self/cgroup`, 'utf8').catch(() => '');
   const units = new Set(planned.plan.units);

@@ -33,7 +33,7 @@ export { loadTrustedKeys };
 export const AGENT_VERSION = '0.1.0';
 
 /** The system as the agent sees it: the real implementations live in native/ and are wired in main.ts. */
-export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange' | 'queryDirty'> {
+export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange' | 'invalidateBatch' | 'queryDirty'> {
   invalidateRange(
     fd: number,
     offset: bigint,
@@ -42,6 +42,10 @@ export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange' | 'que
     device: string,
   ): ReturnType<SubstituteDeps['invalidateRange']>;
   queryDirty(fd: number, offset: number, length: number, device: string): ReturnType<SubstituteDeps['queryDirty']>;
+  invalidateBatch?(
+    files: Parameters<NonNullable<SubstituteDeps['invalidateBatch']>>[0],
+    device: string,
+  ): ReturnType<NonNullable<SubstituteDeps['invalidateBatch']>>;
   vsockListen?: VsockListen;
   adoptStream?: AdoptStream;
   /** dup(2): the virtio-serial port stays open while its streams come and go. */
@@ -225,14 +229,19 @@ export class Agent {
 
   #substituteDeps(): SubstituteDeps {
     const { deps, config } = this;
+    const { invalidateBatch, ...rest } = deps;
+    const skipInvalidate = process.env['VMSUBST_FAULT'] === 'skip-invalidate';
     return {
-      ...deps,
+      ...rest,
+      // The fault injection below replaces the module's calls: the batch would bypass it.
+      ...(invalidateBatch && !skipInvalidate
+        ? { invalidateBatch: (files) => invalidateBatch(files, config.kmodDevice) }
+        : {}),
       ...(this.#pedigree ? { pedigree: this.#pedigree } : {}),
       policies: config.policies,
-      invalidateRange:
-        process.env['VMSUBST_FAULT'] === 'skip-invalidate'
-          ? async () => ({ pagesCached: 0n, pagesMapped: 0n, pagesDropped: 0n, pagesKept: 0n }) // fault injection: the module is never called (the read-back test)
-          : (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
+      invalidateRange: skipInvalidate
+        ? async () => ({ pagesCached: 0n, pagesMapped: 0n, pagesDropped: 0n, pagesKept: 0n }) // fault injection: the module is never called (the read-back test)
+        : (fd, offset, length, flags) => deps.invalidateRange(fd, offset, length, flags, config.kmodDevice),
       queryDirty: (fd, offset, length) => deps.queryDirty(fd, offset, length, config.kmodDevice),
     };
   }

@@ -8,6 +8,7 @@
  *   BENCH_CURVE_MAX_MIB   largest cached file (default 1024)
  *   BENCH_CURVE_FILES     largest number of files (default 1000; 10000 takes ~10 min under TCG)
  *   BENCH_CURVE_PROCS     largest number of mapping processes (default 256)
+ *   BENCH_CURVE_IDLE      largest number of idle processes (default 1000)
  */
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -41,7 +42,8 @@ function parse<T>(out: string): T[] {
 
 /** The two report-capacity settings of the files curve, as the table names them. */
 const MAX_CAPS = "maximum (the addon's default)";
-const AGENT_CAPS = 'none (as the agent calls it)';
+const AGENT_CAPS = 'none, file by file (as the agent called it)';
+const BATCH = 'none, one batch call for all files (as the agent calls it)';
 
 export const curves: Benchmark = {
   name: 'curves',
@@ -50,6 +52,7 @@ export const curves: Benchmark = {
     const maxMiB = Number(process.env['BENCH_CURVE_MAX_MIB'] ?? 1024);
     const maxFiles = Number(process.env['BENCH_CURVE_FILES'] ?? 1000);
     const maxProcs = Number(process.env['BENCH_CURVE_PROCS'] ?? 256);
+    const maxIdle = Number(process.env['BENCH_CURVE_IDLE'] ?? 1000);
     const mibs = geometric(1, maxMiB, 4);
     const procs = geometric(1, maxProcs, 4);
     const files = geometric(1, maxFiles, 10);
@@ -78,6 +81,8 @@ export const curves: Benchmark = {
     let pages: Array<{ mib: number; small: Inval; big: Inval }>;
     let mappers: Array<Inval & { n: number }>;
     let many: Array<{ k: number; caps: string | number; ms: number; dropped: number }>;
+    let idle: Array<{ n: number; procs: number; module: number; proc: number; found: boolean; source: string }>;
+    const idles = [10, 100, 1000].filter((n) => n <= maxIdle);
     try {
       const t0 = Date.now();
       pages = parse(await node(`pages /mnt/data/big/file /mnt/data/small/file ${ctx.runs} ${mibs.join(' ')}`));
@@ -88,6 +93,9 @@ export const curves: Benchmark = {
       const t2 = Date.now();
       many = parse(await node(`files /mnt/data/many ${ctx.runs} ${files.join(' ')}`));
       ctx.log(`files curve: ${fmtMs(Date.now() - t2)}`);
+      const t3 = Date.now();
+      idle = parse(await node(`idle /mnt/data/bin/vprog ${ctx.runs} ${idles.join(' ')}`));
+      ctx.log(`idle processes curve: ${fmtMs(Date.now() - t3)}`);
     } finally {
       vm.kill();
     }
@@ -174,9 +182,11 @@ export const curves: Benchmark = {
       const caps =
         xs[0]!.caps === 'default'
           ? MAX_CAPS
-          : xs[0]!.caps === 0
-            ? AGENT_CAPS
-            : `${xs[0]!.caps} outcomes, ${xs[0]!.caps} mappers`;
+          : xs[0]!.caps === 'batch'
+            ? BATCH
+            : xs[0]!.caps === 0
+              ? AGENT_CAPS
+              : `${xs[0]!.caps} outcomes, ${xs[0]!.caps} mappers`;
       const ms = xs.map((x) => x.ms);
       filesT.rows.push([
         String(k),
@@ -188,6 +198,30 @@ export const curves: Benchmark = {
       fileSeries.set(caps, [...(fileSeries.get(caps) ?? []), [k, stats(ms).median]]);
     }
     const filePts = fileSeries.get(AGENT_CAPS) ?? [];
+    const idleT: Table = {
+      title: `Finding who uses a changed file against idle processes in the guest, ${ctx.runs} runs per count`,
+      command: `node /mnt/data/bench/curve.mjs idle /mnt/data/bin/vprog ${ctx.runs} ${idles.join(' ')} (in the guest)`,
+      columns: [
+        'idle processes',
+        'processes in all',
+        'through the module',
+        'through /proc (no module)',
+        'both found the two users',
+      ],
+      rows: [],
+    };
+    const idleSeries = { module: [] as Array<[number, number]>, proc: [] as Array<[number, number]> };
+    for (const [n, xs] of by(idle, (x) => x.n)) {
+      idleT.rows.push([
+        String(n),
+        String(xs[0]!.procs),
+        fmtStatsMs(xs.map((x) => x.module)),
+        fmtStatsMs(xs.map((x) => x.proc)),
+        xs.every((x) => x.found) ? 'yes' : 'NO',
+      ]);
+      idleSeries.module.push([n, stats(xs.map((x) => x.module)).median]);
+      idleSeries.proc.push([n, stats(xs.map((x) => x.proc)).median]);
+    }
     const perFile = (caps: string): number => {
       const pts = fileSeries.get(caps) ?? [];
       const last = pts[pts.length - 1];
@@ -218,9 +252,17 @@ addon, close) and times them with \`performance.now()\`; every sample re-warms w
   \`i_mmap\` tree and zaps every mapping's PTEs (\`even_cows = 0\`).
 - **Files per substitution**: N = ${files.join(', ')} files of one cached page each, invalidated in one
   loop as the agent does for the files of one substitution; once with the report arrays at their maximum
-  (the addon's default) and once with none, as the agent calls it (it uses only the counts).
-  ${maxFiles < 10_000 ? `Scaled to ${maxFiles} files (BENCH_CURVE_FILES; the 10k point costs about ten minutes under TCG here): the cost is linear per file.` : ''}`,
-      tables: [pagesT, procT, filesT],
+  (the addon's default) and once with none (the agent uses only the counts); then all of them in one
+  batch call of the addon, as the agent does now (the stat that gives each file's inode is not timed:
+  the agent has it from its index).
+  ${maxFiles < 10_000 ? `Scaled to ${maxFiles} files (BENCH_CURVE_FILES; the 10k point costs about ten minutes under TCG here): the cost is linear per file.` : ''}
+- **Idle processes**: what the agent's classify stage spends finding the users of a changed file
+  (the processes that map it, the descriptors that hold it open) with N = ${idles.join(', ')} processes
+  in the guest that have nothing to do with it (\`sleep\`), one process running \`/bin/vprog\` and one
+  holding it open. Through the module (\`QUERY_MAPPERS\` over the file's reverse map, \`QUERY_OPENERS\`
+  in one pass of the kernel over the descriptor tables: what the agent uses) and through /proc (every
+  process's maps and descriptors: the fallback without the module). Both must find the two users.`,
+      tables: [pagesT, procT, filesT, idleT],
       plots: [
         pagesPlot,
         {
@@ -231,6 +273,18 @@ addon, close) and times them with \`performance.now()\`; every sample re-warms w
           logx: true,
           logy: true,
           series: [{ name: 'whole-file invalidation of vprog', points: procPts }],
+        },
+        {
+          file: 'curve-idle',
+          title: 'Finding the users of a changed file against idle processes (guest under TCG)',
+          xlabel: 'idle processes in the guest',
+          ylabel: 'ms (median)',
+          logx: true,
+          logy: true,
+          series: [
+            { name: 'through the module (the agent)', points: idleSeries.module },
+            { name: 'through /proc (no module)', points: idleSeries.proc },
+          ],
         },
         {
           file: 'curve-files',
@@ -256,7 +310,19 @@ addon, close) and times them with \`performance.now()\`; every sample re-warms w
             ? `Processes: from ${first[0]} to ${last[0]} mapping processes the medians stay between ${fmtMs(Math.min(...ms))} and ${fmtMs(Math.max(...ms))}: the rmap walk and the PTE zap of one ${stats(mappers.map((x) => x.dropped)).median}-page file per mapping are lost in the noise of one call on this loaded machine. The cost per mapping is small next to the fixed cost of a call.`
             : `Processes: ${fileLine(procPts)} processes: the rmap walk and the PTE zap are per mapping.`;
         })(),
-        `Files: ${fileLine(filePts)} files: a fixed cost per file (open, one ioctl on the thread pool, close). With the report arrays at their maximum (4096 outcomes and 4096 mappers, the addon's default) each call allocates and zeroes about 300 KiB in the addon and the module; without them, as the agent calls it, a call at the largest count costs ${(1 / capRatio).toFixed(2)}× as much.`,
+        `Files: file by file, ${fileLine(filePts)} files: a fixed cost per file (open, one ioctl on the thread pool, close); in one batch call (the addon opens, checks, invalidates and closes every file on one thread-pool job) ${fmtMs(perFile(BATCH))} per file against ${fmtMs(perFile(AGENT_CAPS))} at the largest count.`,
+        `Report arrays: with them at their maximum (4096 outcomes and 4096 mappers, the addon's default) each call allocates and zeroes about 300 KiB in the addon and the module; without them, a call at the largest count costs ${(1 / capRatio).toFixed(2)}× as much.`,
+        (() => {
+          const m = idleSeries.module;
+          const p = idleSeries.proc;
+          const a = m[0];
+          const b = m[m.length - 1];
+          const pa = p[0];
+          const pb = p[p.length - 1];
+          return a && b && pa && pb
+            ? `Idle processes: from ${a[0]} to ${b[0]} idle processes the module's answer goes from ${fmtMs(a[1])} to ${fmtMs(b[1])} (${(b[1] / a[1]).toFixed(1)}×), the /proc scan from ${fmtMs(pa[1])} to ${fmtMs(pb[1])} (${(pb[1] / pa[1]).toFixed(1)}×): the kernel's pass over the descriptor tables costs microseconds per process, the scan a few system calls per process and per descriptor.`
+            : '';
+        })(),
         'All under TCG on a machine shared with other jobs (see the min – max spreads), where every system call and page-table operation is emulated: read the slopes, not the absolute values, which KVM divides by a large factor.',
       ],
     };

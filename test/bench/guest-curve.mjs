@@ -5,11 +5,15 @@
 //   node curve.mjs pages BIG SMALL RUNS MIB...
 //   node curve.mjs mappers FILE RUNS N...
 //   node curve.mjs files DIR RUNS K...
+//   node curve.mjs idle FILE RUNS N...   (who maps and holds FILE open, with N idle processes)
 import { closeSync, openSync, readSync, readdirSync, statSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 
-const { invalidateRange } = await import('/opt/vmsubst/build/agent/src/native/index.js');
+const { KmodDevice, DEFAULT_KMOD_DEVICE } = await import('/opt/vmsubst/build/agent/src/native/index.js');
+const device = new KmodDevice(DEFAULT_KMOD_DEVICE);
+const invalidateRange = (fd, offset, length, flags, options = {}) =>
+  device.invalidateRange(fd, offset, length, { flags, ...options });
 const [mode, target, second, ...rest] = process.argv.slice(2);
 const buf = Buffer.alloc(1 << 20);
 
@@ -91,7 +95,7 @@ if (mode === 'pages') {
         for (const f of files) {
           const fd = openSync(f, 'r');
           try {
-            dropped += Number((await invalidateRange(fd, 0n, 4096n, 0, undefined, options)).pagesDropped);
+            dropped += Number((await invalidateRange(fd, 0n, 4096n, 0, options)).pagesDropped);
           } finally {
             closeSync(fd);
           }
@@ -100,7 +104,64 @@ if (mode === 'pages') {
       }
     }
   }
+  // As the agent does it now: all files in one batch call of the addon (open, check, ioctl, close
+  // for each, on one thread-pool job).
+  for (const k of ks) {
+    const files = all.slice(0, k);
+    for (let i = 0; i < runs; i++) {
+      for (const f of files) warm(f, 4096);
+      const t = performance.now();
+      const items = files.map((path) => {
+        const st = statSync(path);
+        return { path, dev: Number(st.dev), ino: Number(st.ino), ranges: [[0n, 4096n]], flags: 0 };
+      });
+      const tStat = performance.now() - t;
+      let dropped = 0;
+      for (let at = 0; at < items.length; at += 4096)
+        for (const r of await device.invalidateFiles(items.slice(at, at + 4096))) dropped += Number(r.pagesDropped);
+      out({ k, caps: 'batch', ms: performance.now() - t - tStat, dropped });
+    }
+  }
+
+} else if (mode === 'idle') {
+  // The agent's discovery of a changed file's users (the processes mapping it, the descriptors
+  // holding it open), through the module and through /proc, with N processes that do not use it.
+  const { systemDeps } = await import('/opt/vmsubst/build/agent/src/system.js');
+  const { procUsers } = await import('/opt/vmsubst/build/agent/src/proc/users.js');
+  const file = target;
+  const [runs, ...ns] = [Number(second), ...rest.map(Number)];
+  const st = statSync(file);
+  const key = [{ dev: Number(st.dev), ino: Number(st.ino), path: file, size: st.size }];
+  const users = (await systemDeps()).users;
+  const proc = procUsers('/proc');
+  // One process runs the file, one holds it open: both must be found each time.
+  const runner = spawn(file, ['3600000'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  await new Promise((res, rej) => { runner.stdout.once('data', res); runner.once('error', rej); });
+  const reader = spawn('sh', ['-c', `exec 7<${file}; exec sleep 3600`], { stdio: 'ignore' });
+  await new Promise((res) => setTimeout(res, 500));
+  const idle = [];
+  const ask = async (u) => {
+    const t = performance.now();
+    const m = await u.mappers(key);
+    const o = await u.openFds(key);
+    const ms = performance.now() - t;
+    const found = (m.values().next().value ?? []).some((x) => x.pid === runner.pid) &&
+      (o.values().next().value ?? []).some((x) => x.pid === reader.pid);
+    return { ms, found };
+  };
+  await ask(users); // warm-up
+  for (const n of ns) {
+    while (idle.length < n) idle.push(spawn('sleep', ['3600'], { stdio: 'ignore' }));
+    await new Promise((res) => setTimeout(res, 200 + n));
+    const procs = readdirSync('/proc').filter((x) => /^\d+$/.test(x)).length;
+    for (let i = 0; i < runs; i++) {
+      const mod = await ask(users);
+      const pr = await ask(proc);
+      out({ n, procs, module: mod.ms, proc: pr.ms, found: mod.found && pr.found, source: users.source });
+    }
+  }
+  for (const p of [runner, reader, ...idle]) p.kill('SIGKILL');
 } else {
-  console.error(`usage: curve.mjs pages|mappers|files ...`);
+  console.error(`usage: curve.mjs pages|mappers|files|idle ...`);
   process.exit(2);
 }

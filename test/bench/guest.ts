@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { vmsubst, vmsubstJson } from '../helpers/cli.js';
+import { applyArgs, vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guestArtifacts, type GuestArtifacts } from '../helpers/paths.js';
 import { GuestVm, type VmOptions } from '../helpers/vm.js';
 import { withTimeout } from '../helpers/timeout.js';
@@ -85,7 +85,7 @@ export function bootGuest(opts: VmOptions): Promise<GuestVm> {
 
 /** `vmsubst apply` into the guest's data disk; returns the CLI's wall ms and the pause. */
 export async function applyInto(vm: GuestVm, bundle: string): Promise<{ ms: number; pauseMs: number }> {
-  const r = await vmsubst(['apply', bundle, '--qmp', vm.qmpSocket, '--device', 'vblk0', '--json'], 900_000);
+  const r = await vmsubst(applyArgs(bundle, vm, false, '--json'), 900_000);
   if (r.code !== 0) throw new Error(`vmsubst apply ${bundle} exited ${r.code}: ${r.stderr}`);
   return { ms: r.ms, pauseMs: (JSON.parse(r.stdout) as { 'pause-ms': number })['pause-ms'] };
 }
@@ -126,31 +126,46 @@ async function trustedKey(vm: GuestVm, tmp: string): Promise<string> {
  * acting, and the benchmarks apply the same bundle many times. Customization is
  * accepted only signed, so the guest is given a host key first.
  */
-export async function notifyGuest(vm: GuestVm, bundle: string, tmp: string): Promise<NotifyResult> {
+/** The signed one-file customization every notification of the benchmarks carries: its id is new. */
+async function freshRequest(vm: GuestVm, tmp: string): Promise<string[]> {
   const key = await trustedKey(vm, tmp);
   const c = join(tmp, `customize-${++customizeSeq}.json`);
   writeFileSync(
     c,
     JSON.stringify({ files: [{ path: '/etc/vmsubst-bench-run', content: `run ${customizeSeq} ${Date.now()}\n` }] }),
   );
+  return ['--customize', c, '--sign', key];
+}
+
+export async function notifyGuest(vm: GuestVm, bundle: string, tmp: string): Promise<NotifyResult> {
+  const request = await freshRequest(vm, tmp);
   const r = await vmsubst(
-    [
-      'notify',
-      bundle,
-      '--to',
-      `serial:${vm.agentSocket}`,
-      '--customize',
-      c,
-      '--sign',
-      key,
-      '--disk-serial',
-      'vmsubst-data',
-      '--json',
-    ],
+    ['notify', bundle, '--to', `serial:${vm.agentSocket}`, ...request, '--disk-serial', 'vmsubst-data', '--json'],
     900_000,
   );
   if (r.code !== 0) throw new Error(`vmsubst notify ${bundle} exited ${r.code}: ${r.stderr}\n${r.stdout}`);
   return { ms: r.ms, report: JSON.parse(r.stdout) as NotifyResult['report'] };
+}
+
+/**
+ * One CLI process for the whole live path: `vmsubst apply --notify` verifies, asks the agent to
+ * prepare, writes, and has it commit (the two-phase substitution), with the same signed one-file
+ * customization as notifyGuest. Returns the wall time and the agent's report.
+ */
+export async function applyNotify(vm: GuestVm, bundle: string, tmp: string): Promise<NotifyResult> {
+  const request = await freshRequest(vm, tmp);
+  const r = await vmsubst(applyArgs(bundle, vm, true, ...request, '--on-no-agent', 'fail', '--json'), 900_000);
+  if (r.code !== 0) throw new Error(`vmsubst apply --notify ${bundle} exited ${r.code}: ${r.stderr}\n${r.stdout}`);
+  const out = JSON.parse(r.stdout) as { agent: { report?: NotifyResult['report'] } };
+  if (!out.agent.report) throw new Error(`vmsubst apply --notify ${bundle}: no agent report: ${r.stdout}`);
+  return { ms: r.ms, report: out.agent.report };
+}
+
+/** Wall time of the CLI doing nothing but start (`vmsubst --version`): node and the bundled CLI loading. */
+export async function cliStartMs(): Promise<number> {
+  const r = await vmsubst(['--version']);
+  if (r.code !== 0) throw new Error(`vmsubst --version exited ${r.code}: ${r.stderr}`);
+  return r.ms;
 }
 
 /** The first line of a guest command's output that says which vprog version ran. */

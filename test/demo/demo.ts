@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestVm } from '../helpers/vm.js';
 import { guestArtifacts } from '../helpers/paths.js';
-import { vmsubstJson } from '../helpers/cli.js';
+import { vmsubstJson, applyArgs } from '../helpers/cli.js';
 import { waitFor } from '../helpers/timeout.js';
 
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
@@ -61,14 +61,7 @@ async function main(): Promise<void> {
     );
 
     t = Date.now();
-    const apply = await vmsubstJson<{ written: number; 'pause-ms': number }>([
-      'apply',
-      bundle,
-      '--qmp',
-      vm.qmpSocket,
-      '--device',
-      'vblk0',
-    ]);
+    const apply = await vmsubstJson<{ written: number; 'pause-ms': number }>(applyArgs(bundle, vm, false));
     say(
       `vmsubst apply: old blocks verified, ${apply.written} bytes written over NBD; VM paused for ${apply['pause-ms'].toFixed(1)} ms (${Date.now() - t} ms in all)`,
     );

@@ -13,6 +13,28 @@ export interface CliRun {
 }
 
 /**
+ * `vmsubst apply BUNDLE` into the test guest's data disk (QMP, device vblk0); with `notify`, the
+ * two-phase substitution through the agent on its virtio-serial socket, the disk named by serial.
+ */
+export function applyArgs(
+  bundle: string,
+  vm: { qmpSocket: string; agentSocket: string },
+  notify: boolean,
+  ...more: string[]
+): string[] {
+  return [
+    'apply',
+    bundle,
+    '--qmp',
+    vm.qmpSocket,
+    '--device',
+    'vblk0',
+    ...(notify ? ['--notify', `serial:${vm.agentSocket}`, '--disk-serial', 'vmsubst-data'] : []),
+    ...more,
+  ];
+}
+
+/**
  * `env` is added to this process's environment. With --json, the document
  * printed is checked against the command's schema (json-output.ts): one that
  * does not conform rejects, naming the problems.

@@ -11,7 +11,7 @@ import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { withGuest } from '../helpers/guest-suite.js';
 import type { GuestVm } from '../helpers/vm.js';
-import { vmsubst } from '../helpers/cli.js';
+import { vmsubst, applyArgs } from '../helpers/cli.js';
 import { withTimeout } from '../helpers/timeout.js';
 
 const PROG = '/mnt/data/bin/vprog';
@@ -52,22 +52,7 @@ D('prepare refuses with GuestDirty, nothing is written, the guest keeps its data
     assert.ok(at > 64);
     await vm.sh(`printf '${MARK}' | dd of=${PROG} bs=1 seek=${at} conv=notrunc 2>/dev/null`);
     const written = await guestSha(vm, `sha256sum ${PROG}`);
-    const r = await vmsubst(
-      [
-        'apply',
-        bundle,
-        '--qmp',
-        vm.qmpSocket,
-        '--device',
-        'vblk0',
-        '--notify',
-        `serial:${vm.agentSocket}`,
-        '--disk-serial',
-        'vmsubst-data',
-        '--json',
-      ],
-      180_000,
-    );
+    const r = await vmsubst(applyArgs(bundle, vm, true, '--json'), 180_000);
     assert.is(r.code, 1, r.stdout + r.stderr);
     assert.match(r.stdout + r.stderr, /GuestDirty: \/mnt\/data\/bin\/vprog \(\d+ dirty/, r.stdout + r.stderr);
     assert.match(r.stdout + r.stderr, /nothing was done/);

@@ -17,7 +17,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, copyFileSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { withGuest } from '../helpers/guest-suite.js';
-import { vmsubst, vmsubstJson } from '../helpers/cli.js';
+import { vmsubst, vmsubstJson, applyArgs } from '../helpers/cli.js';
 import { withTimeout } from '../helpers/timeout.js';
 
 const MiB = 1 << 20;
@@ -176,22 +176,7 @@ P('the two-phase apply is refused with RestartRequired before anything is writte
       c.diskSha,
       'the guest wrote nothing since the bundle was made (else the test proves nothing)',
     );
-    const r = await vmsubst(
-      [
-        'apply',
-        c.bundle,
-        '--qmp',
-        vm.qmpSocket,
-        '--device',
-        'vblk0',
-        '--notify',
-        `serial:${vm.agentSocket}`,
-        '--disk-serial',
-        'vmsubst-data',
-        '--json',
-      ],
-      240_000,
-    );
+    const r = await vmsubst(applyArgs(c.bundle, vm, true, '--json'), 240_000);
     const out = r.stdout + r.stderr;
     assert.is(r.code, 1, out);
     assert.match(out, /RestartRequired/);

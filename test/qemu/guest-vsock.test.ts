@@ -102,6 +102,8 @@ Guest('the kernel module ABI test passes in the guest (TAP)', (c) =>
       /private mappings, F_RESUME reaches and pins every one/,
       /F_RESUME after BUDGET/,
       /F_FORCE keeps dirty pages/,
+      /openers: a child's descriptor, its position and flags/,
+      /openers: truncated to its capacity/,
     ]) {
       const line = lines.find((l) => name.test(l));
       assert.ok(line && /^ok \d+/.test(line) && !line.includes('# SKIP'), `${String(name)}: ${line ?? 'missing'}`);

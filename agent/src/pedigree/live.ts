@@ -218,21 +218,28 @@ export class PedigreeService {
     private readonly opts: BuildOptions = {},
   ) {}
 
-  /** The live index of `mount` (partition starting at `partStart` of its disk). */
-  async get(mount: Mount, partStart: number): Promise<FsIndex> {
-    const key = `${mount.mountPoint}\0${mount.root}\0${partStart}`;
+  /**
+   * The live index of `mount` (partition starting at `partStart` of its disk). `afterWrite`: the
+   * host may already have written the disk (a one-shot substitute), so an index read raw from it
+   * may describe blocks the guest does not see yet.
+   *
+   * On a read-only mount nothing changes the filesystem under the guest but a substitution this
+   * agent performs (after a metadata one it forgets the index), so an index built before the write
+   * is used as it is: no pass over its paths. A read-write mount is re-checked path by path
+   * (fresh()); a remount between the two is a new index. A raw ext4 index built after the write is
+   * brought to the guest's view by that pass too.
+   */
+  async get(mount: Mount, partStart: number, afterWrite = false): Promise<FsIndex> {
+    const key = `${mount.mountPoint}\0${mount.root}\0${partStart}\0${mount.readOnly ? 'ro' : 'rw'}`;
     const have = this.#fs.get(mount.devNum);
     if (have && have.key === key) {
       const fs = await have.fs;
-      await fs.fresh();
+      if (!mount.readOnly) await fs.fresh();
       return fs;
     }
     if (have) await (await have.fs.catch(() => undefined))?.close();
-    // An index read from the disk describes the disk, and a substitution in flight has already
-    // written it while the guest's caches still hold the old files: the lstat pass brings the
-    // index to the guest's view (a walk sees that view already).
     const fs = FsIndex.build(mount, partStart, this.fiemap, this.opts).then(async (f) => {
-      if (f.builtWith.builder === 'ext4-raw') await f.fresh();
+      if (f.builtWith.builder === 'ext4-raw' && afterWrite) await f.fresh();
       return f;
     });
     this.#fs.set(mount.devNum, { key, fs });
@@ -267,12 +274,13 @@ export class PedigreeService {
     disk: DiskLayout,
     mounts: Mount[],
     changed: ByteRange[],
+    afterWrite = false,
   ): Promise<{ files: FileHit[]; unmapped: ByteRange[] }> {
     const parts = mountsOfDisk(disk, mounts);
     const files: FileHit[] = [];
     let rest = changed.map((r) => ({ ...r }));
     for (const p of parts) {
-      const fs = await this.get(p.mount, p.startBytes);
+      const fs = await this.get(p.mount, p.startBytes, afterWrite);
       const inside: ByteRange[] = [];
       const outside: ByteRange[] = [];
       const pEnd = p.startBytes + p.sizeBytes;

@@ -19,6 +19,39 @@ export class SwappedFileError extends AgentError {
   }
 }
 
+/** What a st_mode is, in words. */
+function kindOfMode(mode: number): string {
+  switch (mode & constants.S_IFMT) {
+    case constants.S_IFIFO:
+      return 'a FIFO';
+    case constants.S_IFLNK:
+      return 'a symlink';
+    case constants.S_IFCHR:
+    case constants.S_IFBLK:
+      return 'a device';
+    case constants.S_IFSOCK:
+      return 'a socket';
+    case constants.S_IFDIR:
+      return 'a directory';
+    default:
+      return 'a regular file';
+  }
+}
+
+/** The path names another file than the indexed one (`mode`, `ino`: what it names now). */
+export function swappedError(
+  path: string,
+  kind: 'file' | 'dir',
+  expectIno: number | undefined,
+  mode: number,
+  ino: number,
+): SwappedFileError {
+  return new SwappedFileError(
+    `${path} is no longer the indexed ${kind === 'dir' ? 'directory' : 'file'}${expectIno !== undefined ? ` (inode ${expectIno})` : ''}: it is now ${kindOfMode(mode)}, inode ${ino}; ` +
+      'it was replaced while the substitution ran: retry (the index is checked again)',
+  );
+}
+
 /**
  * Opens `path` expecting the indexed `kind` (and inode, when given). Throws
  * the open's error, or SwappedFileError when the path now names something else.
@@ -31,27 +64,12 @@ export async function openChanged(
   const fh = await open(path, CHANGED_FILE_FLAGS | (kind === 'dir' ? constants.O_DIRECTORY : 0));
   try {
     const st = await fh.stat();
-    const what = st.isFIFO()
-      ? 'a FIFO'
-      : st.isSymbolicLink()
-        ? 'a symlink'
-        : st.isCharacterDevice() || st.isBlockDevice()
-          ? 'a device'
-          : st.isSocket()
-            ? 'a socket'
-            : st.isDirectory()
-              ? 'a directory'
-              : 'a regular file';
     const okKind = kind === 'dir' ? st.isDirectory() : st.isFile();
     if (
       !okKind ||
       (expect !== undefined && (st.ino !== expect.ino || (expect.dev !== undefined && st.dev !== expect.dev)))
-    ) {
-      throw new SwappedFileError(
-        `${path} is no longer the indexed ${kind === 'dir' ? 'directory' : 'file'}${expect ? ` (inode ${expect.ino})` : ''}: it is now ${what}, inode ${st.ino}; ` +
-          'it was replaced while the substitution ran: retry (the index is checked again)',
-      );
-    }
+    )
+      throw swappedError(path, kind, expect?.ino, st.mode, st.ino);
     return fh;
   } catch (e) {
     await fh.close();

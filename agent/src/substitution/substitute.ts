@@ -22,6 +22,8 @@ import { PedigreeIndex, mountsOfDisk, type Fiemap } from '../pedigree/index.js';
 import type { PedigreeService } from '../pedigree/live.js';
 import { readDiskLayout, readMounts, type DiskLayout, type Mount } from '../pedigree/mounts.js';
 import { findMappers, keyOf, type MapperInfo } from '../proc/mappers.js';
+import { procUsers, type FileUsers } from '../proc/users.js';
+import type { InvalidateFile, InvalidateFileResult } from '../native/kmod.js';
 import { resolveDisk, type ResolvedDisk } from './resolve.js';
 import { checkRanges, verifyRanges, type DiskReader } from './verify.js';
 import { openChanged } from './open-changed.js';
@@ -60,6 +62,11 @@ export interface SubstituteDeps {
   /** The agent's live index; without it the disk's filesystems are walked for this substitution. */
   pedigree?: PedigreeService;
   invalidateRange(fd: number, offset: bigint, length: bigint, flags: number): Promise<InvalidateCounts>;
+  /**
+   * The same for many files in one call (open by path and check the inode, each range, close; the
+   * module's KmodDevice.invalidateFiles). Without it, file by file through invalidateRange.
+   */
+  invalidateBatch?(files: readonly InvalidateFile[]): Promise<InvalidateFileResult[]>;
   /** INVALIDATE_F_FORCE: the host forced a substitution under a read-write mount (dirty pages are kept, not refused). */
   forceFlag: number;
   /**
@@ -79,6 +86,8 @@ export interface SubstituteDeps {
   restartUnit(unit: string): Promise<RestartOutcome>;
   /** Policies from the agent's configuration; a notification's own come first. */
   policies?: Policies;
+  /** Who maps and who holds open the changed files: the module when present, else a /proc scan of procRoot. */
+  users?: FileUsers;
   procRoot: string;
   sysRoot: string;
   devRoot: string;
@@ -136,7 +145,7 @@ async function mapAndPlan(
   const refusedDevs = new Set(decisions.filter((d) => d.handling === 'refused').map((d) => d.part.devNum));
   const mounts = allMounts.filter((mt) => !refusedDevs.has(mt.devNum));
   const found = deps.pedigree
-    ? await deps.pedigree.lookup(layout, mounts, changed)
+    ? await deps.pedigree.lookup(layout, mounts, changed, !beforeWrite)
     : (await PedigreeIndex.build(layout, mounts, deps.fiemap)).lookup(changed);
   const { files } = found;
   // The lookup merges adjacent unmapped pieces (the gap before a partition and its superblock
@@ -157,6 +166,7 @@ async function mapAndPlan(
     diskPath: disk.path,
     read: deps.readDirect,
     procRoot: deps.procRoot,
+    users: deps.users ?? procUsers(deps.procRoot),
   });
   // Reflinked (shared) blocks: writing them changes every file that shares them.
   const shared = files.flatMap((f) =>
@@ -193,7 +203,13 @@ async function mapAndPlan(
     ...(d.reason ? { reason: d.reason } : {}),
   }));
   planned.plan.unsupported = unsupported;
-  await addReaders(planned, deps.procRoot, args.force ?? false, beforeWrite ? 'before-write' : 'after-write');
+  await addReaders(
+    planned,
+    deps.procRoot,
+    args.force ?? false,
+    beforeWrite ? 'before-write' : 'after-write',
+    deps.users ?? procUsers(deps.procRoot),
+  );
   if (metadata.filesystems.length > 0 && args.hints?.length) {
     const stale = await predictReplaced(
       metadata.filesystems.map((f) => f.mountPoint),

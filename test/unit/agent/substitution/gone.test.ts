@@ -114,4 +114,90 @@ G('the same path with another inode number in the set does not excuse it', async
   assert.instance(e, CommandError);
 });
 
+/**
+ * The module's batch, as the addon runs it (open, check the inode, the ranges, close; stop at the
+ * first file that fails), over the real files: a stand-in only for the ioctl.
+ */
+function batchModule(): { calls: string[][]; deps: Parameters<typeof invalidateFiles>[2] } {
+  const calls: string[][] = [];
+  const m = module();
+  return {
+    calls,
+    deps: {
+      ...m.deps,
+      invalidateBatch: async (files) => {
+        calls.push(files.map((f) => f.path));
+        const out: Awaited<ReturnType<NonNullable<(typeof m.deps)['invalidateBatch']>>> = [];
+        let stopped = false;
+        for (const f of files) {
+          const zero = { range: 0, pagesCached: 0n, pagesMapped: 0n, pagesDropped: 0n, pagesKept: 0n };
+          if (stopped) {
+            out.push({ state: 'pending', ...zero });
+            continue;
+          }
+          let st;
+          try {
+            st = statSync(f.path);
+          } catch (e) {
+            out.push({ state: 'open-failed', error: e as Error, ...zero });
+            stopped = true;
+            continue;
+          }
+          if (st.ino !== f.ino) {
+            out.push({ state: 'swapped', nowMode: st.mode, nowIno: st.ino, ...zero });
+            stopped = true;
+            continue;
+          }
+          out.push({ state: 'done', ...zero, pagesDropped: 1n });
+        }
+        return out;
+      },
+    },
+  };
+}
+
+/** A file that stays the indexed one. */
+function keptFile(name: string): { plan: FilePlan; report: FileReport } {
+  const f = replacedFile(name);
+  const st = statSync(f.plan.hit.file.path);
+  (f.plan.hit.file as { ino: number }).ino = Number(st.ino);
+  return { plan: f.plan, report: f.report };
+}
+
+G('batched: a name the patch gave away is skipped, the files after it are sent again', async () => {
+  const a = keptFile('b-a');
+  const gone = replacedFile('b-gone');
+  const c = keptFile('b-c');
+  const m = batchModule();
+  await invalidateFiles(
+    [a.plan, gone.plan, c.plan],
+    [a.report, gone.report, c.report],
+    m.deps,
+    false,
+    new Set([goneKey(gone.plan.hit.file.path, gone.oldIno)]),
+  );
+  assert.equal(m.calls.length, 2);
+  assert.equal(m.calls[1], [c.plan.hit.file.path]);
+  assert.is(a.report['pages-dropped'], 1);
+  assert.is(gone.report['pages-dropped'], 0);
+  assert.is(c.report['pages-dropped'], 1);
+});
+
+G('batched: a file swapped by something else fails with the message of the file-by-file path', async () => {
+  const a = replacedFile('b-swapped');
+  const b = keptFile('b-after');
+  const m = batchModule();
+  const e = await invalidateFiles([a.plan, b.plan], [a.report, b.report], m.deps, false, new Set()).catch(
+    (x: unknown) => x,
+  );
+  assert.instance(e, CommandError);
+  assert.is((e as CommandError).errorClass, 'InvalidateFailed');
+  assert.match(
+    (e as CommandError).message,
+    /b-swapped is no longer the indexed file \(inode \d+\): it is now a regular file/,
+  );
+  assert.equal(m.calls.length, 1);
+  assert.is(b.report['pages-dropped'], 0);
+});
+
 G.run();

@@ -9,7 +9,7 @@
 #include <linux/types.h>
 #include <uapi/linux/vmsubst.h>
 
-#define VMSUBST_MODULE_VERSION "0.3.0"
+#define VMSUBST_MODULE_VERSION "0.4.0"
 
 struct address_space;
 struct file;

@@ -21,6 +21,7 @@ requirements:
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
+from ansible_collections.vmsubst.fleet.plugins.module_utils.vmsubst import human_bytes
 
 ROLLOUT = ('vmsubst_rollout', 'vmsubst.fleet.vmsubst_rollout')
 
@@ -39,15 +40,21 @@ class CallbackModule(CallbackBase):
         self._check = False
 
     def v2_playbook_on_play_start(self, play):
+        # Called once per batch of a play with serial, the inventory restricted to the batch.
         self._check = bool(context.CLIARGS.get('check'))
         try:
-            manager = play.get_variable_manager()
-            hosts = manager._inventory.get_hosts(play.hosts)
-            for h in hosts:
-                if h.name not in self._hosts:
-                    self._hosts.append(h.name)
+            inventory = play.get_variable_manager()._inventory
+            everyone = [h.name for h in inventory.get_hosts(play.hosts, ignore_restrictions=True)]
+            batch = [h.name for h in inventory.get_hosts(play.hosts)]
         except Exception:
-            pass
+            return
+        for h in everyone:
+            if h not in self._hosts:
+                self._hosts.append(h)
+        if play.serial:
+            self._batches += 1
+            self._display.display('vmsubst: batch %d: %s (%d of %d hosts)' % (
+                self._batches, ', '.join(batch), len(batch), len(everyone)))
 
     def _record(self, result):
         if result._task.action not in ROLLOUT:
@@ -86,7 +93,7 @@ class CallbackModule(CallbackBase):
                     detail = v['notes'][0]
                 agent = 'told' if v.get('told') else ('-' if v['result'] in ('would-apply', 'refused', 'not-started')
                                                       else 'not told')
-                rows.append((host, v['name'], v['result'], str(v.get('written', 0)), agent, detail[:100]))
+                rows.append((host, v['name'], v['result'], human_bytes(v.get('written', 0)), agent, detail[:100]))
                 totals[v['result']] = totals.get(v['result'], 0) + 1
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         self._display.banner('VMSUBST SUMMARY%s' % (' (check mode: nothing written)' if self._check else ''))

@@ -406,13 +406,16 @@ def main():
             sign_key=dict(type='path', no_log=False),
             **VMSUBST_ARGS
         ),
-        mutually_exclusive=[('vms', 'libvirt_all'), ('vms', 'libvirt_uri')],
-        required_by={'libvirt_uri': 'libvirt_all'},
+        mutually_exclusive=[('vms', 'libvirt_uri')],
         supports_check_mode=True,
     )
     p = module.params
     if not p['libvirt_all'] and not p['vms']:
         module.fail_json(msg='give the VMs of this host (vms) or libvirt_all: true')
+    if p['libvirt_all'] and p['vms']:
+        module.fail_json(msg='give the VMs of this host (vms) or libvirt_all: true, not both')
+    if p['libvirt_uri'] and not p['libvirt_all']:
+        module.fail_json(msg='libvirt_uri goes with libvirt_all: true')
     if p['concurrency'] < 1:
         module.fail_json(msg='concurrency %d: expected a whole number of at least 1' % p['concurrency'])
     if p['canary'] < 0 or (p['vms'] and p['canary'] > len(p['vms'])):

@@ -17,6 +17,7 @@ help:
 	@echo "make build   build the module, the addon and the TypeScript"
 	@echo "make deb     build vmsubst-agent and vmsubst-dkms .deb packages into build/packaging/deb"
 	@echo "make rpm     the same two packages as .rpm into build/packaging/rpm"
+	@echo "make collection  the Ansible collection vmsubst.fleet into build/packaging/ansible"
 
 setup:
 	@scripts/setup.sh

@@ -262,6 +262,19 @@ if (why) {
         for (const n of VMS) assert.match(summaryLine(r.out, h, n), /would-apply/);
       }
       assert.match(r.out, /VMSUBST SUMMARY \(check mode: nothing written\)/);
+
+      // With the bundle distributed first (--tags vmsubst_bundle), check mode asks each agent for its
+      // plan (vmsubst plan): these guests have none.
+      const put = await play(['--tags', 'vmsubst_bundle']);
+      assert.is(put.code, 0, put.out);
+      const planned = await play(['--check']);
+      assert.is(planned.code, 0, planned.out);
+      await assertDisks(HOSTS, W.base, 'base');
+      for (const h of HOSTS) {
+        assert.ok(existsSync(join(W.dir, h, 'bundles')), `${h}: the bundle was put there`);
+        assert.not.ok(existsSync(join(W.dir, h, 'state')), `${h}: no state was written`);
+        for (const n of VMS) assert.match(summaryLine(planned.out, h, n), /would-apply.*plan: no-agent/);
+      }
     }),
   );
 

@@ -93,7 +93,7 @@ class CallbackModule(CallbackBase):
                     detail = v['notes'][0]
                 agent = 'told' if v.get('told') else ('-' if v['result'] in ('would-apply', 'refused', 'not-started')
                                                       else 'not told')
-                rows.append((host, v['name'], v['result'], human_bytes(v.get('written', 0)), agent, detail[:100]))
+                rows.append((host, v['name'], v['result'], human_bytes(v.get('written', 0)), agent, detail))
                 totals[v['result']] = totals.get(v['result'], 0) + 1
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         self._display.banner('VMSUBST SUMMARY%s' % (' (check mode: nothing written)' if self._check else ''))

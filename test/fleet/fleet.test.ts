@@ -11,9 +11,8 @@
  * the third host's batch never starts), the fix and the rerun that finishes, an idempotent rerun,
  * and the rollback with the reverse bundle.
  */
-import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { suite } from 'uvu';
@@ -21,14 +20,13 @@ import * as assert from 'uvu/assert';
 import { FirmwareVm, firmwareImages, whyNoQemu } from '../helpers/firmware-vm.js';
 import { CLI, ROOT } from '../helpers/paths.js';
 import { vmsubstJson } from '../helpers/cli.js';
+import { Ansible, whyNoAnsible, type AnsibleRun as Run } from '../helpers/ansible.js';
 import { withTimeout } from '../helpers/timeout.js';
 
 const MiB = 1 << 20;
 const SIZE = 8 * MiB;
 const HOSTS = ['hv1', 'hv2', 'hv3'] as const;
 const VMS = ['vm-a', 'vm-b'] as const;
-/** Where `make collection` (part of `make packages`) puts the collection's tarball. */
-const PACKAGES = join(ROOT, 'build/packaging/ansible');
 const PLAY_MS = 600_000;
 
 type Host = (typeof HOSTS)[number];
@@ -38,44 +36,11 @@ interface Vm {
   image: string;
   vm: FirmwareVm;
 }
-interface Run {
-  code: number;
-  out: string;
-  recap: Record<string, Record<string, number>>;
-}
-
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-function whyNoAnsible(): string | undefined {
-  for (const tool of ['ansible-playbook', 'ansible-galaxy', 'ansible-doc']) {
-    const r = spawnSync(tool, ['--version'], { encoding: 'utf8' });
-    if (r.error || r.status !== 0) return `${tool} is not installed (Debian package ansible-core; make setup)`;
-  }
-  return undefined;
-}
-
-function tarball(): string | undefined {
-  if (!existsSync(PACKAGES)) return undefined;
-  const t = readdirSync(PACKAGES).find((f) => /^vmsubst-fleet-.*\.tar\.gz$/.test(f));
-  return t === undefined ? undefined : join(PACKAGES, t);
-}
-
-/** The recap's counters per host ("hv1 : ok=5 changed=2 unreachable=0 failed=0 ..."). */
-function recapOf(out: string): Record<string, Record<string, number>> {
-  const recap: Record<string, Record<string, number>> = {};
-  const at = out.lastIndexOf('PLAY RECAP');
-  if (at < 0) return recap;
-  for (const line of out.slice(at).split('\n').slice(1)) {
-    const m = /^(\S+)\s+:\s+(.*)$/.exec(line.trim());
-    if (!m) continue;
-    recap[m[1]!] = Object.fromEntries([...m[2]!.matchAll(/(\w+)=(\d+)/g)].map((x) => [x[1]!, Number(x[2])]));
-  }
-  return recap;
-}
 
 const W = {
   dir: '',
-  env: {} as Record<string, string>,
+  ansible: undefined as unknown as Ansible,
   inventory: '',
   bundle: '',
   reverse: '',
@@ -86,21 +51,7 @@ const W = {
   vms: [] as Vm[],
 };
 
-/** Runs an ansible command with the suite's environment (its own HOME, temp dirs, collections path). */
-function ansible(args: string[], timeoutMs = PLAY_MS): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(args[0]!, args.slice(1), { cwd: W.dir, env: { ...process.env, ...W.env } });
-    let out = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, out, recap: recapOf(out) });
-    });
-  });
-}
+const ansible = (args: string[], timeoutMs = PLAY_MS): Promise<Run> => W.ansible.run(args, timeoutMs);
 
 const play = (extra: string[] = [], bundle = W.bundle): Promise<Run> =>
   ansible(['ansible-playbook', '-i', W.inventory, 'vmsubst.fleet.rollout', '-e', `vmsubst_bundle=${bundle}`, ...extra]);
@@ -130,37 +81,13 @@ function summaryLine(out: string, host: Host, vm: string): string {
 }
 
 const Fleet = suite('fleet: the Ansible collection vmsubst.fleet over three hypervisor hosts (ansible-playbook)');
-const why =
-  whyNoQemu() ?? whyNoAnsible() ?? (tarball() ? undefined : `no collection tarball in ${PACKAGES} (make collection)`);
+const why = whyNoQemu() ?? whyNoAnsible();
 
 Fleet.before(async () => {
   if (why) return;
   W.dir = mkdtempSync(join(tmpdir(), 'vmsubst-fleet-'));
-  const home = join(W.dir, 'home');
-  mkdirSync(home);
-  const collections = join(W.dir, 'collections');
-  W.env = {
-    HOME: home,
-    ANSIBLE_CONFIG: join(W.dir, 'ansible.cfg'),
-    ANSIBLE_LOCAL_TEMP: join(W.dir, 'ansible-local'),
-    ANSIBLE_REMOTE_TEMP: join(W.dir, 'ansible-remote'),
-    ANSIBLE_COLLECTIONS_PATH: collections,
-    ANSIBLE_NOCOLOR: '1',
-    ANSIBLE_FORCE_COLOR: '0',
-    ANSIBLE_RETRY_FILES_ENABLED: '0',
-  };
-  writeFileSync(
-    W.env['ANSIBLE_CONFIG']!,
-    [
-      '[defaults]',
-      'callbacks_enabled = vmsubst.fleet.summary',
-      'forks = 5',
-      'interpreter_python = auto_silent',
-      '',
-    ].join('\n'),
-  );
-  const install = await ansible(['ansible-galaxy', 'collection', 'install', tarball()!, '-p', collections], 120_000);
-  assert.is(install.code, 0, install.out);
+  W.ansible = new Ansible(W.dir);
+  await W.ansible.install();
 
   ({ base: W.base, patched: W.patched } = firmwareImages(SIZE));
   writeFileSync(join(W.dir, 'base.img'), W.base);
@@ -218,7 +145,7 @@ if (why) {
       const role = await ansible(['ansible-doc', '-t', 'role', 'vmsubst.fleet.rollout'], 60_000);
       assert.is(role.code, 0, role.out);
       assert.match(role.out, /vmsubst_on_no_agent/);
-      const r = await ansible(['bash', join(ROOT, 'test/fleet/sanity.sh'), join(W.env['ANSIBLE_COLLECTIONS_PATH']!)]);
+      const r = await ansible(['bash', join(ROOT, 'test/fleet/sanity.sh'), W.ansible.collections]);
       assert.is(r.code, 0, r.out);
       assert.match(r.out, /validate-modules: 0 errors/);
     }),

@@ -177,6 +177,35 @@ if (why) {
     }),
   );
 
+  Fleet('vmsubst_bundle checks the signature against trusted_keys and is idempotent', () =>
+    withTimeout(180_000, 'bundle', async () => {
+      const keys = join(W.dir, 'release');
+      await vmsubstJson(['keygen', '--out', keys]);
+      const signed = join(W.dir, 'signed.vsb');
+      await vmsubstJson(['sign', W.bundle, '--key', `${keys}.key`, '-o', signed]);
+      const dest = join(W.dir, 'signed-dest') + '/';
+      const put = (src: string): Promise<Run> =>
+        ansible(
+          ['ansible', 'hv1', '-i', W.inventory, '-m', 'vmsubst.fleet.vmsubst_bundle', '-a'].concat(
+            `src=${src} dest=${dest} trusted_keys=${keys}.pub vmsubst_path=${CLI}`,
+          ),
+          60_000,
+        );
+      const unsigned = await put(W.bundle);
+      assert.is.not(unsigned.code, 0, unsigned.out);
+      assert.match(unsigned.out, /sign/i);
+      assert.not.ok(existsSync(dest), 'an unsigned bundle is not copied');
+      const first = await put(signed);
+      assert.is(first.code, 0, first.out);
+      assert.match(first.out, /CHANGED/);
+      assert.match(first.out, /"status": "valid"/);
+      const second = await put(signed);
+      assert.is(second.code, 0, second.out);
+      assert.match(second.out, /SUCCESS/, 'the same bundle again: changed false');
+      assert.match(second.out, /"changed": false/);
+    }),
+  );
+
   Fleet('--check writes nothing (disks, bundles, state) and reports what would change', () =>
     withTimeout(PLAY_MS, 'check', async () => {
       const r = await play(['--check']);

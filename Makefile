@@ -7,8 +7,8 @@ KDIR = /usr/src/linux-headers-$(KVER)
 
 TS_SOURCES := $(shell find common/src agent/src host-signal/src test -name '*.ts' 2>/dev/null)
 
-.PHONY: setup build kmod addon ts guest lint test test-flavours test-unit test-integration test-qemu test-packaging \
-	deb rpm packages debian-guest demo bench clean help
+.PHONY: setup build kmod addon ts guest lint test test-flavours test-unit test-integration test-qemu test-packaging test-fleet \
+	deb rpm collection packages debian-guest demo bench clean help
 
 help:
 	@echo "make demo    set up, boot a guest and perform a live substitution, narrated"
@@ -17,6 +17,7 @@ help:
 	@echo "make build   build the module, the addon and the TypeScript"
 	@echo "make deb     build vmsubst-agent and vmsubst-dkms .deb packages into build/packaging/deb"
 	@echo "make rpm     the same two packages as .rpm into build/packaging/rpm"
+	@echo "make collection  the Ansible collection vmsubst.fleet into build/packaging/ansible"
 
 setup:
 	@scripts/setup.sh
@@ -80,18 +81,23 @@ test: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest
 	@mkdir -p build && rm -f build/debian-guest.rc && \
 	  ( $(MAKE) --no-print-directory debian-guest > build/debian-guest.log 2>&1; echo $$? > build/debian-guest.rc ) &
-	@rc=0; $(MAKE) -k --no-print-directory lint test-flavours test-unit test-integration test-qemu || rc=1; \
+	@rc=0; $(MAKE) -k --no-print-directory lint test-flavours test-unit test-integration test-qemu test-fleet || rc=1; \
 	  while [ ! -f build/debian-guest.rc ]; do sleep 5; done; \
 	  if [ "$$(cat build/debian-guest.rc)" != 0 ]; then echo "the Debian guest image failed to build (build/debian-guest.log):"; tail -n 40 build/debian-guest.log; exit 1; fi; \
 	  $(MAKE) --no-print-directory test-packaging || rc=1; exit $$rc
 
 # Style: eslint (typescript-eslint, and the rule that host and guest share code only
-# through @vmsubst/common), prettier for the TypeScript, the kernel's clang-format for kmod/.
+# through @vmsubst/common), prettier for the TypeScript, the kernel's clang-format for kmod/,
+# pycodestyle and pyflakes for the Ansible collection's Python.
 lint:
 	node_modules/.bin/eslint --max-warnings 0 common/src agent/src host-signal/src test
 	node_modules/.bin/prettier --check --log-level warn 'common/src/**/*.ts' 'agent/src/**/*.ts' 'host-signal/src/**/*.ts' 'test/**/*.ts'
 	@$(MAKE) --no-print-directory -C kmod format-check
 	clang-format --dry-run --Werror agent/native/*.[ch] host-signal/native/*.[ch]
+	@# the Ansible collection's Python (ansible/): compiles, pep8 (Ansible's conventions), pyflakes
+	python3 -c 'import sys; [compile(open(f).read(), f, "exec") for f in sys.argv[1:]]' ansible/plugins/*/*.py
+	pycodestyle --max-line-length 120 --ignore E402,W503 ansible
+	pyflakes3 ansible
 
 test-flavours:
 	@$(MAKE) --no-print-directory -C kmod check-flavours
@@ -102,6 +108,9 @@ test-integration:
 	scripts/uvu.sh build/test/integration '\.test\.js$$'
 test-qemu:
 	scripts/uvu.sh build/test/qemu '\.test\.js$$'
+# ansible-playbook over three local "hypervisor hosts" with firmware-only QEMU VMs.
+test-fleet: collection
+	scripts/uvu.sh build/test/fleet '\.test\.js$$'
 
 # Packages (packaging/): built from the compiled tree, so `make build` first.
 deb: setup
@@ -110,7 +119,11 @@ deb: setup
 rpm: setup
 	@$(MAKE) --no-print-directory addon ts
 	@rm -rf build/packaging/rpm && packaging/build-rpm.sh build/packaging/rpm
-packages: deb rpm
+# The Ansible collection vmsubst.fleet (ansible/), as the tarball users install.
+collection:
+	@rm -rf build/packaging/ansible && mkdir -p build/packaging/ansible
+	ansible-galaxy collection build ansible --output-path build/packaging/ansible >/dev/null
+packages: deb rpm collection
 
 # The Debian 12 guest the packaging suite installs into (debootstrap, cached in
 # .cache/debian-guest). When it cannot be built here (exit 3: no debootstrap, no

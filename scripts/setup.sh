@@ -15,7 +15,8 @@ have_pkgs() {
 }
 
 PKGS=(qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio kmod socat gcc make libc6-dev python3 g++ xz-utils time
-      debootstrap dpkg-dev lintian rpm gnuplot-nox vmtouch xfsprogs btrfs-progs clang-format)
+      debootstrap dpkg-dev lintian rpm gnuplot-nox vmtouch xfsprogs btrfs-progs clang-format
+      ansible-core python3-voluptuous pycodestyle pyflakes3)
 if ! have_pkgs "${PKGS[@]}"; then
   [ "$(id -u)" = 0 ] || { echo "setup: installing packages needs root (apt-get)" >&2; exit 1; }
   say "installing host packages: ${PKGS[*]}"

@@ -5,6 +5,7 @@
  * serves one client per socket).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { waitFor } from './timeout.js';
@@ -117,4 +118,18 @@ export class FirmwareVm {
     this.monitor?.qmp.close();
     if (this.#proc.exitCode === null) this.#proc.kill('SIGKILL');
   }
+}
+
+/**
+ * A random disk image for firmware VMs (no boot signature: the firmware must not run random bytes)
+ * and its patched version: 8 KiB at 64 KiB and 4 KiB at 1 MiB changed. `size` is at least 2 MiB.
+ */
+export function firmwareImages(size: number): { base: Buffer<ArrayBuffer>; patched: Buffer<ArrayBuffer> } {
+  const base = randomBytes(size);
+  base[510] = 0;
+  base[511] = 0;
+  const patched = Buffer.from(base);
+  patched.fill(7, 64 * 1024, 72 * 1024);
+  patched.fill(9, 1 << 20, (1 << 20) + 4096);
+  return { base, patched };
 }

@@ -13,7 +13,7 @@ import * as assert from 'uvu/assert';
 import { Bundle, writeBundle } from '../../../host-signal/src/bundle/index.js';
 import { bufferSource, diffSources } from '../../../host-signal/src/diff/index.js';
 import { rollout, type FleetMember, type RolloutResult } from '../../../host-signal/src/rollout/index.js';
-import { FirmwareVm, whyNoQemu } from '../../helpers/firmware-vm.js';
+import { FirmwareVm, firmwareImages, whyNoQemu } from '../../helpers/firmware-vm.js';
 import { withTimeout } from '../../helpers/timeout.js';
 import { vmsubst } from '../../helpers/cli.js';
 
@@ -71,12 +71,7 @@ const noQemu = whyNoQemu();
 
 Fleet.before(async () => {
   W.dir = mkdtempSync(join(tmpdir(), 'vmsubst-rollout-it-'));
-  W.base = randomBytes(SIZE);
-  W.base[510] = 0; // no boot signature: the firmware must not run random bytes
-  W.base[511] = 0;
-  W.patched = Buffer.from(W.base);
-  W.patched.fill(7, 64 * 1024, 72 * 1024);
-  W.patched.fill(9, MiB, MiB + 4096);
+  ({ base: W.base, patched: W.patched } = firmwareImages(SIZE));
   const d = await diffSources(bufferSource(W.base), bufferSource(W.patched));
   const path = join(W.dir, 'p.vsb');
   await writeBundle(path, { base: { size: SIZE }, blockSize: d.blockSize, ranges: d.ranges }, bufferSource(W.patched));

@@ -68,14 +68,23 @@ export class Qcow2Source implements BlockSource {
     return this.nbd.size;
   }
 
-  static async open(path: string): Promise<Qcow2Source> {
+  /**
+   * `forceShare`: read an image a running QEMU holds (qemu-nbd --force-share: no image lock is taken, nothing is
+   * written; what QEMU has not yet written back is not seen, so pause the VM for a read that must be exact).
+   */
+  static async open(path: string, options: { forceShare?: boolean } = {}): Promise<Qcow2Source> {
     await stat(path);
     const dir = await mkdtemp(join(tmpdir(), 'vmsubst-qcow2-'));
     const sock = join(dir, 'nbd.sock');
     // -r read-only; --shared=1 one client; it exits when we disconnect.
-    const child = spawn('qemu-nbd', ['--read-only', '--format=qcow2', `--socket=${sock}`, '--shared=1', path], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const share = options.forceShare ? ['--force-share'] : [];
+    const child = spawn(
+      'qemu-nbd',
+      ['--read-only', ...share, '--format=qcow2', `--socket=${sock}`, '--shared=1', path],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
     let stderr = '';
     child.stderr!.on('data', (b: Buffer) => (stderr += b.toString('utf8')));
     let exited: string | undefined;

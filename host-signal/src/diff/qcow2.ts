@@ -69,22 +69,18 @@ export class Qcow2Source implements BlockSource {
   }
 
   /**
-   * `forceShare`: read an image a running QEMU holds (qemu-nbd --force-share: no image lock is taken, nothing is
-   * written; what QEMU has not yet written back is not seen, so pause the VM for a read that must be exact).
+   * `imageOpts`: the image as qemu-nbd --image-opts options in place of `path` (e.g. a chain that a running QEMU
+   * holds, opened with `locking=off` on every file: nothing is written and no lock taken).
    */
-  static async open(path: string, options: { forceShare?: boolean } = {}): Promise<Qcow2Source> {
+  static async open(path: string, options: { imageOpts?: string } = {}): Promise<Qcow2Source> {
     await stat(path);
     const dir = await mkdtemp(join(tmpdir(), 'vmsubst-qcow2-'));
     const sock = join(dir, 'nbd.sock');
     // -r read-only; --shared=1 one client; it exits when we disconnect.
-    const share = options.forceShare ? ['--force-share'] : [];
-    const child = spawn(
-      'qemu-nbd',
-      ['--read-only', ...share, '--format=qcow2', `--socket=${sock}`, '--shared=1', path],
-      {
-        stdio: ['ignore', 'ignore', 'pipe'],
-      },
-    );
+    const image = options.imageOpts !== undefined ? ['--image-opts', options.imageOpts] : ['--format=qcow2', path];
+    const child = spawn('qemu-nbd', ['--read-only', `--socket=${sock}`, '--shared=1', ...image], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let stderr = '';
     child.stderr!.on('data', (b: Buffer) => (stderr += b.toString('utf8')));
     let exited: string | undefined;

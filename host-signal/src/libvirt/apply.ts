@@ -34,7 +34,7 @@ import {
 } from '../apply/core.js';
 import { alignedClusterSize, buildOverlay } from '../apply/overlay.js';
 import { UndoStack } from '../apply/undo.js';
-import { describeDisk, parseDomainXml, type DomainDisk, type DomainInfo } from './domain.js';
+import { describeDisk, parseDomainXml, type ChainImage, type DomainDisk, type DomainInfo } from './domain.js';
 import { Virsh } from './virsh.js';
 
 export interface DiskSelector {
@@ -189,9 +189,25 @@ export async function openChain(disk: DomainDisk): Promise<BlockSource> {
       'substitute disks whose image is on this host',
     );
   }
-  if (top.format === 'qcow2') return Qcow2Source.open(top.path, { forceShare: true });
+  if (top.format === 'qcow2') return Qcow2Source.open(top.path, { imageOpts: chainImageOpts(disk.chain) });
   if (top.format === 'raw') return FileSource.open(top.path);
   throw new TargetError(`disk ${disk.target} has format ${top.format}`, 'vmsubst reads raw and qcow2 images');
+}
+
+/**
+ * The chain as qemu-nbd --image-opts: each image with its format and `locking=off` (QEMU holds the images; a read
+ * takes no lock and writes nothing), each backing given explicitly, as libvirt gives it to QEMU.
+ */
+export function chainImageOpts(chain: readonly ChainImage[]): string {
+  const esc = (v: string): string => v.replace(/,/g, ',,');
+  const parts: string[] = [];
+  chain.forEach((img, i) => {
+    const at = 'backing.'.repeat(i);
+    if (!img.path) throw new TargetError(`the disk's chain has an image that is not a local file (${img.type})`);
+    parts.push(`${at}driver=${img.format}`, `${at}file.driver=${img.type === 'block' ? 'host_device' : 'file'}`);
+    parts.push(`${at}file.filename=${esc(img.path)}`, `${at}file.locking=off`);
+  });
+  return parts.join(',');
 }
 
 const readOnly = (source: BlockSource): BlockTarget => ({
@@ -260,12 +276,6 @@ export async function applyToLibvirt(
   const done = (): LibvirtApplyResult => ({ ...result, elapsedMs: Math.round(performance.now() - started) });
   if (manifest.ranges.length === 0) return done();
   const overlayPath = overlayPathFor(t.disk, manifest.id, options.overlayDir);
-  if (await exists(overlayPath)) {
-    throw new TargetError(
-      `${overlayPath} exists already; nothing was written`,
-      'an overlay is a new file, never a replaced one: remove it if it is a leftover, or give another --overlay-dir',
-    );
-  }
 
   // Verify while the guest runs.
   const t0 = performance.now();
@@ -282,7 +292,27 @@ export async function applyToLibvirt(
   }
   result.timingsMs.verify = ms(performance.now() - t0);
   result.rangesAlreadyNew = states.filter((s) => s === 'new').length;
-  if (result.rangesAlreadyNew === manifest.ranges.length) return { ...done(), status: 'already-applied' };
+  if (result.rangesAlreadyNew === manifest.ranges.length) {
+    result.status = 'already-applied';
+    // Applied earlier without --commit: the top is this bundle's overlay; --commit now merges it down.
+    if (options.commit && t.disk.chain.length > 1 && top.path === overlayPath) {
+      const below = t.disk.chain[1]!;
+      result.overlay = {
+        path: top.path,
+        clusterSize: alignedClusterSize(manifest),
+        backing: { name: below.path ?? below.type, format: below.format },
+        committed: false,
+      };
+      await commitLibvirt(t.virsh, result, options.commitTimeoutMs);
+    }
+    return done();
+  }
+  if (await exists(overlayPath)) {
+    throw new TargetError(
+      `${overlayPath} exists already; nothing was written`,
+      'an overlay is a new file, never a replaced one: remove it if it is a leftover, or give another --overlay-dir',
+    );
+  }
   if (options.signal?.aborted) throw new CancelledError('cancelled before writing');
   if (options.beforeWrite) await options.beforeWrite();
 

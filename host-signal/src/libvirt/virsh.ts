@@ -73,6 +73,11 @@ export class Virsh {
       .filter(Boolean);
   }
 
+  /** Restarts the guest at once (virsh reset: a hardware reset, the --on-no-agent=reset fallback). */
+  reset(domain: string): Promise<string> {
+    return this.run(['reset', domain]);
+  }
+
   suspend(domain: string): Promise<string> {
     return this.run(['suspend', domain]);
   }

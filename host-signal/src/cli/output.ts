@@ -376,6 +376,11 @@ export const RolloutOutput = Type.Object(
       strict,
     ),
     vms: Type.Array(RolloutVmJson),
+    skipped: Type.Optional(
+      Type.Array(Type.Object({ name: Type.String(), reason: Type.String() }, strict), {
+        description: '--libvirt-all: the running domains left out (no disk matches the bundle base) and why',
+      }),
+    ),
     'elapsed-ms': Ms,
   },
   strict,

@@ -7,7 +7,7 @@ KDIR = /usr/src/linux-headers-$(KVER)
 
 TS_SOURCES := $(shell find common/src agent/src host-signal/src test -name '*.ts' 2>/dev/null)
 
-.PHONY: setup build kmod addon ts guest lint test test-flavours test-unit test-integration test-qemu test-packaging \
+.PHONY: setup build kmod addon ts guest lint test test-flavours test-unit test-integration test-qemu test-libvirt test-packaging \
 	deb rpm packages debian-guest demo bench clean help
 
 help:
@@ -80,7 +80,7 @@ test: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest
 	@mkdir -p build && rm -f build/debian-guest.rc && \
 	  ( $(MAKE) --no-print-directory debian-guest > build/debian-guest.log 2>&1; echo $$? > build/debian-guest.rc ) &
-	@rc=0; $(MAKE) -k --no-print-directory lint test-flavours test-unit test-integration test-qemu || rc=1; \
+	@rc=0; $(MAKE) -k --no-print-directory lint test-flavours test-unit test-integration test-qemu test-libvirt || rc=1; \
 	  while [ ! -f build/debian-guest.rc ]; do sleep 5; done; \
 	  if [ "$$(cat build/debian-guest.rc)" != 0 ]; then echo "the Debian guest image failed to build (build/debian-guest.log):"; tail -n 40 build/debian-guest.log; exit 1; fi; \
 	  $(MAKE) --no-print-directory test-packaging || rc=1; exit $$rc
@@ -102,6 +102,9 @@ test-integration:
 	scripts/uvu.sh build/test/integration '\.test\.js$$'
 test-qemu:
 	scripts/uvu.sh build/test/qemu '\.test\.js$$'
+# A libvirtd of its own (test/helpers/libvirt.ts) and TCG domains of the test guest.
+test-libvirt:
+	scripts/uvu.sh build/test/libvirt '\.test\.js$$'
 
 # Packages (packaging/): built from the compiled tree, so `make build` first.
 deb: setup

@@ -294,8 +294,8 @@ export async function applyToLibvirt(
   result.rangesAlreadyNew = states.filter((s) => s === 'new').length;
   if (result.rangesAlreadyNew === manifest.ranges.length) {
     result.status = 'already-applied';
-    // Applied earlier without --commit: the top is this bundle's overlay; --commit now merges it down.
-    if (options.commit && t.disk.chain.length > 1 && top.path === overlayPath) {
+    // Applied earlier without --commit: the top is this bundle's overlay (said in the result); --commit merges it down.
+    if (t.disk.chain.length > 1 && top.path === overlayPath) {
       const below = t.disk.chain[1]!;
       result.overlay = {
         path: top.path,
@@ -303,7 +303,7 @@ export async function applyToLibvirt(
         backing: { name: below.path ?? below.type, format: below.format },
         committed: false,
       };
-      await commitLibvirt(t.virsh, result, options.commitTimeoutMs);
+      if (options.commit) await commitLibvirt(t.virsh, result, options.commitTimeoutMs);
     }
     return done();
   }

@@ -537,26 +537,22 @@ function applyJson(r: AnyResult): ApplyJson {
     'elapsed-ms': r.elapsedMs,
     warnings: r.warnings,
   };
+  if (!isQemu(r) && !isLibvirt(r)) return { ...head, mode: r.mode, target: r.target, ...counts, openers: r.openers };
+  // A running VM's part: QEMU's or libvirt's.
+  const vm = { ...head, ...counts, 'vm-status': r.vmStatus, resumed: r.resumed };
   if (isLibvirt(r)) {
     return {
-      ...head,
+      ...vm,
       mode: r.mode,
       target: r.target,
-      ...counts,
-      'vm-status': r.vmStatus,
-      resumed: r.resumed,
       'chain-length': r.chainLength,
       ...(r.overlay ? { overlay: libvirtOverlayJson(r.overlay) } : {}),
     };
   }
-  if (!isQemu(r)) return { ...head, mode: r.mode, target: r.target, ...counts, openers: r.openers };
   return {
-    ...head,
+    ...vm,
     mode: r.mode,
     target: r.target,
-    ...counts,
-    'vm-status': r.vmStatus,
-    resumed: r.resumed,
     recheck: r.recheck,
     ...(r.recovered ? { recovered: recoveryJson(r.recovered) } : {}),
     ...(r.overlay ? { overlay: overlayJson(r.overlay) } : {}),

@@ -135,6 +135,8 @@ export interface DomainDisk {
   target: string;
   serial: string;
   format?: 'raw' | 'qcow2';
+  /** <shareable/> (QEMU's share-rw=on): the nbd mode's writable export needs it. */
+  shareable?: boolean;
 }
 
 export interface DomainOptions {
@@ -163,7 +165,8 @@ export function domainXml(d: Libvirtd, art: GuestArtifacts, o: DomainOptions): s
   const disks = o.disks.map(
     (k) =>
       `<disk type='file' device='disk'><driver name='qemu' type='${k.format ?? 'raw'}'/>` +
-      `<source file='${k.path}'/><target dev='${k.target}' bus='virtio'/><serial>${k.serial}</serial></disk>`,
+      `<source file='${k.path}'/><target dev='${k.target}' bus='virtio'/><serial>${k.serial}</serial>` +
+      `${k.shareable ? '<shareable/>' : ''}</disk>`,
   );
   return `<domain type='qemu'>
   <name>${o.name}</name>

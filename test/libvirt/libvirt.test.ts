@@ -235,8 +235,16 @@ T('--commit merges the overlay down: the chain is one image again and the guest 
   }),
 );
 
-T('rollout --libvirt-all: every running domain whose disk is the base; the unrelated one skipped and listed', (c) =>
-  withTimeout(600_000, 'rollout', async () => {
+interface RolloutJson {
+  ok: boolean;
+  counts: Record<string, number>;
+  vms: { name: string; status: string; guest: { told: boolean } }[];
+  skipped?: { name: string; reason: string }[];
+}
+
+/** Domain a gives way to b1 (its disk <shareable/>), b2 and one with an unrelated disk; then rollout --libvirt-all. */
+const rolledOut = (c: Ctx): Promise<{ r: RolloutJson; guests: LibvirtGuest[]; other: string }> =>
+  c.once('rollout', async () => {
     await c.a.destroy();
     const b1 = join(c.d.dir, 'b1.img');
     const b2 = join(c.d.dir, 'b2.img');
@@ -244,17 +252,10 @@ T('rollout --libvirt-all: every running domain whose disk is the base; the unrel
     copyFileSync(join(c.art.disks, 'base.img'), b1);
     copyFileSync(join(c.art.disks, 'base.img'), b2);
     writeFileSync(other, Buffer.alloc(4 << 20));
+    const data = (path: string, shareable = false) => [{ path, target: 'vdb', serial: 'vmsubst-data', shareable }];
     const guests = await Promise.all([
-      LibvirtGuest.boot(c.d, c.art, {
-        name: 'vmsubst-lv-b1',
-        memoryMiB: 512,
-        disks: [{ path: b1, target: 'vdb', serial: 'vmsubst-data' }],
-      }),
-      LibvirtGuest.boot(c.d, c.art, {
-        name: 'vmsubst-lv-b2',
-        memoryMiB: 512,
-        disks: [{ path: b2, target: 'vdb', serial: 'vmsubst-data' }],
-      }),
+      LibvirtGuest.boot(c.d, c.art, { name: 'vmsubst-lv-b1', memoryMiB: 512, disks: data(b1, true) }),
+      LibvirtGuest.boot(c.d, c.art, { name: 'vmsubst-lv-b2', memoryMiB: 512, disks: data(b2) }),
       LibvirtGuest.boot(c.d, c.art, {
         name: 'vmsubst-lv-other',
         memoryMiB: 512,
@@ -264,12 +265,13 @@ T('rollout --libvirt-all: every running domain whose disk is the base; the unrel
       }),
     ]);
     c.defer(() => Promise.all(guests.map((g) => g.destroy())));
-    const r = await vmsubstJson<{
-      ok: boolean;
-      counts: Record<string, number>;
-      vms: { name: string; status: string; guest: { told: boolean } }[];
-      skipped?: { name: string; reason: string }[];
-    }>(['rollout', c.bundle, '--libvirt-all', '--connect', c.d.uri], 480_000);
+    const r = await vmsubstJson<RolloutJson>(['rollout', c.bundle, '--libvirt-all', '--connect', c.d.uri], 480_000);
+    return { r, guests, other };
+  });
+
+T('rollout --libvirt-all: every running domain whose disk is the base; the unrelated one skipped and listed', (c) =>
+  withTimeout(600_000, 'rollout', async () => {
+    const { r, guests, other } = await rolledOut(c);
     assert.ok(r.ok, JSON.stringify(r));
     assert.equal(r.vms.map((v) => v.name).sort(), ['vmsubst-lv-b1', 'vmsubst-lv-b2']);
     assert.ok(
@@ -283,6 +285,46 @@ T('rollout --libvirt-all: every running domain whose disk is the base; the unrel
     assert.match(r.skipped![0]!.reason, /no disk of domain vmsubst-lv-other holds the bundle's base/);
     assert.equal(await guests[2]!.chain('vdb'), [other], 'the skipped domain is untouched');
     for (const g of guests.slice(0, 2)) assert.match(await g.sh(PROG), /version v2/);
+  }),
+);
+
+const tainted = async (c: Ctx, name: string): Promise<boolean> =>
+  /taint/i.test(await c.d.virsh(['dominfo', name])) ||
+  /tainted/.test(readFileSync(`/var/log/libvirt/qemu/${name}.log`, 'utf8'));
+
+T('--mode nbd --allow-taint writes in place through QMP passthrough; the domain is tainted, as said', (c) =>
+  withTimeout(300_000, 'taint', async () => {
+    const [b1, b2] = (await rolledOut(c)).guests;
+    const back = join(c.tmp, 'back.bundle');
+    await vmsubstJson(['diff', join(c.art.disks, 'patched.img'), join(c.art.disks, 'base.img'), '-o', back]);
+    const nbd = (name: string): string[] => [
+      'apply',
+      back,
+      '--libvirt',
+      name,
+      '--connect',
+      c.d.uri,
+      '--mode',
+      'nbd',
+      '--allow-taint',
+      '--state-dir',
+      join(c.tmp, 'state'),
+    ];
+    // Without <shareable/> QEMU cannot export the disk writable: refused before any QMP command, untainted.
+    const chain = await b2!.chain('vdb');
+    const r = await vmsubst(nbd('vmsubst-lv-b2'), 120_000);
+    assert.is(r.code, 1, r.stderr);
+    assert.match(r.stderr, /not <shareable\/>[\s\S]*nothing was written/);
+    assert.equal(await b2!.chain('vdb'), chain);
+    assert.not.ok(await tainted(c, 'vmsubst-lv-b2'));
+    const j = await vmsubstJson<ApplyJson & { mode: string; warnings: string[] }>(nbd('vmsubst-lv-b1'), 240_000);
+    console.log(`  libvirt nbd (tainted): paused ${j['pause-ms']} ms, window ${j['window-ms']} ms`);
+    assert.is(j.status, 'applied');
+    assert.is(j.mode, 'nbd');
+    assert.ok(j.agent.told);
+    assert.ok(j.warnings.some((w) => /tainted 'custom-monitor'/.test(w)));
+    assert.ok(await tainted(c, 'vmsubst-lv-b1'), 'libvirt reports the taint');
+    assert.match(await b1!.sh(PROG), /version v1/);
   }),
 );
 

@@ -30,7 +30,11 @@ export interface DomainDisk {
   target: string;
   device: string;
   serial?: string;
+  /** libvirt's device alias (virtio-disk1): QEMU's device id for it. */
+  alias?: string;
   readOnly: boolean;
+  /** <shareable/>: QEMU lets other users write the image (share-rw=on), which a writable NBD export needs. */
+  shareable: boolean;
   /** The chain, top first; one element for a disk without backing images. */
   chain: ChainImage[];
 }
@@ -99,10 +103,13 @@ function parseDisk(d: Node): DomainDisk {
     target,
     device: str(d['@device']) ?? 'disk',
     readOnly: d['readonly'] !== undefined,
+    shareable: d['shareable'] !== undefined,
     chain: [],
   };
   const serial = str(d['serial']);
   if (serial !== undefined) disk.serial = serial;
+  const alias = str(obj(d['alias'])?.['@name']);
+  if (alias !== undefined) disk.alias = alias;
   const top = image(d, str(obj(d['driver'])?.['@type']));
   if (top) disk.chain.push(top);
   // <backingStore> nests: each holds its <format>, <source> and the next <backingStore> (empty at the end).

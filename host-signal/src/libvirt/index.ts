@@ -29,3 +29,5 @@ export {
   type LibvirtOverlay,
   type LibvirtTarget,
 } from './apply.js';
+export { applyToLibvirtNbd, TAINT_NOTE } from './nbd.js';
+export { VirshMonitor, monitorOf } from './monitor.js';

@@ -122,12 +122,16 @@ export class Virsh {
   }
 
   /** A QMP command through libvirt (`virsh qemu-monitor-command`): libvirt taints the domain `custom-monitor`. */
-  async qemuMonitorCommand(domain: string, command: string, args?: Record<string, unknown>): Promise<unknown> {
-    const out = await this.run([
-      'qemu-monitor-command',
-      domain,
-      JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}) }),
-    ]);
+  async qemuMonitorCommand(
+    domain: string,
+    command: string,
+    args?: Record<string, unknown>,
+    timeoutMs = this.timeoutMs,
+  ): Promise<unknown> {
+    const out = await this.run(
+      ['qemu-monitor-command', domain, JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}) })],
+      timeoutMs,
+    );
     return JSON.parse(out) as unknown;
   }
 }

@@ -19,6 +19,7 @@ import {
 import {
   agentAddress,
   applyToLibvirt,
+  applyToLibvirtNbd,
   commitLibvirt,
   noAgentReason,
   resolveLibvirt,
@@ -131,7 +132,8 @@ docs/libvirt.md): the domain is not tainted and libvirt keeps knowing its disk.
                    write into the disk in place instead (a disk that cannot
                    take an overlay): only through QMP passthrough (virsh
                    qemu-monitor-command), which makes libvirt mark the domain
-                   tainted 'custom-monitor'; refused without --allow-taint
+                   tainted 'custom-monitor'; refused without --allow-taint.
+                   The disk must be <shareable/> (QEMU's share-rw=on)
 
 Telling the guest (two-phase when its agent supports it):
   --notify ADDR       the agent's address, as for 'vmsubst notify --to':
@@ -209,8 +211,11 @@ export type ApplyTarget =
   | {
       kind: 'libvirt';
       domain: string;
-      options: Pick<LibvirtApplyOptions, 'connect' | 'target' | 'serial' | 'overlayDir'>;
+      options: Pick<LibvirtApplyOptions, 'connect' | 'target' | 'serial' | 'overlayDir'> &
+        Pick<QemuApplyOptions, 'stateDir'>;
       commit: boolean;
+      /** --mode nbd --allow-taint: written in place through libvirt's QMP passthrough. */
+      taint?: true;
     };
 
 /** The guest's agent, when --notify gives its address; the files named here are read by run(). */
@@ -320,24 +325,23 @@ const LIBVIRT_ONLY = ['connect', 'disk', 'overlay-dir', 'allow-taint'] as const;
 
 function libvirtTarget(values: ApplyValues, domain: string, mode: Mode): ApplyTarget {
   if (mode === 'raw-file') throw usage('--mode raw-file writes an image file (--image PATH), not a libvirt domain');
-  if (mode === 'nbd') {
-    if (!values['allow-taint'])
-      throw usage(
-        '--mode nbd writes into the disk through QMP, which libvirt allows only as passthrough (virsh ' +
-          "qemu-monitor-command) and answers by marking the domain tainted 'custom-monitor' (management tools then " +
-          'treat it as unsupported); the overlay mode (the default with --libvirt) needs no taint: use it (with ' +
-          '--overlay-dir for a disk that is a block device), or accept the taint with --allow-taint',
-      );
+  if (mode === 'nbd' && !values['allow-taint'])
     throw usage(
-      '--mode nbd --allow-taint is not available in this version: use the overlay mode (the default with --libvirt), ' +
-        'or give QEMU a QMP socket of its own and use --qmp SOCK',
+      '--mode nbd writes into the disk through QMP, which libvirt allows only as passthrough (virsh ' +
+        "qemu-monitor-command) and answers by marking the domain tainted 'custom-monitor' (management tools then " +
+        'treat it as unsupported); the overlay mode (the default with --libvirt) needs no taint: use it (with ' +
+        '--overlay-dir for a disk that is a block device), or accept the taint with --allow-taint',
     );
-  }
+  if (mode === 'nbd' && (values.commit || values['overlay-dir'] !== undefined))
+    throw usage('--commit and --overlay-dir go with the overlay mode; --mode nbd writes into the disk in place');
+  if (mode === 'overlay' && values['allow-taint'])
+    throw usage('--allow-taint goes with --mode nbd; the overlay mode taints nothing');
   if (values.device !== undefined || values.node !== undefined)
     throw usage('--device and --node are QMP names; with --libvirt give --disk TARGET or --disk-serial S');
   if (values.overlay !== undefined) throw usage('with --libvirt give --overlay-dir DIR (the file is named for you)');
-  if (values['state-dir'] !== undefined || values['allow-writer'] !== undefined)
-    throw usage('--state-dir and --allow-writer do not go with --libvirt');
+  if (values['allow-writer'] !== undefined) throw usage('--allow-writer does not go with --libvirt');
+  if (values['state-dir'] !== undefined && mode !== 'nbd')
+    throw usage('--state-dir goes with --mode nbd (the overlay mode through libvirt keeps no state file)');
   if (values.disk !== undefined && values['disk-serial'] !== undefined)
     throw usage('give --disk TARGET or --disk-serial S, not both');
   const options = {
@@ -345,8 +349,15 @@ function libvirtTarget(values: ApplyValues, domain: string, mode: Mode): ApplyTa
     ...(values.disk !== undefined ? { target: values.disk } : {}),
     ...(values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {}),
     ...(values['overlay-dir'] !== undefined ? { overlayDir: values['overlay-dir'] } : {}),
+    ...(values['state-dir'] !== undefined ? { stateDir: values['state-dir'] } : {}),
   };
-  return { kind: 'libvirt', domain, options, commit: values.commit === true };
+  return {
+    kind: 'libvirt',
+    domain,
+    options,
+    commit: values.commit === true,
+    ...(mode === 'nbd' ? { taint: true as const } : {}),
+  };
 }
 
 const AGENT_ONLY = ['disk-serial', 'disk-path', 'sign', 'customize', 'timeout', 'force'] as const;
@@ -450,6 +461,8 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
   const commitNow = !notify;
   const doApply = (beforeWrite?: () => Promise<void>): Promise<AnyResult> => {
     const common = { onProgress, signal, ...(beforeWrite ? { beforeWrite } : {}) };
+    if (target.kind === 'libvirt' && target.taint)
+      return applyToLibvirtNbd(bundle, target.domain, { ...common, ...target.options });
     if (target.kind === 'libvirt')
       return applyToLibvirt(bundle, target.domain, {
         ...common,

@@ -188,6 +188,19 @@ Args('--libvirt refuses what it cannot do, and the nbd mode unless the taint is 
   refused(['b', '--libvirt', 'd', '--qmp', 'q'], /exactly one of --qmp SOCK, --image PATH or --libvirt DOMAIN/);
   refused(['b', '--libvirt', 'd', '--mode', 'nbd'], /tainted 'custom-monitor'.*--allow-taint/);
   refused(['b', '--libvirt', 'd', '--mode', 'raw-file'], /raw-file/);
+  refused(
+    ['b', '--libvirt', 'd', '--mode', 'nbd', '--allow-taint', '--commit'],
+    /--mode nbd writes into the disk in place/,
+  );
+  refused(['b', '--libvirt', 'd', '--allow-taint'], /--allow-taint goes with --mode nbd/);
+  refused(['b', '--libvirt', 'd', '--state-dir', '/s'], /--state-dir goes with --mode nbd/);
+  assert.equal(request(['b', '--libvirt', 'd', '--mode', 'nbd', '--allow-taint', '--disk', 'vdb']).target, {
+    kind: 'libvirt',
+    domain: 'd',
+    options: { target: 'vdb' },
+    commit: false,
+    taint: true,
+  });
   refused(['b', '--libvirt', 'd', '--device', 'vblk0'], /--disk TARGET or --disk-serial/);
   refused(['b', '--libvirt', 'd', '--disk', 'vdb', '--disk-serial', 's'], /not both/);
   refused(['b', '--libvirt', 'd', '--overlay', '/x.qcow2'], /--overlay-dir/);

@@ -44,6 +44,8 @@ const LIVE = `<domain type='qemu' id='3'>
       <source dev='/dev/vg0/web-1-root' index='3'/>
       <backingStore/>
       <target dev='vda' bus='virtio'/>
+      <shareable/>
+      <alias name='virtio-disk0'/>
     </disk>
     <disk type='file' device='cdrom'>
       <target dev='sda' bus='sata'/>
@@ -73,12 +75,15 @@ L('the live XML: disks with their chains (top first), the agent channel, the vso
     device: 'disk',
     serial: 'vmsubst-data',
     readOnly: false,
+    shareable: false,
     chain: [
       { type: 'file', format: 'qcow2', path: '/var/lib/images/web-1.img.vmsubst-1c5d8a90d712.qcow2' },
       { type: 'file', format: 'raw', path: '/var/lib/images/web-1.img' },
     ],
   });
   assert.equal(d.disks[1]!.chain, [{ type: 'block', format: 'raw', path: '/dev/vg0/web-1-root' }]);
+  assert.ok(d.disks[1]!.shareable);
+  assert.is(d.disks[1]!.alias, 'virtio-disk0');
   assert.equal(d.disks[2]!.chain, [], 'an empty cdrom has no image');
   assert.ok(d.disks[2]!.readOnly);
   assert.is(d.channelPath, '/var/lib/libvirt/qemu/channel/target/domain-3-web-1/org.vmsubst.0');

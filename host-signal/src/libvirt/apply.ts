@@ -218,6 +218,18 @@ const readOnly = (source: BlockSource): BlockTarget => ({
   flush: () => Promise.resolve(),
 });
 
+/** Why the disk cannot take an overlay, or undefined when it can. */
+export function noOverlay(disk: DomainDisk): string | undefined {
+  const top = disk.chain[0];
+  if (top?.type === 'block')
+    return `is the block device ${top.path}: it cannot take an overlay (vmsubst stacks image files)`;
+  if (top?.type !== 'file')
+    return `is a ${top?.type ?? 'source-less'} disk: it cannot take an overlay (vmsubst stacks image files)`;
+  if (disk.shareable)
+    return 'is <shareable/>: libvirt puts no qcow2 overlay on a shared disk ("shared access … requires use of supported storage format")';
+  return undefined;
+}
+
 /** Where the overlay goes: --overlay-dir or beside the chain's bottom image, named after it and the bundle. */
 export function overlayPathFor(disk: DomainDisk, id: string, overlayDir?: string): string {
   const bottom = disk.chain.at(-1)?.path ?? disk.chain[0]!.path!;
@@ -238,14 +250,12 @@ export async function applyToLibvirt(
     ...(options.target !== undefined ? { target: options.target } : {}),
   });
   const top = t.disk.chain[0];
-  if (!top?.path || top.type !== 'file') {
+  const cannot = noOverlay(t.disk);
+  if (cannot !== undefined || !top?.path) {
     throw new TargetError(
-      `disk ${t.disk.target} of domain ${domain} is ${top?.type === 'block' ? `the block device ${top.path}` : `a ${top?.type ?? '?'} disk`}: ` +
-        'the overlay goes beside a file',
-      top?.type === 'block'
-        ? 'give --overlay-dir DIR for the overlay (its backing is then the device), or write into the disk in ' +
-            "place with --mode nbd --allow-taint (through QMP: libvirt marks the domain tainted 'custom-monitor')"
-        : "write into the disk in place with --mode nbd --allow-taint (libvirt marks the domain tainted 'custom-monitor')",
+      `disk ${t.disk.target} of domain ${domain} ${cannot ?? 'has no image'}; nothing was written`,
+      'write into it in place with --mode nbd --allow-taint (through QMP passthrough: libvirt marks the domain ' +
+        "tainted 'custom-monitor'; the disk must be <shareable/>)",
     );
   }
   const result: LibvirtApplyResult = {

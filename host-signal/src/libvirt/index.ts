@@ -19,6 +19,7 @@ export {
   applyToLibvirt,
   commitLibvirt,
   matchesBase,
+  noOverlay,
   openChain,
   overlayPathFor,
   resolveLibvirt,

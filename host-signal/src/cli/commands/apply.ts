@@ -329,8 +329,8 @@ function libvirtTarget(values: ApplyValues, domain: string, mode: Mode): ApplyTa
     throw usage(
       '--mode nbd writes into the disk through QMP, which libvirt allows only as passthrough (virsh ' +
         "qemu-monitor-command) and answers by marking the domain tainted 'custom-monitor' (management tools then " +
-        'treat it as unsupported); the overlay mode (the default with --libvirt) needs no taint: use it (with ' +
-        '--overlay-dir for a disk that is a block device), or accept the taint with --allow-taint',
+        'treat it as unsupported); the overlay mode (the default with --libvirt) needs no taint: use it for a disk ' +
+        'that is an image file, or accept the taint with --allow-taint',
     );
   if (mode === 'nbd' && (values.commit || values['overlay-dir'] !== undefined))
     throw usage('--commit and --overlay-dir go with the overlay mode; --mode nbd writes into the disk in place');

@@ -15,7 +15,7 @@ import {
 } from '../../rollout/index.js';
 import { agentOutcomeJson } from '../report.js';
 import { formatBytes, plural, table } from '../format.js';
-import { resolveLibvirt, Virsh } from '../../libvirt/index.js';
+import { noOverlay, resolveLibvirt, Virsh } from '../../libvirt/index.js';
 import { resolveLibvirtMembers } from '../../rollout/fleet.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, positiveInt, type Command } from '../common.js';
 import { RolloutOutput, type RolloutVmJson } from '../output.js';
@@ -240,6 +240,11 @@ async function libvirtFleet(
     for (const domain of await virsh.runningDomains()) {
       try {
         const t = await resolveLibvirt(bundle.manifest, domain, { virsh });
+        const cannot = noOverlay(t.disk);
+        if (cannot !== undefined) {
+          skipped.push({ name: domain, reason: `its disk ${t.disk.target} ${cannot}` });
+          continue;
+        }
         fleet.push({
           name: domain,
           libvirt: { domain, ...(connect !== undefined ? { connect } : {}) },

@@ -55,6 +55,8 @@ const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--mode nbd|overlay] [--dev
        vmsubst apply BUNDLE --libvirt DOMAIN [--connect URI]
                      [--disk TARGET | --disk-serial S] [--overlay-dir DIR]
                      [--commit] [--notify auto|ADDR] [--json]
+       vmsubst apply BUNDLE --libvirt DOMAIN --mode nbd --allow-taint
+                     [--connect URI] [--disk TARGET | --disk-serial S] [--json]
 
 Verifies that every range of the disk holds the bundle's old content, then
 puts the new blocks in place. Nothing is changed if any range holds other

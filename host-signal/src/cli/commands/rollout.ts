@@ -44,12 +44,13 @@ FLEET is a JSON file listing the VMs (see docs/rollout.md):
                        --to for its agent (serial:, vsock:, hvsock:, unix:;
                        none: an unenlightened guest), --disk-serial/--disk-path
                        for how the agent finds the disk
-  --libvirt-all        every running libvirt domain instead of a fleet file:
-                       each whose one disk matching the bundle's base (size
-                       and filesystem UUIDs) is found; the others are skipped
-                       and listed. Each goes through libvirt's own API
-                       (docs/libvirt.md); the agent's address is read from its
-                       live XML
+  --libvirt-all        the running libvirt domains instead of a fleet file:
+                       every one with exactly one disk that matches the
+                       bundle's base (size and filesystem UUIDs) and can take
+                       an overlay; the others are skipped and listed, with
+                       the reason. Each goes through libvirt's own API
+                       (docs/libvirt.md); its agent's address is read from
+                       its live XML
   --connect URI        with --libvirt-all: the libvirt connection
   --concurrency N      VMs in flight at once (default 4)
   --canary N           the first N VMs go first; all must succeed before any

@@ -245,6 +245,10 @@ T('--commit merges the overlay down: the chain is one image again and the guest 
   }),
 );
 
+interface PlanJson {
+  vms: { name: string; status: string; target?: string; plan?: { files: { path: string }[] } }[];
+}
+
 interface RolloutJson {
   ok: boolean;
   counts: Record<string, number>;
@@ -253,7 +257,7 @@ interface RolloutJson {
 }
 
 /** Domain a gives way to b1, b2 and one with an unrelated disk; then rollout --libvirt-all. */
-const rolledOut = (c: Ctx): Promise<{ r: RolloutJson; guests: LibvirtGuest[]; other: string }> =>
+const rolledOut = (c: Ctx): Promise<{ r: RolloutJson; plan: PlanJson; guests: LibvirtGuest[]; other: string }> =>
   c.once('rollout', async () => {
     await c.a.destroy();
     const b1 = join(c.d.dir, 'b1.img');
@@ -275,27 +279,44 @@ const rolledOut = (c: Ctx): Promise<{ r: RolloutJson; guests: LibvirtGuest[]; ot
       }),
     ]);
     c.defer(() => Promise.all(guests.map((g) => g.destroy())));
+    // First the plan, from a fleet file that names the domains (the agents' addresses read from the live XML).
+    const fleet = join(c.tmp, 'fleet.json');
+    const vm = (name: string): object => ({ name, libvirt: `vmsubst-lv-${name}`, connect: c.d.uri });
+    writeFileSync(fleet, JSON.stringify({ vms: [vm('b1'), vm('b2')], defaults: { disk: { serial: 'vmsubst-data' } } }));
+    const plan = await vmsubstJson<PlanJson>(['plan', fleet, c.bundle], 240_000);
     const r = await vmsubstJson<RolloutJson>(['rollout', c.bundle, '--libvirt-all', '--connect', c.d.uri], 480_000);
-    return { r, guests, other };
+    return { r, plan, guests, other };
   });
 
-T('rollout --libvirt-all: every running domain whose disk is the base; the unrelated one skipped and listed', (c) =>
-  withTimeout(600_000, 'rollout', async () => {
-    const { r, guests, other } = await rolledOut(c);
-    assert.ok(r.ok, JSON.stringify(r));
-    assert.equal(r.vms.map((v) => v.name).sort(), ['vmsubst-lv-b1', 'vmsubst-lv-b2']);
-    assert.ok(
-      r.vms.every((v) => v.status === 'applied' && v.guest.told),
-      JSON.stringify(r.vms),
-    );
-    assert.equal(
-      r.skipped?.map((s) => s.name),
-      ['vmsubst-lv-other'],
-    );
-    assert.match(r.skipped![0]!.reason, /no disk of domain vmsubst-lv-other holds the bundle's base/);
-    assert.equal(await guests[2]!.chain('vdb'), [other], 'the skipped domain is untouched');
-    for (const g of guests.slice(0, 2)) assert.match(await g.sh(PROG), /version v2/);
-  }),
+T(
+  'plan from a fleet file of libvirt domains; rollout --libvirt-all: every running domain whose disk is the base, the unrelated one skipped and listed',
+  (c) =>
+    withTimeout(600_000, 'rollout', async () => {
+      const { r, plan, guests, other } = await rolledOut(c);
+      assert.equal(
+        plan.vms.map((v) => [v.name, v.status]),
+        [
+          ['b1', 'planned'],
+          ['b2', 'planned'],
+        ],
+        JSON.stringify(plan),
+      );
+      assert.match(plan.vms[0]!.target ?? '', /^serial:.*org\.vmsubst\.0$/);
+      assert.ok(plan.vms[0]!.plan?.files.some((f) => f.path === PROG));
+      assert.ok(r.ok, JSON.stringify(r));
+      assert.equal(r.vms.map((v) => v.name).sort(), ['vmsubst-lv-b1', 'vmsubst-lv-b2']);
+      assert.ok(
+        r.vms.every((v) => v.status === 'applied' && v.guest.told),
+        JSON.stringify(r.vms),
+      );
+      assert.equal(
+        r.skipped?.map((s) => s.name),
+        ['vmsubst-lv-other'],
+      );
+      assert.match(r.skipped![0]!.reason, /no disk of domain vmsubst-lv-other holds the bundle's base/);
+      assert.equal(await guests[2]!.chain('vdb'), [other], 'the skipped domain is untouched');
+      for (const g of guests.slice(0, 2)) assert.match(await g.sh(PROG), /version v2/);
+    }),
 );
 
 T('a <shareable/> disk: no overlay (libvirt refuses one); --mode nbd --allow-taint writes in place, tainted', (c) =>

@@ -8,8 +8,10 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { Manifest } from '@vmsubst/common/bundle/schema';
+import { existsSync, readFileSync } from 'node:fs';
 import {
   agentAddress,
+  applyToLibvirt,
   overlayPathFor,
   parseDomainXml,
   selectDisk,
@@ -211,6 +213,41 @@ L("virsh's failures: what failed and what to do", async () => {
     '--diskspec',
     'vda,snapshot=no',
   ]);
+});
+
+L('a failure after the overlay is written removes it, resumes the domain, leaves the chain as it was', async () => {
+  const base = image(1 * MiB);
+  const patched = Buffer.from(base);
+  patched.fill(7, 4096, 8192);
+  const m = manifest(base, patched);
+  const disk = tmp.file('live.img', base);
+  const xml =
+    `<domain><name>v</name><uuid>b01e5f65-4ed0-4ef8-b65c-524b36651cb9</uuid><devices><disk type='file' device='disk'>` +
+    `<driver type='raw'/><source file='${disk}'/><target dev='vdb'/></disk></devices></domain>`;
+  const calls: string[] = [];
+  const virsh = new Virsh({
+    run: (args) => {
+      calls.push(args[0]!);
+      if (args[0] === 'domstate') return Promise.resolve({ stdout: 'running\n' });
+      if (args[0] === 'dumpxml') return Promise.resolve({ stdout: xml });
+      if (args[0] === 'snapshot-create-as') return Promise.reject(new Error('unsupported configuration: no'));
+      return Promise.resolve({ stdout: '' });
+    },
+  });
+  const bundle = {
+    manifest: m,
+    verified: true,
+    readData: (_r: unknown, from = 0, length = 4096 - from) =>
+      Promise.resolve(patched.subarray(4096 + from, 4096 + from + length)),
+  };
+  const overlay = overlayPathFor(parseDomainXml(xml).disks[0]!, m.id);
+  await applyToLibvirt(bundle, 'v', { virsh }).then(
+    () => assert.unreachable(),
+    (e: Error) => assert.match(e.message, /snapshot-create-as v: unsupported configuration/),
+  );
+  assert.equal(calls, ['domstate', 'dumpxml', 'suspend', 'snapshot-create-as', 'resume']);
+  assert.not.ok(existsSync(overlay), 'the overlay is removed');
+  assert.equal(readFileSync(disk), base, 'the disk is untouched');
 });
 
 L.run();

@@ -7,8 +7,8 @@ KDIR = /usr/src/linux-headers-$(KVER)
 
 TS_SOURCES := $(shell find common/src agent/src host-signal/src test -name '*.ts' 2>/dev/null)
 
-.PHONY: setup build kmod addon ts guest lint test test-flavours test-unit test-integration test-qemu test-packaging test-fleet \
-	deb rpm collection packages debian-guest demo bench clean help
+.PHONY: setup build kmod addon ts guest lint test test-flavours test-unit test-integration test-qemu test-libvirt \
+	test-fleet test-packaging deb rpm collection packages debian-guest demo bench clean help
 
 help:
 	@echo "make demo    set up, boot a guest and perform a live substitution, narrated"
@@ -81,7 +81,7 @@ test: setup
 	@$(MAKE) --no-print-directory kmod addon ts guest
 	@mkdir -p build && rm -f build/debian-guest.rc && \
 	  ( $(MAKE) --no-print-directory debian-guest > build/debian-guest.log 2>&1; echo $$? > build/debian-guest.rc ) &
-	@rc=0; $(MAKE) -k --no-print-directory lint test-flavours test-unit test-integration test-qemu test-fleet || rc=1; \
+	@rc=0; $(MAKE) -k --no-print-directory lint test-flavours test-unit test-integration test-qemu test-libvirt test-fleet || rc=1; \
 	  while [ ! -f build/debian-guest.rc ]; do sleep 5; done; \
 	  if [ "$$(cat build/debian-guest.rc)" != 0 ]; then echo "the Debian guest image failed to build (build/debian-guest.log):"; tail -n 40 build/debian-guest.log; exit 1; fi; \
 	  $(MAKE) --no-print-directory test-packaging || rc=1; exit $$rc
@@ -108,6 +108,9 @@ test-integration:
 	scripts/uvu.sh build/test/integration '\.test\.js$$'
 test-qemu:
 	scripts/uvu.sh build/test/qemu '\.test\.js$$'
+# A libvirtd of its own (test/helpers/libvirt.ts) and TCG domains of the test guest.
+test-libvirt:
+	scripts/uvu.sh build/test/libvirt '\.test\.js$$'
 # ansible-playbook over three local "hypervisor hosts" with firmware-only QEMU VMs.
 test-fleet: collection
 	scripts/uvu.sh build/test/fleet '\.test\.js$$'

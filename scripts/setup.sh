@@ -25,6 +25,22 @@ if ! have_pkgs "${PKGS[@]}"; then
   apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null
 fi
 
+# libvirt, for the libvirt suite (test/libvirt: the suite starts its own libvirtd). Its postinst
+# would start the daemons: a policy-rc.d that denies every start keeps the install from
+# depending on an init system (none as PID 1 in a container), and is removed after.
+LIBVIRT_PKGS=(libvirt-daemon-system libvirt-clients)
+if ! have_pkgs "${LIBVIRT_PKGS[@]}"; then
+  [ "$(id -u)" = 0 ] || { echo "setup: installing packages needs root (apt-get)" >&2; exit 1; }
+  say "installing ${LIBVIRT_PKGS[*]} (the libvirt suite)"
+  POLICY=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$POLICY" ]; then printf '#!/bin/sh\nexit 101\n' > "$POLICY" && chmod 755 "$POLICY" && own_policy=1; fi
+  rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${LIBVIRT_PKGS[@]}" >/dev/null || rc=$?
+  [ "$own_policy" = 0 ] || rm -f "$POLICY"
+  [ "$rc" = 0 ] || { echo "setup: installing ${LIBVIRT_PKGS[*]} failed (apt-get exit $rc)" >&2; exit 1; }
+fi
+
 # Guest kernel: resolve linux-image-cloud-amd64 -> linux-image-6.1.0-NN-cloud-amd64.
 if [ ! -s "$CACHE/kver" ] || [ ! -e "$CACHE/kernel/$(cat "$CACHE/kver")/vmlinuz" ] \
    || ! have_pkgs "linux-headers-$(cat "$CACHE/kver")"; then

@@ -34,7 +34,7 @@ export interface FirmwareVmOptions {
 export class FirmwareVm {
   readonly qmpSocket: string;
   readonly monitorSocket: string;
-  monitor!: Qemu;
+  monitor!: Qemu<QmpClient>;
   #proc: ChildProcess;
   #stderr = '';
 

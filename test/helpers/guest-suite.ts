@@ -49,6 +49,8 @@ export interface FixtureOptions<X> {
   name: string;
   /** Disk images under build/disks the suite needs beyond base.img; missing ones skip the suite. */
   requires?: string[];
+  /** Why the suite cannot run here beyond missing artefacts (e.g. libvirtd cannot start), or undefined. */
+  unavailable?: string;
   setup(ctx: FixtureContext): Promise<X>;
 }
 
@@ -88,7 +90,7 @@ function missing(art: GuestArtifacts | string, requires: string[] = []): string 
 /** The core fixture: a scratch directory, deferred clean-ups, `once`, and what `setup` returns. */
 export function withFixture<X extends object>(s: Test<any>, opts: FixtureOptions<X>): Test<FixtureContext & X> {
   const art = guestArtifacts();
-  const why = missing(art, opts.requires);
+  const why = missing(art, opts.requires) ?? opts.unavailable;
   if (why !== undefined || typeof art === 'string') return skipping(s, why ?? String(art));
   interface State extends FixtureContext {
     __cleanups: (() => unknown)[];
@@ -200,7 +202,7 @@ export async function stopAgent(vm: GuestVm): Promise<void> {
 }
 
 /** The versions a program printed into `file` in the guest, one a line, without their pid. */
-export async function versions(vm: GuestVm, file: string): Promise<string[]> {
+export async function versions(vm: Pick<GuestVm, 'sh'>, file: string): Promise<string[]> {
   return (await vm.sh(`cat ${file}`))
     .split('\n')
     .filter(Boolean)
@@ -211,7 +213,7 @@ export async function versions(vm: GuestVm, file: string): Promise<string[]> {
  * Starts `cmd` in the guest's background with its output in /tmp/NAME.out; resolves with its pid
  * once it has printed its first line.
  */
-export async function startProgram(vm: GuestVm, name: string, cmd: string): Promise<number> {
+export async function startProgram(vm: Pick<GuestVm, 'sh'>, name: string, cmd: string): Promise<number> {
   await vm.sh(`${cmd} > /tmp/${name}.out 2>&1 & echo $! > /tmp/${name}.pid`);
   const pid = Number((await vm.sh(`cat /tmp/${name}.pid`)).trim());
   await waitFor(30_000, `${name} prints`, async () =>

@@ -68,6 +68,19 @@ export interface SubstituteOptions {
   signal?: AbortSignal;
 }
 
+/** A substitution's counts before anything is read or written (the result of one that changes nothing). */
+export function nothingDone(manifest: Manifest): Substitution {
+  return {
+    status: 'no-changes',
+    ranges: manifest.ranges.length,
+    rangesWritten: 0,
+    rangesAlreadyNew: 0,
+    bytesWritten: 0,
+    verifiedBytes: 0,
+    timingsMs: { verify: 0, write: 0 },
+  };
+}
+
 /** Refuses a target whose size is not the base image's. */
 export function checkTargetSize(manifest: Manifest, size: number, what: string): void {
   if (size !== manifest.base.size) {

@@ -5,6 +5,7 @@
  */
 export {
   applyToQemu,
+  applyToMonitor,
   type ApplyFault,
   commitApplied,
   commitOverlay,

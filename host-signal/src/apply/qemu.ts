@@ -43,6 +43,7 @@ import {
   inspectTarget,
   loadRanges,
   ms,
+  nothingDone,
   refuseMismatch,
   writeRanges,
   type ApplyProgress,
@@ -93,6 +94,8 @@ export interface QemuApplyOptions extends DriveSelector {
   timeoutMs?: number;
   /** How long a --commit may take; default 10 min. */
   commitTimeoutMs?: number;
+  /** QEMU's user and group, when QEMU does not run as this process's (it creates the NBD socket). */
+  socketOwner?: { uid: number; gid: number };
 }
 
 export interface ResolvedDrive {
@@ -348,19 +351,31 @@ export async function applyToQemu(
   qmpPath: string,
   options: QemuApplyOptions = {},
 ): Promise<QemuApplyResult> {
-  const started = performance.now();
-  const mode = checkRequest(bundle, options);
-  const store = new StateStore(stateDir(options.stateDir));
   const qmp = await QmpClient.connect(qmpPath, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {});
-  const qemu = new Qemu(qmp);
   try {
-    const result = await applyOver(bundle, qemu, store, { ...options, qmpPath, mode });
-    // --commit: merged over the same connection, once the apply has removed what it made.
-    if (result.overlay && options.commit) await commitApplied(qemu, result, options.commitTimeoutMs);
-    return { ...result, elapsedMs: Math.round(performance.now() - started) };
+    return await applyToMonitor(bundle, new Qemu(qmp), qmpPath, options);
   } finally {
     qmp.close();
   }
+}
+
+/**
+ * applyToQemu over a monitor that is already open (QMP reached through libvirt: --allow-taint); `label` names the VM
+ * in its state file and results, as the QMP socket's path does.
+ */
+export async function applyToMonitor(
+  bundle: BundleData,
+  qemu: Qemu,
+  label: string,
+  options: QemuApplyOptions = {},
+): Promise<QemuApplyResult> {
+  const started = performance.now();
+  const mode = checkRequest(bundle, options);
+  const store = new StateStore(stateDir(options.stateDir));
+  const result = await applyOver(bundle, qemu, store, { ...options, qmpPath: label, mode });
+  // --commit: merged over the same connection, once the apply has removed what it made.
+  if (result.overlay && options.commit) await commitApplied(qemu, result, options.commitTimeoutMs);
+  return { ...result, elapsedMs: Math.round(performance.now() - started) };
 }
 
 /** The request itself: a verified bundle, and the overlay's options only with the overlay mode. */
@@ -437,13 +452,7 @@ function baseResult(
       ...(drive.device !== undefined ? { device: drive.device } : {}),
     },
     vmStatus: status.status,
-    status: 'no-changes',
-    ranges: manifest.ranges.length,
-    rangesWritten: 0,
-    rangesAlreadyNew: 0,
-    bytesWritten: 0,
-    verifiedBytes: 0,
-    timingsMs: { verify: 0, write: 0 },
+    ...nothingDone(manifest),
     pauseMs: null,
     windowMs: null,
     recheck: null,
@@ -527,7 +536,7 @@ async function applyRecord(bundle: BundleData, qemu: Qemu, c: ChangeContext): Pr
 async function changeRecorded(bundle: BundleData, fp: Footprint, c: ChangeContext): Promise<QemuApplyResult> {
   const { manifest } = bundle;
   // 4. The private NBD server and export, and the bitmap that watches guest writes.
-  const s: Steps = { bundle, fp, c, ...(await exportDrive(fp, manifest, c.what, c.mode === 'nbd')) };
+  const s: Steps = { bundle, fp, c, ...(await exportDrive(fp, manifest, c.what, c.mode === 'nbd', c.socketOwner)) };
 
   // 5. Verify while the guest runs.
   const live = await verifyRanges(manifest, s.target, c.onProgress);
@@ -593,25 +602,33 @@ async function exportDrive(
   manifest: Manifest,
   what: string,
   writable: boolean,
+  owner?: { uid: number; gid: number },
 ): Promise<{ target: BlockTarget; nbd: NbdClient }> {
   const { qemu, record: rec } = fp;
-  await openExport(qemu, rec, fp.undo, writable, {
-    busy: (e) =>
-      new TargetError(
-        'an NBD server is already running in this QEMU (QEMU has only one), so vmsubst cannot export the drive',
-        'another job (a backup, a migration, another vmsubst) is using it: wait for it to finish, or stop it with ' +
-          'nbd-server-stop if it is stale',
-        { cause: e },
-      ),
-    refused: (e) =>
-      new TargetError(
-        `QEMU refused a writable export of ${what}: ${e.desc}`,
-        'the virtio-blk device must share write access: start it with share-rw=on ' +
-          '(-device virtio-blk-pci,drive=…,share-rw=on), or hot-plug it again with that property; ' +
-          'or use --mode overlay, which does not write into the drive',
-        { cause: e },
-      ),
-  });
+  await openExport(
+    qemu,
+    rec,
+    fp.undo,
+    writable,
+    {
+      busy: (e) =>
+        new TargetError(
+          'an NBD server is already running in this QEMU (QEMU has only one), so vmsubst cannot export the drive',
+          'another job (a backup, a migration, another vmsubst) is using it: wait for it to finish, or stop it with ' +
+            'nbd-server-stop if it is stale',
+          { cause: e },
+        ),
+      refused: (e) =>
+        new TargetError(
+          `QEMU refused a writable export of ${what}: ${e.desc}`,
+          'the virtio-blk device must share write access: start it with share-rw=on ' +
+            '(-device virtio-blk-pci,drive=…,share-rw=on), or hot-plug it again with that property; ' +
+            'or use --mode overlay, which does not write into the drive',
+          { cause: e },
+        ),
+    },
+    owner,
+  );
   await qemu.dirtyBitmapAdd(rec.node, rec.bitmap);
   fp.made('bitmap');
   // The same query is made inside the pause: made once now, its reply's validator is compiled

@@ -36,7 +36,7 @@
  * the dangerous --resume-anyway). The guest is told separately: applying the
  * same bundle again finds every range new and notifies the agent.
  */
-import { lstat, mkdir, readdir, rm, unlink } from 'node:fs/promises';
+import { chown, lstat, mkdir, readdir, rm, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Bundle } from '../bundle/reader.js';
@@ -138,8 +138,11 @@ export async function openExport(
   undo: UndoStack,
   writable: boolean,
   errors: ExportErrors,
+  /** Who creates the socket in the directory: QEMU's user, when QEMU does not run as this process's. */
+  owner?: { uid: number; gid: number },
 ): Promise<void> {
   await mkdir(rec['socket-dir'], { mode: 0o700 });
+  if (owner) await chown(rec['socket-dir'], owner.uid, owner.gid);
   deferRemoval(undo, qemu, rec, 'socketDir');
   try {
     await qemu.nbdServerStartUnix(rec['nbd-socket']);

@@ -251,12 +251,38 @@ export const ImageApplyJson = Type.Object(
   },
   strict,
 );
-export type ApplyJson = Static<typeof QemuApplyJson> | Static<typeof ImageApplyJson>;
+/** The overlay a libvirt apply switched the domain's disk onto (libvirt names no node). */
+export const LibvirtOverlayJson = Type.Omit(OverlayJson, ['node'], strict);
 
-/** `vmsubst apply`: the substitution (QEMU or image), then the guest. */
+export const LibvirtApplyJson = Type.Object(
+  {
+    ...applyFields,
+    mode: Type.Literal('overlay'),
+    target: Type.Object(
+      {
+        kind: Type.Literal('libvirt'),
+        domain: Type.String(),
+        connect: Type.Optional(Type.String()),
+        disk: Type.String({ description: "the disk's target (vdb)" }),
+        serial: Type.Optional(Type.String()),
+        image: Type.String({ description: "the disk's top image before the apply" }),
+      },
+      strict,
+    ),
+    'vm-status': Type.String(),
+    resumed: Type.Boolean(),
+    'chain-length': Type.Integer({ minimum: 1, description: "images in the disk's chain afterwards" }),
+    overlay: Type.Optional(LibvirtOverlayJson),
+  },
+  strict,
+);
+export type ApplyJson = Static<typeof QemuApplyJson> | Static<typeof ImageApplyJson> | Static<typeof LibvirtApplyJson>;
+
+/** `vmsubst apply`: the substitution (QEMU, image or libvirt domain), then the guest. */
 export const ApplyOutput = Type.Union([
   Type.Object({ ...QemuApplyJson.properties, ...applyGuestFields }, strict),
   Type.Object({ ...ImageApplyJson.properties, ...applyGuestFields }, strict),
+  Type.Object({ ...LibvirtApplyJson.properties, ...applyGuestFields }, strict),
 ]);
 export type ApplyOutput = Static<typeof ApplyOutput>;
 
@@ -350,6 +376,11 @@ export const RolloutOutput = Type.Object(
       strict,
     ),
     vms: Type.Array(RolloutVmJson),
+    skipped: Type.Optional(
+      Type.Array(Type.Object({ name: Type.String(), reason: Type.String() }, strict), {
+        description: '--libvirt-all: the running domains left out (no disk matches the bundle base) and why',
+      }),
+    ),
     'elapsed-ms': Ms,
   },
   strict,

@@ -68,12 +68,17 @@ export class Qcow2Source implements BlockSource {
     return this.nbd.size;
   }
 
-  static async open(path: string): Promise<Qcow2Source> {
+  /**
+   * `imageOpts`: the image as qemu-nbd --image-opts options in place of `path` (e.g. a chain that a running QEMU
+   * holds, opened with `locking=off` on every file: nothing is written and no lock taken).
+   */
+  static async open(path: string, options: { imageOpts?: string } = {}): Promise<Qcow2Source> {
     await stat(path);
     const dir = await mkdtemp(join(tmpdir(), 'vmsubst-qcow2-'));
     const sock = join(dir, 'nbd.sock');
     // -r read-only; --shared=1 one client; it exits when we disconnect.
-    const child = spawn('qemu-nbd', ['--read-only', '--format=qcow2', `--socket=${sock}`, '--shared=1', path], {
+    const image = options.imageOpts !== undefined ? ['--image-opts', options.imageOpts] : ['--format=qcow2', path];
+    const child = spawn('qemu-nbd', ['--read-only', `--socket=${sock}`, '--shared=1', ...image], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let stderr = '';

@@ -6,7 +6,17 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Validator } from '@vmsubst/common/protocol/codec';
 import { QmpError } from '../errors.js';
-import { QmpClient } from './client.js';
+import { QmpClient, type QmpEvent } from './client.js';
+
+/**
+ * What Qemu needs of a monitor: commands and their events. A QmpClient on QEMU's socket, or a monitor reached
+ * through a manager (libvirt's QMP passthrough, which has no events).
+ */
+export interface QmpChannel {
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T>;
+  on(event: 'event', listener: (e: QmpEvent) => void): unknown;
+  off(event: 'event', listener: (e: QmpEvent) => void): unknown;
+}
 
 export const StatusInfo = Type.Object({ running: Type.Boolean(), status: Type.String() });
 export type StatusInfo = Static<typeof StatusInfo>;
@@ -70,8 +80,8 @@ export const MIGRATION_STATES: ReadonlySet<string> = new Set([
   'colo',
 ]);
 
-export class Qemu {
-  constructor(readonly qmp: QmpClient) {}
+export class Qemu<C extends QmpChannel = QmpChannel> {
+  constructor(readonly qmp: C) {}
 
   async queryStatus(): Promise<StatusInfo> {
     return check(StatusInfo, 'query-status', await this.qmp.execute('query-status'));

@@ -14,6 +14,10 @@
  *                                                     (else asked of QEMU: query-uuid)
  *         "policies": { "elf-code-changed": "pin" },    optional, per VM
  *         "customization": { "hostname": "web-1" } }  optional, per VM
+ *       { "name": "db-1", "libvirt": "db-1",            or a libvirt domain, by name (docs/libvirt.md);
+ *         "connect": "qemu:///system" }               optional: its connection URI; the agent's address is read
+ *                                                     from the live XML unless "agent" gives it; "device" is the
+ *                                                     disk's target (vdb), "disk.serial" its serial
  *     ],
  *     "defaults": { "device": "vblk0", "disk": { "serial": "vmsubst-data" } }   optional
  *   }
@@ -25,6 +29,7 @@ import { Validator } from '@vmsubst/common/protocol/codec';
 import { Customization, DiskRef, Envelope, Policies } from '@vmsubst/common/protocol/schema';
 import { UsageError } from '../errors.js';
 import { parseAgentTarget, type AgentTarget } from '../notify/transport.js';
+import { agentAddress, parseDomainXml, Virsh } from '../libvirt/index.js';
 
 const strict = { additionalProperties: false } as const;
 
@@ -42,7 +47,9 @@ export const FleetVm = Type.Object(
       pattern: '^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$',
       description: 'unique in the fleet; names the VM in results and the state file',
     }),
-    qmp: Type.String({ minLength: 1 }),
+    qmp: Type.Optional(Type.String({ minLength: 1, description: 'QMP unix socket of the running QEMU' })),
+    libvirt: Type.Optional(Type.String({ minLength: 1, description: 'a libvirt domain, by name' })),
+    connect: Type.Optional(Type.String({ minLength: 1, description: 'its libvirt connection URI' })),
     agent: Type.Optional(
       Type.String({ minLength: 1, description: 'serial:PATH, vsock:CID:PORT, hvsock:PATH:PORT or unix:PATH' }),
     ),
@@ -64,7 +71,10 @@ export type FleetFile = Static<typeof FleetFile>;
 /** One VM of the fleet, defaults applied and addresses parsed. */
 export interface FleetMember {
   name: string;
-  qmp: string;
+  /** The QMP socket; absent for a libvirt domain. */
+  qmp?: string;
+  /** A libvirt domain (then `device` is its disk's target). */
+  libvirt?: { domain: string; connect?: string };
   device?: string;
   node?: string;
   agent?: AgentTarget;
@@ -97,7 +107,14 @@ export function fleetFromJson(value: unknown, base: string, what = 'fleet'): Fle
     const node = vm.node ?? (vm.device === undefined ? d.node : undefined);
     if (device !== undefined && node !== undefined)
       throw new UsageError(`${what}: /vms/${i}: give device or node, not both`);
-    const member: FleetMember = { name: vm.name, qmp: abs(vm.qmp), disk: { ...(vm.disk ?? d.disk ?? {}) } };
+    if ((vm.qmp === undefined) === (vm.libvirt === undefined))
+      throw new UsageError(`${what}: /vms/${i}: give qmp (a QEMU's QMP socket) or libvirt (a domain), one of them`);
+    if (vm.connect !== undefined && vm.libvirt === undefined)
+      throw new UsageError(`${what}: /vms/${i}/connect: goes with libvirt`);
+    const member: FleetMember = { name: vm.name, disk: { ...(vm.disk ?? d.disk ?? {}) } };
+    if (vm.qmp !== undefined) member.qmp = abs(vm.qmp);
+    if (vm.libvirt !== undefined)
+      member.libvirt = { domain: vm.libvirt, ...(vm.connect !== undefined ? { connect: vm.connect } : {}) };
     if (device !== undefined) member.device = device;
     if (vm.uuid !== undefined) member.uuid = vm.uuid.toLowerCase();
     if (node !== undefined) member.node = node;
@@ -138,4 +155,25 @@ export async function loadFleet(path: string): Promise<FleetMember[]> {
     );
   }
   return fleetFromJson(value, dirname(resolve(path)), `fleet file ${path}`);
+}
+
+/**
+ * Completes the libvirt members from their live XML: the agent's address (the org.vmsubst.0 channel, else the vsock
+ * CID) unless the fleet file gives one, and the disk's serial for the agent. A domain that cannot be read is left as
+ * it is (its apply says why).
+ */
+export async function resolveLibvirtMembers<M extends Pick<FleetMember, 'libvirt' | 'agent' | 'disk' | 'uuid'>>(
+  fleet: readonly M[],
+): Promise<void> {
+  for (const vm of fleet) {
+    if (!vm.libvirt) continue;
+    const virsh = new Virsh(vm.libvirt.connect !== undefined ? { connect: vm.libvirt.connect } : {});
+    const info = await virsh
+      .dumpXml(vm.libvirt.domain)
+      .then(parseDomainXml)
+      .catch(() => undefined);
+    if (!info) continue;
+    vm.agent ??= agentAddress(info);
+    if (vm.uuid === undefined && info.uuid !== undefined) vm.uuid = info.uuid;
+  }
 }

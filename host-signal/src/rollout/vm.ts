@@ -16,11 +16,15 @@ import {
 } from '../apply/index.js';
 import { makeSigner, notificationArgs, type ConnectOptions, type Signer } from '../notify/index.js';
 import { systemReset, vmUuid } from '../qmp/commands.js';
+import { applyToLibvirt, Virsh, type LibvirtApplyResult } from '../libvirt/index.js';
 import type { FleetMember } from './fleet.js';
 
 export type VmStatus = GuestOutcome<QemuApplyResult>['status'];
 
-export interface VmOutcome extends GuestOutcome<QemuApplyResult> {
+/** What one VM's apply returns: through QMP, or through libvirt. */
+export type VmApplyResult = QemuApplyResult | LibvirtApplyResult;
+
+export interface VmOutcome extends GuestOutcome<VmApplyResult> {
   name: string;
 }
 
@@ -48,7 +52,11 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
       ...(vm.customization ? { customization: vm.customization } : {}),
     });
     if (options.signWith)
-      signer = makeSigner(options.signWith, vm.disk, vm.uuid ?? (await vmUuid(vm.qmp).catch(() => undefined)));
+      signer = makeSigner(
+        options.signWith,
+        vm.disk,
+        vm.uuid ?? (vm.qmp !== undefined ? await vmUuid(vm.qmp).catch(() => undefined) : undefined),
+      );
   } catch (e) {
     return {
       name: vm.name,
@@ -61,20 +69,37 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
       elapsedMs: 0,
     };
   }
-  const outcome = await applyAndTell(
+  const lv = vm.libvirt;
+  const virsh = lv ? new Virsh(lv.connect !== undefined ? { connect: lv.connect } : {}) : undefined;
+  const signal = options.signal ? { signal: options.signal } : {};
+  const outcome = await applyAndTell<VmApplyResult>(
     (beforeWrite) =>
-      applyToQemu(bundle, vm.qmp, {
-        ...(vm.device !== undefined ? { device: vm.device } : {}),
-        ...(vm.node !== undefined ? { node: vm.node } : {}),
-        ...(options.signal ? { signal: options.signal } : {}),
-        ...(options.workDir ? { workDir: options.workDir } : {}),
-        beforeWrite,
-      }),
+      lv
+        ? applyToLibvirt(bundle, lv.domain, {
+            ...(lv.connect !== undefined ? { connect: lv.connect } : {}),
+            ...(vm.device !== undefined ? { target: vm.device } : {}),
+            ...(vm.disk.serial !== undefined ? { serial: vm.disk.serial } : {}),
+            ...signal,
+            beforeWrite,
+          })
+        : applyToQemu(bundle, vm.qmp!, {
+            ...(vm.device !== undefined ? { device: vm.device } : {}),
+            ...(vm.node !== undefined ? { node: vm.node } : {}),
+            ...signal,
+            ...(options.workDir ? { workDir: options.workDir } : {}),
+            beforeWrite,
+          }),
     {
       args,
-      ...(vm.agent !== undefined ? { agent: vm.agent } : { noAgentReason: 'the fleet file gives no agent address' }),
+      ...(vm.agent !== undefined
+        ? { agent: vm.agent }
+        : {
+            noAgentReason: lv
+              ? `domain ${lv.domain} declares no agent channel or vsock`
+              : 'the fleet file gives no agent address',
+          }),
       onNoAgent: options.onNoAgent,
-      reset: () => systemReset(vm.qmp),
+      reset: () => (lv ? virsh!.reset(lv.domain).then(() => undefined) : systemReset(vm.qmp!)),
       ...(options.agent || signer ? { connect: { ...options.agent, ...(signer ? { signer } : {}) } } : {}),
       ...(options.resumed ? { resumed: true } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
@@ -82,7 +107,7 @@ export async function rolloutVm(bundle: BundleData, vm: FleetMember, options: Vm
     },
   );
   if (outcome.apply) outcome.notes.unshift(...outcome.apply.warnings);
-  const rec = outcome.apply?.recovered;
+  const rec = outcome.apply && 'recovered' in outcome.apply ? outcome.apply.recovered : undefined;
   if (rec) {
     const did = [
       rec.removed.length > 0 ? `removed ${rec.removed.join(', ')}` : 'nothing of it was left',

@@ -16,8 +16,19 @@ import {
   type QemuApplyOptions,
   type QemuApplyResult,
 } from '../../apply/index.js';
+import {
+  agentAddress,
+  applyToLibvirt,
+  applyToLibvirtNbd,
+  commitLibvirt,
+  noAgentReason,
+  resolveLibvirt,
+  type LibvirtApplyOptions,
+  type LibvirtApplyResult,
+  type LibvirtTarget,
+} from '../../libvirt/index.js';
 import type { Static } from '@sinclair/typebox';
-import { ApplyOutput, type ApplyJson, type OverlayJson } from '../output.js';
+import { ApplyOutput, type ApplyJson, type LibvirtOverlayJson, type OverlayJson } from '../output.js';
 import { agentOutcomeJson } from '../report.js';
 import { recoveryHuman, recoveryJson } from './recover.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
@@ -41,6 +52,11 @@ const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--mode nbd|overlay] [--dev
                      [--on-no-agent fail|warn|reset] [--json]
        vmsubst apply BUNDLE --image PATH [--mode raw-file] [--allow-writer PID]
                      [--notify ADDR ...] [--on-no-agent fail|warn] [--json]
+       vmsubst apply BUNDLE --libvirt DOMAIN [--connect URI]
+                     [--disk TARGET | --disk-serial S] [--overlay-dir DIR]
+                     [--commit] [--notify auto|ADDR] [--json]
+       vmsubst apply BUNDLE --libvirt DOMAIN --mode nbd --allow-taint
+                     [--connect URI] [--disk TARGET | --disk-serial S] [--json]
 
 Verifies that every range of the disk holds the bundle's old content, then
 puts the new blocks in place. Nothing is changed if any range holds other
@@ -91,6 +107,35 @@ Mode for other hypervisors (--image PATH: a raw image file):
                    (repeatable): the VMM of this VM, when its guest does not
                    write the changed blocks (a read-only filesystem), as for
                    Firecracker or Cloud Hypervisor with a read-write drive
+
+A libvirt domain (--libvirt DOMAIN), through libvirt's own API (virsh;
+docs/libvirt.md): the domain is not tainted and libvirt keeps knowing its disk.
+  --connect URI    the libvirt connection (default: libvirt's default,
+                   LIBVIRT_DEFAULT_URI or qemu:///system as root)
+  --disk TARGET    the disk by its target (vda, vdb, ...)
+  --disk-serial S  the disk by its <serial> (also how the agent finds it)
+                   (neither: the one disk whose size and filesystem UUIDs are
+                   the bundle's base; several or none: an error listing them)
+  --overlay-dir DIR
+                   where the overlay goes (default: beside the disk's image).
+                   The overlay holds exactly the changed clusters, its backing
+                   the disk's current top image; the domain is switched onto
+                   it with a disk-only external snapshot (reuse-external, no
+                   snapshot metadata), paused only for that switch, after the
+                   changed ranges are verified again. A failure removes the
+                   overlay and leaves the chain as it was.
+  --commit         then merge it down (virsh blockcommit --active --shallow
+                   --pivot, the guest running) and remove it; without it the
+                   result says how long the disk's chain has grown
+  --notify auto    (the default with --libvirt) the agent's address from the
+                   live XML: the org.vmsubst.0 channel's socket, else the
+                   <vsock> CID
+  --mode nbd --allow-taint
+                   write into the disk in place instead (a disk that cannot
+                   take an overlay): only through QMP passthrough (virsh
+                   qemu-monitor-command), which makes libvirt mark the domain
+                   tainted 'custom-monitor'; refused without --allow-taint.
+                   The disk must be <shareable/> (QEMU's share-rw=on)
 
 Telling the guest (two-phase when its agent supports it):
   --notify ADDR       the agent's address, as for 'vmsubst notify --to':
@@ -145,6 +190,11 @@ export const APPLY_OPTIONS = {
   'on-no-agent': { type: 'string' },
   'state-dir': { type: 'string' },
   'allow-writer': { type: 'string', multiple: true },
+  libvirt: { type: 'string' },
+  connect: { type: 'string' },
+  disk: { type: 'string' },
+  'overlay-dir': { type: 'string' },
+  'allow-taint': { type: 'boolean' },
 } as const;
 
 type Mode = 'nbd' | 'overlay' | 'raw-file';
@@ -159,11 +209,21 @@ export type ApplyTarget =
       /** --commit: merge the overlay (after the agent's commit when the guest is told). */
       commit: boolean;
     }
-  | { kind: 'image'; path: string; allowWriters: number[] };
+  | { kind: 'image'; path: string; allowWriters: number[] }
+  | {
+      kind: 'libvirt';
+      domain: string;
+      options: Pick<LibvirtApplyOptions, 'connect' | 'target' | 'serial' | 'overlayDir'> &
+        Pick<QemuApplyOptions, 'stateDir'>;
+      commit: boolean;
+      /** --mode nbd --allow-taint: written in place through libvirt's QMP passthrough. */
+      taint?: true;
+    };
 
 /** The guest's agent, when --notify gives its address; the files named here are read by run(). */
 export interface ApplyNotify {
-  agent: AgentTarget;
+  /** 'auto': what the libvirt domain declares (its channel, else its vsock CID). */
+  agent: AgentTarget | 'auto';
   disk: DiskRef;
   signKey?: string;
   customize?: string;
@@ -192,17 +252,26 @@ const usage = (msg: string): UsageError => new UsageError(`apply: ${msg}`, "see 
  */
 export function applyRequest(values: ApplyValues, pos: string[]): ApplyRequest {
   const [bundlePath] = positionals('apply', pos, ['BUNDLE']) as [string];
-  if ((values.qmp === undefined) === (values.image === undefined))
-    throw usage('give exactly one of --qmp SOCK or --image PATH');
-  const mode = (values.mode ?? (values.qmp !== undefined ? 'nbd' : 'raw-file')) as Mode;
+  if ([values.qmp, values.image, values.libvirt].filter((v) => v !== undefined).length !== 1)
+    throw usage('give exactly one of --qmp SOCK, --image PATH or --libvirt DOMAIN');
+  const mode = (values.mode ??
+    (values.qmp !== undefined ? 'nbd' : values.libvirt !== undefined ? 'overlay' : 'raw-file')) as Mode;
   if (!MODES.includes(mode)) throw usage(`--mode ${values.mode}: expected one of ${MODES.join(', ')}`);
+  if (values.libvirt === undefined) {
+    const stray = LIBVIRT_ONLY.find((k) => values[k] !== undefined);
+    if (stray) throw usage(`--${stray} goes with --libvirt DOMAIN`);
+  }
   const target =
-    values.qmp !== undefined ? qemuTarget(values, values.qmp, mode) : imageTarget(values, values.image!, mode);
-  const notify = notifyRequest(values);
+    values.libvirt !== undefined
+      ? libvirtTarget(values, values.libvirt, mode)
+      : values.qmp !== undefined
+        ? qemuTarget(values, values.qmp, mode)
+        : imageTarget(values, values.image!, mode);
+  const notify = notifyRequest(values, target.kind === 'libvirt');
   const onNoAgent = (values['on-no-agent'] ?? 'warn') as NoAgentAction;
   if (!NO_AGENT_ACTIONS.includes(onNoAgent))
     throw usage(`--on-no-agent ${values['on-no-agent']}: expected fail, warn or reset`);
-  if (onNoAgent === 'reset' && target.kind !== 'qemu') {
+  if (onNoAgent === 'reset' && target.kind === 'image') {
     throw usage(
       '--on-no-agent=reset restarts the VM with QMP system_reset: give --qmp SOCK ' +
         '(for another hypervisor, restart the VM through its own API)',
@@ -254,21 +323,63 @@ function imageTarget(values: ApplyValues, path: string, mode: Mode): ApplyTarget
   return { kind: 'image', path, allowWriters };
 }
 
+const LIBVIRT_ONLY = ['connect', 'disk', 'overlay-dir', 'allow-taint'] as const;
+
+function libvirtTarget(values: ApplyValues, domain: string, mode: Mode): ApplyTarget {
+  if (mode === 'raw-file') throw usage('--mode raw-file writes an image file (--image PATH), not a libvirt domain');
+  if (mode === 'nbd' && !values['allow-taint'])
+    throw usage(
+      '--mode nbd writes into the disk through QMP, which libvirt allows only as passthrough (virsh ' +
+        "qemu-monitor-command) and answers by marking the domain tainted 'custom-monitor' (management tools then " +
+        'treat it as unsupported); the overlay mode (the default with --libvirt) needs no taint: use it for a disk ' +
+        'that is an image file, or accept the taint with --allow-taint',
+    );
+  if (mode === 'nbd' && (values.commit || values['overlay-dir'] !== undefined))
+    throw usage('--commit and --overlay-dir go with the overlay mode; --mode nbd writes into the disk in place');
+  if (mode === 'overlay' && values['allow-taint'])
+    throw usage('--allow-taint goes with --mode nbd; the overlay mode taints nothing');
+  if (values.device !== undefined || values.node !== undefined)
+    throw usage('--device and --node are QMP names; with --libvirt give --disk TARGET or --disk-serial S');
+  if (values.overlay !== undefined) throw usage('with --libvirt give --overlay-dir DIR (the file is named for you)');
+  if (values['allow-writer'] !== undefined) throw usage('--allow-writer does not go with --libvirt');
+  if (values['state-dir'] !== undefined && mode !== 'nbd')
+    throw usage('--state-dir goes with --mode nbd (the overlay mode through libvirt keeps no state file)');
+  if (values.disk !== undefined && values['disk-serial'] !== undefined)
+    throw usage('give --disk TARGET or --disk-serial S, not both');
+  const options = {
+    ...(values.connect !== undefined ? { connect: values.connect } : {}),
+    ...(values.disk !== undefined ? { target: values.disk } : {}),
+    ...(values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {}),
+    ...(values['overlay-dir'] !== undefined ? { overlayDir: values['overlay-dir'] } : {}),
+    ...(values['state-dir'] !== undefined ? { stateDir: values['state-dir'] } : {}),
+  };
+  return {
+    kind: 'libvirt',
+    domain,
+    options,
+    commit: values.commit === true,
+    ...(mode === 'nbd' ? { taint: true as const } : {}),
+  };
+}
+
 const AGENT_ONLY = ['disk-serial', 'disk-path', 'sign', 'customize', 'timeout', 'force'] as const;
 
-function notifyRequest(values: ApplyValues): ApplyNotify | undefined {
-  const stray = AGENT_ONLY.find((k) => values[k] !== undefined);
-  if (values.notify === undefined) {
+function notifyRequest(values: ApplyValues, libvirt = false): ApplyNotify | undefined {
+  // With --libvirt the agent's address comes from the domain (auto) and --disk-serial also picks the disk.
+  const stray = AGENT_ONLY.find((k) => values[k] !== undefined && !(libvirt && k === 'disk-serial'));
+  if (values.notify === undefined && !libvirt) {
     if (stray) throw usage(`--${stray} goes with --notify ADDR`);
     return undefined;
   }
+  if (values.notify === 'auto' && !libvirt)
+    throw usage('--notify auto reads the address from a libvirt domain: give --libvirt DOMAIN, or an address');
   if (values['disk-serial'] !== undefined && values['disk-path'] !== undefined)
     throw usage('give --disk-serial or --disk-path, not both');
   const sec = values.timeout === undefined ? undefined : Number(values.timeout);
   if (sec !== undefined && !(sec > 0))
     throw usage(`--timeout ${values.timeout}: expected a positive number of seconds`);
   return {
-    agent: parseAgentTarget(values.notify),
+    agent: values.notify === undefined || values.notify === 'auto' ? 'auto' : parseAgentTarget(values.notify),
     disk: {
       ...(values['disk-serial'] !== undefined ? { serial: values['disk-serial'] } : {}),
       ...(values['disk-path'] !== undefined ? { path: values['disk-path'] } : {}),
@@ -343,25 +454,38 @@ interface ApplyInputs {
 /**
  * Writes the blocks and tells the guest (applyAndTell); with --commit and --notify, commits after the agent's commit.
  */
-async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInputs): Promise<GuestOutcome<ApplyResult>> {
+async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInputs): Promise<GuestOutcome<AnyResult>> {
   const { target, notify } = req;
   const { signal, o } = inputs;
   const labels: Record<ApplyPhase, string> = { verify: 'verify', write: 'write' };
   const onProgress = (phase: ApplyPhase, d: number, t: number): void => o.progress.update(labels[phase], d, t);
-  const doApply = (beforeWrite?: () => Promise<void>): Promise<ApplyResult> => {
+  // With --notify the guest is told first and the overlay committed after (below).
+  const commitNow = !notify;
+  const doApply = (beforeWrite?: () => Promise<void>): Promise<AnyResult> => {
     const common = { onProgress, signal, ...(beforeWrite ? { beforeWrite } : {}) };
+    if (target.kind === 'libvirt' && target.taint)
+      return applyToLibvirtNbd(bundle, target.domain, { ...common, ...target.options });
+    if (target.kind === 'libvirt')
+      return applyToLibvirt(bundle, target.domain, {
+        ...common,
+        ...target.options,
+        ...(target.commit && commitNow ? { commit: true } : {}),
+      });
     return target.kind === 'qemu'
-      ? // With --notify the guest is told first and the overlay committed after (below).
-        applyToQemu(bundle, target.qmp, {
+      ? applyToQemu(bundle, target.qmp, {
           ...common,
           ...target.options,
-          ...(target.commit && !notify ? { commit: true } : {}),
+          ...(target.commit && commitNow ? { commit: true } : {}),
         })
       : applyToImage(bundle, target.path, { ...common, allowWriters: target.allowWriters });
   };
   const qmpPath = target.kind === 'qemu' ? target.qmp : undefined;
-  const disk = notify?.disk ?? {};
-  const vm = qmpPath !== undefined && inputs.signWith ? await vmUuid(qmpPath).catch(() => undefined) : undefined;
+  const domain = target.kind === 'libvirt' ? await libvirtDomain(bundle, target) : undefined;
+  const agent = notify?.agent === 'auto' ? (domain ? agentAddress(domain.info) : undefined) : notify?.agent;
+  const disk = { ...(domain?.disk.serial !== undefined ? { serial: domain.disk.serial } : {}), ...notify?.disk };
+  const uuid = domain?.info.uuid;
+  const vm =
+    uuid ?? (qmpPath !== undefined && inputs.signWith ? await vmUuid(qmpPath).catch(() => undefined) : undefined);
   const signer = inputs.signWith ? makeSigner(inputs.signWith, disk, vm) : undefined;
   const timeoutMs = notify?.timeoutMs;
   const outcome = await applyAndTell(doApply, {
@@ -369,9 +493,12 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
       ...(inputs.customization ? { customization: inputs.customization } : {}),
       ...(notify?.force ? { force: true } : {}),
     }),
-    ...(notify ? { agent: notify.agent } : { noAgentReason: 'no agent address was given (--notify)' }),
+    ...(agent
+      ? { agent }
+      : { noAgentReason: domain ? noAgentReason(domain.info) : 'no agent address was given (--notify)' }),
     onNoAgent: req.onNoAgent,
     ...(qmpPath !== undefined ? { reset: () => systemReset(qmpPath) } : {}),
+    ...(domain ? { reset: () => domain.virsh.reset(domain.domain).then(() => undefined) } : {}),
     ...(timeoutMs !== undefined || signer
       ? { connect: { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(signer ? { signer } : {}) } }
       : {}),
@@ -381,11 +508,21 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
   if (applied && isQemu(applied) && target.kind === 'qemu' && target.commit && notify && outcome.agent.told) {
     await commitApplied(undefined, applied);
   }
+  if (applied && isLibvirt(applied) && target.kind === 'libvirt' && target.commit && !commitNow)
+    await commitLibvirt(domain!.virsh, applied);
   return outcome;
 }
 
+/** The domain and its disk, resolved once for the agent's address and the disk's serial (apply resolves it again). */
+async function libvirtDomain(
+  bundle: Bundle,
+  target: Extract<ApplyTarget, { kind: 'libvirt' }>,
+): Promise<LibvirtTarget> {
+  return resolveLibvirt(bundle.manifest, target.domain, target.options);
+}
+
 /** The error of an apply that did not apply, after its notes ("nothing was written" unless the error says it). */
-function failure(outcome: GuestOutcome<ApplyResult>): unknown {
+function failure(outcome: GuestOutcome<AnyResult>): unknown {
   const cause = outcome.cause ?? new Error(outcome.error?.message ?? 'apply failed');
   const saysItself = /nothing was written/i.test(
     `${(cause as Error).message} ${cause instanceof VmsubstError ? (cause.hint ?? '') : ''}`,
@@ -395,10 +532,13 @@ function failure(outcome: GuestOutcome<ApplyResult>): unknown {
   return cause;
 }
 
-const isQemu = (r: ApplyResult): r is QemuApplyResult => r.target.kind === 'qemu';
+/** What any kind of target's apply returns. */
+type AnyResult = ApplyResult | LibvirtApplyResult;
+const isQemu = (r: AnyResult): r is QemuApplyResult => r.target.kind === 'qemu';
+const isLibvirt = (r: AnyResult): r is LibvirtApplyResult => r.target.kind === 'libvirt';
 
 /** The substitution's part of the document. */
-function applyJson(r: ApplyResult): ApplyJson {
+function applyJson(r: AnyResult): ApplyJson {
   const head = { status: r.status, id: r.id };
   const counts = {
     ranges: r.ranges,
@@ -412,14 +552,22 @@ function applyJson(r: ApplyResult): ApplyJson {
     'elapsed-ms': r.elapsedMs,
     warnings: r.warnings,
   };
-  if (!isQemu(r)) return { ...head, mode: r.mode, target: r.target, ...counts, openers: r.openers };
+  if (!isQemu(r) && !isLibvirt(r)) return { ...head, mode: r.mode, target: r.target, ...counts, openers: r.openers };
+  // A running VM's part: QEMU's or libvirt's.
+  const vm = { ...head, ...counts, 'vm-status': r.vmStatus, resumed: r.resumed };
+  if (isLibvirt(r)) {
+    return {
+      ...vm,
+      mode: r.mode,
+      target: r.target,
+      'chain-length': r.chainLength,
+      ...(r.overlay ? { overlay: libvirtOverlayJson(r.overlay) } : {}),
+    };
+  }
   return {
-    ...head,
+    ...vm,
     mode: r.mode,
     target: r.target,
-    ...counts,
-    'vm-status': r.vmStatus,
-    resumed: r.resumed,
     recheck: r.recheck,
     ...(r.recovered ? { recovered: recoveryJson(r.recovered) } : {}),
     ...(r.overlay ? { overlay: overlayJson(r.overlay) } : {}),
@@ -444,29 +592,66 @@ function overlayJson({
   };
 }
 
-function applyHuman(r: ApplyResult): string {
-  const where =
-    r.target.kind === 'image' ? r.target.path : `${r.target.device ?? r.target.node} (node ${r.target.node})`;
+function libvirtOverlayJson(o: LibvirtApplyResult['overlay'] & object): Static<typeof LibvirtOverlayJson> {
+  return {
+    path: o.path,
+    'cluster-size': o.clusterSize,
+    backing: o.backing,
+    committed: o.committed,
+    ...(o.commitMs !== undefined ? { 'commit-ms': o.commitMs } : {}),
+  };
+}
+
+function where(r: AnyResult): string {
+  if (r.target.kind === 'image') return r.target.path;
+  if (r.target.kind === 'libvirt') return `domain ${r.target.domain} disk ${r.target.disk}`;
+  return `${r.target.device ?? r.target.node} (node ${r.target.node})`;
+}
+
+/** The libvirt lines: the pause, and what became of the overlay (committed, or how long the chain is). */
+function libvirtHuman(r: LibvirtApplyResult, phases: string): string[] {
+  const lines: string[] = [];
+  if (r.status === 'applied')
+    lines.push(
+      r.pauseMs !== null
+        ? `guest paused for ${r.pauseMs} ms (verified again, switched with a disk-only snapshot; ${phases}), resumed`
+        : `domain was ${r.vmStatus}; left as it was (${phases})`,
+    );
+  if (r.overlay?.committed)
+    lines.push(`overlay committed down (virsh blockcommit --active --pivot) in ${r.overlay.commitMs} ms and removed`);
+  else if (r.overlay)
+    lines.push(
+      `the disk's chain is now ${plural(r.chainLength, 'image')} long (top ${r.overlay.path}); --commit, or ` +
+        `'virsh blockcommit ${r.target.domain} ${r.target.disk} --active --shallow --pivot', merges it down`,
+    );
+  return lines;
+}
+
+function applyHuman(r: AnyResult): string {
   const lines: string[] = [];
   if ('recovered' in r && r.recovered) lines.push(`recovered first: ${recoveryHuman(r.recovered).trimStart()}`);
   switch (r.status) {
     case 'no-changes':
-      lines.push(`${where}: the bundle changes nothing; nothing written`);
+      lines.push(`${where(r)}: the bundle changes nothing; nothing written`);
       break;
     case 'already-applied':
-      lines.push(`${where}: already applied (all ${plural(r.ranges, 'range')} hold the new content); nothing written`);
+      lines.push(
+        `${where(r)}: already applied (all ${plural(r.ranges, 'range')} hold the new content); nothing written`,
+      );
       break;
     case 'applied': {
       const partial = r.rangesAlreadyNew > 0 ? ` (${r.rangesAlreadyNew} already held the new content)` : '';
       const into = 'overlay' in r && r.overlay ? ` into overlay ${r.overlay.path}` : '';
       lines.push(
-        `${where}: ${r.mode}: wrote ${plural(r.rangesWritten, 'range')}, ` +
+        `${where(r)}: ${r.mode}: wrote ${plural(r.rangesWritten, 'range')}, ` +
           `${formatBytes(r.bytesWritten)}${into}${partial}`,
       );
     }
   }
   const phases = `verify ${r.timingsMs.verify} ms, write ${r.timingsMs.write} ms`;
-  if (isQemu(r)) {
+  if (isLibvirt(r)) {
+    lines.push(...libvirtHuman(r, phases));
+  } else if (isQemu(r)) {
     if (r.status === 'applied') {
       const recheck =
         r.recheck === 'reverified'
@@ -494,7 +679,7 @@ function applyHuman(r: ApplyResult): string {
 }
 
 /** The agent part of the result; `two-phase` and `prepare` on top of what a rollout prints per guest. */
-function agentJson(t: GuestOutcome<ApplyResult>): ApplyOutput['agent'] {
+function agentJson(t: GuestOutcome<AnyResult>): ApplyOutput['agent'] {
   const a = t.agent;
   return {
     ...agentOutcomeJson(a, t.status, 'target'),
@@ -503,7 +688,7 @@ function agentJson(t: GuestOutcome<ApplyResult>): ApplyOutput['agent'] {
   };
 }
 
-function agentHuman(t: GuestOutcome<ApplyResult>): string {
+function agentHuman(t: GuestOutcome<AnyResult>): string {
   const lines: string[] = [];
   const r = t.agent.report;
   if (r) {

@@ -4,6 +4,7 @@ import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { parseAgentTarget } from '../../notify/index.js';
 import { loadFleet, planFleet, type FleetMember, type VmPlan } from '../../rollout/index.js';
+import { resolveLibvirtMembers } from '../../rollout/fleet.js';
 import { formatBytes, plural, table } from '../format.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
 import { PlanOutput } from '../output.js';
@@ -55,7 +56,9 @@ async function run(args: string[]): Promise<number> {
       throw new UsageError('plan: --disk-serial and --disk-path go with --to; a fleet file gives each VM its disk');
     const [fleetPath, b] = positionals('plan', pos, ['FLEET', 'BUNDLE']) as [string, string];
     bundlePath = b;
-    fleet = await loadFleet(fleetPath);
+    const members = await loadFleet(fleetPath);
+    await resolveLibvirtMembers(members);
+    fleet = members;
   }
   const concurrency = values.concurrency === undefined ? 8 : Number(values.concurrency);
   if (!Number.isInteger(concurrency) || concurrency < 1)

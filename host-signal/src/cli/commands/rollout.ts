@@ -15,6 +15,8 @@ import {
 } from '../../rollout/index.js';
 import { agentOutcomeJson } from '../report.js';
 import { formatBytes, plural, table } from '../format.js';
+import { noOverlay, resolveLibvirt, Virsh } from '../../libvirt/index.js';
+import { resolveLibvirtMembers } from '../../rollout/fleet.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, positiveInt, type Command } from '../common.js';
 import { RolloutOutput, type RolloutVmJson } from '../output.js';
 
@@ -23,6 +25,7 @@ const HELP = `Usage: vmsubst rollout FLEET BUNDLE [--concurrency N] [--canary N]
                        [--on-no-agent fail|warn|reset] [--sign KEY] [--json]
        vmsubst rollout --qmp SOCK [--device ID | --node NAME] [--to ADDR]
                        [--disk-serial S | --disk-path P] BUNDLE [options]
+       vmsubst rollout --libvirt-all [--connect URI] BUNDLE [options]
 
 Rolls one bundle out to every VM of a fleet. For each VM: reach its agent,
 prepare (agents with two-phase substitution), write the blocks through QEMU
@@ -41,6 +44,14 @@ FLEET is a JSON file listing the VMs (see docs/rollout.md):
                        --to for its agent (serial:, vsock:, hvsock:, unix:;
                        none: an unenlightened guest), --disk-serial/--disk-path
                        for how the agent finds the disk
+  --libvirt-all        the running libvirt domains instead of a fleet file:
+                       every one with exactly one disk that matches the
+                       bundle's base (size and filesystem UUIDs) and can take
+                       an overlay; the others are skipped and listed, with
+                       the reason. Each goes through libvirt's own API
+                       (docs/libvirt.md); its agent's address is read from
+                       its live XML
+  --connect URI        with --libvirt-all: the libvirt connection
   --concurrency N      VMs in flight at once (default 4)
   --canary N           the first N VMs go first; all must succeed before any
                        other VM is touched (default 0: no canary)
@@ -86,11 +97,20 @@ async function run(args: string[]): Promise<number> {
     to: { type: 'string' },
     'disk-serial': { type: 'string' },
     'disk-path': { type: 'string' },
+    'libvirt-all': { type: 'boolean' },
+    connect: { type: 'string' },
   });
   if (helpRequested(HELP, values)) return 0;
   let fleet: FleetMember[];
   let bundlePath: string;
-  if (values.qmp !== undefined) {
+  let skipped: Skipped[] = [];
+  if (values.connect !== undefined && !values['libvirt-all'])
+    throw new UsageError('rollout: --connect goes with --libvirt-all', "see 'vmsubst rollout --help'");
+  if (values['libvirt-all']) {
+    if (values.qmp !== undefined) throw new UsageError('rollout: give --libvirt-all or --qmp, not both');
+    [bundlePath] = positionals('rollout', pos, ['BUNDLE']) as [string];
+    ({ fleet, skipped } = await libvirtFleet(bundlePath, values.connect));
+  } else if (values.qmp !== undefined) {
     [bundlePath] = positionals('rollout', pos, ['BUNDLE']) as [string];
     const one: Record<string, unknown> = { name: 'vm', qmp: resolve(values.qmp) };
     if (values.device !== undefined) one['device'] = values.device;
@@ -115,6 +135,7 @@ async function run(args: string[]): Promise<number> {
     bundlePath = b;
     fleet = await loadFleet(fleetPath);
   }
+  await resolveLibvirtMembers(fleet);
   if (values['stop-on-failure'] && values.continue)
     throw new UsageError('rollout: give --stop-on-failure or --continue, not both', "see 'vmsubst rollout --help'");
   const onNoAgent = (values['on-no-agent'] ?? 'warn') as NoAgentAction;
@@ -195,8 +216,56 @@ async function run(args: string[]): Promise<number> {
     process.off('SIGTERM', onSignal);
     await bundle.close();
   }
-  o.result(RolloutOutput, rolloutJson(result), () => rolloutHuman(result));
+  o.result(RolloutOutput, { ...rolloutJson(result), ...(values['libvirt-all'] ? { skipped } : {}) }, () =>
+    [rolloutHuman(result), ...skipped.map((k) => `skipped ${k.name}: ${k.reason}`)].join('\n'),
+  );
   return result.vms.every((v) => v.status === 'applied' || v.status === 'done-before') ? 0 : 1;
+}
+
+/** A running domain --libvirt-all left out, and why. */
+interface Skipped {
+  name: string;
+  reason: string;
+}
+
+/** Every running domain of the connection whose one disk matches the bundle's base; the others, skipped. */
+async function libvirtFleet(
+  bundlePath: string,
+  connect: string | undefined,
+): Promise<{ fleet: FleetMember[]; skipped: Skipped[] }> {
+  const virsh = new Virsh(connect !== undefined ? { connect } : {});
+  const bundle = await Bundle.open(bundlePath);
+  const fleet: FleetMember[] = [];
+  const skipped: Skipped[] = [];
+  try {
+    for (const domain of await virsh.runningDomains()) {
+      try {
+        const t = await resolveLibvirt(bundle.manifest, domain, { virsh });
+        const cannot = noOverlay(t.disk);
+        if (cannot !== undefined) {
+          skipped.push({ name: domain, reason: `its disk ${t.disk.target} ${cannot}` });
+          continue;
+        }
+        fleet.push({
+          name: domain,
+          libvirt: { domain, ...(connect !== undefined ? { connect } : {}) },
+          device: t.disk.target,
+          disk: t.disk.serial !== undefined ? { serial: t.disk.serial } : {},
+        });
+      } catch (e) {
+        skipped.push({ name: domain, reason: (e as Error).message });
+      }
+    }
+  } finally {
+    await bundle.close();
+  }
+  if (fleet.length === 0)
+    throw new UsageError(
+      `rollout --libvirt-all: no running domain has a disk that matches the bundle's base` +
+        (skipped.length ? ` (${skipped.map((k) => k.name).join(', ')} skipped)` : ' (none is running)'),
+      'start the domains, or check --connect',
+    );
+  return { fleet, skipped };
 }
 
 export function vmJson(v: VmOutcome): RolloutVmJson {
@@ -209,8 +278,8 @@ export function vmJson(v: VmOutcome): RolloutVmJson {
       ? {
           apply: {
             status: a.status,
-            node: a.target.node,
-            ...(a.target.device !== undefined ? { device: a.target.device } : {}),
+            node: a.target.kind === 'libvirt' ? a.target.disk : a.target.node,
+            ...(a.target.kind === 'qemu' && a.target.device !== undefined ? { device: a.target.device } : {}),
             'ranges-written': a.rangesWritten,
             written: a.bytesWritten,
             'pause-ms': a.pauseMs,

@@ -105,7 +105,7 @@ Args('--notify: the agent address parsed, the disk, key, customization, force an
 });
 
 Args('wrong combinations are usage errors with a hint', () => {
-  refused(['b.vsb'], /exactly one of --qmp SOCK or --image PATH/);
+  refused(['b.vsb'], /exactly one of --qmp SOCK, --image PATH or --libvirt DOMAIN/);
   refused(['b.vsb', '--qmp', 'q', '--image', 'i'], /exactly one of/);
   refused(['b.vsb', '--qmp', 'q', '--mode', 'bogus'], /--mode bogus: expected one of nbd, overlay, raw-file/);
   refused(['b.vsb', '--qmp', 'q', '--mode', 'raw-file'], /--mode raw-file writes an image file/);
@@ -136,6 +136,76 @@ Args('a malformed agent address is a usage error', () => {
     () => request(['b.vsb', '--qmp', 'q', '--notify', 'tcp:1.2.3.4:5']),
     (e: unknown) => e instanceof UsageError,
   );
+});
+
+Args('--libvirt: the overlay mode, the disk and connection passed on, the agent read from the domain', () => {
+  assert.equal(
+    request([
+      'b.vsb',
+      '--libvirt',
+      'web-1',
+      '--connect',
+      'qemu:///system',
+      '--disk-serial',
+      'vmsubst-data',
+      '--commit',
+    ]),
+    {
+      bundlePath: 'b.vsb',
+      target: {
+        kind: 'libvirt',
+        domain: 'web-1',
+        options: { connect: 'qemu:///system', serial: 'vmsubst-data' },
+        commit: true,
+      },
+      notify: { agent: 'auto', disk: { serial: 'vmsubst-data' }, force: false },
+      onNoAgent: 'warn',
+      trustedKeys: [],
+      json: false,
+    },
+  );
+  const r = request([
+    'b.vsb',
+    '--libvirt',
+    'web-1',
+    '--disk',
+    'vdb',
+    '--overlay-dir',
+    '/srv',
+    '--notify',
+    'vsock:3:5252',
+  ]);
+  assert.equal(r.target, {
+    kind: 'libvirt',
+    domain: 'web-1',
+    options: { target: 'vdb', overlayDir: '/srv' },
+    commit: false,
+  });
+  assert.equal(r.notify?.agent, { kind: 'vsock', cid: 3, port: 5252 });
+});
+
+Args('--libvirt refuses what it cannot do, and the nbd mode unless the taint is accepted', () => {
+  refused(['b', '--libvirt', 'd', '--qmp', 'q'], /exactly one of --qmp SOCK, --image PATH or --libvirt DOMAIN/);
+  refused(['b', '--libvirt', 'd', '--mode', 'nbd'], /tainted 'custom-monitor'.*--allow-taint/);
+  refused(['b', '--libvirt', 'd', '--mode', 'raw-file'], /raw-file/);
+  refused(
+    ['b', '--libvirt', 'd', '--mode', 'nbd', '--allow-taint', '--commit'],
+    /--mode nbd writes into the disk in place/,
+  );
+  refused(['b', '--libvirt', 'd', '--allow-taint'], /--allow-taint goes with --mode nbd/);
+  refused(['b', '--libvirt', 'd', '--state-dir', '/s'], /--state-dir goes with --mode nbd/);
+  assert.equal(request(['b', '--libvirt', 'd', '--mode', 'nbd', '--allow-taint', '--disk', 'vdb']).target, {
+    kind: 'libvirt',
+    domain: 'd',
+    options: { target: 'vdb' },
+    commit: false,
+    taint: true,
+  });
+  refused(['b', '--libvirt', 'd', '--device', 'vblk0'], /--disk TARGET or --disk-serial/);
+  refused(['b', '--libvirt', 'd', '--disk', 'vdb', '--disk-serial', 's'], /not both/);
+  refused(['b', '--libvirt', 'd', '--overlay', '/x.qcow2'], /--overlay-dir/);
+  refused(['b', '--qmp', 'q', '--connect', 'qemu:///system'], /--connect goes with --libvirt/);
+  refused(['b', '--qmp', 'q', '--notify', 'auto'], /--notify auto reads the address from a libvirt domain/);
 });
 
 Args.run();

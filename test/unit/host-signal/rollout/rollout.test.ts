@@ -41,6 +41,23 @@ Fleet('defaults apply, relative paths are taken from the fleet file, addresses p
   assert.equal(f[2]!.customization, { hostname: 'web-3' });
 });
 
+Fleet('libvirt domains by name, with an optional connection URI; device is the disk target', () => {
+  const f = fleetFromJson(
+    {
+      defaults: { disk: { serial: 'vmsubst-data' } },
+      vms: [
+        { name: 'web-1', libvirt: 'web-1' },
+        { name: 'db-1', libvirt: 'db', connect: 'qemu+ssh://h2/system', device: 'vdb' },
+      ],
+    },
+    '/',
+  );
+  assert.equal(f[0], { name: 'web-1', libvirt: { domain: 'web-1' }, disk: { serial: 'vmsubst-data' } });
+  assert.equal(f[1]!.libvirt, { domain: 'db', connect: 'qemu+ssh://h2/system' });
+  assert.is(f[1]!.device, 'vdb');
+  assert.is(f[1]!.qmp, undefined);
+});
+
 Fleet('a VM without an agent address is allowed (an unenlightened guest)', () => {
   const f = fleetFromJson({ vms: [{ name: 'old', qmp: '/q' }] }, '/');
   assert.is(f[0]!.agent, undefined);
@@ -50,7 +67,9 @@ Fleet('a VM without an agent address is allowed (an unenlightened guest)', () =>
 Fleet('bad fleets are usage errors that say where', () => {
   const cases: [unknown, RegExp][] = [
     [{ vms: [] }, /\/vms: must NOT have fewer than 1 items/],
-    [{ vms: [{ name: 'a' }] }, /\/vms\/0: must have required property 'qmp'/],
+    [{ vms: [{ name: 'a' }] }, /\/vms\/0: give qmp \(a QEMU's QMP socket\) or libvirt \(a domain\)/],
+    [{ vms: [{ name: 'a', qmp: '/q', libvirt: 'd' }] }, /give qmp .* or libvirt .*, one of them/],
+    [{ vms: [{ name: 'a', qmp: '/q', connect: 'qemu:///system' }] }, /\/vms\/0\/connect: goes with libvirt/],
     [{ vms: [{ name: 'a', qmp: '/q', colour: 'red' }] }, /unknown field 'colour'/],
     [
       {

@@ -101,11 +101,16 @@ export interface NotifyResult {
 let customizeSeq = 0;
 const hostKeys = new WeakMap<GuestVm, string>();
 
+/** After a reboot the test guest's /etc is new (an initramfs): it trusts no key until told again. */
+export function guestRebooted(vm: GuestVm): void {
+  hostKeys.delete(vm);
+}
+
 /**
  * The guest trusts a host key and takes file customization from it (both off by default); returns
  * the private key's path. Once per guest.
  */
-async function trustedKey(vm: GuestVm, tmp: string): Promise<string> {
+export async function trustedKey(vm: GuestVm, tmp: string): Promise<string> {
   const known = hostKeys.get(vm);
   if (known) return known;
   const prefix = join(tmp, `host-key-${hostKeys.has(vm) ? 0 : Date.now()}`);

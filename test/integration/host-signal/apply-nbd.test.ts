@@ -289,7 +289,8 @@ Usage('wrong combinations of target and mode are usage errors (exit 2) and touch
     ],
     [['--qmp', '/nonexistent.qmp', '--mode', 'fast'], /--mode fast: expected one of nbd, overlay, raw-file/],
     [['--image', img, '--disk-serial', 'x'], /--disk-serial goes with --notify/],
-    [['--image', img, '--qmp', '/nonexistent.qmp'], /exactly one of --qmp SOCK or --image PATH/],
+    [['--image', img, '--qmp', '/nonexistent.qmp'], /exactly one of --qmp SOCK, --image PATH or --libvirt DOMAIN/],
+    [['--image', img, '--libvirt', 'dom'], /exactly one of --qmp SOCK, --image PATH or --libvirt DOMAIN/],
     [['--image', img, '--device', 'vblk0'], /--device and --node go with --qmp/],
     [
       ['--image', img, '--on-no-agent', 'reset'],

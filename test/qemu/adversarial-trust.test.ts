@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect } from 'node:net';
 import { trustHostKey, withGuest, type GuestContext } from '../helpers/guest-suite.js';
-import { vmsubstJson, applyArgs } from '../helpers/cli.js';
+import { vmsubstJson } from '../helpers/cli.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 import { AgentConnection, notificationArgs } from '../../host-signal/src/notify/index.js';
 import { Bundle, type Manifest } from '../../host-signal/src/bundle/index.js';
@@ -213,7 +213,18 @@ A('a signed envelope for this VM (its real SMBIOS UUID and disk) is accepted', (
 A('a replayed envelope is refused once the guest moved on; expired, other-VM and repurposed ones too', (c) =>
   withTimeout(480_000, 'envelopes', async () => {
     const { first } = await signedTwice(c);
-    await vmsubstJson(applyArgs(c.reverse, c.vm, true));
+    await vmsubstJson([
+      'apply',
+      c.reverse,
+      '--qmp',
+      c.vm.qmpSocket,
+      '--device',
+      'vblk0',
+      '--notify',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+    ]);
     assert.match(await c.vm.sh('/mnt/data/bin/vprog'), /version v1/);
     const conn = await serial(c);
     try {

@@ -12,7 +12,7 @@ import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { withGuest, type GuestContext } from '../helpers/guest-suite.js';
-import { vmsubst, type CliRun, applyArgs } from '../helpers/cli.js';
+import { vmsubst, type CliRun } from '../helpers/cli.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 import type { GuestVm } from '../helpers/vm.js';
 
@@ -33,7 +33,22 @@ const sha = (path: string): string => createHash('sha256').update(readFileSync(p
 
 /** apply with the two-phase notification; the parsed --json answer (or the raw output when it is not JSON). */
 async function applyNotify(s: GuestContext): Promise<{ run: CliRun; out: Record<string, any> | undefined }> {
-  const run = await vmsubst(applyArgs(s.bundle, s.vm, true, '--json'), 300_000);
+  const run = await vmsubst(
+    [
+      'apply',
+      s.bundle,
+      '--qmp',
+      s.vm.qmpSocket,
+      '--device',
+      'vblk0',
+      '--notify',
+      `serial:${s.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+      '--json',
+    ],
+    300_000,
+  );
   let out: Record<string, any> | undefined;
   try {
     out = JSON.parse(run.stdout) as Record<string, any>;

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { withGuest } from '../helpers/guest-suite.js';
-import { vmsubst, vmsubstJson, applyArgs } from '../helpers/cli.js';
+import { vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
 import type { SubstituteReport } from '@vmsubst/common/protocol/schema';
 
@@ -56,7 +56,18 @@ Rd('the plan shows the shell reading the script, and that prepare will refuse it
 Rd('two-phase apply is refused in prepare with ScriptInUse, and nothing is written', (c) =>
   withTimeout(180_000, 'refused', async () => {
     const before = sha(c.disk);
-    const r = await vmsubst(applyArgs(c.bundle, c.vm, true));
+    const r = await vmsubst([
+      'apply',
+      c.bundle,
+      '--qmp',
+      c.vm.qmpSocket,
+      '--device',
+      'vblk0',
+      '--notify',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+    ]);
     assert.is.not(r.code, 0, `${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout + r.stderr, /ScriptInUse/);
     assert.match(r.stdout + r.stderr, /loop\.sh is a script being executed by sh\[\d+\]/);
@@ -68,7 +79,20 @@ Rd('two-phase apply is refused in prepare with ScriptInUse, and nothing is writt
 
 Rd('with --force it proceeds and says so', (c) =>
   withTimeout(180_000, 'forced', async () => {
-    const r = await vmsubst(applyArgs(c.bundle, c.vm, true, '--force', '--json'));
+    const r = await vmsubst([
+      'apply',
+      c.bundle,
+      '--qmp',
+      c.vm.qmpSocket,
+      '--device',
+      'vblk0',
+      '--notify',
+      `serial:${c.vm.agentSocket}`,
+      '--disk-serial',
+      'vmsubst-data',
+      '--force',
+      '--json',
+    ]);
     assert.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
     const out = JSON.parse(r.stdout) as { agent: { report: SubstituteReport } };
     const f = out.agent.report.plan?.files.find((x) => x.path === SCRIPT);

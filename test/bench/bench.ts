@@ -20,12 +20,13 @@ import { pipeline } from './pipeline.js';
 import { pedigree } from './pedigree.js';
 import { pause } from './pause.js';
 import { newcode } from './newcode.js';
+import { headline } from './headline.js';
 import { curves } from './curves.js';
 import { collateral } from './collateral.js';
 import { diff } from './diff.js';
 
 /** Every benchmark, in the order `make bench` runs them and docs/benchmarks.md lists them. */
-const BENCHMARKS: Benchmark[] = [pipeline, newcode, collateral, curves, pause, pedigree, diff];
+const BENCHMARKS: Benchmark[] = [pipeline, newcode, headline, collateral, curves, pause, pedigree, diff];
 
 const USAGE = `Usage: node build/test/bench/bench.js [--only NAME[,NAME...]] [--runs N] [--no-doc] [--list]
 

@@ -92,6 +92,10 @@ export async function applyInto(vm: GuestVm, bundle: string): Promise<{ ms: numb
 
 export interface NotifyResult {
   ms: number;
+  /** The agent's prepare timings (two-phase apply --notify only). */
+  prepare?: Record<string, number>;
+  /** The CLI's wall time per phase (apply --notify only: agent connect, prepare, write, notify). */
+  phases?: Record<string, number>;
   report: {
     'timings-ms': Record<string, number>;
     files: Array<{ path: string; 'pages-dropped': number; 'pages-kept': number }>;
@@ -108,9 +112,14 @@ export function guestRebooted(vm: GuestVm): void {
 
 /**
  * The guest trusts a host key and takes file customization from it (both off by default); returns
- * the private key's path. Once per guest.
+ * the private key's path. Once per guest; `restartAgent` makes the agent read its settings anew
+ * (default: the test initramfs's way; a packaged agent restarts through systemd).
  */
-export async function trustedKey(vm: GuestVm, tmp: string): Promise<string> {
+export async function trustedKey(
+  vm: GuestVm,
+  tmp: string,
+  restartAgent: () => Promise<void> = () => vm.restartAgent(),
+): Promise<string> {
   const known = hostKeys.get(vm);
   if (known) return known;
   const prefix = join(tmp, `host-key-${hostKeys.has(vm) ? 0 : Date.now()}`);
@@ -119,7 +128,7 @@ export async function trustedKey(vm: GuestVm, tmp: string): Promise<string> {
   await vm.sh('mkdir -p /etc/vmsubst/trusted.d');
   await vm.putFile(`${prefix}.pub`, '/etc/vmsubst/trusted.d/bench.pub');
   await vm.sh(`echo '{"customization":{"allow":["file"],"fileRoots":["/etc"]}}' > /etc/vmsubst/agent.json`);
-  await vm.restartAgent();
+  await restartAgent();
   hostKeys.set(vm, `${prefix}.key`);
   return `${prefix}.key`;
 }
@@ -161,9 +170,17 @@ export async function applyNotify(vm: GuestVm, bundle: string, tmp: string): Pro
   const request = await freshRequest(vm, tmp);
   const r = await vmsubst(applyArgs(bundle, vm, true, ...request, '--on-no-agent', 'fail', '--json'), 900_000);
   if (r.code !== 0) throw new Error(`vmsubst apply --notify ${bundle} exited ${r.code}: ${r.stderr}\n${r.stdout}`);
-  const out = JSON.parse(r.stdout) as { agent: { report?: NotifyResult['report'] } };
+  const out = JSON.parse(r.stdout) as {
+    agent: { report?: NotifyResult['report']; prepare?: { 'timings-ms'?: Record<string, number> } };
+    'phases-ms'?: Record<string, number>;
+  };
   if (!out.agent.report) throw new Error(`vmsubst apply --notify ${bundle}: no agent report: ${r.stdout}`);
-  return { ms: r.ms, report: out.agent.report };
+  return {
+    ms: r.ms,
+    report: out.agent.report,
+    ...(out.agent.prepare?.['timings-ms'] ? { prepare: out.agent.prepare['timings-ms'] } : {}),
+    ...(out['phases-ms'] ? { phases: out['phases-ms'] } : {}),
+  };
 }
 
 /** Wall time of the CLI doing nothing but start (`vmsubst --version`): node and the bundled CLI loading. */

@@ -47,6 +47,8 @@ export function vmsubst(args: string[], timeoutMs = 120_000, env?: Record<string
       [CLI, ...args],
       { timeout: timeoutMs, maxBuffer: 64 << 20, ...(env ? { env: { ...process.env, ...env } } : {}) },
       (err, stdout, stderr) => {
+        // Before the schema check below: that is the test's work, not the command's.
+        const ms = Date.now() - t0;
         const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
         const signal = (err?.signal as NodeJS.Signals | undefined) ?? null;
         const problems = signal === null ? jsonOutputProblems(args, stdout) : [];
@@ -58,7 +60,7 @@ export function vmsubst(args: string[], timeoutMs = 120_000, env?: Record<string
           );
           return;
         }
-        resolve({ code, signal, stdout, stderr, ms: Date.now() - t0 });
+        resolve({ code, signal, stdout, stderr, ms });
       },
     );
   });

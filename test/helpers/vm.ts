@@ -277,6 +277,15 @@ export class GuestVm {
     return { out, code: Number(m[1]) };
   }
 
+  /**
+   * Writes a command to the console shell without waiting for it to end: for a command that
+   * does not come back (systemctl reboot, systemctl kexec).
+   */
+  send(cmd: string): void {
+    if (!this.#proc || this.#exited) throw new Error(this.#exited ?? 'guest not running');
+    this.#proc.stdin!.write(`${cmd}\n`);
+  }
+
   /** Like run(), but throws unless the command exits 0. */
   async sh(cmd: string, timeoutMs = 60_000): Promise<string> {
     const r = await this.run(cmd, timeoutMs);

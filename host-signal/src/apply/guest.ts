@@ -79,6 +79,8 @@ export interface GuestOutcome<R extends Substitution> {
   /** The error itself, for callers that pass it on (not serialized). */
   cause?: unknown;
   elapsedMs: number;
+  /** Wall time spent in each phase (connecting to the agent, its prepare, the host's verify and write, its commit). */
+  phasesMs?: Partial<Record<GuestPhase, number>>;
 }
 
 export type GuestPhase = 'agent' | 'prepare' | 'write' | 'notify' | 'reset';
@@ -119,6 +121,18 @@ export async function applyAndTell<R extends Substitution>(
     notes: [],
     elapsedMs: 0,
   };
+  const phases: Partial<Record<GuestPhase, number>> = {};
+  out.phasesMs = phases;
+  // Each phase's time is added up when the next one starts (the write phase resumes after prepare).
+  let current: GuestPhase | undefined;
+  let since = started;
+  const enter = (phase: GuestPhase | undefined): void => {
+    const now = performance.now();
+    if (current) phases[current] = Math.round(((phases[current] ?? 0) + now - since) * 10) / 10;
+    current = phase;
+    since = now;
+    if (phase) options.onPhase?.(phase);
+  };
   let conn: AgentConnection | undefined;
   try {
     if (options.onNoAgent === 'reset' && !options.reset)
@@ -145,7 +159,7 @@ export async function applyAndTell<R extends Substitution>(
       if (note && !out.notes.includes(note)) out.notes.push(note);
     };
 
-    options.onPhase?.('agent');
+    enter('agent');
     if (options.agent === undefined) {
       out.agent.unreachable = options.noAgentReason ?? 'no agent address was given';
     } else {
@@ -170,15 +184,15 @@ export async function applyAndTell<R extends Substitution>(
     const twoPhase = conn?.supports('prepare') === true;
     const beforeWrite = async (): Promise<void> => {
       if (!conn || !twoPhase) return;
-      options.onPhase?.('prepare');
+      enter('prepare');
       const { 'dry-run': _unused, ...prepareArgs } = args;
       out.agent.prepare = await conn.prepare(prepareArgs as PrepareArgs);
       noteCut(out.agent.prepare);
       prepared = true;
-      options.onPhase?.('write');
+      enter('write');
     };
 
-    options.onPhase?.('write');
+    enter('write');
     try {
       out.apply = await apply(beforeWrite);
     } catch (e) {
@@ -203,7 +217,7 @@ export async function applyAndTell<R extends Substitution>(
       return out;
     }
     if (conn && options.agent) {
-      options.onPhase?.('notify');
+      enter('notify');
       out.agent.mode = prepared ? 'two-phase' : 'substitute';
       const tell = (c: AgentConnection): Promise<SubstituteReport> =>
         prepared ? c.commit(args.id, out.agent.prepare?.token) : c.substitute(args);
@@ -230,7 +244,7 @@ export async function applyAndTell<R extends Substitution>(
     } else if (out.apply.status !== 'no-changes') {
       out.notes.push(NOT_TOLD);
       if (options.onNoAgent === 'reset') {
-        options.onPhase?.('reset');
+        enter('reset');
         await options.reset!();
         out.reset = true;
         out.notes.push('the VM was reset (QMP system_reset) so that it starts from the new disk content');
@@ -249,6 +263,7 @@ export async function applyAndTell<R extends Substitution>(
           'answers',
       );
   } finally {
+    enter(undefined);
     conn?.close();
     out.elapsedMs = Math.round(performance.now() - started);
   }

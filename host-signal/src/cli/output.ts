@@ -205,6 +205,22 @@ const applyGuestFields = {
   ),
   reset: Type.Boolean(),
   notes: Strings,
+  'phases-ms': Type.Optional(
+    Type.Object(
+      {
+        agent: Type.Optional(Ms),
+        prepare: Type.Optional(Ms),
+        write: Type.Optional(Ms),
+        notify: Type.Optional(Ms),
+        reset: Type.Optional(Ms),
+      },
+      {
+        ...strict,
+        description:
+          "wall time of each phase: connecting to the agent, its prepare, the host's verify and write, its commit (notify), a reset",
+      },
+    ),
+  ),
 };
 
 /** The QEMU overlay an overlay-mode apply put on top of the drive. */

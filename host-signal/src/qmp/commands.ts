@@ -61,6 +61,10 @@ const BlockExportInfoList = Type.Array(BlockExportInfo);
 const UuidInfo = Type.Object({ UUID: Type.String() });
 const BlockJobInfoList = Type.Array(Type.Object({ device: Type.String(), type: Type.String() }));
 
+// Made at load (compiled on first use), so that the build's precompilation sees every one.
+for (const s of [StatusInfo, UuidInfo, BlockInfoList, BlockDeviceInfoList, BlockExportInfoList, BlockJobInfoList])
+  validators.set(s, new Validator(s));
+
 function check<S extends TSchema>(schema: S, command: string, value: unknown): Static<S> {
   let v = validators.get(schema);
   if (!v) validators.set(schema, (v = new Validator(schema)));

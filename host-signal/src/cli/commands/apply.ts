@@ -409,6 +409,7 @@ async function run(args: string[]): Promise<void> {
     agent: agentJson(outcome),
     reset: outcome.reset,
     notes: outcome.notes,
+    ...(outcome.phasesMs ? { 'phases-ms': outcome.phasesMs } : {}),
   };
   o.result(ApplyOutput, json, () => [applyHuman(result), agentHuman(outcome)].join('\n'));
 }

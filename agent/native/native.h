@@ -45,6 +45,13 @@ int vs_vsock_peer_addr(int fd, struct vs_vsock_addr *addr);
 int vs_close(int fd);
 /* dup(2), close-on-exec. */
 int vs_dup(int fd);
+/*
+ * Signal-driven I/O on fd (F_SETOWN this process, O_ASYNC): the kernel sends
+ * SIGIO when it becomes ready. A virtio-serial port also signals its host
+ * side connecting. The caller must handle SIGIO first (its default ends the
+ * process). 0 or -errno.
+ */
+int vs_notify_async(int fd);
 
 /* ---- vsock_listen.c: the agent's listening side ---------------------------- */
 

@@ -80,3 +80,14 @@ int vs_dup(int fd)
 
 	return nfd < 0 ? -errno : nfd;
 }
+
+int vs_notify_async(int fd)
+{
+	int flags = fcntl(fd, F_GETFL);
+
+	if (flags < 0)
+		return -errno;
+	if (fcntl(fd, F_SETOWN, getpid()) < 0)
+		return -errno;
+	return fcntl(fd, F_SETFL, flags | O_ASYNC) < 0 ? -errno : 0;
+}

@@ -50,6 +50,8 @@ export interface AgentDeps extends Omit<SubstituteDeps, 'invalidateRange' | 'inv
   adoptStream?: AdoptStream;
   /** dup(2): the virtio-serial port stays open while its streams come and go. */
   dupFd?: (fd: number) => number;
+  /** Signal-driven I/O (F_SETOWN, O_ASYNC) for the serial port's descriptor; optional. */
+  notifyAsync?: (fd: number) => void;
 }
 
 export class Agent {
@@ -153,7 +155,9 @@ export class Agent {
           'virtio-serial requested but dup() is unavailable',
           'is the native addon built? or start with --no-serial',
         );
-      this.#transports.push(new SerialTransport(config.serial, deps.adoptStream, log, deps.dupFd));
+      this.#transports.push(
+        new SerialTransport(config.serial, deps.adoptStream, log, deps.dupFd, undefined, deps.notifyAsync),
+      );
     }
     for (const mountPoint of config.indexAtStart) {
       // In the background: a substitution arriving meanwhile joins the build (PedigreeService.get).

@@ -46,6 +46,7 @@ export async function systemDeps(): Promise<AgentDeps> {
     vsockListen: (port) => native.vsockListen(port),
     adoptStream: native.adoptStream,
     dupFd: native.dupFd,
+    notifyAsync: native.notifyAsync,
     procRoot: '/proc',
     sysRoot: '/sys',
     devRoot: '/dev',

@@ -164,10 +164,16 @@ export async function notifyGuest(vm: GuestVm, bundle: string, tmp: string): Pro
 /**
  * One CLI process for the whole live path: `vmsubst apply --notify` verifies, asks the agent to
  * prepare, writes, and has it commit (the two-phase substitution), with the same signed one-file
- * customization as notifyGuest. Returns the wall time and the agent's report.
+ * customization as notifyGuest unless `plain`. Returns the wall time and the agent's report.
  */
-export async function applyNotify(vm: GuestVm, bundle: string, tmp: string): Promise<NotifyResult> {
-  const request = await freshRequest(vm, tmp);
+export async function applyNotify(
+  vm: GuestVm,
+  bundle: string,
+  tmp: string,
+  { plain = false }: { plain?: boolean } = {},
+): Promise<NotifyResult> {
+  // plain: the bundle alone, as an operator applies it (its id must not be the agent's latest done).
+  const request = plain ? [] : await freshRequest(vm, tmp);
   const r = await vmsubst(applyArgs(bundle, vm, true, ...request, '--on-no-agent', 'fail', '--json'), 900_000);
   if (r.code !== 0) throw new Error(`vmsubst apply --notify ${bundle} exited ${r.code}: ${r.stderr}\n${r.stdout}`);
   const out = JSON.parse(r.stdout) as {

@@ -51,6 +51,13 @@ Napi::Value DupFd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), nfd);
 }
 
+Napi::Value NotifyAsync(const Napi::CallbackInfo& info) {
+  const int fd = ArgFd(info, 0);
+  const int err = vs_notify_async(fd);
+  if (err < 0) throw MakeError(info.Env(), err, "fcntl", "(O_ASYNC on fd " + std::to_string(fd) + ")");
+  return info.Env().Undefined();
+}
+
 class StreamHandle : public Napi::ObjectWrap<StreamHandle> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -309,6 +316,7 @@ void RegisterStream(Napi::Env env, Napi::Object exports, Napi::Object) {
   exports.Set("vsockAddresses", Napi::Function::New<VsockAddresses>(env, "vsockAddresses"));
   exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
   exports.Set("dupFd", Napi::Function::New<DupFd>(env, "dupFd"));
+  exports.Set("notifyAsync", Napi::Function::New<NotifyAsync>(env, "notifyAsync"));
   exports.Set("StreamHandle", StreamHandle::Define(env));
 }
 

@@ -191,6 +191,7 @@ export interface NativeBinding {
   sdNotify(socketPath: string, message: string): void;
   closeFd(fd: number): void;
   dupFd(fd: number): number;
+  notifyAsync(fd: number): void;
   StreamHandle: StreamHandleClass;
   Listener: new (
     fd: number,
@@ -221,6 +222,7 @@ const BINDING_FUNCTIONS = [
   'sdNotify',
   'closeFd',
   'dupFd',
+  'notifyAsync',
   'StreamHandle',
   'Listener',
 ] as const satisfies ReadonlyArray<keyof NativeBinding>;

@@ -147,6 +147,17 @@ export function dupFd(fd: number): number {
   return binding().dupFd(fd);
 }
 
+/**
+ * Signal-driven I/O on `fd` (F_SETOWN, O_ASYNC): the process gets SIGIO when the descriptor
+ * becomes ready, and for a virtio-serial port when its host side connects. SIGIO must be
+ * handled before (its default action ends the process).
+ */
+export function notifyAsync(fd: number): void {
+  checkInteger('fd', fd, 0, 0x7fffffff);
+  if (process.listenerCount('SIGIO') === 0) throw new Error('notifyAsync: handle SIGIO first');
+  binding().notifyAsync(fd);
+}
+
 /** This machine's CID (IOCTL_VM_SOCKETS_GET_LOCAL_CID on /dev/vsock). */
 export function localCid(devPath: string = DEFAULT_VSOCK_DEVICE): number {
   return binding().localCid(devPath);

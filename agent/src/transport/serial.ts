@@ -8,6 +8,10 @@
  * guest process holds open, so closing it between two host connections would
  * lose a request. One descriptor holds the port; each stream reads a dup() of
  * it, and destroying a stream closes only the dup.
+ *
+ * With `notifyAsync` (signal-driven I/O on the held descriptor), the kernel's
+ * SIGIO for the host side connecting makes the stream anew at once: a host
+ * that connects during the pause is answered without waiting it out.
  */
 import { closeSync, openSync, constants } from 'node:fs';
 import type { Duplex } from 'node:stream';
@@ -18,6 +22,8 @@ import type { ConnectionHandler, Transport } from './transport.js';
 export type AdoptStream = (fd: number) => Duplex;
 /** dup(2); injectable for tests. */
 export type Dup = (fd: number) => number;
+/** Arms SIGIO for a descriptor (F_SETOWN, O_ASYNC); injectable for tests. */
+export type NotifyAsync = (fd: number) => void;
 
 export class SerialTransport implements Transport {
   readonly name: string;
@@ -27,6 +33,14 @@ export class SerialTransport implements Transport {
   #missingLogged = false;
   /** The descriptor that keeps the port open for the agent's lifetime. */
   #held: number | undefined;
+  #onConnection: ConnectionHandler | undefined;
+  /** SIGIO: the port became ready or its host side connected; in the pause, make the stream now. */
+  readonly #onSignal = (): void => {
+    if (this.#stopped || this.#stream !== undefined || this.#timer === undefined || !this.#onConnection) return;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#open(this.#onConnection);
+  };
 
   constructor(
     private readonly path: string,
@@ -34,20 +48,41 @@ export class SerialTransport implements Transport {
     private readonly log: Logger,
     private readonly dup: Dup,
     private readonly reopenMs = 250,
+    private readonly notifyAsync?: NotifyAsync,
   ) {
     this.name = `serial:${path}`;
   }
 
   async start(onConnection: ConnectionHandler): Promise<void> {
     this.#stopped = false;
+    this.#onConnection = onConnection;
     this.#open(onConnection);
+  }
+
+  /** Signal-driven wake-up on the held descriptor, once; without it the pause is waited out. */
+  #arm(fd: number): void {
+    if (!this.notifyAsync || process.listeners('SIGIO').includes(this.#onSignal)) return;
+    // The handler first: SIGIO's default action ends the process. It stays for the process's
+    // lifetime, since the descriptor may outlive stop() in a dup a stream still holds.
+    process.on('SIGIO', this.#onSignal);
+    try {
+      this.notifyAsync(fd);
+    } catch (e) {
+      this.log.warn('no SIGIO for the serial port; a host connecting waits for the next reopen', {
+        path: this.path,
+        error: messageOf(e),
+      });
+    }
   }
 
   #open(onConnection: ConnectionHandler): void {
     if (this.#stopped) return;
     let fd: number;
     try {
-      this.#held ??= openSync(this.path, constants.O_RDWR | constants.O_NONBLOCK | constants.O_NOCTTY);
+      if (this.#held === undefined) {
+        this.#held = openSync(this.path, constants.O_RDWR | constants.O_NONBLOCK | constants.O_NOCTTY);
+        this.#arm(this.#held);
+      }
       fd = this.dup(this.#held);
     } catch (e) {
       if (!this.#missingLogged) {
@@ -66,7 +101,10 @@ export class SerialTransport implements Transport {
       reopened = true;
       this.#stream = undefined;
       stream.destroy();
-      this.#timer = setTimeout(() => this.#open(onConnection), this.reopenMs);
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        this.#open(onConnection);
+      }, this.reopenMs);
     };
     stream.on('end', reopen);
     stream.on('close', reopen);

@@ -19,14 +19,15 @@
 import { createHash, hash, type Hash } from 'node:crypto';
 import { readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { MAX_RANGE_BYTES, MAX_RANGES } from '@vmsubst/common/protocol/schema';
+import { MAX_RANGE_BYTES, MAX_RANGES } from '@vmsubst/common/protocol/limits';
 import { DiffError } from '../errors.js';
-import { loadNativeDiff, nativeStatus, type NativeDiff, type NativeStatus } from '../native/index.js';
-import { FileSource, type BlockSource, type Segment } from './source.js';
-import { Qcow2Source, probeFormat } from './qcow2.js';
+// Not native/index.js: its vsock half loads node:stream, which the differ does not need.
+import { nativeStatus, type NativeStatus } from '../native/binding.js';
+import { loadNativeDiff, type NativeDiff } from '../native/diff.js';
+import { FileSource, probeFormat, type BlockSource, type Segment } from './source.js';
+import type { Qcow2Source } from './qcow2.js';
 
-export { FileSource, bufferSource, readExactly, type BlockSource, type Segment } from './source.js';
-export { Qcow2Source, probeFormat } from './qcow2.js';
+export { FileSource, bufferSource, probeFormat, readExactly, type BlockSource, type Segment } from './source.js';
 
 export const DEFAULT_BLOCK_SIZE = 4096;
 /**
@@ -576,7 +577,11 @@ export async function openImage(path: string, role: string): Promise<ImageSource
       { cause: e },
     );
   }
-  if (format === 'qcow2') return Object.assign(await Qcow2Source.open(path), { format } as const);
+  // qemu-nbd and the NBD client load only for a qcow2 image.
+  if (format === 'qcow2') {
+    const { Qcow2Source } = await import('./qcow2.js');
+    return Object.assign(await Qcow2Source.open(path), { format } as const);
+  }
   try {
     return Object.assign(await FileSource.open(path), { format } as const);
   } catch (e) {

@@ -7,6 +7,7 @@
  */
 import { crc32 } from 'node:zlib';
 import type { BaseFilesystem } from '@vmsubst/common/bundle/schema';
+import type { BlockSource } from '../diff/source.js';
 
 /** Reads `length` bytes at `offset` (zeros past the end are fine). */
 export type ImageReader = (offset: number, length: number) => Promise<Buffer>;
@@ -159,4 +160,17 @@ export async function findFilesystems(read: ImageReader, imageSize: number): Pro
       found.push({ ...fs, offset: p.offset, partition: p.number, 'partition-table': p.table });
   }
   return found;
+}
+
+export function readerOf(source: BlockSource): ImageReader {
+  return async (offset, length) => {
+    const buf = Buffer.alloc(length);
+    if (offset < source.size) await source.readInto(buf.subarray(0, Math.min(length, source.size - offset)), offset);
+    return buf;
+  };
+}
+
+/** The base image's filesystems (its identity in the manifest). */
+export function baseFilesystems(base: BlockSource): Promise<BaseFilesystem[]> {
+  return findFilesystems(readerOf(base), base.size);
 }

@@ -83,6 +83,16 @@ int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length,
 		    uint32_t block_size, struct vs_run *runs, size_t max_runs,
 		    size_t *nruns);
 
+/* ---- prefault.c: a buffer's pages in one call ---------------------------- */
+
+/*
+ * Faults in (for writing) the whole pages of [addr, addr + length), with
+ * madvise(MADV_POPULATE_WRITE): one system call instead of one fault per
+ * page. 0, or -errno of madvise (-EINVAL before Linux 5.14). Advice only:
+ * the memory is usable either way. Thread-safe.
+ */
+int vs_prefault(void *addr, size_t length);
+
 #ifdef __cplusplus
 }
 #endif

@@ -285,7 +285,7 @@ async function diffNative(
     for (let p = start; p < start + length; p += NATIVE_SPAN) jobs.push([p, Math.min(NATIVE_SPAN, start + length - p)]);
   }
   const compared = nativeJobs(jobs, (offset, length) => compareJob(native, base, patched, offset, length, blockSize));
-  const out = new NativeRanges(base.fd!, patched.fd!, maxRangeBytes, maxRanges);
+  const out = new NativeRanges(base.fd!, patched.fd!, maxRangeBytes, maxRanges, (b) => native.prefault(b));
   let done = 0;
   try {
     for (let i = 0; i < jobs.length; i++) {
@@ -376,14 +376,15 @@ function nativeJobs<T>(
  * continue across a job boundary), each range is cut at the cap and hashed by
  * reading both files again (synchronously: the blocks were just read and come
  * from the page cache). The new bytes are kept, up to RETAIN_BYTES in all, for
- * the bundle writer.
+ * the bundle writer. Their buffers are faulted in by `prefault` when allocated
+ * (NativeDiff.prefault).
  */
 class NativeRanges {
   readonly #ranges: DiffRange[] = [];
   #changedBytes = 0;
   #newData: Buffer[] | undefined = [];
-  readonly #retained = new Retained();
-  readonly #scratch = Buffer.allocUnsafe(HASH_READ);
+  readonly #retained: Retained;
+  readonly #scratch: Buffer;
   /** The last run seen; it may go on in the next job. */
   #open: [number, number] | undefined;
 
@@ -392,7 +393,11 @@ class NativeRanges {
     private readonly fdB: number,
     private readonly maxRangeBytes: number,
     private readonly maxRanges: number,
-  ) {}
+    prefault: (buffer: Buffer) => Buffer,
+  ) {
+    this.#retained = new Retained(prefault);
+    this.#scratch = prefault(Buffer.allocUnsafe(HASH_READ));
+  }
 
   run(offset: number, length: number): void {
     const open = this.#open;
@@ -472,18 +477,21 @@ function hashRange(
 /**
  * Hands out buffers for the kept new bytes from 4 MiB slabs (a separate
  * allocation per small range costs more than its read), up to RETAIN_BYTES.
+ * Each allocation goes through `prefault` (one system call for its pages
+ * instead of a fault per page as it is filled).
  */
 class Retained {
-  #slab = Buffer.alloc(0);
+  #slab: Buffer = Buffer.alloc(0);
   #used = 0;
   #total = 0;
+  constructor(private readonly prefault: (buffer: Buffer) => Buffer) {}
   /** A buffer of `length` bytes, or undefined once the limit would be passed. */
   take(length: number): Buffer | undefined {
     if (this.#total + length > RETAIN_BYTES) return undefined;
     this.#total += length;
-    if (length > SLAB_BYTES / 4) return Buffer.allocUnsafe(length);
+    if (length > SLAB_BYTES / 4) return this.prefault(Buffer.allocUnsafe(length));
     if (this.#used + length > this.#slab.length) {
-      this.#slab = Buffer.allocUnsafe(SLAB_BYTES);
+      this.#slab = this.prefault(Buffer.allocUnsafe(SLAB_BYTES));
       this.#used = 0;
     }
     this.#used += length;

@@ -5,7 +5,6 @@
  * partition, LVM and RAID are not looked into (docs/bundle-format.md).
  * Each filesystem's identity comes from its superblock: UUID, label, size.
  */
-import { crc32 } from 'node:zlib';
 import type { BaseFilesystem } from '@vmsubst/common/bundle/schema';
 import type { BlockSource } from '../diff/source.js';
 
@@ -128,6 +127,8 @@ async function gptPartitions(read: ImageReader, sector: number, imageSize: numbe
   const hdrSize = hdr.readUInt32LE(12);
   if (hdrSize < 92 || hdrSize > sector) return undefined;
   const full = await read(sector, hdrSize);
+  // zlib loads only for a GPT: every diff reads the base's partitions, few images have one.
+  const { crc32 } = await import('node:zlib');
   const check = Buffer.from(full);
   check.writeUInt32LE(0, 16);
   if (crc32(check) !== full.readUInt32LE(16)) return undefined;

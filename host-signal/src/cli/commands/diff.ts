@@ -1,6 +1,5 @@
 /** `vmsubst diff`. */
 import { resolve } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { writeBundle } from '../../bundle/writer.js';
 import type { BaseFilesystem, FileEntry, Manifest } from '@vmsubst/common/bundle/schema';
 import { diffSources, openImage, type ImageSource } from '../../diff/index.js';

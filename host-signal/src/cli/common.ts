@@ -34,8 +34,9 @@ export class Output {
   /**
    * Prints the result: with --json `value`, a document of the schema `S`
    * (output.ts; the compiler checks it against the schema), else the human text.
+   * `S` must be given (`result<typeof DiffOutput>(…)`): without it nothing fits.
    */
-  result<S extends TSchema>(value: Static<S>, human: () => string): void {
+  result<S extends TSchema = never>(value: Static<S>, human: () => string): void {
     this.progress.clear();
     if (this.json) process.stdout.write(JSON.stringify(value, null, 2) + '\n');
     else process.stdout.write(human() + '\n');

@@ -85,8 +85,13 @@ export interface DiffOptions {
 /** Bytes of one native comparison job; the jobs run NATIVE_JOBS at a time. */
 const NATIVE_SPAN = 64 << 20;
 const NATIVE_JOBS = Math.max(2, Math.min(4, availableParallelism()));
-/** The largest read made to hash a changed range. */
-const HASH_READ = 4 << 20;
+/**
+ * The largest read made to hash a changed range: small enough that the bytes
+ * are hashed while still in the core's cache (and the scratch buffer stays
+ * there). 2 GiB bench pair, 17.6 MiB changed, interleaved: diffSources
+ * median 281 ms with 256 KiB, 302 ms with 4 MiB.
+ */
+const HASH_READ = 256 << 10;
 /** The new bytes of the changed ranges kept in memory for the bundle writer, at most (else it reads them again). */
 const RETAIN_BYTES = 64 << 20;
 const SLAB_BYTES = 4 << 20;

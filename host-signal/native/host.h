@@ -61,6 +61,10 @@ int vs_data_segments(int fd, int64_t size, vs_segment_cb cb, void *ctx);
  * between the read and the memcmp. Measured on the development machine (AMD
  * EPYC, page cache warm), 2 x 792 MiB on one thread: 16 KiB 340 ms, 32 KiB
  * 210 ms, 64 KiB 170 ms, 128 KiB 330 ms, 256 KiB 420 ms, 1 MiB 1370 ms.
+ * Measured again under kernel 6.18: alone, 256 KiB read faster than 64 KiB
+ * (120-170 ms against 155-210 ms), but in the differ (two spans at once
+ * while the main thread hashes) slower: 2 GiB bench pair 390-450 ms
+ * against 300-335 ms, interleaved.
  */
 #define VS_COMPARE_BUF (64u * 1024u)
 

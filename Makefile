@@ -42,9 +42,12 @@ agent/build/Release/vmsubst_native.node: agent/binding.gyp $(wildcard agent/nati
 $(HOST_ADDON): host-signal/binding.gyp $(wildcard host-signal/native/* host-signal/native/glue/*) $(SHARED_GLUE)
 	cd host-signal && npm_config_nodedir=/usr ../node_modules/.bin/node-gyp rebuild --loglevel=warn >/dev/null
 
-# The vmsubst command runs from one bundled file (esbuild): node loads it in a fraction
-# of the time the ~400 modules of the compiled tree take (docs/benchmarks.md, "Diff").
-# It sits beside the compiled CLI so its relative paths (the host addon, package.json) hold.
+# The vmsubst command runs from an esbuild bundle: node loads it in a fraction of the
+# time the ~400 modules of the compiled tree take (docs/benchmarks.md, "Diff"). Split at
+# the commands' dynamic imports (cli/commands/index.ts): vmsubst.mjs holds the command
+# list, and each command's code is in chunks (vmsubst-*.mjs) loaded when it runs, so that
+# `vmsubst diff` parses neither the schemas nor ajv. They sit beside the compiled CLI so
+# their relative paths (the host addon, package.json) hold; old chunks are removed first.
 CLI_BUNDLE := build/host-signal/src/cli/vmsubst.mjs
 ts: build/.tsc-stamp $(CLI_BUNDLE)
 # The list of sources as a file that changes when one is added, moved or removed
@@ -56,13 +59,16 @@ build/.tsc-stamp: $(TS_SOURCES) $(TS_LIST) tsconfig.json tsconfig.base.json comm
 	@find build/test -name '*.test.js' 2>/dev/null | while read -r f; do s=$${f#build/}; [ -f "$${s%.js}.ts" ] || rm -f "$$f" "$$f.map"; done
 	node_modules/.bin/tsc -b tsconfig.json
 	@touch $@
-# The JSON-schema validators it uses are precompiled into it (ajv standalone code): compiling
-# them at run time cost every command a few hundred milliseconds.
-CLI_VALIDATORS := build/host-signal/src/cli/validators.precompiled.mjs
+# The JSON-schema validators the CLI uses are precompiled (ajv standalone code), one file per
+# schema in validators/ beside it, loaded when first used: compiling them at run time cost every
+# apply a few hundred milliseconds.
+CLI_VALIDATORS := build/host-signal/src/cli/validators
 $(CLI_BUNDLE): build/.tsc-stamp scripts/precompile-validators.mjs
-	node scripts/precompile-validators.mjs $(CLI_VALIDATORS) build/host-signal/src
+	rm -f $(dir $@)vmsubst-*.mjs
+	rm -rf $(CLI_VALIDATORS) && node scripts/precompile-validators.mjs $(CLI_VALIDATORS) build/host-signal/src
 	node_modules/.bin/esbuild build/host-signal/src/cli.js --bundle --platform=node --format=esm --target=node20 \
-	  --outfile=$@ --log-level=warning --inject:$(CLI_VALIDATORS) \
+	  --splitting --outdir=$(dir $@) --entry-names=vmsubst --chunk-names=vmsubst-[name]-[hash] \
+	  --out-extension:.js=.mjs --log-level=warning \
 	  --banner:js="import { createRequire as __vmsubstRequire } from 'node:module'; const require = __vmsubstRequire(import.meta.url);"
 	@chmod +x $@
 

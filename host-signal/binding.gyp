@@ -7,6 +7,7 @@
         "native/glue/connect.cc",
         "native/glue/diff.cc",
         "native/compare.c",
+        "native/prefault.c",
         "native/seek.c",
         "native/vsock_connect.c",
         "../agent/native/glue/args.cc",

@@ -61,6 +61,10 @@ int vs_data_segments(int fd, int64_t size, vs_segment_cb cb, void *ctx);
  * between the read and the memcmp. Measured on the development machine (AMD
  * EPYC, page cache warm), 2 x 792 MiB on one thread: 16 KiB 340 ms, 32 KiB
  * 210 ms, 64 KiB 170 ms, 128 KiB 330 ms, 256 KiB 420 ms, 1 MiB 1370 ms.
+ * Measured again under kernel 6.18: alone, 256 KiB read faster than 64 KiB
+ * (120-170 ms against 155-210 ms), but in the differ (two spans at once
+ * while the main thread hashes) slower: 2 GiB bench pair 390-450 ms
+ * against 300-335 ms, interleaved.
  */
 #define VS_COMPARE_BUF (64u * 1024u)
 
@@ -82,6 +86,16 @@ struct vs_run {
 int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length,
 		    uint32_t block_size, struct vs_run *runs, size_t max_runs,
 		    size_t *nruns);
+
+/* ---- prefault.c: a buffer's pages in one call ---------------------------- */
+
+/*
+ * Faults in (for writing) the whole pages of [addr, addr + length), with
+ * madvise(MADV_POPULATE_WRITE): one system call instead of one fault per
+ * page. 0, or -errno of madvise (-EINVAL before Linux 5.14). Advice only:
+ * the memory is usable either way. Thread-safe.
+ */
+int vs_prefault(void *addr, size_t length);
 
 #ifdef __cplusplus
 }

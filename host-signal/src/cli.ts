@@ -6,12 +6,15 @@
  * Exit status: 0 success, 1 failure, 2 usage error. With --json, exactly one
  * JSON document goes to stdout (the result, or {"error": …}); human output
  * and the progress bar (TTY only) go to stderr/stdout as usual. Each command
- * lives in cli/commands/; cli/commands/index.ts lists them.
+ * lives in cli/commands/; cli/commands/index.ts lists them, and a command's
+ * module is loaded only when it runs (or its help is shown).
  */
 import { UsageError, VmsubstError } from './errors.js';
 import { TOOL_VERSION } from './version.js';
 import { COMMANDS } from './cli/commands/index.js';
 import type { ErrorOutput } from './cli/output.js';
+import { usePrecompiled } from '@vmsubst/common/protocol/precompiled';
+import { precompiledValidators } from './cli/precompiled.js';
 
 function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.synopsis.length)) + 2;
@@ -42,7 +45,7 @@ export async function main(argv: string[]): Promise<number> {
     if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
       const topic = command === 'help' ? rest[0] : undefined;
       const about = COMMANDS.find((c) => c.name === topic);
-      process.stdout.write(about ? about.help : mainHelp());
+      process.stdout.write(about ? (await about.load()).help : mainHelp());
       return command === undefined ? 2 : 0;
     }
     if (command === '--version' || command === 'version') {
@@ -51,7 +54,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     const found = COMMANDS.find((c) => c.name === command);
     if (!found) throw new UsageError(`unknown command '${command}'`, "see 'vmsubst --help'");
-    return (await found.run(rest)) ?? 0;
+    return (await (await found.load()).run(rest)) ?? 0;
   } catch (e) {
     return reportError(e, json);
   }
@@ -72,6 +75,9 @@ function reportError(e: unknown, json: boolean): number {
   }
   return err instanceof UsageError ? 2 : 1;
 }
+
+const validators = precompiledValidators(import.meta.url);
+if (validators) usePrecompiled(validators);
 
 main(process.argv.slice(2)).then(
   (code) => {

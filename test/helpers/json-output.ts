@@ -5,10 +5,9 @@
  * output of that run.
  */
 import { Validator } from '@vmsubst/common/protocol/codec';
-import { COMMANDS } from '../../host-signal/src/cli/commands/index.js';
-import { ErrorOutput, VersionOutput } from '../../host-signal/src/cli/output.js';
+import { ErrorOutput, OUTPUTS, VersionOutput } from '../../host-signal/src/cli/output.js';
 
-const byCommand = new Map(COMMANDS.map((c) => [c.name, new Validator(c.output)]));
+const byCommand = new Map(Object.entries(OUTPUTS).map(([name, schema]) => [name, new Validator(schema)]));
 const errorDocument = new Validator(ErrorOutput);
 const version = new Validator(VersionOutput);
 

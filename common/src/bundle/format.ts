@@ -17,7 +17,8 @@
  * only the head of the file. docs/bundle-format.md is the full description.
  */
 import { createHash } from 'node:crypto';
-import { BUNDLE_FORMAT, READABLE_FORMATS, type BundleRange, type Manifest, type ManifestBody } from './schema.js';
+import type { BundleRange, Manifest, ManifestBody } from './schema.js';
+import { BUNDLE_FORMAT, READABLE_FORMATS } from './version.js';
 
 export const BUNDLE_MAGIC = Buffer.from('VMSUBST\0', 'latin1');
 export const HEADER_BYTES = 16;

@@ -7,20 +7,9 @@
  */
 import { Type, type Static } from '@sinclair/typebox';
 import { Customization, MAX_RANGES, MAX_RANGE_BYTES } from '../protocol/schema.js';
+import { MAX_FILES, READABLE_FORMATS } from './version.js';
 
-/**
- * Format version written by this vmsubst; also in the file header. Version 2
- * added base filesystems, file hints, ELF verdicts, customization and the
- * signature, all optional; version 1 bundles (none of those) still open.
- * Version 3 replaced the ELF verdicts same-layout/new-layout by
- * code-unchanged/code-changed (the executable bytes compared); the older
- * verdicts still open, and are taken as code-changed.
- */
-export const BUNDLE_FORMAT = 3;
-/** Every format version this vmsubst reads. */
-export const READABLE_FORMATS: readonly number[] = [1, 2, 3];
-/** Most files a manifest describes (the protocol's limit on hints). */
-export const MAX_FILES = 16384;
+export { BUNDLE_FORMAT, MAX_FILES, READABLE_FORMATS } from './version.js';
 
 const strict = { additionalProperties: false } as const;
 const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });

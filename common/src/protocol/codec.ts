@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { Ajv, type ErrorObject, type Options, type ValidateFunction } from 'ajv';
 import type { Static, TSchema } from '@sinclair/typebox';
+import { precompiledFor } from './precompiled.js';
 import { Commands, Greeting, MAX_MESSAGE_BYTES, Reply, Request, type CommandName } from './schema.js';
 
 /** ajv's options, shared with the build step that precompiles the validators (scripts/precompile-validators.mjs). */
@@ -20,17 +21,14 @@ const ajv = (): Ajv => (ajvInstance ??= new Ajv(AJV_OPTIONS));
 
 /** Every schema a Validator was made for, in order: what the build precompiles. */
 const schemas = new Set<TSchema>();
-/** Validation functions generated at build time (ajv standalone code), by schemaKey. */
-const precompiled = new Map<string, ValidateFunction>();
-
 /** A schema's identity for precompiled code: the hash of its JSON. */
 export function schemaKey(schema: TSchema): string {
   return createHash('sha256').update(JSON.stringify(schema)).digest('hex').slice(0, 32);
 }
 
-/** Whether a validation function generated at build time is installed for this schema. */
+/** Whether a validation function generated at build time is at hand for this schema. */
 export function isPrecompiled(schema: TSchema): boolean {
-  return precompiled.has(schemaKey(schema));
+  return precompiledFor(schemaKey(schema)) !== undefined;
 }
 
 /** The schemas of every Validator made so far (the build imports every module, then asks). */
@@ -39,18 +37,8 @@ export function registeredSchemas(): TSchema[] {
 }
 
 /**
- * Registers validation functions generated at build time. A Validator whose schema's key is
- * among them uses that function, with no ajv compilation at run time (which cost a short-lived
- * process, every vmsubst command, hundreds of milliseconds); any other compiles as before, so a
- * stale or missing set is slower, never wrong.
- */
-export function installPrecompiled(fns: Record<string, ValidateFunction>): void {
-  for (const [key, fn] of Object.entries(fns)) precompiled.set(key, fn);
-}
-
-/**
- * An ajv validator for one schema: precompiled at build time when the process loaded those
- * functions (installPrecompiled), else compiled on first use: compiling every protocol schema up
+ * An ajv validator for one schema: precompiled at build time when the process said where those
+ * are (usePrecompiled), else compiled on first use: compiling every protocol schema up
  * front cost each short-lived process (every vmsubst command) a second or more of start-up on a
  * loaded machine. Its errors are "path: message" lines instead of ajv's objects.
  */
@@ -60,8 +48,7 @@ export class Validator<S extends TSchema> {
     schemas.add(schema);
   }
   get #compiled(): ValidateFunction {
-    return (this.#fn ??=
-      (precompiled.size > 0 ? precompiled.get(schemaKey(this.schema)) : undefined) ?? ajv().compile(this.schema));
+    return (this.#fn ??= precompiledFor(schemaKey(this.schema)) ?? ajv().compile(this.schema));
   }
   /** Problems as "path: message" strings; empty when the value is valid. */
   problems(value: unknown): string[] {

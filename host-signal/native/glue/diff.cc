@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //
 // The differ's native help: the data segments of a sparse image
-// (SEEK_DATA/SEEK_HOLE) and the block comparison of two images on the
-// thread pool.
+// (SEEK_DATA/SEEK_HOLE), the block comparison of two images on the thread
+// pool, and faulting in the buffers that keep the changed blocks.
 #include <errno.h>
 
 #include <cmath>
@@ -133,11 +133,22 @@ Napi::Value CompareSpan(const Napi::CallbackInfo& info) {
   worker->Queue();
   return promise;
 }
+// prefault(buffer): faults in the buffer's whole pages (vs_prefault); throws
+// a NativeError (madvise) when the kernel cannot.
+Napi::Value Prefault(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsBuffer()) throw Napi::TypeError::New(env, "buffer must be a Buffer");
+  Napi::Buffer<uint8_t> buffer = info[0].As<Napi::Buffer<uint8_t>>();
+  const int err = vs_prefault(buffer.Data(), buffer.Length());
+  if (err < 0) throw MakeError(env, err, "madvise", "MADV_POPULATE_WRITE");
+  return env.Undefined();
+}
 }  // namespace
 
 void RegisterDiff(Napi::Env env, Napi::Object exports, Napi::Object constants) {
   exports.Set("dataSegments", Napi::Function::New<DataSegments>(env, "dataSegments"));
   exports.Set("compareSpan", Napi::Function::New<CompareSpan>(env, "compareSpan"));
+  exports.Set("prefault", Napi::Function::New<Prefault>(env, "prefault"));
   constants.Set("COMPARE_BLOCK_MAX", Napi::Number::New(env, VS_COMPARE_BUF));
 }
 

@@ -13,13 +13,8 @@ import type { BlockSource } from '../diff/source.js';
 import { DiffError } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
 import type { Customization } from '@vmsubst/common/protocol/schema';
-import {
-  BUNDLE_FORMAT,
-  type BaseFilesystem,
-  type BundleRange,
-  type FileEntry,
-  type Manifest,
-} from '@vmsubst/common/bundle/schema';
+import type { BaseFilesystem, BundleRange, FileEntry, Manifest } from '@vmsubst/common/bundle/schema';
+import { BUNDLE_FORMAT } from '@vmsubst/common/bundle/version';
 import { HEADER_BYTES, encodeHeader, layOut } from '@vmsubst/common/bundle/format';
 
 /** Bytes copied per read from the patched image. */

@@ -1,26 +1,22 @@
 /**
  * What every command of the CLI shares: option parsing, the --json/human
- * output switch with its progress bar, and loading keys and customization.
+ * output switch with its progress bar, and loading keys (customization.ts
+ * loads a --customize file).
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { keyId } from '@vmsubst/common/protocol/signature';
 import { readFile } from 'node:fs/promises';
-import { Customization } from '@vmsubst/common/protocol/schema';
-import { Validator } from '@vmsubst/common/protocol/codec';
 import { UsageError } from '../errors.js';
 import { ProgressBar } from './progress.js';
 
-/** One subcommand: its one-line summary for \`vmsubst --help\`, its full help, and its body. */
+/**
+ * One subcommand's module: its full help and its body (its name and one-line
+ * summary are in commands/index.ts, its --json schema in output.ts).
+ */
 export interface Command {
-  readonly name: string;
-  /** e.g. "diff BASE PATCHED -o BUNDLE", shown in the command list. */
-  readonly synopsis: string;
-  readonly summary: string;
   readonly help: string;
-  /** The schema of its --json document (output.ts). */
-  readonly output: TSchema;
   /** Resolves with the exit status when it is not 0 although the command ran (e.g. a rollout with failed VMs). */
   run(args: string[]): Promise<void | number>;
 }
@@ -36,10 +32,11 @@ export class Output {
     this.progress = new ProgressBar(process.stderr, !json && process.stderr.isTTY === true);
   }
   /**
-   * Prints the result: with --json `value`, a document of `schema` (output.ts;
-   * the compiler checks it against the schema), else the human text.
+   * Prints the result: with --json `value`, a document of the schema `S`
+   * (output.ts; the compiler checks it against the schema), else the human text.
+   * `S` must be given (`result<typeof DiffOutput>(…)`): without it nothing fits.
    */
-  result<S extends TSchema>(_schema: S, value: Static<S>, human: () => string): void {
+  result<S extends TSchema = never>(value: Static<S>, human: () => string): void {
     this.progress.clear();
     if (this.json) process.stdout.write(JSON.stringify(value, null, 2) + '\n');
     else process.stdout.write(human() + '\n');
@@ -124,19 +121,4 @@ export async function loadPublicKeys(
     keys.set(keyId(key), key);
   }
   return keys;
-}
-
-const validateCustomization = new Validator(Customization);
-
-export async function loadCustomization(path: string): Promise<Customization> {
-  let value: unknown;
-  try {
-    value = JSON.parse(await readFile(path, 'utf8'));
-  } catch (e) {
-    throw new UsageError(`--customize ${path}: ${(e as Error).message}`);
-  }
-  const problems = validateCustomization.problems(value);
-  if (problems.length > 0)
-    throw new UsageError(`--customize ${path}: ${problems.join('; ')}`, "see 'vmsubst notify --help'");
-  return value as Customization;
 }

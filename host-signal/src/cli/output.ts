@@ -402,3 +402,23 @@ export const RolloutOutput = Type.Object(
   strict,
 );
 export type RolloutOutput = Static<typeof RolloutOutput>;
+
+/**
+ * Each command's document by command name (commands/index.ts lists the
+ * commands): what the tests validate every run's `--json` output against.
+ * The commands import only the types, so running one loads no schema.
+ */
+export const OUTPUTS: Readonly<Record<string, TSchema>> = {
+  diff: DiffOutput,
+  apply: ApplyOutput,
+  recover: RecoverOutput,
+  export: ExportOutput,
+  notify: NotifyOutput,
+  report: ReportOutput,
+  inspect: InspectOutput,
+  keygen: KeygenOutput,
+  sign: SignOutput,
+  plan: PlanOutput,
+  stale: StaleOutput,
+  rollout: RolloutOutput,
+};

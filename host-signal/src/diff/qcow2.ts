@@ -9,28 +9,15 @@
  * images without a backing file or data file; docs/design.md has the numbers.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtemp, open, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NbdClient } from '../nbd/client.js';
 import { DiffError } from '../errors.js';
 import type { BlockSource, Segment } from './source.js';
 
-const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
 /** qemu-nbd starts in milliseconds; a loaded machine can take much longer. */
 const START_TIMEOUT_MS = 60_000;
-
-/** 'qcow2' when the file starts with the qcow2 magic, else 'raw'. */
-export async function probeFormat(path: string): Promise<'qcow2' | 'raw'> {
-  const h = await open(path, 'r');
-  try {
-    const head = Buffer.alloc(4);
-    const { bytesRead } = await h.read(head, 0, 4, 0);
-    return bytesRead === 4 && head.equals(QCOW2_MAGIC) ? 'qcow2' : 'raw';
-  } finally {
-    await h.close();
-  }
-}
 
 interface MapEntry {
   start: number;

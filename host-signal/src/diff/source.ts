@@ -3,7 +3,7 @@
  * target read from. Files in production, buffers in tests.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { loadNativeDiff } from '../native/index.js';
+import { loadNativeDiff } from '../native/diff.js';
 
 /** [offset, length]; sorted, disjoint. */
 export type Segment = readonly [number, number];
@@ -91,5 +91,19 @@ export class FileSource implements BlockSource {
 
   close(): Promise<void> {
     return this.handle.close();
+  }
+}
+
+const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
+
+/** 'qcow2' when the file starts with the qcow2 magic, else 'raw'. */
+export async function probeFormat(path: string): Promise<'qcow2' | 'raw'> {
+  const h = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(4);
+    const { bytesRead } = await h.read(head, 0, 4, 0);
+    return bytesRead === 4 && head.equals(QCOW2_MAGIC) ? 'qcow2' : 'raw';
+  } finally {
+    await h.close();
   }
 }

@@ -34,20 +34,22 @@ import { Ext4Classifier } from '@vmsubst/common/pedigree/classify';
 import type { DiffRange } from '../diff/index.js';
 import type { BlockSource } from '../diff/source.js';
 import type { BaseFilesystem, FileEntry } from '@vmsubst/common/bundle/schema';
-import { MAX_FILES } from '@vmsubst/common/bundle/schema';
+import { MAX_FILES } from '@vmsubst/common/bundle/version';
 import { HintError } from '../errors.js';
 import { Debugfs, debugfsAvailable, quote } from './debugfs.js';
 import { compareElf, isElf } from './elf.js';
-import { filesystemAt, findFilesystems, xfsAt, type ImageReader } from './partitions.js';
+import { baseFilesystems, filesystemAt, readerOf, xfsAt, type ImageReader } from './partitions.js';
 import { extractFilesystem, readXfsFile, S_IFMT, S_IFREG, XfsDb, xfsDbAvailable, type XfsInode } from './xfs.js';
 
 export { Debugfs, debugfsAvailable } from './debugfs.js';
 export { compareElf, elfCode, isElf, type CodeRange, type CodeVerdict, type ElfCode } from './elf.js';
 export {
+  baseFilesystems,
   ext4At,
   filesystemAt,
   findFilesystems,
   partitions,
+  readerOf,
   xfsAt,
   type ImageReader,
   type Partition,
@@ -86,19 +88,6 @@ interface Found {
   ranges: Set<number>;
   elf?: FileEntry['elf'];
   change?: string;
-}
-
-export function readerOf(source: BlockSource): ImageReader {
-  return async (offset, length) => {
-    const buf = Buffer.alloc(length);
-    if (offset < source.size) await source.readInto(buf.subarray(0, Math.min(length, source.size - offset)), offset);
-    return buf;
-  };
-}
-
-/** The base image's filesystems (its identity in the manifest). */
-export function baseFilesystems(base: BlockSource): Promise<BaseFilesystem[]> {
-  return findFilesystems(readerOf(base), base.size);
 }
 
 export async function computeHints(

@@ -5,8 +5,8 @@
  * partition, LVM and RAID are not looked into (docs/bundle-format.md).
  * Each filesystem's identity comes from its superblock: UUID, label, size.
  */
-import { crc32 } from 'node:zlib';
 import type { BaseFilesystem } from '@vmsubst/common/bundle/schema';
+import type { BlockSource } from '../diff/source.js';
 
 /** Reads `length` bytes at `offset` (zeros past the end are fine). */
 export type ImageReader = (offset: number, length: number) => Promise<Buffer>;
@@ -127,6 +127,8 @@ async function gptPartitions(read: ImageReader, sector: number, imageSize: numbe
   const hdrSize = hdr.readUInt32LE(12);
   if (hdrSize < 92 || hdrSize > sector) return undefined;
   const full = await read(sector, hdrSize);
+  // zlib loads only for a GPT: every diff reads the base's partitions, few images have one.
+  const { crc32 } = await import('node:zlib');
   const check = Buffer.from(full);
   check.writeUInt32LE(0, 16);
   if (crc32(check) !== full.readUInt32LE(16)) return undefined;
@@ -159,4 +161,17 @@ export async function findFilesystems(read: ImageReader, imageSize: number): Pro
       found.push({ ...fs, offset: p.offset, partition: p.number, 'partition-table': p.table });
   }
   return found;
+}
+
+export function readerOf(source: BlockSource): ImageReader {
+  return async (offset, length) => {
+    const buf = Buffer.alloc(length);
+    if (offset < source.size) await source.readInto(buf.subarray(0, Math.min(length, source.size - offset)), offset);
+    return buf;
+  };
+}
+
+/** The base image's filesystems (its identity in the manifest). */
+export function baseFilesystems(base: BlockSource): Promise<BaseFilesystem[]> {
+  return findFilesystems(readerOf(base), base.size);
 }

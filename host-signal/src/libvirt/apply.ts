@@ -20,7 +20,8 @@ import { basename, dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Manifest } from '@vmsubst/common/bundle/schema';
 import { CancelledError, TargetError } from '../errors.js';
-import { FileSource, Qcow2Source, readExactly, type BlockSource } from '../diff/index.js';
+import { FileSource, readExactly, type BlockSource } from '../diff/index.js';
+import { Qcow2Source } from '../diff/qcow2.js';
 import {
   checkTargetSize,
   inspectTarget,

@@ -23,6 +23,7 @@ export interface HostBinding {
   setErrorClass(ctor: typeof NativeError): void;
   dataSegments(fd: number, size: number): [number, number][];
   compareSpan(fdA: number, fdB: number, offset: number, length: number, blockSize: number): Promise<Float64Array>;
+  prefault(buffer: Buffer): void;
   vsockConnectStart(cid: number, port: number, timeoutMs: number, localPort: number): number;
   vsockAddresses(fd: number): { localCid: number; localPort: number; remoteCid: number; remotePort: number };
   closeFd(fd: number): void;
@@ -40,6 +41,7 @@ const BINDING_FUNCTIONS = [
   'setErrorClass',
   'dataSegments',
   'compareSpan',
+  'prefault',
   'vsockConnectStart',
   'vsockAddresses',
   'closeFd',

@@ -28,7 +28,7 @@ import {
   type LibvirtTarget,
 } from '../../libvirt/index.js';
 import type { Static } from '@sinclair/typebox';
-import { ApplyOutput, type ApplyJson, type LibvirtOverlayJson, type OverlayJson } from '../output.js';
+import type { ApplyOutput, ApplyJson, LibvirtOverlayJson, OverlayJson } from '../output.js';
 import { agentOutcomeJson } from '../report.js';
 import { recoveryHuman, recoveryJson } from './recover.js';
 import { Bundle, requireTrustedSignature } from '../../bundle/index.js';
@@ -36,16 +36,8 @@ import { UsageError, VmsubstError } from '../../errors.js';
 import { makeSigner, notificationArgs, parseAgentTarget, type AgentTarget } from '../../notify/index.js';
 import { systemReset, vmUuid } from '../../qmp/commands.js';
 import { formatBytes, plural } from '../format.js';
-import {
-  Output,
-  helpRequested,
-  loadCustomization,
-  loadPrivateKey,
-  loadPublicKeys,
-  parse,
-  positionals,
-  type Command,
-} from '../common.js';
+import { Output, helpRequested, loadPrivateKey, loadPublicKeys, parse, positionals, type Command } from '../common.js';
+import { loadCustomization } from '../customization.js';
 
 const HELP = `Usage: vmsubst apply BUNDLE --qmp SOCK [--mode nbd|overlay] [--device ID | --node NAME]
                      [--overlay PATH] [--commit] [--state-dir DIR] [--notify ADDR ...]
@@ -411,7 +403,7 @@ async function run(args: string[]): Promise<void> {
     notes: outcome.notes,
     ...(outcome.phasesMs ? { 'phases-ms': outcome.phasesMs } : {}),
   };
-  o.result(ApplyOutput, json, () => [applyHuman(result), agentHuman(outcome)].join('\n'));
+  o.result<typeof ApplyOutput>(json, () => [applyHuman(result), agentHuman(outcome)].join('\n'));
 }
 
 /** The bundle, opened and checked (every range's data), refused unless signed by a --trusted-key. */
@@ -715,13 +707,4 @@ function agentHuman(t: GuestOutcome<AnyResult>): string {
   return lines.join('\n');
 }
 
-export const applyCommand: Command = {
-  name: 'apply',
-  synopsis: 'apply BUNDLE --qmp SOCK',
-  summary:
-    "put a bundle's blocks into a running VM's disk:\n--mode nbd|overlay (QEMU), --image PATH --mode " +
-    'raw-file\n(other hypervisors); --notify tells the guest (two-phase)',
-  help: HELP,
-  output: ApplyOutput,
-  run,
-};
+export const applyCommand: Command = { help: HELP, run };

@@ -1,14 +1,13 @@
 /** `vmsubst diff`. */
 import { resolve } from 'node:path';
-import { performance } from 'node:perf_hooks';
-import { writeBundle, type Manifest } from '../../bundle/index.js';
-import type { BaseFilesystem, FileEntry } from '@vmsubst/common/bundle/schema';
+import { writeBundle } from '../../bundle/writer.js';
+import type { BaseFilesystem, FileEntry, Manifest } from '@vmsubst/common/bundle/schema';
 import { diffSources, openImage, type ImageSource } from '../../diff/index.js';
 import { UsageError } from '../../errors.js';
-import { baseFilesystems, computeHints, debugfsAvailable, xfsDbAvailable } from '../../hints/index.js';
+import { baseFilesystems } from '../../hints/partitions.js';
 import { formatBytes, formatPercent, plural } from '../format.js';
-import { Output, helpRequested, loadCustomization, parse, positionals, type Command } from '../common.js';
-import { DiffOutput } from '../output.js';
+import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
+import type { DiffOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst diff BASE PATCHED -o BUNDLE [--label TEXT] [--no-hints]
                     [--customize FILE] [--json]
@@ -41,6 +40,7 @@ Sign the bundle afterwards with 'vmsubst sign BUNDLE --key KEY'.
 
 /** Some filesystem of the base can be read: debugfs for ext4, xfs_db for XFS (the others are noted by computeHints). */
 async function toolsFor(filesystems: readonly BaseFilesystem[]): Promise<boolean> {
+  const { debugfsAvailable, xfsDbAvailable } = await import('../../hints/index.js');
   if (filesystems.some((f) => f.type === 'ext4') && (await debugfsAvailable())) return true;
   return filesystems.some((f) => f.type === 'xfs') && (await xfsDbAvailable());
 }
@@ -59,7 +59,12 @@ async function run(args: string[]): Promise<void> {
   if ([basePath, patchedPath].some((p) => resolve(p) === resolve(out))) {
     throw new UsageError('diff: the bundle must not overwrite an input image');
   }
-  const customization = values.customize === undefined ? undefined : await loadCustomization(values.customize);
+  // Modules that load only when used: the customization schema (and ajv) for
+  // --customize, debugfs, xfs_db and the ext4 reader for the file hints.
+  const customization =
+    values.customize === undefined
+      ? undefined
+      : await (await import('../customization.js')).loadCustomization(values.customize);
   const o = new Output(values.json === true);
   const started = performance.now();
   const base = await openImage(basePath, 'base');
@@ -91,6 +96,7 @@ async function run(args: string[]): Promise<void> {
         notes.push(`${[...tools].join(' and ')} not installed: no file hints`);
       } else {
         o.progress.clear();
+        const { computeHints } = await import('../../hints/index.js');
         const h = await computeHints(
           { path: basePath, source: base },
           { path: patchedPath, source: patched },
@@ -120,8 +126,7 @@ async function run(args: string[]): Promise<void> {
     const elapsed = Math.round(performance.now() - started);
     const elf = files.filter((f) => f.elf !== undefined);
     if (!o.json) for (const n of notes) process.stderr.write(`note: ${n}\n`);
-    o.result(
-      DiffOutput,
+    o.result<typeof DiffOutput>(
       {
         bundle: out,
         id: manifest.id,
@@ -168,11 +173,4 @@ async function run(args: string[]): Promise<void> {
   }
 }
 
-export const diffCommand: Command = {
-  name: 'diff',
-  synopsis: 'diff BASE PATCHED -o BUNDLE',
-  summary: 'compute the changed blocks (and file hints) into a bundle',
-  help: HELP,
-  output: DiffOutput,
-  run,
-};
+export const diffCommand: Command = { help: HELP, run };

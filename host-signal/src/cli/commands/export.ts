@@ -4,7 +4,7 @@ import { Bundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes, plural } from '../format.js';
 import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
-import { ExportOutput } from '../output.js';
+import type { ExportOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst export BUNDLE --qcow2 OUT --base BASE [--backing NAME | --no-backing]
                       [--cluster-size BYTES] [--json]
@@ -72,8 +72,7 @@ async function run(args: string[]): Promise<void> {
   } finally {
     await bundle.close();
   }
-  o.result(
-    ExportOutput,
+  o.result<typeof ExportOutput>(
     {
       id: result.id,
       path: result.path,
@@ -94,11 +93,4 @@ async function run(args: string[]): Promise<void> {
   );
 }
 
-export const exportCommand: Command = {
-  name: 'export',
-  synopsis: 'export BUNDLE --qcow2 OUT --base BASE',
-  summary: 'write a bundle as a qcow2 overlay holding the changed clusters',
-  help: HELP,
-  output: ExportOutput,
-  run,
-};
+export const exportCommand: Command = { help: HELP, run };

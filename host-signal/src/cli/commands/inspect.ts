@@ -8,7 +8,7 @@ import {
 } from '../../bundle/index.js';
 import { formatBytes, formatPercent, plural, table } from '../format.js';
 import { Output, helpRequested, loadPublicKeys, parse, positionals, type Command } from '../common.js';
-import { InspectOutput } from '../output.js';
+import type { InspectOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst inspect BUNDLE [--trusted-key PUB]... [--all] [--json]
 
@@ -48,7 +48,7 @@ async function run(args: string[]): Promise<void> {
       signature,
       manifest: m,
     };
-    o.result(InspectOutput, json, () => human(bundlePath, bundle, m, signature, limit));
+    o.result<typeof InspectOutput>(json, () => human(bundlePath, bundle, m, signature, limit));
   } finally {
     await bundle.close();
   }
@@ -153,11 +153,4 @@ function human(path: string, bundle: Bundle, m: Manifest, signature: SignatureSt
   return out.join('\n\n');
 }
 
-export const inspectCommand: Command = {
-  name: 'inspect',
-  synopsis: 'inspect BUNDLE',
-  summary: 'verify a bundle and show what it changes',
-  help: HELP,
-  output: InspectOutput,
-  run,
-};
+export const inspectCommand: Command = { help: HELP, run };

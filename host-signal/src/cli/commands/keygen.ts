@@ -4,7 +4,7 @@ import { writeFile } from 'node:fs/promises';
 import { keyId } from '@vmsubst/common/protocol/signature';
 import { UsageError } from '../../errors.js';
 import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
-import { KeygenOutput } from '../output.js';
+import type { KeygenOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst keygen --out PREFIX [--json]
 
@@ -24,18 +24,10 @@ async function run(args: string[]): Promise<void> {
   await writeFile(priv, privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600, flag: 'wx' });
   await writeFile(pub, publicKey.export({ format: 'pem', type: 'spki' }), { mode: 0o644, flag: 'wx' });
   const id = keyId(publicKey);
-  new Output(values.json === true).result(
-    KeygenOutput,
+  new Output(values.json === true).result<typeof KeygenOutput>(
     { 'private-key': priv, 'public-key': pub, 'key-id': id },
     () => `wrote ${priv} (keep it secret) and ${pub} (install in guests); key id ${id}`,
   );
 }
 
-export const keygenCommand: Command = {
-  name: 'keygen',
-  synopsis: 'keygen --out PREFIX',
-  summary: 'make an Ed25519 key pair for signing notifications',
-  help: HELP,
-  output: KeygenOutput,
-  run,
-};
+export const keygenCommand: Command = { help: HELP, run };

@@ -5,17 +5,9 @@ import { UsageError } from '../../errors.js';
 import { makeSigner, notify, parseAgentTarget, truncationNote, type NotifyResult } from '../../notify/index.js';
 import { plural } from '../format.js';
 import { formatReport } from '../report.js';
-import {
-  Output,
-  helpRequested,
-  loadCustomization,
-  loadPrivateKey,
-  parse,
-  positiveInt,
-  positionals,
-  type Command,
-} from '../common.js';
-import { NotifyOutput } from '../output.js';
+import { Output, helpRequested, loadPrivateKey, parse, positiveInt, positionals, type Command } from '../common.js';
+import { loadCustomization } from '../customization.js';
+import type { NotifyOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst notify BUNDLE --to ADDR [--disk-serial S | --disk-path P] [--sign KEY] [--customize FILE] [--policy WHO=P]... [--force] [--dry-run] [--json]
 
@@ -141,7 +133,7 @@ async function run(args: string[]): Promise<void> {
     signWith ? (disk.serial !== undefined ? { diskSerial: disk.serial } : {}) : undefined,
   );
   if (cut) process.stderr.write(`vmsubst: ${cut}\n`);
-  o.result(NotifyOutput, result.report, () => notifyHuman(result));
+  o.result<typeof NotifyOutput>(result.report, () => notifyHuman(result));
 }
 
 function notifyHuman({ target, agent, report }: NotifyResult): string {
@@ -170,11 +162,4 @@ export function parsePolicies(specs: string[]): Policies {
   return out;
 }
 
-export const notifyCommand: Command = {
-  name: 'notify',
-  synopsis: 'notify BUNDLE --to ADDR',
-  summary: 'tell the guest agent to verify and drop stale caches',
-  help: HELP,
-  output: NotifyOutput,
-  run,
-};
+export const notifyCommand: Command = { help: HELP, run };

@@ -7,7 +7,7 @@ import { loadFleet, planFleet, type FleetMember, type VmPlan } from '../../rollo
 import { resolveLibvirtMembers } from '../../rollout/fleet.js';
 import { formatBytes, plural, table } from '../format.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
-import { PlanOutput } from '../output.js';
+import type { PlanOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst plan FLEET BUNDLE [--json]
        vmsubst plan --to ADDR [--disk-serial S | --disk-path P] BUNDLE [--json]
@@ -76,7 +76,7 @@ async function run(args: string[]): Promise<number> {
   } finally {
     await bundle.close();
   }
-  o.result(PlanOutput, { bundle: bundle.manifest.id, vms: plans }, () => plansHuman(plans));
+  o.result<typeof PlanOutput>({ bundle: bundle.manifest.id, vms: plans }, () => plansHuman(plans));
   return plans.every((p) => p.status === 'planned') ? 0 : 1;
 }
 
@@ -131,11 +131,4 @@ function plansHuman(plans: VmPlan[]): string {
   return out.join('\n');
 }
 
-export const planCommand: Command = {
-  name: 'plan',
-  synopsis: 'plan FLEET|--to ADDR BUNDLE',
-  summary: "show what a bundle would do in each guest (the agents' dry-run plans)",
-  help: HELP,
-  output: PlanOutput,
-  run,
-};
+export const planCommand: Command = { help: HELP, run };

@@ -4,7 +4,7 @@ import { Qemu, QmpClient } from '../../qmp/index.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes } from '../format.js';
 import { Output, helpRequested, parse, positionals, type Command } from '../common.js';
-import { RecoverOutput } from '../output.js';
+import type { RecoverOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst recover --qmp SOCK [--state-dir DIR] [--bundle PATH | --resume-anyway] [--json]
 
@@ -95,7 +95,7 @@ async function run(args: string[]): Promise<void> {
       qmp.close();
     }
   }
-  o.result(RecoverOutput, recoveryJson(report), () => recoveryHuman(report));
+  o.result<typeof RecoverOutput>(recoveryJson(report), () => recoveryHuman(report));
 }
 
 export function recoveryJson(r: RecoveryReport): RecoverOutput {
@@ -163,13 +163,4 @@ export function recoveryHuman(r: RecoveryReport): string {
   return lines.join('\n');
 }
 
-export const recoverCommand: Command = {
-  name: 'recover',
-  synopsis: 'recover --qmp SOCK',
-  summary:
-    'clean up after an apply that was killed: complete an\ninterrupted write, remove what it left in the VM, ' +
-    'resume\nthe VM if it had paused it',
-  help: HELP,
-  output: RecoverOutput,
-  run,
-};
+export const recoverCommand: Command = { help: HELP, run };

@@ -6,7 +6,7 @@ import { AgentConnection, makeSigner, parseAgentTarget } from '../../notify/inde
 import { formatBytes, plural } from '../format.js';
 import { formatPlan, formatReport } from '../report.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
-import { ReportOutput, ReportSavedOutput } from '../output.js';
+import type { ReportOutput, ReportSavedOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst report ID --to ADDR [--sign KEY --disk-serial S] [-o FILE] [--json]
 
@@ -102,12 +102,12 @@ async function run(args: string[]): Promise<void> {
       throw new UsageError(`report: -o ${path}: ${e.message}`, 'give a file in a directory you can write');
     });
     const saved = { id, bytes: fetched.json.length, pages: fetched.pages, output: path };
-    o.result(ReportSavedOutput, saved, () => `${summary}, written to ${path}\n${formatAny(report)}`);
+    o.result<typeof ReportSavedOutput>(saved, () => `${summary}, written to ${path}\n${formatAny(report)}`);
     return;
   }
   // The JSON document is the agent's report itself, as notify --json prints a whole answer.
   if (o.json) process.stdout.write(fetched.json.toString('utf8') + '\n');
-  else o.result(ReportOutput, report, () => `${summary}\n${formatAny(report)}`);
+  else o.result<typeof ReportOutput>(report, () => `${summary}\n${formatAny(report)}`);
 }
 
 /** A kept report is a substitute or commit answer (its dry run included), or a prepare answer. */
@@ -150,11 +150,4 @@ function explain(e: unknown, id: string, target: string, signed: boolean): unkno
   return e;
 }
 
-export const reportCommand: Command = {
-  name: 'report',
-  synopsis: 'report ID --to ADDR',
-  summary: 'fetch the full report of a substitution whose answer\nwas truncated, page by page',
-  help: HELP,
-  output: ReportOutput,
-  run,
-};
+export const reportCommand: Command = { help: HELP, run };

@@ -18,7 +18,7 @@ import { formatBytes, plural, table } from '../format.js';
 import { noOverlay, resolveLibvirt, Virsh } from '../../libvirt/index.js';
 import { resolveLibvirtMembers } from '../../rollout/fleet.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, positiveInt, type Command } from '../common.js';
-import { RolloutOutput, type RolloutVmJson } from '../output.js';
+import type { RolloutOutput, RolloutVmJson } from '../output.js';
 
 const HELP = `Usage: vmsubst rollout FLEET BUNDLE [--concurrency N] [--canary N]
                        [--stop-on-failure | --continue] [--state FILE]
@@ -216,7 +216,7 @@ async function run(args: string[]): Promise<number> {
     process.off('SIGTERM', onSignal);
     await bundle.close();
   }
-  o.result(RolloutOutput, { ...rolloutJson(result), ...(values['libvirt-all'] ? { skipped } : {}) }, () =>
+  o.result<typeof RolloutOutput>({ ...rolloutJson(result), ...(values['libvirt-all'] ? { skipped } : {}) }, () =>
     [rolloutHuman(result), ...skipped.map((k) => `skipped ${k.name}: ${k.reason}`)].join('\n'),
   );
   return result.vms.every((v) => v.status === 'applied' || v.status === 'done-before') ? 0 : 1;
@@ -342,12 +342,4 @@ function rolloutHuman(r: RolloutResult): string {
   return lines.filter((l, i, all) => !(l === '' && all[i + 1] === undefined)).join('\n');
 }
 
-export const rolloutCommand: Command = {
-  name: 'rollout',
-  synopsis: 'rollout FLEET BUNDLE',
-  summary:
-    'apply a bundle to a fleet of running VMs and tell their agents\n(canary, concurrency, stop on failure, resumable)',
-  help: HELP,
-  output: RolloutOutput,
-  run,
-};
+export const rolloutCommand: Command = { help: HELP, run };

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { signBundle } from '../../bundle/index.js';
 import { UsageError } from '../../errors.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
-import { SignOutput } from '../output.js';
+import type { SignOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst sign BUNDLE --key KEY [-o OUT] [--json]
 
@@ -37,7 +37,7 @@ async function run(args: string[]): Promise<void> {
   const out = values.output ?? bundlePath;
   const { manifest, previousId } = await signBundle(bundlePath, key, out);
   const keyId = manifest.signature!['key-id'];
-  o.result(SignOutput, { bundle: out, id: manifest.id, 'previous-id': previousId, 'key-id': keyId }, () =>
+  o.result<typeof SignOutput>({ bundle: out, id: manifest.id, 'previous-id': previousId, 'key-id': keyId }, () =>
     manifest.id === previousId
       ? `${out}: signed with key ${keyId}; id ${manifest.id.slice(0, 16)} unchanged`
       : `${out}: signed with key ${keyId}; the id changed from ${previousId.slice(0, 16)} to ` +
@@ -45,11 +45,4 @@ async function run(args: string[]): Promise<void> {
   );
 }
 
-export const signCommand: Command = {
-  name: 'sign',
-  synopsis: 'sign BUNDLE --key KEY',
-  summary: 'sign a bundle with an Ed25519 key',
-  help: HELP,
-  output: SignOutput,
-  run,
-};
+export const signCommand: Command = { help: HELP, run };

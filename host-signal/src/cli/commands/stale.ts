@@ -4,7 +4,7 @@ import { UsageError } from '../../errors.js';
 import { formatStale } from '@vmsubst/common/protocol/format';
 import { makeSigner } from '../../notify/index.js';
 import { Output, helpRequested, loadPrivateKey, parse, positionals, type Command } from '../common.js';
-import { StaleOutput } from '../output.js';
+import type { StaleOutput } from '../output.js';
 
 const HELP = `Usage: vmsubst stale --to ADDR [--sign KEY --disk-serial S] [--json]
 
@@ -54,14 +54,7 @@ async function run(args: string[]): Promise<void> {
   const { value } = await withAgent(values.to, { timeoutMs: timeoutSec * 1000, ...(signer ? { signer } : {}) }, (c) =>
     c.stale(),
   );
-  o.result(StaleOutput, value, () => formatStale(value).trimEnd());
+  o.result<typeof StaleOutput>(value, () => formatStale(value).trimEnd());
 }
 
-export const staleCommand: Command = {
-  name: 'stale',
-  synopsis: 'stale --to ADDR',
-  summary: 'list the guest processes still running old content (pinned, old inode, mixed)',
-  help: HELP,
-  output: StaleOutput,
-  run,
-};
+export const staleCommand: Command = { help: HELP, run };

@@ -16,7 +16,7 @@ import type { TSchema } from '@sinclair/typebox';
 import { Validator } from '@vmsubst/common/protocol/codec';
 import type { SubstituteReport } from '@vmsubst/common/protocol/schema';
 import { COMMANDS } from '../../../../host-signal/src/cli/commands/index.js';
-import { ErrorOutput, VersionOutput } from '../../../../host-signal/src/cli/output.js';
+import { ErrorOutput, OUTPUTS, VersionOutput } from '../../../../host-signal/src/cli/output.js';
 import { startAgent, type AgentProcess } from '../../../helpers/agent-process.js';
 import { vmsubst } from '../../../helpers/cli.js';
 import { ROOT } from '../../../helpers/paths.js';
@@ -40,7 +40,7 @@ const patchedPath = tmp.file('patched.img', patched);
 const bundle = tmp.file('p.vsb');
 const nowhere = tmp.file('nothing-listens.sock');
 
-const schemaOf = (command: string): TSchema => COMMANDS.find((c) => c.name === command)!.output;
+const schemaOf = (command: string): TSchema => OUTPUTS[command]!;
 /** Commands whose document was checked by this suite. */
 const checked = new Set<string>();
 
@@ -149,7 +149,7 @@ Json('--version --json', async () => {
 Json('every command has a schema and its document was checked above, or where a guest answers', () => {
   const needGuest = ['notify'];
   for (const c of COMMANDS) {
-    assert.ok(c.output, `${c.name} has an output schema`);
+    assert.ok(OUTPUTS[c.name], `${c.name} has an output schema`);
     if (!needGuest.includes(c.name)) assert.ok(checked.has(c.name), `${c.name}'s --json document was checked`);
   }
 });
@@ -169,7 +169,7 @@ Json('docs/cli.md documents every top-level field of every command document', ()
   for (const c of COMMANDS) {
     const section = doc.split(/^### /m).find((s) => s.startsWith(`\`vmsubst ${c.name}`));
     assert.ok(section, `docs/cli.md has a section "### \`vmsubst ${c.name} …\`"`);
-    for (const f of fieldsOf(c.output))
+    for (const f of fieldsOf(OUTPUTS[c.name]!))
       assert.ok(section.includes(`\`${f}\``), `docs/cli.md, ${c.name}: field \`${f}\``);
   }
 });

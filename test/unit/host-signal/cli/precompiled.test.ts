@@ -1,7 +1,8 @@
 /**
- * The CLI's validators precompiled at build time (scripts/precompile-validators.mjs, bundled
- * into vmsubst.mjs): every schema the host's modules validate with has one, and each accepts
- * and rejects exactly what ajv compiling the schema at run time does, with the same errors.
+ * The CLI's validators precompiled at build time (scripts/precompile-validators.mjs, one file per
+ * schema in build/host-signal/src/cli/validators, loaded by cli/precompiled.ts): every schema the
+ * host's modules validate with has one, and each accepts and rejects exactly what ajv compiling
+ * the schema at run time does, with the same errors.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -13,6 +14,8 @@ import { Ajv } from 'ajv';
 import type { TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { AJV_OPTIONS, Validator, formatErrors, registeredSchemas } from '@vmsubst/common/protocol/codec';
+import { usePrecompiled } from '@vmsubst/common/protocol/precompiled';
+import { precompiledValidators } from '../../../../host-signal/src/cli/precompiled.js';
 import { ROOT } from '../../../helpers/paths.js';
 
 /** The host modules that make validators (the protocol's own come with the codec). */
@@ -21,18 +24,21 @@ const HOST_MODULES = [
   'rollout/fleet.js',
   'rollout/state.js',
   'apply/state-file.js',
-  'cli/common.js',
+  'cli/customization.js',
   'qmp/commands.js',
 ];
 const HERE = join(ROOT, 'build/host-signal/src');
 for (const m of HOST_MODULES) await import(pathToFileURL(join(HERE, m)).href);
 
-const GENERATED = join(ROOT, 'build/host-signal/src/cli/validators.precompiled.mjs');
+const GENERATED = join(ROOT, 'build/host-signal/src/cli/validators');
+const CLI_URL = pathToFileURL(join(HERE, 'cli.js')).href;
 const P = suite('precompiled validators');
 
-P.before(async () => {
+P.before(() => {
   assert.ok(existsSync(GENERATED), `${GENERATED} is built by make ts`);
-  await import(pathToFileURL(GENERATED).href);
+  const load = precompiledValidators(CLI_URL);
+  assert.ok(load, 'the loader finds them from the compiled CLI');
+  usePrecompiled(load);
 });
 
 P('every schema the host validates with is precompiled', () => {
@@ -41,7 +47,9 @@ P('every schema the host validates with is precompiled', () => {
   const script = `
     const codec = await import('@vmsubst/common/protocol/codec');
     ${modules.join('\n')}
-    await import(${JSON.stringify(pathToFileURL(GENERATED).href)});
+    const { precompiledValidators } = await import(${JSON.stringify(pathToFileURL(join(HERE, 'cli/precompiled.js')).href)});
+    const { usePrecompiled } = await import('@vmsubst/common/protocol/precompiled');
+    usePrecompiled(precompiledValidators(${JSON.stringify(CLI_URL)}));
     const all = codec.registeredSchemas();
     const missing = all.filter((s) => !codec.isPrecompiled(s)).map((s) => JSON.stringify(s).slice(0, 80));
     process.stdout.write(JSON.stringify({ all: all.length, missing }));`;

@@ -115,6 +115,16 @@ Compare('dataSegments finds the data of a sparse file', () => {
   }
 });
 
+Compare('prefault returns the buffer it was given, its bytes unchanged, for any length and offset', () => {
+  const { prefault } = native();
+  const backing = Buffer.alloc(3 * 4096 + 100, 0xa5);
+  for (const b of [backing, backing.subarray(17, 17 + 2 * 4096), backing.subarray(5, 9), Buffer.alloc(0)]) {
+    const before = Buffer.from(b);
+    assert.is(prefault(b), b);
+    assert.ok(b.equals(before));
+  }
+});
+
 Compare.run();
 
 const Missing = suite('host native: a missing addon');

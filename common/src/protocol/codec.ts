@@ -6,7 +6,8 @@
  * neither exhaust memory nor desynchronise the stream.
  */
 import { createHash } from 'node:crypto';
-import { Ajv, type ErrorObject, type Options, type ValidateFunction } from 'ajv';
+import { createRequire } from 'node:module';
+import type { Ajv, ErrorObject, Options, ValidateFunction } from 'ajv';
 import type { Static, TSchema } from '@sinclair/typebox';
 import { precompiledFor } from './precompiled.js';
 import { Commands, Greeting, MAX_MESSAGE_BYTES, Reply, Request, type CommandName } from './schema.js';
@@ -16,8 +17,11 @@ export const AJV_OPTIONS: Options = { allErrors: true, strict: true, strictTypes
 
 // `since`: the protocol version a command or field came with (schema.ts), documentation only.
 // Made on first use: a process whose validators are all precompiled never needs it.
+// Loaded then too (require, not import): a command whose validators are all precompiled does not
+// evaluate ajv's hundred modules at start.
 let ajvInstance: Ajv | undefined;
-const ajv = (): Ajv => (ajvInstance ??= new Ajv(AJV_OPTIONS));
+const ajv = (): Ajv =>
+  (ajvInstance ??= new (createRequire(import.meta.url)('ajv') as typeof import('ajv')).Ajv(AJV_OPTIONS));
 
 /** Every schema a Validator was made for, in order: what the build precompiles. */
 const schemas = new Set<TSchema>();

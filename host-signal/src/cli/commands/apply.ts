@@ -16,17 +16,7 @@ import {
   type QemuApplyOptions,
   type QemuApplyResult,
 } from '../../apply/index.js';
-import {
-  agentAddress,
-  applyToLibvirt,
-  applyToLibvirtNbd,
-  commitLibvirt,
-  noAgentReason,
-  resolveLibvirt,
-  type LibvirtApplyOptions,
-  type LibvirtApplyResult,
-  type LibvirtTarget,
-} from '../../libvirt/index.js';
+import type { LibvirtApplyOptions, LibvirtApplyResult } from '../../libvirt/index.js';
 import type { Static } from '@sinclair/typebox';
 import type { ApplyOutput, ApplyJson, LibvirtOverlayJson, OverlayJson } from '../output.js';
 import { agentOutcomeJson } from '../report.js';
@@ -454,12 +444,14 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
   const onProgress = (phase: ApplyPhase, d: number, t: number): void => o.progress.update(labels[phase], d, t);
   // With --notify the guest is told first and the overlay committed after (below).
   const commitNow = !notify;
+  // libvirt's modules (virsh, the XML parser) load only for a libvirt target.
+  const lv = target.kind === 'libvirt' ? await import('../../libvirt/index.js') : undefined;
   const doApply = (beforeWrite?: () => Promise<void>): Promise<AnyResult> => {
     const common = { onProgress, signal, ...(beforeWrite ? { beforeWrite } : {}) };
     if (target.kind === 'libvirt' && target.taint)
-      return applyToLibvirtNbd(bundle, target.domain, { ...common, ...target.options });
+      return lv!.applyToLibvirtNbd(bundle, target.domain, { ...common, ...target.options });
     if (target.kind === 'libvirt')
-      return applyToLibvirt(bundle, target.domain, {
+      return lv!.applyToLibvirt(bundle, target.domain, {
         ...common,
         ...target.options,
         ...(target.commit && commitNow ? { commit: true } : {}),
@@ -473,8 +465,10 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
       : applyToImage(bundle, target.path, { ...common, allowWriters: target.allowWriters });
   };
   const qmpPath = target.kind === 'qemu' ? target.qmp : undefined;
-  const domain = target.kind === 'libvirt' ? await libvirtDomain(bundle, target) : undefined;
-  const agent = notify?.agent === 'auto' ? (domain ? agentAddress(domain.info) : undefined) : notify?.agent;
+  // The domain and its disk, resolved once for the agent's address and the disk's serial (apply resolves it again).
+  const domain =
+    target.kind === 'libvirt' ? await lv!.resolveLibvirt(bundle.manifest, target.domain, target.options) : undefined;
+  const agent = notify?.agent === 'auto' ? (domain ? lv!.agentAddress(domain.info) : undefined) : notify?.agent;
   const disk = { ...(domain?.disk.serial !== undefined ? { serial: domain.disk.serial } : {}), ...notify?.disk };
   const uuid = domain?.info.uuid;
   const vm =
@@ -488,7 +482,7 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
     }),
     ...(agent
       ? { agent }
-      : { noAgentReason: domain ? noAgentReason(domain.info) : 'no agent address was given (--notify)' }),
+      : { noAgentReason: domain ? lv!.noAgentReason(domain.info) : 'no agent address was given (--notify)' }),
     onNoAgent: req.onNoAgent,
     ...(qmpPath !== undefined ? { reset: () => systemReset(qmpPath) } : {}),
     ...(domain ? { reset: () => domain.virsh.reset(domain.domain).then(() => undefined) } : {}),
@@ -502,16 +496,8 @@ async function applyBundle(bundle: Bundle, req: ApplyRequest, inputs: ApplyInput
     await commitApplied(undefined, applied);
   }
   if (applied && isLibvirt(applied) && target.kind === 'libvirt' && target.commit && !commitNow)
-    await commitLibvirt(domain!.virsh, applied);
+    await lv!.commitLibvirt(domain!.virsh, applied);
   return outcome;
-}
-
-/** The domain and its disk, resolved once for the agent's address and the disk's serial (apply resolves it again). */
-async function libvirtDomain(
-  bundle: Bundle,
-  target: Extract<ApplyTarget, { kind: 'libvirt' }>,
-): Promise<LibvirtTarget> {
-  return resolveLibvirt(bundle.manifest, target.domain, target.options);
 }
 
 /** The error of an apply that did not apply, after its notes ("nothing was written" unless the error says it). */

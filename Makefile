@@ -49,7 +49,9 @@ $(HOST_ADDON): host-signal/binding.gyp $(wildcard host-signal/native/* host-sign
 # `vmsubst diff` parses neither the schemas nor ajv. They sit beside the compiled CLI so
 # their relative paths (the host addon, package.json) hold; old chunks are removed first.
 CLI_BUNDLE := build/host-signal/src/cli/vmsubst.mjs
-ts: build/.tsc-stamp $(CLI_BUNDLE)
+# The agent's validators, precompiled the same way (validators/ beside main.js; packaged with it).
+AGENT_VALIDATORS := build/agent/src/validators/.stamp
+ts: build/.tsc-stamp $(CLI_BUNDLE) $(AGENT_VALIDATORS)
 # The list of sources as a file that changes when one is added, moved or removed
 # (a move keeps the file's old mtime, which alone would not trigger a build).
 TS_LIST := build/.ts-sources
@@ -71,9 +73,12 @@ $(CLI_BUNDLE): build/.tsc-stamp scripts/precompile-validators.mjs
 	  --out-extension:.js=.mjs --log-level=warning \
 	  --banner:js="import { createRequire as __vmsubstRequire } from 'node:module'; const require = __vmsubstRequire(import.meta.url);"
 	@chmod +x $@
+$(AGENT_VALIDATORS): build/.tsc-stamp scripts/precompile-validators.mjs
+	rm -rf $(dir $@) && node scripts/precompile-validators.mjs $(dir $@) build/agent/src/config.js build/agent/src/session.js
+	@touch $@
 
 guest: build/guest/initramfs.cpio build/disks/base.img build/disks/stress-a.img build/disks/xfs-base.img build/disks/libvx-v1.img
-build/guest/initramfs.cpio: build/.tsc-stamp agent/build/Release/vmsubst_native.node $(HOST_ADDON) kmod/vmsubst.ko kmod/tests/abi_test test/guest/init test/guest/build-initramfs.sh .cache/kver
+build/guest/initramfs.cpio: build/.tsc-stamp $(AGENT_VALIDATORS) agent/build/Release/vmsubst_native.node $(HOST_ADDON) kmod/vmsubst.ko kmod/tests/abi_test test/guest/init test/guest/build-initramfs.sh .cache/kver
 	@mkdir -p build/guest
 	test/guest/build-initramfs.sh $(KVER) $@
 build/disks/base.img: test/fixtures/build-disks.sh test/fixtures/vprog.c

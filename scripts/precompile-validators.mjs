@@ -5,16 +5,17 @@
  * vmsubst command) validates with no ajv compilation at run time, and parses
  * only the validators it uses.
  *
- *   precompile-validators.mjs OUTDIR DIR [DIR...]
+ *   precompile-validators.mjs OUTDIR PATH [PATH...]
  *
- * Imports every .js module under the DIRs (except cli.js, the entry point
- * that runs on import), so that each makes its Validators; then writes the
+ * Imports every .js module under each PATH that is a directory (except cli.js,
+ * the entry point that runs on import) and each PATH that is a file, so that
+ * each makes its Validators; then writes the
  * code of every schema they were made for (registeredSchemas) to
  * OUTDIR/<schemaKey>.cjs. The CLI loads them through usePrecompiled. A schema
  * missing there, or changed since, is compiled at run time as before: slower,
  * never wrong.
  */
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Ajv } from 'ajv';
@@ -23,7 +24,7 @@ import { AJV_OPTIONS, registeredSchemas, schemaKey } from '@vmsubst/common/proto
 
 const [out, ...dirs] = process.argv.slice(2);
 if (!out || dirs.length === 0) {
-  process.stderr.write('usage: precompile-validators.mjs OUTDIR DIR [DIR...]\n');
+  process.stderr.write('usage: precompile-validators.mjs OUTDIR PATH [PATH...]\n');
   process.exit(2);
 }
 
@@ -34,7 +35,10 @@ function modules(dir) {
     return e.isFile() && e.name.endsWith('.js') && e.name !== 'cli.js' ? [p] : [];
   });
 }
-for (const dir of dirs) for (const m of modules(resolve(dir)).sort()) await import(pathToFileURL(m).href);
+for (const path of dirs.map((d) => resolve(d))) {
+  const files = statSync(path).isDirectory() ? modules(path).sort() : [path];
+  for (const m of files) await import(pathToFileURL(m).href);
+}
 
 mkdirSync(out, { recursive: true });
 const done = new Set();

@@ -13,8 +13,14 @@ import { USAGE, describeTrust, parseCli } from './config.js';
 import { loadTrustedKeys } from './trust/gate.js';
 import { createLogger } from './log.js';
 import { AgentError, messageOf } from './errors.js';
+import { precompiledIn, usePrecompiled } from '@vmsubst/common/protocol/precompiled';
+import { fileURLToPath } from 'node:url';
 
 async function main(): Promise<number> {
+  // The validators precompiled at build time (validators/ beside this file): a freshly started
+  // agent answers its first request without compiling them (a second and more under TCG).
+  const validators = precompiledIn([fileURLToPath(new URL('./validators/', import.meta.url))]);
+  if (validators) usePrecompiled(validators);
   if (process.argv[2] === 'status') return status(process.argv.slice(3), (s) => process.stdout.write(s));
   if (process.argv[2] === 'pin') return pinCommand(process.argv.slice(3), (s) => process.stdout.write(s));
   if (process.argv[2] === 'map') return mapCommand(process.argv.slice(3), (s) => process.stdout.write(s));

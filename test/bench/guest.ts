@@ -11,7 +11,7 @@ import { applyArgs, vmsubst, vmsubstJson } from '../helpers/cli.js';
 import { guestArtifacts, type GuestArtifacts } from '../helpers/paths.js';
 import { GuestVm, type VmOptions } from '../helpers/vm.js';
 import { withTimeout } from '../helpers/timeout.js';
-import { fmtStatsMs, type Table } from './table.js';
+import { fmtMs, fmtStatsMs, stats, type Table } from './table.js';
 
 export function artifacts(): GuestArtifacts {
   const art = guestArtifacts();
@@ -194,6 +194,23 @@ export async function cliStartMs(): Promise<number> {
   const r = await vmsubst(['--version']);
   if (r.code !== 0) throw new Error(`vmsubst --version exited ${r.code}: ${r.stderr}`);
   return r.ms;
+}
+
+/** Timed samples of a method split into named parts: each part's median, in the parts' order. */
+export function partMedians(xs: ReadonlyArray<{ parts: Record<string, number> }>): string {
+  return Object.keys(xs[0]?.parts ?? {})
+    .map((k) => `${k} ${fmtMs(stats(xs.map((x) => x.parts[k]!)).median)}`)
+    .join(' + ');
+}
+
+/** Per-round ratios of a method's totals to the live method's, round by round. */
+export function perRound(xs: ReadonlyArray<{ total: number }>, live: ReadonlyArray<{ total: number }>): number[] {
+  return xs.map((x, i) => x.total / live[i]!.total);
+}
+
+/** The distinct values of `f` over the samples, comma-separated (one value when all rounds agree). */
+export function distinctOf<T>(xs: readonly T[], f: (s: T) => string): string {
+  return [...new Set(xs.map(f))].join(', ');
 }
 
 /** The first line of a guest command's output that says which vprog version ran. */

@@ -19,7 +19,18 @@ import { join } from 'node:path';
 import { CACHE, ROOT } from '../helpers/paths.js';
 import { GuestVm } from '../helpers/vm.js';
 import { waitFor, withTimeout } from '../helpers/timeout.js';
-import { applyInto, applyNotify, artifacts, bundlePair, cliStartMs, trustedKey, stageTable } from './guest.js';
+import {
+  applyInto,
+  applyNotify,
+  artifacts,
+  bundlePair,
+  cliStartMs,
+  distinctOf,
+  partMedians,
+  perRound,
+  trustedKey,
+  stageTable,
+} from './guest.js';
 import { fmtMs, fmtStats, fmtStatsMs, stats, timeAsync, type Benchmark, type Section } from './table.js';
 
 const IMAGE = join(CACHE, 'debian-guest');
@@ -320,13 +331,10 @@ function report(
   kexecWhy: string | undefined,
 ): Section {
   const live = samples.live;
-  const ratio = (xs: Sample[]): number[] => xs.map((x, i) => x.total / live[i]!.total);
+  const ratio = (xs: Sample[]): number[] => perRound(xs, live);
   const r1 = (x: number): string => `${x.toFixed(1)}×`;
-  const partsOf = (xs: Sample[]): string =>
-    Object.keys(xs[0]?.parts ?? {})
-      .map((k) => `${k} ${fmtMs(stats(xs.map((x) => x.parts[k]!)).median)}`)
-      .join(' + ');
-  const distinct = (xs: Sample[], f: (s: Sample) => string): string => [...new Set(xs.map(f))].join(', ');
+  const partsOf = partMedians;
+  const distinct = distinctOf<Sample>;
   const kept = (s: Sample): string => (s.answer.pid === s.before.pid ? 'same process' : 'new process');
   const state = (s: Sample): string =>
     s.answer.pid === s.before.pid && s.answer.served > s.before.served

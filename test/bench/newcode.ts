@@ -19,6 +19,9 @@ import {
   cliStartMs,
   guestRebooted,
   notifyGuest,
+  distinctOf,
+  partMedians,
+  perRound,
   trustedKey,
   stageTable,
   versionOf,
@@ -150,13 +153,10 @@ export const newcode: Benchmark = {
     } finally {
       vm.kill();
     }
-    const ratio = (xs: Sample[]): number[] => xs.map((x, i) => x.total / live[i]!.total);
+    const ratio = (xs: Sample[]): number[] => perRound(xs, live);
     const r2 = (x: number): string => `${x.toFixed(1)}×`;
-    const partsOf = (xs: Sample[]): string =>
-      Object.keys(xs[0]?.parts ?? {})
-        .map((k) => `${k} ${fmtMs(stats(xs.map((x) => x.parts[k]!)).median)}`)
-        .join(' + ');
-    const outcome = (xs: Sample[], f: (s: Sample) => string): string => [...new Set(xs.map(f))].join(', ');
+    const partsOf = partMedians;
+    const outcome = distinctOf<Sample>;
     const row = (name: string, xs: Sample[], keepsRunning: string): string[] => [
       name,
       fmtStatsMs(xs.map((x) => x.total)),

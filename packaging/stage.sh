@@ -28,6 +28,8 @@ node -e '
   process.stdout.write(JSON.stringify(keep, null, 2) + "\n");' "$ROOT/package.json" > "$STAGE/app/package.json"
 cp -r "$ROOT/build/agent" "$STAGE/app/build/"
 find "$STAGE/app/build" -name '*.map' -delete
+# V8 code caches of the validators are for the node that built them; the guest's node rejects them.
+find "$STAGE/app/build" -name '*.v8cache' -delete
 strip --strip-unneeded -o "$STAGE/app/agent/build/Release/vmsubst_native.node" "$ADDON"
 chmod 0644 "$STAGE/app/agent/build/Release/vmsubst_native.node"
 (cd "$ROOT" && npm ls --omit=dev --parseable --all 2>/dev/null | tail -n +2) | while read -r dir; do

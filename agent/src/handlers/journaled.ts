@@ -66,7 +66,10 @@ export async function journaled(
     log.info('substitute answered from the journal', { id: args.id });
     return { ...doneReport(entry.last), replayed: true };
   }
-  journal.begin(args.id, ctx.peer.description, pinned !== undefined ? args : undefined);
+  // A commit after its durable `prepared` record: begin's own fsync would add nothing (journal.begin).
+  journal.begin(args.id, ctx.peer.description, pinned !== undefined ? args : undefined, {
+    durable: entry?.last.phase !== 'prepared',
+  });
   if (process.env['VMSUBST_FAULT'] === 'crash-after-begin') process.kill(process.pid, 'SIGKILL'); // fault injection for the recovery test
   try {
     log.info('substitute', { id: args.id, ranges: args.ranges.length, twoPhase: pinned !== undefined });

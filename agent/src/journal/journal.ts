@@ -8,7 +8,8 @@
  * was interrupted; the host's retry runs it again, which is safe because
  * every step of a substitution can be repeated (verify, drop caches).
  * A two-phase substitution first writes `prepared` (its arguments and answer),
- * then `begin` (with the arguments again) at commit, or `aborted`.
+ * then `begin` (with the arguments again; its fsync is left to the next record) at commit, or
+ * `aborted`.
  */
 import {
   appendFileSync,
@@ -170,8 +171,16 @@ export class Journal {
     return [...this.#entries.values()].slice(-n).reverse();
   }
 
-  begin(id: string, peer: string, args?: unknown): void {
-    this.#append({ t: new Date().toISOString(), id, phase: 'begin', peer, ...(args !== undefined ? { args } : {}) });
+  /**
+   * `durable: false` leaves the fsync to the next record: for the begin of a commit whose `prepared`
+   * record is already on disk. A crash before that next record leaves `prepared` or `begin` last,
+   * and the host's retry of the commit runs it again from either.
+   */
+  begin(id: string, peer: string, args?: unknown, { durable = true }: { durable?: boolean } = {}): void {
+    this.#append(
+      { t: new Date().toISOString(), id, phase: 'begin', peer, ...(args !== undefined ? { args } : {}) },
+      durable,
+    );
   }
   prepared(id: string, peer: string, args: unknown, report: unknown): void {
     this.#append({ t: new Date().toISOString(), id, phase: 'prepared', peer, args, report });
@@ -186,14 +195,14 @@ export class Journal {
     this.#append({ t: new Date().toISOString(), id, phase: 'failed', error });
   }
 
-  #append(rec: JournalRecord): void {
+  #append(rec: JournalRecord, durable = true): void {
     if (this.#fd < 0) throw new Error(`${this.path} was opened read-only`);
     // A write cut short earlier in this process (ENOSPC, EIO) left a partial line: cut it first.
     if (fstatSync(this.#fd).size !== this.#size) this.#cutTail();
     const line = Buffer.from(JSON.stringify(rec) + '\n', 'utf8');
     let written = 0;
     while (written < line.length) written += writeSync(this.#fd, line, written, line.length - written);
-    fsyncSync(this.#fd);
+    if (durable) fsyncSync(this.#fd);
     this.#size += line.length;
     this.#apply(rec);
     if (++this.#records >= COMPACT_AT) this.#compact();

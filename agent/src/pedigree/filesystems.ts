@@ -7,10 +7,10 @@
  * on it, a btrfs mount that shows an anonymous device — is refused the same
  * way, never reported as "outside any filesystem".
  */
-import { readFile, readdir } from 'node:fs/promises';
+import { readdirSync } from 'node:fs';
 import type { ByteRange } from '@vmsubst/common/protocol/schema';
 import { primaryMount } from './index.js';
-import type { DiskLayout, Mount } from './mounts.js';
+import { readAttr, type DiskLayout, type Mount } from './mounts.js';
 
 export type Handling = 'data-and-metadata' | 'data-only' | 'refused';
 
@@ -64,15 +64,19 @@ export interface DecideOptions {
 const BTRFS_MAGIC = Buffer.from('_BHRfS_M');
 const anonymous = (devNum: string): boolean => devNum.startsWith('0:');
 
-async function list(dir: string): Promise<string[]> {
-  return readdir(dir).catch(() => [] as string[]);
+function list(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
 }
 
 /** The block device names of every mounted btrfs (sysfs /sys/fs/btrfs/UUID/devices/NAME), by UUID. */
 async function btrfsDevices(sysRoot: string): Promise<Map<string, string[]>> {
   const out = new Map<string, string[]>();
-  for (const uuid of await list(`${sysRoot}/fs/btrfs`)) {
-    const devs = await list(`${sysRoot}/fs/btrfs/${uuid}/devices`);
+  for (const uuid of list(`${sysRoot}/fs/btrfs`)) {
+    const devs = list(`${sysRoot}/fs/btrfs/${uuid}/devices`);
     if (devs.length > 0) out.set(uuid, devs);
   }
   return out;
@@ -94,10 +98,10 @@ export async function decideFilesystems(
     const whole = part.startBytes === 0 && part.name === layout.name;
     const base = whole ? `${opts.sysRoot}/block/${layout.name}` : `${opts.sysRoot}/block/${layout.name}/${part.name}`;
     // 1. A device stacked on it (device-mapper: LVM, dm-crypt, thin; md RAID).
-    const holders = await list(`${base}/holders`);
+    const holders = list(`${base}/holders`);
     for (const h of holders) {
-      const dmName = (await readFile(`${opts.sysRoot}/block/${h}/dm/name`, 'utf8').catch(() => '')).trim();
-      const hDev = (await readFile(`${opts.sysRoot}/block/${h}/dev`, 'utf8').catch(() => '')).trim();
+      const dmName = readAttr(`${opts.sysRoot}/block/${h}/dm/name`) ?? '';
+      const hDev = readAttr(`${opts.sysRoot}/block/${h}/dev`) ?? '';
       const m = hDev ? primaryMount(mounts, hDev) : undefined;
       const what = dmName
         ? `device-mapper device ${h} (${dmName})`

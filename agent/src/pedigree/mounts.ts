@@ -1,5 +1,26 @@
 /** Mounted filesystems and the block devices (whole disk or partition) under them. */
-import { readFile, readdir } from 'node:fs/promises';
+import { readFileSync, readdirSync } from 'node:fs';
+
+/**
+ * A sysfs or procfs attribute, trimmed; undefined when it cannot be read. Synchronous on purpose:
+ * the kernel makes these few bytes in memory, and one open/read/close costs far less than the four
+ * thread-pool round trips of fs/promises' readFile, of which a substitution's mapping made dozens
+ * (most of its map stage under TCG).
+ */
+export function readAttr(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** readAttr of an attribute that must be there: its absence is an error. */
+function needAttr(path: string): string {
+  const v = readAttr(path);
+  if (v === undefined) throw new Error(`${path} cannot be read`);
+  return v;
+}
 
 export interface Mount {
   mountPoint: string;
@@ -47,7 +68,7 @@ function unescape(s: string): string {
 }
 
 export async function readMounts(procRoot = '/proc'): Promise<Mount[]> {
-  return parseMountinfo(await readFile(`${procRoot}/self/mountinfo`, 'utf8'));
+  return parseMountinfo(readFileSync(`${procRoot}/self/mountinfo`, 'utf8'));
 }
 
 /** A whole disk and its partitions, as sysfs describes them. */
@@ -61,18 +82,18 @@ export interface DiskLayout {
 
 export async function readDiskLayout(name: string, sysRoot = '/sys'): Promise<DiskLayout> {
   const base = `${sysRoot}/block/${name}`;
-  const devNum = (await readFile(`${base}/dev`, 'utf8')).trim();
-  const sizeBytes = Number((await readFile(`${base}/size`, 'utf8')).trim()) * 512;
+  const devNum = needAttr(`${base}/dev`);
+  const sizeBytes = Number(needAttr(`${base}/size`)) * 512;
   const parts: DiskLayout['parts'] = [{ name, devNum, startBytes: 0, sizeBytes }];
-  for (const entry of await readdir(base)) {
+  for (const entry of readdirSync(base)) {
     if (!entry.startsWith(name)) continue;
-    const start = await readFile(`${base}/${entry}/start`, 'utf8').catch(() => undefined);
+    const start = readAttr(`${base}/${entry}/start`);
     if (start === undefined) continue;
     parts.push({
       name: entry,
-      devNum: (await readFile(`${base}/${entry}/dev`, 'utf8')).trim(),
-      startBytes: Number(start.trim()) * 512,
-      sizeBytes: Number((await readFile(`${base}/${entry}/size`, 'utf8')).trim()) * 512,
+      devNum: needAttr(`${base}/${entry}/dev`),
+      startBytes: Number(start) * 512,
+      sizeBytes: Number(needAttr(`${base}/${entry}/size`)) * 512,
     });
   }
   return { name, devNum, sizeBytes, parts };
@@ -80,7 +101,7 @@ export async function readDiskLayout(name: string, sysRoot = '/sys'): Promise<Di
 
 /** The device node of a block device "major:minor" (its DEVNAME in sysfs), or undefined when sysfs does not know it. */
 export async function devicePath(devNum: string, sysRoot = '/sys', devRoot = '/dev'): Promise<string | undefined> {
-  const uevent = await readFile(`${sysRoot}/dev/block/${devNum}/uevent`, 'utf8').catch(() => undefined);
+  const uevent = readAttr(`${sysRoot}/dev/block/${devNum}/uevent`);
   const name = uevent?.match(/^DEVNAME=(.+)$/m)?.[1];
   return name ? `${devRoot}/${name}` : undefined;
 }

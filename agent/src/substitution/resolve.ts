@@ -3,12 +3,13 @@
  * when the host names neither — the one disk whose blocks hash to the first
  * announced range.
  */
-import { readFile, readdir, realpath, stat } from 'node:fs/promises';
+import { readdirSync, realpathSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { CommandError } from '../errors.js';
 import type { DiskRef, HashedRange } from '@vmsubst/common/protocol/schema';
 import type { DiskReader } from './verify.js';
 import { hashRange } from './verify.js';
+import { readAttr } from '../pedigree/mounts.js';
 
 export interface ResolvedDisk {
   name: string; // vda
@@ -19,7 +20,9 @@ export interface ResolvedDisk {
 const SKIP = /^(loop|ram|zram|sr|dm-|md|nbd)/;
 
 async function diskInfo(name: string, sysRoot: string, devRoot: string): Promise<ResolvedDisk> {
-  const sectors = Number((await readFile(`${sysRoot}/block/${name}/size`, 'utf8')).trim());
+  const size = readAttr(`${sysRoot}/block/${name}/size`);
+  if (size === undefined) throw new Error(`${sysRoot}/block/${name}/size cannot be read`);
+  const sectors = Number(size);
   return { name, path: `${devRoot}/${name}`, sizeBytes: sectors * 512 };
 }
 
@@ -32,11 +35,13 @@ export async function resolveDisk(
   /** Before the host writes (dry run, prepare) the blocks are still old: an unnamed disk is then the only one big enough. */
   beforeWrite = false,
 ): Promise<ResolvedDisk> {
-  const names = (await readdir(`${sysRoot}/block`)).filter((n) => !SKIP.test(n)).sort();
+  const names = readdirSync(`${sysRoot}/block`)
+    .filter((n) => !SKIP.test(n))
+    .sort();
   let disk: ResolvedDisk | undefined;
   if (ref.serial !== undefined) {
     for (const n of names) {
-      const serial = (await readFile(`${sysRoot}/block/${n}/serial`, 'utf8').catch(() => '')).trim();
+      const serial = readAttr(`${sysRoot}/block/${n}/serial`) ?? '';
       if (serial === ref.serial) disk = await diskInfo(n, sysRoot, devRoot);
     }
     if (!disk)
@@ -45,8 +50,14 @@ export async function resolveDisk(
         `no disk with serial '${ref.serial}' (looked at ${names.join(', ') || 'nothing'})`,
       );
   } else if (ref.path !== undefined) {
-    const real = await realpath(ref.path).catch(() => undefined);
-    const st = real ? await stat(real).catch(() => undefined) : undefined;
+    const real = ((): string | undefined => {
+      try {
+        return realpathSync(ref.path!);
+      } catch {
+        return undefined;
+      }
+    })();
+    const st = real ? statSync(real, { throwIfNoEntry: false }) : undefined;
     if (!real || !st?.isBlockDevice()) throw new CommandError('DeviceNotFound', `${ref.path} is not a block device`);
     const n = basename(real);
     if (!names.includes(n))

@@ -2,19 +2,21 @@
  * The CLI's validators precompiled at build time (scripts/precompile-validators.mjs, one file per
  * schema in build/host-signal/src/cli/validators, loaded by cli/precompiled.ts): every schema the
  * host's modules validate with has one, and each accepts and rejects exactly what ajv compiling
- * the schema at run time does, with the same errors.
+ * the schema at run time does, with the same errors. Each comes with V8's code cache, which this
+ * node accepts; a cache V8 rejects (another node, a damaged file) only means compiling anew.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Ajv } from 'ajv';
 import type { TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { AJV_OPTIONS, Validator, formatErrors, registeredSchemas } from '@vmsubst/common/protocol/codec';
-import { usePrecompiled } from '@vmsubst/common/protocol/precompiled';
+import { codeCacheFile, compileValidator, usePrecompiled } from '@vmsubst/common/protocol/precompiled';
 import { precompiledValidators } from '../../../../host-signal/src/cli/precompiled.js';
 import { ROOT } from '../../../helpers/paths.js';
 
@@ -101,6 +103,27 @@ P('each accepts and rejects what a run-time compilation does, with the same erro
     }
   }
   assert.ok(checked > 200, `${checked} values checked`);
+});
+
+P('each has a code cache this node accepts; a damaged one is rejected and the validator still works', () => {
+  const files = readdirSync(GENERATED).filter((f) => f.endsWith('.cjs'));
+  assert.ok(files.length >= 10, `${files.length} validators`);
+  for (const f of files) {
+    const file = join(GENERATED, f);
+    const cache = codeCacheFile(file);
+    assert.ok(existsSync(cache), `${cache} is written by make ts`);
+    const { validate, rejected } = compileValidator(file, readFileSync(cache));
+    assert.is(rejected, false, `V8 rejected ${cache}`);
+    assert.is(typeof validate, 'function');
+  }
+  // A cache that does not belong to the code: V8 says so, and the source is compiled instead.
+  const dir = mkdtempSync(join(tmpdir(), 'vmsubst-v8cache-'));
+  const file = join(dir, 'v.cjs');
+  writeFileSync(file, 'module.exports = function validate(x) { return typeof x === "number"; };\n');
+  const damaged = compileValidator(file, Buffer.from('not a code cache'));
+  assert.is(damaged.rejected, true);
+  assert.is(damaged.validate(1), true);
+  assert.is(damaged.validate('1'), false);
 });
 
 P.run();

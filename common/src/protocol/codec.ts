@@ -54,6 +54,13 @@ export class Validator<S extends TSchema> {
   get #compiled(): ValidateFunction {
     return (this.#fn ??= precompiledFor(schemaKey(this.schema)) ?? ajv().compile(this.schema));
   }
+  /**
+   * Finds (precompiled) or compiles the function now rather than at first use: a caller that is
+   * about to wait for I/O takes the cost off the path of the answer.
+   */
+  load(): void {
+    void this.#compiled;
+  }
   /** Problems as "path: message" strings; empty when the value is valid. */
   problems(value: unknown): string[] {
     const fn = this.#compiled;

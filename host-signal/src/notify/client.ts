@@ -97,6 +97,11 @@ export class AgentClient {
       const pending: Pending = { command, resolve: resolve as (v: unknown) => void, reject, timer };
       this.#pending.set(id, pending);
       this.#stream.write(line);
+      // The answer's validators (the reports of prepare and commit are large) load while the agent works.
+      setImmediate(() => {
+        validateReply.load();
+        returnValidator(command).load();
+      });
       if (resendMs !== undefined && resendMs > 0) {
         const again = (delay: number): void => {
           pending.resend = setTimeout(() => {

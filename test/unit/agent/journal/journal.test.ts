@@ -1,6 +1,6 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Journal, KEEP_IDS } from '../../../../agent/src/journal/journal.js';
@@ -31,6 +31,26 @@ J('reports a begin without an outcome as interrupted', () => {
   assert.is(k.get('b2')?.state, 'interrupted');
   assert.equal(k.interrupted, ['b2']);
   k.close();
+});
+
+J("a commit's begin left to done's fsync: kept when written, and a lost one leaves the entry prepared", () => {
+  const file = join(C.dir, 'journal.jsonl');
+  const j = Journal.open(C.dir);
+  j.prepared('p1', 'test', { id: 'p1', ranges: [] }, { pinned: [] });
+  const preparedBytes = readFileSync(file).length;
+  j.begin('p1', 'test', { id: 'p1', ranges: [] }, { durable: false });
+  j.close();
+  // The process died, the machine did not: the record is in the file, the commit was interrupted.
+  const k = Journal.open(C.dir);
+  assert.is(k.get('p1')?.state, 'interrupted');
+  assert.equal(k.get('p1')?.last.phase, 'begin');
+  k.close();
+  // The machine lost the unsynced record: prepared is last again, and commit runs from it (commit.ts).
+  truncateSync(file, preparedBytes);
+  const m = Journal.open(C.dir);
+  assert.is(m.get('p1')?.state, 'prepared');
+  assert.equal(m.interrupted, []);
+  m.close();
 });
 
 J('survives a torn last line', () => {

@@ -4,7 +4,6 @@
  * block's class; whether a restart is required. A dry run returns it,
  * `prepare` acts on its pins, `commit` and `substitute` follow it.
  */
-import { readFile } from 'node:fs/promises';
 import { openChanged } from './open-changed.js';
 import type {
   ByteRange,
@@ -22,6 +21,7 @@ import type { DiskReader } from './verify.js';
 import { restartReasons, type MetadataPlan } from './metadata.js';
 import { keyOf, type MapperInfo } from '../proc/mappers.js';
 import { procUsers, type FileUsers } from '../proc/users.js';
+import { readAttr } from '../pedigree/mounts.js';
 
 /**
  * Without configuration: data files and ELF files whose code the host found unchanged are remapped;
@@ -74,7 +74,7 @@ export async function buildPlan(input: PlanInput): Promise<PlanResult> {
   const fileHits = input.files.filter((f) => f.file.kind === 'file');
   const mappers = await (input.users ?? procUsers(input.procRoot)).mappers(fileHits.map((f) => f.file));
   const units = new Map<number, UnitVerdict | undefined>();
-  const self = await readFile(`${input.procRoot}/self/cgroup`, 'utf8').catch(() => '');
+  const self = readAttr(`${input.procRoot}/self/cgroup`) ?? '';
   const files: FilePlan[] = [];
   for (const hit of fileHits) {
     const cls = await fileClass(hit, input.hints);
@@ -276,7 +276,7 @@ export function restartableUnit(cgroupText: string, selfCgroupText: string): Uni
 
 /** The verdict for `pid`; `self` is the agent's own /proc/self/cgroup text. */
 async function unitOf(pid: number, procRoot: string, self: string): Promise<UnitVerdict | undefined> {
-  const text = await readFile(`${procRoot}/${pid}/cgroup`, 'utf8').catch(() => '');
+  const text = readAttr(`${procRoot}/${pid}/cgroup`) ?? '';
   return restartableUnit(text, self);
 }
 

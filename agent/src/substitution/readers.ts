@@ -8,7 +8,6 @@
  * otherwise refuses that substitution in `prepare`, before anything is
  * written, unless the host forces it.
  */
-import { readFile } from 'node:fs/promises';
 import { CommandError } from '../errors.js';
 import type { OpenReader } from '@vmsubst/common/protocol/schema';
 import { findReaders } from '../proc/readers.js';
@@ -16,6 +15,7 @@ import { keyOf } from '../proc/mappers.js';
 import { procUsers, type FileUsers } from '../proc/users.js';
 import { restartableUnit } from './plan.js';
 import type { PlanResult } from './plan.js';
+import { readAttr } from '../pedigree/mounts.js';
 
 /** When the plan is made: before the host writes (dry run, prepare) or after (one-shot substitute, commit). */
 export type Moment = 'before-write' | 'after-write';
@@ -32,14 +32,14 @@ export async function addReaders(
   const mapping = new Map([...planned.mappers].map(([k, ms]) => [k, new Set(ms.map((m) => m.pid))]));
   const readers = await findReaders(files, procRoot, mapping, () => users.openFds(files));
   if (readers.size === 0) return;
-  const self = await readFile(`${procRoot}/self/cgroup`, 'utf8').catch(() => '');
+  const self = readAttr(`${procRoot}/self/cgroup`) ?? '';
   const units = new Set(planned.plan.units);
   for (const f of planned.files) {
     const list = readers.get(keyOf(f.hit.file));
     if (!list?.length) continue;
     const out: OpenReader[] = [];
     for (const r of list) {
-      const verdict = restartableUnit(await readFile(`${procRoot}/${r.pid}/cgroup`, 'utf8').catch(() => ''), self);
+      const verdict = restartableUnit(readAttr(`${procRoot}/${r.pid}/cgroup`) ?? '', self);
       const unit = verdict?.unit;
       const base = {
         pid: r.pid,

@@ -7,9 +7,9 @@
  * version (`stale` lists it as old-inode); `restart` restarts its unit, which
  * then runs the new file.
  */
-import { readFile } from 'node:fs/promises';
 import type { FileHint, Policies, StaleProcess } from '@vmsubst/common/protocol/schema';
 import { choosePolicy, hintClass, restartableUnit } from './plan.js';
+import { readAttr } from '../pedigree/mounts.js';
 
 /**
  * The units to restart for the processes `stale` predicted on replaced files (`why: old-inode`):
@@ -24,7 +24,7 @@ export async function restartsForReplaced(
   policies: { notification?: Policies | undefined; config?: Policies | undefined },
   procRoot: string,
 ): Promise<string[]> {
-  const self = await readFile(`${procRoot}/self/cgroup`, 'utf8').catch(() => '');
+  const self = readAttr(`${procRoot}/self/cgroup`) ?? '';
   const units = new Set<string>();
   for (const s of stale) {
     if (s.why !== 'old-inode') continue;
@@ -36,7 +36,7 @@ export async function restartsForReplaced(
     const hint = hints.find((h) => h.path === rel || h.path === s.file);
     if (!hint) continue;
     if (choosePolicy(s.file, rel, hintClass(hint), policies).policy !== 'restart') continue;
-    const v = restartableUnit(await readFile(`${procRoot}/${s.pid}/cgroup`, 'utf8').catch(() => ''), self);
+    const v = restartableUnit(readAttr(`${procRoot}/${s.pid}/cgroup`) ?? '', self);
     if (v && !('refused' in v)) units.add(v.unit);
   }
   return [...units].sort();

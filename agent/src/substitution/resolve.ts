@@ -19,6 +19,27 @@ export interface ResolvedDisk {
 
 const SKIP = /^(loop|ram|zram|sr|dm-|md|nbd)/;
 
+/**
+ * Disk serials by name, each with the identity (inode, change time) of the disk's sysfs directory
+ * when it was read. A virtio-blk disk answers a read of its `serial` with a request to the device
+ * (GET_ID), a round trip through the hypervisor, for every disk on every substitution. The
+ * directory is made anew when a disk is removed and another takes its name, so a kept serial is
+ * never another disk's.
+ */
+const serials = new Map<string, { id: string; serial: string }>();
+
+function serialOf(sysRoot: string, name: string): string {
+  const dir = `${sysRoot}/block/${name}`;
+  const st = statSync(dir, { bigint: true, throwIfNoEntry: false });
+  const id = st ? `${st.ino}:${st.ctimeNs}` : undefined;
+  const key = `${sysRoot}\0${name}`;
+  const known = serials.get(key);
+  if (id !== undefined && known?.id === id) return known.serial;
+  const serial = readAttr(`${dir}/serial`) ?? '';
+  if (id !== undefined) serials.set(key, { id, serial });
+  return serial;
+}
+
 async function diskInfo(name: string, sysRoot: string, devRoot: string): Promise<ResolvedDisk> {
   const size = readAttr(`${sysRoot}/block/${name}/size`);
   if (size === undefined) throw new Error(`${sysRoot}/block/${name}/size cannot be read`);
@@ -41,7 +62,7 @@ export async function resolveDisk(
   let disk: ResolvedDisk | undefined;
   if (ref.serial !== undefined) {
     for (const n of names) {
-      const serial = readAttr(`${sysRoot}/block/${n}/serial`) ?? '';
+      const serial = serialOf(sysRoot, n);
       if (serial === ref.serial) disk = await diskInfo(n, sysRoot, devRoot);
     }
     if (!disk)

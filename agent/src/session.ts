@@ -4,16 +4,8 @@
  * writes exactly one reply per request.
  */
 import type { Duplex } from 'node:stream';
+import { argsValidator, encode, isCommandName, LineDecoder, validateRequest } from '@vmsubst/common/protocol/codec';
 import {
-  argsValidator,
-  encode,
-  isCommandName,
-  LineDecoder,
-  validateRequest,
-  type Validator,
-} from '@vmsubst/common/protocol/codec';
-import {
-  Commands,
   type ArgsOf,
   type CommandName,
   type ErrorClass,
@@ -34,14 +26,6 @@ export const MAX_QUEUED_BYTES = 4 << 20;
 
 /** Runs a command whose arguments the session has validated against the schema. */
 export type Dispatch = <C extends CommandName>(name: C, args: ArgsOf<C>) => Promise<unknown>;
-
-/**
- * The validator of a command's arguments, typed by the schema: the codec's one per command, so its
- * function is found (precompiled) or compiled once per process, not once per request.
- */
-function argsOf<C extends CommandName>(name: C): Validator<(typeof Commands)[C]['args']> {
-  return argsValidator(name) as Validator<(typeof Commands)[C]['args']>;
-}
 
 export interface SessionHandlers {
   dispatch: Dispatch;
@@ -150,7 +134,7 @@ export class Session {
   }
 
   async #runCommand<C extends CommandName>(name: C, args: unknown, id: string | number | undefined): Promise<void> {
-    const validator = argsOf(name);
+    const validator = argsValidator(name);
     if (!validator.is(args)) {
       this.#sendError('InvalidArguments', `${name}: ${validator.problems(args).join('; ')}`, id);
       return;

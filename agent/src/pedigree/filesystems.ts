@@ -10,7 +10,8 @@
 import { readdirSync } from 'node:fs';
 import type { ByteRange } from '@vmsubst/common/protocol/schema';
 import { primaryMount } from './index.js';
-import { readAttr, type DiskLayout, type Mount } from './mounts.js';
+import type { DiskLayout, Mount } from './mounts.js';
+import { readAttr } from '../proc/attr.js';
 
 export type Handling = 'data-and-metadata' | 'data-only' | 'refused';
 

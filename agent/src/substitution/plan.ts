@@ -21,7 +21,7 @@ import type { DiskReader } from './verify.js';
 import { restartReasons, type MetadataPlan } from './metadata.js';
 import { keyOf, type MapperInfo } from '../proc/mappers.js';
 import { procUsers, type FileUsers } from '../proc/users.js';
-import { readAttr } from '../pedigree/mounts.js';
+import { readAttr } from '../proc/attr.js';
 
 /**
  * Without configuration: data files and ELF files whose code the host found unchanged are remapped;

@@ -15,7 +15,7 @@ import { keyOf } from '../proc/mappers.js';
 import { procUsers, type FileUsers } from '../proc/users.js';
 import { restartableUnit } from './plan.js';
 import type { PlanResult } from './plan.js';
-import { readAttr } from '../pedigree/mounts.js';
+import { readAttr } from '../proc/attr.js';
 
 /** When the plan is made: before the host writes (dry run, prepare) or after (one-shot substitute, commit). */
 export type Moment = 'before-write' | 'after-write';

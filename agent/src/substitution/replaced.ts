@@ -9,7 +9,7 @@
  */
 import type { FileHint, Policies, StaleProcess } from '@vmsubst/common/protocol/schema';
 import { choosePolicy, hintClass, restartableUnit } from './plan.js';
-import { readAttr } from '../pedigree/mounts.js';
+import { readAttr } from '../proc/attr.js';
 
 /**
  * The units to restart for the processes `stale` predicted on replaced files (`why: old-inode`):

@@ -9,7 +9,7 @@ import { CommandError } from '../errors.js';
 import type { DiskRef, HashedRange } from '@vmsubst/common/protocol/schema';
 import type { DiskReader } from './verify.js';
 import { hashRange } from './verify.js';
-import { readAttr } from '../pedigree/mounts.js';
+import { needAttr, readAttr } from '../proc/attr.js';
 
 export interface ResolvedDisk {
   name: string; // vda
@@ -41,9 +41,7 @@ function serialOf(sysRoot: string, name: string): string {
 }
 
 async function diskInfo(name: string, sysRoot: string, devRoot: string): Promise<ResolvedDisk> {
-  const size = readAttr(`${sysRoot}/block/${name}/size`);
-  if (size === undefined) throw new Error(`${sysRoot}/block/${name}/size cannot be read`);
-  const sectors = Number(size);
+  const sectors = Number(needAttr(`${sysRoot}/block/${name}/size`));
   return { name, path: `${devRoot}/${name}`, sizeBytes: sectors * 512 };
 }
 

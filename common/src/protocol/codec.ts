@@ -96,8 +96,9 @@ for (const [name, spec] of Object.entries(Commands) as [CommandName, { args: TSc
 export function isCommandName(name: string): name is CommandName {
   return Object.hasOwn(Commands, name);
 }
-export function argsValidator(name: CommandName): Validator<TSchema> {
-  return argValidators.get(name)!;
+/** The validator of a command's arguments, one per command for the process (typed by its schema). */
+export function argsValidator<C extends CommandName>(name: C): Validator<(typeof Commands)[C]['args']> {
+  return argValidators.get(name)! as Validator<(typeof Commands)[C]['args']>;
 }
 export function returnValidator(name: CommandName): Validator<TSchema> {
   return returnValidators.get(name)!;

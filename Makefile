@@ -43,11 +43,14 @@ $(HOST_ADDON): host-signal/binding.gyp $(wildcard host-signal/native/* host-sign
 	cd host-signal && npm_config_nodedir=/usr ../node_modules/.bin/node-gyp rebuild --loglevel=warn >/dev/null
 
 # The vmsubst command runs from an esbuild bundle: node loads it in a fraction of the
-# time the ~400 modules of the compiled tree take (docs/benchmarks.md, "Diff"). Split at
-# the commands' dynamic imports (cli/commands/index.ts): vmsubst.mjs holds the command
-# list, and each command's code is in chunks (vmsubst-*.mjs) loaded when it runs, so that
-# `vmsubst diff` parses neither the schemas nor ajv. They sit beside the compiled CLI so
-# their relative paths (the host addon, package.json) hold; old chunks are removed first.
+# time the ~400 modules of the compiled tree take (docs/benchmarks.md, "Diff"). One CommonJS
+# file (vmsubst-cli.cjs), run by a small launcher (vmsubst.mjs, cli/launch.ts) with V8's code
+# cache of the command (cli/code-cache.ts): ES modules have none in node 20. The caches are made
+# by running each command once (scripts/train-code-cache.mjs) and carry the bundle's build id,
+# its first line, so that a rebuilt bundle never runs with an old cache. The commands' modules
+# still load only when the command runs (the dynamic imports of cli/commands/index.ts become
+# lazy initializers), so `vmsubst diff` evaluates neither the schemas nor ajv. All of it sits
+# beside the compiled CLI so that relative paths (the host addon, package.json) hold.
 CLI_BUNDLE := build/host-signal/src/cli/vmsubst.mjs
 # The agent's validators, precompiled the same way (validators/ beside main.js; packaged with it).
 AGENT_VALIDATORS := build/agent/src/validators/.stamp
@@ -65,14 +68,17 @@ build/.tsc-stamp: $(TS_SOURCES) $(TS_LIST) tsconfig.json tsconfig.base.json comm
 # schema in validators/ beside it, loaded when first used: compiling them at run time cost every
 # apply a few hundred milliseconds.
 CLI_VALIDATORS := build/host-signal/src/cli/validators
-$(CLI_BUNDLE): build/.tsc-stamp scripts/precompile-validators.mjs
-	rm -f $(dir $@)vmsubst-*.mjs
+$(CLI_BUNDLE): build/.tsc-stamp scripts/precompile-validators.mjs scripts/train-code-cache.mjs
+	rm -f $(dir $@)vmsubst-*.mjs $(dir $@)vmsubst-cli.cjs
 	rm -rf $(CLI_VALIDATORS) && node scripts/precompile-validators.mjs $(CLI_VALIDATORS) build/host-signal/src
-	node_modules/.bin/esbuild build/host-signal/src/cli.js --bundle --platform=node --format=esm --target=node20 \
-	  --splitting --outdir=$(dir $@) --entry-names=vmsubst --chunk-names=vmsubst-[name]-[hash] \
-	  --out-extension:.js=.mjs --log-level=warning \
-	  --banner:js="import { createRequire as __vmsubstRequire } from 'node:module'; const require = __vmsubstRequire(import.meta.url);"
+	id=$$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n') && \
+	node_modules/.bin/esbuild build/host-signal/src/cli.js --bundle --platform=node --format=cjs --target=node20 \
+	  --outfile=$(dir $@)vmsubst-cli.cjs --log-level=warning --define:import.meta.url=__vmsubstModuleUrl --minify-whitespace \
+	  --banner:js="// vmsubst build $$id"$$'\n"use strict";\n''var __vmsubstModuleUrl = require("node:url").pathToFileURL(__filename).href;'
+	node_modules/.bin/esbuild build/host-signal/src/cli/launch.js --bundle --platform=node --format=esm --target=node20 \
+	  --outfile=$@ --log-level=warning --banner:js='#!/usr/bin/env node'
 	@chmod +x $@
+	node scripts/train-code-cache.mjs $(dir $@)
 $(AGENT_VALIDATORS): build/.tsc-stamp scripts/precompile-validators.mjs
 	rm -rf $(dir $@) && node scripts/precompile-validators.mjs $(dir $@) build/agent/src/config.js build/agent/src/session.js
 	@touch $@

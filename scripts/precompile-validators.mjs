@@ -7,8 +7,8 @@
  *
  *   precompile-validators.mjs OUTDIR PATH [PATH...]
  *
- * Imports every .js module under each PATH that is a directory (except cli.js,
- * the entry point that runs on import) and each PATH that is a file, so that
+ * Imports every .js module under each PATH that is a directory (except cli.js
+ * and cli/launch.js, the entry points that run on import) and each PATH that is a file, so that
  * each makes its Validators; then writes the
  * code of every schema they were made for (registeredSchemas) to
  * OUTDIR/<schemaKey>.cjs, with V8's code cache of each beside it (<schemaKey>.v8cache, for
@@ -31,11 +31,14 @@ if (!out || dirs.length === 0) {
   process.exit(2);
 }
 
+/** Modules that run the CLI when imported. */
+const ENTRY_POINTS = ['cli.js', 'launch.js'];
+
 function modules(dir) {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
     const p = join(dir, e.name);
     if (e.isDirectory()) return modules(p);
-    return e.isFile() && e.name.endsWith('.js') && e.name !== 'cli.js' ? [p] : [];
+    return e.isFile() && e.name.endsWith('.js') && !ENTRY_POINTS.includes(e.name) ? [p] : [];
   });
 }
 for (const path of dirs.map((d) => resolve(d))) {

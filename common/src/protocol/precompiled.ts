@@ -5,10 +5,10 @@
  * a process then parses only the validators it uses, when it first uses them.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { Script } from 'node:vm';
+import { join } from 'node:path';
+import type { Script } from 'node:vm';
 import type { ValidateFunction } from 'ajv';
+import { commonJsScript, runCommonJs } from '../commonjs.js';
 
 let loader: ((key: string) => ValidateFunction | undefined) | undefined;
 
@@ -54,21 +54,10 @@ export function compileValidator(
   file: string,
   cachedData?: Buffer,
 ): { validate: ValidateFunction; script: Script; rejected: boolean } {
-  const script = new Script(
-    `(function (exports, require, module, __filename, __dirname) {${readFileSync(file, 'utf8')}\n})`,
-    { filename: file, ...(cachedData !== undefined ? { cachedData } : {}) },
-  );
-  const module = { exports: {} as unknown };
-  const wrapper = script.runInThisContext() as (
-    exports: unknown,
-    require: NodeJS.Require,
-    module: { exports: unknown },
-    filename: string,
-    dirname: string,
-  ) => void;
-  wrapper(module.exports, createRequire(file), module, file, dirname(file));
+  const script = commonJsScript(file, readFileSync(file, 'utf8'), cachedData);
+  const validate = runCommonJs(script, file) as ValidateFunction;
   return {
-    validate: module.exports as ValidateFunction,
+    validate,
     script,
     rejected: cachedData !== undefined && script.cachedDataRejected === true,
   };

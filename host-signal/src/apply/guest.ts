@@ -3,8 +3,9 @@
  * (with or without --notify) and each VM of `vmsubst rollout`
  * (DESIGN.md, "consistency"):
  *
- *   reach the agent → verify the disk (apply; no agent involved: a diverged
- *   disk is refused before any of its processes is pinned) → prepare (the
+ *   reach the agent, and meanwhile verify the disk (apply; no agent involved:
+ *   a diverged disk is refused before any of its processes is pinned); once
+ *   both are done → prepare (the
  *   agent plans and pins while the disk still holds the old blocks) → write
  *   → commit (the agent verifies, invalidates and reports); a write that
  *   fails after prepare → abort.
@@ -134,6 +135,7 @@ export async function applyAndTell<R extends Substitution>(
     if (phase) options.onPhase?.(phase);
   };
   let conn: AgentConnection | undefined;
+  let reaching: Promise<void> | undefined;
   try {
     if (options.onNoAgent === 'reset' && !options.reset)
       throw new UsageError(
@@ -159,31 +161,34 @@ export async function applyAndTell<R extends Substitution>(
       if (note && !out.notes.includes(note)) out.notes.push(note);
     };
 
-    enter('agent');
-    if (options.agent === undefined) {
-      out.agent.unreachable = options.noAgentReason ?? 'no agent address was given';
-    } else {
-      out.agent.target = formatAgentTarget(options.agent);
-      try {
-        conn = await AgentConnection.open(options.agent, connectOptions);
-        out.agent.version = conn.agent.version;
-      } catch (e) {
-        // An agent that answers with a refusal is there: that is a failure, not "no agent".
-        if (e instanceof AgentError) throw e;
-        out.agent.unreachable = (e as Error).message;
+    // The agent is reached while apply opens and verifies the disk (neither needs the other); nothing is
+    // written before both are done: beforeWrite waits for the connection. A resumed guest is confirmed first.
+    let reached = false;
+    const connecting = reachAgent(options, connectOptions, out)
+      .then((c) => {
+        conn = c;
+      })
+      .finally(() => (reached = true));
+    connecting.catch(() => undefined); // a refusal is thrown by agentReady, before any write
+    reaching = connecting;
+    const agentReady = async (): Promise<void> => {
+      if (!reached) enter('agent');
+      await connecting;
+      if (!conn && options.onNoAgent === 'fail') {
+        throw new NoAgentError(`no agent answered (${out.agent.unreachable}); nothing written`);
       }
-    }
-    if (options.resumed && (await confirmDone(conn, args, out))) return out;
-    if (!conn && options.onNoAgent === 'fail') {
-      throw new NoAgentError(`no agent answered (${out.agent.unreachable}); nothing written`);
+    };
+    if (options.resumed) {
+      await agentReady();
+      if (await confirmDone(conn, args, out)) return out;
     }
     if (options.signal?.aborted) throw new CancelledError();
 
     // Two-phase: called by apply once the disk is verified and before it changes it.
     let prepared = false;
-    const twoPhase = conn?.supports('prepare') === true;
     const beforeWrite = async (): Promise<void> => {
-      if (!conn || !twoPhase) return;
+      await agentReady();
+      if (!conn || conn.supports('prepare') !== true) return enter('write');
       enter('prepare');
       const { 'dry-run': _unused, ...prepareArgs } = args;
       out.agent.prepare = await conn.prepare(prepareArgs as PrepareArgs);
@@ -194,7 +199,10 @@ export async function applyAndTell<R extends Substitution>(
 
     enter('write');
     try {
-      out.apply = await apply(beforeWrite);
+      const applied = await apply(beforeWrite);
+      // Apply asked before any write; a disk that already held the new blocks was not written and did not ask.
+      await agentReady();
+      out.apply = applied;
     } catch (e) {
       if (prepared && conn) {
         try {
@@ -265,9 +273,40 @@ export async function applyAndTell<R extends Substitution>(
   } finally {
     enter(undefined);
     conn?.close();
+    // A connection still being made when apply failed is closed once it is.
+    if (!conn)
+      reaching?.then(
+        () => (conn as AgentConnection | undefined)?.close(),
+        () => undefined,
+      );
     out.elapsedMs = Math.round(performance.now() - started);
   }
   return out;
+}
+
+/**
+ * The agent's connection, or undefined with the reason in `out.agent.unreachable`. An agent that
+ * answers with a refusal is there: that is thrown (a failure, not "no agent").
+ */
+async function reachAgent<R extends Substitution>(
+  options: ApplyAndTellOptions,
+  connectOptions: ConnectOptions,
+  out: GuestOutcome<R>,
+): Promise<AgentConnection | undefined> {
+  if (options.agent === undefined) {
+    out.agent.unreachable = options.noAgentReason ?? 'no agent address was given';
+    return undefined;
+  }
+  out.agent.target = formatAgentTarget(options.agent);
+  try {
+    const conn = await AgentConnection.open(options.agent, connectOptions);
+    out.agent.version = conn.agent.version;
+    return conn;
+  } catch (e) {
+    if (e instanceof AgentError) throw e;
+    out.agent.unreachable = (e as Error).message;
+    return undefined;
+  }
 }
 
 /**

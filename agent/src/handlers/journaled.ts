@@ -66,7 +66,7 @@ export async function journaled(
     log.info('substitute answered from the journal', { id: args.id });
     return { ...doneReport(entry.last), replayed: true };
   }
-  // A commit after its durable `prepared` record: begin's own fsync would add nothing (journal.begin).
+  // A commit after its `prepared` record: begin is made durable with the record after it (journal.begin).
   journal.begin(args.id, ctx.peer.description, pinned !== undefined ? args : undefined, {
     durable: entry?.last.phase !== 'prepared',
   });

@@ -8,8 +8,12 @@
  * was interrupted; the host's retry runs it again, which is safe because
  * every step of a substitution can be repeated (verify, drop caches).
  * A two-phase substitution first writes `prepared` (its arguments and answer),
- * then `begin` (with the arguments again; its fsync is left to the next record) at commit, or
- * `aborted`.
+ * then `begin` (with the arguments again) at commit, or `aborted`. Neither of
+ * the first two is fsync'd on its own; `done`, `failed` or `aborted` after them
+ * makes them durable. Written, they survive a restart of the agent; only a
+ * crash of the whole guest can lose them, and that also ends what prepare set
+ * up (the pins, its token) and empties the page cache: the commit is then
+ * refused as never prepared, and the host says the guest was not told.
  */
 import {
   appendFileSync,
@@ -172,8 +176,8 @@ export class Journal {
   }
 
   /**
-   * `durable: false` leaves the fsync to the next record: for the begin of a commit whose `prepared`
-   * record is already on disk. A crash before that next record leaves `prepared` or `begin` last,
+   * `durable: false` leaves the fsync to the next record: for the begin of a commit after its
+   * `prepared` record. An agent killed before that next record leaves `prepared` or `begin` last,
    * and the host's retry of the commit runs it again from either.
    */
   begin(id: string, peer: string, args?: unknown, { durable = true }: { durable?: boolean } = {}): void {
@@ -182,8 +186,9 @@ export class Journal {
       durable,
     );
   }
+  /** Not fsync'd on its own (see the top of this file): prepare's answer does not wait for the disk. */
   prepared(id: string, peer: string, args: unknown, report: unknown): void {
-    this.#append({ t: new Date().toISOString(), id, phase: 'prepared', peer, args, report });
+    this.#append({ t: new Date().toISOString(), id, phase: 'prepared', peer, args, report }, false);
   }
   aborted(id: string): void {
     this.#append({ t: new Date().toISOString(), id, phase: 'aborted' });

@@ -33,7 +33,7 @@ J('reports a begin without an outcome as interrupted', () => {
   k.close();
 });
 
-J("a commit's begin left to done's fsync: kept when written, and a lost one leaves the entry prepared", () => {
+J("prepared and a commit's begin left to done's fsync: kept when written; lost, the entry is back a step", () => {
   const file = join(C.dir, 'journal.jsonl');
   const j = Journal.open(C.dir);
   j.prepared('p1', 'test', { id: 'p1', ranges: [] }, { pinned: [] });
@@ -51,6 +51,12 @@ J("a commit's begin left to done's fsync: kept when written, and a lost one leav
   assert.is(m.get('p1')?.state, 'prepared');
   assert.equal(m.interrupted, []);
   m.close();
+  // It lost both (the guest crashed: the pins and the page cache went with them): no entry, and a
+  // commit is refused as never prepared (commit.ts).
+  truncateSync(file, 0);
+  const n = Journal.open(C.dir);
+  assert.is(n.get('p1'), undefined);
+  n.close();
 });
 
 J('survives a torn last line', () => {

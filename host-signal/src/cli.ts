@@ -81,7 +81,9 @@ if (validators) usePrecompiled(validators);
 
 main(process.argv.slice(2)).then(
   (code) => {
-    process.exitCode = code;
+    // main awaits all the command does, and node writes stdout and stderr synchronously on Linux
+    // (files, pipes, terminals): exit now instead of waiting for closed sockets and timers to wind down.
+    process.exit(code);
   },
   (e: unknown) => {
     process.stderr.write(`vmsubst: ${String(e)}\n`);

@@ -217,7 +217,7 @@ const applyGuestFields = {
       {
         ...strict,
         description:
-          "wall time of each phase: connecting to the agent, its prepare, the host's verify and write, its commit (notify), a reset",
+          "wall time of each phase: waiting for the agent's connection (made while the host verifies the disk), its prepare, the host's verify and write, its commit (notify), a reset",
       },
     ),
   ),

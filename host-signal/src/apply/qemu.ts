@@ -318,10 +318,10 @@ class Footprint {
     await this.store.write(this.file, this.record);
   }
 
-  /** Records where the write is; `durable: false` inside the pause (see StateStore.write). */
-  async setPhase(phase: ApplyRecordPhase, durable = true): Promise<void> {
+  /** Records where the write is. */
+  async setPhase(phase: ApplyRecordPhase): Promise<void> {
     this.record.phase = phase;
-    await this.store.write(this.file, this.record, { durable });
+    await this.store.write(this.file, this.record);
   }
 
   /** Undoes what exists of the footprint, last made first; what could not be undone comes back as warnings. */
@@ -752,8 +752,8 @@ async function changePaused({ bundle, fp, c, target }: Steps, live: Verified, re
     return { ...unchanged, windowMs: null, written: { rangesWritten: 0, bytesWritten: 0 } };
   }
   // From here the disk may hold a mix: recorded before the first write request, so that
-  // recovery completes the write before it resumes the guest (one rename, no fsync).
-  await fp.setPhase('writing', false);
+  // recovery completes the write before it resumes the guest.
+  await fp.setPhase('writing');
   const written = await writeRanges(bundle, faultedWrites(target), verified.states, {
     flush: false,
     ...(ready.preloaded ? { preloaded: ready.preloaded } : {}),

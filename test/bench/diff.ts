@@ -146,13 +146,13 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
     },
     // What node itself costs to start (every vmsubst time includes it and the module loading).
     { name: 'node -e 0', command: 'node -e 0', run: () => timeCmd(process.execPath, ['-e', '0']) },
-    // Node plus loading the (bundled) CLI's command list: the floor under every vmsubst command.
+    // Node plus loading the (bundled) CLI with its code cache: the floor under every vmsubst command.
     {
       name: 'vmsubst start-up',
       command: 'vmsubst --version',
       run: () => timeCmd(process.execPath, [CLI, '--version']),
     },
-    // The same plus diff's own modules (its chunks of the bundle), loaded to print its help.
+    // The same plus diff's own modules (evaluated when the command runs), loaded to print its help.
     {
       name: 'vmsubst diff start-up',
       command: 'vmsubst diff --help',
@@ -228,7 +228,7 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
       : []),
     `the comparison alone (compare-ms): / qemu-img delta = ${cmpRatio('qemu-img delta', 'warm')} warm${canDrop ? `, ${cmpRatio('qemu-img delta', 'cold')} cold` : ''}; / cat both = ${cmpRatio('cat both', 'warm')} warm${canDrop ? `, ${cmpRatio('cat both', 'cold')} cold` : ''}`,
     `without its start-up (vmsubst diff − vmsubst diff --help, warm): / cat both = ${((med('vmsubst diff', 'warm') - med('vmsubst diff start-up', 'warm')) / med('cat both', 'warm')).toFixed(2)}`,
-    `start-up, warm: node ${fmtS(med('node -e 0', 'warm'))}; loading the command list ${fmtMs(med('vmsubst start-up', 'warm') - med('node -e 0', 'warm'))} more (vmsubst --version), diff's own modules ${fmtMs(med('vmsubst diff start-up', 'warm') - med('vmsubst start-up', 'warm'))} more (vmsubst diff --help: each command's code is a chunk of the bundle loaded when it runs, diff's without the schemas and ajv)`,
+    `start-up, warm: node ${fmtS(med('node -e 0', 'warm'))}; loading the CLI ${fmtMs(med('vmsubst start-up', 'warm') - med('node -e 0', 'warm'))} more (vmsubst --version: the bundle, compiled from V8's code cache), diff's own modules ${fmtMs(med('vmsubst diff start-up', 'warm') - med('vmsubst start-up', 'warm'))} more (vmsubst diff --help: a command's modules are evaluated when it runs, diff's without the schemas and ajv)`,
     `vmsubst diff read ${(summary['read-bytes']! / MiB).toFixed(0)} MiB of each image (the union of their data), compared in ${summary['compare-ms']} ms of its ${summary['elapsed-ms']} ms (the rest: writing the ${(summary['changed-bytes']! / MiB).toFixed(1)} MiB bundle); node's start-up is in every vmsubst time`,
   ];
   rmSync(base, { force: true });

@@ -371,14 +371,13 @@ export async function substitute(
   pinned?: PinOutcome[],
 ): Promise<ReturnOf<'substitute'>> {
   const t0 = deps.now();
-  checkRanges(args.ranges); // before anything is read: one request verifies at most the disk, once
-  const probe = await resolveDisk(args.disk, args.ranges, deps.readDirect, deps.sysRoot, deps.devRoot);
-  // Mapped first (nothing is changed by it), so the verification's O_DIRECT reads can hash each file
-  // piece for the read-back check as they go: nothing is read twice, nothing kept but the hashes.
+  // Mapped first (nothing is changed by it; the ranges are checked before anything is read), so the
+  // verification's O_DIRECT reads can hash each file piece for the read-back check as they go:
+  // nothing is read twice, nothing kept but the hashes.
   const m = await mapAndPlan(args, deps, false);
   const tv = deps.now();
   const readback = ReadbackCheck.of(m.planned.files.map((f) => ({ hit: f.hit, policy: f.planned.policy })));
-  const verifiedBytes = await verifyRanges(deps.readDirect, probe.path, args.ranges, (offset, data) =>
+  const verifiedBytes = await verifyRanges(deps.readDirect, m.disk.path, args.ranges, (offset, data) =>
     readback.observe(offset, data),
   );
   const t1 = deps.now();

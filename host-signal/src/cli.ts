@@ -81,9 +81,8 @@ if (validators) usePrecompiled(validators);
 
 main(process.argv.slice(2)).then(
   (code) => {
-    // main awaits all the command does, and node writes stdout and stderr synchronously on Linux
-    // (files, pipes, terminals): exit now instead of waiting for closed sockets and timers to wind down.
-    process.exit(code);
+    // Not process.exit: a large --json document on a pipe may still be on its way out.
+    process.exitCode = code;
   },
   (e: unknown) => {
     process.stderr.write(`vmsubst: ${String(e)}\n`);

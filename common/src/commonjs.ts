@@ -2,7 +2,8 @@
  * CommonJS code run through V8 directly (node:vm), so that it can be compiled with a code cache
  * (V8's compiled form of it, made by an earlier run): the CLI's bundle (host-signal/src/cli/
  * code-cache.ts) and the precompiled validators (protocol/precompiled.ts). V8 checks a cache
- * against the source and its own version and flags, and rejects one that does not fit
+ * against its own version and flags and the source's length (not its content: a cache must be
+ * kept with the source it was made from), and rejects one that does not fit
  * (`cachedDataRejected`): the source is then compiled as without one, slower, never wrong.
  */
 import { createRequire } from 'node:module';

@@ -98,6 +98,44 @@ Compare(
   },
 );
 
+Compare('a file ending inside a block is a short read, not zeros compared', async () => {
+  const data = image(8192);
+  const a = fs.openSync(tmp.file('cmp-tail-a', data.subarray(0, 6000)), 'r');
+  const b = fs.openSync(tmp.file('cmp-tail-b', data), 'r');
+  try {
+    const err = await rejection(native().compareSpan(a, b, 0, 6144, 512));
+    assert.is((err as NativeError).code, 'EIO');
+    assert.match((err as Error).message, /short read/);
+    assert.equal([...(await native().compareSpan(a, b, 0, 5632, 512))], [], 'the part before the end compares');
+  } finally {
+    fs.closeSync(a);
+    fs.closeSync(b);
+  }
+});
+
+Compare('a file cut short while it is compared rejects with a short read; the process goes on', async () => {
+  const size = 64 * MiB;
+  const file = tmp.file('cmp-cut', Buffer.alloc(0));
+  fs.writeFileSync(file, Buffer.alloc(size, 7));
+  const reader = fs.openSync(file, 'r');
+  const writer = fs.openSync(file, 'r+');
+  try {
+    const { compareSpan } = native();
+    // Truncated while the comparison runs on the thread pool (or just before it starts): the whole span rejects.
+    const comparing = compareSpan(reader, reader, 0, size, 4096);
+    fs.ftruncateSync(writer, 4096);
+    const err = await rejection(comparing);
+    assert.is((err as NativeError).code, 'EIO');
+    assert.match((err as Error).message, /short read/);
+    // The comparison works afterwards.
+    fs.ftruncateSync(writer, 8192);
+    assert.equal([...(await compareSpan(reader, reader, 0, 8192, 4096))], []);
+  } finally {
+    fs.closeSync(reader);
+    fs.closeSync(writer);
+  }
+});
+
 Compare('dataSegments finds the data of a sparse file', () => {
   const file = path.join(tmp.path, 'sparse');
   const fd = fs.openSync(file, 'w+');

@@ -82,7 +82,16 @@ export class Agent {
   async start(): Promise<void> {
     const { config, deps, log } = this;
     this.#trusted = loadTrustedKeys(config.trustedKeys, config.trustedKeyDir ?? undefined);
-    this.#journal = Journal.open(config.stateDir);
+    const journal = Journal.open(config.stateDir);
+    journal.onSettleError = (e) =>
+      log.error(
+        'the journal record of the last answer could not be fsynced: it is written, a guest crash may lose it',
+        {
+          file: journal.path,
+          error: e instanceof Error ? e.message : String(e),
+        },
+      );
+    this.#journal = journal;
     this.#grants = new Grants(config.stateDir);
     if (this.#grants.corrupt.length > 0)
       log.warn('unreadable lines in the replay record; they were skipped', {

@@ -142,24 +142,25 @@ export class Session {
     try {
       const started = Date.now();
       const ret = await this.handlers.dispatch(name, args);
+      // The answer first: the log line (a write to journald) is not on the host's path.
+      this.#send(id === undefined ? { return: ret } : { return: ret, id });
       if (name !== 'hello' && name !== 'ping') {
         this.log.info(`${name} done`, { peer: this.peer.description, ms: Date.now() - started });
       }
-      this.#send(id === undefined ? { return: ret } : { return: ret, id });
     } catch (e) {
       if (e instanceof CommandError) {
+        this.#sendError(e.errorClass, e.message, id, e.data);
         this.log.warn(`${name} failed`, {
           class: e.errorClass,
           code: e.code,
           desc: e.message,
           ...(e.hint !== undefined ? { hint: e.hint } : {}),
         });
-        this.#sendError(e.errorClass, e.message, id, e.data);
       } else {
+        this.#sendError('GenericError', messageOf(e), id);
         this.log.error(`${name} failed unexpectedly`, {
           error: e instanceof Error ? (e.stack ?? e.message) : String(e),
         });
-        this.#sendError('GenericError', messageOf(e), id);
       }
     }
   }

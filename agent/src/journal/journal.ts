@@ -14,6 +14,15 @@
  * crash of the whole guest can lose them, and that also ends what prepare set
  * up (the pins, its token) and empties the page cache: the commit is then
  * refused as never prepared, and the host says the guest was not told.
+ *
+ * `done`, `failed` and `aborted` are written before the answer is sent and
+ * fsync'd just after it (`settle`, on the event loop's next turn): the host
+ * does not wait for the disk. Written, the record survives the agent; a
+ * crash of the whole guest in those milliseconds can lose it, and then the
+ * id is `begin` or `prepared` again: the host's retry runs the substitution
+ * once more, which is safe (every step can be repeated, above), and the crash
+ * emptied the page cache the substitution was about anyway. Nothing that
+ * changes the disk or a process waits for this fsync.
  */
 import {
   appendFileSync,
@@ -68,6 +77,10 @@ export class Journal {
   readonly #entries = new Map<string, JournalEntry>();
   /** -1 when opened read-only. */
   #fd = -1;
+  /** Records written since the last fsync. */
+  #unsynced = false;
+  /** A settle is scheduled. */
+  #settling = false;
   #records = 0;
   /** Bytes of whole records in the file: anything past this is a torn write, cut before the next append. */
   #size = 0;
@@ -190,24 +203,60 @@ export class Journal {
   prepared(id: string, peer: string, args: unknown, report: unknown): void {
     this.#append({ t: new Date().toISOString(), id, phase: 'prepared', peer, args, report }, false);
   }
+  /** fsync'd once the answer is sent (see the top of this file), like done and failed. */
   aborted(id: string): void {
-    this.#append({ t: new Date().toISOString(), id, phase: 'aborted' });
+    this.#append({ t: new Date().toISOString(), id, phase: 'aborted' }, 'settle');
   }
   done(id: string, report: unknown): void {
-    this.#append({ t: new Date().toISOString(), id, phase: 'done', report });
+    this.#append({ t: new Date().toISOString(), id, phase: 'done', report }, 'settle');
   }
   failed(id: string, error: { class: string; desc: string }): void {
-    this.#append({ t: new Date().toISOString(), id, phase: 'failed', error });
+    this.#append({ t: new Date().toISOString(), id, phase: 'failed', error }, 'settle');
   }
 
-  #append(rec: JournalRecord, durable = true): void {
+  /** Whether a written record still waits for its fsync (settle). */
+  get unsettled(): boolean {
+    return this.#unsynced;
+  }
+
+  /**
+   * fsyncs what was written and not yet fsync'd. Runs by itself on the event loop's turn after a
+   * `settle` record (setImmediate: after the answer written in the same turn); `close` calls it too.
+   * A failure is reported to `onSettleError` (the daemon logs it): the answer has gone already.
+   */
+  settle(): void {
+    if (!this.#unsynced || this.#fd < 0) return;
+    this.#unsynced = false;
+    try {
+      fsyncSync(this.#fd);
+    } catch (e) {
+      this.onSettleError?.(e);
+    }
+  }
+
+  /** Told of an fsync that failed after the answer (settle). */
+  onSettleError: ((e: unknown) => void) | undefined;
+
+  /**
+   * `true`: fsync'd before returning; `false`: left to the next fsync'd record; `'settle'`: fsync'd
+   * on the event loop's next turn (settle).
+   */
+  #append(rec: JournalRecord, durable: boolean | 'settle' = true): void {
     if (this.#fd < 0) throw new Error(`${this.path} was opened read-only`);
     // A write cut short earlier in this process (ENOSPC, EIO) left a partial line: cut it first.
     if (fstatSync(this.#fd).size !== this.#size) this.#cutTail();
     const line = Buffer.from(JSON.stringify(rec) + '\n', 'utf8');
     let written = 0;
     while (written < line.length) written += writeSync(this.#fd, line, written, line.length - written);
-    if (durable) fsyncSync(this.#fd);
+    this.#unsynced = true;
+    if (durable === true) this.settle();
+    else if (durable === 'settle' && !this.#settling) {
+      this.#settling = true;
+      setImmediate(() => {
+        this.#settling = false;
+        this.settle();
+      });
+    }
     this.#size += line.length;
     this.#apply(rec);
     if (++this.#records >= COMPACT_AT) this.#compact();
@@ -260,6 +309,7 @@ export class Journal {
     fsyncDir(dirname(this.path));
     closeSync(this.#fd);
     this.#fd = openSync(this.path, 'a', 0o600);
+    this.#unsynced = false; // every kept record is in the file fsync'd above
     this.#size = size;
     this.#entries.clear();
     for (const e of keep) this.#entries.set(e.id, e);
@@ -267,6 +317,7 @@ export class Journal {
   }
 
   close(): void {
+    this.settle();
     if (this.#fd >= 0) closeSync(this.#fd);
     this.#fd = -1;
   }

@@ -59,6 +59,38 @@ J("prepared and a commit's begin left to done's fsync: kept when written; lost, 
   n.close();
 });
 
+J(
+  'done, failed and aborted are in the file at once and fsynced on the next turn (after the answer); begin at once',
+  async () => {
+    const file = join(C.dir, 'journal.jsonl');
+    const j = Journal.open(C.dir);
+    j.begin('d1', 'test');
+    assert.not.ok(j.unsettled, 'begin is fsynced before anything is changed');
+    for (const write of [
+      () => j.done('d1', { files: [] }),
+      () => j.failed('d1', { class: 'VerifyMismatch', desc: 'x' }),
+      () => j.aborted('d1'),
+    ]) {
+      const before = readFileSync(file).length;
+      write();
+      // Written before the caller sends its answer: an agent killed now still finds it.
+      assert.ok(readFileSync(file).length > before);
+      assert.ok(j.unsettled, 'the fsync waits for the next turn');
+      await new Promise((r) => setImmediate(r));
+      assert.not.ok(j.unsettled, 'fsynced on the next turn');
+    }
+    // A second record in the same turn shares the one fsync; close does not leave it out.
+    j.done('d2', {});
+    j.done('d3', {});
+    j.close();
+    assert.not.ok(j.unsettled);
+    const k = Journal.open(C.dir);
+    assert.is(k.get('d3')?.state, 'done');
+    k.close();
+    await new Promise((r) => setImmediate(r)); // the scheduled settle of the closed journal does nothing
+  },
+);
+
 J('survives a torn last line', () => {
   const j = Journal.open(C.dir);
   j.begin('c3', 'test');

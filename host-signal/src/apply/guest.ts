@@ -135,7 +135,8 @@ export async function applyAndTell<R extends Substitution>(
     if (phase) options.onPhase?.(phase);
   };
   let conn: AgentConnection | undefined;
-  let reaching: Promise<void> | undefined;
+  /** Set when applyAndTell returns: a connection made after that is closed as soon as it is. */
+  let finished = false;
   try {
     if (options.onNoAgent === 'reset' && !options.reset)
       throw new UsageError(
@@ -166,11 +167,11 @@ export async function applyAndTell<R extends Substitution>(
     let reached = false;
     const connecting = reachAgent(options, connectOptions, out)
       .then((c) => {
-        conn = c;
+        if (finished) c?.close();
+        else conn = c;
       })
       .finally(() => (reached = true));
     connecting.catch(() => undefined); // a refusal is thrown by agentReady, before any write
-    reaching = connecting;
     const agentReady = async (): Promise<void> => {
       if (!reached) enter('agent');
       await connecting;
@@ -271,14 +272,9 @@ export async function applyAndTell<R extends Substitution>(
           'answers',
       );
   } finally {
+    finished = true;
     enter(undefined);
     conn?.close();
-    // A connection still being made when apply failed is closed once it is.
-    if (!conn)
-      reaching?.then(
-        () => (conn as AgentConnection | undefined)?.close(),
-        () => undefined,
-      );
     out.elapsedMs = Math.round(performance.now() - started);
   }
   return out;

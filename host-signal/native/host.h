@@ -92,8 +92,10 @@ int vs_compare_span(int fd_a, int fd_b, uint64_t offset, uint64_t length,
 /*
  * Faults in (for writing) the whole pages of [addr, addr + length), with
  * madvise(MADV_POPULATE_WRITE): one system call instead of one fault per
- * page. 0, or -errno of madvise (-EINVAL before Linux 5.14). Advice only:
- * the memory is usable either way. Thread-safe.
+ * page; the 2 MiB-aligned stretches inside are asked for as transparent huge
+ * pages first (MADV_HUGEPAGE, advice). 0, or -errno of the populate
+ * (-EINVAL before Linux 5.14). Advice only: the memory is usable either way.
+ * Thread-safe.
  */
 int vs_prefault(void *addr, size_t length);
 

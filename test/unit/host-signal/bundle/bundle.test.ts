@@ -283,6 +283,25 @@ Refused('a truncated bundle is refused', async () => {
   await refused(path, /beyond the end of the file/);
 });
 
+Refused('what a host crash can leave of a bundle written without fsync is refused', async () => {
+  // writeBundle does not fsync (bundle/writer.ts): empty, cut anywhere, or full length with data never written back.
+  const { path } = await makeBundle([
+    [B, 2],
+    [40, 1],
+  ]);
+  const whole = readFileSync(path);
+  writeFileSync(path, Buffer.alloc(0));
+  await refused(path, /./);
+  for (const cut of [HEADER_BYTES - 3, HEADER_BYTES + 10, whole.length - 4096]) {
+    writeFileSync(path, whole.subarray(0, cut));
+    await refused(path, /./);
+  }
+  const zeroed = Buffer.from(whole);
+  zeroed.fill(0, whole.length - 4096);
+  writeFileSync(path, zeroed);
+  await refused(path, /does not match new-sha256/);
+});
+
 Refused('trailing bytes after the data are refused', async () => {
   const { path } = await makeBundle([[B, 1]]);
   writeFileSync(path, Buffer.concat([readFileSync(path), Buffer.alloc(1)]));

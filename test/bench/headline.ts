@@ -335,11 +335,12 @@ function report(
   const r1 = (x: number): string => `${x.toFixed(1)}×`;
   const partsOf = partMedians;
   const distinct = distinctOf<Sample>;
-  const kept = (s: Sample): string => (s.answer.pid === s.before.pid ? 'same process' : 'new process');
+  // The same pid alone does not say it: a boot starts the service under the same pid often enough. Its request
+  // count going on does (a new process counts from 1).
+  const same = (s: Sample): boolean => s.answer.pid === s.before.pid && s.answer.served > s.before.served;
+  const kept = (s: Sample): string => (same(s) ? 'same process' : 'new process');
   const state = (s: Sample): string =>
-    s.answer.pid === s.before.pid && s.answer.served > s.before.served
-      ? 'kept (request count went on)'
-      : `lost (count restarted at ${s.answer.served})`;
+    same(s) ? 'kept (request count went on)' : `lost (count restarted at ${s.answer.served})`;
   const cache = (s: Sample): string => `${(s.cached * 100).toFixed(0)} % resident`;
   const names: Record<Method, string> = {
     live: 'live (vmsubst apply --notify)',

@@ -79,6 +79,8 @@ class CompareSpanWorker : public Napi::AsyncWorker {
     size_t n = 0;
     err_ = vs_compare_span(fd_a_, fd_b_, offset_, length_, block_size_, runs_.data(), runs_.size(), &n);
     runs_.resize(n);
+    // A finished job may wait for the main thread a while (the differ queues many): keep only its runs.
+    runs_.shrink_to_fit();
   }
 
   void OnOK() override {

@@ -76,7 +76,8 @@ $(CLI_BUNDLE): build/.tsc-stamp scripts/precompile-validators.mjs scripts/train-
 	  --outfile=$(dir $@)vmsubst-cli.cjs --log-level=warning --define:import.meta.url=__vmsubstModuleUrl --minify-whitespace \
 	  --banner:js="// vmsubst build $$id"$$'\n"use strict";\n''var __vmsubstModuleUrl = require("node:url").pathToFileURL(__filename).href;'
 	node_modules/.bin/esbuild build/host-signal/src/cli/launch.js --bundle --platform=node --format=esm --target=node20 \
-	  --outfile=$@ --log-level=warning --banner:js='#!/usr/bin/env node'
+	  --outfile=$@ --log-level=warning \
+	  --banner:js='#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS VMSUBST_NODE_EXTRA_CA_CERTS=$${NODE_EXTRA_CA_CERTS} node'
 	@chmod +x $@
 	node scripts/train-code-cache.mjs $(dir $@)
 $(AGENT_VALIDATORS): build/.tsc-stamp scripts/precompile-validators.mjs

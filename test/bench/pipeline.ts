@@ -14,7 +14,7 @@ import { fmtBytes, fmtMs, fmtStats, fmtStatsMs, stats, type Benchmark, type Sect
 /** Runs the CLI under GNU time; returns wall ms, peak RSS KiB and stdout. */
 export function timedCli(args: string[]): { ms: number; rssKiB: number; stdout: string } {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, CLI, ...args], {
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', CLI, ...args], {
     encoding: 'utf8',
     maxBuffer: 64 << 20,
   });

@@ -42,9 +42,10 @@ export function applyArgs(
 export function vmsubst(args: string[], timeoutMs = 120_000, env?: Record<string, string>): Promise<CliRun> {
   const t0 = Date.now();
   return new Promise((resolve, reject) => {
+    // The executable itself, as an operator runs it: its #! line starts node (code-cache.ts, restoreExtraCaCerts).
     execFile(
-      process.execPath,
-      [CLI, ...args],
+      CLI,
+      args,
       { timeout: timeoutMs, maxBuffer: 64 << 20, ...(env ? { env: { ...process.env, ...env } } : {}) },
       (err, stdout, stderr) => {
         // Before the schema check below: that is the test's work, not the command's.

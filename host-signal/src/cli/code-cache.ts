@@ -55,6 +55,7 @@ export function runBundle(file: string, raw: string, cacheFile: string | undefin
  * compiled once the command is done.
  */
 export function launch(dir: string, argv: readonly string[], env: NodeJS.ProcessEnv): void {
+  restoreExtraCaCerts(env);
   const file = join(dir, 'vmsubst-cli.cjs');
   // esbuild writes ASCII only (it escapes the rest), so latin1 reads the same string as utf8, without
   // the decoding: 2-4 ms less for the 560 KB bundle on the machines measured.
@@ -67,4 +68,20 @@ export function launch(dir: string, argv: readonly string[], env: NodeJS.Process
       writeFileSync(cacheFile, script.createCachedData());
     });
   }
+}
+
+/** Where the launcher's #! line keeps NODE_EXTRA_CA_CERTS while node starts without it. */
+export const KEPT_CA_CERTS = 'VMSUBST_NODE_EXTRA_CA_CERTS';
+
+/**
+ * The executable's #! line (`env -S -u NODE_EXTRA_CA_CERTS VMSUBST_NODE_EXTRA_CA_CERTS=… node`)
+ * starts node without NODE_EXTRA_CA_CERTS: node reads and parses that file at every start, before
+ * any script runs (40 ms for Debian's 140 certificates on the machines measured), and vmsubst
+ * makes no TLS connection. The value comes back here, for the processes vmsubst starts.
+ */
+export function restoreExtraCaCerts(env: NodeJS.ProcessEnv): void {
+  const kept = env[KEPT_CA_CERTS];
+  if (kept === undefined) return;
+  delete env[KEPT_CA_CERTS];
+  if (kept !== '') env['NODE_EXTRA_CA_CERTS'] = kept;
 }

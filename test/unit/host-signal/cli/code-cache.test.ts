@@ -9,7 +9,14 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { buildId, cacheFileFor, cacheKey, runBundle } from '../../../../host-signal/src/cli/code-cache.js';
+import {
+  KEPT_CA_CERTS,
+  buildId,
+  cacheFileFor,
+  cacheKey,
+  restoreExtraCaCerts,
+  runBundle,
+} from '../../../../host-signal/src/cli/code-cache.js';
 import { ROOT } from '../../../helpers/paths.js';
 import { TempDir } from '../fixtures.js';
 
@@ -112,6 +119,28 @@ C("the build's caches: one per command and for main, each accepted by this node 
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', check], { encoding: 'utf8' });
     assert.is(r.stdout, 'false', `V8 rejected ${c}: ${r.stderr}`);
   }
+});
+
+C('the executable starts node without NODE_EXTRA_CA_CERTS and gives it back to what it starts', () => {
+  // node reads the file at start and warns when it cannot: through the #! line it is not read at all.
+  const cli = join(CLI_DIR, 'vmsubst.mjs');
+  const env = { ...process.env, NODE_EXTRA_CA_CERTS: '/nonexistent/ca.pem' };
+  const direct = spawnSync(cli, ['--version'], { encoding: 'utf8', env });
+  assert.is(direct.status, 0, direct.stderr);
+  assert.match(direct.stdout, /^vmsubst /);
+  assert.not.match(direct.stderr, /extra certs/);
+  const viaNode = spawnSync(process.execPath, [cli, '--version'], { encoding: 'utf8', env });
+  assert.match(viaNode.stderr, /Ignoring extra certs from `\/nonexistent\/ca.pem`/, 'node itself reads it at start');
+  // The launcher puts the value back for the processes vmsubst starts.
+  const kept: NodeJS.ProcessEnv = { [KEPT_CA_CERTS]: '/etc/ssl/a b.pem', PATH: '/bin' };
+  restoreExtraCaCerts(kept);
+  assert.equal(kept, { NODE_EXTRA_CA_CERTS: '/etc/ssl/a b.pem', PATH: '/bin' });
+  const unset: NodeJS.ProcessEnv = { [KEPT_CA_CERTS]: '', PATH: '/bin' };
+  restoreExtraCaCerts(unset);
+  assert.equal(unset, { PATH: '/bin' });
+  const untouched: NodeJS.ProcessEnv = { NODE_EXTRA_CA_CERTS: '/x.pem' };
+  restoreExtraCaCerts(untouched);
+  assert.equal(untouched, { NODE_EXTRA_CA_CERTS: '/x.pem' });
 });
 
 C.run();

@@ -227,6 +227,8 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
     '`compare-ms` of the same runs (`--json`): without node start-up, module loading and the bundle write',
   ]);
   const ratio = (a: string, b: string, w: 'cold' | 'warm'): string => (med(a, w) / med(b, w)).toFixed(2);
+  // A difference of medians below zero is the machine's noise, not a saving: said as such.
+  const more = (ms: number): string => (ms >= 0 ? `${fmtMs(ms)} more` : `no more, within the runs' spread`);
   const cmpRatio = (b: string, w: 'cold' | 'warm'): string => (stats(compare[w]).median / med(b, w)).toFixed(2);
   const reading = [
     `warm: vmsubst diff / qemu-img delta = ${ratio('vmsubst diff', 'qemu-img delta', 'warm')} (target ≤ 1), vmsubst diff / cat both = ${ratio('vmsubst diff', 'cat both', 'warm')} (target ≤ 1.3)`,
@@ -237,7 +239,7 @@ export async function runDiffBench(ctx: DiffBenchContext): Promise<DiffBenchSect
       : []),
     `the comparison alone (compare-ms): / qemu-img delta = ${cmpRatio('qemu-img delta', 'warm')} warm${canDrop ? `, ${cmpRatio('qemu-img delta', 'cold')} cold` : ''}; / cat both = ${cmpRatio('cat both', 'warm')} warm${canDrop ? `, ${cmpRatio('cat both', 'cold')} cold` : ''}`,
     `without its start-up (vmsubst diff − vmsubst diff --help, warm): / cat both = ${((med('vmsubst diff', 'warm') - med('vmsubst diff start-up', 'warm')) / med('cat both', 'warm')).toFixed(2)}`,
-    `start-up, warm: node ${fmtS(med('node -e 0', 'warm'))}; loading the CLI ${fmtMs(med('vmsubst start-up', 'warm') - med('node -e 0', 'warm'))} more (vmsubst --version: the bundle, compiled from V8's code cache), diff's own modules ${fmtMs(med('vmsubst diff start-up', 'warm') - med('vmsubst start-up', 'warm'))} more (vmsubst diff --help: a command's modules are evaluated when it runs, diff's without the schemas and ajv)`,
+    `start-up, warm: node ${fmtS(med('node -e 0', 'warm'))}; loading the CLI ${more(med('vmsubst start-up', 'warm') - med('node -e 0', 'warm'))} (vmsubst --version: the bundle, compiled from V8's code cache), diff's own modules ${more(med('vmsubst diff start-up', 'warm') - med('vmsubst start-up', 'warm'))} (vmsubst diff --help: a command's modules are evaluated when it runs, diff's without the schemas and ajv)`,
     ...(caCerts
       ? [
           "this machine's environment sets NODE_EXTRA_CA_CERTS, which node reads and parses at every start, before any script runs (about 40 ms here): the vmsubst executable's #! line starts node without it (vmsubst makes no TLS connection; the processes it starts get it back), and the node -e 0 row is started the same way",
